@@ -1,0 +1,146 @@
+//! Checkpoints as bytes: weights and optimizer moments in safetensors, configs in JSON.
+//! The file system is the caller's (the native CLI writes these atomically; the browser
+//! keeps them in memory or storage), so this module never touches a path.
+//!
+//! Weight names are GPT-2's (`h.0.attn.c_attn.weight`, tied head). Loading also accepts
+//! Hugging Face's variants: a `transformer.` prefix, an `lm_head.weight` equal to the tied
+//! embedding, the old causal-mask buffers `attn.bias` / `attn.masked_bias`, and f16/bf16
+//! storage.
+
+use std::collections::HashMap;
+
+use burn::tensor::{DType, Device, TensorData};
+use safetensors::{Dtype, SafeTensors, View};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Origin, Result};
+use crate::model::params::{load_params, param_data};
+use crate::model::{Gpt, ModelConfig};
+use crate::optim::AdamW;
+
+/// The file names of a checkpoint folder.
+pub mod files {
+    pub const CONFIG: &str = "config.json";
+    pub const WEIGHTS: &str = "model.safetensors";
+    pub const TOKENIZER: &str = "tokenizer.json";
+    pub const TRAIN: &str = "train.json";
+    pub const OPTIMIZER: &str = "optimizer.safetensors";
+    pub const STATE: &str = "trainer_state.json";
+}
+
+/// Where a run stands, saved with its optimizer so it can resume exactly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Steps completed.
+    pub step: usize,
+    /// Optimizer updates taken (equals `step` for AdamW).
+    pub optimizer_t: u64,
+    /// Seconds of training so far.
+    pub elapsed_s: f64,
+    /// Last held-out loss, if evaluated.
+    pub eval_loss: Option<f32>,
+}
+
+struct Owned {
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl View for &Owned {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// Serialises named tensors as f32 safetensors (with `{"format": "pt"}` metadata, which
+/// transformers expects).
+pub fn to_safetensors(tensors: Vec<(String, TensorData)>) -> Vec<u8> {
+    let owned: Vec<(String, Owned)> = tensors
+        .into_iter()
+        .map(|(name, data)| {
+            let data = data.convert::<f32>();
+            let shape = data.shape().to_vec();
+            let values: Vec<f32> = data.try_to_vec::<f32>().expect("converted to f32");
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name, Owned { shape, bytes })
+        })
+        .collect();
+    let views: Vec<(&str, &Owned)> = owned.iter().map(|(n, o)| (n.as_str(), o)).collect();
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize(views, Some(meta)).expect("in-memory safetensors serialisation cannot fail")
+}
+
+/// Parses safetensors bytes into f32 tensor data by name.
+pub fn from_safetensors(bytes: &[u8], origin: &Origin) -> Result<HashMap<String, TensorData>> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::parse(origin.clone(), format!("not a valid safetensors file: {e}")))?;
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        let shape = view.shape().to_vec();
+        let raw = view.data();
+        let data = match view.dtype() {
+            Dtype::F32 => TensorData::from_bytes_vec(raw.to_vec(), shape, DType::F32),
+            Dtype::F16 => TensorData::from_bytes_vec(raw.to_vec(), shape, DType::F16).convert::<f32>(),
+            Dtype::BF16 => TensorData::from_bytes_vec(raw.to_vec(), shape, DType::BF16).convert::<f32>(),
+            Dtype::F64 => TensorData::from_bytes_vec(raw.to_vec(), shape, DType::F64).convert::<f32>(),
+            other => {
+                return Err(Error::tensor(origin.clone(), name, format!("has dtype {other:?}; tinytune loads F32, F16, BF16 or F64 weights")));
+            }
+        };
+        out.insert(name, data);
+    }
+    Ok(out)
+}
+
+/// The model's weights as safetensors bytes.
+pub fn save_model(model: &Gpt) -> Vec<u8> {
+    to_safetensors(param_data(model))
+}
+
+/// Builds a model of `config` and fills it from safetensors `bytes`.
+pub fn load_model(config: &ModelConfig, bytes: &[u8], device: &Device, origin: impl Into<Origin>) -> Result<Gpt> {
+    let origin = origin.into();
+    let raw = from_safetensors(bytes, &origin)?;
+    let mut tensors = HashMap::new();
+    for (name, data) in raw {
+        let name = name.strip_prefix("transformer.").map(str::to_string).unwrap_or(name);
+        // Causal-mask buffers of older transformers versions and the tied head carry no
+        // parameters of their own.
+        if name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") || name == "lm_head.weight" {
+            continue;
+        }
+        tensors.insert(name, data);
+    }
+    // Initialising first costs a little time but gives every parameter its shape; seed 0 is
+    // irrelevant because every value is overwritten.
+    let model = Gpt::init(config, 0, device);
+    let (model, unused) = load_params(model, tensors, &origin)?;
+    if let Some(name) = unused.first() {
+        return Err(Error::tensor(
+            origin,
+            name.clone(),
+            format!("is not a parameter of a GPT-2 model with this config.json ({} unexpected tensors)", unused.len()),
+        ));
+    }
+    Ok(model)
+}
+
+/// The optimizer's moments as safetensors bytes.
+pub fn save_optimizer(optim: &AdamW) -> Vec<u8> {
+    to_safetensors(optim.state_data())
+}
+
+/// Restores moments saved by `save_optimizer`.
+pub fn load_optimizer(optim: &mut AdamW, t: u64, bytes: &[u8], device: &Device, origin: impl Into<Origin>) -> Result<()> {
+    let tensors = from_safetensors(bytes, &origin.into())?;
+    optim.load_state(t, tensors, device);
+    Ok(())
+}

@@ -1,0 +1,19 @@
+//! tinytune: tiny GPT-style transformers for learning how fine-tuning works.
+//!
+//! This crate is the shared core. It compiles to WebGPU/CPU inside the browser app and to
+//! the native `tinytune` binary, so it owns no file system, threads or backend: each binary
+//! picks a Burn `Device` and passes it in. Start reading at `model::transformer`.
+
+pub mod checkpoint;
+pub mod data;
+pub mod error;
+pub mod init;
+pub mod model;
+pub mod optim;
+pub mod sample;
+pub mod tokenizer;
+pub mod train;
+
+pub use error::{Error, Result};
+pub use model::{Gpt, ModelConfig};
+pub use tokenizer::TextTokenizer;

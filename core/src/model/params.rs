@@ -1,0 +1,143 @@
+//! Parameters by name. Burn's module visitors report each module they enter, so a stack of
+//! names gives every parameter a stable dotted path (`h.0.attn.c_attn.weight`). Those paths
+//! are GPT-2's weight names; checkpoints, optimizer state and the `info` table all use them.
+
+use std::collections::HashMap;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::{Tensor, TensorData};
+
+use crate::error::{Error, Origin, Result};
+
+/// One parameter's name, shape and element count.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ParamSummary {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub numel: usize,
+}
+
+#[derive(Default)]
+struct Path(Vec<String>);
+
+impl Path {
+    fn enter(&mut self, name: &str) {
+        self.0.push(name.to_string());
+    }
+    fn exit(&mut self) {
+        self.0.pop();
+    }
+    fn join(&self) -> String {
+        self.0.join(".")
+    }
+}
+
+struct Summaries {
+    path: Path,
+    out: Vec<ParamSummary>,
+}
+
+impl ModuleVisitor for Summaries {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let shape = param.shape().dims::<D>().to_vec();
+        self.out.push(ParamSummary { name: self.path.join(), numel: shape.iter().product(), shape });
+    }
+}
+
+/// Every float parameter of `module` with its dotted path, in module order.
+pub fn named_params<M: Module>(module: &M) -> Vec<ParamSummary> {
+    let mut v = Summaries { path: Path::default(), out: Vec::new() };
+    module.visit(&mut v);
+    v.out
+}
+
+struct Collect {
+    path: Path,
+    out: Vec<(String, TensorData)>,
+}
+
+impl ModuleVisitor for Collect {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.out.push((self.path.join(), param.val().to_data()));
+    }
+}
+
+/// Reads every float parameter back to the host, as `(path, data)`.
+pub fn param_data<M: Module>(module: &M) -> Vec<(String, TensorData)> {
+    let mut v = Collect { path: Path::default(), out: Vec::new() };
+    module.visit(&mut v);
+    v.out
+}
+
+struct Load<'a> {
+    path: Path,
+    tensors: &'a mut HashMap<String, TensorData>,
+    origin: &'a Origin,
+    errors: Vec<Error>,
+}
+
+impl ModuleMapper for Load<'_> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let name = self.path.join();
+        let want = param.shape().dims::<D>().to_vec();
+        match self.tensors.remove(&name) {
+            None => {
+                self.errors.push(Error::tensor(self.origin.clone(), name, format!("missing (expected shape {want:?})")));
+                param
+            }
+            Some(data) if data.shape().to_vec() != want => {
+                self.errors.push(Error::tensor(
+                    self.origin.clone(),
+                    name,
+                    format!("has shape {:?} but the model's config.json implies {want:?}", data.shape().to_vec()),
+                ));
+                param
+            }
+            Some(data) => {
+                let device = param.val().device();
+                let require_grad = param.val().is_require_grad();
+                let mut t = Tensor::<D>::from_data(data.convert::<f32>(), &device);
+                if require_grad {
+                    t = t.require_grad();
+                }
+                param.map(|_| t)
+            }
+        }
+    }
+}
+
+/// Replaces every parameter of `module` with the tensor of the same name in `tensors`.
+/// Every missing or mis-shaped tensor is an error that names it; tensors left over are
+/// returned so the caller can decide whether they matter.
+pub fn load_params<M: Module>(
+    module: M,
+    mut tensors: HashMap<String, TensorData>,
+    origin: &Origin,
+) -> Result<(M, Vec<String>)> {
+    let mut loader = Load { path: Path::default(), tensors: &mut tensors, origin, errors: Vec::new() };
+    let module = module.map(&mut loader);
+    if let Some(first) = loader.errors.into_iter().next() {
+        return Err(first);
+    }
+    let mut rest: Vec<String> = tensors.into_keys().collect();
+    rest.sort();
+    Ok((module, rest))
+}

@@ -1,0 +1,45 @@
+//! The projection slot: every linear map in the transformer goes through a `Projection`.
+//!
+//! Fine-tuning methods adapt a model by changing what happens inside these slots (LoRA adds
+//! a low-rank path beside the frozen weight, IA³ rescales the output, DoRA splits magnitude
+//! from direction), so the model's code never changes when a method is added: a method adds
+//! optional state to `Projection` and a branch to `Projection::forward`. Rust cannot swap a
+//! module at run time, and trait objects would hide parameters from Burn's module visitors;
+//! one concrete slot type keeps every parameter visible and every path stable.
+
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::init::normal;
+
+/// `y = x·W + b` with `W` stored as `[d_in, d_out]`, the layout of GPT-2's `Conv1D`, so
+/// Hugging Face weights load without a transpose.
+#[derive(Module, Debug)]
+pub struct Projection {
+    /// `[d_in, d_out]`
+    pub weight: Param<Tensor<2>>,
+    /// `[d_out]`
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+impl Projection {
+    /// Weights drawn from N(0, std²) with tinytune's portable generator; bias zero.
+    pub fn init(d_in: usize, d_out: usize, std: f64, rng: &mut crate::data::rng::Rng, device: &Device) -> Self {
+        let weight = Tensor::from_data(TensorData::new(normal(rng, d_in * d_out, std), [d_in, d_out]), device);
+        Self { weight: Param::from_tensor(weight), bias: Some(Param::from_tensor(Tensor::zeros([d_out], device))) }
+    }
+
+    /// # Shapes
+    /// `[..., d_in] -> [..., d_out]`
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        burn::tensor::module::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+    }
+
+    pub fn d_in(&self) -> usize {
+        self.weight.shape().dims::<2>()[0]
+    }
+
+    pub fn d_out(&self) -> usize {
+        self.weight.shape().dims::<2>()[1]
+    }
+}

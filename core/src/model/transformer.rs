@@ -1,0 +1,110 @@
+//! The whole model: embeddings, a stack of blocks, a final LayerNorm and the LM head.
+//!
+//! Start reading here. `Gpt::forward` maps token ids to next-token logits; it is split into
+//! `embed`, `forward_embeddings` and `lm_head` so that methods which work on embeddings (soft
+//! prompts prepend learned vectors) can enter in the middle without a second model.
+
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor};
+
+use super::block::Block;
+use super::config::ModelConfig;
+use super::layers::{Embedding, LayerNorm};
+use crate::data::rng::Rng;
+
+/// A GPT-2-architecture decoder. The LM head is tied to `wte`: logits are `h · wteᵀ`.
+#[derive(Module, Debug)]
+pub struct Gpt {
+    /// Token embedding `[V, C]`, also the output projection.
+    pub wte: Embedding,
+    /// Learned position embedding `[n_positions, C]`.
+    pub wpe: Embedding,
+    pub drop: Dropout,
+    /// The blocks, `h.0` ... `h.{n_layer-1}` as in GPT-2's weight names.
+    pub h: Vec<Block>,
+    pub ln_f: LayerNorm,
+    /// The shape this model was built with (not a parameter; saved as config.json).
+    #[module(skip)]
+    pub config: ModelConfig,
+}
+
+impl Gpt {
+    /// A freshly initialised model, bit-identical for the same `(config, seed)` on every
+    /// backend (weights are drawn on the CPU, see `crate::init`).
+    pub fn init(config: &ModelConfig, seed: u64, device: &Device) -> Self {
+        let mut rng = Rng::derive(seed, "model-init");
+        let c = config.n_embd;
+        Self {
+            wte: Embedding::init(config.vocab_size, c, 0.02, &mut rng, device),
+            wpe: Embedding::init(config.n_positions, c, 0.01, &mut rng, device),
+            drop: DropoutConfig::new(config.embd_pdrop).init(),
+            h: (0..config.n_layer).map(|_| Block::init(config, &mut rng, device)).collect(),
+            ln_f: LayerNorm::init(c, config.layer_norm_epsilon, device),
+            config: config.clone(),
+        }
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Token plus position embeddings.
+    ///
+    /// # Shapes
+    /// `[B, T] -> [B, T, C]`
+    pub fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        let [_, t] = ids.dims();
+        let device = ids.device();
+        let positions = Tensor::<1, Int>::arange(0..t as i64, &device).reshape([1, t]); // [1, T]
+        self.wte.forward(ids) + self.wpe.forward(positions) // [B, T, C] + [1, T, C]
+    }
+
+    /// Runs the blocks over embeddings and applies the final LayerNorm.
+    ///
+    /// # Shapes
+    /// `[B, T, C] -> [B, T, C]`
+    pub fn forward_embeddings(&self, x: Tensor<3>) -> Tensor<3> {
+        let mut x = self.drop.forward(x);
+        for block in &self.h {
+            x = block.forward(x);
+        }
+        self.ln_f.forward(x)
+    }
+
+    /// Projects hidden states onto the vocabulary with the tied embedding.
+    ///
+    /// # Shapes
+    /// `[B, T, C] -> [B, T, V]`
+    pub fn lm_head(&self, h: Tensor<3>) -> Tensor<3> {
+        let [b, t, c] = h.dims();
+        let w = self.wte.weight.val(); // [V, C]
+        let v = w.dims()[0];
+        // [B·T, C] x [C, V] -> [B·T, V]: one large matmul instead of a batched one.
+        h.reshape([b * t, c]).matmul(w.transpose()).reshape([b, t, v])
+    }
+
+    /// Next-token logits for every position.
+    ///
+    /// # Shapes
+    /// `[B, T] -> [B, T, V]`
+    pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        self.lm_head(self.forward_embeddings(self.embed(ids)))
+    }
+
+    /// Mean cross-entropy of `targets` under `logits`, weighted per position.
+    ///
+    /// `weights` is 1 where a token counts and 0 where it does not (padding, or the prompt
+    /// in supervised fine-tuning); `weight_sum` is its sum, known on the host when the batch
+    /// was built, so no value is read back from the device here.
+    ///
+    /// # Shapes
+    /// logits `[B, T, V]`, targets `[B, T]`, weights `[B, T]` -> `[1]`
+    pub fn loss(logits: Tensor<3>, targets: Tensor<2, Int>, weights: Tensor<2>, weight_sum: f32) -> Tensor<1> {
+        let [b, t, _] = logits.dims();
+        let logp = log_softmax(logits, 2);
+        let picked = logp.gather(2, targets.reshape([b, t, 1])).reshape([b, t]); // [B, T]
+        (picked * weights).sum().neg().div_scalar(weight_sum.max(1.0))
+    }
+}

@@ -1,0 +1,215 @@
+//! Turning text into training batches: a token stream for pre-training, and padded rows with
+//! a loss mask for supervised fine-tuning (SFT), where only the response is learned.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::data::rng::Rng;
+use crate::data::tasks::Example;
+use crate::error::{Error, Result};
+use crate::tokenizer::TextTokenizer;
+
+/// One batch on the host: `b` rows of `t` positions, flattened row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    pub b: usize,
+    pub t: usize,
+    pub inputs: Vec<u32>,
+    pub targets: Vec<u32>,
+    /// 1.0 where the target counts towards the loss, 0.0 where it does not.
+    pub weights: Vec<f32>,
+}
+
+impl Batch {
+    /// Sum of the weights: the number of tokens the loss averages over.
+    pub fn weight_sum(&self) -> f32 {
+        self.weights.iter().sum()
+    }
+
+    /// Uploads the batch: inputs `[B, T]`, targets `[B, T]`, weights `[B, T]`.
+    pub fn to_device(&self, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<2>) {
+        let ids = |v: &[u32]| {
+            let v: Vec<i64> = v.iter().map(|&x| x as i64).collect();
+            Tensor::<2, Int>::from_data(TensorData::new(v, [self.b, self.t]), device)
+        };
+        let weights = Tensor::<2>::from_data(TensorData::new(self.weights.clone(), [self.b, self.t]), device);
+        (ids(&self.inputs), ids(&self.targets), weights)
+    }
+}
+
+/// What a model trains or is evaluated on.
+#[derive(Clone, Debug)]
+pub enum Dataset {
+    /// Documents joined into one stream, separated by `<|endoftext|>`; batches are random
+    /// windows of it (pre-training).
+    Stream { tokens: Vec<u32> },
+    /// One example per row: prompt then response then `<|endoftext|>`, with weight
+    /// `prompt_loss_weight` on prompt tokens and 1 on the rest (supervised fine-tuning).
+    Rows { rows: Vec<(Vec<u32>, Vec<f32>)>, pad: u32 },
+}
+
+impl Dataset {
+    pub fn from_documents<'a>(tok: &TextTokenizer, docs: impl IntoIterator<Item = &'a String>) -> Result<Self> {
+        let eot = tok.eot().ok_or_else(|| Error::Tokenizer("the tokenizer has no <|endoftext|> token to separate documents".into()))?;
+        let mut tokens = Vec::new();
+        for doc in docs {
+            tokens.extend(tok.encode(doc)?);
+            tokens.push(eot);
+        }
+        Ok(Dataset::Stream { tokens })
+    }
+
+    /// Rows longer than `max_len + 1` tokens are cut at the end (and say so in `truncated`).
+    pub fn from_examples(tok: &TextTokenizer, examples: &[Example], max_len: usize, prompt_loss_weight: f32) -> Result<Self> {
+        let eot = tok.eot().ok_or_else(|| Error::Tokenizer("the tokenizer has no <|endoftext|> token to end examples".into()))?;
+        let mut rows = Vec::with_capacity(examples.len());
+        for ex in examples {
+            let p = tok.encode(&ex.prompt)?;
+            let r = tok.encode(&ex.response)?;
+            let mut ids = p.clone();
+            ids.extend(&r);
+            ids.push(eot);
+            // weights[i] is the weight of predicting ids[i]; ids[0] is never a target.
+            let mut w = vec![prompt_loss_weight; p.len()];
+            w.extend(std::iter::repeat_n(1.0, r.len() + 1));
+            ids.truncate(max_len + 1);
+            w.truncate(max_len + 1);
+            rows.push((ids, w));
+        }
+        Ok(Dataset::Rows { rows, pad: eot })
+    }
+
+    /// Number of tokens (stream) or rows.
+    pub fn len(&self) -> usize {
+        match self {
+            Dataset::Stream { tokens } => tokens.len(),
+            Dataset::Rows { rows, .. } => rows.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A random batch. The same `rng` state gives the same batch, which is what makes a
+    /// resumed run draw exactly the batches an uninterrupted one would.
+    pub fn sample(&self, rng: &mut Rng, b: usize, t: usize) -> Batch {
+        let mut batch = Batch { b, t, inputs: Vec::with_capacity(b * t), targets: Vec::with_capacity(b * t), weights: Vec::with_capacity(b * t) };
+        for _ in 0..b {
+            match self {
+                Dataset::Stream { tokens } => {
+                    let start = rng.below(tokens.len().saturating_sub(t + 1).max(1));
+                    self.push_window(&mut batch, start, t);
+                }
+                Dataset::Rows { rows, pad } => {
+                    let (ids, w) = &rows[rng.below(rows.len())];
+                    push_row(&mut batch, ids, w, *pad, t);
+                }
+            }
+        }
+        batch
+    }
+
+    /// Deterministic batches that cover the data set once (up to `max_batches`), for eval loss.
+    pub fn sequential(&self, b: usize, t: usize, max_batches: usize) -> Vec<Batch> {
+        let mut out = Vec::new();
+        let mut row = 0;
+        'outer: while out.len() < max_batches {
+            let mut batch = Batch { b, t, inputs: vec![], targets: vec![], weights: vec![] };
+            for _ in 0..b {
+                match self {
+                    Dataset::Stream { tokens } => {
+                        let start = row * t;
+                        if start + t + 1 > tokens.len() {
+                            break 'outer;
+                        }
+                        self.push_window(&mut batch, start, t);
+                    }
+                    Dataset::Rows { rows, pad } => {
+                        let Some((ids, w)) = rows.get(row) else { break 'outer };
+                        push_row(&mut batch, ids, w, *pad, t);
+                    }
+                }
+                row += 1;
+            }
+            out.push(batch);
+        }
+        out
+    }
+
+    fn push_window(&self, batch: &mut Batch, start: usize, t: usize) {
+        let Dataset::Stream { tokens } = self else { unreachable!() };
+        let end = (start + t + 1).min(tokens.len());
+        let window = &tokens[start..end];
+        let n = window.len().saturating_sub(1);
+        batch.inputs.extend(&window[..n]);
+        batch.targets.extend(&window[1..]);
+        batch.weights.extend(std::iter::repeat_n(1.0, n));
+        // A stream shorter than the context is padded with weight 0.
+        let pad = *tokens.last().unwrap_or(&0);
+        for _ in n..t {
+            batch.inputs.push(pad);
+            batch.targets.push(pad);
+            batch.weights.push(0.0);
+        }
+    }
+}
+
+fn push_row(batch: &mut Batch, ids: &[u32], w: &[f32], pad: u32, t: usize) {
+    for i in 0..t {
+        let (inp, tgt, wt) = match (ids.get(i), ids.get(i + 1)) {
+            (Some(&a), Some(&b)) => (a, b, w[i + 1]),
+            (Some(&a), None) => (a, pad, 0.0),
+            _ => (pad, pad, 0.0),
+        };
+        batch.inputs.push(inp);
+        batch.targets.push(tgt);
+        batch.weights.push(wt);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tok() -> TextTokenizer {
+        TextTokenizer::char_level("abcdefghijklmnopqrstuvwxyz :\n")
+    }
+
+    #[test]
+    fn stream_windows_shift_targets_by_one() {
+        let ds = Dataset::from_documents(&tok(), &["abcdefgh".to_string()]).unwrap();
+        let b = ds.sequential(1, 4, 10);
+        assert_eq!(b.len(), 1, "8 chars + eot = 9 tokens: one window of 4+1");
+        let t = tok();
+        assert_eq!(t.decode(&b[0].inputs), "abcd");
+        assert_eq!(t.decode(&b[0].targets), "bcde");
+        assert_eq!(b[0].weight_sum(), 4.0);
+    }
+
+    #[test]
+    fn sft_rows_mask_the_prompt_and_pad() {
+        let t = tok();
+        let ex = Example { prompt: "q:ab\na:".into(), response: " c\n".into() };
+        let ds = Dataset::from_examples(&t, &[ex], 16, 0.0).unwrap();
+        let b = ds.sequential(1, 12, 1).remove(0);
+        // Targets with weight 1 are exactly the response and the end-of-text token.
+        let counted: Vec<u32> = b.targets.iter().zip(&b.weights).filter(|(_, w)| **w > 0.0).map(|(t, _)| *t).collect();
+        let mut want = t.encode(" c\n").unwrap();
+        want.push(t.eot().unwrap());
+        assert_eq!(counted, want);
+        assert_eq!(b.inputs.len(), 12);
+        // Prompt loss weight flows through.
+        let ds = Dataset::from_examples(&t, &[Example { prompt: "ab".into(), response: "c".into() }], 16, 0.25).unwrap();
+        let b = ds.sequential(1, 4, 1).remove(0);
+        assert_eq!(b.weights, vec![0.25, 1.0, 1.0, 0.0]);
+    }
+
+    #[test]
+    fn sampling_is_deterministic_in_the_rng() {
+        let ds = Dataset::from_documents(&tok(), &["the quick brown fox jumps over the lazy dog".to_string()]).unwrap();
+        let a = ds.sample(&mut Rng::new(3), 4, 8);
+        let b = ds.sample(&mut Rng::new(3), 4, 8);
+        assert_eq!(a, b);
+        assert_ne!(a, ds.sample(&mut Rng::new(4), 4, 8));
+    }
+}

@@ -1,0 +1,176 @@
+//! What a training run does, as one serialisable value saved next to the weights
+//! (`train.json`), so every run can be reproduced and resumed.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::stories::{StoryConfig, corpus};
+use crate::data::tasks::Task;
+use crate::data::Split;
+use crate::error::{Error, Origin, Result};
+use crate::optim::{AdamWConfig, Decay, Schedule};
+use crate::tokenizer::TextTokenizer;
+
+use super::batch::Dataset;
+
+/// Which generated data a run trains on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DataSource {
+    /// The story corpus, as a token stream (pre-training).
+    Stories,
+    /// A fine-tuning task, as prompt/response rows with the prompt masked out of the loss.
+    Task(Task),
+}
+
+impl FromStr for DataSource {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s == "stories" {
+            return Ok(DataSource::Stories);
+        }
+        s.parse::<Task>().map(DataSource::Task).map_err(|_| {
+            let tasks: Vec<&str> = Task::ALL.iter().map(|t| t.name()).collect();
+            format!("unknown data '{s}'; choose stories or one of the tasks: {}", tasks.join(", "))
+        })
+    }
+}
+
+impl TryFrom<String> for DataSource {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<DataSource> for String {
+    fn from(d: DataSource) -> String {
+        d.to_string()
+    }
+}
+
+impl fmt::Display for DataSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DataSource::Stories => f.write_str("stories"),
+            DataSource::Task(t) => f.write_str(t.name()),
+        }
+    }
+}
+
+impl DataSource {
+    /// The texts of a split, for training a tokenizer or showing samples.
+    pub fn texts(&self, seed: u64, split: Split, n: usize) -> Vec<String> {
+        match self {
+            DataSource::Stories => corpus(&StoryConfig::default(), seed, split, n),
+            DataSource::Task(task) => task.examples(seed, split, n).iter().map(|e| e.text()).collect(),
+        }
+    }
+
+    /// Tokenised data set of one split.
+    pub fn dataset(&self, tok: &TextTokenizer, seed: u64, split: Split, n: usize, seq_len: usize, prompt_loss_weight: f32) -> Result<Dataset> {
+        let ds = match self {
+            DataSource::Stories => Dataset::from_documents(tok, &corpus(&StoryConfig::default(), seed, split, n))?,
+            DataSource::Task(task) => Dataset::from_examples(tok, &task.examples(seed, split, n), seq_len, prompt_loss_weight)?,
+        };
+        if ds.is_empty() {
+            return Err(Error::Invalid(format!("the {self} {split:?} split is empty; ask for more examples")));
+        }
+        Ok(ds)
+    }
+}
+
+/// Everything about a run except the model's shape (that is `config.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub data: DataSource,
+    /// Documents (stories) or examples (tasks) in the training split.
+    pub train_examples: usize,
+    /// Documents or examples in the held-out split.
+    pub eval_examples: usize,
+    /// Seed of the data generator.
+    pub data_seed: u64,
+    /// Seed of batch order and dropout.
+    pub seed: u64,
+    /// Number of optimizer updates.
+    pub steps: usize,
+    pub batch_size: usize,
+    /// Tokens per row; at most the model's `n_positions`.
+    pub seq_len: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    pub warmup_steps: usize,
+    pub decay: Decay,
+    pub min_lr_ratio: f64,
+    pub optimizer: AdamWConfig,
+    /// Evaluate the held-out loss every this many steps (0: only at the end).
+    pub eval_every: usize,
+    /// At most this many batches per evaluation.
+    pub eval_batches: usize,
+    /// Save a checkpoint every this many steps (0: only at the end).
+    pub checkpoint_every: usize,
+    /// Weight of prompt tokens in the SFT loss (0: learn responses only).
+    pub prompt_loss_weight: f32,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            data: DataSource::Stories,
+            train_examples: 4000,
+            eval_examples: 200,
+            data_seed: 0,
+            seed: 0,
+            steps: 200,
+            batch_size: 16,
+            seq_len: 128,
+            lr: 1e-3,
+            warmup_steps: 20,
+            decay: Decay::Cosine,
+            min_lr_ratio: 0.1,
+            optimizer: AdamWConfig::default(),
+            eval_every: 50,
+            eval_batches: 8,
+            checkpoint_every: 100,
+            prompt_loss_weight: 0.0,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn schedule(&self) -> Schedule {
+        Schedule { peak_lr: self.lr, warmup_steps: self.warmup_steps, total_steps: self.steps, decay: self.decay, min_lr_ratio: self.min_lr_ratio }
+    }
+
+    /// Checks the values a run cannot start with, naming the field.
+    pub fn validate(&self, origin: impl Into<Origin>, n_positions: usize) -> Result<()> {
+        let origin = origin.into();
+        for (field, v) in [("steps", self.steps), ("batch_size", self.batch_size), ("seq_len", self.seq_len), ("train_examples", self.train_examples), ("eval_examples", self.eval_examples)] {
+            if v == 0 {
+                return Err(Error::config(origin, field, "must be at least 1"));
+            }
+        }
+        if self.seq_len > n_positions {
+            return Err(Error::config(
+                origin,
+                "seq_len",
+                format!("{} is longer than the model's n_positions = {n_positions}; use a shorter sequence", self.seq_len),
+            ));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(Error::config(origin, "lr", format!("{} is not a positive learning rate", self.lr)));
+        }
+        Ok(())
+    }
+
+    pub fn from_json(text: &str, origin: impl Into<Origin>) -> Result<Self> {
+        let origin = origin.into();
+        serde_json::from_str(text).map_err(|e| Error::parse(origin, e))
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a TrainConfig always serialises")
+    }
+}

@@ -1,0 +1,201 @@
+//! The training loop, one step at a time. Written out rather than using Burn's `Learner`,
+//! which needs threads a browser does not have, and because each line here is something a
+//! lesson talks about: sample a batch, forward, loss, backward, clip, update.
+//!
+//! The caller drives the loop (`while trainer.step < steps { trainer.step()? }`) and decides
+//! what to do with each event: the CLI draws a progress bar and appends `metrics.jsonl`; the
+//! browser posts it from its worker to the page.
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use web_time::Instant;
+
+use crate::data::rng::Rng;
+use crate::data::Split;
+use crate::error::{Error, Result};
+use crate::model::Gpt;
+use crate::optim::{AdamW, NamedGrads, Schedule};
+use crate::tokenizer::TextTokenizer;
+
+use super::batch::{Batch, Dataset};
+use super::config::TrainConfig;
+
+/// What happened in one optimizer step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepEvent {
+    /// Steps completed, counting this one (1-based).
+    pub step: usize,
+    pub loss: f32,
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+    /// Tokens in this step's batch (inputs, padding included).
+    pub tokens: usize,
+    /// Throughput of this step alone.
+    pub tokens_per_s: f64,
+    /// Seconds of training so far, across resumes.
+    pub elapsed_s: f64,
+}
+
+/// A held-out evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalEvent {
+    pub step: usize,
+    pub eval_loss: f32,
+}
+
+/// The event stream the CLI and the browser both consume (one JSON object per line in
+/// `metrics.jsonl`, tagged by `"event"`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum TrainEvent {
+    Step(StepEvent),
+    Eval(EvalEvent),
+}
+
+/// A model being trained, with its optimizer, data and position in the run.
+pub struct Trainer {
+    /// Lives on an autodiff device.
+    pub model: Gpt,
+    pub optim: AdamW,
+    pub config: TrainConfig,
+    pub schedule: Schedule,
+    /// Steps completed.
+    pub step: usize,
+    pub train: Dataset,
+    pub eval: Dataset,
+    pub device: Device,
+    /// Training seconds before this process (from a resumed checkpoint).
+    pub elapsed_before: f64,
+    clock: Option<Instant>,
+}
+
+impl Trainer {
+    /// Builds the data sets named by `config` and an optimizer at step 0. `device` should
+    /// have autodiff.
+    pub fn new(model: Gpt, tok: &TextTokenizer, config: TrainConfig, device: &Device) -> Result<Self> {
+        if tok.vocab_size() > model.config().vocab_size {
+            return Err(Error::Invalid(format!(
+                "the tokenizer has {} tokens but the model's vocab_size is {}; they must match",
+                tok.vocab_size(),
+                model.config().vocab_size
+            )));
+        }
+        let ds = |split, n| config.data.dataset(tok, config.data_seed, split, n, config.seq_len, config.prompt_loss_weight);
+        let train = ds(Split::Train, config.train_examples)?;
+        let eval = ds(Split::Eval, config.eval_examples)?;
+        Self::from_datasets(model, config, train, eval, device)
+    }
+
+    /// A trainer on data sets built elsewhere (benchmarks, custom data).
+    pub fn from_datasets(model: Gpt, config: TrainConfig, train: Dataset, eval: Dataset, device: &Device) -> Result<Self> {
+        config.validate("training config", model.config().n_positions)?;
+        Ok(Self {
+            optim: AdamW::new(config.optimizer.clone()),
+            schedule: config.schedule(),
+            model,
+            config,
+            step: 0,
+            train,
+            eval,
+            device: device.clone(),
+            elapsed_before: 0.0,
+            clock: None,
+        })
+    }
+
+    /// The batch of step `step`: a function of the seed and the step number alone, so a
+    /// resumed run sees exactly the batches the uninterrupted run would have.
+    pub fn batch_for(&self, step: usize) -> Batch {
+        let mut rng = Rng::derive(self.config.seed, &format!("batch/{step}"));
+        self.train.sample(&mut rng, self.config.batch_size, self.config.seq_len)
+    }
+
+    /// Forward and backward on one batch: returns `[loss, grad_norm]` on the device and the
+    /// clipped gradients. Nothing is read back, so a GPU can keep queueing work.
+    pub fn forward_backward(&self, batch: &Batch) -> (Tensor<1>, NamedGrads) {
+        let (inputs, targets, weights) = batch.to_device(&self.device);
+        let logits = self.model.forward(inputs);
+        let loss = Gpt::loss(logits, targets, weights, batch.weight_sum());
+        let grads = loss.backward();
+        let mut named = NamedGrads::collect(&self.model, &grads);
+        let norm = self.optim.clip(&mut named).unwrap_or_else(|| Tensor::zeros([1], &self.device));
+        let stats = Tensor::cat(vec![loss.inner(), norm], 0);
+        (stats, named)
+    }
+
+    /// Applies the update for the current step and advances the step counter.
+    pub fn apply(&mut self, grads: NamedGrads) {
+        let lr = self.schedule.lr(self.step);
+        // Cloning a module clones tensor handles, not data.
+        self.model = self.optim.step(lr, self.model.clone(), grads);
+        self.step += 1;
+    }
+
+    /// One whole step with a synchronous read-back of the loss (native code; the browser
+    /// uses `forward_backward` + an async read + `apply`). A non-finite loss stops the run
+    /// before the bad update touches the weights.
+    pub fn step(&mut self) -> Result<StepEvent> {
+        let started = Instant::now();
+        let clock = *self.clock.get_or_insert(started);
+        let batch = self.batch_for(self.step);
+        // Dropout draws from the backend's generator: seed it per step for reproducibility.
+        self.device.seed(mix(self.config.seed, self.step as u64));
+        let (stats, grads) = self.forward_backward(&batch);
+        let stats: Vec<f32> = stats.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 data");
+        let (loss, grad_norm) = (stats[0], stats[1]);
+        if !loss.is_finite() {
+            return Err(Error::NonFiniteLoss { step: self.step + 1, value: loss });
+        }
+        let lr = self.schedule.lr(self.step);
+        self.apply(grads);
+        let tokens = batch.b * batch.t;
+        let secs = started.elapsed().as_secs_f64();
+        Ok(StepEvent {
+            step: self.step,
+            loss,
+            lr,
+            grad_norm,
+            tokens,
+            tokens_per_s: tokens as f64 / secs.max(1e-9),
+            elapsed_s: self.elapsed_before + clock.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Mean held-out loss per counted token, on the model without autodiff or dropout.
+    pub fn eval_loss(&self) -> Result<f32> {
+        eval_loss(&self.model.valid(), &self.eval, self.config.batch_size, self.config.seq_len, self.config.eval_batches)
+    }
+
+    /// Seconds trained so far, across resumes.
+    pub fn elapsed(&self) -> f64 {
+        self.elapsed_before + self.clock.map(|c| c.elapsed().as_secs_f64()).unwrap_or(0.0)
+    }
+}
+
+/// Mean loss per counted token of `model` over up to `max_batches` sequential batches.
+pub fn eval_loss(model: &Gpt, data: &Dataset, b: usize, t: usize, max_batches: usize) -> Result<f32> {
+    let device = model.wte.weight.val().device();
+    let batches = data.sequential(b, t, max_batches.max(1));
+    let (mut total, mut count) = (0.0f64, 0.0f64);
+    for batch in &batches {
+        let (inputs, targets, weights) = batch.to_device(&device);
+        let w = batch.weight_sum();
+        let loss: f32 = Gpt::loss(model.forward(inputs), targets, weights, w).into_scalar();
+        total += loss as f64 * w as f64;
+        count += w as f64;
+    }
+    if count == 0.0 {
+        return Err(Error::Invalid("the held-out split is too short for one evaluation batch; lower --seq-len or add examples".into()));
+    }
+    Ok((total / count) as f32)
+}
+
+/// Mixes a seed and a counter into a new seed (SplitMix64's finaliser).
+pub fn mix(seed: u64, n: u64) -> u64 {
+    let mut z = seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

@@ -1,0 +1,226 @@
+//! The command line as clap structs that mirror the flags. `train::resolve` turns them into
+//! core configs in one place, so core never sees clap.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use tinytune::optim::Decay;
+
+use crate::backend::Backend;
+
+#[derive(Parser, Debug)]
+#[command(name = "tinytune", version, about = "Train, fine-tune and inspect tiny GPT models (the native side of the tinytune playground)")]
+pub struct Cli {
+    /// Compute backend.
+    #[arg(long, global = true, value_enum, default_value_t = Backend::Flex)]
+    pub backend: Backend,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a model from scratch on generated data.
+    Pretrain(PretrainArgs),
+    /// Fully fine-tune an existing model (e.g. the shipped micro checkpoint) on a task.
+    Finetune(FinetuneArgs),
+    /// Continue a text with a trained model.
+    Generate(GenerateArgs),
+    /// Held-out loss (and, for tasks, answer accuracy) of a model.
+    Eval(EvalArgs),
+    /// Parameters per layer of a model or preset.
+    Info(InfoArgs),
+    /// Training throughput of a model shape (full fine-tuning, AdamW).
+    Bench(BenchArgs),
+    /// A tour on the shipped pretrained model: its size, samples and held-out loss.
+    Demo(DemoArgs),
+}
+
+/// Flags shared by every command that trains.
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Run folder: checkpoints, metrics.jsonl and loss.svg go here.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Training data: `stories` or a task (story-qa, sentiment, json-extract).
+    #[arg(long)]
+    pub data: Option<String>,
+    #[arg(long, default_value_t = 200)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Tokens per row (default: the model's context, at most 128).
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Linear warmup steps (default: 10% of --steps).
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    #[arg(long, value_enum, default_value_t = DecayArg::Cosine)]
+    pub decay: DecayArg,
+    /// End of decay as a fraction of the peak learning rate.
+    #[arg(long, default_value_t = 0.1)]
+    pub min_lr_ratio: f64,
+    /// AdamW decoupled weight decay (PyTorch's default 0.01).
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f64,
+    /// Clip the global gradient norm (0 turns clipping off).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// Seed of batch order and dropout.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Seed of the data generator.
+    #[arg(long, default_value_t = 0)]
+    pub data_seed: u64,
+    #[arg(long, default_value_t = 4000)]
+    pub train_examples: usize,
+    #[arg(long, default_value_t = 200)]
+    pub eval_examples: usize,
+    /// Evaluate every N steps (0: only at the end).
+    #[arg(long, default_value_t = 50)]
+    pub eval_every: usize,
+    #[arg(long, default_value_t = 8)]
+    pub eval_batches: usize,
+    /// Checkpoint every N steps (0: only at the end).
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: usize,
+    /// Weight of prompt tokens in the fine-tuning loss.
+    #[arg(long, default_value_t = 0.0)]
+    pub prompt_loss_weight: f32,
+    /// Continue the run in --out from its last checkpoint (its saved settings win).
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop after this many steps of this invocation (for demonstrations of resuming).
+    #[arg(long, hide = true)]
+    pub stop_after: Option<usize>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum DecayArg {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+impl From<DecayArg> for Decay {
+    fn from(d: DecayArg) -> Decay {
+        match d {
+            DecayArg::Constant => Decay::Constant,
+            DecayArg::Linear => Decay::Linear,
+            DecayArg::Cosine => Decay::Cosine,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct PretrainArgs {
+    /// Model shape: nano, micro, mini, gpt2, gpt2-medium, gpt2-large, gpt2-xl.
+    #[arg(long, default_value = "nano")]
+    pub preset: String,
+    /// Tokenizer: `char` (one id per character) or `bpe` (byte-level BPE trained on the data).
+    #[arg(long, default_value = "char")]
+    pub tokenizer: String,
+    /// BPE vocabulary size.
+    #[arg(long, default_value_t = 512)]
+    pub vocab: usize,
+    /// Dropout on embeddings, attention and residuals.
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f64,
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct FinetuneArgs {
+    /// The model to start from (a run folder or a model folder).
+    #[arg(long)]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long, default_value = "")]
+    pub prompt: String,
+    #[arg(long, default_value_t = 100)]
+    pub max_tokens: usize,
+    /// 0 for greedy decoding.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f64,
+    /// Sample among the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// `stories` or a task.
+    #[arg(long, default_value = "stories")]
+    pub data: String,
+    #[arg(long, default_value_t = 200)]
+    pub examples: usize,
+    #[arg(long, default_value_t = 0)]
+    pub data_seed: u64,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// For tasks: greedily answer this many held-out prompts and report exact-match accuracy.
+    #[arg(long, default_value_t = 50)]
+    pub accuracy_examples: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    /// A model folder (or use --preset).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long)]
+    pub preset: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long, default_value_t = 128)]
+    pub d_model: usize,
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 128)]
+    pub ctx: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 256)]
+    pub vocab: usize,
+    /// Timed steps (after 3 untimed warm-up steps).
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Print one JSON line with `tokens_per_s`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// The model to tour (default: the shipped pretrained micro checkpoint).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+}

@@ -1,0 +1,94 @@
+//! File helpers that never lose work: every file is written to a temporary name in the same
+//! folder, synced, then renamed over the target, so a reader sees the old file or the new
+//! one and never half of either. Checkpoints are whole folders swapped the same way.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Writes `bytes` to `path` atomically.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| format!("{}: cannot create folder: {e}", dir.display()))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        format!("{}: cannot write: {e}", path.display())
+    })
+}
+
+/// Reads a file, naming it in the error.
+pub fn read(path: &Path) -> Result<Vec<u8>, String> {
+    fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))
+}
+
+pub fn read_text(path: &Path) -> Result<String, String> {
+    fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))
+}
+
+/// The checkpoint folder of a run, and where it is staged and retired.
+pub struct CheckpointDirs {
+    pub current: PathBuf,
+    pub staging: PathBuf,
+    pub retired: PathBuf,
+}
+
+impl CheckpointDirs {
+    pub fn new(run: &Path) -> Self {
+        Self { current: run.join("checkpoint"), staging: run.join(".checkpoint.tmp"), retired: run.join(".checkpoint.old") }
+    }
+
+    /// Replaces the checkpoint with the files given, so that at every instant one complete
+    /// checkpoint exists on disk: staged folder written and synced, the old one moved
+    /// aside, the new one renamed into place, then the old one removed. If the process dies
+    /// between the two renames, `existing()` finds the retired one.
+    pub fn commit(&self, files: &[(&str, Vec<u8>)]) -> Result<(), String> {
+        let _ = fs::remove_dir_all(&self.staging);
+        for (name, bytes) in files {
+            write_atomic(&self.staging.join(name), bytes)?;
+        }
+        let io = |e: std::io::Error| format!("{}: cannot swap checkpoint folders: {e}", self.current.display());
+        if self.current.exists() {
+            let _ = fs::remove_dir_all(&self.retired);
+            fs::rename(&self.current, &self.retired).map_err(io)?;
+        }
+        fs::rename(&self.staging, &self.current).map_err(io)?;
+        let _ = fs::remove_dir_all(&self.retired);
+        Ok(())
+    }
+
+    /// The newest complete checkpoint, if any.
+    pub fn existing(&self) -> Option<&Path> {
+        [&self.current, &self.retired].into_iter().find(|d| d.join("trainer_state.json").exists()).map(|p| p.as_path())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_replaces_whole_folders_and_survives_a_crash_between_renames() {
+        let run = std::env::temp_dir().join(format!("tinytune-fsutil-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&run);
+        let dirs = CheckpointDirs::new(&run);
+        assert!(dirs.existing().is_none());
+        dirs.commit(&[("trainer_state.json", b"1".to_vec()), ("a", b"one".to_vec())]).unwrap();
+        dirs.commit(&[("trainer_state.json", b"2".to_vec())]).unwrap();
+        assert_eq!(fs::read(dirs.current.join("trainer_state.json")).unwrap(), b"2");
+        assert!(!dirs.current.join("a").exists(), "no file of the old checkpoint survives");
+        // Simulate death after `current` was moved aside but before staging was renamed in.
+        fs::rename(&dirs.current, &dirs.retired).unwrap();
+        assert_eq!(dirs.existing().unwrap(), dirs.retired.as_path());
+        dirs.commit(&[("trainer_state.json", b"3".to_vec())]).unwrap();
+        assert_eq!(dirs.existing().unwrap(), dirs.current.as_path());
+        fs::remove_dir_all(&run).unwrap();
+    }
+}

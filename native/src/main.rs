@@ -1,0 +1,42 @@
+//! The `tinytune` command. Parses flags, picks the backend once, runs a command, and turns
+//! every error into one clear line on stderr and a non-zero exit code.
+
+mod backend;
+mod cli;
+mod commands;
+mod fsutil;
+mod model_dir;
+mod plot;
+mod train;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let device = match backend::device(cli.backend) {
+        Ok(d) => d,
+        Err(e) => return fail(&e),
+    };
+    let result = match cli.command {
+        Command::Pretrain(a) => train::pretrain(a, &device),
+        Command::Finetune(a) => train::finetune(a, &device),
+        Command::Generate(a) => commands::generate_cmd(a, &device),
+        Command::Eval(a) => commands::eval_cmd(a, &device),
+        Command::Info(a) => commands::info_cmd(a, &device),
+        Command::Bench(a) => commands::bench_cmd(a, &device),
+        Command::Demo(a) => commands::demo_cmd(a, &device),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,231 @@
+//! `pretrain` and `finetune`: resolve flags into core configs, then drive the core's step
+//! loop with a progress bar, `metrics.jsonl`, checkpoints and a loss plot at the end.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+
+use burn::tensor::Device;
+use indicatif::{ProgressBar, ProgressStyle};
+use tinytune::checkpoint::{TrainerState, files, load_model, load_optimizer, save_model, save_optimizer};
+use tinytune::data::{CHARSET, Split};
+use tinytune::optim::AdamWConfig;
+use tinytune::train::{DataSource, EvalEvent, TrainConfig, TrainEvent, Trainer};
+use tinytune::{Gpt, ModelConfig, TextTokenizer};
+
+use crate::cli::{FinetuneArgs, PretrainArgs, TrainArgs};
+use crate::fsutil::{CheckpointDirs, read, read_text, write_atomic};
+use crate::{model_dir, plot};
+
+/// The one place flags become a `TrainConfig`.
+fn resolve(args: &TrainArgs, default_data: DataSource, default_lr: f64, n_positions: usize) -> Result<TrainConfig, String> {
+    let data = match &args.data {
+        Some(s) => s.parse::<DataSource>().map_err(|e| format!("--data: {e}"))?,
+        None => default_data,
+    };
+    let config = TrainConfig {
+        data,
+        train_examples: args.train_examples,
+        eval_examples: args.eval_examples,
+        data_seed: args.data_seed,
+        seed: args.seed,
+        steps: args.steps,
+        batch_size: args.batch,
+        seq_len: args.seq_len.unwrap_or(n_positions.min(128)),
+        lr: args.lr.unwrap_or(default_lr),
+        warmup_steps: args.warmup.unwrap_or(args.steps / 10),
+        decay: args.decay.into(),
+        min_lr_ratio: args.min_lr_ratio,
+        optimizer: AdamWConfig {
+            weight_decay: args.weight_decay,
+            clip_grad_norm: (args.clip > 0.0).then_some(args.clip),
+            ..AdamWConfig::default()
+        },
+        eval_every: args.eval_every,
+        eval_batches: args.eval_batches,
+        checkpoint_every: args.checkpoint_every,
+        prompt_loss_weight: args.prompt_loss_weight,
+    };
+    config.validate("command line", n_positions).map_err(flag_error)?;
+    Ok(config)
+}
+
+/// A config error found in values that came from flags, phrased in terms of the flag.
+pub fn flag_error(e: tinytune::Error) -> String {
+    match e {
+        tinytune::Error::Config { field, problem, .. } => format!("--{}: {problem}", field.replace('_', "-")),
+        other => other.to_string(),
+    }
+}
+
+pub fn pretrain(args: PretrainArgs, device: &Device) -> Result<(), String> {
+    let ad = device.clone().autodiff();
+    if args.train.resume {
+        return resume(&args.train, &ad);
+    }
+    refuse_to_overwrite(&args.train.out)?;
+    let mut config = ModelConfig::preset(&args.preset).map_err(|e| format!("--preset: {e}"))?.with_dropout(args.dropout);
+    config.validate("--dropout").map_err(|e| e.to_string())?;
+    let train = resolve(&args.train, DataSource::Stories, 1e-3, config.n_positions)?;
+    let tokenizer = match args.tokenizer.as_str() {
+        "char" => TextTokenizer::char_level(CHARSET),
+        "bpe" => {
+            let texts = train.data.texts(train.data_seed, Split::Train, train.train_examples);
+            TextTokenizer::train_bpe(texts.iter().map(String::as_str), args.vocab).map_err(|e| format!("--vocab: {e}"))?
+        }
+        other => return Err(format!("--tokenizer: unknown tokenizer '{other}'; choose char or bpe")),
+    };
+    // The embedding table has exactly one row per token id.
+    config.vocab_size = tokenizer.vocab_size();
+    let model = Gpt::init(&config, train.seed, &ad);
+    run(Trainer::new(model, &tokenizer, train, &ad).map_err(|e| e.to_string())?, &tokenizer, &args.train)
+}
+
+pub fn finetune(args: FinetuneArgs, device: &Device) -> Result<(), String> {
+    let ad = device.clone().autodiff();
+    if args.train.resume {
+        return resume(&args.train, &ad);
+    }
+    refuse_to_overwrite(&args.train.out)?;
+    let loaded = model_dir::load(&args.model, &ad)?;
+    let train = resolve(&args.train, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, loaded.config.n_positions)?;
+    run(Trainer::new(loaded.model, &loaded.tokenizer, train, &ad).map_err(|e| e.to_string())?, &loaded.tokenizer, &args.train)
+}
+
+fn refuse_to_overwrite(out: &Path) -> Result<(), String> {
+    if CheckpointDirs::new(out).existing().is_some() {
+        return Err(format!("{}: already holds a run; pass --resume to continue it, or choose another --out", out.display()));
+    }
+    Ok(())
+}
+
+/// Rebuilds a trainer from the run's checkpoint and continues it. The saved `train.json`
+/// wins over flags, because changing e.g. the step count would change the schedule and the
+/// run would no longer be the one that was started.
+fn resume(args: &TrainArgs, ad: &Device) -> Result<(), String> {
+    let dirs = CheckpointDirs::new(&args.out);
+    let dir = dirs.existing().ok_or_else(|| format!("{}: no checkpoint to resume; start the run without --resume", args.out.display()))?.to_path_buf();
+    let text = |name: &str| read_text(&dir.join(name));
+    let origin = |name: &str| dir.join(name).display().to_string();
+    let config = ModelConfig::from_json(&text(files::CONFIG)?, origin(files::CONFIG)).map_err(|e| e.to_string())?;
+    let tokenizer = TextTokenizer::from_json(&text(files::TOKENIZER)?, origin(files::TOKENIZER)).map_err(|e| e.to_string())?;
+    let train = TrainConfig::from_json(&text(files::TRAIN)?, origin(files::TRAIN)).map_err(|e| e.to_string())?;
+    let state: TrainerState = serde_json::from_str(&text(files::STATE)?).map_err(|e| format!("{}: {e}", origin(files::STATE)))?;
+    let model = load_model(&config, &read(&dir.join(files::WEIGHTS))?, ad, origin(files::WEIGHTS)).map_err(|e| e.to_string())?;
+    let mut trainer = Trainer::new(model, &tokenizer, train, ad).map_err(|e| e.to_string())?;
+    load_optimizer(&mut trainer.optim, state.optimizer_t, &read(&dir.join(files::OPTIMIZER))?, ad, origin(files::OPTIMIZER)).map_err(|e| e.to_string())?;
+    trainer.step = state.step;
+    trainer.elapsed_before = state.elapsed_s;
+    truncate_metrics(&args.out.join("metrics.jsonl"), state.step)?;
+    eprintln!("resuming {} at step {}/{}", args.out.display(), state.step, trainer.config.steps);
+    run(trainer, &tokenizer, args)
+}
+
+/// Drops metric lines from steps after the checkpoint: a resumed run writes them again.
+fn truncate_metrics(path: &Path, step: usize) -> Result<(), String> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= step))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write_atomic(path, kept.as_bytes())
+}
+
+fn save(trainer: &Trainer, tokenizer: &TextTokenizer, out: &Path, eval_loss: Option<f32>) -> Result<(), String> {
+    let state = TrainerState { step: trainer.step, optimizer_t: trainer.optim.t, elapsed_s: trainer.elapsed(), eval_loss };
+    CheckpointDirs::new(out).commit(&[
+        (files::CONFIG, trainer.model.config().to_json().into_bytes()),
+        (files::TOKENIZER, tokenizer.to_json().into_bytes()),
+        (files::TRAIN, trainer.config.to_json().into_bytes()),
+        (files::WEIGHTS, save_model(&trainer.model)),
+        (files::OPTIMIZER, save_optimizer(&trainer.optim)),
+        // Written last, and its presence marks a complete checkpoint.
+        (files::STATE, serde_json::to_vec_pretty(&state).expect("state serialises")),
+    ])
+}
+
+fn run(mut trainer: Trainer, tokenizer: &TextTokenizer, args: &TrainArgs) -> Result<(), String> {
+    let out = &args.out;
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: cannot create run folder: {e}", out.display()))?;
+    let metrics_path = out.join("metrics.jsonl");
+    let mut metrics = OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(|e| format!("{}: {e}", metrics_path.display()))?;
+    let mut log = |event: &TrainEvent| -> Result<(), String> {
+        writeln!(metrics, "{}", serde_json::to_string(event).expect("events serialise")).map_err(|e| format!("{}: {e}", metrics_path.display()))
+    };
+
+    let total = trainer.config.steps;
+    let params = trainer.model.config().num_params();
+    eprintln!(
+        "training {:.2} M parameters on {} ({} train / {} held-out), {} steps of {}×{} tokens",
+        params as f64 / 1e6,
+        trainer.config.data,
+        trainer.config.train_examples,
+        trainer.config.eval_examples,
+        total,
+        trainer.config.batch_size,
+        trainer.config.seq_len
+    );
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]").expect("valid template"));
+    bar.set_position(trainer.step as u64);
+
+    let mut last_eval = None;
+    let mut steps_here = 0;
+    while trainer.step < total {
+        let event = match trainer.step() {
+            Ok(e) => e,
+            Err(e) => {
+                bar.abandon();
+                write_plot(out)?;
+                return Err(e.to_string());
+            }
+        };
+        log(&TrainEvent::Step(event.clone()))?;
+        bar.set_position(event.step as u64);
+        bar.set_message(format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", event.loss, event.lr, event.tokens_per_s));
+        let every = |n: usize| n > 0 && event.step % n == 0;
+        if every(trainer.config.eval_every) || event.step == total {
+            let eval_loss = trainer.eval_loss().map_err(|e| e.to_string())?;
+            bar.println(format!("step {:>6}  train loss {:.4}  held-out loss {:.4}", event.step, event.loss, eval_loss));
+            log(&TrainEvent::Eval(EvalEvent { step: event.step, eval_loss }))?;
+            last_eval = Some(eval_loss);
+        }
+        if every(trainer.config.checkpoint_every) || event.step == total {
+            save(&trainer, tokenizer, out, last_eval)?;
+        }
+        steps_here += 1;
+        if args.stop_after.is_some_and(|n| steps_here >= n) {
+            save(&trainer, tokenizer, out, last_eval)?;
+            bar.abandon_with_message("stopped early (--stop-after); continue with --resume");
+            return Ok(());
+        }
+    }
+    bar.finish();
+    write_plot(out)?;
+    eprintln!("saved {} (model, tokenizer, optimizer state), metrics.jsonl and loss.svg", out.join("checkpoint").display());
+    Ok(())
+}
+
+/// Draws `loss.svg` from `metrics.jsonl`.
+pub fn write_plot(out: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap_or_default();
+    let (mut train, mut eval) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        match serde_json::from_str::<TrainEvent>(line) {
+            Ok(TrainEvent::Step(s)) => train.push((s.step as f64, s.loss as f64)),
+            Ok(TrainEvent::Eval(e)) => eval.push((e.step as f64, e.eval_loss as f64)),
+            Err(_) => {}
+        }
+    }
+    let svg = plot::svg(
+        &format!("{} — loss", out.display()),
+        "step",
+        "cross-entropy (nats/token)",
+        &[
+            plot::Series { label: "train loss", color: "#1f77b4", points: train, line: true },
+            plot::Series { label: "held-out loss", color: "#d62728", points: eval, line: false },
+        ],
+    );
+    write_atomic(&out.join("loss.svg"), svg.as_bytes())
+}

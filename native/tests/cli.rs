@@ -1,0 +1,138 @@
+//! The `tinytune` binary end to end: a tiny run produces every promised file, a killed and
+//! resumed run logs the same losses as an uninterrupted one, and bad input gets one clear
+//! line naming the file and field, a non-zero exit, and never a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn tinytune(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tinytune")).args(args).output().expect("the binary runs")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tinytune-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn ok(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "failed: {stderr}");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Asserts a clean failure: exit code 1, an `error:` line mentioning every needle, no panic.
+fn fails_with(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "expected exit 1, stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panicked: {stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "{stderr:?} should mention {n:?}");
+    }
+}
+
+const TINY: &[&str] = &["--preset", "nano", "--batch", "4", "--seq-len", "32", "--train-examples", "100", "--eval-examples", "20", "--eval-batches", "2"];
+
+fn pretrain(out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["pretrain", "--out", out.to_str().unwrap()];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(extra);
+    tinytune(&args)
+}
+
+fn step_losses(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "step")
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_run_writes_checkpoint_metrics_and_plot_then_generates_evals_and_reports() {
+    let run = tmp("run");
+    ok(&pretrain(&run, &["--steps", "6", "--eval-every", "3"]));
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "optimizer.safetensors", "trainer_state.json", "train.json"] {
+        assert!(run.join("checkpoint").join(f).exists(), "{f} missing");
+    }
+    assert_eq!(step_losses(&run).len(), 6);
+    assert!(std::fs::read_to_string(run.join("loss.svg")).unwrap().contains("<polyline"));
+    let r = run.to_str().unwrap();
+    let text = ok(&tinytune(&["generate", "--model", r, "--prompt", "one day", "--max-tokens", "20", "--seed", "1"]));
+    assert!(text.starts_with("one day") && text.len() > "one day".len(), "{text:?}");
+    // Same seed, same text.
+    assert_eq!(text, ok(&tinytune(&["generate", "--model", r, "--prompt", "one day", "--max-tokens", "20", "--seed", "1"])));
+    let eval = ok(&tinytune(&["eval", "--model", r, "--data", "sentiment", "--examples", "20", "--accuracy-examples", "2", "--seq-len", "64", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&eval).unwrap();
+    assert!(v["eval_loss"].as_f64().unwrap() > 0.0 && v["accuracy"].is_number());
+    let info = ok(&tinytune(&["info", "--model", r]));
+    assert!(info.contains("h.1.attn.c_attn.weight") && info.contains("closed form"));
+    std::fs::remove_dir_all(&run).unwrap();
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_losses() {
+    let (a, b) = (tmp("straight"), tmp("resumed"));
+    ok(&pretrain(&a, &["--steps", "8", "--checkpoint-every", "100"]));
+    ok(&pretrain(&b, &["--steps", "8", "--checkpoint-every", "100", "--stop-after", "3"]));
+    assert_eq!(step_losses(&b).len(), 3);
+    // Flags are not needed on resume: the run's own train.json is used.
+    ok(&tinytune(&["pretrain", "--out", b.to_str().unwrap(), "--resume"]));
+    assert_eq!(step_losses(&a), step_losses(&b));
+    // Starting over a finished run without --resume is refused rather than overwriting it.
+    fails_with(&pretrain(&b, &["--steps", "2"]), &["--resume"]);
+    std::fs::remove_dir_all(&a).unwrap();
+    std::fs::remove_dir_all(&b).unwrap();
+}
+
+#[test]
+fn bad_model_folders_name_the_file_and_field() {
+    let run = tmp("bad");
+    ok(&pretrain(&run, &["--steps", "1"]));
+    let ck = run.join("checkpoint");
+    let r = run.to_str().unwrap();
+    let generate = |dir: &str| tinytune(&["generate", "--model", dir, "--max-tokens", "2"]);
+
+    let cfg = std::fs::read_to_string(ck.join("config.json")).unwrap();
+    std::fs::write(ck.join("config.json"), cfg.replace("\"n_head\": 4", "\"n_head\": 0")).unwrap();
+    fails_with(&generate(r), &["config.json", "n_head"]);
+    std::fs::write(ck.join("config.json"), "{ \"n_embd\": 64 ").unwrap();
+    fails_with(&generate(r), &["config.json"]);
+    std::fs::remove_file(ck.join("config.json")).unwrap();
+    fails_with(&generate(r), &["config.json", "cannot read"]);
+    std::fs::write(ck.join("config.json"), &cfg).unwrap();
+
+    let tok = std::fs::read_to_string(ck.join("tokenizer.json")).unwrap();
+    std::fs::write(ck.join("tokenizer.json"), "{\"model\": 1}").unwrap();
+    fails_with(&generate(r), &["tokenizer.json"]);
+    std::fs::write(ck.join("tokenizer.json"), &tok).unwrap();
+
+    std::fs::write(ck.join("model.safetensors"), b"\x08\x00\x00\x00\x00\x00\x00\x00garbage!").unwrap();
+    fails_with(&generate(r), &["model.safetensors", "safetensors"]);
+
+    fails_with(&generate(run.join("nowhere").to_str().unwrap()), &["no such folder"]);
+    std::fs::remove_dir_all(&run).unwrap();
+}
+
+#[test]
+fn bad_flags_and_diverging_runs_fail_cleanly() {
+    let run = tmp("flags");
+    fails_with(&tinytune(&["pretrain", "--out", run.to_str().unwrap(), "--preset", "huge"]), &["--preset", "unknown preset 'huge'", "micro"]);
+    fails_with(&tinytune(&["pretrain", "--out", run.to_str().unwrap(), "--data", "poems"]), &["--data", "story-qa"]);
+    fails_with(&pretrain(&run, &["--seq-len", "4096"]), &["seq-len", "n_positions"]);
+    fails_with(&pretrain(&run, &["--steps", "40", "--lr", "1e35", "--clip", "0", "--warmup", "0"]), &["loss became", "--lr"]);
+    fails_with(&tinytune(&["pretrain", "--out", run.to_str().unwrap(), "--resume"]), &["no checkpoint to resume"]);
+    fails_with(&tinytune(&["info", "--preset", "nano", "--backend", "cuda"]), &["cuda"]);
+    let _ = std::fs::remove_dir_all(&run);
+}
+
+#[test]
+fn bench_prints_tokens_per_second_as_json() {
+    let out = ok(&tinytune(&["bench", "--d-model", "32", "--layers", "1", "--heads", "2", "--ctx", "16", "--batch", "2", "--vocab", "50", "--steps", "2", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0);
+    fails_with(&tinytune(&["bench", "--d-model", "30", "--heads", "4", "--steps", "1"]), &["--heads"]);
+}
