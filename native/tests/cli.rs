@@ -122,7 +122,7 @@ fn bad_flags_and_diverging_runs_fail_cleanly() {
     let run = tmp("flags");
     fails_with(&tinytune(&["pretrain", "--out", run.to_str().unwrap(), "--preset", "huge"]), &["--preset", "unknown preset 'huge'", "micro"]);
     fails_with(&tinytune(&["pretrain", "--out", run.to_str().unwrap(), "--data", "poems"]), &["--data", "story-qa"]);
-    fails_with(&pretrain(&run, &["--seq-len", "4096"]), &["seq-len", "n_positions"]);
+    fails_with(&tinytune(&["pretrain", "--out", run.to_str().unwrap(), "--preset", "nano", "--seq-len", "4096"]), &["--seq-len", "n_positions"]);
     fails_with(&pretrain(&run, &["--steps", "40", "--lr", "1e35", "--clip", "0", "--warmup", "0"]), &["loss became", "--lr"]);
     fails_with(&tinytune(&["pretrain", "--out", run.to_str().unwrap(), "--resume"]), &["no checkpoint to resume"]);
     fails_with(&tinytune(&["info", "--preset", "nano", "--backend", "cuda"]), &["cuda"]);

@@ -53,9 +53,11 @@ impl Attention {
 
         // Scaled dot-product scores: [B, nh, T, hs] x [B, nh, hs, T] -> [B, nh, T, T]
         let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (hs as f64).sqrt());
-        // Causal mask: position i may not look at j > i. Filling with a large negative number
-        // rather than -inf keeps a fully masked row (never produced here) finite.
-        let mask = Tensor::<2, Bool>::triu_mask([t, t], 1, &scores.device()).reshape([1, 1, t, t]).expand([b, nh, t, t]);
+        // Causal mask: position i may not look at j > i. Burn's `tril_mask` is true *outside*
+        // the lower triangle, i.e. exactly where j > i (the causality test pins this down).
+        // Filling with a large negative number rather than -inf keeps a fully masked row
+        // (never produced here) finite.
+        let mask = Tensor::<2, Bool>::tril_mask([t, t], 0, &scores.device()).reshape([1, 1, t, t]).expand([b, nh, t, t]);
         let scores = scores.mask_fill(mask, -1.0e9);
         let probs = self.attn_dropout.forward(softmax(scores, 3));
 

@@ -179,10 +179,13 @@ mod tests {
     fn stream_windows_shift_targets_by_one() {
         let ds = Dataset::from_documents(&tok(), &["abcdefgh".to_string()]).unwrap();
         let b = ds.sequential(1, 4, 10);
-        assert_eq!(b.len(), 1, "8 chars + eot = 9 tokens: one window of 4+1");
+        // 8 chars + eot = 9 tokens: windows of 4+1 at strides of 4 start at 0 and 4.
+        assert_eq!(b.len(), 2);
         let t = tok();
         assert_eq!(t.decode(&b[0].inputs), "abcd");
         assert_eq!(t.decode(&b[0].targets), "bcde");
+        assert_eq!(t.decode(&b[1].inputs), "efgh");
+        assert_eq!(b[1].targets.last(), t.eot().as_ref());
         assert_eq!(b[0].weight_sum(), 4.0);
     }
 
