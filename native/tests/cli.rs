@@ -21,12 +21,13 @@ fn ok(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-/// Asserts a clean failure: exit code 1, an `error:` line mentioning every needle, no panic.
+/// Asserts a clean failure: exit code 1, a final `error:` line, every needle mentioned, no panic.
 fn fails_with(out: &Output, needles: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "expected exit 1, stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "panicked: {stderr}");
-    assert!(stderr.starts_with("error: "), "{stderr}");
+    let last = stderr.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("");
+    assert!(last.starts_with("error: "), "the last line should be the error: {stderr}");
     for n in needles {
         assert!(stderr.contains(n), "{stderr:?} should mention {n:?}");
     }
