@@ -13,7 +13,7 @@ echo "== 1/4 cargo test --workspace"
 cargo test --workspace --locked
 
 echo "== 2/4 core for wasm32-unknown-unknown"
-RUSTFLAGS='--cfg getrandom_backend="wasm_js"' cargo build -p tinytune --target wasm32-unknown-unknown --locked
+cargo build -p tinytune --target wasm32-unknown-unknown --locked
 
 echo "== 3/4 native with --features wgpu"
 cargo check -p tinytune-cli --features wgpu --locked

@@ -146,8 +146,12 @@ pub struct FinetuneArgs {
 pub struct GenerateArgs {
     #[arg(long)]
     pub model: PathBuf,
+    /// Text to continue; `\n` stands for a newline (task prompts end in e.g. "\nanswer:").
     #[arg(long, default_value = "")]
     pub prompt: String,
+    /// Stop at the end of the first generated line (how task answers end).
+    #[arg(long)]
+    pub stop_at_newline: bool,
     #[arg(long, default_value_t = 100)]
     pub max_tokens: usize,
     /// 0 for greedy decoding.

@@ -22,7 +22,8 @@ fn encode(tok: &TextTokenizer, text: &str) -> Result<Vec<u32>, String> {
 pub fn generate_cmd(args: GenerateArgs, device: &Device) -> Result<(), String> {
     let loaded = model_dir::load(&args.model, device)?;
     let tok = &loaded.tokenizer;
-    let mut prompt = encode(tok, &args.prompt)?;
+    let prompt_text = args.prompt.replace("\\n", "\n");
+    let mut prompt = encode(tok, &prompt_text)?;
     if prompt.is_empty() {
         // An empty prompt starts a new document, as after <|endoftext|> in pre-training.
         prompt = tok.eot().into_iter().collect();
@@ -33,14 +34,14 @@ pub fn generate_cmd(args: GenerateArgs, device: &Device) -> Result<(), String> {
             temperature: args.temperature,
             top_k: (args.top_k > 0).then_some(args.top_k),
             seed: args.seed + i as u64,
-            stop_ids: tok.eot().into_iter().collect(),
+            stop_ids: tok.eot().into_iter().chain(if args.stop_at_newline { tok.ids_containing("\n") } else { vec![] }).collect(),
         };
         let out = generate(&loaded.model, &prompt, &config);
         let text = tok.decode(&out);
         if args.samples > 1 {
             println!("--- sample {} ---", i + 1);
         }
-        println!("{}{}", args.prompt, text.trim_end_matches(tinytune::tokenizer::EOT));
+        println!("{}{}", prompt_text, text.trim_end_matches(tinytune::tokenizer::EOT));
     }
     Ok(())
 }

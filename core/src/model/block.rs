@@ -2,7 +2,7 @@
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::activation::gelu_approximate;
+use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 
 use super::attention::Attention;
@@ -34,10 +34,41 @@ impl Mlp {
     /// # Shapes
     /// `[B, T, C] -> [B, T, C]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        // GPT-2 uses the tanh approximation of GELU ("gelu_new"); using the exact erf form
-        // would make logits differ from transformers' by ~1e-3.
-        let h = gelu_approximate(self.c_fc.forward(x)); // [B, T, 4C]
+        let h = gelu_new(self.c_fc.forward(x)); // [B, T, 4C]
         self.dropout.forward(self.c_proj.forward(h))
+    }
+}
+
+/// GPT-2's GELU, the tanh approximation ("gelu_new"):
+/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+///
+/// Written as `x · sigmoid(2·√(2/π)·(x + 0.044715·x³))`, which is the same function
+/// (`0.5·(1 + tanh z) = sigmoid(2z)`), with x³ as two multiplications. On flex this runs
+/// forward and backward 2.6× faster than `burn::tensor::activation::gelu_approximate`,
+/// whose `powf` dominates an MLP step (measured with `native/examples/op_profile.rs`).
+/// The exact erf GELU would make logits differ from transformers' GPT-2 by ~1e-3.
+pub fn gelu_new<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let c = 2.0 * (2.0 / std::f64::consts::PI).sqrt();
+    let cubic = x.clone() * x.clone() * x.clone();
+    let inner = (x.clone() + cubic.mul_scalar(0.044715)).mul_scalar(c);
+    x * sigmoid(inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    #[test]
+    fn gelu_new_matches_the_tanh_formula() {
+        let device = Device::flex();
+        let xs: Vec<f32> = (-60..=60).map(|i| i as f32 * 0.1).collect();
+        let got: Vec<f32> = gelu_new(Tensor::<1>::from_data(TensorData::new(xs.clone(), [xs.len()]), &device)).into_data().try_to_vec::<f32>().unwrap();
+        for (x, g) in xs.iter().zip(got) {
+            let x = *x as f64;
+            let want = 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh());
+            assert!((g as f64 - want).abs() < 2e-6, "x={x}: {g} vs {want}");
+        }
     }
 }
 

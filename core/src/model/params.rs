@@ -17,27 +17,32 @@ pub struct ParamSummary {
     pub numel: usize,
 }
 
+/// The dotted path of the module a visitor or mapper is in; every walker over parameters
+/// in tinytune keeps one.
 #[derive(Default)]
-struct Path(Vec<String>);
+pub(crate) struct Path(Vec<String>);
 
 impl Path {
-    fn enter(&mut self, name: &str) {
+    pub(crate) fn enter(&mut self, name: &str) {
         self.0.push(name.to_string());
     }
-    fn exit(&mut self) {
+    pub(crate) fn exit(&mut self) {
         self.0.pop();
     }
-    fn join(&self) -> String {
+    pub(crate) fn join(&self) -> String {
         self.0.join(".")
     }
 }
 
-struct Summaries {
+/// Walks every float parameter with its path, recording its shape and, when asked, reading
+/// its values back to the host.
+struct Walk {
     path: Path,
-    out: Vec<ParamSummary>,
+    read_values: bool,
+    out: Vec<(ParamSummary, Option<TensorData>)>,
 }
 
-impl ModuleVisitor for Summaries {
+impl ModuleVisitor for Walk {
     fn enter_module(&mut self, name: &str, _: &str) {
         self.path.enter(name);
     }
@@ -46,39 +51,26 @@ impl ModuleVisitor for Summaries {
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let shape = param.shape().dims::<D>().to_vec();
-        self.out.push(ParamSummary { name: self.path.join(), numel: shape.iter().product(), shape });
+        let summary = ParamSummary { name: self.path.join(), numel: shape.iter().product(), shape };
+        let values = self.read_values.then(|| param.val().to_data());
+        self.out.push((summary, values));
     }
+}
+
+fn walk<M: Module>(module: &M, read_values: bool) -> Vec<(ParamSummary, Option<TensorData>)> {
+    let mut v = Walk { path: Path::default(), read_values, out: Vec::new() };
+    module.visit(&mut v);
+    v.out
 }
 
 /// Every float parameter of `module` with its dotted path, in module order.
 pub fn named_params<M: Module>(module: &M) -> Vec<ParamSummary> {
-    let mut v = Summaries { path: Path::default(), out: Vec::new() };
-    module.visit(&mut v);
-    v.out
-}
-
-struct Collect {
-    path: Path,
-    out: Vec<(String, TensorData)>,
-}
-
-impl ModuleVisitor for Collect {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.enter(name);
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.exit();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.out.push((self.path.join(), param.val().to_data()));
-    }
+    walk(module, false).into_iter().map(|(s, _)| s).collect()
 }
 
 /// Reads every float parameter back to the host, as `(path, data)`.
 pub fn param_data<M: Module>(module: &M) -> Vec<(String, TensorData)> {
-    let mut v = Collect { path: Path::default(), out: Vec::new() };
-    module.visit(&mut v);
-    v.out
+    walk(module, true).into_iter().map(|(s, d)| (s.name, d.expect("values were read"))).collect()
 }
 
 struct Load<'a> {

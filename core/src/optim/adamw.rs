@@ -12,6 +12,8 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Gradients, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::model::params::Path;
+
 /// Hyperparameters, defaulting to `torch.optim.AdamW`'s: lr 1e-3, betas (0.9, 0.999),
 /// eps 1e-8, weight decay 0.01. (Burn's own AdamW defaults to eps 1e-5 and decay 1e-4.)
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,25 +58,25 @@ impl NamedGrads {
     /// Pulls the gradient of every parameter of `module` that has one out of `grads`.
     pub fn collect<M: Module>(module: &M, grads: &Gradients) -> Self {
         struct V<'a> {
-            path: Vec<String>,
+            path: Path,
             grads: &'a Gradients,
             out: Vec<(String, Tensor<1>)>,
         }
         impl ModuleVisitor for V<'_> {
             fn enter_module(&mut self, name: &str, _: &str) {
-                self.path.push(name.to_string());
+                self.path.enter(name);
             }
             fn exit_module(&mut self, _: &str, _: &str) {
-                self.path.pop();
+                self.path.exit();
             }
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
                 if let Some(g) = param.val().grad(self.grads) {
                     let n = g.shape().num_elements();
-                    self.out.push((self.path.join("."), g.reshape([n])));
+                    self.out.push((self.path.join(), g.reshape([n])));
                 }
             }
         }
-        let mut v = V { path: Vec::new(), grads, out: Vec::new() };
+        let mut v = V { path: Path::default(), grads, out: Vec::new() };
         module.visit(&mut v);
         NamedGrads(v.out)
     }
@@ -123,7 +125,7 @@ impl AdamW {
         let bc1 = 1.0 - c.beta1.powi(self.t as i32);
         let bc2 = 1.0 - c.beta2.powi(self.t as i32);
         let mut mapper = Update {
-            path: Vec::new(),
+            path: Path::default(),
             grads: grads.0.into_iter().collect(),
             state: &mut self.state,
             lr,
@@ -179,7 +181,7 @@ impl AdamW {
 }
 
 struct Update<'a> {
-    path: Vec<String>,
+    path: Path,
     grads: HashMap<String, Tensor<1>>,
     state: &'a mut HashMap<String, Moments>,
     lr: f64,
@@ -193,13 +195,13 @@ struct Update<'a> {
 
 impl ModuleMapper for Update<'_> {
     fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_string());
+        self.path.enter(name);
     }
     fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
+        self.path.exit();
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let path = self.path.join(".");
+        let path = self.path.join();
         let Some(g) = self.grads.remove(&path) else { return param };
         let (id, tensor, mapper) = param.consume();
         let strategy = tensor.gradient_checkpointing_strategy();
