@@ -226,7 +226,8 @@ pub fn bench_cmd(args: BenchArgs, device: &Device) -> Result<(), String> {
 
 /// The pretrained checkpoint committed to the repository.
 pub fn shipped_model() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("assets").join("micro")
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("assets").join("micro");
+    path.canonicalize().unwrap_or(path)
 }
 
 pub fn demo_cmd(args: DemoArgs, device: &Device) -> Result<(), String> {

@@ -16,6 +16,7 @@ use clap::Parser;
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    restore_sigpipe();
     let cli = Cli::parse();
     let device = match backend::device(cli.backend) {
         Ok(d) => d,
@@ -33,6 +34,16 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
+    }
+}
+
+/// Rust ignores SIGPIPE, so `tinytune info | head` would panic when `head` closes the pipe.
+/// Restoring the default makes the process end quietly instead, as Unix tools do.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is always valid.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -137,3 +137,22 @@ fn bench_prints_tokens_per_second_as_json() {
     assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0);
     fails_with(&tinytune(&["bench", "--d-model", "30", "--heads", "4", "--steps", "1"]), &["--heads"]);
 }
+
+#[test]
+fn a_closed_output_pipe_ends_the_program_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tinytune"))
+        .args(["info", "--preset", "gpt2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read a few bytes and close the pipe, as `| head -c 10` would.
+    let mut first = [0u8; 10];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child.wait().unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
