@@ -126,6 +126,8 @@ fn bad_flags_and_diverging_runs_fail_cleanly() {
     fails_with(&tinytune(&["pretrain", "--out", run.to_str().unwrap(), "--preset", "nano", "--seq-len", "4096"]), &["--seq-len", "n_positions"]);
     fails_with(&pretrain(&run, &["--steps", "40", "--lr", "1e35", "--clip", "0", "--warmup", "0"]), &["loss became", "--lr"]);
     fails_with(&tinytune(&["pretrain", "--out", run.to_str().unwrap(), "--resume"]), &["no checkpoint to resume"]);
+    fails_with(&pretrain(&run, &["--min-lr-ratio", "2"]), &["--min-lr-ratio", "[0, 1]"]);
+    fails_with(&pretrain(&run, &["--weight-decay=-1"]), &["--weight-decay"]);
     fails_with(&tinytune(&["info", "--preset", "nano", "--backend", "cuda"]), &["cuda"]);
     let _ = std::fs::remove_dir_all(&run);
 }

@@ -162,6 +162,17 @@ impl TrainConfig {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return Err(Error::config(origin, "lr", format!("{} is not a positive learning rate", self.lr)));
         }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return Err(Error::config(origin, "min_lr_ratio", format!("{} is not a fraction of the peak learning rate in [0, 1]", self.min_lr_ratio)));
+        }
+        if !(self.optimizer.weight_decay >= 0.0) {
+            return Err(Error::config(origin, "weight_decay", format!("{} must be 0 or more", self.optimizer.weight_decay)));
+        }
+        if let Some(clip) = self.optimizer.clip_grad_norm
+            && !(clip > 0.0)
+        {
+            return Err(Error::config(origin, "clip", format!("{clip} must be positive (or 0 on the command line to turn clipping off)")));
+        }
         Ok(())
     }
 
