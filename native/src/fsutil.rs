@@ -16,12 +16,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        fs::rename(&tmp, path)
+        fs::rename(&tmp, path)?;
+        sync_dir(dir)
     })();
     result.map_err(|e| {
         let _ = fs::remove_file(&tmp);
         format!("{}: cannot write: {e}", path.display())
     })
+}
+
+/// Makes a rename in `dir` durable: without syncing the folder, a power cut can undo it.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    fs::File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }
 
 /// Reads a file, naming it in the error.
@@ -60,6 +70,9 @@ impl CheckpointDirs {
             fs::rename(&self.current, &self.retired).map_err(io)?;
         }
         fs::rename(&self.staging, &self.current).map_err(io)?;
+        if let Some(run) = self.current.parent() {
+            sync_dir(run).map_err(io)?;
+        }
         let _ = fs::remove_dir_all(&self.retired);
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! every error into one clear line on stderr and a non-zero exit code.
 
 mod backend;
+mod interrupt;
 mod cli;
 mod commands;
 mod fsutil;

@@ -172,6 +172,7 @@ fn run(mut trainer: Trainer, tokenizer: &TextTokenizer, args: &TrainArgs) -> Res
 
     let mut last_eval = None;
     let mut steps_here = 0;
+    crate::interrupt::install();
     while trainer.step < total {
         let event = match trainer.step() {
             Ok(e) => e,
@@ -195,6 +196,17 @@ fn run(mut trainer: Trainer, tokenizer: &TextTokenizer, args: &TrainArgs) -> Res
             save(&trainer, tokenizer, out, last_eval)?;
         }
         steps_here += 1;
+        if crate::interrupt::requested() && event.step < total {
+            save(&trainer, tokenizer, out, last_eval)?;
+            write_plot(out)?;
+            bar.abandon();
+            return Err(format!(
+                "interrupted after step {}/{total}; saved a checkpoint in {} — continue with `--out {} --resume`",
+                event.step,
+                out.join("checkpoint").display(),
+                out.display()
+            ));
+        }
         if args.stop_after.is_some_and(|n| steps_here >= n) {
             save(&trainer, tokenizer, out, last_eval)?;
             bar.abandon_with_message("stopped early (--stop-after); continue with --resume");

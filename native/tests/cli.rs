@@ -158,3 +158,31 @@ fn a_closed_output_pipe_ends_the_program_quietly() {
     child.wait().unwrap();
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn ctrl_c_saves_the_current_step_and_the_run_resumes() {
+    let run = tmp("interrupt");
+    let mut args = vec!["pretrain", "--out", run.to_str().unwrap(), "--steps", "300", "--checkpoint-every", "0", "--eval-every", "0"];
+    args.extend_from_slice(TINY);
+    let child = Command::new(env!("CARGO_BIN_EXE_tinytune")).args(&args).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    // Wait until a few steps are logged, then press Ctrl-C.
+    let metrics = run.join("metrics.jsonl");
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map(|t| t.lines().count()).unwrap_or(0) < 3 {
+        assert!(start.elapsed().as_secs() < 120, "training never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    fails_with(&out, &["interrupted after step", "--resume"]);
+    // The checkpoint holds exactly the steps that were logged: no finished step is lost.
+    let logged = step_losses(&run).len();
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("checkpoint/trainer_state.json")).unwrap()).unwrap();
+    assert_eq!(state["step"].as_u64().unwrap() as usize, logged);
+    assert!(logged < 300, "interrupted before the end");
+    // Resuming finishes the run with every step logged exactly once.
+    ok(&tinytune(&["pretrain", "--out", run.to_str().unwrap(), "--resume"]));
+    let steps: Vec<u64> = step_losses(&run).iter().map(|s| s.0).collect();
+    assert_eq!(steps, (1..=300).collect::<Vec<u64>>());
+    std::fs::remove_dir_all(&run).unwrap();
+}
