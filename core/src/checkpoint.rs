@@ -14,6 +14,7 @@ use safetensors::{Dtype, SafeTensors, View};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Origin, Result};
+use crate::methods::Method;
 use crate::model::params::{load_params, param_data};
 use crate::model::{Gpt, ModelConfig};
 use crate::optim::AdamW;
@@ -107,6 +108,12 @@ pub fn save_model(model: &Gpt) -> Vec<u8> {
 
 /// Builds a model of `config` and fills it from safetensors `bytes`.
 pub fn load_model(config: &ModelConfig, bytes: &[u8], device: &Device, origin: impl Into<Origin>) -> Result<Gpt> {
+    load_model_for(config, &Method::Full, bytes, device, origin)
+}
+
+/// Builds a model of `config` adapted by `method` (so its extra parameters exist) and fills
+/// every parameter from safetensors `bytes`.
+pub fn load_model_for(config: &ModelConfig, method: &Method, bytes: &[u8], device: &Device, origin: impl Into<Origin>) -> Result<Gpt> {
     let origin = origin.into();
     let raw = from_safetensors(bytes, &origin)?;
     let mut tensors = HashMap::new();
@@ -121,7 +128,7 @@ pub fn load_model(config: &ModelConfig, bytes: &[u8], device: &Device, origin: i
     }
     // Initialising first costs a little time but gives every parameter its shape; seed 0 is
     // irrelevant because every value is overwritten.
-    let model = Gpt::init(config, 0, device);
+    let model = method.apply(Gpt::init(config, 0, device), 0, device)?;
     let (model, unused) = load_params(model, tensors, &origin)?;
     if let Some(name) = unused.first() {
         return Err(Error::tensor(

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod init;
+pub mod methods;
 pub mod model;
 pub mod optim;
 pub mod sample;

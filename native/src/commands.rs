@@ -149,7 +149,7 @@ fn layer_group(name: &str) -> String {
 /// Parameter names and shapes of a GPT-2 model without allocating it.
 fn formula_params(c: &ModelConfig) -> Vec<tinytune::model::ParamSummary> {
     let (d, f) = (c.n_embd, c.inner());
-    let p = |name: String, shape: Vec<usize>| tinytune::model::ParamSummary { numel: shape.iter().product(), name, shape };
+    let p = |name: String, shape: Vec<usize>| tinytune::model::ParamSummary { numel: shape.iter().product(), name, shape, trainable: true };
     let mut out = vec![p("wte.weight".into(), vec![c.vocab_size, d]), p("wpe.weight".into(), vec![c.n_positions, d])];
     for i in 0..c.n_layer {
         for (n, s) in [

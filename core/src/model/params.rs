@@ -15,6 +15,8 @@ pub struct ParamSummary {
     pub name: String,
     pub shape: Vec<usize>,
     pub numel: usize,
+    /// Whether the optimizer updates it (meaningful on an autodiff device).
+    pub trainable: bool,
 }
 
 /// The dotted path of the module a visitor or mapper is in; every walker over parameters
@@ -51,7 +53,8 @@ impl ModuleVisitor for Walk {
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let shape = param.shape().dims::<D>().to_vec();
-        let summary = ParamSummary { name: self.path.join(), numel: shape.iter().product(), shape };
+        let trainable = param.val().is_require_grad();
+        let summary = ParamSummary { name: self.path.join(), numel: shape.iter().product(), shape, trainable };
         let values = self.read_values.then(|| param.val().to_data());
         self.out.push((summary, values));
     }

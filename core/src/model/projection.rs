@@ -20,19 +20,25 @@ pub struct Projection {
     pub weight: Param<Tensor<2>>,
     /// `[d_out]`
     pub bias: Option<Param<Tensor<1>>>,
+    /// A low-rank update beside the frozen weight (`methods::lora`), if adapted.
+    pub lora: Option<crate::methods::Lora>,
 }
 
 impl Projection {
     /// Weights drawn from N(0, std²) with tinytune's portable generator; bias zero.
     pub fn init(d_in: usize, d_out: usize, std: f64, rng: &mut crate::data::rng::Rng, device: &Device) -> Self {
         let weight = Tensor::from_data(TensorData::new(normal(rng, d_in * d_out, std), [d_in, d_out]), device);
-        Self { weight: Param::from_tensor(weight), bias: Some(Param::from_tensor(Tensor::zeros([d_out], device))) }
+        Self { weight: Param::from_tensor(weight), bias: Some(Param::from_tensor(Tensor::zeros([d_out], device))), lora: None }
     }
 
     /// # Shapes
     /// `[..., d_in] -> [..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        burn::tensor::module::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+        let base = burn::tensor::module::linear(x.clone(), self.weight.val(), self.bias.as_ref().map(|b| b.val()));
+        match &self.lora {
+            Some(lora) => base + lora.forward(x),
+            None => base,
+        }
     }
 
     pub fn d_in(&self) -> usize {

@@ -1,0 +1,113 @@
+//! LoRA (Hu et al., 2021): a frozen weight `W` plus a trainable low-rank update, computed
+//! in activation space as PEFT does: `y = x·W + b + s·(dropout(x)·A)·B`.
+//!
+//! The update `A·B` is never formed while training, so autodiff keeps only the `[.., r]`
+//! activation `x·A`, not a weight-sized tensor per layer (Burn's built-in `apply_lora`
+//! composes `W + s·A·B` every forward; the memory lesson compares the two).
+//! `A ∈ R^{d_in×r}` starts as PEFT's default (Kaiming-uniform, bound 1/√d_in) and
+//! `B ∈ R^{r×d_out}` at zero, so an adapted model starts exactly at the base model.
+
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig};
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::data::rng::Rng;
+use crate::error::{Error, Origin, Result};
+
+/// LoRA hyperparameters, with PEFT's names and defaults where PEFT has them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    /// Rank r of the update (PEFT's `r`, default 8).
+    pub r: usize,
+    /// Scale numerator (PEFT's `lora_alpha`, default 8): the update is scaled by α/r.
+    pub lora_alpha: f64,
+    /// Dropout on the LoRA path's input (PEFT's `lora_dropout`, default 0).
+    pub lora_dropout: f64,
+    /// Which projections to adapt, matched like PEFT's `target_modules`: a name matches a
+    /// projection whose dotted path ends with it (`c_proj` matches `attn.c_proj` and
+    /// `mlp.c_proj`); `all-linear` matches every projection.
+    pub target_modules: Vec<String>,
+    /// rsLoRA (Kalajdzievski, 2023): scale by α/√r instead of α/r.
+    pub use_rslora: bool,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        // GPT-2's fused q/k/v projection is PEFT's usual GPT-2 target.
+        Self { r: 8, lora_alpha: 8.0, lora_dropout: 0.0, target_modules: vec!["c_attn".into()], use_rslora: false }
+    }
+}
+
+impl LoraConfig {
+    /// The factor the update is multiplied by.
+    pub fn scale(&self) -> f64 {
+        if self.use_rslora { self.lora_alpha / (self.r as f64).sqrt() } else { self.lora_alpha / self.r as f64 }
+    }
+
+    /// Whether the projection at dotted `path` (e.g. `h.3.attn.c_attn`) is a target.
+    pub fn targets(&self, path: &str) -> bool {
+        self.target_modules.iter().any(|t| t == "all-linear" || path == t || path.ends_with(&format!(".{t}")))
+    }
+
+    /// Checks the values, naming the field.
+    pub fn validate(&self, origin: impl Into<Origin>) -> Result<()> {
+        let origin = origin.into();
+        if self.r == 0 {
+            return Err(Error::config(origin, "r", "rank must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return Err(Error::config(origin, "lora_dropout", format!("{} is not a probability in [0, 1)", self.lora_dropout)));
+        }
+        if self.target_modules.is_empty() {
+            return Err(Error::config(origin, "target_modules", "name at least one projection (c_attn, c_proj, c_fc, or all-linear)"));
+        }
+        Ok(())
+    }
+}
+
+/// The trainable low-rank path of one adapted projection.
+#[derive(Module, Debug)]
+pub struct Lora {
+    /// `[d_in, r]`
+    pub lora_a: Param<Tensor<2>>,
+    /// `[r, d_out]`
+    pub lora_b: Param<Tensor<2>>,
+    pub dropout: Dropout,
+    pub scale: f64,
+}
+
+impl Lora {
+    pub fn init(d_in: usize, d_out: usize, config: &LoraConfig, rng: &mut Rng, device: &Device) -> Self {
+        let r = config.r;
+        // PEFT: nn.init.kaiming_uniform_(lora_A.weight, a=sqrt(5)) on an [r, d_in] weight,
+        // i.e. U(-1/√d_in, 1/√d_in).
+        let bound = 1.0 / (d_in as f64).sqrt();
+        let a: Vec<f32> = (0..d_in * r).map(|_| ((2.0 * rng.unit_f64() - 1.0) * bound) as f32).collect();
+        Self {
+            lora_a: Param::from_tensor(Tensor::from_data(TensorData::new(a, [d_in, r]), device)),
+            lora_b: Param::from_tensor(Tensor::zeros([r, d_out], device)),
+            dropout: DropoutConfig::new(config.lora_dropout).init(),
+            scale: config.scale(),
+        }
+    }
+
+    /// The update's contribution for input `x`.
+    ///
+    /// # Shapes
+    /// `[..., d_in] -> [..., d_out]`
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let xa = burn::tensor::module::linear(self.dropout.forward(x), self.lora_a.val(), None); // [..., r]
+        burn::tensor::module::linear(xa, self.lora_b.val(), None).mul_scalar(self.scale)
+    }
+
+    /// The dense update `s·A·B`, `[d_in, d_out]`, for merging.
+    pub fn delta(&self) -> Tensor<2> {
+        self.lora_a.val().matmul(self.lora_b.val()).mul_scalar(self.scale)
+    }
+
+    /// Trainable parameters: r·(d_in + d_out).
+    pub fn num_params(&self) -> usize {
+        self.lora_a.shape().num_elements() + self.lora_b.shape().num_elements()
+    }
+}

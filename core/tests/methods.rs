@@ -1,0 +1,117 @@
+//! One battery over every fine-tuning method, in the spirit of PEFT's TEST_CASES: at
+//! initialisation the adapted model equals the base model; after training every frozen
+//! parameter is bit-identical and every trainable one moved; merged equals unmerged;
+//! save/load round-trips; the trainable count equals the closed form.
+
+use std::collections::HashMap;
+
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use tinytune::checkpoint::{load_model_for, save_model};
+use tinytune::data::{CHARSET, Task};
+use tinytune::methods::{LoraConfig, Method, merge};
+use tinytune::model::named_params;
+use tinytune::model::params::param_data;
+use tinytune::train::{DataSource, TrainConfig, Trainer};
+use tinytune::{Gpt, ModelConfig, TextTokenizer};
+
+fn methods() -> Vec<(&'static str, Method)> {
+    vec![
+        ("full", Method::Full),
+        ("lora c_attn r4", Method::Lora(LoraConfig { r: 4, lora_alpha: 8.0, ..LoraConfig::default() })),
+        (
+            "lora all-linear r2 rslora dropout",
+            Method::Lora(LoraConfig { r: 2, lora_alpha: 4.0, lora_dropout: 0.1, target_modules: vec!["all-linear".into()], use_rslora: true }),
+        ),
+        ("lora c_proj (attn and mlp)", Method::Lora(LoraConfig { r: 3, target_modules: vec!["c_proj".into()], ..LoraConfig::default() })),
+    ]
+}
+
+/// Logits in evaluation mode (no dropout), so two calls on the same weights agree.
+fn logits(model: &Gpt, device: &Device) -> Vec<f32> {
+    let ids: Vec<i64> = (0..24).map(|i| (i * 5 % 40) as i64).collect();
+    let x = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, 24]), &device.clone().inner());
+    model.valid().forward(x).into_data().try_to_vec::<f32>().unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn values(model: &Gpt) -> HashMap<String, Vec<f32>> {
+    param_data(model).into_iter().map(|(n, d)| (n, d.try_to_vec::<f32>().unwrap())).collect()
+}
+
+#[test]
+fn every_method_passes_the_battery() {
+    let tok = TextTokenizer::char_level(CHARSET);
+    let config = ModelConfig { vocab_size: tok.vocab_size(), ..ModelConfig::nano() };
+    let device = Device::flex().autodiff();
+    for (name, method) in methods() {
+        let base = Gpt::init(&config, 0, &device);
+        let base_logits = logits(&base, &device);
+        let model = method.apply(base, 1, &device).unwrap();
+
+        // 1. At initialisation the adapted model is the base model (LoRA's B starts at zero).
+        assert_eq!(max_diff(&logits(&model, &device), &base_logits), 0.0, "{name}: init differs from base");
+
+        // 2. The trainable count equals the closed form.
+        let params = named_params(&model);
+        let trainable: usize = params.iter().filter(|p| p.trainable).map(|p| p.numel).sum();
+        assert_eq!(trainable, method.trainable_params(&model), "{name}: trainable count");
+
+        // 3. A few steps: frozen parameters bit-identical, trainable ones changed.
+        let before = values(&model);
+        let cfg = TrainConfig {
+            data: DataSource::Task(Task::Sentiment),
+            train_examples: 200,
+            eval_examples: 20,
+            steps: 3,
+            batch_size: 4,
+            seq_len: 48,
+            lr: 1e-2,
+            warmup_steps: 0,
+            ..TrainConfig::default()
+        };
+        let mut trainer = Trainer::new(model, &tok, cfg, &device).unwrap();
+        for _ in 0..3 {
+            trainer.step().unwrap();
+        }
+        let after = values(&trainer.model);
+        for p in &params {
+            let moved = before[&p.name] != after[&p.name];
+            assert_eq!(moved, p.trainable, "{name}: {} moved={moved} trainable={}", p.name, p.trainable);
+        }
+
+        // 4. Save and load into a freshly adapted model: identical logits.
+        let trained = trainer.model;
+        let back = load_model_for(&config, &method, &save_model(&trained), &device, "model.safetensors").unwrap();
+        assert_eq!(logits(&back, &device), logits(&trained, &device), "{name}: save/load");
+
+        // 5. Merging folds the update into the base weights: same logits within 1e-4, and
+        //    the base model's parameter set.
+        let unmerged = logits(&trained, &device);
+        let merged = merge(trained);
+        assert!(max_diff(&logits(&merged, &device), &unmerged) < 1e-4, "{name}: merged differs");
+        assert_eq!(named_params(&merged).len(), named_params(&Gpt::init(&config, 0, &device)).len());
+    }
+}
+
+#[test]
+fn lora_counts_and_scales_follow_the_formulas() {
+    let device = Device::flex();
+    let c = ModelConfig::nano(); // C = 64, 2 layers, MLP 256
+    let model = Gpt::init(&c, 0, &device);
+    let lora = |targets: &[&str], r: usize| Method::Lora(LoraConfig { r, target_modules: targets.iter().map(|s| s.to_string()).collect(), ..LoraConfig::default() });
+    // c_attn: 64 -> 192, so r·(64 + 192) per layer.
+    assert_eq!(lora(&["c_attn"], 8).trainable_params(&model), 2 * 8 * (64 + 192));
+    // all-linear: c_attn (64+192) + attn.c_proj (64+64) + c_fc (64+256) + mlp.c_proj (256+64).
+    assert_eq!(lora(&["all-linear"], 4).trainable_params(&model), 2 * 4 * (256 + 128 + 320 + 320));
+    // A dotted target narrows the match.
+    assert_eq!(lora(&["attn.c_proj"], 1).trainable_params(&model), 2 * (64 + 64));
+    let cfg = LoraConfig { r: 16, lora_alpha: 32.0, ..LoraConfig::default() };
+    assert_eq!(cfg.scale(), 2.0);
+    assert_eq!(LoraConfig { use_rslora: true, ..cfg.clone() }.scale(), 8.0);
+    let bad = Method::Lora(LoraConfig { r: 0, ..LoraConfig::default() });
+    assert!(bad.apply(model, 0, &device).unwrap_err().to_string().contains("r: rank must be at least 1"));
+}
