@@ -7,7 +7,7 @@ use std::path::Path;
 
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
-use tinytune::checkpoint::{TrainerState, files, load_model, load_optimizer, save_model, save_optimizer};
+use tinytune::checkpoint::{TrainerState, files, load_optimizer, save_model, save_optimizer};
 use tinytune::data::{CHARSET, Split};
 use tinytune::optim::AdamWConfig;
 use tinytune::train::{DataSource, EvalEvent, TrainConfig, TrainEvent, Trainer};
@@ -103,22 +103,22 @@ fn refuse_to_overwrite(out: &Path) -> Result<(), String> {
 /// wins over flags, because changing e.g. the step count would change the schedule and the
 /// run would no longer be the one that was started.
 fn resume(args: &TrainArgs, ad: &Device) -> Result<(), String> {
-    let dirs = CheckpointDirs::new(&args.out);
-    let dir = dirs.existing().ok_or_else(|| format!("{}: no checkpoint to resume; start the run without --resume", args.out.display()))?.to_path_buf();
-    let text = |name: &str| read_text(&dir.join(name));
+    if CheckpointDirs::new(&args.out).existing().is_none() {
+        return Err(format!("{}: no checkpoint to resume; start the run without --resume", args.out.display()));
+    }
+    // The same loader as every other command: config.json, tokenizer.json and the weights.
+    let loaded = model_dir::load(&args.out, ad)?;
+    let dir = &loaded.dir;
     let origin = |name: &str| dir.join(name).display().to_string();
-    let config = ModelConfig::from_json(&text(files::CONFIG)?, origin(files::CONFIG)).map_err(|e| e.to_string())?;
-    let tokenizer = TextTokenizer::from_json(&text(files::TOKENIZER)?, origin(files::TOKENIZER)).map_err(|e| e.to_string())?;
-    let train = TrainConfig::from_json(&text(files::TRAIN)?, origin(files::TRAIN)).map_err(|e| e.to_string())?;
-    let state: TrainerState = serde_json::from_str(&text(files::STATE)?).map_err(|e| format!("{}: {e}", origin(files::STATE)))?;
-    let model = load_model(&config, &read(&dir.join(files::WEIGHTS))?, ad, origin(files::WEIGHTS)).map_err(|e| e.to_string())?;
-    let mut trainer = Trainer::new(model, &tokenizer, train, ad).map_err(|e| e.to_string())?;
+    let train = TrainConfig::from_json(&read_text(&dir.join(files::TRAIN))?, origin(files::TRAIN)).map_err(|e| e.to_string())?;
+    let state: TrainerState = serde_json::from_str(&read_text(&dir.join(files::STATE))?).map_err(|e| format!("{}: {e}", origin(files::STATE)))?;
+    let mut trainer = Trainer::new(loaded.model, &loaded.tokenizer, train, ad).map_err(|e| e.to_string())?;
     load_optimizer(&mut trainer.optim, state.optimizer_t, &read(&dir.join(files::OPTIMIZER))?, ad, origin(files::OPTIMIZER)).map_err(|e| e.to_string())?;
     trainer.step = state.step;
     trainer.elapsed_before = state.elapsed_s;
     truncate_metrics(&args.out.join("metrics.jsonl"), state.step)?;
     eprintln!("resuming {} at step {}/{}", args.out.display(), state.step, trainer.config.steps);
-    run(trainer, &tokenizer, args)
+    run(trainer, &loaded.tokenizer, args)
 }
 
 /// Drops metric lines from steps after the checkpoint: a resumed run writes them again.
