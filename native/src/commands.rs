@@ -34,7 +34,7 @@ pub fn generate_cmd(args: GenerateArgs, device: &Device) -> Result<(), String> {
             temperature: args.temperature,
             top_k: (args.top_k > 0).then_some(args.top_k),
             seed: args.seed + i as u64,
-            stop_ids: tok.eot().into_iter().chain(if args.stop_at_newline { tok.ids_containing("\n") } else { vec![] }).collect(),
+            stop_ids: if args.stop_at_newline { tok.line_stop_ids() } else { tok.eot().into_iter().collect() },
         };
         let out = generate(&loaded.model, &prompt, &config);
         let text = tok.decode(&out);
@@ -52,8 +52,7 @@ pub fn task_accuracy(model: &Gpt, tok: &TextTokenizer, data: DataSource, seed: u
     if n == 0 {
         return Ok(None);
     }
-    let mut stop = tok.ids_containing("\n");
-    stop.extend(tok.eot());
+    let stop = tok.line_stop_ids();
     let examples = task.examples(seed, Split::Eval, n);
     let mut rows = Vec::new();
     for ex in &examples {

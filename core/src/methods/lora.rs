@@ -105,9 +105,4 @@ impl Lora {
     pub fn delta(&self) -> Tensor<2> {
         self.lora_a.val().matmul(self.lora_b.val()).mul_scalar(self.scale)
     }
-
-    /// Trainable parameters: r·(d_in + d_out).
-    pub fn num_params(&self) -> usize {
-        self.lora_a.shape().num_elements() + self.lora_b.shape().num_elements()
-    }
 }

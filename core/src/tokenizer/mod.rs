@@ -144,6 +144,13 @@ impl TextTokenizer {
         (0..self.vocab_size() as u32).filter(|&id| self.decode(&[id]).contains(needle)).collect()
     }
 
+    /// Where a one-line answer ends: every id containing a newline, plus `<|endoftext|>`.
+    pub fn line_stop_ids(&self) -> Vec<u32> {
+        let mut ids = self.ids_containing("\n");
+        ids.extend(self.eot);
+        ids
+    }
+
     /// The token text of one id, for displays.
     pub fn token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
@@ -180,6 +187,8 @@ mod tests {
         assert_eq!(tok.eot(), Some(7));
         // An unseen character becomes <unk> rather than vanishing.
         assert_eq!(tok.encode("az").unwrap(), vec![3, 6]);
+        // A line ends at '\n' (id 0) or at <|endoftext|>.
+        assert_eq!(tok.line_stop_ids(), vec![0, 7]);
     }
 
     #[test]
