@@ -18,6 +18,7 @@ use crate::methods::Method;
 use crate::model::params::{load_params, param_data};
 use crate::model::{Gpt, ModelConfig};
 use crate::optim::AdamW;
+use crate::tokenizer::TextTokenizer;
 
 /// The file names of a checkpoint folder.
 pub mod files {
@@ -138,6 +139,36 @@ pub fn load_model_for(config: &ModelConfig, method: &Method, bytes: &[u8], devic
         ));
     }
     Ok(model)
+}
+
+/// A model folder's three files, loaded and checked against each other.
+pub struct LoadedModel {
+    pub model: Gpt,
+    pub config: ModelConfig,
+    pub tokenizer: TextTokenizer,
+}
+
+/// Loads a model folder from the contents of its `config.json`, `tokenizer.json` and
+/// `model.safetensors` (read from disk by the CLI, fetched over HTTP by the browser).
+/// `dir` only labels errors, which name the file at fault.
+pub fn load_parts(dir: &str, config_json: &str, tokenizer_json: &str, weights: &[u8], device: &Device) -> Result<LoadedModel> {
+    let path = |file: &str| if dir.is_empty() { file.to_string() } else { format!("{}/{file}", dir.trim_end_matches('/')) };
+    let config = ModelConfig::from_json(config_json, path(files::CONFIG))?;
+    let tokenizer = TextTokenizer::from_json(tokenizer_json, path(files::TOKENIZER))?;
+    if tokenizer.vocab_size() > config.vocab_size {
+        return Err(Error::config(
+            path(files::CONFIG),
+            "vocab_size",
+            format!(
+                "{} is smaller than the {} tokens of {}; the tokenizer and the model do not belong together",
+                config.vocab_size,
+                tokenizer.vocab_size(),
+                path(files::TOKENIZER)
+            ),
+        ));
+    }
+    let model = load_model(&config, weights, device, path(files::WEIGHTS))?;
+    Ok(LoadedModel { model, config, tokenizer })
 }
 
 /// The optimizer's moments as safetensors bytes.

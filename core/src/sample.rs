@@ -56,30 +56,62 @@ pub fn pick(logits: &[f32], config: &SampleConfig, rng: &mut Rng) -> u32 {
 
 /// Continues `prompt` by up to `max_new_tokens` tokens; returns only the new tokens.
 pub fn generate(model: &Gpt, prompt: &[u32], config: &SampleConfig) -> Vec<u32> {
-    let device = model.wte.weight.val().device();
-    let window = model.config().n_positions;
-    let mut rng = Rng::derive(config.seed, "sample");
-    let mut ids: Vec<u32> = prompt.to_vec();
-    let mut out = Vec::new();
-    for _ in 0..config.max_new_tokens {
-        let start = ids.len().saturating_sub(window);
-        let ctx: Vec<i64> = ids[start..].iter().map(|&x| x as i64).collect();
-        let t = ctx.len();
-        if t == 0 {
-            break;
+    let mut state = Generation::new(prompt, config);
+    while let Some(logits) = state.next_logits(model) {
+        state.push(&to_vec(logits.into_data()), config);
+    }
+    state.out
+}
+
+/// [`generate`] for the browser, where WebGPU reads results back asynchronously.
+pub async fn generate_async(model: &Gpt, prompt: &[u32], config: &SampleConfig) -> crate::Result<Vec<u32>> {
+    let mut state = Generation::new(prompt, config);
+    while let Some(logits) = state.next_logits(model) {
+        let data = logits.into_data_async().await.map_err(|e| crate::Error::Invalid(format!("reading logits back from the device failed: {e:?}")))?;
+        state.push(&to_vec(data), config);
+    }
+    Ok(state.out)
+}
+
+fn to_vec(data: TensorData) -> Vec<f32> {
+    data.convert::<f32>().try_to_vec::<f32>().expect("f32 logits")
+}
+
+/// The sampling loop's state, shared by the synchronous and asynchronous drivers.
+struct Generation {
+    rng: Rng,
+    ids: Vec<u32>,
+    out: Vec<u32>,
+    done: bool,
+    max_new_tokens: usize,
+}
+
+impl Generation {
+    fn new(prompt: &[u32], config: &SampleConfig) -> Self {
+        Self { rng: Rng::derive(config.seed, "sample"), ids: prompt.to_vec(), out: Vec::new(), done: prompt.is_empty(), max_new_tokens: config.max_new_tokens }
+    }
+
+    /// The last position's logits `[V]` over the context window, or None when finished.
+    fn next_logits(&self, model: &Gpt) -> Option<Tensor<1>> {
+        if self.done || self.out.len() >= self.max_new_tokens {
+            return None;
         }
+        let device = model.wte.weight.val().device();
+        let start = self.ids.len().saturating_sub(model.config().n_positions);
+        let ctx: Vec<i64> = self.ids[start..].iter().map(|&x| x as i64).collect();
+        let t = ctx.len();
         let input = Tensor::<2, Int>::from_data(TensorData::new(ctx, [1, t]), &device);
         let logits = model.forward(input); // [1, T, V]
         let v = logits.dims()[2];
-        let last: Vec<f32> = logits.narrow(1, t - 1, 1).reshape([v]).into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 logits");
-        let next = pick(&last, config, &mut rng);
-        ids.push(next);
-        out.push(next);
-        if config.stop_ids.contains(&next) {
-            break;
-        }
+        Some(logits.narrow(1, t - 1, 1).reshape([v]))
     }
-    out
+
+    fn push(&mut self, logits: &[f32], config: &SampleConfig) {
+        let next = pick(logits, config, &mut self.rng);
+        self.ids.push(next);
+        self.out.push(next);
+        self.done = config.stop_ids.contains(&next);
+    }
 }
 
 #[cfg(test)]

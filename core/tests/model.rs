@@ -62,6 +62,10 @@ fn parameters_have_gpt2_names_and_the_closed_form_count() {
         }
         let qkv = params.iter().find(|p| p.name == "h.0.attn.c_attn.weight").unwrap();
         assert_eq!(qkv.shape, vec![c.n_embd, 3 * c.n_embd], "Conv1D layout [in, out]");
+        // The formula the browser's model card uses (no model allocated) lists exactly
+        // these parameters, names, shapes and order.
+        let key = |ps: &[tinytune::model::ParamSummary]| ps.iter().map(|p| (p.name.clone(), p.shape.clone(), p.numel)).collect::<Vec<_>>();
+        assert_eq!(key(&c.param_summaries()), key(&params));
     }
 }
 

@@ -101,7 +101,7 @@ pub fn info_cmd(args: InfoArgs, device: &Device) -> Result<(), String> {
             // Counting needs only shapes; build the model lazily-sized for small presets and
             // by formula for GPT-2 sizes (initialising 1.5 B weights just to count them is slow).
             if config.num_params() > 20_000_000 {
-                (config.clone(), formula_params(&config))
+                (config.clone(), config.param_summaries())
             } else {
                 let model = Gpt::init(&config, 0, device);
                 (config, named_params(&model))
@@ -146,33 +146,6 @@ fn layer_group(name: &str) -> String {
 }
 
 /// Parameter names and shapes of a GPT-2 model without allocating it.
-fn formula_params(c: &ModelConfig) -> Vec<tinytune::model::ParamSummary> {
-    let (d, f) = (c.n_embd, c.inner());
-    let p = |name: String, shape: Vec<usize>| tinytune::model::ParamSummary { numel: shape.iter().product(), name, shape, trainable: true };
-    let mut out = vec![p("wte.weight".into(), vec![c.vocab_size, d]), p("wpe.weight".into(), vec![c.n_positions, d])];
-    for i in 0..c.n_layer {
-        for (n, s) in [
-            ("ln_1.weight", vec![d]),
-            ("ln_1.bias", vec![d]),
-            ("attn.c_attn.weight", vec![d, 3 * d]),
-            ("attn.c_attn.bias", vec![3 * d]),
-            ("attn.c_proj.weight", vec![d, d]),
-            ("attn.c_proj.bias", vec![d]),
-            ("ln_2.weight", vec![d]),
-            ("ln_2.bias", vec![d]),
-            ("mlp.c_fc.weight", vec![d, f]),
-            ("mlp.c_fc.bias", vec![f]),
-            ("mlp.c_proj.weight", vec![f, d]),
-            ("mlp.c_proj.bias", vec![d]),
-        ] {
-            out.push(p(format!("h.{i}.{n}"), s));
-        }
-    }
-    out.push(p("ln_f.weight".into(), vec![d]));
-    out.push(p("ln_f.bias".into(), vec![d]));
-    out
-}
-
 pub fn bench_cmd(args: BenchArgs, device: &Device) -> Result<(), String> {
     let config = ModelConfig::new(args.vocab, args.ctx, args.d_model, args.layers, args.heads);
     // Name the bench flag, not the config.json field it fills.

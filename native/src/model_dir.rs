@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use tinytune::checkpoint::{files, load_model};
+use tinytune::checkpoint::{files, load_parts};
 use tinytune::{Gpt, ModelConfig, TextTokenizer};
 
 use crate::fsutil::{CheckpointDirs, read, read_text};
@@ -32,20 +32,9 @@ pub fn resolve(dir: &Path) -> Result<PathBuf, String> {
 /// Loads model, config and tokenizer from `dir` onto `device`.
 pub fn load(dir: &Path, device: &Device) -> Result<Loaded, String> {
     let dir = resolve(dir)?;
-    let config_path = dir.join(files::CONFIG);
-    let config = ModelConfig::from_json(&read_text(&config_path)?, config_path.display().to_string()).map_err(|e| e.to_string())?;
-    let tok_path = dir.join(files::TOKENIZER);
-    let tokenizer = TextTokenizer::from_json(&read_text(&tok_path)?, tok_path.display().to_string()).map_err(|e| e.to_string())?;
-    if tokenizer.vocab_size() > config.vocab_size {
-        return Err(format!(
-            "{}: vocab_size: {} is smaller than the {} tokens of {}; the tokenizer and the model do not belong together",
-            config_path.display(),
-            config.vocab_size,
-            tokenizer.vocab_size(),
-            tok_path.display()
-        ));
-    }
-    let weights_path = dir.join(files::WEIGHTS);
-    let model = load_model(&config, &read(&weights_path)?, device, weights_path.display().to_string()).map_err(|e| e.to_string())?;
-    Ok(Loaded { model, config, tokenizer, dir })
+    let config = read_text(&dir.join(files::CONFIG))?;
+    let tokenizer = read_text(&dir.join(files::TOKENIZER))?;
+    let weights = read(&dir.join(files::WEIGHTS))?;
+    let loaded = load_parts(&dir.display().to_string(), &config, &tokenizer, &weights, device).map_err(|e| e.to_string())?;
+    Ok(Loaded { model: loaded.model, config: loaded.config, tokenizer: loaded.tokenizer, dir })
 }

@@ -241,3 +241,46 @@ pub fn write_plot(out: &Path) -> Result<(), String> {
     );
     write_atomic(&out.join("loss.svg"), svg.as_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use tinytune::ModelConfig;
+    use tinytune::train::DataSource;
+    use tinytune_web::widgets::{ModelChoice, TrainParams};
+
+    use super::resolve;
+    use crate::cli::{Cli, Command};
+
+    /// The browser's "Run this at scale" command, parsed by this CLI, trains with exactly
+    /// the configuration the browser used (checkpointing aside: the browser keeps its run
+    /// in memory).
+    #[test]
+    fn the_browser_command_reproduces_the_browser_run() {
+        let cases = [
+            TrainParams::default(),
+            TrainParams { model: ModelChoice::Nano, task: DataSource::Stories, steps: 7, lr: 0.003, batch: 3, seq: 40, seed: 9, compare: true },
+            TrainParams { task: "json-extract".parse().unwrap(), steps: 1234, lr: 2.5e-4, seq: 128, ..TrainParams::default() },
+        ];
+        for params in cases {
+            let mut argv = vec!["tinytune".to_string()];
+            argv.extend(params.command_args());
+            let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{}: {e}", params.command()));
+            let resolved = match cli.command {
+                Command::Finetune(a) => {
+                    assert_eq!(params.model, ModelChoice::Micro);
+                    assert_eq!(a.model.to_str(), Some(tinytune_web::run::MICRO_DIR));
+                    resolve(&a.train, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, ModelConfig::micro().n_positions)
+                }
+                Command::Pretrain(a) => {
+                    assert_eq!((params.model, a.preset.as_str(), a.tokenizer.as_str(), a.dropout), (ModelChoice::Nano, "nano", "char", 0.0));
+                    resolve(&a.train, DataSource::Stories, 1e-3, ModelConfig::nano().n_positions)
+                }
+                other => panic!("{other:?}"),
+            };
+            let mut native = resolved.unwrap();
+            native.checkpoint_every = 0;
+            assert_eq!(native, params.train_config(), "{}", params.command());
+        }
+    }
+}

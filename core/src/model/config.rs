@@ -163,6 +163,36 @@ impl ModelConfig {
         self.vocab_size * c + self.n_positions * c + self.n_layer * block + 2 * c
     }
 
+    /// Every parameter's name and shape, by formula, in the order the model declares them:
+    /// what `named_params` reports for a freshly built model, without allocating one (a
+    /// browser can describe GPT-2 XL this way).
+    pub fn param_summaries(&self) -> Vec<crate::model::ParamSummary> {
+        let (d, f) = (self.n_embd, self.inner());
+        let p = |name: String, shape: Vec<usize>| crate::model::ParamSummary { numel: shape.iter().product(), name, shape, trainable: true };
+        let mut out = vec![p("wte.weight".into(), vec![self.vocab_size, d]), p("wpe.weight".into(), vec![self.n_positions, d])];
+        for i in 0..self.n_layer {
+            for (n, s) in [
+                ("ln_1.weight", vec![d]),
+                ("ln_1.bias", vec![d]),
+                ("attn.c_attn.weight", vec![d, 3 * d]),
+                ("attn.c_attn.bias", vec![3 * d]),
+                ("attn.c_proj.weight", vec![d, d]),
+                ("attn.c_proj.bias", vec![d]),
+                ("ln_2.weight", vec![d]),
+                ("ln_2.bias", vec![d]),
+                ("mlp.c_fc.weight", vec![d, f]),
+                ("mlp.c_fc.bias", vec![f]),
+                ("mlp.c_proj.weight", vec![f, d]),
+                ("mlp.c_proj.bias", vec![d]),
+            ] {
+                out.push(p(format!("h.{i}.{n}"), s));
+            }
+        }
+        out.push(p("ln_f.weight".into(), vec![d]));
+        out.push(p("ln_f.bias".into(), vec![d]));
+        out
+    }
+
     /// Checks every field, naming the first bad one and how to fix it.
     pub fn validate(&self, origin: impl Into<Origin>) -> Result<()> {
         let origin = origin.into();

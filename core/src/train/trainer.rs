@@ -7,7 +7,7 @@
 //! browser posts it from its worker to the page.
 
 use burn::module::Module;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
@@ -133,17 +133,34 @@ impl Trainer {
         self.step += 1;
     }
 
-    /// One whole step with a synchronous read-back of the loss (native code; the browser
-    /// uses `forward_backward` + an async read + `apply`). A non-finite loss stops the run
-    /// before the bad update touches the weights.
+    /// One whole step with a synchronous read-back of the loss (native code). A non-finite
+    /// loss stops the run before the bad update touches the weights.
     pub fn step(&mut self) -> Result<StepEvent> {
+        let (started, batch, stats, grads) = self.begin_step();
+        let stats = stats.into_data();
+        self.finish_step(started, &batch, stats, grads)
+    }
+
+    /// [`Trainer::step`] for the browser, where WebGPU can only read results back
+    /// asynchronously.
+    pub async fn step_async(&mut self) -> Result<StepEvent> {
+        let (started, batch, stats, grads) = self.begin_step();
+        let stats = stats.into_data_async().await.map_err(|e| Error::Invalid(format!("reading the loss back from the device failed: {e:?}")))?;
+        self.finish_step(started, &batch, stats, grads)
+    }
+
+    fn begin_step(&mut self) -> (Instant, Batch, Tensor<1>, NamedGrads) {
         let started = Instant::now();
-        let clock = *self.clock.get_or_insert(started);
+        self.clock.get_or_insert(started);
         let batch = self.batch_for(self.step);
         // Dropout draws from the backend's generator: seed it per step for reproducibility.
         self.device.seed(mix(self.config.seed, self.step as u64));
         let (stats, grads) = self.forward_backward(&batch);
-        let stats: Vec<f32> = stats.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 data");
+        (started, batch, stats, grads)
+    }
+
+    fn finish_step(&mut self, started: Instant, batch: &Batch, stats: TensorData, grads: NamedGrads) -> Result<StepEvent> {
+        let stats: Vec<f32> = stats.convert::<f32>().try_to_vec::<f32>().expect("f32 data");
         let (loss, grad_norm) = (stats[0], stats[1]);
         if !loss.is_finite() {
             return Err(Error::NonFiniteLoss { step: self.step + 1, value: loss });
@@ -159,7 +176,7 @@ impl Trainer {
             grad_norm,
             tokens,
             tokens_per_s: tokens as f64 / secs.max(1e-9),
-            elapsed_s: self.elapsed_before + clock.elapsed().as_secs_f64(),
+            elapsed_s: self.elapsed(),
         })
     }
 
@@ -176,19 +193,45 @@ impl Trainer {
 
 /// Mean loss per counted token of `model` over up to `max_batches` sequential batches.
 pub fn eval_loss(model: &Gpt, data: &Dataset, b: usize, t: usize, max_batches: usize) -> Result<f32> {
+    let losses = eval_batch_losses(model, data, b, t, max_batches)?;
+    let read = losses.into_iter().map(|(loss, w)| weighted(loss.into_data(), w)).collect();
+    mean_of(read)
+}
+
+/// [`eval_loss`] for the browser (asynchronous read-back).
+pub async fn eval_loss_async(model: &Gpt, data: &Dataset, b: usize, t: usize, max_batches: usize) -> Result<f32> {
+    let mut read = Vec::new();
+    for (loss, w) in eval_batch_losses(model, data, b, t, max_batches)? {
+        let d = loss.into_data_async().await.map_err(|e| Error::Invalid(format!("reading the loss back from the device failed: {e:?}")))?;
+        read.push(weighted(d, w));
+    }
+    mean_of(read)
+}
+
+/// Each evaluation batch's mean loss (still on the device) and its weight.
+fn eval_batch_losses(model: &Gpt, data: &Dataset, b: usize, t: usize, max_batches: usize) -> Result<Vec<(Tensor<1>, f32)>> {
     let device = model.wte.weight.val().device();
     let batches = data.sequential(b, t, max_batches.max(1));
-    let (mut total, mut count) = (0.0f64, 0.0f64);
-    for batch in &batches {
-        let (inputs, targets, weights) = batch.to_device(&device);
-        let w = batch.weight_sum();
-        let loss: f32 = Gpt::loss(model.forward(inputs), targets, weights, w).into_scalar();
-        total += loss as f64 * w as f64;
-        count += w as f64;
-    }
-    if count == 0.0 {
+    if batches.iter().all(|batch| batch.weight_sum() == 0.0) {
         return Err(Error::Invalid("the held-out split is too short for one evaluation batch; lower --seq-len or add examples".into()));
     }
+    Ok(batches
+        .iter()
+        .map(|batch| {
+            let (inputs, targets, weights) = batch.to_device(&device);
+            let w = batch.weight_sum();
+            (Gpt::loss(model.forward(inputs), targets, weights, w), w)
+        })
+        .collect())
+}
+
+/// A read-back batch loss paired with its weight; packed so both paths share `mean_of`.
+fn weighted(d: TensorData, w: f32) -> (f32, f32) {
+    (d.convert::<f32>().try_to_vec::<f32>().expect("f32 data")[0], w)
+}
+
+fn mean_of(losses: Vec<(f32, f32)>) -> Result<f32> {
+    let (total, count) = losses.iter().fold((0.0f64, 0.0f64), |(t, c), &(l, w)| (t + l as f64 * w as f64, c + w as f64));
     Ok((total / count) as f32)
 }
 

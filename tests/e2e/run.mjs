@@ -1,0 +1,274 @@
+// End-to-end tests of the browser playground in headless Chromium (playwright-core).
+//
+//   node tests/e2e/run.mjs [dist-folder]        (default: dist, as built by `trunk build`)
+//
+// Serves the built page on 127.0.0.1 with a tiny static server, then checks what a reader
+// would do: the page loads without console errors, every lesson renders, the train widget
+// trains on the CPU and its loss falls, generation shows text, a reloaded link restores a
+// widget's settings, and WebGPU (Chromium's software adapter) runs a training step.
+// Screenshots go to tests/e2e/artifacts/. Exits non-zero on the first failed check.
+
+import { createServer } from "node:http";
+import { readFileSync, readdirSync, mkdirSync, statSync } from "node:fs";
+import { join, extname, resolve, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { chromium } from "playwright-core";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = resolve(here, "../..");
+const dist = resolve(root, process.argv[2] ?? "dist");
+const artifacts = join(here, "artifacts");
+mkdirSync(artifacts, { recursive: true });
+
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const BASE_ARGS = [
+  "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+];
+
+// ---------------------------------------------------------------- static server
+const TYPES = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/css", ".json": "application/json", ".svg": "image/svg+xml" };
+function serve() {
+  const server = createServer((req, res) => {
+    const path = decodeURIComponent(new URL(req.url, "http://x").pathname);
+    let file = join(dist, path === "/" ? "index.html" : path);
+    if (!file.startsWith(dist)) { res.writeHead(403); return res.end(); }
+    try {
+      if (statSync(file).isDirectory()) file = join(file, "index.html");
+      const body = readFileSync(file);
+      res.writeHead(200, { "content-type": TYPES[extname(file)] ?? "application/octet-stream" });
+      res.end(body);
+    } catch {
+      res.writeHead(404); res.end("not found");
+    }
+  });
+  return new Promise((ok) => server.listen(0, "127.0.0.1", () => ok(server)));
+}
+
+// ---------------------------------------------------------------- lessons, read independently of the app
+function lessonsOnDisk() {
+  const dir = join(root, "lessons");
+  return readdirSync(dir).filter((f) => f.endsWith(".md")).sort().map((f) => {
+    const text = readFileSync(join(dir, f), "utf8");
+    const title = /\ntitle:\s*(.*)\n/.exec(text)[1].trim();
+    const order = Number(/\norder:\s*(\d+)/.exec(text)[1]);
+    const widgets = (text.match(/^```widget\s*$/gm) ?? []).length;
+    return { file: f, slug: f.replace(/^\d+-/, "").replace(/\.md$/, ""), title, order, widgets };
+  }).sort((a, b) => a.order - b.order);
+}
+
+// ---------------------------------------------------------------- harness
+let failures = 0;
+async function check(name, fn) {
+  const t0 = Date.now();
+  try {
+    await fn();
+    console.log(`ok   ${name} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+  } catch (e) {
+    failures++;
+    console.log(`FAIL ${name}: ${e.stack ?? e}`);
+  }
+}
+function assert(cond, msg) { if (!cond) throw new Error(msg); }
+
+async function browser(extraArgs = []) {
+  const profile = mkdtempSync(join(tmpdir(), "tinytune-e2e-"));
+  return chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: [...BASE_ARGS, ...extraArgs], viewport: { width: 1200, height: 900 } });
+}
+
+/** A page that records console errors and uncaught exceptions. */
+async function openPage(ctx, url) {
+  const page = await ctx.newPage();
+  page.errors = [];
+  page.on("console", (m) => { if (m.type() === "error") page.errors.push(m.text()); });
+  page.on("pageerror", (e) => page.errors.push(String(e)));
+  page.on("worker", (w) => w.on("console", (m) => { if (m.type() === "error") page.errors.push(`worker: ${m.text()}`); }));
+  await page.goto(url);
+  await page.waitForSelector("[data-testid=lesson-title]", { timeout: 60_000 });
+  return page;
+}
+
+/** Sets a widget control (input, select or checkbox) the way a reader does. */
+async function setParam(widget, key, value) {
+  const el = widget.locator(`[data-param="${key}"]`);
+  const tag = await el.evaluate((e) => e.tagName.toLowerCase() + (e.type === "checkbox" ? ":checkbox" : ""));
+  if (tag === "select") await el.selectOption(String(value));
+  else if (tag === "input:checkbox") await el.setChecked(Boolean(value));
+  else { await el.fill(String(value)); await el.dispatchEvent("change"); }
+}
+
+async function waitForRun(widget, timeout) {
+  await widget.locator('[data-testid=run-state][data-state="Done"], [data-testid=run-state][data-state="Failed"]').waitFor({ timeout });
+  const state = await widget.locator("[data-testid=run-state]").getAttribute("data-state");
+  const text = await widget.locator("[data-testid=run-state]").textContent();
+  assert(state === "Done", `the run ended ${state}: ${text}`);
+}
+
+async function losses(widget) {
+  const raw = await widget.getAttribute("data-losses");
+  return raw ? raw.split(",").map(Number) : [];
+}
+
+// ---------------------------------------------------------------- the checks
+const server = await serve();
+const base = `http://127.0.0.1:${server.address().port}/`;
+const lessons = lessonsOnDisk();
+const cpu = await browser();
+
+await check("the app loads lesson 1 with no console errors", async () => {
+  const page = await openPage(cpu, base + "?backend=cpu");
+  const title = await page.textContent("[data-testid=lesson-title]");
+  assert(title === lessons[0].title, `first lesson title ${JSON.stringify(title)} != ${JSON.stringify(lessons[0].title)}`);
+  await page.waitForFunction(() => document.querySelector("[data-testid=backend]")?.textContent.startsWith("CPU"), null, { timeout: 60_000 });
+  const reason = await page.textContent("[data-testid=backend-reason]");
+  assert(reason.length > 10, "the page says why it chose the backend");
+  await page.waitForTimeout(500);
+  await page.screenshot({ path: join(artifacts, "01-first-lesson.png"), fullPage: true });
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
+await check("every lesson renders with all its widgets", async () => {
+  const page = await openPage(cpu, base + "?backend=cpu");
+  for (const [i, l] of lessons.entries()) {
+    await page.click(`nav.toc li:nth-child(${i + 1}) a`);
+    await page.waitForFunction((t) => document.querySelector("[data-testid=lesson-title]")?.textContent === t, l.title, { timeout: 10_000 });
+    const slug = await page.getAttribute("article", "data-lesson");
+    assert(slug === l.slug, `${l.file}: article slug ${slug}`);
+    const widgets = await page.locator("article [data-widget]").count();
+    assert(widgets === l.widgets, `${l.file}: ${widgets} widgets on the page, ${l.widgets} in the file`);
+    assert(new URL(page.url()).searchParams.get("lesson") === l.slug, `${l.file}: URL ${page.url()}`);
+    await page.screenshot({ path: join(artifacts, `lesson-${l.slug}.png`), fullPage: true });
+  }
+  // Visited lessons are remembered.
+  const done = await page.locator("nav.toc li.done").count();
+  assert(done === lessons.length, `${done} lessons marked visited`);
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
+await check("the train widget trains on the CPU and its loss falls", async () => {
+  const page = await openPage(cpu, base + `?lesson=${lessons[0].slug}&backend=cpu`);
+  const w = page.locator("[data-widget=train]").first();
+  await setParam(w, "model", "nano");
+  await setParam(w, "task", "stories");
+  await setParam(w, "steps", 30);
+  await setParam(w, "lr", 0.003);
+  await setParam(w, "batch", 8);
+  await setParam(w, "seq", 64);
+  await setParam(w, "compare", false);
+  const command = await w.locator("[data-testid=command]").textContent();
+  assert(command.includes("tinytune pretrain --preset nano --tokenizer char --data stories --steps 30"), `command: ${command}`);
+  await w.locator("[data-testid=train]").click();
+  await waitForRun(w, 240_000);
+  const l = await losses(w);
+  assert(l.length === 30, `expected 30 losses, got ${l.length}`);
+  const head = l.slice(0, 5).reduce((a, b) => a + b) / 5, tail = l.slice(-5).reduce((a, b) => a + b) / 5;
+  assert(l.every(Number.isFinite) && tail < head - 0.3, `loss did not fall: first five ${head.toFixed(3)}, last five ${tail.toFixed(3)}`);
+  const tps = await w.locator(".status").first().textContent();
+  assert(/\d+ tokens\/s/.test(tps), `no throughput shown: ${tps}`);
+  await w.screenshot({ path: join(artifacts, "train-cpu.png") });
+  console.log(`     losses ${head.toFixed(3)} → ${tail.toFixed(3)}; ${tps.trim()}`);
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
+await check("a run can be paused, resumed and stopped", async () => {
+  const page = await openPage(cpu, base + `?lesson=${lessons[0].slug}&backend=cpu`);
+  const w = page.locator("[data-widget=train]").first();
+  await setParam(w, "model", "nano");
+  await setParam(w, "steps", 2000);
+  await w.locator("[data-testid=train]").click();
+  await w.locator("[data-testid=step]").waitFor({ timeout: 60_000 });
+  await w.locator("[data-testid=pause]").click();
+  await w.locator('[data-testid=run-state][data-state="Paused"]').waitFor({ timeout: 30_000 });
+  const n = (await losses(w)).length;
+  await page.waitForTimeout(1500);
+  assert((await losses(w)).length === n, "steps arrived while paused");
+  await w.locator("[data-testid=pause]").click(); // Resume
+  const until = Date.now() + 30_000;
+  while ((await losses(w)).length <= n) {
+    assert(Date.now() < until, "no steps after resuming");
+    await page.waitForTimeout(200);
+  }
+  await w.locator("[data-testid=cancel]").click();
+  await w.locator('[data-testid=run-state][data-state="Cancelled"]').waitFor({ timeout: 30_000 });
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
+await check("generation shows text", async () => {
+  const page = await openPage(cpu, base + `?lesson=${lessons[0].slug}&backend=cpu`);
+  const w = page.locator("[data-widget=generate]").first();
+  await setParam(w, "model", "micro");
+  await setParam(w, "prompt", "once upon a time");
+  await setParam(w, "max_tokens", 30);
+  await setParam(w, "samples", 2);
+  await w.locator("[data-testid=generate]").click();
+  await w.locator("[data-testid=samples]").waitFor({ timeout: 120_000 });
+  const samples = await w.locator("pre.sample").allTextContents();
+  assert(samples.length === 2, `${samples.length} samples`);
+  for (const s of samples) assert(s.startsWith("once upon a time") && s.length > "once upon a time".length + 10, `sample too short: ${JSON.stringify(s)}`);
+  await w.screenshot({ path: join(artifacts, "generate.png") });
+  console.log(`     sample: ${JSON.stringify(samples[0].slice(0, 90))}`);
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
+await check("reloading an experiment's URL restores its settings", async () => {
+  const page = await openPage(cpu, base + `?lesson=${lessons[0].slug}&backend=cpu`);
+  const w = page.locator("[data-widget=train]").first();
+  await setParam(w, "steps", 37);
+  await setParam(w, "lr", 0.002);
+  await setParam(w, "task", "json-extract");
+  const url = page.url();
+  assert(url.includes("steps=37") && url.includes("lr=0.002") && url.includes("json-extract"), `URL does not carry the settings: ${url}`);
+  const fresh = await openPage(cpu, url);
+  const w2 = fresh.locator("[data-widget=train]").first();
+  assert(await w2.locator('[data-param="steps"]').inputValue() === "37", "steps not restored");
+  assert(await w2.locator('[data-param="lr"]').inputValue() === "0.002", "lr not restored");
+  assert(await w2.locator('[data-param="task"]').inputValue() === "json-extract", "task not restored");
+  assert((await w2.locator("[data-testid=command]").textContent()).includes("--steps 37"), "command not updated");
+  // A bad link value is reported, not applied.
+  const bad = await openPage(cpu, base + `?lesson=${lessons[0].slug}&w2.steps=-4`);
+  assert((await bad.textContent("article")).includes("link parameter w2.steps ignored"), "bad link value not reported");
+  await page.close(); await fresh.close(); await bad.close();
+});
+
+await cpu.close();
+
+await check("WebGPU (software adapter) runs a training step", async () => {
+  const gpu = await browser(["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-angle=swiftshader"]);
+  try {
+    const page = await openPage(gpu, base + `?lesson=${lessons[0].slug}&backend=webgpu`);
+    await page.waitForFunction(() => !document.querySelector("[data-testid=backend]")?.textContent.startsWith("starting"), null, { timeout: 120_000 });
+    const backend = await page.textContent("[data-testid=backend]");
+    const reason = await page.textContent("[data-testid=backend-reason]");
+    assert(backend.startsWith("WebGPU"), `backend is ${backend}: ${reason}`);
+    const w = page.locator("[data-widget=train]").first();
+    await setParam(w, "model", "nano");
+    await setParam(w, "task", "stories");
+    await setParam(w, "steps", 1);
+    await setParam(w, "batch", 2);
+    await setParam(w, "seq", 32);
+    await w.locator("[data-testid=train]").click();
+    await waitForRun(w, 300_000);
+    const l = await losses(w);
+    assert(l.length === 1 && Number.isFinite(l[0]) && l[0] > 0, `losses ${l}`);
+    console.log(`     ${backend}: step 1 loss ${l[0]}`);
+    await page.screenshot({ path: join(artifacts, "webgpu.png"), fullPage: false });
+    const errors = page.errors.filter((e) => !/WebGPU|powerPreference|adapter/i.test(e));
+    assert(errors.length === 0, `console errors: ${errors.join(" | ")}`);
+  } finally {
+    await gpu.close();
+  }
+});
+
+server.close();
+if (failures) {
+  console.log(`${failures} end-to-end check(s) failed; screenshots in ${artifacts}`);
+  process.exit(1);
+}
+console.log(`all end-to-end checks passed; screenshots in ${artifacts}`);

@@ -1,0 +1,125 @@
+//! A line chart as SVG: axes with ticks and labels, one line per series, a legend. Small
+//! enough to read in one go; the scales are plain linear maps.
+
+use leptos::prelude::*;
+
+/// One line on the chart.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    pub label: String,
+    pub color: &'static str,
+    pub points: Vec<(f64, f64)>,
+    pub dashed: bool,
+}
+
+/// Colours for runs, in order; chosen to stay distinct for colour-blind readers.
+pub const COLORS: [&str; 8] = ["#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#000000", "#f0e442"];
+
+const W: f64 = 560.0;
+const H: f64 = 260.0;
+const LEFT: f64 = 52.0;
+const RIGHT: f64 = 12.0;
+const TOP: f64 = 12.0;
+const BOTTOM: f64 = 40.0;
+
+/// About five "nice" tick values (1, 2 or 5 times a power of ten) covering [lo, hi].
+pub fn ticks(lo: f64, hi: f64) -> Vec<f64> {
+    if !(hi > lo) {
+        return vec![lo];
+    }
+    let raw = (hi - lo) / 5.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
+    let mut t = (lo / step).ceil() * step;
+    let mut out = Vec::new();
+    while t <= hi + step * 1e-9 {
+        out.push(if t.abs() < step * 1e-9 { 0.0 } else { t });
+        t += step;
+    }
+    out
+}
+
+fn fmt_tick(v: f64) -> String {
+    if v == 0.0 || (v.abs() >= 0.01 && v.abs() < 10_000.0) {
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        format!("{v:.0e}")
+    }
+}
+
+#[component]
+pub fn LineChart(#[prop(into)] series: Signal<Vec<Series>>, x_label: &'static str, y_label: &'static str) -> impl IntoView {
+    let body = move || {
+        let series = series.get();
+        let pts = series.iter().flat_map(|s| s.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
+        let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+        for &(x, y) in pts {
+            (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+        }
+        if x0 > x1 {
+            return view! { <text x=W / 2.0 y=H / 2.0 text-anchor="middle" class="chart-empty">"Press Train: the loss appears here, one point per step."</text> }.into_any();
+        }
+        if x1 == x0 {
+            x1 = x0 + 1.0;
+        }
+        let pad = ((y1 - y0) * 0.05).max(1e-3);
+        let (y0, y1) = ((y0 - pad).max(0.0), y1 + pad);
+        let sx = move |x: f64| LEFT + (x - x0) / (x1 - x0) * (W - LEFT - RIGHT);
+        let sy = move |y: f64| TOP + (1.0 - (y - y0) / (y1 - y0)) * (H - TOP - BOTTOM);
+        let xt = ticks(x0, x1);
+        let yt = ticks(y0, y1);
+        let lines = series
+            .iter()
+            .filter(|s| !s.points.is_empty())
+            .map(|s| {
+                let d: String = s.points.iter().enumerate().map(|(i, &(x, y))| format!("{}{:.1},{:.1}", if i == 0 { "M" } else { " L" }, sx(x), sy(y))).collect();
+                let dash = if s.dashed { "5 4" } else { "none" };
+                let dots = if s.dashed {
+                    s.points.iter().map(|&(x, y)| view! { <circle cx=sx(x) cy=sy(y) r="3" fill=s.color /> }).collect::<Vec<_>>()
+                } else {
+                    Vec::new()
+                };
+                view! { <g><path d=d fill="none" stroke=s.color stroke-width="1.8" stroke-dasharray=dash />{dots}</g> }
+            })
+            .collect::<Vec<_>>();
+        let legend = series
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let y = TOP + 6.0 + 16.0 * i as f64;
+                let dash = if s.dashed { "5 4" } else { "none" };
+                view! {
+                    <g>
+                        <line x1=W - 250.0 x2=W - 226.0 y1=y y2=y stroke=s.color stroke-width="2" stroke-dasharray=dash />
+                        <text x=W - 220.0 y=y + 4.0 class="legend">{s.label.clone()}</text>
+                    </g>
+                }
+            })
+            .collect::<Vec<_>>();
+        view! {
+            <g>
+                <line x1=LEFT x2=LEFT y1=TOP y2=H - BOTTOM class="axis" />
+                <line x1=LEFT x2=W - RIGHT y1=H - BOTTOM y2=H - BOTTOM class="axis" />
+                {xt.into_iter().map(|t| view! {
+                    <g>
+                        <line x1=sx(t) x2=sx(t) y1=H - BOTTOM y2=H - BOTTOM + 4.0 class="axis" />
+                        <text x=sx(t) y=H - BOTTOM + 16.0 text-anchor="middle" class="tick">{fmt_tick(t)}</text>
+                    </g>
+                }).collect::<Vec<_>>()}
+                {yt.into_iter().map(|t| view! {
+                    <g>
+                        <line x1=LEFT - 4.0 x2=W - RIGHT y1=sy(t) y2=sy(t) class="grid" />
+                        <text x=LEFT - 7.0 y=sy(t) + 4.0 text-anchor="end" class="tick">{fmt_tick(t)}</text>
+                    </g>
+                }).collect::<Vec<_>>()}
+                <text x=(LEFT + W - RIGHT) / 2.0 y=H - 6.0 text-anchor="middle" class="axis-label">{x_label}</text>
+                <text x="14" y=(TOP + H - BOTTOM) / 2.0 text-anchor="middle" class="axis-label" transform=format!("rotate(-90 14 {})", (TOP + H - BOTTOM) / 2.0)>{y_label}</text>
+                {lines}
+                {legend}
+            </g>
+        }
+        .into_any()
+    };
+    view! { <svg class="chart" data-testid="chart" viewBox=format!("0 0 {W} {H}") role="img" aria-label=y_label>{body}</svg> }
+}

@@ -1,0 +1,415 @@
+//! The widget components. Each one edits its `RwSignal<Widget>` (which the page mirrors into
+//! the URL) and asks the worker for every number it shows.
+
+use leptos::prelude::*;
+use tinytune::ModelConfig;
+use tinytune::data::Task;
+use tinytune::train::StepEvent;
+
+use super::chart::{COLORS, LineChart, Series};
+use super::client;
+use crate::decide::{NODES, Node};
+use crate::protocol::{CompareRow, FromWorker, RunState, ToWorker};
+use crate::widgets::{GenerateParams, TrainParams, Widget};
+
+/// Sets one parameter from a control, keeping the widget valid: a bad value is reported
+/// next to the controls and not applied.
+fn setter(state: RwSignal<Widget>, error: RwSignal<Option<String>>) -> impl Fn(&'static str, String) + Copy {
+    move |key, value| {
+        let mut w = state.get_untracked();
+        match w.set(key, value.trim()) {
+            Ok(()) => {
+                state.set(w);
+                error.set(None);
+            }
+            Err(e) => error.set(Some(e)),
+        }
+    }
+}
+
+/// A labelled text/number input bound to one parameter.
+fn field(label: &'static str, key: &'static str, value: impl Fn() -> String + Send + Sync + 'static, set: impl Fn(&'static str, String) + Copy + Send + Sync + 'static) -> impl IntoView {
+    view! {
+        <label class="field">
+            <span>{label}</span>
+            <input data-param=key prop:value=value on:change=move |ev| set(key, event_target_value(&ev)) />
+        </label>
+    }
+}
+
+/// A labelled select bound to one parameter.
+fn choice(label: &'static str, key: &'static str, options: Vec<(&'static str, &'static str)>, value: impl Fn() -> String + Copy + Send + Sync + 'static, set: impl Fn(&'static str, String) + Copy + Send + Sync + 'static) -> impl IntoView {
+    view! {
+        <label class="field">
+            <span>{label}</span>
+            <select data-param=key on:change=move |ev| set(key, event_target_value(&ev))>
+                {options.into_iter().map(|(v, text)| view! { <option value=v selected=move || value() == v>{text}</option> }).collect::<Vec<_>>()}
+            </select>
+        </label>
+    }
+}
+
+fn task_options() -> Vec<(&'static str, &'static str)> {
+    let mut v: Vec<(&'static str, &'static str)> = Task::ALL.iter().map(|t| (t.name(), t.name())).collect();
+    v.push(("stories", "stories (more pre-training)"));
+    v
+}
+
+/// One run of the train widget, as the page knows it.
+#[derive(Clone, Debug, PartialEq)]
+struct RunView {
+    id: u32,
+    label: String,
+    state: RunState,
+    message: String,
+    steps: usize,
+    train: Vec<(f64, f64)>,
+    eval: Vec<(f64, f64)>,
+    last: Option<StepEvent>,
+    compare: Option<(Vec<CompareRow>, f32, f32)>,
+}
+
+impl RunView {
+    fn active(&self) -> bool {
+        matches!(self.state, RunState::Preparing | RunState::Running | RunState::Paused)
+    }
+}
+
+fn train_params(w: &Widget) -> TrainParams {
+    match w {
+        Widget::Train(p) => p.clone(),
+        _ => TrainParams::default(),
+    }
+}
+
+#[component]
+pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
+    let error = RwSignal::new(None::<String>);
+    let set = setter(state, error);
+    let p = Memo::new(move |_| train_params(&state.get()));
+    let runs = RwSignal::new(Vec::<RunView>::new());
+    let active = Memo::new(move |_| runs.with(|rs| rs.iter().rev().find(|r| r.active()).map(|r| (r.id, r.state))));
+
+    let start = move |_| {
+        let params = p.get_untracked();
+        let label = format!("{} · {} · lr {} · {} steps", params.model.name(), params.task, params.lr, params.steps);
+        let id = client::subscribe(move |msg| {
+            runs.update(|rs| {
+                let Some(r) = rs.iter_mut().find(|r| Some(r.id) == run_of(&msg)) else { return };
+                match msg {
+                    FromWorker::Status { state, message, .. } => {
+                        r.state = state;
+                        r.message = message;
+                    }
+                    FromWorker::Step { event, .. } => {
+                        r.train.push((event.step as f64, event.loss as f64));
+                        r.last = Some(event);
+                    }
+                    FromWorker::Eval { step, loss, .. } => r.eval.push((step as f64, loss as f64)),
+                    FromWorker::Compare { rows, stories_before, stories_after, .. } => r.compare = Some((rows, stories_before, stories_after)),
+                    FromWorker::Samples { .. } | FromWorker::Error { .. } | FromWorker::Backend(_) => {}
+                }
+            });
+        });
+        runs.update(|rs| {
+            rs.push(RunView { id, label, state: RunState::Preparing, message: "starting".into(), steps: params.steps, train: vec![], eval: vec![], last: None, compare: None })
+        });
+        client::send(&ToWorker::Train { run: id, params });
+    };
+    let pause_resume = move |_| {
+        if let Some((run, s)) = active.get_untracked() {
+            client::send(&if s == RunState::Paused { ToWorker::Resume { run } } else { ToWorker::Pause { run } });
+        }
+    };
+    let cancel = move |_| {
+        if let Some((run, _)) = active.get_untracked() {
+            client::send(&ToWorker::Cancel { run });
+        }
+    };
+    let series = Signal::derive(move || {
+        runs.with(|rs| {
+            rs.iter()
+                .enumerate()
+                .flat_map(|(i, r)| {
+                    let color = COLORS[i % COLORS.len()];
+                    let mut v = vec![Series { label: format!("{} train", r.label), color, points: r.train.clone(), dashed: false }];
+                    if !r.eval.is_empty() {
+                        v.push(Series { label: "held-out".into(), color, points: r.eval.clone(), dashed: true });
+                    }
+                    v
+                })
+                .collect()
+        })
+    });
+    let num = move |f: fn(&TrainParams) -> String| move || f(&p.get());
+
+    view! {
+        <div
+            class="widget train"
+            data-widget="train"
+            data-losses=move || runs.with(|rs| rs.last().map(|r| r.train.iter().map(|(_, l)| l.to_string()).collect::<Vec<_>>().join(",")).unwrap_or_default())
+        >
+            <div class="controls">
+                {choice("model", "model", vec![("micro", "micro (pretrained)"), ("nano", "nano (fresh, untrained)")], move || p.get().model.name().to_string(), set)}
+                {choice("task", "task", task_options(), move || p.get().task.to_string(), set)}
+                {field("steps", "steps", num(|p| p.steps.to_string()), set)}
+                {field("learning rate", "lr", num(|p| p.lr.to_string()), set)}
+                {field("batch", "batch", num(|p| p.batch.to_string()), set)}
+                {field("tokens per row", "seq", num(|p| p.seq.to_string()), set)}
+                {field("seed", "seed", num(|p| p.seed.to_string()), set)}
+                <label class="field check">
+                    <input type="checkbox" data-param="compare" prop:checked=move || p.get().compare on:change=move |ev| set("compare", event_target_checked(&ev).to_string()) />
+                    <span>"compare before / after"</span>
+                </label>
+            </div>
+            {move || error.get().map(|e| view! { <p class="error">{e}</p> })}
+            <div class="buttons">
+                <button data-testid="train" on:click=start disabled=move || active.get().is_some()>"Train"</button>
+                <button data-testid="pause" on:click=pause_resume disabled=move || active.get().is_none()>
+                    {move || if matches!(active.get(), Some((_, RunState::Paused))) { "Resume" } else { "Pause" }}
+                </button>
+                <button data-testid="cancel" on:click=cancel disabled=move || active.get().is_none()>"Stop"</button>
+                <button on:click=move |_| runs.set(Vec::new()) disabled=move || active.get().is_some() || runs.with(|r| r.is_empty())>"Clear runs"</button>
+            </div>
+            <LineChart series=series x_label="step" y_label="loss (nats per token)" />
+            {move || runs.with(|rs| rs.last().cloned()).map(|r| run_status(&r))}
+            {move || runs.with(|rs| rs.last().and_then(|r| r.compare.clone())).map(|(rows, before, after)| compare_view(rows, before, after))}
+            <details class="scale">
+                <summary>"Run this at scale"</summary>
+                <p>"The same run with the native " <code>"tinytune"</code> " binary (add " <code>"--backend wgpu"</code> " or " <code>"--backend cuda"</code> " for a GPU):"</p>
+                <pre data-testid="command">{move || p.get().command()}</pre>
+            </details>
+        </div>
+    }
+}
+
+fn run_of(msg: &FromWorker) -> Option<u32> {
+    match msg {
+        FromWorker::Status { run, .. } | FromWorker::Step { run, .. } | FromWorker::Eval { run, .. } | FromWorker::Compare { run, .. } => Some(*run),
+        _ => None,
+    }
+}
+
+fn run_status(r: &RunView) -> impl IntoView {
+    let state = match r.state {
+        RunState::Preparing => format!("preparing: {}", r.message),
+        RunState::Running => "running".into(),
+        RunState::Paused => "paused".into(),
+        RunState::Done => "done".into(),
+        RunState::Cancelled => "stopped".into(),
+        RunState::Failed => format!("failed: {}", r.message),
+    };
+    let last = r.last.clone();
+    let eval = r.eval.last().map(|(_, l)| format!("{l:.4}"));
+    view! {
+        <p class="status">
+            <span data-testid="run-state" data-state=format!("{:?}", r.state)>{state}</span>
+            {last.map(|e| view! {
+                " · step " <span data-testid="step">{e.step}</span> {format!(" of {}", r.steps)}
+                " · loss " <span data-testid="loss">{format!("{:.4}", e.loss)}</span>
+                {format!(" · {:.0} tokens/s · {:.1} s", e.tokens_per_s, e.elapsed_s)}
+            })}
+            {eval.map(|l| view! { " · held-out loss " <span data-testid="eval-loss">{l}</span> })}
+        </p>
+    }
+}
+
+fn compare_view(rows: Vec<CompareRow>, before: f32, after: f32) -> impl IntoView {
+    let change = 100.0 * (after - before) / before;
+    view! {
+        <div class="compare" data-testid="compare">
+            <p>
+                "Loss on held-out pre-training text (stories): " <b>{format!("{before:.3}")}</b> " before, " <b>{format!("{after:.3}")}</b>
+                {format!(" after ({change:+.1}%). ")}
+                {if change > 5.0 { "The model has forgotten some of its pre-training." } else { "Little forgetting so far." }}
+            </p>
+            {(!rows.is_empty()).then(|| view! {
+                <table>
+                    <thead><tr><th>"prompt (end)"</th><th>"expected"</th><th>"before"</th><th>"after"</th></tr></thead>
+                    <tbody>
+                        {rows.into_iter().map(|r| {
+                            let tail: String = r.prompt.lines().rev().take(2).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" ⏎ ");
+                            let ok = r.after == r.expected;
+                            view! { <tr><td><code>{tail}</code></td><td><code>{r.expected}</code></td><td><code>{r.before}</code></td><td class=if ok { "right" } else { "wrong" }><code>{r.after}</code></td></tr> }
+                        }).collect::<Vec<_>>()}
+                    </tbody>
+                </table>
+            })}
+        </div>
+    }
+}
+
+fn generate_params(w: &Widget) -> GenerateParams {
+    match w {
+        Widget::Generate(p) => p.clone(),
+        _ => GenerateParams::default(),
+    }
+}
+
+#[component]
+pub fn GenerateWidget(state: RwSignal<Widget>) -> impl IntoView {
+    let error = RwSignal::new(None::<String>);
+    let set = setter(state, error);
+    let p = Memo::new(move |_| generate_params(&state.get()));
+    let busy = RwSignal::new(false);
+    let out = RwSignal::new(None::<Result<(Vec<String>, f64), String>>);
+    let run = move |_| {
+        busy.set(true);
+        let id = client::subscribe(move |msg| {
+            match msg {
+                FromWorker::Samples { samples, seconds, .. } => out.set(Some(Ok((samples, seconds)))),
+                FromWorker::Error { message, .. } => out.set(Some(Err(message))),
+                _ => return,
+            }
+            busy.set(false);
+        });
+        client::send(&ToWorker::Generate { id, params: p.get_untracked() });
+    };
+    let num = move |f: fn(&GenerateParams) -> String| move || f(&p.get());
+    view! {
+        <div class="widget generate" data-widget="generate">
+            <label class="field wide">
+                <span>"prompt"</span>
+                <textarea data-param="prompt" rows="3" prop:value=move || p.get().prompt on:change=move |ev| set("prompt", event_target_value(&ev).replace('\n', "\\n"))></textarea>
+            </label>
+            <div class="controls">
+                {choice("model", "model", vec![("micro", "micro (pretrained)"), ("nano", "nano (untrained)")], move || p.get().model.name().to_string(), set)}
+                {field("temperature", "temperature", num(|p| p.temperature.to_string()), set)}
+                {field("top-k (0: all)", "top_k", num(|p| p.top_k.to_string()), set)}
+                {field("new tokens", "max_tokens", num(|p| p.max_tokens.to_string()), set)}
+                {field("samples", "samples", num(|p| p.samples.to_string()), set)}
+                {field("seed", "seed", num(|p| p.seed.to_string()), set)}
+            </div>
+            {move || error.get().map(|e| view! { <p class="error">{e}</p> })}
+            <div class="buttons"><button data-testid="generate" on:click=run disabled=move || busy.get()>{move || if busy.get() { "Generating…" } else { "Generate" }}</button></div>
+            {move || match out.get() {
+                None => None,
+                Some(Err(e)) => Some(view! { <p class="error">{e}</p> }.into_any()),
+                Some(Ok((samples, secs))) => Some(view! {
+                    <div data-testid="samples">
+                        {samples.into_iter().map(|s| view! { <pre class="sample"><span class="prompt">{p.get_untracked().prompt}</span>{s}</pre> }).collect::<Vec<_>>()}
+                        <p class="status">{format!("{secs:.1} s")}</p>
+                    </div>
+                }.into_any()),
+            }}
+        </div>
+    }
+}
+
+#[component]
+pub fn ModelCardWidget(state: RwSignal<Widget>) -> impl IntoView {
+    let error = RwSignal::new(None::<String>);
+    let set = setter(state, error);
+    let name = Memo::new(move |_| match state.get() {
+        Widget::ModelCard(p) => p.model,
+        _ => "micro".into(),
+    });
+    let presets = ["nano", "micro", "mini", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"].map(|n| (n, n)).to_vec();
+    let table = move || {
+        let config = ModelConfig::preset(&name.get()).ok()?;
+        let params = config.param_summaries();
+        let total: usize = params.iter().map(|p| p.numel).sum();
+        // Group by layer: the embeddings, each block, the final LayerNorm.
+        let mut groups: Vec<(String, usize, Vec<String>)> = Vec::new();
+        for p in &params {
+            let group = match p.name.split('.').collect::<Vec<_>>().as_slice() {
+                ["h", i, ..] => format!("block {i}"),
+                [first, ..] => first.to_string(),
+                [] => String::new(),
+            };
+            let line = format!("{} {:?} = {}", p.name, p.shape, p.numel);
+            match groups.last_mut() {
+                Some((g, n, lines)) if *g == group => {
+                    *n += p.numel;
+                    lines.push(line);
+                }
+                _ => groups.push((group, p.numel, vec![line])),
+            }
+        }
+        let share = move |n: usize| format!("{:.2}%", 100.0 * n as f64 / total as f64);
+        Some(view! {
+            <p>
+                {format!("{} layers, width {}, {} heads, context {}, vocabulary {}: ", config.n_layer, config.n_embd, config.n_head, config.n_positions, config.vocab_size)}
+                <b data-testid="total-params">{format_count(total)}</b> " parameters."
+            </p>
+            <table>
+                <thead><tr><th>"layer"</th><th>"parameters"</th><th>"share"</th><th>"tensors"</th></tr></thead>
+                <tbody>
+                    {groups.into_iter().map(|(g, n, lines)| view! {
+                        <tr><td>{g}</td><td class="num">{format_count(n)}</td><td class="num">{share(n)}</td><td><details><summary>{lines.len()}</summary><pre>{lines.join("\n")}</pre></details></td></tr>
+                    }).collect::<Vec<_>>()}
+                </tbody>
+            </table>
+        })
+    };
+    view! {
+        <div class="widget model-card" data-widget="model-card">
+            <div class="controls">{choice("model", "model", presets, move || name.get(), set)}</div>
+            {move || error.get().map(|e| view! { <p class="error">{e}</p> })}
+            {table}
+        </div>
+    }
+}
+
+/// 1234567 → "1,234,567".
+pub fn format_count(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[component]
+pub fn DecideWidget() -> impl IntoView {
+    // The path taken so far: (node index, answer) pairs, then the current node.
+    let path = RwSignal::new(Vec::<(usize, bool)>::new());
+    let current = move || path.with(|p| p.last().map(|&(i, yes)| next(i, yes)).unwrap_or(0));
+    let answer = move |yes: bool| path.update(|p| p.push((current(), yes)));
+    view! {
+        <div class="widget decide" data-widget="decide">
+            <ol class="answered">
+                {move || path.get().into_iter().map(|(i, yes)| match NODES[i] {
+                    Node::Question { text, .. } => view! { <li>{text} " " <b>{if yes { "Yes" } else { "No" }}</b></li> }.into_any(),
+                    Node::Outcome { .. } => ().into_any(),
+                }).collect::<Vec<_>>()}
+            </ol>
+            {move || match NODES[current()] {
+                Node::Question { text, why, .. } => view! {
+                    <div class="question">
+                        <p><b>{text}</b></p>
+                        <p class="why">{why}</p>
+                        <div class="buttons">
+                            <button on:click=move |_| answer(true)>"Yes"</button>
+                            <button on:click=move |_| answer(false)>"No"</button>
+                        </div>
+                    </div>
+                }.into_any(),
+                Node::Outcome { title, text } => view! {
+                    <div class="outcome" data-testid="recommendation">
+                        <p><b>{title}</b></p>
+                        <p>{text}</p>
+                    </div>
+                }.into_any(),
+            }}
+            <div class="buttons"><button on:click=move |_| path.set(Vec::new()) disabled=move || path.with(|p| p.is_empty())>"Start over"</button></div>
+        </div>
+    }
+}
+
+fn next(i: usize, yes: bool) -> usize {
+    match NODES[i] {
+        Node::Question { yes: y, no: n, .. } => {
+            if yes {
+                y
+            } else {
+                n
+            }
+        }
+        Node::Outcome { .. } => i,
+    }
+}

@@ -1,0 +1,13 @@
+//! The compute worker: owns the Burn device and runs training and sampling off the page's
+//! thread (see `tinytune_web::worker`). Built for the browser by trunk.
+
+#[cfg(target_arch = "wasm32")]
+fn main() {
+    tinytune_web::worker::start();
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn main() {
+    eprintln!("the tinytune worker runs in a browser Web Worker: build it with `trunk build` (see README.md)");
+    std::process::exit(2);
+}

@@ -1,0 +1,50 @@
+//! Every lesson, embedded in the page at compile time. Add a lesson by adding its file to
+//! `lessons/` and a line here; a test fails if the two lists disagree.
+
+use crate::lesson::{Lesson, parse};
+
+/// (file name, contents), in any order; [`all`] sorts them by their front matter `order`.
+pub const FILES: &[(&str, &str)] = &[
+    ("01-what-fine-tuning-is.md", include_str!("../../lessons/01-what-fine-tuning-is.md")),
+    ("02-when-not-to-fine-tune.md", include_str!("../../lessons/02-when-not-to-fine-tune.md")),
+];
+
+/// Every lesson, parsed and sorted by `order`. The files are checked by tests, so an error
+/// here means a lesson was edited without running them.
+pub fn all() -> Result<Vec<Lesson>, String> {
+    let mut lessons = FILES.iter().map(|(name, text)| parse(name, text)).collect::<Result<Vec<_>, _>>()?;
+    lessons.sort_by_key(|l| l.order);
+    Ok(lessons)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lesson::Segment;
+
+    #[test]
+    fn every_lesson_file_is_embedded_and_parses() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../lessons");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".md"))
+            .collect();
+        on_disk.sort();
+        let mut embedded: Vec<String> = FILES.iter().map(|(n, _)| n.to_string()).collect();
+        embedded.sort();
+        assert_eq!(embedded, on_disk, "lessons/ and web/src/lessons.rs::FILES must list the same files");
+        // Embedded text equals the file (include_str! paths point at the right files).
+        for (name, text) in FILES {
+            assert_eq!(&std::fs::read_to_string(format!("{dir}/{name}")).unwrap(), text, "{name}");
+        }
+        let lessons = all().unwrap_or_else(|e| panic!("{e}"));
+        let orders: Vec<u32> = lessons.iter().map(|l| l.order).collect();
+        let mut unique = orders.clone();
+        unique.dedup();
+        assert_eq!(orders, unique, "two lessons share an order");
+        for l in &lessons {
+            assert!(l.segments.iter().any(|s| matches!(s, Segment::Html(_))), "{} has no prose", l.slug);
+        }
+    }
+}

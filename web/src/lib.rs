@@ -1,0 +1,17 @@
+//! The tinytune browser playground. The page (`src/main.rs`, module `app`) shows lessons
+//! and widgets; the worker (`src/bin/worker.rs`, module `worker`) owns the Burn device and
+//! does every computation. Everything here that is not DOM or GPU code is plain Rust and is
+//! tested natively.
+
+pub mod decide;
+pub mod lesson;
+pub mod lessons;
+pub mod protocol;
+pub mod run;
+pub mod urlstate;
+pub mod widgets;
+
+#[cfg(target_arch = "wasm32")]
+pub mod app;
+#[cfg(target_arch = "wasm32")]
+pub mod worker;

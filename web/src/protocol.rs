@@ -1,0 +1,106 @@
+//! Messages between the page and the compute worker, as serde enums sent as JSON strings.
+//! The page never touches a tensor: it asks, and the worker streams answers back, one
+//! message per training step, so the page stays responsive and a run can be paused,
+//! resumed or cancelled between steps.
+
+use serde::{Deserialize, Serialize};
+use tinytune::train::StepEvent;
+
+use crate::widgets::{GenerateParams, TrainParams};
+
+/// Which compute backend the reader asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackendPref {
+    /// WebGPU when the browser has a real (hardware) adapter, else the CPU.
+    Auto,
+    Cpu,
+    WebGpu,
+}
+
+/// Page → worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// Choose (or switch) the backend; answered by `FromWorker::Backend`.
+    Init { prefer: BackendPref },
+    Train { run: u32, params: TrainParams },
+    Pause { run: u32 },
+    Resume { run: u32 },
+    Cancel { run: u32 },
+    Generate { id: u32, params: GenerateParams },
+}
+
+/// The backend the worker runs on, and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendInfo {
+    /// "WebGPU" or "CPU".
+    pub name: String,
+    /// One sentence: why this backend (e.g. "only a software (fallback) WebGPU adapter").
+    pub reason: String,
+    /// What `navigator.gpu.requestAdapter()` reported, if anything.
+    pub adapter: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunState {
+    Preparing,
+    Running,
+    Paused,
+    Done,
+    Cancelled,
+    Failed,
+}
+
+/// One held-out prompt answered before and after fine-tuning.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CompareRow {
+    pub prompt: String,
+    pub expected: String,
+    pub before: String,
+    pub after: String,
+}
+
+/// Worker → page.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum FromWorker {
+    Backend(BackendInfo),
+    Status { run: u32, state: RunState, message: String },
+    Step { run: u32, event: StepEvent },
+    Eval { run: u32, step: usize, loss: f32 },
+    /// Before/after answers and the loss on held-out pre-training text (stories).
+    Compare { run: u32, rows: Vec<CompareRow>, stories_before: f32, stories_after: f32 },
+    Samples { id: u32, samples: Vec<String>, seconds: f64 },
+    Error { id: u32, message: String },
+}
+
+impl ToWorker {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("messages always serialise")
+    }
+}
+
+impl FromWorker {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("messages always serialise")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_survive_json() {
+        let to = [
+            ToWorker::Init { prefer: BackendPref::Auto },
+            ToWorker::Train { run: 3, params: TrainParams { steps: 7, ..Default::default() } },
+            ToWorker::Cancel { run: 3 },
+            ToWorker::Generate { id: 1, params: GenerateParams { prompt: "a\nb".into(), ..Default::default() } },
+        ];
+        for m in to {
+            assert_eq!(serde_json::from_str::<ToWorker>(&m.to_json()).unwrap(), m);
+        }
+        let event = StepEvent { step: 1, loss: 2.5, lr: 1e-3, grad_norm: 0.5, tokens: 512, tokens_per_s: 900.0, elapsed_s: 0.6 };
+        let from = FromWorker::Step { run: 3, event };
+        assert_eq!(serde_json::from_str::<FromWorker>(&from.to_json()).unwrap(), from);
+    }
+}

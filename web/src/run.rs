@@ -1,0 +1,88 @@
+//! What a `train` widget's settings mean as a training run, in one place for both sides:
+//! the worker trains with [`TrainParams::train_config`], and the widget prints
+//! [`TrainParams::command`], the `tinytune` command line that runs the very same
+//! configuration natively ("Run this at scale"). A test in the CLI parses that command with
+//! the CLI's own parser and checks it resolves to the same `TrainConfig`.
+
+use tinytune::optim::{AdamWConfig, Decay};
+use tinytune::train::TrainConfig;
+
+use crate::widgets::{ModelChoice, TrainParams};
+
+/// Where the shipped pretrained checkpoint lives in the repository (and, in the browser,
+/// the folder trunk copies it to).
+pub const MICRO_DIR: &str = "assets/micro";
+
+/// Examples generated for a browser run: enough that a few hundred steps rarely repeat a
+/// batch, few enough to tokenise in well under a second.
+pub const TRAIN_EXAMPLES: usize = 2000;
+pub const EVAL_EXAMPLES: usize = 100;
+pub const EVAL_BATCHES: usize = 4;
+
+impl TrainParams {
+    /// Evaluate about five times per run.
+    pub fn eval_every(&self) -> usize {
+        (self.steps / 5).max(1)
+    }
+
+    /// The run's full configuration. Values not on the widget are the CLI's defaults.
+    pub fn train_config(&self) -> TrainConfig {
+        TrainConfig {
+            data: self.task,
+            train_examples: TRAIN_EXAMPLES,
+            eval_examples: EVAL_EXAMPLES,
+            data_seed: 0,
+            seed: self.seed,
+            steps: self.steps,
+            batch_size: self.batch,
+            seq_len: self.seq,
+            lr: self.lr,
+            warmup_steps: self.steps / 10,
+            decay: Decay::Cosine,
+            min_lr_ratio: 0.1,
+            optimizer: AdamWConfig { weight_decay: 0.01, clip_grad_norm: Some(1.0), ..AdamWConfig::default() },
+            eval_every: self.eval_every(),
+            eval_batches: EVAL_BATCHES,
+            // The browser keeps its run in memory; the native command saves every 100 steps.
+            checkpoint_every: 0,
+            prompt_loss_weight: 0.0,
+        }
+    }
+
+    /// The command's arguments, without the program name.
+    pub fn command_args(&self) -> Vec<String> {
+        let mut args: Vec<String> = match self.model {
+            ModelChoice::Micro => vec!["finetune".into(), "--model".into(), MICRO_DIR.into()],
+            ModelChoice::Nano => ["pretrain", "--preset", "nano", "--tokenizer", "char"].map(String::from).to_vec(),
+        };
+        let flags: [(&str, String); 10] = [
+            ("--data", self.task.to_string()),
+            ("--steps", self.steps.to_string()),
+            ("--batch", self.batch.to_string()),
+            ("--seq-len", self.seq.to_string()),
+            ("--lr", self.lr.to_string()),
+            ("--seed", self.seed.to_string()),
+            ("--train-examples", TRAIN_EXAMPLES.to_string()),
+            ("--eval-examples", EVAL_EXAMPLES.to_string()),
+            ("--eval-every", self.eval_every().to_string()),
+            ("--eval-batches", EVAL_BATCHES.to_string()),
+        ];
+        for (flag, value) in flags {
+            args.push(flag.into());
+            args.push(value);
+        }
+        args.push("--out".into());
+        args.push(format!("runs/{}-{}", self.model.name(), self.task));
+        args
+    }
+
+    /// The whole command line as one copyable string.
+    pub fn command(&self) -> String {
+        let mut s = String::from("tinytune");
+        for a in self.command_args() {
+            s.push(' ');
+            s.push_str(&a);
+        }
+        s
+    }
+}

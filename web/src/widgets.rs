@@ -1,0 +1,319 @@
+//! The widget registry: every widget a lesson can place, with typed parameters. A lesson's
+//! ```` ```widget ```` block and a shared link's query string both go through
+//! [`Widget::set`], so a typo in either is an error that names the widget, the parameter
+//! and the values it accepts. Adding a widget means adding a variant here; the exhaustive
+//! `match` in the app then fails to compile until the widget has a component.
+
+use serde::{Deserialize, Serialize};
+use tinytune::ModelConfig;
+use tinytune::train::DataSource;
+
+/// Which model a widget runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModelChoice {
+    /// The shipped pretrained micro checkpoint (`assets/micro`).
+    Micro,
+    /// A freshly initialised nano model with the character-level tokenizer.
+    Nano,
+}
+
+impl ModelChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelChoice::Micro => "micro",
+            ModelChoice::Nano => "nano",
+        }
+    }
+
+    fn parse(value: &str) -> Result<Self, String> {
+        match value {
+            "micro" => Ok(ModelChoice::Micro),
+            "nano" => Ok(ModelChoice::Nano),
+            _ => Err("choose micro (the shipped pretrained model) or nano (a fresh, untrained model)".into()),
+        }
+    }
+}
+
+/// Settings of the `train` widget.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainParams {
+    pub model: ModelChoice,
+    pub task: DataSource,
+    pub steps: usize,
+    pub lr: f64,
+    pub batch: usize,
+    pub seq: usize,
+    pub seed: u64,
+    /// After the run, show answers and pre-training loss before and after.
+    pub compare: bool,
+}
+
+impl Default for TrainParams {
+    fn default() -> Self {
+        Self { model: ModelChoice::Micro, task: DataSource::Task(tinytune::data::Task::Sentiment), steps: 60, lr: 1e-3, batch: 8, seq: 64, seed: 0, compare: false }
+    }
+}
+
+/// Settings of the `generate` widget.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenerateParams {
+    pub model: ModelChoice,
+    pub prompt: String,
+    pub temperature: f64,
+    /// 0: sample among all tokens.
+    pub top_k: usize,
+    pub max_tokens: usize,
+    pub samples: usize,
+    pub seed: u64,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        Self { model: ModelChoice::Micro, prompt: "once upon a time".into(), temperature: 0.8, top_k: 40, max_tokens: 80, samples: 3, seed: 0 }
+    }
+}
+
+/// Settings of the `model-card` widget.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelCardParams {
+    /// A preset name (`ModelConfig::preset`).
+    pub model: String,
+}
+
+impl Default for ModelCardParams {
+    fn default() -> Self {
+        Self { model: "micro".into() }
+    }
+}
+
+/// Every widget a lesson can use.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Widget {
+    Train(TrainParams),
+    Generate(GenerateParams),
+    ModelCard(ModelCardParams),
+    /// The prompt → few-shot → RAG → fine-tune walk-through; no parameters.
+    Decide,
+}
+
+impl Widget {
+    /// Every widget name, for error messages and docs.
+    pub const NAMES: [&'static str; 4] = ["train", "generate", "model-card", "decide"];
+
+    /// The widget with default settings.
+    pub fn named(name: &str) -> Result<Self, String> {
+        Ok(match name {
+            "train" => Widget::Train(TrainParams::default()),
+            "generate" => Widget::Generate(GenerateParams::default()),
+            "model-card" => Widget::ModelCard(ModelCardParams::default()),
+            "decide" => Widget::Decide,
+            other => return Err(format!("unknown widget {other:?}; the widgets are {}", Self::NAMES.join(", "))),
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Widget::Train(_) => "train",
+            Widget::Generate(_) => "generate",
+            Widget::ModelCard(_) => "model-card",
+            Widget::Decide => "decide",
+        }
+    }
+
+    /// The parameter names this widget accepts.
+    pub fn keys(&self) -> &'static [&'static str] {
+        match self {
+            Widget::Train(_) => &["model", "task", "steps", "lr", "batch", "seq", "seed", "compare"],
+            Widget::Generate(_) => &["model", "prompt", "temperature", "top_k", "max_tokens", "samples", "seed"],
+            Widget::ModelCard(_) => &["model"],
+            Widget::Decide => &[],
+        }
+    }
+
+    /// Parses the body of a `widget` block: `key: value` lines, `name` first or anywhere,
+    /// `#` comments.
+    pub fn from_block(text: &str) -> Result<Self, String> {
+        let mut pairs = Vec::new();
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            let (k, v) = line.split_once(':').ok_or_else(|| format!("{line:?} is not a `key: value` line"))?;
+            pairs.push((k.trim(), v.trim()));
+        }
+        let name = pairs.iter().find(|(k, _)| *k == "name").map(|(_, v)| *v).ok_or("add a `name: ...` line naming the widget")?;
+        let mut widget = Self::named(name)?;
+        for (k, v) in pairs.into_iter().filter(|(k, _)| *k != "name") {
+            widget.set(k, v)?;
+        }
+        Ok(widget)
+    }
+
+    /// Sets one parameter from its text form (a lesson block or a URL).
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let name = self.name();
+        let keys = self.keys();
+        let bad = |why: String| format!("{name}: {key}: {value:?}: {why}");
+        let unknown = || {
+            if keys.is_empty() {
+                format!("{name}: unknown parameter {key:?}; this widget takes no parameters")
+            } else {
+                format!("{name}: unknown parameter {key:?}; use {}", keys.join(", "))
+            }
+        };
+        match self {
+            Widget::Train(p) => match key {
+                "model" => p.model = ModelChoice::parse(value).map_err(bad)?,
+                "task" => p.task = value.parse::<DataSource>().map_err(bad)?,
+                "steps" => p.steps = int(value, 1, 2000).map_err(bad)?,
+                "lr" => p.lr = float(value, 1e-6, 1.0).map_err(bad)?,
+                "batch" => p.batch = int(value, 1, 64).map_err(bad)?,
+                "seq" => p.seq = int(value, 8, 128).map_err(bad)?,
+                "seed" => p.seed = int(value, 0, u32::MAX as usize).map_err(bad)? as u64,
+                "compare" => p.compare = boolean(value).map_err(bad)?,
+                _ => return Err(unknown()),
+            },
+            Widget::Generate(p) => match key {
+                "model" => p.model = ModelChoice::parse(value).map_err(bad)?,
+                "prompt" => p.prompt = value.replace("\\n", "\n"),
+                "temperature" => p.temperature = float(value, 0.0, 5.0).map_err(bad)?,
+                "top_k" => p.top_k = int(value, 0, 100_000).map_err(bad)?,
+                "max_tokens" => p.max_tokens = int(value, 1, 512).map_err(bad)?,
+                "samples" => p.samples = int(value, 1, 8).map_err(bad)?,
+                "seed" => p.seed = int(value, 0, u32::MAX as usize).map_err(bad)? as u64,
+                _ => return Err(unknown()),
+            },
+            Widget::ModelCard(p) => match key {
+                "model" => {
+                    ModelConfig::preset(value).map_err(|e| bad(e.to_string()))?;
+                    p.model = value.to_string();
+                }
+                _ => return Err(unknown()),
+            },
+            Widget::Decide => return Err(unknown()),
+        }
+        Ok(())
+    }
+
+    /// Every parameter as text, in `keys()` order; `set` on each pair rebuilds the widget.
+    pub fn pairs(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Widget::Train(p) => vec![
+                ("model", p.model.name().into()),
+                ("task", p.task.to_string()),
+                ("steps", p.steps.to_string()),
+                ("lr", p.lr.to_string()),
+                ("batch", p.batch.to_string()),
+                ("seq", p.seq.to_string()),
+                ("seed", p.seed.to_string()),
+                ("compare", p.compare.to_string()),
+            ],
+            Widget::Generate(p) => vec![
+                ("model", p.model.name().into()),
+                ("prompt", p.prompt.replace('\n', "\\n")),
+                ("temperature", p.temperature.to_string()),
+                ("top_k", p.top_k.to_string()),
+                ("max_tokens", p.max_tokens.to_string()),
+                ("samples", p.samples.to_string()),
+                ("seed", p.seed.to_string()),
+            ],
+            Widget::ModelCard(p) => vec![("model", p.model.clone())],
+            Widget::Decide => vec![],
+        }
+    }
+
+    /// The parameters where `self` differs from `base` (what a shared link must carry).
+    pub fn diff(&self, base: &Widget) -> Vec<(&'static str, String)> {
+        let base = base.pairs();
+        self.pairs().into_iter().filter(|(k, v)| !base.iter().any(|(bk, bv)| bk == k && bv == v)).collect()
+    }
+}
+
+fn int(value: &str, min: usize, max: usize) -> Result<usize, String> {
+    let v: usize = value.parse().map_err(|_| format!("expected a whole number from {min} to {max}"))?;
+    if !(min..=max).contains(&v) {
+        return Err(format!("must be from {min} to {max}"));
+    }
+    Ok(v)
+}
+
+fn float(value: &str, min: f64, max: f64) -> Result<f64, String> {
+    let v: f64 = value.parse().map_err(|_| format!("expected a number from {min} to {max}"))?;
+    if !(v >= min && v <= max) {
+        return Err(format!("must be from {min} to {max}"));
+    }
+    Ok(v)
+}
+
+fn boolean(value: &str) -> Result<bool, String> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(text: &str) -> Result<Widget, String> {
+        Widget::from_block(text)
+    }
+
+    #[test]
+    fn every_widget_round_trips_through_its_pairs() {
+        for name in Widget::NAMES {
+            let w = Widget::named(name).unwrap();
+            assert_eq!(w.name(), name);
+            let keys: Vec<&str> = w.pairs().iter().map(|(k, _)| *k).collect();
+            assert_eq!(keys, w.keys(), "{name}: pairs() and keys() disagree");
+            let mut rebuilt = Widget::named(name).unwrap();
+            for (k, v) in w.pairs() {
+                rebuilt.set(k, &v).unwrap();
+            }
+            assert_eq!(rebuilt, w);
+        }
+    }
+
+    #[test]
+    fn blocks_set_typed_values() {
+        let w = block("# a comment\nname: train\nmodel: nano\ntask: stories\nsteps: 25\nlr: 0.003\ncompare: true\n").unwrap();
+        let Widget::Train(p) = &w else { panic!("{w:?}") };
+        assert_eq!((p.model, p.task, p.steps, p.lr, p.compare), (ModelChoice::Nano, DataSource::Stories, 25, 0.003, true));
+        let g = block("name: generate\nprompt: text: hi\\nfeeling:\ntop_k: 0").unwrap();
+        let Widget::Generate(p) = &g else { panic!() };
+        assert_eq!((p.prompt.as_str(), p.top_k), ("text: hi\nfeeling:", 0));
+        // The escaped newline survives a trip through pairs().
+        let mut again = Widget::named("generate").unwrap();
+        for (k, v) in g.pairs() {
+            again.set(k, &v).unwrap();
+        }
+        assert_eq!(again, g);
+    }
+
+    #[test]
+    fn diff_holds_only_changed_values() {
+        let base = block("name: train\nsteps: 30").unwrap();
+        let mut changed = base.clone();
+        changed.set("lr", "0.01").unwrap();
+        assert_eq!(changed.diff(&base), vec![("lr", "0.01".to_string())]);
+        assert!(base.diff(&base).is_empty());
+    }
+
+    #[test]
+    fn bad_blocks_say_what_is_allowed() {
+        let check = |text: &str, needle: &str| {
+            let e = block(text).unwrap_err();
+            assert!(e.contains(needle), "{text:?} gave {e:?}, expected it to mention {needle:?}");
+        };
+        check("model: micro", "add a `name: ...`");
+        check("name: lora-rank", "the widgets are train, generate, model-card, decide");
+        check("name: train\nsteps: 0", "train: steps: \"0\": must be from 1 to 2000");
+        check("name: train\nrank: 4", "use model, task, steps, lr, batch, seq, seed, compare");
+        check("name: train\ntask: poems", "unknown data 'poems'");
+        check("name: train\nmodel: gpt2", "choose micro");
+        check("name: train\ncompare: yes", "expected true or false");
+        check("name: generate\ntemperature: -1", "must be from 0 to 5");
+        check("name: model-card\nmodel: gpt5", "model-card: model: \"gpt5\"");
+        check("name: decide\nstart: here", "takes no parameters");
+        check("name: train\nsteps 5", "is not a `key: value` line");
+    }
+}

@@ -1,0 +1,95 @@
+//! The few browser APIs the worker uses: messaging, timers, fetch, and asking for a WebGPU
+//! adapter (read through `Reflect`, since `web-sys`'s WebGPU bindings are unstable).
+
+use js_sys::{Function, Promise, Reflect, Uint8Array};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{DedicatedWorkerGlobalScope, MessageEvent, Response};
+
+fn scope() -> DedicatedWorkerGlobalScope {
+    js_sys::global().unchecked_into()
+}
+
+pub fn post(text: &str) {
+    // Posting a string to our own page cannot fail in practice; if it does there is no one
+    // to tell.
+    let _ = scope().post_message(&JsValue::from_str(text));
+}
+
+pub fn set_onmessage(handler: &Closure<dyn FnMut(MessageEvent)>) {
+    scope().set_onmessage(Some(handler.as_ref().unchecked_ref()));
+}
+
+/// Resolves after `ms` milliseconds; `sleep(0)` lets queued messages run.
+pub async fn sleep(ms: i32) {
+    let promise = Promise::new(&mut |resolve, _| {
+        let _ = scope().set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
+    });
+    let _ = JsFuture::from(promise).await;
+}
+
+fn js_err(what: &str, e: JsValue) -> String {
+    format!("{what}: {}", e.as_string().or_else(|| js_sys::JSON::stringify(&e).ok().and_then(|s| s.as_string())).unwrap_or_else(|| "unknown error".into()))
+}
+
+async fn fetch(url: &str) -> Result<Response, String> {
+    let resp = JsFuture::from(scope().fetch_with_str(url)).await.map_err(|e| js_err(url, e))?;
+    let resp: Response = resp.unchecked_into();
+    if !resp.ok() {
+        return Err(format!("{url}: the server answered HTTP {}; is the playground served by `trunk serve` from the repository root?", resp.status()));
+    }
+    Ok(resp)
+}
+
+pub async fn fetch_text(url: &str) -> Result<String, String> {
+    let resp = fetch(url).await?;
+    let text = JsFuture::from(resp.text().map_err(|e| js_err(url, e))?).await.map_err(|e| js_err(url, e))?;
+    text.as_string().ok_or_else(|| format!("{url}: the response is not text"))
+}
+
+pub async fn fetch_bytes(url: &str) -> Result<Vec<u8>, String> {
+    let resp = fetch(url).await?;
+    let buf = JsFuture::from(resp.array_buffer().map_err(|e| js_err(url, e))?).await.map_err(|e| js_err(url, e))?;
+    Ok(Uint8Array::new(&buf).to_vec())
+}
+
+/// What `navigator.gpu.requestAdapter()` gave.
+pub struct Adapter {
+    pub vendor: String,
+    pub architecture: String,
+    pub description: String,
+    /// A software adapter (e.g. SwiftShader) that the browser offers when it has no GPU.
+    pub fallback: bool,
+}
+
+impl Adapter {
+    pub fn describe(&self) -> String {
+        let parts: Vec<&str> = [self.vendor.as_str(), self.architecture.as_str(), self.description.as_str()].into_iter().filter(|s| !s.is_empty()).collect();
+        let name = if parts.is_empty() { "unnamed adapter".to_string() } else { parts.join(" ") };
+        if self.fallback { format!("{name} (software fallback)") } else { name }
+    }
+}
+
+fn get(obj: &JsValue, key: &str) -> JsValue {
+    Reflect::get(obj, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED)
+}
+
+/// The default WebGPU adapter, or None when the browser has no WebGPU or no adapter.
+pub async fn probe_adapter() -> Option<Adapter> {
+    let gpu = get(&get(&js_sys::global(), "navigator"), "gpu");
+    if gpu.is_undefined() || gpu.is_null() {
+        return None;
+    }
+    let request: Function = get(&gpu, "requestAdapter").dyn_into().ok()?;
+    let promise: Promise = request.call0(&gpu).ok()?.dyn_into().ok()?;
+    let adapter = JsFuture::from(promise).await.ok()?;
+    if adapter.is_null() || adapter.is_undefined() {
+        return None;
+    }
+    let info = get(&adapter, "info");
+    let text = |k: &str| get(&info, k).as_string().unwrap_or_default();
+    // Newer browsers report the flag on `adapter.info`, older ones on the adapter itself.
+    let fallback = get(&info, "isFallbackAdapter").as_bool().or_else(|| get(&adapter, "isFallbackAdapter").as_bool()).unwrap_or(false);
+    Some(Adapter { vendor: text("vendor"), architecture: text("architecture"), description: text("description"), fallback })
+}

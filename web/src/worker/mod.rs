@@ -1,0 +1,289 @@
+//! The compute worker. It owns the Burn device, loads models, trains and samples, and
+//! answers the page with [`FromWorker`] messages. Work is cooperative: after every training
+//! step the loop yields to the worker's event loop, which is when pause, resume and cancel
+//! messages arrive.
+//!
+//! Backend choice: WebGPU when the browser offers a hardware adapter, else Burn's flex CPU
+//! backend. A software ("fallback") adapter such as SwiftShader is correct but several
+//! times slower than flex, so `Auto` treats it like no adapter; the reader can still
+//! force WebGPU.
+
+mod js;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use burn::tensor::Device;
+use tinytune::checkpoint::load_parts;
+use tinytune::data::{CHARSET, Split};
+use tinytune::sample::{SampleConfig, generate_async};
+use tinytune::train::{DataSource, Trainer, eval_loss_async};
+use tinytune::{Gpt, ModelConfig, TextTokenizer};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::spawn_local;
+use web_sys::MessageEvent;
+
+use crate::protocol::{BackendInfo, BackendPref, CompareRow, FromWorker, RunState, ToWorker};
+use crate::run::EVAL_EXAMPLES;
+use crate::widgets::{GenerateParams, ModelChoice, TrainParams};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Control {
+    Run,
+    Pause,
+    Cancel,
+}
+
+/// The shipped checkpoint's files, fetched once.
+struct MicroFiles {
+    config: String,
+    tokenizer: String,
+    weights: Vec<u8>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The device new work runs on (None until the page's first `Init`).
+    device: Option<Device>,
+    /// WebGPU can be initialised once per worker; the result is kept for switching back.
+    gpu: Option<Result<Device, String>>,
+    micro: Option<Rc<MicroFiles>>,
+    runs: HashMap<u32, Rc<Cell<Control>>>,
+}
+
+thread_local! {
+    static STATE: RefCell<State> = RefCell::new(State::default());
+}
+
+fn post(msg: &FromWorker) {
+    js::post(&msg.to_json());
+}
+
+fn status(run: u32, state: RunState, message: &str) {
+    post(&FromWorker::Status { run, state, message: message.to_string() });
+}
+
+/// Entry point of the worker binary.
+pub fn start() {
+    console_error_panic_hook::set_once();
+    let onmessage = Closure::<dyn FnMut(MessageEvent)>::new(|ev: MessageEvent| {
+        let Some(text) = ev.data().as_string() else { return };
+        match serde_json::from_str::<ToWorker>(&text) {
+            Ok(msg) => handle(msg),
+            Err(e) => post(&FromWorker::Error { id: 0, message: format!("worker: unreadable message: {e}") }),
+        }
+    });
+    js::set_onmessage(&onmessage);
+    onmessage.forget();
+}
+
+fn handle(msg: ToWorker) {
+    let control = |run: u32, c: Control| STATE.with_borrow(|s| s.runs.get(&run).map(|cell| cell.set(c)));
+    match msg {
+        ToWorker::Init { prefer } => spawn_local(async move {
+            let info = init(prefer).await;
+            post(&FromWorker::Backend(info));
+        }),
+        ToWorker::Train { run, params } => {
+            let cell = Rc::new(Cell::new(Control::Run));
+            STATE.with_borrow_mut(|s| s.runs.insert(run, cell.clone()));
+            spawn_local(async move {
+                match train(run, &params, &cell).await {
+                    Ok(state) => status(run, state, ""),
+                    Err(e) => status(run, RunState::Failed, &e),
+                }
+                STATE.with_borrow_mut(|s| s.runs.remove(&run));
+            });
+        }
+        ToWorker::Pause { run } => {
+            control(run, Control::Pause);
+        }
+        ToWorker::Resume { run } => {
+            control(run, Control::Run);
+        }
+        ToWorker::Cancel { run } => {
+            control(run, Control::Cancel);
+        }
+        ToWorker::Generate { id, params } => spawn_local(async move {
+            if let Err(message) = generate(id, &params).await {
+                post(&FromWorker::Error { id, message });
+            }
+        }),
+    }
+}
+
+/// Picks the backend for `prefer` and makes it current.
+async fn init(prefer: BackendPref) -> BackendInfo {
+    let adapter = js::probe_adapter().await;
+    let describe = adapter.as_ref().map(|a| a.describe());
+    let cpu = |reason: String| {
+        STATE.with_borrow_mut(|s| s.device = Some(Device::flex()));
+        BackendInfo { name: "CPU".into(), reason, adapter: describe.clone() }
+    };
+    let want_gpu = match (prefer, &adapter) {
+        (BackendPref::Cpu, _) => return cpu("you chose the CPU (Burn's flex backend, compiled to WebAssembly)".into()),
+        (_, None) => return cpu("this browser offers no WebGPU adapter, so training runs on the CPU (Burn's flex backend)".into()),
+        (BackendPref::Auto, Some(a)) if a.fallback => {
+            return cpu("the only WebGPU adapter is a software (fallback) one, which is slower than the CPU; choose WebGPU to use it anyway".into());
+        }
+        (BackendPref::Auto, Some(_)) => "a hardware WebGPU adapter is available",
+        (BackendPref::WebGpu, Some(a)) if a.fallback => "you chose WebGPU; this adapter is a software (fallback) one, so expect it to be slow",
+        (BackendPref::WebGpu, Some(_)) => "you chose WebGPU",
+    };
+    let cached = STATE.with_borrow(|s| s.gpu.clone());
+    let gpu = match cached {
+        Some(r) => r,
+        None => {
+            let r = Device::wgpu_options().init_async().await.map_err(|e| format!("{e:?}"));
+            STATE.with_borrow_mut(|s| s.gpu = Some(r.clone()));
+            r
+        }
+    };
+    match gpu {
+        Ok(device) => {
+            STATE.with_borrow_mut(|s| s.device = Some(device));
+            BackendInfo { name: "WebGPU".into(), reason: want_gpu.into(), adapter: describe }
+        }
+        Err(e) => cpu(format!("WebGPU failed to start ({e}), so training runs on the CPU")),
+    }
+}
+
+/// The current device, waiting for the page's first `Init` if it has not finished.
+async fn device() -> Device {
+    loop {
+        if let Some(d) = STATE.with_borrow(|s| s.device.clone()) {
+            return d;
+        }
+        js::sleep(20).await;
+    }
+}
+
+async fn micro_files() -> Result<Rc<MicroFiles>, String> {
+    if let Some(m) = STATE.with_borrow(|s| s.micro.clone()) {
+        return Ok(m);
+    }
+    let files = Rc::new(MicroFiles {
+        config: js::fetch_text("micro/config.json").await?,
+        tokenizer: js::fetch_text("micro/tokenizer.json").await?,
+        weights: js::fetch_bytes("micro/model.safetensors").await?,
+    });
+    STATE.with_borrow_mut(|s| s.micro = Some(files.clone()));
+    Ok(files)
+}
+
+/// The model a widget asked for, on `device`: the shipped checkpoint, or a fresh nano model
+/// exactly as `tinytune pretrain --preset nano --tokenizer char` builds it.
+async fn load(choice: ModelChoice, seed: u64, device: &Device) -> Result<(Gpt, TextTokenizer), String> {
+    match choice {
+        ModelChoice::Micro => {
+            let f = micro_files().await?;
+            let loaded = load_parts("micro", &f.config, &f.tokenizer, &f.weights, device).map_err(|e| e.to_string())?;
+            Ok((loaded.model, loaded.tokenizer))
+        }
+        ModelChoice::Nano => {
+            let tokenizer = TextTokenizer::char_level(CHARSET);
+            let mut config = ModelConfig::nano();
+            config.vocab_size = tokenizer.vocab_size();
+            Ok((Gpt::init(&config, seed, device), tokenizer))
+        }
+    }
+}
+
+async fn train(run: u32, p: &TrainParams, control: &Cell<Control>) -> Result<RunState, String> {
+    let ad = device().await.autodiff();
+    status(run, RunState::Preparing, "loading the model");
+    let (model, tokenizer) = load(p.model, p.seed, &ad).await?;
+    status(run, RunState::Preparing, "generating and tokenising the data");
+    js::sleep(0).await;
+    let config = p.train_config();
+    let mut trainer = Trainer::new(model, &tokenizer, config.clone(), &ad).map_err(|e| e.to_string())?;
+    let before = match p.compare {
+        true => {
+            status(run, RunState::Preparing, "measuring the model before fine-tuning");
+            Some(measure(&trainer.model.valid(), &tokenizer, p).await?)
+        }
+        false => None,
+    };
+    status(run, RunState::Running, "");
+    while trainer.step < config.steps {
+        match control.get() {
+            Control::Cancel => return Ok(RunState::Cancelled),
+            Control::Pause => {
+                status(run, RunState::Paused, "");
+                while control.get() == Control::Pause {
+                    js::sleep(50).await;
+                }
+                if control.get() == Control::Cancel {
+                    return Ok(RunState::Cancelled);
+                }
+                status(run, RunState::Running, "");
+            }
+            Control::Run => {}
+        }
+        let event = trainer.step_async().await.map_err(|e| e.to_string())?;
+        post(&FromWorker::Step { run, event });
+        if trainer.step % config.eval_every == 0 || trainer.step == config.steps {
+            let loss = eval_loss_async(&trainer.model.valid(), &trainer.eval, config.batch_size, config.seq_len, config.eval_batches)
+                .await
+                .map_err(|e| e.to_string())?;
+            post(&FromWorker::Eval { run, step: trainer.step, loss });
+        }
+        // Let pause/cancel messages (and the page's other requests) in.
+        js::sleep(0).await;
+    }
+    if let Some((answers_before, stories_before)) = before {
+        status(run, RunState::Preparing, "measuring the model after fine-tuning");
+        let (answers_after, stories_after) = measure(&trainer.model.valid(), &tokenizer, p).await?;
+        let rows = answers_before
+            .into_iter()
+            .zip(answers_after)
+            .map(|((prompt, expected, before), (_, _, after))| CompareRow { prompt, expected, before, after })
+            .collect();
+        post(&FromWorker::Compare { run, rows, stories_before, stories_after });
+    }
+    Ok(RunState::Done)
+}
+
+/// Greedy answers to three held-out prompts of the task (none for stories) and the loss on
+/// held-out pre-training text: what the "before / after" comparison shows.
+async fn measure(model: &Gpt, tok: &TextTokenizer, p: &TrainParams) -> Result<(Vec<(String, String, String)>, f32), String> {
+    let err = |e: tinytune::Error| e.to_string();
+    let stories = DataSource::Stories.dataset(tok, 0, Split::Eval, EVAL_EXAMPLES, p.seq, 0.0).map_err(err)?;
+    let stories_loss = eval_loss_async(model, &stories, p.batch, p.seq, crate::run::EVAL_BATCHES).await.map_err(err)?;
+    let mut answers = Vec::new();
+    if let DataSource::Task(task) = p.task {
+        let config = SampleConfig { max_new_tokens: 60, temperature: 0.0, top_k: None, seed: 0, stop_ids: tok.line_stop_ids() };
+        for ex in task.examples(0, Split::Eval, 3) {
+            let ids = tok.encode(&ex.prompt).map_err(err)?;
+            let out = generate_async(model, &ids, &config).await.map_err(err)?;
+            answers.push((ex.prompt.clone(), ex.response.trim().to_string(), tok.decode(&out).trim().to_string()));
+        }
+    }
+    Ok((answers, stories_loss))
+}
+
+async fn generate(id: u32, p: &GenerateParams) -> Result<(), String> {
+    let device = device().await;
+    let (model, tok) = load(p.model, p.seed, &device).await?;
+    let ids = tok.encode(&p.prompt).map_err(|e| e.to_string())?;
+    if ids.is_empty() {
+        return Err("type a prompt first: the model needs at least one token to continue".into());
+    }
+    let started = web_time::Instant::now();
+    let mut samples = Vec::new();
+    for i in 0..p.samples {
+        let config = SampleConfig {
+            max_new_tokens: p.max_tokens,
+            temperature: p.temperature,
+            top_k: (p.top_k > 0).then_some(p.top_k),
+            seed: p.seed + i as u64,
+            stop_ids: tok.eot().into_iter().collect(),
+        };
+        let out = generate_async(&model, &ids, &config).await.map_err(|e| e.to_string())?;
+        samples.push(tok.decode(&out));
+        js::sleep(0).await;
+    }
+    post(&FromWorker::Samples { id, samples, seconds: started.elapsed().as_secs_f64() });
+    Ok(())
+}
