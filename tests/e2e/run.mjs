@@ -203,16 +203,42 @@ await check("generation shows text", async () => {
   const page = await openPage(cpu, base + `?lesson=${lessons[0].slug}&backend=cpu`);
   const w = page.locator("[data-widget=generate]").first();
   await setParam(w, "model", "micro");
-  await setParam(w, "prompt", "once upon a time");
+  const prompt = "one day, lily went to the";
+  await setParam(w, "prompt", prompt);
   await setParam(w, "max_tokens", 30);
   await setParam(w, "samples", 2);
   await w.locator("[data-testid=generate]").click();
   await w.locator("[data-testid=samples]").waitFor({ timeout: 120_000 });
   const samples = await w.locator("pre.sample").allTextContents();
-  assert(samples.length === 2, `${samples.length} samples`);
-  for (const s of samples) assert(s.startsWith("once upon a time") && s.length > "once upon a time".length + 10, `sample too short: ${JSON.stringify(s)}`);
+  assert(samples.length === 2 && samples[0] !== samples[1], `expected 2 different samples: ${JSON.stringify(samples)}`);
+  for (const s of samples) {
+    const added = s.slice(prompt.length);
+    assert(s.startsWith(prompt) && /[a-z]{3}/.test(added) && !added.includes("<|endoftext|>"), `sample ${JSON.stringify(s)}`);
+  }
   await w.screenshot({ path: join(artifacts, "generate.png") });
   console.log(`     sample: ${JSON.stringify(samples[0].slice(0, 90))}`);
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
+await check("fine-tuning the pretrained model compares answers and forgetting before and after", async () => {
+  const page = await openPage(cpu, base + `?lesson=${lessons[0].slug}&backend=cpu`);
+  const w = page.locator("[data-widget=train]").first();
+  await setParam(w, "model", "micro");
+  await setParam(w, "task", "sentiment");
+  await setParam(w, "steps", 12);
+  await setParam(w, "seq", 40);
+  await setParam(w, "compare", true);
+  await w.locator("[data-testid=train]").click();
+  await waitForRun(w, 300_000);
+  const compare = w.locator("[data-testid=compare]");
+  const rows = await compare.locator("tbody tr").count();
+  assert(rows === 3, `${rows} comparison rows`);
+  const text = await compare.textContent();
+  const m = /stories\): ([\d.]+) before, ([\d.]+) after/.exec(text);
+  assert(m && Number(m[1]) > 0.3 && Number(m[1]) < 1.2 && Number(m[2]) > 0, `forgetting meter: ${text.slice(0, 200)}`);
+  await w.screenshot({ path: join(artifacts, "compare.png") });
+  console.log(`     stories loss ${m[1]} → ${m[2]}; ${(await w.locator(".status").first().textContent()).trim()}`);
   assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
   await page.close();
 });
@@ -235,6 +261,24 @@ await check("reloading an experiment's URL restores its settings", async () => {
   const bad = await openPage(cpu, base + `?lesson=${lessons[0].slug}&w2.steps=-4`);
   assert((await bad.textContent("article")).includes("link parameter w2.steps ignored"), "bad link value not reported");
   await page.close(); await fresh.close(); await bad.close();
+});
+
+await check("a crashed worker is reported in the page and the page recovers", async () => {
+  const page = await openPage(cpu, base + `?lesson=${lessons[0].slug}&backend=cpu`);
+  await page.waitForFunction(() => document.querySelector("[data-testid=backend]")?.textContent.startsWith("CPU"), null, { timeout: 60_000 });
+  await page.evaluate(() => window.__tinytune_crash_worker());
+  await page.waitForSelector("text=the compute worker crashed", { timeout: 30_000 });
+  // The restarted worker serves requests again.
+  const w = page.locator("[data-widget=generate]").first();
+  await setParam(w, "max_tokens", 10);
+  await setParam(w, "samples", 1);
+  await w.locator("[data-testid=generate]").click();
+  await w.locator("[data-testid=samples]").waitFor({ timeout: 120_000 });
+  await page.screenshot({ path: join(artifacts, "worker-crash.png") });
+  // The only errors are the panic itself.
+  const other = page.errors.filter((e) => !/crash requested|unreachable|RuntimeError|panicked/.test(e));
+  assert(other.length === 0, `console errors: ${other.join(" | ")}`);
+  await page.close();
 });
 
 await cpu.close();

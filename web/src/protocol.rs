@@ -27,6 +27,9 @@ pub enum ToWorker {
     Resume { run: u32 },
     Cancel { run: u32 },
     Generate { id: u32, params: GenerateParams },
+    /// Makes the worker panic: how the end-to-end tests check that the page notices a
+    /// crashed worker and recovers.
+    Crash,
 }
 
 /// The backend the worker runs on, and why.
@@ -62,6 +65,9 @@ pub struct CompareRow {
 /// Worker → page.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum FromWorker {
+    /// The worker is listening. A worker loads its wasm asynchronously and messages posted
+    /// before it listens are lost, so the page queues until this arrives.
+    Ready,
     Backend(BackendInfo),
     Status { run: u32, state: RunState, message: String },
     Step { run: u32, event: StepEvent },

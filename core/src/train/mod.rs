@@ -7,4 +7,4 @@ pub mod trainer;
 
 pub use batch::{Batch, Dataset};
 pub use config::{DataSource, TrainConfig};
-pub use trainer::{EvalEvent, StepEvent, TrainEvent, Trainer, eval_loss};
+pub use trainer::{EvalEvent, StepEvent, TrainEvent, Trainer, eval_loss, eval_loss_async};

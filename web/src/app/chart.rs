@@ -39,6 +39,11 @@ pub fn ticks(lo: f64, hi: f64) -> Vec<f64> {
     out
 }
 
+/// An SVG coordinate as text.
+fn n(v: f64) -> String {
+    format!("{v:.1}")
+}
+
 fn fmt_tick(v: f64) -> String {
     if v == 0.0 || (v.abs() >= 0.01 && v.abs() < 10_000.0) {
         let s = format!("{v:.3}");
@@ -58,7 +63,7 @@ pub fn LineChart(#[prop(into)] series: Signal<Vec<Series>>, x_label: &'static st
             (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
         }
         if x0 > x1 {
-            return view! { <text x=W / 2.0 y=H / 2.0 text-anchor="middle" class="chart-empty">"Press Train: the loss appears here, one point per step."</text> }.into_any();
+            return view! { <text x={n(W / 2.0)} y={n(H / 2.0)} text-anchor="middle" class="chart-empty">"Press Train: the loss appears here, one point per step."</text> }.into_any();
         }
         if x1 == x0 {
             x1 = x0 + 1.0;
@@ -76,11 +81,11 @@ pub fn LineChart(#[prop(into)] series: Signal<Vec<Series>>, x_label: &'static st
                 let d: String = s.points.iter().enumerate().map(|(i, &(x, y))| format!("{}{:.1},{:.1}", if i == 0 { "M" } else { " L" }, sx(x), sy(y))).collect();
                 let dash = if s.dashed { "5 4" } else { "none" };
                 let dots = if s.dashed {
-                    s.points.iter().map(|&(x, y)| view! { <circle cx=sx(x) cy=sy(y) r="3" fill=s.color /> }).collect::<Vec<_>>()
+                    s.points.iter().map(|&(x, y)| view! { <circle cx={n(sx(x))} cy={n(sy(y))} r="3" fill={s.color} /> }).collect::<Vec<_>>()
                 } else {
                     Vec::new()
                 };
-                view! { <g><path d=d fill="none" stroke=s.color stroke-width="1.8" stroke-dasharray=dash />{dots}</g> }
+                view! { <g><path d={d} fill="none" stroke={s.color} stroke-width="1.8" stroke-dasharray={dash} />{dots}</g> }
             })
             .collect::<Vec<_>>();
         let legend = series
@@ -91,35 +96,35 @@ pub fn LineChart(#[prop(into)] series: Signal<Vec<Series>>, x_label: &'static st
                 let dash = if s.dashed { "5 4" } else { "none" };
                 view! {
                     <g>
-                        <line x1=W - 250.0 x2=W - 226.0 y1=y y2=y stroke=s.color stroke-width="2" stroke-dasharray=dash />
-                        <text x=W - 220.0 y=y + 4.0 class="legend">{s.label.clone()}</text>
+                        <line x1={n(W - 250.0)} x2={n(W - 226.0)} y1={n(y)} y2={n(y)} stroke={s.color} stroke-width="2" stroke-dasharray={dash} />
+                        <text x={n(W - 220.0)} y={n(y + 4.0)} class="legend">{s.label.clone()}</text>
                     </g>
                 }
             })
             .collect::<Vec<_>>();
         view! {
             <g>
-                <line x1=LEFT x2=LEFT y1=TOP y2=H - BOTTOM class="axis" />
-                <line x1=LEFT x2=W - RIGHT y1=H - BOTTOM y2=H - BOTTOM class="axis" />
+                <line x1={n(LEFT)} x2={n(LEFT)} y1={n(TOP)} y2={n(H - BOTTOM)} class="axis" />
+                <line x1={n(LEFT)} x2={n(W - RIGHT)} y1={n(H - BOTTOM)} y2={n(H - BOTTOM)} class="axis" />
                 {xt.into_iter().map(|t| view! {
                     <g>
-                        <line x1=sx(t) x2=sx(t) y1=H - BOTTOM y2=H - BOTTOM + 4.0 class="axis" />
-                        <text x=sx(t) y=H - BOTTOM + 16.0 text-anchor="middle" class="tick">{fmt_tick(t)}</text>
+                        <line x1={n(sx(t))} x2={n(sx(t))} y1={n(H - BOTTOM)} y2={n(H - BOTTOM + 4.0)} class="axis" />
+                        <text x={n(sx(t))} y={n(H - BOTTOM + 16.0)} text-anchor="middle" class="tick">{fmt_tick(t)}</text>
                     </g>
                 }).collect::<Vec<_>>()}
                 {yt.into_iter().map(|t| view! {
                     <g>
-                        <line x1=LEFT - 4.0 x2=W - RIGHT y1=sy(t) y2=sy(t) class="grid" />
-                        <text x=LEFT - 7.0 y=sy(t) + 4.0 text-anchor="end" class="tick">{fmt_tick(t)}</text>
+                        <line x1={n(LEFT - 4.0)} x2={n(W - RIGHT)} y1={n(sy(t))} y2={n(sy(t))} class="grid" />
+                        <text x={n(LEFT - 7.0)} y={n(sy(t) + 4.0)} text-anchor="end" class="tick">{fmt_tick(t)}</text>
                     </g>
                 }).collect::<Vec<_>>()}
-                <text x=(LEFT + W - RIGHT) / 2.0 y=H - 6.0 text-anchor="middle" class="axis-label">{x_label}</text>
-                <text x="14" y=(TOP + H - BOTTOM) / 2.0 text-anchor="middle" class="axis-label" transform=format!("rotate(-90 14 {})", (TOP + H - BOTTOM) / 2.0)>{y_label}</text>
+                <text x={n((LEFT + W - RIGHT) / 2.0)} y={n(H - 6.0)} text-anchor="middle" class="axis-label">{x_label}</text>
+                <text x="14" y={n((TOP + H - BOTTOM) / 2.0)} text-anchor="middle" class="axis-label" transform={format!("rotate(-90 14 {})", (TOP + H - BOTTOM) / 2.0)}>{y_label}</text>
                 {lines}
                 {legend}
             </g>
         }
         .into_any()
     };
-    view! { <svg class="chart" data-testid="chart" viewBox=format!("0 0 {W} {H}") role="img" aria-label=y_label>{body}</svg> }
+    view! { <svg class="chart" data-testid="chart" viewBox={format!("0 0 {W} {H}")} role="img" aria-label={y_label}>{body}</svg> }
 }

@@ -1,14 +1,16 @@
 //! The page's side of the worker: one Web Worker for the whole page, messages out, and
-//! replies routed to whichever widget asked (by run or request id).
+//! replies routed to whichever widget asked (by run or request id). If the worker dies (a
+//! panic, out of memory), every pending request is told it failed, a fresh worker starts
+//! on the same backend choice, and the page carries on.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
 use wasm_bindgen::prelude::*;
-use web_sys::{MessageEvent, Worker};
+use web_sys::{ErrorEvent, MessageEvent, Worker};
 
-use crate::protocol::{BackendInfo, FromWorker, ToWorker};
+use crate::protocol::{BackendInfo, FromWorker, RunState, ToWorker};
 
 type Handler = Rc<dyn Fn(FromWorker)>;
 
@@ -16,48 +18,110 @@ struct Client {
     worker: Worker,
     next_id: u32,
     handlers: HashMap<u32, Handler>,
+    /// Receives `Backend` replies and errors that belong to no widget.
     on_backend: Handler,
+    /// The last `Init`, re-sent to a restarted worker.
+    init: Option<ToWorker>,
+    /// Messages waiting for the worker's `Ready`.
+    queue: Option<Vec<String>>,
 }
 
 thread_local! {
     static CLIENT: RefCell<Option<Client>> = const { RefCell::new(None) };
 }
 
-/// Starts the worker. `on_backend` receives `Backend` replies and errors that belong to no
-/// widget.
-pub fn start(on_backend: impl Fn(FromWorker) + 'static) -> Result<(), String> {
+fn spawn() -> Result<Worker, String> {
     // trunk builds the worker next to the page and writes a loader for it (`data-loader-shim`).
     let worker = Worker::new("./worker_loader.js").map_err(|e| format!("could not start the compute worker: {e:?}"))?;
     let onmessage = Closure::<dyn FnMut(MessageEvent)>::new(|ev: MessageEvent| {
         let Some(text) = ev.data().as_string() else { return };
-        let msg = match serde_json::from_str::<FromWorker>(&text) {
-            Ok(m) => m,
-            Err(e) => {
-                web_sys::console::error_1(&format!("unreadable message from the worker: {e}: {text}").into());
-                return;
-            }
-        };
-        let id = match &msg {
-            FromWorker::Status { run, .. } | FromWorker::Step { run, .. } | FromWorker::Eval { run, .. } | FromWorker::Compare { run, .. } => Some(*run),
-            FromWorker::Samples { id, .. } | FromWorker::Error { id, .. } => Some(*id),
-            FromWorker::Backend(_) => None,
-        };
-        // Clone the handler out first: it may send messages or subscribe, which borrows CLIENT.
-        let handler = CLIENT.with_borrow(|c| c.as_ref().and_then(|c| id.and_then(|id| c.handlers.get(&id).cloned()).or_else(|| Some(c.on_backend.clone()))));
-        if let Some(h) = handler {
-            h(msg);
+        match serde_json::from_str::<FromWorker>(&text) {
+            Ok(msg) => dispatch(msg),
+            Err(e) => web_sys::console::error_1(&format!("unreadable message from the worker: {e}: {text}").into()),
         }
     });
     worker.set_onmessage(Some(onmessage.as_ref().unchecked_ref()));
     onmessage.forget();
-    CLIENT.with_borrow_mut(|c| *c = Some(Client { worker, next_id: 1, handlers: HashMap::new(), on_backend: Rc::new(on_backend) }));
+    let onerror = Closure::<dyn FnMut(ErrorEvent)>::new(|ev: ErrorEvent| crashed(ev.message()));
+    worker.set_onerror(Some(onerror.as_ref().unchecked_ref()));
+    onerror.forget();
+    Ok(worker)
+}
+
+fn dispatch(msg: FromWorker) {
+    if let FromWorker::Ready = msg {
+        CLIENT.with_borrow_mut(|c| {
+            if let Some(c) = c {
+                for text in c.queue.take().unwrap_or_default() {
+                    let _ = c.worker.post_message(&JsValue::from_str(&text));
+                }
+            }
+        });
+        return;
+    }
+    let id = match &msg {
+        FromWorker::Status { run, .. } | FromWorker::Step { run, .. } | FromWorker::Eval { run, .. } | FromWorker::Compare { run, .. } => Some(*run),
+        FromWorker::Samples { id, .. } | FromWorker::Error { id, .. } => Some(*id),
+        FromWorker::Backend(_) | FromWorker::Ready => None,
+    };
+    // Clone the handler out first: it may send messages or (un)subscribe, which borrows CLIENT.
+    let handler = CLIENT.with_borrow(|c| c.as_ref().map(|c| id.and_then(|id| c.handlers.get(&id).cloned()).unwrap_or_else(|| c.on_backend.clone())));
+    if let Some(h) = handler {
+        h(msg);
+    }
+}
+
+/// The worker died: fail what it was doing, say so, and start a new one.
+fn crashed(message: String) {
+    let why = format!("the compute worker crashed ({message}); it has been restarted, so run the widget again");
+    let pending: Vec<(u32, Handler)> = CLIENT.with_borrow_mut(|c| c.as_mut().map(|c| c.handlers.drain().collect()).unwrap_or_default());
+    for (id, h) in pending {
+        h(FromWorker::Status { run: id, state: RunState::Failed, message: why.clone() });
+        h(FromWorker::Error { id, message: why.clone() });
+    }
+    let old = CLIENT.with_borrow(|c| c.as_ref().map(|c| c.worker.clone()));
+    if let Some(old) = old {
+        old.terminate();
+    }
+    match spawn() {
+        Ok(worker) => {
+            let init = CLIENT.with_borrow_mut(|c| {
+                let c = c.as_mut()?;
+                c.worker = worker;
+                c.queue = Some(Vec::new());
+                c.init.clone()
+            });
+            if let Some(init) = init {
+                send(&init);
+            }
+        }
+        Err(e) => web_sys::console::error_1(&e.into()),
+    }
+    dispatch(FromWorker::Error { id: 0, message: why });
+}
+
+pub fn start(on_backend: impl Fn(FromWorker) + 'static) -> Result<(), String> {
+    let worker = spawn()?;
+    CLIENT.with_borrow_mut(|c| *c = Some(Client { worker, next_id: 1, handlers: HashMap::new(), on_backend: Rc::new(on_backend), init: None, queue: Some(Vec::new()) }));
+    // For the end-to-end tests: `window.__tinytune_crash_worker()` makes the worker panic.
+    let crash = Closure::<dyn Fn()>::new(|| send(&ToWorker::Crash));
+    let _ = js_sys::Reflect::set(&js_sys::global(), &"__tinytune_crash_worker".into(), crash.as_ref());
+    crash.forget();
     Ok(())
 }
 
 pub fn send(msg: &ToWorker) {
-    CLIENT.with_borrow(|c| {
+    CLIENT.with_borrow_mut(|c| {
         if let Some(c) = c {
-            let _ = c.worker.post_message(&JsValue::from_str(&msg.to_json()));
+            if matches!(msg, ToWorker::Init { .. }) {
+                c.init = Some(msg.clone());
+            }
+            match &mut c.queue {
+                Some(queue) => queue.push(msg.to_json()),
+                None => {
+                    let _ = c.worker.post_message(&JsValue::from_str(&msg.to_json()));
+                }
+            }
         }
     });
 }

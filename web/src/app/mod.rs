@@ -161,8 +161,8 @@ fn App() -> impl IntoView {
                     let done = seen.contains(&l.slug);
                     let href = format!("?lesson={}", l.slug);
                     view! {
-                        <li class:current=i == cur class:done=done>
-                            <a href=href on:click=move |ev| { ev.prevent_default(); go(i); }>{format!("{}. {}", l.order, l.title)}</a>
+                        <li class:current={i == cur} class:done={done}>
+                            <a href={href} on:click=move |ev| { ev.prevent_default(); go(i); }>{format!("{}. {}", l.order, l.title)}</a>
                             <span class="summary">{l.summary.clone()}</span>
                         </li>
                     }
@@ -235,7 +235,7 @@ fn LessonView(lesson: Lesson, query: Vec<(String, String)>) -> impl IntoView {
         .segments
         .iter()
         .map(|seg| match seg {
-            Segment::Html(html) => view! { <div class="prose" inner_html=html.clone()></div> }.into_any(),
+            Segment::Html(html) => view! { <div class="prose" inner_html={html.clone()}></div> }.into_any(),
             Segment::Widget(w) => {
                 let state = states[k];
                 k += 1;
@@ -249,7 +249,7 @@ fn LessonView(lesson: Lesson, query: Vec<(String, String)>) -> impl IntoView {
         })
         .collect::<Vec<_>>();
     view! {
-        <article data-lesson=lesson.slug.clone()>
+        <article data-lesson={lesson.slug.clone()}>
             <h1 data-testid="lesson-title">{lesson.title.clone()}</h1>
             {(!problems.is_empty()).then(|| view! { <ul class="error">{problems.into_iter().map(|p| view! { <li>{p}</li> }).collect::<Vec<_>>()}</ul> })}
             {body}

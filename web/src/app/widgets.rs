@@ -94,6 +94,9 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
         let params = p.get_untracked();
         let label = format!("{} · {} · lr {} · {} steps", params.model.name(), params.task, params.lr, params.steps);
         let id = client::subscribe(move |msg| {
+            if let FromWorker::Status { run, state: RunState::Done | RunState::Cancelled | RunState::Failed, .. } = &msg {
+                client::unsubscribe(*run);
+            }
             runs.update(|rs| {
                 let Some(r) = rs.iter_mut().find(|r| Some(r.id) == run_of(&msg)) else { return };
                 match msg {
@@ -107,7 +110,7 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
                     }
                     FromWorker::Eval { step, loss, .. } => r.eval.push((step as f64, loss as f64)),
                     FromWorker::Compare { rows, stories_before, stories_after, .. } => r.compare = Some((rows, stories_before, stories_after)),
-                    FromWorker::Samples { .. } | FromWorker::Error { .. } | FromWorker::Backend(_) => {}
+                    FromWorker::Samples { .. } | FromWorker::Error { .. } | FromWorker::Backend(_) | FromWorker::Ready => {}
                 }
             });
         });
@@ -172,7 +175,7 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
                 <button on:click=move |_| runs.set(Vec::new()) disabled=move || active.get().is_some() || runs.with(|r| r.is_empty())>"Clear runs"</button>
             </div>
             <LineChart series=series x_label="step" y_label="loss (nats per token)" />
-            {move || runs.with(|rs| rs.last().cloned()).map(|r| run_status(&r))}
+            {move || runs.with(|rs| rs.last().cloned()).map(run_status)}
             {move || runs.with(|rs| rs.last().and_then(|r| r.compare.clone())).map(|(rows, before, after)| compare_view(rows, before, after))}
             <details class="scale">
                 <summary>"Run this at scale"</summary>
@@ -190,7 +193,7 @@ fn run_of(msg: &FromWorker) -> Option<u32> {
     }
 }
 
-fn run_status(r: &RunView) -> impl IntoView {
+fn run_status(r: RunView) -> impl IntoView {
     let state = match r.state {
         RunState::Preparing => format!("preparing: {}", r.message),
         RunState::Running => "running".into(),
@@ -230,7 +233,7 @@ fn compare_view(rows: Vec<CompareRow>, before: f32, after: f32) -> impl IntoView
                         {rows.into_iter().map(|r| {
                             let tail: String = r.prompt.lines().rev().take(2).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" ⏎ ");
                             let ok = r.after == r.expected;
-                            view! { <tr><td><code>{tail}</code></td><td><code>{r.expected}</code></td><td><code>{r.before}</code></td><td class=if ok { "right" } else { "wrong" }><code>{r.after}</code></td></tr> }
+                            view! { <tr><td><code>{tail}</code></td><td><code>{r.expected}</code></td><td><code>{r.before}</code></td><td class={if ok { "right" } else { "wrong" }}><code>{r.after}</code></td></tr> }
                         }).collect::<Vec<_>>()}
                     </tbody>
                 </table>
@@ -256,11 +259,18 @@ pub fn GenerateWidget(state: RwSignal<Widget>) -> impl IntoView {
     let run = move |_| {
         busy.set(true);
         let id = client::subscribe(move |msg| {
-            match msg {
-                FromWorker::Samples { samples, seconds, .. } => out.set(Some(Ok((samples, seconds)))),
-                FromWorker::Error { message, .. } => out.set(Some(Err(message))),
+            let id = match msg {
+                FromWorker::Samples { samples, seconds, id } => {
+                    out.set(Some(Ok((samples, seconds))));
+                    id
+                }
+                FromWorker::Error { message, id } => {
+                    out.set(Some(Err(message)));
+                    id
+                }
                 _ => return,
-            }
+            };
+            client::unsubscribe(id);
             busy.set(false);
         });
         client::send(&ToWorker::Generate { id, params: p.get_untracked() });

@@ -14,6 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use burn::module::Module;
 use burn::tensor::Device;
 use tinytune::checkpoint::load_parts;
 use tinytune::data::{CHARSET, Split};
@@ -76,6 +77,7 @@ pub fn start() {
     });
     js::set_onmessage(&onmessage);
     onmessage.forget();
+    post(&FromWorker::Ready);
 }
 
 fn handle(msg: ToWorker) {
@@ -105,6 +107,7 @@ fn handle(msg: ToWorker) {
         ToWorker::Cancel { run } => {
             control(run, Control::Cancel);
         }
+        ToWorker::Crash => panic!("crash requested by the page (ToWorker::Crash)"),
         ToWorker::Generate { id, params } => spawn_local(async move {
             if let Err(message) = generate(id, &params).await {
                 post(&FromWorker::Error { id, message });
@@ -280,7 +283,11 @@ async fn generate(id: u32, p: &GenerateParams) -> Result<(), String> {
             seed: p.seed + i as u64,
             stop_ids: tok.eot().into_iter().collect(),
         };
-        let out = generate_async(&model, &ids, &config).await.map_err(|e| e.to_string())?;
+        let mut out = generate_async(&model, &ids, &config).await.map_err(|e| e.to_string())?;
+        // A sample that ends with <|endoftext|> is shown ending there, without the marker.
+        if out.last().is_some_and(|id| config.stop_ids.contains(id)) {
+            out.pop();
+        }
         samples.push(tok.decode(&out));
         js::sleep(0).await;
     }
