@@ -224,7 +224,13 @@ fn compare_view(rows: Vec<CompareRow>, before: f32, after: f32) -> impl IntoView
             <p>
                 "Loss on held-out pre-training text (stories): " <b>{format!("{before:.3}")}</b> " before, " <b>{format!("{after:.3}")}</b>
                 {format!(" after ({change:+.1}%). ")}
-                {if change > 5.0 { "The model has forgotten some of its pre-training." } else { "Little forgetting so far." }}
+                {if change > 50.0 {
+                    "The model has forgotten much of its pre-training."
+                } else if change > 5.0 {
+                    "The model has forgotten some of its pre-training."
+                } else {
+                    "Little forgetting so far."
+                }}
             </p>
             {(!rows.is_empty()).then(|| view! {
                 <table>
