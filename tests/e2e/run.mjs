@@ -243,6 +243,18 @@ await check("fine-tuning the pretrained model compares answers and forgetting be
   await page.close();
 });
 
+await check("the decision walk-through ends in a recommendation", async () => {
+  const lesson = lessons.find((l) => l.slug === "when-not-to-fine-tune");
+  const page = await openPage(cpu, base + `?lesson=${lesson.slug}&backend=cpu`);
+  const w = page.locator("[data-widget=decide]");
+  for (const answer of ["No", "No", "Yes"]) await w.getByRole("button", { name: answer, exact: true }).click();
+  const rec = await w.locator("[data-testid=recommendation]").textContent();
+  assert(rec.includes("Use retrieval (RAG)"), `recommendation: ${rec}`);
+  await w.getByRole("button", { name: "Start over" }).click();
+  assert(await w.locator("[data-testid=recommendation]").count() === 0, "start over did not reset");
+  await page.close();
+});
+
 await check("reloading an experiment's URL restores its settings", async () => {
   const page = await openPage(cpu, base + `?lesson=${lessons[0].slug}&backend=cpu`);
   const w = page.locator("[data-widget=train]").first();
