@@ -252,6 +252,7 @@ await check("the decision walk-through ends in a recommendation", async () => {
   assert(rec.includes("Use retrieval (RAG)"), `recommendation: ${rec}`);
   await w.getByRole("button", { name: "Start over" }).click();
   assert(await w.locator("[data-testid=recommendation]").count() === 0, "start over did not reset");
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
   await page.close();
 });
 

@@ -385,7 +385,11 @@ pub fn DecideWidget() -> impl IntoView {
     // The path taken so far: (node index, answer) pairs, then the current node.
     let path = RwSignal::new(Vec::<(usize, bool)>::new());
     let current = move || path.with(|p| p.last().map(|&(i, yes)| next(i, yes)).unwrap_or(0));
-    let answer = move |yes: bool| path.update(|p| p.push((current(), yes)));
+    let answer = move |yes: bool| {
+        // Read first: reading the signal inside its own update would re-enter it.
+        let at = current();
+        path.update(|p| p.push((at, yes)));
+    };
     view! {
         <div class="widget decide" data-widget="decide">
             <ol class="answered">
