@@ -4,6 +4,7 @@
 //! the native `tinytune` binary, so it owns no file system, threads or backend: each binary
 //! picks a Burn `Device` and passes it in. Start reading at `model::transformer`.
 
+pub mod axis;
 pub mod checkpoint;
 pub mod data;
 pub mod error;

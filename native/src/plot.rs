@@ -4,29 +4,14 @@
 
 use std::fmt::Write;
 
+use tinytune::axis::ticks;
+
 pub struct Series<'a> {
     pub label: &'a str,
     pub color: &'a str,
     pub points: Vec<(f64, f64)>,
     /// Draw as a line (true) or as dots (false).
     pub line: bool,
-}
-
-/// "Nice" tick positions covering [lo, hi]: steps of 1, 2 or 5 times a power of ten.
-pub fn ticks(lo: f64, hi: f64, target: usize) -> Vec<f64> {
-    if !(hi > lo) {
-        return vec![lo];
-    }
-    let raw = (hi - lo) / target.max(1) as f64;
-    let mag = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
-    let mut t = (lo / step).ceil() * step;
-    let mut out = Vec::new();
-    while t <= hi + step * 1e-9 {
-        out.push(if t.abs() < step * 1e-9 { 0.0 } else { t });
-        t += step;
-    }
-    out
 }
 
 fn fmt_tick(v: f64) -> String {
@@ -95,13 +80,6 @@ fn escape(t: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ticks_are_round_and_cover_the_range() {
-        assert_eq!(ticks(0.0, 100.0, 5), vec![0.0, 20.0, 40.0, 60.0, 80.0, 100.0]);
-        assert_eq!(ticks(1.3, 2.9, 4), vec![1.5, 2.0, 2.5]);
-        assert_eq!(ticks(3.0, 3.0, 4), vec![3.0]);
-    }
 
     #[test]
     fn svg_has_both_series_and_labels() {

@@ -2,6 +2,7 @@
 //! enough to read in one go; the scales are plain linear maps.
 
 use leptos::prelude::*;
+use tinytune::axis::ticks;
 
 /// One line on the chart.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,23 +22,6 @@ const LEFT: f64 = 52.0;
 const RIGHT: f64 = 12.0;
 const TOP: f64 = 12.0;
 const BOTTOM: f64 = 40.0;
-
-/// About five "nice" tick values (1, 2 or 5 times a power of ten) covering [lo, hi].
-pub fn ticks(lo: f64, hi: f64) -> Vec<f64> {
-    if !(hi > lo) {
-        return vec![lo];
-    }
-    let raw = (hi - lo) / 5.0;
-    let mag = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
-    let mut t = (lo / step).ceil() * step;
-    let mut out = Vec::new();
-    while t <= hi + step * 1e-9 {
-        out.push(if t.abs() < step * 1e-9 { 0.0 } else { t });
-        t += step;
-    }
-    out
-}
 
 /// An SVG coordinate as text.
 fn n(v: f64) -> String {
@@ -72,8 +56,8 @@ pub fn LineChart(#[prop(into)] series: Signal<Vec<Series>>, x_label: &'static st
         let (y0, y1) = ((y0 - pad).max(0.0), y1 + pad);
         let sx = move |x: f64| LEFT + (x - x0) / (x1 - x0) * (W - LEFT - RIGHT);
         let sy = move |y: f64| TOP + (1.0 - (y - y0) / (y1 - y0)) * (H - TOP - BOTTOM);
-        let xt = ticks(x0, x1);
-        let yt = ticks(y0, y1);
+        let xt = ticks(x0, x1, 5);
+        let yt = ticks(y0, y1, 5);
         let lines = series
             .iter()
             .filter(|s| !s.points.is_empty())
