@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod init;
+pub mod memory;
 pub mod methods;
 pub mod model;
 pub mod optim;
