@@ -22,4 +22,8 @@ fn main() {
     println!("ROW {c} {l} {h} {v} {b} {t} {f} {} {} {} {}", m.activations, m.peak, m.params, m.grads);
     println!("c{c} l{l} h{h} v{v} b{b} t{t}: params {} grads {} opt {} act {} ({:.2} BTC4) peak {}", m.params, m.grads, m.optimizer, m.activations, m.activations as f64 / k, m.peak);
     for p in &m.phases { println!("   {:16} peak {:>10} end {:>10}", p.phase, p.peak, p.end); }
+    let plan = tinytune::memory::Plan::for_tinytune(&cfg, &method, b as u64, t as u64);
+    let e = plan.estimate();
+    println!("   overhead {}  est: {:?}", m.overhead, e.gpu);
+    for p in &e.phases { println!("   est {:16} {:>10}", p.phase, p.bytes); }
 }

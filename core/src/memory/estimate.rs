@@ -200,6 +200,23 @@ impl Plan {
         }
     }
 
+    /// The plan for a tinytune model trained the way `Trainer` trains it: FP32, AdamW, no
+    /// framework overhead, tinytune's own activation accounting.
+    pub fn for_tinytune(config: &crate::model::ModelConfig, method: &crate::methods::Method, batch: u64, seq: u64) -> Self {
+        let method = match method {
+            crate::methods::Method::Full => PlanMethod::Full,
+            crate::methods::Method::Lora(c) => PlanMethod::Lora { rank: c.r as u64, targets: c.target_modules.clone() },
+        };
+        Self {
+            method,
+            precision: Precision::Fp32,
+            batch,
+            overhead: 0,
+            activations: ActivationModel::Tinytune,
+            ..Self::new(Arch::from_model_config("tinytune", config), seq)
+        }
+    }
+
     /// Checks the plan, naming the setting at fault and how to fix it.
     pub fn validate(&self, origin: impl Into<Origin>) -> Result<()> {
         let origin = origin.into();
@@ -401,9 +418,24 @@ impl Plan {
             PhaseEstimate { phase: "forward peak".into(), bytes: g.overhead + states + g.activations + g.logits },
             PhaseEstimate {
                 phase: "backward peak".into(),
-                bytes: g.overhead + states + g.activations + g.logits + g.gradients + if mezo { 0 } else { act.backward_extra },
+                // The backward pass walks the blocks top-down, freeing each block's activations
+                // as it produces that block's gradients: the peak is at its start (every
+                // activation, the logits' gradient and the LM head's gradient) or at its end
+                // (every gradient), whichever is larger.
+                bytes: g.overhead
+                    + states
+                    + if mezo {
+                        g.activations + g.logits
+                    } else {
+                        (g.activations + g.logits + act.backward_extra + self.head_grad_bytes()).max(act.outside + g.gradients)
+                    },
             },
-            PhaseEstimate { phase: "optimizer step".into(), bytes: g.overhead + states + g.gradients + act.optimizer_temp(&tensors, e) },
+            PhaseEstimate {
+                phase: "optimizer step".into(),
+                // tinytune's AdamW frees each gradient as it updates that parameter; PyTorch
+                // keeps every gradient until `zero_grad`.
+                bytes: g.overhead + states + act.optimizer_temp(&tensors) + if self.activations == ActivationModel::Tinytune { 0 } else { g.gradients },
+            },
         ];
         let peak = phases.iter().map(|p| p.bytes).max().unwrap_or(0);
         // The first step has no optimizer state until the optimizer step allocates it.
@@ -433,7 +465,7 @@ impl Plan {
             // Inference mode: nothing is kept between layers; the working set is one layer's
             // tensors plus the logits.
             let per_layer = self.layer_activations(s);
-            return ActivationBytes { saved: per_layer, logits: tokens * a.vocab * 4, temporaries: 0, backward_extra: 0 };
+            return ActivationBytes { saved: per_layer, outside: 0, logits: tokens * a.vocab * 4, temporaries: 0, backward_extra: 0 };
         }
         let per_layer = self.layer_activations(s);
         // Below the lowest trained block no gradient flows, so nothing is kept there.
@@ -460,7 +492,13 @@ impl Plan {
         };
         // A QLoRA forward dequantizes one weight matrix at a time into 16-bit.
         let dequant = if self.quantized_base() { a.block_linears().iter().map(|l| l.d_in * l.d_out * e).max().unwrap_or(0) } else { 0 };
-        ActivationBytes { saved: saved + outside, logits, temporaries: dequant, backward_extra }
+        ActivationBytes { saved: saved + outside, outside, logits, temporaries: dequant, backward_extra }
+    }
+
+    /// The LM head's weight gradient, the first one the backward pass produces.
+    fn head_grad_bytes(&self) -> u64 {
+        let trains = matches!(self.method, PlanMethod::Full) || (!self.arch.tied && matches!(self.method, PlanMethod::LastLayers { .. }));
+        if trains { self.arch.vocab * self.arch.hidden * self.precision.element_bytes() } else { 0 }
     }
 
     /// Whether a block linear's input must be kept for a weight gradient.
@@ -617,6 +655,8 @@ impl Tensor {
 
 struct ActivationBytes {
     saved: u64,
+    /// The part of `saved` outside the blocks (final norm, LM head input).
+    outside: u64,
     logits: u64,
     temporaries: u64,
     backward_extra: u64,
@@ -624,7 +664,7 @@ struct ActivationBytes {
 
 impl ActivationBytes {
     /// The optimizer step's transient: an update of the largest trainable tensor in FP32.
-    fn optimizer_temp(&self, tensors: &[Tensor], _e: u64) -> u64 {
+    fn optimizer_temp(&self, tensors: &[Tensor]) -> u64 {
         tensors.iter().filter(|t| t.trains).map(|t| t.numel() * 4).max().unwrap_or(0)
     }
 }
