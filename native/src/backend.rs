@@ -23,6 +23,18 @@ impl std::fmt::Display for Backend {
 }
 
 /// The inference device for `backend`, or a message saying how to get it.
+static SELECTED: std::sync::OnceLock<Backend> = std::sync::OnceLock::new();
+
+/// Records the backend the command line chose (once, in `main`).
+pub fn select(backend: Backend) {
+    let _ = SELECTED.set(backend);
+}
+
+/// Whether the chosen backend computes on the CPU (and so allocates from system memory).
+pub fn on_cpu() -> bool {
+    matches!(SELECTED.get().copied().unwrap_or(Backend::Flex), Backend::Flex | Backend::Ndarray)
+}
+
 pub fn device(backend: Backend) -> Result<Device, String> {
     match backend {
         Backend::Flex => flex(),

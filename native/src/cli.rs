@@ -34,6 +34,78 @@ pub enum Command {
     Bench(BenchArgs),
     /// A tour on the shipped pretrained model: its size, samples and held-out loss.
     Demo(DemoArgs),
+    /// Estimate a training step's memory for any model, method, precision, optimizer and
+    /// ZeRO/offload setting; with --measure, also measure a real step of a tinytune model.
+    Memory(MemoryArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MemoryArgs {
+    /// A preset (gpt2, gpt2-medium, llama-2-7b, llama-3.1-8b, mistral-7b, phi-2,
+    /// qwen2.5-7b, micro, ...) or the path of a Hugging Face config.json.
+    #[arg(long, default_value = "gpt2")]
+    pub model: String,
+    /// full, last-layers, bitfit, layernorm, lora, qlora, adapter or prompt.
+    #[arg(long, default_value = "full")]
+    pub method: String,
+    /// LoRA/QLoRA rank.
+    #[arg(long, default_value_t = 8)]
+    pub rank: u64,
+    /// LoRA/QLoRA target modules, comma-separated, or all-linear (default: PEFT's for the family).
+    #[arg(long)]
+    pub targets: Option<String>,
+    /// Blocks trained by last-layers.
+    #[arg(long, default_value_t = 2)]
+    pub layers: u64,
+    /// Adapter bottleneck width.
+    #[arg(long, default_value_t = 64)]
+    pub bottleneck: u64,
+    /// Virtual tokens of prompt tuning.
+    #[arg(long, default_value_t = 20)]
+    pub prompt_tokens: u64,
+    /// fp32, bf16-mixed, fp16-mixed or bf16.
+    #[arg(long, default_value = "bf16-mixed")]
+    pub precision: String,
+    /// sgd, sgd-momentum, adamw, adafactor, adamw8bit, lion or mezo.
+    #[arg(long, default_value = "adamw")]
+    pub optimizer: String,
+    /// Micro-batch size per GPU.
+    #[arg(long, default_value_t = 1)]
+    pub batch: u64,
+    /// Sequence length.
+    #[arg(long, default_value_t = 1024)]
+    pub seq: u64,
+    /// Gradient checkpointing of every block (as transformers does).
+    #[arg(long)]
+    pub checkpointing: bool,
+    /// Gradient checkpointing of every k-th block's input (overrides --checkpointing).
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub accumulate: u64,
+    /// DeepSpeed ZeRO stage (0-3).
+    #[arg(long, default_value_t = 0)]
+    pub zero: u8,
+    #[arg(long, default_value_t = 1)]
+    pub gpus: u64,
+    /// none, optimizer or all.
+    #[arg(long, default_value = "none")]
+    pub offload: String,
+    /// Framework overhead per GPU in GiB (CUDA context, kernels, allocator caching).
+    #[arg(long, default_value_t = 1.0)]
+    pub overhead_gib: f64,
+    /// How activations are counted: megatron (Korthikanti et al.), flash (fused attention)
+    /// or tinytune (this project's FP32 model on Burn).
+    #[arg(long, default_value = "megatron")]
+    pub activations: String,
+    /// Also run one real training step of the (tinytune-sized) model on the CPU and print
+    /// the measured bytes of each phase beside the estimate.
+    #[arg(long)]
+    pub measure: bool,
+    /// Print JSON (bytes as integers) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Flags shared by every command that trains.
@@ -93,6 +165,13 @@ pub struct TrainArgs {
     /// Continue the run in --out from its last checkpoint (its saved settings win).
     #[arg(long)]
     pub resume: bool,
+    /// Memory of the device in GiB, for the check that the run fits (default: the CPU's
+    /// available memory; GPU backends are checked only when this is given).
+    #[arg(long)]
+    pub device_memory_gib: Option<f64>,
+    /// Start even if the memory estimate says the run will not fit.
+    #[arg(long)]
+    pub ignore_memory_check: bool,
     /// Stop after this many steps of this invocation (for demonstrations of resuming).
     #[arg(long, hide = true)]
     pub stop_after: Option<usize>,

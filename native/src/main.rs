@@ -4,6 +4,7 @@
 mod backend;
 mod interrupt;
 mod cli;
+mod memory;
 mod commands;
 mod fsutil;
 mod model_dir;
@@ -14,11 +15,16 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Counts heap bytes so `tinytune memory --measure` can report a real step's allocations.
+#[global_allocator]
+static ALLOC: tinytune::memory::CountingAlloc = tinytune::memory::CountingAlloc;
+
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     restore_sigpipe();
     let cli = Cli::parse();
+    backend::select(cli.backend);
     let device = match backend::device(cli.backend) {
         Ok(d) => d,
         Err(e) => return fail(&e),
@@ -31,6 +37,7 @@ fn main() -> ExitCode {
         Command::Info(a) => commands::info_cmd(a, &device),
         Command::Bench(a) => commands::bench_cmd(a, &device),
         Command::Demo(a) => commands::demo_cmd(a, &device),
+        Command::Memory(a) => memory::memory_cmd(a, &device),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -146,6 +146,7 @@ fn save(trainer: &Trainer, tokenizer: &TextTokenizer, out: &Path, eval_loss: Opt
 }
 
 fn run(mut trainer: Trainer, tokenizer: &TextTokenizer, args: &TrainArgs) -> Result<(), String> {
+    crate::memory::check_fits(trainer.model.config(), trainer.config.batch_size, trainer.config.seq_len, args)?;
     let out = &args.out;
     std::fs::create_dir_all(out).map_err(|e| format!("{}: cannot create run folder: {e}", out.display()))?;
     let metrics_path = out.join("metrics.jsonl");

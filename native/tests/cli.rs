@@ -186,3 +186,68 @@ fn ctrl_c_saves_the_current_step_and_the_run_resumes() {
     assert_eq!(steps, (1..=300).collect::<Vec<u64>>());
     std::fs::remove_dir_all(&run).unwrap();
 }
+
+fn memory_json(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["memory", "--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&ok(&tinytune(&all))).expect("memory --json prints JSON")
+}
+
+#[test]
+fn memory_prints_the_breakdown_and_deepspeeds_rows() {
+    let v = memory_json(&["--model", "llama-2-7b", "--precision", "fp32", "--batch", "1", "--seq", "512"]);
+    let gpu = &v["estimate"]["gpu"];
+    let p = 6_738_415_616u64;
+    assert_eq!(gpu["params"].as_u64(), Some(4 * p));
+    assert_eq!(gpu["gradients"].as_u64(), Some(4 * p));
+    assert_eq!(gpu["optimizer"].as_u64(), Some(8 * p));
+    // 16 bytes per parameter is 100 GiB before activations: only the 141 and 192 GB cards.
+    let fits: Vec<&str> = v["estimate"]["fits"].as_array().unwrap().iter().map(|g| g.as_str().unwrap()).collect();
+    assert_eq!(fits, ["H200 141 GB", "B200 192 GB"]);
+    let qlora = memory_json(&["--model", "llama-2-7b", "--method", "qlora", "--batch", "1", "--seq", "512"]);
+    assert_eq!(qlora["estimate"]["trainable_params"].as_u64(), Some(4_194_304));
+    assert!(qlora["estimate"]["peak"].as_u64().unwrap() < 16 << 30);
+    let z3 = memory_json(&["--model", "gpt2-medium", "--zero", "3", "--offload", "optimizer"]);
+    let rows = z3["deepspeed"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[1][1]["gpu"].as_u64(), Some(4 * 51_463_168 + 2 * 354_823_168));
+    let text = ok(&tinytune(&["memory", "--model", "gpt2-medium", "--zero", "3"]));
+    assert!(text.contains("6.14 GB") && text.contains("0.85 GB") && text.contains("8.92 GB"), "{text}");
+}
+
+#[test]
+fn memory_measures_a_real_step_of_a_tiny_model() {
+    let v = memory_json(&["--model", "nano", "--precision", "fp32", "--activations", "tinytune", "--overhead-gib", "0", "--batch", "4", "--seq", "64", "--measure"]);
+    let measured = v["measured"]["peak"].as_u64().unwrap();
+    let estimated = v["measured_estimate"]["first_step_peak"].as_u64().unwrap();
+    assert!(measured > 0, "the binary counts its allocations");
+    let err = (estimated as f64 / measured as f64 - 1.0).abs();
+    assert!(err < 0.10, "estimate {estimated} vs measured {measured}");
+    assert_eq!(v["measured"]["params"], v["measured_estimate"]["gpu"]["params"]);
+}
+
+#[test]
+fn memory_rejects_bad_configs_and_settings_by_name() {
+    let dir = tmp("memcfg");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("config.json");
+    std::fs::write(&cfg, r#"{"model_type":"llama","vocab_size":32000,"hidden_size":4096,"num_hidden_layers":32,"num_attention_heads":0,"intermediate_size":11008}"#).unwrap();
+    fails_with(&tinytune(&["memory", "--model", cfg.to_str().unwrap()]), &["config.json", "num_attention_heads", "is 0"]);
+    std::fs::write(&cfg, r#"{"model_type":"gpt2","vocab_size":50257,"n_positions":1024,"n_embd":1000,"n_layer":2,"n_head":16}"#).unwrap();
+    fails_with(&tinytune(&["memory", "--model", cfg.to_str().unwrap()]), &["n_embd", "divide evenly"]);
+    std::fs::write(&cfg, r#"{"model_type":"mistral","vocab_size":32000,"num_hidden_layers":32,"num_attention_heads":32,"intermediate_size":14336}"#).unwrap();
+    fails_with(&tinytune(&["memory", "--model", cfg.to_str().unwrap()]), &["hidden_size", "missing"]);
+    fails_with(&tinytune(&["memory", "--model", "llama-9b"]), &["--model", "llama-2-7b"]);
+    fails_with(&tinytune(&["memory", "--offload", "all", "--zero", "2"]), &["offload", "--zero 3"]);
+    fails_with(&tinytune(&["memory", "--optimizer", "adam9"]), &["--optimizer", "adamw8bit"]);
+    fails_with(&tinytune(&["memory", "--model", "gpt2", "--seq", "4096"]), &["--seq", "1024"]);
+    fails_with(&tinytune(&["memory", "--model", "llama-2-7b", "--method", "lora", "--targets", "c_attn"]), &["targets", "q_proj"]);
+}
+
+#[test]
+fn a_run_that_will_not_fit_is_refused_before_it_starts() {
+    let run = tmp("toobig");
+    fails_with(&pretrain(&run, &["--steps", "2", "--device-memory-gib", "0.001"]), &["needs about", "--ignore-memory-check"]);
+    assert!(!run.join("checkpoint").exists(), "nothing was written");
+    ok(&pretrain(&run, &["--steps", "2", "--device-memory-gib", "0.001", "--ignore-memory-check"]));
+}

@@ -1,0 +1,269 @@
+//! `tinytune memory`: the estimator's breakdown for any model and setting, optionally next
+//! to a measured step; and the check that refuses a training run that will not fit.
+
+use burn::tensor::Device;
+use serde_json::json;
+use tinytune::memory::arch::Arch;
+use tinytune::memory::estimate::{DEFAULT_GPU_OVERHEAD, Estimate};
+use tinytune::memory::measure::measure_step;
+use tinytune::memory::{GPUS, Offload, OptimizerKind, Plan, PlanMethod, Precision, deepspeed, human};
+use tinytune::methods::{LoraConfig, Method};
+use tinytune::train::Batch;
+use tinytune::ModelConfig;
+
+use crate::cli::{MemoryArgs, TrainArgs};
+use crate::fsutil::read_text;
+
+/// Parses a kebab-case value into one of the estimator's enums, naming the flag and the
+/// choices when it is not one of them.
+fn choice<T: serde::de::DeserializeOwned>(flag: &str, value: &str, choices: &str) -> Result<T, String> {
+    serde_json::from_value(json!(value)).map_err(|_| format!("--{flag}: '{value}' is not one of {choices}"))
+}
+
+/// The architecture named by --model: a preset, or a config.json path.
+fn arch(model: &str) -> Result<Arch, String> {
+    let path = std::path::Path::new(model);
+    if model.ends_with(".json") || path.is_file() {
+        let text = read_text(path)?;
+        return Arch::from_hf_config(&text, path.display().to_string()).map_err(|e| e.to_string());
+    }
+    if path.is_dir() {
+        let file = path.join("config.json");
+        let text = read_text(&file)?;
+        return Arch::from_hf_config(&text, file.display().to_string()).map_err(|e| e.to_string());
+    }
+    Arch::preset(model).map_err(|e| format!("--model: {e}"))
+}
+
+pub fn plan(a: &MemoryArgs) -> Result<Plan, String> {
+    let arch = arch(&a.model)?;
+    let targets = match &a.targets {
+        Some(t) => t.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        None => arch.default_lora_targets(),
+    };
+    let method = match a.method.as_str() {
+        "full" => PlanMethod::Full,
+        "last-layers" => PlanMethod::LastLayers { n: a.layers },
+        "bitfit" => PlanMethod::Bitfit,
+        "layernorm" => PlanMethod::Layernorm,
+        "lora" => PlanMethod::Lora { rank: a.rank, targets },
+        "qlora" => PlanMethod::Qlora { rank: a.rank, targets },
+        "adapter" => PlanMethod::Adapter { bottleneck: a.bottleneck },
+        "prompt" => PlanMethod::Prompt { tokens: a.prompt_tokens },
+        other => return Err(format!("--method: '{other}' is not one of full, last-layers, bitfit, layernorm, lora, qlora, adapter, prompt")),
+    };
+    if !(a.overhead_gib.is_finite() && a.overhead_gib >= 0.0) {
+        return Err(format!("--overhead-gib: {} is not a size; give GiB as a number ≥ 0", a.overhead_gib));
+    }
+    if arch.positions > 0 && a.seq > arch.positions {
+        return Err(format!("--seq: {} is longer than {}'s {} learned positions; choose --seq {} or less", a.seq, arch.name, arch.positions, arch.positions));
+    }
+    let plan = Plan {
+        method,
+        precision: choice("precision", &a.precision, "fp32, bf16-mixed, fp16-mixed, bf16")?,
+        optimizer: choice("optimizer", &a.optimizer, "sgd, sgd-momentum, adamw, adafactor, adamw8bit, lion, mezo")?,
+        batch: a.batch,
+        seq: a.seq,
+        checkpoint_every: a.checkpoint_every.unwrap_or(a.checkpointing as u64),
+        accumulate: a.accumulate,
+        zero: a.zero,
+        gpus: a.gpus,
+        offload: choice("offload", &a.offload, "none, optimizer, all")?,
+        overhead: (a.overhead_gib * (1u64 << 30) as f64) as u64,
+        activations: choice("activations", &a.activations, "megatron, flash, tinytune")?,
+        ..Plan::new(arch, a.seq)
+    };
+    plan.validate("command line").map_err(|e| e.to_string().replace("command line: ", "--"))?;
+    Ok(plan)
+}
+
+pub fn memory_cmd(a: MemoryArgs, device: &Device) -> Result<(), String> {
+    let plan = plan(&a)?;
+    let est = plan.estimate();
+    let measured = if a.measure { Some(measure(&plan, device)?) } else { None };
+    if a.json {
+        let mut out = json!({ "plan": plan, "estimate": est, "deepspeed": deepspeed_rows(&plan) });
+        if let Some((m, tiny)) = &measured {
+            out["measured"] = json!(m);
+            out["measured_estimate"] = json!(tiny);
+        }
+        println!("{}", serde_json::to_string_pretty(&out).expect("plain data"));
+        return Ok(());
+    }
+    print_table(&plan, &est);
+    if let Some((m, tiny)) = measured {
+        println!("\nmeasured: one real step of this shape on the CPU (tinytune's FP32 model, AdamW, first step)");
+        println!("  {:<16} {:>12} {:>12}", "phase", "peak", "live after");
+        for p in &m.phases {
+            println!("  {:<16} {:>12} {:>12}", p.phase, human(p.peak), human(p.end));
+        }
+        println!("  parameters {}, gradients {}, optimizer state {}, activations {}", human(m.params), human(m.grads), human(m.optimizer), human(m.activations));
+        let err = tiny.first_step_peak as f64 / m.peak as f64 - 1.0;
+        println!(
+            "  measured peak {} · estimated {} (tinytune activations, FP32, no overhead) · error {:+.1}%",
+            human(m.peak),
+            human(tiny.first_step_peak),
+            err * 100.0
+        );
+        println!("  (the backend kept a further {} of thread pools and buffers after warm-up: framework overhead)", human(m.overhead));
+    }
+    Ok(())
+}
+
+/// An enum value as the command line spells it (`bf16-mixed`, `adamw8bit`).
+fn kebab<T: serde::Serialize>(x: &T) -> String {
+    serde_json::to_value(x).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+fn method_name(m: &PlanMethod) -> String {
+    match m {
+        PlanMethod::Full => "full fine-tuning".into(),
+        PlanMethod::LastLayers { n } => format!("last {n} blocks"),
+        PlanMethod::Bitfit => "BitFit (biases)".into(),
+        PlanMethod::Layernorm => "LayerNorm only".into(),
+        PlanMethod::Lora { rank, targets } => format!("LoRA r={rank} on {}", targets.join(",")),
+        PlanMethod::Qlora { rank, targets } => format!("QLoRA (NF4 base) r={rank} on {}", targets.join(",")),
+        PlanMethod::Adapter { bottleneck } => format!("Houlsby adapters, bottleneck {bottleneck}"),
+        PlanMethod::Prompt { tokens } => format!("prompt tuning, {tokens} virtual tokens"),
+    }
+}
+
+fn print_table(plan: &Plan, est: &Estimate) {
+    let share = est.trainable_params as f64 / est.total_params as f64 * 100.0;
+    println!(
+        "{}: {:.1} M parameters, {:.2} M trainable ({share:.3}%)",
+        plan.arch.name,
+        est.total_params as f64 / 1e6,
+        est.trainable_params as f64 / 1e6
+    );
+    println!(
+        "{} · {} · {} · batch {} × seq {} · accumulate {} (effective batch {}) · ZeRO {} on {} GPU(s) · offload {} · checkpointing {}",
+        method_name(&plan.method),
+        kebab(&plan.precision),
+        kebab(&plan.optimizer),
+        plan.batch,
+        plan.seq,
+        plan.accumulate,
+        est.effective_batch,
+        plan.zero,
+        plan.gpus,
+        kebab(&plan.offload),
+        match plan.checkpoint_every {
+            0 => "off".to_string(),
+            1 => "every block".to_string(),
+            k => format!("every {k} blocks"),
+        }
+    );
+    println!("\n  {:<18} {:>12} {:>12}", "component", "per GPU", "per CPU");
+    for ((label, g), (_, c)) in est.gpu.parts().iter().zip(est.cpu.parts()) {
+        println!("  {:<18} {:>12} {:>12}", label, human(*g), if c > 0 { human(c) } else { "-".into() });
+    }
+    println!("  {:<18} {:>12} {:>12}", "sum", human(est.gpu.total()), human(est.cpu.total()));
+    println!("\n  phases of a step (per GPU, live bytes):");
+    for p in &est.phases {
+        println!("  {:<18} {:>12}", p.phase, human(p.bytes));
+    }
+    println!("  {:<18} {:>12}  (first step: {})", "peak", human(est.peak), human(est.first_step_peak));
+    let fits: Vec<&str> = GPUS.iter().filter(|g| est.peak <= g.bytes()).map(|g| g.name).collect();
+    let not: Vec<&str> = GPUS.iter().filter(|g| est.peak > g.bytes()).map(|g| g.name).collect();
+    println!("\n  fits on: {}", if fits.is_empty() { "none of the common GPUs".into() } else { fits.join(", ") });
+    if !not.is_empty() {
+        println!("  too big for: {}", not.join(", "));
+    }
+    if let Some(rows) = deepspeed_rows(plan) {
+        println!(
+            "\n  DeepSpeed's estimate_zero{}_model_states_mem_needs for {} parameters on {} GPU(s), model states only (mixed-precision Adam; CPU with its 1.5× head-room):",
+            plan.zero,
+            plan.arch.num_params(),
+            plan.gpus
+        );
+        for (label, s) in rows {
+            println!("  {:<34} GPU {:>6.2} GB  CPU {:>6.2} GB", label, deepspeed::gib2(s.gpu), deepspeed::gib2(s.cpu));
+        }
+    }
+    println!(
+        "\n  Sizes in GiB/MiB (2^30/2^20 bytes). Activations counted the {} way; overhead is the --overhead-gib constant. Assumptions: docs/memory.md.",
+        kebab(&plan.activations)
+    );
+}
+
+/// DeepSpeed's rows for this model when the plan uses ZeRO-2 or ZeRO-3.
+fn deepspeed_rows(plan: &Plan) -> Option<Vec<(&'static str, deepspeed::ModelStates)>> {
+    let (p, ll, g) = (plan.arch.num_params(), plan.arch.largest_layer_params(), plan.gpus);
+    match plan.zero {
+        2 => Some(vec![("offload_optimizer=none", deepspeed::zero2(p, g, 1, false)), ("offload_optimizer=cpu", deepspeed::zero2(p, g, 1, true))]),
+        3 => Some(vec![
+            ("offload_param=none, optimizer=none", deepspeed::zero3(p, ll, g, 1, false, false, true)),
+            ("offload_param=none, optimizer=cpu", deepspeed::zero3(p, ll, g, 1, true, false, true)),
+            ("offload_param=cpu, optimizer=cpu", deepspeed::zero3(p, ll, g, 1, true, true, true)),
+        ]),
+        _ => None,
+    }
+}
+
+/// Measures one real step of the plan's model shape (tinytune models only: GPT-2 layout,
+/// small enough for the CPU) and estimates the same step with tinytune's accounting.
+fn measure(plan: &Plan, device: &Device) -> Result<(tinytune::memory::StepMemory, Estimate), String> {
+    let a = &plan.arch;
+    if a.family != tinytune::memory::Family::Gpt2 || a.num_params() > 50_000_000 {
+        return Err(format!("--measure runs a real step on the CPU, so it takes a GPT-2-layout model of at most 50 M parameters (nano, micro, mini); {} is not one", a.name));
+    }
+    if !crate::backend::on_cpu() {
+        return Err("--measure counts CPU allocations; use --backend flex or ndarray".into());
+    }
+    let method = match &plan.method {
+        PlanMethod::Full => Method::Full,
+        PlanMethod::Lora { rank, targets } => {
+            Method::Lora(LoraConfig { r: *rank as usize, lora_alpha: 2.0 * *rank as f64, target_modules: targets.clone(), ..LoraConfig::default() })
+        }
+        _ => return Err("--measure trains with the methods tinytune implements so far: full and lora".into()),
+    };
+    if plan.optimizer != OptimizerKind::Adamw || plan.precision != Precision::Fp32 || plan.zero != 0 || plan.checkpoint_every != 0 || plan.offload != Offload::None {
+        return Err("--measure runs tinytune's trainer as it is: --precision fp32 --optimizer adamw, no ZeRO, offload or checkpointing".into());
+    }
+    let mut config = ModelConfig::new(a.vocab as usize, a.positions as usize, a.hidden as usize, a.layers as usize, a.heads as usize);
+    config.n_inner = Some(a.intermediate as usize);
+    let (b, t) = (plan.batch as usize, plan.seq as usize);
+    let ids: Vec<u32> = (0..b * t).map(|i| (i * 31 % a.vocab as usize) as u32).collect();
+    let batch = Batch { b, t, inputs: ids.clone(), targets: ids.iter().map(|x| (x + 1) % a.vocab as u32).collect(), weights: vec![1.0; b * t] };
+    let measured = measure_step(&config, &method, &batch, &device.clone().autodiff()).map_err(|e| e.to_string())?;
+    let tiny = Plan::for_tinytune(&config, &method, plan.batch, plan.seq).estimate();
+    Ok((measured, tiny))
+}
+
+/// Refuses, before training starts, a run the estimator says will not fit the device.
+pub fn check_fits(config: &ModelConfig, batch: usize, seq: usize, args: &TrainArgs) -> Result<(), String> {
+    if args.ignore_memory_check {
+        return Ok(());
+    }
+    let (limit, what) = match args.device_memory_gib {
+        Some(gib) => ((gib * (1u64 << 30) as f64) as u64, format!("--device-memory-gib {gib}")),
+        None if crate::backend::on_cpu() => match available_ram() {
+            Some(bytes) => (bytes, "the memory this machine has available".to_string()),
+            None => return Ok(()),
+        },
+        // A GPU's size is not something wgpu reports; check only when told.
+        None => return Ok(()),
+    };
+    let mut plan = Plan::for_tinytune(config, &Method::Full, batch as u64, seq as u64);
+    if !crate::backend::on_cpu() {
+        plan.overhead = DEFAULT_GPU_OVERHEAD;
+    }
+    let need = plan.estimate().peak;
+    if need > limit {
+        return Err(format!(
+            "this run needs about {} at its peak (tinytune memory --model <config> --precision fp32 --activations tinytune --batch {batch} --seq {seq} shows the breakdown), more than {what} ({}). Lower --batch or --seq-len, or pass --ignore-memory-check to start anyway",
+            human(need),
+            human(limit)
+        ));
+    }
+    Ok(())
+}
+
+/// MemAvailable from /proc/meminfo (Linux); None elsewhere.
+fn available_ram() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
