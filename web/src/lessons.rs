@@ -7,6 +7,9 @@ use crate::lesson::{Lesson, parse};
 pub const FILES: &[(&str, &str)] = &[
     ("01-what-fine-tuning-is.md", include_str!("../../lessons/01-what-fine-tuning-is.md")),
     ("02-when-not-to-fine-tune.md", include_str!("../../lessons/02-when-not-to-fine-tune.md")),
+    ("03-where-memory-goes.md", include_str!("../../lessons/03-where-memory-goes.md")),
+    ("04-checkpointing-and-accumulation.md", include_str!("../../lessons/04-checkpointing-and-accumulation.md")),
+    ("05-sharding-and-offload.md", include_str!("../../lessons/05-sharding-and-offload.md")),
 ];
 
 /// Every lesson, parsed and sorted by `order`. The files are checked by tests, so an error

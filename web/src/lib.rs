@@ -6,6 +6,7 @@
 pub mod decide;
 pub mod lesson;
 pub mod lessons;
+pub mod memory;
 pub mod protocol;
 pub mod run;
 pub mod urlstate;

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 use tinytune::train::StepEvent;
 
+use crate::memory::{TimelineParams, TimelineResult};
 use crate::widgets::{GenerateParams, TrainParams};
 
 /// Which compute backend the reader asked for.
@@ -27,6 +28,8 @@ pub enum ToWorker {
     Resume { run: u32 },
     Cancel { run: u32 },
     Generate { id: u32, params: GenerateParams },
+    /// Measure one training step of the micro model on the CPU.
+    MeasureMemory { id: u32, params: TimelineParams },
     /// Makes the worker panic: how the end-to-end tests check that the page notices a
     /// crashed worker and recovers.
     Crash,
@@ -75,6 +78,7 @@ pub enum FromWorker {
     /// Before/after answers and the loss on held-out pre-training text (stories).
     Compare { run: u32, rows: Vec<CompareRow>, stories_before: f32, stories_after: f32 },
     Samples { id: u32, samples: Vec<String>, seconds: f64 },
+    Memory { id: u32, result: Box<TimelineResult> },
     Error { id: u32, message: String },
 }
 
@@ -100,6 +104,7 @@ mod tests {
             ToWorker::Init { prefer: BackendPref::Auto },
             ToWorker::Train { run: 3, params: TrainParams { steps: 7, ..Default::default() } },
             ToWorker::Cancel { run: 3 },
+            ToWorker::MeasureMemory { id: 2, params: TimelineParams::default() },
             ToWorker::Generate { id: 1, params: GenerateParams { prompt: "a\nb".into(), ..Default::default() } },
         ];
         for m in to {

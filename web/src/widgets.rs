@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 use tinytune::ModelConfig;
 use tinytune::train::DataSource;
 
+pub use crate::memory::{MemoryParams, TimelineParams};
+use crate::memory::{METHODS, OFFLOADS, OPTIMIZERS, PRECISIONS};
+
 /// Which model a widget runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ModelChoice {
@@ -94,11 +97,15 @@ pub enum Widget {
     ModelCard(ModelCardParams),
     /// The prompt → few-shot → RAG → fine-tune walk-through; no parameters.
     Decide,
+    /// The memory calculator.
+    Memory(MemoryParams),
+    /// One measured training step of the micro model beside its estimate.
+    MemoryTimeline(TimelineParams),
 }
 
 impl Widget {
     /// Every widget name, for error messages and docs.
-    pub const NAMES: [&'static str; 4] = ["train", "generate", "model-card", "decide"];
+    pub const NAMES: [&'static str; 6] = ["train", "generate", "model-card", "decide", "memory", "memory-timeline"];
 
     /// The widget with default settings.
     pub fn named(name: &str) -> Result<Self, String> {
@@ -107,6 +114,8 @@ impl Widget {
             "generate" => Widget::Generate(GenerateParams::default()),
             "model-card" => Widget::ModelCard(ModelCardParams::default()),
             "decide" => Widget::Decide,
+            "memory" => Widget::Memory(MemoryParams::default()),
+            "memory-timeline" => Widget::MemoryTimeline(TimelineParams::default()),
             other => return Err(format!("unknown widget {other:?}; the widgets are {}", Self::NAMES.join(", "))),
         })
     }
@@ -117,6 +126,8 @@ impl Widget {
             Widget::Generate(_) => "generate",
             Widget::ModelCard(_) => "model-card",
             Widget::Decide => "decide",
+            Widget::Memory(_) => "memory",
+            Widget::MemoryTimeline(_) => "memory-timeline",
         }
     }
 
@@ -127,6 +138,8 @@ impl Widget {
             Widget::Generate(_) => &["model", "prompt", "temperature", "top_k", "max_tokens", "samples", "seed"],
             Widget::ModelCard(_) => &["model"],
             Widget::Decide => &[],
+            Widget::Memory(_) => &["model", "method", "rank", "precision", "optimizer", "batch", "seq", "checkpointing", "accumulate", "zero", "gpus", "offload"],
+            Widget::MemoryTimeline(_) => &["batch", "seq", "method"],
         }
     }
 
@@ -188,6 +201,30 @@ impl Widget {
                 _ => return Err(unknown()),
             },
             Widget::Decide => return Err(unknown()),
+            Widget::Memory(p) => match key {
+                "model" => {
+                    MemoryParams::check_model(value).map_err(bad)?;
+                    p.model = value.to_string();
+                }
+                "method" => p.method = one_of(value, &METHODS).map_err(bad)?,
+                "rank" => p.rank = int(value, 1, 1024).map_err(bad)? as u64,
+                "precision" => p.precision = one_of(value, &PRECISIONS).map_err(bad)?,
+                "optimizer" => p.optimizer = one_of(value, &OPTIMIZERS).map_err(bad)?,
+                "batch" => p.batch = int(value, 1, 1024).map_err(bad)? as u64,
+                "seq" => p.seq = int(value, 1, 131_072).map_err(bad)? as u64,
+                "checkpointing" => p.checkpointing = int(value, 0, 128).map_err(bad)? as u64,
+                "accumulate" => p.accumulate = int(value, 1, 1024).map_err(bad)? as u64,
+                "zero" => p.zero = int(value, 0, 3).map_err(bad)? as u8,
+                "gpus" => p.gpus = int(value, 1, 4096).map_err(bad)? as u64,
+                "offload" => p.offload = one_of(value, &OFFLOADS).map_err(bad)?,
+                _ => return Err(unknown()),
+            },
+            Widget::MemoryTimeline(p) => match key {
+                "batch" => p.batch = int(value, 1, 32).map_err(bad)?,
+                "seq" => p.seq = int(value, 8, 128).map_err(bad)?,
+                "method" => p.method = one_of(value, &["full", "lora"]).map_err(bad)?,
+                _ => return Err(unknown()),
+            },
         }
         Ok(())
     }
@@ -216,6 +253,21 @@ impl Widget {
             ],
             Widget::ModelCard(p) => vec![("model", p.model.clone())],
             Widget::Decide => vec![],
+            Widget::Memory(p) => vec![
+                ("model", p.model.clone()),
+                ("method", p.method.clone()),
+                ("rank", p.rank.to_string()),
+                ("precision", p.precision.clone()),
+                ("optimizer", p.optimizer.clone()),
+                ("batch", p.batch.to_string()),
+                ("seq", p.seq.to_string()),
+                ("checkpointing", p.checkpointing.to_string()),
+                ("accumulate", p.accumulate.to_string()),
+                ("zero", p.zero.to_string()),
+                ("gpus", p.gpus.to_string()),
+                ("offload", p.offload.clone()),
+            ],
+            Widget::MemoryTimeline(p) => vec![("batch", p.batch.to_string()), ("seq", p.seq.to_string()), ("method", p.method.clone())],
         }
     }
 
@@ -224,6 +276,10 @@ impl Widget {
         let base = base.pairs();
         self.pairs().into_iter().filter(|(k, v)| !base.iter().any(|(bk, bv)| bk == k && bv == v)).collect()
     }
+}
+
+fn one_of(value: &str, choices: &[&str]) -> Result<String, String> {
+    if choices.contains(&value) { Ok(value.to_string()) } else { Err(format!("choose {}", choices.join(", "))) }
 }
 
 fn int(value: &str, min: usize, max: usize) -> Result<usize, String> {
@@ -305,7 +361,11 @@ mod tests {
             assert!(e.contains(needle), "{text:?} gave {e:?}, expected it to mention {needle:?}");
         };
         check("model: micro", "add a `name: ...`");
-        check("name: lora-rank", "the widgets are train, generate, model-card, decide");
+        check("name: lora-rank", "the widgets are train, generate, model-card, decide, memory, memory-timeline");
+        check("name: memory\nmodel: gpt5", "choose custom or one of nano");
+        check("name: memory\noffload: disk", "choose none, optimizer, all");
+        check("name: memory\nzero: 4", "must be from 0 to 3");
+        check("name: memory-timeline\nseq: 512", "must be from 8 to 128");
         check("name: train\nsteps: 0", "train: steps: \"0\": must be from 1 to 2000");
         check("name: train\nrank: 4", "use model, task, steps, lr, batch, seq, seed, compare");
         check("name: train\ntask: poems", "unknown data 'poems'");

@@ -1,0 +1,193 @@
+//! The memory widgets' settings and how they become an estimator [`Plan`]: plain Rust, so
+//! the page's calculator and its tests use the same code as `tinytune memory`.
+
+use serde::{Deserialize, Serialize};
+use tinytune::memory::arch::{ARCH_PRESETS, Arch};
+use tinytune::memory::{Estimate, Offload, OptimizerKind, Plan, PlanMethod, Precision, StepMemory};
+use tinytune::methods::{LoraConfig, Method};
+use tinytune::ModelConfig;
+
+/// The methods the calculator offers, as lessons and links spell them.
+pub const METHODS: [&str; 8] = ["full", "lora", "qlora", "adapter", "prompt", "last-layers", "bitfit", "layernorm"];
+pub const PRECISIONS: [&str; 4] = ["fp32", "bf16-mixed", "fp16-mixed", "bf16"];
+pub const OPTIMIZERS: [&str; 7] = ["adamw", "adamw8bit", "adafactor", "sgd", "sgd-momentum", "lion", "mezo"];
+pub const OFFLOADS: [&str; 3] = ["none", "optimizer", "all"];
+
+/// Settings of the `memory` widget (the calculator).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemoryParams {
+    /// A preset name, or `custom` for a pasted config.json.
+    pub model: String,
+    pub method: String,
+    pub rank: u64,
+    pub precision: String,
+    pub optimizer: String,
+    pub batch: u64,
+    pub seq: u64,
+    /// 0: off; k: keep every k-th block's input.
+    pub checkpointing: u64,
+    pub accumulate: u64,
+    pub zero: u8,
+    pub gpus: u64,
+    pub offload: String,
+}
+
+impl Default for MemoryParams {
+    fn default() -> Self {
+        Self {
+            model: "llama-2-7b".into(),
+            method: "full".into(),
+            rank: 8,
+            precision: "bf16-mixed".into(),
+            optimizer: "adamw".into(),
+            batch: 1,
+            seq: 1024,
+            checkpointing: 0,
+            accumulate: 1,
+            zero: 0,
+            gpus: 1,
+            offload: "none".into(),
+        }
+    }
+}
+
+fn kebab<T: serde::de::DeserializeOwned>(what: &str, value: &str, choices: &[&str]) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(value.to_string())).map_err(|_| format!("{what} {value:?}: choose {}", choices.join(", ")))
+}
+
+impl MemoryParams {
+    /// The estimator plan for these settings; `custom` reads `pasted` as a Hugging Face
+    /// config.json. Errors name the setting (or the config field) and the fix.
+    pub fn plan(&self, pasted: Option<&str>) -> Result<Plan, String> {
+        let arch = if self.model == "custom" {
+            let text = pasted.filter(|t| !t.trim().is_empty()).ok_or("paste a config.json to estimate a custom model")?;
+            Arch::from_hf_config(text, "pasted config.json").map_err(|e| e.to_string())?
+        } else {
+            Arch::preset(&self.model).map_err(|e| e.to_string())?
+        };
+        let targets = arch.default_lora_targets();
+        let method = match self.method.as_str() {
+            "full" => PlanMethod::Full,
+            "lora" => PlanMethod::Lora { rank: self.rank, targets },
+            "qlora" => PlanMethod::Qlora { rank: self.rank, targets },
+            "adapter" => PlanMethod::Adapter { bottleneck: 64 },
+            "prompt" => PlanMethod::Prompt { tokens: 20 },
+            "last-layers" => PlanMethod::LastLayers { n: 2.min(arch.layers) },
+            "bitfit" => PlanMethod::Bitfit,
+            "layernorm" => PlanMethod::Layernorm,
+            other => return Err(format!("method {other:?}: choose {}", METHODS.join(", "))),
+        };
+        if arch.positions > 0 && self.seq > arch.positions {
+            return Err(format!("seq {} is longer than {}'s {} positions", self.seq, arch.name, arch.positions));
+        }
+        let tiny = ["nano", "micro", "mini"].contains(&self.model.as_str());
+        let precision: Precision = kebab("precision", &self.precision, &PRECISIONS)?;
+        let plan = Plan {
+            method,
+            precision,
+            optimizer: kebab::<OptimizerKind>("optimizer", &self.optimizer, &OPTIMIZERS)?,
+            batch: self.batch,
+            checkpoint_every: self.checkpointing,
+            accumulate: self.accumulate,
+            zero: self.zero,
+            gpus: self.gpus,
+            offload: kebab::<Offload>("offload", &self.offload, &OFFLOADS)?,
+            // tinytune's own models run on a CPU or in a browser tab: no CUDA context. Their
+            // FP32 runs are counted the way tinytune's code keeps tensors.
+            overhead: if tiny { 0 } else { tinytune::memory::estimate::DEFAULT_GPU_OVERHEAD },
+            activations: if tiny && precision == Precision::Fp32 {
+                tinytune::memory::ActivationModel::Tinytune
+            } else {
+                tinytune::memory::ActivationModel::Megatron
+            },
+            ..Plan::new(arch, self.seq)
+        };
+        plan.validate("memory").map_err(|e| e.to_string().replace("memory: ", ""))?;
+        Ok(plan)
+    }
+
+    /// Checks a model name for `Widget::set`.
+    pub fn check_model(value: &str) -> Result<(), String> {
+        if value == "custom" || ARCH_PRESETS.contains(&value) {
+            Ok(())
+        } else {
+            Err(format!("choose custom or one of {}", ARCH_PRESETS.join(", ")))
+        }
+    }
+}
+
+/// Settings of the `memory-timeline` widget: one measured step of the micro model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimelineParams {
+    pub batch: usize,
+    pub seq: usize,
+    /// `full` or `lora` (rank 8 on c_attn).
+    pub method: String,
+}
+
+impl Default for TimelineParams {
+    fn default() -> Self {
+        Self { batch: 8, seq: 128, method: "full".into() }
+    }
+}
+
+impl TimelineParams {
+    pub fn tinytune_method(&self) -> Method {
+        match self.method.as_str() {
+            "lora" => Method::Lora(LoraConfig { r: 8, lora_alpha: 16.0, ..LoraConfig::default() }),
+            _ => Method::Full,
+        }
+    }
+
+    /// The estimate of the same step with tinytune's accounting.
+    pub fn estimate(&self) -> Estimate {
+        Plan::for_tinytune(&ModelConfig::micro(), &self.tinytune_method(), self.batch as u64, self.seq as u64).estimate()
+    }
+}
+
+/// The worker's answer to a timeline request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimelineResult {
+    pub measured: StepMemory,
+    pub estimate: Estimate,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_calculator_reproduces_the_cli() {
+        let p = MemoryParams { model: "gpt2-medium".into(), zero: 3, ..MemoryParams::default() }.plan(None).unwrap();
+        let g = p.estimate().gpu;
+        // DeepSpeed's ZeRO-3 row without offload: 6.14 "GB" of model states.
+        assert_eq!(tinytune::memory::deepspeed::gib2(g.params + g.master + g.gradients + g.optimizer), 6.14);
+    }
+
+    #[test]
+    fn pasted_configs_are_read_and_bad_ones_named() {
+        let params = MemoryParams { model: "custom".into(), seq: 512, ..MemoryParams::default() };
+        let cfg = r#"{"model_type":"mistral","vocab_size":32000,"hidden_size":4096,"num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":8,"intermediate_size":14336}"#;
+        assert_eq!(params.plan(Some(cfg)).unwrap().arch.num_params(), 7_241_732_096);
+        let e = params.plan(Some(r#"{"model_type":"llama","hidden_size":4096}"#)).unwrap_err();
+        assert!(e.contains("pasted config.json") && e.contains("is missing"), "{e}");
+        assert!(params.plan(None).unwrap_err().contains("paste"));
+    }
+
+    #[test]
+    fn impossible_settings_are_explained() {
+        let e = MemoryParams { offload: "all".into(), zero: 2, ..MemoryParams::default() }.plan(None).unwrap_err();
+        assert!(e.contains("offload") && e.contains("ZeRO stage 3"), "{e}");
+        let e = MemoryParams { model: "gpt2".into(), seq: 2048, ..MemoryParams::default() }.plan(None).unwrap_err();
+        assert!(e.contains("1024"), "{e}");
+    }
+
+    #[test]
+    fn timeline_estimates_the_micro_model() {
+        let t = TimelineParams::default();
+        let e = t.estimate();
+        assert_eq!(e.gpu.params, ModelConfig::micro().num_params() as u64 * 4);
+        let lora = TimelineParams { method: "lora".into(), ..t }.estimate();
+        assert!(lora.trainable_params < e.trainable_params / 10);
+    }
+}
