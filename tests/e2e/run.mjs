@@ -256,6 +256,55 @@ await check("the decision walk-through ends in a recommendation", async () => {
   await page.close();
 });
 
+await check("the memory calculator recomputes as controls change and reproduces DeepSpeed's rows", async () => {
+  const lesson = lessons.find((l) => l.slug === "sharding-and-offload");
+  const page = await openPage(cpu, base + `?lesson=${lesson.slug}&backend=cpu`);
+  const w = page.locator("[data-widget=memory]").first();
+  await setParam(w, "model", "gpt2-medium");
+  await setParam(w, "method", "full");
+  await setParam(w, "precision", "bf16-mixed");
+  await setParam(w, "gpus", 1);
+  await setParam(w, "offload", "none");
+  await setParam(w, "zero", 3);
+  const ds = await w.locator("[data-testid=deepspeed]").textContent();
+  assert(ds.includes("6.14 GB") && ds.includes("0.85 GB") && ds.includes("7.93 GB") && ds.includes("8.92 GB"), `DeepSpeed rows: ${ds}`);
+  const before = await w.locator("[data-testid=memory-peak]").textContent();
+  await setParam(w, "batch", 8);
+  const after = await w.locator("[data-testid=memory-peak]").textContent();
+  assert(before !== after, `the peak did not change with the batch: ${before}`);
+  // An impossible combination is explained, not computed.
+  await setParam(w, "zero", 2);
+  await setParam(w, "offload", "all");
+  assert((await w.locator("[data-testid=memory-error]").textContent()).includes("ZeRO stage 3"), "offload=all with ZeRO-2 not explained");
+  // A pasted config.json is estimated; a bad one names its field.
+  await setParam(w, "offload", "none");
+  await setParam(w, "model", "custom");
+  await w.locator("[data-testid=config-json]").fill('{"model_type":"llama","vocab_size":32000,"hidden_size":4096,"num_hidden_layers":32,"num_attention_heads":32,"intermediate_size":11008}');
+  assert((await w.textContent()).includes("6738.4 M parameters"), "pasted Llama-2-7B config not estimated");
+  await w.locator("[data-testid=config-json]").fill('{"model_type":"llama","vocab_size":32000,"hidden_size":4096,"num_hidden_layers":32,"num_attention_heads":0,"intermediate_size":11008}');
+  assert((await w.locator("[data-testid=memory-error]").textContent()).includes("num_attention_heads"), "bad config field not named");
+  await page.screenshot({ path: join(artifacts, "memory.png"), fullPage: false });
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
+await check("the memory timeline measures a real step in the worker, near its estimate", async () => {
+  const lesson = lessons.find((l) => l.slug === "where-memory-goes");
+  const page = await openPage(cpu, base + `?lesson=${lesson.slug}&backend=cpu`);
+  const w = page.locator("[data-widget=memory-timeline]").first();
+  await setParam(w, "batch", 4);
+  await setParam(w, "seq", 64);
+  await w.locator("[data-testid=measure]").click();
+  await w.locator("[data-testid=timeline-summary]").waitFor({ timeout: 120_000 });
+  const text = await w.locator("[data-testid=timeline-summary]").textContent();
+  const pct = Number(/\(([+-][0-9.]+)%\)/.exec(text)?.[1]);
+  assert(Number.isFinite(pct) && Math.abs(pct) < 10, `estimate vs measured: ${text}`);
+  assert(!(await w.locator("[data-testid=measured-peak]").textContent()).startsWith("0 B"), "nothing was measured");
+  await w.screenshot({ path: join(artifacts, "memory-timeline.png") });
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
 await check("reloading an experiment's URL restores its settings", async () => {
   const page = await openPage(cpu, base + `?lesson=${lessons[0].slug}&backend=cpu`);
   const w = page.locator("[data-widget=train]").first();

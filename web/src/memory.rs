@@ -191,3 +191,37 @@ mod tests {
         assert!(lora.trainable_params < e.trainable_params / 10);
     }
 }
+
+/// The estimate's phases of a *first* step, named as `measure_step` names the measured
+/// ones: no optimizer state until the optimizer step allocates it.
+pub fn first_step_phases(est: &Estimate) -> Vec<(&'static str, u64)> {
+    let opt = est.gpu.optimizer;
+    let at = |name: &str| est.phases.iter().find(|p| p.phase == name).map(|p| p.bytes).unwrap_or(0);
+    vec![
+        ("load weights", at("load weights")),
+        ("forward", at("forward peak").saturating_sub(opt)),
+        ("backward", at("backward peak").saturating_sub(opt)),
+        ("optimizer step", at("optimizer step")),
+    ]
+}
+
+/// A synthetic batch for a memory measurement: memory does not depend on which tokens.
+pub fn synthetic_batch(b: usize, t: usize, vocab: usize) -> tinytune::train::Batch {
+    let ids: Vec<u32> = (0..b * t).map(|i| (i * 31 % vocab) as u32).collect();
+    let targets = ids.iter().map(|x| (x + 1) % vocab as u32).collect();
+    tinytune::train::Batch { b, t, inputs: ids, targets, weights: vec![1.0; b * t] }
+}
+
+#[cfg(test)]
+mod phase_tests {
+    use super::*;
+
+    #[test]
+    fn first_step_phases_leave_out_the_optimizer_state_until_the_step() {
+        let e = TimelineParams::default().estimate();
+        let phases = first_step_phases(&e);
+        assert_eq!(phases[0].1, e.gpu.params);
+        assert_eq!(phases.iter().map(|p| p.1).max().unwrap(), e.first_step_peak);
+        assert!(phases[3].1 >= e.gpu.params + e.gpu.optimizer);
+    }
+}

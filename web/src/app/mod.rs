@@ -5,6 +5,7 @@
 
 mod chart;
 mod client;
+mod memory;
 mod widgets;
 
 use leptos::prelude::*;
@@ -244,6 +245,8 @@ fn LessonView(lesson: Lesson, query: Vec<(String, String)>) -> impl IntoView {
                     Widget::Generate(_) => view! { <GenerateWidget state=state /> }.into_any(),
                     Widget::ModelCard(_) => view! { <ModelCardWidget state=state /> }.into_any(),
                     Widget::Decide => view! { <DecideWidget /> }.into_any(),
+                    Widget::Memory(_) => view! { <memory::MemoryWidget state=state /> }.into_any(),
+                    Widget::MemoryTimeline(_) => view! { <memory::MemoryTimelineWidget state=state /> }.into_any(),
                 }
             }
         })

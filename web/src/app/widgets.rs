@@ -14,7 +14,7 @@ use crate::widgets::{GenerateParams, TrainParams, Widget};
 
 /// Sets one parameter from a control, keeping the widget valid: a bad value is reported
 /// next to the controls and not applied.
-fn setter(state: RwSignal<Widget>, error: RwSignal<Option<String>>) -> impl Fn(&'static str, String) + Copy {
+pub(super) fn setter(state: RwSignal<Widget>, error: RwSignal<Option<String>>) -> impl Fn(&'static str, String) + Copy {
     move |key, value| {
         let mut w = state.get_untracked();
         match w.set(key, value.trim()) {
@@ -28,7 +28,7 @@ fn setter(state: RwSignal<Widget>, error: RwSignal<Option<String>>) -> impl Fn(&
 }
 
 /// A labelled text/number input bound to one parameter.
-fn field(label: &'static str, key: &'static str, value: impl Fn() -> String + Send + Sync + 'static, set: impl Fn(&'static str, String) + Copy + Send + Sync + 'static) -> impl IntoView {
+pub(super) fn field(label: &'static str, key: &'static str, value: impl Fn() -> String + Send + Sync + 'static, set: impl Fn(&'static str, String) + Copy + Send + Sync + 'static) -> impl IntoView {
     view! {
         <label class="field">
             <span>{label}</span>
@@ -38,7 +38,7 @@ fn field(label: &'static str, key: &'static str, value: impl Fn() -> String + Se
 }
 
 /// A labelled select bound to one parameter.
-fn choice(label: &'static str, key: &'static str, options: Vec<(&'static str, &'static str)>, value: impl Fn() -> String + Copy + Send + Sync + 'static, set: impl Fn(&'static str, String) + Copy + Send + Sync + 'static) -> impl IntoView {
+pub(super) fn choice(label: &'static str, key: &'static str, options: Vec<(&'static str, &'static str)>, value: impl Fn() -> String + Copy + Send + Sync + 'static, set: impl Fn(&'static str, String) + Copy + Send + Sync + 'static) -> impl IntoView {
     view! {
         <label class="field">
             <span>{label}</span>
@@ -110,7 +110,7 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
                     }
                     FromWorker::Eval { step, loss, .. } => r.eval.push((step as f64, loss as f64)),
                     FromWorker::Compare { rows, stories_before, stories_after, .. } => r.compare = Some((rows, stories_before, stories_after)),
-                    FromWorker::Samples { .. } | FromWorker::Error { .. } | FromWorker::Backend(_) | FromWorker::Ready => {}
+                    FromWorker::Samples { .. } | FromWorker::Memory { .. } | FromWorker::Error { .. } | FromWorker::Backend(_) | FromWorker::Ready => {}
                 }
             });
         });

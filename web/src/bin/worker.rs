@@ -1,6 +1,11 @@
 //! The compute worker: owns the Burn device and runs training and sampling off the page's
 //! thread (see `tinytune_web::worker`). Built for the browser by trunk.
 
+/// Counts heap bytes so the memory-timeline widget can measure a real step.
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOC: tinytune::memory::CountingAlloc = tinytune::memory::CountingAlloc;
+
 #[cfg(target_arch = "wasm32")]
 fn main() {
     tinytune_web::worker::start();

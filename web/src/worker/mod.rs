@@ -108,12 +108,26 @@ fn handle(msg: ToWorker) {
             control(run, Control::Cancel);
         }
         ToWorker::Crash => panic!("crash requested by the page (ToWorker::Crash)"),
+        ToWorker::MeasureMemory { id, params } => post(&match measure_memory(&params) {
+            Ok(result) => FromWorker::Memory { id, result: Box::new(result) },
+            Err(message) => FromWorker::Error { id, message },
+        }),
         ToWorker::Generate { id, params } => spawn_local(async move {
             if let Err(message) = generate(id, &params).await {
                 post(&FromWorker::Error { id, message });
             }
         }),
     }
+}
+
+/// One measured training step of the micro model's shape, always on the CPU (flex): the
+/// counting allocator sees CPU memory only. It runs to completion without yielding, so no
+/// other run's step interleaves with the measurement.
+fn measure_memory(params: &crate::memory::TimelineParams) -> Result<crate::memory::TimelineResult, String> {
+    let config = tinytune::ModelConfig::micro();
+    let batch = crate::memory::synthetic_batch(params.batch, params.seq, config.vocab_size);
+    let measured = tinytune::memory::measure_step(&config, &params.tinytune_method(), &batch, &Device::flex().autodiff()).map_err(|e| e.to_string())?;
+    Ok(crate::memory::TimelineResult { measured, estimate: params.estimate() })
 }
 
 /// Picks the backend for `prefer` and makes it current.
