@@ -66,6 +66,10 @@ pub struct MemoryArgs {
     /// fp32, bf16-mixed, fp16-mixed or bf16.
     #[arg(long, default_value = "bf16-mixed")]
     pub precision: String,
+    /// Storage of the frozen base's linear weights: native, int8 (LLM.int8) or nf4
+    /// (--method qlora always uses nf4).
+    #[arg(long, default_value = "native")]
+    pub base: String,
     /// sgd, sgd-momentum, adamw, adafactor, adamw8bit, lion or mezo.
     #[arg(long, default_value = "adamw")]
     pub optimizer: String,

@@ -71,6 +71,7 @@ pub fn plan(a: &MemoryArgs) -> Result<Plan, String> {
         offload: choice("offload", &a.offload, "none, optimizer, all")?,
         overhead: (a.overhead_gib * (1u64 << 30) as f64) as u64,
         activations: choice("activations", &a.activations, "megatron, flash, tinytune")?,
+        base: choice("base", &a.base, "native, int8, nf4")?,
         ..Plan::new(arch, a.seq)
     };
     plan.validate("command line").map_err(|e| e.to_string().replace("command line: ", "--"))?;
@@ -137,8 +138,9 @@ fn print_table(plan: &Plan, est: &Estimate) {
         est.trainable_params as f64 / 1e6
     );
     println!(
-        "{} · {} · {} · batch {} × seq {} · accumulate {} (effective batch {}) · ZeRO {} on {} GPU(s) · offload {} · checkpointing {}",
+        "{}{} · {} · {} · batch {} × seq {} · accumulate {} (effective batch {}) · ZeRO {} on {} GPU(s) · offload {} · checkpointing {}",
         method_name(&plan.method),
+        if plan.base != tinytune::memory::BaseFormat::Native { format!(" on a {} base", kebab(&plan.base)) } else { String::new() },
         kebab(&plan.precision),
         kebab(&plan.optimizer),
         plan.batch,

@@ -268,6 +268,7 @@ await check("the memory calculator recomputes as controls change and reproduces 
   await setParam(w, "zero", 3);
   const ds = await w.locator("[data-testid=deepspeed]").textContent();
   assert(ds.includes("6.14 GB") && ds.includes("0.85 GB") && ds.includes("7.93 GB") && ds.includes("8.92 GB"), `DeepSpeed rows: ${ds}`);
+  await w.screenshot({ path: join(artifacts, "memory.png") });
   const before = await w.locator("[data-testid=memory-peak]").textContent();
   await setParam(w, "batch", 8);
   const after = await w.locator("[data-testid=memory-peak]").textContent();
@@ -283,7 +284,6 @@ await check("the memory calculator recomputes as controls change and reproduces 
   assert((await w.textContent()).includes("6738.4 M parameters"), "pasted Llama-2-7B config not estimated");
   await w.locator("[data-testid=config-json]").fill('{"model_type":"llama","vocab_size":32000,"hidden_size":4096,"num_hidden_layers":32,"num_attention_heads":0,"intermediate_size":11008}');
   assert((await w.locator("[data-testid=memory-error]").textContent()).includes("num_attention_heads"), "bad config field not named");
-  await page.screenshot({ path: join(artifacts, "memory.png"), fullPage: false });
   assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
   await page.close();
 });

@@ -12,6 +12,7 @@ pub const METHODS: [&str; 8] = ["full", "lora", "qlora", "adapter", "prompt", "l
 pub const PRECISIONS: [&str; 4] = ["fp32", "bf16-mixed", "fp16-mixed", "bf16"];
 pub const OPTIMIZERS: [&str; 7] = ["adamw", "adamw8bit", "adafactor", "sgd", "sgd-momentum", "lion", "mezo"];
 pub const OFFLOADS: [&str; 3] = ["none", "optimizer", "all"];
+pub const BASES: [&str; 3] = ["native", "int8", "nf4"];
 
 /// Settings of the `memory` widget (the calculator).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -30,6 +31,8 @@ pub struct MemoryParams {
     pub zero: u8,
     pub gpus: u64,
     pub offload: String,
+    /// Storage of frozen base weights: native, int8 or nf4.
+    pub base: String,
 }
 
 impl Default for MemoryParams {
@@ -47,6 +50,7 @@ impl Default for MemoryParams {
             zero: 0,
             gpus: 1,
             offload: "none".into(),
+            base: "native".into(),
         }
     }
 }
@@ -100,6 +104,7 @@ impl MemoryParams {
             } else {
                 tinytune::memory::ActivationModel::Megatron
             },
+            base: kebab("base", &self.base, &BASES)?,
             ..Plan::new(arch, self.seq)
         };
         plan.validate("memory").map_err(|e| e.to_string().replace("memory: ", ""))?;

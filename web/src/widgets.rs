@@ -9,7 +9,7 @@ use tinytune::ModelConfig;
 use tinytune::train::DataSource;
 
 pub use crate::memory::{MemoryParams, TimelineParams};
-use crate::memory::{METHODS, OFFLOADS, OPTIMIZERS, PRECISIONS};
+use crate::memory::{BASES, METHODS, OFFLOADS, OPTIMIZERS, PRECISIONS};
 
 /// Which model a widget runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,7 +138,7 @@ impl Widget {
             Widget::Generate(_) => &["model", "prompt", "temperature", "top_k", "max_tokens", "samples", "seed"],
             Widget::ModelCard(_) => &["model"],
             Widget::Decide => &[],
-            Widget::Memory(_) => &["model", "method", "rank", "precision", "optimizer", "batch", "seq", "checkpointing", "accumulate", "zero", "gpus", "offload"],
+            Widget::Memory(_) => &["model", "method", "rank", "precision", "optimizer", "batch", "seq", "checkpointing", "accumulate", "zero", "gpus", "offload", "base"],
             Widget::MemoryTimeline(_) => &["batch", "seq", "method"],
         }
     }
@@ -217,6 +217,7 @@ impl Widget {
                 "zero" => p.zero = int(value, 0, 3).map_err(bad)? as u8,
                 "gpus" => p.gpus = int(value, 1, 4096).map_err(bad)? as u64,
                 "offload" => p.offload = one_of(value, &OFFLOADS).map_err(bad)?,
+                "base" => p.base = one_of(value, &BASES).map_err(bad)?,
                 _ => return Err(unknown()),
             },
             Widget::MemoryTimeline(p) => match key {
@@ -266,6 +267,7 @@ impl Widget {
                 ("zero", p.zero.to_string()),
                 ("gpus", p.gpus.to_string()),
                 ("offload", p.offload.clone()),
+                ("base", p.base.clone()),
             ],
             Widget::MemoryTimeline(p) => vec![("batch", p.batch.to_string()), ("seq", p.seq.to_string()), ("method", p.method.clone())],
         }

@@ -123,6 +123,19 @@ impl OptimizerKind {
     }
 }
 
+/// How the frozen base's block linear weights are stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BaseFormat {
+    /// In the plan's precision.
+    #[default]
+    Native,
+    /// LLM.int8 (Dettmers et al., 2022): one byte per weight and an FP32 absmax per output row.
+    Int8,
+    /// NF4 with double quantization, as QLoRA stores it.
+    Nf4,
+}
+
 /// Where ZeRO-Offload puts things.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -173,6 +186,9 @@ pub struct Plan {
     /// Framework overhead per GPU (CUDA context, kernels, allocator caching), in bytes.
     pub overhead: u64,
     pub activations: ActivationModel,
+    /// Storage of frozen block linear weights (QLoRA always uses NF4).
+    #[serde(default)]
+    pub base: BaseFormat,
 }
 
 /// The default framework overhead of a GPU process: about what a CUDA context and
@@ -197,6 +213,7 @@ impl Plan {
             offload: Offload::None,
             overhead: DEFAULT_GPU_OVERHEAD,
             activations: ActivationModel::Megatron,
+            base: BaseFormat::Native,
         }
     }
 
@@ -269,8 +286,13 @@ impl Plan {
         }
     }
 
+    /// The storage of frozen block linear weights.
+    pub fn base_format(&self) -> BaseFormat {
+        if matches!(self.method, PlanMethod::Qlora { .. }) { BaseFormat::Nf4 } else { self.base }
+    }
+
     fn quantized_base(&self) -> bool {
-        matches!(self.method, PlanMethod::Qlora { .. })
+        self.base_format() != BaseFormat::Native
     }
 
     /// Every parameter tensor, with whether it trains and whether it is an NF4 base weight.
@@ -279,7 +301,11 @@ impl Plan {
         let m = &self.method;
         let mut out = Vec::new();
         let full = matches!(m, PlanMethod::Full);
-        let push = |out: &mut Vec<Tensor>, shape: Vec<u64>, trains: bool, nf4: bool| out.push(Tensor { shape, trains, nf4 });
+        let base = self.base_format();
+        let push = |out: &mut Vec<Tensor>, shape: Vec<u64>, trains: bool, quantized: bool| {
+            let format = if quantized && !trains { base } else { BaseFormat::Native };
+            out.push(Tensor { shape, trains, format })
+        };
         push(&mut out, vec![a.vocab, a.hidden], full, false);
         if a.positions > 0 {
             push(&mut out, vec![a.positions, a.hidden], full, false);
@@ -358,7 +384,12 @@ impl Plan {
         let mut grads = 0u64;
         let mut optimizer = 0u64;
         for t in &tensors {
-            weights += if t.nf4 { nf4_bytes(t.numel()) } else { t.numel() * e };
+            weights += match t.format {
+                BaseFormat::Native => t.numel() * e,
+                BaseFormat::Nf4 => nf4_bytes(t.numel()),
+                // One byte per weight and an FP32 scale per output row.
+                BaseFormat::Int8 => t.numel() + 4 * t.shape.last().copied().unwrap_or(1),
+            };
             if t.trains {
                 master += t.numel() * self.precision.master_bytes();
                 if !mezo {
@@ -643,8 +674,8 @@ pub fn nf4_bytes(n: u64) -> u64 {
 pub struct Tensor {
     pub shape: Vec<u64>,
     pub trains: bool,
-    /// Stored as NF4 (QLoRA's frozen base).
-    pub nf4: bool,
+    /// How it is stored (quantized only when frozen and the plan quantizes the base).
+    pub format: BaseFormat,
 }
 
 impl Tensor {
@@ -893,6 +924,20 @@ mod tests {
         let per_param = (q.gpu.params - rest * 2 - 4_194_304 * 2) as f64 / linears as f64;
         assert!((per_param - (0.5 + 1.0 / 64.0 + 4.0 / (64.0 * 256.0))).abs() < 1e-3, "{per_param}");
         assert!(q.gpu.params < est.gpu.params / 3);
+    }
+
+    #[test]
+    fn an_int8_base_takes_a_byte_per_frozen_weight() {
+        let targets = vec!["q_proj".to_string(), "v_proj".to_string()];
+        let lora = Plan { method: PlanMethod::Lora { rank: 8, targets }, ..plan("llama-2-7b") };
+        let int8 = Plan { base: BaseFormat::Int8, ..lora.clone() };
+        let linears = lora.arch.block_linears();
+        let weights: u64 = linears.iter().map(|l| l.d_in * l.d_out).sum::<u64>() * 32;
+        let rows: u64 = linears.iter().map(|l| l.d_out).sum::<u64>() * 32;
+        // 16-bit (2 bytes) becomes 1 byte plus 4 per output row.
+        assert_eq!(lora.estimate().gpu.params - int8.estimate().gpu.params, 2 * weights - (weights + 4 * rows));
+        // Full fine-tuning trains every weight, so nothing is quantized.
+        assert_eq!(Plan { base: BaseFormat::Int8, ..plan("gpt2") }.estimate().gpu.params, plan("gpt2").estimate().gpu.params);
     }
 
     #[test]

@@ -15,5 +15,5 @@ pub mod estimate;
 pub mod measure;
 
 pub use arch::{Arch, Family, Linear};
-pub use estimate::{ActivationModel, Breakdown, Estimate, GPUS, Offload, OptimizerKind, Plan, PlanMethod, Precision, human};
+pub use estimate::{ActivationModel, BaseFormat, Breakdown, Estimate, GPUS, Offload, OptimizerKind, Plan, PlanMethod, Precision, human};
 pub use measure::{CountingAlloc, StepMemory, measure_step};

@@ -6,7 +6,7 @@ use tinytune::memory::arch::ARCH_PRESETS;
 use tinytune::memory::{Breakdown, Estimate, GPUS, deepspeed, human};
 
 use super::client;
-use crate::memory::{METHODS, MemoryParams, OFFLOADS, OPTIMIZERS, PRECISIONS, TimelineParams, TimelineResult, first_step_phases};
+use crate::memory::{BASES, METHODS, MemoryParams, OFFLOADS, OPTIMIZERS, PRECISIONS, TimelineParams, TimelineResult, first_step_phases};
 use crate::protocol::{FromWorker, ToWorker};
 use crate::widgets::Widget;
 
@@ -119,6 +119,7 @@ pub fn MemoryWidget(state: RwSignal<Widget>) -> impl IntoView {
                 {super::widgets::choice("ZeRO stage", "zero", vec![("0", "0 (none)"), ("1", "1: optimizer"), ("2", "2: + gradients"), ("3", "3: + parameters")], move || p.get().zero.to_string(), set)}
                 {super::widgets::field("GPUs", "gpus", num(|p| p.gpus.to_string()), set)}
                 {super::widgets::choice("offload", "offload", opts(&OFFLOADS), move || p.get().offload, set)}
+                {super::widgets::choice("frozen base", "base", opts(&BASES), move || p.get().base, set)}
             </div>
             {move || (p.get().model == "custom").then(|| view! {
                 <label class="field wide">
@@ -175,7 +176,7 @@ pub fn MemoryWidget(state: RwSignal<Widget>) -> impl IntoView {
                                 }).collect::<Vec<_>>()}</tbody>
                             </table>
                         })}
-                        <p class="status">{format!("Activations counted the {:?} way; overhead {}. Sizes in binary units (GiB = 2^30 bytes). The same numbers as `tinytune memory`.", plan.activations, human(plan.overhead))}</p>
+                        <p class="status">{format!("Activations counted the {} way; overhead {}. Sizes in binary units (GiB = 2^30 bytes). The same numbers as `tinytune memory`.", serde_json::to_value(plan.activations).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(), human(plan.overhead))}</p>
                     }
                     .into_any()
                 }
