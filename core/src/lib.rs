@@ -8,6 +8,7 @@ pub mod axis;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod formats;
 pub mod init;
 pub mod memory;
 pub mod methods;
