@@ -37,6 +37,45 @@ pub enum Command {
     /// Estimate a training step's memory for any model, method, precision, optimizer and
     /// ZeRO/offload setting; with --measure, also measure a real step of a tinytune model.
     Memory(MemoryArgs),
+    /// Number formats: one value in every format, or a tensor through one format and back.
+    #[command(subcommand)]
+    Formats(FormatsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FormatsCommand {
+    /// A number's bits, stored value and error in FP32, TF32, FP16, BF16, FP8 (E4M3, E5M2),
+    /// INT8 (absmax, zero-point), INT4, NF4 and FP4, with each format's range and epsilon.
+    Show(FormatsShowArgs),
+    /// Reads a JSON array of numbers on stdin, quantizes it in --format (block-wise for the
+    /// scaled formats) and prints the dequantized array as JSON; bytes per value and the
+    /// error go to stderr.
+    Roundtrip(FormatsRoundtripArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FormatsShowArgs {
+    /// The number (also nan, inf, -inf).
+    #[arg(allow_hyphen_values = true)]
+    pub value: String,
+    /// The absolute maximum of the block the scaled formats (INT8, INT4, NF4, FP4) see.
+    #[arg(long, default_value_t = 1.0)]
+    pub range: f32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct FormatsRoundtripArgs {
+    /// fp32, tf32, fp16, bf16, fp8-e4m3, fp8-e5m2, int8, int8-asym, int4, nf4 or fp4.
+    #[arg(long)]
+    pub format: String,
+    /// Values per block for the scaled formats (bitsandbytes uses 64 for 4-bit).
+    #[arg(long, default_value_t = 64)]
+    pub block: usize,
+    /// Quantize the 4-bit formats' block maxima too (QLoRA's double quantization).
+    #[arg(long)]
+    pub double_quant: bool,
 }
 
 #[derive(Args, Debug)]

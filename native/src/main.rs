@@ -6,6 +6,7 @@ mod interrupt;
 mod cli;
 mod memory;
 mod commands;
+mod formats;
 mod fsutil;
 mod model_dir;
 mod plot;
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => commands::bench_cmd(a, &device),
         Command::Demo(a) => commands::demo_cmd(a, &device),
         Command::Memory(a) => memory::memory_cmd(a, &device),
+        Command::Formats(c) => formats::formats_cmd(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

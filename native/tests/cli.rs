@@ -251,3 +251,45 @@ fn a_run_that_will_not_fit_is_refused_before_it_starts() {
     assert!(!run.join("checkpoint").exists(), "nothing was written");
     ok(&pretrain(&run, &["--steps", "2", "--device-memory-gib", "0.001", "--ignore-memory-check"]));
 }
+
+fn with_stdin(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tinytune"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn formats_show_and_roundtrip() {
+    let v: serde_json::Value = serde_json::from_str(&ok(&tinytune(&["formats", "show", "0.1", "--json"]))).unwrap();
+    let row = |f: &str| v["formats"].as_array().unwrap().iter().find(|r| r["format"] == f).unwrap().clone();
+    assert_eq!(row("fp16")["stored"].as_f64(), Some(0.0999755859375));
+    assert_eq!(row("fp16")["bits"], "0 01011 1001100110");
+    assert_eq!(row("bf16")["stored"].as_f64(), Some(0.10009765625));
+    assert_eq!(row("fp8-e4m3")["max"].as_f64(), Some(448.0));
+    let big: serde_json::Value = serde_json::from_str(&ok(&tinytune(&["formats", "show", "-1e6", "--json"]))).unwrap();
+    let brow = |f: &str| big["formats"].as_array().unwrap().iter().find(|r| r["format"] == f).unwrap().clone();
+    assert_eq!(brow("fp16")["stored"], "-inf");
+    assert_eq!(brow("fp8-e4m3")["stored"], "NaN");
+    assert!(brow("int8")["note"].as_str().unwrap().contains("saturated"));
+
+    let out = with_stdin(&["formats", "roundtrip", "--format", "fp16"], "[0.1, 65520, -2.5]");
+    assert_eq!(ok(&out).trim(), "[0.0999755859375,null,-2.5]");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("became NaN or infinity"));
+    // 4-bit: values on the code grid of their block come back exactly; bytes per value
+    // include the scales.
+    let out = with_stdin(&["formats", "roundtrip", "--format", "nf4", "--block", "4"], "[1.0, -1.0, 0.0, 0.5626170039176941]");
+    let got: Vec<f64> = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(got, vec![1.0, -1.0, 0.0, 0.5626170039176941f32 as f64]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1.5000 bytes per value"), "{}", String::from_utf8_lossy(&out.stderr));
+    fails_with(&with_stdin(&["formats", "roundtrip", "--format", "nf5"], "[1]"), &["--format", "nf4"]);
+    fails_with(&with_stdin(&["formats", "roundtrip", "--format", "nf4"], "{\"a\": 1}"), &["stdin", "JSON array"]);
+    fails_with(&with_stdin(&["formats", "roundtrip", "--format", "int8", "--double-quant"], "[1]"), &["--double-quant"]);
+    fails_with(&tinytune(&["formats", "show", "abc"]), &["not a number"]);
+}

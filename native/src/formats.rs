@@ -1,0 +1,119 @@
+//! `tinytune formats show` and `tinytune formats roundtrip`.
+
+use std::io::Read;
+
+use tinytune::formats::blockwise::{FourBit, quantize_4bit};
+use tinytune::formats::int;
+use tinytune::formats::show::{FORMATS, float_format, show};
+
+use crate::cli::{FormatsCommand, FormatsRoundtripArgs, FormatsShowArgs};
+
+pub fn formats_cmd(c: FormatsCommand) -> Result<(), String> {
+    match c {
+        FormatsCommand::Show(a) => show_cmd(a),
+        FormatsCommand::Roundtrip(a) => roundtrip_cmd(a),
+    }
+}
+
+fn show_cmd(a: FormatsShowArgs) -> Result<(), String> {
+    let x: f32 = a.value.trim().parse().map_err(|_| format!("'{}' is not a number; give e.g. 0.1, -3e5, nan or inf", a.value))?;
+    if !(a.range > 0.0 && a.range.is_finite()) {
+        return Err(format!("--range: {} must be a positive, finite number (the block's absolute maximum)", a.range));
+    }
+    let rows = show(x, a.range);
+    if a.json {
+        // JSON has no NaN or infinity: those become strings.
+        let num = |v: f64| if v.is_finite() { serde_json::json!(v) } else { serde_json::json!(v.to_string()) };
+        let out: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "format": r.format, "bits": r.bits, "width": r.width, "stored": num(r.stored), "error": num(r.error),
+                    "note": r.note, "max": num(r.max), "min_normal": num(r.min_normal), "min_subnormal": num(r.min_subnormal), "epsilon": num(r.epsilon),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "value": a.value, "range": a.range, "formats": out })).expect("plain data"));
+        return Ok(());
+    }
+    println!("{x:e} (as f32: {:.9e}); scaled formats see a block with absmax {}\n", x, a.range);
+    println!("{:<10} {:<36} {:>16} {:>12}  {:<10} {:<10} {:<10}  note", "format", "bits", "stored", "error", "max", "min normal", "epsilon");
+    for r in rows {
+        println!(
+            "{:<10} {:<36} {:>16} {:>12}  {:<10} {:<10} {:<10}  {}",
+            r.format,
+            r.bits,
+            fmt(r.stored),
+            if r.error.is_nan() { "-".into() } else { format!("{:.3e}", r.error) },
+            format!("{:.4e}", r.max),
+            format!("{:.3e}", r.min_normal),
+            if r.epsilon > 0.0 { format!("{:.3e}", r.epsilon) } else { "-".into() },
+            r.note
+        );
+    }
+    println!("\nfloats: sign exponent mantissa, round to nearest even; int8/int4: absmax/127 and /7 steps; int8-asym: 256 steps over -range..range; nf4/fp4: bitsandbytes' 16-value tables times the absmax.");
+    Ok(())
+}
+
+fn fmt(v: f64) -> String {
+    if v.is_finite() { format!("{v:.9e}") } else { v.to_string() }
+}
+
+fn roundtrip_cmd(a: FormatsRoundtripArgs) -> Result<(), String> {
+    if !FORMATS.contains(&a.format.as_str()) {
+        return Err(format!("--format: '{}' is not one of {}", a.format, FORMATS.join(", ")));
+    }
+    if a.block == 0 {
+        return Err("--block: must be at least 1".into());
+    }
+    if a.double_quant && !matches!(a.format.as_str(), "nf4" | "fp4") {
+        return Err("--double-quant: only the 4-bit formats nf4 and fp4 quantize their block maxima".into());
+    }
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text).map_err(|e| format!("stdin: {e}"))?;
+    let values: Vec<f64> = serde_json::from_str(&text).map_err(|e| format!("stdin: expected a JSON array of numbers, e.g. [0.1, -2.5] ({e})"))?;
+    let x: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+    let (out, bytes): (Vec<f64>, f64) = match a.format.as_str() {
+        "nf4" | "fp4" => {
+            let kind = if a.format == "nf4" { FourBit::Nf4 } else { FourBit::Fp4 };
+            let q = quantize_4bit(&x, kind, a.block, a.double_quant);
+            (q.dequantize().into_iter().map(f64::from).collect(), q.bytes() as f64)
+        }
+        "int8" | "int4" | "int8-asym" => {
+            let mut out = Vec::with_capacity(x.len());
+            for block in x.chunks(a.block) {
+                let absmax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let (lo, hi) = block.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
+                for &v in block {
+                    let c = match a.format.as_str() {
+                        "int8" => int::symmetric(v, absmax, 127),
+                        "int4" => int::symmetric(v, absmax, 7),
+                        _ => int::asymmetric8(v, lo, hi),
+                    };
+                    // An all-zero block has no scale: zeros stay zero.
+                    out.push(c.map(|c| c.value).unwrap_or(if v == 0.0 { 0.0 } else { f64::NAN }));
+                }
+            }
+            let per_block = if a.format == "int8-asym" { 8.0 } else { 4.0 };
+            let bits = if a.format == "int4" { 4.0 } else { 8.0 };
+            (out, x.len() as f64 * bits / 8.0 + x.len().div_ceil(a.block) as f64 * per_block)
+        }
+        name => {
+            let f = float_format(name).expect("checked above");
+            (x.iter().map(|&v| f.round(v)).collect(), x.len() as f64 * f.total_bits() as f64 / 8.0)
+        }
+    };
+    let max_err = values.iter().zip(&out).filter(|(a, b)| a.is_finite() && b.is_finite()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let non_finite = out.iter().filter(|v| !v.is_finite()).count();
+    let json: Vec<serde_json::Value> = out.iter().map(|&v| if v.is_finite() { serde_json::json!(v) } else { serde_json::Value::Null }).collect();
+    println!("{}", serde_json::to_string(&json).expect("plain data"));
+    eprintln!(
+        "{}: {} values, {:.4} bytes per value including scales, max abs error {:.3e}{}",
+        a.format,
+        x.len(),
+        bytes / x.len().max(1) as f64,
+        max_err,
+        if non_finite > 0 { format!("; {non_finite} became NaN or infinity (printed as null)") } else { String::new() }
+    );
+    Ok(())
+}
