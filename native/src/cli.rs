@@ -37,9 +37,37 @@ pub enum Command {
     /// Estimate a training step's memory for any model, method, precision, optimizer and
     /// ZeRO/offload setting; with --measure, also measure a real step of a tinytune model.
     Memory(MemoryArgs),
+    /// Post-training quantization: every linear weight of a model in a format, with size,
+    /// error and held-out loss before and after.
+    Quantize(QuantizeArgs),
     /// Number formats: one value in every format, or a tensor through one format and back.
     #[command(subcommand)]
     Formats(FormatsCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct QuantizeArgs {
+    /// A run or model folder.
+    #[arg(long, default_value = "assets/micro")]
+    pub model: PathBuf,
+    /// A format (fp16, bf16, fp8-e4m3, fp8-e5m2, int8, int8-asym, int4, nf4, fp4, …) or `all`.
+    #[arg(long, default_value = "nf4")]
+    pub format: String,
+    /// Values per block for the scaled formats.
+    #[arg(long, default_value_t = 64)]
+    pub block: usize,
+    /// Quantize the 4-bit formats' block maxima too (QLoRA's double quantization).
+    #[arg(long)]
+    pub double_quant: bool,
+    /// Held-out data to evaluate on: stories or a task.
+    #[arg(long, default_value = "stories")]
+    pub data: String,
+    #[arg(long, default_value_t = 200)]
+    pub examples: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]

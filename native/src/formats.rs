@@ -6,7 +6,13 @@ use tinytune::formats::blockwise::{FourBit, quantize_4bit};
 use tinytune::formats::int;
 use tinytune::formats::show::{FORMATS, float_format, show};
 
-use crate::cli::{FormatsCommand, FormatsRoundtripArgs, FormatsShowArgs};
+use burn::tensor::Device;
+use tinytune::data::Split;
+use tinytune::formats::ptq::quantize_model;
+use tinytune::train::{DataSource, eval_loss};
+
+use crate::cli::{FormatsCommand, FormatsRoundtripArgs, FormatsShowArgs, QuantizeArgs};
+use crate::model_dir;
 
 pub fn formats_cmd(c: FormatsCommand) -> Result<(), String> {
     match c {
@@ -116,4 +122,53 @@ fn roundtrip_cmd(a: FormatsRoundtripArgs) -> Result<(), String> {
         if non_finite > 0 { format!("; {non_finite} became NaN or infinity (printed as null)") } else { String::new() }
     );
     Ok(())
+}
+
+pub fn quantize_cmd(a: QuantizeArgs, device: &Device) -> Result<(), String> {
+    let formats: Vec<&str> = if a.format == "all" {
+        vec!["fp32", "bf16", "fp16", "fp8-e4m3", "fp8-e5m2", "int8", "int8-asym", "int4", "nf4", "fp4"]
+    } else if FORMATS.contains(&a.format.as_str()) {
+        vec![a.format.as_str()]
+    } else {
+        return Err(format!("--format: '{}' is not one of {} or all", a.format, FORMATS.join(", ")));
+    };
+    if a.block == 0 {
+        return Err("--block: must be at least 1".into());
+    }
+    let data: DataSource = a.data.parse().map_err(|e| format!("--data: {e}"))?;
+    let loaded = model_dir::load(&a.model, device)?;
+    let seq = loaded.config.n_positions.min(128);
+    let ds = data.dataset(&loaded.tokenizer, 0, Split::Eval, a.examples, seq, 0.0).map_err(|e| e.to_string())?;
+    let before = eval_loss(&loaded.model, &ds, a.batch, seq, usize::MAX).map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    for f in formats {
+        let (model, report) = quantize_model(loaded.model.clone(), f, a.block, a.double_quant && matches!(f, "nf4" | "fp4")).map_err(|e| format!("--format: {e}"))?;
+        let after = eval_loss(&model, &ds, a.batch, seq, usize::MAX).map_err(|e| e.to_string())?;
+        rows.push((report, after));
+    }
+    if a.json {
+        let out: Vec<_> = rows.iter().map(|(r, after)| serde_json::json!({ "report": r, "eval_loss_before": before, "eval_loss_after": after })).collect();
+        println!("{}", serde_json::to_string_pretty(&out).expect("plain data"));
+        return Ok(());
+    }
+    println!("{}: held-out {data} loss {before:.4} in FP32; linear weights quantized in blocks of {} (Linear [out, in] layout), everything else kept FP32\n", a.model.display(), a.block);
+    println!("{:<10} {:>12} {:>12} {:>11} {:>12} {:>10} {:>10}", "format", "bytes/param", "model size", "max |err|", "rel. RMS err", "eval loss", "change");
+    for (r, after) in rows {
+        println!(
+            "{:<10} {:>12.4} {:>10.2} MB {:>11.2e} {:>11.2}% {:>10.4} {:>+10.4}",
+            format!("{}{}", r.format, if r.double_quant { "+dq" } else { "" }),
+            r.bytes_per_linear_param(),
+            r.bytes_after / 1e6,
+            r.max_abs_error,
+            r.relative_rms_error * 100.0,
+            after,
+            after - before
+        );
+    }
+    println!("\nbytes/param: of the quantized linear weights, scales included; model size: all parameters (FP32 before: {:.2} MB).", rows_first_size(&loaded.model));
+    Ok(())
+}
+
+fn rows_first_size(model: &tinytune::Gpt) -> f64 {
+    tinytune::model::named_params(model).iter().map(|p| p.numel).sum::<usize>() as f64 * 4.0 / 1e6
 }

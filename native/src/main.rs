@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => commands::demo_cmd(a, &device),
         Command::Memory(a) => memory::memory_cmd(a, &device),
         Command::Formats(c) => formats::formats_cmd(c),
+        Command::Quantize(a) => formats::quantize_cmd(a, &device),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -293,3 +293,17 @@ fn formats_show_and_roundtrip() {
     fails_with(&with_stdin(&["formats", "roundtrip", "--format", "int8", "--double-quant"], "[1]"), &["--double-quant"]);
     fails_with(&tinytune(&["formats", "show", "abc"]), &["not a number"]);
 }
+
+#[test]
+fn quantize_reports_size_error_and_loss_for_the_shipped_model() {
+    let micro = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/micro");
+    let out = ok(&tinytune(&["quantize", "--model", micro.to_str().unwrap(), "--format", "nf4", "--double-quant", "--examples", "20", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let r = &v[0]["report"];
+    let per_param = r["linear_bytes"].as_f64().unwrap() / r["linear_params"].as_f64().unwrap();
+    assert!((per_param - 0.516).abs() < 0.002, "NF4 with double quantization: {per_param} bytes per weight");
+    let (before, after) = (v[0]["eval_loss_before"].as_f64().unwrap(), v[0]["eval_loss_after"].as_f64().unwrap());
+    assert!(after >= before - 0.01 && after < before + 0.5, "{before} → {after}");
+    assert!(r["relative_rms_error"].as_f64().unwrap() > 0.01);
+    fails_with(&tinytune(&["quantize", "--model", micro.to_str().unwrap(), "--format", "int3"]), &["--format", "nf4"]);
+}

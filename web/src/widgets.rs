@@ -89,6 +89,21 @@ impl Default for ModelCardParams {
     }
 }
 
+/// Settings of the `number-format` widget.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NumberFormatParams {
+    /// The number as typed (also nan, inf, -inf).
+    pub value: String,
+    /// The absolute maximum of the block the scaled formats see.
+    pub range: f32,
+}
+
+impl Default for NumberFormatParams {
+    fn default() -> Self {
+        Self { value: "0.1".into(), range: 1.0 }
+    }
+}
+
 /// Every widget a lesson can use.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Widget {
@@ -101,11 +116,13 @@ pub enum Widget {
     Memory(MemoryParams),
     /// One measured training step of the micro model beside its estimate.
     MemoryTimeline(TimelineParams),
+    /// A number in every format: bits, stored value, error.
+    NumberFormat(NumberFormatParams),
 }
 
 impl Widget {
     /// Every widget name, for error messages and docs.
-    pub const NAMES: [&'static str; 6] = ["train", "generate", "model-card", "decide", "memory", "memory-timeline"];
+    pub const NAMES: [&'static str; 7] = ["train", "generate", "model-card", "decide", "memory", "memory-timeline", "number-format"];
 
     /// The widget with default settings.
     pub fn named(name: &str) -> Result<Self, String> {
@@ -116,6 +133,7 @@ impl Widget {
             "decide" => Widget::Decide,
             "memory" => Widget::Memory(MemoryParams::default()),
             "memory-timeline" => Widget::MemoryTimeline(TimelineParams::default()),
+            "number-format" => Widget::NumberFormat(NumberFormatParams::default()),
             other => return Err(format!("unknown widget {other:?}; the widgets are {}", Self::NAMES.join(", "))),
         })
     }
@@ -128,6 +146,7 @@ impl Widget {
             Widget::Decide => "decide",
             Widget::Memory(_) => "memory",
             Widget::MemoryTimeline(_) => "memory-timeline",
+            Widget::NumberFormat(_) => "number-format",
         }
     }
 
@@ -140,6 +159,7 @@ impl Widget {
             Widget::Decide => &[],
             Widget::Memory(_) => &["model", "method", "rank", "precision", "optimizer", "batch", "seq", "checkpointing", "accumulate", "zero", "gpus", "offload", "base"],
             Widget::MemoryTimeline(_) => &["batch", "seq", "method"],
+            Widget::NumberFormat(_) => &["value", "range"],
         }
     }
 
@@ -226,6 +246,17 @@ impl Widget {
                 "method" => p.method = one_of(value, &["full", "lora"]).map_err(bad)?,
                 _ => return Err(unknown()),
             },
+            Widget::NumberFormat(p) => match key {
+                "value" => {
+                    value.parse::<f32>().map_err(|_| bad("expected a number such as 0.1, -3e5, nan or inf".into()))?;
+                    p.value = value.to_string();
+                }
+                "range" => {
+                    let r = float(value, 1e-30, 1e30).map_err(bad)?;
+                    p.range = r as f32;
+                }
+                _ => return Err(unknown()),
+            },
         }
         Ok(())
     }
@@ -270,6 +301,7 @@ impl Widget {
                 ("base", p.base.clone()),
             ],
             Widget::MemoryTimeline(p) => vec![("batch", p.batch.to_string()), ("seq", p.seq.to_string()), ("method", p.method.clone())],
+            Widget::NumberFormat(p) => vec![("value", p.value.clone()), ("range", p.range.to_string())],
         }
     }
 
@@ -363,7 +395,8 @@ mod tests {
             assert!(e.contains(needle), "{text:?} gave {e:?}, expected it to mention {needle:?}");
         };
         check("model: micro", "add a `name: ...`");
-        check("name: lora-rank", "the widgets are train, generate, model-card, decide, memory, memory-timeline");
+        check("name: lora-rank", "the widgets are train, generate, model-card, decide, memory, memory-timeline, number-format");
+        check("name: number-format\nvalue: ten", "expected a number");
         check("name: memory\nmodel: gpt5", "choose custom or one of nano");
         check("name: memory\noffload: disk", "choose none, optimizer, all");
         check("name: memory\nzero: 4", "must be from 0 to 3");

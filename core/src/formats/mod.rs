@@ -6,4 +6,5 @@
 pub mod blockwise;
 pub mod float;
 pub mod int;
+pub mod ptq;
 pub mod show;

@@ -5,6 +5,7 @@
 
 mod chart;
 mod client;
+mod formats;
 mod memory;
 mod widgets;
 
@@ -247,6 +248,7 @@ fn LessonView(lesson: Lesson, query: Vec<(String, String)>) -> impl IntoView {
                     Widget::Decide => view! { <DecideWidget /> }.into_any(),
                     Widget::Memory(_) => view! { <memory::MemoryWidget state=state /> }.into_any(),
                     Widget::MemoryTimeline(_) => view! { <memory::MemoryTimelineWidget state=state /> }.into_any(),
+                    Widget::NumberFormat(_) => view! { <formats::NumberFormatWidget state=state /> }.into_any(),
                 }
             }
         })
