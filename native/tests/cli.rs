@@ -297,7 +297,7 @@ fn formats_show_and_roundtrip() {
 #[test]
 fn quantize_reports_size_error_and_loss_for_the_shipped_model() {
     let micro = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/micro");
-    let out = ok(&tinytune(&["quantize", "--model", micro.to_str().unwrap(), "--format", "nf4", "--double-quant", "--examples", "20", "--json"]));
+    let out = ok(&tinytune(&["quantize", "--model", micro.to_str().unwrap(), "--format", "nf4", "--double-quant", "--examples", "60", "--batch", "4", "--json"]));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let r = &v[0]["report"];
     let per_param = r["linear_bytes"].as_f64().unwrap() / r["linear_params"].as_f64().unwrap();
