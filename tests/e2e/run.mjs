@@ -305,6 +305,24 @@ await check("the memory timeline measures a real step in the worker, near its es
   await page.close();
 });
 
+await check("the number-format widget shows overflow, underflow and each format's bits", async () => {
+  const lesson = lessons.find((l) => l.slug === "number-formats");
+  const page = await openPage(cpu, base + `?lesson=${lesson.slug}&backend=cpu`);
+  const w = page.locator("[data-widget=number-format]").first();
+  const stored = (f) => w.locator(`tr[data-format="${f}"] [data-testid=stored]`).textContent();
+  await setParam(w, "value", "0.1");
+  assert(await stored("fp16") === "0.0999755859", `fp16 of 0.1: ${await stored("fp16")}`);
+  assert((await w.locator('tr[data-format="bf16"] .bits').textContent()).replace(/\s+/g, " ").trim() === "0 01111011 1001101", "bf16 bits of 0.1");
+  await setParam(w, "value", "70000");
+  assert(await stored("fp16") === "inf" && await stored("bf16") === "70144", `70000: fp16 ${await stored("fp16")}, bf16 ${await stored("bf16")}`);
+  assert(await stored("fp8-e4m3") === "NaN", "E4M3 overflow should be NaN");
+  await setParam(w, "value", "1e-8");
+  assert(await stored("fp16") === "0" && (await stored("bf16")).startsWith("1.000"), `1e-8: fp16 ${await stored("fp16")}, bf16 ${await stored("bf16")}`);
+  await w.screenshot({ path: join(artifacts, "number-format.png") });
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
 await check("reloading an experiment's URL restores its settings", async () => {
   const page = await openPage(cpu, base + `?lesson=${lessons[0].slug}&backend=cpu`);
   const w = page.locator("[data-widget=train]").first();
