@@ -323,6 +323,24 @@ await check("the number-format widget shows overflow, underflow and each format'
   await page.close();
 });
 
+await check("the quantize widget quantizes micro's real weights and reports loss before and after", async () => {
+  const lesson = lessons.find((l) => l.slug === "quantization");
+  const page = await openPage(cpu, base + `?lesson=${lesson.slug}&backend=cpu`);
+  const w = page.locator("[data-widget=quantize]").first();
+  await setParam(w, "format", "nf4");
+  await setParam(w, "block", 64);
+  await w.locator("[data-testid=quantize]").click();
+  await w.locator("[data-testid=quantize-table]").waitFor({ timeout: 180_000 });
+  const table = await w.locator("[data-testid=quantize-table]").textContent();
+  assert(table.includes("0.5625"), `NF4 with block 64 stores 0.5625 bytes per weight: ${table}`);
+  const loss = await w.locator("[data-testid=loss-change]").textContent();
+  assert(/^\d\.\d{4} → \d\.\d{4}/.test(loss), `loss: ${loss}`);
+  assert((await w.locator("[data-testid=sample-after]").textContent()).startsWith("one day"), "no sample after quantization");
+  await w.screenshot({ path: join(artifacts, "quantize.png") });
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
 await check("reloading an experiment's URL restores its settings", async () => {
   const page = await openPage(cpu, base + `?lesson=${lessons[0].slug}&backend=cpu`);
   const w = page.locator("[data-widget=train]").first();

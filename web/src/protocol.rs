@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use tinytune::train::StepEvent;
 
 use crate::memory::{TimelineParams, TimelineResult};
+use crate::quantize::{QuantizeParams, QuantizeResult};
 use crate::widgets::{GenerateParams, TrainParams};
 
 /// Which compute backend the reader asked for.
@@ -30,6 +31,8 @@ pub enum ToWorker {
     Generate { id: u32, params: GenerateParams },
     /// Measure one training step of the micro model on the CPU.
     MeasureMemory { id: u32, params: TimelineParams },
+    /// Quantize the micro model's linear weights, evaluate and sample.
+    Quantize { id: u32, params: QuantizeParams },
     /// Makes the worker panic: how the end-to-end tests check that the page notices a
     /// crashed worker and recovers.
     Crash,
@@ -79,6 +82,7 @@ pub enum FromWorker {
     Compare { run: u32, rows: Vec<CompareRow>, stories_before: f32, stories_after: f32 },
     Samples { id: u32, samples: Vec<String>, seconds: f64 },
     Memory { id: u32, result: Box<TimelineResult> },
+    Quantized { id: u32, result: Box<QuantizeResult> },
     Error { id: u32, message: String },
 }
 

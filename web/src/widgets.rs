@@ -9,6 +9,8 @@ use tinytune::ModelConfig;
 use tinytune::train::DataSource;
 
 pub use crate::memory::{MemoryParams, TimelineParams};
+pub use crate::quantize::QuantizeParams;
+use crate::quantize::{LAYERS, QUANT_FORMATS};
 use crate::memory::{BASES, METHODS, OFFLOADS, OPTIMIZERS, PRECISIONS};
 
 /// Which model a widget runs.
@@ -118,11 +120,13 @@ pub enum Widget {
     MemoryTimeline(TimelineParams),
     /// A number in every format: bits, stored value, error.
     NumberFormat(NumberFormatParams),
+    /// Post-training quantization of the micro model's real weights.
+    Quantize(QuantizeParams),
 }
 
 impl Widget {
     /// Every widget name, for error messages and docs.
-    pub const NAMES: [&'static str; 7] = ["train", "generate", "model-card", "decide", "memory", "memory-timeline", "number-format"];
+    pub const NAMES: [&'static str; 8] = ["train", "generate", "model-card", "decide", "memory", "memory-timeline", "number-format", "quantize"];
 
     /// The widget with default settings.
     pub fn named(name: &str) -> Result<Self, String> {
@@ -134,6 +138,7 @@ impl Widget {
             "memory" => Widget::Memory(MemoryParams::default()),
             "memory-timeline" => Widget::MemoryTimeline(TimelineParams::default()),
             "number-format" => Widget::NumberFormat(NumberFormatParams::default()),
+            "quantize" => Widget::Quantize(QuantizeParams::default()),
             other => return Err(format!("unknown widget {other:?}; the widgets are {}", Self::NAMES.join(", "))),
         })
     }
@@ -147,6 +152,7 @@ impl Widget {
             Widget::Memory(_) => "memory",
             Widget::MemoryTimeline(_) => "memory-timeline",
             Widget::NumberFormat(_) => "number-format",
+            Widget::Quantize(_) => "quantize",
         }
     }
 
@@ -160,6 +166,7 @@ impl Widget {
             Widget::Memory(_) => &["model", "method", "rank", "precision", "optimizer", "batch", "seq", "checkpointing", "accumulate", "zero", "gpus", "offload", "base"],
             Widget::MemoryTimeline(_) => &["batch", "seq", "method"],
             Widget::NumberFormat(_) => &["value", "range"],
+            Widget::Quantize(_) => &["format", "block", "double_quant", "layer"],
         }
     }
 
@@ -257,6 +264,13 @@ impl Widget {
                 }
                 _ => return Err(unknown()),
             },
+            Widget::Quantize(p) => match key {
+                "format" => p.format = one_of(value, &QUANT_FORMATS).map_err(bad)?,
+                "block" => p.block = int(value, 2, 65536).map_err(bad)?,
+                "double_quant" => p.double_quant = boolean(value).map_err(bad)?,
+                "layer" => p.layer = one_of(value, &LAYERS).map_err(bad)?,
+                _ => return Err(unknown()),
+            },
         }
         Ok(())
     }
@@ -302,6 +316,7 @@ impl Widget {
             ],
             Widget::MemoryTimeline(p) => vec![("batch", p.batch.to_string()), ("seq", p.seq.to_string()), ("method", p.method.clone())],
             Widget::NumberFormat(p) => vec![("value", p.value.clone()), ("range", p.range.to_string())],
+            Widget::Quantize(p) => vec![("format", p.format.clone()), ("block", p.block.to_string()), ("double_quant", p.double_quant.to_string()), ("layer", p.layer.clone())],
         }
     }
 
@@ -395,7 +410,7 @@ mod tests {
             assert!(e.contains(needle), "{text:?} gave {e:?}, expected it to mention {needle:?}");
         };
         check("model: micro", "add a `name: ...`");
-        check("name: lora-rank", "the widgets are train, generate, model-card, decide, memory, memory-timeline, number-format");
+        check("name: lora-rank", "the widgets are train, generate, model-card, decide, memory, memory-timeline, number-format, quantize");
         check("name: number-format\nvalue: ten", "expected a number");
         check("name: memory\nmodel: gpt5", "choose custom or one of nano");
         check("name: memory\noffload: disk", "choose none, optimizer, all");

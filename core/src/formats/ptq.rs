@@ -8,7 +8,7 @@
 //! FP32, as bitsandbytes and PEFT leave them.
 
 use burn::tensor::{Tensor, TensorData};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::blockwise::{FourBit, quantize_4bit};
 use super::int;
@@ -18,7 +18,7 @@ use crate::methods::for_each_projection;
 use crate::model::{Gpt, named_params};
 
 /// What quantizing a model's linear weights did.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QuantReport {
     pub format: String,
     pub block: usize,

@@ -61,7 +61,7 @@ fn dispatch(msg: FromWorker) {
     }
     let id = match &msg {
         FromWorker::Status { run, .. } | FromWorker::Step { run, .. } | FromWorker::Eval { run, .. } | FromWorker::Compare { run, .. } => Some(*run),
-        FromWorker::Samples { id, .. } | FromWorker::Memory { id, .. } | FromWorker::Error { id, .. } => Some(*id),
+        FromWorker::Samples { id, .. } | FromWorker::Memory { id, .. } | FromWorker::Quantized { id, .. } | FromWorker::Error { id, .. } => Some(*id),
         FromWorker::Backend(_) | FromWorker::Ready => None,
     };
     // Clone the handler out first: it may send messages or (un)subscribe, which borrows CLIENT.

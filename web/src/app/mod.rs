@@ -7,6 +7,7 @@ mod chart;
 mod client;
 mod formats;
 mod memory;
+mod quantize;
 mod widgets;
 
 use leptos::prelude::*;
@@ -249,6 +250,7 @@ fn LessonView(lesson: Lesson, query: Vec<(String, String)>) -> impl IntoView {
                     Widget::Memory(_) => view! { <memory::MemoryWidget state=state /> }.into_any(),
                     Widget::MemoryTimeline(_) => view! { <memory::MemoryTimelineWidget state=state /> }.into_any(),
                     Widget::NumberFormat(_) => view! { <formats::NumberFormatWidget state=state /> }.into_any(),
+                    Widget::Quantize(_) => view! { <quantize::QuantizeWidget state=state /> }.into_any(),
                 }
             }
         })

@@ -110,7 +110,7 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
                     }
                     FromWorker::Eval { step, loss, .. } => r.eval.push((step as f64, loss as f64)),
                     FromWorker::Compare { rows, stories_before, stories_after, .. } => r.compare = Some((rows, stories_before, stories_after)),
-                    FromWorker::Samples { .. } | FromWorker::Memory { .. } | FromWorker::Error { .. } | FromWorker::Backend(_) | FromWorker::Ready => {}
+                    FromWorker::Samples { .. } | FromWorker::Memory { .. } | FromWorker::Quantized { .. } | FromWorker::Error { .. } | FromWorker::Backend(_) | FromWorker::Ready => {}
                 }
             });
         });

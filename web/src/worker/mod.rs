@@ -112,6 +112,12 @@ fn handle(msg: ToWorker) {
             Ok(result) => FromWorker::Memory { id, result: Box::new(result) },
             Err(message) => FromWorker::Error { id, message },
         }),
+        ToWorker::Quantize { id, params } => spawn_local(async move {
+            match quantize(&params).await {
+                Ok(result) => post(&FromWorker::Quantized { id, result: Box::new(result) }),
+                Err(message) => post(&FromWorker::Error { id, message }),
+            }
+        }),
         ToWorker::Generate { id, params } => spawn_local(async move {
             if let Err(message) = generate(id, &params).await {
                 post(&FromWorker::Error { id, message });
@@ -278,6 +284,42 @@ async fn measure(model: &Gpt, tok: &TextTokenizer, p: &TrainParams) -> Result<(V
         }
     }
     Ok((answers, stories_loss))
+}
+
+/// Post-training quantization of the shipped micro model: held-out story loss and a greedy
+/// sample before and after, and the chosen layer's weights before and after.
+async fn quantize(p: &crate::quantize::QuantizeParams) -> Result<crate::quantize::QuantizeResult, String> {
+    let err = |e: tinytune::Error| e.to_string();
+    let device = device().await;
+    let (model, tok) = load(ModelChoice::Micro, 0, &device).await?;
+    // The chosen weight in torch.nn.Linear's [out, in] layout, where the quantizer's blocks run.
+    let weights = |m: &Gpt| -> Vec<f32> {
+        let w = tinytune::model::params::param_data(m).into_iter().find(|(n, _)| *n == format!("{}.weight", p.layer)).map(|(_, d)| d);
+        w.map(|d| {
+            let dims = d.shape().dims::<2>();
+            let (d_in, d_out) = (dims[0], dims[1]);
+            crate::quantize::to_linear_layout(&d.convert::<f32>().try_to_vec::<f32>().unwrap_or_default(), d_in, d_out)
+        })
+        .unwrap_or_default()
+    };
+    let before_w = weights(&model);
+    let (quantized, report) = tinytune::formats::ptq::quantize_model(model.clone(), &p.format, p.block, p.double_quant).map_err(err)?;
+    let after_w = weights(&quantized);
+    if before_w.is_empty() {
+        return Err(format!("the micro model has no weight named {}", p.layer));
+    }
+    let seq = 128;
+    let stories = DataSource::Stories.dataset(&tok, 0, Split::Eval, EVAL_EXAMPLES, seq, 0.0).map_err(err)?;
+    let loss_before = eval_loss_async(&model, &stories, 8, seq, crate::run::EVAL_BATCHES).await.map_err(err)?;
+    let loss_after = eval_loss_async(&quantized, &stories, 8, seq, crate::run::EVAL_BATCHES).await.map_err(err)?;
+    let prompt = "one day, lily went to the park.";
+    let ids = tok.encode(prompt).map_err(err)?;
+    let config = SampleConfig { max_new_tokens: 40, temperature: 0.0, top_k: None, seed: 0, stop_ids: tok.eot().into_iter().collect() };
+    let sample = |out: Vec<u32>| format!("{prompt}{}", tok.decode(&out));
+    let sample_before = sample(generate_async(&model, &ids, &config).await.map_err(err)?);
+    let sample_after = sample(generate_async(&quantized, &ids, &config).await.map_err(err)?);
+    let histogram = crate::quantize::histogram(&before_w, &after_w, 60, p.block);
+    Ok(crate::quantize::QuantizeResult { report, loss_before, loss_after, histogram, sample_before, sample_after })
 }
 
 async fn generate(id: u32, p: &GenerateParams) -> Result<(), String> {
