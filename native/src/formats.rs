@@ -2,9 +2,7 @@
 
 use std::io::Read;
 
-use tinytune::formats::blockwise::{FourBit, quantize_4bit};
-use tinytune::formats::int;
-use tinytune::formats::show::{FORMATS, float_format, show};
+use tinytune::formats::show::{FORMATS, show};
 
 use burn::tensor::Device;
 use tinytune::data::Split;
@@ -79,36 +77,8 @@ fn roundtrip_cmd(a: FormatsRoundtripArgs) -> Result<(), String> {
     std::io::stdin().read_to_string(&mut text).map_err(|e| format!("stdin: {e}"))?;
     let values: Vec<f64> = serde_json::from_str(&text).map_err(|e| format!("stdin: expected a JSON array of numbers, e.g. [0.1, -2.5] ({e})"))?;
     let x: Vec<f32> = values.iter().map(|&v| v as f32).collect();
-    let (out, bytes): (Vec<f64>, f64) = match a.format.as_str() {
-        "nf4" | "fp4" => {
-            let kind = if a.format == "nf4" { FourBit::Nf4 } else { FourBit::Fp4 };
-            let q = quantize_4bit(&x, kind, a.block, a.double_quant);
-            (q.dequantize().into_iter().map(f64::from).collect(), q.bytes() as f64)
-        }
-        "int8" | "int4" | "int8-asym" => {
-            let mut out = Vec::with_capacity(x.len());
-            for block in x.chunks(a.block) {
-                let absmax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let (lo, hi) = block.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
-                for &v in block {
-                    let c = match a.format.as_str() {
-                        "int8" => int::symmetric(v, absmax, 127),
-                        "int4" => int::symmetric(v, absmax, 7),
-                        _ => int::asymmetric8(v, lo, hi),
-                    };
-                    // An all-zero block has no scale: zeros stay zero.
-                    out.push(c.map(|c| c.value).unwrap_or(if v == 0.0 { 0.0 } else { f64::NAN }));
-                }
-            }
-            let per_block = if a.format == "int8-asym" { 8.0 } else { 4.0 };
-            let bits = if a.format == "int4" { 4.0 } else { 8.0 };
-            (out, x.len() as f64 * bits / 8.0 + x.len().div_ceil(a.block) as f64 * per_block)
-        }
-        name => {
-            let f = float_format(name).expect("checked above");
-            (x.iter().map(|&v| f.round(v)).collect(), x.len() as f64 * f.total_bits() as f64 / 8.0)
-        }
-    };
+    let (out, bytes) = tinytune::formats::ptq::roundtrip(&x, &a.format, a.block, a.double_quant).map_err(|e| format!("--format: {e}"))?;
+    let out: Vec<f64> = out.into_iter().map(f64::from).collect();
     let max_err = values.iter().zip(&out).filter(|(a, b)| a.is_finite() && b.is_finite()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     let non_finite = out.iter().filter(|v| !v.is_finite()).count();
     let json: Vec<serde_json::Value> = out.iter().map(|&v| if v.is_finite() { serde_json::json!(v) } else { serde_json::Value::Null }).collect();

@@ -69,7 +69,8 @@ pub fn roundtrip(x: &[f32], format: &str, block: usize, double_quant: bool) -> R
                         "int4" => int::symmetric(v, absmax, 7),
                         _ => int::asymmetric8(v, lo, hi),
                     };
-                    out.push(c.map(|c| c.value as f32).unwrap_or(0.0));
+                    // No code: an all-zero block (zeros stay zero) or a NaN (integers have none).
+                    out.push(c.map(|c| c.value as f32).unwrap_or(if v == 0.0 { 0.0 } else { f32::NAN }));
                 }
             }
             let bits = if format == "int4" { 4.0 } else { 8.0 };
