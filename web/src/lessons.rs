@@ -11,6 +11,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("04-checkpointing-and-accumulation.md", include_str!("../../lessons/04-checkpointing-and-accumulation.md")),
     ("05-sharding-and-offload.md", include_str!("../../lessons/05-sharding-and-offload.md")),
     ("06-number-formats.md", include_str!("../../lessons/06-number-formats.md")),
+    ("07-quantization.md", include_str!("../../lessons/07-quantization.md")),
 ];
 
 /// Every lesson, parsed and sorted by `order`. The files are checked by tests, so an error
