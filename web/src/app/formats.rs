@@ -45,7 +45,7 @@ fn bits_view(bits: String) -> impl IntoView {
 fn range_chart(x: f32) -> impl IntoView {
     let (lo, hi) = (-150.0f64, 130.0f64);
     let (w, left, row_h) = (560.0, 80.0, 22.0);
-    let sx = move |e: f64| left + (e - lo) / (hi - lo) * (w - left - 10.0);
+    let sx = move |e: f64| left + (e - lo) / (hi - lo) * (w - left - 80.0);
     let names = ["fp32", "tf32", "fp16", "bf16", "fp8-e4m3", "fp8-e5m2"];
     let rows = names
         .iter()
@@ -59,13 +59,13 @@ fn range_chart(x: f32) -> impl IntoView {
                     <text x="0" y=format!("{:.1}", y + 12.0) class="label">{*n}</text>
                     <rect x=format!("{:.1}", sx(s)) y=format!("{y:.1}") width=format!("{:.1}", sx(m) - sx(s)) height="14" fill="#56b4e9"><title>{format!("subnormals {:e} … {:e}", f.min_subnormal(), f.min_normal())}</title></rect>
                     <rect x=format!("{:.1}", sx(m)) y=format!("{y:.1}") width=format!("{:.1}", sx(top) - sx(m)) height="14" fill="#0072b2"><title>{format!("normals {:e} … {:e}; epsilon {:e}", f.min_normal(), f.max_value(), f.epsilon())}</title></rect>
-                    <text x=format!("{:.1}", sx(top) + 3.0) y=format!("{:.1}", y + 12.0) class="label">{format!("ε = 2^-{}", f.mantissa_bits)}</text>
+                    <text x=format!("{:.1}", w - 72.0) y=format!("{:.1}", y + 12.0) class="label">{format!("ε = 2^-{}", f.mantissa_bits)}</text>
                 </g>
             }
         })
         .collect::<Vec<_>>();
     let h = names.len() as f64 * row_h + 30.0;
-    let ticks = (-140..=120).step_by(20).map(|e| {
+    let ticks = (-140..=120).step_by(40).map(|e| {
         let x = sx(e as f64);
         view! { <g><line x1=format!("{x:.1}") x2=format!("{x:.1}") y1="0" y2=format!("{:.1}", h - 24.0) stroke="#ddd" /><text x=format!("{x:.1}") y=format!("{:.1}", h - 10.0) class="label" text-anchor="middle">{format!("2^{e}")}</text></g> }
     }).collect::<Vec<_>>();

@@ -105,7 +105,9 @@ fn result_view(r: QuantizeResult) -> impl IntoView {
                 <tr><td>"held-out story loss"</td><td class="num" data-testid="loss-change">{format!("{:.4} → {:.4} ({:+.4})", r.loss_before, r.loss_after, r.loss_after - r.loss_before)}</td></tr>
             </tbody>
         </table>
-        <p><b>"before: "</b><span class="sample">{r.sample_before}</span></p>
-        <p><b>"after: "</b><span class="sample" data-testid="sample-after">{r.sample_after}</span></p>
+        <p><b>"Greedy continuation before:"</b></p>
+        <pre class="sample">{r.sample_before}</pre>
+        <p><b>"after:"</b></p>
+        <pre class="sample" data-testid="sample-after">{r.sample_after}</pre>
     }
 }
