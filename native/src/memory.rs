@@ -5,10 +5,9 @@ use burn::tensor::Device;
 use serde_json::json;
 use tinytune::memory::arch::Arch;
 use tinytune::memory::estimate::{DEFAULT_GPU_OVERHEAD, Estimate};
-use tinytune::memory::measure::measure_step;
+use tinytune::memory::measure::{measure_step, synthetic_batch};
 use tinytune::memory::{GPUS, Offload, OptimizerKind, Plan, PlanMethod, Precision, deepspeed, human};
 use tinytune::methods::{LoraConfig, Method};
-use tinytune::train::Batch;
 use tinytune::ModelConfig;
 
 use crate::cli::{MemoryArgs, TrainArgs};
@@ -191,16 +190,7 @@ fn print_table(plan: &Plan, est: &Estimate) {
 
 /// DeepSpeed's rows for this model when the plan uses ZeRO-2 or ZeRO-3.
 fn deepspeed_rows(plan: &Plan) -> Option<Vec<(&'static str, deepspeed::ModelStates)>> {
-    let (p, ll, g) = (plan.arch.num_params(), plan.arch.largest_layer_params(), plan.gpus);
-    match plan.zero {
-        2 => Some(vec![("offload_optimizer=none", deepspeed::zero2(p, g, 1, false)), ("offload_optimizer=cpu", deepspeed::zero2(p, g, 1, true))]),
-        3 => Some(vec![
-            ("offload_param=none, optimizer=none", deepspeed::zero3(p, ll, g, 1, false, false, true)),
-            ("offload_param=none, optimizer=cpu", deepspeed::zero3(p, ll, g, 1, true, false, true)),
-            ("offload_param=cpu, optimizer=cpu", deepspeed::zero3(p, ll, g, 1, true, true, true)),
-        ]),
-        _ => None,
-    }
+    deepspeed::rows(plan.arch.num_params(), plan.arch.largest_layer_params(), plan.zero, plan.gpus)
 }
 
 /// Measures one real step of the plan's model shape (tinytune models only: GPT-2 layout,
@@ -225,9 +215,7 @@ fn measure(plan: &Plan, device: &Device) -> Result<(tinytune::memory::StepMemory
     }
     let mut config = ModelConfig::new(a.vocab as usize, a.positions as usize, a.hidden as usize, a.layers as usize, a.heads as usize);
     config.n_inner = Some(a.intermediate as usize);
-    let (b, t) = (plan.batch as usize, plan.seq as usize);
-    let ids: Vec<u32> = (0..b * t).map(|i| (i * 31 % a.vocab as usize) as u32).collect();
-    let batch = Batch { b, t, inputs: ids.clone(), targets: ids.iter().map(|x| (x + 1) % a.vocab as u32).collect(), weights: vec![1.0; b * t] };
+    let batch = synthetic_batch(plan.batch as usize, plan.seq as usize, a.vocab as usize);
     let measured = measure_step(&config, &method, &batch, &device.clone().autodiff()).map_err(|e| e.to_string())?;
     let tiny = Plan::for_tinytune(&config, &method, plan.batch, plan.seq).estimate();
     Ok((measured, tiny))

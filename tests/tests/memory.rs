@@ -7,18 +7,12 @@
 
 use burn::tensor::Device;
 use tinytune::ModelConfig;
-use tinytune::memory::measure::{CountingAlloc, measure_step};
+use tinytune::memory::measure::{CountingAlloc, measure_step, synthetic_batch};
 use tinytune::memory::{Plan, human};
 use tinytune::methods::{LoraConfig, Method};
-use tinytune::train::Batch;
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
-
-fn batch(b: usize, t: usize) -> Batch {
-    let ids: Vec<u32> = (0..b * t).map(|i| (i * 7 % 50) as u32).collect();
-    Batch { b, t, inputs: ids.clone(), targets: ids.iter().map(|x| (x + 1) % 50).collect(), weights: vec![1.0; b * t] }
-}
 
 #[test]
 fn estimate_is_within_10_percent_of_the_measured_peak() {
@@ -32,7 +26,7 @@ fn estimate_is_within_10_percent_of_the_measured_peak() {
         for (name, method) in &methods {
             for b in [4usize, 8, 16] {
                 for t in [64usize, 128] {
-                    let measured = measure_step(config, method, &batch(b, t), &device).unwrap();
+                    let measured = measure_step(config, method, &synthetic_batch(b, t, config.vocab_size), &device).unwrap();
                     let plan = Plan::for_tinytune(config, method, b as u64, t as u64);
                     plan.validate("test plan").unwrap();
                     let est = plan.estimate();

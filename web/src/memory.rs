@@ -210,13 +210,6 @@ pub fn first_step_phases(est: &Estimate) -> Vec<(&'static str, u64)> {
     ]
 }
 
-/// A synthetic batch for a memory measurement: memory does not depend on which tokens.
-pub fn synthetic_batch(b: usize, t: usize, vocab: usize) -> tinytune::train::Batch {
-    let ids: Vec<u32> = (0..b * t).map(|i| (i * 31 % vocab) as u32).collect();
-    let targets = ids.iter().map(|x| (x + 1) % vocab as u32).collect();
-    tinytune::train::Batch { b, t, inputs: ids, targets, weights: vec![1.0; b * t] }
-}
-
 #[cfg(test)]
 mod phase_tests {
     use super::*;

@@ -93,6 +93,15 @@ impl ToWorker {
 }
 
 impl FromWorker {
+    /// The run or request a message answers (None for backend-wide messages).
+    pub fn id(&self) -> Option<u32> {
+        match self {
+            FromWorker::Status { run, .. } | FromWorker::Step { run, .. } | FromWorker::Eval { run, .. } | FromWorker::Compare { run, .. } => Some(*run),
+            FromWorker::Samples { id, .. } | FromWorker::Memory { id, .. } | FromWorker::Quantized { id, .. } | FromWorker::Error { id, .. } => Some(*id),
+            FromWorker::Backend(_) | FromWorker::Ready => None,
+        }
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("messages always serialise")
     }

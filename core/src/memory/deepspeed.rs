@@ -60,6 +60,21 @@ pub fn zero3(total_params: u64, largest_layer_params: u64, gpus_per_node: u64, n
     }
 }
 
+/// DeepSpeed's rows for a ZeRO-2 or ZeRO-3 run on `gpus` GPUs of one node, labelled with
+/// its offload settings (as its `..._all_cold` helpers print them); None for stages 0–1.
+pub fn rows(total_params: u64, largest_layer_params: u64, zero: u8, gpus: u64) -> Option<Vec<(&'static str, ModelStates)>> {
+    let (p, ll, g) = (total_params, largest_layer_params, gpus);
+    match zero {
+        2 => Some(vec![("offload_optimizer=none", zero2(p, g, 1, false)), ("offload_optimizer=cpu", zero2(p, g, 1, true))]),
+        3 => Some(vec![
+            ("offload_param=none, optimizer=none", zero3(p, ll, g, 1, false, false, true)),
+            ("offload_param=none, optimizer=cpu", zero3(p, ll, g, 1, true, false, true)),
+            ("offload_param=cpu, optimizer=cpu", zero3(p, ll, g, 1, true, true, true)),
+        ]),
+        _ => None,
+    }
+}
+
 /// DeepSpeed's "GB" (bytes / 2^30), rounded to two decimals as it prints.
 pub fn gib2(bytes: u64) -> f64 {
     (bytes as f64 / (1u64 << 30) as f64 * 100.0).round() / 100.0

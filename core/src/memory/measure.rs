@@ -138,6 +138,14 @@ impl StepMemory {
     }
 }
 
+/// A batch of `b` rows of `t` tokens for a memory measurement: memory does not depend on
+/// which tokens, so the ids just cycle through the vocabulary.
+pub fn synthetic_batch(b: usize, t: usize, vocab: usize) -> Batch {
+    let ids: Vec<u32> = (0..b * t).map(|i| (i * 31 % vocab) as u32).collect();
+    let targets = ids.iter().map(|x| (x + 1) % vocab as u32).collect();
+    Batch { b, t, inputs: ids, targets, weights: vec![1.0; b * t] }
+}
+
 /// One unmeasured step of the same shape first. The first steps of a process start thread
 /// pools and leave per-thread matrix-multiply packing buffers that live for the whole run:
 /// framework overhead, returned here and reported separately rather than mixed into the

@@ -59,12 +59,7 @@ fn dispatch(msg: FromWorker) {
         });
         return;
     }
-    let id = match &msg {
-        FromWorker::Status { run, .. } | FromWorker::Step { run, .. } | FromWorker::Eval { run, .. } | FromWorker::Compare { run, .. } => Some(*run),
-        FromWorker::Samples { id, .. } | FromWorker::Memory { id, .. } | FromWorker::Quantized { id, .. } | FromWorker::Error { id, .. } => Some(*id),
-        FromWorker::Backend(_) | FromWorker::Ready => None,
-    };
-    // Clone the handler out first: it may send messages or (un)subscribe, which borrows CLIENT.
+    let id = msg.id();
     let handler = CLIENT.with_borrow(|c| c.as_ref().map(|c| id.and_then(|id| c.handlers.get(&id).cloned()).unwrap_or_else(|| c.on_backend.clone())));
     if let Some(h) = handler {
         h(msg);
@@ -150,4 +145,23 @@ pub fn backend_label(info: &BackendInfo) -> String {
         Some(a) => format!("{} ({a})", info.name),
         None => info.name.clone(),
     }
+}
+
+/// One request, one answer: sends `msg(id)`, and when the worker answers that id, calls
+/// `done` with what `pick` finds in the answer, or with the worker's error, and stops
+/// listening.
+pub fn request<T: 'static>(msg: impl FnOnce(u32) -> ToWorker, pick: fn(FromWorker) -> Option<T>, done: impl Fn(Result<T, String>) + 'static) {
+    let id = subscribe(move |m| {
+        let Some(id) = m.id() else { return };
+        let result = match m {
+            FromWorker::Error { message, .. } => Err(message),
+            other => match pick(other) {
+                Some(v) => Ok(v),
+                None => return,
+            },
+        };
+        unsubscribe(id);
+        done(result);
+    });
+    send(&msg(id));
 }

@@ -137,21 +137,7 @@ pub fn MemoryWidget(state: RwSignal<Widget>) -> impl IntoView {
                         rows.push(("CPU".to_string(), est.cpu.clone()));
                     }
                     let fits: Vec<&str> = GPUS.iter().filter(|g| est.peak <= g.bytes()).map(|g| g.name).collect();
-                    let ds = match plan.zero {
-                        2 => Some(vec![
-                            ("no offload", deepspeed::zero2(plan.arch.num_params(), plan.gpus, 1, false)),
-                            ("optimizer offload", deepspeed::zero2(plan.arch.num_params(), plan.gpus, 1, true)),
-                        ]),
-                        3 => {
-                            let (n, ll) = (plan.arch.num_params(), plan.arch.largest_layer_params());
-                            Some(vec![
-                                ("no offload", deepspeed::zero3(n, ll, plan.gpus, 1, false, false, true)),
-                                ("optimizer offload", deepspeed::zero3(n, ll, plan.gpus, 1, true, false, true)),
-                                ("everything offloaded", deepspeed::zero3(n, ll, plan.gpus, 1, true, true, true)),
-                            ])
-                        }
-                        _ => None,
-                    };
+                    let ds = deepspeed::rows(plan.arch.num_params(), plan.arch.largest_layer_params(), plan.zero, plan.gpus);
                     view! {
                         <p>
                             {format!("{:.1} M parameters, {:.2} M trainable ({share:.3}%). Effective batch {}. ", est.total_params as f64 / 1e6, est.trainable_params as f64 / 1e6, est.effective_batch)}
@@ -201,22 +187,14 @@ pub fn MemoryTimelineWidget(state: RwSignal<Widget>) -> impl IntoView {
     let out = RwSignal::new(None::<Result<TimelineResult, String>>);
     let run = move |_| {
         busy.set(true);
-        let id = client::subscribe(move |msg| {
-            let id = match msg {
-                FromWorker::Memory { id, result } => {
-                    out.set(Some(Ok(*result)));
-                    id
-                }
-                FromWorker::Error { id, message } => {
-                    out.set(Some(Err(message)));
-                    id
-                }
-                _ => return,
-            };
-            client::unsubscribe(id);
+        let pick = |m| match m {
+            FromWorker::Memory { result, .. } => Some(*result),
+            _ => None,
+        };
+        client::request(|id| ToWorker::MeasureMemory { id, params: p.get_untracked() }, pick, move |r| {
+            out.set(Some(r));
             busy.set(false);
         });
-        client::send(&ToWorker::MeasureMemory { id, params: p.get_untracked() });
     };
     let num = move |f: fn(&TimelineParams) -> String| move || f(&p.get());
     view! {

@@ -26,22 +26,14 @@ pub fn QuantizeWidget(state: RwSignal<Widget>) -> impl IntoView {
     let out = RwSignal::new(None::<Result<QuantizeResult, String>>);
     let run = move |_| {
         busy.set(true);
-        let id = client::subscribe(move |msg| {
-            let id = match msg {
-                FromWorker::Quantized { id, result } => {
-                    out.set(Some(Ok(*result)));
-                    id
-                }
-                FromWorker::Error { id, message } => {
-                    out.set(Some(Err(message)));
-                    id
-                }
-                _ => return,
-            };
-            client::unsubscribe(id);
+        let pick = |m| match m {
+            FromWorker::Quantized { result, .. } => Some(*result),
+            _ => None,
+        };
+        client::request(|id| ToWorker::Quantize { id, params: p.get_untracked() }, pick, move |r| {
+            out.set(Some(r));
             busy.set(false);
         });
-        client::send(&ToWorker::Quantize { id, params: p.get_untracked() });
     };
     let opts = |list: &[&'static str]| list.iter().map(|s| (*s, *s)).collect::<Vec<_>>();
     view! {

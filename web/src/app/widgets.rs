@@ -264,22 +264,14 @@ pub fn GenerateWidget(state: RwSignal<Widget>) -> impl IntoView {
     let out = RwSignal::new(None::<Result<(Vec<String>, f64), String>>);
     let run = move |_| {
         busy.set(true);
-        let id = client::subscribe(move |msg| {
-            let id = match msg {
-                FromWorker::Samples { samples, seconds, id } => {
-                    out.set(Some(Ok((samples, seconds))));
-                    id
-                }
-                FromWorker::Error { message, id } => {
-                    out.set(Some(Err(message)));
-                    id
-                }
-                _ => return,
-            };
-            client::unsubscribe(id);
+        let pick = |m| match m {
+            FromWorker::Samples { samples, seconds, .. } => Some((samples, seconds)),
+            _ => None,
+        };
+        client::request(|id| ToWorker::Generate { id, params: p.get_untracked() }, pick, move |r| {
+            out.set(Some(r));
             busy.set(false);
         });
-        client::send(&ToWorker::Generate { id, params: p.get_untracked() });
     };
     let num = move |f: fn(&GenerateParams) -> String| move || f(&p.get());
     view! {

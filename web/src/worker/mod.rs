@@ -131,7 +131,7 @@ fn handle(msg: ToWorker) {
 /// other run's step interleaves with the measurement.
 fn measure_memory(params: &crate::memory::TimelineParams) -> Result<crate::memory::TimelineResult, String> {
     let config = tinytune::ModelConfig::micro();
-    let batch = crate::memory::synthetic_batch(params.batch, params.seq, config.vocab_size);
+    let batch = tinytune::memory::measure::synthetic_batch(params.batch, params.seq, config.vocab_size);
     let measured = tinytune::memory::measure_step(&config, &params.tinytune_method(), &batch, &Device::flex().autodiff()).map_err(|e| e.to_string())?;
     Ok(crate::memory::TimelineResult { measured, estimate: params.estimate() })
 }
