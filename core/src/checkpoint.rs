@@ -35,12 +35,15 @@ pub mod files {
 pub struct TrainerState {
     /// Steps completed.
     pub step: usize,
-    /// Optimizer updates taken (equals `step` for AdamW).
+    /// Optimizer updates taken (equals `step` unless mixed precision skipped some).
     pub optimizer_t: u64,
     /// Seconds of training so far.
     pub elapsed_s: f64,
     /// Last held-out loss, if evaluated.
     pub eval_loss: Option<f32>,
+    /// The loss scaler's state (mixed precision runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaler: Option<crate::train::ScalerState>,
 }
 
 struct Owned {

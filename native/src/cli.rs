@@ -43,6 +43,35 @@ pub enum Command {
     /// Number formats: one value in every format, or a tensor through one format and back.
     #[command(subcommand)]
     Formats(FormatsCommand),
+    /// One batch's gradients in FP16 (or BF16) at several loss scales, each compared with
+    /// FP32: values flushed to zero, subnormal, overflowed, and the error after unscaling.
+    LossScale(LossScaleArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LossScaleArgs {
+    /// A run or model folder.
+    #[arg(long, default_value = "assets/micro")]
+    pub model: PathBuf,
+    /// Use a freshly initialised model of this shape instead of --model (e.g. gpt2, whose
+    /// 50,257-token output layer makes most logit gradients tiny).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// stories or a task (default: story-qa for --model, stories for --preset).
+    #[arg(long)]
+    pub data: Option<String>,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    /// fp16 or bf16.
+    #[arg(long, default_value = "fp16")]
+    pub precision: String,
+    /// Loss scales to try, comma-separated.
+    #[arg(long, default_value = "1,1024,65536")]
+    pub scales: String,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -233,6 +262,17 @@ pub struct TrainArgs {
     /// Weight of prompt tokens in the fine-tuning loss.
     #[arg(long, default_value_t = 0.0)]
     pub prompt_loss_weight: f32,
+    /// Compute type of the forward and backward passes: fp32, fp16 or bf16 (mixed
+    /// precision: the weights the optimizer updates stay FP32).
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
+    /// Loss scaling: dynamic (torch.amp.GradScaler's rule; the default for fp16), none, or
+    /// a fixed scale such as 1024.
+    #[arg(long)]
+    pub loss_scale: Option<String>,
+    /// Finite steps before dynamic loss scaling doubles the scale (GradScaler: 2000).
+    #[arg(long, default_value_t = 2000)]
+    pub scale_growth_interval: usize,
     /// Continue the run in --out from its last checkpoint (its saved settings win).
     #[arg(long)]
     pub resume: bool,

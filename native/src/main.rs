@@ -10,6 +10,7 @@ mod formats;
 mod fsutil;
 mod model_dir;
 mod plot;
+mod precision;
 mod train;
 
 use std::process::ExitCode;
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
         Command::Memory(a) => memory::memory_cmd(a, &device),
         Command::Formats(c) => formats::formats_cmd(c),
         Command::Quantize(a) => formats::quantize_cmd(a, &device),
+        Command::LossScale(a) => precision::loss_scale_cmd(a, &device),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

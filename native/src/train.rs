@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tinytune::checkpoint::{TrainerState, files, load_optimizer, save_model, save_optimizer};
 use tinytune::data::{CHARSET, Split};
 use tinytune::optim::AdamWConfig;
-use tinytune::train::{DataSource, EvalEvent, TrainConfig, TrainEvent, Trainer};
+use tinytune::train::{DataSource, EvalEvent, LossScale, Precision, TrainConfig, TrainEvent, Trainer};
 use tinytune::{Gpt, ModelConfig, TextTokenizer};
 
 use crate::cli::{FinetuneArgs, PretrainArgs, TrainArgs};
@@ -22,6 +22,15 @@ fn resolve(args: &TrainArgs, default_data: DataSource, default_lr: f64, n_positi
     let data = match &args.data {
         Some(s) => s.parse::<DataSource>().map_err(|e| format!("--data: {e}"))?,
         None => default_data,
+    };
+    let precision = args.precision.parse::<Precision>().map_err(|e| format!("--precision: {e}"))?;
+    let loss_scale = match args.loss_scale.as_deref() {
+        None if precision == Precision::Fp16 => LossScale::dynamic_every(args.scale_growth_interval),
+        None | Some("none") => LossScale::None,
+        Some("dynamic") => LossScale::dynamic_every(args.scale_growth_interval),
+        Some(v) => LossScale::Fixed {
+            scale: v.parse().map_err(|_| format!("--loss-scale: '{v}' is not dynamic, none or a number such as 1024"))?,
+        },
     };
     let config = TrainConfig {
         data,
@@ -45,6 +54,8 @@ fn resolve(args: &TrainArgs, default_data: DataSource, default_lr: f64, n_positi
         eval_batches: args.eval_batches,
         checkpoint_every: args.checkpoint_every,
         prompt_loss_weight: args.prompt_loss_weight,
+        precision,
+        loss_scale,
     };
     config.validate("command line", n_positions).map_err(flag_error)?;
     Ok(config)
@@ -115,6 +126,9 @@ fn resume(args: &TrainArgs, ad: &Device) -> Result<(), String> {
     let mut trainer = Trainer::new(loaded.model, &loaded.tokenizer, train, ad).map_err(|e| e.to_string())?;
     load_optimizer(&mut trainer.optim, state.optimizer_t, &read(&dir.join(files::OPTIMIZER))?, ad, origin(files::OPTIMIZER)).map_err(|e| e.to_string())?;
     trainer.step = state.step;
+    if let Some(scaler) = state.scaler {
+        trainer.scaler.state = scaler;
+    }
     trainer.elapsed_before = state.elapsed_s;
     truncate_metrics(&args.out.join("metrics.jsonl"), state.step)?;
     eprintln!("resuming {} at step {}/{}", args.out.display(), state.step, trainer.config.steps);
@@ -133,7 +147,7 @@ fn truncate_metrics(path: &Path, step: usize) -> Result<(), String> {
 }
 
 fn save(trainer: &Trainer, tokenizer: &TextTokenizer, out: &Path, eval_loss: Option<f32>) -> Result<(), String> {
-    let state = TrainerState { step: trainer.step, optimizer_t: trainer.optim.t, elapsed_s: trainer.elapsed(), eval_loss };
+    let state = TrainerState { step: trainer.step, optimizer_t: trainer.optim.t, elapsed_s: trainer.elapsed(), eval_loss, scaler: (trainer.config.loss_scale != LossScale::None).then(|| trainer.scaler.state.clone()) };
     CheckpointDirs::new(out).commit(&[
         (files::CONFIG, trainer.model.config().to_json().into_bytes()),
         (files::TOKENIZER, tokenizer.to_json().into_bytes()),

@@ -5,7 +5,7 @@
 //! the CLI's own parser and checks it resolves to the same `TrainConfig`.
 
 use tinytune::optim::{AdamWConfig, Decay};
-use tinytune::train::TrainConfig;
+use tinytune::train::{LossScale, Precision, TrainConfig};
 
 use crate::widgets::{ModelChoice, TrainParams};
 
@@ -46,6 +46,8 @@ impl TrainParams {
             // The browser keeps its run in memory; the native command saves every 100 steps.
             checkpoint_every: 0,
             prompt_loss_weight: 0.0,
+            precision: Precision::Fp32,
+            loss_scale: LossScale::None,
         }
     }
 

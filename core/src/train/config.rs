@@ -14,6 +14,7 @@ use crate::optim::{AdamWConfig, Decay, Schedule};
 use crate::tokenizer::TextTokenizer;
 
 use super::batch::Dataset;
+use super::precision::{LossScale, Precision};
 
 /// Which generated data a run trains on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +114,12 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Weight of prompt tokens in the SFT loss (0: learn responses only).
     pub prompt_loss_weight: f32,
+    /// Number type of the forward and backward passes (the master weights stay FP32).
+    #[serde(default)]
+    pub precision: Precision,
+    /// Loss scaling for FP16 compute.
+    #[serde(default)]
+    pub loss_scale: LossScale,
 }
 
 impl Default for TrainConfig {
@@ -135,6 +142,8 @@ impl Default for TrainConfig {
             eval_batches: 8,
             checkpoint_every: 100,
             prompt_loss_weight: 0.0,
+            precision: Precision::Fp32,
+            loss_scale: LossScale::None,
         }
     }
 }
@@ -168,6 +177,7 @@ impl TrainConfig {
         if !(self.optimizer.weight_decay >= 0.0) {
             return Err(Error::config(origin, "weight_decay", format!("{} must be 0 or more", self.optimizer.weight_decay)));
         }
+        super::precision::validate(self.precision, &self.loss_scale, origin.clone())?;
         if let Some(clip) = self.optimizer.clip_grad_norm
             && !(clip > 0.0)
         {

@@ -7,7 +7,7 @@
 //! browser posts it from its worker to the page.
 
 use burn::module::Module;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
@@ -20,6 +20,7 @@ use crate::tokenizer::TextTokenizer;
 
 use super::batch::{Batch, Dataset};
 use super::config::TrainConfig;
+use super::precision::{self, LossScaler, Precision};
 
 /// What happened in one optimizer step.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -36,6 +37,16 @@ pub struct StepEvent {
     pub tokens_per_s: f64,
     /// Seconds of training so far, across resumes.
     pub elapsed_s: f64,
+    /// The factor the loss was multiplied by before the backward pass (1: no scaling).
+    #[serde(default = "one")]
+    pub loss_scale: f64,
+    /// The update was skipped because a scaled gradient overflowed (mixed precision).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// A held-out evaluation.
@@ -59,6 +70,8 @@ pub struct Trainer {
     /// Lives on an autodiff device.
     pub model: Gpt,
     pub optim: AdamW,
+    /// Loss scaling for mixed precision (a no-op at scale 1 in FP32).
+    pub scaler: LossScaler,
     pub config: TrainConfig,
     pub schedule: Schedule,
     /// Steps completed.
@@ -91,8 +104,10 @@ impl Trainer {
     /// A trainer on data sets built elsewhere (benchmarks, custom data).
     pub fn from_datasets(model: Gpt, config: TrainConfig, train: Dataset, eval: Dataset, device: &Device) -> Result<Self> {
         config.validate("training config", model.config().n_positions)?;
+        config.precision.check(device, "training config")?;
         Ok(Self {
             optim: AdamW::new(config.optimizer.clone()),
+            scaler: LossScaler::new(config.loss_scale.clone()),
             schedule: config.schedule(),
             model,
             config,
@@ -113,16 +128,33 @@ impl Trainer {
     }
 
     /// Forward and backward on one batch: returns `[loss, grad_norm]` on the device and the
-    /// clipped gradients. Nothing is read back, so a GPU can keep queueing work.
+    /// clipped FP32 gradients. Nothing is read back, so a GPU can keep queueing work.
+    ///
+    /// In mixed precision the model runs on a copy cast to the compute type, the loss is
+    /// computed in FP32 from upcast logits and multiplied by the loss scale before the
+    /// backward pass, and the gradients come back cast to FP32 and divided by the scale.
     pub fn forward_backward(&self, batch: &Batch) -> (Tensor<1>, NamedGrads) {
-        let (inputs, targets, weights) = batch.to_device(&self.device);
-        let logits = self.model.forward(inputs);
-        let loss = Gpt::loss(logits, targets, weights, batch.weight_sum());
-        let grads = loss.backward();
-        let mut named = NamedGrads::collect(&self.model, &grads);
+        let (loss, mut named) = self.raw_gradients(batch, self.config.precision, self.scaler.scale());
+        precision::unscale(&mut named, self.scaler.scale());
         let norm = self.optim.clip(&mut named).unwrap_or_else(|| Tensor::zeros([1], &self.device));
         let stats = Tensor::cat(vec![loss.inner(), norm], 0);
         (stats, named)
+    }
+
+    /// The unscaled loss and the gradients exactly as the backward pass produced them: in
+    /// `precision`'s compute type and multiplied by `scale`.
+    pub fn raw_gradients(&self, batch: &Batch, precision: Precision, scale: f64) -> (Tensor<1>, NamedGrads) {
+        let (inputs, targets, weights) = batch.to_device(&self.device);
+        let dtype = precision.compute_dtype();
+        let compute = match dtype {
+            Some(dtype) => precision::cast_model(&self.model, dtype),
+            None => self.model.clone(),
+        };
+        let logits = compute.forward(inputs);
+        let logits = if dtype.is_some() { logits.cast(DType::F32) } else { logits };
+        let loss = Gpt::loss(logits, targets, weights, batch.weight_sum());
+        let grads = if scale == 1.0 { loss.backward() } else { loss.clone().mul_scalar(scale).backward() };
+        (loss, NamedGrads::collect(&compute, &grads))
     }
 
     /// Applies the update for the current step and advances the step counter.
@@ -166,7 +198,14 @@ impl Trainer {
             return Err(Error::NonFiniteLoss { step: self.step + 1, value: loss });
         }
         let lr = self.schedule.lr(self.step);
-        self.apply(grads);
+        let loss_scale = self.scaler.scale();
+        let skipped = !self.scaler.update(grad_norm.is_finite());
+        if skipped {
+            // GradScaler's rule: drop this update; the step (and its batch) is still spent.
+            self.step += 1;
+        } else {
+            self.apply(grads);
+        }
         let tokens = batch.b * batch.t;
         let secs = started.elapsed().as_secs_f64();
         Ok(StepEvent {
@@ -177,6 +216,8 @@ impl Trainer {
             tokens,
             tokens_per_s: tokens as f64 / secs.max(1e-9),
             elapsed_s: self.elapsed(),
+            loss_scale,
+            skipped,
         })
     }
 
