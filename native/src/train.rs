@@ -266,6 +266,7 @@ mod tests {
 
     use super::resolve;
     use crate::cli::{Cli, Command};
+    use tinytune::train::Precision;
 
     /// The browser's "Run this at scale" command, parsed by this CLI, trains with exactly
     /// the configuration the browser used (checkpointing aside: the browser keeps its run
@@ -274,8 +275,11 @@ mod tests {
     fn the_browser_command_reproduces_the_browser_run() {
         let cases = [
             TrainParams::default(),
-            TrainParams { model: ModelChoice::Nano, task: DataSource::Stories, steps: 7, lr: 0.003, batch: 3, seq: 40, seed: 9, compare: true },
+            TrainParams { model: ModelChoice::Nano, task: DataSource::Stories, steps: 7, lr: 0.003, batch: 3, seq: 40, seed: 9, compare: true, ..TrainParams::default() },
             TrainParams { task: "json-extract".parse().unwrap(), steps: 1234, lr: 2.5e-4, seq: 128, ..TrainParams::default() },
+            TrainParams { precision: Precision::Fp16, loss_scale: "dynamic".into(), ..TrainParams::default() },
+            TrainParams { precision: Precision::Fp16, loss_scale: "none".into(), ..TrainParams::default() },
+            TrainParams { precision: Precision::Bf16, loss_scale: "none".into(), ..TrainParams::default() },
         ];
         for params in cases {
             let mut argv = vec!["tinytune".to_string()];

@@ -341,6 +341,29 @@ await check("the quantize widget quantizes micro's real weights and reports loss
   await page.close();
 });
 
+await check("the loss-scaling widget measures micro's FP16 gradients, and an FP16 run with dynamic scaling trains", async () => {
+  const lesson = lessons.find((l) => l.slug === "number-formats");
+  const page = await openPage(cpu, base + `?lesson=${lesson.slug}&backend=cpu`);
+  const w = page.locator("[data-widget=loss-scaling]").first();
+  await setParam(w, "batch", 4);
+  await w.locator("[data-testid=loss-scaling]").click();
+  await w.locator("[data-testid=loss-scaling-table]").waitFor({ timeout: 180_000 });
+  const cells = await w.locator("[data-testid=loss-scaling-table] tbody tr").evaluateAll((rows) => rows.map((r) => [...r.querySelectorAll("td")].map((td) => td.textContent)));
+  console.log(`     ${JSON.stringify(cells)}`);
+  assert(cells.length === 2 && cells[1][0].startsWith("2^10"), `rows: ${JSON.stringify(cells)}`);
+  const sub = (row) => parseFloat(row[2]);
+  assert(sub(cells[0]) > 1 && sub(cells[1]) < sub(cells[0]) / 5, `scaling should move gradients out of the subnormals: ${JSON.stringify(cells)}`);
+  await w.screenshot({ path: join(artifacts, "loss-scaling.png") });
+  // The FP16 train widget of the same lesson, a few steps.
+  const t = page.locator("[data-widget=train]").first();
+  await setParam(t, "steps", 6);
+  await t.locator("[data-testid=train]").click();
+  await waitForRun(t, 180_000);
+  assert((await t.locator("[data-testid=loss-scale]").count()) === 1, "an FP16 run with dynamic scaling shows its loss scale");
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
 await check("reloading an experiment's URL restores its settings", async () => {
   const page = await openPage(cpu, base + `?lesson=${lessons[0].slug}&backend=cpu`);
   const w = page.locator("[data-widget=train]").first();

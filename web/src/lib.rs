@@ -8,6 +8,7 @@ pub mod lesson;
 pub mod lessons;
 pub mod memory;
 pub mod protocol;
+pub mod precision;
 pub mod quantize;
 pub mod run;
 pub mod urlstate;

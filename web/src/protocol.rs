@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use tinytune::train::StepEvent;
 
 use crate::memory::{TimelineParams, TimelineResult};
+use crate::precision::{LossScalingParams, LossScalingResult};
 use crate::quantize::{QuantizeParams, QuantizeResult};
 use crate::widgets::{GenerateParams, TrainParams};
 
@@ -33,6 +34,8 @@ pub enum ToWorker {
     MeasureMemory { id: u32, params: TimelineParams },
     /// Quantize the micro model's linear weights, evaluate and sample.
     Quantize { id: u32, params: QuantizeParams },
+    /// One batch's gradients of the micro model in FP16/BF16, unscaled and scaled, vs FP32.
+    LossScaling { id: u32, params: LossScalingParams },
     /// Makes the worker panic: how the end-to-end tests check that the page notices a
     /// crashed worker and recovers.
     Crash,
@@ -83,6 +86,7 @@ pub enum FromWorker {
     Samples { id: u32, samples: Vec<String>, seconds: f64 },
     Memory { id: u32, result: Box<TimelineResult> },
     Quantized { id: u32, result: Box<QuantizeResult> },
+    Gradients { id: u32, result: Box<LossScalingResult> },
     Error { id: u32, message: String },
 }
 
@@ -97,7 +101,7 @@ impl FromWorker {
     pub fn id(&self) -> Option<u32> {
         match self {
             FromWorker::Status { run, .. } | FromWorker::Step { run, .. } | FromWorker::Eval { run, .. } | FromWorker::Compare { run, .. } => Some(*run),
-            FromWorker::Samples { id, .. } | FromWorker::Memory { id, .. } | FromWorker::Quantized { id, .. } | FromWorker::Error { id, .. } => Some(*id),
+            FromWorker::Samples { id, .. } | FromWorker::Memory { id, .. } | FromWorker::Quantized { id, .. } | FromWorker::Gradients { id, .. } | FromWorker::Error { id, .. } => Some(*id),
             FromWorker::Backend(_) | FromWorker::Ready => None,
         }
     }
@@ -123,7 +127,7 @@ mod tests {
         for m in to {
             assert_eq!(serde_json::from_str::<ToWorker>(&m.to_json()).unwrap(), m);
         }
-        let event = StepEvent { step: 1, loss: 2.5, lr: 1e-3, grad_norm: 0.5, tokens: 512, tokens_per_s: 900.0, elapsed_s: 0.6 };
+        let event = StepEvent { step: 1, loss: 2.5, lr: 1e-3, grad_norm: 0.5, tokens: 512, tokens_per_s: 900.0, elapsed_s: 0.6, loss_scale: 1.0, skipped: false };
         let from = FromWorker::Step { run: 3, event };
         assert_eq!(serde_json::from_str::<FromWorker>(&from.to_json()).unwrap(), from);
     }

@@ -46,9 +46,14 @@ impl TrainParams {
             // The browser keeps its run in memory; the native command saves every 100 steps.
             checkpoint_every: 0,
             prompt_loss_weight: 0.0,
-            precision: Precision::Fp32,
-            loss_scale: LossScale::None,
+            precision: self.precision,
+            loss_scale: self.loss_scale(),
         }
+    }
+
+    /// The loss scaling the run uses: GradScaler's dynamic rule or none (always none in FP32).
+    pub fn loss_scale(&self) -> LossScale {
+        if self.precision != Precision::Fp32 && self.loss_scale == "dynamic" { LossScale::dynamic() } else { LossScale::None }
     }
 
     /// The command's arguments, without the program name.
@@ -72,6 +77,10 @@ impl TrainParams {
         for (flag, value) in flags {
             args.push(flag.into());
             args.push(value);
+        }
+        if self.precision != Precision::Fp32 {
+            let scale = if self.loss_scale() == LossScale::None { "none" } else { "dynamic" };
+            args.extend(["--precision".into(), self.precision.to_string(), "--loss-scale".into(), scale.into()]);
         }
         args.push("--out".into());
         args.push(format!("runs/{}-{}", self.model.name(), self.task));

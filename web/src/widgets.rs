@@ -6,9 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 use tinytune::ModelConfig;
-use tinytune::train::DataSource;
+use tinytune::train::{DataSource, Precision};
 
 pub use crate::memory::{MemoryParams, TimelineParams};
+pub use crate::precision::LossScalingParams;
 pub use crate::quantize::QuantizeParams;
 use crate::quantize::{LAYERS, QUANT_FORMATS};
 use crate::memory::{BASES, METHODS, OFFLOADS, OPTIMIZERS, PRECISIONS};
@@ -51,11 +52,21 @@ pub struct TrainParams {
     pub seed: u64,
     /// After the run, show answers and pre-training loss before and after.
     pub compare: bool,
+    /// Compute type (mixed precision keeps FP32 master weights).
+    #[serde(default)]
+    pub precision: Precision,
+    /// "none" or "dynamic" (GradScaler's rule); used by fp16 and bf16.
+    #[serde(default = "no_scaling")]
+    pub loss_scale: String,
+}
+
+fn no_scaling() -> String {
+    "none".into()
 }
 
 impl Default for TrainParams {
     fn default() -> Self {
-        Self { model: ModelChoice::Micro, task: DataSource::Task(tinytune::data::Task::Sentiment), steps: 60, lr: 1e-3, batch: 8, seq: 64, seed: 0, compare: false }
+        Self { model: ModelChoice::Micro, task: DataSource::Task(tinytune::data::Task::Sentiment), steps: 60, lr: 1e-3, batch: 8, seq: 64, seed: 0, compare: false, precision: Precision::Fp32, loss_scale: no_scaling() }
     }
 }
 
@@ -122,6 +133,8 @@ pub enum Widget {
     NumberFormat(NumberFormatParams),
     /// Post-training quantization of the micro model's real weights.
     Quantize(QuantizeParams),
+    /// FP16 gradients of the micro model against FP16's range, unscaled and scaled.
+    LossScaling(LossScalingParams),
 }
 
 impl Widget {
@@ -139,6 +152,7 @@ impl Widget {
             "memory-timeline" => Widget::MemoryTimeline(TimelineParams::default()),
             "number-format" => Widget::NumberFormat(NumberFormatParams::default()),
             "quantize" => Widget::Quantize(QuantizeParams::default()),
+            "loss-scaling" => Widget::LossScaling(LossScalingParams::default()),
             other => return Err(format!("unknown widget {other:?}; the widgets are {}", Self::NAMES.join(", "))),
         })
     }
@@ -153,13 +167,14 @@ impl Widget {
             Widget::MemoryTimeline(_) => "memory-timeline",
             Widget::NumberFormat(_) => "number-format",
             Widget::Quantize(_) => "quantize",
+            Widget::LossScaling(_) => "loss-scaling",
         }
     }
 
     /// The parameter names this widget accepts.
     pub fn keys(&self) -> &'static [&'static str] {
         match self {
-            Widget::Train(_) => &["model", "task", "steps", "lr", "batch", "seq", "seed", "compare"],
+            Widget::Train(_) => &["model", "task", "steps", "lr", "batch", "seq", "seed", "compare", "precision", "loss_scale"],
             Widget::Generate(_) => &["model", "prompt", "temperature", "top_k", "max_tokens", "samples", "seed"],
             Widget::ModelCard(_) => &["model"],
             Widget::Decide => &[],
@@ -167,6 +182,7 @@ impl Widget {
             Widget::MemoryTimeline(_) => &["batch", "seq", "method"],
             Widget::NumberFormat(_) => &["value", "range"],
             Widget::Quantize(_) => &["format", "block", "double_quant", "layer"],
+            Widget::LossScaling(_) => &["precision", "scale_log2", "batch", "seq"],
         }
     }
 
@@ -208,6 +224,8 @@ impl Widget {
                 "seq" => p.seq = int(value, 8, 128).map_err(bad)?,
                 "seed" => p.seed = int(value, 0, u32::MAX as usize).map_err(bad)? as u64,
                 "compare" => p.compare = boolean(value).map_err(bad)?,
+                "precision" => p.precision = value.parse::<Precision>().map_err(bad)?,
+                "loss_scale" => p.loss_scale = one_of(value, &["none", "dynamic"]).map_err(bad)?,
                 _ => return Err(unknown()),
             },
             Widget::Generate(p) => match key {
@@ -271,6 +289,13 @@ impl Widget {
                 "layer" => p.layer = one_of(value, &LAYERS).map_err(bad)?,
                 _ => return Err(unknown()),
             },
+            Widget::LossScaling(p) => match key {
+                "precision" => p.precision = one_of(value, &["fp16", "bf16"]).map_err(bad)?,
+                "scale_log2" => p.scale_log2 = int(value, 0, 24).map_err(bad)? as u32,
+                "batch" => p.batch = int(value, 1, 32).map_err(bad)?,
+                "seq" => p.seq = int(value, 8, 128).map_err(bad)?,
+                _ => return Err(unknown()),
+            },
         }
         Ok(())
     }
@@ -287,6 +312,8 @@ impl Widget {
                 ("seq", p.seq.to_string()),
                 ("seed", p.seed.to_string()),
                 ("compare", p.compare.to_string()),
+                ("precision", p.precision.to_string()),
+                ("loss_scale", p.loss_scale.clone()),
             ],
             Widget::Generate(p) => vec![
                 ("model", p.model.name().into()),
@@ -317,6 +344,7 @@ impl Widget {
             Widget::MemoryTimeline(p) => vec![("batch", p.batch.to_string()), ("seq", p.seq.to_string()), ("method", p.method.clone())],
             Widget::NumberFormat(p) => vec![("value", p.value.clone()), ("range", p.range.to_string())],
             Widget::Quantize(p) => vec![("format", p.format.clone()), ("block", p.block.to_string()), ("double_quant", p.double_quant.to_string()), ("layer", p.layer.clone())],
+            Widget::LossScaling(p) => vec![("precision", p.precision.clone()), ("scale_log2", p.scale_log2.to_string()), ("batch", p.batch.to_string()), ("seq", p.seq.to_string())],
         }
     }
 

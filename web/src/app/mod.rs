@@ -7,6 +7,7 @@ mod chart;
 mod client;
 mod formats;
 mod memory;
+mod precision;
 mod quantize;
 mod widgets;
 
@@ -251,6 +252,7 @@ fn LessonView(lesson: Lesson, query: Vec<(String, String)>) -> impl IntoView {
                     Widget::MemoryTimeline(_) => view! { <memory::MemoryTimelineWidget state=state /> }.into_any(),
                     Widget::NumberFormat(_) => view! { <formats::NumberFormatWidget state=state /> }.into_any(),
                     Widget::Quantize(_) => view! { <quantize::QuantizeWidget state=state /> }.into_any(),
+                    Widget::LossScaling(_) => view! { <precision::LossScalingWidget state=state /> }.into_any(),
                 }
             }
         })

@@ -66,6 +66,8 @@ struct RunView {
     train: Vec<(f64, f64)>,
     eval: Vec<(f64, f64)>,
     last: Option<StepEvent>,
+    /// Updates skipped by the loss scaler (an FP16 gradient overflowed).
+    skipped: usize,
     compare: Option<(Vec<CompareRow>, f32, f32)>,
 }
 
@@ -92,7 +94,10 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
 
     let start = move |_| {
         let params = p.get_untracked();
-        let label = format!("{} · {} · lr {} · {} steps", params.model.name(), params.task, params.lr, params.steps);
+        let mut label = format!("{} · {} · lr {} · {} steps", params.model.name(), params.task, params.lr, params.steps);
+        if params.precision != tinytune::train::Precision::Fp32 {
+            label += &format!(" · {} · loss scale {}", params.precision, params.loss_scale);
+        }
         let id = client::subscribe(move |msg| {
             if let FromWorker::Status { run, state: RunState::Done | RunState::Cancelled | RunState::Failed, .. } = &msg {
                 client::unsubscribe(*run);
@@ -106,16 +111,17 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
                     }
                     FromWorker::Step { event, .. } => {
                         r.train.push((event.step as f64, event.loss as f64));
+                        r.skipped += event.skipped as usize;
                         r.last = Some(event);
                     }
                     FromWorker::Eval { step, loss, .. } => r.eval.push((step as f64, loss as f64)),
                     FromWorker::Compare { rows, stories_before, stories_after, .. } => r.compare = Some((rows, stories_before, stories_after)),
-                    FromWorker::Samples { .. } | FromWorker::Memory { .. } | FromWorker::Quantized { .. } | FromWorker::Error { .. } | FromWorker::Backend(_) | FromWorker::Ready => {}
+                    FromWorker::Samples { .. } | FromWorker::Memory { .. } | FromWorker::Quantized { .. } | FromWorker::Gradients { .. } | FromWorker::Error { .. } | FromWorker::Backend(_) | FromWorker::Ready => {}
                 }
             });
         });
         runs.update(|rs| {
-            rs.push(RunView { id, label, state: RunState::Preparing, message: "starting".into(), steps: params.steps, train: vec![], eval: vec![], last: None, compare: None })
+            rs.push(RunView { id, label, state: RunState::Preparing, message: "starting".into(), steps: params.steps, train: vec![], eval: vec![], last: None, skipped: 0, compare: None })
         });
         client::send(&ToWorker::Train { run: id, params });
     };
@@ -160,6 +166,8 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
                 {field("batch", "batch", num(|p| p.batch.to_string()), set)}
                 {field("tokens per row", "seq", num(|p| p.seq.to_string()), set)}
                 {field("seed", "seed", num(|p| p.seed.to_string()), set)}
+                {choice("precision", "precision", vec![("fp32", "FP32"), ("fp16", "FP16 mixed"), ("bf16", "BF16 mixed")], move || p.get().precision.to_string(), set)}
+                {choice("loss scaling", "loss_scale", vec![("none", "none"), ("dynamic", "dynamic (FP16)")], move || p.get().loss_scale.clone(), set)}
                 <label class="field check">
                     <input type="checkbox" data-param="compare" prop:checked=move || p.get().compare on:change=move |ev| set("compare", event_target_checked(&ev).to_string()) />
                     <span>"compare before / after"</span>
@@ -211,6 +219,7 @@ fn run_status(r: RunView) -> impl IntoView {
                 " · step " <span data-testid="step">{e.step}</span> {format!(" of {}", r.steps)}
                 " · loss " <span data-testid="loss">{format!("{:.4}", e.loss)}</span>
                 {format!(" · {:.0} tokens/s · {:.1} s", e.tokens_per_s, e.elapsed_s)}
+                {(e.loss_scale != 1.0 || r.skipped > 0).then(|| view! { " · loss scale " <span data-testid="loss-scale">{e.loss_scale.to_string()}</span> " · skipped " <span data-testid="skipped">{r.skipped}</span> })}
             })}
             {eval.map(|l| view! { " · held-out loss " <span data-testid="eval-loss">{l}</span> })}
         </p>

@@ -118,6 +118,12 @@ fn handle(msg: ToWorker) {
                 Err(message) => post(&FromWorker::Error { id, message }),
             }
         }),
+        ToWorker::LossScaling { id, params } => spawn_local(async move {
+            match loss_scaling(&params).await {
+                Ok(result) => post(&FromWorker::Gradients { id, result: Box::new(result) }),
+                Err(message) => post(&FromWorker::Error { id, message }),
+            }
+        }),
         ToWorker::Generate { id, params } => spawn_local(async move {
             if let Err(message) = generate(id, &params).await {
                 post(&FromWorker::Error { id, message });
@@ -320,6 +326,26 @@ async fn quantize(p: &crate::quantize::QuantizeParams) -> Result<crate::quantize
     let sample_after = sample(generate_async(&quantized, &ids, &config).await.map_err(err)?);
     let histogram = crate::quantize::histogram(&before_w, &after_w, 60, p.block);
     Ok(crate::quantize::QuantizeResult { report, loss_before, loss_after, histogram, sample_before, sample_after })
+}
+
+/// One batch of the shipped micro model's story-qa task, its gradients computed in FP32 and
+/// in FP16/BF16 unscaled and at the chosen scale. Always on the CPU (flex): it has both
+/// half types, and the comparison reads every gradient back synchronously.
+async fn loss_scaling(p: &crate::precision::LossScalingParams) -> Result<crate::precision::LossScalingResult, String> {
+    use tinytune::train::precision::underflow_report;
+    use tinytune::train::{Precision, TrainConfig, Trainer};
+    let precision: Precision = p.precision.parse()?;
+    let device = Device::flex().autodiff();
+    let (model, tok) = load(ModelChoice::Micro, 0, &device).await?;
+    let config = TrainConfig { data: DataSource::Task(tinytune::data::Task::StoryQa), batch_size: p.batch, seq_len: p.seq, train_examples: 200, eval_examples: 20, ..TrainConfig::default() };
+    let trainer = Trainer::new(model, &tok, config, &device).map_err(|e| e.to_string())?;
+    let batch = trainer.batch_for(0);
+    if batch.weight_sum() == 0.0 {
+        return Err(format!("at {} tokens per row every answer is cut off, so no token counts in the loss; use a longer seq", p.seq));
+    }
+    let unscaled = underflow_report(&trainer, &batch, precision, 1.0);
+    let scaled = underflow_report(&trainer, &batch, precision, p.scale());
+    Ok(crate::precision::LossScalingResult { unscaled, scaled })
 }
 
 async fn generate(id: u32, p: &GenerateParams) -> Result<(), String> {
