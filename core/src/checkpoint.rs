@@ -14,7 +14,7 @@ use safetensors::{Dtype, SafeTensors, View};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Origin, Result};
-use crate::methods::Method;
+use crate::methods::{Method, Nf4Weight};
 use crate::model::params::{load_params, param_data};
 use crate::model::{Gpt, ModelConfig};
 use crate::optim::AdamW;
@@ -47,13 +47,14 @@ pub struct TrainerState {
 }
 
 struct Owned {
+    dtype: Dtype,
     shape: Vec<usize>,
     bytes: Vec<u8>,
 }
 
 impl View for &Owned {
     fn dtype(&self) -> Dtype {
-        Dtype::F32
+        self.dtype
     }
     fn shape(&self) -> &[usize] {
         &self.shape
@@ -66,17 +67,20 @@ impl View for &Owned {
     }
 }
 
-/// Serialises named tensors as f32 safetensors (with `{"format": "pt"}` metadata, which
-/// transformers expects).
+/// Serialises named tensors as safetensors (with `{"format": "pt"}` metadata, which
+/// transformers expects): U8 tensors (packed 4-bit codes) as U8, everything else as F32.
 pub fn to_safetensors(tensors: Vec<(String, TensorData)>) -> Vec<u8> {
     let owned: Vec<(String, Owned)> = tensors
         .into_iter()
         .map(|(name, data)| {
-            let data = data.convert::<f32>();
             let shape = data.shape().to_vec();
-            let values: Vec<f32> = data.try_to_vec::<f32>().expect("converted to f32");
+            if data.dtype() == DType::U8 {
+                let bytes = data.try_to_vec::<u8>().expect("u8 data");
+                return (name, Owned { dtype: Dtype::U8, shape, bytes });
+            }
+            let values: Vec<f32> = data.convert::<f32>().try_to_vec::<f32>().expect("converted to f32");
             let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (name, Owned { shape, bytes })
+            (name, Owned { dtype: Dtype::F32, shape, bytes })
         })
         .collect();
     let views: Vec<(&str, &Owned)> = owned.iter().map(|(n, o)| (n.as_str(), o)).collect();
@@ -96,8 +100,10 @@ pub fn from_safetensors(bytes: &[u8], origin: &Origin) -> Result<HashMap<String,
             Dtype::F16 => TensorData::from_bytes_vec(raw.to_vec(), shape, DType::F16).convert::<f32>(),
             Dtype::BF16 => TensorData::from_bytes_vec(raw.to_vec(), shape, DType::BF16).convert::<f32>(),
             Dtype::F64 => TensorData::from_bytes_vec(raw.to_vec(), shape, DType::F64).convert::<f32>(),
+            // Packed 4-bit codes of a QLoRA base.
+            Dtype::U8 => TensorData::new(raw.to_vec(), shape),
             other => {
-                return Err(Error::tensor(origin.clone(), name, format!("has dtype {other:?}; tinytune loads F32, F16, BF16 or F64 weights")));
+                return Err(Error::tensor(origin.clone(), name, format!("has dtype {other:?}; tinytune loads F32, F16, BF16 or F64 weights (and U8 packed 4-bit codes)")));
             }
         };
         out.insert(name, data);
@@ -105,9 +111,16 @@ pub fn from_safetensors(bytes: &[u8], origin: &Origin) -> Result<HashMap<String,
     Ok(out)
 }
 
-/// The model's weights as safetensors bytes.
+/// The model's weights as safetensors bytes. An NF4 base (QLoRA) is stored packed, as
+/// `{path}.weight.nf4.*` tensors.
 pub fn save_model(model: &Gpt) -> Vec<u8> {
-    to_safetensors(param_data(model))
+    let mut tensors = param_data(model);
+    crate::methods::for_each_projection_ref(model, |path, p| {
+        if let Some(q) = &p.nf4 {
+            tensors.extend(q.tensors().into_iter().map(|(suffix, d)| (format!("{path}.weight.{suffix}"), d)));
+        }
+    });
+    to_safetensors(tensors)
 }
 
 /// Builds a model of `config` and fills it from safetensors `bytes`.
@@ -132,7 +145,24 @@ pub fn load_model_for(config: &ModelConfig, method: &Method, bytes: &[u8], devic
     }
     // Initialising first costs a little time but gives every parameter its shape; seed 0 is
     // irrelevant because every value is overwritten.
-    let model = method.apply(Gpt::init(config, 0, device), 0, device)?;
+    let mut model = method.apply(Gpt::init(config, 0, device), 0, device)?;
+    if let Method::Qlora(q) = method {
+        let mut failure = None;
+        crate::methods::for_each_projection(&mut model, |path, p| {
+            if p.nf4.is_none() || failure.is_some() {
+                return;
+            }
+            let prefix = format!("{path}.weight.");
+            let (d_in, d_out) = (p.d_in(), p.d_out());
+            match Nf4Weight::from_tensors(device, d_in, d_out, q.block, |part| tensors.remove(&format!("{prefix}{part}")), &origin, &format!("{path}.weight")) {
+                Ok(w) => p.nf4 = Some(w),
+                Err(e) => failure = Some(e),
+            }
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+    }
     let (model, unused) = load_params(model, tensors, &origin)?;
     if let Some(name) = unused.first() {
         return Err(Error::tensor(
@@ -155,6 +185,12 @@ pub struct LoadedModel {
 /// `model.safetensors` (read from disk by the CLI, fetched over HTTP by the browser).
 /// `dir` only labels errors, which name the file at fault.
 pub fn load_parts(dir: &str, config_json: &str, tokenizer_json: &str, weights: &[u8], device: &Device) -> Result<LoadedModel> {
+    load_parts_for(dir, config_json, tokenizer_json, weights, &Method::Full, device)
+}
+
+/// [`load_parts`] for weights saved from a model adapted by `method` (a LoRA or QLoRA run's
+/// checkpoint).
+pub fn load_parts_for(dir: &str, config_json: &str, tokenizer_json: &str, weights: &[u8], method: &Method, device: &Device) -> Result<LoadedModel> {
     let path = |file: &str| if dir.is_empty() { file.to_string() } else { format!("{}/{file}", dir.trim_end_matches('/')) };
     let config = ModelConfig::from_json(config_json, path(files::CONFIG))?;
     let tokenizer = TextTokenizer::from_json(tokenizer_json, path(files::TOKENIZER))?;
@@ -170,7 +206,7 @@ pub fn load_parts(dir: &str, config_json: &str, tokenizer_json: &str, weights: &
             ),
         ));
     }
-    let model = load_model(&config, weights, device, path(files::WEIGHTS))?;
+    let model = load_model_for(&config, method, weights, device, path(files::WEIGHTS))?;
     Ok(LoadedModel { model, config, tokenizer })
 }
 

@@ -329,7 +329,40 @@ pub struct FinetuneArgs {
     #[arg(long)]
     pub model: PathBuf,
     #[command(flatten)]
+    pub method: MethodArgs,
+    #[command(flatten)]
     pub train: TrainArgs,
+}
+
+/// How the model is adapted for fine-tuning.
+#[derive(Args, Debug, Clone)]
+pub struct MethodArgs {
+    /// full (every weight trains), lora (low-rank updates beside frozen weights) or qlora
+    /// (LoRA on a base stored in 4-bit NF4).
+    #[arg(long, default_value = "full")]
+    pub method: String,
+    /// LoRA rank r.
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    /// LoRA alpha: the update is scaled by alpha/rank (PEFT's default alpha is 8).
+    #[arg(long, default_value_t = 8.0)]
+    pub alpha: f64,
+    /// Dropout on the LoRA path's input.
+    #[arg(long, default_value_t = 0.0)]
+    pub lora_dropout: f64,
+    /// Projections to adapt, comma-separated (c_attn, c_proj, c_fc, attn.c_proj, mlp.c_proj)
+    /// or all-linear.
+    #[arg(long, default_value = "c_attn")]
+    pub targets: String,
+    /// rsLoRA: scale by alpha/sqrt(rank).
+    #[arg(long)]
+    pub rslora: bool,
+    /// QLoRA: weights per block of the NF4 base (QLoRA uses 64).
+    #[arg(long, default_value_t = 64)]
+    pub qlora_block: usize,
+    /// QLoRA: keep the block maxima in FP32 instead of double-quantizing them.
+    #[arg(long)]
+    pub no_double_quant: bool,
 }
 
 #[derive(Args, Debug)]

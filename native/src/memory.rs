@@ -222,7 +222,7 @@ fn measure(plan: &Plan, device: &Device) -> Result<(tinytune::memory::StepMemory
 }
 
 /// Refuses, before training starts, a run the estimator says will not fit the device.
-pub fn check_fits(config: &ModelConfig, batch: usize, seq: usize, args: &TrainArgs) -> Result<(), String> {
+pub fn check_fits(config: &ModelConfig, method: &Method, batch: usize, seq: usize, args: &TrainArgs) -> Result<(), String> {
     if args.ignore_memory_check {
         return Ok(());
     }
@@ -235,7 +235,7 @@ pub fn check_fits(config: &ModelConfig, batch: usize, seq: usize, args: &TrainAr
         // A GPU's size is not something wgpu reports; check only when told.
         None => return Ok(()),
     };
-    let mut plan = Plan::for_tinytune(config, &Method::Full, batch as u64, seq as u64);
+    let mut plan = Plan::for_tinytune(config, method, batch as u64, seq as u64);
     if !crate::backend::on_cpu() {
         plan.overhead = DEFAULT_GPU_OVERHEAD;
     }

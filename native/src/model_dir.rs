@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use tinytune::checkpoint::{files, load_parts};
+use tinytune::checkpoint::{files, load_parts_for};
+use tinytune::methods::Method;
+use tinytune::train::TrainConfig;
 use tinytune::{Gpt, ModelConfig, TextTokenizer};
 
 use crate::fsutil::{CheckpointDirs, read, read_text};
@@ -29,12 +31,17 @@ pub fn resolve(dir: &Path) -> Result<PathBuf, String> {
     Ok(dir.to_path_buf())
 }
 
-/// Loads model, config and tokenizer from `dir` onto `device`.
+/// Loads model, config and tokenizer from `dir` onto `device`. A LoRA or QLoRA run's
+/// checkpoint loads with its adapters (its `train.json` names the method).
 pub fn load(dir: &Path, device: &Device) -> Result<Loaded, String> {
     let dir = resolve(dir)?;
     let config = read_text(&dir.join(files::CONFIG))?;
     let tokenizer = read_text(&dir.join(files::TOKENIZER))?;
     let weights = read(&dir.join(files::WEIGHTS))?;
-    let loaded = load_parts(&dir.display().to_string(), &config, &tokenizer, &weights, device).map_err(|e| e.to_string())?;
+    let method = match std::fs::read_to_string(dir.join(files::TRAIN)) {
+        Ok(text) => TrainConfig::from_json(&text, dir.join(files::TRAIN).display().to_string()).map_err(|e| e.to_string())?.method,
+        Err(_) => Method::Full,
+    };
+    let loaded = load_parts_for(&dir.display().to_string(), &config, &tokenizer, &weights, &method, device).map_err(|e| e.to_string())?;
     Ok(Loaded { model: loaded.model, config: loaded.config, tokenizer: loaded.tokenizer, dir })
 }

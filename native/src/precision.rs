@@ -69,7 +69,7 @@ pub fn loss_scale_cmd(a: LossScaleArgs, device: &Device) -> Result<(), String> {
             format!("{:.2}%", 100.0 * r.lost_fraction()),
             pct(r.actual.subnormal),
             r.actual.non_finite,
-            if r.relative_error.is_finite() { format!("{:.2e}", r.relative_error) } else { "inf/NaN".into() }
+            r.relative_error.map(|e| format!("{e:.2e}")).unwrap_or_else(|| "inf/NaN".into())
         );
     }
     println!("\nflushed to 0: share of the gradient values nonzero in FP32 that came out exactly zero;\nsubnormal: share below the smallest normal (fewer significant bits); overflowed: values that became inf/NaN (the step would be skipped).");

@@ -9,11 +9,12 @@ use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use tinytune::checkpoint::{TrainerState, files, load_optimizer, save_model, save_optimizer};
 use tinytune::data::{CHARSET, Split};
+use tinytune::methods::{LoraConfig, Method, QloraConfig};
 use tinytune::optim::AdamWConfig;
 use tinytune::train::{DataSource, EvalEvent, LossScale, Precision, TrainConfig, TrainEvent, Trainer};
 use tinytune::{Gpt, ModelConfig, TextTokenizer};
 
-use crate::cli::{FinetuneArgs, PretrainArgs, TrainArgs};
+use crate::cli::{FinetuneArgs, MethodArgs, PretrainArgs, TrainArgs};
 use crate::fsutil::{CheckpointDirs, read, read_text, write_atomic};
 use crate::{model_dir, plot};
 
@@ -56,6 +57,8 @@ fn resolve(args: &TrainArgs, default_data: DataSource, default_lr: f64, n_positi
         prompt_loss_weight: args.prompt_loss_weight,
         precision,
         loss_scale,
+        // finetune sets the method from its own flags; pretraining trains every weight.
+        method: Method::Full,
     };
     config.validate("command line", n_positions).map_err(flag_error)?;
     Ok(config)
@@ -64,7 +67,17 @@ fn resolve(args: &TrainArgs, default_data: DataSource, default_lr: f64, n_positi
 /// A config error found in values that came from flags, phrased in terms of the flag.
 pub fn flag_error(e: tinytune::Error) -> String {
     match e {
-        tinytune::Error::Config { field, problem, .. } => format!("--{}: {problem}", field.replace('_', "-")),
+        tinytune::Error::Config { field, problem, .. } => {
+            // Core names LoRA's fields as PEFT does; the command line has its own names.
+            let flag = match field.as_str() {
+                "r" => "rank".to_string(),
+                "lora_alpha" => "alpha".to_string(),
+                "target_modules" => "targets".to_string(),
+                "block" => "qlora-block".to_string(),
+                f => f.replace('_', "-"),
+            };
+            format!("--{flag}: {problem}")
+        }
         other => other.to_string(),
     }
 }
@@ -99,8 +112,28 @@ pub fn finetune(args: FinetuneArgs, device: &Device) -> Result<(), String> {
     }
     refuse_to_overwrite(&args.train.out)?;
     let loaded = model_dir::load(&args.model, &ad)?;
-    let train = resolve(&args.train, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, loaded.config.n_positions)?;
-    run(Trainer::new(loaded.model, &loaded.tokenizer, train, &ad).map_err(|e| e.to_string())?, &loaded.tokenizer, &args.train)
+    let mut train = resolve(&args.train, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, loaded.config.n_positions)?;
+    train.method = method(&args.method)?;
+    let model = train.method.apply(loaded.model, train.seed, &ad).map_err(flag_error)?;
+    run(Trainer::new(model, &loaded.tokenizer, train, &ad).map_err(|e| e.to_string())?, &loaded.tokenizer, &args.train)
+}
+
+/// The fine-tuning method the flags describe.
+pub fn method(a: &MethodArgs) -> Result<Method, String> {
+    let lora = || LoraConfig {
+        r: a.rank,
+        lora_alpha: a.alpha,
+        lora_dropout: a.lora_dropout,
+        target_modules: a.targets.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
+        use_rslora: a.rslora,
+    };
+    let m = match a.method.as_str() {
+        "full" => Method::Full,
+        "lora" => Method::Lora(lora()),
+        "qlora" => Method::Qlora(QloraConfig { lora: lora(), block: a.qlora_block, double_quant: !a.no_double_quant }),
+        other => return Err(format!("--method: unknown method '{other}'; choose full, lora or qlora")),
+    };
+    Ok(m)
 }
 
 fn refuse_to_overwrite(out: &Path) -> Result<(), String> {
@@ -160,7 +193,7 @@ fn save(trainer: &Trainer, tokenizer: &TextTokenizer, out: &Path, eval_loss: Opt
 }
 
 fn run(mut trainer: Trainer, tokenizer: &TextTokenizer, args: &TrainArgs) -> Result<(), String> {
-    crate::memory::check_fits(trainer.model.config(), trainer.config.batch_size, trainer.config.seq_len, args)?;
+    crate::memory::check_fits(trainer.model.config(), &trainer.config.method, trainer.config.batch_size, trainer.config.seq_len, args)?;
     let out = &args.out;
     std::fs::create_dir_all(out).map_err(|e| format!("{}: cannot create run folder: {e}", out.display()))?;
     let metrics_path = out.join("metrics.jsonl");
@@ -171,6 +204,26 @@ fn run(mut trainer: Trainer, tokenizer: &TextTokenizer, args: &TrainArgs) -> Res
 
     let total = trainer.config.steps;
     let params = trainer.model.config().num_params();
+    let trainable = trainer.config.method.trainable_params(&trainer.model);
+    if trainable != params {
+        eprintln!("{}: {trainable} of {params} parameters train ({:.2}%)", trainer.config.method.name(), 100.0 * trainable as f64 / params as f64);
+    }
+    let mut nf4 = (0usize, 0usize);
+    tinytune::methods::for_each_projection_ref(&trainer.model, |_, p| {
+        if let Some(q) = &p.nf4 {
+            nf4.0 += q.bytes();
+            nf4.1 += q.d_in * q.d_out;
+        }
+    });
+    if nf4.1 > 0 {
+        eprintln!(
+            "NF4 base: {} linear weights in {} ({:.4} bytes/weight; {} in FP32)",
+            nf4.1,
+            tinytune::memory::human(nf4.0 as u64),
+            nf4.0 as f64 / nf4.1 as f64,
+            tinytune::memory::human(4 * nf4.1 as u64)
+        );
+    }
     eprintln!(
         "training {:.2} M parameters on {} ({} train / {} held-out), {} steps of {}×{} tokens",
         params as f64 / 1e6,

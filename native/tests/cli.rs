@@ -307,3 +307,46 @@ fn quantize_reports_size_error_and_loss_for_the_shipped_model() {
     assert!(r["relative_rms_error"].as_f64().unwrap() > 0.01);
     fails_with(&tinytune(&["quantize", "--model", micro.to_str().unwrap(), "--format", "int3"]), &["--format", "nf4"]);
 }
+
+/// LoRA and QLoRA fine-tuning of a fresh nano run: the trainable share is printed, the NF4
+/// base is reported, a killed QLoRA run resumes to the same losses (its base is saved
+/// packed and reloaded bit for bit), the checkpoint generates and evaluates, and bad method
+/// flags are named.
+#[test]
+fn lora_and_qlora_fine_tune_resume_and_reject_bad_flags() {
+    let base = tmp("qbase");
+    ok(&pretrain(&base, &["--steps", "2"]));
+    let b = base.to_str().unwrap();
+    let finetune = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["finetune", "--model", b, "--out", out.to_str().unwrap(), "--data", "sentiment", "--batch", "4", "--seq-len", "48"];
+        args.extend_from_slice(&["--train-examples", "100", "--eval-examples", "20", "--eval-batches", "2", "--steps", "6", "--checkpoint-every", "100"]);
+        args.extend_from_slice(extra);
+        tinytune(&args)
+    };
+    let qlora = ["--method", "qlora", "--rank", "4", "--alpha", "8", "--targets", "c_attn,mlp.c_proj", "--lr", "0.01"];
+    let (a, r) = (tmp("qlora-straight"), tmp("qlora-resumed"));
+    let out = finetune(&a, &qlora);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    ok(&out);
+    assert!(stderr.contains("qlora: ") && stderr.contains("parameters train"), "{stderr}");
+    assert!(stderr.contains("NF4 base: ") && stderr.contains("bytes/weight"), "{stderr}");
+    let mut killed = qlora.to_vec();
+    killed.extend_from_slice(&["--stop-after", "3"]);
+    ok(&finetune(&r, &killed));
+    ok(&tinytune(&["finetune", "--model", b, "--out", r.to_str().unwrap(), "--resume"]));
+    assert_eq!(step_losses(&a), step_losses(&r));
+    assert!(step_losses(&a).iter().all(|(_, l)| l.is_finite()));
+    // The checkpoint loads with its adapters and NF4 base for the other commands.
+    let text = ok(&tinytune(&["generate", "--model", a.to_str().unwrap(), "--prompt", "review:", "--max-tokens", "5"]));
+    assert!(text.starts_with("review:"));
+    ok(&tinytune(&["eval", "--model", a.to_str().unwrap(), "--data", "sentiment", "--examples", "20", "--accuracy-examples", "2", "--seq-len", "48"]));
+
+    let l = tmp("lora");
+    ok(&finetune(&l, &["--method", "lora", "--rank", "2", "--targets", "all-linear"]));
+    fails_with(&finetune(&tmp("bad1"), &["--method", "lora", "--rank", "0"]), &["--rank", "at least 1"]);
+    fails_with(&finetune(&tmp("bad2"), &["--method", "dora"]), &["--method", "full, lora or qlora"]);
+    fails_with(&finetune(&tmp("bad3"), &["--method", "qlora", "--qlora-block", "1"]), &["--qlora-block"]);
+    for d in [base, a, r, l] {
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -128,7 +128,14 @@ mod tests {
             assert_eq!(serde_json::from_str::<ToWorker>(&m.to_json()).unwrap(), m);
         }
         let event = StepEvent { step: 1, loss: 2.5, lr: 1e-3, grad_norm: 0.5, tokens: 512, tokens_per_s: 900.0, elapsed_s: 0.6, loss_scale: 1.0, skipped: false };
-        let from = FromWorker::Step { run: 3, event };
+        let from = FromWorker::Step { run: 3, event: event.clone() };
         assert_eq!(serde_json::from_str::<FromWorker>(&from.to_json()).unwrap(), from);
+        // A step skipped by the loss scaler has an infinite gradient norm, which JSON cannot
+        // carry: it travels as null and arrives as NaN, and the message still parses.
+        let skipped = FromWorker::Step { run: 3, event: StepEvent { grad_norm: f32::INFINITY, skipped: true, loss_scale: 65536.0, ..event } };
+        match serde_json::from_str::<FromWorker>(&skipped.to_json()).unwrap() {
+            FromWorker::Step { event, .. } => assert!(event.grad_norm.is_nan() && event.skipped),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -48,6 +48,7 @@ impl TrainParams {
             prompt_loss_weight: 0.0,
             precision: self.precision,
             loss_scale: self.loss_scale(),
+            method: tinytune::methods::Method::Full,
         }
     }
 

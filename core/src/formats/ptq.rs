@@ -94,7 +94,11 @@ pub fn quantize_model(mut model: Gpt, format: &str, block: usize, double_quant: 
         if failure.is_some() {
             return;
         }
-        let w = p.weight.val();
+        let Some(weight) = &p.weight else {
+            failure = Some(Error::Invalid("this model's base is already quantized (QLoRA); quantize the FP32 model".into()));
+            return;
+        };
+        let w = weight.val();
         let device = w.device();
         let [d_in, d_out] = w.dims();
         let data: Vec<f32> = w.clone().transpose().into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 weights");
@@ -111,7 +115,7 @@ pub fn quantize_model(mut model: Gpt, format: &str, block: usize, double_quant: 
                 bytes += b;
                 let t = Tensor::<2>::from_data(TensorData::new(q, [d_out, d_in]), &device).transpose();
                 // Keep the parameter's id and training state; only the values change.
-                p.weight = p.weight.clone().map(|_| t);
+                p.weight = p.weight.take().map(|w| w.map(|_| t));
             }
         }
     });

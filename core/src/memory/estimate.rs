@@ -223,6 +223,8 @@ impl Plan {
         let method = match method {
             crate::methods::Method::Full => PlanMethod::Full,
             crate::methods::Method::Lora(c) => PlanMethod::Lora { rank: c.r as u64, targets: c.target_modules.clone() },
+            // The estimator's NF4 base is QLoRA's default: blocks of 64, double quantization.
+            crate::methods::Method::Qlora(c) => PlanMethod::Qlora { rank: c.lora.r as u64, targets: c.lora.target_modules.clone() },
         };
         Self {
             method,

@@ -2,10 +2,11 @@
 //! forgetting a place is a compile error. Methods adapt the model through its projection
 //! slots (`model::projection`) and decide which parameters train.
 //!
-//! So far: full fine-tuning and LoRA. Selective methods, DoRA, adapters, soft prompts and
-//! IA³ follow the same shape (issue 4).
+//! So far: full fine-tuning, LoRA and QLoRA. Selective methods, DoRA, adapters, soft
+//! prompts and IA³ follow the same shape (issue 4).
 
 pub mod lora;
+pub mod qlora;
 
 use burn::module::Module;
 use burn::tensor::Device;
@@ -17,14 +18,19 @@ use crate::model::Gpt;
 use crate::model::projection::Projection;
 
 pub use lora::{Lora, LoraConfig};
+pub use qlora::{Nf4Weight, QloraConfig};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "kebab-case")]
 pub enum Method {
     /// Every parameter trains.
+    #[default]
     Full,
     /// The base is frozen; low-rank updates on the target projections train.
     Lora(LoraConfig),
+    /// LoRA on a base whose linear weights are stored in NF4 (every projection, as
+    /// bitsandbytes quantizes every `nn.Linear`); embeddings and norms stay FP32.
+    Qlora(QloraConfig),
 }
 
 impl Method {
@@ -35,16 +41,36 @@ impl Method {
             Method::Full => Ok(model),
             Method::Lora(config) => {
                 config.validate("LoRA config")?;
-                let mut rng = Rng::derive(seed, "lora-init");
-                // Freeze everything first; LoRA's own parameters are created trainable.
-                let mut model = model.no_grad();
-                for_each_projection(&mut model, |path, p| {
-                    if config.targets(path) {
-                        p.lora = Some(Lora::init(p.d_in(), p.d_out(), config, &mut rng, device));
+                Ok(add_lora(model, config, seed, device))
+            }
+            Method::Qlora(config) => {
+                config.validate("QLoRA config")?;
+                let mut model = model;
+                for_each_projection(&mut model, |_, p| {
+                    if let Some(w) = p.weight.take() {
+                        p.nf4 = Some(Nf4Weight::quantize(w.val(), config.block, config.double_quant));
                     }
                 });
-                Ok(model)
+                Ok(add_lora(model, &config.lora, seed, device))
             }
+        }
+    }
+
+    /// The method's LoRA settings, if it has any.
+    pub fn lora(&self) -> Option<&LoraConfig> {
+        match self {
+            Method::Full => None,
+            Method::Lora(c) => Some(c),
+            Method::Qlora(c) => Some(&c.lora),
+        }
+    }
+
+    /// A short name for tables and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Full => "full",
+            Method::Lora(_) => "lora",
+            Method::Qlora(_) => "qlora",
         }
     }
 
@@ -52,7 +78,8 @@ impl Method {
     pub fn trainable_params(&self, model: &Gpt) -> usize {
         match self {
             Method::Full => model.config().num_params(),
-            Method::Lora(config) => {
+            Method::Lora(_) | Method::Qlora(_) => {
+                let config = self.lora().expect("a LoRA method");
                 let mut n = 0;
                 let mut model = model.clone();
                 for_each_projection(&mut model, |path, p| {
@@ -66,16 +93,51 @@ impl Method {
     }
 }
 
-/// Folds every LoRA update into its base weight (`W ← W + s·A·B`) and removes the
-/// adapters: the merged model has the base model's shape and no extra inference cost.
-pub fn merge(mut model: Gpt) -> Gpt {
-    for_each_projection(&mut model, |_, p| {
-        if let Some(lora) = p.lora.take() {
-            let merged = p.weight.val() + lora.delta();
-            p.weight = p.weight.clone().map(|_| merged);
+/// Freezes `model` and adds LoRA paths (trainable) to the projections `config` targets.
+fn add_lora(model: Gpt, config: &LoraConfig, seed: u64, device: &Device) -> Gpt {
+    let mut rng = Rng::derive(seed, "lora-init");
+    // Freeze everything first; LoRA's own parameters are created trainable.
+    let mut model = model.no_grad();
+    for_each_projection(&mut model, |path, p| {
+        if config.targets(path) {
+            p.lora = Some(Lora::init(p.d_in(), p.d_out(), config, &mut rng, device));
         }
     });
     model
+}
+
+/// Folds every LoRA update into its base weight (`W ← W + s·A·B`) and removes the
+/// adapters: the merged model has the base model's shape and no extra inference cost. An
+/// NF4 base is dequantized to FP32 first (merging into 4-bit codes would round the update
+/// away), so a merged QLoRA model is an ordinary FP32 model.
+pub fn merge(mut model: Gpt) -> Gpt {
+    for_each_projection(&mut model, |_, p| {
+        let lora = p.lora.take();
+        if lora.is_none() && p.nf4.is_none() {
+            return;
+        }
+        let base = p.base_weight();
+        let merged = match &lora {
+            Some(l) => base + l.delta(),
+            None => base,
+        };
+        p.weight = Some(match p.weight.take() {
+            Some(w) => w.map(|_| merged),
+            None => burn::module::Param::from_tensor(merged.detach()).set_require_grad(false),
+        });
+        p.nf4 = None;
+    });
+    model
+}
+
+/// Calls `f` with the dotted path and a reference of every projection.
+pub fn for_each_projection_ref(model: &Gpt, mut f: impl FnMut(&str, &Projection)) {
+    for (i, block) in model.h.iter().enumerate() {
+        f(&format!("h.{i}.attn.c_attn"), &block.attn.c_attn);
+        f(&format!("h.{i}.attn.c_proj"), &block.attn.c_proj);
+        f(&format!("h.{i}.mlp.c_fc"), &block.mlp.c_fc);
+        f(&format!("h.{i}.mlp.c_proj"), &block.mlp.c_proj);
+    }
 }
 
 /// Calls `f` with the dotted path and a mutable reference of every projection.

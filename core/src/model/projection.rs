@@ -16,8 +16,12 @@ use crate::init::normal;
 /// Hugging Face weights load without a transpose.
 #[derive(Module, Debug)]
 pub struct Projection {
-    /// `[d_in, d_out]`
-    pub weight: Param<Tensor<2>>,
+    /// `[d_in, d_out]`; None when the base weight is held in NF4 instead (QLoRA).
+    pub weight: Option<Param<Tensor<2>>>,
+    /// The frozen base weight in 4-bit NormalFloat (`methods::qlora`), dequantized on every
+    /// forward pass. Not a parameter: it never trains, and checkpoints store it packed.
+    #[module(skip)]
+    pub nf4: Option<crate::methods::qlora::Nf4Weight>,
     /// `[d_out]`
     pub bias: Option<Param<Tensor<1>>>,
     /// A low-rank update beside the frozen weight (`methods::lora`), if adapted.
@@ -28,24 +32,41 @@ impl Projection {
     /// Weights drawn from N(0, std²) with tinytune's portable generator; bias zero.
     pub fn init(d_in: usize, d_out: usize, std: f64, rng: &mut crate::data::rng::Rng, device: &Device) -> Self {
         let weight = Tensor::from_data(TensorData::new(normal(rng, d_in * d_out, std), [d_in, d_out]), device);
-        Self { weight: Param::from_tensor(weight), bias: Some(Param::from_tensor(Tensor::zeros([d_out], device))), lora: None }
+        Self { weight: Some(Param::from_tensor(weight)), nf4: None, bias: Some(Param::from_tensor(Tensor::zeros([d_out], device))), lora: None }
     }
 
     /// # Shapes
     /// `[..., d_in] -> [..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let base = burn::tensor::module::linear(x.clone(), self.weight.val(), self.bias.as_ref().map(|b| b.val()));
+        let base = burn::tensor::module::linear(x.clone(), self.base_weight(), self.bias.as_ref().map(|b| b.val()));
         match &self.lora {
             Some(lora) => base + lora.forward(x),
             None => base,
         }
     }
 
+    /// The base weight `[d_in, d_out]`: the parameter, or the NF4 weight dequantized.
+    pub fn base_weight(&self) -> Tensor<2> {
+        match (&self.weight, &self.nf4) {
+            (Some(w), _) => w.val(),
+            (None, Some(q)) => q.weight(),
+            (None, None) => unreachable!("a projection holds its weight in FP32 or in NF4"),
+        }
+    }
+
     pub fn d_in(&self) -> usize {
-        self.weight.shape().dims::<2>()[0]
+        match (&self.weight, &self.nf4) {
+            (Some(w), _) => w.shape().dims::<2>()[0],
+            (None, Some(q)) => q.d_in,
+            (None, None) => 0,
+        }
     }
 
     pub fn d_out(&self) -> usize {
-        self.weight.shape().dims::<2>()[1]
+        match (&self.weight, &self.nf4) {
+            (Some(w), _) => w.shape().dims::<2>()[1],
+            (None, Some(q)) => q.d_out,
+            (None, None) => 0,
+        }
     }
 }

@@ -15,6 +15,7 @@ use crate::tokenizer::TextTokenizer;
 
 use super::batch::Dataset;
 use super::precision::{LossScale, Precision};
+use crate::methods::Method;
 
 /// Which generated data a run trains on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +121,10 @@ pub struct TrainConfig {
     /// Loss scaling for FP16 compute.
     #[serde(default)]
     pub loss_scale: LossScale,
+    /// The fine-tuning method the model was adapted with (`Method::apply`), so a checkpoint
+    /// of the run loads into a model of the right shape.
+    #[serde(default)]
+    pub method: Method,
 }
 
 impl Default for TrainConfig {
@@ -144,6 +149,7 @@ impl Default for TrainConfig {
             prompt_loss_weight: 0.0,
             precision: Precision::Fp32,
             loss_scale: LossScale::None,
+            method: Method::Full,
         }
     }
 }

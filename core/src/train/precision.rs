@@ -302,8 +302,9 @@ pub struct UnderflowReport {
     pub lost: u64,
     /// Elements nonzero in FP32.
     pub nonzero_reference: u64,
-    /// ‖g/scale − g₃₂‖ / ‖g₃₂‖ over all gradients.
-    pub relative_error: f64,
+    /// ‖g/scale − g₃₂‖ / ‖g₃₂‖ over all gradients; None when a gradient overflowed (the
+    /// step would be skipped).
+    pub relative_error: Option<f64>,
     /// The unscaled loss of the batch.
     pub loss: f32,
 }
@@ -347,7 +348,7 @@ pub fn underflow_report(trainer: &crate::train::Trainer, batch: &crate::train::B
         actual: GradCensus::of(&a_all, format),
         lost,
         nonzero_reference: nonzero,
-        relative_error: (diff2 / ref2.max(f64::MIN_POSITIVE)).sqrt(),
+        relative_error: Some((diff2 / ref2.max(f64::MIN_POSITIVE)).sqrt()).filter(|e| e.is_finite()),
         loss,
     }
 }

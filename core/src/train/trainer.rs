@@ -29,7 +29,9 @@ pub struct StepEvent {
     pub step: usize,
     pub loss: f32,
     pub lr: f64,
-    /// Global gradient norm before clipping.
+    /// Global gradient norm before clipping; infinite or NaN on a step mixed precision
+    /// skipped (JSON has no such numbers: written as null, read back as NaN).
+    #[serde(with = "finite_or_null")]
     pub grad_norm: f32,
     /// Tokens in this step's batch (inputs, padding included).
     pub tokens: usize,
@@ -47,6 +49,18 @@ pub struct StepEvent {
 
 fn one() -> f64 {
     1.0
+}
+
+mod finite_or_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() { s.serialize_f32(*v) } else { s.serialize_none() }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+        Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NAN))
+    }
 }
 
 /// A held-out evaluation.

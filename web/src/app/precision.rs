@@ -74,10 +74,12 @@ fn chart(rep: &UnderflowReport, color: &'static str, title: String) -> impl Into
     let (sub, normal, maxv) = edges(rep.precision);
     let zone = |from: f64, to: f64, fill: &'static str, label: &'static str| {
         let (x0, x1) = (x(from), x(to));
+        // Labels sit inside their zone: from the left edge, or ending at the right one.
+        let (lx, anchor) = if x1 > w - 2.0 * left { (x1 - 2.0, "end") } else { (x0 + 2.0, "start") };
         (x1 > x0 + 0.5).then(|| {
             view! {
                 <rect x=format!("{x0:.1}") y=format!("{top}") width=format!("{:.1}", x1 - x0) height=format!("{:.1}", h - bottom - top) fill=fill opacity="0.35"><title>{label}</title></rect>
-                <text x=format!("{:.1}", x0 + 2.0) y="12" class="label">{label}</text>
+                <text x=format!("{lx:.1}") y="12" class="label" text-anchor=anchor>{label}</text>
             }
         })
     };
@@ -91,7 +93,8 @@ fn chart(rep: &UnderflowReport, color: &'static str, title: String) -> impl Into
             view! { <rect x=format!("{:.1}", left + i as f64 * bw) y=format!("{:.1}", y(n)) width=format!("{:.1}", (bw - 1.0).max(0.5)) height=format!("{:.1}", h - bottom - y(n)) fill=color><title>{format!("{n} values in [2^{e}, 2^{})", e + 1)}</title></rect> }
         })
         .collect::<Vec<_>>();
-    let ticks = (c.lo..=c.lo + c.bins.len() as i32).step_by(10).map(|e| {
+    // Inner ticks only, so no label is cut off at the chart's edges.
+    let ticks = (c.lo + 10..c.lo + c.bins.len() as i32).step_by(10).map(|e| {
         let xe = x(e as f64);
         view! { <text x=format!("{xe:.1}") y=format!("{:.1}", h - 6.0) class="label" text-anchor="middle">{format!("2^{e}")}</text> }
     }).collect::<Vec<_>>();
@@ -112,7 +115,7 @@ fn pct(n: u64, total: u64) -> String {
 }
 
 fn row(r: &UnderflowReport) -> impl IntoView + use<> {
-    let err = if r.relative_error.is_finite() { format!("{:.2e}", r.relative_error) } else { "inf/NaN: step skipped".into() };
+    let err = r.relative_error.map(|e| format!("{e:.2e}")).unwrap_or_else(|| "inf/NaN: step skipped".into());
     view! {
         <tr>
             <td class="num">{format!("2^{} = {}", r.scale.log2().round(), r.scale)}</td>

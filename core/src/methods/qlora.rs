@@ -1,0 +1,144 @@
+//! QLoRA (Dettmers et al., 2023): LoRA on a frozen base whose linear weights are stored in
+//! 4-bit NormalFloat, block-wise, with double quantization of the block maxima, exactly as
+//! bitsandbytes' `Linear4bit` stores them (`formats::blockwise`, tested bit-exact against
+//! bitsandbytes).
+//!
+//! The base stays packed at rest, two codes per byte on the host, and is dequantized to
+//! FP32 on every forward pass; only the LoRA matrices train. Autodiff keeps the
+//! dequantized weight of each layer until the backward pass has used it (bitsandbytes
+//! instead dequantizes a second time in the backward pass), so the saving is in the weights
+//! held between steps, which is what QLoRA's memory figures count.
+
+use std::sync::Arc;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Origin, Result};
+use crate::formats::blockwise::{DQ_BLOCK, FourBit, Quantized4, Scales, quantize_4bit};
+
+use super::lora::LoraConfig;
+
+/// QLoRA's settings: LoRA's, plus how the base is quantized (QLoRA's paper: NF4, blocks of
+/// 64, double quantization).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QloraConfig {
+    #[serde(flatten)]
+    pub lora: LoraConfig,
+    /// Weights per block of the base's 4-bit quantization (`bnb_4bit_blocksize`, 64).
+    pub block: usize,
+    /// Quantize the block maxima too (`bnb_4bit_use_double_quant`).
+    pub double_quant: bool,
+}
+
+impl Default for QloraConfig {
+    fn default() -> Self {
+        Self { lora: LoraConfig::default(), block: 64, double_quant: true }
+    }
+}
+
+impl QloraConfig {
+    pub fn validate(&self, origin: impl Into<Origin>) -> Result<()> {
+        let origin = origin.into();
+        self.lora.validate(origin.clone())?;
+        if self.block < 2 {
+            return Err(Error::config(origin, "block", format!("{} weights per block; use at least 2 (QLoRA uses 64)", self.block)));
+        }
+        Ok(())
+    }
+}
+
+/// A frozen linear weight in NF4, `[d_in, d_out]` when dequantized. Quantized in
+/// `torch.nn.Linear`'s `[d_out, d_in]` order, as bitsandbytes quantizes a `Linear4bit`.
+#[derive(Clone, Debug)]
+pub struct Nf4Weight {
+    pub q: Arc<Quantized4>,
+    pub d_in: usize,
+    pub d_out: usize,
+    /// Where the dequantized weight is made.
+    pub device: Device,
+}
+
+impl Nf4Weight {
+    /// Quantizes a `[d_in, d_out]` weight.
+    pub fn quantize(w: Tensor<2>, block: usize, double_quant: bool) -> Self {
+        let [d_in, d_out] = w.dims();
+        let device = w.device();
+        let linear: Vec<f32> = w.transpose().into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 weights");
+        Self { q: Arc::new(quantize_4bit(&linear, FourBit::Nf4, block, double_quant)), d_in, d_out, device }
+    }
+
+    /// The dequantized weight, `[d_in, d_out]`.
+    pub fn weight(&self) -> Tensor<2> {
+        Tensor::<2>::from_data(TensorData::new(self.q.dequantize(), [self.d_out, self.d_in]), &self.device).transpose()
+    }
+
+    /// Bytes held at rest: packed codes and (quantized) block maxima.
+    pub fn bytes(&self) -> usize {
+        self.q.bytes()
+    }
+
+    /// The stored form as named tensors (suffixes of the weight's path), for checkpoints.
+    pub fn tensors(&self) -> Vec<(&'static str, TensorData)> {
+        let mut out = vec![("nf4.packed", TensorData::new(self.q.packed.clone(), [self.q.packed.len()]))];
+        match &self.q.scales {
+            Scales::Plain(a) => out.push(("nf4.absmax", TensorData::new(a.clone(), [a.len()]))),
+            Scales::Double { codes, scales, offset } => {
+                out.push(("nf4.absmax_codes", TensorData::new(codes.clone(), [codes.len()])));
+                out.push(("nf4.absmax_scales", TensorData::new(scales.clone(), [scales.len()])));
+                out.push(("nf4.absmax_offset", TensorData::new(vec![*offset], [1])));
+            }
+        }
+        out
+    }
+
+    /// Rebuilds a weight of shape `[d_in, d_out]` from `tensors(...)`'s output; `take`
+    /// removes a named part. Errors name the missing or malformed part.
+    pub fn from_tensors(
+        device: &Device,
+        d_in: usize,
+        d_out: usize,
+        block: usize,
+        mut take: impl FnMut(&str) -> Option<TensorData>,
+        origin: &Origin,
+        path: &str,
+    ) -> Result<Self> {
+        let len = d_in * d_out;
+        let bytes = |d: TensorData, part: &str| -> Result<Vec<u8>> {
+            d.try_to_vec::<u8>().map_err(|_| Error::tensor(origin.clone(), format!("{path}.{part}"), "must be a U8 tensor"))
+        };
+        let floats = |d: TensorData, part: &str| -> Result<Vec<f32>> {
+            d.convert::<f32>().try_to_vec::<f32>().map_err(|_| Error::tensor(origin.clone(), format!("{path}.{part}"), "must be a float tensor"))
+        };
+        let missing = |part: &str| Error::tensor(origin.clone(), format!("{path}.{part}"), "is missing from a QLoRA checkpoint");
+        let packed = bytes(take("nf4.packed").ok_or_else(|| missing("nf4.packed"))?, "nf4.packed")?;
+        if packed.len() != len.div_ceil(2) {
+            return Err(Error::tensor(origin.clone(), format!("{path}.nf4.packed"), format!("has {} bytes; a {d_in}×{d_out} weight packs into {}", packed.len(), len.div_ceil(2))));
+        }
+        let blocks = len.div_ceil(block);
+        let scales = match take("nf4.absmax") {
+            Some(a) => Scales::Plain(floats(a, "nf4.absmax")?),
+            None => {
+                let codes = bytes(take("nf4.absmax_codes").ok_or_else(|| missing("nf4.absmax or nf4.absmax_codes"))?, "nf4.absmax_codes")?;
+                let scales = floats(take("nf4.absmax_scales").ok_or_else(|| missing("nf4.absmax_scales"))?, "nf4.absmax_scales")?;
+                let offset = floats(take("nf4.absmax_offset").ok_or_else(|| missing("nf4.absmax_offset"))?, "nf4.absmax_offset")?;
+                if scales.len() != codes.len().div_ceil(DQ_BLOCK) || offset.len() != 1 {
+                    return Err(Error::tensor(origin.clone(), format!("{path}.nf4.absmax_scales"), "does not match the number of block codes"));
+                }
+                Scales::Double { codes, scales, offset: offset[0] }
+            }
+        };
+        let n_scales = match &scales {
+            Scales::Plain(a) => a.len(),
+            Scales::Double { codes, .. } => codes.len(),
+        };
+        if n_scales != blocks {
+            return Err(Error::tensor(
+                origin.clone(),
+                format!("{path}.nf4"),
+                format!("has {n_scales} block maxima; {len} weights in blocks of {block} need {blocks} (was the checkpoint made with another --qlora-block?)"),
+            ));
+        }
+        Ok(Self { q: Arc::new(Quantized4 { kind: FourBit::Nf4, blocksize: block, len, packed, scales }), d_in, d_out, device: device.clone() })
+    }
+}
