@@ -204,25 +204,8 @@ fn run(mut trainer: Trainer, tokenizer: &TextTokenizer, args: &TrainArgs) -> Res
 
     let total = trainer.config.steps;
     let params = trainer.model.config().num_params();
-    let trainable = trainer.config.method.trainable_params(&trainer.model);
-    if trainable != params {
-        eprintln!("{}: {trainable} of {params} parameters train ({:.2}%)", trainer.config.method.name(), 100.0 * trainable as f64 / params as f64);
-    }
-    let mut nf4 = (0usize, 0usize);
-    tinytune::methods::for_each_projection_ref(&trainer.model, |_, p| {
-        if let Some(q) = &p.nf4 {
-            nf4.0 += q.bytes();
-            nf4.1 += q.d_in * q.d_out;
-        }
-    });
-    if nf4.1 > 0 {
-        eprintln!(
-            "NF4 base: {} linear weights in {} ({:.4} bytes/weight; {} in FP32)",
-            nf4.1,
-            tinytune::memory::human(nf4.0 as u64),
-            nf4.0 as f64 / nf4.1 as f64,
-            tinytune::memory::human(4 * nf4.1 as u64)
-        );
+    if trainer.config.method != Method::Full {
+        eprintln!("{}", tinytune::methods::MethodSummary::of(&trainer.config.method, &trainer.model).line());
     }
     eprintln!(
         "training {:.2} M parameters on {} ({} train / {} held-out), {} steps of {}×{} tokens",
@@ -333,6 +316,10 @@ mod tests {
             TrainParams { precision: Precision::Fp16, loss_scale: "dynamic".into(), ..TrainParams::default() },
             TrainParams { precision: Precision::Fp16, loss_scale: "none".into(), ..TrainParams::default() },
             TrainParams { precision: Precision::Bf16, loss_scale: "none".into(), ..TrainParams::default() },
+            TrainParams { method: "lora".into(), rank: 4, alpha: 8.0, targets: "c_attn,mlp.c_proj".into(), ..TrainParams::default() },
+            TrainParams { method: "qlora".into(), ..TrainParams::default() },
+            // Pre-training a fresh model is always full: the method does not apply.
+            TrainParams { model: ModelChoice::Nano, task: DataSource::Stories, method: "lora".into(), ..TrainParams::default() },
         ];
         for params in cases {
             let mut argv = vec!["tinytune".to_string()];
@@ -343,6 +330,7 @@ mod tests {
                     assert_eq!(params.model, ModelChoice::Micro);
                     assert_eq!(a.model.to_str(), Some(tinytune_web::run::MICRO_DIR));
                     resolve(&a.train, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, ModelConfig::micro().n_positions)
+                        .and_then(|mut c| super::method(&a.method).map(|m| { c.method = m; c }))
                 }
                 Command::Pretrain(a) => {
                     assert_eq!((params.model, a.preset.as_str(), a.tokenizer.as_str(), a.dropout), (ModelChoice::Nano, "nano", "char", 0.0));

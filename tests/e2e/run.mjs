@@ -368,6 +368,28 @@ await check("the loss-scaling widget measures micro's FP16 gradients, and an FP1
   await page.close();
 });
 
+await check("QLoRA fine-tunes micro in the page with its NF4 base reported, and the command matches", async () => {
+  const lesson = lessons.find((l) => l.slug === "qlora");
+  const page = await openPage(cpu, base + `?lesson=${lesson.slug}&backend=cpu`);
+  const w = page.locator("[data-widget=train]").first();
+  await setParam(w, "steps", 12);
+  await setParam(w, "compare", false);
+  const command = await w.locator("[data-testid=command]").textContent();
+  assert(command.includes("--method qlora --rank 8 --alpha 16 --targets all-linear"), `command: ${command}`);
+  await w.locator("[data-testid=train]").click();
+  await w.locator('[data-testid=run-state][data-state="Running"]').waitFor({ timeout: 120_000 });
+  const running = await w.locator("[data-testid=run-state]").textContent();
+  assert(running.includes("65536 of 875264 parameters train") && running.includes("NF4 base: 786432 linear weights in 396.2 KiB"), `status: ${running}`);
+  await waitForRun(w, 240_000);
+  const l = await losses(w);
+  const head = l.slice(0, 3).reduce((a, b) => a + b) / 3, tail = l.slice(-3).reduce((a, b) => a + b) / 3;
+  console.log(`     QLoRA losses ${head.toFixed(3)} → ${tail.toFixed(3)}`);
+  assert(l.length === 12 && l.every(Number.isFinite) && tail < head, `QLoRA loss did not fall: ${l}`);
+  await w.screenshot({ path: join(artifacts, "qlora.png") });
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
 await check("reloading an experiment's URL restores its settings", async () => {
   const page = await openPage(cpu, base + `?lesson=${lessons[0].slug}&backend=cpu`);
   const w = page.locator("[data-widget=train]").first();

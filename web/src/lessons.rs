@@ -12,6 +12,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("05-sharding-and-offload.md", include_str!("../../lessons/05-sharding-and-offload.md")),
     ("06-number-formats.md", include_str!("../../lessons/06-number-formats.md")),
     ("07-quantization.md", include_str!("../../lessons/07-quantization.md")),
+    ("15-qlora.md", include_str!("../../lessons/15-qlora.md")),
 ];
 
 /// Every lesson, parsed and sorted by `order`. The files are checked by tests, so an error

@@ -5,6 +5,7 @@
 //! the CLI's own parser and checks it resolves to the same `TrainConfig`.
 
 use tinytune::optim::{AdamWConfig, Decay};
+use tinytune::methods::{LoraConfig, Method, QloraConfig};
 use tinytune::train::{LossScale, Precision, TrainConfig};
 
 use crate::widgets::{ModelChoice, TrainParams};
@@ -48,13 +49,33 @@ impl TrainParams {
             prompt_loss_weight: 0.0,
             precision: self.precision,
             loss_scale: self.loss_scale(),
-            method: tinytune::methods::Method::Full,
+            method: self.method(),
         }
     }
 
     /// The loss scaling the run uses: GradScaler's dynamic rule or none (always none in FP32).
     pub fn loss_scale(&self) -> LossScale {
         if self.precision != Precision::Fp32 && self.loss_scale == "dynamic" { LossScale::dynamic() } else { LossScale::None }
+    }
+
+    /// The fine-tuning method (LoRA's dropout 0 and rsLoRA off, as the CLI's defaults). A
+    /// fresh nano model is pre-trained, and pre-training trains every weight: always full.
+    pub fn method(&self) -> Method {
+        if self.model == ModelChoice::Nano {
+            return Method::Full;
+        }
+        let lora = || LoraConfig {
+            r: self.rank,
+            lora_alpha: self.alpha,
+            lora_dropout: 0.0,
+            target_modules: self.targets.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
+            use_rslora: false,
+        };
+        match self.method.as_str() {
+            "lora" => Method::Lora(lora()),
+            "qlora" => Method::Qlora(QloraConfig { lora: lora(), ..QloraConfig::default() }),
+            _ => Method::Full,
+        }
     }
 
     /// The command's arguments, without the program name.
@@ -78,6 +99,9 @@ impl TrainParams {
         for (flag, value) in flags {
             args.push(flag.into());
             args.push(value);
+        }
+        if self.method != "full" && self.model == ModelChoice::Micro {
+            args.extend(["--method".into(), self.method.clone(), "--rank".into(), self.rank.to_string(), "--alpha".into(), self.alpha.to_string(), "--targets".into(), self.targets.clone()]);
         }
         if self.precision != Precision::Fp32 {
             let scale = if self.loss_scale() == LossScale::None { "none" } else { "dynamic" };

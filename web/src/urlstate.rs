@@ -67,7 +67,7 @@ mod tests {
         let base = vec![Widget::from_block("name: train").unwrap()];
         let mut w = base.clone();
         let q = |k: &str, v: &str| (k.to_string(), v.to_string());
-        let problems = apply(&[q("w1.steps", "-3"), q("w2.steps", "5"), q("w1.rank", "4"), q("other", "x")], &mut w);
+        let problems = apply(&[q("w1.steps", "-3"), q("w2.steps", "5"), q("w1.depth", "4"), q("other", "x")], &mut w);
         assert_eq!(w, base);
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems[1].contains("this lesson has 1 widgets"));

@@ -58,6 +58,29 @@ pub struct TrainParams {
     /// "none" or "dynamic" (GradScaler's rule); used by fp16 and bf16.
     #[serde(default = "no_scaling")]
     pub loss_scale: String,
+    /// full, lora or qlora.
+    #[serde(default = "full")]
+    pub method: String,
+    /// LoRA/QLoRA rank, alpha and target projections.
+    #[serde(default = "eight")]
+    pub rank: usize,
+    #[serde(default = "sixteen")]
+    pub alpha: f64,
+    #[serde(default = "all_linear")]
+    pub targets: String,
+}
+
+fn full() -> String {
+    "full".into()
+}
+fn eight() -> usize {
+    8
+}
+fn sixteen() -> f64 {
+    16.0
+}
+fn all_linear() -> String {
+    "all-linear".into()
 }
 
 fn no_scaling() -> String {
@@ -66,7 +89,7 @@ fn no_scaling() -> String {
 
 impl Default for TrainParams {
     fn default() -> Self {
-        Self { model: ModelChoice::Micro, task: DataSource::Task(tinytune::data::Task::Sentiment), steps: 60, lr: 1e-3, batch: 8, seq: 64, seed: 0, compare: false, precision: Precision::Fp32, loss_scale: no_scaling() }
+        Self { model: ModelChoice::Micro, task: DataSource::Task(tinytune::data::Task::Sentiment), steps: 60, lr: 1e-3, batch: 8, seq: 64, seed: 0, compare: false, precision: Precision::Fp32, loss_scale: no_scaling(), method: full(), rank: eight(), alpha: sixteen(), targets: all_linear() }
     }
 }
 
@@ -174,7 +197,7 @@ impl Widget {
     /// The parameter names this widget accepts.
     pub fn keys(&self) -> &'static [&'static str] {
         match self {
-            Widget::Train(_) => &["model", "task", "steps", "lr", "batch", "seq", "seed", "compare", "precision", "loss_scale"],
+            Widget::Train(_) => &["model", "task", "steps", "lr", "batch", "seq", "seed", "compare", "precision", "loss_scale", "method", "rank", "alpha", "targets"],
             Widget::Generate(_) => &["model", "prompt", "temperature", "top_k", "max_tokens", "samples", "seed"],
             Widget::ModelCard(_) => &["model"],
             Widget::Decide => &[],
@@ -226,6 +249,17 @@ impl Widget {
                 "compare" => p.compare = boolean(value).map_err(bad)?,
                 "precision" => p.precision = value.parse::<Precision>().map_err(bad)?,
                 "loss_scale" => p.loss_scale = one_of(value, &["none", "dynamic"]).map_err(bad)?,
+                "method" => p.method = one_of(value, &["full", "lora", "qlora"]).map_err(bad)?,
+                "rank" => p.rank = int(value, 1, 256).map_err(bad)?,
+                "alpha" => p.alpha = float(value, 1e-3, 1e4).map_err(bad)?,
+                "targets" => {
+                    let probe = tinytune::methods::LoraConfig { target_modules: value.split(',').map(|t| t.trim().to_string()).collect(), ..Default::default() };
+                    let known = ["c_attn", "c_proj", "c_fc", "attn.c_proj", "mlp.c_proj", "mlp.c_fc", "attn.c_attn", "all-linear"];
+                    if let Some(t) = probe.target_modules.iter().find(|t| !known.contains(&t.as_str())) {
+                        return Err(bad(format!("unknown projection {t:?}; use {}", known.join(", "))));
+                    }
+                    p.targets = value.to_string();
+                }
                 _ => return Err(unknown()),
             },
             Widget::Generate(p) => match key {
@@ -314,6 +348,10 @@ impl Widget {
                 ("compare", p.compare.to_string()),
                 ("precision", p.precision.to_string()),
                 ("loss_scale", p.loss_scale.clone()),
+                ("method", p.method.clone()),
+                ("rank", p.rank.to_string()),
+                ("alpha", p.alpha.to_string()),
+                ("targets", p.targets.clone()),
             ],
             Widget::Generate(p) => vec![
                 ("model", p.model.name().into()),
@@ -445,7 +483,10 @@ mod tests {
         check("name: memory\nzero: 4", "must be from 0 to 3");
         check("name: memory-timeline\nseq: 512", "must be from 8 to 128");
         check("name: train\nsteps: 0", "train: steps: \"0\": must be from 1 to 2000");
-        check("name: train\nrank: 4", "use model, task, steps, lr, batch, seq, seed, compare");
+        check("name: train\ndepth: 4", "use model, task, steps, lr, batch, seq, seed, compare, precision, loss_scale, method, rank, alpha, targets");
+        check("name: train\ntargets: q_proj", "unknown projection \"q_proj\"; use c_attn");
+        check("name: train\nmethod: dora", "choose full, lora, qlora");
+        check("name: loss-scaling\nscale_log2: 40", "must be from 0 to 24");
         check("name: train\ntask: poems", "unknown data 'poems'");
         check("name: train\nmodel: gpt2", "choose micro");
         check("name: train\ncompare: yes", "expected true or false");

@@ -93,6 +93,49 @@ impl Method {
     }
 }
 
+/// What a method did to a model, in numbers: trainable parameters and, for QLoRA, the bytes
+/// of the NF4 base.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MethodSummary {
+    pub method: String,
+    pub trainable: usize,
+    /// Parameters of the unadapted model.
+    pub total: usize,
+    /// Linear weights held in NF4, and their bytes at rest (codes and scales).
+    pub nf4_weights: usize,
+    pub nf4_bytes: usize,
+}
+
+impl MethodSummary {
+    pub fn of(method: &Method, model: &Gpt) -> Self {
+        let (mut nf4_weights, mut nf4_bytes) = (0, 0);
+        for_each_projection_ref(model, |_, p| {
+            if let Some(q) = &p.nf4 {
+                nf4_weights += q.d_in * q.d_out;
+                nf4_bytes += q.bytes();
+            }
+        });
+        Self { method: method.name().into(), trainable: method.trainable_params(model), total: model.config().num_params(), nf4_weights, nf4_bytes }
+    }
+
+    /// One line for logs and the page, e.g. "qlora: 65536 of 875264 parameters train
+    /// (7.49%); NF4 base: 786432 linear weights in 396.2 KiB (0.5160 bytes/weight; 3.0 MiB
+    /// in FP32)".
+    pub fn line(&self) -> String {
+        let mut s = format!("{}: {} of {} parameters train ({:.2}%)", self.method, self.trainable, self.total, 100.0 * self.trainable as f64 / self.total.max(1) as f64);
+        if self.nf4_weights > 0 {
+            s += &format!(
+                "; NF4 base: {} linear weights in {} ({:.4} bytes/weight; {} in FP32)",
+                self.nf4_weights,
+                crate::memory::human(self.nf4_bytes as u64),
+                self.nf4_bytes as f64 / self.nf4_weights as f64,
+                crate::memory::human(4 * self.nf4_weights as u64)
+            );
+        }
+        s
+    }
+}
+
 /// Freezes `model` and adds LoRA paths (trainable) to the projections `config` targets.
 fn add_lora(model: Gpt, config: &LoraConfig, seed: u64, device: &Device) -> Gpt {
     let mut rng = Rng::derive(seed, "lora-init");

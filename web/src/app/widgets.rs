@@ -95,6 +95,9 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
     let start = move |_| {
         let params = p.get_untracked();
         let mut label = format!("{} · {} · lr {} · {} steps", params.model.name(), params.task, params.lr, params.steps);
+        if params.method != "full" && params.model == crate::widgets::ModelChoice::Micro {
+            label += &format!(" · {} r{}", params.method, params.rank);
+        }
         if params.precision != tinytune::train::Precision::Fp32 {
             label += &format!(" · {} · loss scale {}", params.precision, params.loss_scale);
         }
@@ -168,6 +171,10 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
                 {field("seed", "seed", num(|p| p.seed.to_string()), set)}
                 {choice("precision", "precision", vec![("fp32", "FP32"), ("fp16", "FP16 mixed"), ("bf16", "BF16 mixed")], move || p.get().precision.to_string(), set)}
                 {choice("loss scaling", "loss_scale", vec![("none", "none"), ("dynamic", "dynamic (FP16)")], move || p.get().loss_scale.clone(), set)}
+                {choice("method (micro)", "method", vec![("full", "full"), ("lora", "LoRA"), ("qlora", "QLoRA (NF4 base)")], move || p.get().method.clone(), set)}
+                {field("LoRA rank", "rank", num(|p| p.rank.to_string()), set)}
+                {field("LoRA alpha", "alpha", num(|p| p.alpha.to_string()), set)}
+                {field("LoRA targets", "targets", num(|p| p.targets.clone()), set)}
                 <label class="field check">
                     <input type="checkbox" data-param="compare" prop:checked=move || p.get().compare on:change=move |ev| set("compare", event_target_checked(&ev).to_string()) />
                     <span>"compare before / after"</span>
@@ -204,7 +211,8 @@ fn run_of(msg: &FromWorker) -> Option<u32> {
 fn run_status(r: RunView) -> impl IntoView {
     let state = match r.state {
         RunState::Preparing => format!("preparing: {}", r.message),
-        RunState::Running => "running".into(),
+        RunState::Running if r.message.is_empty() => "running".into(),
+        RunState::Running => format!("running · {}", r.message),
         RunState::Paused => "paused".into(),
         RunState::Done => "done".into(),
         RunState::Cancelled => "stopped".into(),

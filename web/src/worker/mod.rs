@@ -220,12 +220,20 @@ async fn load(choice: ModelChoice, seed: u64, device: &Device) -> Result<(Gpt, T
 }
 
 async fn train(run: u32, p: &TrainParams, control: &Cell<Control>) -> Result<RunState, String> {
-    let ad = device().await.autodiff();
+    let config = p.train_config();
+    // QLoRA quantizes the base on the host and dequantizes it there every step, reading
+    // weights back synchronously, which WebGPU cannot do: it always runs on the CPU.
+    let qlora = matches!(config.method, tinytune::methods::Method::Qlora(_));
+    let ad = if qlora { Device::flex().autodiff() } else { device().await.autodiff() };
     status(run, RunState::Preparing, "loading the model");
     let (model, tokenizer) = load(p.model, p.seed, &ad).await?;
+    let model = config.method.apply(model, config.seed, &ad).map_err(|e| e.to_string())?;
+    let mut summary = tinytune::methods::MethodSummary::of(&config.method, &model).line();
+    if qlora {
+        summary += " · on the CPU";
+    }
     status(run, RunState::Preparing, "generating and tokenising the data");
     js::sleep(0).await;
-    let config = p.train_config();
     let mut trainer = Trainer::new(model, &tokenizer, config.clone(), &ad).map_err(|e| e.to_string())?;
     let before = match p.compare {
         true => {
@@ -234,7 +242,7 @@ async fn train(run: u32, p: &TrainParams, control: &Cell<Control>) -> Result<Run
         }
         false => None,
     };
-    status(run, RunState::Running, "");
+    status(run, RunState::Running, &summary);
     while trainer.step < config.steps {
         match control.get() {
             Control::Cancel => return Ok(RunState::Cancelled),
@@ -246,7 +254,7 @@ async fn train(run: u32, p: &TrainParams, control: &Cell<Control>) -> Result<Run
                 if control.get() == Control::Cancel {
                     return Ok(RunState::Cancelled);
                 }
-                status(run, RunState::Running, "");
+                status(run, RunState::Running, &summary);
             }
             Control::Run => {}
         }
