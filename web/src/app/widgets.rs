@@ -68,6 +68,8 @@ struct RunView {
     last: Option<StepEvent>,
     /// Updates skipped by the loss scaler (an FP16 gradient overflowed).
     skipped: usize,
+    /// What the method did (trainable share, NF4 base size), kept after the run ends.
+    info: String,
     compare: Option<(Vec<CompareRow>, f32, f32)>,
 }
 
@@ -109,6 +111,9 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
                 let Some(r) = rs.iter_mut().find(|r| Some(r.id) == run_of(&msg)) else { return };
                 match msg {
                     FromWorker::Status { state, message, .. } => {
+                        if state == RunState::Running && !message.is_empty() {
+                            r.info = message.clone();
+                        }
                         r.state = state;
                         r.message = message;
                     }
@@ -124,7 +129,7 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
             });
         });
         runs.update(|rs| {
-            rs.push(RunView { id, label, state: RunState::Preparing, message: "starting".into(), steps: params.steps, train: vec![], eval: vec![], last: None, skipped: 0, compare: None })
+            rs.push(RunView { id, label, state: RunState::Preparing, message: "starting".into(), steps: params.steps, train: vec![], eval: vec![], last: None, skipped: 0, info: String::new(), compare: None })
         });
         client::send(&ToWorker::Train { run: id, params });
     };
@@ -213,6 +218,7 @@ fn run_status(r: RunView) -> impl IntoView {
         RunState::Preparing => format!("preparing: {}", r.message),
         RunState::Running if r.message.is_empty() => "running".into(),
         RunState::Running => format!("running · {}", r.message),
+        RunState::Done if !r.info.is_empty() => format!("done · {}", r.info),
         RunState::Paused => "paused".into(),
         RunState::Done => "done".into(),
         RunState::Cancelled => "stopped".into(),

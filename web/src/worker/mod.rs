@@ -228,7 +228,11 @@ async fn train(run: u32, p: &TrainParams, control: &Cell<Control>) -> Result<Run
     status(run, RunState::Preparing, "loading the model");
     let (model, tokenizer) = load(p.model, p.seed, &ad).await?;
     let model = config.method.apply(model, config.seed, &ad).map_err(|e| e.to_string())?;
-    let mut summary = tinytune::methods::MethodSummary::of(&config.method, &model).line();
+    // Full fine-tuning needs no summary line: everything trains.
+    let mut summary = match config.method {
+        tinytune::methods::Method::Full => String::new(),
+        _ => tinytune::methods::MethodSummary::of(&config.method, &model).line(),
+    };
     if qlora {
         summary += " · on the CPU";
     }
