@@ -5,7 +5,7 @@
 
 use burn::tensor::Device;
 use tinytune::data::CHARSET;
-use tinytune::train::precision::{UnderflowReport, underflow_report};
+use tinytune::train::precision::{UnderflowReport, underflow_reports};
 use tinytune::train::{DataSource, Precision, TrainConfig, Trainer};
 use tinytune::{Gpt, ModelConfig, TextTokenizer};
 
@@ -46,7 +46,7 @@ pub fn loss_scale_cmd(a: LossScaleArgs, device: &Device) -> Result<(), String> {
     let config = TrainConfig { data, batch_size: a.batch, seq_len, train_examples: 200, eval_examples: 20, ..TrainConfig::default() };
     let trainer = Trainer::new(model, &tokenizer, config, &ad).map_err(|e| e.to_string())?;
     let batch = trainer.batch_for(0);
-    let reports: Vec<UnderflowReport> = scales.iter().map(|&s| underflow_report(&trainer, &batch, precision, s)).collect();
+    let reports: Vec<UnderflowReport> = underflow_reports(&trainer, &batch, precision, &scales);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&reports).expect("plain data"));
         return Ok(());

@@ -9,7 +9,7 @@ use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use tinytune::checkpoint::{TrainerState, files, load_optimizer, save_model, save_optimizer};
 use tinytune::data::{CHARSET, Split};
-use tinytune::methods::{LoraConfig, Method, QloraConfig};
+use tinytune::methods::{LoraConfig, Method};
 use tinytune::optim::AdamWConfig;
 use tinytune::train::{DataSource, EvalEvent, LossScale, Precision, TrainConfig, TrainEvent, Trainer};
 use tinytune::{Gpt, ModelConfig, TextTokenizer};
@@ -120,20 +120,8 @@ pub fn finetune(args: FinetuneArgs, device: &Device) -> Result<(), String> {
 
 /// The fine-tuning method the flags describe.
 pub fn method(a: &MethodArgs) -> Result<Method, String> {
-    let lora = || LoraConfig {
-        r: a.rank,
-        lora_alpha: a.alpha,
-        lora_dropout: a.lora_dropout,
-        target_modules: a.targets.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
-        use_rslora: a.rslora,
-    };
-    let m = match a.method.as_str() {
-        "full" => Method::Full,
-        "lora" => Method::Lora(lora()),
-        "qlora" => Method::Qlora(QloraConfig { lora: lora(), block: a.qlora_block, double_quant: !a.no_double_quant }),
-        other => return Err(format!("--method: unknown method '{other}'; choose full, lora or qlora")),
-    };
-    Ok(m)
+    let lora = LoraConfig { r: a.rank, lora_alpha: a.alpha, lora_dropout: a.lora_dropout, target_modules: LoraConfig::target_list(&a.targets), use_rslora: a.rslora };
+    Method::named(&a.method, lora, a.qlora_block, !a.no_double_quant).map_err(|e| format!("--method: {e}"))
 }
 
 fn refuse_to_overwrite(out: &Path) -> Result<(), String> {

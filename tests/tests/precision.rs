@@ -8,7 +8,7 @@ use burn::tensor::Device;
 use tinytune::checkpoint::load_parts;
 use tinytune::data::{CHARSET, Task};
 use tinytune::model::params::param_data;
-use tinytune::train::precision::underflow_report;
+use tinytune::train::precision::underflow_reports;
 use tinytune::train::{DataSource, LossScale, Precision, TrainConfig, Trainer};
 use tinytune::{Gpt, ModelConfig, TextTokenizer};
 
@@ -91,8 +91,7 @@ fn loss_scaling_moves_the_pretrained_models_gradients_out_of_fp16s_subnormals() 
     let tc = TrainConfig { data: DataSource::Task(Task::StoryQa), batch_size: 16, seq_len: 128, train_examples: 200, eval_examples: 20, ..TrainConfig::default() };
     let trainer = Trainer::new(model, &tok, tc, &device).unwrap();
     let batch = trainer.batch_for(0);
-    let at = |s| underflow_report(&trainer, &batch, Precision::Fp16, s);
-    let (one, k, big) = (at(1.0), at(1024.0), at(65536.0));
+    let [one, k, big]: [_; 3] = underflow_reports(&trainer, &batch, Precision::Fp16, &[1.0, 1024.0, 65536.0]).try_into().unwrap();
     let sub = |r: &tinytune::train::precision::UnderflowReport| r.actual.subnormal as f64 / r.actual.total as f64;
     println!("scale 1: lost {:.4}% subnormal {:.2}%; 1024: lost {:.4}% subnormal {:.2}%; 65536: {} overflowed", 100.0 * one.lost_fraction(), 100.0 * sub(&one), 100.0 * k.lost_fraction(), 100.0 * sub(&k), big.actual.non_finite);
     // Unscaled, a few percent of micro's gradient values are FP16 subnormals (measured 6.1%)

@@ -1,6 +1,6 @@
 //! The loss-scaling widget's settings and answer. The worker computes one batch's gradients
 //! of the shipped micro model in FP16 (or BF16) unscaled and at the chosen scale, each
-//! compared with FP32 (`tinytune::train::precision::underflow_report`).
+//! compared with FP32 (`tinytune::train::precision::underflow_reports`).
 
 use serde::{Deserialize, Serialize};
 use tinytune::train::precision::UnderflowReport;

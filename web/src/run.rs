@@ -64,18 +64,10 @@ impl TrainParams {
         if self.model == ModelChoice::Nano {
             return Method::Full;
         }
-        let lora = || LoraConfig {
-            r: self.rank,
-            lora_alpha: self.alpha,
-            lora_dropout: 0.0,
-            target_modules: self.targets.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
-            use_rslora: false,
-        };
-        match self.method.as_str() {
-            "lora" => Method::Lora(lora()),
-            "qlora" => Method::Qlora(QloraConfig { lora: lora(), ..QloraConfig::default() }),
-            _ => Method::Full,
-        }
+        let lora = LoraConfig { r: self.rank, lora_alpha: self.alpha, lora_dropout: 0.0, target_modules: LoraConfig::target_list(&self.targets), use_rslora: false };
+        let qlora = QloraConfig::default();
+        // `Widget::set` admits only full, lora and qlora.
+        Method::named(&self.method, lora, qlora.block, qlora.double_quant).unwrap_or_default()
     }
 
     /// The command's arguments, without the program name.

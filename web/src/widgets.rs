@@ -253,9 +253,9 @@ impl Widget {
                 "rank" => p.rank = int(value, 1, 256).map_err(bad)?,
                 "alpha" => p.alpha = float(value, 1e-3, 1e4).map_err(bad)?,
                 "targets" => {
-                    let probe = tinytune::methods::LoraConfig { target_modules: value.split(',').map(|t| t.trim().to_string()).collect(), ..Default::default() };
                     let known = ["c_attn", "c_proj", "c_fc", "attn.c_proj", "mlp.c_proj", "mlp.c_fc", "attn.c_attn", "all-linear"];
-                    if let Some(t) = probe.target_modules.iter().find(|t| !known.contains(&t.as_str())) {
+                    // Every comma-separated entry must name a projection (an empty one too).
+                    if let Some(t) = value.split(',').map(str::trim).find(|t| !known.contains(t)) {
                         return Err(bad(format!("unknown projection {t:?}; use {}", known.join(", "))));
                     }
                     p.targets = value.to_string();

@@ -45,6 +45,11 @@ impl LoraConfig {
         if self.use_rslora { self.lora_alpha / (self.r as f64).sqrt() } else { self.lora_alpha / self.r as f64 }
     }
 
+    /// Target modules from a comma-separated list (`c_attn,mlp.c_proj`), blanks dropped.
+    pub fn target_list(list: &str) -> Vec<String> {
+        list.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect()
+    }
+
     /// Whether the projection at dotted `path` (e.g. `h.3.attn.c_attn`) is a target.
     pub fn targets(&self, path: &str) -> bool {
         self.target_modules.iter().any(|t| t == "all-linear" || path == t || path.ends_with(&format!(".{t}")))

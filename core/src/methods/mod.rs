@@ -56,6 +56,18 @@ impl Method {
         }
     }
 
+    /// The method called `name` (full, lora or qlora), built from the LoRA settings and,
+    /// for QLoRA, the base's block size and double quantization: the one place the CLI's
+    /// flags and the browser's widget settings become a `Method`.
+    pub fn named(name: &str, lora: LoraConfig, qlora_block: usize, double_quant: bool) -> std::result::Result<Method, String> {
+        match name {
+            "full" => Ok(Method::Full),
+            "lora" => Ok(Method::Lora(lora)),
+            "qlora" => Ok(Method::Qlora(QloraConfig { lora, block: qlora_block, double_quant })),
+            other => Err(format!("unknown method '{other}'; choose full, lora or qlora")),
+        }
+    }
+
     /// The method's LoRA settings, if it has any.
     pub fn lora(&self) -> Option<&LoraConfig> {
         match self {

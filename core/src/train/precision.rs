@@ -315,18 +315,30 @@ impl UnderflowReport {
     }
 }
 
-/// Runs one backward pass of `batch` in FP32 and one in `precision` at `scale`, and
-/// compares them element by element.
-pub fn underflow_report(trainer: &crate::train::Trainer, batch: &crate::train::Batch, precision: Precision, scale: f64) -> UnderflowReport {
+/// Runs one backward pass of `batch` in FP32, then one in `precision` at each of `scales`,
+/// and compares each with the FP32 gradients element by element.
+pub fn underflow_reports(trainer: &crate::train::Trainer, batch: &crate::train::Batch, precision: Precision, scales: &[f64]) -> Vec<UnderflowReport> {
     let host = |g: Tensor<1>| -> Vec<f32> { g.cast(DType::F32).into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default() };
+    // The FP32 reference does not depend on the scale: one backward pass serves every report.
     let (_, reference) = trainer.raw_gradients(batch, Precision::Fp32, 1.0);
-    let (loss, actual) = trainer.raw_gradients(batch, precision, scale);
-    let loss = host(loss.inner())[0];
+    let reference: Vec<Vec<f32>> = reference.0.into_iter().map(|(_, g)| host(g)).collect();
+    scales
+        .iter()
+        .map(|&scale| {
+            let (loss, actual) = trainer.raw_gradients(batch, precision, scale);
+            let actual: Vec<Vec<f32>> = actual.0.into_iter().map(|(_, g)| host(g)).collect();
+            compare(precision, scale, host(loss.inner())[0], &reference, &actual)
+        })
+        .collect()
+}
+
+/// One report: `actual` (gradients in `precision`, multiplied by `scale`) against the FP32
+/// `reference`, parameter by parameter.
+fn compare(precision: Precision, scale: f64, loss: f32, reference: &[Vec<f32>], actual: &[Vec<f32>]) -> UnderflowReport {
     let (mut r_all, mut a_all) = (Vec::new(), Vec::new());
     let (mut lost, mut nonzero, mut diff2, mut ref2) = (0u64, 0u64, 0f64, 0f64);
-    for ((_, r), (_, a)) in reference.0.into_iter().zip(actual.0) {
-        let (r, a) = (host(r), host(a));
-        for (&x, &y) in r.iter().zip(&a) {
+    for (r, a) in reference.iter().zip(actual) {
+        for (&x, &y) in r.iter().zip(a) {
             if x != 0.0 {
                 nonzero += 1;
                 if y == 0.0 {
@@ -338,7 +350,7 @@ pub fn underflow_report(trainer: &crate::train::Trainer, batch: &crate::train::B
             ref2 += x as f64 * x as f64;
         }
         r_all.extend(r.iter().map(|x| (*x as f64 * scale) as f32));
-        a_all.extend(a);
+        a_all.extend_from_slice(a);
     }
     let format = precision.format();
     UnderflowReport {

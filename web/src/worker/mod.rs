@@ -344,7 +344,7 @@ async fn quantize(p: &crate::quantize::QuantizeParams) -> Result<crate::quantize
 /// in FP16/BF16 unscaled and at the chosen scale. Always on the CPU (flex): it has both
 /// half types, and the comparison reads every gradient back synchronously.
 async fn loss_scaling(p: &crate::precision::LossScalingParams) -> Result<crate::precision::LossScalingResult, String> {
-    use tinytune::train::precision::underflow_report;
+    use tinytune::train::precision::underflow_reports;
     use tinytune::train::{Precision, TrainConfig, Trainer};
     let precision: Precision = p.precision.parse()?;
     let device = Device::flex().autodiff();
@@ -355,8 +355,7 @@ async fn loss_scaling(p: &crate::precision::LossScalingParams) -> Result<crate::
     if batch.weight_sum() == 0.0 {
         return Err(format!("at {} tokens per row every answer is cut off, so no token counts in the loss; use a longer seq", p.seq));
     }
-    let unscaled = underflow_report(&trainer, &batch, precision, 1.0);
-    let scaled = underflow_report(&trainer, &batch, precision, p.scale());
+    let [unscaled, scaled]: [_; 2] = underflow_reports(&trainer, &batch, precision, &[1.0, p.scale()]).try_into().expect("one report per scale");
     Ok(crate::precision::LossScalingResult { unscaled, scaled })
 }
 
