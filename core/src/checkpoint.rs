@@ -17,7 +17,7 @@ use crate::error::{Error, Origin, Result};
 use crate::methods::{Method, Nf4Weight};
 use crate::model::params::{load_params, param_data};
 use crate::model::{Gpt, ModelConfig};
-use crate::optim::AdamW;
+use crate::optim::Optimizer;
 use crate::tokenizer::TextTokenizer;
 
 /// The file names of a checkpoint folder.
@@ -211,12 +211,12 @@ pub fn load_parts_for(dir: &str, config_json: &str, tokenizer_json: &str, weight
 }
 
 /// The optimizer's moments as safetensors bytes.
-pub fn save_optimizer(optim: &AdamW) -> Vec<u8> {
+pub fn save_optimizer(optim: &Optimizer) -> Vec<u8> {
     to_safetensors(optim.state_data())
 }
 
 /// Restores moments saved by `save_optimizer`.
-pub fn load_optimizer(optim: &mut AdamW, t: u64, bytes: &[u8], device: &Device, origin: impl Into<Origin>) -> Result<()> {
+pub fn load_optimizer(optim: &mut Optimizer, t: u64, bytes: &[u8], device: &Device, origin: impl Into<Origin>) -> Result<()> {
     let tensors = from_safetensors(bytes, &origin.into())?;
     optim.load_state(t, tensors, device);
     Ok(())

@@ -6,7 +6,7 @@
 
 use burn::tensor::Device;
 use tinytune::data::rng::Rng;
-use tinytune::optim::{AdamW, AdamWConfig, NamedGrads};
+use tinytune::optim::{NamedGrads, OptimConfig, Optimizer};
 use tinytune::train::Dataset;
 use tinytune::{Gpt, ModelConfig};
 use web_time::Instant;
@@ -17,7 +17,7 @@ fn main() {
     let (d, l, h, ctx, b, v, steps) = (get(0, 128), get(1, 4), get(2, 4), get(3, 128), get(4, 16), get(5, 256), get(6, 10));
     let device = Device::flex().autodiff();
     let mut model = Gpt::init(&ModelConfig::new(v, ctx, d, l, h), 0, &device);
-    let mut optim = AdamW::new(AdamWConfig::default());
+    let mut optim = Optimizer::new(OptimConfig::default());
     let mut rng = Rng::new(0);
     let data = Dataset::Stream { tokens: (0..100_000).map(|_| rng.below(v) as u32).collect() };
     let mut t = [0f64; 4];

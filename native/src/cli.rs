@@ -227,17 +227,44 @@ pub struct TrainArgs {
     /// Peak learning rate.
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Linear warmup steps (default: 10% of --steps).
-    #[arg(long)]
-    pub warmup: Option<usize>,
-    #[arg(long, value_enum, default_value_t = DecayArg::Cosine)]
-    pub decay: DecayArg,
+    /// Linear warmup: a number of steps (100) or a share of the run (10% or 0.1; rounded up
+    /// as transformers does).
+    #[arg(long, default_value = "10%")]
+    pub warmup: String,
+    /// Learning-rate schedule after warmup: constant, linear or cosine decay.
+    #[arg(long, visible_alias = "decay", value_enum, default_value_t = DecayArg::Cosine)]
+    pub schedule: DecayArg,
     /// End of decay as a fraction of the peak learning rate.
     #[arg(long, default_value_t = 0.1)]
     pub min_lr_ratio: f64,
-    /// AdamW decoupled weight decay (PyTorch's default 0.01).
-    #[arg(long, default_value_t = 0.01)]
-    pub weight_decay: f64,
+    /// Optimizer: sgd, adamw, adafactor, lion, adamw8bit, paged-adamw, paged-adamw8bit or
+    /// mezo (zeroth-order: two forward passes, no backward).
+    #[arg(long, default_value = "adamw")]
+    pub optimizer: String,
+    /// Weight decay on matrices and embeddings (default: the optimizer's, as PyTorch and
+    /// bitsandbytes set it: 0.01 for the AdamW family, 0 for the rest).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// SGD's momentum (default 0, PyTorch's).
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// First-moment decay (Adam family, Lion). Default: the optimizer's.
+    #[arg(long)]
+    pub beta1: Option<f64>,
+    /// Second-moment decay (Adam family: 0.999; Lion: 0.99).
+    #[arg(long)]
+    pub beta2: Option<f64>,
+    /// MeZO's perturbation size ε.
+    #[arg(long, default_value_t = 1e-3)]
+    pub mezo_eps: f64,
+    /// Split each batch of --batch rows into K micro-batches and sum their gradients before
+    /// one update: the same update with less activation memory. K must divide --batch.
+    #[arg(long, default_value_t = 1)]
+    pub accumulate: usize,
+    /// Gradient checkpointing: recompute the forward pass's cheap operations during the
+    /// backward pass instead of keeping their outputs (same gradients, lower peak memory).
+    #[arg(long)]
+    pub checkpointing: bool,
     /// Clip the global gradient norm (0 turns clipping off).
     #[arg(long, default_value_t = 1.0)]
     pub clip: f64,

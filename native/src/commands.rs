@@ -160,7 +160,7 @@ pub fn bench_cmd(args: BenchArgs, device: &Device) -> Result<(), String> {
         batch_size: args.batch,
         seq_len: args.ctx,
         warmup_steps: 0,
-        optimizer: tinytune::optim::AdamWConfig { clip_grad_norm: None, ..Default::default() },
+        optimizer: tinytune::optim::OptimConfig { clip_grad_norm: None, ..Default::default() },
         ..TrainConfig::default()
     };
     let model = Gpt::init(&config, 0, &ad);

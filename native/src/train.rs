@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tinytune::checkpoint::{TrainerState, files, load_optimizer, save_model, save_optimizer};
 use tinytune::data::{CHARSET, Split};
 use tinytune::methods::{LoraConfig, Method};
-use tinytune::optim::AdamWConfig;
+use tinytune::optim::{OptimConfig, OptimKind, Warmup};
 use tinytune::train::{DataSource, EvalEvent, LossScale, Precision, TrainConfig, TrainEvent, Trainer};
 use tinytune::{Gpt, ModelConfig, TextTokenizer};
 
@@ -33,6 +33,7 @@ fn resolve(args: &TrainArgs, default_data: DataSource, default_lr: f64, n_positi
             scale: v.parse().map_err(|_| format!("--loss-scale: '{v}' is not dynamic, none or a number such as 1024"))?,
         },
     };
+    let warmup = args.warmup.parse::<Warmup>().map_err(|e| format!("--warmup: {e}"))?;
     let config = TrainConfig {
         data,
         train_examples: args.train_examples,
@@ -43,14 +44,16 @@ fn resolve(args: &TrainArgs, default_data: DataSource, default_lr: f64, n_positi
         batch_size: args.batch,
         seq_len: args.seq_len.unwrap_or(n_positions.min(128)),
         lr: args.lr.unwrap_or(default_lr),
-        warmup_steps: args.warmup.unwrap_or(args.steps / 10),
-        decay: args.decay.into(),
-        min_lr_ratio: args.min_lr_ratio,
-        optimizer: AdamWConfig {
-            weight_decay: args.weight_decay,
-            clip_grad_norm: (args.clip > 0.0).then_some(args.clip),
-            ..AdamWConfig::default()
+        warmup_steps: warmup.steps(args.steps),
+        warmup_ratio: match warmup {
+            Warmup::Ratio(r) => Some(r),
+            Warmup::Steps(_) => None,
         },
+        decay: args.schedule.into(),
+        min_lr_ratio: args.min_lr_ratio,
+        optimizer: optimizer(args)?,
+        accumulate: args.accumulate,
+        checkpointing: args.checkpointing,
         eval_every: args.eval_every,
         eval_batches: args.eval_batches,
         checkpoint_every: args.checkpoint_every,
@@ -62,6 +65,21 @@ fn resolve(args: &TrainArgs, default_data: DataSource, default_lr: f64, n_positi
     };
     config.validate("command line", n_positions).map_err(flag_error)?;
     Ok(config)
+}
+
+/// The optimizer flags as a config: the kind's defaults, then whatever was given.
+fn optimizer(args: &TrainArgs) -> Result<OptimConfig, String> {
+    let kind = args.optimizer.parse::<OptimKind>().map_err(|e| format!("--optimizer: {e}"))?;
+    let d = OptimConfig::for_kind(kind);
+    Ok(OptimConfig {
+        beta1: args.beta1.unwrap_or(d.beta1),
+        beta2: args.beta2.unwrap_or(d.beta2),
+        weight_decay: args.weight_decay.unwrap_or(d.weight_decay),
+        momentum: args.momentum.unwrap_or(d.momentum),
+        mezo_eps: args.mezo_eps,
+        clip_grad_norm: if kind == OptimKind::Mezo { None } else { (args.clip > 0.0).then_some(args.clip) },
+        ..d
+    })
 }
 
 /// A config error found in values that came from flags, phrased in terms of the flag.

@@ -4,7 +4,7 @@
 //! configuration natively ("Run this at scale"). A test in the CLI parses that command with
 //! the CLI's own parser and checks it resolves to the same `TrainConfig`.
 
-use tinytune::optim::{AdamWConfig, Decay};
+use tinytune::optim::{Decay, OptimConfig, OptimKind, Warmup};
 use tinytune::methods::{LoraConfig, Method, QloraConfig};
 use tinytune::train::{LossScale, Precision, TrainConfig};
 
@@ -38,10 +38,16 @@ impl TrainParams {
             batch_size: self.batch,
             seq_len: self.seq,
             lr: self.lr,
-            warmup_steps: self.steps / 10,
-            decay: Decay::Cosine,
+            warmup_steps: self.warmup().steps(self.steps),
+            warmup_ratio: match self.warmup() {
+                Warmup::Ratio(r) => Some(r),
+                Warmup::Steps(_) => None,
+            },
+            decay: self.decay(),
             min_lr_ratio: 0.1,
-            optimizer: AdamWConfig { weight_decay: 0.01, clip_grad_norm: Some(1.0), ..AdamWConfig::default() },
+            optimizer: self.optimizer_config(),
+            accumulate: self.accumulate,
+            checkpointing: self.checkpointing,
             eval_every: self.eval_every(),
             eval_batches: EVAL_BATCHES,
             // The browser keeps its run in memory; the native command saves every 100 steps.
@@ -51,6 +57,28 @@ impl TrainParams {
             loss_scale: self.loss_scale(),
             method: self.method(),
         }
+    }
+
+    /// The warmup (`Widget::set` admits only values that parse).
+    pub fn warmup(&self) -> Warmup {
+        self.warmup.parse().unwrap_or(Warmup::Ratio(0.1))
+    }
+
+    pub fn decay(&self) -> Decay {
+        match self.schedule.as_str() {
+            "constant" => Decay::Constant,
+            "linear" => Decay::Linear,
+            _ => Decay::Cosine,
+        }
+    }
+
+    pub fn optimizer_kind(&self) -> OptimKind {
+        self.optimizer.parse().unwrap_or_default()
+    }
+
+    /// The optimizer with its defaults, as the CLI resolves `--optimizer` alone.
+    pub fn optimizer_config(&self) -> OptimConfig {
+        OptimConfig::for_kind(self.optimizer_kind())
     }
 
     /// The loss scaling the run uses: GradScaler's dynamic rule or none (always none in FP32).
@@ -94,6 +122,21 @@ impl TrainParams {
         }
         if self.method != "full" && self.model == ModelChoice::Micro {
             args.extend(["--method".into(), self.method.clone(), "--rank".into(), self.rank.to_string(), "--alpha".into(), self.alpha.to_string(), "--targets".into(), self.targets.clone()]);
+        }
+        if self.optimizer_kind() != OptimKind::AdamW {
+            args.extend(["--optimizer".into(), self.optimizer.clone()]);
+        }
+        if self.schedule != "cosine" {
+            args.extend(["--schedule".into(), self.schedule.clone()]);
+        }
+        if self.warmup() != Warmup::Ratio(0.1) {
+            args.extend(["--warmup".into(), self.warmup.clone()]);
+        }
+        if self.accumulate != 1 {
+            args.extend(["--accumulate".into(), self.accumulate.to_string()]);
+        }
+        if self.checkpointing {
+            args.push("--checkpointing".into());
         }
         if self.precision != Precision::Fp32 {
             let scale = if self.loss_scale() == LossScale::None { "none" } else { "dynamic" };

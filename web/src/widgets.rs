@@ -68,6 +68,35 @@ pub struct TrainParams {
     pub alpha: f64,
     #[serde(default = "all_linear")]
     pub targets: String,
+    /// An `OptimKind` name (adamw, sgd, adafactor, lion, adamw8bit, paged-adamw,
+    /// paged-adamw8bit, mezo).
+    #[serde(default = "adamw")]
+    pub optimizer: String,
+    /// Learning-rate schedule after warmup: constant, linear or cosine.
+    #[serde(default = "cosine")]
+    pub schedule: String,
+    /// Warmup in steps ("6") or as a share of the run ("10%").
+    #[serde(default = "ten_percent")]
+    pub warmup: String,
+    /// Micro-batches per update (gradient accumulation); divides `batch`.
+    #[serde(default = "one")]
+    pub accumulate: usize,
+    /// Gradient checkpointing.
+    #[serde(default)]
+    pub checkpointing: bool,
+}
+
+fn adamw() -> String {
+    "adamw".into()
+}
+fn cosine() -> String {
+    "cosine".into()
+}
+fn ten_percent() -> String {
+    "10%".into()
+}
+fn one() -> usize {
+    1
 }
 
 fn full() -> String {
@@ -89,7 +118,7 @@ fn no_scaling() -> String {
 
 impl Default for TrainParams {
     fn default() -> Self {
-        Self { model: ModelChoice::Micro, task: DataSource::Task(tinytune::data::Task::Sentiment), steps: 60, lr: 1e-3, batch: 8, seq: 64, seed: 0, compare: false, precision: Precision::Fp32, loss_scale: no_scaling(), method: full(), rank: eight(), alpha: sixteen(), targets: all_linear() }
+        Self { model: ModelChoice::Micro, task: DataSource::Task(tinytune::data::Task::Sentiment), steps: 60, lr: 1e-3, batch: 8, seq: 64, seed: 0, compare: false, precision: Precision::Fp32, loss_scale: no_scaling(), method: full(), rank: eight(), alpha: sixteen(), targets: all_linear(), optimizer: adamw(), schedule: cosine(), warmup: ten_percent(), accumulate: 1, checkpointing: false }
     }
 }
 
@@ -197,7 +226,7 @@ impl Widget {
     /// The parameter names this widget accepts.
     pub fn keys(&self) -> &'static [&'static str] {
         match self {
-            Widget::Train(_) => &["model", "task", "steps", "lr", "batch", "seq", "seed", "compare", "precision", "loss_scale", "method", "rank", "alpha", "targets"],
+            Widget::Train(_) => &["model", "task", "steps", "lr", "batch", "seq", "seed", "compare", "precision", "loss_scale", "method", "rank", "alpha", "targets", "optimizer", "schedule", "warmup", "accumulate", "checkpointing"],
             Widget::Generate(_) => &["model", "prompt", "temperature", "top_k", "max_tokens", "samples", "seed"],
             Widget::ModelCard(_) => &["model"],
             Widget::Decide => &[],
@@ -260,6 +289,14 @@ impl Widget {
                     }
                     p.targets = value.to_string();
                 }
+                "optimizer" => p.optimizer = value.parse::<tinytune::optim::OptimKind>().map_err(bad)?.to_string(),
+                "schedule" => p.schedule = one_of(value, &["constant", "linear", "cosine"]).map_err(bad)?,
+                "warmup" => {
+                    value.parse::<tinytune::optim::Warmup>().map_err(bad)?;
+                    p.warmup = value.to_string();
+                }
+                "accumulate" => p.accumulate = int(value, 1, 64).map_err(bad)?,
+                "checkpointing" => p.checkpointing = boolean(value).map_err(bad)?,
                 _ => return Err(unknown()),
             },
             Widget::Generate(p) => match key {
@@ -352,6 +389,11 @@ impl Widget {
                 ("rank", p.rank.to_string()),
                 ("alpha", p.alpha.to_string()),
                 ("targets", p.targets.clone()),
+                ("optimizer", p.optimizer.clone()),
+                ("schedule", p.schedule.clone()),
+                ("warmup", p.warmup.clone()),
+                ("accumulate", p.accumulate.to_string()),
+                ("checkpointing", p.checkpointing.to_string()),
             ],
             Widget::Generate(p) => vec![
                 ("model", p.model.name().into()),

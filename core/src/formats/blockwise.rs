@@ -131,7 +131,19 @@ fn scale_blocks(x: &[f32], blocksize: usize) -> (Vec<f32>, Vec<f32>) {
 /// 0.1 to 1 (2^i + 1 points in decade i), positive and negative, then 0 and 1, sorted.
 /// Computed in f32 the way `torch.linspace` computes on the CPU: the first half counts up
 /// from the start, the second half down from the end, each point one fused multiply-add.
+/// 8-bit AdamW stores its first moment with it.
 pub fn dynamic_map() -> [f32; 256] {
+    dynamic_map_of(true)
+}
+
+/// bitsandbytes' unsigned dynamic map (`create_dynamic_map(signed=False)`): the same
+/// decades with twice the points (2^(i+1) + 1 per decade) and no negative half, for values
+/// that are never negative, such as 8-bit AdamW's second moment.
+pub fn dynamic_map_unsigned() -> [f32; 256] {
+    dynamic_map_of(false)
+}
+
+fn dynamic_map_of(signed: bool) -> [f32; 256] {
     let linspace = |n: usize| -> Vec<f32> {
         let (start, end) = (0.1f32, 1.0f32);
         let step = (end - start) / (n - 1) as f32;
@@ -140,13 +152,15 @@ pub fn dynamic_map() -> [f32; 256] {
     };
     let mut data: Vec<f32> = Vec::with_capacity(256);
     for i in 0..7i32 {
-        let points = linspace((1usize << i) + 1);
+        let points = linspace((1usize << (i + if signed { 0 } else { 1 })) + 1);
         // torch multiplies the f32 means by the Python scalar cast to f32.
         let scale = 10f64.powi(i - 6) as f32;
         for w in points.windows(2) {
             let mean = (w[0] + w[1]) / 2.0;
             data.push(scale * mean);
-            data.push(-scale * mean);
+            if signed {
+                data.push(-scale * mean);
+            }
         }
     }
     data.push(0.0);

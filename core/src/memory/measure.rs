@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::methods::Method;
 use crate::model::{Gpt, ModelConfig, named_params};
-use crate::optim::{AdamW, AdamWConfig, NamedGrads};
+use crate::optim::{NamedGrads, OptimConfig, Optimizer};
 use crate::train::Batch;
 
 static CURRENT: AtomicUsize = AtomicUsize::new(0);
@@ -159,7 +159,7 @@ fn warm_up(config: &ModelConfig, method: &Method, batch: &Batch, device: &Device
         let grads = loss.backward();
         let named = NamedGrads::collect(&model, &grads);
         drop(grads);
-        let mut optim = AdamW::new(AdamWConfig::default());
+        let mut optim = Optimizer::new(OptimConfig::default());
         drop(optim.step(1e-3, model, named));
     }
     Ok(current().saturating_sub(before) as u64)
@@ -205,7 +205,7 @@ pub fn measure_step(config: &ModelConfig, method: &Method, batch: &Batch, device
     let grad_bytes: u64 = named.0.iter().map(|(_, g)| g.shape().num_elements() as u64 * 4).sum();
     mark("backward", &mut phases);
 
-    let mut optim = AdamW::new(AdamWConfig::default());
+    let mut optim = Optimizer::new(OptimConfig::default());
     let model = optim.step(1e-3, model, named);
     let optimizer = optim.state_bytes() as u64;
     mark("optimizer step", &mut phases);

@@ -1,8 +1,11 @@
 //! Optimizers and learning-rate schedules that tinytune writes itself (what Burn lacks, or
 //! where Burn's version cannot be saved and resumed by parameter name).
 
-pub mod adamw;
+pub mod grads;
+pub mod mezo;
+pub mod optimizer;
 pub mod schedule;
 
-pub use adamw::{AdamW, AdamWConfig, NamedGrads};
-pub use schedule::{Decay, Schedule};
+pub use grads::NamedGrads;
+pub use optimizer::{OptimConfig, OptimKind, Optimizer, Quant8, Slot};
+pub use schedule::{Decay, Schedule, Warmup};

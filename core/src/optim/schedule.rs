@@ -1,5 +1,8 @@
 //! Learning-rate schedules: linear warmup, then constant, linear or cosine decay.
 
+use std::fmt;
+use std::str::FromStr;
+
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -11,6 +14,53 @@ pub enum Decay {
     Linear,
     /// Half a cosine wave from the peak down to `min_lr_ratio · peak` (the common default).
     Cosine,
+}
+
+/// How long warmup lasts: a number of steps, or a share of the run (transformers'
+/// `warmup_ratio`, rounded up the same way).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Warmup {
+    Steps(usize),
+    Ratio(f64),
+}
+
+impl Warmup {
+    /// Warmup steps in a run of `total` steps.
+    pub fn steps(self, total: usize) -> usize {
+        match self {
+            Warmup::Steps(n) => n,
+            Warmup::Ratio(r) => (r * total as f64).ceil() as usize,
+        }
+    }
+}
+
+impl FromStr for Warmup {
+    type Err = String;
+    /// `100` (steps), `10%` or `0.1` (a share of the run).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let bad = || format!("warmup '{s}' is neither a number of steps (100) nor a share of the run (10% or 0.1)");
+        let ratio = if let Some(pct) = s.strip_suffix('%') {
+            pct.trim().parse::<f64>().map_err(|_| bad())? / 100.0
+        } else if s.contains('.') || s.contains('e') {
+            s.parse::<f64>().map_err(|_| bad())?
+        } else {
+            return s.parse::<usize>().map(Warmup::Steps).map_err(|_| bad());
+        };
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(format!("warmup '{s}' is not a share of the run between 0 and 100%"));
+        }
+        Ok(Warmup::Ratio(ratio))
+    }
+}
+
+impl fmt::Display for Warmup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Warmup::Steps(n) => write!(f, "{n}"),
+            Warmup::Ratio(r) => write!(f, "{}%", r * 100.0),
+        }
+    }
 }
 
 /// The learning rate as a function of the step number alone, so a resumed run needs no
@@ -68,6 +118,15 @@ mod tests {
         let lin = sched(Decay::Linear);
         check(&lin, 35, 1e-4 + 0.9e-3 * 0.75);
         check(&sched(Decay::Constant), 100, 1e-3);
+    }
+
+    #[test]
+    fn warmup_as_a_ratio_rounds_up_like_transformers() {
+        assert_eq!("10%".parse::<Warmup>().unwrap().steps(95), 10); // ceil(9.5)
+        assert_eq!("0.05".parse::<Warmup>().unwrap().steps(200), 10);
+        assert_eq!("25".parse::<Warmup>().unwrap().steps(200), 25);
+        assert!("150%".parse::<Warmup>().unwrap_err().contains("between 0 and 100%"));
+        assert!("ten".parse::<Warmup>().unwrap_err().contains("number of steps"));
     }
 
     #[test]

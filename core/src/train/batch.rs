@@ -25,6 +25,20 @@ impl Batch {
         self.weights.iter().sum()
     }
 
+    /// The batch cut into `k` micro-batches of `b / k` consecutive rows (gradient
+    /// accumulation); `k` must divide `b`.
+    pub fn split(&self, k: usize) -> Vec<Batch> {
+        assert!(k >= 1 && self.b % k == 0, "{k} micro-batches do not divide a batch of {} rows", self.b);
+        let rows = self.b / k;
+        let span = rows * self.t;
+        (0..k)
+            .map(|i| {
+                let r = i * span..(i + 1) * span;
+                Batch { b: rows, t: self.t, inputs: self.inputs[r.clone()].to_vec(), targets: self.targets[r.clone()].to_vec(), weights: self.weights[r].to_vec() }
+            })
+            .collect()
+    }
+
     /// Uploads the batch: inputs `[B, T]`, targets `[B, T]`, weights `[B, T]`.
     pub fn to_device(&self, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<2>) {
         let ids = |v: &[u32]| {

@@ -10,7 +10,7 @@ use crate::data::stories::{StoryConfig, corpus};
 use crate::data::tasks::Task;
 use crate::data::Split;
 use crate::error::{Error, Origin, Result};
-use crate::optim::{AdamWConfig, Decay, Schedule};
+use crate::optim::{Decay, OptimConfig, OptimKind, Schedule, Warmup};
 use crate::tokenizer::TextTokenizer;
 
 use super::batch::Dataset;
@@ -104,9 +104,20 @@ pub struct TrainConfig {
     /// Peak learning rate.
     pub lr: f64,
     pub warmup_steps: usize,
+    /// Warmup as a share of `steps` instead (overrides `warmup_steps`; rounded up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_ratio: Option<f64>,
     pub decay: Decay,
     pub min_lr_ratio: f64,
-    pub optimizer: AdamWConfig,
+    pub optimizer: OptimConfig,
+    /// Split each batch of `batch_size` rows into this many micro-batches and add up their
+    /// gradients before one update: the same update, less activation memory.
+    #[serde(default = "one")]
+    pub accumulate: usize,
+    /// Gradient checkpointing: Burn recomputes the cheap (memory-bound) operations of the
+    /// forward pass during the backward pass instead of keeping their outputs.
+    #[serde(default)]
+    pub checkpointing: bool,
     /// Evaluate the held-out loss every this many steps (0: only at the end).
     pub eval_every: usize,
     /// At most this many batches per evaluation.
@@ -142,7 +153,10 @@ impl Default for TrainConfig {
             warmup_steps: 20,
             decay: Decay::Cosine,
             min_lr_ratio: 0.1,
-            optimizer: AdamWConfig::default(),
+            warmup_ratio: None,
+            optimizer: OptimConfig::default(),
+            accumulate: 1,
+            checkpointing: false,
             eval_every: 50,
             eval_batches: 8,
             checkpoint_every: 100,
@@ -154,9 +168,21 @@ impl Default for TrainConfig {
     }
 }
 
+fn one() -> usize {
+    1
+}
+
 impl TrainConfig {
     pub fn schedule(&self) -> Schedule {
-        Schedule { peak_lr: self.lr, warmup_steps: self.warmup_steps, total_steps: self.steps, decay: self.decay, min_lr_ratio: self.min_lr_ratio }
+        Schedule { peak_lr: self.lr, warmup_steps: self.warmup(), total_steps: self.steps, decay: self.decay, min_lr_ratio: self.min_lr_ratio }
+    }
+
+    /// Warmup steps, from the ratio when one is set.
+    pub fn warmup(&self) -> usize {
+        match self.warmup_ratio {
+            Some(r) => Warmup::Ratio(r).steps(self.steps),
+            None => self.warmup_steps,
+        }
     }
 
     /// Checks the values a run cannot start with, naming the field.
@@ -180,15 +206,32 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
             return Err(Error::config(origin, "min_lr_ratio", format!("{} is not a fraction of the peak learning rate in [0, 1]", self.min_lr_ratio)));
         }
-        if !(self.optimizer.weight_decay >= 0.0) {
-            return Err(Error::config(origin, "weight_decay", format!("{} must be 0 or more", self.optimizer.weight_decay)));
+        if let Some(r) = self.warmup_ratio
+            && !(0.0..=1.0).contains(&r)
+        {
+            return Err(Error::config(origin, "warmup_ratio", format!("{r} is not a share of the run in [0, 1]")));
+        }
+        self.optimizer.validate(origin.clone())?;
+        if self.accumulate == 0 || self.batch_size % self.accumulate != 0 {
+            return Err(Error::config(
+                origin,
+                "accumulate",
+                format!("{} micro-batches do not divide a batch of {} rows; pick a divisor of the batch size", self.accumulate, self.batch_size),
+            ));
+        }
+        if self.optimizer.kind == OptimKind::Mezo {
+            let refuse = |field: &str, why: &str| Err(Error::config(origin.clone(), field, format!("MeZO {why}")));
+            if self.checkpointing {
+                return refuse("checkpointing", "keeps no activations for a backward pass, so there is nothing to checkpoint; turn it off");
+            }
+            if self.accumulate > 1 {
+                return refuse("accumulate", "computes no gradient, so there is nothing to accumulate; use accumulate 1");
+            }
+            if self.precision != super::precision::Precision::Fp32 {
+                return refuse("precision", "runs its forward passes in FP32 in tinytune; use precision fp32");
+            }
         }
         super::precision::validate(self.precision, &self.loss_scale, origin.clone())?;
-        if let Some(clip) = self.optimizer.clip_grad_norm
-            && !(clip > 0.0)
-        {
-            return Err(Error::config(origin, "clip", format!("{clip} must be positive (or 0 on the command line to turn clipping off)")));
-        }
         Ok(())
     }
 

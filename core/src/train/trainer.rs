@@ -6,8 +6,8 @@
 //! what to do with each event: the CLI draws a progress bar and appends `metrics.jsonl`; the
 //! browser posts it from its worker to the page.
 
-use burn::module::Module;
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{DType, Device, GradientCheckpointingStrategy, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
@@ -15,7 +15,10 @@ use crate::data::rng::Rng;
 use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::model::Gpt;
-use crate::optim::{AdamW, NamedGrads, Schedule};
+use std::collections::HashSet;
+
+use crate::model::named_params;
+use crate::optim::{NamedGrads, OptimKind, Optimizer, Schedule, mezo};
 use crate::tokenizer::TextTokenizer;
 
 use super::batch::{Batch, Dataset};
@@ -83,7 +86,7 @@ pub enum TrainEvent {
 pub struct Trainer {
     /// Lives on an autodiff device.
     pub model: Gpt,
-    pub optim: AdamW,
+    pub optim: Optimizer,
     /// Loss scaling for mixed precision (a no-op at scale 1 in FP32).
     pub scaler: LossScaler,
     pub config: TrainConfig,
@@ -119,8 +122,9 @@ impl Trainer {
     pub fn from_datasets(model: Gpt, config: TrainConfig, train: Dataset, eval: Dataset, device: &Device) -> Result<Self> {
         config.validate("training config", model.config().n_positions)?;
         config.precision.check(device, "training config")?;
+        let (model, device) = if config.checkpointing { with_checkpointing(model, device)? } else { (model, device.clone()) };
         Ok(Self {
-            optim: AdamW::new(config.optimizer.clone()),
+            optim: Optimizer::for_device(config.optimizer.clone(), &device),
             scaler: LossScaler::new(config.loss_scale.clone()),
             schedule: config.schedule(),
             model,
@@ -128,7 +132,7 @@ impl Trainer {
             step: 0,
             train,
             eval,
-            device: device.clone(),
+            device,
             elapsed_before: 0.0,
             clock: None,
         })
@@ -148,11 +152,41 @@ impl Trainer {
     /// computed in FP32 from upcast logits and multiplied by the loss scale before the
     /// backward pass, and the gradients come back cast to FP32 and divided by the scale.
     pub fn forward_backward(&self, batch: &Batch) -> (Tensor<1>, NamedGrads) {
-        let (loss, mut named) = self.raw_gradients(batch, self.config.precision, self.scaler.scale());
+        let (loss, mut named) = self.accumulated_gradients(batch);
         precision::unscale(&mut named, self.scaler.scale());
         let norm = self.optim.clip(&mut named).unwrap_or_else(|| Tensor::zeros([1], &self.device));
         let stats = Tensor::cat(vec![loss.inner(), norm], 0);
         (stats, named)
+    }
+
+    /// The batch's loss and (loss-scaled) gradients, computed in `config.accumulate`
+    /// micro-batches. The loss is a mean over counted tokens, so micro-batch i's gradient is
+    /// weighted by its share of them, w_i / W: the sum is then exactly the full batch's
+    /// gradient, however the counted tokens fall between micro-batches.
+    pub fn accumulated_gradients(&self, batch: &Batch) -> (Tensor<1>, NamedGrads) {
+        let scale = self.scaler.scale();
+        let k = self.config.accumulate.max(1);
+        if k == 1 {
+            return self.raw_gradients(batch, self.config.precision, scale);
+        }
+        let total = batch.weight_sum();
+        let mut acc: Option<(Tensor<1>, NamedGrads)> = None;
+        for part in batch.split(k) {
+            let share = if total > 0.0 { part.weight_sum() / total } else { 1.0 / k as f32 };
+            if share == 0.0 && acc.is_some() {
+                continue; // nothing counted in these rows: no gradient to add
+            }
+            let (loss, grads) = self.raw_gradients(&part, self.config.precision, scale * share as f64);
+            let loss = loss.mul_scalar(share);
+            acc = Some(match acc {
+                None => (loss, grads),
+                Some((l, mut g)) => {
+                    g.add(grads);
+                    (l + loss, g)
+                }
+            });
+        }
+        acc.expect("at least one micro-batch")
     }
 
     /// The unscaled loss and the gradients exactly as the backward pass produced them: in
@@ -166,7 +200,8 @@ impl Trainer {
         };
         let logits = compute.forward(inputs);
         let logits = if dtype.is_some() { logits.cast(DType::F32) } else { logits };
-        let loss = Gpt::loss(logits, targets, weights, batch.weight_sum());
+        // A micro-batch with nothing counted has loss 0, not 0/0.
+        let loss = Gpt::loss(logits, targets, weights, batch.weight_sum().max(f32::MIN_POSITIVE));
         let grads = if scale == 1.0 { loss.backward() } else { loss.clone().mul_scalar(scale).backward() };
         (loss, NamedGrads::collect(&compute, &grads))
     }
@@ -182,30 +217,57 @@ impl Trainer {
     /// One whole step with a synchronous read-back of the loss (native code). A non-finite
     /// loss stops the run before the bad update touches the weights.
     pub fn step(&mut self) -> Result<StepEvent> {
-        let (started, batch, stats, grads) = self.begin_step();
+        let (started, batch, stats, pending) = self.begin_step();
         let stats = stats.into_data();
-        self.finish_step(started, &batch, stats, grads)
+        self.finish_step(started, &batch, stats, pending)
     }
 
     /// [`Trainer::step`] for the browser, where WebGPU can only read results back
     /// asynchronously.
     pub async fn step_async(&mut self) -> Result<StepEvent> {
-        let (started, batch, stats, grads) = self.begin_step();
+        let (started, batch, stats, pending) = self.begin_step();
         let stats = stats.into_data_async().await.map_err(|e| Error::Invalid(format!("reading the loss back from the device failed: {e:?}")))?;
-        self.finish_step(started, &batch, stats, grads)
+        self.finish_step(started, &batch, stats, pending)
     }
 
-    fn begin_step(&mut self) -> (Instant, Batch, Tensor<1>, NamedGrads) {
+    fn begin_step(&mut self) -> (Instant, Batch, Tensor<1>, Pending) {
         let started = Instant::now();
         self.clock.get_or_insert(started);
         let batch = self.batch_for(self.step);
         // Dropout draws from the backend's generator: seed it per step for reproducibility.
         self.device.seed(mix(self.config.seed, self.step as u64));
+        if self.config.optimizer.kind == OptimKind::Mezo {
+            let (stats, model) = self.mezo_step(&batch);
+            return (started, batch, stats, Pending::Model(model));
+        }
         let (stats, grads) = self.forward_backward(&batch);
-        (started, batch, stats, grads)
+        (started, batch, stats, Pending::Grads(grads))
     }
 
-    fn finish_step(&mut self, started: Instant, batch: &Batch, stats: TensorData, grads: NamedGrads) -> Result<StepEvent> {
+    /// One MeZO step on `batch`: `[mean of the two losses, |projected gradient|]` and the
+    /// updated model, not yet committed. Runs on the model without autodiff: no graph, no
+    /// activations kept.
+    pub fn mezo_step(&self, batch: &Batch) -> (Tensor<1>, Gpt) {
+        let c = &self.config.optimizer;
+        let trainable: HashSet<String> = named_params(&self.model).into_iter().filter(|p| p.trainable).map(|p| p.name).collect();
+        // The perturbation's seed: a function of the run's seed and the step alone.
+        let seed = mix(self.config.seed ^ 0x4D65_5A4F, self.step as u64);
+        let lr = self.schedule.lr(self.step);
+        let loss = |m: &Gpt| {
+            let (inputs, targets, weights) = batch.to_device(&m.wte.weight.val().device());
+            Gpt::loss(m.forward(inputs), targets, weights, batch.weight_sum())
+        };
+        let model = mezo::perturb(self.model.valid(), &trainable, seed, c.mezo_eps);
+        let plus = loss(&model);
+        let model = mezo::perturb(model, &trainable, seed, -2.0 * c.mezo_eps);
+        let minus = loss(&model);
+        let projected = (plus.clone() - minus.clone()).div_scalar(2.0 * c.mezo_eps);
+        let model = mezo::restore_and_update(model, &trainable, seed, c.mezo_eps, lr, c.weight_decay, projected.clone());
+        let stats = Tensor::cat(vec![(plus + minus).div_scalar(2.0), projected.abs()], 0);
+        (stats, model.train())
+    }
+
+    fn finish_step(&mut self, started: Instant, batch: &Batch, stats: TensorData, pending: Pending) -> Result<StepEvent> {
         let stats: Vec<f32> = stats.convert::<f32>().try_to_vec::<f32>().expect("f32 data");
         let (loss, grad_norm) = (stats[0], stats[1]);
         if !loss.is_finite() {
@@ -218,7 +280,14 @@ impl Trainer {
             // GradScaler's rule: drop this update; the step (and its batch) is still spent.
             self.step += 1;
         } else {
-            self.apply(grads);
+            match pending {
+                Pending::Grads(grads) => self.apply(grads),
+                Pending::Model(model) => {
+                    self.model = model;
+                    self.optim.t += 1;
+                    self.step += 1;
+                }
+            }
         }
         let tokens = batch.b * batch.t;
         let secs = started.elapsed().as_secs_f64();
@@ -244,6 +313,32 @@ impl Trainer {
     pub fn elapsed(&self) -> f64 {
         self.elapsed_before + self.clock.map(|c| c.elapsed().as_secs_f64()).unwrap_or(0.0)
     }
+}
+
+/// What a step computed and has not yet committed: gradients for the optimizer, or (MeZO)
+/// the updated model itself.
+enum Pending {
+    Grads(NamedGrads),
+    Model(Gpt),
+}
+
+/// `model` and `device` with Burn's gradient checkpointing switched on: the device makes new
+/// tensors checkpointed, and every parameter is marked, so the whole graph is.
+fn with_checkpointing(model: Gpt, device: &Device) -> Result<(Gpt, Device)> {
+    let Some(_) = device.gradient_checkpointing_strategy() else {
+        return Err(Error::Invalid("gradient checkpointing needs an autodiff device (Device::autodiff)".into()));
+    };
+    let device = device.clone().gradient_checkpointing();
+    let strategy = device.gradient_checkpointing_strategy().expect("autodiff device");
+    struct Mark(GradientCheckpointingStrategy);
+    impl ModuleMapper for Mark {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let (id, tensor, mapper) = param.consume();
+            let tensor = if tensor.is_autodiff() { tensor.with_gradient_checkpointing_strategy(self.0) } else { tensor };
+            Param::from_mapped_value(id, tensor, mapper)
+        }
+    }
+    Ok((model.map(&mut Mark(strategy)), device))
 }
 
 /// Mean loss per counted token of `model` over up to `max_batches` sequential batches.
