@@ -46,6 +46,29 @@ pub enum Command {
     /// One batch's gradients in FP16 (or BF16) at several loss scales, each compared with
     /// FP32: values flushed to zero, subnormal, overflowed, and the error after unscaling.
     LossScale(LossScaleArgs),
+    /// Fine-tune the same model on the same batches with several optimizers and print one
+    /// table: time, peak memory, optimizer state per parameter, train and held-out loss.
+    Compare(CompareArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// The model to start from (a run folder or a model folder).
+    #[arg(long, default_value = "assets/micro")]
+    pub model: PathBuf,
+    /// Optimizers to compare, comma-separated (sgd, adamw, adafactor, lion, adamw8bit,
+    /// paged-adamw, paged-adamw8bit, mezo). Each uses its suggested learning rate unless
+    /// --lr is given.
+    #[arg(long)]
+    pub optimizers: String,
+    /// Print the table as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub method: MethodArgs,
+    /// Every run's settings (--out receives compare.svg and compare.json).
+    #[command(flatten)]
+    pub train: TrainArgs,
 }
 
 #[derive(Args, Debug)]

@@ -12,6 +12,7 @@ mod model_dir;
 mod plot;
 mod precision;
 mod train;
+mod compare;
 
 use std::process::ExitCode;
 
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
         Command::Formats(c) => formats::formats_cmd(c),
         Command::Quantize(a) => formats::quantize_cmd(a, &device),
         Command::LossScale(a) => precision::loss_scale_cmd(a, &device),
+        Command::Compare(a) => compare::compare_cmd(a, &device),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

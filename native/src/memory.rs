@@ -222,7 +222,9 @@ fn measure(plan: &Plan, device: &Device) -> Result<(tinytune::memory::StepMemory
 }
 
 /// Refuses, before training starts, a run the estimator says will not fit the device.
-pub fn check_fits(config: &ModelConfig, method: &Method, batch: usize, seq: usize, args: &TrainArgs) -> Result<(), String> {
+pub fn check_fits(config: &ModelConfig, run: &tinytune::train::TrainConfig, args: &TrainArgs) -> Result<(), String> {
+    // Activations scale with the micro-batch; the optimizer decides the state.
+    let (batch, seq) = (run.batch_size / run.accumulate.max(1), run.seq_len);
     if args.ignore_memory_check {
         return Ok(());
     }
@@ -235,7 +237,8 @@ pub fn check_fits(config: &ModelConfig, method: &Method, batch: usize, seq: usiz
         // A GPU's size is not something wgpu reports; check only when told.
         None => return Ok(()),
     };
-    let mut plan = Plan::for_tinytune(config, method, batch as u64, seq as u64);
+    let mut plan = Plan::for_tinytune(config, &run.method, batch as u64, seq as u64);
+    plan.optimizer = run.optimizer.kind.plan_kind(run.optimizer.momentum);
     if !crate::backend::on_cpu() {
         plan.overhead = DEFAULT_GPU_OVERHEAD;
     }

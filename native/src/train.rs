@@ -19,7 +19,7 @@ use crate::fsutil::{CheckpointDirs, read, read_text, write_atomic};
 use crate::{model_dir, plot};
 
 /// The one place flags become a `TrainConfig`.
-fn resolve(args: &TrainArgs, default_data: DataSource, default_lr: f64, n_positions: usize) -> Result<TrainConfig, String> {
+pub fn resolve(args: &TrainArgs, default_data: DataSource, default_lr: f64, n_positions: usize) -> Result<TrainConfig, String> {
     let data = match &args.data {
         Some(s) => s.parse::<DataSource>().map_err(|e| format!("--data: {e}"))?,
         None => default_data,
@@ -199,7 +199,7 @@ fn save(trainer: &Trainer, tokenizer: &TextTokenizer, out: &Path, eval_loss: Opt
 }
 
 fn run(mut trainer: Trainer, tokenizer: &TextTokenizer, args: &TrainArgs) -> Result<(), String> {
-    crate::memory::check_fits(trainer.model.config(), &trainer.config.method, trainer.config.batch_size, trainer.config.seq_len, args)?;
+    crate::memory::check_fits(trainer.model.config(), &trainer.config, args)?;
     let out = &args.out;
     std::fs::create_dir_all(out).map_err(|e| format!("{}: cannot create run folder: {e}", out.display()))?;
     let metrics_path = out.join("metrics.jsonl");
@@ -213,6 +213,23 @@ fn run(mut trainer: Trainer, tokenizer: &TextTokenizer, args: &TrainArgs) -> Res
     if trainer.config.method != Method::Full {
         eprintln!("{}", tinytune::methods::MethodSummary::of(&trainer.config.method, &trainer.model).line());
     }
+    let o = &trainer.config.optimizer;
+    let mut technique = format!("optimizer {}", o.kind);
+    if o.kind == tinytune::optim::OptimKind::Sgd && o.momentum > 0.0 {
+        technique += &format!(" (momentum {})", o.momentum);
+    }
+    if trainer.optim.page {
+        technique += ", state paged to host memory between steps";
+    } else if o.kind.paged() {
+        technique += " (on the CPU state already lives in host memory: nothing to page)";
+    }
+    if trainer.config.accumulate > 1 {
+        technique += &format!(", {} micro-batches of {} rows per update", trainer.config.accumulate, trainer.config.batch_size / trainer.config.accumulate);
+    }
+    if trainer.config.checkpointing {
+        technique += ", gradient checkpointing";
+    }
+    eprintln!("{technique}");
     eprintln!(
         "training {:.2} M parameters on {} ({} train / {} held-out), {} steps of {}×{} tokens",
         params as f64 / 1e6,
@@ -326,6 +343,10 @@ mod tests {
             TrainParams { method: "qlora".into(), ..TrainParams::default() },
             // Pre-training a fresh model is always full: the method does not apply.
             TrainParams { model: ModelChoice::Nano, task: DataSource::Stories, method: "lora".into(), ..TrainParams::default() },
+            TrainParams { optimizer: "adafactor".into(), schedule: "linear".into(), warmup: "5".into(), accumulate: 4, checkpointing: true, ..TrainParams::default() },
+            TrainParams { optimizer: "adamw8bit".into(), schedule: "constant".into(), warmup: "25%".into(), ..TrainParams::default() },
+            TrainParams { optimizer: "mezo".into(), ..TrainParams::default() },
+            TrainParams { optimizer: "lion".into(), warmup: "0.05".into(), ..TrainParams::default() },
         ];
         for params in cases {
             let mut argv = vec!["tinytune".to_string()];

@@ -350,3 +350,64 @@ fn lora_and_qlora_fine_tune_resume_and_reject_bad_flags() {
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
+
+/// Optimizers and techniques from the command line: an Adafactor run with accumulation,
+/// checkpointing and a warmup ratio records them in train.json, is killed and resumes to
+/// the same losses (its factored state saved and restored by name); 8-bit AdamW resumes
+/// too; `compare` prints one row per optimizer and writes its plot; bad values are named.
+#[test]
+fn optimizers_and_techniques_run_resume_compare_and_reject_bad_flags() {
+    let base = tmp("obase");
+    ok(&pretrain(&base, &["--steps", "2"]));
+    let b = base.to_str().unwrap();
+    let finetune = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["finetune", "--model", b, "--out", out.to_str().unwrap(), "--data", "sentiment", "--batch", "4", "--seq-len", "48"];
+        args.extend_from_slice(&["--train-examples", "100", "--eval-examples", "20", "--eval-batches", "2", "--steps", "6", "--checkpoint-every", "100"]);
+        args.extend_from_slice(extra);
+        tinytune(&args)
+    };
+    for (name, flags) in [
+        ("adafactor", &["--optimizer", "adafactor", "--accumulate", "2", "--checkpointing", "--warmup", "50%", "--schedule", "linear"][..]),
+        ("adamw8bit", &["--optimizer", "adamw8bit", "--lr", "0.003"][..]),
+    ] {
+        let (a, r) = (tmp(&format!("{name}-straight")), tmp(&format!("{name}-resumed")));
+        let out = finetune(&a, flags);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        ok(&out);
+        assert!(stderr.contains(&format!("optimizer {name}")), "{stderr}");
+        let train: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("checkpoint/train.json")).unwrap()).unwrap();
+        assert_eq!(train["optimizer"]["kind"], name);
+        if name == "adafactor" {
+            assert_eq!((train["accumulate"].as_u64(), train["checkpointing"].as_bool(), train["warmup_ratio"].as_f64()), (Some(2), Some(true), Some(0.5)));
+        }
+        let mut killed = flags.to_vec();
+        killed.extend_from_slice(&["--stop-after", "3"]);
+        ok(&finetune(&r, &killed));
+        ok(&tinytune(&["finetune", "--model", b, "--out", r.to_str().unwrap(), "--resume"]));
+        assert_eq!(step_losses(&a), step_losses(&r), "{name}");
+        for d in [a, r] {
+            std::fs::remove_dir_all(&d).unwrap();
+        }
+    }
+    let c = tmp("compare");
+    let out = ok(&tinytune(&[
+        "compare", "--model", b, "--optimizers", "adamw,adafactor,mezo", "--out", c.to_str().unwrap(), "--data", "sentiment", "--batch", "4", "--seq-len", "48",
+        "--train-examples", "100", "--eval-examples", "20", "--eval-batches", "2", "--steps", "4", "--json",
+    ]));
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.iter().map(|r| r["optimizer"].as_str().unwrap()).collect::<Vec<_>>(), ["adamw", "adafactor", "mezo"]);
+    assert_eq!(rows[0]["state_bytes_per_param"].as_f64(), Some(8.0));
+    assert_eq!(rows[2]["state_bytes"].as_u64(), Some(0));
+    assert!(rows[1]["state_bytes_per_param"].as_f64().unwrap() < 1.0, "Adafactor factors its second moment");
+    assert!(rows.iter().all(|r| r["eval_loss"].as_f64().unwrap().is_finite() && r["peak_bytes"].as_u64().unwrap() > 0));
+    assert!(std::fs::read_to_string(c.join("compare.svg")).unwrap().contains("adafactor"));
+    fails_with(&finetune(&tmp("obad1"), &["--optimizer", "adam"]), &["--optimizer", "adafactor", "mezo"]);
+    fails_with(&finetune(&tmp("obad2"), &["--accumulate", "3"]), &["--accumulate", "divisor"]);
+    fails_with(&finetune(&tmp("obad3"), &["--optimizer", "mezo", "--checkpointing"]), &["--checkpointing", "MeZO"]);
+    fails_with(&finetune(&tmp("obad4"), &["--warmup", "150%"]), &["--warmup", "between 0 and 100%"]);
+    fails_with(&finetune(&tmp("obad5"), &["--optimizer", "adamw", "--momentum", "0.9"]), &["--momentum", "only SGD"]);
+    for d in [base, c] {
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

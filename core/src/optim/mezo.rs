@@ -71,3 +71,19 @@ impl ModuleMapper for Walk<'_> {
         Param::from_mapped_value(id, p.reshape(shape), mapper)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, Distribution, Tensor};
+
+    #[test]
+    fn seeding_regenerates_the_same_perturbation() {
+        for device in [Device::flex(), Device::flex().autodiff().inner()] {
+            device.seed(42);
+            let a: Vec<f32> = Tensor::<1>::random([1000], Distribution::Normal(0.0, 1.0), &device).into_data().try_to_vec().unwrap();
+            device.seed(42);
+            let b: Vec<f32> = Tensor::<1>::random([1000], Distribution::Normal(0.0, 1.0), &device).into_data().try_to_vec().unwrap();
+            assert_eq!(a, b);
+        }
+    }
+}

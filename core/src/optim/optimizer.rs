@@ -108,7 +108,7 @@ impl OptimKind {
             OptimKind::AdamW | OptimKind::AdamW8bit | OptimKind::PagedAdamW | OptimKind::PagedAdamW8bit => 1e-3,
             OptimKind::Adafactor => 1e-2,
             OptimKind::Lion => 2e-4,
-            OptimKind::Mezo => 1e-3,
+            OptimKind::Mezo => 3e-4,
         }
     }
 
