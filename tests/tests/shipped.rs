@@ -38,3 +38,29 @@ fn shipped_micro_checkpoint_is_small_and_well_trained() {
     assert!(untrained > 5.0, "untrained loss {untrained}");
     assert!(trained < untrained / 4.0, "trained {trained} vs untrained {untrained}");
 }
+
+/// The optimizer-state report on the shipped model (what the optimizer-state widget
+/// shows): bytes per trainable parameter as each optimizer's formula gives them, Adafactor's
+/// row and column statistics for a real weight, and 8-bit moments close to FP32.
+#[test]
+fn optimizer_state_report_on_micro_matches_the_formulas() {
+    use tinytune::optim::report::state_report;
+    use tinytune::train::{TrainConfig, Trainer};
+    let device = Device::flex().autodiff();
+    let config = ModelConfig::from_json(&std::fs::read_to_string(asset(files::CONFIG)).unwrap(), "config.json").unwrap();
+    let tok = TextTokenizer::from_json(&std::fs::read_to_string(asset(files::TOKENIZER)).unwrap(), "tokenizer.json").unwrap();
+    let model = load_model(&config, &std::fs::read(asset(files::WEIGHTS)).unwrap(), &device, "model.safetensors").unwrap();
+    let tc = TrainConfig { data: DataSource::Task(tinytune::data::Task::StoryQa), batch_size: 8, seq_len: 128, train_examples: 100, eval_examples: 10, ..TrainConfig::default() };
+    let trainer = Trainer::new(model, &tok, tc, &device).unwrap();
+    let r = state_report(&trainer, &trainer.batch_for(0), "h.0.mlp.c_fc").unwrap();
+    let per = |name: &str| r.rows.iter().find(|row| row.name == name).unwrap().bytes_per_param;
+    assert_eq!((per("sgd"), per("sgd + momentum 0.9"), per("adamw"), per("lion"), per("mezo")), (0.0, 4.0, 8.0, 4.0, 0.0));
+    let eight = per("adamw8bit");
+    assert!(eight > 2.0 && eight < 2.3, "8-bit AdamW: {eight} bytes/param (small tensors stay FP32)");
+    assert!(per("adafactor") < 0.2, "Adafactor: {}", per("adafactor"));
+    let f = &r.factored;
+    assert_eq!((f.rows, f.cols, f.factored_numbers, f.full_numbers), (128, 512, 640, 65536));
+    assert!(f.relative_error > 0.0 && f.relative_error < 2.0, "{}", f.relative_error);
+    assert!(r.eight_bit.exp_avg_error < 0.05 && r.eight_bit.exp_avg_sq_error < 0.05, "{:?}", (r.eight_bit.exp_avg_error, r.eight_bit.exp_avg_sq_error));
+    assert!(state_report(&trainer, &trainer.batch_for(0), "h.0.mlp.nope").unwrap_err().to_string().contains("h.0.mlp.c_fc"));
+}

@@ -7,6 +7,7 @@ pub mod decide;
 pub mod lesson;
 pub mod lessons;
 pub mod memory;
+pub mod optimizers;
 pub mod protocol;
 pub mod precision;
 pub mod quantize;

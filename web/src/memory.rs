@@ -33,7 +33,16 @@ pub struct MemoryParams {
     pub offload: String,
     /// Storage of frozen base weights: native, int8 or nf4.
     pub base: String,
+    /// eager (attention scores stored) or flash (a fused kernel keeps none).
+    #[serde(default = "eager")]
+    pub attention: String,
 }
+
+fn eager() -> String {
+    "eager".into()
+}
+
+pub const ATTENTIONS: [&str; 2] = ["eager", "flash"];
 
 impl Default for MemoryParams {
     fn default() -> Self {
@@ -51,6 +60,7 @@ impl Default for MemoryParams {
             gpus: 1,
             offload: "none".into(),
             base: "native".into(),
+            attention: eager(),
         }
     }
 }
@@ -99,7 +109,9 @@ impl MemoryParams {
             // tinytune's own models run on a CPU or in a browser tab: no CUDA context. Their
             // FP32 runs are counted the way tinytune's code keeps tensors.
             overhead: if tiny { 0 } else { tinytune::memory::estimate::DEFAULT_GPU_OVERHEAD },
-            activations: if tiny && precision == Precision::Fp32 {
+            activations: if self.attention == "flash" {
+                tinytune::memory::ActivationModel::Flash
+            } else if tiny && precision == Precision::Fp32 {
                 tinytune::memory::ActivationModel::Tinytune
             } else {
                 tinytune::memory::ActivationModel::Megatron

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use tinytune::train::StepEvent;
 
 use crate::memory::{TimelineParams, TimelineResult};
+use crate::optimizers::OptimizerStateParams;
 use crate::precision::{LossScalingParams, LossScalingResult};
 use crate::quantize::{QuantizeParams, QuantizeResult};
 use crate::widgets::{GenerateParams, TrainParams};
@@ -36,6 +37,8 @@ pub enum ToWorker {
     Quantize { id: u32, params: QuantizeParams },
     /// One batch's gradients of the micro model in FP16/BF16, unscaled and scaled, vs FP32.
     LossScaling { id: u32, params: LossScalingParams },
+    /// One step of every optimizer on micro's gradients: state sizes, Adafactor, 8-bit.
+    OptimizerState { id: u32, params: OptimizerStateParams },
     /// Makes the worker panic: how the end-to-end tests check that the page notices a
     /// crashed worker and recovers.
     Crash,
@@ -71,6 +74,22 @@ pub struct CompareRow {
     pub after: String,
 }
 
+/// What a training run has cost so far.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunStats {
+    pub optimizer: String,
+    /// Bytes of optimizer state, measured from the optimizer.
+    pub state_bytes: u64,
+    pub trainable: u64,
+    /// Peak bytes allocated in the worker above the level when training began; None when
+    /// the run is on WebGPU, whose memory the worker cannot count.
+    pub peak_bytes: Option<u64>,
+    /// Seconds of training per step, averaged.
+    pub step_seconds: f64,
+    /// "CPU" or "WebGPU", and why when the run was moved to the CPU.
+    pub device: String,
+}
+
 /// Worker → page.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum FromWorker {
@@ -87,6 +106,9 @@ pub enum FromWorker {
     Memory { id: u32, result: Box<TimelineResult> },
     Quantized { id: u32, result: Box<QuantizeResult> },
     Gradients { id: u32, result: Box<LossScalingResult> },
+    OptimizerState { id: u32, result: Box<tinytune::optim::report::StateReport> },
+    /// A run's cost so far: optimizer state and (on the CPU) peak memory.
+    RunStats { run: u32, stats: RunStats },
     Error { id: u32, message: String },
 }
 
@@ -100,8 +122,13 @@ impl FromWorker {
     /// The run or request a message answers (None for backend-wide messages).
     pub fn id(&self) -> Option<u32> {
         match self {
-            FromWorker::Status { run, .. } | FromWorker::Step { run, .. } | FromWorker::Eval { run, .. } | FromWorker::Compare { run, .. } => Some(*run),
-            FromWorker::Samples { id, .. } | FromWorker::Memory { id, .. } | FromWorker::Quantized { id, .. } | FromWorker::Gradients { id, .. } | FromWorker::Error { id, .. } => Some(*id),
+            FromWorker::Status { run, .. } | FromWorker::Step { run, .. } | FromWorker::Eval { run, .. } | FromWorker::Compare { run, .. } | FromWorker::RunStats { run, .. } => Some(*run),
+            FromWorker::Samples { id, .. }
+            | FromWorker::Memory { id, .. }
+            | FromWorker::Quantized { id, .. }
+            | FromWorker::Gradients { id, .. }
+            | FromWorker::OptimizerState { id, .. }
+            | FromWorker::Error { id, .. } => Some(*id),
             FromWorker::Backend(_) | FromWorker::Ready => None,
         }
     }

@@ -9,6 +9,7 @@ use tinytune::ModelConfig;
 use tinytune::train::{DataSource, Precision};
 
 pub use crate::memory::{MemoryParams, TimelineParams};
+pub use crate::optimizers::{OptimizerStateParams, ScheduleParams};
 pub use crate::precision::LossScalingParams;
 pub use crate::quantize::QuantizeParams;
 use crate::quantize::{LAYERS, QUANT_FORMATS};
@@ -84,6 +85,40 @@ pub struct TrainParams {
     /// Gradient checkpointing.
     #[serde(default)]
     pub checkpointing: bool,
+    /// `key=v1,v2,…`: one run per value, one after another ("" for a single run).
+    #[serde(default)]
+    pub sweep: String,
+}
+
+impl TrainParams {
+    /// The runs a press of Train starts: this one, or one per value of `sweep`
+    /// (`key=v1,v2,…`), each value checked as if typed into the widget.
+    pub fn sweep_runs(&self) -> Result<Vec<TrainParams>, String> {
+        let base = TrainParams { sweep: String::new(), ..self.clone() };
+        if self.sweep.is_empty() {
+            return Ok(vec![base]);
+        }
+        let (key, values) = self.sweep.split_once('=').ok_or("write the sweep as key=value,value,… (for example lr=3e-2,1e-3,1e-4)")?;
+        let key = key.trim();
+        if key == "sweep" || !Widget::Train(base.clone()).keys().contains(&key) {
+            return Err(format!("cannot sweep {key:?}; sweep one of the widget's settings, such as lr, optimizer, accumulate or checkpointing"));
+        }
+        let values: Vec<&str> = values.split(',').map(str::trim).filter(|v| !v.is_empty()).collect();
+        if values.is_empty() || values.len() > 8 {
+            return Err(format!("give between 1 and 8 values to sweep, not {}", values.len()));
+        }
+        values
+            .into_iter()
+            .map(|v| {
+                let mut w = Widget::Train(base.clone());
+                w.set(key, v)?;
+                match w {
+                    Widget::Train(p) => Ok(p),
+                    _ => unreachable!("a train widget stays one"),
+                }
+            })
+            .collect()
+    }
 }
 
 fn adamw() -> String {
@@ -118,7 +153,7 @@ fn no_scaling() -> String {
 
 impl Default for TrainParams {
     fn default() -> Self {
-        Self { model: ModelChoice::Micro, task: DataSource::Task(tinytune::data::Task::Sentiment), steps: 60, lr: 1e-3, batch: 8, seq: 64, seed: 0, compare: false, precision: Precision::Fp32, loss_scale: no_scaling(), method: full(), rank: eight(), alpha: sixteen(), targets: all_linear(), optimizer: adamw(), schedule: cosine(), warmup: ten_percent(), accumulate: 1, checkpointing: false }
+        Self { model: ModelChoice::Micro, task: DataSource::Task(tinytune::data::Task::Sentiment), steps: 60, lr: 1e-3, batch: 8, seq: 64, seed: 0, compare: false, precision: Precision::Fp32, loss_scale: no_scaling(), method: full(), rank: eight(), alpha: sixteen(), targets: all_linear(), optimizer: adamw(), schedule: cosine(), warmup: ten_percent(), accumulate: 1, checkpointing: false, sweep: String::new() }
     }
 }
 
@@ -187,6 +222,10 @@ pub enum Widget {
     Quantize(QuantizeParams),
     /// FP16 gradients of the micro model against FP16's range, unscaled and scaled.
     LossScaling(LossScalingParams),
+    /// Optimizer state per parameter on micro, Adafactor's factorisation, 8-bit maps.
+    OptimizerState(OptimizerStateParams),
+    /// Learning-rate schedules.
+    Schedule(ScheduleParams),
 }
 
 impl Widget {
@@ -205,6 +244,8 @@ impl Widget {
             "number-format" => Widget::NumberFormat(NumberFormatParams::default()),
             "quantize" => Widget::Quantize(QuantizeParams::default()),
             "loss-scaling" => Widget::LossScaling(LossScalingParams::default()),
+            "optimizer-state" => Widget::OptimizerState(OptimizerStateParams::default()),
+            "schedule" => Widget::Schedule(ScheduleParams::default()),
             other => return Err(format!("unknown widget {other:?}; the widgets are {}", Self::NAMES.join(", "))),
         })
     }
@@ -220,21 +261,25 @@ impl Widget {
             Widget::NumberFormat(_) => "number-format",
             Widget::Quantize(_) => "quantize",
             Widget::LossScaling(_) => "loss-scaling",
+            Widget::OptimizerState(_) => "optimizer-state",
+            Widget::Schedule(_) => "schedule",
         }
     }
 
     /// The parameter names this widget accepts.
     pub fn keys(&self) -> &'static [&'static str] {
         match self {
-            Widget::Train(_) => &["model", "task", "steps", "lr", "batch", "seq", "seed", "compare", "precision", "loss_scale", "method", "rank", "alpha", "targets", "optimizer", "schedule", "warmup", "accumulate", "checkpointing"],
+            Widget::Train(_) => &["model", "task", "steps", "lr", "batch", "seq", "seed", "compare", "precision", "loss_scale", "method", "rank", "alpha", "targets", "optimizer", "schedule", "warmup", "accumulate", "checkpointing", "sweep"],
             Widget::Generate(_) => &["model", "prompt", "temperature", "top_k", "max_tokens", "samples", "seed"],
             Widget::ModelCard(_) => &["model"],
             Widget::Decide => &[],
-            Widget::Memory(_) => &["model", "method", "rank", "precision", "optimizer", "batch", "seq", "checkpointing", "accumulate", "zero", "gpus", "offload", "base"],
+            Widget::Memory(_) => &["model", "method", "rank", "precision", "optimizer", "batch", "seq", "checkpointing", "accumulate", "zero", "gpus", "offload", "base", "attention"],
             Widget::MemoryTimeline(_) => &["batch", "seq", "method"],
             Widget::NumberFormat(_) => &["value", "range"],
             Widget::Quantize(_) => &["format", "block", "double_quant", "layer"],
             Widget::LossScaling(_) => &["precision", "scale_log2", "batch", "seq"],
+            Widget::OptimizerState(_) => &["layer"],
+            Widget::Schedule(_) => &["steps", "lr", "warmup", "schedule", "min_lr_ratio"],
         }
     }
 
@@ -297,6 +342,12 @@ impl Widget {
                 }
                 "accumulate" => p.accumulate = int(value, 1, 64).map_err(bad)?,
                 "checkpointing" => p.checkpointing = boolean(value).map_err(bad)?,
+                "sweep" => {
+                    let mut probe = p.clone();
+                    probe.sweep = value.trim().to_string();
+                    probe.sweep_runs().map_err(bad)?;
+                    p.sweep = probe.sweep;
+                }
                 _ => return Err(unknown()),
             },
             Widget::Generate(p) => match key {
@@ -334,6 +385,7 @@ impl Widget {
                 "gpus" => p.gpus = int(value, 1, 4096).map_err(bad)? as u64,
                 "offload" => p.offload = one_of(value, &OFFLOADS).map_err(bad)?,
                 "base" => p.base = one_of(value, &BASES).map_err(bad)?,
+                "attention" => p.attention = one_of(value, &crate::memory::ATTENTIONS).map_err(bad)?,
                 _ => return Err(unknown()),
             },
             Widget::MemoryTimeline(p) => match key {
@@ -358,6 +410,21 @@ impl Widget {
                 "block" => p.block = int(value, 2, 65536).map_err(bad)?,
                 "double_quant" => p.double_quant = boolean(value).map_err(bad)?,
                 "layer" => p.layer = one_of(value, &LAYERS).map_err(bad)?,
+                _ => return Err(unknown()),
+            },
+            Widget::OptimizerState(p) => match key {
+                "layer" => p.layer = one_of(value, &crate::optimizers::LAYERS).map_err(bad)?,
+                _ => return Err(unknown()),
+            },
+            Widget::Schedule(p) => match key {
+                "steps" => p.steps = int(value, 1, 100_000).map_err(bad)?,
+                "lr" => p.lr = float(value, 1e-8, 10.0).map_err(bad)?,
+                "warmup" => {
+                    value.parse::<tinytune::optim::Warmup>().map_err(bad)?;
+                    p.warmup = value.to_string();
+                }
+                "schedule" => p.schedule = one_of(value, &["constant", "linear", "cosine"]).map_err(bad)?,
+                "min_lr_ratio" => p.min_lr_ratio = float(value, 0.0, 1.0).map_err(bad)?,
                 _ => return Err(unknown()),
             },
             Widget::LossScaling(p) => match key {
@@ -394,6 +461,7 @@ impl Widget {
                 ("warmup", p.warmup.clone()),
                 ("accumulate", p.accumulate.to_string()),
                 ("checkpointing", p.checkpointing.to_string()),
+                ("sweep", p.sweep.clone()),
             ],
             Widget::Generate(p) => vec![
                 ("model", p.model.name().into()),
@@ -420,11 +488,14 @@ impl Widget {
                 ("gpus", p.gpus.to_string()),
                 ("offload", p.offload.clone()),
                 ("base", p.base.clone()),
+                ("attention", p.attention.clone()),
             ],
             Widget::MemoryTimeline(p) => vec![("batch", p.batch.to_string()), ("seq", p.seq.to_string()), ("method", p.method.clone())],
             Widget::NumberFormat(p) => vec![("value", p.value.clone()), ("range", p.range.to_string())],
             Widget::Quantize(p) => vec![("format", p.format.clone()), ("block", p.block.to_string()), ("double_quant", p.double_quant.to_string()), ("layer", p.layer.clone())],
             Widget::LossScaling(p) => vec![("precision", p.precision.clone()), ("scale_log2", p.scale_log2.to_string()), ("batch", p.batch.to_string()), ("seq", p.seq.to_string())],
+            Widget::OptimizerState(p) => vec![("layer", p.layer.clone())],
+            Widget::Schedule(p) => vec![("steps", p.steps.to_string()), ("lr", p.lr.to_string()), ("warmup", p.warmup.clone()), ("schedule", p.schedule.clone()), ("min_lr_ratio", p.min_lr_ratio.to_string())],
         }
     }
 

@@ -4,6 +4,7 @@
 pub mod grads;
 pub mod mezo;
 pub mod optimizer;
+pub mod report;
 pub mod schedule;
 
 pub use grads::NamedGrads;

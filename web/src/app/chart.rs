@@ -53,7 +53,8 @@ pub fn LineChart(#[prop(into)] series: Signal<Vec<Series>>, x_label: &'static st
             x1 = x0 + 1.0;
         }
         let pad = ((y1 - y0) * 0.05).max(1e-3);
-        let (y0, y1) = ((y0 - pad).max(0.0), y1 + pad);
+        // Losses and rates start the axis at zero at most; negative values (logarithms) keep theirs.
+        let (y0, y1) = (if y0 >= 0.0 { (y0 - pad).max(0.0) } else { y0 - pad }, y1 + pad);
         let sx = move |x: f64| LEFT + (x - x0) / (x1 - x0) * (W - LEFT - RIGHT);
         let sy = move |y: f64| TOP + (1.0 - (y - y0) / (y1 - y0)) * (H - TOP - BOTTOM);
         let xt = ticks(x0, x1, 5);

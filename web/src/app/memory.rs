@@ -120,6 +120,7 @@ pub fn MemoryWidget(state: RwSignal<Widget>) -> impl IntoView {
                 {super::widgets::field("GPUs", "gpus", num(|p| p.gpus.to_string()), set)}
                 {super::widgets::choice("offload", "offload", opts(&OFFLOADS), move || p.get().offload, set)}
                 {super::widgets::choice("frozen base", "base", opts(&BASES), move || p.get().base, set)}
+                {super::widgets::choice("attention", "attention", opts(&crate::memory::ATTENTIONS), move || p.get().attention, set)}
             </div>
             {move || (p.get().model == "custom").then(|| view! {
                 <label class="field wide">

@@ -7,6 +7,7 @@ mod chart;
 mod client;
 mod formats;
 mod memory;
+mod optimizers;
 mod precision;
 mod quantize;
 mod widgets;
@@ -253,6 +254,8 @@ fn LessonView(lesson: Lesson, query: Vec<(String, String)>) -> impl IntoView {
                     Widget::NumberFormat(_) => view! { <formats::NumberFormatWidget state=state /> }.into_any(),
                     Widget::Quantize(_) => view! { <quantize::QuantizeWidget state=state /> }.into_any(),
                     Widget::LossScaling(_) => view! { <precision::LossScalingWidget state=state /> }.into_any(),
+                    Widget::OptimizerState(_) => view! { <optimizers::OptimizerStateWidget state=state /> }.into_any(),
+                    Widget::Schedule(_) => view! { <optimizers::ScheduleWidget state=state /> }.into_any(),
                 }
             }
         })

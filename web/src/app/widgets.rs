@@ -9,7 +9,7 @@ use tinytune::train::StepEvent;
 use super::chart::{COLORS, LineChart, Series};
 use super::client;
 use crate::decide::{NODES, Node};
-use crate::protocol::{CompareRow, FromWorker, RunState, ToWorker};
+use crate::protocol::{CompareRow, FromWorker, RunState, RunStats, ToWorker};
 use crate::widgets::{GenerateParams, TrainParams, Widget};
 
 /// Sets one parameter from a control, keeping the widget valid: a bad value is reported
@@ -70,6 +70,8 @@ struct RunView {
     skipped: usize,
     /// What the method did (trainable share, NF4 base size), kept after the run ends.
     info: String,
+    /// Optimizer state, peak memory and time per step, as the worker measured them.
+    stats: Option<RunStats>,
     compare: Option<(Vec<CompareRow>, f32, f32)>,
 }
 
@@ -94,18 +96,16 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
     let runs = RwSignal::new(Vec::<RunView>::new());
     let active = Memo::new(move |_| runs.with(|rs| rs.iter().rev().find(|r| r.active()).map(|r| (r.id, r.state))));
 
-    let start = move |_| {
-        let params = p.get_untracked();
-        let mut label = format!("{} · {} · lr {} · {} steps", params.model.name(), params.task, params.lr, params.steps);
-        if params.method != "full" && params.model == crate::widgets::ModelChoice::Micro {
-            label += &format!(" · {} r{}", params.method, params.rank);
-        }
-        if params.precision != tinytune::train::Precision::Fp32 {
-            label += &format!(" · {} · loss scale {}", params.precision, params.loss_scale);
-        }
+    // Runs a sweep has yet to start, in order.
+    let queue = RwSignal::new(Vec::<TrainParams>::new());
+    let launch = move |params: TrainParams| {
+        let label = run_label(&params);
         let id = client::subscribe(move |msg| {
             if let FromWorker::Status { run, state: RunState::Done | RunState::Cancelled | RunState::Failed, .. } = &msg {
                 client::unsubscribe(*run);
+            }
+            if let FromWorker::Status { state: RunState::Failed | RunState::Cancelled, .. } = &msg {
+                queue.set(Vec::new());
             }
             runs.update(|rs| {
                 let Some(r) = rs.iter_mut().find(|r| Some(r.id) == run_of(&msg)) else { return };
@@ -122,16 +122,40 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
                         r.skipped += event.skipped as usize;
                         r.last = Some(event);
                     }
+                    FromWorker::RunStats { stats, .. } => r.stats = Some(stats),
                     FromWorker::Eval { step, loss, .. } => r.eval.push((step as f64, loss as f64)),
                     FromWorker::Compare { rows, stories_before, stories_after, .. } => r.compare = Some((rows, stories_before, stories_after)),
-                    FromWorker::Samples { .. } | FromWorker::Memory { .. } | FromWorker::Quantized { .. } | FromWorker::Gradients { .. } | FromWorker::Error { .. } | FromWorker::Backend(_) | FromWorker::Ready => {}
+                    FromWorker::Samples { .. }
+                    | FromWorker::Memory { .. }
+                    | FromWorker::Quantized { .. }
+                    | FromWorker::Gradients { .. }
+                    | FromWorker::OptimizerState { .. }
+                    | FromWorker::Error { .. }
+                    | FromWorker::Backend(_)
+                    | FromWorker::Ready => {}
                 }
             });
         });
         runs.update(|rs| {
-            rs.push(RunView { id, label, state: RunState::Preparing, message: "starting".into(), steps: params.steps, train: vec![], eval: vec![], last: None, skipped: 0, info: String::new(), compare: None })
+            rs.push(RunView { id, label, state: RunState::Preparing, message: "starting".into(), steps: params.steps, train: vec![], eval: vec![], last: None, skipped: 0, info: String::new(), stats: None, compare: None })
         });
         client::send(&ToWorker::Train { run: id, params });
+    };
+    // A sweep's next run starts when the previous one has finished.
+    Effect::new(move |_| {
+        if active.get().is_none()
+            && let Some(next) = queue.try_update(|q| (!q.is_empty()).then(|| q.remove(0))).flatten()
+        {
+            launch(next);
+        }
+    });
+    let start = move |_| match p.get_untracked().sweep_runs() {
+        Ok(mut plans) => {
+            let first = plans.remove(0);
+            queue.set(plans);
+            launch(first);
+        }
+        Err(e) => error.set(Some(e)),
     };
     let pause_resume = move |_| {
         if let Some((run, s)) = active.get_untracked() {
@@ -139,6 +163,7 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
         }
     };
     let cancel = move |_| {
+        queue.set(Vec::new());
         if let Some((run, _)) = active.get_untracked() {
             client::send(&ToWorker::Cancel { run });
         }
@@ -180,6 +205,15 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
                 {field("LoRA rank", "rank", num(|p| p.rank.to_string()), set)}
                 {field("LoRA alpha", "alpha", num(|p| p.alpha.to_string()), set)}
                 {field("LoRA targets", "targets", num(|p| p.targets.clone()), set)}
+                {choice("optimizer", "optimizer", optimizer_options(), move || p.get().optimizer.clone(), set)}
+                {choice("schedule", "schedule", vec![("cosine", "cosine decay"), ("linear", "linear decay"), ("constant", "constant")], move || p.get().schedule.clone(), set)}
+                {field("warmup (steps or %)", "warmup", num(|p| p.warmup.clone()), set)}
+                {field("micro-batches (accumulate)", "accumulate", num(|p| p.accumulate.to_string()), set)}
+                <label class="field check">
+                    <input type="checkbox" data-param="checkpointing" prop:checked=move || p.get().checkpointing on:change=move |ev| set("checkpointing", event_target_checked(&ev).to_string()) />
+                    <span>"gradient checkpointing"</span>
+                </label>
+                {field("sweep (key=v1,v2)", "sweep", num(|p| p.sweep.clone()), set)}
                 <label class="field check">
                     <input type="checkbox" data-param="compare" prop:checked=move || p.get().compare on:change=move |ev| set("compare", event_target_checked(&ev).to_string()) />
                     <span>"compare before / after"</span>
@@ -196,6 +230,7 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
             </div>
             <LineChart series=series x_label="step" y_label="loss (nats per token)" />
             {move || runs.with(|rs| rs.last().cloned()).map(run_status)}
+            {move || runs.with(|rs| (rs.len() > 1 || rs.iter().any(|r| r.stats.is_some())).then(|| runs_table(rs)))}
             {move || runs.with(|rs| rs.last().and_then(|r| r.compare.clone())).map(|(rows, before, after)| compare_view(rows, before, after))}
             <details class="scale">
                 <summary>"Run this at scale"</summary>
@@ -206,9 +241,81 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
     }
 }
 
+fn optimizer_options() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("adamw", "AdamW"),
+        ("sgd", "SGD"),
+        ("adafactor", "Adafactor"),
+        ("lion", "Lion"),
+        ("adamw8bit", "8-bit AdamW (CPU)"),
+        ("paged-adamw", "paged AdamW (CPU)"),
+        ("paged-adamw8bit", "paged 8-bit AdamW (CPU)"),
+        ("mezo", "MeZO (forward only)"),
+    ]
+}
+
+/// A run's name on the chart and in the table: what sets it apart.
+fn run_label(p: &TrainParams) -> String {
+    let mut label = format!("{} · {} · lr {} · {} steps", p.model.name(), p.task, p.lr, p.steps);
+    if p.method != "full" && p.model == crate::widgets::ModelChoice::Micro {
+        label += &format!(" · {} r{}", p.method, p.rank);
+    }
+    if p.precision != tinytune::train::Precision::Fp32 {
+        label += &format!(" · {} · loss scale {}", p.precision, p.loss_scale);
+    }
+    if p.optimizer != "adamw" {
+        label += &format!(" · {}", p.optimizer);
+    }
+    if p.accumulate > 1 {
+        label += &format!(" · {} micro-batches", p.accumulate);
+    }
+    if p.checkpointing {
+        label += " · checkpointing";
+    }
+    label
+}
+
+/// Every run of the widget side by side: loss, time and what it cost.
+fn runs_table(rs: &[RunView]) -> impl IntoView + use<> {
+    let rows = rs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let s = r.stats.clone().unwrap_or_default();
+            let loss = r.last.as_ref().map(|e| format!("{:.4}", e.loss)).unwrap_or_default();
+            let eval = r.eval.last().map(|(_, l)| format!("{l:.4}")).unwrap_or_default();
+            let time = r.last.as_ref().map(|e| format!("{:.1}", e.elapsed_s)).unwrap_or_default();
+            let per_param = if s.trainable > 0 { format!("{:.2}", s.state_bytes as f64 / s.trainable as f64) } else { String::new() };
+            let peak = match (s.peak_bytes, r.stats.is_some()) {
+                (Some(b), _) => tinytune::memory::human(b),
+                (None, true) => "not counted (WebGPU)".into(),
+                (None, false) => String::new(),
+            };
+            view! {
+                <tr data-run=i>
+                    <td><span class="swatch" style=format!("background:{}", COLORS[i % COLORS.len()])></span>{r.label.clone()}</td>
+                    <td class="num" data-testid="run-loss">{loss}</td>
+                    <td class="num">{eval}</td>
+                    <td class="num">{time}</td>
+                    <td class="num">{format!("{:.3}", s.step_seconds)}</td>
+                    <td class="num" data-testid="run-state-bytes">{per_param}</td>
+                    <td class="num" data-testid="run-peak">{peak}</td>
+                    <td>{s.device.clone()}</td>
+                </tr>
+            }
+        })
+        .collect::<Vec<_>>();
+    view! {
+        <table class="results runs" data-testid="runs">
+            <thead><tr><th>"run"</th><th>"train loss"</th><th>"held-out"</th><th>"time (s)"</th><th>"s / step"</th><th>"state B / param"</th><th>"peak memory"</th><th>"device"</th></tr></thead>
+            <tbody>{rows}</tbody>
+        </table>
+    }
+}
+
 fn run_of(msg: &FromWorker) -> Option<u32> {
     match msg {
-        FromWorker::Status { run, .. } | FromWorker::Step { run, .. } | FromWorker::Eval { run, .. } | FromWorker::Compare { run, .. } => Some(*run),
+        FromWorker::Status { run, .. } | FromWorker::Step { run, .. } | FromWorker::Eval { run, .. } | FromWorker::Compare { run, .. } | FromWorker::RunStats { run, .. } => Some(*run),
         _ => None,
     }
 }

@@ -124,6 +124,12 @@ fn handle(msg: ToWorker) {
                 Err(message) => post(&FromWorker::Error { id, message }),
             }
         }),
+        ToWorker::OptimizerState { id, params } => spawn_local(async move {
+            match optimizer_state(&params).await {
+                Ok(result) => post(&FromWorker::OptimizerState { id, result: Box::new(result) }),
+                Err(message) => post(&FromWorker::Error { id, message }),
+            }
+        }),
         ToWorker::Generate { id, params } => spawn_local(async move {
             if let Err(message) = generate(id, &params).await {
                 post(&FromWorker::Error { id, message });
@@ -221,10 +227,19 @@ async fn load(choice: ModelChoice, seed: u64, device: &Device) -> Result<(Gpt, T
 
 async fn train(run: u32, p: &TrainParams, control: &Cell<Control>) -> Result<RunState, String> {
     let config = p.train_config();
-    // QLoRA quantizes the base on the host and dequantizes it there every step, reading
-    // weights back synchronously, which WebGPU cannot do: it always runs on the CPU.
+    // QLoRA dequantizes its base on the host every step, 8-bit AdamW updates on the host,
+    // and paged optimizers copy their state to the host: each reads tensors back
+    // synchronously, which WebGPU cannot do, so these always run on the CPU.
     let qlora = matches!(config.method, tinytune::methods::Method::Qlora(_));
-    let ad = if qlora { Device::flex().autodiff() } else { device().await.autodiff() };
+    let kind = config.optimizer.kind;
+    let host_only = qlora || kind.eight_bit() || kind.paged();
+    let ad = if host_only { Device::flex().autodiff() } else { device().await.autodiff() };
+    let on_cpu = tinytune::optim::optimizer::host_memory_device(&ad);
+    let device_name = match (on_cpu, host_only) {
+        (false, _) => "WebGPU".to_string(),
+        (true, true) => format!("CPU ({} reads tensors back synchronously, which WebGPU cannot)", if qlora { "QLoRA" } else { kind.name() }),
+        (true, false) => "CPU".to_string(),
+    };
     status(run, RunState::Preparing, "loading the model");
     let (model, tokenizer) = load(p.model, p.seed, &ad).await?;
     let model = config.method.apply(model, config.seed, &ad).map_err(|e| e.to_string())?;
@@ -233,8 +248,8 @@ async fn train(run: u32, p: &TrainParams, control: &Cell<Control>) -> Result<Run
         tinytune::methods::Method::Full => String::new(),
         _ => tinytune::methods::MethodSummary::of(&config.method, &model).line(),
     };
-    if qlora {
-        summary += " · on the CPU";
+    if host_only {
+        summary += if summary.is_empty() { "on the CPU" } else { " · on the CPU" };
     }
     status(run, RunState::Preparing, "generating and tokenising the data");
     js::sleep(0).await;
@@ -247,6 +262,11 @@ async fn train(run: u32, p: &TrainParams, control: &Cell<Control>) -> Result<Run
         false => None,
     };
     status(run, RunState::Running, &summary);
+    let trainable: u64 = tinytune::model::named_params(&trainer.model).iter().filter(|p| p.trainable).map(|p| p.numel as u64).sum();
+    // Peak memory of the run: everything the worker allocates from here on, above this level.
+    let base = tinytune::memory::measure::current();
+    tinytune::memory::measure::reset_peak();
+    let started = web_time::Instant::now();
     while trainer.step < config.steps {
         match control.get() {
             Control::Cancel => return Ok(RunState::Cancelled),
@@ -264,6 +284,15 @@ async fn train(run: u32, p: &TrainParams, control: &Cell<Control>) -> Result<Run
         }
         let event = trainer.step_async().await.map_err(|e| e.to_string())?;
         post(&FromWorker::Step { run, event });
+        let stats = crate::protocol::RunStats {
+            optimizer: kind.name().into(),
+            state_bytes: trainer.optim.state_bytes() as u64,
+            trainable,
+            peak_bytes: on_cpu.then(|| tinytune::memory::measure::peak().saturating_sub(base) as u64),
+            step_seconds: started.elapsed().as_secs_f64() / trainer.step.max(1) as f64,
+            device: device_name.clone(),
+        };
+        post(&FromWorker::RunStats { run, stats });
         if trainer.step % config.eval_every == 0 || trainer.step == config.steps {
             let loss = eval_loss_async(&trainer.model.valid(), &trainer.eval, config.batch_size, config.seq_len, config.eval_batches)
                 .await
@@ -357,6 +386,17 @@ async fn loss_scaling(p: &crate::precision::LossScalingParams) -> Result<crate::
     }
     let [unscaled, scaled]: [_; 2] = underflow_reports(&trainer, &batch, precision, &[1.0, p.scale()]).try_into().expect("one report per scale");
     Ok(crate::precision::LossScalingResult { unscaled, scaled })
+}
+
+/// One step of every optimizer on a batch of micro's story-qa gradients, on the CPU (the
+/// report reads state back synchronously).
+async fn optimizer_state(p: &crate::optimizers::OptimizerStateParams) -> Result<tinytune::optim::report::StateReport, String> {
+    use tinytune::train::TrainConfig;
+    let device = Device::flex().autodiff();
+    let (model, tok) = load(ModelChoice::Micro, 0, &device).await?;
+    let config = TrainConfig { data: DataSource::Task(tinytune::data::Task::StoryQa), batch_size: 8, seq_len: 128, train_examples: 100, eval_examples: 10, ..TrainConfig::default() };
+    let trainer = Trainer::new(model, &tok, config, &device).map_err(|e| e.to_string())?;
+    tinytune::optim::report::state_report(&trainer, &trainer.batch_for(0), &p.layer).map_err(|e| e.to_string())
 }
 
 async fn generate(id: u32, p: &GenerateParams) -> Result<(), String> {
