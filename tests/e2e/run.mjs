@@ -390,6 +390,79 @@ await check("QLoRA fine-tunes micro in the page with its NF4 base reported, and 
   await page.close();
 });
 
+await check("the optimizer-state widget steps every real optimizer once on micro", async () => {
+  const page = await openPage(cpu, base + "?lesson=optimizers&backend=cpu");
+  const w = page.locator("[data-widget=optimizer-state]").first();
+  await w.locator("[data-testid=optimizer-state]").click();
+  await w.locator("[data-testid=adafactor], .error").first().waitFor({ timeout: 180_000 });
+  assert((await w.locator(".error").count()) === 0, `the widget reported: ${await w.locator(".error").first().textContent().catch(() => "")}`);
+  const per = async (name) => parseFloat(await w.locator(`tr[data-optimizer="${name}"] [data-testid=bytes-per-param]`).textContent());
+  const got = { adamw: await per("adamw"), lion: await per("lion"), sgd: await per("sgd"), mezo: await per("mezo"), adafactor: await per("adafactor"), eight: await per("adamw8bit") };
+  console.log(`     bytes per parameter ${JSON.stringify(got)}`);
+  assert(got.adamw === 8 && got.lion === 4 && got.sgd === 0 && got.mezo === 0, JSON.stringify(got));
+  assert(got.adafactor < 0.2 && got.eight > 2 && got.eight < 2.3, JSON.stringify(got));
+  const ada = await w.locator("[data-testid=adafactor]").textContent();
+  assert(ada.includes("128×384") && ada.includes("512 numbers") && ada.includes("instead of 49152"), ada);
+  await w.screenshot({ path: join(artifacts, "optimizer-state.png") });
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
+await check("the schedule widget shows the core schedule's learning rates", async () => {
+  const page = await openPage(cpu, base + "?lesson=hyperparameters&backend=cpu");
+  const w = page.locator("[data-widget=schedule]").first();
+  await setParam(w, "steps", 1000);
+  await setParam(w, "lr", "1e-4");
+  await setParam(w, "warmup", "10%");
+  await setParam(w, "schedule", "linear");
+  const cells = await w.locator("tbody tr").evaluateAll((rows) => rows.map((r) => [...r.querySelectorAll("td")].map((td) => td.textContent)));
+  console.log(`     ${JSON.stringify(cells)}`);
+  // Warmup: 1e-4·1/100 at step 0; linear decay: halfway through 900 decay steps at 500 is 1e-5 + 9e-5·(5/9).
+  assert(cells[0][0] === "0" && cells[0][1] === "1.000e-6", JSON.stringify(cells));
+  assert(cells.some(([step, lr]) => step === "500" && lr === "6.000e-5"), JSON.stringify(cells));
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
+/** Waits until a train widget's runs table has `n` finished rows, and returns them. */
+async function sweepRows(w, n, timeout) {
+  await w.locator(`[data-testid=runs] tbody tr:nth-child(${n})`).waitFor({ timeout });
+  await waitForRun(w, timeout);
+  return w.locator("[data-testid=runs] tbody tr").evaluateAll((rows) => rows.map((r) => [...r.querySelectorAll("td")].map((td) => td.textContent)));
+}
+
+await check("a sweep over accumulation trains twice: same losses, lower measured peak", async () => {
+  const page = await openPage(cpu, base + "?lesson=checkpointing-and-accumulation&backend=cpu");
+  const w = page.locator("[data-widget=train]").nth(1);
+  await setParam(w, "steps", 3);
+  await setParam(w, "sweep", "accumulate=1,4");
+  await w.locator("[data-testid=train]").click();
+  const rows = await sweepRows(w, 2, 300_000);
+  console.log(`     ${JSON.stringify(rows)}`);
+  const mib = (t) => parseFloat(t) * (t.includes("GiB") ? 1024 : t.includes("KiB") ? 1 / 1024 : 1);
+  const [one, four] = rows;
+  assert(Math.abs(parseFloat(one[1]) - parseFloat(four[1])) < 0.01, `losses should agree: ${one[1]} vs ${four[1]}`);
+  assert(mib(four[6]) < mib(one[6]), `accumulation should lower the peak: ${one[6]} vs ${four[6]}`);
+  await w.screenshot({ path: join(artifacts, "sweep-accumulate.png") });
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
+await check("8-bit AdamW and MeZO train in the page with their measured state", async () => {
+  const page = await openPage(cpu, base + "?lesson=zeroth-order&backend=cpu");
+  const w = page.locator("[data-widget=train]").first();
+  await setParam(w, "steps", 4);
+  await setParam(w, "sweep", "optimizer=adamw8bit,mezo");
+  await w.locator("[data-testid=train]").click();
+  const rows = await sweepRows(w, 2, 300_000);
+  console.log(`     ${JSON.stringify(rows)}`);
+  const [eight, mezo] = rows;
+  assert(parseFloat(eight[5]) > 2 && parseFloat(eight[5]) < 2.6 && eight[7].startsWith("CPU"), JSON.stringify(eight));
+  assert(parseFloat(mezo[5]) === 0 && Number.isFinite(parseFloat(mezo[1])), JSON.stringify(mezo));
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
 await check("reloading an experiment's URL restores its settings", async () => {
   const page = await openPage(cpu, base + `?lesson=${lessons[0].slug}&backend=cpu`);
   const w = page.locator("[data-widget=train]").first();

@@ -12,6 +12,10 @@ pub const FILES: &[(&str, &str)] = &[
     ("05-sharding-and-offload.md", include_str!("../../lessons/05-sharding-and-offload.md")),
     ("06-number-formats.md", include_str!("../../lessons/06-number-formats.md")),
     ("07-quantization.md", include_str!("../../lessons/07-quantization.md")),
+    ("08-hyperparameters.md", include_str!("../../lessons/08-hyperparameters.md")),
+    ("09-optimizers.md", include_str!("../../lessons/09-optimizers.md")),
+    ("10-zeroth-order.md", include_str!("../../lessons/10-zeroth-order.md")),
+    ("11-attention-kernels.md", include_str!("../../lessons/11-attention-kernels.md")),
     ("15-qlora.md", include_str!("../../lessons/15-qlora.md")),
 ];
 

@@ -92,7 +92,8 @@ pub struct TrainParams {
 
 impl TrainParams {
     /// The runs a press of Train starts: this one, or one per value of `sweep`
-    /// (`key=v1,v2,…`), each value checked as if typed into the widget.
+    /// (`key=v1,v2,…`), each value checked as if typed into the widget. Sweeping the
+    /// optimizer gives each run that optimizer's suggested learning rate.
     pub fn sweep_runs(&self) -> Result<Vec<TrainParams>, String> {
         let base = TrainParams { sweep: String::new(), ..self.clone() };
         if self.sweep.is_empty() {
@@ -113,6 +114,13 @@ impl TrainParams {
                 let mut w = Widget::Train(base.clone());
                 w.set(key, v)?;
                 match w {
+                    // Optimizers want different learning rates (SGD's is 100× AdamW's): a
+                    // sweep over them uses each one's suggested rate, as `tinytune compare`
+                    // does when no --lr is given.
+                    Widget::Train(mut p) if key == "optimizer" => {
+                        p.lr = p.optimizer_kind().suggested_lr();
+                        Ok(p)
+                    }
                     Widget::Train(p) => Ok(p),
                     _ => unreachable!("a train widget stays one"),
                 }
