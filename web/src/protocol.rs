@@ -84,7 +84,7 @@ pub struct RunStats {
     /// Peak bytes allocated in the worker above the level when training began; None when
     /// the run is on WebGPU, whose memory the worker cannot count.
     pub peak_bytes: Option<u64>,
-    /// Seconds of training per step, averaged.
+    /// Seconds per training step, averaged (evaluations and pauses excluded).
     pub step_seconds: f64,
     /// "CPU" or "WebGPU", and why when the run was moved to the CPU.
     pub device: String,

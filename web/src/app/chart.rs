@@ -37,6 +37,14 @@ fn fmt_tick(v: f64) -> String {
     }
 }
 
+/// A legend entry that fits the space right of the plot: long labels keep their end, where
+/// what sets one run apart from the last is written (the full label is the entry's title).
+fn legend_text(label: &str) -> String {
+    const MAX: usize = 36;
+    let n = label.chars().count();
+    if n <= MAX { label.to_string() } else { format!("…{}", label.chars().skip(n - (MAX - 1)).collect::<String>()) }
+}
+
 #[component]
 pub fn LineChart(#[prop(into)] series: Signal<Vec<Series>>, x_label: &'static str, y_label: &'static str) -> impl IntoView {
     let body = move || {
@@ -81,8 +89,9 @@ pub fn LineChart(#[prop(into)] series: Signal<Vec<Series>>, x_label: &'static st
                 let dash = if s.dashed { "5 4" } else { "none" };
                 view! {
                     <g>
+                        <title>{s.label.clone()}</title>
                         <line x1={n(W - 250.0)} x2={n(W - 226.0)} y1={n(y)} y2={n(y)} stroke={s.color} stroke-width="2" stroke-dasharray={dash} />
-                        <text x={n(W - 220.0)} y={n(y + 4.0)} class="legend">{s.label.clone()}</text>
+                        <text x={n(W - 220.0)} y={n(y + 4.0)} class="legend">{legend_text(&s.label)}</text>
                     </g>
                 }
             })

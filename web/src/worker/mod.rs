@@ -266,7 +266,8 @@ async fn train(run: u32, p: &TrainParams, control: &Cell<Control>) -> Result<Run
     // Peak memory of the run: everything the worker allocates from here on, above this level.
     let base = tinytune::memory::measure::current();
     tinytune::memory::measure::reset_peak();
-    let started = web_time::Instant::now();
+    // Seconds spent in training steps alone (not evaluations or pauses).
+    let mut step_secs = 0.0;
     while trainer.step < config.steps {
         match control.get() {
             Control::Cancel => return Ok(RunState::Cancelled),
@@ -282,14 +283,16 @@ async fn train(run: u32, p: &TrainParams, control: &Cell<Control>) -> Result<Run
             }
             Control::Run => {}
         }
+        let t0 = web_time::Instant::now();
         let event = trainer.step_async().await.map_err(|e| e.to_string())?;
+        step_secs += t0.elapsed().as_secs_f64();
         post(&FromWorker::Step { run, event });
         let stats = crate::protocol::RunStats {
             optimizer: kind.name().into(),
             state_bytes: trainer.optim.state_bytes() as u64,
             trainable,
             peak_bytes: on_cpu.then(|| tinytune::memory::measure::peak().saturating_sub(base) as u64),
-            step_seconds: started.elapsed().as_secs_f64() / trainer.step.max(1) as f64,
+            step_seconds: step_secs / trainer.step.max(1) as f64,
             device: device_name.clone(),
         };
         post(&FromWorker::RunStats { run, stats });
