@@ -459,6 +459,21 @@ await check("8-bit AdamW and MeZO train in the page with their measured state", 
   const [eight, mezo] = rows;
   assert(parseFloat(eight[5]) > 2 && parseFloat(eight[5]) < 2.6 && eight[7].startsWith("CPU"), JSON.stringify(eight));
   assert(parseFloat(mezo[5]) === 0 && Number.isFinite(parseFloat(mezo[1])), JSON.stringify(mezo));
+  // The same runs against seconds of training: the axis changes, the runs stay.
+  await w.locator("[data-testid=by-time]").setChecked(true);
+  assert((await w.locator("[data-testid=chart]").textContent()).includes("seconds of training"), "the chart did not switch to seconds");
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
+await check("the calculator's flash attention drops the score matrices (lesson 11's figures)", async () => {
+  const page = await openPage(cpu, base + "?lesson=attention-kernels&backend=cpu");
+  const w = page.locator("[data-widget=memory]").first();
+  const eager = await w.locator("[data-testid=memory-peak]").textContent();
+  await setParam(w, "attention", "flash");
+  const flash = await w.locator("[data-testid=memory-peak]").textContent();
+  console.log(`     peak: eager ${eager}, flash ${flash}`);
+  assert(eager.includes("4.18 GiB") && flash.includes("3.48 GiB"), `eager ${eager}, flash ${flash}`);
   assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
   await page.close();
 });

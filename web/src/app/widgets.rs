@@ -65,6 +65,9 @@ struct RunView {
     steps: usize,
     train: Vec<(f64, f64)>,
     eval: Vec<(f64, f64)>,
+    /// The same points against seconds of training (to compare runs per second).
+    train_t: Vec<(f64, f64)>,
+    eval_t: Vec<(f64, f64)>,
     last: Option<StepEvent>,
     /// Updates skipped by the loss scaler (an FP16 gradient overflowed).
     skipped: usize,
@@ -119,11 +122,16 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
                     }
                     FromWorker::Step { event, .. } => {
                         r.train.push((event.step as f64, event.loss as f64));
+                        r.train_t.push((event.elapsed_s, event.loss as f64));
                         r.skipped += event.skipped as usize;
                         r.last = Some(event);
                     }
                     FromWorker::RunStats { stats, .. } => r.stats = Some(stats),
-                    FromWorker::Eval { step, loss, .. } => r.eval.push((step as f64, loss as f64)),
+                    FromWorker::Eval { step, loss, .. } => {
+                        r.eval.push((step as f64, loss as f64));
+                        let t = r.last.as_ref().map(|e| e.elapsed_s).unwrap_or(0.0);
+                        r.eval_t.push((t, loss as f64));
+                    }
                     FromWorker::Compare { rows, stories_before, stories_after, .. } => r.compare = Some((rows, stories_before, stories_after)),
                     FromWorker::Samples { .. }
                     | FromWorker::Memory { .. }
@@ -137,7 +145,7 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
             });
         });
         runs.update(|rs| {
-            rs.push(RunView { id, label, state: RunState::Preparing, message: "starting".into(), steps: params.steps, train: vec![], eval: vec![], last: None, skipped: 0, info: String::new(), stats: None, compare: None })
+            rs.push(RunView { id, label, state: RunState::Preparing, message: "starting".into(), steps: params.steps, train: vec![], eval: vec![], train_t: vec![], eval_t: vec![], last: None, skipped: 0, info: String::new(), stats: None, compare: None })
         });
         client::send(&ToWorker::Train { run: id, params });
     };
@@ -168,15 +176,20 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
             client::send(&ToWorker::Cancel { run });
         }
     };
+    // Plot against steps, or against seconds of training (MeZO's steps are cheap, AdamW's
+    // do more per step: per second is the fair comparison).
+    let by_time = RwSignal::new(false);
     let series = Signal::derive(move || {
+        let t = by_time.get();
         runs.with(|rs| {
             rs.iter()
                 .enumerate()
                 .flat_map(|(i, r)| {
                     let color = COLORS[i % COLORS.len()];
-                    let mut v = vec![Series { label: format!("{} train", r.label), color, points: r.train.clone(), dashed: false }];
-                    if !r.eval.is_empty() {
-                        v.push(Series { label: "held-out".into(), color, points: r.eval.clone(), dashed: true });
+                    let (train, eval) = if t { (&r.train_t, &r.eval_t) } else { (&r.train, &r.eval) };
+                    let mut v = vec![Series { label: format!("{} train", r.label), color, points: train.clone(), dashed: false }];
+                    if !eval.is_empty() {
+                        v.push(Series { label: "held-out".into(), color, points: eval.clone(), dashed: true });
                     }
                     v
                 })
@@ -228,7 +241,15 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
                 <button data-testid="cancel" on:click=cancel disabled=move || active.get().is_none()>"Stop"</button>
                 <button on:click=move |_| runs.set(Vec::new()) disabled=move || active.get().is_some() || runs.with(|r| r.is_empty())>"Clear runs"</button>
             </div>
-            <LineChart series=series x_label="step" y_label="loss (nats per token)" />
+            {move || if by_time.get() {
+                view! { <LineChart series=series x_label="seconds of training" y_label="loss (nats per token)" /> }.into_any()
+            } else {
+                view! { <LineChart series=series x_label="step" y_label="loss (nats per token)" /> }.into_any()
+            }}
+            <label class="field check">
+                <input type="checkbox" data-testid="by-time" prop:checked=move || by_time.get() on:change=move |ev| by_time.set(event_target_checked(&ev)) />
+                <span>"plot against seconds instead of steps"</span>
+            </label>
             {move || runs.with(|rs| rs.last().cloned()).map(run_status)}
             {move || runs.with(|rs| (rs.len() > 1 || rs.iter().any(|r| r.stats.is_some())).then(|| runs_table(rs)))}
             {move || runs.with(|rs| rs.last().and_then(|r| r.compare.clone())).map(|(rows, before, after)| compare_view(rows, before, after))}
