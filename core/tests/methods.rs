@@ -19,6 +19,9 @@ use tinytune::{Gpt, ModelConfig, TextTokenizer};
 fn methods() -> Vec<(&'static str, Method)> {
     vec![
         ("full", Method::Full),
+        ("last layers (1 of 2)", Method::LastLayers { n: 1 }),
+        ("bitfit", Method::Bitfit),
+        ("layernorm only", Method::Layernorm),
         ("lora c_attn r4", Method::Lora(LoraConfig { r: 4, lora_alpha: 8.0, ..LoraConfig::default() })),
         (
             "lora all-linear r2 rslora dropout",

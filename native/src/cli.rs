@@ -387,10 +387,14 @@ pub struct FinetuneArgs {
 /// How the model is adapted for fine-tuning.
 #[derive(Args, Debug, Clone)]
 pub struct MethodArgs {
-    /// full (every weight trains), lora (low-rank updates beside frozen weights) or qlora
-    /// (LoRA on a base stored in 4-bit NF4).
+    /// full (every weight trains), last-layers (the top --last-n blocks and the final
+    /// LayerNorm), bitfit (biases only), layernorm (LayerNorm gains and biases only), lora
+    /// (low-rank updates beside frozen weights) or qlora (LoRA on a base stored in 4-bit NF4).
     #[arg(long, default_value = "full")]
     pub method: String,
+    /// last-layers: how many of the top transformer blocks train.
+    #[arg(long, default_value_t = 1)]
+    pub last_n: usize,
     /// LoRA rank r.
     #[arg(long, default_value_t = 8)]
     pub rank: usize,

@@ -205,10 +205,13 @@ fn measure(plan: &Plan, device: &Device) -> Result<(tinytune::memory::StepMemory
     }
     let method = match &plan.method {
         PlanMethod::Full => Method::Full,
+        PlanMethod::LastLayers { n } => Method::LastLayers { n: *n as usize },
+        PlanMethod::Bitfit => Method::Bitfit,
+        PlanMethod::Layernorm => Method::Layernorm,
         PlanMethod::Lora { rank, targets } => {
             Method::Lora(LoraConfig { r: *rank as usize, lora_alpha: 2.0 * *rank as f64, target_modules: targets.clone(), ..LoraConfig::default() })
         }
-        _ => return Err("--measure trains with the methods tinytune implements so far: full and lora".into()),
+        _ => return Err("--measure trains with the methods tinytune implements so far: full, last-layers, bitfit, layernorm and lora".into()),
     };
     if plan.optimizer != OptimizerKind::Adamw || plan.precision != Precision::Fp32 || plan.zero != 0 || plan.checkpoint_every != 0 || plan.offload != Offload::None {
         return Err("--measure runs tinytune's trainer as it is: --precision fp32 --optimizer adamw, no ZeRO, offload or checkpointing".into());

@@ -92,6 +92,7 @@ pub fn flag_error(e: tinytune::Error) -> String {
                 "lora_alpha" => "alpha".to_string(),
                 "target_modules" => "targets".to_string(),
                 "block" => "qlora-block".to_string(),
+                "n" => "last-n".to_string(),
                 f => f.replace('_', "-"),
             };
             format!("--{flag}: {problem}")
@@ -139,7 +140,7 @@ pub fn finetune(args: FinetuneArgs, device: &Device) -> Result<(), String> {
 /// The fine-tuning method the flags describe.
 pub fn method(a: &MethodArgs) -> Result<Method, String> {
     let lora = LoraConfig { r: a.rank, lora_alpha: a.alpha, lora_dropout: a.lora_dropout, target_modules: LoraConfig::target_list(&a.targets), use_rslora: a.rslora };
-    Method::named(&a.method, lora, a.qlora_block, !a.no_double_quant).map_err(|e| format!("--method: {e}"))
+    Method::named(&a.method, lora, a.qlora_block, !a.no_double_quant, a.last_n).map_err(|e| format!("--method: {e}"))
 }
 
 fn refuse_to_overwrite(out: &Path) -> Result<(), String> {
@@ -346,6 +347,9 @@ mod tests {
             TrainParams { optimizer: "adafactor".into(), schedule: "linear".into(), warmup: "5".into(), accumulate: 4, checkpointing: true, ..TrainParams::default() },
             TrainParams { optimizer: "adamw8bit".into(), schedule: "constant".into(), warmup: "25%".into(), ..TrainParams::default() },
             TrainParams { optimizer: "mezo".into(), ..TrainParams::default() },
+            TrainParams { method: "last-layers".into(), last_n: 2, ..TrainParams::default() },
+            TrainParams { method: "bitfit".into(), ..TrainParams::default() },
+            TrainParams { method: "layernorm".into(), ..TrainParams::default() },
             TrainParams { optimizer: "lion".into(), warmup: "0.05".into(), ..TrainParams::default() },
         ];
         for params in cases {

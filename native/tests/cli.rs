@@ -348,7 +348,15 @@ fn lora_and_qlora_fine_tune_resume_and_reject_bad_flags() {
     let l = tmp("lora");
     ok(&finetune(&l, &["--method", "lora", "--rank", "2", "--targets", "all-linear"]));
     fails_with(&finetune(&tmp("bad1"), &["--method", "lora", "--rank", "0"]), &["--rank", "at least 1"]);
-    fails_with(&finetune(&tmp("bad2"), &["--method", "dora"]), &["--method", "full, lora or qlora"]);
+    fails_with(&finetune(&tmp("bad2"), &["--method", "dora"]), &["--method", "bitfit", "qlora"]);
+    fails_with(&finetune(&tmp("bad4"), &["--method", "last-layers", "--last-n", "5"]), &["--last-n", "between 1 and the model's 2 blocks"]);
+    // Selective methods: only their parameters train, and the share is printed.
+    let s = tmp("bitfit");
+    let out = finetune(&s, &["--method", "bitfit", "--lr", "0.01"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    ok(&out);
+    assert!(stderr.contains("bitfit: ") && stderr.contains("parameters train"), "{stderr}");
+    std::fs::remove_dir_all(&s).unwrap();
     fails_with(&finetune(&tmp("bad3"), &["--method", "qlora", "--qlora-block", "1"]), &["--qlora-block"]);
     for d in [base, a, r, l] {
         std::fs::remove_dir_all(&d).unwrap();

@@ -94,8 +94,8 @@ impl TrainParams {
         }
         let lora = LoraConfig { r: self.rank, lora_alpha: self.alpha, lora_dropout: 0.0, target_modules: LoraConfig::target_list(&self.targets), use_rslora: false };
         let qlora = QloraConfig::default();
-        // `Widget::set` admits only full, lora and qlora.
-        Method::named(&self.method, lora, qlora.block, qlora.double_quant).unwrap_or_default()
+        // `Widget::set` admits only the names `Method::named` knows.
+        Method::named(&self.method, lora, qlora.block, qlora.double_quant, self.last_n).unwrap_or_default()
     }
 
     /// The command's arguments, without the program name.
@@ -120,8 +120,13 @@ impl TrainParams {
             args.push(flag.into());
             args.push(value);
         }
-        if self.method != "full" && self.model == ModelChoice::Micro {
-            args.extend(["--method".into(), self.method.clone(), "--rank".into(), self.rank.to_string(), "--alpha".into(), self.alpha.to_string(), "--targets".into(), self.targets.clone()]);
+        if self.model == ModelChoice::Micro {
+            match self.method.as_str() {
+                "full" => {}
+                "lora" | "qlora" => args.extend(["--method".into(), self.method.clone(), "--rank".into(), self.rank.to_string(), "--alpha".into(), self.alpha.to_string(), "--targets".into(), self.targets.clone()]),
+                "last-layers" => args.extend(["--method".into(), self.method.clone(), "--last-n".into(), self.last_n.to_string()]),
+                other => args.extend(["--method".into(), other.to_string()]),
+            }
         }
         if self.optimizer_kind() != OptimKind::AdamW {
             args.extend(["--optimizer".into(), self.optimizer.clone()]);

@@ -59,9 +59,12 @@ pub struct TrainParams {
     /// "none" or "dynamic" (GradScaler's rule); used by fp16 and bf16.
     #[serde(default = "no_scaling")]
     pub loss_scale: String,
-    /// full, lora or qlora.
+    /// A `Method::NAMES` entry: full, last-layers, bitfit, layernorm, lora or qlora.
     #[serde(default = "full")]
     pub method: String,
+    /// last-layers: how many top blocks train.
+    #[serde(default = "one")]
+    pub last_n: usize,
     /// LoRA/QLoRA rank, alpha and target projections.
     #[serde(default = "eight")]
     pub rank: usize,
@@ -161,7 +164,7 @@ fn no_scaling() -> String {
 
 impl Default for TrainParams {
     fn default() -> Self {
-        Self { model: ModelChoice::Micro, task: DataSource::Task(tinytune::data::Task::Sentiment), steps: 60, lr: 1e-3, batch: 8, seq: 64, seed: 0, compare: false, precision: Precision::Fp32, loss_scale: no_scaling(), method: full(), rank: eight(), alpha: sixteen(), targets: all_linear(), optimizer: adamw(), schedule: cosine(), warmup: ten_percent(), accumulate: 1, checkpointing: false, sweep: String::new() }
+        Self { model: ModelChoice::Micro, task: DataSource::Task(tinytune::data::Task::Sentiment), steps: 60, lr: 1e-3, batch: 8, seq: 64, seed: 0, compare: false, precision: Precision::Fp32, loss_scale: no_scaling(), method: full(), last_n: 1, rank: eight(), alpha: sixteen(), targets: all_linear(), optimizer: adamw(), schedule: cosine(), warmup: ten_percent(), accumulate: 1, checkpointing: false, sweep: String::new() }
     }
 }
 
@@ -277,7 +280,7 @@ impl Widget {
     /// The parameter names this widget accepts.
     pub fn keys(&self) -> &'static [&'static str] {
         match self {
-            Widget::Train(_) => &["model", "task", "steps", "lr", "batch", "seq", "seed", "compare", "precision", "loss_scale", "method", "rank", "alpha", "targets", "optimizer", "schedule", "warmup", "accumulate", "checkpointing", "sweep"],
+            Widget::Train(_) => &["model", "task", "steps", "lr", "batch", "seq", "seed", "compare", "precision", "loss_scale", "method", "last_n", "rank", "alpha", "targets", "optimizer", "schedule", "warmup", "accumulate", "checkpointing", "sweep"],
             Widget::Generate(_) => &["model", "prompt", "temperature", "top_k", "max_tokens", "samples", "seed"],
             Widget::ModelCard(_) => &["model"],
             Widget::Decide => &[],
@@ -331,7 +334,8 @@ impl Widget {
                 "compare" => p.compare = boolean(value).map_err(bad)?,
                 "precision" => p.precision = value.parse::<Precision>().map_err(bad)?,
                 "loss_scale" => p.loss_scale = one_of(value, &["none", "dynamic"]).map_err(bad)?,
-                "method" => p.method = one_of(value, &["full", "lora", "qlora"]).map_err(bad)?,
+                "method" => p.method = one_of(value, &tinytune::methods::Method::NAMES).map_err(bad)?,
+                "last_n" => p.last_n = int(value, 1, 64).map_err(bad)?,
                 "rank" => p.rank = int(value, 1, 256).map_err(bad)?,
                 "alpha" => p.alpha = float(value, 1e-3, 1e4).map_err(bad)?,
                 "targets" => {
@@ -461,6 +465,7 @@ impl Widget {
                 ("precision", p.precision.to_string()),
                 ("loss_scale", p.loss_scale.clone()),
                 ("method", p.method.clone()),
+                ("last_n", p.last_n.to_string()),
                 ("rank", p.rank.to_string()),
                 ("alpha", p.alpha.to_string()),
                 ("targets", p.targets.clone()),
@@ -604,9 +609,9 @@ mod tests {
         check("name: memory\nzero: 4", "must be from 0 to 3");
         check("name: memory-timeline\nseq: 512", "must be from 8 to 128");
         check("name: train\nsteps: 0", "train: steps: \"0\": must be from 1 to 2000");
-        check("name: train\ndepth: 4", "use model, task, steps, lr, batch, seq, seed, compare, precision, loss_scale, method, rank, alpha, targets");
+        check("name: train\ndepth: 4", "use model, task, steps, lr, batch, seq, seed, compare, precision, loss_scale, method, last_n, rank, alpha, targets, optimizer, schedule, warmup, accumulate, checkpointing, sweep");
         check("name: train\ntargets: q_proj", "unknown projection \"q_proj\"; use c_attn");
-        check("name: train\nmethod: dora", "choose full, lora, qlora");
+        check("name: train\nmethod: dora", "choose full, last-layers, bitfit, layernorm, lora, qlora");
         check("name: loss-scaling\nscale_log2: 40", "must be from 0 to 24");
         check("name: train\ntask: poems", "unknown data 'poems'");
         check("name: train\nmodel: gpt2", "choose micro");

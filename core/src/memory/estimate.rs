@@ -222,6 +222,9 @@ impl Plan {
     pub fn for_tinytune(config: &crate::model::ModelConfig, method: &crate::methods::Method, batch: u64, seq: u64) -> Self {
         let method = match method {
             crate::methods::Method::Full => PlanMethod::Full,
+            crate::methods::Method::LastLayers { n } => PlanMethod::LastLayers { n: *n as u64 },
+            crate::methods::Method::Bitfit => PlanMethod::Bitfit,
+            crate::methods::Method::Layernorm => PlanMethod::Layernorm,
             crate::methods::Method::Lora(c) => PlanMethod::Lora { rank: c.r as u64, targets: c.target_modules.clone() },
             // The estimator's NF4 base is QLoRA's default: blocks of 64, double quantization.
             crate::methods::Method::Qlora(c) => PlanMethod::Qlora { rank: c.lora.r as u64, targets: c.lora.target_modules.clone() },

@@ -2,11 +2,12 @@
 //! forgetting a place is a compile error. Methods adapt the model through its projection
 //! slots (`model::projection`) and decide which parameters train.
 //!
-//! So far: full fine-tuning, LoRA and QLoRA. Selective methods, DoRA, adapters, soft
-//! prompts and IA³ follow the same shape (issue 4).
+//! So far: full fine-tuning, selective fine-tuning (last layers, BitFit, LayerNorm only),
+//! LoRA and QLoRA. DoRA, adapters, soft prompts and IA³ follow the same shape (issue 4).
 
 pub mod lora;
 pub mod qlora;
+pub mod selective;
 
 use burn::module::Module;
 use burn::tensor::Device;
@@ -19,6 +20,7 @@ use crate::model::projection::Projection;
 
 pub use lora::{Lora, LoraConfig};
 pub use qlora::{Nf4Weight, QloraConfig};
+pub use selective::Selection;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "kebab-case")]
@@ -26,6 +28,12 @@ pub enum Method {
     /// Every parameter trains.
     #[default]
     Full,
+    /// The top `n` blocks and the final LayerNorm train; the rest is frozen.
+    LastLayers { n: usize },
+    /// BitFit: only the biases train.
+    Bitfit,
+    /// Only the LayerNorms' gains and biases train.
+    Layernorm,
     /// The base is frozen; low-rank updates on the target projections train.
     Lora(LoraConfig),
     /// LoRA on a base whose linear weights are stored in NF4 (every projection, as
@@ -37,8 +45,12 @@ impl Method {
     /// Prepares `model` for training with this method: adds the method's parameters and
     /// freezes what the method keeps fixed. `seed` draws the new parameters.
     pub fn apply(&self, model: Gpt, seed: u64, device: &Device) -> Result<Gpt> {
+        if let Some(selection) = self.selection() {
+            selection.validate(model.config(), "method")?;
+            return Ok(selection.apply(model));
+        }
         match self {
-            Method::Full => Ok(model),
+            Method::Full | Method::LastLayers { .. } | Method::Bitfit | Method::Layernorm => Ok(model),
             Method::Lora(config) => {
                 config.validate("LoRA config")?;
                 Ok(add_lora(model, config, seed, device))
@@ -56,22 +68,38 @@ impl Method {
         }
     }
 
-    /// The method called `name` (full, lora or qlora), built from the LoRA settings and,
-    /// for QLoRA, the base's block size and double quantization: the one place the CLI's
-    /// flags and the browser's widget settings become a `Method`.
-    pub fn named(name: &str, lora: LoraConfig, qlora_block: usize, double_quant: bool) -> std::result::Result<Method, String> {
+    /// Every name [`Method::named`] accepts.
+    pub const NAMES: [&'static str; 6] = ["full", "last-layers", "bitfit", "layernorm", "lora", "qlora"];
+
+    /// The method called `name`, built from the LoRA settings, QLoRA's block size and
+    /// double quantization, and the number of top layers for last-layers: the one place the
+    /// CLI's flags and the browser's widget settings become a `Method`.
+    pub fn named(name: &str, lora: LoraConfig, qlora_block: usize, double_quant: bool, last_n: usize) -> std::result::Result<Method, String> {
         match name {
             "full" => Ok(Method::Full),
+            "last-layers" => Ok(Method::LastLayers { n: last_n }),
+            "bitfit" => Ok(Method::Bitfit),
+            "layernorm" => Ok(Method::Layernorm),
             "lora" => Ok(Method::Lora(lora)),
             "qlora" => Ok(Method::Qlora(QloraConfig { lora, block: qlora_block, double_quant })),
-            other => Err(format!("unknown method '{other}'; choose full, lora or qlora")),
+            other => Err(format!("unknown method '{other}'; choose {}", Self::NAMES.join(", "))),
+        }
+    }
+
+    /// The parameters a selective method trains (None for the others).
+    pub fn selection(&self) -> Option<Selection> {
+        match self {
+            Method::LastLayers { n } => Some(Selection::LastLayers(*n)),
+            Method::Bitfit => Some(Selection::Biases),
+            Method::Layernorm => Some(Selection::LayerNorms),
+            Method::Full | Method::Lora(_) | Method::Qlora(_) => None,
         }
     }
 
     /// The method's LoRA settings, if it has any.
     pub fn lora(&self) -> Option<&LoraConfig> {
         match self {
-            Method::Full => None,
+            Method::Full | Method::LastLayers { .. } | Method::Bitfit | Method::Layernorm => None,
             Method::Lora(c) => Some(c),
             Method::Qlora(c) => Some(&c.lora),
         }
@@ -81,6 +109,9 @@ impl Method {
     pub fn name(&self) -> &'static str {
         match self {
             Method::Full => "full",
+            Method::LastLayers { .. } => "last-layers",
+            Method::Bitfit => "bitfit",
+            Method::Layernorm => "layernorm",
             Method::Lora(_) => "lora",
             Method::Qlora(_) => "qlora",
         }
@@ -90,6 +121,7 @@ impl Method {
     pub fn trainable_params(&self, model: &Gpt) -> usize {
         match self {
             Method::Full => model.config().num_params(),
+            Method::LastLayers { .. } | Method::Bitfit | Method::Layernorm => self.selection().expect("a selective method").count(model.config()),
             Method::Lora(_) | Method::Qlora(_) => {
                 let config = self.lora().expect("a LoRA method");
                 let mut n = 0;

@@ -214,7 +214,8 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
                 {field("seed", "seed", num(|p| p.seed.to_string()), set)}
                 {choice("precision", "precision", vec![("fp32", "FP32"), ("fp16", "FP16 mixed"), ("bf16", "BF16 mixed")], move || p.get().precision.to_string(), set)}
                 {choice("loss scaling", "loss_scale", vec![("none", "none"), ("dynamic", "dynamic (FP16)")], move || p.get().loss_scale.clone(), set)}
-                {choice("method (micro)", "method", vec![("full", "full"), ("lora", "LoRA"), ("qlora", "QLoRA (NF4 base)")], move || p.get().method.clone(), set)}
+                {choice("method (micro)", "method", vec![("full", "full"), ("last-layers", "last layers"), ("bitfit", "BitFit (biases)"), ("layernorm", "LayerNorm only"), ("lora", "LoRA"), ("qlora", "QLoRA (NF4 base)")], move || p.get().method.clone(), set)}
+                {field("last layers", "last_n", num(|p| p.last_n.to_string()), set)}
                 {field("LoRA rank", "rank", num(|p| p.rank.to_string()), set)}
                 {field("LoRA alpha", "alpha", num(|p| p.alpha.to_string()), set)}
                 {field("LoRA targets", "targets", num(|p| p.targets.clone()), set)}
@@ -278,8 +279,13 @@ fn optimizer_options() -> Vec<(&'static str, &'static str)> {
 /// A run's name on the chart and in the table: what sets it apart.
 fn run_label(p: &TrainParams) -> String {
     let mut label = format!("{} · {} · lr {} · {} steps", p.model.name(), p.task, p.lr, p.steps);
-    if p.method != "full" && p.model == crate::widgets::ModelChoice::Micro {
-        label += &format!(" · {} r{}", p.method, p.rank);
+    if p.model == crate::widgets::ModelChoice::Micro {
+        match p.method.as_str() {
+            "full" => {}
+            "lora" | "qlora" => label += &format!(" · {} r{}", p.method, p.rank),
+            "last-layers" => label += &format!(" · last {} layers", p.last_n),
+            other => label += &format!(" · {other}"),
+        }
     }
     if p.precision != tinytune::train::Precision::Fp32 {
         label += &format!(" · {} · loss scale {}", p.precision, p.loss_scale);
