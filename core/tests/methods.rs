@@ -179,5 +179,11 @@ fn lora_counts_and_scales_follow_the_formulas() {
     assert_eq!(cfg.scale(), 2.0);
     assert_eq!(LoraConfig { use_rslora: true, ..cfg.clone() }.scale(), 8.0);
     let bad = Method::Lora(LoraConfig { r: 0, ..LoraConfig::default() });
-    assert!(bad.apply(model, 0, &device).unwrap_err().to_string().contains("r: rank must be at least 1"));
+    assert!(bad.apply(model.clone(), 0, &device).unwrap_err().to_string().contains("r: rank must be at least 1"));
+    // An unknown target lists the model's projection names; a rank beyond a matrix's
+    // smaller side is refused with that side named.
+    let unknown = lora(&["q_proj"], 8).apply(model.clone(), 0, &device).unwrap_err().to_string();
+    assert!(unknown.contains("target_modules") && unknown.contains("'q_proj'") && unknown.contains("h.0.attn.c_attn"), "{unknown}");
+    let too_big = lora(&["c_attn"], 65).apply(model, 0, &device).unwrap_err().to_string();
+    assert!(too_big.contains("rank 65") && too_big.contains("64×192") && too_big.contains("r ≤ 64"), "{too_big}");
 }

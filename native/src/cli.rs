@@ -49,6 +49,37 @@ pub enum Command {
     /// Fine-tune the same model on the same batches with several optimizers and print one
     /// table: time, peak memory, optimizer state per parameter, train and held-out loss.
     Compare(CompareArgs),
+    /// Fold a LoRA/QLoRA run's adapters into its base weights and save a plain model folder
+    /// (config.json, model.safetensors, tokenizer.json) that loads with no adapters.
+    MergeAdapter(MergeAdapterArgs),
+    /// A prompt's token ids and the last position's logits, as JSON, for checking parity
+    /// with other implementations by hand.
+    Logits(LogitsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MergeAdapterArgs {
+    /// A LoRA or QLoRA run (or its checkpoint folder).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The folder to write; must not exist yet.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct LogitsArgs {
+    /// A run or model folder (a LoRA/QLoRA run loads with its adapters).
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub prompt: String,
+    /// Fold the adapters into the base weights first (the logits should not change).
+    #[arg(long)]
+    pub merge: bool,
+    /// Print only the `top` largest logits with their token ids (0: all of them).
+    #[arg(long, default_value_t = 0)]
+    pub top: usize,
 }
 
 #[derive(Args, Debug)]

@@ -224,3 +224,57 @@ pub fn demo_cmd(args: DemoArgs, device: &Device) -> Result<(), String> {
     println!("\nNext: `tinytune finetune --model {} --data story-qa --out runs/qa` teaches it to answer questions.", dir.display());
     Ok(())
 }
+
+/// `tinytune merge-adapter`: the run's model with every LoRA update folded in (`W + s·A·B`;
+/// an NF4 base is dequantized first), saved as an ordinary model folder.
+pub fn merge_adapter_cmd(a: crate::cli::MergeAdapterArgs, device: &Device) -> Result<(), String> {
+    use tinytune::checkpoint::{files, save_model};
+    use tinytune::methods::merge;
+    if a.out.exists() {
+        return Err(format!("{}: already exists; choose a new --out folder", a.out.display()));
+    }
+    let loaded = crate::model_dir::load(&a.model, device)?;
+    let method = crate::model_dir::method_of(&loaded.dir)?;
+    if method.lora().is_none() {
+        return Err(format!("{}: its method is {}, which adds no adapter to merge; its weights are already a plain model", a.model.display(), method.name()));
+    }
+    let merged = merge(loaded.model);
+    // Written to a staging folder and renamed, so --out is either complete or absent.
+    let staging = a.out.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&staging);
+    for (name, bytes) in [(files::CONFIG, loaded.config.to_json().into_bytes()), (files::TOKENIZER, loaded.tokenizer.to_json().into_bytes()), (files::WEIGHTS, save_model(&merged))] {
+        crate::fsutil::write_atomic(&staging.join(name), &bytes)?;
+    }
+    std::fs::rename(&staging, &a.out).map_err(|e| format!("{}: cannot create: {e}", a.out.display()))?;
+    eprintln!("merged the {} adapters of {} into {} ({} parameters, no adapters)", method.name(), a.model.display(), a.out.display(), loaded.config.num_params());
+    Ok(())
+}
+
+/// `tinytune logits`: token ids of the prompt and the logits at its last position.
+pub fn logits_cmd(a: crate::cli::LogitsArgs, device: &Device) -> Result<(), String> {
+    use burn::tensor::{Int, Tensor, TensorData};
+    let loaded = crate::model_dir::load(&a.model, device)?;
+    let model = if a.merge { tinytune::methods::merge(loaded.model) } else { loaded.model };
+    let ids = loaded.tokenizer.encode(&a.prompt).map_err(|e| e.to_string())?;
+    if ids.is_empty() {
+        return Err("--prompt: the prompt has no tokens".into());
+    }
+    if ids.len() > loaded.config.n_positions {
+        return Err(format!("--prompt: {} tokens is longer than the model's {} positions", ids.len(), loaded.config.n_positions));
+    }
+    let n = ids.len();
+    let x = Tensor::<2, Int>::from_data(TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, n]), device);
+    let logits = model.forward(x);
+    let vocab = logits.dims()[2];
+    let last: Vec<f32> = logits.slice([0..1, n - 1..n, 0..vocab]).into_data().convert::<f32>().try_to_vec().map_err(|e| format!("{e:?}"))?;
+    let out = if a.top > 0 {
+        let mut order: Vec<usize> = (0..last.len()).collect();
+        order.sort_by(|&i, &j| last[j].total_cmp(&last[i]));
+        let top: Vec<serde_json::Value> = order.into_iter().take(a.top).map(|i| serde_json::json!({ "id": i, "token": loaded.tokenizer.decode(&[i as u32]), "logit": last[i] })).collect();
+        serde_json::json!({ "ids": ids, "top": top })
+    } else {
+        serde_json::json!({ "ids": ids, "logits": last })
+    };
+    println!("{out}");
+    Ok(())
+}

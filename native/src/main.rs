@@ -45,6 +45,8 @@ fn main() -> ExitCode {
         Command::Quantize(a) => formats::quantize_cmd(a, &device),
         Command::LossScale(a) => precision::loss_scale_cmd(a, &device),
         Command::Compare(a) => compare::compare_cmd(a, &device),
+        Command::MergeAdapter(a) => commands::merge_adapter_cmd(a, &device),
+        Command::Logits(a) => commands::logits_cmd(a, &device),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -31,6 +31,15 @@ pub fn resolve(dir: &Path) -> Result<PathBuf, String> {
     Ok(dir.to_path_buf())
 }
 
+/// The fine-tuning method a run was trained with (from its `train.json`; full without one).
+pub fn method_of(dir: &Path) -> Result<Method, String> {
+    let dir = resolve(dir)?;
+    match std::fs::read_to_string(dir.join(files::TRAIN)) {
+        Ok(text) => Ok(TrainConfig::from_json(&text, dir.join(files::TRAIN).display().to_string()).map_err(|e| e.to_string())?.method),
+        Err(_) => Ok(Method::Full),
+    }
+}
+
 /// Loads model, config and tokenizer from `dir` onto `device`. A LoRA or QLoRA run's
 /// checkpoint loads with its adapters (its `train.json` names the method).
 pub fn load(dir: &Path, device: &Device) -> Result<Loaded, String> {
@@ -38,10 +47,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<Loaded, String> {
     let config = read_text(&dir.join(files::CONFIG))?;
     let tokenizer = read_text(&dir.join(files::TOKENIZER))?;
     let weights = read(&dir.join(files::WEIGHTS))?;
-    let method = match std::fs::read_to_string(dir.join(files::TRAIN)) {
-        Ok(text) => TrainConfig::from_json(&text, dir.join(files::TRAIN).display().to_string()).map_err(|e| e.to_string())?.method,
-        Err(_) => Method::Full,
-    };
+    let method = method_of(&dir)?;
     let loaded = load_parts_for(&dir.display().to_string(), &config, &tokenizer, &weights, &method, device).map_err(|e| e.to_string())?;
     Ok(Loaded { model: loaded.model, config: loaded.config, tokenizer: loaded.tokenizer, dir })
 }

@@ -344,6 +344,23 @@ fn lora_and_qlora_fine_tune_resume_and_reject_bad_flags() {
     let text = ok(&tinytune(&["generate", "--model", a.to_str().unwrap(), "--prompt", "review:", "--max-tokens", "5"]));
     assert!(text.starts_with("review:"));
     ok(&tinytune(&["eval", "--model", a.to_str().unwrap(), "--data", "sentiment", "--examples", "20", "--accuracy-examples", "2", "--seq-len", "48"]));
+    // merge-adapter writes a plain model folder whose logits equal the adapted run's (1e-4),
+    // as do `logits --merge`'s; a full run has nothing to merge; --out is never overwritten.
+    let merged = tmp("qlora-merged");
+    ok(&tinytune(&["merge-adapter", "--model", a.to_str().unwrap(), "--out", merged.to_str().unwrap()]));
+    assert!(!merged.join("train.json").exists() && merged.join("model.safetensors").exists());
+    let logits = |dir: &Path, extra: &[&str]| -> Vec<f64> {
+        let mut args = vec!["logits", "--model", dir.to_str().unwrap(), "--prompt", "review: a fine day.\nsentiment:"];
+        args.extend_from_slice(extra);
+        let v: serde_json::Value = serde_json::from_str(&ok(&tinytune(&args))).unwrap();
+        v["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    };
+    let (adapted, folded, on_the_fly) = (logits(&a, &[]), logits(&merged, &[]), logits(&a, &["--merge"]));
+    let worst = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+    assert!(!adapted.is_empty() && worst(&adapted, &folded) < 1e-4 && worst(&adapted, &on_the_fly) < 1e-4, "merged logits differ: {} / {}", worst(&adapted, &folded), worst(&adapted, &on_the_fly));
+    fails_with(&tinytune(&["merge-adapter", "--model", a.to_str().unwrap(), "--out", merged.to_str().unwrap()]), &["already exists"]);
+    fails_with(&tinytune(&["merge-adapter", "--model", b, "--out", tmp("nothing").to_str().unwrap()]), &["full", "no adapter to merge"]);
+    std::fs::remove_dir_all(&merged).unwrap();
 
     let l = tmp("lora");
     ok(&finetune(&l, &["--method", "lora", "--rank", "2", "--targets", "all-linear"]));

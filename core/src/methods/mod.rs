@@ -53,10 +53,12 @@ impl Method {
             Method::Full | Method::LastLayers { .. } | Method::Bitfit | Method::Layernorm => Ok(model),
             Method::Lora(config) => {
                 config.validate("LoRA config")?;
+                check_targets(&model, config, "LoRA config")?;
                 Ok(add_lora(model, config, seed, device))
             }
             Method::Qlora(config) => {
                 config.validate("QLoRA config")?;
+                check_targets(&model, &config.lora, "QLoRA config")?;
                 let mut model = model;
                 for_each_projection(&mut model, |_, p| {
                     if let Some(w) = p.weight.take() {
@@ -178,6 +180,34 @@ impl MethodSummary {
         }
         s
     }
+}
+
+/// Checks `config`'s targets against `model`: every target names at least one projection
+/// (the error lists the names there are), and the rank fits every targeted matrix.
+fn check_targets(model: &Gpt, config: &LoraConfig, origin: &str) -> Result<()> {
+    let mut paths = Vec::new();
+    for_each_projection_ref(model, |path, p| paths.push((path.to_string(), p.d_in(), p.d_out())));
+    for t in &config.target_modules {
+        let one = LoraConfig { target_modules: vec![t.clone()], ..config.clone() };
+        if !paths.iter().any(|(path, _, _)| one.targets(path)) {
+            return Err(crate::error::Error::config(
+                origin,
+                "target_modules",
+                format!(
+                    "no projection is called '{t}'; this model has c_attn, attn.c_proj, mlp.c_fc and mlp.c_proj in every block (c_proj matches both, all-linear every one), e.g. {}",
+                    paths.iter().take(4).map(|(p, _, _)| p.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+    }
+    if let Some((path, d_in, d_out)) = paths.iter().find(|(path, d_in, d_out)| config.targets(path) && config.r > (*d_in).min(*d_out)) {
+        return Err(crate::error::Error::config(
+            origin,
+            "r",
+            format!("rank {} is larger than {path} ({d_in}×{d_out}) can use: a rank-r update of a matrix needs r ≤ {}", config.r, d_in.min(d_out)),
+        ));
+    }
+    Ok(())
 }
 
 /// Freezes `model` and adds LoRA paths (trainable) to the projections `config` targets.
