@@ -478,6 +478,21 @@ await check("the calculator's flash attention drops the score matrices (lesson 1
   await page.close();
 });
 
+await check("selective methods train in the page with their parameter counts", async () => {
+  const page = await openPage(cpu, base + "?lesson=peft-family&backend=cpu");
+  const w = page.locator("[data-widget=train]").nth(1);
+  await setParam(w, "steps", 2);
+  await setParam(w, "sweep", "method=bitfit,layernorm");
+  await w.locator("[data-testid=train]").click();
+  const rows = await sweepRows(w, 2, 240_000);
+  const state = await w.locator("[data-testid=run-state]").textContent();
+  console.log(`     ${state} | ${JSON.stringify(rows.map((r) => r[0]))}`);
+  assert(state.includes("layernorm: 2304 of 875264 parameters train (0.26%)"), state);
+  assert(rows[0][0].includes("bitfit") && rows[1][0].includes("layernorm"), JSON.stringify(rows));
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
 await check("reloading an experiment's URL restores its settings", async () => {
   const page = await openPage(cpu, base + `?lesson=${lessons[0].slug}&backend=cpu`);
   const w = page.locator("[data-widget=train]").first();

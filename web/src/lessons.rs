@@ -16,6 +16,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("09-optimizers.md", include_str!("../../lessons/09-optimizers.md")),
     ("10-zeroth-order.md", include_str!("../../lessons/10-zeroth-order.md")),
     ("11-attention-kernels.md", include_str!("../../lessons/11-attention-kernels.md")),
+    ("12-peft-family.md", include_str!("../../lessons/12-peft-family.md")),
     ("15-qlora.md", include_str!("../../lessons/15-qlora.md")),
 ];
 
