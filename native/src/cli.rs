@@ -46,8 +46,9 @@ pub enum Command {
     /// One batch's gradients in FP16 (or BF16) at several loss scales, each compared with
     /// FP32: values flushed to zero, subnormal, overflowed, and the error after unscaling.
     LossScale(LossScaleArgs),
-    /// Fine-tune the same model on the same batches with several optimizers and print one
-    /// table: time, peak memory, optimizer state per parameter, train and held-out loss.
+    /// Fine-tune the same model on the same batches with several optimizers (or methods) and
+    /// print one table: trainable parameters, time, peak memory, optimizer state per
+    /// parameter, train and held-out loss.
     Compare(CompareArgs),
     /// Fold a LoRA/QLoRA run's adapters into its base weights and save a plain model folder
     /// (config.json, model.safetensors, tokenizer.json) that loads with no adapters.
@@ -90,8 +91,13 @@ pub struct CompareArgs {
     /// Optimizers to compare, comma-separated (sgd, adamw, adafactor, lion, adamw8bit,
     /// paged-adamw, paged-adamw8bit, mezo). Each uses its suggested learning rate unless
     /// --lr is given.
+    #[arg(long, conflicts_with = "methods")]
+    pub optimizers: Option<String>,
+    /// Fine-tuning methods to compare, comma-separated (full, last-layers, bitfit,
+    /// layernorm, lora, qlora), each with the --rank/--alpha/--targets/--last-n settings and
+    /// the same optimizer and learning rate.
     #[arg(long)]
-    pub optimizers: String,
+    pub methods: Option<String>,
     /// Print the table as JSON.
     #[arg(long)]
     pub json: bool,

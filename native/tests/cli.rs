@@ -431,6 +431,19 @@ fn optimizers_and_techniques_run_resume_compare_and_reject_bad_flags() {
     assert!(rows[1]["state_bytes_per_param"].as_f64().unwrap() < 1.0, "Adafactor factors its second moment");
     assert!(rows.iter().all(|r| r["eval_loss"].as_f64().unwrap().is_finite() && r["peak_bytes"].as_u64().unwrap() > 0));
     assert!(std::fs::read_to_string(c.join("compare.svg")).unwrap().contains("adafactor"));
+    // --methods: one row per method, with its trainable count.
+    let out = ok(&tinytune(&[
+        "compare", "--model", b, "--methods", "full,bitfit,lora", "--rank", "2", "--out", c.to_str().unwrap(), "--data", "sentiment", "--batch", "4", "--seq-len", "48",
+        "--train-examples", "100", "--eval-examples", "20", "--eval-batches", "2", "--steps", "3", "--json",
+    ]));
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.iter().map(|r| r["method"].as_str().unwrap()).collect::<Vec<_>>(), ["full", "bitfit", "lora"]);
+    let total = rows[0]["total"].as_u64().unwrap();
+    assert_eq!(rows[0]["trainable"].as_u64(), Some(total));
+    assert!(rows[1]["trainable"].as_u64().unwrap() < total / 50 && rows[2]["trainable"].as_u64().unwrap() < total / 5);
+    fails_with(&tinytune(&["compare", "--model", b, "--methods", "dora", "--out", c.to_str().unwrap()]), &["--methods", "bitfit"]);
+    fails_with(&tinytune(&["compare", "--model", b, "--out", c.to_str().unwrap()]), &["--optimizers", "--methods"]);
     fails_with(&finetune(&tmp("obad1"), &["--optimizer", "adam"]), &["--optimizer", "adafactor", "mezo"]);
     fails_with(&finetune(&tmp("obad2"), &["--accumulate", "3"]), &["--accumulate", "divisor"]);
     fails_with(&finetune(&tmp("obad3"), &["--optimizer", "mezo", "--checkpointing"]), &["--checkpointing", "MeZO"]);
