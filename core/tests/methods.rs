@@ -10,7 +10,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use tinytune::checkpoint::{load_model_for, save_model};
 use tinytune::data::{CHARSET, Task};
 use tinytune::formats::ptq::quantize_model;
-use tinytune::methods::{LoraConfig, Method, QloraConfig, for_each_projection_ref, merge};
+use tinytune::methods::{LoraBias, LoraConfig, LoraInit, Method, QloraConfig, for_each_projection_ref, merge};
 use tinytune::model::named_params;
 use tinytune::model::params::param_data;
 use tinytune::train::{DataSource, TrainConfig, Trainer};
@@ -25,9 +25,11 @@ fn methods() -> Vec<(&'static str, Method)> {
         ("lora c_attn r4", Method::Lora(LoraConfig { r: 4, lora_alpha: 8.0, ..LoraConfig::default() })),
         (
             "lora all-linear r2 rslora dropout",
-            Method::Lora(LoraConfig { r: 2, lora_alpha: 4.0, lora_dropout: 0.1, target_modules: vec!["all-linear".into()], use_rslora: true }),
+            Method::Lora(LoraConfig { r: 2, lora_alpha: 4.0, lora_dropout: 0.1, target_modules: vec!["all-linear".into()], use_rslora: true, ..LoraConfig::default() }),
         ),
         ("lora c_proj (attn and mlp)", Method::Lora(LoraConfig { r: 3, target_modules: vec!["c_proj".into()], ..LoraConfig::default() })),
+        ("lora gaussian init, bias all", Method::Lora(LoraConfig { r: 2, init: LoraInit::Gaussian, bias: LoraBias::All, ..LoraConfig::default() })),
+        ("lora c_fc, bias lora_only", Method::Lora(LoraConfig { r: 2, target_modules: vec!["c_fc".into()], bias: LoraBias::LoraOnly, ..LoraConfig::default() })),
         ("qlora c_attn r4, nf4 blocks of 64 + double quant", Method::Qlora(QloraConfig { lora: LoraConfig { r: 4, ..LoraConfig::default() }, ..QloraConfig::default() })),
         (
             "qlora all-linear r2, nf4 blocks of 32",

@@ -180,3 +180,33 @@ fn mezo_learns_without_a_backward_pass() {
     assert_eq!(trainer.optim.state_bytes(), 0);
     assert_eq!(trainer.optim.t, 300);
 }
+
+/// LoRA+: B learns at ratio × the learning rate. After AdamW's first step every element
+/// of B (which starts at zero) has moved by the step size (AdamW's first update is ±lr per
+/// element), so B's largest entry is lr without LoRA+ and 16·lr with ratio 16; A has no
+/// gradient yet (B is zero), so it has not moved at all.
+#[test]
+fn loraplus_scales_b_s_learning_rate() {
+    use tinytune::methods::{LoraConfig, Method};
+    use tinytune::model::params::param_data;
+    let (tok, c) = setup();
+    let device = ad();
+    let method = Method::Lora(LoraConfig { r: 4, ..LoraConfig::default() });
+    let largest_b = |ratio: Option<f64>| {
+        let mut cfg = TrainConfig { lr: 1e-3, warmup_steps: 0, method: method.clone(), ..config(OptimKind::AdamW, 1) };
+        cfg.optimizer.loraplus_lr_ratio = ratio;
+        let model = method.apply(Gpt::init(&c, 0, &device), 0, &device).unwrap();
+        let mut t = Trainer::new(model, &tok, cfg, &device).unwrap();
+        t.step().unwrap();
+        let data = param_data(&t.model);
+        let max = |suffix: &str| data.iter().filter(|(n, _)| n.ends_with(suffix)).flat_map(|(_, d)| d.clone().try_to_vec::<f32>().unwrap()).fold(0f32, |m, v| m.max(v.abs()));
+        (max("lora_b"), data.iter().filter(|(n, _)| n.ends_with("lora_a")).count())
+    };
+    let (plain, _) = largest_b(None);
+    let (plus, a_count) = largest_b(Some(16.0));
+    assert!(a_count > 0);
+    assert!((plain - 1e-3).abs() < 1e-5, "plain B moved {plain}");
+    assert!((plus - 16e-3).abs() < 1e-4, "LoRA+ B moved {plus}");
+    let bad = TrainConfig { optimizer: OptimConfig { loraplus_lr_ratio: Some(16.0), ..OptimConfig::default() }, ..config(OptimKind::AdamW, 1) };
+    assert!(bad.validate("test", c.n_positions).unwrap_err().to_string().contains("loraplus_ratio"));
+}

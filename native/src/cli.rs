@@ -314,6 +314,10 @@ pub struct TrainArgs {
     /// Second-moment decay (Adam family: 0.999; Lion: 0.99).
     #[arg(long)]
     pub beta2: Option<f64>,
+    /// LoRA+ (Hayou et al., 2024): LoRA's B matrices learn at this multiple of the learning
+    /// rate (the paper suggests 16).
+    #[arg(long)]
+    pub loraplus_ratio: Option<f64>,
     /// MeZO's perturbation size ε.
     #[arg(long, default_value_t = 1e-3)]
     pub mezo_eps: f64,
@@ -448,6 +452,12 @@ pub struct MethodArgs {
     /// rsLoRA: scale by alpha/sqrt(rank).
     #[arg(long)]
     pub rslora: bool,
+    /// Biases that train beside LoRA: none, all, or lora_only (those of adapted projections).
+    #[arg(long, default_value = "none")]
+    pub lora_bias: String,
+    /// How LoRA's A starts: default (Kaiming-uniform, PEFT's) or gaussian (N(0, 1/r²)).
+    #[arg(long, default_value = "default")]
+    pub lora_init: String,
     /// QLoRA: weights per block of the NF4 base (QLoRA uses 64).
     #[arg(long, default_value_t = 64)]
     pub qlora_block: usize,

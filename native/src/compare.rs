@@ -70,8 +70,8 @@ pub fn compare_cmd(a: CompareArgs, device: &Device) -> Result<(), String> {
         }
         let kind: OptimKind = args.optimizer.parse().map_err(|e| format!("--optimizer: {e}"))?;
         let loaded = model_dir::load(&a.model, &ad)?;
-        let mut config = train::resolve(&args, DataSource::Task(Task::StoryQa), 3e-4, loaded.config.n_positions)?;
-        config.method = train::method(&method_args).map_err(|e| e.replace("--method", "--methods"))?;
+        let method = train::method(&method_args).map_err(|e| e.replace("--method", "--methods"))?;
+        let config = train::resolve(&args, method, DataSource::Task(Task::StoryQa), 3e-4, loaded.config.n_positions)?;
         let model = config.method.apply(loaded.model, config.seed, &ad).map_err(train::flag_error)?;
         let mut trainer = Trainer::new(model, &loaded.tokenizer, config, &ad).map_err(|e| e.to_string())?;
         let trainable: usize = named_params(&trainer.model).iter().filter(|p| p.trainable).map(|p| p.numel).sum();

@@ -19,7 +19,7 @@ use crate::fsutil::{CheckpointDirs, read, read_text, write_atomic};
 use crate::{model_dir, plot};
 
 /// The one place flags become a `TrainConfig`.
-pub fn resolve(args: &TrainArgs, default_data: DataSource, default_lr: f64, n_positions: usize) -> Result<TrainConfig, String> {
+pub fn resolve(args: &TrainArgs, method: Method, default_data: DataSource, default_lr: f64, n_positions: usize) -> Result<TrainConfig, String> {
     let data = match &args.data {
         Some(s) => s.parse::<DataSource>().map_err(|e| format!("--data: {e}"))?,
         None => default_data,
@@ -60,8 +60,7 @@ pub fn resolve(args: &TrainArgs, default_data: DataSource, default_lr: f64, n_po
         prompt_loss_weight: args.prompt_loss_weight,
         precision,
         loss_scale,
-        // finetune sets the method from its own flags; pretraining trains every weight.
-        method: Method::Full,
+        method,
     };
     config.validate("command line", n_positions).map_err(flag_error)?;
     Ok(config)
@@ -77,6 +76,7 @@ fn optimizer(args: &TrainArgs) -> Result<OptimConfig, String> {
         weight_decay: args.weight_decay.unwrap_or(d.weight_decay),
         momentum: args.momentum.unwrap_or(d.momentum),
         mezo_eps: args.mezo_eps,
+        loraplus_lr_ratio: args.loraplus_ratio,
         clip_grad_norm: if kind == OptimKind::Mezo { None } else { (args.clip > 0.0).then_some(args.clip) },
         ..d
     })
@@ -109,7 +109,8 @@ pub fn pretrain(args: PretrainArgs, device: &Device) -> Result<(), String> {
     refuse_to_overwrite(&args.train.out)?;
     let mut config = ModelConfig::preset(&args.preset).map_err(|e| format!("--preset: {e}"))?.with_dropout(args.dropout);
     config.validate("--dropout").map_err(|e| e.to_string())?;
-    let train = resolve(&args.train, DataSource::Stories, 1e-3, config.n_positions)?;
+    // Pre-training trains every weight.
+    let train = resolve(&args.train, Method::Full, DataSource::Stories, 1e-3, config.n_positions)?;
     let tokenizer = match args.tokenizer.as_str() {
         "char" => TextTokenizer::char_level(CHARSET),
         "bpe" => {
@@ -131,15 +132,22 @@ pub fn finetune(args: FinetuneArgs, device: &Device) -> Result<(), String> {
     }
     refuse_to_overwrite(&args.train.out)?;
     let loaded = model_dir::load(&args.model, &ad)?;
-    let mut train = resolve(&args.train, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, loaded.config.n_positions)?;
-    train.method = method(&args.method)?;
+    let train = resolve(&args.train, method(&args.method)?, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, loaded.config.n_positions)?;
     let model = train.method.apply(loaded.model, train.seed, &ad).map_err(flag_error)?;
     run(Trainer::new(model, &loaded.tokenizer, train, &ad).map_err(|e| e.to_string())?, &loaded.tokenizer, &args.train)
 }
 
 /// The fine-tuning method the flags describe.
 pub fn method(a: &MethodArgs) -> Result<Method, String> {
-    let lora = LoraConfig { r: a.rank, lora_alpha: a.alpha, lora_dropout: a.lora_dropout, target_modules: LoraConfig::target_list(&a.targets), use_rslora: a.rslora };
+    let lora = LoraConfig {
+        r: a.rank,
+        lora_alpha: a.alpha,
+        lora_dropout: a.lora_dropout,
+        target_modules: LoraConfig::target_list(&a.targets),
+        use_rslora: a.rslora,
+        bias: a.lora_bias.parse().map_err(|e| format!("--lora-bias: {e}"))?,
+        init: a.lora_init.parse().map_err(|e| format!("--lora-init: {e}"))?,
+    };
     Method::named(&a.method, lora, a.qlora_block, !a.no_double_quant, a.last_n).map_err(|e| format!("--method: {e}"))
 }
 
@@ -360,12 +368,11 @@ mod tests {
                 Command::Finetune(a) => {
                     assert_eq!(params.model, ModelChoice::Micro);
                     assert_eq!(a.model.to_str(), Some(tinytune_web::run::MICRO_DIR));
-                    resolve(&a.train, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, ModelConfig::micro().n_positions)
-                        .and_then(|mut c| super::method(&a.method).map(|m| { c.method = m; c }))
+                    super::method(&a.method).and_then(|m| resolve(&a.train, m, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, ModelConfig::micro().n_positions))
                 }
                 Command::Pretrain(a) => {
                     assert_eq!((params.model, a.preset.as_str(), a.tokenizer.as_str(), a.dropout), (ModelChoice::Nano, "nano", "char", 0.0));
-                    resolve(&a.train, DataSource::Stories, 1e-3, ModelConfig::nano().n_positions)
+                    resolve(&a.train, tinytune::methods::Method::Full, DataSource::Stories, 1e-3, ModelConfig::nano().n_positions)
                 }
                 other => panic!("{other:?}"),
             };

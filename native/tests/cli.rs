@@ -363,7 +363,14 @@ fn lora_and_qlora_fine_tune_resume_and_reject_bad_flags() {
     std::fs::remove_dir_all(&merged).unwrap();
 
     let l = tmp("lora");
-    ok(&finetune(&l, &["--method", "lora", "--rank", "2", "--targets", "all-linear"]));
+    let out = finetune(&l, &["--method", "lora", "--rank", "2", "--targets", "all-linear", "--lora-bias", "lora_only", "--lora-init", "gaussian", "--loraplus-ratio", "16"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    ok(&out);
+    // all-linear r2 on nano (C 64, MLP 256, 2 blocks): 2·2·(256+128+320+320) LoRA weights plus
+    // the adapted projections' biases, 2·(192+64+256+64).
+    assert!(stderr.contains("lora: 5248 of "), "{stderr}");
+    fails_with(&finetune(&tmp("bad5"), &["--loraplus-ratio", "16"]), &["--loraplus-ratio", "full method has none"]);
+    fails_with(&finetune(&tmp("bad6"), &["--method", "lora", "--lora-bias", "some"]), &["--lora-bias", "lora_only"]);
     fails_with(&finetune(&tmp("bad1"), &["--method", "lora", "--rank", "0"]), &["--rank", "at least 1"]);
     fails_with(&finetune(&tmp("bad2"), &["--method", "dora"]), &["--method", "bitfit", "qlora"]);
     fails_with(&finetune(&tmp("bad4"), &["--method", "last-layers", "--last-n", "5"]), &["--last-n", "between 1 and the model's 2 blocks"]);

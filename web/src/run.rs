@@ -92,7 +92,7 @@ impl TrainParams {
         if self.model == ModelChoice::Nano {
             return Method::Full;
         }
-        let lora = LoraConfig { r: self.rank, lora_alpha: self.alpha, lora_dropout: 0.0, target_modules: LoraConfig::target_list(&self.targets), use_rslora: false };
+        let lora = LoraConfig { r: self.rank, lora_alpha: self.alpha, lora_dropout: 0.0, target_modules: LoraConfig::target_list(&self.targets), use_rslora: false, ..LoraConfig::default() };
         let qlora = QloraConfig::default();
         // `Widget::set` admits only the names `Method::named` knows.
         Method::named(&self.method, lora, qlora.block, qlora.double_quant, self.last_n).unwrap_or_default()

@@ -30,12 +30,65 @@ pub struct LoraConfig {
     pub target_modules: Vec<String>,
     /// rsLoRA (Kalajdzievski, 2023): scale by α/√r instead of α/r.
     pub use_rslora: bool,
+    /// Which biases train beside the LoRA matrices (PEFT's `bias`).
+    #[serde(default)]
+    pub bias: LoraBias,
+    /// How A starts (PEFT's `init_lora_weights`); B always starts at zero.
+    #[serde(default)]
+    pub init: LoraInit,
+}
+
+/// PEFT's `bias` option.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoraBias {
+    /// No bias trains (PEFT's default).
+    #[default]
+    None,
+    /// Every bias in the model trains, LayerNorm biases included.
+    All,
+    /// Only the biases of the adapted projections train.
+    LoraOnly,
+}
+
+/// PEFT's `init_lora_weights`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoraInit {
+    /// Kaiming-uniform A, U(−1/√d_in, 1/√d_in) (PEFT's `True`).
+    #[default]
+    Default,
+    /// A ~ N(0, (1/r)²) (PEFT's `"gaussian"`).
+    Gaussian,
+}
+
+impl std::str::FromStr for LoraBias {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "none" => Ok(LoraBias::None),
+            "all" => Ok(LoraBias::All),
+            "lora_only" | "lora-only" => Ok(LoraBias::LoraOnly),
+            other => Err(format!("unknown LoRA bias '{other}'; choose none, all or lora_only")),
+        }
+    }
+}
+
+impl std::str::FromStr for LoraInit {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "default" | "kaiming" => Ok(LoraInit::Default),
+            "gaussian" => Ok(LoraInit::Gaussian),
+            other => Err(format!("unknown LoRA init '{other}'; choose default or gaussian")),
+        }
+    }
 }
 
 impl Default for LoraConfig {
     fn default() -> Self {
         // GPT-2's fused q/k/v projection is PEFT's usual GPT-2 target.
-        Self { r: 8, lora_alpha: 8.0, lora_dropout: 0.0, target_modules: vec!["c_attn".into()], use_rslora: false }
+        Self { r: 8, lora_alpha: 8.0, lora_dropout: 0.0, target_modules: vec!["c_attn".into()], use_rslora: false, bias: LoraBias::None, init: LoraInit::Default }
     }
 }
 
@@ -85,10 +138,16 @@ pub struct Lora {
 impl Lora {
     pub fn init(d_in: usize, d_out: usize, config: &LoraConfig, rng: &mut Rng, device: &Device) -> Self {
         let r = config.r;
-        // PEFT: nn.init.kaiming_uniform_(lora_A.weight, a=sqrt(5)) on an [r, d_in] weight,
-        // i.e. U(-1/√d_in, 1/√d_in).
-        let bound = 1.0 / (d_in as f64).sqrt();
-        let a: Vec<f32> = (0..d_in * r).map(|_| ((2.0 * rng.unit_f64() - 1.0) * bound) as f32).collect();
+        let a: Vec<f32> = match config.init {
+            // PEFT: nn.init.kaiming_uniform_(lora_A.weight, a=sqrt(5)) on an [r, d_in]
+            // weight, i.e. U(-1/√d_in, 1/√d_in).
+            LoraInit::Default => {
+                let bound = 1.0 / (d_in as f64).sqrt();
+                (0..d_in * r).map(|_| ((2.0 * rng.unit_f64() - 1.0) * bound) as f32).collect()
+            }
+            // PEFT: nn.init.normal_(lora_A.weight, std=1/r).
+            LoraInit::Gaussian => crate::init::normal(rng, d_in * r, 1.0 / r as f64),
+        };
         Self {
             lora_a: Param::from_tensor(Tensor::from_data(TensorData::new(a, [d_in, r]), device)),
             lora_b: Param::from_tensor(Tensor::zeros([r, d_out], device)),

@@ -18,7 +18,7 @@ use crate::error::Result;
 use crate::model::Gpt;
 use crate::model::projection::Projection;
 
-pub use lora::{Lora, LoraConfig};
+pub use lora::{Lora, LoraBias, LoraConfig, LoraInit};
 pub use qlora::{Nf4Weight, QloraConfig};
 pub use selective::Selection;
 
@@ -127,12 +127,17 @@ impl Method {
             Method::Lora(_) | Method::Qlora(_) => {
                 let config = self.lora().expect("a LoRA method");
                 let mut n = 0;
-                let mut model = model.clone();
-                for_each_projection(&mut model, |path, p| {
+                for_each_projection_ref(model, |path, p| {
                     if config.targets(path) {
                         n += config.r * (p.d_in() + p.d_out());
+                        if config.bias == LoraBias::LoraOnly {
+                            n += p.d_out();
+                        }
                     }
                 });
+                if config.bias == LoraBias::All {
+                    n += Selection::Biases.count(model.config());
+                }
                 n
             }
         }
@@ -215,12 +220,18 @@ fn add_lora(model: Gpt, config: &LoraConfig, seed: u64, device: &Device) -> Gpt 
     let mut rng = Rng::derive(seed, "lora-init");
     // Freeze everything first; LoRA's own parameters are created trainable.
     let mut model = model.no_grad();
+    let mut targeted = Vec::new();
     for_each_projection(&mut model, |path, p| {
         if config.targets(path) {
             p.lora = Some(Lora::init(p.d_in(), p.d_out(), config, &mut rng, device));
+            targeted.push(format!("{path}.bias"));
         }
     });
-    model
+    match config.bias {
+        LoraBias::None => model,
+        LoraBias::All => selective::unfreeze(model, &|name| name.ends_with(".bias")),
+        LoraBias::LoraOnly => selective::unfreeze(model, &|name| targeted.iter().any(|t| t == name)),
+    }
 }
 
 /// Folds every LoRA update into its base weight (`W ← W + s·A·B`) and removes the

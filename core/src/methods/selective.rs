@@ -73,6 +73,27 @@ impl Selection {
     }
 }
 
+/// `model` with every parameter whose name `pick` accepts made trainable, the others left as
+/// they are (LoRA's `bias` option).
+pub(crate) fn unfreeze(model: Gpt, pick: &dyn Fn(&str) -> bool) -> Gpt {
+    struct Mark<'a> {
+        path: Path,
+        pick: &'a dyn Fn(&str) -> bool,
+    }
+    impl ModuleMapper for Mark<'_> {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.enter(name);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.exit();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            if (self.pick)(&self.path.join()) { param.set_require_grad(true) } else { param }
+        }
+    }
+    model.map(&mut Mark { path: Path::default(), pick })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

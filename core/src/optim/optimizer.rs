@@ -199,6 +199,10 @@ pub struct OptimConfig {
     /// MeZO's perturbation size ε (the MeZO paper's 1e-3).
     #[serde(default = "default_mezo_eps")]
     pub mezo_eps: f64,
+    /// LoRA+ (Hayou et al., 2024): LoRA's B matrices (`…lora_b`) learn at this multiple of
+    /// the learning rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loraplus_lr_ratio: Option<f64>,
 }
 
 fn default_mezo_eps() -> f64 {
@@ -216,7 +220,7 @@ impl OptimConfig {
     /// betas (0.9, 0.99) and no decay; SGD's no momentum and no decay; Adafactor's no decay;
     /// MeZO's ε = 1e-3. Clipping at 1.0 for every gradient optimizer (MeZO has no gradient).
     pub fn for_kind(kind: OptimKind) -> Self {
-        let adam = Self { kind, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, clip_grad_norm: Some(1.0), momentum: 0.0, mezo_eps: default_mezo_eps() };
+        let adam = Self { kind, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, clip_grad_norm: Some(1.0), momentum: 0.0, mezo_eps: default_mezo_eps(), loraplus_lr_ratio: None };
         match kind {
             OptimKind::AdamW | OptimKind::AdamW8bit | OptimKind::PagedAdamW | OptimKind::PagedAdamW8bit => adam,
             OptimKind::Sgd | OptimKind::Adafactor => Self { weight_decay: 0.0, ..adam },
@@ -246,6 +250,11 @@ impl OptimConfig {
         }
         if self.momentum > 0.0 && self.kind != OptimKind::Sgd {
             return Err(Error::config(origin, "momentum", format!("only SGD takes a momentum; {} keeps its own (betas)", self.kind)));
+        }
+        if let Some(r) = self.loraplus_lr_ratio
+            && !(r > 0.0 && r.is_finite())
+        {
+            return Err(Error::config(origin, "loraplus_ratio", format!("{r} must be a positive multiple of the learning rate")));
         }
         if !(self.mezo_eps > 0.0) {
             return Err(Error::config(origin, "mezo_eps", format!("{} must be positive", self.mezo_eps)));
@@ -467,7 +476,11 @@ impl ModuleMapper for Update<'_> {
         let shape = tensor.shape();
         let p = tensor.inner().reshape([shape.num_elements()]); // detached, [n]
         let dims: Vec<usize> = shape.dims::<D>().to_vec();
-        let p = update(self.optim, self.lr, &path, p, g.inner(), &dims);
+        let lr = match self.optim.config.loraplus_lr_ratio {
+            Some(ratio) if path.ends_with("lora_b") => self.lr * ratio,
+            _ => self.lr,
+        };
+        let p = update(self.optim, lr, &path, p, g.inner(), &dims);
         let mut updated = Tensor::<D>::from_inner(p.reshape(shape)).require_grad();
         if let Some(s) = strategy {
             updated = updated.with_gradient_checkpointing_strategy(s);

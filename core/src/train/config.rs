@@ -219,6 +219,9 @@ impl TrainConfig {
                 format!("{} micro-batches do not divide a batch of {} rows; pick a divisor of the batch size", self.accumulate, self.batch_size),
             ));
         }
+        if self.optimizer.loraplus_lr_ratio.is_some() && self.method.lora().is_none() {
+            return Err(Error::config(origin, "loraplus_ratio", format!("LoRA+ sets the learning rate of LoRA's B matrices, and the {} method has none; drop it or use lora/qlora", self.method.name())));
+        }
         if self.optimizer.kind == OptimKind::Mezo {
             let refuse = |field: &str, why: &str| Err(Error::config(origin.clone(), field, format!("MeZO {why}")));
             if self.checkpointing {
