@@ -29,6 +29,8 @@ fn methods() -> Vec<(&'static str, Method)> {
         ),
         ("lora c_proj (attn and mlp)", Method::Lora(LoraConfig { r: 3, target_modules: vec!["c_proj".into()], ..LoraConfig::default() })),
         ("lora gaussian init, bias all", Method::Lora(LoraConfig { r: 2, init: LoraInit::Gaussian, bias: LoraBias::All, ..LoraConfig::default() })),
+        ("dora c_attn r4", Method::Lora(LoraConfig { r: 4, lora_alpha: 8.0, use_dora: true, ..LoraConfig::default() })),
+        ("qdora all-linear r2", Method::Qlora(QloraConfig { lora: LoraConfig { r: 2, target_modules: vec!["all-linear".into()], use_dora: true, ..LoraConfig::default() }, ..QloraConfig::default() })),
         ("lora c_fc, bias lora_only", Method::Lora(LoraConfig { r: 2, target_modules: vec!["c_fc".into()], bias: LoraBias::LoraOnly, ..LoraConfig::default() })),
         ("qlora c_attn r4, nf4 blocks of 64 + double quant", Method::Qlora(QloraConfig { lora: LoraConfig { r: 4, ..LoraConfig::default() }, ..QloraConfig::default() })),
         (

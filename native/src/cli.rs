@@ -455,6 +455,9 @@ pub struct MethodArgs {
     /// Biases that train beside LoRA: none, all, or lora_only (those of adapted projections).
     #[arg(long, default_value = "none")]
     pub lora_bias: String,
+    /// DoRA: also learn a magnitude per output column of W + s·A·B (with qlora: QDoRA).
+    #[arg(long)]
+    pub dora: bool,
     /// How LoRA's A starts: default (Kaiming-uniform, PEFT's) or gaussian (N(0, 1/r²)).
     #[arg(long, default_value = "default")]
     pub lora_init: String,

@@ -147,6 +147,7 @@ pub fn method(a: &MethodArgs) -> Result<Method, String> {
         use_rslora: a.rslora,
         bias: a.lora_bias.parse().map_err(|e| format!("--lora-bias: {e}"))?,
         init: a.lora_init.parse().map_err(|e| format!("--lora-init: {e}"))?,
+        use_dora: a.dora,
     };
     Method::named(&a.method, lora, a.qlora_block, !a.no_double_quant, a.last_n).map_err(|e| format!("--method: {e}"))
 }

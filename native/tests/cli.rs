@@ -370,6 +370,17 @@ fn lora_and_qlora_fine_tune_resume_and_reject_bad_flags() {
     // the adapted projections' biases, 2·(192+64+256+64).
     assert!(stderr.contains("lora: 5248 of "), "{stderr}");
     fails_with(&finetune(&tmp("bad5"), &["--loraplus-ratio", "16"]), &["--loraplus-ratio", "full method has none"]);
+    // DoRA on c_attn r2: 2·(64+192) + 192 magnitudes per block, 2 blocks.
+    let d = tmp("dora");
+    let out = finetune(&d, &["--method", "lora", "--rank", "2", "--dora", "--lr", "0.01"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    ok(&out);
+    assert!(stderr.contains("lora: 1408 of "), "{stderr}");
+    let merged = tmp("dora-merged");
+    ok(&tinytune(&["merge-adapter", "--model", d.to_str().unwrap(), "--out", merged.to_str().unwrap()]));
+    for dir in [d, merged] {
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
     fails_with(&finetune(&tmp("bad6"), &["--method", "lora", "--lora-bias", "some"]), &["--lora-bias", "lora_only"]);
     fails_with(&finetune(&tmp("bad1"), &["--method", "lora", "--rank", "0"]), &["--rank", "at least 1"]);
     fails_with(&finetune(&tmp("bad2"), &["--method", "dora"]), &["--method", "bitfit", "qlora"]);

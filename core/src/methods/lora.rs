@@ -36,6 +36,10 @@ pub struct LoraConfig {
     /// How A starts (PEFT's `init_lora_weights`); B always starts at zero.
     #[serde(default)]
     pub init: LoraInit,
+    /// DoRA (Liu et al., 2024): also learn a magnitude per output, applied to the
+    /// column-normalised `W + s·A·B` (PEFT's `use_dora`).
+    #[serde(default)]
+    pub use_dora: bool,
 }
 
 /// PEFT's `bias` option.
@@ -88,7 +92,7 @@ impl std::str::FromStr for LoraInit {
 impl Default for LoraConfig {
     fn default() -> Self {
         // GPT-2's fused q/k/v projection is PEFT's usual GPT-2 target.
-        Self { r: 8, lora_alpha: 8.0, lora_dropout: 0.0, target_modules: vec!["c_attn".into()], use_rslora: false, bias: LoraBias::None, init: LoraInit::Default }
+        Self { r: 8, lora_alpha: 8.0, lora_dropout: 0.0, target_modules: vec!["c_attn".into()], use_rslora: false, bias: LoraBias::None, init: LoraInit::Default, use_dora: false }
     }
 }
 
@@ -133,6 +137,14 @@ pub struct Lora {
     pub lora_b: Param<Tensor<2>>,
     pub dropout: Dropout,
     pub scale: f64,
+    /// DoRA's magnitude vector `[d_out]`, starting at the base weight's column norms.
+    pub magnitude: Option<Param<Tensor<1>>>,
+}
+
+/// The L2 norm of every output column of a `[d_in, d_out]` weight, `[d_out]`.
+pub fn column_norms(w: Tensor<2>) -> Tensor<1> {
+    let d_out = w.dims()[1];
+    w.powf_scalar(2.0).sum_dim(0).sqrt().reshape([d_out])
 }
 
 impl Lora {
@@ -153,7 +165,17 @@ impl Lora {
             lora_b: Param::from_tensor(Tensor::zeros([r, d_out], device)),
             dropout: DropoutConfig::new(config.lora_dropout).init(),
             scale: config.scale(),
+            magnitude: None,
         }
+    }
+
+    /// DoRA's per-output factor `m / ‖W + s·A·B‖` for base weight `w`, `[d_out]`. The norm
+    /// is detached, as PEFT does (the DoRA paper's section 4.3): it scales the output but
+    /// takes no gradient, which saves memory and, the authors report, costs no accuracy.
+    pub fn dora_factor(&self, w: Tensor<2>) -> Option<Tensor<1>> {
+        let m = self.magnitude.as_ref()?;
+        let norm = column_norms(w + self.delta()).detach();
+        Some(m.val() / norm)
     }
 
     /// The update's contribution for input `x`.

@@ -3,7 +3,8 @@
 //! slots (`model::projection`) and decide which parameters train.
 //!
 //! So far: full fine-tuning, selective fine-tuning (last layers, BitFit, LayerNorm only),
-//! LoRA and QLoRA. DoRA, adapters, soft prompts and IA³ follow the same shape (issue 4).
+//! LoRA (with PEFT's bias and init options, rsLoRA, LoRA+ and DoRA) and QLoRA. Adapters,
+//! soft prompts and IA³ follow the same shape (issue 4).
 
 pub mod lora;
 pub mod qlora;
@@ -130,6 +131,9 @@ impl Method {
                 for_each_projection_ref(model, |path, p| {
                     if config.targets(path) {
                         n += config.r * (p.d_in() + p.d_out());
+                        if config.use_dora {
+                            n += p.d_out();
+                        }
                         if config.bias == LoraBias::LoraOnly {
                             n += p.d_out();
                         }
@@ -223,7 +227,12 @@ fn add_lora(model: Gpt, config: &LoraConfig, seed: u64, device: &Device) -> Gpt 
     let mut targeted = Vec::new();
     for_each_projection(&mut model, |path, p| {
         if config.targets(path) {
-            p.lora = Some(Lora::init(p.d_in(), p.d_out(), config, &mut rng, device));
+            let mut lora = Lora::init(p.d_in(), p.d_out(), config, &mut rng, device);
+            if config.use_dora {
+                // DoRA's magnitude starts at W's column norms, so the model starts unchanged.
+                lora.magnitude = Some(burn::module::Param::from_tensor(lora::column_norms(p.base_weight()).detach()));
+            }
+            p.lora = Some(lora);
             targeted.push(format!("{path}.bias"));
         }
     });
@@ -234,7 +243,8 @@ fn add_lora(model: Gpt, config: &LoraConfig, seed: u64, device: &Device) -> Gpt 
     }
 }
 
-/// Folds every LoRA update into its base weight (`W ← W + s·A·B`) and removes the
+/// Folds every LoRA update into its base weight (`W ← W + s·A·B`; with DoRA, each column
+/// of that rescaled by `m / ‖W + s·A·B‖`) and removes the
 /// adapters: the merged model has the base model's shape and no extra inference cost. An
 /// NF4 base is dequantized to FP32 first (merging into 4-bit codes would round the update
 /// away), so a merged QLoRA model is an ordinary FP32 model.
@@ -246,6 +256,11 @@ pub fn merge(mut model: Gpt) -> Gpt {
         }
         let base = p.base_weight();
         let merged = match &lora {
+            // DoRA: each column of W + s·A·B rescaled to its learned magnitude.
+            Some(l) if l.magnitude.is_some() => {
+                let factor = l.dora_factor(base.clone()).expect("a magnitude");
+                (base + l.delta()) * factor.unsqueeze::<2>()
+            }
             Some(l) => base + l.delta(),
             None => base,
         };

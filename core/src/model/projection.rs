@@ -38,6 +38,18 @@ impl Projection {
     /// # Shapes
     /// `[..., d_in] -> [..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if let Some(lora) = &self.lora
+            && lora.magnitude.is_some()
+        {
+            // DoRA: y = (m / ‖W + s·A·B‖) ⊙ (x·W + s·(x·A)·B) + b, per output column.
+            let w = self.base_weight();
+            let factor = lora.dora_factor(w.clone()).expect("a magnitude");
+            let y = (burn::tensor::module::linear(x.clone(), w, None) + lora.forward(x)) * factor.unsqueeze::<D>();
+            return match &self.bias {
+                Some(b) => y + b.val().unsqueeze::<D>(),
+                None => y,
+            };
+        }
         let base = burn::tensor::module::linear(x.clone(), self.base_weight(), self.bias.as_ref().map(|b| b.val()));
         match &self.lora {
             Some(lora) => base + lora.forward(x),
