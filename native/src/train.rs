@@ -382,4 +382,17 @@ mod tests {
             assert_eq!(native, params.train_config(), "{}", params.command());
         }
     }
+
+    /// The count the train widget shows before a run equals the trainable parameters of
+    /// the real adapted model, for every method the widget offers.
+    #[test]
+    fn the_widgets_live_trainable_count_is_the_adapted_models() {
+        let device = burn::tensor::Device::flex().autodiff();
+        for method in tinytune::methods::Method::NAMES {
+            let p = TrainParams { method: method.into(), last_n: 2, rank: 4, targets: "c_attn,mlp.c_fc".into(), ..TrainParams::default() };
+            let model = p.method().apply(tinytune::Gpt::init(&ModelConfig::micro(), 0, &device), 0, &device).unwrap();
+            let real: usize = tinytune::model::named_params(&model).iter().filter(|q| q.trainable).map(|q| q.numel).sum();
+            assert_eq!(p.trainable(), (real as u64, 875_264), "{method}");
+        }
+    }
 }

@@ -481,6 +481,10 @@ await check("the calculator's flash attention drops the score matrices (lesson 1
 await check("selective methods train in the page with their parameter counts", async () => {
   const page = await openPage(cpu, base + "?lesson=peft-family&backend=cpu");
   const w = page.locator("[data-widget=train]").nth(1);
+  // The trainable count updates as the method changes, before anything runs.
+  await setParam(w, "method", "last-layers");
+  const live = await w.locator("[data-testid=trainable]").textContent();
+  assert(live.includes("198,528 of 875,264 parameters train (22.68%)"), live);
   await setParam(w, "steps", 2);
   await setParam(w, "sweep", "method=bitfit,layernorm");
   await w.locator("[data-testid=train]").click();

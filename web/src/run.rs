@@ -98,6 +98,18 @@ impl TrainParams {
         Method::named(&self.method, lora, qlora.block, qlora.double_quant, self.last_n).unwrap_or_default()
     }
 
+    /// Trainable parameters of the run's model under its method, and the model's total, by
+    /// closed form (the estimator's count, which the methods battery checks against real
+    /// models): what the widget shows before a run starts.
+    pub fn trainable(&self) -> (u64, u64) {
+        let config = match self.model {
+            ModelChoice::Micro => tinytune::ModelConfig::micro(),
+            ModelChoice::Nano => tinytune::ModelConfig::nano(),
+        };
+        let plan = tinytune::memory::Plan::for_tinytune(&config, &self.method(), 1, 1);
+        (plan.trainable_params(), config.num_params() as u64)
+    }
+
     /// The command's arguments, without the program name.
     pub fn command_args(&self) -> Vec<String> {
         let mut args: Vec<String> = match self.model {
@@ -162,3 +174,4 @@ impl TrainParams {
         s
     }
 }
+

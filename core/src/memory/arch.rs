@@ -269,7 +269,9 @@ impl Arch {
         let kv = self.kv_heads * self.head_dim();
         let lin = |name, d_in, d_out, bias| Linear { name, d_in, d_out, bias };
         match self.family {
-            Family::Gpt2 => vec![lin("c_attn", h, 3 * h, true), lin("attn.c_proj", h, h, true), lin("c_fc", h, i, true), lin("mlp.c_proj", i, h, true)],
+            // Named by their path inside a block, as tinytune's parameters are, so a dotted
+            // target (mlp.c_fc) matches here exactly as it does in `LoraConfig::targets`.
+            Family::Gpt2 => vec![lin("attn.c_attn", h, 3 * h, true), lin("attn.c_proj", h, h, true), lin("mlp.c_fc", h, i, true), lin("mlp.c_proj", i, h, true)],
             Family::Llama => vec![
                 lin("q_proj", h, h, self.qkv_bias),
                 lin("k_proj", h, kv, self.qkv_bias),
@@ -333,7 +335,7 @@ impl Arch {
         self.block_linears()
             .into_iter()
             .filter(|l| {
-                targets.iter().any(|t| t == "all-linear" || l.name == t || l.name.ends_with(&format!(".{t}")) || l.name.split('.').next_back() == Some(t.as_str()))
+                targets.iter().any(|t| t == "all-linear" || l.name == t || l.name.ends_with(&format!(".{t}")))
             })
             .collect()
     }
@@ -419,7 +421,8 @@ mod tests {
     fn lora_targets_select_by_module_name() {
         let gpt2 = Arch::preset("gpt2").unwrap();
         let names = |t: &[&str]| gpt2.lora_targets(&t.iter().map(|s| s.to_string()).collect::<Vec<_>>()).iter().map(|l| l.name).collect::<Vec<_>>();
-        assert_eq!(names(&["c_attn"]), vec!["c_attn"]);
+        assert_eq!(names(&["c_attn"]), vec!["attn.c_attn"]);
+        assert_eq!(names(&["mlp.c_fc", "attn.c_attn"]), vec!["attn.c_attn", "mlp.c_fc"]);
         assert_eq!(names(&["c_proj"]), vec!["attn.c_proj", "mlp.c_proj"]);
         assert_eq!(names(&["all-linear"]).len(), 4);
     }

@@ -591,7 +591,7 @@ impl Plan {
                 let mut bytes = norms * sb * h * e;
                 // Attention: q·kᵀ keeps q and k, probs·v keeps v; the linear inputs.
                 let qkv_in = match a.family {
-                    Family::Gpt2 => inputs_kept(&["c_attn"], h),
+                    Family::Gpt2 => inputs_kept(&["attn.c_attn"], h),
                     _ => inputs_kept(&["q_proj", "k_proj", "v_proj"], h),
                 };
                 let o_in = inputs_kept(&["attn.c_proj", "o_proj", "dense"], h);
@@ -609,7 +609,7 @@ impl Plan {
                 // MLP.
                 bytes += match a.family {
                     Family::Gpt2 | Family::Phi => {
-                        let up_in = inputs_kept(&["c_fc", "fc1"], h);
+                        let up_in = inputs_kept(&["mlp.c_fc", "fc1"], h);
                         // GELU's input and output (the output is the down projection's input).
                         (up_in + 2 * sb * i) * e
                     }

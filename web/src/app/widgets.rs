@@ -234,6 +234,10 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
                 </label>
             </div>
             {move || error.get().map(|e| view! { <p class="error">{e}</p> })}
+            <p class="status" data-testid="trainable">{move || {
+                let (t, n) = p.get().trainable();
+                format!("{}: {} of {} parameters train ({:.2}%)", p.get().method().name(), format_count(t as usize), format_count(n as usize), 100.0 * t as f64 / n.max(1) as f64)
+            }}</p>
             <div class="buttons">
                 <button data-testid="train" on:click=start disabled=move || active.get().is_some()>"Train"</button>
                 <button data-testid="pause" on:click=pause_resume disabled=move || active.get().is_none()>
