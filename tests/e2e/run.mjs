@@ -170,7 +170,7 @@ await check("the train widget trains on the CPU and its loss falls", async () =>
   assert(l.length === 30, `expected 30 losses, got ${l.length}`);
   const head = l.slice(0, 5).reduce((a, b) => a + b) / 5, tail = l.slice(-5).reduce((a, b) => a + b) / 5;
   assert(l.every(Number.isFinite) && tail < head - 0.3, `loss did not fall: first five ${head.toFixed(3)}, last five ${tail.toFixed(3)}`);
-  const tps = await w.locator(".status").first().textContent();
+  const tps = await w.locator(".status:has([data-testid=run-state])").textContent();
   assert(/\d+ tokens\/s/.test(tps), `no throughput shown: ${tps}`);
   await w.screenshot({ path: join(artifacts, "train-cpu.png") });
   console.log(`     losses ${head.toFixed(3)} → ${tail.toFixed(3)}; ${tps.trim()}`);
@@ -241,7 +241,7 @@ await check("fine-tuning the pretrained model compares answers and forgetting be
   const m = /stories\): ([\d.]+) before, ([\d.]+) after/.exec(text);
   assert(m && Number(m[1]) > 0.3 && Number(m[1]) < 1.2 && Number(m[2]) > 0, `forgetting meter: ${text.slice(0, 200)}`);
   await w.screenshot({ path: join(artifacts, "compare.png") });
-  console.log(`     stories loss ${m[1]} → ${m[2]}; ${(await w.locator(".status").first().textContent()).trim()}`);
+  console.log(`     stories loss ${m[1]} → ${m[2]}; ${(await w.locator(".status:has([data-testid=run-state])").textContent()).trim()}`);
   assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
   await page.close();
 });
