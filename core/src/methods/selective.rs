@@ -51,34 +51,23 @@ impl Selection {
 
     /// `model` with exactly the selected parameters trainable.
     pub fn apply(self, model: Gpt) -> Gpt {
-        struct Mark {
-            path: Path,
-            selection: Selection,
-            n_layer: usize,
-        }
-        impl ModuleMapper for Mark {
-            fn enter_module(&mut self, name: &str, _: &str) {
-                self.path.enter(name);
-            }
-            fn exit_module(&mut self, _: &str, _: &str) {
-                self.path.exit();
-            }
-            fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-                let trains = self.selection.trains(&self.path.join(), self.n_layer);
-                param.set_require_grad(trains)
-            }
-        }
         let n_layer = model.config().n_layer;
-        model.map(&mut Mark { path: Path::default(), selection: self, n_layer })
+        mark(model, &|name| Some(self.trains(name, n_layer)))
     }
 }
 
 /// `model` with every parameter whose name `pick` accepts made trainable, the others left as
 /// they are (LoRA's `bias` option).
 pub(crate) fn unfreeze(model: Gpt, pick: &dyn Fn(&str) -> bool) -> Gpt {
+    mark(model, &|name| pick(name).then_some(true))
+}
+
+/// Sets each parameter's trainability to what `decide` says for its dotted name (None:
+/// leave it as it is).
+fn mark(model: Gpt, decide: &dyn Fn(&str) -> Option<bool>) -> Gpt {
     struct Mark<'a> {
         path: Path,
-        pick: &'a dyn Fn(&str) -> bool,
+        decide: &'a dyn Fn(&str) -> Option<bool>,
     }
     impl ModuleMapper for Mark<'_> {
         fn enter_module(&mut self, name: &str, _: &str) {
@@ -88,10 +77,13 @@ pub(crate) fn unfreeze(model: Gpt, pick: &dyn Fn(&str) -> bool) -> Gpt {
             self.path.exit();
         }
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            if (self.pick)(&self.path.join()) { param.set_require_grad(true) } else { param }
+            match (self.decide)(&self.path.join()) {
+                Some(trains) => param.set_require_grad(trains),
+                None => param,
+            }
         }
     }
-    model.map(&mut Mark { path: Path::default(), pick })
+    model.map(&mut Mark { path: Path::default(), decide })
 }
 
 #[cfg(test)]
