@@ -312,6 +312,15 @@ fn quantize_reports_size_error_and_loss_for_the_shipped_model() {
     fails_with(&tinytune(&["quantize", "--model", micro.to_str().unwrap(), "--format", "int3"]), &["--format", "nf4"]);
 }
 
+/// A six-step sentiment fine-tune of the model in `base` into `out`, small enough for tests,
+/// with `extra` flags appended.
+fn small_finetune(base: &str, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["finetune", "--model", base, "--out", out.to_str().unwrap(), "--data", "sentiment", "--batch", "4", "--seq-len", "48"];
+    args.extend_from_slice(&["--train-examples", "100", "--eval-examples", "20", "--eval-batches", "2", "--steps", "6", "--checkpoint-every", "100"]);
+    args.extend_from_slice(extra);
+    tinytune(&args)
+}
+
 /// LoRA and QLoRA fine-tuning of a fresh nano run: the trainable share is printed, the NF4
 /// base is reported, a killed QLoRA run resumes to the same losses (its base is saved
 /// packed and reloaded bit for bit), the checkpoint generates and evaluates, and bad method
@@ -321,12 +330,7 @@ fn lora_and_qlora_fine_tune_resume_and_reject_bad_flags() {
     let base = tmp("qbase");
     ok(&pretrain(&base, &["--steps", "2"]));
     let b = base.to_str().unwrap();
-    let finetune = |out: &Path, extra: &[&str]| {
-        let mut args = vec!["finetune", "--model", b, "--out", out.to_str().unwrap(), "--data", "sentiment", "--batch", "4", "--seq-len", "48"];
-        args.extend_from_slice(&["--train-examples", "100", "--eval-examples", "20", "--eval-batches", "2", "--steps", "6", "--checkpoint-every", "100"]);
-        args.extend_from_slice(extra);
-        tinytune(&args)
-    };
+    let finetune = |out: &Path, extra: &[&str]| small_finetune(b, out, extra);
     let qlora = ["--method", "qlora", "--rank", "4", "--alpha", "8", "--targets", "c_attn,mlp.c_proj", "--lr", "0.01"];
     let (a, r) = (tmp("qlora-straight"), tmp("qlora-resumed"));
     let out = finetune(&a, &qlora);
@@ -407,12 +411,7 @@ fn optimizers_and_techniques_run_resume_compare_and_reject_bad_flags() {
     let base = tmp("obase");
     ok(&pretrain(&base, &["--steps", "2"]));
     let b = base.to_str().unwrap();
-    let finetune = |out: &Path, extra: &[&str]| {
-        let mut args = vec!["finetune", "--model", b, "--out", out.to_str().unwrap(), "--data", "sentiment", "--batch", "4", "--seq-len", "48"];
-        args.extend_from_slice(&["--train-examples", "100", "--eval-examples", "20", "--eval-batches", "2", "--steps", "6", "--checkpoint-every", "100"]);
-        args.extend_from_slice(extra);
-        tinytune(&args)
-    };
+    let finetune = |out: &Path, extra: &[&str]| small_finetune(b, out, extra);
     for (name, flags) in [
         ("adafactor", &["--optimizer", "adafactor", "--accumulate", "2", "--checkpointing", "--warmup", "50%", "--schedule", "linear"][..]),
         ("adamw8bit", &["--optimizer", "adamw8bit", "--lr", "0.003"][..]),
