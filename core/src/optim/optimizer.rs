@@ -504,11 +504,9 @@ fn update(o: &mut Optimizer, lr: f64, path: &str, p: Tensor<1>, g: Tensor<1>, di
             // torch.optim.SGD: L2 decay joins the gradient; the buffer starts as the gradient.
             let g = if decay { g + p.clone().mul_scalar(c.weight_decay) } else { g };
             let dir = if c.momentum > 0.0 {
-                let buf = match o.state.contains_key(&slot("momentum_buffer")) {
-                    true => o.take_dense(&slot("momentum_buffer"), n, &device).mul_scalar(c.momentum) + g,
-                    false => g,
-                };
-                o.put_dense(slot("momentum_buffer"), buf.clone());
+                let name = slot("momentum_buffer");
+                let buf = if o.state.contains_key(&name) { o.take_dense(&name, n, &device).mul_scalar(c.momentum) + g } else { g };
+                o.put_dense(name, buf.clone());
                 buf
             } else {
                 g

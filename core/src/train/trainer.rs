@@ -6,6 +6,8 @@
 //! what to do with each event: the CLI draws a progress bar and appends `metrics.jsonl`; the
 //! browser posts it from its worker to the page.
 
+use std::collections::HashSet;
+
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{DType, Device, GradientCheckpointingStrategy, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -14,10 +16,7 @@ use web_time::Instant;
 use crate::data::rng::Rng;
 use crate::data::Split;
 use crate::error::{Error, Result};
-use crate::model::Gpt;
-use std::collections::HashSet;
-
-use crate::model::named_params;
+use crate::model::{Gpt, named_params};
 use crate::optim::{NamedGrads, OptimKind, Optimizer, Schedule, mezo};
 use crate::tokenizer::TextTokenizer;
 
