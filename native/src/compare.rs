@@ -55,6 +55,8 @@ pub fn compare_cmd(a: CompareArgs, device: &Device) -> Result<(), String> {
     }
     let ad = device.clone().autodiff();
     let measure = counting() && crate::backend::on_cpu();
+    // Read once; every run starts from a clone (module clones share the unchanged weights).
+    let loaded = model_dir::load(&a.model, &ad)?;
     let mut rows = Vec::new();
     for variant in variants {
         let mut args = a.train.clone();
@@ -68,11 +70,10 @@ pub fn compare_cmd(a: CompareArgs, device: &Device) -> Result<(), String> {
             }
             Variant::Method(name) => method_args.method = name.clone(),
         }
-        let kind: OptimKind = args.optimizer.parse().map_err(|e| format!("--optimizer: {e}"))?;
-        let loaded = model_dir::load(&a.model, &ad)?;
         let method = train::method(&method_args).map_err(|e| e.replace("--method", "--methods"))?;
         let config = train::resolve(&args, method, DataSource::Task(Task::StoryQa), 3e-4, loaded.config.n_positions)?;
-        let model = config.method.apply(loaded.model, config.seed, &ad).map_err(train::flag_error)?;
+        let kind = config.optimizer.kind;
+        let model = config.method.apply(loaded.model.clone(), config.seed, &ad).map_err(train::flag_error)?;
         let mut trainer = Trainer::new(model, &loaded.tokenizer, config, &ad).map_err(|e| e.to_string())?;
         let trainable: usize = named_params(&trainer.model).iter().filter(|p| p.trainable).map(|p| p.numel).sum();
         let method = trainer.config.method.name().to_string();
