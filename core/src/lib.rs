@@ -10,6 +10,7 @@ pub mod data;
 pub mod error;
 pub mod formats;
 pub mod init;
+pub mod linalg;
 pub mod memory;
 pub mod methods;
 pub mod model;

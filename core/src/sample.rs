@@ -97,7 +97,7 @@ impl Generation {
             return None;
         }
         let device = model.wte.weight.val().device();
-        let start = self.ids.len().saturating_sub(model.config().n_positions);
+        let start = self.ids.len().saturating_sub(model.context_len());
         let ctx: Vec<i64> = self.ids[start..].iter().map(|&x| x as i64).collect();
         let t = ctx.len();
         let input = Tensor::<2, Int>::from_data(TensorData::new(ctx, [1, t]), &device);

@@ -50,17 +50,51 @@ pub enum Command {
     /// print one table: trainable parameters, time, peak memory, optimizer state per
     /// parameter, train and held-out loss.
     Compare(CompareArgs),
-    /// Fold a LoRA/QLoRA run's adapters into its base weights and save a plain model folder
-    /// (config.json, model.safetensors, tokenizer.json) that loads with no adapters.
+    /// Fold a LoRA/QLoRA/IA³ run's adapters into its base weights and save a plain model
+    /// folder (config.json, model.safetensors, tokenizer.json) that loads with no adapters.
     MergeAdapter(MergeAdapterArgs),
+    /// Write a LoRA/QLoRA/IA³/prompt-tuning run's adapter as a PEFT adapter folder
+    /// (adapter_config.json, adapter_model.safetensors) that PEFT loads onto the base model.
+    ExportAdapter(MergeAdapterArgs),
     /// A prompt's token ids and the last position's logits, as JSON, for checking parity
     /// with other implementations by hand.
     Logits(LogitsArgs),
+    /// Fully fine-tune a model, then measure the update it learned for one weight matrix:
+    /// its singular values, what a rank-r LoRA keeps, the loss with every update cut to
+    /// rank r, and the merged-versus-unmerged output difference.
+    LoraRank(LoraRankArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LoraRankArgs {
+    #[arg(long, default_value = "assets/micro")]
+    pub model: PathBuf,
+    /// The projection to inspect, e.g. h.3.attn.c_attn or h.0.mlp.c_fc.
+    #[arg(long, default_value = "h.3.attn.c_attn")]
+    pub matrix: String,
+    #[arg(long, default_value_t = 4)]
+    pub rank: usize,
+    /// Training data: stories or a task.
+    #[arg(long, default_value = "sentiment")]
+    pub data: String,
+    #[arg(long, default_value_t = 60)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 64)]
+    pub seq_len: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct MergeAdapterArgs {
-    /// A LoRA or QLoRA run (or its checkpoint folder).
+    /// A fine-tuning run (or its checkpoint folder).
     #[arg(long)]
     pub model: PathBuf,
     /// The folder to write; must not exist yet.
@@ -73,6 +107,10 @@ pub struct LogitsArgs {
     /// A run or model folder (a LoRA/QLoRA run loads with its adapters).
     #[arg(long)]
     pub model: PathBuf,
+    /// A PEFT adapter folder (adapter_config.json, adapter_model.safetensors) to load onto
+    /// --model: LoRA (with rsLoRA, DoRA, bias), IA³ or prompt tuning.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     #[arg(long)]
     pub prompt: String,
     /// Fold the adapters into the base weights first (the logits should not change).
@@ -94,8 +132,9 @@ pub struct CompareArgs {
     #[arg(long, conflicts_with = "methods")]
     pub optimizers: Option<String>,
     /// Fine-tuning methods to compare, comma-separated (full, last-layers, bitfit,
-    /// layernorm, lora, qlora), each with the --rank/--alpha/--targets/--last-n settings and
-    /// the same optimizer and learning rate.
+    /// layernorm, lora, qlora, adapter, prompt, p-tuning, prefix, ia3), each with the method
+    /// flags (--rank, --bottleneck, --virtual-tokens, …) and the same optimizer. Each uses
+    /// --lr unless written name@lr (e.g. full@1e-3,lora@3e-3,prompt@3e-2).
     #[arg(long)]
     pub methods: Option<String>,
     /// Print the table as JSON.
@@ -117,7 +156,7 @@ pub struct LossScaleArgs {
     /// 50,257-token output layer makes most logit gradients tiny).
     #[arg(long)]
     pub preset: Option<String>,
-    /// stories or a task (default: story-qa for --model, stories for --preset).
+    /// stories, a task, or a .jsonl file (default: story-qa for --model, stories for --preset).
     #[arg(long)]
     pub data: Option<String>,
     #[arg(long, default_value_t = 16)]
@@ -274,7 +313,8 @@ pub struct TrainArgs {
     /// Run folder: checkpoints, metrics.jsonl and loss.svg go here.
     #[arg(long)]
     pub out: PathBuf,
-    /// Training data: `stories` or a task (story-qa, sentiment, json-extract).
+    /// Training data: `stories`, a task (story-qa, sentiment, json-extract), or the path of a
+    /// .jsonl file of Alpaca (instruction/input/output) or prompt/completion examples.
     #[arg(long)]
     pub data: Option<String>,
     #[arg(long, default_value_t = 200)]
@@ -430,7 +470,9 @@ pub struct FinetuneArgs {
 pub struct MethodArgs {
     /// full (every weight trains), last-layers (the top --last-n blocks and the final
     /// LayerNorm), bitfit (biases only), layernorm (LayerNorm gains and biases only), lora
-    /// (low-rank updates beside frozen weights) or qlora (LoRA on a base stored in 4-bit NF4).
+    /// (low-rank updates beside frozen weights), qlora (LoRA on a base stored in 4-bit NF4),
+    /// adapter (bottleneck adapters), prompt (prompt tuning), p-tuning (prompt tuning through
+    /// an MLP encoder), prefix (per-layer key/value prefixes) or ia3 (learned rescaling).
     #[arg(long, default_value = "full")]
     pub method: String,
     /// last-layers: how many of the top transformer blocks train.
@@ -458,7 +500,8 @@ pub struct MethodArgs {
     /// DoRA: also learn a magnitude per output column of W + s·A·B (with qlora: QDoRA).
     #[arg(long)]
     pub dora: bool,
-    /// How LoRA's A starts: default (Kaiming-uniform, PEFT's) or gaussian (N(0, 1/r²)).
+    /// How LoRA's A starts: default (Kaiming-uniform, PEFT's), gaussian (N(0, 1/r²)) or pissa
+    /// (A·B from W's top singular vectors; W keeps the residual).
     #[arg(long, default_value = "default")]
     pub lora_init: String,
     /// QLoRA: weights per block of the NF4 base (QLoRA uses 64).
@@ -467,6 +510,42 @@ pub struct MethodArgs {
     /// QLoRA: keep the block maxima in FP32 instead of double-quantizing them.
     #[arg(long)]
     pub no_double_quant: bool,
+    /// adapter: where adapters go: houlsby (after attention and after the MLP), pfeiffer
+    /// (after the MLP) or parallel (beside the MLP).
+    #[arg(long, default_value = "houlsby")]
+    pub adapter: String,
+    /// adapter: the bottleneck width.
+    #[arg(long, default_value_t = 16)]
+    pub bottleneck: usize,
+    /// adapter: the non-linearity, relu, gelu or tanh.
+    #[arg(long, default_value = "relu")]
+    pub adapter_activation: String,
+    /// adapter: the factor on the adapter's output (He et al. use 4 for parallel adapters).
+    #[arg(long, default_value_t = 1.0)]
+    pub adapter_scaling: f64,
+    /// prompt, p-tuning, prefix: the number of virtual tokens.
+    #[arg(long, default_value_t = 8)]
+    pub virtual_tokens: usize,
+    /// prompt: how the virtual tokens start: random (at the scale of the token embeddings),
+    /// text (the embeddings of --prompt-text's tokens) or vocab (sampled vocabulary rows).
+    #[arg(long, default_value = "random")]
+    pub prompt_init: String,
+    /// prompt: the text for --prompt-init text.
+    #[arg(long, default_value = "")]
+    pub prompt_text: String,
+    /// p-tuning, prefix: the width of the MLP that produces the prompt (prefix: only with
+    /// --prefix-projection).
+    #[arg(long, default_value_t = 64)]
+    pub encoder_hidden: usize,
+    /// prefix: produce the keys and values through an MLP (Linear, Tanh, Linear).
+    #[arg(long)]
+    pub prefix_projection: bool,
+    /// ia3: projections whose output (or input, see --ia3-feedforward) is rescaled.
+    #[arg(long, default_value = "c_attn,mlp.c_proj")]
+    pub ia3_targets: String,
+    /// ia3: the targets whose input is rescaled instead of their output.
+    #[arg(long, default_value = "mlp.c_proj")]
+    pub ia3_feedforward: String,
 }
 
 #[derive(Args, Debug)]
@@ -547,6 +626,14 @@ pub struct BenchArgs {
     /// Print one JSON line with `tokens_per_s`.
     #[arg(long)]
     pub json: bool,
+    /// Take the shape of a named model instead (nano, micro, mini, gpt2, gpt2-medium, …);
+    /// --batch and --ctx still apply.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// The fine-tuning method to time (full by default): LoRA against full fine-tuning is
+    /// `--method lora --rank 8 --targets c_attn` against no flag.
+    #[command(flatten)]
+    pub method: MethodArgs,
 }
 
 #[derive(Args, Debug)]

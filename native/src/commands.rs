@@ -69,9 +69,11 @@ pub fn task_accuracy(model: &Gpt, tok: &TextTokenizer, data: DataSource, seed: u
 pub fn eval_cmd(args: EvalArgs, device: &Device) -> Result<(), String> {
     let loaded = model_dir::load(&args.model, device)?;
     let data: DataSource = args.data.parse().map_err(|e| format!("--data: {e}"))?;
-    let seq_len = args.seq_len.unwrap_or(loaded.config.n_positions.min(128));
-    if seq_len > loaded.config.n_positions {
-        return Err(format!("--seq-len: {seq_len} is longer than the model's n_positions = {}", loaded.config.n_positions));
+    // A soft prompt takes positions of its own: the rows get what is left.
+    let context = loaded.model.context_len();
+    let seq_len = args.seq_len.unwrap_or(context.min(128));
+    if seq_len > context {
+        return Err(format!("--seq-len: {seq_len} is longer than the {context} tokens the model takes (n_positions = {}, less any soft prompt)", loaded.config.n_positions));
     }
     let ds = data.dataset(&loaded.tokenizer, args.data_seed, Split::Eval, args.examples, seq_len, 0.0).map_err(|e| e.to_string())?;
     let loss = eval_loss(&loaded.model, &ds, args.batch, seq_len, usize::MAX).map_err(|e| e.to_string())?;
@@ -91,49 +93,63 @@ pub fn eval_cmd(args: EvalArgs, device: &Device) -> Result<(), String> {
 }
 
 pub fn info_cmd(args: InfoArgs, device: &Device) -> Result<(), String> {
-    let (config, params) = match (&args.model, &args.preset) {
+    // For a run: which parameters its method trains (an autodiff device records it), and
+    // the method's closed-form count to check the table against.
+    let (config, params, method) = match (&args.model, &args.preset) {
         (Some(dir), None) => {
-            let loaded = model_dir::load(dir, device)?;
-            (loaded.config, named_params(&loaded.model))
+            let loaded = model_dir::load(dir, &device.clone().autodiff())?;
+            let method = model_dir::method_of(&loaded.dir)?;
+            let params = named_params(&loaded.model);
+            let closed = method.trainable_params(&loaded.model);
+            (loaded.config, params, Some((method, closed)))
         }
         (None, Some(p)) => {
             let config = ModelConfig::preset(p).map_err(|e| format!("--preset: {e}"))?;
             // Counting needs only shapes; build the model lazily-sized for small presets and
             // by formula for GPT-2 sizes (initialising 1.5 B weights just to count them is slow).
             if config.num_params() > 20_000_000 {
-                (config.clone(), config.param_summaries())
+                (config.clone(), config.param_summaries(), None)
             } else {
                 let model = Gpt::init(&config, 0, device);
-                (config, named_params(&model))
+                (config, named_params(&model), None)
             }
         }
         _ => return Err("info: pass exactly one of --model DIR or --preset NAME".into()),
     };
     let total: usize = params.iter().map(|p| p.numel).sum();
+    let trainable: usize = params.iter().filter(|p| p.trainable).map(|p| p.numel).sum();
     if args.json {
-        println!("{}", json!({"config": config, "total": total, "params": params}));
+        let method = method.as_ref().map(|(m, closed)| json!({"method": m.name(), "trainable": trainable, "closed_form": closed}));
+        println!("{}", json!({"config": config, "total": total, "params": params, "method": method}));
         return Ok(());
     }
-    println!("{:<28} {:>16} {:>12} {:>7}", "parameter", "shape", "count", "share");
+    let run = method.is_some();
+    println!("{:<32} {:>16} {:>12} {:>7}{}", "parameter", "shape", "count", "share", if run { "  trains" } else { "" });
     let mut group = String::new();
-    let mut group_total = 0usize;
-    let flush = |g: &str, n: usize| {
+    let (mut group_total, mut group_trains) = (0usize, 0usize);
+    let flush = |g: &str, n: usize, t: usize| {
         if !g.is_empty() {
-            println!("{:<28} {:>16} {:>12} {:>6.2}%", format!("  = {g}"), "", n, 100.0 * n as f64 / total as f64);
+            let trains = if run { format!("  {t} train") } else { String::new() };
+            println!("{:<32} {:>16} {:>12} {:>6.2}%{trains}", format!("  = {g}"), "", n, 100.0 * n as f64 / total as f64);
         }
     };
     for p in &params {
         let g = layer_group(&p.name);
         if g != group {
-            flush(&group, group_total);
+            flush(&group, group_total, group_trains);
             group = g;
-            group_total = 0;
+            (group_total, group_trains) = (0, 0);
         }
         group_total += p.numel;
-        println!("{:<28} {:>16} {:>12} {:>6.2}%", p.name, format!("{:?}", p.shape), p.numel, 100.0 * p.numel as f64 / total as f64);
+        group_trains += if p.trainable { p.numel } else { 0 };
+        let mark = if run { if p.trainable { "  yes" } else { "  no" } } else { "" };
+        println!("{:<32} {:>16} {:>12} {:>6.2}%{mark}", p.name, format!("{:?}", p.shape), p.numel, 100.0 * p.numel as f64 / total as f64);
     }
-    flush(&group, group_total);
+    flush(&group, group_total, group_trains);
     println!("total {total} parameters ({:.3} M); closed form {}", total as f64 / 1e6, config.num_params());
+    if let Some((m, closed)) = method {
+        println!("{}: {trainable} trainable ({:.2}% of the base model's {}); closed form {closed}", m.name(), 100.0 * trainable as f64 / config.num_params() as f64, config.num_params());
+    }
     Ok(())
 }
 
@@ -147,13 +163,20 @@ fn layer_group(name: &str) -> String {
 
 /// Parameter names and shapes of a GPT-2 model without allocating it.
 pub fn bench_cmd(args: BenchArgs, device: &Device) -> Result<(), String> {
-    let config = ModelConfig::new(args.vocab, args.ctx, args.d_model, args.layers, args.heads);
+    let config = match &args.preset {
+        Some(name) => {
+            let c = ModelConfig::preset(name).map_err(|e| format!("--preset: {e}"))?;
+            ModelConfig { n_positions: c.n_positions.max(args.ctx), ..c }
+        }
+        None => ModelConfig::new(args.vocab, args.ctx, args.d_model, args.layers, args.heads),
+    };
     // Name the bench flag, not the config.json field it fills.
     config.validate("bench flags").map_err(|e| crate::train::flag_error(e).replace("--n-head", "--heads").replace("--n-embd", "--d-model"))?;
+    let method = crate::train::method(&args.method, None)?;
     let ad = device.clone().autodiff();
     // Uniformly random tokens: throughput does not depend on what the tokens say.
     let mut rng = Rng::new(0);
-    let tokens: Vec<u32> = (0..200_000).map(|_| rng.below(args.vocab) as u32).collect();
+    let tokens: Vec<u32> = (0..200_000).map(|_| rng.below(config.vocab_size) as u32).collect();
     let data = Dataset::Stream { tokens };
     let train = TrainConfig {
         steps: args.steps + 3,
@@ -161,9 +184,11 @@ pub fn bench_cmd(args: BenchArgs, device: &Device) -> Result<(), String> {
         seq_len: args.ctx,
         warmup_steps: 0,
         optimizer: tinytune::optim::OptimConfig { clip_grad_norm: None, ..Default::default() },
+        method: method.clone(),
         ..TrainConfig::default()
     };
-    let model = Gpt::init(&config, 0, &ad);
+    let model = method.apply(Gpt::init(&config, 0, &ad), 0, &ad).map_err(crate::train::flag_error)?;
+    let trainable: usize = named_params(&model).iter().filter(|p| p.trainable).map(|p| p.numel).sum();
     let mut trainer = Trainer::from_datasets(model, train, data.clone(), data, &ad).map_err(|e| e.to_string())?;
     for _ in 0..3 {
         trainer.step().map_err(|e| e.to_string())?;
@@ -179,12 +204,14 @@ pub fn bench_cmd(args: BenchArgs, device: &Device) -> Result<(), String> {
     if args.json {
         println!(
             "{}",
-            json!({"tokens_per_s": tps, "steps_per_s": args.steps as f64 / secs, "params": config.num_params(), "d_model": args.d_model, "layers": args.layers, "heads": args.heads, "ctx": args.ctx, "batch": args.batch, "vocab": args.vocab, "steps": args.steps, "seconds": secs, "final_loss": last})
+            json!({"tokens_per_s": tps, "steps_per_s": args.steps as f64 / secs, "seconds_per_step": secs / args.steps as f64, "params": config.num_params(), "trainable": trainable, "method": method.name(), "d_model": config.n_embd, "layers": config.n_layer, "heads": config.n_head, "ctx": args.ctx, "batch": args.batch, "vocab": config.vocab_size, "steps": args.steps, "seconds": secs, "final_loss": last})
         );
     } else {
         println!(
-            "{:.2} M params, batch {}×{}: {:.0} tokens/s ({:.2} steps/s over {} timed steps, {:.1} s)",
+            "{:.2} M params ({} trains {}), batch {}×{}: {:.0} tokens/s ({:.2} steps/s over {} timed steps, {:.1} s)",
             config.num_params() as f64 / 1e6,
+            method.name(),
+            trainable,
             args.batch,
             args.ctx,
             tps,
@@ -225,8 +252,9 @@ pub fn demo_cmd(args: DemoArgs, device: &Device) -> Result<(), String> {
     Ok(())
 }
 
-/// `tinytune merge-adapter`: the run's model with every LoRA update folded in (`W + s·A·B`;
-/// an NF4 base is dequantized first), saved as an ordinary model folder.
+/// `tinytune merge-adapter`: the run's model with every LoRA or IA³ update folded in
+/// (`W + s·A·B`, W scaled by IA³'s vectors; an NF4 base is dequantized first), saved as an
+/// ordinary model folder. Adapters and soft prompts cannot merge, and the error says why.
 pub fn merge_adapter_cmd(a: crate::cli::MergeAdapterArgs, device: &Device) -> Result<(), String> {
     use tinytune::checkpoint::{files, save_model};
     use tinytune::methods::merge;
@@ -235,7 +263,10 @@ pub fn merge_adapter_cmd(a: crate::cli::MergeAdapterArgs, device: &Device) -> Re
     }
     let loaded = crate::model_dir::load(&a.model, device)?;
     let method = crate::model_dir::method_of(&loaded.dir)?;
-    if method.lora().is_none() {
+    if let Some(why) = method.merge_blocker() {
+        return Err(format!("{}: its method is {}, which cannot be merged: {why}. Load the run folder itself to use it", a.model.display(), method.name()));
+    }
+    if matches!(method, tinytune::methods::Method::Full | tinytune::methods::Method::LastLayers { .. } | tinytune::methods::Method::Bitfit | tinytune::methods::Method::Layernorm) {
         return Err(format!("{}: its method is {}, which adds no adapter to merge; its weights are already a plain model", a.model.display(), method.name()));
     }
     let merged = merge(loaded.model);
@@ -250,17 +281,48 @@ pub fn merge_adapter_cmd(a: crate::cli::MergeAdapterArgs, device: &Device) -> Re
     Ok(())
 }
 
+/// `tinytune export-adapter`: the run's adapter as PEFT's two files, written to a staging
+/// folder and renamed, so --out is either complete or absent.
+pub fn export_adapter_cmd(a: crate::cli::MergeAdapterArgs, device: &Device) -> Result<(), String> {
+    use tinytune::methods::peft;
+    if a.out.exists() {
+        return Err(format!("{}: already exists; choose a new --out folder", a.out.display()));
+    }
+    let loaded = crate::model_dir::load(&a.model, device)?;
+    let method = crate::model_dir::method_of(&loaded.dir)?;
+    let (config, weights) = peft::save(&loaded.model, &method).map_err(|e| format!("{}: {e}", a.model.display()))?;
+    let staging = a.out.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&staging);
+    crate::fsutil::write_atomic(&staging.join(peft::CONFIG), config.as_bytes())?;
+    crate::fsutil::write_atomic(&staging.join(peft::WEIGHTS), &weights)?;
+    std::fs::rename(&staging, &a.out).map_err(|e| format!("{}: cannot create: {e}", a.out.display()))?;
+    eprintln!("wrote {}'s {} adapter to {} in PEFT's format", a.model.display(), method.name(), a.out.display());
+    Ok(())
+}
+
 /// `tinytune logits`: token ids of the prompt and the logits at its last position.
 pub fn logits_cmd(a: crate::cli::LogitsArgs, device: &Device) -> Result<(), String> {
     use burn::tensor::{Int, Tensor, TensorData};
     let loaded = crate::model_dir::load(&a.model, device)?;
-    let model = if a.merge { tinytune::methods::merge(loaded.model) } else { loaded.model };
+    let model = match &a.adapter {
+        Some(dir) => {
+            let own = crate::model_dir::method_of(&loaded.dir)?;
+            if own != tinytune::methods::Method::Full {
+                return Err(format!("--adapter: {} is already adapted ({}); load a PEFT adapter onto a plain model folder", a.model.display(), own.name()));
+            }
+            let config = crate::fsutil::read_text(&dir.join(tinytune::methods::peft::CONFIG))?;
+            let weights = crate::fsutil::read(&dir.join(tinytune::methods::peft::WEIGHTS))?;
+            tinytune::methods::peft::load(loaded.model, &config, &weights, &dir.display().to_string(), device).map_err(|e| e.to_string())?.0
+        }
+        None => loaded.model,
+    };
+    let model = if a.merge { tinytune::methods::merge(model) } else { model };
     let ids = loaded.tokenizer.encode(&a.prompt).map_err(|e| e.to_string())?;
     if ids.is_empty() {
         return Err("--prompt: the prompt has no tokens".into());
     }
-    if ids.len() > loaded.config.n_positions {
-        return Err(format!("--prompt: {} tokens is longer than the model's {} positions", ids.len(), loaded.config.n_positions));
+    if ids.len() > model.context_len() {
+        return Err(format!("--prompt: {} tokens is longer than the model's {} positions (less any soft prompt)", ids.len(), model.context_len()));
     }
     let n = ids.len();
     let x = Tensor::<2, Int>::from_data(TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, n]), device);
@@ -276,5 +338,33 @@ pub fn logits_cmd(a: crate::cli::LogitsArgs, device: &Device) -> Result<(), Stri
         serde_json::json!({ "ids": ids, "logits": last })
     };
     println!("{out}");
+    Ok(())
+}
+
+/// `tinytune lora-rank`: a full fine-tune, then `methods::rank::rank_report` on one matrix.
+pub fn lora_rank_cmd(a: crate::cli::LoraRankArgs, device: &Device) -> Result<(), String> {
+    let ad = device.clone().autodiff();
+    let loaded = crate::model_dir::load(&a.model, &ad)?;
+    let data = a.data.parse::<DataSource>().map_err(|e| format!("--data: {e}"))?;
+    let config = tinytune::methods::rank::finetune_config(data, a.steps, a.lr, a.batch, a.seq_len, a.seed);
+    let mut trainer = Trainer::new(loaded.model.clone(), &loaded.tokenizer, config, &ad).map_err(|e| crate::train::flag_error(e))?;
+    eprintln!("fully fine-tuning {} on {} for {} steps", a.model.display(), a.data, a.steps);
+    for _ in 0..a.steps {
+        trainer.step().map_err(|e| e.to_string())?;
+    }
+    let r = tinytune::methods::rank::rank_report(&loaded.model.valid(), &trainer.model.valid(), &a.matrix, a.rank, &trainer.eval, a.batch, a.seq_len, 4, device)
+        .map_err(|e| crate::train::flag_error(e))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    let top: Vec<String> = r.delta_spectrum.iter().take(8).map(|s| format!("{s:.4}")).collect();
+    let wtop: Vec<String> = r.weight_spectrum.iter().take(8).map(|s| format!("{s:.3}")).collect();
+    println!("{} ({}×{}): a dense update trains {} numbers, rank-{} LoRA {}", r.matrix, r.d_in, r.d_out, r.dense_params, r.rank, r.lora_params);
+    println!("singular values of the learned update ΔW: {} …", top.join(", "));
+    println!("singular values of the pretrained W:      {} …", wtop.join(", "));
+    println!("rank {} keeps {:.1}% of ΔW's energy (relative error {:.3}); 90% needs rank {} for ΔW, {} for W", r.rank, 100.0 * r.energy_kept, r.relative_error, r.rank_for_90, r.weight_rank_for_90);
+    println!("held-out loss: base {:.4}, full fine-tune {:.4}, every update cut to rank {}: {:.4}", r.loss_base, r.loss_full, r.rank, r.loss_truncated);
+    println!("rank-{} LoRA beside W vs merged into W: largest logit difference {:.2e}", r.rank, r.merge_max_diff);
     Ok(())
 }

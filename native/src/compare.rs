@@ -12,7 +12,7 @@ use tinytune::memory::human;
 use tinytune::memory::measure::{counting, current, peak, reset_peak};
 use tinytune::model::named_params;
 use tinytune::optim::OptimKind;
-use tinytune::train::{DataSource, Trainer};
+use tinytune::train::DataSource;
 
 use crate::cli::CompareArgs;
 use crate::fsutil::write_atomic;
@@ -41,13 +41,22 @@ struct Row {
 /// What one row of the comparison varies.
 enum Variant {
     Optimizer(OptimKind),
-    Method(String),
+    /// A method, and its own learning rate when written `name@lr`.
+    Method(String, Option<f64>),
+}
+
+/// `name` or `name@lr`.
+fn method_variant(item: &str) -> Result<Variant, String> {
+    match item.trim().split_once('@') {
+        Some((name, lr)) => lr.trim().parse::<f64>().ok().filter(|x| *x > 0.0 && x.is_finite()).map(|lr| Variant::Method(name.trim().to_string(), Some(lr))).ok_or_else(|| format!("--methods: '{item}': after @ give a learning rate, e.g. lora@3e-3")),
+        None => Ok(Variant::Method(item.trim().to_string(), None)),
+    }
 }
 
 pub fn compare_cmd(a: CompareArgs, device: &Device) -> Result<(), String> {
     let variants: Vec<Variant> = match (&a.optimizers, &a.methods) {
         (Some(list), None) => list.split(',').map(|s| s.parse::<OptimKind>().map(Variant::Optimizer).map_err(|e| format!("--optimizers: {e}"))).collect::<Result<_, _>>()?,
-        (None, Some(list)) => list.split(',').map(|s| Variant::Method(s.trim().to_string())).collect(),
+        (None, Some(list)) => list.split(',').map(method_variant).collect::<Result<_, _>>()?,
         _ => return Err("name what to compare: --optimizers adamw,adafactor,… or --methods full,lora,…".into()),
     };
     if variants.is_empty() {
@@ -68,13 +77,18 @@ pub fn compare_cmd(a: CompareArgs, device: &Device) -> Result<(), String> {
                     args.lr = Some(kind.suggested_lr());
                 }
             }
-            Variant::Method(name) => method_args.method = name.clone(),
+            Variant::Method(name, lr) => {
+                method_args.method = name.clone();
+                if let Some(lr) = lr {
+                    args.lr = Some(*lr);
+                }
+            }
         }
-        let method = train::method(&method_args).map_err(|e| e.replace("--method", "--methods"))?;
+        let method = train::method(&method_args, Some(&loaded.tokenizer)).map_err(|e| e.replace("--method", "--methods"))?;
         let config = train::resolve(&args, method, DataSource::Task(Task::StoryQa), 3e-4, loaded.config.n_positions)?;
         let kind = config.optimizer.kind;
         let model = config.method.apply(loaded.model.clone(), config.seed, &ad).map_err(train::flag_error)?;
-        let mut trainer = Trainer::new(model, &loaded.tokenizer, config, &ad).map_err(|e| e.to_string())?;
+        let mut trainer = train::trainer(model, &loaded.tokenizer, config, &ad)?;
         let trainable: usize = named_params(&trainer.model).iter().filter(|p| p.trainable).map(|p| p.numel).sum();
         let method = trainer.config.method.name().to_string();
         eprintln!("{method} with {kind}: {} steps at lr {:e}, {trainable} trainable parameters", trainer.config.steps, trainer.config.lr);

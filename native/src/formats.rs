@@ -107,7 +107,7 @@ pub fn quantize_cmd(a: QuantizeArgs, device: &Device) -> Result<(), String> {
     }
     let data: DataSource = a.data.parse().map_err(|e| format!("--data: {e}"))?;
     let loaded = model_dir::load(&a.model, device)?;
-    let seq = loaded.config.n_positions.min(128);
+    let seq = loaded.model.context_len().min(128);
     let ds = data.dataset(&loaded.tokenizer, 0, Split::Eval, a.examples, seq, 0.0).map_err(|e| e.to_string())?;
     let before = eval_loss(&loaded.model, &ds, a.batch, seq, usize::MAX).map_err(|e| e.to_string())?;
     let mut rows = Vec::new();

@@ -46,7 +46,9 @@ fn main() -> ExitCode {
         Command::LossScale(a) => precision::loss_scale_cmd(a, &device),
         Command::Compare(a) => compare::compare_cmd(a, &device),
         Command::MergeAdapter(a) => commands::merge_adapter_cmd(a, &device),
+        Command::ExportAdapter(a) => commands::export_adapter_cmd(a, &device),
         Command::Logits(a) => commands::logits_cmd(a, &device),
+        Command::LoraRank(a) => commands::lora_rank_cmd(a, &device),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

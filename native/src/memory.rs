@@ -47,9 +47,11 @@ pub fn plan(a: &MemoryArgs) -> Result<Plan, String> {
         "layernorm" => PlanMethod::Layernorm,
         "lora" => PlanMethod::Lora { rank: a.rank, targets },
         "qlora" => PlanMethod::Qlora { rank: a.rank, targets },
-        "adapter" => PlanMethod::Adapter { bottleneck: a.bottleneck },
-        "prompt" => PlanMethod::Prompt { tokens: a.prompt_tokens },
-        other => return Err(format!("--method: '{other}' is not one of full, last-layers, bitfit, layernorm, lora, qlora, adapter, prompt")),
+        "adapter" => PlanMethod::Adapter { bottleneck: a.bottleneck, per_block: 2 },
+        "prompt" => PlanMethod::Prompt { tokens: a.prompt_tokens, encoder: 0 },
+        "prefix" => PlanMethod::Prefix { tokens: a.prompt_tokens, encoder: 0 },
+        "ia3" => PlanMethod::Ia3 { targets: arch.default_ia3_targets().0, feedforward: arch.default_ia3_targets().1 },
+        other => return Err(format!("--method: '{other}' is not one of full, last-layers, bitfit, layernorm, lora, qlora, adapter, prompt, prefix, ia3")),
     };
     if !(a.overhead_gib.is_finite() && a.overhead_gib >= 0.0) {
         return Err(format!("--overhead-gib: {} is not a size; give GiB as a number ≥ 0", a.overhead_gib));
@@ -123,8 +125,12 @@ fn method_name(m: &PlanMethod) -> String {
         PlanMethod::Layernorm => "LayerNorm only".into(),
         PlanMethod::Lora { rank, targets } => format!("LoRA r={rank} on {}", targets.join(",")),
         PlanMethod::Qlora { rank, targets } => format!("QLoRA (NF4 base) r={rank} on {}", targets.join(",")),
-        PlanMethod::Adapter { bottleneck } => format!("Houlsby adapters, bottleneck {bottleneck}"),
-        PlanMethod::Prompt { tokens } => format!("prompt tuning, {tokens} virtual tokens"),
+        PlanMethod::Adapter { bottleneck, per_block: 2 } => format!("Houlsby adapters, bottleneck {bottleneck}"),
+        PlanMethod::Adapter { bottleneck, .. } => format!("one adapter per block, bottleneck {bottleneck}"),
+        PlanMethod::Prompt { tokens, encoder: 0 } => format!("prompt tuning, {tokens} virtual tokens"),
+        PlanMethod::Prompt { tokens, encoder } => format!("P-tuning, {tokens} virtual tokens, encoder width {encoder}"),
+        PlanMethod::Prefix { tokens, .. } => format!("prefix tuning, {tokens} keys and values per layer"),
+        PlanMethod::Ia3 { targets, .. } => format!("IA³ on {}", targets.join(",")),
     }
 }
 

@@ -42,7 +42,7 @@ pub fn loss_scale_cmd(a: LossScaleArgs, device: &Device) -> Result<(), String> {
         Some(d) => d.parse().map_err(|e| format!("--data: {e}"))?,
         None => default_data,
     };
-    let seq_len = a.seq_len.min(model.config().n_positions);
+    let seq_len = a.seq_len.min(model.context_len());
     let config = TrainConfig { data, batch_size: a.batch, seq_len, train_examples: 200, eval_examples: 20, ..TrainConfig::default() };
     let trainer = Trainer::new(model, &tokenizer, config, &ad).map_err(|e| e.to_string())?;
     let batch = trainer.batch_for(0);

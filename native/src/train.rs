@@ -5,11 +5,12 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
 
+use burn::module::Module;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use tinytune::checkpoint::{TrainerState, files, load_optimizer, save_model, save_optimizer};
 use tinytune::data::{CHARSET, Split};
-use tinytune::methods::{LoraConfig, Method};
+use tinytune::methods::{AdapterConfig, Ia3Config, LoraConfig, Method, MethodOptions, PromptInit};
 use tinytune::optim::{OptimConfig, OptimKind, Warmup};
 use tinytune::train::{DataSource, EvalEvent, LossScale, Precision, TrainConfig, TrainEvent, Trainer};
 use tinytune::{Gpt, ModelConfig, TextTokenizer};
@@ -20,9 +21,15 @@ use crate::{model_dir, plot};
 
 /// The one place flags become a `TrainConfig`.
 pub fn resolve(args: &TrainArgs, method: Method, default_data: DataSource, default_lr: f64, n_positions: usize) -> Result<TrainConfig, String> {
-    let data = match &args.data {
-        Some(s) => s.parse::<DataSource>().map_err(|e| format!("--data: {e}"))?,
-        None => default_data,
+    // A .jsonl path is a data set of the user's (Alpaca or prompt/completion); `data` then
+    // keeps the default and `data_file` wins.
+    let (data, data_file) = match &args.data {
+        Some(s) if s.ends_with(".jsonl") => {
+            let path = std::fs::canonicalize(s).map_err(|e| format!("--data: {s}: {e}; give the path of a .jsonl file"))?;
+            (default_data, Some(path.display().to_string()))
+        }
+        Some(s) => (s.parse::<DataSource>().map_err(|e| format!("--data: {e}"))?, None),
+        None => (default_data, None),
     };
     let precision = args.precision.parse::<Precision>().map_err(|e| format!("--precision: {e}"))?;
     let loss_scale = match args.loss_scale.as_deref() {
@@ -42,7 +49,8 @@ pub fn resolve(args: &TrainArgs, method: Method, default_data: DataSource, defau
         seed: args.seed,
         steps: args.steps,
         batch_size: args.batch,
-        seq_len: args.seq_len.unwrap_or(n_positions.min(128)),
+        // By default the rows fill what a soft prompt leaves of the context (at most 128).
+        seq_len: args.seq_len.unwrap_or(n_positions.saturating_sub(method.virtual_tokens()).min(128)),
         lr: args.lr.unwrap_or(default_lr),
         warmup_steps: warmup.steps(args.steps),
         warmup_ratio: match warmup {
@@ -61,9 +69,32 @@ pub fn resolve(args: &TrainArgs, method: Method, default_data: DataSource, defau
         precision,
         loss_scale,
         method,
+        data_file,
     };
-    config.validate("command line", n_positions).map_err(flag_error)?;
+    // A soft prompt that leaves no room is the prompt's error, not the sequence length's.
+    if let Method::Prompt(p) = &config.method {
+        p.validate(n_positions, usize::MAX, "command line").map_err(flag_error)?;
+    }
+    config.validate("command line", n_positions.saturating_sub(config.method.virtual_tokens())).map_err(flag_error)?;
     Ok(config)
+}
+
+/// A trainer for `config`: on its built-in data, or on its JSON Lines file, read here
+/// (core never touches the file system), split into training and held-out examples.
+pub fn trainer(model: Gpt, tok: &TextTokenizer, config: TrainConfig, ad: &Device) -> Result<Trainer, String> {
+    let Some(file) = config.data_file.clone() else {
+        return Trainer::new(model, tok, config, ad).map_err(|e| e.to_string());
+    };
+    let examples = tinytune::data::jsonl::parse(&read_text(Path::new(&file))?, file.as_str()).map_err(|e| e.to_string())?;
+    let (mut train, eval) = tinytune::data::jsonl::split(examples, config.eval_examples, config.data_seed);
+    train.truncate(config.train_examples);
+    if train.is_empty() {
+        return Err(format!("{file}: one example is too few to hold any out for evaluation; write at least two lines"));
+    }
+    let rows = |ex: &[tinytune::data::Example]| tinytune::train::Dataset::from_examples(tok, ex, config.seq_len, config.prompt_loss_weight).map_err(|e| format!("{file}: {e}"));
+    let (train_set, eval_set) = (rows(&train)?, rows(&eval)?);
+    eprintln!("{file}: {} training and {} held-out examples", train.len(), eval.len());
+    Trainer::from_datasets(model, config, train_set, eval_set, ad).map_err(|e| e.to_string())
 }
 
 /// The optimizer flags as a config: the kind's defaults, then whatever was given.
@@ -85,12 +116,21 @@ fn optimizer(args: &TrainArgs) -> Result<OptimConfig, String> {
 /// A config error found in values that came from flags, phrased in terms of the flag.
 pub fn flag_error(e: tinytune::Error) -> String {
     match e {
-        tinytune::Error::Config { field, problem, .. } => {
-            // Core names LoRA's fields as PEFT does; the command line has its own names.
+        tinytune::Error::Config { origin, field, problem } => {
+            // Core names methods' fields as PEFT does; the command line has its own names.
+            let ia3 = origin.to_string().contains("IA³");
             let flag = match field.as_str() {
                 "r" => "rank".to_string(),
                 "lora_alpha" => "alpha".to_string(),
+                "target_modules" if ia3 => "ia3-targets".to_string(),
+                "feedforward_modules" => "ia3-feedforward".to_string(),
                 "target_modules" => "targets".to_string(),
+                "init" => "lora-init".to_string(),
+                "size" => "bottleneck".to_string(),
+                "scaling" => "adapter-scaling".to_string(),
+                "num_virtual_tokens" => "virtual-tokens".to_string(),
+                "encoder_hidden_size" => "encoder-hidden".to_string(),
+                "init_text" | "init_ids" => "prompt-text".to_string(),
                 "block" => "qlora-block".to_string(),
                 "n" => "last-n".to_string(),
                 f => f.replace('_', "-"),
@@ -122,7 +162,7 @@ pub fn pretrain(args: PretrainArgs, device: &Device) -> Result<(), String> {
     // The embedding table has exactly one row per token id.
     config.vocab_size = tokenizer.vocab_size();
     let model = Gpt::init(&config, train.seed, &ad);
-    run(Trainer::new(model, &tokenizer, train, &ad).map_err(|e| e.to_string())?, &tokenizer, &args.train)
+    run(trainer(model, &tokenizer, train, &ad)?, &tokenizer, &args.train)
 }
 
 pub fn finetune(args: FinetuneArgs, device: &Device) -> Result<(), String> {
@@ -132,13 +172,14 @@ pub fn finetune(args: FinetuneArgs, device: &Device) -> Result<(), String> {
     }
     refuse_to_overwrite(&args.train.out)?;
     let loaded = model_dir::load(&args.model, &ad)?;
-    let train = resolve(&args.train, method(&args.method)?, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, loaded.config.n_positions)?;
+    let train = resolve(&args.train, method(&args.method, Some(&loaded.tokenizer))?, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, loaded.config.n_positions)?;
     let model = train.method.apply(loaded.model, train.seed, &ad).map_err(flag_error)?;
-    run(Trainer::new(model, &loaded.tokenizer, train, &ad).map_err(|e| e.to_string())?, &loaded.tokenizer, &args.train)
+    run(trainer(model, &loaded.tokenizer, train, &ad)?, &loaded.tokenizer, &args.train)
 }
 
-/// The fine-tuning method the flags describe.
-pub fn method(a: &MethodArgs) -> Result<Method, String> {
+/// The fine-tuning method the flags describe. `tokenizer` turns `--prompt-text` into ids
+/// (None where no model is loaded yet; then a text init is refused).
+pub fn method(a: &MethodArgs, tokenizer: Option<&TextTokenizer>) -> Result<Method, String> {
     let lora = LoraConfig {
         r: a.rank,
         lora_alpha: a.alpha,
@@ -149,7 +190,33 @@ pub fn method(a: &MethodArgs) -> Result<Method, String> {
         init: a.lora_init.parse().map_err(|e| format!("--lora-init: {e}"))?,
         use_dora: a.dora,
     };
-    Method::named(&a.method, lora, a.qlora_block, !a.no_double_quant, a.last_n).map_err(|e| format!("--method: {e}"))
+    let prompt_init: PromptInit = a.prompt_init.parse().map_err(|e| format!("--prompt-init: {e}"))?;
+    let prompt_ids = match (prompt_init, tokenizer) {
+        (PromptInit::Text, _) if a.prompt_text.is_empty() => return Err("--prompt-text: --prompt-init text needs a text, e.g. --prompt-text \"Classify the sentiment:\"".into()),
+        (PromptInit::Text, Some(tok)) => tok.encode(&a.prompt_text).map_err(|e| format!("--prompt-text: {e}"))?,
+        (PromptInit::Text, None) => return Err("--prompt-init: text needs the model's tokenizer, which this command does not load; use random or vocab".into()),
+        _ => Vec::new(),
+    };
+    let options = MethodOptions {
+        lora,
+        qlora_block: a.qlora_block,
+        double_quant: !a.no_double_quant,
+        last_n: a.last_n,
+        adapter: AdapterConfig {
+            kind: a.adapter.parse().map_err(|e| format!("--adapter: {e}"))?,
+            size: a.bottleneck,
+            activation: a.adapter_activation.parse().map_err(|e| format!("--adapter-activation: {e}"))?,
+            scaling: a.adapter_scaling,
+        },
+        virtual_tokens: a.virtual_tokens,
+        prompt_init,
+        prompt_text: a.prompt_text.clone(),
+        prompt_ids,
+        encoder_hidden: a.encoder_hidden,
+        prefix_projection: a.prefix_projection,
+        ia3: Ia3Config { target_modules: LoraConfig::target_list(&a.ia3_targets), feedforward_modules: LoraConfig::target_list(&a.ia3_feedforward) },
+    };
+    Method::named(&a.method, &options).map_err(|e| format!("--method: {e}"))
 }
 
 fn refuse_to_overwrite(out: &Path) -> Result<(), String> {
@@ -172,7 +239,7 @@ fn resume(args: &TrainArgs, ad: &Device) -> Result<(), String> {
     let origin = |name: &str| dir.join(name).display().to_string();
     let train = TrainConfig::from_json(&read_text(&dir.join(files::TRAIN))?, origin(files::TRAIN)).map_err(|e| e.to_string())?;
     let state: TrainerState = serde_json::from_str(&read_text(&dir.join(files::STATE))?).map_err(|e| format!("{}: {e}", origin(files::STATE)))?;
-    let mut trainer = Trainer::new(loaded.model, &loaded.tokenizer, train, ad).map_err(|e| e.to_string())?;
+    let mut trainer = trainer(loaded.model, &loaded.tokenizer, train, ad)?;
     load_optimizer(&mut trainer.optim, state.optimizer_t, &read(&dir.join(files::OPTIMIZER))?, ad, origin(files::OPTIMIZER)).map_err(|e| e.to_string())?;
     trainer.step = state.step;
     if let Some(scaler) = state.scaler {
@@ -299,6 +366,14 @@ fn run(mut trainer: Trainer, tokenizer: &TextTokenizer, args: &TrainArgs) -> Res
     }
     bar.finish();
     write_plot(out)?;
+    if let Some(sims) = tinytune::methods::prompt::token_similarity(&trainer.model.valid()) {
+        // A soft prompt: which real tokens each learned vector is nearest.
+        let sims = sims.into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+        for (i, row) in tinytune::methods::prompt::nearest(&sims, trainer.model.config().vocab_size, 3).into_iter().enumerate() {
+            let near: Vec<String> = row.into_iter().map(|(id, c)| format!("{:?} ({c:.2})", tokenizer.decode(&[id]))).collect();
+            eprintln!("virtual token {i}: nearest {}", near.join(", "));
+        }
+    }
     eprintln!("saved {} (model, tokenizer, optimizer state), metrics.jsonl and loss.svg", out.join("checkpoint").display());
     Ok(())
 }
@@ -369,7 +444,7 @@ mod tests {
                 Command::Finetune(a) => {
                     assert_eq!(params.model, ModelChoice::Micro);
                     assert_eq!(a.model.to_str(), Some(tinytune_web::run::MICRO_DIR));
-                    super::method(&a.method).and_then(|m| resolve(&a.train, m, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, ModelConfig::micro().n_positions))
+                    super::method(&a.method, None).and_then(|m| resolve(&a.train, m, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, ModelConfig::micro().n_positions))
                 }
                 Command::Pretrain(a) => {
                     assert_eq!((params.model, a.preset.as_str(), a.tokenizer.as_str(), a.dropout), (ModelChoice::Nano, "nano", "char", 0.0));

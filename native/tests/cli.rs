@@ -470,3 +470,132 @@ fn optimizers_and_techniques_run_resume_compare_and_reject_bad_flags() {
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
+
+/// Additive methods and JSON Lines data from the command line: an adapter run on a .jsonl
+/// file of the user's is killed and resumes to the same losses (the file is re-read and
+/// split the same way); prompt tuning starts from a text; IA³ merges to the same logits
+/// while adapters and prompts refuse to merge and say why; bad lines and flags are named.
+#[test]
+fn adapters_prompts_ia3_and_jsonl_data() {
+    let base = tmp("abase");
+    ok(&pretrain(&base, &["--steps", "2"]));
+    let b = base.to_str().unwrap();
+    let data = tmp("sft.jsonl");
+    let mut lines = String::new();
+    for i in 0..40 {
+        let (p, c) = if i % 2 == 0 { (format!("the cat saw {i} birds. how many?\nanswer:"), format!(" {i}\n")) } else { (format!("count to {}", i % 7), format!("{}", i % 7)) };
+        lines += &if i % 3 == 0 {
+            serde_json::json!({"instruction": p, "input": "", "output": c}).to_string()
+        } else {
+            serde_json::json!({"prompt": p, "completion": c}).to_string()
+        };
+        lines += "\n";
+    }
+    std::fs::write(&data, &lines).unwrap();
+    let d = data.to_str().unwrap();
+    let finetune = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["finetune", "--model", b, "--out", out.to_str().unwrap(), "--batch", "4", "--seq-len", "64", "--eval-batches", "2", "--steps", "6", "--checkpoint-every", "100"];
+        args.extend_from_slice(extra);
+        tinytune(&args)
+    };
+    let adapter = ["--data", d, "--method", "adapter", "--bottleneck", "4", "--lr", "0.01", "--prompt-loss-weight", "0.1"];
+    let (a, r) = (tmp("adapter-straight"), tmp("adapter-resumed"));
+    let out = finetune(&a, &adapter);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    ok(&out);
+    // 32 training and 8 held-out lines; Houlsby on nano: 2 blocks × 2 adapters × (2·64·4 + 4 + 64).
+    assert!(stderr.contains("32 training and 8 held-out examples"), "{stderr}");
+    assert!(stderr.contains("adapter: 2320 of "), "{stderr}");
+    let mut killed = adapter.to_vec();
+    killed.extend_from_slice(&["--stop-after", "3"]);
+    ok(&finetune(&r, &killed));
+    ok(&tinytune(&["finetune", "--model", b, "--out", r.to_str().unwrap(), "--resume"]));
+    assert_eq!(step_losses(&a), step_losses(&r));
+    fails_with(&tinytune(&["merge-adapter", "--model", a.to_str().unwrap(), "--out", tmp("no-merge").to_str().unwrap()]), &["adapter", "cannot be merged", "non-linearity"]);
+
+    let p = tmp("prompt");
+    let out = finetune(&p, &["--data", "sentiment", "--method", "prompt", "--virtual-tokens", "4", "--prompt-init", "text", "--prompt-text", "review:", "--lr", "0.03"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    ok(&out);
+    assert!(stderr.contains("prompt: 256 of "), "{stderr}");
+    let text = ok(&tinytune(&["generate", "--model", p.to_str().unwrap(), "--prompt", "review:", "--max-tokens", "5"]));
+    assert!(text.starts_with("review:"));
+    // Evaluation leaves the prompt's 4 positions free by default, and refuses rows that
+    // would not fit beside it.
+    ok(&tinytune(&["eval", "--model", p.to_str().unwrap(), "--data", "sentiment", "--examples", "20", "--accuracy-examples", "2"]));
+    fails_with(&tinytune(&["eval", "--model", p.to_str().unwrap(), "--data", "sentiment", "--seq-len", "128"]), &["--seq-len", "124 tokens"]);
+    fails_with(&tinytune(&["merge-adapter", "--model", p.to_str().unwrap(), "--out", tmp("no-merge").to_str().unwrap()]), &["cannot be merged", "virtual tokens"]);
+
+    let i = tmp("ia3");
+    let out = finetune(&i, &["--data", "sentiment", "--method", "ia3", "--lr", "0.05"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    ok(&out);
+    // c_attn's 192 outputs and mlp.c_proj's 256 inputs, in each of 2 blocks.
+    assert!(stderr.contains("ia3: 896 of "), "{stderr}");
+    // `info` marks what trains, per layer, and checks the total against the closed form.
+    let info = ok(&tinytune(&["info", "--model", i.to_str().unwrap()]));
+    assert!(info.contains("h.0.attn.c_attn.ia3.ia3_l") && info.contains("448 train") && info.contains("ia3: 896 trainable") && info.contains("closed form 896"), "{info}");
+    let merged = tmp("ia3-merged");
+    ok(&tinytune(&["merge-adapter", "--model", i.to_str().unwrap(), "--out", merged.to_str().unwrap()]));
+    let logits = |dir: &Path| -> Vec<f64> {
+        let v: serde_json::Value = serde_json::from_str(&ok(&tinytune(&["logits", "--model", dir.to_str().unwrap(), "--prompt", "review: a fine day.\nsentiment:"]))).unwrap();
+        v["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    };
+    let (x, y) = (logits(&i), logits(&merged));
+    assert!(!x.is_empty() && x.iter().zip(&y).all(|(p, q)| (p - q).abs() < 1e-4), "IA³ merged logits differ");
+    ok(&finetune(&tmp("prefix"), &["--data", "sentiment", "--method", "prefix", "--virtual-tokens", "2", "--prefix-projection", "--encoder-hidden", "8"]));
+
+    std::fs::write(tmp("bad.jsonl"), "{\"prompt\": \"a\", \"completion\": \"b\"}\n{\"prompt\": \"a\", \"answer\": \"b\"}\n").unwrap();
+    fails_with(&finetune(&tmp("bad1"), &["--data", tmp("bad.jsonl").to_str().unwrap()]), &["bad.jsonl", "line 2: completion", "missing"]);
+    fails_with(&finetune(&tmp("bad2"), &["--data", "missing.jsonl"]), &["--data", "missing.jsonl"]);
+    fails_with(&finetune(&tmp("bad3"), &["--method", "prompt", "--prompt-init", "text"]), &["--prompt-text"]);
+    fails_with(&finetune(&tmp("bad4"), &["--method", "adapter", "--adapter", "serial"]), &["--adapter", "houlsby"]);
+    fails_with(&finetune(&tmp("bad5"), &["--method", "adapter", "--bottleneck", "0"]), &["--bottleneck", "at least 1"]);
+    fails_with(&finetune(&tmp("bad6"), &["--method", "ia3", "--ia3-targets", "q_proj", "--ia3-feedforward", "q_proj"]), &["--ia3-targets", "q_proj"]);
+    fails_with(&finetune(&tmp("bad7"), &["--method", "prompt", "--virtual-tokens", "128"]), &["--virtual-tokens", "no room"]);
+    // 100 virtual tokens leave 28 of nano's 128 positions for the 64-token rows.
+    fails_with(&finetune(&tmp("bad8"), &["--method", "prompt", "--virtual-tokens", "100"]), &["seq", "28 tokens"]);
+    for dir in [base, a, r, p, i, merged, tmp("prefix")] {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let _ = std::fs::remove_file(&data);
+}
+
+/// A LoRA run on the transformers-made GPT-2 fixture exports as a PEFT adapter folder; that
+/// folder loaded onto the plain base with `logits --adapter` gives the run's own logits
+/// (PEFT itself loads it too: tests/fixtures/check_peft_adapter.py, run by hand). Methods
+/// without a PEFT format are refused.
+#[test]
+fn export_adapter_writes_peft_folders_that_load_back() {
+    let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hf-gpt2");
+    let b = base.to_str().unwrap();
+    let run = tmp("peft-run");
+    let out = tmp("peft-out");
+    let small = ["--data", "sentiment", "--steps", "3", "--batch", "4", "--seq-len", "48", "--lr", "0.01", "--train-examples", "50", "--eval-examples", "20", "--eval-batches", "1"];
+    let mut args = vec!["finetune", "--model", b, "--out", run.to_str().unwrap(), "--method", "lora", "--rank", "2", "--targets", "c_attn,c_fc", "--lora-bias", "lora_only"];
+    args.extend_from_slice(&small);
+    ok(&tinytune(&args));
+    ok(&tinytune(&["export-adapter", "--model", run.to_str().unwrap(), "--out", out.to_str().unwrap()]));
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((config["peft_type"].as_str(), config["r"].as_u64(), config["bias"].as_str()), (Some("LORA"), Some(2), Some("lora_only")));
+    let logits = |extra: &[&str]| -> Vec<f64> {
+        let mut args = vec!["logits", "--prompt", "review: a kind robot."];
+        args.extend_from_slice(extra);
+        let v: serde_json::Value = serde_json::from_str(&ok(&tinytune(&args))).unwrap();
+        v["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    };
+    let own = logits(&["--model", run.to_str().unwrap()]);
+    let via_peft = logits(&["--model", b, "--adapter", out.to_str().unwrap()]);
+    let plain = logits(&["--model", b]);
+    assert_eq!(own, via_peft, "the exported adapter gives other logits");
+    assert_ne!(own, plain, "the run's adapter changes nothing");
+    fails_with(&tinytune(&["logits", "--model", run.to_str().unwrap(), "--adapter", out.to_str().unwrap(), "--prompt", "x"]), &["--adapter", "already adapted"]);
+    let full = tmp("peft-full");
+    let mut args = vec!["finetune", "--model", b, "--out", full.to_str().unwrap(), "--method", "bitfit"];
+    args.extend_from_slice(&small);
+    ok(&tinytune(&args));
+    fails_with(&tinytune(&["export-adapter", "--model", full.to_str().unwrap(), "--out", tmp("peft-none").to_str().unwrap()]), &["bitfit", "no PEFT adapter format"]);
+    for dir in [run, out, full] {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -497,6 +497,62 @@ await check("selective methods train in the page with their parameter counts", a
   await page.close();
 });
 
+await check("the lora-rank widget measures what rank r keeps of micro's real fine-tune", async () => {
+  const page = await openPage(cpu, base + "?lesson=lora&backend=cpu");
+  const w = page.locator("[data-widget=lora-rank]").first();
+  await setParam(w, "matrix", "h.3.attn.c_attn");
+  await setParam(w, "steps", 4);
+  await setParam(w, "rank", 4);
+  await w.locator("[data-testid=lora-rank]").click();
+  await w.locator("[data-testid=energy], .error").first().waitFor({ timeout: 240_000 });
+  assert((await w.locator(".error").count()) === 0, `the widget reported: ${await w.locator(".error").first().textContent().catch(() => "")}`);
+  const params = await w.locator("[data-testid=lora-params]").textContent();
+  const energy4 = await w.locator("[data-testid=energy]").textContent();
+  const merge = await w.locator("[data-testid=merge]").textContent();
+  console.log(`     ${params} | ${energy4} | ${merge}`);
+  // r·(d_in + d_out) = 4·(128 + 384).
+  assert(params === "2,048", params);
+  const kept = (t) => parseFloat(t.match(/keeps ([0-9.]+)%/)[1]);
+  const diff = parseFloat(merge.match(/difference ([0-9.e+-]+)/)[1]);
+  assert(kept(energy4) > 0 && kept(energy4) < 100 && diff < 1e-4, `${energy4} ${merge}`);
+  // A higher rank re-measures the same fine-tune (kept in the worker) and keeps more.
+  await setParam(w, "rank", 16);
+  await w.locator("[data-testid=lora-rank]").click();
+  await w.locator("[data-testid=energy]", { hasText: "Rank 16 keeps" }).waitFor({ timeout: 120_000 });
+  const energy16 = await w.locator("[data-testid=energy]").textContent();
+  assert(kept(energy16) > kept(energy4), `${energy16} vs ${energy4}`);
+  await w.screenshot({ path: join(artifacts, "lora-rank.png") });
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
+await check("adapters, a soft prompt and IA³ train in the page; the prompt shows its nearest tokens", async () => {
+  const page = await openPage(cpu, base + "?lesson=soft-prompts&backend=cpu");
+  const w = page.locator("[data-widget=train]").first();
+  await setParam(w, "model", "micro");
+  await setParam(w, "method", "prompt");
+  await setParam(w, "tokens", 4);
+  await setParam(w, "sweep", "");
+  const live = await w.locator("[data-testid=trainable]").textContent();
+  // 4 virtual tokens of micro's 128-wide embedding.
+  assert(live.includes("prompt: 512 of 875,264 parameters train"), live);
+  await setParam(w, "steps", 2);
+  await w.locator("[data-testid=train]").click();
+  await waitForRun(w, 240_000);
+  const nearest = await w.locator("[data-testid=nearest] tbody tr").count();
+  assert(nearest === 4, `expected 4 virtual tokens in the nearest-token table, got ${nearest}`);
+  await setParam(w, "sweep", "method=adapter@3e-3,ia3@3e-2");
+  await w.locator("[data-testid=train]").click();
+  const rows = await sweepRows(w, 3, 300_000);
+  const state = await w.locator("[data-testid=run-state]").textContent();
+  console.log(`     ${state} | ${JSON.stringify(rows.map((r) => r[0]))}`);
+  assert(state.includes("ia3: 3584 of 875264 parameters train"), state);
+  assert(rows[1][0].includes("adapter") && rows[2][0].includes("ia3") && rows.every((r) => Number.isFinite(parseFloat(r[1]))), JSON.stringify(rows));
+  await w.screenshot({ path: join(artifacts, "soft-prompt.png") });
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
 await check("reloading an experiment's URL restores its settings", async () => {
   const page = await openPage(cpu, base + `?lesson=${lessons[0].slug}&backend=cpu`);
   const w = page.locator("[data-widget=train]").first();

@@ -183,3 +183,141 @@ fn optimizers_follow_pytorch_and_bitsandbytes_step_by_step() {
         }
     }
 }
+
+/// The tiny GPT-2 that transformers saved (tests/fixtures/hf-gpt2, made with every
+/// parameter perturbed by tests/fixtures/make_hf_reference.py) and the PEFT adapters saved
+/// on it, loaded here.
+struct HfReference {
+    cases: Vec<(String, Vec<u32>, serde_json::Value)>,
+}
+
+fn hf_reference() -> HfReference {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("hf-reference.json")).unwrap()).unwrap();
+    let cases = v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["prompt"].as_str().unwrap().to_string(), c["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect(), c["variants"].clone()))
+        .collect();
+    HfReference { cases }
+}
+
+fn hf_base(device: &burn::tensor::Device) -> tinytune::checkpoint::LoadedModel {
+    let dir = fixture("hf-gpt2");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    tinytune::checkpoint::load_parts("hf-gpt2", &read("config.json"), &read("tokenizer.json"), &std::fs::read(dir.join("model.safetensors")).unwrap(), device).unwrap()
+}
+
+fn all_logits(model: &tinytune::Gpt, ids: &[u32], device: &burn::tensor::Device) -> Vec<f32> {
+    use burn::tensor::{Int, Tensor, TensorData};
+    let x = Tensor::<2, Int>::from_data(TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, ids.len()]), device);
+    model.forward(x).into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+fn worst(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn read_adapter(name: &str) -> (String, Vec<u8>) {
+    let dir = fixture(name);
+    (std::fs::read_to_string(dir.join("adapter_config.json")).unwrap(), std::fs::read(dir.join("adapter_model.safetensors")).unwrap())
+}
+
+/// transformers' GPT-2 (HF key names, `transformer.` prefix, tied head, Conv1D layout, its
+/// own tokenizer.json): same token ids and logits at every position within 1e-4.
+#[test]
+fn a_transformers_gpt2_checkpoint_gives_transformers_logits() {
+    let device = burn::tensor::Device::flex();
+    let loaded = hf_base(&device);
+    let reference = hf_reference();
+    assert_eq!(reference.cases.len(), 2);
+    for (prompt, ids, variants) in &reference.cases {
+        assert_eq!(&loaded.tokenizer.encode(prompt).unwrap(), ids, "token ids of {prompt:?}");
+        let got = all_logits(&loaded.model, ids, &device);
+        let d = worst(&got, &floats(&variants["base"]["logits"]));
+        eprintln!("base on {prompt:?}: largest logit difference to transformers {d:.2e}");
+        assert!(d < 1e-4, "{prompt:?}: logits differ from transformers' by {d}");
+    }
+}
+
+/// PEFT's LoRA (plain, rsLoRA on three module names, DoRA), IA³ and prompt-tuning adapter
+/// folders load onto the transformers base and reproduce PEFT's logits within 1e-4; PEFT's
+/// merged LoRA logits are reproduced by tinytune's merge; saving an adapter writes PEFT's
+/// tensor names and shapes exactly, and it loads back to the same logits.
+#[test]
+fn peft_adapter_folders_reproduce_peft_logits_and_round_trip() {
+    use tinytune::methods::peft;
+    let device = burn::tensor::Device::flex();
+    let reference = hf_reference();
+    for name in ["peft-lora", "peft-lora-rslora", "peft-dora", "peft-ia3", "peft-prompt"] {
+        let (config, weights) = read_adapter(name);
+        let (model, method) = peft::load(hf_base(&device).model, &config, &weights, name, &device).unwrap();
+        for (prompt, ids, variants) in &reference.cases {
+            let want = floats(&variants[name]["logits"]);
+            let got = all_logits(&model, ids, &device);
+            let d = worst(&got, &want);
+            eprintln!("{name} on {prompt:?}: largest logit difference to PEFT {d:.2e}");
+            assert!(d < 1e-4, "{name} on {prompt:?}: logits differ from PEFT's by {d}");
+            // The adapter matters: the base model's logits are far from these.
+            assert!(worst(&floats(&variants["base"]["logits"]), &want) > 1e-2, "{name}: the fixture's adapter changes nothing");
+            if let Some(merged) = variants[name].get("merged_logits") {
+                let m = tinytune::methods::merge(model.clone());
+                let d = worst(&all_logits(&m, ids, &device), &floats(merged));
+                assert!(d < 1e-4, "{name}: merged logits differ from PEFT's merge_and_unload by {d}");
+            }
+        }
+        // Save as PEFT does: the same tensor names and shapes as PEFT's own file, and the
+        // same logits after loading it back.
+        let (config2, weights2) = peft::save(&model, &method).unwrap();
+        let shapes = |bytes: &[u8]| -> Vec<(String, Vec<usize>)> {
+            let mut v: Vec<_> = tinytune::checkpoint::from_safetensors(bytes, &"test".into()).unwrap().into_iter().map(|(k, d)| (k, d.shape().to_vec())).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(shapes(&weights2), shapes(&weights), "{name}: saved tensor names or shapes differ from PEFT's");
+        let (back, method2) = peft::load(hf_base(&device).model, &config2, &weights2, "resaved", &device).unwrap();
+        assert_eq!(method2, method, "{name}: the config round-trips");
+        let ids = &reference.cases[0].1;
+        assert_eq!(all_logits(&back, ids, &device), all_logits(&model, ids, &device), "{name}: save/load changed the logits");
+    }
+}
+
+/// Bad adapter folders are refused with the file, the tensor or field, and the problem.
+#[test]
+fn bad_peft_adapters_name_the_file_and_tensor() {
+    use tinytune::checkpoint::{from_safetensors, to_safetensors};
+    use tinytune::methods::peft;
+    let device = burn::tensor::Device::flex();
+    let (config, weights) = read_adapter("peft-lora");
+    let tensors = from_safetensors(&weights, &"x".into()).unwrap();
+    let err = |config: &str, tensors: Vec<(String, burn::tensor::TensorData)>| peft::load(hf_base(&device).model, config, &to_safetensors(tensors), "dir", &device).unwrap_err().to_string();
+    let mut sorted: Vec<_> = tensors.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    // A missing tensor.
+    let e = err(&config, sorted[1..].to_vec());
+    assert!(e.contains("dir/adapter_model.safetensors") && e.contains(&sorted[0].0) && e.contains("missing"), "{e}");
+    // An extra tensor the config does not make.
+    let mut extra = sorted.clone();
+    extra.push(("base_model.model.transformer.h.0.mlp.c_fc.lora_A.weight".into(), sorted[0].1.clone()));
+    let e = err(&config, extra);
+    assert!(e.contains("h.0.mlp.c_fc.lora_A.weight") && e.contains("no place"), "{e}");
+    // A tensor of the wrong shape (rank 4 in the config, a rank-3 matrix in the file).
+    let mut wrong = sorted.clone();
+    wrong[0].1 = burn::tensor::TensorData::new(vec![0.0f32; 3 * 32], [3, 32]);
+    let e = err(&config, wrong);
+    assert!(e.contains(&sorted[0].0) && e.contains("[3, 32]") && e.contains("[4, 32]"), "{e}");
+    // Configs: an unsupported type, a regex target, rank 0, a module the model lacks.
+    let e = err(&config.replace("\"LORA\"", "\"LOHA\""), sorted.clone());
+    assert!(e.contains("dir/adapter_config.json") && e.contains("peft_type") && e.contains("LOHA"), "{e}");
+    let e = err(&config.replace("[\n    \"c_attn\"\n  ]", "\".*c_attn\""), sorted.clone());
+    assert!(e.contains("target_modules") && e.contains("pattern"), "{e}");
+    let e = err(&config.replace("\"r\": 4", "\"r\": 0"), sorted.clone());
+    assert!(e.contains("r: rank must be at least 1"), "{e}");
+    let e = err(&config.replace("[\n    \"c_attn\"\n  ]", "[\"q_proj\"]"), sorted);
+    assert!(e.contains("target_modules") && e.contains("q_proj") && e.contains("h.0.attn.c_attn"), "{e}");
+}

@@ -17,7 +17,11 @@ pub const FILES: &[(&str, &str)] = &[
     ("10-zeroth-order.md", include_str!("../../lessons/10-zeroth-order.md")),
     ("11-attention-kernels.md", include_str!("../../lessons/11-attention-kernels.md")),
     ("12-peft-family.md", include_str!("../../lessons/12-peft-family.md")),
+    ("13-adapters.md", include_str!("../../lessons/13-adapters.md")),
+    ("14-lora.md", include_str!("../../lessons/14-lora.md")),
     ("15-qlora.md", include_str!("../../lessons/15-qlora.md")),
+    ("16-soft-prompts.md", include_str!("../../lessons/16-soft-prompts.md")),
+    ("17-choosing-a-method.md", include_str!("../../lessons/17-choosing-a-method.md")),
 ];
 
 /// Every lesson, parsed and sorted by `order`. The files are checked by tests, so an error

@@ -11,6 +11,7 @@ pub mod optimizers;
 pub mod protocol;
 pub mod precision;
 pub mod quantize;
+pub mod rank;
 pub mod run;
 pub mod urlstate;
 pub mod widgets;

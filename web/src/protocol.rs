@@ -39,6 +39,8 @@ pub enum ToWorker {
     LossScaling { id: u32, params: LossScalingParams },
     /// One step of every optimizer on micro's gradients: state sizes, Adafactor, 8-bit.
     OptimizerState { id: u32, params: OptimizerStateParams },
+    /// Fully fine-tune micro (or reuse the last such run) and measure one matrix's update.
+    LoraRank { id: u32, params: crate::rank::RankParams },
     /// Makes the worker panic: how the end-to-end tests check that the page notices a
     /// crashed worker and recovers.
     Crash,
@@ -107,6 +109,10 @@ pub enum FromWorker {
     Quantized { id: u32, result: Box<QuantizeResult> },
     Gradients { id: u32, result: Box<LossScalingResult> },
     OptimizerState { id: u32, result: Box<tinytune::optim::report::StateReport> },
+    LoraRank { id: u32, result: Box<tinytune::methods::rank::RankReport> },
+    /// A soft-prompt run's virtual tokens: the real tokens nearest each (cosine similarity
+    /// with the token embeddings), closest first.
+    Nearest { run: u32, tokens: Vec<Vec<(String, f32)>> },
     /// A run's cost so far: optimizer state and (on the CPU) peak memory.
     RunStats { run: u32, stats: RunStats },
     Error { id: u32, message: String },
@@ -122,12 +128,13 @@ impl FromWorker {
     /// The run or request a message answers (None for backend-wide messages).
     pub fn id(&self) -> Option<u32> {
         match self {
-            FromWorker::Status { run, .. } | FromWorker::Step { run, .. } | FromWorker::Eval { run, .. } | FromWorker::Compare { run, .. } | FromWorker::RunStats { run, .. } => Some(*run),
+            FromWorker::Status { run, .. } | FromWorker::Step { run, .. } | FromWorker::Eval { run, .. } | FromWorker::Compare { run, .. } | FromWorker::RunStats { run, .. } | FromWorker::Nearest { run, .. } => Some(*run),
             FromWorker::Samples { id, .. }
             | FromWorker::Memory { id, .. }
             | FromWorker::Quantized { id, .. }
             | FromWorker::Gradients { id, .. }
             | FromWorker::OptimizerState { id, .. }
+            | FromWorker::LoraRank { id, .. }
             | FromWorker::Error { id, .. } => Some(*id),
             FromWorker::Backend(_) | FromWorker::Ready => None,
         }

@@ -5,7 +5,7 @@
 //! the CLI's own parser and checks it resolves to the same `TrainConfig`.
 
 use tinytune::optim::{Decay, OptimConfig, OptimKind, Warmup};
-use tinytune::methods::{LoraConfig, Method, QloraConfig};
+use tinytune::methods::{AdapterConfig, LoraConfig, Method, MethodOptions};
 use tinytune::train::{LossScale, Precision, TrainConfig};
 
 use crate::widgets::{ModelChoice, TrainParams};
@@ -56,6 +56,7 @@ impl TrainParams {
             precision: self.precision,
             loss_scale: self.loss_scale(),
             method: self.method(),
+            data_file: None,
         }
     }
 
@@ -93,9 +94,19 @@ impl TrainParams {
             return Method::Full;
         }
         let lora = LoraConfig { r: self.rank, lora_alpha: self.alpha, lora_dropout: 0.0, target_modules: LoraConfig::target_list(&self.targets), use_rslora: false, ..LoraConfig::default() };
-        let qlora = QloraConfig::default();
+        let defaults = MethodOptions::default();
+        let options = MethodOptions {
+            lora,
+            last_n: self.last_n,
+            // `Widget::set` admits only values that parse.
+            adapter: AdapterConfig { kind: self.adapter.parse().unwrap_or_default(), size: self.bottleneck, ..AdapterConfig::default() },
+            virtual_tokens: self.tokens,
+            prompt_init: self.prompt_init.parse().unwrap_or_default(),
+            encoder_hidden: self.encoder,
+            ..defaults
+        };
         // `Widget::set` admits only the names `Method::named` knows.
-        Method::named(&self.method, lora, qlora.block, qlora.double_quant, self.last_n).unwrap_or_default()
+        Method::named(&self.method, &options).unwrap_or_default()
     }
 
     /// Trainable parameters of the run's model under its method, and the model's total, by
@@ -137,6 +148,10 @@ impl TrainParams {
                 "full" => {}
                 "lora" | "qlora" => args.extend(["--method".into(), self.method.clone(), "--rank".into(), self.rank.to_string(), "--alpha".into(), self.alpha.to_string(), "--targets".into(), self.targets.clone()]),
                 "last-layers" => args.extend(["--method".into(), self.method.clone(), "--last-n".into(), self.last_n.to_string()]),
+                "adapter" => args.extend(["--method".into(), self.method.clone(), "--adapter".into(), self.adapter.clone(), "--bottleneck".into(), self.bottleneck.to_string()]),
+                "prompt" => args.extend(["--method".into(), self.method.clone(), "--virtual-tokens".into(), self.tokens.to_string(), "--prompt-init".into(), self.prompt_init.clone()]),
+                "p-tuning" => args.extend(["--method".into(), self.method.clone(), "--virtual-tokens".into(), self.tokens.to_string(), "--encoder-hidden".into(), self.encoder.to_string()]),
+                "prefix" => args.extend(["--method".into(), self.method.clone(), "--virtual-tokens".into(), self.tokens.to_string()]),
                 other => args.extend(["--method".into(), other.to_string()]),
             }
         }

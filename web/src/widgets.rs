@@ -59,9 +59,23 @@ pub struct TrainParams {
     /// "none" or "dynamic" (GradScaler's rule); used by fp16 and bf16.
     #[serde(default = "no_scaling")]
     pub loss_scale: String,
-    /// A `Method::NAMES` entry: full, last-layers, bitfit, layernorm, lora or qlora.
+    /// A `Method::NAMES` entry: full, last-layers, bitfit, layernorm, lora, qlora, adapter,
+    /// prompt, p-tuning, prefix or ia3.
     #[serde(default = "full")]
     pub method: String,
+    /// adapter: placement (houlsby, pfeiffer or parallel) and bottleneck width.
+    #[serde(default = "houlsby")]
+    pub adapter: String,
+    #[serde(default = "sixteen_units")]
+    pub bottleneck: usize,
+    /// prompt, p-tuning, prefix: virtual tokens; prompt's init (random or vocab); the
+    /// P-tuning encoder's width.
+    #[serde(default = "eight")]
+    pub tokens: usize,
+    #[serde(default = "random_init")]
+    pub prompt_init: String,
+    #[serde(default = "encoder_width")]
+    pub encoder: usize,
     /// last-layers: how many top blocks train.
     #[serde(default = "one")]
     pub last_n: usize,
@@ -96,7 +110,8 @@ pub struct TrainParams {
 impl TrainParams {
     /// The runs a press of Train starts: this one, or one per value of `sweep`
     /// (`key=v1,v2,…`), each value checked as if typed into the widget. Sweeping the
-    /// optimizer gives each run that optimizer's suggested learning rate.
+    /// optimizer gives each run that optimizer's suggested learning rate; any value may
+    /// carry its own rate as `value@lr` (`method=full@1e-3,prompt@3e-2`).
     pub fn sweep_runs(&self) -> Result<Vec<TrainParams>, String> {
         let base = TrainParams { sweep: String::new(), ..self.clone() };
         if self.sweep.is_empty() {
@@ -113,9 +128,20 @@ impl TrainParams {
         }
         values
             .into_iter()
-            .map(|v| {
+            .map(|item| {
                 let mut w = Widget::Train(base.clone());
+                let (v, lr) = match item.split_once('@') {
+                    Some((v, lr)) => (v.trim(), Some(lr.trim())),
+                    None => (item, None),
+                };
                 w.set(key, v)?;
+                if let Some(lr) = lr {
+                    w.set("lr", lr).map_err(|e| format!("{item}: {e}"))?;
+                    return Ok(match w {
+                        Widget::Train(p) => p,
+                        _ => unreachable!("a train widget stays one"),
+                    });
+                }
                 match w {
                     // Optimizers want different learning rates (SGD's is 100× AdamW's): a
                     // sweep over them uses each one's suggested rate, as `tinytune compare`
@@ -161,10 +187,22 @@ fn all_linear() -> String {
 fn no_scaling() -> String {
     "none".into()
 }
+fn houlsby() -> String {
+    "houlsby".into()
+}
+fn sixteen_units() -> usize {
+    16
+}
+fn random_init() -> String {
+    "random".into()
+}
+fn encoder_width() -> usize {
+    64
+}
 
 impl Default for TrainParams {
     fn default() -> Self {
-        Self { model: ModelChoice::Micro, task: DataSource::Task(tinytune::data::Task::Sentiment), steps: 60, lr: 1e-3, batch: 8, seq: 64, seed: 0, compare: false, precision: Precision::Fp32, loss_scale: no_scaling(), method: full(), last_n: 1, rank: eight(), alpha: sixteen(), targets: all_linear(), optimizer: adamw(), schedule: cosine(), warmup: ten_percent(), accumulate: 1, checkpointing: false, sweep: String::new() }
+        Self { model: ModelChoice::Micro, task: DataSource::Task(tinytune::data::Task::Sentiment), steps: 60, lr: 1e-3, batch: 8, seq: 64, seed: 0, compare: false, precision: Precision::Fp32, loss_scale: no_scaling(), method: full(), adapter: houlsby(), bottleneck: sixteen_units(), tokens: eight(), prompt_init: random_init(), encoder: encoder_width(), last_n: 1, rank: eight(), alpha: sixteen(), targets: all_linear(), optimizer: adamw(), schedule: cosine(), warmup: ten_percent(), accumulate: 1, checkpointing: false, sweep: String::new() }
     }
 }
 
@@ -237,11 +275,14 @@ pub enum Widget {
     OptimizerState(OptimizerStateParams),
     /// Learning-rate schedules.
     Schedule(ScheduleParams),
+    /// The rank of what full fine-tuning learned, against what rank-r LoRA keeps.
+    LoraRank(crate::rank::RankParams),
 }
 
 impl Widget {
     /// Every widget name, for error messages and docs.
-    pub const NAMES: [&'static str; 8] = ["train", "generate", "model-card", "decide", "memory", "memory-timeline", "number-format", "quantize"];
+    pub const NAMES: [&'static str; 12] =
+        ["train", "generate", "model-card", "decide", "memory", "memory-timeline", "number-format", "quantize", "loss-scaling", "optimizer-state", "schedule", "lora-rank"];
 
     /// The widget with default settings.
     pub fn named(name: &str) -> Result<Self, String> {
@@ -257,6 +298,7 @@ impl Widget {
             "loss-scaling" => Widget::LossScaling(LossScalingParams::default()),
             "optimizer-state" => Widget::OptimizerState(OptimizerStateParams::default()),
             "schedule" => Widget::Schedule(ScheduleParams::default()),
+            "lora-rank" => Widget::LoraRank(crate::rank::RankParams::default()),
             other => return Err(format!("unknown widget {other:?}; the widgets are {}", Self::NAMES.join(", "))),
         })
     }
@@ -274,13 +316,14 @@ impl Widget {
             Widget::LossScaling(_) => "loss-scaling",
             Widget::OptimizerState(_) => "optimizer-state",
             Widget::Schedule(_) => "schedule",
+            Widget::LoraRank(_) => "lora-rank",
         }
     }
 
     /// The parameter names this widget accepts.
     pub fn keys(&self) -> &'static [&'static str] {
         match self {
-            Widget::Train(_) => &["model", "task", "steps", "lr", "batch", "seq", "seed", "compare", "precision", "loss_scale", "method", "last_n", "rank", "alpha", "targets", "optimizer", "schedule", "warmup", "accumulate", "checkpointing", "sweep"],
+            Widget::Train(_) => &["model", "task", "steps", "lr", "batch", "seq", "seed", "compare", "precision", "loss_scale", "method", "adapter", "bottleneck", "tokens", "prompt_init", "encoder", "last_n", "rank", "alpha", "targets", "optimizer", "schedule", "warmup", "accumulate", "checkpointing", "sweep"],
             Widget::Generate(_) => &["model", "prompt", "temperature", "top_k", "max_tokens", "samples", "seed"],
             Widget::ModelCard(_) => &["model"],
             Widget::Decide => &[],
@@ -291,6 +334,7 @@ impl Widget {
             Widget::LossScaling(_) => &["precision", "scale_log2", "batch", "seq"],
             Widget::OptimizerState(_) => &["layer"],
             Widget::Schedule(_) => &["steps", "lr", "warmup", "schedule", "min_lr_ratio"],
+            Widget::LoraRank(_) => &["matrix", "rank", "steps", "lr"],
         }
     }
 
@@ -335,6 +379,11 @@ impl Widget {
                 "precision" => p.precision = value.parse::<Precision>().map_err(bad)?,
                 "loss_scale" => p.loss_scale = one_of(value, &["none", "dynamic"]).map_err(bad)?,
                 "method" => p.method = one_of(value, &tinytune::methods::Method::NAMES).map_err(bad)?,
+                "adapter" => p.adapter = one_of(value, &["houlsby", "pfeiffer", "parallel"]).map_err(bad)?,
+                "bottleneck" => p.bottleneck = int(value, 1, 128).map_err(bad)?,
+                "tokens" => p.tokens = int(value, 1, 32).map_err(bad)?,
+                "prompt_init" => p.prompt_init = one_of(value, &["random", "vocab"]).map_err(bad)?,
+                "encoder" => p.encoder = int(value, 1, 512).map_err(bad)?,
                 "last_n" => p.last_n = int(value, 1, 64).map_err(bad)?,
                 "rank" => p.rank = int(value, 1, 256).map_err(bad)?,
                 "alpha" => p.alpha = float(value, 1e-3, 1e4).map_err(bad)?,
@@ -428,6 +477,14 @@ impl Widget {
                 "layer" => p.layer = one_of(value, &crate::optimizers::LAYERS).map_err(bad)?,
                 _ => return Err(unknown()),
             },
+            Widget::LoraRank(p) => match key {
+                "matrix" => p.matrix = one_of(value, &crate::rank::MATRICES).map_err(bad)?,
+                // micro is 128 wide, so every matrix has rank at most 128.
+                "rank" => p.rank = int(value, 1, 128).map_err(bad)?,
+                "steps" => p.steps = int(value, 1, 500).map_err(bad)?,
+                "lr" => p.lr = float(value, 1e-6, 1.0).map_err(bad)?,
+                _ => return Err(unknown()),
+            },
             Widget::Schedule(p) => match key {
                 "steps" => p.steps = int(value, 1, 100_000).map_err(bad)?,
                 "lr" => p.lr = float(value, 1e-8, 10.0).map_err(bad)?,
@@ -465,6 +522,11 @@ impl Widget {
                 ("precision", p.precision.to_string()),
                 ("loss_scale", p.loss_scale.clone()),
                 ("method", p.method.clone()),
+                ("adapter", p.adapter.clone()),
+                ("bottleneck", p.bottleneck.to_string()),
+                ("tokens", p.tokens.to_string()),
+                ("prompt_init", p.prompt_init.clone()),
+                ("encoder", p.encoder.to_string()),
                 ("last_n", p.last_n.to_string()),
                 ("rank", p.rank.to_string()),
                 ("alpha", p.alpha.to_string()),
@@ -509,6 +571,7 @@ impl Widget {
             Widget::LossScaling(p) => vec![("precision", p.precision.clone()), ("scale_log2", p.scale_log2.to_string()), ("batch", p.batch.to_string()), ("seq", p.seq.to_string())],
             Widget::OptimizerState(p) => vec![("layer", p.layer.clone())],
             Widget::Schedule(p) => vec![("steps", p.steps.to_string()), ("lr", p.lr.to_string()), ("warmup", p.warmup.clone()), ("schedule", p.schedule.clone()), ("min_lr_ratio", p.min_lr_ratio.to_string())],
+            Widget::LoraRank(p) => vec![("matrix", p.matrix.clone()), ("rank", p.rank.to_string()), ("steps", p.steps.to_string()), ("lr", p.lr.to_string())],
         }
     }
 
@@ -587,6 +650,19 @@ mod tests {
     }
 
     #[test]
+    fn sweeps_give_one_run_per_value_and_values_may_carry_a_rate() {
+        let Widget::Train(p) = block("name: train\nlr: 1e-3\nsweep: method=full,lora@3e-3,prompt@3e-2").unwrap() else { panic!("a train widget") };
+        let runs = p.sweep_runs().unwrap();
+        let got: Vec<(&str, f64)> = runs.iter().map(|r| (r.method.as_str(), r.lr)).collect();
+        assert_eq!(got, vec![("full", 1e-3), ("lora", 3e-3), ("prompt", 3e-2)]);
+        assert!(runs.iter().all(|r| r.sweep.is_empty()));
+        let e = block("name: train\nsweep: method=full@fast").unwrap_err();
+        assert!(e.contains("full@fast") && e.contains("lr"), "{e}");
+        let e = block("name: train\nsweep: method=dora").unwrap_err();
+        assert!(e.contains("choose full"), "{e}");
+    }
+
+    #[test]
     fn diff_holds_only_changed_values() {
         let base = block("name: train\nsteps: 30").unwrap();
         let mut changed = base.clone();
@@ -602,14 +678,18 @@ mod tests {
             assert!(e.contains(needle), "{text:?} gave {e:?}, expected it to mention {needle:?}");
         };
         check("model: micro", "add a `name: ...`");
-        check("name: lora-rank", "the widgets are train, generate, model-card, decide, memory, memory-timeline, number-format, quantize");
+        check("name: lora-ranks", "the widgets are train, generate, model-card, decide, memory, memory-timeline, number-format, quantize, loss-scaling, optimizer-state, schedule, lora-rank");
+        check("name: lora-rank
+matrix: wte", "choose h.0.attn.c_attn");
+        check("name: lora-rank
+rank: 0", "rank");
         check("name: number-format\nvalue: ten", "expected a number");
         check("name: memory\nmodel: gpt5", "choose custom or one of nano");
         check("name: memory\noffload: disk", "choose none, optimizer, all");
         check("name: memory\nzero: 4", "must be from 0 to 3");
         check("name: memory-timeline\nseq: 512", "must be from 8 to 128");
         check("name: train\nsteps: 0", "train: steps: \"0\": must be from 1 to 2000");
-        check("name: train\ndepth: 4", "use model, task, steps, lr, batch, seq, seed, compare, precision, loss_scale, method, last_n, rank, alpha, targets, optimizer, schedule, warmup, accumulate, checkpointing, sweep");
+        check("name: train\ndepth: 4", "use model, task, steps, lr, batch, seq, seed, compare, precision, loss_scale, method, adapter, bottleneck, tokens, prompt_init, encoder, last_n, rank, alpha, targets, optimizer, schedule, warmup, accumulate, checkpointing, sweep");
         check("name: train\ntargets: q_proj", "unknown projection \"q_proj\"; use c_attn");
         check("name: train\nmethod: dora", "choose full, last-layers, bitfit, layernorm, lora, qlora");
         check("name: loss-scaling\nscale_log2: 40", "must be from 0 to 24");

@@ -11,6 +11,7 @@
 //! many items are asked for. All generated text is lowercase and uses only the
 //! characters in [`CHARSET`].
 
+pub mod jsonl;
 pub mod rng;
 pub mod stories;
 pub mod tasks;

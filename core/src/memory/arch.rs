@@ -340,6 +340,18 @@ impl Arch {
             .collect()
     }
 
+    /// Default IA³ targets and feedforward modules: PEFT's for GPT-2 and Llama
+    /// (`TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING` and its feedforward twin); for
+    /// Phi the same pattern (keys, values and the MLP's down projection).
+    pub fn default_ia3_targets(&self) -> (Vec<String>, Vec<String>) {
+        let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        match self.family {
+            Family::Gpt2 => (v(&["c_attn", "mlp.c_proj"]), v(&["mlp.c_proj"])),
+            Family::Llama => (v(&["k_proj", "v_proj", "down_proj"]), v(&["down_proj"])),
+            Family::Phi => (v(&["k_proj", "v_proj", "fc2"]), v(&["fc2"])),
+        }
+    }
+
     /// PEFT's default LoRA targets for the family (`TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`).
     pub fn default_lora_targets(&self) -> Vec<String> {
         match self.family {

@@ -43,10 +43,36 @@ pub enum PlanMethod {
     /// LoRA on a frozen base whose block linear weights are NF4 with double quantization
     /// (Dettmers et al., 2023), dequantized layer by layer in the forward pass.
     Qlora { rank: u64, targets: Vec<String> },
-    /// Houlsby bottleneck adapters: two per block (after attention and after the MLP).
-    Adapter { bottleneck: u64 },
+    /// Bottleneck adapters: `per_block` of them in every block (Houlsby's two, after
+    /// attention and after the MLP; Pfeiffer's or a parallel adapter's one).
+    Adapter {
+        bottleneck: u64,
+        #[serde(default = "houlsby_per_block")]
+        per_block: u64,
+    },
     /// Prompt tuning: `tokens` learned input embeddings; the sequence grows by `tokens`.
-    Prompt { tokens: u64 },
+    /// With `encoder` > 0, P-tuning: the embeddings pass through an MLP prompt encoder of
+    /// that width (three linear layers).
+    Prompt {
+        tokens: u64,
+        #[serde(default)]
+        encoder: u64,
+    },
+    /// Prefix tuning: `tokens` keys and values per layer, learned directly, or through an
+    /// MLP of width `encoder` when it is above 0. Activations are counted as for the frozen
+    /// base (the prefix's few extra attention columns are left out).
+    Prefix {
+        tokens: u64,
+        #[serde(default)]
+        encoder: u64,
+    },
+    /// IA³: a learned vector on each target linear's output, or on its input for the
+    /// `feedforward` ones. Activations are counted as for the frozen base.
+    Ia3 { targets: Vec<String>, feedforward: Vec<String> },
+}
+
+fn houlsby_per_block() -> u64 {
+    2
 }
 
 /// How numbers are stored and computed.
@@ -228,6 +254,10 @@ impl Plan {
             crate::methods::Method::Lora(c) => PlanMethod::Lora { rank: c.r as u64, targets: c.target_modules.clone() },
             // The estimator's NF4 base is QLoRA's default: blocks of 64, double quantization.
             crate::methods::Method::Qlora(c) => PlanMethod::Qlora { rank: c.lora.r as u64, targets: c.lora.target_modules.clone() },
+            crate::methods::Method::Adapter(c) => PlanMethod::Adapter { bottleneck: c.size as u64, per_block: c.per_block() as u64 },
+            crate::methods::Method::Prompt(c) => PlanMethod::Prompt { tokens: c.num_virtual_tokens as u64, encoder: c.encoder_hidden_size.unwrap_or(0) as u64 },
+            crate::methods::Method::Prefix(c) => PlanMethod::Prefix { tokens: c.num_virtual_tokens as u64, encoder: c.encoder_hidden_size.unwrap_or(0) as u64 },
+            crate::methods::Method::Ia3(c) => PlanMethod::Ia3 { targets: c.target_modules.clone(), feedforward: c.feedforward_modules.clone() },
         };
         Self {
             method,
@@ -273,8 +303,8 @@ impl Plan {
                     return bad("targets", format!("{targets:?} matches no linear layer of {}; choose from {} or all-linear", self.arch.name, names.join(", ")));
                 }
             }
-            PlanMethod::Adapter { bottleneck: 0 } => return bad("bottleneck", "must be at least 1".into()),
-            PlanMethod::Prompt { tokens: 0 } => return bad("tokens", "must be at least 1".into()),
+            PlanMethod::Adapter { bottleneck: 0, .. } => return bad("bottleneck", "must be at least 1".into()),
+            PlanMethod::Prompt { tokens: 0, .. } | PlanMethod::Prefix { tokens: 0, .. } => return bad("tokens", "must be at least 1".into()),
             _ => {}
         }
         if self.optimizer == OptimizerKind::Mezo && self.checkpoint_every > 0 {
@@ -286,7 +316,7 @@ impl Plan {
     /// Sequence length the blocks see (prompt tuning prepends its tokens).
     fn seq_in_blocks(&self) -> u64 {
         match self.method {
-            PlanMethod::Prompt { tokens } => self.seq + tokens,
+            PlanMethod::Prompt { tokens, .. } => self.seq + tokens,
             _ => self.seq,
         }
     }
@@ -332,6 +362,11 @@ impl Plan {
                         push(&mut out, vec![*r, l.d_out], true, false);
                     }
                 }
+                if let PlanMethod::Ia3 { targets, feedforward } = m
+                    && a.lora_targets(targets).contains(&l)
+                {
+                    push(&mut out, vec![if a.lora_targets(feedforward).contains(&l) { l.d_in } else { l.d_out }], true, false);
+                }
             }
             let norms = a.block_norm_params() / a.hidden;
             for i in 0..norms {
@@ -339,8 +374,8 @@ impl Plan {
                 let is_bias = a.family != Family::Llama && i % 2 == 1;
                 push(&mut out, vec![a.hidden], full || top || matches!(m, PlanMethod::Layernorm) || (is_bias && matches!(m, PlanMethod::Bitfit)), false);
             }
-            if let PlanMethod::Adapter { bottleneck } = m {
-                for _ in 0..2 {
+            if let PlanMethod::Adapter { bottleneck, per_block } = m {
+                for _ in 0..*per_block {
                     push(&mut out, vec![a.hidden, *bottleneck], true, false);
                     push(&mut out, vec![*bottleneck], true, false);
                     push(&mut out, vec![*bottleneck, a.hidden], true, false);
@@ -360,8 +395,26 @@ impl Plan {
                 push(&mut out, vec![a.vocab], head_trains || matches!(m, PlanMethod::Bitfit), false);
             }
         }
-        if let PlanMethod::Prompt { tokens } = m {
-            push(&mut out, vec![*tokens, a.hidden], true, false);
+        // A prompt or prefix encoder: linear layers of the given widths, weights and biases.
+        let encoder = |out: &mut Vec<Tensor>, widths: &[u64]| {
+            for w in widths.windows(2) {
+                push(out, vec![w[0], w[1]], true, false);
+                push(out, vec![w[1]], true, false);
+            }
+        };
+        match *m {
+            PlanMethod::Prompt { tokens, encoder: width } => {
+                push(&mut out, vec![tokens, a.hidden], true, false);
+                if width > 0 {
+                    encoder(&mut out, &[a.hidden, width, width, a.hidden]);
+                }
+            }
+            PlanMethod::Prefix { tokens, encoder: 0 } => push(&mut out, vec![tokens, 2 * a.layers * a.kv_heads * a.head_dim()], true, false),
+            PlanMethod::Prefix { tokens, encoder: width } => {
+                push(&mut out, vec![tokens, a.hidden], true, false);
+                encoder(&mut out, &[a.hidden, width, 2 * a.layers * a.kv_heads * a.head_dim()]);
+            }
+            _ => {}
         }
         out
     }
@@ -649,7 +702,7 @@ impl Plan {
     fn adapter_activations(&self, sb: u64, e: u64) -> u64 {
         match self.method {
             // Each adapter keeps its input and its bottleneck's pre- and post-activation.
-            PlanMethod::Adapter { bottleneck } => 2 * (sb * self.arch.hidden + 2 * sb * bottleneck) * e,
+            PlanMethod::Adapter { bottleneck, per_block } => per_block * (sb * self.arch.hidden + 2 * sb * bottleneck) * e,
             _ => 0,
         }
     }
@@ -977,9 +1030,9 @@ mod tests {
         assert_eq!(count(PlanMethod::Bitfit), 12 * (3 * h + h + 4 * h + h + 2 * h) + h);
         assert_eq!(count(PlanMethod::Layernorm), 12 * 4 * h + 2 * h);
         assert_eq!(count(PlanMethod::LastLayers { n: 2 }), 2 * p.arch.block_params() + 2 * h);
-        assert_eq!(count(PlanMethod::Prompt { tokens: 20 }), 20 * h);
+        assert_eq!(count(PlanMethod::Prompt { tokens: 20, encoder: 0 }), 20 * h);
         // Houlsby: two adapters per block, each h·m + m + m·h + h.
-        assert_eq!(count(PlanMethod::Adapter { bottleneck: 64 }), 12 * 2 * (2 * h * 64 + 64 + h));
+        assert_eq!(count(PlanMethod::Adapter { bottleneck: 64, per_block: 2 }), 12 * 2 * (2 * h * 64 + 64 + h));
     }
 
     #[test]

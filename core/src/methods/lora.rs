@@ -3,7 +3,7 @@
 //!
 //! The update `A·B` is never formed while training, so autodiff keeps only the `[.., r]`
 //! activation `x·A`, not a weight-sized tensor per layer (Burn's built-in `apply_lora`
-//! composes `W + s·A·B` every forward; the memory lesson compares the two).
+//! composes `W + s·A·B` every forward; `tests/tests/lora_memory.rs` measures the two).
 //! `A ∈ R^{d_in×r}` starts as PEFT's default (Kaiming-uniform, bound 1/√d_in) and
 //! `B ∈ R^{r×d_out}` at zero, so an adapted model starts exactly at the base model.
 
@@ -64,6 +64,11 @@ pub enum LoraInit {
     Default,
     /// A ~ N(0, (1/r)²) (PEFT's `"gaussian"`).
     Gaussian,
+    /// PiSSA (Meng et al., 2024; PEFT's `"pissa"`): with `W = U·S·Vᵀ`, `A = U_r·√(S_r/s)`
+    /// and `B = √(S_r/s)·V_rᵀ`, so `s·A·B` is W's top-r singular part, and the frozen
+    /// weight becomes the residual `W − s·A·B`. The model starts where it was (up to
+    /// rounding) but trains its principal directions.
+    Pissa,
 }
 
 impl std::str::FromStr for LoraBias {
@@ -84,7 +89,8 @@ impl std::str::FromStr for LoraInit {
         match s {
             "default" | "kaiming" => Ok(LoraInit::Default),
             "gaussian" => Ok(LoraInit::Gaussian),
-            other => Err(format!("unknown LoRA init '{other}'; choose default or gaussian")),
+            "pissa" => Ok(LoraInit::Pissa),
+            other => Err(format!("unknown LoRA init '{other}'; choose default, gaussian or pissa")),
         }
     }
 }
@@ -109,7 +115,7 @@ impl LoraConfig {
 
     /// Whether the projection at dotted `path` (e.g. `h.3.attn.c_attn`) is a target.
     pub fn targets(&self, path: &str) -> bool {
-        self.target_modules.iter().any(|t| t == "all-linear" || path == t || path.ends_with(&format!(".{t}")))
+        super::path_matches(&self.target_modules, path)
     }
 
     /// Checks the values, naming the field.
@@ -153,7 +159,9 @@ impl Lora {
         let a: Vec<f32> = match config.init {
             // PEFT: nn.init.kaiming_uniform_(lora_A.weight, a=sqrt(5)) on an [r, d_in]
             // weight, i.e. U(-1/√d_in, 1/√d_in).
-            LoraInit::Default => {
+            // PiSSA's A is set from W afterwards (`pissa_from`); the draws keep every
+            // other projection's init the same as with the default.
+            LoraInit::Default | LoraInit::Pissa => {
                 let bound = 1.0 / (d_in as f64).sqrt();
                 (0..d_in * r).map(|_| ((2.0 * rng.unit_f64() - 1.0) * bound) as f32).collect()
             }
@@ -176,6 +184,32 @@ impl Lora {
         let m = self.magnitude.as_ref()?;
         let norm = column_norms(w + self.delta()).detach();
         Some(m.val() / norm)
+    }
+
+    /// Sets A and B so that `s·A·B` is the top-r part `Σ_{i<r} σ_i·u_i·v_iᵀ` of the matrix
+    /// `svd` decomposes (`[d_in, d_out]`): `A = U_r·√(S_r/s)`, `B = √(S_r/s)·V_rᵀ`. Each factor
+    /// keeps its trainability.
+    pub fn set_top_singular(&mut self, svd: &crate::linalg::Svd, device: &Device) {
+        let (d_in, d_out, k) = (svd.m, svd.n, svd.k());
+        let r = self.lora_a.shape().dims::<2>()[1];
+        let root: Vec<f64> = svd.s.iter().take(r).map(|&s| (s / self.scale).sqrt()).collect();
+        let a: Vec<f32> = (0..d_in * r).map(|ij| (svd.u[(ij / r) * k + ij % r] * root[ij % r]) as f32).collect();
+        let b: Vec<f32> = (0..r * d_out).map(|ij| (root[ij / d_out] * svd.vt[ij]) as f32).collect();
+        let require = |p: &Param<Tensor<2>>| p.val().is_require_grad();
+        let (ra, rb) = (require(&self.lora_a), require(&self.lora_b));
+        self.lora_a = Param::from_tensor(Tensor::from_data(TensorData::new(a, [d_in, r]), device)).set_require_grad(ra);
+        self.lora_b = Param::from_tensor(Tensor::from_data(TensorData::new(b, [r, d_out]), device)).set_require_grad(rb);
+    }
+
+    /// Sets A and B from the top-r singular triplets of `w` (`[d_in, d_out]`) as PiSSA does
+    /// and returns the residual weight `w − s·A·B` for the frozen base. Reads `w` to the
+    /// host for the SVD (randomized beyond 256 on the short side, seeded by `seed`).
+    pub fn pissa_from(&mut self, w: Tensor<2>, seed: u64, device: &Device) -> Tensor<2> {
+        let [d_in, d_out] = w.dims();
+        let r = self.lora_a.shape().dims::<2>()[1];
+        let values = w.to_data().convert::<f32>().try_to_vec::<f32>().expect("an f32 weight");
+        self.set_top_singular(&crate::linalg::top(&values, d_in, d_out, r, 6, seed), device);
+        (w - self.delta()).detach()
     }
 
     /// The update's contribution for input `x`.

@@ -2,12 +2,19 @@
 //! forgetting a place is a compile error. Methods adapt the model through its projection
 //! slots (`model::projection`) and decide which parameters train.
 //!
-//! So far: full fine-tuning, selective fine-tuning (last layers, BitFit, LayerNorm only),
-//! LoRA (with PEFT's bias and init options, rsLoRA, LoRA+ and DoRA) and QLoRA. Adapters,
-//! soft prompts and IA³ follow the same shape (issue 4).
+//! The family: full fine-tuning; selective fine-tuning (last layers, BitFit, LayerNorm
+//! only); reparameterisation (LoRA with PEFT's bias and init options, PiSSA, rsLoRA, LoRA+
+//! and DoRA; QLoRA; IA³); and additive methods (bottleneck adapters; soft prompts: prompt
+//! tuning, P-tuning, prefix tuning). What can merge into the base weights does (`merge`);
+//! what cannot says why (`Method::merge_blocker`).
 
+pub mod adapter;
+pub mod ia3;
 pub mod lora;
+pub mod peft;
+pub mod prompt;
 pub mod qlora;
+pub mod rank;
 pub mod selective;
 
 use burn::module::Module;
@@ -19,9 +26,19 @@ use crate::error::Result;
 use crate::model::Gpt;
 use crate::model::projection::Projection;
 
+pub use adapter::{Adapter, AdapterActivation, AdapterConfig, AdapterKind};
+pub use ia3::{Ia3, Ia3Config};
 pub use lora::{Lora, LoraBias, LoraConfig, LoraInit};
+pub use prompt::{Prefix, PrefixConfig, PromptConfig, PromptInit, SoftPrompt};
 pub use qlora::{Nf4Weight, QloraConfig};
 pub use selective::Selection;
+
+/// Whether the projection at dotted `path` (e.g. `h.3.attn.c_attn`) is named by `targets`,
+/// matched as PEFT matches `target_modules`: a name matches a path that ends with it
+/// (`c_proj` matches `attn.c_proj` and `mlp.c_proj`); `all-linear` matches every projection.
+pub fn path_matches(targets: &[String], path: &str) -> bool {
+    targets.iter().any(|t| t == "all-linear" || path == t || path.ends_with(&format!(".{t}")))
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "kebab-case")]
@@ -40,6 +57,55 @@ pub enum Method {
     /// LoRA on a base whose linear weights are stored in NF4 (every projection, as
     /// bitsandbytes quantizes every `nn.Linear`); embeddings and norms stay FP32.
     Qlora(QloraConfig),
+    /// Bottleneck adapters in every block; the base is frozen.
+    Adapter(AdapterConfig),
+    /// Prompt tuning (or, with an encoder, P-tuning): virtual tokens before the input.
+    Prompt(PromptConfig),
+    /// Prefix tuning: learned keys and values in every attention layer.
+    Prefix(PrefixConfig),
+    /// IA³: learned vectors rescaling the target projections' outputs (or inputs).
+    Ia3(Ia3Config),
+}
+
+/// Every setting a method may take, in one place: what the CLI's flags and the browser's
+/// widget controls fill before [`Method::named`] picks the method's own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MethodOptions {
+    pub lora: LoraConfig,
+    pub qlora_block: usize,
+    pub double_quant: bool,
+    pub last_n: usize,
+    pub adapter: AdapterConfig,
+    pub virtual_tokens: usize,
+    pub prompt_init: PromptInit,
+    pub prompt_text: String,
+    /// `prompt_text`'s token ids (the caller tokenizes).
+    pub prompt_ids: Vec<u32>,
+    /// P-tuning's encoder width, and prefix tuning's when `prefix_projection` is set.
+    pub encoder_hidden: usize,
+    pub prefix_projection: bool,
+    pub ia3: Ia3Config,
+}
+
+impl Default for MethodOptions {
+    fn default() -> Self {
+        let q = QloraConfig::default();
+        Self {
+            lora: LoraConfig::default(),
+            qlora_block: q.block,
+            double_quant: q.double_quant,
+            last_n: 1,
+            adapter: AdapterConfig::default(),
+            virtual_tokens: 8,
+            prompt_init: PromptInit::Random,
+            prompt_text: String::new(),
+            prompt_ids: Vec::new(),
+            encoder_hidden: 64,
+            prefix_projection: false,
+            ia3: Ia3Config::default(),
+        }
+    }
 }
 
 impl Method {
@@ -57,9 +123,55 @@ impl Method {
                 check_targets(&model, config, "LoRA config")?;
                 Ok(add_lora(model, config, seed, device))
             }
+            Method::Adapter(config) => {
+                config.validate(model.config().n_embd, "adapter config")?;
+                let mut rng = Rng::derive(seed, "adapter-init");
+                let mut model = model.no_grad();
+                let c = model.config().n_embd;
+                for block in &mut model.h {
+                    if config.kind == AdapterKind::Houlsby {
+                        block.adapter_attn = Some(Adapter::init(c, config, &mut rng, device));
+                    }
+                    block.adapter_mlp = Some(Adapter::init(c, config, &mut rng, device));
+                }
+                Ok(model)
+            }
+            Method::Prompt(config) => {
+                config.validate(model.config().n_positions, model.config().vocab_size, "prompt config")?;
+                let mut rng = Rng::derive(seed, "prompt-init");
+                let mut model = model.no_grad();
+                model.prompt = Some(SoftPrompt::init(config, &model.wte.weight.val(), &mut rng, device));
+                Ok(model)
+            }
+            Method::Prefix(config) => {
+                config.validate("prefix config")?;
+                let mut rng = Rng::derive(seed, "prefix-init");
+                let mut model = model.no_grad();
+                let (c, l) = (model.config().n_embd, model.config().n_layer);
+                model.prefix = Some(Prefix::init(config, c, l, &model.wte.weight.val(), &mut rng, device));
+                Ok(model)
+            }
+            Method::Ia3(config) => {
+                config.validate("IA³ config")?;
+                check_known(&model, &config.target_modules, "IA³ config", "target_modules")?;
+                let mut model = model.no_grad();
+                for_each_projection(&mut model, |path, p| {
+                    if config.targets(path) {
+                        p.ia3 = Some(Ia3::init(p.d_in(), p.d_out(), config.feedforward(path), device));
+                    }
+                });
+                Ok(model)
+            }
             Method::Qlora(config) => {
                 config.validate("QLoRA config")?;
                 check_targets(&model, &config.lora, "QLoRA config")?;
+                if config.lora.init == LoraInit::Pissa {
+                    return Err(crate::error::Error::config(
+                        "QLoRA config",
+                        "init",
+                        "PiSSA on an NF4 base would need the residual quantized after the SVD (QPiSSA), which tinytune does not build; use init default or gaussian",
+                    ));
+                }
                 let mut model = model;
                 for_each_projection(&mut model, |_, p| {
                     if let Some(w) = p.weight.take() {
@@ -72,21 +184,58 @@ impl Method {
     }
 
     /// Every name [`Method::named`] accepts.
-    pub const NAMES: [&'static str; 6] = ["full", "last-layers", "bitfit", "layernorm", "lora", "qlora"];
+    pub const NAMES: [&'static str; 11] = ["full", "last-layers", "bitfit", "layernorm", "lora", "qlora", "adapter", "prompt", "p-tuning", "prefix", "ia3"];
 
-    /// The method called `name`, built from the LoRA settings, QLoRA's block size and
-    /// double quantization, and the number of top layers for last-layers: the one place the
-    /// CLI's flags and the browser's widget settings become a `Method`.
-    pub fn named(name: &str, lora: LoraConfig, qlora_block: usize, double_quant: bool, last_n: usize) -> std::result::Result<Method, String> {
+    /// The method called `name`, with its settings taken from `o`: the one place the CLI's
+    /// flags and the browser's widget settings become a `Method`.
+    pub fn named(name: &str, o: &MethodOptions) -> std::result::Result<Method, String> {
+        let prompt = |encoder: Option<usize>| PromptConfig {
+            num_virtual_tokens: o.virtual_tokens,
+            init: o.prompt_init,
+            init_text: o.prompt_text.clone(),
+            init_ids: o.prompt_ids.clone(),
+            encoder_hidden_size: encoder,
+        };
         match name {
             "full" => Ok(Method::Full),
-            "last-layers" => Ok(Method::LastLayers { n: last_n }),
+            "last-layers" => Ok(Method::LastLayers { n: o.last_n }),
             "bitfit" => Ok(Method::Bitfit),
             "layernorm" => Ok(Method::Layernorm),
-            "lora" => Ok(Method::Lora(lora)),
-            "qlora" => Ok(Method::Qlora(QloraConfig { lora, block: qlora_block, double_quant })),
+            "lora" => Ok(Method::Lora(o.lora.clone())),
+            "qlora" => Ok(Method::Qlora(QloraConfig { lora: o.lora.clone(), block: o.qlora_block, double_quant: o.double_quant })),
+            "adapter" => Ok(Method::Adapter(o.adapter.clone())),
+            "prompt" => Ok(Method::Prompt(prompt(None))),
+            "p-tuning" => Ok(Method::Prompt(prompt(Some(o.encoder_hidden)))),
+            "prefix" => Ok(Method::Prefix(PrefixConfig { num_virtual_tokens: o.virtual_tokens, encoder_hidden_size: o.prefix_projection.then_some(o.encoder_hidden) })),
+            "ia3" => Ok(Method::Ia3(o.ia3.clone())),
             other => Err(format!("unknown method '{other}'; choose {}", Self::NAMES.join(", "))),
         }
+    }
+
+    /// Why this method's trained state cannot be folded into the base weights (None when
+    /// it can: full and selective methods need no folding, LoRA, DoRA and IA³ fold exactly).
+    pub fn merge_blocker(&self) -> Option<&'static str> {
+        match self {
+            Method::Full | Method::LastLayers { .. } | Method::Bitfit | Method::Layernorm | Method::Lora(_) | Method::Qlora(_) | Method::Ia3(_) => None,
+            Method::Adapter(_) => Some("an adapter applies a non-linearity between its two projections, so no change of the base weights computes the same function; it stays a separate module"),
+            Method::Prompt(_) => Some("a soft prompt adds virtual tokens to the input rather than changing any weight; it stays a separate input"),
+            Method::Prefix(_) => Some("a prefix adds keys and values to every attention layer rather than changing any weight; it stays a separate input"),
+        }
+    }
+
+    /// Positions of context the method's virtual tokens take (prompt tuning and P-tuning;
+    /// prefix tuning's keys and values take none).
+    pub fn virtual_tokens(&self) -> usize {
+        match self {
+            Method::Prompt(p) => p.num_virtual_tokens,
+            _ => 0,
+        }
+    }
+
+    /// Whether the adapted model computes exactly the base model's logits before training
+    /// (soft prompts cannot: prepending anything changes what attention sees).
+    pub fn starts_at_base(&self) -> bool {
+        !matches!(self, Method::Prompt(_) | Method::Prefix(_))
     }
 
     /// The parameters a selective method trains (None for the others).
@@ -95,16 +244,16 @@ impl Method {
             Method::LastLayers { n } => Some(Selection::LastLayers(*n)),
             Method::Bitfit => Some(Selection::Biases),
             Method::Layernorm => Some(Selection::LayerNorms),
-            Method::Full | Method::Lora(_) | Method::Qlora(_) => None,
+            _ => None,
         }
     }
 
     /// The method's LoRA settings, if it has any.
     pub fn lora(&self) -> Option<&LoraConfig> {
         match self {
-            Method::Full | Method::LastLayers { .. } | Method::Bitfit | Method::Layernorm => None,
             Method::Lora(c) => Some(c),
             Method::Qlora(c) => Some(&c.lora),
+            _ => None,
         }
     }
 
@@ -117,6 +266,11 @@ impl Method {
             Method::Layernorm => "layernorm",
             Method::Lora(_) => "lora",
             Method::Qlora(_) => "qlora",
+            Method::Adapter(_) => "adapter",
+            Method::Prompt(p) if p.encoder_hidden_size.is_some() => "p-tuning",
+            Method::Prompt(_) => "prompt",
+            Method::Prefix(_) => "prefix",
+            Method::Ia3(_) => "ia3",
         }
     }
 
@@ -142,6 +296,18 @@ impl Method {
                 if config.bias == LoraBias::All {
                     n += Selection::Biases.count(model.config());
                 }
+                n
+            }
+            Method::Adapter(a) => model.config().n_layer * a.per_block() * a.params_each(model.config().n_embd),
+            Method::Prompt(p) => p.params(model.config().n_embd),
+            Method::Prefix(p) => p.params(model.config().n_embd, model.config().n_layer),
+            Method::Ia3(config) => {
+                let mut n = 0;
+                for_each_projection_ref(model, |path, p| {
+                    if config.targets(path) {
+                        n += if config.feedforward(path) { p.d_in() } else { p.d_out() };
+                    }
+                });
                 n
             }
         }
@@ -191,24 +357,35 @@ impl MethodSummary {
     }
 }
 
-/// Checks `config`'s targets against `model`: every target names at least one projection
-/// (the error lists the names there are), and the rank fits every targeted matrix.
-fn check_targets(model: &Gpt, config: &LoraConfig, origin: &str) -> Result<()> {
+/// Checks that every name in `targets` matches at least one projection of `model`; the
+/// error lists the names there are.
+fn check_known(model: &Gpt, targets: &[String], origin: &str, field: &str) -> Result<()> {
     let mut paths = Vec::new();
-    for_each_projection_ref(model, |path, p| paths.push((path.to_string(), p.d_in(), p.d_out())));
-    for t in &config.target_modules {
-        let one = LoraConfig { target_modules: vec![t.clone()], ..config.clone() };
-        if !paths.iter().any(|(path, _, _)| one.targets(path)) {
+    for_each_projection_ref(model, |path, _| paths.push(path.to_string()));
+    for t in targets {
+        if !paths.iter().any(|path| path_matches(std::slice::from_ref(t), path)) {
             return Err(crate::error::Error::config(
                 origin,
-                "target_modules",
+                field,
                 format!(
                     "no projection is called '{t}'; this model has c_attn, attn.c_proj, mlp.c_fc and mlp.c_proj in every block (c_proj matches both, all-linear every one), e.g. {}",
-                    paths.iter().take(4).map(|(p, _, _)| p.as_str()).collect::<Vec<_>>().join(", ")
+                    paths.iter().take(4).map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
                 ),
             ));
         }
     }
+    Ok(())
+}
+
+/// Checks a LoRA config's targets against `model`: every target names at least one
+/// projection, and the rank fits every targeted matrix.
+fn check_targets(model: &Gpt, config: &LoraConfig, origin: &str) -> Result<()> {
+    check_known(model, &config.target_modules, origin, "target_modules")?;
+    if config.init == LoraInit::Pissa && config.use_dora {
+        return Err(crate::error::Error::config(origin, "init", "PiSSA with DoRA is not built: DoRA's magnitude would start from the residual, not W; use one of them"));
+    }
+    let mut paths = Vec::new();
+    for_each_projection_ref(model, |path, p| paths.push((path.to_string(), p.d_in(), p.d_out())));
     if let Some((path, d_in, d_out)) = paths.iter().find(|(path, d_in, d_out)| config.targets(path) && config.r > (*d_in).min(*d_out)) {
         return Err(crate::error::Error::config(
             origin,
@@ -228,6 +405,11 @@ fn add_lora(model: Gpt, config: &LoraConfig, seed: u64, device: &Device) -> Gpt 
     for_each_projection(&mut model, |path, p| {
         if config.targets(path) {
             let mut lora = Lora::init(p.d_in(), p.d_out(), config, &mut rng, device);
+            if config.init == LoraInit::Pissa {
+                // PiSSA: A·B starts as W's top-r singular part and W keeps the rest.
+                let residual = lora.pissa_from(p.base_weight(), seed, device);
+                p.weight = p.weight.take().map(|w| w.map(|_| residual));
+            }
             if config.use_dora {
                 // DoRA's magnitude starts at W's column norms, so the model starts unchanged.
                 lora.magnitude = Some(burn::module::Param::from_tensor(lora::column_norms(p.base_weight()).detach()));
@@ -248,8 +430,19 @@ fn add_lora(model: Gpt, config: &LoraConfig, seed: u64, device: &Device) -> Gpt 
 /// adapters: the merged model has the base model's shape and no extra inference cost. An
 /// NF4 base is dequantized to FP32 first (merging into 4-bit codes would round the update
 /// away), so a merged QLoRA model is an ordinary FP32 model.
+///
+/// IA³ folds too: an output scale multiplies W's columns and the bias, an input scale W's
+/// rows. Adapters and soft prompts cannot fold (see [`Method::merge_blocker`]) and are left
+/// in place.
 pub fn merge(mut model: Gpt) -> Gpt {
     for_each_projection(&mut model, |_, p| {
+        if let Some(ia3) = p.ia3.take() {
+            let folded = ia3.fold(p.base_weight());
+            p.weight = p.weight.take().map(|w| w.map(|_| folded));
+            if !ia3.input {
+                p.bias = p.bias.take().map(|b| b.map(|b| b * ia3.ia3_l.val()));
+            }
+        }
         let lora = p.lora.take();
         if lora.is_none() && p.nf4.is_none() {
             return;

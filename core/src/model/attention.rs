@@ -37,6 +37,15 @@ impl Attention {
     /// # Shapes
     /// `[B, T, C] -> [B, T, C]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.forward_with_prefix(x, None)
+    }
+
+    /// Attention with prefix tuning's learned keys and values (`[k, C]` each) placed before
+    /// the sequence's own: every position may attend to all k of them.
+    ///
+    /// # Shapes
+    /// `[B, T, C] -> [B, T, C]`
+    pub fn forward_with_prefix(&self, x: Tensor<3>, prefix: Option<(Tensor<2>, Tensor<2>)>) -> Tensor<3> {
         let [b, t, c] = x.dims();
         let (nh, hs) = (self.n_head, c / self.n_head);
 
@@ -45,15 +54,24 @@ impl Attention {
         // [B, T, C] -> [B, T, nh, hs] -> [B, nh, T, hs]. (Splitting the last dimension is
         // the cheapest of the equivalent layouts on flex; see native/examples/op_profile.rs.)
         let head = |i: usize| qkv.clone().narrow(2, i * c, c).reshape([b, t, nh, hs]).swap_dims(1, 2);
-        let (q, k, v) = (head(0), head(1), head(2));
+        let (q, mut k, mut v) = (head(0), head(1), head(2));
+        let mut p = 0;
+        if let Some((pk, pv)) = prefix {
+            p = pk.dims()[0];
+            // [k, C] -> [1, nh, k, hs] -> [B, nh, k, hs], then before the sequence's own.
+            let heads = |x: Tensor<2>| x.reshape([1, p, nh, hs]).swap_dims(1, 2).expand([b, nh, p, hs]);
+            k = Tensor::cat(vec![heads(pk), k], 2);
+            v = Tensor::cat(vec![heads(pv), v], 2);
+        }
 
-        // Scaled dot-product scores: [B, nh, T, hs] x [B, nh, hs, T] -> [B, nh, T, T]
+        // Scaled dot-product scores: [B, nh, T, hs] x [B, nh, hs, P+T] -> [B, nh, T, P+T]
         let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (hs as f64).sqrt());
         // Causal mask: position i may not look at j > i. Burn's `tril_mask` is true *outside*
         // the lower triangle, i.e. exactly where j > i (the causality test pins this down).
         // Filling with a large negative number rather than -inf keeps a fully masked row
-        // (never produced here) finite.
-        let mask = Tensor::<2, Bool>::tril_mask([t, t], 0, &scores.device()).reshape([1, 1, t, t]).expand([b, nh, t, t]);
+        // (never produced here) finite. With a prefix of P keys, query i sees key j when
+        // j ≤ i + P: the whole prefix and its own past.
+        let mask = Tensor::<2, Bool>::tril_mask([t, p + t], p as i64, &scores.device()).reshape([1, 1, t, p + t]).expand([b, nh, t, p + t]);
         let scores = scores.mask_fill(mask, -1.0e9);
         let probs = self.attn_dropout.forward(softmax(scores, 3));
 

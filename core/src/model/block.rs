@@ -78,6 +78,10 @@ pub struct Block {
     pub attn: Attention,
     pub ln_2: LayerNorm,
     pub mlp: Mlp,
+    /// A bottleneck adapter on the attention sublayer's output (Houlsby), if adapted.
+    pub adapter_attn: Option<crate::methods::Adapter>,
+    /// A bottleneck adapter on the MLP's output (Houlsby, Pfeiffer) or beside it (parallel).
+    pub adapter_mlp: Option<crate::methods::Adapter>,
 }
 
 impl Block {
@@ -88,14 +92,36 @@ impl Block {
             attn: Attention::init(config, rng, device),
             ln_2: LayerNorm::init(config.n_embd, eps, device),
             mlp: Mlp::init(config, rng, device),
+            adapter_attn: None,
+            adapter_mlp: None,
         }
     }
 
     /// # Shapes
     /// `[B, T, C] -> [B, T, C]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(self.ln_1.forward(x));
-        x.clone() + self.mlp.forward(self.ln_2.forward(x))
+        self.forward_with_prefix(x, None)
+    }
+
+    /// The block with prefix tuning's keys and values for its attention (`[k, C]` each).
+    ///
+    /// # Shapes
+    /// `[B, T, C] -> [B, T, C]`
+    pub fn forward_with_prefix(&self, x: Tensor<3>, prefix: Option<(Tensor<2>, Tensor<2>)>) -> Tensor<3> {
+        let a = self.attn.forward_with_prefix(self.ln_1.forward(x.clone()), prefix);
+        let a = match &self.adapter_attn {
+            Some(adapter) => a.clone() + adapter.delta(a),
+            None => a,
+        };
+        let x = x + a;
+        let h = self.ln_2.forward(x.clone());
+        let m = self.mlp.forward(h.clone());
+        let m = match &self.adapter_mlp {
+            Some(adapter) if adapter.parallel => m + adapter.delta(h),
+            Some(adapter) => m.clone() + adapter.delta(m),
+            None => m,
+        };
+        x + m
     }
 }
 

@@ -26,18 +26,41 @@ pub struct Projection {
     pub bias: Option<Param<Tensor<1>>>,
     /// A low-rank update beside the frozen weight (`methods::lora`), if adapted.
     pub lora: Option<crate::methods::Lora>,
+    /// A learned rescaling of the input or output (`methods::ia3`), if adapted.
+    pub ia3: Option<crate::methods::Ia3>,
 }
 
 impl Projection {
     /// Weights drawn from N(0, std²) with tinytune's portable generator; bias zero.
     pub fn init(d_in: usize, d_out: usize, std: f64, rng: &mut crate::data::rng::Rng, device: &Device) -> Self {
         let weight = Tensor::from_data(TensorData::new(normal(rng, d_in * d_out, std), [d_in, d_out]), device);
-        Self { weight: Some(Param::from_tensor(weight)), nf4: None, bias: Some(Param::from_tensor(Tensor::zeros([d_out], device))), lora: None }
+        Self { weight: Some(Param::from_tensor(weight)), nf4: None, bias: Some(Param::from_tensor(Tensor::zeros([d_out], device))), lora: None, ia3: None }
+    }
+
+    /// Weight and bias zero: a projection that outputs zero until it trains (an adapter's
+    /// up-projection).
+    pub fn zeros(d_in: usize, d_out: usize, device: &Device) -> Self {
+        Self {
+            weight: Some(Param::from_tensor(Tensor::zeros([d_in, d_out], device))),
+            nf4: None,
+            bias: Some(Param::from_tensor(Tensor::zeros([d_out], device))),
+            lora: None,
+            ia3: None,
+        }
     }
 
     /// # Shapes
     /// `[..., d_in] -> [..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if let Some(ia3) = &self.ia3 {
+            // IA³: (x ⊙ l)·W + b for a feedforward module, else (x·W + b) ⊙ l, as PEFT.
+            let bias = self.bias.as_ref().map(|b| b.val());
+            return if ia3.input {
+                burn::tensor::module::linear(x * ia3.scale::<D>(), self.base_weight(), bias)
+            } else {
+                burn::tensor::module::linear(x, self.base_weight(), bias) * ia3.scale::<D>()
+            };
+        }
         if let Some(lora) = &self.lora
             && lora.magnitude.is_some()
         {

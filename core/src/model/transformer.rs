@@ -25,6 +25,10 @@ pub struct Gpt {
     /// The blocks, `h.0` ... `h.{n_layer-1}` as in GPT-2's weight names.
     pub h: Vec<Block>,
     pub ln_f: LayerNorm,
+    /// Prompt tuning's or P-tuning's virtual tokens (`methods::prompt`), if adapted.
+    pub prompt: Option<crate::methods::SoftPrompt>,
+    /// Prefix tuning's per-layer keys and values, if adapted.
+    pub prefix: Option<crate::methods::Prefix>,
     /// The shape this model was built with (not a parameter; saved as config.json).
     #[module(skip)]
     pub config: ModelConfig,
@@ -42,6 +46,8 @@ impl Gpt {
             drop: DropoutConfig::new(config.embd_pdrop).init(),
             h: (0..config.n_layer).map(|_| Block::init(config, &mut rng, device)).collect(),
             ln_f: LayerNorm::init(c, config.layer_norm_epsilon, device),
+            prompt: None,
+            prefix: None,
             config: config.clone(),
         }
     }
@@ -50,15 +56,35 @@ impl Gpt {
         &self.config
     }
 
-    /// Token plus position embeddings.
+    /// Virtual tokens a soft prompt prepends (0 without one).
+    pub fn virtual_tokens(&self) -> usize {
+        self.prompt.as_ref().map_or(0, |p| p.len())
+    }
+
+    /// The longest input this model takes: its positions less the soft prompt's.
+    pub fn context_len(&self) -> usize {
+        self.config.n_positions - self.virtual_tokens()
+    }
+
+    /// Token plus position embeddings, with a soft prompt's virtual tokens first (which take
+    /// positions 0..k, so the sequence grows by k).
     ///
     /// # Shapes
-    /// `[B, T] -> [B, T, C]`
+    /// `[B, T] -> [B, k+T, C]`
     pub fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        let [_, t] = ids.dims();
+        let [b, t] = ids.dims();
         let device = ids.device();
-        let positions = Tensor::<1, Int>::arange(0..t as i64, &device).reshape([1, t]); // [1, T]
-        self.wte.forward(ids) + self.wpe.forward(positions) // [B, T, C] + [1, T, C]
+        let tokens = self.wte.forward(ids); // [B, T, C]
+        let (x, k) = match &self.prompt {
+            Some(p) => {
+                let v = p.vectors(); // [k, C]
+                let [k, c] = v.dims();
+                (Tensor::cat(vec![v.unsqueeze::<3>().expand([b, k, c]), tokens], 1), k)
+            }
+            None => (tokens, 0),
+        };
+        let positions = Tensor::<1, Int>::arange(0..(k + t) as i64, &device).reshape([1, k + t]); // [1, k+T]
+        x + self.wpe.forward(positions) // [B, k+T, C] + [1, k+T, C]
     }
 
     /// Runs the blocks over embeddings and applies the final LayerNorm.
@@ -67,8 +93,9 @@ impl Gpt {
     /// `[B, T, C] -> [B, T, C]`
     pub fn forward_embeddings(&self, x: Tensor<3>) -> Tensor<3> {
         let mut x = self.drop.forward(x);
-        for block in &self.h {
-            x = block.forward(x);
+        let prefixes = self.prefix.as_ref().map(|p| p.keys_values(self.config.n_embd, self.h.len()));
+        for (i, block) in self.h.iter().enumerate() {
+            x = block.forward_with_prefix(x, prefixes.as_ref().map(|kv| kv[i].clone()));
         }
         self.ln_f.forward(x)
     }
@@ -85,12 +112,17 @@ impl Gpt {
         h.reshape([b * t, c]).matmul(w.transpose()).reshape([b, t, v])
     }
 
-    /// Next-token logits for every position.
+    /// Next-token logits for every position of the input (a soft prompt's virtual
+    /// positions are dropped).
     ///
     /// # Shapes
     /// `[B, T] -> [B, T, V]`
     pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        self.lm_head(self.forward_embeddings(self.embed(ids)))
+        let t = ids.dims()[1];
+        let k = self.virtual_tokens();
+        let h = self.forward_embeddings(self.embed(ids)); // [B, k+T, C]
+        let h = if k > 0 { h.narrow(1, k, t) } else { h };
+        self.lm_head(h)
     }
 
     /// Mean cross-entropy of `targets` under `logits`, weighted per position.

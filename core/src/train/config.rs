@@ -136,6 +136,11 @@ pub struct TrainConfig {
     /// of the run loads into a model of the right shape.
     #[serde(default)]
     pub method: Method,
+    /// A JSON Lines data set (`data::jsonl`) the run trains on instead of `data`. Core code
+    /// never reads files: whoever builds the trainer reads this one and passes its data sets
+    /// to `Trainer::from_datasets` (the CLI does, also when resuming).
+    #[serde(default)]
+    pub data_file: Option<String>,
 }
 
 impl Default for TrainConfig {
@@ -164,6 +169,7 @@ impl Default for TrainConfig {
             precision: Precision::Fp32,
             loss_scale: LossScale::None,
             method: Method::Full,
+            data_file: None,
         }
     }
 }
@@ -186,18 +192,20 @@ impl TrainConfig {
     }
 
     /// Checks the values a run cannot start with, naming the field.
-    pub fn validate(&self, origin: impl Into<Origin>, n_positions: usize) -> Result<()> {
+    /// `context` is the longest input the model takes (its `n_positions`, less a soft
+    /// prompt's virtual tokens).
+    pub fn validate(&self, origin: impl Into<Origin>, context: usize) -> Result<()> {
         let origin = origin.into();
         for (field, v) in [("steps", self.steps), ("batch_size", self.batch_size), ("seq_len", self.seq_len), ("train_examples", self.train_examples), ("eval_examples", self.eval_examples)] {
             if v == 0 {
                 return Err(Error::config(origin, field, "must be at least 1"));
             }
         }
-        if self.seq_len > n_positions {
+        if self.seq_len > context {
             return Err(Error::config(
                 origin,
                 "seq_len",
-                format!("{} is longer than the model's n_positions = {n_positions}; use a shorter sequence", self.seq_len),
+                format!("{} is longer than the {context} tokens the model takes (n_positions, less any soft prompt); use a shorter sequence", self.seq_len),
             ));
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {

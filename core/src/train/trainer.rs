@@ -111,6 +111,13 @@ impl Trainer {
                 model.config().vocab_size
             )));
         }
+        if let Some(file) = &config.data_file {
+            return Err(Error::config(
+                "training config",
+                "data_file",
+                format!("{file}: a run on a file needs its data read by the caller; build the data sets with data::jsonl and Trainer::from_datasets"),
+            ));
+        }
         let ds = |split, n| config.data.dataset(tok, config.data_seed, split, n, config.seq_len, config.prompt_loss_weight);
         let train = ds(Split::Train, config.train_examples)?;
         let eval = ds(Split::Eval, config.eval_examples)?;
@@ -119,7 +126,7 @@ impl Trainer {
 
     /// A trainer on data sets built elsewhere (benchmarks, custom data).
     pub fn from_datasets(model: Gpt, config: TrainConfig, train: Dataset, eval: Dataset, device: &Device) -> Result<Self> {
-        config.validate("training config", model.config().n_positions)?;
+        config.validate("training config", model.context_len())?;
         config.precision.check(device, "training config")?;
         let (model, device) = if config.checkpointing { with_checkpointing(model, device)? } else { (model, device.clone()) };
         Ok(Self {

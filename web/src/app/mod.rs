@@ -8,6 +8,7 @@ mod client;
 mod formats;
 mod memory;
 mod optimizers;
+mod rank;
 mod precision;
 mod quantize;
 mod widgets;
@@ -256,6 +257,7 @@ fn LessonView(lesson: Lesson, query: Vec<(String, String)>) -> impl IntoView {
                     Widget::LossScaling(_) => view! { <precision::LossScalingWidget state=state /> }.into_any(),
                     Widget::OptimizerState(_) => view! { <optimizers::OptimizerStateWidget state=state /> }.into_any(),
                     Widget::Schedule(_) => view! { <optimizers::ScheduleWidget state=state /> }.into_any(),
+                    Widget::LoraRank(_) => view! { <rank::LoraRankWidget state=state /> }.into_any(),
                 }
             }
         })

@@ -76,6 +76,8 @@ struct RunView {
     /// Optimizer state, peak memory and time per step, as the worker measured them.
     stats: Option<RunStats>,
     compare: Option<(Vec<CompareRow>, f32, f32)>,
+    /// A soft prompt's virtual tokens and the real tokens nearest each.
+    nearest: Option<Vec<Vec<(String, f32)>>>,
 }
 
 impl RunView {
@@ -111,7 +113,7 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
                 queue.set(Vec::new());
             }
             runs.update(|rs| {
-                let Some(r) = rs.iter_mut().find(|r| Some(r.id) == run_of(&msg)) else { return };
+                let Some(r) = rs.iter_mut().find(|r| Some(r.id) == msg.id()) else { return };
                 match msg {
                     FromWorker::Status { state, message, .. } => {
                         if state == RunState::Running && !message.is_empty() {
@@ -133,7 +135,9 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
                         r.eval_t.push((t, loss as f64));
                     }
                     FromWorker::Compare { rows, stories_before, stories_after, .. } => r.compare = Some((rows, stories_before, stories_after)),
+                    FromWorker::Nearest { tokens, .. } => r.nearest = Some(tokens),
                     FromWorker::Samples { .. }
+                    | FromWorker::LoraRank { .. }
                     | FromWorker::Memory { .. }
                     | FromWorker::Quantized { .. }
                     | FromWorker::Gradients { .. }
@@ -145,7 +149,7 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
             });
         });
         runs.update(|rs| {
-            rs.push(RunView { id, label, state: RunState::Preparing, message: "starting".into(), steps: params.steps, train: vec![], eval: vec![], train_t: vec![], eval_t: vec![], last: None, skipped: 0, info: String::new(), stats: None, compare: None })
+            rs.push(RunView { id, label, state: RunState::Preparing, message: "starting".into(), steps: params.steps, train: vec![], eval: vec![], train_t: vec![], eval_t: vec![], last: None, skipped: 0, info: String::new(), stats: None, compare: None, nearest: None })
         });
         client::send(&ToWorker::Train { run: id, params });
     };
@@ -214,7 +218,20 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
                 {field("seed", "seed", num(|p| p.seed.to_string()), set)}
                 {choice("precision", "precision", vec![("fp32", "FP32"), ("fp16", "FP16 mixed"), ("bf16", "BF16 mixed")], move || p.get().precision.to_string(), set)}
                 {choice("loss scaling", "loss_scale", vec![("none", "none"), ("dynamic", "dynamic (FP16)")], move || p.get().loss_scale.clone(), set)}
-                {choice("method (micro)", "method", vec![("full", "full"), ("last-layers", "last layers"), ("bitfit", "BitFit (biases)"), ("layernorm", "LayerNorm only"), ("lora", "LoRA"), ("qlora", "QLoRA (NF4 base)")], move || p.get().method.clone(), set)}
+                {choice("method (micro)", "method", vec![("full", "full"), ("last-layers", "last layers"), ("bitfit", "BitFit (biases)"), ("layernorm", "LayerNorm only"), ("lora", "LoRA"), ("qlora", "QLoRA (NF4 base)"), ("adapter", "adapters"), ("prompt", "prompt tuning"), ("p-tuning", "P-tuning"), ("prefix", "prefix tuning"), ("ia3", "IA³")], move || p.get().method.clone(), set)}
+                {move || (p.get().method == "adapter").then(|| view! {
+                    {choice("adapter placement", "adapter", vec![("houlsby", "Houlsby (after attention and MLP)"), ("pfeiffer", "Pfeiffer (after MLP)"), ("parallel", "parallel (beside MLP)")], move || p.get().adapter.clone(), set)}
+                    {field("bottleneck", "bottleneck", num(|p| p.bottleneck.to_string()), set)}
+                })}
+                {move || matches!(p.get().method.as_str(), "prompt" | "p-tuning" | "prefix").then(|| view! {
+                    {field("virtual tokens", "tokens", num(|p| p.tokens.to_string()), set)}
+                })}
+                {move || (p.get().method == "prompt").then(|| view! {
+                    {choice("prompt init", "prompt_init", vec![("random", "random"), ("vocab", "sampled vocabulary")], move || p.get().prompt_init.clone(), set)}
+                })}
+                {move || (p.get().method == "p-tuning").then(|| view! {
+                    {field("encoder width", "encoder", num(|p| p.encoder.to_string()), set)}
+                })}
                 {field("last layers", "last_n", num(|p| p.last_n.to_string()), set)}
                 {field("LoRA rank", "rank", num(|p| p.rank.to_string()), set)}
                 {field("LoRA alpha", "alpha", num(|p| p.alpha.to_string()), set)}
@@ -258,6 +275,7 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
             {move || runs.with(|rs| rs.last().cloned()).map(run_status)}
             {move || runs.with(|rs| (rs.len() > 1 || rs.iter().any(|r| r.stats.is_some())).then(|| runs_table(rs)))}
             {move || runs.with(|rs| rs.last().and_then(|r| r.compare.clone())).map(|(rows, before, after)| compare_view(rows, before, after))}
+            {move || runs.with(|rs| rs.last().and_then(|r| r.nearest.clone())).map(nearest_view)}
             <details class="scale">
                 <summary>"Run this at scale"</summary>
                 <p>"The same run with the native " <code>"tinytune"</code> " binary (add " <code>"--backend wgpu"</code> " or " <code>"--backend cuda"</code> " for a GPU):"</p>
@@ -288,6 +306,8 @@ fn run_label(p: &TrainParams) -> String {
             "full" => {}
             "lora" | "qlora" => label += &format!(" · {} r{}", p.method, p.rank),
             "last-layers" => label += &format!(" · last {} layers", p.last_n),
+            "adapter" => label += &format!(" · {} adapter {}", p.adapter, p.bottleneck),
+            "prompt" | "p-tuning" | "prefix" => label += &format!(" · {} {}", p.method, p.tokens),
             other => label += &format!(" · {other}"),
         }
     }
@@ -344,13 +364,6 @@ fn runs_table(rs: &[RunView]) -> impl IntoView + use<> {
     }
 }
 
-fn run_of(msg: &FromWorker) -> Option<u32> {
-    match msg {
-        FromWorker::Status { run, .. } | FromWorker::Step { run, .. } | FromWorker::Eval { run, .. } | FromWorker::Compare { run, .. } | FromWorker::RunStats { run, .. } => Some(*run),
-        _ => None,
-    }
-}
-
 fn run_status(r: RunView) -> impl IntoView {
     let state = match r.state {
         RunState::Preparing => format!("preparing: {}", r.message),
@@ -375,6 +388,25 @@ fn run_status(r: RunView) -> impl IntoView {
             })}
             {eval.map(|l| view! { " · held-out loss " <span data-testid="eval-loss">{l}</span> })}
         </p>
+    }
+}
+
+/// Each virtual token of a trained soft prompt with the real tokens nearest it.
+fn nearest_view(tokens: Vec<Vec<(String, f32)>>) -> impl IntoView {
+    let rows = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, near)| {
+            let near = near.into_iter().map(|(t, c)| format!("{t:?} ({c:.2})")).collect::<Vec<_>>().join(", ");
+            view! { <tr><td class="num">{format!("virtual {i}")}</td><td>{near}</td></tr> }
+        })
+        .collect::<Vec<_>>();
+    view! {
+        <table class="results" data-testid="nearest">
+            <caption>"The trained soft prompt: the real tokens nearest each virtual token (cosine similarity with the token embeddings)"</caption>
+            <thead><tr><th>"virtual token"</th><th>"nearest real tokens"</th></tr></thead>
+            <tbody>{rows}</tbody>
+        </table>
     }
 }
 

@@ -55,6 +55,9 @@ struct State {
 
 thread_local! {
     static STATE: RefCell<State> = RefCell::new(State::default());
+    /// The lora-rank widget's last full fine-tune: (steps and lr, base, tuned, held-out
+    /// data), so moving the rank slider does not train again.
+    static RANK_RUN: RefCell<Option<(String, Gpt, Gpt, tinytune::train::Dataset)>> = const { RefCell::new(None) };
 }
 
 fn post(msg: &FromWorker) {
@@ -127,6 +130,12 @@ fn handle(msg: ToWorker) {
         ToWorker::OptimizerState { id, params } => spawn_local(async move {
             match optimizer_state(&params).await {
                 Ok(result) => post(&FromWorker::OptimizerState { id, result: Box::new(result) }),
+                Err(message) => post(&FromWorker::Error { id, message }),
+            }
+        }),
+        ToWorker::LoraRank { id, params } => spawn_local(async move {
+            match lora_rank(&params).await {
+                Ok(result) => post(&FromWorker::LoraRank { id, result: Box::new(result) }),
                 Err(message) => post(&FromWorker::Error { id, message }),
             }
         }),
@@ -305,6 +314,15 @@ async fn train(run: u32, p: &TrainParams, control: &Cell<Control>) -> Result<Run
         // Let pause/cancel messages (and the page's other requests) in.
         js::sleep(0).await;
     }
+    if let Some(sims) = tinytune::methods::prompt::token_similarity(&trainer.model.valid()) {
+        // A soft prompt: the real tokens nearest each learned vector.
+        let sims = sims.into_data_async().await.map_err(|e| format!("reading the prompt back failed: {e:?}"))?.convert::<f32>().try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+        let tokens = tinytune::methods::prompt::nearest(&sims, trainer.model.config().vocab_size, 3)
+            .into_iter()
+            .map(|row| row.into_iter().map(|(id, c)| (tokenizer.decode(&[id]), c)).collect())
+            .collect();
+        post(&FromWorker::Nearest { run, tokens });
+    }
     if let Some((answers_before, stories_before)) = before {
         status(run, RunState::Preparing, "measuring the model after fine-tuning");
         let (answers_after, stories_after) = measure(&trainer.model.valid(), &tokenizer, p).await?;
@@ -400,6 +418,28 @@ async fn optimizer_state(p: &crate::optimizers::OptimizerStateParams) -> Result<
     let config = TrainConfig { data: DataSource::Task(tinytune::data::Task::StoryQa), batch_size: 8, seq_len: 128, train_examples: 100, eval_examples: 10, ..TrainConfig::default() };
     let trainer = Trainer::new(model, &tok, config, &device).map_err(|e| e.to_string())?;
     tinytune::optim::report::state_report(&trainer, &trainer.batch_for(0), &p.layer).map_err(|e| e.to_string())
+}
+
+/// Full fine-tuning of micro on the CPU (the report reads weights back synchronously),
+/// exactly as `tinytune lora-rank` runs it, then the rank report for the chosen matrix.
+async fn lora_rank(p: &crate::rank::RankParams) -> Result<tinytune::methods::rank::RankReport, String> {
+    let device = Device::flex();
+    let key = format!("{}:{}", p.steps, p.lr);
+    if RANK_RUN.with_borrow(|r| r.as_ref().map(|(k, ..)| k != &key).unwrap_or(true)) {
+        let ad = device.clone().autodiff();
+        let (model, tok) = load(ModelChoice::Micro, 0, &ad).await?;
+        let config = tinytune::methods::rank::finetune_config(DataSource::Task(tinytune::data::Task::Sentiment), p.steps, p.lr, 8, 64, 0);
+        let mut trainer = Trainer::new(model.clone(), &tok, config, &ad).map_err(|e| e.to_string())?;
+        for _ in 0..p.steps {
+            trainer.step().map_err(|e| e.to_string())?;
+            js::sleep(0).await;
+        }
+        RANK_RUN.with_borrow_mut(|r| *r = Some((key, model.valid(), trainer.model.valid(), trainer.eval.clone())));
+    }
+    RANK_RUN.with_borrow(|r| {
+        let (_, base, tuned, eval) = r.as_ref().expect("a run was just stored");
+        tinytune::methods::rank::rank_report(base, tuned, &p.matrix, p.rank, eval, 8, 64, 4, &device).map_err(|e| e.to_string())
+    })
 }
 
 async fn generate(id: u32, p: &GenerateParams) -> Result<(), String> {
