@@ -112,8 +112,15 @@ pub fn from_safetensors(bytes: &[u8], origin: &Origin) -> Result<HashMap<String,
 }
 
 /// The model's weights as safetensors bytes. An NF4 base (QLoRA) is stored packed, as
-/// `{path}.weight.nf4.*` tensors.
+/// `{path}.weight.nf4.*` tensors. A model merged in place (`methods::merge_in_place`) is
+/// written unmerged: the base weights and the adapters apart, as it was trained, so loading
+/// never applies an update twice.
 pub fn save_model(model: &Gpt) -> Vec<u8> {
+    if crate::methods::is_merged(model) {
+        let mut unmerged = model.clone();
+        crate::methods::unmerge(&mut unmerged);
+        return save_model(&unmerged);
+    }
     let mut tensors = param_data(model);
     crate::methods::for_each_projection_ref(model, |path, p| {
         if let Some(q) = &p.nf4 {

@@ -1,7 +1,8 @@
 //! One battery over every fine-tuning method, in the spirit of PEFT's TEST_CASES: at
 //! initialisation the adapted model equals the base model; after training every frozen
 //! parameter is bit-identical and every trainable one moved; merged equals unmerged;
-//! save/load round-trips; the trainable count equals the closed form.
+//! merging in place and unmerging gives the weights back; save/load round-trips; the
+//! trainable count equals the closed form.
 
 use std::collections::HashMap;
 
@@ -12,7 +13,7 @@ use tinytune::data::{CHARSET, Task};
 use tinytune::formats::ptq::quantize_model;
 use tinytune::methods::{
     AdapterActivation, AdapterConfig, AdapterKind, Ia3Config, LoraBias, LoraConfig, LoraInit, Method, PrefixConfig, PromptConfig, PromptInit, QloraConfig, for_each_projection_ref,
-    merge,
+    merge, merge_in_place, unmerge,
 };
 use tinytune::model::named_params;
 use tinytune::model::params::param_data;
@@ -147,10 +148,42 @@ fn every_method_passes_the_battery() {
         let back = load_model_for(&config, &method, &save_model(&trained), &device, "model.safetensors").unwrap();
         assert_eq!(logits(&back, &device), logits(&trained, &device), "{name}: save/load");
 
-        // 5. Merging folds the update into the base weights: same logits within 1e-4, and
+        // 5. Merging in place and back (PEFT's merge_adapter / unmerge_adapter). While
+        //    merged: the same logits within 1e-4, and a checkpoint holds the unmerged
+        //    weights. Unmerged again: every parameter back within 1e-5 (floating-point
+        //    arithmetic is not exactly reversible). An NF4 base refuses, changing nothing.
+        let unmerged = logits(&trained, &device);
+        let mut has_update = false;
+        for_each_projection_ref(&trained, |_, p| has_update |= p.lora.is_some() || p.ia3.is_some());
+        let mut in_place = trained.clone();
+        match merge_in_place(&mut in_place) {
+            Ok(n) => {
+                assert_eq!(n > 0, has_update, "{name}: merged {n} projections");
+                assert!(max_diff(&logits(&in_place, &device), &unmerged) < 1e-4, "{name}: merged in place differs");
+                if n > 0 {
+                    assert_ne!(values(&in_place), values(&trained), "{name}: merging in place changed no weight");
+                }
+                let back = load_model_for(&config, &method, &save_model(&in_place), &device, "model.safetensors").unwrap();
+                assert!(max_diff(&logits(&back, &device), &unmerged) < 1e-5, "{name}: a merged model saved its update twice");
+                assert_eq!(merge_in_place(&mut in_place).unwrap(), 0, "{name}: merged twice");
+                assert_eq!(unmerge(&mut in_place), n, "{name}: unmerged count");
+                let (restored, original) = (values(&in_place), values(&trained));
+                for (param, w) in &original {
+                    let worst = max_diff(w, &restored[param]);
+                    assert!(worst < 1e-5, "{name}: {param} came back {worst:e} away");
+                }
+                assert!(max_diff(&logits(&in_place, &device), &unmerged) < 1e-5, "{name}: unmerged logits differ");
+            }
+            Err(e) => {
+                assert!(matches!(method, Method::Qlora(_)), "{name}: {e}");
+                assert!(e.to_string().contains("NF4"), "{name}: {e}");
+                assert_eq!(values(&in_place), values(&trained), "{name}: a refused merge changed weights");
+            }
+        }
+
+        // 6. Merging folds the update into the base weights: same logits within 1e-4, and
         //    the base model's parameter set. Methods that cannot merge say why, and merging
         //    leaves their modules in place.
-        let unmerged = logits(&trained, &device);
         let trained_params = named_params(&trained).len();
         let merged = merge(trained);
         assert!(max_diff(&logits(&merged, &device), &unmerged) < 1e-4, "{name}: merged differs");
@@ -253,6 +286,7 @@ fn rank_report_measures_what_rank_r_keeps() {
     assert!(full.delta_spectrum.windows(2).all(|w| w[0] >= w[1]) && full.delta_spectrum.len() == 64);
     let one = rank_report(&base, &tuned, "h.1.attn.c_attn", 1, eval, 8, 48, 2, &device).unwrap();
     assert!(one.energy_kept < 1.0 && one.energy_kept > 0.0 && one.merge_max_diff < 1e-4, "{one:?}");
+    assert!(one.unmerge_max_diff < 1e-5, "{one:?}");
     assert_eq!(one.delta_spectrum, full.delta_spectrum);
     let e = rank_report(&base, &tuned, "h.9.attn.c_attn", 1, eval, 8, 48, 2, &device).unwrap_err().to_string();
     assert!(e.contains("matrix") && e.contains("h.0.attn.c_attn"), "{e}");

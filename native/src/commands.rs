@@ -366,5 +366,6 @@ pub fn lora_rank_cmd(a: crate::cli::LoraRankArgs, device: &Device) -> Result<(),
     println!("rank {} keeps {:.1}% of ΔW's energy (relative error {:.3}); 90% needs rank {} for ΔW, {} for W", r.rank, 100.0 * r.energy_kept, r.relative_error, r.rank_for_90, r.weight_rank_for_90);
     println!("held-out loss: base {:.4}, full fine-tune {:.4}, every update cut to rank {}: {:.4}", r.loss_base, r.loss_full, r.rank, r.loss_truncated);
     println!("rank-{} LoRA beside W vs merged into W: largest logit difference {:.2e}", r.rank, r.merge_max_diff);
+    println!("merged in place and unmerged again: W comes back within {:.2e}", r.unmerge_max_diff);
     Ok(())
 }

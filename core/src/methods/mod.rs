@@ -6,11 +6,13 @@
 //! only); reparameterisation (LoRA with PEFT's bias and init options, PiSSA, rsLoRA, LoRA+
 //! and DoRA; QLoRA; IA³); and additive methods (bottleneck adapters; soft prompts: prompt
 //! tuning, P-tuning, prefix tuning). What can merge into the base weights does (`merge`);
-//! what cannot says why (`Method::merge_blocker`).
+//! what cannot says why (`Method::merge_blocker`); `merge_in_place` and `unmerge` fold
+//! an update in and take it out again, as PEFT's `merge_adapter` and `unmerge_adapter` do.
 
 pub mod adapter;
 pub mod ia3;
 pub mod lora;
+pub mod merge;
 pub mod peft;
 pub mod prompt;
 pub mod qlora;
@@ -29,6 +31,7 @@ use crate::model::projection::Projection;
 pub use adapter::{Adapter, AdapterActivation, AdapterConfig, AdapterKind};
 pub use ia3::{Ia3, Ia3Config};
 pub use lora::{Lora, LoraBias, LoraConfig, LoraInit};
+pub use merge::{MergeUndo, is_merged, merge, merge_in_place, unmerge};
 pub use prompt::{Prefix, PrefixConfig, PromptConfig, PromptInit, SoftPrompt};
 pub use qlora::{Nf4Weight, QloraConfig};
 pub use selective::Selection;
@@ -423,47 +426,6 @@ fn add_lora(model: Gpt, config: &LoraConfig, seed: u64, device: &Device) -> Gpt 
         LoraBias::All => selective::unfreeze(model, &|name| name.ends_with(".bias")),
         LoraBias::LoraOnly => selective::unfreeze(model, &|name| targeted.iter().any(|t| t == name)),
     }
-}
-
-/// Folds every LoRA update into its base weight (`W ← W + s·A·B`; with DoRA, each column
-/// of that rescaled by `m / ‖W + s·A·B‖`) and removes the
-/// adapters: the merged model has the base model's shape and no extra inference cost. An
-/// NF4 base is dequantized to FP32 first (merging into 4-bit codes would round the update
-/// away), so a merged QLoRA model is an ordinary FP32 model.
-///
-/// IA³ folds too: an output scale multiplies W's columns and the bias, an input scale W's
-/// rows. Adapters and soft prompts cannot fold (see [`Method::merge_blocker`]) and are left
-/// in place.
-pub fn merge(mut model: Gpt) -> Gpt {
-    for_each_projection(&mut model, |_, p| {
-        if let Some(ia3) = p.ia3.take() {
-            let folded = ia3.fold(p.base_weight());
-            p.weight = p.weight.take().map(|w| w.map(|_| folded));
-            if !ia3.input {
-                p.bias = p.bias.take().map(|b| b.map(|b| b * ia3.ia3_l.val()));
-            }
-        }
-        let lora = p.lora.take();
-        if lora.is_none() && p.nf4.is_none() {
-            return;
-        }
-        let base = p.base_weight();
-        let merged = match &lora {
-            // DoRA: each column of W + s·A·B rescaled to its learned magnitude.
-            Some(l) if l.magnitude.is_some() => {
-                let factor = l.dora_factor(base.clone()).expect("a magnitude");
-                (base + l.delta()) * factor.unsqueeze::<2>()
-            }
-            Some(l) => base + l.delta(),
-            None => base,
-        };
-        p.weight = Some(match p.weight.take() {
-            Some(w) => w.map(|_| merged),
-            None => burn::module::Param::from_tensor(merged.detach()).set_require_grad(false),
-        });
-        p.nf4 = None;
-    });
-    model
 }
 
 /// Calls `f` with the dotted path and a reference of every projection.

@@ -1,14 +1,15 @@
 //! What rank a fine-tune needs, measured: the update `ΔW = W_tuned − W_base` that full
 //! fine-tuning learned for one weight matrix, its singular values next to W's own, how much
 //! of it a rank-r update keeps, what the model loses when every projection's update is cut
-//! to rank r, and the output difference between a rank-r LoRA kept beside W and merged into
-//! it (the `lora-rank` widget and `tinytune lora-rank`).
+//! to rank r, the output difference between a rank-r LoRA kept beside W and merged into
+//! it, and how close W comes back when that merge is undone (the `lora-rank` widget and
+//! `tinytune lora-rank`).
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::{LoraConfig, for_each_projection, for_each_projection_ref, merge};
+use super::{LoraConfig, for_each_projection, for_each_projection_ref, merge_in_place, unmerge};
 use crate::error::{Error, Result};
 use crate::linalg::{Svd, svd};
 use crate::model::Gpt;
@@ -51,6 +52,9 @@ pub struct RankReport {
     /// Largest |logit| difference between a rank-r LoRA (A·B = ΔW_r on this matrix) computed
     /// beside W and the same update merged into W, over one held-out batch.
     pub merge_max_diff: f32,
+    /// Largest |W_after − W_before| on this matrix after merging that LoRA into W in place
+    /// and unmerging it: the rounding a merge/unmerge round trip leaves behind.
+    pub unmerge_max_diff: f32,
 }
 
 fn weight_of(model: &Gpt, matrix: &str) -> Option<(Vec<f32>, usize, usize)> {
@@ -109,6 +113,7 @@ pub fn rank_report(base: &Gpt, tuned: &Gpt, matrix: &str, rank: usize, eval: &Da
         return Err(Error::Invalid(format!("{path} has no FP32 weight to compare")));
     }
     let loss = |m: &Gpt| eval_loss(&m.valid(), eval, b, t, batches);
+    let (merge_max_diff, unmerge_max_diff) = merge_difference(base, matrix, &dw, rank, eval, b, t, device)?;
     let (loss_base, loss_full, loss_truncated) = (loss(base)?, loss(tuned)?, loss(&truncated)?);
 
     Ok(RankReport {
@@ -122,7 +127,8 @@ pub fn rank_report(base: &Gpt, tuned: &Gpt, matrix: &str, rank: usize, eval: &Da
         relative_error: (1.0 - energy_kept).max(0.0).sqrt(),
         rank_for_90: rank_for(&dw.s, 0.9),
         weight_rank_for_90: rank_for(&ws.s, 0.9),
-        merge_max_diff: merge_difference(base, matrix, &dw, rank, eval, b, t, device)?,
+        merge_max_diff,
+        unmerge_max_diff,
         delta_spectrum: dw.s,
         weight_spectrum: ws.s,
         loss_base,
@@ -132,9 +138,10 @@ pub fn rank_report(base: &Gpt, tuned: &Gpt, matrix: &str, rank: usize, eval: &Da
 }
 
 /// Puts ΔW's rank-r part on `matrix` of `base` as a LoRA (scale 1, A·B = ΔW_r) and returns
-/// the largest logit difference between it and its merge.
+/// the largest logit difference between it and its merge in place, and the largest weight
+/// difference after unmerging.
 #[allow(clippy::too_many_arguments)]
-fn merge_difference(base: &Gpt, matrix: &str, dw: &Svd, rank: usize, eval: &Dataset, b: usize, t: usize, device: &Device) -> Result<f32> {
+fn merge_difference(base: &Gpt, matrix: &str, dw: &Svd, rank: usize, eval: &Dataset, b: usize, t: usize, device: &Device) -> Result<(f32, f32)> {
     let config = LoraConfig { r: rank, lora_alpha: rank as f64, ..LoraConfig::default() };
     let mut model = base.clone();
     for_each_projection(&mut model, |path, p| {
@@ -147,9 +154,14 @@ fn merge_difference(base: &Gpt, matrix: &str, dw: &Svd, rank: usize, eval: &Data
     let batch = eval.sequential(b, t, 1).into_iter().next().ok_or_else(|| Error::Invalid("no held-out batch".into()))?;
     let (inputs, _, _): (Tensor<2, Int>, _, _) = batch.to_device(device);
     let read = |m: &Gpt| m.valid().forward(inputs.clone()).into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 logits");
+    let largest = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
     let unmerged = read(&model);
-    let merged = read(&merge(model));
-    Ok(unmerged.iter().zip(&merged).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max))
+    let w_before = weight_of(&model, matrix).map(|w| w.0).unwrap_or_default();
+    merge_in_place(&mut model)?;
+    let merged = read(&model);
+    unmerge(&mut model);
+    let w_after = weight_of(&model, matrix).map(|w| w.0).unwrap_or_default();
+    Ok((largest(&unmerged, &merged), largest(&w_before, &w_after)))
 }
 
 #[cfg(test)]

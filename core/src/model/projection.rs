@@ -28,13 +28,17 @@ pub struct Projection {
     pub lora: Option<crate::methods::Lora>,
     /// A learned rescaling of the input or output (`methods::ia3`), if adapted.
     pub ia3: Option<crate::methods::Ia3>,
+    /// Set while the LoRA, DoRA or IA³ update is folded into `weight` in place
+    /// (`methods::merge_in_place`); the forward pass is then the plain `x·W + b`.
+    #[module(skip)]
+    pub merged: Option<crate::methods::MergeUndo>,
 }
 
 impl Projection {
     /// Weights drawn from N(0, std²) with tinytune's portable generator; bias zero.
     pub fn init(d_in: usize, d_out: usize, std: f64, rng: &mut crate::data::rng::Rng, device: &Device) -> Self {
         let weight = Tensor::from_data(TensorData::new(normal(rng, d_in * d_out, std), [d_in, d_out]), device);
-        Self { weight: Some(Param::from_tensor(weight)), nf4: None, bias: Some(Param::from_tensor(Tensor::zeros([d_out], device))), lora: None, ia3: None }
+        Self { weight: Some(Param::from_tensor(weight)), nf4: None, bias: Some(Param::from_tensor(Tensor::zeros([d_out], device))), lora: None, ia3: None, merged: None }
     }
 
     /// Weight and bias zero: a projection that outputs zero until it trains (an adapter's
@@ -46,12 +50,17 @@ impl Projection {
             bias: Some(Param::from_tensor(Tensor::zeros([d_out], device))),
             lora: None,
             ia3: None,
+            merged: None,
         }
     }
 
     /// # Shapes
     /// `[..., d_in] -> [..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if self.merged.is_some() {
+            // The update is inside W already (merged in place).
+            return burn::tensor::module::linear(x, self.base_weight(), self.bias.as_ref().map(|b| b.val()));
+        }
         if let Some(ia3) = &self.ia3 {
             // IA³: (x ⊙ l)·W + b for a feedforward module, else (x·W + b) ⊙ l, as PEFT.
             let bias = self.bias.as_ref().map(|b| b.val());

@@ -97,7 +97,10 @@ fn report_view(r: RankReport) -> impl IntoView {
             )}
         </p>
         <p class="status" data-testid="merge">
-            {format!("A rank-{} LoRA holding that update, computed beside W and then merged into W: largest logit difference {:.2e}.", r.rank, r.merge_max_diff)}
+            {format!(
+                "A rank-{} LoRA holding that update, computed beside W and then merged into W: largest logit difference {:.2e}. Unmerged again, W comes back within {:.2e}: floating-point addition is not exactly reversible.",
+                r.rank, r.merge_max_diff, r.unmerge_max_diff
+            )}
         </p>
     }
 }
