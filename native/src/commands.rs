@@ -266,7 +266,7 @@ pub fn merge_adapter_cmd(a: crate::cli::MergeAdapterArgs, device: &Device) -> Re
     if let Some(why) = method.merge_blocker() {
         return Err(format!("{}: its method is {}, which cannot be merged: {why}. Load the run folder itself to use it", a.model.display(), method.name()));
     }
-    if matches!(method, tinytune::methods::Method::Full | tinytune::methods::Method::LastLayers { .. } | tinytune::methods::Method::Bitfit | tinytune::methods::Method::Layernorm) {
+    if method == tinytune::methods::Method::Full || method.selection().is_some() {
         return Err(format!("{}: its method is {}, which adds no adapter to merge; its weights are already a plain model", a.model.display(), method.name()));
     }
     let merged = merge(loaded.model);

@@ -104,7 +104,8 @@ pub fn rank_report(base: &Gpt, tuned: &Gpt, matrix: &str, rank: usize, eval: &Da
             failure = Some(path.to_string());
             return;
         };
-        let kept = svd(&delta(&wb, &wt), i, o).truncated(rank);
+        // The charted matrix's SVD is `dw`, already computed.
+        let kept = if path == matrix { dw.truncated(rank) } else { svd(&delta(&wb, &wt), i, o).truncated(rank) };
         let new: Vec<f32> = wb.iter().zip(&kept).map(|(b, k)| (*b as f64 + k) as f32).collect();
         let t = Tensor::<2>::from_data(TensorData::new(new, [i, o]), device);
         p.weight = p.weight.take().map(|w| w.map(|_| t));
