@@ -103,7 +103,11 @@ pub fn from_safetensors(bytes: &[u8], origin: &Origin) -> Result<HashMap<String,
             // Packed 4-bit codes of a QLoRA base.
             Dtype::U8 => TensorData::new(raw.to_vec(), shape),
             other => {
-                return Err(Error::tensor(origin.clone(), name, format!("has dtype {other:?}; tinytune loads F32, F16, BF16 or F64 weights (and U8 packed 4-bit codes)")));
+                return Err(Error::tensor(
+                    origin.clone(),
+                    name,
+                    format!("has dtype {other:?}; tinytune loads F32, F16, BF16 or F64 weights (and U8 packed 4-bit codes)"),
+                ));
             }
         };
         out.insert(name, data);

@@ -12,8 +12,8 @@ use tinytune::checkpoint::{load_model_for, save_model};
 use tinytune::data::{CHARSET, Task};
 use tinytune::formats::ptq::quantize_model;
 use tinytune::methods::{
-    AdapterActivation, AdapterConfig, AdapterKind, Ia3Config, LoraBias, LoraConfig, LoraInit, Method, PrefixConfig, PromptConfig, PromptInit, QloraConfig, for_each_projection_ref,
-    merge, merge_in_place, unmerge,
+    AdapterActivation, AdapterConfig, AdapterKind, Ia3Config, LoraBias, LoraConfig, LoraInit, Method, PrefixConfig, PromptConfig, PromptInit, QloraConfig,
+    for_each_projection_ref, merge, merge_in_place, unmerge,
 };
 use tinytune::model::named_params;
 use tinytune::model::params::param_data;
@@ -29,26 +29,61 @@ fn methods() -> Vec<(&'static str, Method)> {
         ("lora c_attn r4", Method::Lora(LoraConfig { r: 4, lora_alpha: 8.0, ..LoraConfig::default() })),
         (
             "lora all-linear r2 rslora dropout",
-            Method::Lora(LoraConfig { r: 2, lora_alpha: 4.0, lora_dropout: 0.1, target_modules: vec!["all-linear".into()], use_rslora: true, ..LoraConfig::default() }),
+            Method::Lora(LoraConfig {
+                r: 2,
+                lora_alpha: 4.0,
+                lora_dropout: 0.1,
+                target_modules: vec!["all-linear".into()],
+                use_rslora: true,
+                ..LoraConfig::default()
+            }),
         ),
         ("lora c_proj (attn and mlp)", Method::Lora(LoraConfig { r: 3, target_modules: vec!["c_proj".into()], ..LoraConfig::default() })),
         ("lora gaussian init, bias all", Method::Lora(LoraConfig { r: 2, init: LoraInit::Gaussian, bias: LoraBias::All, ..LoraConfig::default() })),
         ("dora c_attn r4", Method::Lora(LoraConfig { r: 4, lora_alpha: 8.0, use_dora: true, ..LoraConfig::default() })),
-        ("qdora all-linear r2", Method::Qlora(QloraConfig { lora: LoraConfig { r: 2, target_modules: vec!["all-linear".into()], use_dora: true, ..LoraConfig::default() }, ..QloraConfig::default() })),
-        ("lora c_fc, bias lora_only", Method::Lora(LoraConfig { r: 2, target_modules: vec!["c_fc".into()], bias: LoraBias::LoraOnly, ..LoraConfig::default() })),
-        ("qlora c_attn r4, nf4 blocks of 64 + double quant", Method::Qlora(QloraConfig { lora: LoraConfig { r: 4, ..LoraConfig::default() }, ..QloraConfig::default() })),
+        (
+            "qdora all-linear r2",
+            Method::Qlora(QloraConfig {
+                lora: LoraConfig { r: 2, target_modules: vec!["all-linear".into()], use_dora: true, ..LoraConfig::default() },
+                ..QloraConfig::default()
+            }),
+        ),
+        (
+            "lora c_fc, bias lora_only",
+            Method::Lora(LoraConfig { r: 2, target_modules: vec!["c_fc".into()], bias: LoraBias::LoraOnly, ..LoraConfig::default() }),
+        ),
+        (
+            "qlora c_attn r4, nf4 blocks of 64 + double quant",
+            Method::Qlora(QloraConfig { lora: LoraConfig { r: 4, ..LoraConfig::default() }, ..QloraConfig::default() }),
+        ),
         (
             "qlora all-linear r2, nf4 blocks of 32",
-            Method::Qlora(QloraConfig { lora: LoraConfig { r: 2, target_modules: vec!["all-linear".into()], ..LoraConfig::default() }, block: 32, double_quant: false }),
+            Method::Qlora(QloraConfig {
+                lora: LoraConfig { r: 2, target_modules: vec!["all-linear".into()], ..LoraConfig::default() },
+                block: 32,
+                double_quant: false,
+            }),
         ),
         ("lora pissa c_attn r4", Method::Lora(LoraConfig { r: 4, lora_alpha: 8.0, init: LoraInit::Pissa, ..LoraConfig::default() })),
         ("adapter houlsby 8", Method::Adapter(AdapterConfig { size: 8, ..AdapterConfig::default() })),
         ("adapter pfeiffer 4 gelu", Method::Adapter(AdapterConfig { kind: AdapterKind::Pfeiffer, size: 4, activation: AdapterActivation::Gelu, scaling: 1.0 })),
-        ("adapter parallel 4 tanh, scaling 4", Method::Adapter(AdapterConfig { kind: AdapterKind::Parallel, size: 4, activation: AdapterActivation::Tanh, scaling: 4.0 })),
+        (
+            "adapter parallel 4 tanh, scaling 4",
+            Method::Adapter(AdapterConfig { kind: AdapterKind::Parallel, size: 4, activation: AdapterActivation::Tanh, scaling: 4.0 }),
+        ),
         ("ia3 (PEFT's GPT-2 targets)", Method::Ia3(Ia3Config::default())),
         ("ia3 all-linear, no feedforward", Method::Ia3(Ia3Config { target_modules: vec!["all-linear".into()], feedforward_modules: vec![] })),
         ("prompt tuning 4, random", Method::Prompt(PromptConfig { num_virtual_tokens: 4, ..PromptConfig::default() })),
-        ("prompt tuning 5, from text", Method::Prompt(PromptConfig { num_virtual_tokens: 5, init: PromptInit::Text, init_text: "ab".into(), init_ids: vec![1, 2], encoder_hidden_size: None })),
+        (
+            "prompt tuning 5, from text",
+            Method::Prompt(PromptConfig {
+                num_virtual_tokens: 5,
+                init: PromptInit::Text,
+                init_text: "ab".into(),
+                init_ids: vec![1, 2],
+                encoder_hidden_size: None,
+            }),
+        ),
         ("prompt tuning 3, sampled vocab", Method::Prompt(PromptConfig { num_virtual_tokens: 3, init: PromptInit::Vocab, ..PromptConfig::default() })),
         ("p-tuning 4, encoder 16", Method::Prompt(PromptConfig { num_virtual_tokens: 4, encoder_hidden_size: Some(16), ..PromptConfig::default() })),
         ("prefix 3", Method::Prefix(PrefixConfig { num_virtual_tokens: 3, encoder_hidden_size: None })),
@@ -240,7 +275,8 @@ fn lora_counts_and_scales_follow_the_formulas() {
     let device = Device::flex();
     let c = ModelConfig::nano(); // C = 64, 2 layers, MLP 256
     let model = Gpt::init(&c, 0, &device);
-    let lora = |targets: &[&str], r: usize| Method::Lora(LoraConfig { r, target_modules: targets.iter().map(|s| s.to_string()).collect(), ..LoraConfig::default() });
+    let lora =
+        |targets: &[&str], r: usize| Method::Lora(LoraConfig { r, target_modules: targets.iter().map(|s| s.to_string()).collect(), ..LoraConfig::default() });
     // c_attn: 64 -> 192, so r·(64 + 192) per layer.
     assert_eq!(lora(&["c_attn"], 8).trainable_params(&model), 2 * 8 * (64 + 192));
     // all-linear: c_attn (64+192) + attn.c_proj (64+64) + c_fc (64+256) + mlp.c_proj (256+64).
@@ -269,7 +305,17 @@ fn rank_report_measures_what_rank_r_keeps() {
     let tok = TextTokenizer::char_level(CHARSET);
     let config = ModelConfig { vocab_size: tok.vocab_size(), ..ModelConfig::nano() };
     let ad = Device::flex().autodiff();
-    let cfg = TrainConfig { data: DataSource::Task(Task::Sentiment), train_examples: 200, eval_examples: 40, steps: 8, batch_size: 8, seq_len: 48, lr: 3e-3, warmup_steps: 0, ..TrainConfig::default() };
+    let cfg = TrainConfig {
+        data: DataSource::Task(Task::Sentiment),
+        train_examples: 200,
+        eval_examples: 40,
+        steps: 8,
+        batch_size: 8,
+        seq_len: 48,
+        lr: 3e-3,
+        warmup_steps: 0,
+        ..TrainConfig::default()
+    };
     let base = Gpt::init(&config, 0, &ad);
     let mut trainer = Trainer::new(base.clone(), &tok, cfg.clone(), &ad).unwrap();
     for _ in 0..8 {
@@ -303,7 +349,13 @@ fn a_text_initialised_prompt_is_nearest_its_own_tokens() {
     let config = ModelConfig { vocab_size: tok.vocab_size(), ..ModelConfig::nano() };
     let device = Device::flex();
     let ids = tok.encode("happy").unwrap();
-    let method = Method::Prompt(PromptConfig { num_virtual_tokens: 5, init: PromptInit::Text, init_text: "happy".into(), init_ids: ids.clone(), encoder_hidden_size: None });
+    let method = Method::Prompt(PromptConfig {
+        num_virtual_tokens: 5,
+        init: PromptInit::Text,
+        init_text: "happy".into(),
+        init_ids: ids.clone(),
+        encoder_hidden_size: None,
+    });
     let model = method.apply(Gpt::init(&config, 0, &device), 0, &device).unwrap();
     let sims = token_similarity(&model).unwrap().into_data().try_to_vec::<f32>().unwrap();
     let near = nearest(&sims, config.vocab_size, 2);

@@ -2,9 +2,9 @@
 //! parameter names and counts, and checkpoint round trips.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use tinytune::Gpt;
 use tinytune::checkpoint::{load_model, save_model};
 use tinytune::model::{ModelConfig, named_params};
-use tinytune::Gpt;
 
 fn device() -> Device {
     Device::flex()
@@ -57,7 +57,17 @@ fn parameters_have_gpt2_names_and_the_closed_form_count() {
         let params = named_params(&model);
         assert_eq!(params.iter().map(|p| p.numel).sum::<usize>(), c.num_params());
         let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
-        for want in ["wte.weight", "wpe.weight", "h.0.ln_1.weight", "h.0.attn.c_attn.weight", "h.0.attn.c_attn.bias", "h.0.attn.c_proj.weight", "h.0.mlp.c_fc.weight", "h.0.mlp.c_proj.bias", "ln_f.bias"] {
+        for want in [
+            "wte.weight",
+            "wpe.weight",
+            "h.0.ln_1.weight",
+            "h.0.attn.c_attn.weight",
+            "h.0.attn.c_attn.bias",
+            "h.0.attn.c_proj.weight",
+            "h.0.mlp.c_fc.weight",
+            "h.0.mlp.c_proj.bias",
+            "ln_f.bias",
+        ] {
             assert!(names.contains(&want), "{want} missing from {names:?}");
         }
         let qkv = params.iter().find(|p| p.name == "h.0.attn.c_attn.weight").unwrap();

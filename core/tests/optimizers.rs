@@ -199,7 +199,9 @@ fn loraplus_scales_b_s_learning_rate() {
         let mut t = Trainer::new(model, &tok, cfg, &device).unwrap();
         t.step().unwrap();
         let data = param_data(&t.model);
-        let max = |suffix: &str| data.iter().filter(|(n, _)| n.ends_with(suffix)).flat_map(|(_, d)| d.clone().try_to_vec::<f32>().unwrap()).fold(0f32, |m, v| m.max(v.abs()));
+        let max = |suffix: &str| {
+            data.iter().filter(|(n, _)| n.ends_with(suffix)).flat_map(|(_, d)| d.clone().try_to_vec::<f32>().unwrap()).fold(0f32, |m, v| m.max(v.abs()))
+        };
         (max("lora_b"), data.iter().filter(|(n, _)| n.ends_with("lora_a")).count())
     };
     let (plain, _) = largest_b(None);

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use burn::module::Module;
 use burn::tensor::Device;
 use serde_json::json;
-use tinytune::data::rng::Rng;
 use tinytune::data::Split;
+use tinytune::data::rng::Rng;
 use tinytune::model::{ModelConfig, named_params};
 use tinytune::sample::{SampleConfig, generate};
 use tinytune::train::{DataSource, Dataset, TrainConfig, Trainer, eval_loss};
@@ -73,13 +73,19 @@ pub fn eval_cmd(args: EvalArgs, device: &Device) -> Result<(), String> {
     let context = loaded.model.context_len();
     let seq_len = args.seq_len.unwrap_or(context.min(128));
     if seq_len > context {
-        return Err(format!("--seq-len: {seq_len} is longer than the {context} tokens the model takes (n_positions = {}, less any soft prompt)", loaded.config.n_positions));
+        return Err(format!(
+            "--seq-len: {seq_len} is longer than the {context} tokens the model takes (n_positions = {}, less any soft prompt)",
+            loaded.config.n_positions
+        ));
     }
     let ds = data.dataset(&loaded.tokenizer, args.data_seed, Split::Eval, args.examples, seq_len, 0.0).map_err(|e| e.to_string())?;
     let loss = eval_loss(&loaded.model, &ds, args.batch, seq_len, usize::MAX).map_err(|e| e.to_string())?;
     let acc = task_accuracy(&loaded.model, &loaded.tokenizer, data, args.data_seed, args.accuracy_examples)?;
     if args.json {
-        println!("{}", json!({"model": loaded.dir, "data": data.to_string(), "eval_loss": loss, "perplexity": (loss as f64).exp(), "accuracy": acc.as_ref().map(|a| a.0)}));
+        println!(
+            "{}",
+            json!({"model": loaded.dir, "data": data.to_string(), "eval_loss": loss, "perplexity": (loss as f64).exp(), "accuracy": acc.as_ref().map(|a| a.0)})
+        );
         return Ok(());
     }
     println!("{}: held-out {data} loss {loss:.4} nats/token (perplexity {:.2})", loaded.dir.display(), (loss as f64).exp());
@@ -148,7 +154,12 @@ pub fn info_cmd(args: InfoArgs, device: &Device) -> Result<(), String> {
     flush(&group, group_total, group_trains);
     println!("total {total} parameters ({:.3} M); closed form {}", total as f64 / 1e6, config.num_params());
     if let Some((m, closed)) = method {
-        println!("{}: {trainable} trainable ({:.2}% of the base model's {}); closed form {closed}", m.name(), 100.0 * trainable as f64 / config.num_params() as f64, config.num_params());
+        println!(
+            "{}: {trainable} trainable ({:.2}% of the base model's {}); closed form {closed}",
+            m.name(),
+            100.0 * trainable as f64 / config.num_params() as f64,
+            config.num_params()
+        );
     }
     Ok(())
 }
@@ -233,8 +244,17 @@ pub fn demo_cmd(args: DemoArgs, device: &Device) -> Result<(), String> {
     let dir = args.model.unwrap_or_else(shipped_model);
     let loaded = model_dir::load(&dir, device)?;
     let c = &loaded.config;
-    println!("tinytune demo: {} ({:.2} M parameters: {} layers, {} heads, width {}, context {}, {} tokenizer with {} tokens)\n",
-        dir.display(), c.num_params() as f64 / 1e6, c.n_layer, c.n_head, c.n_embd, c.n_positions, loaded.tokenizer.kind(), loaded.tokenizer.vocab_size());
+    println!(
+        "tinytune demo: {} ({:.2} M parameters: {} layers, {} heads, width {}, context {}, {} tokenizer with {} tokens)\n",
+        dir.display(),
+        c.num_params() as f64 / 1e6,
+        c.n_layer,
+        c.n_head,
+        c.n_embd,
+        c.n_positions,
+        loaded.tokenizer.kind(),
+        loaded.tokenizer.vocab_size()
+    );
     println!("Three stories it writes from the prompt \"one day,\" (temperature 0.8, top-k 40):\n");
     for seed in 0..3 {
         let prompt = encode(&loaded.tokenizer, "one day,")?;
@@ -247,7 +267,10 @@ pub fn demo_cmd(args: DemoArgs, device: &Device) -> Result<(), String> {
     let loss = eval_loss(&loaded.model, &stories, 16, seq, 8).map_err(|e| e.to_string())?;
     let untrained = Gpt::init(c, 1, device);
     let base = eval_loss(&untrained.valid(), &stories, 16, seq, 8).map_err(|e| e.to_string())?;
-    println!("held-out story loss: {loss:.3} nats/token (an untrained model of the same shape: {base:.3}; uniform guessing: {:.3})", (c.vocab_size as f64).ln());
+    println!(
+        "held-out story loss: {loss:.3} nats/token (an untrained model of the same shape: {base:.3}; uniform guessing: {:.3})",
+        (c.vocab_size as f64).ln()
+    );
     println!("\nNext: `tinytune finetune --model {} --data story-qa --out runs/qa` teaches it to answer questions.", dir.display());
     Ok(())
 }
@@ -273,11 +296,21 @@ pub fn merge_adapter_cmd(a: crate::cli::MergeAdapterArgs, device: &Device) -> Re
     // Written to a staging folder and renamed, so --out is either complete or absent.
     let staging = a.out.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&staging);
-    for (name, bytes) in [(files::CONFIG, loaded.config.to_json().into_bytes()), (files::TOKENIZER, loaded.tokenizer.to_json().into_bytes()), (files::WEIGHTS, save_model(&merged))] {
+    for (name, bytes) in [
+        (files::CONFIG, loaded.config.to_json().into_bytes()),
+        (files::TOKENIZER, loaded.tokenizer.to_json().into_bytes()),
+        (files::WEIGHTS, save_model(&merged)),
+    ] {
         crate::fsutil::write_atomic(&staging.join(name), &bytes)?;
     }
     std::fs::rename(&staging, &a.out).map_err(|e| format!("{}: cannot create: {e}", a.out.display()))?;
-    eprintln!("merged the {} adapters of {} into {} ({} parameters, no adapters)", method.name(), a.model.display(), a.out.display(), loaded.config.num_params());
+    eprintln!(
+        "merged the {} adapters of {} into {} ({} parameters, no adapters)",
+        method.name(),
+        a.model.display(),
+        a.out.display(),
+        loaded.config.num_params()
+    );
     Ok(())
 }
 
@@ -332,7 +365,8 @@ pub fn logits_cmd(a: crate::cli::LogitsArgs, device: &Device) -> Result<(), Stri
     let out = if a.top > 0 {
         let mut order: Vec<usize> = (0..last.len()).collect();
         order.sort_by(|&i, &j| last[j].total_cmp(&last[i]));
-        let top: Vec<serde_json::Value> = order.into_iter().take(a.top).map(|i| serde_json::json!({ "id": i, "token": loaded.tokenizer.decode(&[i as u32]), "logit": last[i] })).collect();
+        let top: Vec<serde_json::Value> =
+            order.into_iter().take(a.top).map(|i| serde_json::json!({ "id": i, "token": loaded.tokenizer.decode(&[i as u32]), "logit": last[i] })).collect();
         serde_json::json!({ "ids": ids, "top": top })
     } else {
         serde_json::json!({ "ids": ids, "logits": last })
@@ -352,8 +386,9 @@ pub fn lora_rank_cmd(a: crate::cli::LoraRankArgs, device: &Device) -> Result<(),
     for _ in 0..a.steps {
         trainer.step().map_err(|e| e.to_string())?;
     }
-    let r = tinytune::methods::rank::rank_report(&loaded.model.valid(), &trainer.model.valid(), &a.matrix, a.rank, &trainer.eval, a.batch, a.seq_len, 4, device)
-        .map_err(|e| crate::train::flag_error(e))?;
+    let r =
+        tinytune::methods::rank::rank_report(&loaded.model.valid(), &trainer.model.valid(), &a.matrix, a.rank, &trainer.eval, a.batch, a.seq_len, 4, device)
+            .map_err(|e| crate::train::flag_error(e))?;
     if a.json {
         println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
         return Ok(());
@@ -363,7 +398,14 @@ pub fn lora_rank_cmd(a: crate::cli::LoraRankArgs, device: &Device) -> Result<(),
     println!("{} ({}×{}): a dense update trains {} numbers, rank-{} LoRA {}", r.matrix, r.d_in, r.d_out, r.dense_params, r.rank, r.lora_params);
     println!("singular values of the learned update ΔW: {} …", top.join(", "));
     println!("singular values of the pretrained W:      {} …", wtop.join(", "));
-    println!("rank {} keeps {:.1}% of ΔW's energy (relative error {:.3}); 90% needs rank {} for ΔW, {} for W", r.rank, 100.0 * r.energy_kept, r.relative_error, r.rank_for_90, r.weight_rank_for_90);
+    println!(
+        "rank {} keeps {:.1}% of ΔW's energy (relative error {:.3}); 90% needs rank {} for ΔW, {} for W",
+        r.rank,
+        100.0 * r.energy_kept,
+        r.relative_error,
+        r.rank_for_90,
+        r.weight_rank_for_90
+    );
     println!("held-out loss: base {:.4}, full fine-tune {:.4}, every update cut to rank {}: {:.4}", r.loss_base, r.loss_full, r.rank, r.loss_truncated);
     println!("rank-{} LoRA beside W vs merged into W: largest logit difference {:.2e}", r.rank, r.merge_max_diff);
     println!("merged in place and unmerged again: W comes back within {:.2e}", r.unmerge_max_diff);

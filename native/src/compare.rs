@@ -48,14 +48,22 @@ enum Variant {
 /// `name` or `name@lr`.
 fn method_variant(item: &str) -> Result<Variant, String> {
     match item.trim().split_once('@') {
-        Some((name, lr)) => lr.trim().parse::<f64>().ok().filter(|x| *x > 0.0 && x.is_finite()).map(|lr| Variant::Method(name.trim().to_string(), Some(lr))).ok_or_else(|| format!("--methods: '{item}': after @ give a learning rate, e.g. lora@3e-3")),
+        Some((name, lr)) => lr
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|x| *x > 0.0 && x.is_finite())
+            .map(|lr| Variant::Method(name.trim().to_string(), Some(lr)))
+            .ok_or_else(|| format!("--methods: '{item}': after @ give a learning rate, e.g. lora@3e-3")),
         None => Ok(Variant::Method(item.trim().to_string(), None)),
     }
 }
 
 pub fn compare_cmd(a: CompareArgs, device: &Device) -> Result<(), String> {
     let variants: Vec<Variant> = match (&a.optimizers, &a.methods) {
-        (Some(list), None) => list.split(',').map(|s| s.parse::<OptimKind>().map(Variant::Optimizer).map_err(|e| format!("--optimizers: {e}"))).collect::<Result<_, _>>()?,
+        (Some(list), None) => {
+            list.split(',').map(|s| s.parse::<OptimKind>().map(Variant::Optimizer).map_err(|e| format!("--optimizers: {e}"))).collect::<Result<_, _>>()?
+        }
         (None, Some(list)) => list.split(',').map(method_variant).collect::<Result<_, _>>()?,
         _ => return Err("name what to compare: --optimizers adamw,adafactor,… or --methods full,lora,…".into()),
     };
@@ -151,7 +159,12 @@ pub fn compare_cmd(a: CompareArgs, device: &Device) -> Result<(), String> {
     const COLORS: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
     let by_method = a.methods.is_some();
     let labels: Vec<String> = rows.iter().map(|r| if by_method { r.method.clone() } else { r.optimizer.clone() }).collect();
-    let series: Vec<plot::Series> = rows.iter().zip(&labels).enumerate().map(|(i, (r, l))| plot::Series { label: l, color: COLORS[i % COLORS.len()], points: r.losses.clone(), line: true }).collect();
+    let series: Vec<plot::Series> = rows
+        .iter()
+        .zip(&labels)
+        .enumerate()
+        .map(|(i, (r, l))| plot::Series { label: l, color: COLORS[i % COLORS.len()], points: r.losses.clone(), line: true })
+        .collect();
     let svg = plot::svg(if by_method { "train loss by method" } else { "train loss by optimizer" }, "step", "cross-entropy (nats/token)", &series);
     write_atomic(&a.train.out.join("compare.svg"), svg.as_bytes())?;
     write_atomic(&a.train.out.join("compare.json"), serde_json::to_string_pretty(&rows).expect("rows serialise").as_bytes())?;

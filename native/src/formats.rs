@@ -55,7 +55,9 @@ fn show_cmd(a: FormatsShowArgs) -> Result<(), String> {
             r.note
         );
     }
-    println!("\nfloats: sign exponent mantissa, round to nearest even; int8/int4: absmax/127 and /7 steps; int8-asym: 256 steps over -range..range; nf4/fp4: bitsandbytes' 16-value tables times the absmax.");
+    println!(
+        "\nfloats: sign exponent mantissa, round to nearest even; int8/int4: absmax/127 and /7 steps; int8-asym: 256 steps over -range..range; nf4/fp4: bitsandbytes' 16-value tables times the absmax."
+    );
     Ok(())
 }
 
@@ -112,7 +114,8 @@ pub fn quantize_cmd(a: QuantizeArgs, device: &Device) -> Result<(), String> {
     let before = eval_loss(&loaded.model, &ds, a.batch, seq, usize::MAX).map_err(|e| e.to_string())?;
     let mut rows = Vec::new();
     for f in formats {
-        let (model, report) = quantize_model(loaded.model.clone(), f, a.block, a.double_quant && matches!(f, "nf4" | "fp4")).map_err(|e| format!("--format: {e}"))?;
+        let (model, report) =
+            quantize_model(loaded.model.clone(), f, a.block, a.double_quant && matches!(f, "nf4" | "fp4")).map_err(|e| format!("--format: {e}"))?;
         let after = eval_loss(&model, &ds, a.batch, seq, usize::MAX).map_err(|e| e.to_string())?;
         rows.push((report, after));
     }
@@ -121,7 +124,11 @@ pub fn quantize_cmd(a: QuantizeArgs, device: &Device) -> Result<(), String> {
         println!("{}", serde_json::to_string_pretty(&out).expect("plain data"));
         return Ok(());
     }
-    println!("{}: held-out {data} loss {before:.4} in FP32; linear weights quantized in blocks of {} (Linear [out, in] layout), everything else kept FP32\n", a.model.display(), a.block);
+    println!(
+        "{}: held-out {data} loss {before:.4} in FP32; linear weights quantized in blocks of {} (Linear [out, in] layout), everything else kept FP32\n",
+        a.model.display(),
+        a.block
+    );
     println!("{:<10} {:>12} {:>12} {:>11} {:>12} {:>10} {:>10}", "format", "bytes/param", "model size", "max |err|", "rel. RMS err", "eval loss", "change");
     for (r, after) in rows {
         println!(
@@ -135,7 +142,10 @@ pub fn quantize_cmd(a: QuantizeArgs, device: &Device) -> Result<(), String> {
             after - before
         );
     }
-    println!("\nbytes/param: of the quantized linear weights, scales included; model size: all parameters (FP32 before: {:.2} MB).", rows_first_size(&loaded.model));
+    println!(
+        "\nbytes/param: of the quantized linear weights, scales included; model size: all parameters (FP32 before: {:.2} MB).",
+        rows_first_size(&loaded.model)
+    );
     Ok(())
 }
 

@@ -2,17 +2,17 @@
 //! every error into one clear line on stderr and a non-zero exit code.
 
 mod backend;
-mod interrupt;
 mod cli;
-mod memory;
 mod commands;
+mod compare;
 mod formats;
 mod fsutil;
+mod interrupt;
+mod memory;
 mod model_dir;
 mod plot;
 mod precision;
 mod train;
-mod compare;
 
 use std::process::ExitCode;
 

@@ -3,12 +3,12 @@
 
 use burn::tensor::Device;
 use serde_json::json;
+use tinytune::ModelConfig;
 use tinytune::memory::arch::Arch;
 use tinytune::memory::estimate::{DEFAULT_GPU_OVERHEAD, Estimate};
 use tinytune::memory::measure::{measure_step, synthetic_batch};
 use tinytune::memory::{GPUS, Offload, OptimizerKind, Plan, PlanMethod, Precision, deepspeed, human};
 use tinytune::methods::{LoraConfig, Method};
-use tinytune::ModelConfig;
 
 use crate::cli::{MemoryArgs, TrainArgs};
 use crate::fsutil::read_text;
@@ -99,7 +99,13 @@ pub fn memory_cmd(a: MemoryArgs, device: &Device) -> Result<(), String> {
         for p in &m.phases {
             println!("  {:<16} {:>12} {:>12}", p.phase, human(p.peak), human(p.end));
         }
-        println!("  parameters {}, gradients {}, optimizer state {}, activations {}", human(m.params), human(m.grads), human(m.optimizer), human(m.activations));
+        println!(
+            "  parameters {}, gradients {}, optimizer state {}, activations {}",
+            human(m.params),
+            human(m.grads),
+            human(m.optimizer),
+            human(m.activations)
+        );
         let err = tiny.first_step_peak as f64 / m.peak as f64 - 1.0;
         println!(
             "  measured peak {} · estimated {} (tinytune activations, FP32, no overhead) · error {:+.1}%",
@@ -136,12 +142,7 @@ fn method_name(m: &PlanMethod) -> String {
 
 fn print_table(plan: &Plan, est: &Estimate) {
     let share = est.trainable_params as f64 / est.total_params as f64 * 100.0;
-    println!(
-        "{}: {:.1} M parameters, {:.2} M trainable ({share:.3}%)",
-        plan.arch.name,
-        est.total_params as f64 / 1e6,
-        est.trainable_params as f64 / 1e6
-    );
+    println!("{}: {:.1} M parameters, {:.2} M trainable ({share:.3}%)", plan.arch.name, est.total_params as f64 / 1e6, est.trainable_params as f64 / 1e6);
     println!(
         "{}{} · {} · {} · batch {} × seq {} · accumulate {} (effective batch {}) · ZeRO {} on {} GPU(s) · offload {} · checkpointing {}",
         method_name(&plan.method),
@@ -204,7 +205,10 @@ fn deepspeed_rows(plan: &Plan) -> Option<Vec<(&'static str, deepspeed::ModelStat
 fn measure(plan: &Plan, device: &Device) -> Result<(tinytune::memory::StepMemory, Estimate), String> {
     let a = &plan.arch;
     if a.family != tinytune::memory::Family::Gpt2 || a.num_params() > 50_000_000 {
-        return Err(format!("--measure runs a real step on the CPU, so it takes a GPT-2-layout model of at most 50 M parameters (nano, micro, mini); {} is not one", a.name));
+        return Err(format!(
+            "--measure runs a real step on the CPU, so it takes a GPT-2-layout model of at most 50 M parameters (nano, micro, mini); {} is not one",
+            a.name
+        ));
     }
     if !crate::backend::on_cpu() {
         return Err("--measure counts CPU allocations; use --backend flex or ndarray".into());
@@ -219,7 +223,12 @@ fn measure(plan: &Plan, device: &Device) -> Result<(tinytune::memory::StepMemory
         }
         _ => return Err("--measure trains with the methods tinytune implements so far: full, last-layers, bitfit, layernorm and lora".into()),
     };
-    if plan.optimizer != OptimizerKind::Adamw || plan.precision != Precision::Fp32 || plan.zero != 0 || plan.checkpoint_every != 0 || plan.offload != Offload::None {
+    if plan.optimizer != OptimizerKind::Adamw
+        || plan.precision != Precision::Fp32
+        || plan.zero != 0
+        || plan.checkpoint_every != 0
+        || plan.offload != Offload::None
+    {
         return Err("--measure runs tinytune's trainer as it is: --precision fp32 --optimizer adamw, no ZeRO, offload or checkpointing".into());
     }
     let mut config = ModelConfig::new(a.vocab as usize, a.positions as usize, a.hidden as usize, a.layers as usize, a.heads as usize);

@@ -46,15 +46,34 @@ pub fn svg(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Stri
     let _ = writeln!(s, r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#, w / 2.0, escape(title));
     for t in ticks(x0, x1, 8) {
         let x = px(t);
-        let _ = writeln!(s, r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{}" stroke="#eee"/><text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"##, h - bottom, h - bottom + 16.0, fmt_tick(t));
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{}" stroke="#eee"/><text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"##,
+            h - bottom,
+            h - bottom + 16.0,
+            fmt_tick(t)
+        );
     }
     for t in ticks(y0, y1, 6) {
         let y = py(t);
-        let _ = writeln!(s, r##"<line x1="{left}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#eee"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##, w - right, left - 6.0, y + 4.0, fmt_tick(t));
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#eee"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
+            w - right,
+            left - 6.0,
+            y + 4.0,
+            fmt_tick(t)
+        );
     }
     let _ = writeln!(s, r##"<rect x="{left}" y="{top}" width="{}" height="{}" fill="none" stroke="#333"/>"##, w - left - right, h - top - bottom);
     let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#, (left + w - right) / 2.0, h - 12.0, escape(x_label));
-    let _ = writeln!(s, r#"<text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">{}</text>"#, (top + h - bottom) / 2.0, (top + h - bottom) / 2.0, escape(y_label));
+    let _ = writeln!(
+        s,
+        r#"<text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">{}</text>"#,
+        (top + h - bottom) / 2.0,
+        (top + h - bottom) / 2.0,
+        escape(y_label)
+    );
     for (i, ser) in series.iter().enumerate() {
         let pts: Vec<(f64, f64)> = ser.points.iter().copied().filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
         if ser.line {
@@ -67,7 +86,15 @@ pub fn svg(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Stri
         }
         let ly = top + 14.0 + 18.0 * i as f64;
         let lx = w - right - 170.0;
-        let _ = writeln!(s, r#"<rect x="{lx}" y="{}" width="14" height="4" fill="{}"/><text x="{}" y="{}">{}</text>"#, ly - 4.0, ser.color, lx + 20.0, ly + 1.0, escape(ser.label));
+        let _ = writeln!(
+            s,
+            r#"<rect x="{lx}" y="{}" width="14" height="4" fill="{}"/><text x="{}" y="{}">{}</text>"#,
+            ly - 4.0,
+            ser.color,
+            lx + 20.0,
+            ly + 1.0,
+            escape(ser.label)
+        );
     }
     s.push_str("</svg>\n");
     s
@@ -83,10 +110,15 @@ mod tests {
 
     #[test]
     fn svg_has_both_series_and_labels() {
-        let s = svg("t", "step", "loss", &[
-            Series { label: "train", color: "#1f77b4", points: vec![(1.0, 3.0), (2.0, 2.0)], line: true },
-            Series { label: "held-out", color: "#d62728", points: vec![(2.0, 2.5)], line: false },
-        ]);
+        let s = svg(
+            "t",
+            "step",
+            "loss",
+            &[
+                Series { label: "train", color: "#1f77b4", points: vec![(1.0, 3.0), (2.0, 2.0)], line: true },
+                Series { label: "held-out", color: "#d62728", points: vec![(2.0, 2.5)], line: false },
+            ],
+        );
         assert!(s.starts_with("<svg") && s.contains("<polyline") && s.contains("<circle") && s.contains(">held-out<"));
     }
 }

@@ -72,6 +72,8 @@ pub fn loss_scale_cmd(a: LossScaleArgs, device: &Device) -> Result<(), String> {
             r.relative_error.map(|e| format!("{e:.2e}")).unwrap_or_else(|| "inf/NaN".into())
         );
     }
-    println!("\nflushed to 0: share of the gradient values nonzero in FP32 that came out exactly zero;\nsubnormal: share below the smallest normal (fewer significant bits); overflowed: values that became inf/NaN (the step would be skipped).");
+    println!(
+        "\nflushed to 0: share of the gradient values nonzero in FP32 that came out exactly zero;\nsubnormal: share below the smallest normal (fewer significant bits); overflowed: values that became inf/NaN (the step would be skipped)."
+    );
     Ok(())
 }

@@ -36,9 +36,7 @@ pub fn resolve(args: &TrainArgs, method: Method, default_data: DataSource, defau
         None if precision == Precision::Fp16 => LossScale::dynamic_every(args.scale_growth_interval),
         None | Some("none") => LossScale::None,
         Some("dynamic") => LossScale::dynamic_every(args.scale_growth_interval),
-        Some(v) => LossScale::Fixed {
-            scale: v.parse().map_err(|_| format!("--loss-scale: '{v}' is not dynamic, none or a number such as 1024"))?,
-        },
+        Some(v) => LossScale::Fixed { scale: v.parse().map_err(|_| format!("--loss-scale: '{v}' is not dynamic, none or a number such as 1024"))? },
     };
     let warmup = args.warmup.parse::<Warmup>().map_err(|e| format!("--warmup: {e}"))?;
     let config = TrainConfig {
@@ -91,7 +89,9 @@ pub fn trainer(model: Gpt, tok: &TextTokenizer, config: TrainConfig, ad: &Device
     if train.is_empty() {
         return Err(format!("{file}: one example is too few to hold any out for evaluation; write at least two lines"));
     }
-    let rows = |ex: &[tinytune::data::Example]| tinytune::train::Dataset::from_examples(tok, ex, config.seq_len, config.prompt_loss_weight).map_err(|e| format!("{file}: {e}"));
+    let rows = |ex: &[tinytune::data::Example]| {
+        tinytune::train::Dataset::from_examples(tok, ex, config.seq_len, config.prompt_loss_weight).map_err(|e| format!("{file}: {e}"))
+    };
     let (train_set, eval_set) = (rows(&train)?, rows(&eval)?);
     eprintln!("{file}: {} training and {} held-out examples", train.len(), eval.len());
     Trainer::from_datasets(model, config, train_set, eval_set, ad).map_err(|e| e.to_string())
@@ -172,7 +172,8 @@ pub fn finetune(args: FinetuneArgs, device: &Device) -> Result<(), String> {
     }
     refuse_to_overwrite(&args.train.out)?;
     let loaded = model_dir::load(&args.model, &ad)?;
-    let train = resolve(&args.train, method(&args.method, Some(&loaded.tokenizer))?, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, loaded.config.n_positions)?;
+    let train =
+        resolve(&args.train, method(&args.method, Some(&loaded.tokenizer))?, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, loaded.config.n_positions)?;
     let model = train.method.apply(loaded.model, train.seed, &ad).map_err(flag_error)?;
     run(trainer(model, &loaded.tokenizer, train, &ad)?, &loaded.tokenizer, &args.train)
 }
@@ -192,7 +193,9 @@ pub fn method(a: &MethodArgs, tokenizer: Option<&TextTokenizer>) -> Result<Metho
     };
     let prompt_init: PromptInit = a.prompt_init.parse().map_err(|e| format!("--prompt-init: {e}"))?;
     let prompt_ids = match (prompt_init, tokenizer) {
-        (PromptInit::Text, _) if a.prompt_text.is_empty() => return Err("--prompt-text: --prompt-init text needs a text, e.g. --prompt-text \"Classify the sentiment:\"".into()),
+        (PromptInit::Text, _) if a.prompt_text.is_empty() => {
+            return Err("--prompt-text: --prompt-init text needs a text, e.g. --prompt-text \"Classify the sentiment:\"".into());
+        }
         (PromptInit::Text, Some(tok)) => tok.encode(&a.prompt_text).map_err(|e| format!("--prompt-text: {e}"))?,
         (PromptInit::Text, None) => return Err("--prompt-init: text needs the model's tokenizer, which this command does not load; use random or vocab".into()),
         _ => Vec::new(),
@@ -263,7 +266,13 @@ fn truncate_metrics(path: &Path, step: usize) -> Result<(), String> {
 }
 
 fn save(trainer: &Trainer, tokenizer: &TextTokenizer, out: &Path, eval_loss: Option<f32>) -> Result<(), String> {
-    let state = TrainerState { step: trainer.step, optimizer_t: trainer.optim.t, elapsed_s: trainer.elapsed(), eval_loss, scaler: (trainer.config.loss_scale != LossScale::None).then(|| trainer.scaler.state.clone()) };
+    let state = TrainerState {
+        step: trainer.step,
+        optimizer_t: trainer.optim.t,
+        elapsed_s: trainer.elapsed(),
+        eval_loss,
+        scaler: (trainer.config.loss_scale != LossScale::None).then(|| trainer.scaler.state.clone()),
+    };
     CheckpointDirs::new(out).commit(&[
         (files::CONFIG, trainer.model.config().to_json().into_bytes()),
         (files::TOKENIZER, tokenizer.to_json().into_bytes()),
@@ -419,7 +428,17 @@ mod tests {
     fn the_browser_command_reproduces_the_browser_run() {
         let cases = [
             TrainParams::default(),
-            TrainParams { model: ModelChoice::Nano, task: DataSource::Stories, steps: 7, lr: 0.003, batch: 3, seq: 40, seed: 9, compare: true, ..TrainParams::default() },
+            TrainParams {
+                model: ModelChoice::Nano,
+                task: DataSource::Stories,
+                steps: 7,
+                lr: 0.003,
+                batch: 3,
+                seq: 40,
+                seed: 9,
+                compare: true,
+                ..TrainParams::default()
+            },
             TrainParams { task: "json-extract".parse().unwrap(), steps: 1234, lr: 2.5e-4, seq: 128, ..TrainParams::default() },
             TrainParams { precision: Precision::Fp16, loss_scale: "dynamic".into(), ..TrainParams::default() },
             TrainParams { precision: Precision::Fp16, loss_scale: "none".into(), ..TrainParams::default() },
@@ -428,7 +447,14 @@ mod tests {
             TrainParams { method: "qlora".into(), ..TrainParams::default() },
             // Pre-training a fresh model is always full: the method does not apply.
             TrainParams { model: ModelChoice::Nano, task: DataSource::Stories, method: "lora".into(), ..TrainParams::default() },
-            TrainParams { optimizer: "adafactor".into(), schedule: "linear".into(), warmup: "5".into(), accumulate: 4, checkpointing: true, ..TrainParams::default() },
+            TrainParams {
+                optimizer: "adafactor".into(),
+                schedule: "linear".into(),
+                warmup: "5".into(),
+                accumulate: 4,
+                checkpointing: true,
+                ..TrainParams::default()
+            },
             TrainParams { optimizer: "adamw8bit".into(), schedule: "constant".into(), warmup: "25%".into(), ..TrainParams::default() },
             TrainParams { optimizer: "mezo".into(), ..TrainParams::default() },
             TrainParams { method: "last-layers".into(), last_n: 2, ..TrainParams::default() },
@@ -444,7 +470,8 @@ mod tests {
                 Command::Finetune(a) => {
                     assert_eq!(params.model, ModelChoice::Micro);
                     assert_eq!(a.model.to_str(), Some(tinytune_web::run::MICRO_DIR));
-                    super::method(&a.method, None).and_then(|m| resolve(&a.train, m, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, ModelConfig::micro().n_positions))
+                    super::method(&a.method, None)
+                        .and_then(|m| resolve(&a.train, m, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, ModelConfig::micro().n_positions))
                 }
                 Command::Pretrain(a) => {
                     assert_eq!((params.model, a.preset.as_str(), a.tokenizer.as_str(), a.dropout), (ModelChoice::Nano, "nano", "char", 0.0));

@@ -134,7 +134,8 @@ fn bad_flags_and_diverging_runs_fail_cleanly() {
 
 #[test]
 fn bench_prints_tokens_per_second_as_json() {
-    let out = ok(&tinytune(&["bench", "--d-model", "32", "--layers", "1", "--heads", "2", "--ctx", "16", "--batch", "2", "--vocab", "50", "--steps", "2", "--json"]));
+    let out =
+        ok(&tinytune(&["bench", "--d-model", "32", "--layers", "1", "--heads", "2", "--ctx", "16", "--batch", "2", "--vocab", "50", "--steps", "2", "--json"]));
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0);
     fails_with(&tinytune(&["bench", "--d-model", "30", "--heads", "4", "--steps", "1"]), &["--heads"]);
@@ -144,12 +145,8 @@ fn bench_prints_tokens_per_second_as_json() {
 fn a_closed_output_pipe_ends_the_program_quietly() {
     use std::io::Read;
     use std::process::Stdio;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tinytune"))
-        .args(["info", "--preset", "gpt2"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        Command::new(env!("CARGO_BIN_EXE_tinytune")).args(["info", "--preset", "gpt2"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     // Read a few bytes and close the pipe, as `| head -c 10` would.
     let mut first = [0u8; 10];
     child.stdout.take().unwrap().read_exact(&mut first).unwrap();
@@ -217,7 +214,21 @@ fn memory_prints_the_breakdown_and_deepspeeds_rows() {
 
 #[test]
 fn memory_measures_a_real_step_of_a_tiny_model() {
-    let v = memory_json(&["--model", "nano", "--precision", "fp32", "--activations", "tinytune", "--overhead-gib", "0", "--batch", "4", "--seq", "64", "--measure"]);
+    let v = memory_json(&[
+        "--model",
+        "nano",
+        "--precision",
+        "fp32",
+        "--activations",
+        "tinytune",
+        "--overhead-gib",
+        "0",
+        "--batch",
+        "4",
+        "--seq",
+        "64",
+        "--measure",
+    ]);
     let measured = v["measured"]["peak"].as_u64().unwrap();
     let estimated = v["measured_estimate"]["first_step_peak"].as_u64().unwrap();
     assert!(measured > 0, "the binary counts its allocations");
@@ -231,7 +242,11 @@ fn memory_rejects_bad_configs_and_settings_by_name() {
     let dir = tmp("memcfg");
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("config.json");
-    std::fs::write(&cfg, r#"{"model_type":"llama","vocab_size":32000,"hidden_size":4096,"num_hidden_layers":32,"num_attention_heads":0,"intermediate_size":11008}"#).unwrap();
+    std::fs::write(
+        &cfg,
+        r#"{"model_type":"llama","vocab_size":32000,"hidden_size":4096,"num_hidden_layers":32,"num_attention_heads":0,"intermediate_size":11008}"#,
+    )
+    .unwrap();
     fails_with(&tinytune(&["memory", "--model", cfg.to_str().unwrap()]), &["config.json", "num_attention_heads", "is 0"]);
     std::fs::write(&cfg, r#"{"model_type":"gpt2","vocab_size":50257,"n_positions":1024,"n_embd":1000,"n_layer":2,"n_head":16}"#).unwrap();
     fails_with(&tinytune(&["memory", "--model", cfg.to_str().unwrap()]), &["n_embd", "divide evenly"]);
@@ -301,7 +316,8 @@ fn formats_show_and_roundtrip() {
 #[test]
 fn quantize_reports_size_error_and_loss_for_the_shipped_model() {
     let micro = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/micro");
-    let out = ok(&tinytune(&["quantize", "--model", micro.to_str().unwrap(), "--format", "nf4", "--double-quant", "--examples", "60", "--batch", "4", "--json"]));
+    let out =
+        ok(&tinytune(&["quantize", "--model", micro.to_str().unwrap(), "--format", "nf4", "--double-quant", "--examples", "60", "--batch", "4", "--json"]));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let r = &v[0]["report"];
     let per_param = r["linear_bytes"].as_f64().unwrap() / r["linear_params"].as_f64().unwrap();
@@ -361,13 +377,21 @@ fn lora_and_qlora_fine_tune_resume_and_reject_bad_flags() {
     };
     let (adapted, folded, on_the_fly) = (logits(&a, &[]), logits(&merged, &[]), logits(&a, &["--merge"]));
     let worst = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
-    assert!(!adapted.is_empty() && worst(&adapted, &folded) < 1e-4 && worst(&adapted, &on_the_fly) < 1e-4, "merged logits differ: {} / {}", worst(&adapted, &folded), worst(&adapted, &on_the_fly));
+    assert!(
+        !adapted.is_empty() && worst(&adapted, &folded) < 1e-4 && worst(&adapted, &on_the_fly) < 1e-4,
+        "merged logits differ: {} / {}",
+        worst(&adapted, &folded),
+        worst(&adapted, &on_the_fly)
+    );
     fails_with(&tinytune(&["merge-adapter", "--model", a.to_str().unwrap(), "--out", merged.to_str().unwrap()]), &["already exists"]);
     fails_with(&tinytune(&["merge-adapter", "--model", b, "--out", tmp("nothing").to_str().unwrap()]), &["full", "no adapter to merge"]);
     std::fs::remove_dir_all(&merged).unwrap();
 
     let l = tmp("lora");
-    let out = finetune(&l, &["--method", "lora", "--rank", "2", "--targets", "all-linear", "--lora-bias", "lora_only", "--lora-init", "gaussian", "--loraplus-ratio", "16"]);
+    let out = finetune(
+        &l,
+        &["--method", "lora", "--rank", "2", "--targets", "all-linear", "--lora-bias", "lora_only", "--lora-init", "gaussian", "--loraplus-ratio", "16"],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     ok(&out);
     // all-linear r2 on nano (C 64, MLP 256, 2 blocks): 2·2·(256+128+320+320) LoRA weights plus
@@ -437,8 +461,28 @@ fn optimizers_and_techniques_run_resume_compare_and_reject_bad_flags() {
     }
     let c = tmp("compare");
     let out = ok(&tinytune(&[
-        "compare", "--model", b, "--optimizers", "adamw,adafactor,mezo", "--out", c.to_str().unwrap(), "--data", "sentiment", "--batch", "4", "--seq-len", "48",
-        "--train-examples", "100", "--eval-examples", "20", "--eval-batches", "2", "--steps", "4", "--json",
+        "compare",
+        "--model",
+        b,
+        "--optimizers",
+        "adamw,adafactor,mezo",
+        "--out",
+        c.to_str().unwrap(),
+        "--data",
+        "sentiment",
+        "--batch",
+        "4",
+        "--seq-len",
+        "48",
+        "--train-examples",
+        "100",
+        "--eval-examples",
+        "20",
+        "--eval-batches",
+        "2",
+        "--steps",
+        "4",
+        "--json",
     ]));
     let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
     let rows = rows.as_array().unwrap();
@@ -450,8 +494,30 @@ fn optimizers_and_techniques_run_resume_compare_and_reject_bad_flags() {
     assert!(std::fs::read_to_string(c.join("compare.svg")).unwrap().contains("adafactor"));
     // --methods: one row per method, with its trainable count.
     let out = ok(&tinytune(&[
-        "compare", "--model", b, "--methods", "full,bitfit,lora", "--rank", "2", "--out", c.to_str().unwrap(), "--data", "sentiment", "--batch", "4", "--seq-len", "48",
-        "--train-examples", "100", "--eval-examples", "20", "--eval-batches", "2", "--steps", "3", "--json",
+        "compare",
+        "--model",
+        b,
+        "--methods",
+        "full,bitfit,lora",
+        "--rank",
+        "2",
+        "--out",
+        c.to_str().unwrap(),
+        "--data",
+        "sentiment",
+        "--batch",
+        "4",
+        "--seq-len",
+        "48",
+        "--train-examples",
+        "100",
+        "--eval-examples",
+        "20",
+        "--eval-batches",
+        "2",
+        "--steps",
+        "3",
+        "--json",
     ]));
     let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
     let rows = rows.as_array().unwrap();
@@ -483,7 +549,11 @@ fn adapters_prompts_ia3_and_jsonl_data() {
     let data = tmp("sft.jsonl");
     let mut lines = String::new();
     for i in 0..40 {
-        let (p, c) = if i % 2 == 0 { (format!("the cat saw {i} birds. how many?\nanswer:"), format!(" {i}\n")) } else { (format!("count to {}", i % 7), format!("{}", i % 7)) };
+        let (p, c) = if i % 2 == 0 {
+            (format!("the cat saw {i} birds. how many?\nanswer:"), format!(" {i}\n"))
+        } else {
+            (format!("count to {}", i % 7), format!("{}", i % 7))
+        };
         lines += &if i % 3 == 0 {
             serde_json::json!({"instruction": p, "input": "", "output": c}).to_string()
         } else {
@@ -494,7 +564,23 @@ fn adapters_prompts_ia3_and_jsonl_data() {
     std::fs::write(&data, &lines).unwrap();
     let d = data.to_str().unwrap();
     let finetune = |out: &Path, extra: &[&str]| {
-        let mut args = vec!["finetune", "--model", b, "--out", out.to_str().unwrap(), "--batch", "4", "--seq-len", "64", "--eval-batches", "2", "--steps", "6", "--checkpoint-every", "100"];
+        let mut args = vec![
+            "finetune",
+            "--model",
+            b,
+            "--out",
+            out.to_str().unwrap(),
+            "--batch",
+            "4",
+            "--seq-len",
+            "64",
+            "--eval-batches",
+            "2",
+            "--steps",
+            "6",
+            "--checkpoint-every",
+            "100",
+        ];
         args.extend_from_slice(extra);
         tinytune(&args)
     };
@@ -511,10 +597,16 @@ fn adapters_prompts_ia3_and_jsonl_data() {
     ok(&finetune(&r, &killed));
     ok(&tinytune(&["finetune", "--model", b, "--out", r.to_str().unwrap(), "--resume"]));
     assert_eq!(step_losses(&a), step_losses(&r));
-    fails_with(&tinytune(&["merge-adapter", "--model", a.to_str().unwrap(), "--out", tmp("no-merge").to_str().unwrap()]), &["adapter", "cannot be merged", "non-linearity"]);
+    fails_with(
+        &tinytune(&["merge-adapter", "--model", a.to_str().unwrap(), "--out", tmp("no-merge").to_str().unwrap()]),
+        &["adapter", "cannot be merged", "non-linearity"],
+    );
 
     let p = tmp("prompt");
-    let out = finetune(&p, &["--data", "sentiment", "--method", "prompt", "--virtual-tokens", "4", "--prompt-init", "text", "--prompt-text", "review:", "--lr", "0.03"]);
+    let out = finetune(
+        &p,
+        &["--data", "sentiment", "--method", "prompt", "--virtual-tokens", "4", "--prompt-init", "text", "--prompt-text", "review:", "--lr", "0.03"],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     ok(&out);
     assert!(stderr.contains("prompt: 256 of "), "{stderr}");
@@ -524,7 +616,10 @@ fn adapters_prompts_ia3_and_jsonl_data() {
     // would not fit beside it.
     ok(&tinytune(&["eval", "--model", p.to_str().unwrap(), "--data", "sentiment", "--examples", "20", "--accuracy-examples", "2"]));
     fails_with(&tinytune(&["eval", "--model", p.to_str().unwrap(), "--data", "sentiment", "--seq-len", "128"]), &["--seq-len", "124 tokens"]);
-    fails_with(&tinytune(&["merge-adapter", "--model", p.to_str().unwrap(), "--out", tmp("no-merge").to_str().unwrap()]), &["cannot be merged", "virtual tokens"]);
+    fails_with(
+        &tinytune(&["merge-adapter", "--model", p.to_str().unwrap(), "--out", tmp("no-merge").to_str().unwrap()]),
+        &["cannot be merged", "virtual tokens"],
+    );
 
     let i = tmp("ia3");
     let out = finetune(&i, &["--data", "sentiment", "--method", "ia3", "--lr", "0.05"]);
@@ -534,11 +629,15 @@ fn adapters_prompts_ia3_and_jsonl_data() {
     assert!(stderr.contains("ia3: 896 of "), "{stderr}");
     // `info` marks what trains, per layer, and checks the total against the closed form.
     let info = ok(&tinytune(&["info", "--model", i.to_str().unwrap()]));
-    assert!(info.contains("h.0.attn.c_attn.ia3.ia3_l") && info.contains("448 train") && info.contains("ia3: 896 trainable") && info.contains("closed form 896"), "{info}");
+    assert!(
+        info.contains("h.0.attn.c_attn.ia3.ia3_l") && info.contains("448 train") && info.contains("ia3: 896 trainable") && info.contains("closed form 896"),
+        "{info}"
+    );
     let merged = tmp("ia3-merged");
     ok(&tinytune(&["merge-adapter", "--model", i.to_str().unwrap(), "--out", merged.to_str().unwrap()]));
     let logits = |dir: &Path| -> Vec<f64> {
-        let v: serde_json::Value = serde_json::from_str(&ok(&tinytune(&["logits", "--model", dir.to_str().unwrap(), "--prompt", "review: a fine day.\nsentiment:"]))).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&ok(&tinytune(&["logits", "--model", dir.to_str().unwrap(), "--prompt", "review: a fine day.\nsentiment:"]))).unwrap();
         v["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
     };
     let (x, y) = (logits(&i), logits(&merged));
@@ -571,8 +670,39 @@ fn export_adapter_writes_peft_folders_that_load_back() {
     let b = base.to_str().unwrap();
     let run = tmp("peft-run");
     let out = tmp("peft-out");
-    let small = ["--data", "sentiment", "--steps", "3", "--batch", "4", "--seq-len", "48", "--lr", "0.01", "--train-examples", "50", "--eval-examples", "20", "--eval-batches", "1"];
-    let mut args = vec!["finetune", "--model", b, "--out", run.to_str().unwrap(), "--method", "lora", "--rank", "2", "--targets", "c_attn,c_fc", "--lora-bias", "lora_only"];
+    let small = [
+        "--data",
+        "sentiment",
+        "--steps",
+        "3",
+        "--batch",
+        "4",
+        "--seq-len",
+        "48",
+        "--lr",
+        "0.01",
+        "--train-examples",
+        "50",
+        "--eval-examples",
+        "20",
+        "--eval-batches",
+        "1",
+    ];
+    let mut args = vec![
+        "finetune",
+        "--model",
+        b,
+        "--out",
+        run.to_str().unwrap(),
+        "--method",
+        "lora",
+        "--rank",
+        "2",
+        "--targets",
+        "c_attn,c_fc",
+        "--lora-bias",
+        "lora_only",
+    ];
     args.extend_from_slice(&small);
     ok(&tinytune(&args));
     ok(&tinytune(&["export-adapter", "--model", run.to_str().unwrap(), "--out", out.to_str().unwrap()]));
@@ -589,12 +719,18 @@ fn export_adapter_writes_peft_folders_that_load_back() {
     let plain = logits(&["--model", b]);
     assert_eq!(own, via_peft, "the exported adapter gives other logits");
     assert_ne!(own, plain, "the run's adapter changes nothing");
-    fails_with(&tinytune(&["logits", "--model", run.to_str().unwrap(), "--adapter", out.to_str().unwrap(), "--prompt", "x"]), &["--adapter", "already adapted"]);
+    fails_with(
+        &tinytune(&["logits", "--model", run.to_str().unwrap(), "--adapter", out.to_str().unwrap(), "--prompt", "x"]),
+        &["--adapter", "already adapted"],
+    );
     let full = tmp("peft-full");
     let mut args = vec!["finetune", "--model", b, "--out", full.to_str().unwrap(), "--method", "bitfit"];
     args.extend_from_slice(&small);
     ok(&tinytune(&args));
-    fails_with(&tinytune(&["export-adapter", "--model", full.to_str().unwrap(), "--out", tmp("peft-none").to_str().unwrap()]), &["bitfit", "no PEFT adapter format"]);
+    fails_with(
+        &tinytune(&["export-adapter", "--model", full.to_str().unwrap(), "--out", tmp("peft-none").to_str().unwrap()]),
+        &["bitfit", "no PEFT adapter format"],
+    );
     for dir in [run, out, full] {
         let _ = std::fs::remove_dir_all(&dir);
     }

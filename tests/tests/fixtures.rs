@@ -122,7 +122,9 @@ fn optimizers_follow_pytorch_and_bitsandbytes_step_by_step() {
 
     let bytes = std::fs::read(fixture("optim/trajectories.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let f32s = |name: &str| -> Vec<f32> { st.tensor(name).unwrap_or_else(|_| panic!("{name}")).data().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect() };
+    let f32s = |name: &str| -> Vec<f32> {
+        st.tensor(name).unwrap_or_else(|_| panic!("{name}")).data().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+    };
     let u8s = |name: &str| -> Vec<u8> { st.tensor(name).unwrap().data().to_vec() };
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let cases: serde_json::Value = serde_json::from_str(&meta.metadata().as_ref().unwrap()["cases"]).unwrap();
@@ -138,7 +140,12 @@ fn optimizers_follow_pytorch_and_bitsandbytes_step_by_step() {
     let tensor1 = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [100]), &device);
     for (case, hp) in cases.as_object().unwrap() {
         let kind: OptimKind = case.replace("sgd_momentum", "sgd").parse().unwrap();
-        let config = OptimConfig { weight_decay: 0.01, clip_grad_norm: None, momentum: hp.get("momentum").and_then(|m| m.as_f64()).unwrap_or(0.0), ..OptimConfig::for_kind(kind) };
+        let config = OptimConfig {
+            weight_decay: 0.01,
+            clip_grad_norm: None,
+            momentum: hp.get("momentum").and_then(|m| m.as_f64()).unwrap_or(0.0),
+            ..OptimConfig::for_kind(kind)
+        };
         let lr = hp["lr"].as_f64().unwrap();
         let mut optim = Optimizer::new(config);
         let mut model = Two { w: Param::from_tensor(tensor2(f32s("init.w"))), b: Param::from_tensor(tensor1(f32s("init.b"))) };
@@ -170,7 +177,11 @@ fn optimizers_follow_pytorch_and_bitsandbytes_step_by_step() {
                     let wrong = q.codes.iter().zip(&nearest).filter(|(a, b)| a != b).count();
                     assert_eq!(wrong, 0, "{case} step {k} {slot}: {wrong} codes are not the nearest");
                     let differ = q.codes.iter().zip(&want_codes).filter(|(a, b)| a != b).count();
-                    assert!(differ * 20 <= want_codes.len(), "{case} step {k} {slot}: {differ} of {} codes differ from bitsandbytes' C++ path", want_codes.len());
+                    assert!(
+                        differ * 20 <= want_codes.len(),
+                        "{case} step {k} {slot}: {differ} of {} codes differ from bitsandbytes' C++ path",
+                        want_codes.len()
+                    );
                 }
                 // Continue from bitsandbytes' exact state, so each step is compared on its own.
                 for (slot, key, absmax) in [("exp_avg", "state1", "absmax1"), ("exp_avg_sq", "state2", "absmax2")] {
@@ -197,7 +208,13 @@ fn hf_reference() -> HfReference {
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| (c["prompt"].as_str().unwrap().to_string(), c["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect(), c["variants"].clone()))
+        .map(|c| {
+            (
+                c["prompt"].as_str().unwrap().to_string(),
+                c["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect(),
+                c["variants"].clone(),
+            )
+        })
         .collect();
     HfReference { cases }
 }
@@ -205,7 +222,8 @@ fn hf_reference() -> HfReference {
 fn hf_base(device: &burn::tensor::Device) -> tinytune::checkpoint::LoadedModel {
     let dir = fixture("hf-gpt2");
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
-    tinytune::checkpoint::load_parts("hf-gpt2", &read("config.json"), &read("tokenizer.json"), &std::fs::read(dir.join("model.safetensors")).unwrap(), device).unwrap()
+    tinytune::checkpoint::load_parts("hf-gpt2", &read("config.json"), &read("tokenizer.json"), &std::fs::read(dir.join("model.safetensors")).unwrap(), device)
+        .unwrap()
 }
 
 fn all_logits(model: &tinytune::Gpt, ids: &[u32], device: &burn::tensor::Device) -> Vec<f32> {
@@ -275,7 +293,8 @@ fn peft_adapter_folders_reproduce_peft_logits_and_round_trip() {
         // same logits after loading it back.
         let (config2, weights2) = peft::save(&model, &method).unwrap();
         let shapes = |bytes: &[u8]| -> Vec<(String, Vec<usize>)> {
-            let mut v: Vec<_> = tinytune::checkpoint::from_safetensors(bytes, &"test".into()).unwrap().into_iter().map(|(k, d)| (k, d.shape().to_vec())).collect();
+            let mut v: Vec<_> =
+                tinytune::checkpoint::from_safetensors(bytes, &"test".into()).unwrap().into_iter().map(|(k, d)| (k, d.shape().to_vec())).collect();
             v.sort();
             v
         };
@@ -295,7 +314,9 @@ fn bad_peft_adapters_name_the_file_and_tensor() {
     let device = burn::tensor::Device::flex();
     let (config, weights) = read_adapter("peft-lora");
     let tensors = from_safetensors(&weights, &"x".into()).unwrap();
-    let err = |config: &str, tensors: Vec<(String, burn::tensor::TensorData)>| peft::load(hf_base(&device).model, config, &to_safetensors(tensors), "dir", &device).unwrap_err().to_string();
+    let err = |config: &str, tensors: Vec<(String, burn::tensor::TensorData)>| {
+        peft::load(hf_base(&device).model, config, &to_safetensors(tensors), "dir", &device).unwrap_err().to_string()
+    };
     let mut sorted: Vec<_> = tensors.into_iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     // A missing tensor.

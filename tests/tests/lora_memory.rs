@@ -45,7 +45,9 @@ fn lora_in_activation_space_peaks_lower_than_a_composed_dense_weight() {
     let mut rng = Rng::new(0);
     let data = Dataset::Stream { tokens: (0..20_000).map(|_| rng.below(config.vocab_size) as u32).collect() };
     let base = Gpt::init(&config, 0, &device);
-    let ours = Method::Lora(LoraConfig { r: 8, lora_alpha: 16.0, target_modules: vec!["all-linear".into()], ..LoraConfig::default() }).apply(base.clone(), 0, &device).unwrap();
+    let ours = Method::Lora(LoraConfig { r: 8, lora_alpha: 16.0, target_modules: vec!["all-linear".into()], ..LoraConfig::default() })
+        .apply(base.clone(), 0, &device)
+        .unwrap();
     let mut paths = Vec::new();
     for_each_projection_ref(&base, |path, _| paths.push(format!("{path}.weight")));
     let burns = base.clone().apply_lora(burn::module::Lora::new(8, 16.0).set_param_group(ParamGroup::from_paths(paths)));

@@ -36,12 +36,7 @@ fn estimate_is_within_10_percent_of_the_measured_peak() {
                     assert_eq!(measured.optimizer, est.gpu.optimizer, "{shape} {name}: optimizer bytes");
                     let err = est.first_step_peak as f64 / measured.peak as f64 - 1.0;
                     worst = worst.max(err.abs());
-                    rows.push(format!(
-                        "| {shape} | {name} | {b} | {t} | {} | {} | {:+.1}% |",
-                        human(measured.peak),
-                        human(est.first_step_peak),
-                        err * 100.0
-                    ));
+                    rows.push(format!("| {shape} | {name} | {b} | {t} | {} | {} | {:+.1}% |", human(measured.peak), human(est.first_step_peak), err * 100.0));
                 }
             }
         }

@@ -23,7 +23,17 @@ fn nano(precision: Precision, loss_scale: LossScale, steps: usize) -> Trainer {
     let config = ModelConfig { vocab_size: tok.vocab_size(), ..ModelConfig::nano() };
     let device = Device::flex().autodiff();
     let model = Gpt::init(&config, 0, &device);
-    let tc = TrainConfig { steps, batch_size: 16, seq_len: 64, train_examples: 400, eval_examples: 40, warmup_steps: 2, precision, loss_scale, ..TrainConfig::default() };
+    let tc = TrainConfig {
+        steps,
+        batch_size: 16,
+        seq_len: 64,
+        train_examples: 400,
+        eval_examples: 40,
+        warmup_steps: 2,
+        precision,
+        loss_scale,
+        ..TrainConfig::default()
+    };
     Trainer::new(model, &tok, tc, &device).unwrap()
 }
 
@@ -88,12 +98,20 @@ fn micro() -> (Gpt, TextTokenizer) {
 fn loss_scaling_moves_the_pretrained_models_gradients_out_of_fp16s_subnormals() {
     let (model, tok) = micro();
     let device = Device::flex().autodiff();
-    let tc = TrainConfig { data: DataSource::Task(Task::StoryQa), batch_size: 16, seq_len: 128, train_examples: 200, eval_examples: 20, ..TrainConfig::default() };
+    let tc =
+        TrainConfig { data: DataSource::Task(Task::StoryQa), batch_size: 16, seq_len: 128, train_examples: 200, eval_examples: 20, ..TrainConfig::default() };
     let trainer = Trainer::new(model, &tok, tc, &device).unwrap();
     let batch = trainer.batch_for(0);
     let [one, k, big]: [_; 3] = underflow_reports(&trainer, &batch, Precision::Fp16, &[1.0, 1024.0, 65536.0]).try_into().unwrap();
     let sub = |r: &tinytune::train::precision::UnderflowReport| r.actual.subnormal as f64 / r.actual.total as f64;
-    println!("scale 1: lost {:.4}% subnormal {:.2}%; 1024: lost {:.4}% subnormal {:.2}%; 65536: {} overflowed", 100.0 * one.lost_fraction(), 100.0 * sub(&one), 100.0 * k.lost_fraction(), 100.0 * sub(&k), big.actual.non_finite);
+    println!(
+        "scale 1: lost {:.4}% subnormal {:.2}%; 1024: lost {:.4}% subnormal {:.2}%; 65536: {} overflowed",
+        100.0 * one.lost_fraction(),
+        100.0 * sub(&one),
+        100.0 * k.lost_fraction(),
+        100.0 * sub(&k),
+        big.actual.non_finite
+    );
     // Unscaled, a few percent of micro's gradient values are FP16 subnormals (measured 6.1%)
     // and about 0.1% flush to zero; a scale of 1024 lifts nearly all into the normal range
     // (0.2% left) and loses almost none (0.0002%); 2^16 overflows.

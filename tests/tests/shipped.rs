@@ -50,7 +50,14 @@ fn optimizer_state_report_on_micro_matches_the_formulas() {
     let config = ModelConfig::from_json(&std::fs::read_to_string(asset(files::CONFIG)).unwrap(), "config.json").unwrap();
     let tok = TextTokenizer::from_json(&std::fs::read_to_string(asset(files::TOKENIZER)).unwrap(), "tokenizer.json").unwrap();
     let model = load_model(&config, &std::fs::read(asset(files::WEIGHTS)).unwrap(), &device, "model.safetensors").unwrap();
-    let tc = TrainConfig { data: DataSource::Task(tinytune::data::Task::StoryQa), batch_size: 8, seq_len: 128, train_examples: 100, eval_examples: 10, ..TrainConfig::default() };
+    let tc = TrainConfig {
+        data: DataSource::Task(tinytune::data::Task::StoryQa),
+        batch_size: 8,
+        seq_len: 128,
+        train_examples: 100,
+        eval_examples: 10,
+        ..TrainConfig::default()
+    };
     let trainer = Trainer::new(model, &tok, tc, &device).unwrap();
     let r = state_report(&trainer, &trainer.batch_for(0), "h.0.mlp.c_fc").unwrap();
     let per = |name: &str| r.rows.iter().find(|row| row.name == name).unwrap().bytes_per_param;

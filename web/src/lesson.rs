@@ -58,16 +58,12 @@ pub fn parse(file_name: &str, text: &str) -> Result<Lesson, String> {
         if line.trim().is_empty() {
             continue;
         }
-        let (key, value) = line
-            .split_once(':')
-            .ok_or_else(|| format!("{file_name}:{line_no}: front matter lines are `key: value`, got {line:?}"))?;
+        let (key, value) = line.split_once(':').ok_or_else(|| format!("{file_name}:{line_no}: front matter lines are `key: value`, got {line:?}"))?;
         let value = value.trim().to_string();
         match key.trim() {
             "title" => title = Some(value),
             "summary" => summary = Some(value),
-            "order" => {
-                order = Some(value.parse::<u32>().map_err(|_| format!("{file_name}:{line_no}: order: {value:?} is not a whole number"))?)
-            }
+            "order" => order = Some(value.parse::<u32>().map_err(|_| format!("{file_name}:{line_no}: order: {value:?} is not a whole number"))?),
             other => return Err(format!("{file_name}:{line_no}: unknown front matter key {other:?}; use title, summary and order")),
         }
     }
@@ -145,7 +141,8 @@ fn segments(body: &str) -> Result<Vec<Segment>, (usize, String)> {
 mod tests {
     use super::*;
 
-    const GOOD: &str = "---\ntitle: T\nsummary: S\norder: 3\n---\nHello *there*.\n\n```widget\nname: model-card\nmodel: nano\n```\n\nAfter.\n\n```rust\nlet x = 1;\n```\n";
+    const GOOD: &str =
+        "---\ntitle: T\nsummary: S\norder: 3\n---\nHello *there*.\n\n```widget\nname: model-card\nmodel: nano\n```\n\nAfter.\n\n```rust\nlet x = 1;\n```\n";
 
     #[test]
     fn splits_prose_and_widgets() {

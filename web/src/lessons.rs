@@ -40,11 +40,8 @@ mod tests {
     #[test]
     fn every_lesson_file_is_embedded_and_parses() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../lessons");
-        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.ends_with(".md"))
-            .collect();
+        let mut on_disk: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).filter(|n| n.ends_with(".md")).collect();
         on_disk.sort();
         let mut embedded: Vec<String> = FILES.iter().map(|(n, _)| n.to_string()).collect();
         embedded.sort();

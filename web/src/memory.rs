@@ -2,10 +2,10 @@
 //! the page's calculator and its tests use the same code as `tinytune memory`.
 
 use serde::{Deserialize, Serialize};
+use tinytune::ModelConfig;
 use tinytune::memory::arch::{ARCH_PRESETS, Arch};
 use tinytune::memory::{Estimate, Offload, OptimizerKind, Plan, PlanMethod, Precision, StepMemory};
 use tinytune::methods::{LoraConfig, Method};
-use tinytune::ModelConfig;
 
 /// The methods the calculator offers, as lessons and links spell them.
 pub const METHODS: [&str; 8] = ["full", "lora", "qlora", "adapter", "prompt", "last-layers", "bitfit", "layernorm"];
@@ -125,11 +125,7 @@ impl MemoryParams {
 
     /// Checks a model name for `Widget::set`.
     pub fn check_model(value: &str) -> Result<(), String> {
-        if value == "custom" || ARCH_PRESETS.contains(&value) {
-            Ok(())
-        } else {
-            Err(format!("choose custom or one of {}", ARCH_PRESETS.join(", ")))
-        }
+        if value == "custom" || ARCH_PRESETS.contains(&value) { Ok(()) } else { Err(format!("choose custom or one of {}", ARCH_PRESETS.join(", "))) }
     }
 }
 

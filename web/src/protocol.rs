@@ -25,22 +25,51 @@ pub enum BackendPref {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ToWorker {
     /// Choose (or switch) the backend; answered by `FromWorker::Backend`.
-    Init { prefer: BackendPref },
-    Train { run: u32, params: TrainParams },
-    Pause { run: u32 },
-    Resume { run: u32 },
-    Cancel { run: u32 },
-    Generate { id: u32, params: GenerateParams },
+    Init {
+        prefer: BackendPref,
+    },
+    Train {
+        run: u32,
+        params: TrainParams,
+    },
+    Pause {
+        run: u32,
+    },
+    Resume {
+        run: u32,
+    },
+    Cancel {
+        run: u32,
+    },
+    Generate {
+        id: u32,
+        params: GenerateParams,
+    },
     /// Measure one training step of the micro model on the CPU.
-    MeasureMemory { id: u32, params: TimelineParams },
+    MeasureMemory {
+        id: u32,
+        params: TimelineParams,
+    },
     /// Quantize the micro model's linear weights, evaluate and sample.
-    Quantize { id: u32, params: QuantizeParams },
+    Quantize {
+        id: u32,
+        params: QuantizeParams,
+    },
     /// One batch's gradients of the micro model in FP16/BF16, unscaled and scaled, vs FP32.
-    LossScaling { id: u32, params: LossScalingParams },
+    LossScaling {
+        id: u32,
+        params: LossScalingParams,
+    },
     /// One step of every optimizer on micro's gradients: state sizes, Adafactor, 8-bit.
-    OptimizerState { id: u32, params: OptimizerStateParams },
+    OptimizerState {
+        id: u32,
+        params: OptimizerStateParams,
+    },
     /// Fully fine-tune micro (or reuse the last such run) and measure one matrix's update.
-    LoraRank { id: u32, params: crate::rank::RankParams },
+    LoraRank {
+        id: u32,
+        params: crate::rank::RankParams,
+    },
     /// Makes the worker panic: how the end-to-end tests check that the page notices a
     /// crashed worker and recovers.
     Crash,
@@ -99,23 +128,67 @@ pub enum FromWorker {
     /// before it listens are lost, so the page queues until this arrives.
     Ready,
     Backend(BackendInfo),
-    Status { run: u32, state: RunState, message: String },
-    Step { run: u32, event: StepEvent },
-    Eval { run: u32, step: usize, loss: f32 },
+    Status {
+        run: u32,
+        state: RunState,
+        message: String,
+    },
+    Step {
+        run: u32,
+        event: StepEvent,
+    },
+    Eval {
+        run: u32,
+        step: usize,
+        loss: f32,
+    },
     /// Before/after answers and the loss on held-out pre-training text (stories).
-    Compare { run: u32, rows: Vec<CompareRow>, stories_before: f32, stories_after: f32 },
-    Samples { id: u32, samples: Vec<String>, seconds: f64 },
-    Memory { id: u32, result: Box<TimelineResult> },
-    Quantized { id: u32, result: Box<QuantizeResult> },
-    Gradients { id: u32, result: Box<LossScalingResult> },
-    OptimizerState { id: u32, result: Box<tinytune::optim::report::StateReport> },
-    LoraRank { id: u32, result: Box<tinytune::methods::rank::RankReport> },
+    Compare {
+        run: u32,
+        rows: Vec<CompareRow>,
+        stories_before: f32,
+        stories_after: f32,
+    },
+    Samples {
+        id: u32,
+        samples: Vec<String>,
+        seconds: f64,
+    },
+    Memory {
+        id: u32,
+        result: Box<TimelineResult>,
+    },
+    Quantized {
+        id: u32,
+        result: Box<QuantizeResult>,
+    },
+    Gradients {
+        id: u32,
+        result: Box<LossScalingResult>,
+    },
+    OptimizerState {
+        id: u32,
+        result: Box<tinytune::optim::report::StateReport>,
+    },
+    LoraRank {
+        id: u32,
+        result: Box<tinytune::methods::rank::RankReport>,
+    },
     /// A soft-prompt run's virtual tokens: the real tokens nearest each (cosine similarity
     /// with the token embeddings), closest first.
-    Nearest { run: u32, tokens: Vec<Vec<(String, f32)>> },
+    Nearest {
+        run: u32,
+        tokens: Vec<Vec<(String, f32)>>,
+    },
     /// A run's cost so far: optimizer state and (on the CPU) peak memory.
-    RunStats { run: u32, stats: RunStats },
-    Error { id: u32, message: String },
+    RunStats {
+        run: u32,
+        stats: RunStats,
+    },
+    Error {
+        id: u32,
+        message: String,
+    },
 }
 
 impl ToWorker {
@@ -128,7 +201,12 @@ impl FromWorker {
     /// The run or request a message answers (None for backend-wide messages).
     pub fn id(&self) -> Option<u32> {
         match self {
-            FromWorker::Status { run, .. } | FromWorker::Step { run, .. } | FromWorker::Eval { run, .. } | FromWorker::Compare { run, .. } | FromWorker::RunStats { run, .. } | FromWorker::Nearest { run, .. } => Some(*run),
+            FromWorker::Status { run, .. }
+            | FromWorker::Step { run, .. }
+            | FromWorker::Eval { run, .. }
+            | FromWorker::Compare { run, .. }
+            | FromWorker::RunStats { run, .. }
+            | FromWorker::Nearest { run, .. } => Some(*run),
             FromWorker::Samples { id, .. }
             | FromWorker::Memory { id, .. }
             | FromWorker::Quantized { id, .. }
@@ -161,7 +239,8 @@ mod tests {
         for m in to {
             assert_eq!(serde_json::from_str::<ToWorker>(&m.to_json()).unwrap(), m);
         }
-        let event = StepEvent { step: 1, loss: 2.5, lr: 1e-3, grad_norm: 0.5, tokens: 512, tokens_per_s: 900.0, elapsed_s: 0.6, loss_scale: 1.0, skipped: false };
+        let event =
+            StepEvent { step: 1, loss: 2.5, lr: 1e-3, grad_norm: 0.5, tokens: 512, tokens_per_s: 900.0, elapsed_s: 0.6, loss_scale: 1.0, skipped: false };
         let from = FromWorker::Step { run: 3, event: event.clone() };
         assert_eq!(serde_json::from_str::<FromWorker>(&from.to_json()).unwrap(), from);
         // A step skipped by the loss scaler has an infinite gradient norm, which JSON cannot

@@ -7,7 +7,8 @@ use tinytune::formats::ptq::QuantReport;
 /// Formats the quantize widget offers (FP32 would change nothing).
 pub const QUANT_FORMATS: [&str; 9] = ["int8", "int8-asym", "int4", "nf4", "fp4", "fp8-e4m3", "fp8-e5m2", "bf16", "fp16"];
 /// The micro model's linear weights a reader can inspect.
-pub const LAYERS: [&str; 8] = ["h.0.attn.c_attn", "h.0.attn.c_proj", "h.0.mlp.c_fc", "h.0.mlp.c_proj", "h.3.attn.c_attn", "h.3.attn.c_proj", "h.3.mlp.c_fc", "h.3.mlp.c_proj"];
+pub const LAYERS: [&str; 8] =
+    ["h.0.attn.c_attn", "h.0.attn.c_proj", "h.0.mlp.c_fc", "h.0.mlp.c_proj", "h.3.attn.c_attn", "h.3.attn.c_proj", "h.3.mlp.c_fc", "h.3.mlp.c_proj"];
 
 /// Settings of the `quantize` widget.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

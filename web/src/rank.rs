@@ -6,7 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 /// Micro's projections the widget can inspect.
-pub const MATRICES: [&str; 8] = ["h.0.attn.c_attn", "h.0.attn.c_proj", "h.0.mlp.c_fc", "h.0.mlp.c_proj", "h.3.attn.c_attn", "h.3.attn.c_proj", "h.3.mlp.c_fc", "h.3.mlp.c_proj"];
+pub const MATRICES: [&str; 8] =
+    ["h.0.attn.c_attn", "h.0.attn.c_proj", "h.0.mlp.c_fc", "h.0.mlp.c_proj", "h.3.attn.c_attn", "h.3.attn.c_proj", "h.3.mlp.c_fc", "h.3.mlp.c_proj"];
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RankParams {
@@ -26,6 +27,9 @@ impl Default for RankParams {
 impl RankParams {
     /// The native command that measures the same thing.
     pub fn command(&self) -> String {
-        format!("tinytune lora-rank --model assets/micro --data sentiment --matrix {} --rank {} --steps {} --lr {} --batch 8 --seq-len 64", self.matrix, self.rank, self.steps, self.lr)
+        format!(
+            "tinytune lora-rank --model assets/micro --data sentiment --matrix {} --rank {} --steps {} --lr {} --batch 8 --seq-len 64",
+            self.matrix, self.rank, self.steps, self.lr
+        )
     }
 }

@@ -4,8 +4,8 @@
 //! configuration natively ("Run this at scale"). A test in the CLI parses that command with
 //! the CLI's own parser and checks it resolves to the same `TrainConfig`.
 
-use tinytune::optim::{Decay, OptimConfig, OptimKind, Warmup};
 use tinytune::methods::{AdapterConfig, LoraConfig, Method, MethodOptions};
+use tinytune::optim::{Decay, OptimConfig, OptimKind, Warmup};
 use tinytune::train::{LossScale, Precision, TrainConfig};
 
 use crate::widgets::{ModelChoice, TrainParams};
@@ -93,7 +93,14 @@ impl TrainParams {
         if self.model == ModelChoice::Nano {
             return Method::Full;
         }
-        let lora = LoraConfig { r: self.rank, lora_alpha: self.alpha, lora_dropout: 0.0, target_modules: LoraConfig::target_list(&self.targets), use_rslora: false, ..LoraConfig::default() };
+        let lora = LoraConfig {
+            r: self.rank,
+            lora_alpha: self.alpha,
+            lora_dropout: 0.0,
+            target_modules: LoraConfig::target_list(&self.targets),
+            use_rslora: false,
+            ..LoraConfig::default()
+        };
         let defaults = MethodOptions::default();
         let options = MethodOptions {
             lora,
@@ -146,11 +153,41 @@ impl TrainParams {
         if self.model == ModelChoice::Micro {
             match self.method.as_str() {
                 "full" => {}
-                "lora" | "qlora" => args.extend(["--method".into(), self.method.clone(), "--rank".into(), self.rank.to_string(), "--alpha".into(), self.alpha.to_string(), "--targets".into(), self.targets.clone()]),
+                "lora" | "qlora" => args.extend([
+                    "--method".into(),
+                    self.method.clone(),
+                    "--rank".into(),
+                    self.rank.to_string(),
+                    "--alpha".into(),
+                    self.alpha.to_string(),
+                    "--targets".into(),
+                    self.targets.clone(),
+                ]),
                 "last-layers" => args.extend(["--method".into(), self.method.clone(), "--last-n".into(), self.last_n.to_string()]),
-                "adapter" => args.extend(["--method".into(), self.method.clone(), "--adapter".into(), self.adapter.clone(), "--bottleneck".into(), self.bottleneck.to_string()]),
-                "prompt" => args.extend(["--method".into(), self.method.clone(), "--virtual-tokens".into(), self.tokens.to_string(), "--prompt-init".into(), self.prompt_init.clone()]),
-                "p-tuning" => args.extend(["--method".into(), self.method.clone(), "--virtual-tokens".into(), self.tokens.to_string(), "--encoder-hidden".into(), self.encoder.to_string()]),
+                "adapter" => args.extend([
+                    "--method".into(),
+                    self.method.clone(),
+                    "--adapter".into(),
+                    self.adapter.clone(),
+                    "--bottleneck".into(),
+                    self.bottleneck.to_string(),
+                ]),
+                "prompt" => args.extend([
+                    "--method".into(),
+                    self.method.clone(),
+                    "--virtual-tokens".into(),
+                    self.tokens.to_string(),
+                    "--prompt-init".into(),
+                    self.prompt_init.clone(),
+                ]),
+                "p-tuning" => args.extend([
+                    "--method".into(),
+                    self.method.clone(),
+                    "--virtual-tokens".into(),
+                    self.tokens.to_string(),
+                    "--encoder-hidden".into(),
+                    self.encoder.to_string(),
+                ]),
                 "prefix" => args.extend(["--method".into(), self.method.clone(), "--virtual-tokens".into(), self.tokens.to_string()]),
                 other => args.extend(["--method".into(), other.to_string()]),
             }
@@ -189,4 +226,3 @@ impl TrainParams {
         s
     }
 }
-

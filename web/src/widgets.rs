@@ -8,12 +8,12 @@ use serde::{Deserialize, Serialize};
 use tinytune::ModelConfig;
 use tinytune::train::{DataSource, Precision};
 
+use crate::memory::{BASES, METHODS, OFFLOADS, OPTIMIZERS, PRECISIONS};
 pub use crate::memory::{MemoryParams, TimelineParams};
 pub use crate::optimizers::{OptimizerStateParams, ScheduleParams};
 pub use crate::precision::LossScalingParams;
 pub use crate::quantize::QuantizeParams;
 use crate::quantize::{LAYERS, QUANT_FORMATS};
-use crate::memory::{BASES, METHODS, OFFLOADS, OPTIMIZERS, PRECISIONS};
 
 /// Which model a widget runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,7 +202,34 @@ fn encoder_width() -> usize {
 
 impl Default for TrainParams {
     fn default() -> Self {
-        Self { model: ModelChoice::Micro, task: DataSource::Task(tinytune::data::Task::Sentiment), steps: 60, lr: 1e-3, batch: 8, seq: 64, seed: 0, compare: false, precision: Precision::Fp32, loss_scale: no_scaling(), method: full(), adapter: houlsby(), bottleneck: sixteen_units(), tokens: eight(), prompt_init: random_init(), encoder: encoder_width(), last_n: 1, rank: eight(), alpha: sixteen(), targets: all_linear(), optimizer: adamw(), schedule: cosine(), warmup: ten_percent(), accumulate: 1, checkpointing: false, sweep: String::new() }
+        Self {
+            model: ModelChoice::Micro,
+            task: DataSource::Task(tinytune::data::Task::Sentiment),
+            steps: 60,
+            lr: 1e-3,
+            batch: 8,
+            seq: 64,
+            seed: 0,
+            compare: false,
+            precision: Precision::Fp32,
+            loss_scale: no_scaling(),
+            method: full(),
+            adapter: houlsby(),
+            bottleneck: sixteen_units(),
+            tokens: eight(),
+            prompt_init: random_init(),
+            encoder: encoder_width(),
+            last_n: 1,
+            rank: eight(),
+            alpha: sixteen(),
+            targets: all_linear(),
+            optimizer: adamw(),
+            schedule: cosine(),
+            warmup: ten_percent(),
+            accumulate: 1,
+            checkpointing: false,
+            sweep: String::new(),
+        }
     }
 }
 
@@ -281,8 +308,20 @@ pub enum Widget {
 
 impl Widget {
     /// Every widget name, for error messages and docs.
-    pub const NAMES: [&'static str; 12] =
-        ["train", "generate", "model-card", "decide", "memory", "memory-timeline", "number-format", "quantize", "loss-scaling", "optimizer-state", "schedule", "lora-rank"];
+    pub const NAMES: [&'static str; 12] = [
+        "train",
+        "generate",
+        "model-card",
+        "decide",
+        "memory",
+        "memory-timeline",
+        "number-format",
+        "quantize",
+        "loss-scaling",
+        "optimizer-state",
+        "schedule",
+        "lora-rank",
+    ];
 
     /// The widget with default settings.
     pub fn named(name: &str) -> Result<Self, String> {
@@ -323,11 +362,53 @@ impl Widget {
     /// The parameter names this widget accepts.
     pub fn keys(&self) -> &'static [&'static str] {
         match self {
-            Widget::Train(_) => &["model", "task", "steps", "lr", "batch", "seq", "seed", "compare", "precision", "loss_scale", "method", "adapter", "bottleneck", "tokens", "prompt_init", "encoder", "last_n", "rank", "alpha", "targets", "optimizer", "schedule", "warmup", "accumulate", "checkpointing", "sweep"],
+            Widget::Train(_) => &[
+                "model",
+                "task",
+                "steps",
+                "lr",
+                "batch",
+                "seq",
+                "seed",
+                "compare",
+                "precision",
+                "loss_scale",
+                "method",
+                "adapter",
+                "bottleneck",
+                "tokens",
+                "prompt_init",
+                "encoder",
+                "last_n",
+                "rank",
+                "alpha",
+                "targets",
+                "optimizer",
+                "schedule",
+                "warmup",
+                "accumulate",
+                "checkpointing",
+                "sweep",
+            ],
             Widget::Generate(_) => &["model", "prompt", "temperature", "top_k", "max_tokens", "samples", "seed"],
             Widget::ModelCard(_) => &["model"],
             Widget::Decide => &[],
-            Widget::Memory(_) => &["model", "method", "rank", "precision", "optimizer", "batch", "seq", "checkpointing", "accumulate", "zero", "gpus", "offload", "base", "attention"],
+            Widget::Memory(_) => &[
+                "model",
+                "method",
+                "rank",
+                "precision",
+                "optimizer",
+                "batch",
+                "seq",
+                "checkpointing",
+                "accumulate",
+                "zero",
+                "gpus",
+                "offload",
+                "base",
+                "attention",
+            ],
             Widget::MemoryTimeline(_) => &["batch", "seq", "method"],
             Widget::NumberFormat(_) => &["value", "range"],
             Widget::Quantize(_) => &["format", "block", "double_quant", "layer"],
@@ -567,10 +648,20 @@ impl Widget {
             ],
             Widget::MemoryTimeline(p) => vec![("batch", p.batch.to_string()), ("seq", p.seq.to_string()), ("method", p.method.clone())],
             Widget::NumberFormat(p) => vec![("value", p.value.clone()), ("range", p.range.to_string())],
-            Widget::Quantize(p) => vec![("format", p.format.clone()), ("block", p.block.to_string()), ("double_quant", p.double_quant.to_string()), ("layer", p.layer.clone())],
-            Widget::LossScaling(p) => vec![("precision", p.precision.clone()), ("scale_log2", p.scale_log2.to_string()), ("batch", p.batch.to_string()), ("seq", p.seq.to_string())],
+            Widget::Quantize(p) => {
+                vec![("format", p.format.clone()), ("block", p.block.to_string()), ("double_quant", p.double_quant.to_string()), ("layer", p.layer.clone())]
+            }
+            Widget::LossScaling(p) => {
+                vec![("precision", p.precision.clone()), ("scale_log2", p.scale_log2.to_string()), ("batch", p.batch.to_string()), ("seq", p.seq.to_string())]
+            }
             Widget::OptimizerState(p) => vec![("layer", p.layer.clone())],
-            Widget::Schedule(p) => vec![("steps", p.steps.to_string()), ("lr", p.lr.to_string()), ("warmup", p.warmup.clone()), ("schedule", p.schedule.clone()), ("min_lr_ratio", p.min_lr_ratio.to_string())],
+            Widget::Schedule(p) => vec![
+                ("steps", p.steps.to_string()),
+                ("lr", p.lr.to_string()),
+                ("warmup", p.warmup.clone()),
+                ("schedule", p.schedule.clone()),
+                ("min_lr_ratio", p.min_lr_ratio.to_string()),
+            ],
             Widget::LoraRank(p) => vec![("matrix", p.matrix.clone()), ("rank", p.rank.to_string()), ("steps", p.steps.to_string()), ("lr", p.lr.to_string())],
         }
     }
@@ -678,18 +769,30 @@ mod tests {
             assert!(e.contains(needle), "{text:?} gave {e:?}, expected it to mention {needle:?}");
         };
         check("model: micro", "add a `name: ...`");
-        check("name: lora-ranks", "the widgets are train, generate, model-card, decide, memory, memory-timeline, number-format, quantize, loss-scaling, optimizer-state, schedule, lora-rank");
-        check("name: lora-rank
-matrix: wte", "choose h.0.attn.c_attn");
-        check("name: lora-rank
-rank: 0", "rank");
+        check(
+            "name: lora-ranks",
+            "the widgets are train, generate, model-card, decide, memory, memory-timeline, number-format, quantize, loss-scaling, optimizer-state, schedule, lora-rank",
+        );
+        check(
+            "name: lora-rank
+matrix: wte",
+            "choose h.0.attn.c_attn",
+        );
+        check(
+            "name: lora-rank
+rank: 0",
+            "rank",
+        );
         check("name: number-format\nvalue: ten", "expected a number");
         check("name: memory\nmodel: gpt5", "choose custom or one of nano");
         check("name: memory\noffload: disk", "choose none, optimizer, all");
         check("name: memory\nzero: 4", "must be from 0 to 3");
         check("name: memory-timeline\nseq: 512", "must be from 8 to 128");
         check("name: train\nsteps: 0", "train: steps: \"0\": must be from 1 to 2000");
-        check("name: train\ndepth: 4", "use model, task, steps, lr, batch, seq, seed, compare, precision, loss_scale, method, adapter, bottleneck, tokens, prompt_init, encoder, last_n, rank, alpha, targets, optimizer, schedule, warmup, accumulate, checkpointing, sweep");
+        check(
+            "name: train\ndepth: 4",
+            "use model, task, steps, lr, batch, seq, seed, compare, precision, loss_scale, method, adapter, bottleneck, tokens, prompt_init, encoder, last_n, rank, alpha, targets, optimizer, schedule, warmup, accumulate, checkpointing, sweep",
+        );
         check("name: train\ntargets: q_proj", "unknown projection \"q_proj\"; use c_attn");
         check("name: train\nmethod: dora", "choose full, last-layers, bitfit, layernorm, lora, qlora");
         check("name: loss-scaling\nscale_log2: 40", "must be from 0 to 24");

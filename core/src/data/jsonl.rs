@@ -17,7 +17,9 @@ use crate::error::{Error, Origin, Result};
 /// The Alpaca prompt for an instruction and an optional input.
 pub fn alpaca_prompt(instruction: &str, input: &str) -> String {
     if input.trim().is_empty() {
-        format!("Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+        format!(
+            "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+        )
     } else {
         format!(
             "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
@@ -48,7 +50,8 @@ pub fn parse(text: &str, origin: impl Into<Origin>) -> Result<Vec<Example>> {
         };
         let example = if obj.contains_key("instruction") {
             let instruction = text_of("instruction")?.unwrap_or_default();
-            let output = text_of("output")?.ok_or_else(|| at("output", "is missing; an Alpaca example needs instruction and output (input is optional)".into()))?;
+            let output =
+                text_of("output")?.ok_or_else(|| at("output", "is missing; an Alpaca example needs instruction and output (input is optional)".into()))?;
             Example { prompt: alpaca_prompt(&instruction, &text_of("input")?.unwrap_or_default()), response: output }
         } else if obj.contains_key("prompt") {
             let prompt = text_of("prompt")?.unwrap_or_default();
@@ -56,13 +59,13 @@ pub fn parse(text: &str, origin: impl Into<Origin>) -> Result<Vec<Example>> {
             Example { prompt, response: completion }
         } else {
             let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
-            return Err(at(
-                "keys",
-                format!("has {keys:?}; use Alpaca's instruction/input/output or prompt/completion"),
-            ));
+            return Err(at("keys", format!("has {keys:?}; use Alpaca's instruction/input/output or prompt/completion")));
         };
         if example.response.is_empty() {
-            return Err(at(if obj.contains_key("instruction") { "output" } else { "completion" }, "is empty; there is nothing to learn from this example".into()));
+            return Err(at(
+                if obj.contains_key("instruction") { "output" } else { "completion" },
+                "is empty; there is nothing to learn from this example".into(),
+            ));
         }
         out.push(example);
     }

@@ -47,11 +47,7 @@ pub const CHARSET: &str = "\n !\",.:?abcdefghijklmnopqrstuvwxyz{}";
 /// parity fixed by their template alone, and whole templates would never be
 /// held out. Mixing spreads every input bit over the remainder.
 pub fn split_of(text: &str) -> Split {
-    if rng::mix64(fnv1a(text.as_bytes())).is_multiple_of(10) {
-        Split::Eval
-    } else {
-        Split::Train
-    }
+    if rng::mix64(fnv1a(text.as_bytes())).is_multiple_of(10) { Split::Eval } else { Split::Train }
 }
 
 /// Draws candidates from the named stream and keeps those in `split` until there are `n`.
@@ -64,25 +60,14 @@ pub fn split_of(text: &str) -> Split {
 /// splits are always reachable and the loop ends after about n / share
 /// attempts. The attempt limit only turns a future bug (a generator whose
 /// texts all land in one split) into a clear panic instead of a hang.
-pub(crate) fn collect<T>(
-    seed: u64,
-    stream: &str,
-    split: Split,
-    n: usize,
-    mut make: impl FnMut(&mut Rng) -> T,
-    text: impl Fn(&T) -> String,
-) -> Vec<T> {
+pub(crate) fn collect<T>(seed: u64, stream: &str, split: Split, n: usize, mut make: impl FnMut(&mut Rng) -> T, text: impl Fn(&T) -> String) -> Vec<T> {
     let mut rng = Rng::derive(seed, stream);
     let mut out = Vec::with_capacity(n);
     let limit = n.saturating_mul(1000).saturating_add(100_000);
     let mut attempts = 0usize;
     while out.len() < n {
         attempts += 1;
-        assert!(
-            attempts <= limit,
-            "generator '{stream}' found only {} of {n} {split:?} texts in {limit} attempts",
-            out.len()
-        );
+        assert!(attempts <= limit, "generator '{stream}' found only {} of {n} {split:?} texts in {limit} attempts", out.len());
         let item = make(&mut rng);
         if split_of(&text(&item)) == split {
             out.push(item);
@@ -102,11 +87,7 @@ pub(crate) fn fill(template: &str, slots: &[(&str, &str)]) -> String {
         out.push_str(&rest[..start]);
         let end = start + rest[start..].find('}').expect("unclosed '{' in template");
         let key = &rest[start + 1..end];
-        let value = slots
-            .iter()
-            .find(|(k, _)| *k == key)
-            .unwrap_or_else(|| panic!("template slot '{key}' has no value"))
-            .1;
+        let value = slots.iter().find(|(k, _)| *k == key).unwrap_or_else(|| panic!("template slot '{key}' has no value")).1;
         out.push_str(value);
         rest = &rest[end + 1..];
     }
@@ -126,22 +107,13 @@ mod tests {
         Task(Task),
     }
 
-    const SOURCES: [Source; 4] = [
-        Source::Stories,
-        Source::Task(Task::StoryQa),
-        Source::Task(Task::Sentiment),
-        Source::Task(Task::JsonExtract),
-    ];
+    const SOURCES: [Source; 4] = [Source::Stories, Source::Task(Task::StoryQa), Source::Task(Task::Sentiment), Source::Task(Task::JsonExtract)];
 
     impl Source {
         fn texts(self, seed: u64, split: Split, n: usize) -> Vec<String> {
             match self {
                 Source::Stories => corpus(&StoryConfig::default(), seed, split, n),
-                Source::Task(t) => t
-                    .examples(seed, split, n)
-                    .iter()
-                    .map(Example::text)
-                    .collect(),
+                Source::Task(t) => t.examples(seed, split, n).iter().map(Example::text).collect(),
             }
         }
 
@@ -170,11 +142,7 @@ mod tests {
             let train = source.texts(1, Split::Train, 3000);
             let eval = source.texts(1, Split::Eval, 200);
             let train_set: HashSet<&String> = train.iter().collect();
-            assert!(
-                train_set.len() >= 2500,
-                "{source:?}: {} distinct",
-                train_set.len()
-            );
+            assert!(train_set.len() >= 2500, "{source:?}: {} distinct", train_set.len());
             assert!(eval.iter().all(|t| !train_set.contains(t)), "{source:?}");
             assert!(train.iter().all(|t| split_of(t) == Split::Train));
             assert!(eval.iter().all(|t| split_of(t) == Split::Eval));
@@ -188,9 +156,7 @@ mod tests {
     fn raw_candidates_are_about_ten_percent_eval() {
         for source in SOURCES {
             let mut rng = Rng::new(3);
-            let eval = (0..5000)
-                .filter(|_| split_of(&source.candidate(&mut rng)) == Split::Eval)
-                .count();
+            let eval = (0..5000).filter(|_| split_of(&source.candidate(&mut rng)) == Split::Eval).count();
             assert!((400..600).contains(&eval), "{source:?}: {eval}");
         }
     }
@@ -206,16 +172,10 @@ mod tests {
     fn split_follows_the_hash_rule() {
         for text in ["", "a", "lily went to the park.\n", "text: hi\nfeeling:"] {
             let hash = rng::mix64(fnv1a(text.as_bytes()));
-            let expected = if hash.is_multiple_of(10) {
-                Split::Eval
-            } else {
-                Split::Train
-            };
+            let expected = if hash.is_multiple_of(10) { Split::Eval } else { Split::Train };
             assert_eq!(split_of(text), expected);
         }
-        let eval = (0..10_000)
-            .filter(|i| split_of(&format!("item {i}")) == Split::Eval)
-            .count();
+        let eval = (0..10_000).filter(|i| split_of(&format!("item {i}")) == Split::Eval).count();
         assert!((800..1200).contains(&eval), "{eval}");
     }
 

@@ -140,12 +140,8 @@ mod tests {
 
     #[test]
     fn same_seed_same_sequence_and_streams_differ() {
-        let a: Vec<u64> = (0..100)
-            .scan(Rng::new(42), |r, _| Some(r.next_u64()))
-            .collect();
-        let b: Vec<u64> = (0..100)
-            .scan(Rng::new(42), |r, _| Some(r.next_u64()))
-            .collect();
+        let a: Vec<u64> = (0..100).scan(Rng::new(42), |r, _| Some(r.next_u64())).collect();
+        let b: Vec<u64> = (0..100).scan(Rng::new(42), |r, _| Some(r.next_u64())).collect();
         assert_eq!(a, b);
         let mut x = Rng::derive(42, "stories");
         let mut y = Rng::derive(42, "task/sentiment");

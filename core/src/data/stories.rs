@@ -31,22 +31,15 @@ pub(crate) const NAMES: [(&str, bool); 16] = [
 ];
 
 /// Toys and things a child can carry; each is one word.
-pub(crate) const OBJECTS: [&str; 16] = [
-    "ball", "kite", "boat", "book", "hat", "drum", "doll", "train", "box", "bag", "cup", "bell",
-    "shell", "balloon", "truck", "robot",
-];
+pub(crate) const OBJECTS: [&str; 16] =
+    ["ball", "kite", "boat", "book", "hat", "drum", "doll", "train", "box", "bag", "cup", "bell", "shell", "balloon", "truck", "robot"];
 
 /// Places a child can go to; each takes "the" ("went to the park").
-pub(crate) const PLACES: [&str; 12] = [
-    "park", "garden", "beach", "farm", "forest", "lake", "zoo", "hill", "school", "market",
-    "river", "pond",
-];
+pub(crate) const PLACES: [&str; 12] = ["park", "garden", "beach", "farm", "forest", "lake", "zoo", "hill", "school", "market", "river", "pond"];
 
 /// Colours for objects. Colour words appear nowhere else in a story, so
 /// "what color was the ball?" has exactly one answer in the text.
-pub(crate) const COLORS: [&str; 10] = [
-    "red", "blue", "green", "yellow", "pink", "purple", "orange", "white", "black", "brown",
-];
+pub(crate) const COLORS: [&str; 10] = ["red", "blue", "green", "yellow", "pink", "purple", "orange", "white", "black", "brown"];
 
 /// The feelings a story can end with; each ending template states one of them.
 const FEELINGS: [&str; 5] = ["happy", "sad", "tired", "proud", "scared"];
@@ -67,12 +60,8 @@ const OPENINGS: [&str; 5] = [
 ];
 
 /// Meeting sentences; each names the friend.
-const MEETINGS: [&str; 4] = [
-    "{sub} met {friend} there.",
-    "at the {place}, {sub} saw {friend}.",
-    "{friend} was there too.",
-    "there {sub} found {pos} friend {friend}.",
-];
+const MEETINGS: [&str; 4] =
+    ["{sub} met {friend} there.", "at the {place}, {sub} saw {friend}.", "{friend} was there too.", "there {sub} found {pos} friend {friend}."];
 
 /// Middle sentences. None of them names a colour or a feeling, so they never
 /// contradict the facts that the questions ask about.
@@ -94,16 +83,8 @@ const MIDDLES: [&str; 12] = [
 /// Endings for each feeling, in the order of [`FEELINGS`]. Each gives a reason
 /// and then states the feeling as a plain word, so the label is in the text.
 const ENDINGS: [[&str; 3]; 5] = [
-    [
-        "they had lots of fun, and {hero} was happy.",
-        "at the end of the day, {hero} felt happy.",
-        "{hero} was happy to have a friend like {friend}.",
-    ],
-    [
-        "then the {object} broke, and {hero} was sad.",
-        "{hero} lost the {object} on the way home. {sub} felt sad.",
-        "then it began to rain, so {hero} was sad.",
-    ],
+    ["they had lots of fun, and {hero} was happy.", "at the end of the day, {hero} felt happy.", "{hero} was happy to have a friend like {friend}."],
+    ["then the {object} broke, and {hero} was sad.", "{hero} lost the {object} on the way home. {sub} felt sad.", "then it began to rain, so {hero} was sad."],
     [
         "they played until the sun went down, so {hero} was tired.",
         "the walk home was long, and {hero} felt tired.",
@@ -144,26 +125,14 @@ pub struct StoryConfig {
 impl Default for StoryConfig {
     /// 12 names, 12 objects, 10 places and 4 to 6 sentences: stories of about 110 to 240 characters.
     fn default() -> Self {
-        StoryConfig {
-            names: 12,
-            objects: 12,
-            places: 10,
-            sentences_min: 4,
-            sentences_max: 6,
-        }
+        StoryConfig { names: 12, objects: 12, places: 10, sentences_min: 4, sentences_max: 6 }
     }
 }
 
 impl StoryConfig {
     /// The largest world: every built-in word and the full 3 to 8 sentence range.
     pub fn max() -> Self {
-        StoryConfig {
-            names: NAMES.len(),
-            objects: OBJECTS.len(),
-            places: PLACES.len(),
-            sentences_min: MIN_SENTENCES,
-            sentences_max: MAX_SENTENCES,
-        }
+        StoryConfig { names: NAMES.len(), objects: OBJECTS.len(), places: PLACES.len(), sentences_min: MIN_SENTENCES, sentences_max: MAX_SENTENCES }
     }
 
     /// The same config with every count moved into its valid range.
@@ -216,11 +185,7 @@ pub fn story(config: &StoryConfig, rng: &mut Rng) -> Story {
     let place = PLACES[rng.below(c.places)];
     let color = *rng.choose(&COLORS);
     let feeling_index = rng.below(FEELINGS.len());
-    let (sub, pos) = if is_she {
-        ("she", "her")
-    } else {
-        ("he", "his")
-    };
+    let (sub, pos) = if is_she { ("she", "her") } else { ("he", "his") };
 
     let sentences = c.sentences_min + rng.below(c.sentences_max - c.sentences_min + 1);
     let mut templates = vec![*rng.choose(&OPENINGS), *rng.choose(&MEETINGS)];
@@ -230,20 +195,8 @@ pub fn story(config: &StoryConfig, rng: &mut Rng) -> Story {
     templates.extend_from_slice(&middles[..sentences - MIN_SENTENCES]);
     templates.push(*rng.choose(&ENDINGS[feeling_index]));
 
-    let slots = [
-        ("hero", hero),
-        ("friend", friend),
-        ("object", object),
-        ("color", color),
-        ("place", place),
-        ("sub", sub),
-        ("pos", pos),
-    ];
-    let mut text = templates
-        .iter()
-        .map(|t| fill(t, &slots))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let slots = [("hero", hero), ("friend", friend), ("object", object), ("color", color), ("place", place), ("sub", sub), ("pos", pos)];
+    let mut text = templates.iter().map(|t| fill(t, &slots)).collect::<Vec<_>>().join(" ");
     text.push('\n');
     Story {
         text,
@@ -261,14 +214,7 @@ pub fn story(config: &StoryConfig, rng: &mut Rng) -> Story {
 /// Stories may repeat within a split (small configs have fewer distinct
 /// stories), but a story never appears in both splits.
 pub fn corpus(config: &StoryConfig, seed: u64, split: Split, n: usize) -> Vec<String> {
-    collect(
-        seed,
-        "stories",
-        split,
-        n,
-        |rng| story(config, rng).text,
-        |t| t.clone(),
-    )
+    collect(seed, "stories", split, n, |rng| story(config, rng).text, |t| t.clone())
 }
 
 #[cfg(test)]
@@ -290,64 +236,26 @@ mod tests {
             assert!(s.text.contains(&s.friend) && s.text.contains(&s.feeling));
             // Exactly one colour word and one feeling word, so answers are unambiguous.
             let words: Vec<&str> = s.text.split(|c: char| !c.is_ascii_lowercase()).collect();
-            assert_eq!(
-                words.iter().filter(|w| COLORS.contains(w)).count(),
-                1,
-                "{}",
-                s.text
-            );
-            assert_eq!(
-                words.iter().filter(|w| FEELINGS.contains(w)).count(),
-                1,
-                "{}",
-                s.text
-            );
+            assert_eq!(words.iter().filter(|w| COLORS.contains(w)).count(), 1, "{}", s.text);
+            assert_eq!(words.iter().filter(|w| FEELINGS.contains(w)).count(), 1, "{}", s.text);
             lengths.push(s.text.len());
         }
         lengths.sort();
-        let (lo, median, hi) = (
-            lengths[0],
-            lengths[lengths.len() / 2],
-            lengths[lengths.len() - 1],
-        );
-        assert!(
-            lo >= 90 && hi <= 360 && (150..=260).contains(&median),
-            "{lo} {median} {hi}"
-        );
+        let (lo, median, hi) = (lengths[0], lengths[lengths.len() / 2], lengths[lengths.len() - 1]);
+        assert!(lo >= 90 && hi <= 360 && (150..=260).contains(&median), "{lo} {median} {hi}");
     }
 
     #[test]
     fn config_clamps_to_word_lists() {
-        let tiny = StoryConfig {
-            names: 0,
-            objects: 0,
-            places: 99,
-            sentences_min: 9,
-            sentences_max: 1,
-        };
-        assert_eq!(
-            tiny.clamped(),
-            StoryConfig {
-                names: 2,
-                objects: 1,
-                places: 12,
-                sentences_min: 8,
-                sentences_max: 8
-            }
-        );
+        let tiny = StoryConfig { names: 0, objects: 0, places: 99, sentences_min: 9, sentences_max: 1 };
+        assert_eq!(tiny.clamped(), StoryConfig { names: 2, objects: 1, places: 12, sentences_min: 8, sentences_max: 8 });
         let mut rng = Rng::new(5);
         let s = story(&tiny, &mut rng);
         assert!(["lily", "tom"].contains(&s.hero.as_str()) && s.object == "ball");
         // Eight templates; an opening or ending may hold two sentences.
-        assert!(
-            (8..=10).contains(&s.text.matches('.').count()),
-            "{}",
-            s.text
-        );
+        assert!((8..=10).contains(&s.text.matches('.').count()), "{}", s.text);
         let max = StoryConfig::max();
         let texts = corpus(&max, 3, Split::Train, 300);
-        assert!(
-            texts.iter().any(|t| t.contains("omar")) && texts.iter().any(|t| t.contains("pond"))
-        );
+        assert!(texts.iter().any(|t| t.contains("omar")) && texts.iter().any(|t| t.contains("pond")));
     }
 }

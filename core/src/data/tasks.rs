@@ -72,14 +72,7 @@ impl Task {
     /// appears in both splits. Each task can make millions of distinct texts.
     pub fn examples(&self, seed: u64, split: Split, n: usize) -> Vec<Example> {
         let stream = format!("task/{}", self.name());
-        collect(
-            seed,
-            &stream,
-            split,
-            n,
-            |r| self.candidate(r),
-            Example::text,
-        )
+        collect(seed, &stream, split, n, |r| self.candidate(r), Example::text)
     }
 
     /// Score a model's generated response against the reference: exact match after trimming, for the accuracy column.
@@ -106,13 +99,10 @@ impl std::str::FromStr for Task {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let wanted = s.trim().to_ascii_lowercase();
-        Task::ALL
-            .into_iter()
-            .find(|t| t.name() == wanted)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Task::ALL.iter().map(|t| t.name()).collect();
-                format!("unknown task '{s}'; choose one of {}", names.join(", "))
-            })
+        Task::ALL.into_iter().find(|t| t.name() == wanted).ok_or_else(|| {
+            let names: Vec<&str> = Task::ALL.iter().map(|t| t.name()).collect();
+            format!("unknown task '{s}'; choose one of {}", names.join(", "))
+        })
     }
 }
 
@@ -129,17 +119,11 @@ fn story_qa(rng: &mut Rng) -> Example {
     let (question, answer) = match rng.below(5) {
         0 => (format!("where did {hero} go?"), format!("the {}", s.place)),
         1 => (format!("who did {hero} meet?"), s.friend.clone()),
-        2 => (
-            format!("what did {hero} have?"),
-            format!("a {color} {object}"),
-        ),
+        2 => (format!("what did {hero} have?"), format!("a {color} {object}")),
         3 => (format!("what color was the {object}?"), color.clone()),
         _ => (format!("how did {hero} feel?"), s.feeling.clone()),
     };
-    Example {
-        prompt: format!("{}question: {question}\nanswer:", s.text),
-        response: format!(" {answer}.\n"),
-    }
+    Example { prompt: format!("{}question: {question}\nanswer:", s.text), response: format!(" {answer}.\n") }
 }
 
 /// Adjectives that make a line sound happy.
@@ -173,13 +157,7 @@ const LEADS: [(&str, &str); 5] = [
 ];
 
 /// Things a person can love or hate.
-const LIKED_THINGS: [&str; 5] = [
-    "my {color} {object}",
-    "the {place}",
-    "the {color} {object}",
-    "going to the {place}",
-    "playing with the {object}",
-];
+const LIKED_THINGS: [&str; 5] = ["my {color} {object}", "the {place}", "the {color} {object}", "going to the {place}", "playing with the {object}"];
 
 /// A one- or two-sentence opinion whose feeling follows from its words.
 ///
@@ -189,26 +167,14 @@ const LIKED_THINGS: [&str; 5] = [
 fn sentiment(rng: &mut Rng) -> Example {
     let happy = rng.chance(0.5);
     let name = NAMES[rng.below(NAMES.len())].0;
-    let slots = [
-        ("name", name),
-        ("color", *rng.choose(&COLORS)),
-        ("object", *rng.choose(&OBJECTS)),
-        ("place", *rng.choose(&PLACES)),
-    ];
+    let slots = [("name", name), ("color", *rng.choose(&COLORS)), ("object", *rng.choose(&OBJECTS)), ("place", *rng.choose(&PLACES))];
     let end = if rng.chance(0.2) { "!" } else { "." };
     let line = if rng.chance(0.75) {
         // An adjective, maybe negated: sad lines use "not" with a happy word
         // and happy lines use "not" with a negatable sad word.
         let negate = rng.chance(0.35);
-        let words = if happy ^ negate {
-            HAPPY_WORDS
-        } else {
-            SAD_WORDS
-        };
-        let choices: Vec<&str> = words
-            .into_iter()
-            .filter(|w| !negate || NEGATABLE.contains(w))
-            .collect();
+        let words = if happy ^ negate { HAPPY_WORDS } else { SAD_WORDS };
+        let choices: Vec<&str> = words.into_iter().filter(|w| !negate || NEGATABLE.contains(w)).collect();
         let adjective = *rng.choose(&choices);
         let not = if negate { " not" } else { "" };
         match rng.below(4) {
@@ -237,10 +203,7 @@ fn sentiment(rng: &mut Rng) -> Example {
         format!("{who} {} {thing}{end}", rng.choose(verbs))
     };
     let label = if happy { "happy" } else { "sad" };
-    Example {
-        prompt: format!("text: {line}\nfeeling:"),
-        response: format!(" {label}\n"),
-    }
+    Example { prompt: format!("text: {line}\nfeeling:"), response: format!(" {label}\n") }
 }
 
 /// Sentences that each state a name, an object with its colour, and a place.
@@ -261,20 +224,12 @@ fn json_extract(rng: &mut Rng) -> Example {
     let object = *rng.choose(&OBJECTS);
     let color = *rng.choose(&COLORS);
     let place = *rng.choose(&PLACES);
-    let slots = [
-        ("name", name),
-        ("object", object),
-        ("color", color),
-        ("place", place),
-        ("sub", if is_she { "she" } else { "he" }),
-    ];
+    let slots = [("name", name), ("object", object), ("color", color), ("place", place), ("sub", if is_she { "she" } else { "he" })];
     let template = *rng.choose(&RECORD_SENTENCES);
     let sentence = fill(template, &slots);
     Example {
         prompt: format!("text: {sentence}\njson:"),
-        response: format!(
-            " {{\"name\": \"{name}\", \"object\": \"{object}\", \"color\": \"{color}\", \"place\": \"{place}\"}}\n"
-        ),
+        response: format!(" {{\"name\": \"{name}\", \"object\": \"{object}\", \"color\": \"{color}\", \"place\": \"{place}\"}}\n"),
     }
 }
 
@@ -307,11 +262,7 @@ mod tests {
         }
         assert_eq!(kinds.len(), 5, "{kinds:?}");
         // Most examples should fit a 256-character context whole.
-        let short = Task::StoryQa
-            .examples(4, Split::Train, 1000)
-            .iter()
-            .filter(|e| e.text().len() < 256)
-            .count();
+        let short = Task::StoryQa.examples(4, Split::Train, 1000).iter().filter(|e| e.text().len() < 256).count();
         assert!(short >= 800, "{short}");
     }
 
@@ -321,12 +272,8 @@ mod tests {
         let happy = examples.iter().filter(|e| e.response == " happy\n").count();
         assert!((400..=600).contains(&happy), "{happy}");
         // An independent reading of each line: its single opinion word, flipped by "not".
-        let good = [
-            "fun", "great", "nice", "lovely", "good", "love", "like", "loves", "likes",
-        ];
-        let bad = [
-            "boring", "bad", "awful", "cold", "broken", "dull", "hate", "hates",
-        ];
+        let good = ["fun", "great", "nice", "lovely", "good", "love", "like", "loves", "likes"];
+        let bad = ["boring", "bad", "awful", "cold", "broken", "dull", "hate", "hates"];
         let mut negated = 0;
         for ex in &examples {
             let words: Vec<&str> = ex.prompt.split(|c: char| !c.is_ascii_lowercase()).collect();
@@ -364,19 +311,14 @@ mod tests {
             let keys: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
             assert_eq!(keys, ["name", "object", "color", "place"]);
             let sentence = ex.prompt.strip_prefix("text: ").unwrap();
-            assert!(
-                fields.iter().all(|(_, v)| sentence.contains(v.as_str())),
-                "{sentence}"
-            );
+            assert!(fields.iter().all(|(_, v)| sentence.contains(v.as_str())), "{sentence}");
         }
         // Every sentence pattern must be held out sometimes, or eval would not
         // measure the whole task; a weak split hash once broke this. Blanking
         // the words that are facts maps each sentence back to its template.
         let shape = |s: &str, facts: &[&str]| -> Vec<String> {
             let blank = |w: &str| w.starts_with('{') || facts.contains(&w);
-            s.split([' ', ',', '.'])
-                .map(|w| if blank(w) { "_".into() } else { w.into() })
-                .collect()
+            s.split([' ', ',', '.']).map(|w| if blank(w) { "_".into() } else { w.into() }).collect()
         };
         let mut hits = [0usize; RECORD_SENTENCES.len()];
         for ex in Task::JsonExtract.examples(6, Split::Eval, 400) {
@@ -385,9 +327,7 @@ mod tests {
             facts.extend(["she", "he"]);
             let sentence = &ex.prompt["text: ".len()..ex.prompt.len() - "\njson:".len()];
             let target = shape(sentence, &facts);
-            let which = RECORD_SENTENCES
-                .iter()
-                .position(|t| shape(t, &facts) == target);
+            let which = RECORD_SENTENCES.iter().position(|t| shape(t, &facts) == target);
             hits[which.unwrap()] += 1;
         }
         assert!(hits.iter().all(|&h| h >= 20), "{hits:?}");
@@ -397,10 +337,7 @@ mod tests {
 
     #[test]
     fn scoring_names_and_parsing() {
-        let ex = Example {
-            prompt: "text: x\nfeeling:".into(),
-            response: " happy\n".into(),
-        };
+        let ex = Example { prompt: "text: x\nfeeling:".into(), response: " happy\n".into() };
         assert!(Task::Sentiment.is_correct(&ex, " happy\ntext: more"));
         assert!(Task::Sentiment.is_correct(&ex, "happy  "));
         assert!(!Task::Sentiment.is_correct(&ex, " sad\n"));
@@ -409,9 +346,6 @@ mod tests {
             assert_eq!(task.to_string().parse::<Task>(), Ok(task));
             assert!(!task.description().is_empty());
         }
-        assert_eq!(
-            "x".parse::<Task>(),
-            Err("unknown task 'x'; choose one of story-qa, sentiment, json-extract".to_string())
-        );
+        assert_eq!("x".parse::<Task>(), Err("unknown task 'x'; choose one of story-qa, sentiment, json-extract".to_string()));
     }
 }

@@ -241,7 +241,9 @@ mod tests {
                 }
             }
         }
-        for x in [0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::MAX, f32::MIN_POSITIVE, 1e-45, 65504.0, 65519.99, 65520.0, 5.96e-8, 2.98e-8, 2.99e-8] {
+        for x in
+            [0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::MAX, f32::MIN_POSITIVE, 1e-45, 65504.0, 65519.99, 65520.0, 5.96e-8, 2.98e-8, 2.99e-8]
+        {
             check(x);
         }
     }

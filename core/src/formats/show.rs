@@ -110,9 +110,21 @@ fn float_row(f: &FloatFormat, x: f32) -> Row {
 fn four_bit_row(name: &'static str, kind: FourBit, x: f32, range: f32) -> Row {
     let code = kind.code();
     let smallest = code.iter().filter(|v| **v > 0.0).fold(f32::INFINITY, |a, &b| a.min(b)) as f64 * range as f64;
-    let base = Row { format: name, bits: String::new(), width: 4, stored: f64::NAN, error: f64::NAN, note: String::new(), max: range as f64, min_normal: smallest, min_subnormal: 0.0, epsilon: 0.0 };
+    let base = Row {
+        format: name,
+        bits: String::new(),
+        width: 4,
+        stored: f64::NAN,
+        error: f64::NAN,
+        note: String::new(),
+        max: range as f64,
+        min_normal: smallest,
+        min_subnormal: 0.0,
+        epsilon: 0.0,
+    };
     if x.is_nan() || !(range > 0.0) || !range.is_finite() {
-        let note = if x.is_nan() { "NaN: the block's absmax becomes NaN and every value in the block dequantizes to NaN" } else { "give a positive, finite --range" };
+        let note =
+            if x.is_nan() { "NaN: the block's absmax becomes NaN and every value in the block dequantizes to NaN" } else { "give a positive, finite --range" };
         return Row { note: note.into(), ..base };
     }
     // One value in a block whose absmax is `range`: the same scaling and nearest-code rule

@@ -186,11 +186,7 @@ impl Arch {
             "llama" | "mistral" | "qwen2" => Family::Llama,
             "phi" => Family::Phi,
             "" => {
-                return Err(Error::config(
-                    origin,
-                    "model_type",
-                    "is missing; add \"model_type\": \"gpt2\", \"llama\", \"mistral\", \"qwen2\" or \"phi\"",
-                ));
+                return Err(Error::config(origin, "model_type", "is missing; add \"model_type\": \"gpt2\", \"llama\", \"mistral\", \"qwen2\" or \"phi\""));
             }
             other => {
                 return Err(Error::config(
@@ -241,7 +237,8 @@ impl Arch {
         let origin = origin.into();
         let gpt2 = self.family == Family::Gpt2;
         let (hidden, heads, kv) = if gpt2 { ("n_embd", "n_head", "n_head") } else { ("hidden_size", "num_attention_heads", "num_key_value_heads") };
-        for (field, v) in [(hidden, self.hidden), (heads, self.heads), ("vocab_size", self.vocab), ("layers", self.layers), ("intermediate", self.intermediate)] {
+        for (field, v) in [(hidden, self.hidden), (heads, self.heads), ("vocab_size", self.vocab), ("layers", self.layers), ("intermediate", self.intermediate)]
+        {
             if v == 0 {
                 return Err(Error::config(origin, field, "is 0; it must be at least 1"));
             }
@@ -271,7 +268,9 @@ impl Arch {
         match self.family {
             // Named by their path inside a block, as tinytune's parameters are, so a dotted
             // target (mlp.c_fc) matches here exactly as it does in `LoraConfig::targets`.
-            Family::Gpt2 => vec![lin("attn.c_attn", h, 3 * h, true), lin("attn.c_proj", h, h, true), lin("mlp.c_fc", h, i, true), lin("mlp.c_proj", i, h, true)],
+            Family::Gpt2 => {
+                vec![lin("attn.c_attn", h, 3 * h, true), lin("attn.c_proj", h, h, true), lin("mlp.c_fc", h, i, true), lin("mlp.c_proj", i, h, true)]
+            }
             Family::Llama => vec![
                 lin("q_proj", h, h, self.qkv_bias),
                 lin("k_proj", h, kv, self.qkv_bias),
@@ -332,12 +331,7 @@ impl Arch {
     /// otherwise a name matches itself or any name ending in `.{name}` (so `c_proj` selects
     /// both of GPT-2's).
     pub fn lora_targets(&self, targets: &[String]) -> Vec<Linear> {
-        self.block_linears()
-            .into_iter()
-            .filter(|l| {
-                targets.iter().any(|t| t == "all-linear" || l.name == t || l.name.ends_with(&format!(".{t}")))
-            })
-            .collect()
+        self.block_linears().into_iter().filter(|l| targets.iter().any(|t| t == "all-linear" || l.name == t || l.name.ends_with(&format!(".{t}")))).collect()
     }
 
     /// Default IA³ targets and feedforward modules: PEFT's for GPT-2 and Llama
@@ -419,7 +413,9 @@ mod tests {
         assert!(e.contains("n_head") && e.contains("is 0"), "{e}");
         let e = err(r#"{"model_type":"gpt2","vocab_size":100,"n_positions":64,"n_embd":100,"n_layer":2,"n_head":3}"#);
         assert!(e.contains("n_embd") && e.contains("divide evenly"), "{e}");
-        let e = err(r#"{"model_type":"llama","vocab_size":100,"hidden_size":64,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":3,"intermediate_size":64}"#);
+        let e = err(
+            r#"{"model_type":"llama","vocab_size":100,"hidden_size":64,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":3,"intermediate_size":64}"#,
+        );
         assert!(e.contains("num_key_value_heads"), "{e}");
         let e = err(r#"{"model_type":"bert"}"#);
         assert!(e.contains("model_type") && e.contains("bert"), "{e}");

@@ -40,7 +40,15 @@ pub fn zero2(total_params: u64, gpus_per_node: u64, nodes: u64, cpu_offload: boo
 /// ZeRO stage 3, after `estimate_zero3_model_states_mem_needs(total_params,
 /// largest_layer_params, num_gpus_per_node, num_nodes, cpu_offload, cpu_offload_params,
 /// zero_init, additional_buffer_factor)`.
-pub fn zero3(total_params: u64, largest_layer_params: u64, gpus_per_node: u64, nodes: u64, offload_optimizer: bool, offload_params: bool, zero_init: bool) -> ModelStates {
+pub fn zero3(
+    total_params: u64,
+    largest_layer_params: u64,
+    gpus_per_node: u64,
+    nodes: u64,
+    offload_optimizer: bool,
+    offload_params: bool,
+    zero_init: bool,
+) -> ModelStates {
     let p = total_params as f64;
     let total_gpus = (gpus_per_node * nodes) as f64;
     let gpus_factor = 1.0 / nodes as f64;
@@ -48,7 +56,11 @@ pub fn zero3(total_params: u64, largest_layer_params: u64, gpus_per_node: u64, n
     // The largest layer is gathered whole on each GPU: its 16-bit parameters and gradients.
     let largest_layer_memory = 4 * largest_layer_params;
     let per_node = |bytes_per_param: f64| -> u64 {
-        if zero_init { (p * bytes_per_param * gpus_factor * f) as u64 } else { (p * (4.0 * gpus_per_node as f64).max(bytes_per_param * gpus_factor) * f) as u64 }
+        if zero_init {
+            (p * bytes_per_param * gpus_factor * f) as u64
+        } else {
+            (p * (4.0 * gpus_per_node as f64).max(bytes_per_param * gpus_factor) * f) as u64
+        }
     };
     if offload_optimizer && offload_params {
         ModelStates { gpu: largest_layer_memory, cpu: per_node(18.0) }

@@ -300,7 +300,10 @@ impl Plan {
                 }
                 if self.arch.lora_targets(targets).is_empty() {
                     let names: Vec<&str> = self.arch.block_linears().iter().map(|l| l.name).collect();
-                    return bad("targets", format!("{targets:?} matches no linear layer of {}; choose from {} or all-linear", self.arch.name, names.join(", ")));
+                    return bad(
+                        "targets",
+                        format!("{targets:?} matches no linear layer of {}; choose from {} or all-linear", self.arch.name, names.join(", ")),
+                    );
                 }
             }
             PlanMethod::Adapter { bottleneck: 0, .. } => return bad("bottleneck", "must be at least 1".into()),
@@ -613,9 +616,8 @@ impl Plan {
         let kv = a.kv_heads * a.head_dim();
         let linears = a.block_linears();
         // Bytes of the inputs of the trained linear layers (shared inputs counted once).
-        let inputs_kept = |group: &[&str], width: u64| -> u64 {
-            if linears.iter().any(|l| group.contains(&l.name) && self.linear_trains(l, true)) { sb * width } else { 0 }
-        };
+        let inputs_kept =
+            |group: &[&str], width: u64| -> u64 { if linears.iter().any(|l| group.contains(&l.name) && self.linear_trains(l, true)) { sb * width } else { 0 } };
         match self.activations {
             ActivationModel::Tinytune => {
                 // FP32 elements Burn's autodiff keeps per block, found by measuring tinytune's

@@ -96,7 +96,11 @@ impl AdapterConfig {
             return Err(Error::config(origin, "size", "the bottleneck needs at least 1 unit"));
         }
         if self.size > n_embd {
-            return Err(Error::config(origin, "size", format!("{} units is wider than the model's {n_embd}-wide stream; a bottleneck must be narrower", self.size)));
+            return Err(Error::config(
+                origin,
+                "size",
+                format!("{} units is wider than the model's {n_embd}-wide stream; a bottleneck must be narrower", self.size),
+            ));
         }
         if !self.scaling.is_finite() {
             return Err(Error::config(origin, "scaling", "must be a finite number"));

@@ -98,7 +98,16 @@ impl std::str::FromStr for LoraInit {
 impl Default for LoraConfig {
     fn default() -> Self {
         // GPT-2's fused q/k/v projection is PEFT's usual GPT-2 target.
-        Self { r: 8, lora_alpha: 8.0, lora_dropout: 0.0, target_modules: vec!["c_attn".into()], use_rslora: false, bias: LoraBias::None, init: LoraInit::Default, use_dora: false }
+        Self {
+            r: 8,
+            lora_alpha: 8.0,
+            lora_dropout: 0.0,
+            target_modules: vec!["c_attn".into()],
+            use_rslora: false,
+            bias: LoraBias::None,
+            init: LoraInit::Default,
+            use_dora: false,
+        }
     }
 }
 

@@ -98,11 +98,15 @@ pub fn merge_in_place(model: &mut Gpt) -> Result<usize> {
             return;
         }
         if p.nf4.is_some() {
-            refusal = Some(format!("{path} holds its base weight in NF4, which cannot take the update in place; merge into a new FP32 model instead (tinytune merge-adapter)"));
+            refusal = Some(format!(
+                "{path} holds its base weight in NF4, which cannot take the update in place; merge into a new FP32 model instead (tinytune merge-adapter)"
+            ));
         } else if let Some(ia3) = &p.ia3 {
             let l = ia3.ia3_l.val().into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
             if l.contains(&0.0) {
-                refusal = Some(format!("{path}'s IA³ vector has a zero entry, so the merge could not be undone; merge into a new model instead (tinytune merge-adapter)"));
+                refusal = Some(format!(
+                    "{path}'s IA³ vector has a zero entry, so the merge could not be undone; merge into a new model instead (tinytune merge-adapter)"
+                ));
             }
         }
     });
@@ -137,11 +141,7 @@ pub fn unmerge(model: &mut Gpt) -> usize {
         let (w, b) = if let Some(ia3) = &p.ia3 {
             let l = ia3.ia3_l.val();
             let n = l.dims()[0];
-            if ia3.input {
-                (w / l.reshape([n, 1]), b)
-            } else {
-                (w / l.clone().reshape([1, n]), b.map(|b| b / l))
-            }
+            if ia3.input { (w / l.reshape([n, 1]), b) } else { (w / l.clone().reshape([1, n]), b.map(|b| b / l)) }
         } else if let Some(lora) = &p.lora {
             match undo.dora_factor {
                 Some(f) => (w / f.unsqueeze::<2>() - lora.delta(), b),

@@ -209,7 +209,9 @@ impl Method {
             "adapter" => Ok(Method::Adapter(o.adapter.clone())),
             "prompt" => Ok(Method::Prompt(prompt(None))),
             "p-tuning" => Ok(Method::Prompt(prompt(Some(o.encoder_hidden)))),
-            "prefix" => Ok(Method::Prefix(PrefixConfig { num_virtual_tokens: o.virtual_tokens, encoder_hidden_size: o.prefix_projection.then_some(o.encoder_hidden) })),
+            "prefix" => {
+                Ok(Method::Prefix(PrefixConfig { num_virtual_tokens: o.virtual_tokens, encoder_hidden_size: o.prefix_projection.then_some(o.encoder_hidden) }))
+            }
             "ia3" => Ok(Method::Ia3(o.ia3.clone())),
             other => Err(format!("unknown method '{other}'; choose {}", Self::NAMES.join(", "))),
         }
@@ -220,7 +222,9 @@ impl Method {
     pub fn merge_blocker(&self) -> Option<&'static str> {
         match self {
             Method::Full | Method::LastLayers { .. } | Method::Bitfit | Method::Layernorm | Method::Lora(_) | Method::Qlora(_) | Method::Ia3(_) => None,
-            Method::Adapter(_) => Some("an adapter applies a non-linearity between its two projections, so no change of the base weights computes the same function; it stays a separate module"),
+            Method::Adapter(_) => Some(
+                "an adapter applies a non-linearity between its two projections, so no change of the base weights computes the same function; it stays a separate module",
+            ),
             Method::Prompt(_) => Some("a soft prompt adds virtual tokens to the input rather than changing any weight; it stays a separate input"),
             Method::Prefix(_) => Some("a prefix adds keys and values to every attention layer rather than changing any weight; it stays a separate input"),
         }
@@ -346,7 +350,13 @@ impl MethodSummary {
     /// (7.49%); NF4 base: 786432 linear weights in 396.2 KiB (0.5160 bytes/weight; 3.0 MiB
     /// in FP32)".
     pub fn line(&self) -> String {
-        let mut s = format!("{}: {} of {} parameters train ({:.2}%)", self.method, self.trainable, self.total, 100.0 * self.trainable as f64 / self.total.max(1) as f64);
+        let mut s = format!(
+            "{}: {} of {} parameters train ({:.2}%)",
+            self.method,
+            self.trainable,
+            self.total,
+            100.0 * self.trainable as f64 / self.total.max(1) as f64
+        );
         if self.nf4_weights > 0 {
             s += &format!(
                 "; NF4 base: {} linear weights in {} ({:.4} bytes/weight; {} in FP32)",
@@ -385,7 +395,11 @@ fn check_known(model: &Gpt, targets: &[String], origin: &str, field: &str) -> Re
 fn check_targets(model: &Gpt, config: &LoraConfig, origin: &str) -> Result<()> {
     check_known(model, &config.target_modules, origin, "target_modules")?;
     if config.init == LoraInit::Pissa && config.use_dora {
-        return Err(crate::error::Error::config(origin, "init", "PiSSA with DoRA is not built: DoRA's magnitude would start from the residual, not W; use one of them"));
+        return Err(crate::error::Error::config(
+            origin,
+            "init",
+            "PiSSA with DoRA is not built: DoRA's magnitude would start from the residual, not W; use one of them",
+        ));
     }
     let mut paths = Vec::new();
     for_each_projection_ref(model, |path, p| paths.push((path.to_string(), p.d_in(), p.d_out())));

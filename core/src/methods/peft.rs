@@ -44,8 +44,12 @@ pub fn method_from_config(text: &str, origin: impl Into<Origin>) -> Result<Metho
     let strings = |field: &str| -> Result<Vec<String>> {
         match get(field) {
             None => Ok(Vec::new()),
-            Some(Value::Array(xs)) => xs.iter().map(|x| x.as_str().map(str::to_string).ok_or_else(|| bad(field, format!("{x} is not a module name")))).collect(),
-            Some(Value::String(s)) => Err(bad(field, format!("is the pattern {s:?}; tinytune matches module names, so list them (e.g. [\"c_attn\", \"mlp.c_proj\"])"))),
+            Some(Value::Array(xs)) => {
+                xs.iter().map(|x| x.as_str().map(str::to_string).ok_or_else(|| bad(field, format!("{x} is not a module name")))).collect()
+            }
+            Some(Value::String(s)) => {
+                Err(bad(field, format!("is the pattern {s:?}; tinytune matches module names, so list them (e.g. [\"c_attn\", \"mlp.c_proj\"])")))
+            }
             Some(other) => Err(bad(field, format!("is {other}; expected a list of module names"))),
         }
     };
@@ -98,7 +102,13 @@ pub fn method_from_config(text: &str, origin: impl Into<Origin>) -> Result<Metho
         }
         "PROMPT_TUNING" => {
             let k = number("num_virtual_tokens", None)? as usize;
-            Ok(Method::Prompt(PromptConfig { num_virtual_tokens: k, init: PromptInit::Random, init_text: String::new(), init_ids: Vec::new(), encoder_hidden_size: None }))
+            Ok(Method::Prompt(PromptConfig {
+                num_virtual_tokens: k,
+                init: PromptInit::Random,
+                init_text: String::new(),
+                init_ids: Vec::new(),
+                encoder_hidden_size: None,
+            }))
         }
         other => Err(bad("peft_type", format!("{other:?} is not supported; tinytune reads LORA, IA3 and PROMPT_TUNING adapters"))),
     }
@@ -228,7 +238,9 @@ fn from_peft(key: &str, data: &TensorData) -> Option<(String, TensorData)> {
 /// the biases its `bias` option trains. (Read from names, not from trainability, which only
 /// an autodiff device records.)
 fn adapter_params(model: &Gpt, method: &Method) -> HashSet<String> {
-    let base_param = |name: &str| !(name.contains(".lora.") || name.contains(".ia3.") || name.starts_with("prompt.") || name.starts_with("prefix.") || name.contains(".adapter_"));
+    let base_param = |name: &str| {
+        !(name.contains(".lora.") || name.contains(".ia3.") || name.starts_with("prompt.") || name.starts_with("prefix.") || name.contains(".adapter_"))
+    };
     let bias = method.lora().map_or(LoraBias::None, |l| l.bias);
     let mut targeted = HashSet::new();
     super::for_each_projection_ref(model, |path, p| {
@@ -291,7 +303,11 @@ pub fn load(base: Gpt, config_text: &str, weights: &[u8], dir: &str, device: &De
         if let Some(dim) = serde_json::from_str::<Value>(config_text).ok().and_then(|v| v.get("token_dim").and_then(Value::as_u64))
             && dim as usize != c
         {
-            return Err(Error::config(config_origin, "token_dim", format!("is {dim} but the base model is {c} wide; this adapter was trained on another model")));
+            return Err(Error::config(
+                config_origin,
+                "token_dim",
+                format!("is {dim} but the base model is {c} wide; this adapter was trained on another model"),
+            ));
         }
         p.validate(base.config().n_positions, base.config().vocab_size, config_origin.clone())?;
     }
@@ -307,20 +323,30 @@ pub fn load(base: Gpt, config_text: &str, weights: &[u8], dir: &str, device: &De
             return Err(Error::tensor(
                 file.clone(),
                 key,
-                format!("has no place in this model under {}'s config (targets {:?}); the config and the weights disagree, or the adapter is for another model", method.name(), targets(&method)),
+                format!(
+                    "has no place in this model under {}'s config (targets {:?}); the config and the weights disagree, or the adapter is for another model",
+                    method.name(),
+                    targets(&method)
+                ),
             ));
         };
         if value.shape().to_vec() != *want {
             return Err(Error::tensor(
                 file.clone(),
                 key,
-                format!("has shape {:?}, but the config's settings on this base model need {:?} in PEFT's layout", data.shape().to_vec(), peft_shape(&name, want, &adapted)),
+                format!(
+                    "has shape {:?}, but the config's settings on this base model need {:?} in PEFT's layout",
+                    data.shape().to_vec(),
+                    peft_shape(&name, want, &adapted)
+                ),
             ));
         }
         given.insert(name, value);
     }
     if let Some(name) = expected.keys().filter(|n| !given.contains_key(*n)).min() {
-        let key = to_peft(name, &TensorData::new(vec![0.0f32; expected[name].iter().product()], expected[name].clone())).map(|(k, _)| k).unwrap_or_else(|| name.replace(".ia3.ia3_l", ".ia3_l"));
+        let key = to_peft(name, &TensorData::new(vec![0.0f32; expected[name].iter().product()], expected[name].clone()))
+            .map(|(k, _)| k)
+            .unwrap_or_else(|| name.replace(".ia3.ia3_l", ".ia3_l"));
         return Err(Error::tensor(file, key, format!("is missing ({} of {} adapter tensors are in the file)", given.len(), expected.len())));
     }
     let mut all: HashMap<String, TensorData> = param_data(&adapted).into_iter().collect();

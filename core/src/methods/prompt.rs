@@ -241,10 +241,9 @@ impl Prefix {
         let kv = 2 * n_layer * c;
         match config.encoder_hidden_size {
             None => Self { embedding: Param::from_tensor(random_like(k, kv, wte, rng, device)), encoder: None },
-            Some(h) => Self {
-                embedding: Param::from_tensor(random_like(k, c, wte, rng, device)),
-                encoder: Some(PromptEncoder::init(&[c, h, kv], true, rng, device)),
-            },
+            Some(h) => {
+                Self { embedding: Param::from_tensor(random_like(k, c, wte, rng, device)), encoder: Some(PromptEncoder::init(&[c, h, kv], true, rng, device)) }
+            }
         }
     }
 

@@ -113,7 +113,11 @@ impl Nf4Weight {
         let missing = |part: &str| Error::tensor(origin.clone(), format!("{path}.{part}"), "is missing from a QLoRA checkpoint");
         let packed = bytes(take("nf4.packed").ok_or_else(|| missing("nf4.packed"))?, "nf4.packed")?;
         if packed.len() != len.div_ceil(2) {
-            return Err(Error::tensor(origin.clone(), format!("{path}.nf4.packed"), format!("has {} bytes; a {d_in}×{d_out} weight packs into {}", packed.len(), len.div_ceil(2))));
+            return Err(Error::tensor(
+                origin.clone(),
+                format!("{path}.nf4.packed"),
+                format!("has {} bytes; a {d_in}×{d_out} weight packs into {}", packed.len(), len.div_ceil(2)),
+            ));
         }
         let blocks = len.div_ceil(block);
         let scales = match take("nf4.absmax") {

@@ -18,7 +18,19 @@ use crate::train::{DataSource, Dataset, TrainConfig, eval_loss};
 /// The full fine-tune the report measures, on `data`: `tinytune lora-rank` and the
 /// `lora-rank` widget both build it here, so the same settings give the same run.
 pub fn finetune_config(data: DataSource, steps: usize, lr: f64, batch_size: usize, seq_len: usize, seed: u64) -> TrainConfig {
-    TrainConfig { data, train_examples: 2000, eval_examples: 100, steps, batch_size, seq_len, lr, warmup_steps: steps / 10, seed, eval_batches: 4, ..TrainConfig::default() }
+    TrainConfig {
+        data,
+        train_examples: 2000,
+        eval_examples: 100,
+        steps,
+        batch_size,
+        seq_len,
+        lr,
+        warmup_steps: steps / 10,
+        seed,
+        eval_batches: 4,
+        ..TrainConfig::default()
+    }
 }
 
 /// The report for one matrix and one rank.
@@ -84,10 +96,21 @@ fn delta(base: &[f32], tuned: &[f32]) -> Vec<f32> {
 /// fine-tuning (both on `device`, which must read tensors back synchronously: a CPU).
 /// Losses are over up to `batches` held-out batches of `b × t` from `eval`.
 #[allow(clippy::too_many_arguments)]
-pub fn rank_report(base: &Gpt, tuned: &Gpt, matrix: &str, rank: usize, eval: &Dataset, b: usize, t: usize, batches: usize, device: &Device) -> Result<RankReport> {
+pub fn rank_report(
+    base: &Gpt,
+    tuned: &Gpt,
+    matrix: &str,
+    rank: usize,
+    eval: &Dataset,
+    b: usize,
+    t: usize,
+    batches: usize,
+    device: &Device,
+) -> Result<RankReport> {
     let mut paths = Vec::new();
     for_each_projection_ref(base, |p, _| paths.push(p.to_string()));
-    let (w, d_in, d_out) = weight_of(base, matrix).ok_or_else(|| Error::config("lora-rank", "matrix", format!("no projection is called '{matrix}'; choose one of {}", paths.join(", "))))?;
+    let (w, d_in, d_out) = weight_of(base, matrix)
+        .ok_or_else(|| Error::config("lora-rank", "matrix", format!("no projection is called '{matrix}'; choose one of {}", paths.join(", "))))?;
     if rank == 0 || rank > d_in.min(d_out) {
         return Err(Error::config("lora-rank", "rank", format!("{rank} is not between 1 and {} for {matrix} ({d_in}×{d_out})", d_in.min(d_out))));
     }

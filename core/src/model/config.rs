@@ -126,10 +126,7 @@ impl ModelConfig {
             "gpt2-large" => Self::gpt2_large(),
             "gpt2-xl" => Self::gpt2_xl(),
             other => {
-                return Err(Error::Invalid(format!(
-                    "unknown preset '{other}'; choose one of {}",
-                    PRESETS.join(", ")
-                )));
+                return Err(Error::Invalid(format!("unknown preset '{other}'; choose one of {}", PRESETS.join(", "))));
             }
         })
     }
@@ -196,13 +193,8 @@ impl ModelConfig {
     /// Checks every field, naming the first bad one and how to fix it.
     pub fn validate(&self, origin: impl Into<Origin>) -> Result<()> {
         let origin = origin.into();
-        let positive = [
-            ("vocab_size", self.vocab_size),
-            ("n_positions", self.n_positions),
-            ("n_embd", self.n_embd),
-            ("n_layer", self.n_layer),
-            ("n_head", self.n_head),
-        ];
+        let positive =
+            [("vocab_size", self.vocab_size), ("n_positions", self.n_positions), ("n_embd", self.n_embd), ("n_layer", self.n_layer), ("n_head", self.n_head)];
         for (field, value) in positive {
             if value == 0 {
                 return Err(Error::config(origin, field, "must be at least 1"));
@@ -212,10 +204,7 @@ impl ModelConfig {
             return Err(Error::config(
                 origin,
                 "n_head",
-                format!(
-                    "n_embd = {} does not divide evenly into n_head = {} heads; pick a head count that divides n_embd",
-                    self.n_embd, self.n_head
-                ),
+                format!("n_embd = {} does not divide evenly into n_head = {} heads; pick a head count that divides n_embd", self.n_embd, self.n_head),
             ));
         }
         if self.n_inner == Some(0) {

@@ -19,11 +19,7 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn init(d: usize, eps: f64, device: &Device) -> Self {
-        Self {
-            weight: Param::from_tensor(Tensor::ones([d], device)),
-            bias: Param::from_tensor(Tensor::zeros([d], device)),
-            eps,
-        }
+        Self { weight: Param::from_tensor(Tensor::ones([d], device)), bias: Param::from_tensor(Tensor::zeros([d], device)), eps }
     }
 
     /// # Shapes

@@ -122,11 +122,7 @@ impl ModuleMapper for Load<'_> {
 /// Replaces every parameter of `module` with the tensor of the same name in `tensors`.
 /// Every missing or mis-shaped tensor is an error that names it; tensors left over are
 /// returned so the caller can decide whether they matter.
-pub fn load_params<M: Module>(
-    module: M,
-    mut tensors: HashMap<String, TensorData>,
-    origin: &Origin,
-) -> Result<(M, Vec<String>)> {
+pub fn load_params<M: Module>(module: M, mut tensors: HashMap<String, TensorData>, origin: &Origin) -> Result<(M, Vec<String>)> {
     let mut loader = Load { path: Path::default(), tensors: &mut tensors, origin, errors: Vec::new() };
     let module = module.map(&mut loader);
     if let Some(first) = loader.errors.into_iter().next() {

@@ -38,7 +38,14 @@ impl Projection {
     /// Weights drawn from N(0, std²) with tinytune's portable generator; bias zero.
     pub fn init(d_in: usize, d_out: usize, std: f64, rng: &mut crate::data::rng::Rng, device: &Device) -> Self {
         let weight = Tensor::from_data(TensorData::new(normal(rng, d_in * d_out, std), [d_in, d_out]), device);
-        Self { weight: Some(Param::from_tensor(weight)), nf4: None, bias: Some(Param::from_tensor(Tensor::zeros([d_out], device))), lora: None, ia3: None, merged: None }
+        Self {
+            weight: Some(Param::from_tensor(weight)),
+            nf4: None,
+            bias: Some(Param::from_tensor(Tensor::zeros([d_out], device))),
+            lora: None,
+            ia3: None,
+            merged: None,
+        }
     }
 
     /// Weight and bias zero: a projection that outputs zero until it trains (an adapter's

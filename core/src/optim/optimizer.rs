@@ -220,7 +220,17 @@ impl OptimConfig {
     /// betas (0.9, 0.99) and no decay; SGD's no momentum and no decay; Adafactor's no decay;
     /// MeZO's ε = 1e-3. Clipping at 1.0 for every gradient optimizer (MeZO has no gradient).
     pub fn for_kind(kind: OptimKind) -> Self {
-        let adam = Self { kind, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, clip_grad_norm: Some(1.0), momentum: 0.0, mezo_eps: default_mezo_eps(), loraplus_lr_ratio: None };
+        let adam = Self {
+            kind,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            clip_grad_norm: Some(1.0),
+            momentum: 0.0,
+            mezo_eps: default_mezo_eps(),
+            loraplus_lr_ratio: None,
+        };
         match kind {
             OptimKind::AdamW | OptimKind::AdamW8bit | OptimKind::PagedAdamW | OptimKind::PagedAdamW8bit => adam,
             OptimKind::Sgd | OptimKind::Adafactor => Self { weight_decay: 0.0, ..adam },

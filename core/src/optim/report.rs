@@ -101,7 +101,12 @@ pub fn state_report(trainer: &Trainer, batch: &Batch, layer: &str) -> Result<Sta
         let mut optim = Optimizer::new(config);
         drop(optim.step(lr, trainer.model.clone(), copy(&grads)));
         let state_bytes = optim.state_bytes() as u64;
-        report_rows.push(StateRow { name: name.into(), state_bytes, bytes_per_param: state_bytes as f64 / trainable.max(1) as f64, tensors: optim.state.len() });
+        report_rows.push(StateRow {
+            name: name.into(),
+            state_bytes,
+            bytes_per_param: state_bytes as f64 / trainable.max(1) as f64,
+            tensors: optim.state.len(),
+        });
         match kind {
             OptimKind::AdamW => adamw = Some(optim),
             OptimKind::Adafactor => adafactor = Some(optim),
@@ -118,7 +123,8 @@ pub fn state_report(trainer: &Trainer, batch: &Batch, layer: &str) -> Result<Sta
     let est: Vec<f32> = (0..rows * cols).map(|i| r[i / cols] * c[i % cols] / mean_r).collect();
     let top = (0..rows).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap_or(0);
     let sample = (0..cols.min(6)).map(|j| (g2[top * cols + j], est[top * cols + j])).collect();
-    let factored = Factored { layer: layer.into(), rows, cols, factored_numbers: rows + cols, full_numbers: rows * cols, relative_error: rel_rms(&est, &g2), sample };
+    let factored =
+        Factored { layer: layer.into(), rows, cols, factored_numbers: rows + cols, full_numbers: rows * cols, relative_error: rel_rms(&est, &g2), sample };
 
     let m = host(adamw.state.get(&format!("{weight}.exp_avg")), "exp_avg")?;
     let v = host(adamw.state.get(&format!("{weight}.exp_avg_sq")), "exp_avg_sq")?;

@@ -8,8 +8,8 @@
 
 use std::collections::BTreeMap;
 
-use tokenizers::models::bpe::{BPE, BpeTrainer};
 use tokenizers::models::TrainerWrapper;
+use tokenizers::models::bpe::{BPE, BpeTrainer};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
@@ -73,9 +73,7 @@ impl TextTokenizer {
     /// characters, then merges) of `vocab_size` tokens on `texts`.
     pub fn train_bpe<'a>(texts: impl Iterator<Item = &'a str> + Send, vocab_size: usize) -> Result<Self> {
         if vocab_size < 256 + 1 {
-            return Err(Error::Invalid(format!(
-                "a byte-level BPE vocabulary needs at least 257 tokens (256 bytes + {EOT}); got {vocab_size}"
-            )));
+            return Err(Error::Invalid(format!("a byte-level BPE vocabulary needs at least 257 tokens (256 bytes + {EOT}); got {vocab_size}")));
         }
         let mut tokenizer = Tokenizer::new(BPE::default());
         tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
@@ -96,9 +94,7 @@ impl TextTokenizer {
     /// Loads a `tokenizer.json` (tinytune's own or GPT-2's). `origin` names the file in errors.
     pub fn from_json(text: &str, origin: impl Into<Origin>) -> Result<Self> {
         let origin = origin.into();
-        let inner: Tokenizer = text.parse().map_err(|e| {
-            Error::parse(origin.clone(), format!("not a valid Hugging Face tokenizer.json: {e}"))
-        })?;
+        let inner: Tokenizer = text.parse().map_err(|e| Error::parse(origin.clone(), format!("not a valid Hugging Face tokenizer.json: {e}")))?;
         if inner.get_vocab_size(true) == 0 {
             return Err(Error::config(origin, "model.vocab", "the vocabulary is empty"));
         }
@@ -118,9 +114,7 @@ impl TextTokenizer {
 
     pub fn decode(&self, ids: &[u32]) -> String {
         // Decoding only fails on ids outside the vocabulary; show those rather than fail.
-        self.inner.decode(ids, false).unwrap_or_else(|_| {
-            ids.iter().map(|&id| self.inner.id_to_token(id).unwrap_or_else(|| format!("<{id}?>"))).collect()
-        })
+        self.inner.decode(ids, false).unwrap_or_else(|_| ids.iter().map(|&id| self.inner.id_to_token(id).unwrap_or_else(|| format!("<{id}?>"))).collect())
     }
 
     /// Number of ids including added tokens: the smallest `vocab_size` a model may have.

@@ -34,7 +34,13 @@ impl Batch {
         (0..k)
             .map(|i| {
                 let r = i * span..(i + 1) * span;
-                Batch { b: rows, t: self.t, inputs: self.inputs[r.clone()].to_vec(), targets: self.targets[r.clone()].to_vec(), weights: self.weights[r].to_vec() }
+                Batch {
+                    b: rows,
+                    t: self.t,
+                    inputs: self.inputs[r.clone()].to_vec(),
+                    targets: self.targets[r.clone()].to_vec(),
+                    weights: self.weights[r].to_vec(),
+                }
             })
             .collect()
     }

@@ -6,9 +6,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::Split;
 use crate::data::stories::{StoryConfig, corpus};
 use crate::data::tasks::Task;
-use crate::data::Split;
 use crate::error::{Error, Origin, Result};
 use crate::optim::{Decay, OptimConfig, OptimKind, Schedule, Warmup};
 use crate::tokenizer::TextTokenizer;
@@ -196,7 +196,13 @@ impl TrainConfig {
     /// prompt's virtual tokens).
     pub fn validate(&self, origin: impl Into<Origin>, context: usize) -> Result<()> {
         let origin = origin.into();
-        for (field, v) in [("steps", self.steps), ("batch_size", self.batch_size), ("seq_len", self.seq_len), ("train_examples", self.train_examples), ("eval_examples", self.eval_examples)] {
+        for (field, v) in [
+            ("steps", self.steps),
+            ("batch_size", self.batch_size),
+            ("seq_len", self.seq_len),
+            ("train_examples", self.train_examples),
+            ("eval_examples", self.eval_examples),
+        ] {
             if v == 0 {
                 return Err(Error::config(origin, field, "must be at least 1"));
             }
@@ -228,7 +234,11 @@ impl TrainConfig {
             ));
         }
         if self.optimizer.loraplus_lr_ratio.is_some() && self.method.lora().is_none() {
-            return Err(Error::config(origin, "loraplus_ratio", format!("LoRA+ sets the learning rate of LoRA's B matrices, and the {} method has none; drop it or use lora/qlora", self.method.name())));
+            return Err(Error::config(
+                origin,
+                "loraplus_ratio",
+                format!("LoRA+ sets the learning rate of LoRA's B matrices, and the {} method has none; drop it or use lora/qlora", self.method.name()),
+            ));
         }
         if self.optimizer.kind == OptimKind::Mezo {
             let refuse = |field: &str, why: &str| Err(Error::config(origin.clone(), field, format!("MeZO {why}")));

@@ -13,8 +13,8 @@ use burn::tensor::{DType, Device, GradientCheckpointingStrategy, Tensor, TensorD
 use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
-use crate::data::rng::Rng;
 use crate::data::Split;
+use crate::data::rng::Rng;
 use crate::error::{Error, Result};
 use crate::model::{Gpt, named_params};
 use crate::optim::{NamedGrads, OptimKind, Optimizer, Schedule, mezo};

@@ -71,7 +71,8 @@ pub fn LineChart(#[prop(into)] series: Signal<Vec<Series>>, x_label: &'static st
             .iter()
             .filter(|s| !s.points.is_empty())
             .map(|s| {
-                let d: String = s.points.iter().enumerate().map(|(i, &(x, y))| format!("{}{:.1},{:.1}", if i == 0 { "M" } else { " L" }, sx(x), sy(y))).collect();
+                let d: String =
+                    s.points.iter().enumerate().map(|(i, &(x, y))| format!("{}{:.1},{:.1}", if i == 0 { "M" } else { " L" }, sx(x), sy(y))).collect();
                 let dash = if s.dashed { "5 4" } else { "none" };
                 let dots = if s.dashed {
                     s.points.iter().map(|&(x, y)| view! { <circle cx={n(sx(x))} cy={n(sy(y))} r="3" fill={s.color} /> }).collect::<Vec<_>>()

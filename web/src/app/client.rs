@@ -97,7 +97,9 @@ fn crashed(message: String) {
 
 pub fn start(on_backend: impl Fn(FromWorker) + 'static) -> Result<(), String> {
     let worker = spawn()?;
-    CLIENT.with_borrow_mut(|c| *c = Some(Client { worker, next_id: 1, handlers: HashMap::new(), on_backend: Rc::new(on_backend), init: None, queue: Some(Vec::new()) }));
+    CLIENT.with_borrow_mut(|c| {
+        *c = Some(Client { worker, next_id: 1, handlers: HashMap::new(), on_backend: Rc::new(on_backend), init: None, queue: Some(Vec::new()) })
+    });
     // For the end-to-end tests: `window.__tinytune_crash_worker()` makes the worker panic.
     let crash = Closure::<dyn Fn()>::new(|| send(&ToWorker::Crash));
     let _ = js_sys::Reflect::set(&js_sys::global(), &"__tinytune_crash_worker".into(), crash.as_ref());

@@ -192,10 +192,14 @@ pub fn MemoryTimelineWidget(state: RwSignal<Widget>) -> impl IntoView {
             FromWorker::Memory { result, .. } => Some(*result),
             _ => None,
         };
-        client::request(|id| ToWorker::MeasureMemory { id, params: p.get_untracked() }, pick, move |r| {
-            out.set(Some(r));
-            busy.set(false);
-        });
+        client::request(
+            |id| ToWorker::MeasureMemory { id, params: p.get_untracked() },
+            pick,
+            move |r| {
+                out.set(Some(r));
+                busy.set(false);
+            },
+        );
     };
     let num = move |f: fn(&TimelineParams) -> String| move || f(&p.get());
     view! {

@@ -8,9 +8,9 @@ mod client;
 mod formats;
 mod memory;
 mod optimizers;
-mod rank;
 mod precision;
 mod quantize;
+mod rank;
 mod widgets;
 
 use leptos::prelude::*;

@@ -34,10 +34,14 @@ pub fn OptimizerStateWidget(state: RwSignal<Widget>) -> impl IntoView {
             FromWorker::OptimizerState { result, .. } => Some(*result),
             _ => None,
         };
-        client::request(|id| ToWorker::OptimizerState { id, params: p.get_untracked() }, pick, move |r| {
-            out.set(Some(r));
-            busy.set(false);
-        });
+        client::request(
+            |id| ToWorker::OptimizerState { id, params: p.get_untracked() },
+            pick,
+            move |r| {
+                out.set(Some(r));
+                busy.set(false);
+            },
+        );
     };
     let layers: Vec<(&'static str, &'static str)> = LAYERS.iter().map(|l| (*l, *l)).collect();
     view! {
@@ -135,7 +139,12 @@ pub fn ScheduleWidget(state: RwSignal<Widget>) -> impl IntoView {
         [(Decay::Constant, "constant"), (Decay::Linear, "linear"), (Decay::Cosine, "cosine")]
             .into_iter()
             .enumerate()
-            .map(|(i, (d, name))| Series { label: if d == chosen { format!("{name} (chosen)") } else { name.to_string() }, color: COLORS[i], points: p.curve(d, 200), dashed: d != chosen })
+            .map(|(i, (d, name))| Series {
+                label: if d == chosen { format!("{name} (chosen)") } else { name.to_string() },
+                color: COLORS[i],
+                points: p.curve(d, 200),
+                dashed: d != chosen,
+            })
             .collect()
     });
     let table = move || {
@@ -145,9 +154,11 @@ pub fn ScheduleWidget(state: RwSignal<Widget>) -> impl IntoView {
         let mut seen = Vec::new();
         marks
             .into_iter()
-            .filter(|m| *m < p.steps && !seen.contains(m) && {
-                seen.push(*m);
-                true
+            .filter(|m| {
+                *m < p.steps && !seen.contains(m) && {
+                    seen.push(*m);
+                    true
+                }
             })
             .map(|m| view! { <tr><td class="num">{m}</td><td class="num" data-testid="lr-at">{format!("{:.3e}", s.lr(m))}</td></tr> })
             .collect::<Vec<_>>()

@@ -3,8 +3,8 @@
 //! zero, became subnormal or overflowed, measured against the same gradients in FP32.
 
 use leptos::prelude::*;
-use tinytune::train::precision::{GradCensus, UnderflowReport};
 use tinytune::train::Precision;
+use tinytune::train::precision::{GradCensus, UnderflowReport};
 
 use super::client;
 use crate::precision::{LossScalingParams, LossScalingResult};
@@ -31,10 +31,14 @@ pub fn LossScalingWidget(state: RwSignal<Widget>) -> impl IntoView {
             FromWorker::Gradients { result, .. } => Some(*result),
             _ => None,
         };
-        client::request(|id| ToWorker::LossScaling { id, params: p.get_untracked() }, pick, move |r| {
-            out.set(Some(r));
-            busy.set(false);
-        });
+        client::request(
+            |id| ToWorker::LossScaling { id, params: p.get_untracked() },
+            pick,
+            move |r| {
+                out.set(Some(r));
+                busy.set(false);
+            },
+        );
     };
     view! {
         <div class="widget loss-scaling" data-widget="loss-scaling">
@@ -94,10 +98,13 @@ fn chart(rep: &UnderflowReport, color: &'static str, title: String) -> impl Into
         })
         .collect::<Vec<_>>();
     // Inner ticks only, so no label is cut off at the chart's edges.
-    let ticks = (c.lo + 10..c.lo + c.bins.len() as i32).step_by(10).map(|e| {
-        let xe = x(e as f64);
-        view! { <text x=format!("{xe:.1}") y=format!("{:.1}", h - 6.0) class="label" text-anchor="middle">{format!("2^{e}")}</text> }
-    }).collect::<Vec<_>>();
+    let ticks = (c.lo + 10..c.lo + c.bins.len() as i32)
+        .step_by(10)
+        .map(|e| {
+            let xe = x(e as f64);
+            view! { <text x=format!("{xe:.1}") y=format!("{:.1}", h - 6.0) class="label" text-anchor="middle">{format!("2^{e}")}</text> }
+        })
+        .collect::<Vec<_>>();
     view! {
         <p><b>{title}</b></p>
         <svg class="chart bars" viewBox=format!("0 0 {w} {h}") role="img" aria-label="gradient magnitudes against the format's range">

@@ -30,10 +30,14 @@ pub fn QuantizeWidget(state: RwSignal<Widget>) -> impl IntoView {
             FromWorker::Quantized { result, .. } => Some(*result),
             _ => None,
         };
-        client::request(|id| ToWorker::Quantize { id, params: p.get_untracked() }, pick, move |r| {
-            out.set(Some(r));
-            busy.set(false);
-        });
+        client::request(
+            |id| ToWorker::Quantize { id, params: p.get_untracked() },
+            pick,
+            move |r| {
+                out.set(Some(r));
+                busy.set(false);
+            },
+        );
     };
     let opts = |list: &[&'static str]| list.iter().map(|s| (*s, *s)).collect::<Vec<_>>();
     view! {

@@ -33,10 +33,14 @@ pub fn LoraRankWidget(state: RwSignal<Widget>) -> impl IntoView {
             FromWorker::LoraRank { result, .. } => Some(*result),
             _ => None,
         };
-        client::request(|id| ToWorker::LoraRank { id, params: p.get_untracked() }, pick, move |r| {
-            out.set(Some(r));
-            busy.set(false);
-        });
+        client::request(
+            |id| ToWorker::LoraRank { id, params: p.get_untracked() },
+            pick,
+            move |r| {
+                out.set(Some(r));
+                busy.set(false);
+            },
+        );
     };
     let matrices: Vec<(&'static str, &'static str)> = MATRICES.iter().map(|m| (*m, *m)).collect();
     view! {

@@ -28,7 +28,12 @@ pub(super) fn setter(state: RwSignal<Widget>, error: RwSignal<Option<String>>) -
 }
 
 /// A labelled text/number input bound to one parameter.
-pub(super) fn field(label: &'static str, key: &'static str, value: impl Fn() -> String + Send + Sync + 'static, set: impl Fn(&'static str, String) + Copy + Send + Sync + 'static) -> impl IntoView {
+pub(super) fn field(
+    label: &'static str,
+    key: &'static str,
+    value: impl Fn() -> String + Send + Sync + 'static,
+    set: impl Fn(&'static str, String) + Copy + Send + Sync + 'static,
+) -> impl IntoView {
     view! {
         <label class="field">
             <span>{label}</span>
@@ -38,7 +43,13 @@ pub(super) fn field(label: &'static str, key: &'static str, value: impl Fn() -> 
 }
 
 /// A labelled select bound to one parameter.
-pub(super) fn choice(label: &'static str, key: &'static str, options: Vec<(&'static str, &'static str)>, value: impl Fn() -> String + Copy + Send + Sync + 'static, set: impl Fn(&'static str, String) + Copy + Send + Sync + 'static) -> impl IntoView {
+pub(super) fn choice(
+    label: &'static str,
+    key: &'static str,
+    options: Vec<(&'static str, &'static str)>,
+    value: impl Fn() -> String + Copy + Send + Sync + 'static,
+    set: impl Fn(&'static str, String) + Copy + Send + Sync + 'static,
+) -> impl IntoView {
     view! {
         <label class="field">
             <span>{label}</span>
@@ -149,7 +160,23 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
             });
         });
         runs.update(|rs| {
-            rs.push(RunView { id, label, state: RunState::Preparing, message: "starting".into(), steps: params.steps, train: vec![], eval: vec![], train_t: vec![], eval_t: vec![], last: None, skipped: 0, info: String::new(), stats: None, compare: None, nearest: None })
+            rs.push(RunView {
+                id,
+                label,
+                state: RunState::Preparing,
+                message: "starting".into(),
+                steps: params.steps,
+                train: vec![],
+                eval: vec![],
+                train_t: vec![],
+                eval_t: vec![],
+                last: None,
+                skipped: 0,
+                info: String::new(),
+                stats: None,
+                compare: None,
+                nearest: None,
+            })
         });
         client::send(&ToWorker::Train { run: id, params });
     };
@@ -461,10 +488,14 @@ pub fn GenerateWidget(state: RwSignal<Widget>) -> impl IntoView {
             FromWorker::Samples { samples, seconds, .. } => Some((samples, seconds)),
             _ => None,
         };
-        client::request(|id| ToWorker::Generate { id, params: p.get_untracked() }, pick, move |r| {
-            out.set(Some(r));
-            busy.set(false);
-        });
+        client::request(
+            |id| ToWorker::Generate { id, params: p.get_untracked() },
+            pick,
+            move |r| {
+                out.set(Some(r));
+                busy.set(false);
+            },
+        );
     };
     let num = move |f: fn(&GenerateParams) -> String| move || f(&p.get());
     view! {

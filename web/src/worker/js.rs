@@ -2,8 +2,8 @@
 //! adapter (read through `Reflect`, since `web-sys`'s WebGPU bindings are unstable).
 
 use js_sys::{Function, Promise, Reflect, Uint8Array};
-use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent, Response};
 

@@ -316,7 +316,13 @@ async fn train(run: u32, p: &TrainParams, control: &Cell<Control>) -> Result<Run
     }
     if let Some(sims) = tinytune::methods::prompt::token_similarity(&trainer.model.valid()) {
         // A soft prompt: the real tokens nearest each learned vector.
-        let sims = sims.into_data_async().await.map_err(|e| format!("reading the prompt back failed: {e:?}"))?.convert::<f32>().try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+        let sims = sims
+            .into_data_async()
+            .await
+            .map_err(|e| format!("reading the prompt back failed: {e:?}"))?
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .map_err(|e| format!("{e:?}"))?;
         let tokens = tinytune::methods::prompt::nearest(&sims, trainer.model.config().vocab_size, 3)
             .into_iter()
             .map(|row| row.into_iter().map(|(id, c)| (tokenizer.decode(&[id]), c)).collect())
@@ -399,7 +405,14 @@ async fn loss_scaling(p: &crate::precision::LossScalingParams) -> Result<crate::
     let precision: Precision = p.precision.parse()?;
     let device = Device::flex().autodiff();
     let (model, tok) = load(ModelChoice::Micro, 0, &device).await?;
-    let config = TrainConfig { data: DataSource::Task(tinytune::data::Task::StoryQa), batch_size: p.batch, seq_len: p.seq, train_examples: 200, eval_examples: 20, ..TrainConfig::default() };
+    let config = TrainConfig {
+        data: DataSource::Task(tinytune::data::Task::StoryQa),
+        batch_size: p.batch,
+        seq_len: p.seq,
+        train_examples: 200,
+        eval_examples: 20,
+        ..TrainConfig::default()
+    };
     let trainer = Trainer::new(model, &tok, config, &device).map_err(|e| e.to_string())?;
     let batch = trainer.batch_for(0);
     if batch.weight_sum() == 0.0 {
@@ -415,7 +428,14 @@ async fn optimizer_state(p: &crate::optimizers::OptimizerStateParams) -> Result<
     use tinytune::train::TrainConfig;
     let device = Device::flex().autodiff();
     let (model, tok) = load(ModelChoice::Micro, 0, &device).await?;
-    let config = TrainConfig { data: DataSource::Task(tinytune::data::Task::StoryQa), batch_size: 8, seq_len: 128, train_examples: 100, eval_examples: 10, ..TrainConfig::default() };
+    let config = TrainConfig {
+        data: DataSource::Task(tinytune::data::Task::StoryQa),
+        batch_size: 8,
+        seq_len: 128,
+        train_examples: 100,
+        eval_examples: 10,
+        ..TrainConfig::default()
+    };
     let trainer = Trainer::new(model, &tok, config, &device).map_err(|e| e.to_string())?;
     tinytune::optim::report::state_report(&trainer, &trainer.batch_for(0), &p.layer).map_err(|e| e.to_string())
 }
