@@ -4,9 +4,15 @@
 #      widget registry, the browser's CLI command parsed by the CLI),
 #   2. the browser playground built by trunk (page + worker, core for wasm32),
 #   3. the playground end to end in headless Chromium (tests/e2e/run.mjs),
-#   4. the native binary type-checked with its GPU backends, wgpu and cuda, in one pass
+#   0. formatting (cargo fmt --check; rustfmt.toml holds the house style), before anything
+#      is compiled,
+#   4. clippy with -D warnings over the whole workspace and every target, with the native
+#      binary's GPU backends, wgpu and cuda, turned on: one pass that is both the GPU
+#      type-check and the lint, so Burn is compiled for checking once, not twice
 #      (DOCS_RS=1 skips the LLVM download that cubecl-cuda's build script would otherwise
 #      make; see README).
+#
+# Every stage prints its wall time, and the run ends with the time of each.
 #
 # With TINYTUNE_SLIM=1 (.ci/run sets it) each stage deletes the build outputs later stages
 # do not read, so the whole run fits on a machine with little free disk; a CI run once
@@ -19,8 +25,25 @@ export PATH="$PWD/node_modules/.bin:$PATH"
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 slim="${TINYTUNE_SLIM:-0}"
 disk() { echo "   disk: $(df -h --output=avail . | tail -1 | tr -d ' ') free, target/ holds $(du -sh target 2>/dev/null | cut -f1)"; }
+# Stage timing: `stage NAME` closes the previous stage and opens the next.
+times=""
+stage_name=""
+stage_start=$SECONDS
+stage() {
+  if [ -n "$stage_name" ]; then
+    local took=$((SECONDS - stage_start))
+    echo "   ($stage_name took ${took}s)"
+    times="$times\n   $(printf '%4ds' "$took")  $stage_name"
+  fi
+  stage_name="$1"
+  stage_start=$SECONDS
+  [ -z "$1" ] || echo "== $1"
+}
 
-echo "== 1/4 cargo test --workspace"
+stage "0/4 cargo fmt --check"
+cargo fmt --all --check
+
+stage "1/4 cargo test --workspace"
 disk
 cargo test --workspace --locked
 if [ "$slim" = 1 ]; then
@@ -28,11 +51,11 @@ if [ "$slim" = 1 ]; then
   find target/debug/deps -maxdepth 1 -type f -perm -u+x ! -name '*.*' -delete
 fi
 
-echo "== 2/4 trunk build (the browser playground, into dist/)"
+stage "2/4 trunk build (the browser playground, into dist/)"
 disk
 trunk build
 
-echo "== 3/4 the playground in headless Chromium"
+stage "3/4 the playground in headless Chromium"
 disk
 node tests/e2e/run.mjs dist
 if [ "$slim" = 1 ]; then
@@ -40,9 +63,11 @@ if [ "$slim" = 1 ]; then
   rm -rf target/wasm32-unknown-unknown
 fi
 
-echo "== 4/4 native with --features wgpu,cuda (type-check only)"
+stage "4/4 clippy -D warnings, whole workspace, all targets, with the wgpu and cuda backends (type-check + lint)"
 disk
-DOCS_RS=1 cargo check -p tinytune-cli --features wgpu,cuda --locked
+DOCS_RS=1 cargo clippy --workspace --all-targets --features tinytune-cli/wgpu,tinytune-cli/cuda --locked -- -D warnings
 disk
+stage ""
 
+echo -e "stage times:$times"
 echo "all checks passed"

@@ -72,3 +72,10 @@ impl Error {
         Error::Tensor { origin: origin.into(), name: name.into(), problem: problem.into() }
     }
 }
+
+/// Edges that report errors as text (the CLI, the browser worker) take core errors with `?`.
+impl From<Error> for String {
+    fn from(e: Error) -> String {
+        e.to_string()
+    }
+}

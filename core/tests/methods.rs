@@ -12,8 +12,8 @@ use tinytune::checkpoint::{load_model_for, save_model};
 use tinytune::data::{CHARSET, Task};
 use tinytune::formats::ptq::quantize_model;
 use tinytune::methods::{
-    AdapterActivation, AdapterConfig, AdapterKind, Ia3Config, LoraBias, LoraConfig, LoraInit, Method, PrefixConfig, PromptConfig, PromptInit, QloraConfig,
-    for_each_projection_ref, merge, merge_in_place, unmerge,
+    AdapterActivation, AdapterConfig, AdapterKind, Ia3Config, LoraBias, LoraConfig, LoraInit, Method, MethodKind, PrefixConfig, PromptConfig, PromptInit,
+    QloraConfig, for_each_projection_ref, merge, merge_in_place, unmerge,
 };
 use tinytune::model::named_params;
 use tinytune::model::params::param_data;
@@ -104,6 +104,17 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 
 fn values(model: &Gpt) -> HashMap<String, Vec<f32>> {
     param_data(model).into_iter().map(|(n, d)| (n, d.try_to_vec::<f32>().unwrap())).collect()
+}
+
+/// The battery covers every method there is: a new `MethodKind` without a case here fails.
+#[test]
+fn every_method_kind_has_a_battery_case() {
+    let covered: Vec<MethodKind> = methods().iter().map(|(_, m)| m.kind()).collect();
+    for kind in MethodKind::ALL {
+        assert!(covered.contains(&kind), "{kind}: add a case to methods() in core/tests/methods.rs");
+        // Names round-trip, so the CLI, the widgets and train.json agree.
+        assert_eq!(kind.name().parse::<MethodKind>(), Ok(kind));
+    }
 }
 
 #[test]

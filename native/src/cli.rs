@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use tinytune::TextTokenizer;
+use tinytune::methods::{AdapterConfig, Ia3Config, LoraConfig, Method, MethodOptions, PromptInit};
 use tinytune::optim::Decay;
 
 use crate::backend::Backend;
@@ -22,7 +24,7 @@ pub struct Cli {
 pub enum Command {
     /// Train a model from scratch on generated data.
     Pretrain(PretrainArgs),
-    /// Fully fine-tune an existing model (e.g. the shipped micro checkpoint) on a task.
+    /// Fine-tune an existing model (e.g. the shipped micro checkpoint) on a task, with any method (--method: full, LoRA, QLoRA, adapters, soft prompts, IA³, ...).
     Finetune(FinetuneArgs),
     /// Continue a text with a trained model.
     Generate(GenerateArgs),
@@ -240,7 +242,8 @@ pub struct MemoryArgs {
     /// qwen2.5-7b, micro, ...) or the path of a Hugging Face config.json.
     #[arg(long, default_value = "gpt2")]
     pub model: String,
-    /// full, last-layers, bitfit, layernorm, lora, qlora, adapter or prompt.
+    /// full, last-layers, bitfit, layernorm, lora, qlora, adapter, prompt, p-tuning, prefix
+    /// or ia3.
     #[arg(long, default_value = "full")]
     pub method: String,
     /// LoRA/QLoRA rank.
@@ -255,9 +258,12 @@ pub struct MemoryArgs {
     /// Adapter bottleneck width.
     #[arg(long, default_value_t = 64)]
     pub bottleneck: u64,
-    /// Virtual tokens of prompt tuning.
+    /// Virtual tokens of prompt tuning, P-tuning and prefix tuning.
     #[arg(long, default_value_t = 20)]
     pub prompt_tokens: u64,
+    /// P-tuning's prompt-encoder width.
+    #[arg(long, default_value_t = 64)]
+    pub encoder_hidden: u64,
     /// fp32, bf16-mixed, fp16-mixed or bf16.
     #[arg(long, default_value = "bf16-mixed")]
     pub precision: String,
@@ -641,4 +647,53 @@ pub struct DemoArgs {
     /// The model to tour (default: the shipped pretrained micro checkpoint).
     #[arg(long)]
     pub model: Option<PathBuf>,
+}
+
+impl MethodArgs {
+    /// The fine-tuning method the flags describe. `tokenizer` turns `--prompt-text` into ids
+    /// (None where no model is loaded yet; then a text init is refused).
+    pub fn to_method(&self, tokenizer: Option<&TextTokenizer>) -> Result<Method, String> {
+        let a = self;
+        let lora = LoraConfig {
+            r: a.rank,
+            lora_alpha: a.alpha,
+            lora_dropout: a.lora_dropout,
+            target_modules: LoraConfig::target_list(&a.targets),
+            use_rslora: a.rslora,
+            bias: a.lora_bias.parse().map_err(|e| format!("--lora-bias: {e}"))?,
+            init: a.lora_init.parse().map_err(|e| format!("--lora-init: {e}"))?,
+            use_dora: a.dora,
+        };
+        let prompt_init: PromptInit = a.prompt_init.parse().map_err(|e| format!("--prompt-init: {e}"))?;
+        let prompt_ids = match (prompt_init, tokenizer) {
+            (PromptInit::Text, _) if a.prompt_text.is_empty() => {
+                return Err("--prompt-text: --prompt-init text needs a text, e.g. --prompt-text \"Classify the sentiment:\"".into());
+            }
+            (PromptInit::Text, Some(tok)) => tok.encode(&a.prompt_text).map_err(|e| format!("--prompt-text: {e}"))?,
+            (PromptInit::Text, None) => {
+                return Err("--prompt-init: text needs the model's tokenizer, which this command does not load; use random or vocab".into());
+            }
+            _ => Vec::new(),
+        };
+        let options = MethodOptions {
+            lora,
+            qlora_block: a.qlora_block,
+            double_quant: !a.no_double_quant,
+            last_n: a.last_n,
+            adapter: AdapterConfig {
+                kind: a.adapter.parse().map_err(|e| format!("--adapter: {e}"))?,
+                size: a.bottleneck,
+                activation: a.adapter_activation.parse().map_err(|e| format!("--adapter-activation: {e}"))?,
+                scaling: a.adapter_scaling,
+            },
+            virtual_tokens: a.virtual_tokens,
+            prompt_init,
+            prompt_text: a.prompt_text.clone(),
+            prompt_ids,
+            encoder_hidden: a.encoder_hidden,
+            prefix_projection: a.prefix_projection,
+            ia3: Ia3Config { target_modules: LoraConfig::target_list(&a.ia3_targets), feedforward_modules: LoraConfig::target_list(&a.ia3_feedforward) },
+        };
+        Method::named(&a.method, &options).map_err(|e| format!("--method: {e}"))
+    }
 }

@@ -183,7 +183,7 @@ pub fn bench_cmd(args: BenchArgs, device: &Device) -> Result<(), String> {
     };
     // Name the bench flag, not the config.json field it fills.
     config.validate("bench flags").map_err(|e| crate::train::flag_error(e).replace("--n-head", "--heads").replace("--n-embd", "--d-model"))?;
-    let method = crate::train::method(&args.method, None)?;
+    let method = args.method.to_method(None)?;
     let ad = device.clone().autodiff();
     // Uniformly random tokens: throughput does not depend on what the tokens say.
     let mut rng = Rng::new(0);
@@ -199,7 +199,7 @@ pub fn bench_cmd(args: BenchArgs, device: &Device) -> Result<(), String> {
         ..TrainConfig::default()
     };
     let model = method.apply(Gpt::init(&config, 0, &ad), 0, &ad).map_err(crate::train::flag_error)?;
-    let trainable: usize = named_params(&model).iter().filter(|p| p.trainable).map(|p| p.numel).sum();
+    let trainable = tinytune::model::trainable_count(&model);
     let mut trainer = Trainer::from_datasets(model, train, data.clone(), data, &ad).map_err(|e| e.to_string())?;
     for _ in 0..3 {
         trainer.step().map_err(|e| e.to_string())?;

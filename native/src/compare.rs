@@ -10,9 +10,9 @@ use serde::Serialize;
 use tinytune::data::Task;
 use tinytune::memory::human;
 use tinytune::memory::measure::{counting, current, peak, reset_peak};
-use tinytune::model::named_params;
 use tinytune::optim::OptimKind;
-use tinytune::train::DataSource;
+use tinytune::train::sweep::{self, SweepItem};
+use tinytune::train::{DataSource, Run, RunHost, TrainEvent, Trainer};
 
 use crate::cli::CompareArgs;
 use crate::fsutil::write_atomic;
@@ -41,30 +41,26 @@ struct Row {
 /// What one row of the comparison varies.
 enum Variant {
     Optimizer(OptimKind),
-    /// A method, and its own learning rate when written `name@lr`.
-    Method(String, Option<f64>),
-}
-
-/// `name` or `name@lr`.
-fn method_variant(item: &str) -> Result<Variant, String> {
-    match item.trim().split_once('@') {
-        Some((name, lr)) => lr
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|x| *x > 0.0 && x.is_finite())
-            .map(|lr| Variant::Method(name.trim().to_string(), Some(lr)))
-            .ok_or_else(|| format!("--methods: '{item}': after @ give a learning rate, e.g. lora@3e-3")),
-        None => Ok(Variant::Method(item.trim().to_string(), None)),
-    }
+    /// A method, by name.
+    Method(String),
 }
 
 pub fn compare_cmd(a: CompareArgs, device: &Device) -> Result<(), String> {
-    let variants: Vec<Variant> = match (&a.optimizers, &a.methods) {
-        (Some(list), None) => {
-            list.split(',').map(|s| s.parse::<OptimKind>().map(Variant::Optimizer).map_err(|e| format!("--optimizers: {e}"))).collect::<Result<_, _>>()?
-        }
-        (None, Some(list)) => list.split(',').map(method_variant).collect::<Result<_, _>>()?,
+    // `name` or `name@lr`, read as the train widget's sweeps read them.
+    let variants: Vec<(Variant, Option<f64>)> = match (&a.optimizers, &a.methods) {
+        (Some(list), None) => SweepItem::list(list)
+            .map_err(|e| format!("--optimizers: {e}"))?
+            .into_iter()
+            .map(|item| {
+                let kind = item.value.parse::<OptimKind>().map_err(|e| format!("--optimizers: {e}"))?;
+                Ok((Variant::Optimizer(kind), sweep::run_lr(&item, a.train.lr, Some(kind))))
+            })
+            .collect::<Result<_, String>>()?,
+        (None, Some(list)) => SweepItem::list(list)
+            .map_err(|e| format!("--methods: {e}"))?
+            .into_iter()
+            .map(|item| (Variant::Method(item.value.to_string()), sweep::run_lr(&item, a.train.lr, None)))
+            .collect(),
         _ => return Err("name what to compare: --optimizers adamw,adafactor,… or --methods full,lora,…".into()),
     };
     if variants.is_empty() {
@@ -75,41 +71,31 @@ pub fn compare_cmd(a: CompareArgs, device: &Device) -> Result<(), String> {
     // Read once; every run starts from a clone (module clones share the unchanged weights).
     let loaded = model_dir::load(&a.model, &ad)?;
     let mut rows = Vec::new();
-    for variant in variants {
+    for (variant, lr) in variants {
         let mut args = a.train.clone();
         let mut method_args = a.method.clone();
+        args.lr = lr;
         match &variant {
-            Variant::Optimizer(kind) => {
-                args.optimizer = kind.name().to_string();
-                if args.lr.is_none() {
-                    args.lr = Some(kind.suggested_lr());
-                }
-            }
-            Variant::Method(name, lr) => {
-                method_args.method = name.clone();
-                if let Some(lr) = lr {
-                    args.lr = Some(*lr);
-                }
-            }
+            Variant::Optimizer(kind) => args.optimizer = kind.name().to_string(),
+            Variant::Method(name) => method_args.method = name.clone(),
         }
-        let method = train::method(&method_args, Some(&loaded.tokenizer)).map_err(|e| e.replace("--method", "--methods"))?;
-        let config = train::resolve(&args, method, DataSource::Task(Task::StoryQa), 3e-4, loaded.config.n_positions)?;
+        let method = method_args.to_method(Some(&loaded.tokenizer)).map_err(|e| e.replace("--method", "--methods"))?;
+        let mut config = train::resolve(&args, method, DataSource::Task(Task::StoryQa), 3e-4, loaded.config.n_positions)?;
+        // One held-out evaluation, after the last step: the table compares end points.
+        config.eval_every = 0;
         let kind = config.optimizer.kind;
         let model = config.method.apply(loaded.model.clone(), config.seed, &ad).map_err(train::flag_error)?;
-        let mut trainer = train::trainer(model, &loaded.tokenizer, config, &ad)?;
-        let trainable: usize = named_params(&trainer.model).iter().filter(|p| p.trainable).map(|p| p.numel).sum();
-        let method = trainer.config.method.name().to_string();
-        eprintln!("{method} with {kind}: {} steps at lr {:e}, {trainable} trainable parameters", trainer.config.steps, trainer.config.lr);
+        let trainer = train::trainer(model, &loaded.tokenizer, config, &ad)?;
+        let mut run = Run::new(trainer, loaded.tokenizer.clone());
         let before = current();
         reset_peak();
-        let mut losses = Vec::new();
-        while trainer.step < trainer.config.steps {
-            let e = trainer.step().map_err(|e| format!("{method} with {kind}: {e}"))?;
-            losses.push((e.step as f64, e.loss as f64));
-        }
-        let time_s = trainer.elapsed();
+        let mut host = Losses { label: String::new(), trainable: 0, losses: Vec::new(), time_s: 0.0 };
+        run.drive(&mut host).map_err(|e| format!("{}: {e}", host.label))?;
+        let eval_loss = run.last_eval().expect("a finished run is evaluated after its last step");
+        let Losses { trainable, losses, time_s, .. } = host;
+        let trainer = run.trainer;
+        let method = trainer.config.method.name().to_string();
         let peak_bytes = measure.then(|| peak().saturating_sub(before));
-        let eval_loss = trainer.eval_loss().map_err(|e| e.to_string())?;
         let tail = (losses.len() / 10).max(1);
         let train_loss = (losses[losses.len() - tail..].iter().map(|p| p.1).sum::<f64>() / tail as f64) as f32;
         let state_bytes = trainer.optim.state_bytes();
@@ -170,4 +156,34 @@ pub fn compare_cmd(a: CompareArgs, device: &Device) -> Result<(), String> {
     write_atomic(&a.train.out.join("compare.json"), serde_json::to_string_pretty(&rows).expect("rows serialise").as_bytes())?;
     eprintln!("wrote {} and compare.json", a.train.out.join("compare.svg").display());
     Ok(())
+}
+
+/// One compared run's side of the loop: its label for errors, its trainable count and its
+/// losses.
+struct Losses {
+    label: String,
+    trainable: usize,
+    losses: Vec<(f64, f64)>,
+    /// Training seconds at the last step (the final evaluation not counted).
+    time_s: f64,
+}
+
+impl RunHost for Losses {
+    type Error = String;
+
+    fn event(&mut self, trainer: &Trainer, event: &TrainEvent) -> Result<(), String> {
+        match event {
+            TrainEvent::Start(s) => {
+                self.label = format!("{} with {}", s.method, trainer.config.optimizer.kind);
+                self.trainable = s.trainable;
+                eprintln!("{}: {} steps at lr {:e}, {} trainable parameters", self.label, s.steps, trainer.config.lr, s.trainable);
+            }
+            TrainEvent::Step(e) => {
+                self.losses.push((e.step as f64, e.loss as f64));
+                self.time_s = e.elapsed_s;
+            }
+            TrainEvent::Eval(_) | TrainEvent::Nearest(_) => {}
+        }
+        Ok(())
+    }
 }

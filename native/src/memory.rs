@@ -5,10 +5,11 @@ use burn::tensor::Device;
 use serde_json::json;
 use tinytune::ModelConfig;
 use tinytune::memory::arch::Arch;
+use tinytune::memory::estimate::PlanSizes;
 use tinytune::memory::estimate::{DEFAULT_GPU_OVERHEAD, Estimate};
 use tinytune::memory::measure::{measure_step, synthetic_batch};
 use tinytune::memory::{GPUS, Offload, OptimizerKind, Plan, PlanMethod, Precision, deepspeed, human};
-use tinytune::methods::{LoraConfig, Method};
+use tinytune::methods::{AdapterConfig, LoraConfig, Method, MethodKind, MethodOptions};
 
 use crate::cli::{MemoryArgs, TrainArgs};
 use crate::fsutil::read_text;
@@ -36,23 +37,16 @@ fn arch(model: &str) -> Result<Arch, String> {
 
 pub fn plan(a: &MemoryArgs) -> Result<Plan, String> {
     let arch = arch(&a.model)?;
-    let targets = match &a.targets {
-        Some(t) => t.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
-        None => arch.default_lora_targets(),
+    let kind: MethodKind = a.method.parse().map_err(|e| format!("--method: {e}"))?;
+    let sizes = PlanSizes {
+        rank: a.rank,
+        targets: a.targets.as_ref().map(|t| t.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()),
+        layers: a.layers,
+        bottleneck: a.bottleneck,
+        tokens: a.prompt_tokens,
+        encoder: a.encoder_hidden,
     };
-    let method = match a.method.as_str() {
-        "full" => PlanMethod::Full,
-        "last-layers" => PlanMethod::LastLayers { n: a.layers },
-        "bitfit" => PlanMethod::Bitfit,
-        "layernorm" => PlanMethod::Layernorm,
-        "lora" => PlanMethod::Lora { rank: a.rank, targets },
-        "qlora" => PlanMethod::Qlora { rank: a.rank, targets },
-        "adapter" => PlanMethod::Adapter { bottleneck: a.bottleneck, per_block: 2 },
-        "prompt" => PlanMethod::Prompt { tokens: a.prompt_tokens, encoder: 0 },
-        "prefix" => PlanMethod::Prefix { tokens: a.prompt_tokens, encoder: 0 },
-        "ia3" => PlanMethod::Ia3 { targets: arch.default_ia3_targets().0, feedforward: arch.default_ia3_targets().1 },
-        other => return Err(format!("--method: '{other}' is not one of full, last-layers, bitfit, layernorm, lora, qlora, adapter, prompt, prefix, ia3")),
-    };
+    let method = PlanMethod::of_kind(kind, &arch, &sizes);
     if !(a.overhead_gib.is_finite() && a.overhead_gib >= 0.0) {
         return Err(format!("--overhead-gib: {} is not a size; give GiB as a number ≥ 0", a.overhead_gib));
     }
@@ -82,7 +76,10 @@ pub fn plan(a: &MemoryArgs) -> Result<Plan, String> {
 pub fn memory_cmd(a: MemoryArgs, device: &Device) -> Result<(), String> {
     let plan = plan(&a)?;
     let est = plan.estimate();
-    let measured = if a.measure { Some(measure(&plan, device)?) } else { None };
+    let measured = match a.measure {
+        true => Some(measure(&plan, a.method.parse().map_err(|e| format!("--method: {e}"))?, &a, device)?),
+        false => None,
+    };
     if a.json {
         let mut out = json!({ "plan": plan, "estimate": est, "deepspeed": deepspeed_rows(&plan) });
         if let Some((m, tiny)) = &measured {
@@ -202,7 +199,7 @@ fn deepspeed_rows(plan: &Plan) -> Option<Vec<(&'static str, deepspeed::ModelStat
 
 /// Measures one real step of the plan's model shape (tinytune models only: GPT-2 layout,
 /// small enough for the CPU) and estimates the same step with tinytune's accounting.
-fn measure(plan: &Plan, device: &Device) -> Result<(tinytune::memory::StepMemory, Estimate), String> {
+fn measure(plan: &Plan, kind: MethodKind, args: &MemoryArgs, device: &Device) -> Result<(tinytune::memory::StepMemory, Estimate), String> {
     let a = &plan.arch;
     if a.family != tinytune::memory::Family::Gpt2 || a.num_params() > 50_000_000 {
         return Err(format!(
@@ -213,16 +210,21 @@ fn measure(plan: &Plan, device: &Device) -> Result<(tinytune::memory::StepMemory
     if !crate::backend::on_cpu() {
         return Err("--measure counts CPU allocations; use --backend flex or ndarray".into());
     }
-    let method = match &plan.method {
-        PlanMethod::Full => Method::Full,
-        PlanMethod::LastLayers { n } => Method::LastLayers { n: *n as usize },
-        PlanMethod::Bitfit => Method::Bitfit,
-        PlanMethod::Layernorm => Method::Layernorm,
-        PlanMethod::Lora { rank, targets } => {
-            Method::Lora(LoraConfig { r: *rank as usize, lora_alpha: 2.0 * *rank as f64, target_modules: targets.clone(), ..LoraConfig::default() })
-        }
-        _ => return Err("--measure trains with the methods tinytune implements so far: full, last-layers, bitfit, layernorm and lora".into()),
+    // The flags' method as tinytune trains it (LoRA's alpha at twice the rank).
+    let targets = match &plan.method {
+        PlanMethod::Lora { targets, .. } | PlanMethod::Qlora { targets, .. } => targets.clone(),
+        _ => LoraConfig::default().target_modules,
     };
+    let d = MethodOptions::default();
+    let options = MethodOptions {
+        lora: LoraConfig { r: args.rank as usize, lora_alpha: 2.0 * args.rank as f64, target_modules: targets, ..LoraConfig::default() },
+        last_n: args.layers as usize,
+        adapter: AdapterConfig { size: args.bottleneck as usize, ..d.adapter.clone() },
+        virtual_tokens: args.prompt_tokens as usize,
+        encoder_hidden: args.encoder_hidden as usize,
+        ..d
+    };
+    let method = Method::of_kind(kind, &options);
     if plan.optimizer != OptimizerKind::Adamw
         || plan.precision != Precision::Fp32
         || plan.zero != 0

@@ -5,17 +5,16 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
 
-use burn::module::Module;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use tinytune::checkpoint::{TrainerState, files, load_optimizer, save_model, save_optimizer};
 use tinytune::data::{CHARSET, Split};
-use tinytune::methods::{AdapterConfig, Ia3Config, LoraConfig, Method, MethodOptions, PromptInit};
+use tinytune::methods::Method;
 use tinytune::optim::{OptimConfig, OptimKind, Warmup};
-use tinytune::train::{DataSource, EvalEvent, LossScale, Precision, TrainConfig, TrainEvent, Trainer};
+use tinytune::train::{Control, DataSource, LossScale, Outcome, Precision, Run, RunHost, TrainConfig, TrainEvent, Trainer};
 use tinytune::{Gpt, ModelConfig, TextTokenizer};
 
-use crate::cli::{FinetuneArgs, MethodArgs, PretrainArgs, TrainArgs};
+use crate::cli::{FinetuneArgs, PretrainArgs, TrainArgs};
 use crate::fsutil::{CheckpointDirs, read, read_text, write_atomic};
 use crate::{model_dir, plot};
 
@@ -66,6 +65,7 @@ pub fn resolve(args: &TrainArgs, method: Method, default_data: DataSource, defau
         prompt_loss_weight: args.prompt_loss_weight,
         precision,
         loss_scale,
+        objective: tinytune::train::Objective::NextToken,
         method,
         data_file,
     };
@@ -172,54 +172,15 @@ pub fn finetune(args: FinetuneArgs, device: &Device) -> Result<(), String> {
     }
     refuse_to_overwrite(&args.train.out)?;
     let loaded = model_dir::load(&args.model, &ad)?;
-    let train =
-        resolve(&args.train, method(&args.method, Some(&loaded.tokenizer))?, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, loaded.config.n_positions)?;
+    let train = resolve(
+        &args.train,
+        args.method.to_method(Some(&loaded.tokenizer))?,
+        DataSource::Task(tinytune::data::Task::StoryQa),
+        3e-4,
+        loaded.config.n_positions,
+    )?;
     let model = train.method.apply(loaded.model, train.seed, &ad).map_err(flag_error)?;
     run(trainer(model, &loaded.tokenizer, train, &ad)?, &loaded.tokenizer, &args.train)
-}
-
-/// The fine-tuning method the flags describe. `tokenizer` turns `--prompt-text` into ids
-/// (None where no model is loaded yet; then a text init is refused).
-pub fn method(a: &MethodArgs, tokenizer: Option<&TextTokenizer>) -> Result<Method, String> {
-    let lora = LoraConfig {
-        r: a.rank,
-        lora_alpha: a.alpha,
-        lora_dropout: a.lora_dropout,
-        target_modules: LoraConfig::target_list(&a.targets),
-        use_rslora: a.rslora,
-        bias: a.lora_bias.parse().map_err(|e| format!("--lora-bias: {e}"))?,
-        init: a.lora_init.parse().map_err(|e| format!("--lora-init: {e}"))?,
-        use_dora: a.dora,
-    };
-    let prompt_init: PromptInit = a.prompt_init.parse().map_err(|e| format!("--prompt-init: {e}"))?;
-    let prompt_ids = match (prompt_init, tokenizer) {
-        (PromptInit::Text, _) if a.prompt_text.is_empty() => {
-            return Err("--prompt-text: --prompt-init text needs a text, e.g. --prompt-text \"Classify the sentiment:\"".into());
-        }
-        (PromptInit::Text, Some(tok)) => tok.encode(&a.prompt_text).map_err(|e| format!("--prompt-text: {e}"))?,
-        (PromptInit::Text, None) => return Err("--prompt-init: text needs the model's tokenizer, which this command does not load; use random or vocab".into()),
-        _ => Vec::new(),
-    };
-    let options = MethodOptions {
-        lora,
-        qlora_block: a.qlora_block,
-        double_quant: !a.no_double_quant,
-        last_n: a.last_n,
-        adapter: AdapterConfig {
-            kind: a.adapter.parse().map_err(|e| format!("--adapter: {e}"))?,
-            size: a.bottleneck,
-            activation: a.adapter_activation.parse().map_err(|e| format!("--adapter-activation: {e}"))?,
-            scaling: a.adapter_scaling,
-        },
-        virtual_tokens: a.virtual_tokens,
-        prompt_init,
-        prompt_text: a.prompt_text.clone(),
-        prompt_ids,
-        encoder_hidden: a.encoder_hidden,
-        prefix_projection: a.prefix_projection,
-        ia3: Ia3Config { target_modules: LoraConfig::target_list(&a.ia3_targets), feedforward_modules: LoraConfig::target_list(&a.ia3_feedforward) },
-    };
-    Method::named(&a.method, &options).map_err(|e| format!("--method: {e}"))
 }
 
 fn refuse_to_overwrite(out: &Path) -> Result<(), String> {
@@ -284,107 +245,107 @@ fn save(trainer: &Trainer, tokenizer: &TextTokenizer, out: &Path, eval_loss: Opt
     ])
 }
 
-fn run(mut trainer: Trainer, tokenizer: &TextTokenizer, args: &TrainArgs) -> Result<(), String> {
+fn run(trainer: Trainer, tokenizer: &TextTokenizer, args: &TrainArgs) -> Result<(), String> {
     crate::memory::check_fits(trainer.model.config(), &trainer.config, args)?;
     let out = &args.out;
     std::fs::create_dir_all(out).map_err(|e| format!("{}: cannot create run folder: {e}", out.display()))?;
     let metrics_path = out.join("metrics.jsonl");
-    let mut metrics = OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(|e| format!("{}: {e}", metrics_path.display()))?;
-    let mut log = |event: &TrainEvent| -> Result<(), String> {
-        writeln!(metrics, "{}", serde_json::to_string(event).expect("events serialise")).map_err(|e| format!("{}: {e}", metrics_path.display()))
-    };
-
-    let total = trainer.config.steps;
-    let params = trainer.model.config().num_params();
-    if trainer.config.method != Method::Full {
-        eprintln!("{}", tinytune::methods::MethodSummary::of(&trainer.config.method, &trainer.model).line());
-    }
-    let o = &trainer.config.optimizer;
-    let mut technique = format!("optimizer {}", o.kind);
-    if o.kind == tinytune::optim::OptimKind::Sgd && o.momentum > 0.0 {
-        technique += &format!(" (momentum {})", o.momentum);
-    }
-    if trainer.optim.page {
-        technique += ", state paged to host memory between steps";
-    } else if o.kind.paged() {
-        technique += " (on the CPU state already lives in host memory: nothing to page)";
-    }
-    if trainer.config.accumulate > 1 {
-        technique += &format!(", {} micro-batches of {} rows per update", trainer.config.accumulate, trainer.config.batch_size / trainer.config.accumulate);
-    }
-    if trainer.config.checkpointing {
-        technique += ", gradient checkpointing";
-    }
-    eprintln!("{technique}");
-    eprintln!(
-        "training {:.2} M parameters on {} ({} train / {} held-out), {} steps of {}×{} tokens",
-        params as f64 / 1e6,
-        trainer.config.data,
-        trainer.config.train_examples,
-        trainer.config.eval_examples,
-        total,
-        trainer.config.batch_size,
-        trainer.config.seq_len
-    );
-    let bar = ProgressBar::new(total as u64);
+    let metrics = OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(|e| format!("{}: {e}", metrics_path.display()))?;
+    let bar = ProgressBar::new(trainer.config.steps as u64);
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]").expect("valid template"));
     bar.set_position(trainer.step as u64);
-
-    let mut last_eval = None;
-    let mut steps_here = 0;
     crate::interrupt::install();
-    while trainer.step < total {
-        let event = match trainer.step() {
-            Ok(e) => e,
-            Err(e) => {
-                bar.abandon();
-                write_plot(out)?;
-                return Err(e.to_string());
-            }
-        };
-        log(&TrainEvent::Step(event.clone()))?;
-        bar.set_position(event.step as u64);
-        bar.set_message(format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", event.loss, event.lr, event.tokens_per_s));
-        let every = |n: usize| n > 0 && event.step % n == 0;
-        if every(trainer.config.eval_every) || event.step == total {
-            let eval_loss = trainer.eval_loss().map_err(|e| e.to_string())?;
-            bar.println(format!("step {:>6}  train loss {:.4}  held-out loss {:.4}", event.step, event.loss, eval_loss));
-            log(&TrainEvent::Eval(EvalEvent { step: event.step, eval_loss }))?;
-            last_eval = Some(eval_loss);
+    let mut host = CliHost { tokenizer, args, metrics, metrics_path, bar, steps_here: 0, last_loss: f32::NAN };
+    let mut run = Run::new(trainer, tokenizer.clone());
+    let outcome = run.drive(&mut host);
+    let (trainer, bar) = (&run.trainer, &host.bar);
+    match outcome {
+        Err(e) => {
+            bar.abandon();
+            write_plot(out)?;
+            Err(e)
         }
-        if every(trainer.config.checkpoint_every) || event.step == total {
-            save(&trainer, tokenizer, out, last_eval)?;
+        Ok(Outcome::Finished) => {
+            bar.finish();
+            write_plot(out)?;
+            eprintln!("saved {} (model, tokenizer, optimizer state), metrics.jsonl and loss.svg", out.join("checkpoint").display());
+            Ok(())
         }
-        steps_here += 1;
-        if crate::interrupt::requested() && event.step < total {
-            save(&trainer, tokenizer, out, last_eval)?;
+        Ok(_) if crate::interrupt::requested() => {
+            save(trainer, tokenizer, out, run.last_eval())?;
             write_plot(out)?;
             bar.abandon();
-            return Err(format!(
-                "interrupted after step {}/{total}; saved a checkpoint in {} — continue with `--out {} --resume`",
-                event.step,
+            Err(format!(
+                "interrupted after step {}/{}; saved a checkpoint in {} — continue with `--out {} --resume`",
+                trainer.step,
+                trainer.config.steps,
                 out.join("checkpoint").display(),
                 out.display()
-            ));
+            ))
         }
-        if args.stop_after.is_some_and(|n| steps_here >= n) {
-            save(&trainer, tokenizer, out, last_eval)?;
+        Ok(_) => {
+            save(trainer, tokenizer, out, run.last_eval())?;
             bar.abandon_with_message("stopped early (--stop-after); continue with --resume");
-            return Ok(());
+            Ok(())
         }
     }
-    bar.finish();
-    write_plot(out)?;
-    if let Some(sims) = tinytune::methods::prompt::token_similarity(&trainer.model.valid()) {
-        // A soft prompt: which real tokens each learned vector is nearest.
-        let sims = sims.into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
-        for (i, row) in tinytune::methods::prompt::nearest(&sims, trainer.model.config().vocab_size, 3).into_iter().enumerate() {
-            let near: Vec<String> = row.into_iter().map(|(id, c)| format!("{:?} ({c:.2})", tokenizer.decode(&[id]))).collect();
-            eprintln!("virtual token {i}: nearest {}", near.join(", "));
-        }
+}
+
+/// The command line's side of a run: a progress bar, `metrics.jsonl`, checkpoints, and
+/// Ctrl-C or `--stop-after` as a stop.
+struct CliHost<'a> {
+    tokenizer: &'a TextTokenizer,
+    args: &'a TrainArgs,
+    metrics: std::fs::File,
+    metrics_path: std::path::PathBuf,
+    bar: ProgressBar,
+    steps_here: usize,
+    last_loss: f32,
+}
+
+impl RunHost for CliHost<'_> {
+    type Error = String;
+
+    fn control(&mut self) -> Control {
+        let stop_after = self.args.stop_after.is_some_and(|n| self.steps_here >= n);
+        if crate::interrupt::requested() || stop_after { Control::Stop } else { Control::Run }
     }
-    eprintln!("saved {} (model, tokenizer, optimizer state), metrics.jsonl and loss.svg", out.join("checkpoint").display());
-    Ok(())
+
+    fn event(&mut self, _: &Trainer, event: &TrainEvent) -> Result<(), String> {
+        match event {
+            TrainEvent::Start(s) => {
+                if !s.summary.is_empty() {
+                    self.bar.suspend(|| eprintln!("{}", s.summary));
+                }
+                self.bar.suspend(|| {
+                    eprintln!("{}", s.technique);
+                    eprintln!("training {:.2} M parameters on {}, {} steps of {}×{} tokens", s.total as f64 / 1e6, s.data, s.steps, s.batch_size, s.seq_len);
+                });
+            }
+            TrainEvent::Step(e) => {
+                self.bar.set_position(e.step as u64);
+                self.bar.set_message(format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", e.loss, e.lr, e.tokens_per_s));
+                self.steps_here += 1;
+                self.last_loss = e.loss;
+            }
+            TrainEvent::Eval(e) => self.bar.println(format!("step {:>6}  train loss {:.4}  held-out loss {:.4}", e.step, self.last_loss, e.eval_loss)),
+            TrainEvent::Nearest(n) => {
+                for (i, row) in n.tokens.iter().enumerate() {
+                    let near: Vec<String> = row.iter().map(|(t, c)| format!("{t:?} ({c:.2})")).collect();
+                    eprintln!("virtual token {i}: nearest {}", near.join(", "));
+                }
+            }
+        }
+        writeln!(self.metrics, "{}", serde_json::to_string(event).expect("events serialise")).map_err(|e| format!("{}: {e}", self.metrics_path.display()))
+    }
+
+    fn after_step(&mut self, trainer: &Trainer, last_eval: Option<f32>) -> Result<(), String> {
+        let (step, every) = (trainer.step, trainer.config.checkpoint_every);
+        if (every > 0 && step % every == 0) || step == trainer.config.steps {
+            save(trainer, self.tokenizer, &self.args.out, last_eval)?;
+        }
+        Ok(())
+    }
 }
 
 /// Draws `loss.svg` from `metrics.jsonl`.
@@ -395,7 +356,7 @@ pub fn write_plot(out: &Path) -> Result<(), String> {
         match serde_json::from_str::<TrainEvent>(line) {
             Ok(TrainEvent::Step(s)) => train.push((s.step as f64, s.loss as f64)),
             Ok(TrainEvent::Eval(e)) => eval.push((e.step as f64, e.eval_loss as f64)),
-            Err(_) => {}
+            Ok(_) | Err(_) => {}
         }
     }
     let svg = plot::svg(
@@ -419,6 +380,7 @@ mod tests {
 
     use super::resolve;
     use crate::cli::{Cli, Command};
+    use tinytune::methods::MethodKind;
     use tinytune::train::Precision;
 
     /// The browser's "Run this at scale" command, parsed by this CLI, trains with exactly
@@ -443,10 +405,10 @@ mod tests {
             TrainParams { precision: Precision::Fp16, loss_scale: "dynamic".into(), ..TrainParams::default() },
             TrainParams { precision: Precision::Fp16, loss_scale: "none".into(), ..TrainParams::default() },
             TrainParams { precision: Precision::Bf16, loss_scale: "none".into(), ..TrainParams::default() },
-            TrainParams { method: "lora".into(), rank: 4, alpha: 8.0, targets: "c_attn,mlp.c_proj".into(), ..TrainParams::default() },
-            TrainParams { method: "qlora".into(), ..TrainParams::default() },
+            TrainParams { method: MethodKind::Lora, rank: 4, alpha: 8.0, targets: "c_attn,mlp.c_proj".into(), ..TrainParams::default() },
+            TrainParams { method: MethodKind::Qlora, ..TrainParams::default() },
             // Pre-training a fresh model is always full: the method does not apply.
-            TrainParams { model: ModelChoice::Nano, task: DataSource::Stories, method: "lora".into(), ..TrainParams::default() },
+            TrainParams { model: ModelChoice::Nano, task: DataSource::Stories, method: MethodKind::Lora, ..TrainParams::default() },
             TrainParams {
                 optimizer: "adafactor".into(),
                 schedule: "linear".into(),
@@ -457,9 +419,9 @@ mod tests {
             },
             TrainParams { optimizer: "adamw8bit".into(), schedule: "constant".into(), warmup: "25%".into(), ..TrainParams::default() },
             TrainParams { optimizer: "mezo".into(), ..TrainParams::default() },
-            TrainParams { method: "last-layers".into(), last_n: 2, ..TrainParams::default() },
-            TrainParams { method: "bitfit".into(), ..TrainParams::default() },
-            TrainParams { method: "layernorm".into(), ..TrainParams::default() },
+            TrainParams { method: MethodKind::LastLayers, last_n: 2, ..TrainParams::default() },
+            TrainParams { method: MethodKind::Bitfit, ..TrainParams::default() },
+            TrainParams { method: MethodKind::Layernorm, ..TrainParams::default() },
             TrainParams { optimizer: "lion".into(), warmup: "0.05".into(), ..TrainParams::default() },
         ];
         for params in cases {
@@ -470,7 +432,8 @@ mod tests {
                 Command::Finetune(a) => {
                     assert_eq!(params.model, ModelChoice::Micro);
                     assert_eq!(a.model.to_str(), Some(tinytune_web::run::MICRO_DIR));
-                    super::method(&a.method, None)
+                    a.method
+                        .to_method(None)
                         .and_then(|m| resolve(&a.train, m, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, ModelConfig::micro().n_positions))
                 }
                 Command::Pretrain(a) => {
@@ -490,10 +453,10 @@ mod tests {
     #[test]
     fn the_widgets_live_trainable_count_is_the_adapted_models() {
         let device = burn::tensor::Device::flex().autodiff();
-        for method in tinytune::methods::Method::NAMES {
-            let p = TrainParams { method: method.into(), last_n: 2, rank: 4, targets: "c_attn,mlp.c_fc".into(), ..TrainParams::default() };
+        for method in tinytune::methods::MethodKind::ALL {
+            let p = TrainParams { method, last_n: 2, rank: 4, targets: "c_attn,mlp.c_fc".into(), ..TrainParams::default() };
             let model = p.method().apply(tinytune::Gpt::init(&ModelConfig::micro(), 0, &device), 0, &device).unwrap();
-            let real: usize = tinytune::model::named_params(&model).iter().filter(|q| q.trainable).map(|q| q.numel).sum();
+            let real = tinytune::model::trainable_count(&model);
             assert_eq!(p.trainable(), (real as u64, 875_264), "{method}");
         }
     }

@@ -15,13 +15,67 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The part of a source file before its `#[cfg(test)]` module (tests may use a backend).
+/// A source file without its `#[cfg(test)]` items (tests may use a backend), wherever they
+/// sit: code after a mid-file test module is still checked.
 fn non_test_source(p: &Path) -> String {
-    let text = std::fs::read_to_string(p).unwrap();
-    match text.find("#[cfg(test)]") {
-        Some(i) => text[..i].to_string(),
-        None => text,
+    strip_test_items(&std::fs::read_to_string(p).unwrap())
+}
+
+/// Removes every item marked `#[cfg(test)]`: up to its `;`, or its whole `{ … }` block,
+/// braces counted outside string and character literals and comments.
+fn strip_test_items(text: &str) -> String {
+    const MARK: &str = "#[cfg(test)]";
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(MARK) {
+        out.push_str(&rest[..i]);
+        rest = &rest[i + MARK.len()..];
+        rest = &rest[item_end(rest)..];
     }
+    out.push_str(rest);
+    out
+}
+
+/// The byte length of the item at the start of `s` (through its `;` or closing brace).
+fn item_end(s: &str) -> usize {
+    let b = s.as_bytes();
+    let (mut depth, mut i) = (0usize, 0usize);
+    while i < b.len() {
+        match b[i] {
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'\'' if b.get(i + 2) == Some(&b'\'') => i += 2,
+            b';' if depth == 0 => return i + 1,
+            b'{' => depth += 1,
+            b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    b.len()
+}
+
+#[test]
+fn the_purity_check_sees_code_after_a_test_module() {
+    let src =
+        "use a;\n#[cfg(test)]\nmod tests {\n    fn f() { let s = \"}\"; let c = '{'; } // }\n}\npub struct Block;\n#[cfg(test)]\nuse std::fs;\nfn g() {}\n";
+    let kept = strip_test_items(src);
+    assert!(kept.contains("pub struct Block;") && kept.contains("fn g() {}"), "{kept}");
+    assert!(!kept.contains("fn f()") && !kept.contains("std::fs"), "{kept}");
 }
 
 #[test]

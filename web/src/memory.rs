@@ -4,8 +4,9 @@
 use serde::{Deserialize, Serialize};
 use tinytune::ModelConfig;
 use tinytune::memory::arch::{ARCH_PRESETS, Arch};
+use tinytune::memory::estimate::PlanSizes;
 use tinytune::memory::{Estimate, Offload, OptimizerKind, Plan, PlanMethod, Precision, StepMemory};
-use tinytune::methods::{LoraConfig, Method};
+use tinytune::methods::{LoraConfig, Method, MethodKind};
 
 /// The methods the calculator offers, as lessons and links spell them.
 pub const METHODS: [&str; 8] = ["full", "lora", "qlora", "adapter", "prompt", "last-layers", "bitfit", "layernorm"];
@@ -79,18 +80,13 @@ impl MemoryParams {
         } else {
             Arch::preset(&self.model).map_err(|e| e.to_string())?
         };
-        let targets = arch.default_lora_targets();
-        let method = match self.method.as_str() {
-            "full" => PlanMethod::Full,
-            "lora" => PlanMethod::Lora { rank: self.rank, targets },
-            "qlora" => PlanMethod::Qlora { rank: self.rank, targets },
-            "adapter" => PlanMethod::Adapter { bottleneck: 64, per_block: 2 },
-            "prompt" => PlanMethod::Prompt { tokens: 20, encoder: 0 },
-            "last-layers" => PlanMethod::LastLayers { n: 2.min(arch.layers) },
-            "bitfit" => PlanMethod::Bitfit,
-            "layernorm" => PlanMethod::Layernorm,
-            other => return Err(format!("method {other:?}: choose {}", METHODS.join(", "))),
-        };
+        if !METHODS.contains(&self.method.as_str()) {
+            return Err(format!("method {:?}: choose {}", self.method, METHODS.join(", ")));
+        }
+        let kind: MethodKind = self.method.parse()?;
+        // The widget's fixed sizes (the CLI's defaults), the family's PEFT targets.
+        let sizes = PlanSizes { rank: self.rank, targets: None, layers: 2.min(arch.layers), bottleneck: 64, tokens: 20, encoder: 64 };
+        let method = PlanMethod::of_kind(kind, &arch, &sizes);
         if arch.positions > 0 && self.seq > arch.positions {
             return Err(format!("seq {} is longer than {}'s {} positions", self.seq, arch.name, arch.positions));
         }

@@ -4,7 +4,7 @@
 //! resumed or cancelled between steps.
 
 use serde::{Deserialize, Serialize};
-use tinytune::train::StepEvent;
+use tinytune::train::TrainEvent;
 
 use crate::memory::{TimelineParams, TimelineResult};
 use crate::optimizers::OptimizerStateParams;
@@ -41,34 +41,11 @@ pub enum ToWorker {
     Cancel {
         run: u32,
     },
-    Generate {
+    /// A widget's one-shot request, answered by `FromWorker::Reply` with the same id (or
+    /// `FromWorker::Error`).
+    Request {
         id: u32,
-        params: GenerateParams,
-    },
-    /// Measure one training step of the micro model on the CPU.
-    MeasureMemory {
-        id: u32,
-        params: TimelineParams,
-    },
-    /// Quantize the micro model's linear weights, evaluate and sample.
-    Quantize {
-        id: u32,
-        params: QuantizeParams,
-    },
-    /// One batch's gradients of the micro model in FP16/BF16, unscaled and scaled, vs FP32.
-    LossScaling {
-        id: u32,
-        params: LossScalingParams,
-    },
-    /// One step of every optimizer on micro's gradients: state sizes, Adafactor, 8-bit.
-    OptimizerState {
-        id: u32,
-        params: OptimizerStateParams,
-    },
-    /// Fully fine-tune micro (or reuse the last such run) and measure one matrix's update.
-    LoraRank {
-        id: u32,
-        params: crate::rank::RankParams,
+        req: Request,
     },
     /// Makes the worker panic: how the end-to-end tests check that the page notices a
     /// crashed worker and recovers.
@@ -133,14 +110,11 @@ pub enum FromWorker {
         state: RunState,
         message: String,
     },
-    Step {
+    /// An event of a training run, exactly as the core's run driver produced it (start,
+    /// step, held-out evaluation, a soft prompt's nearest tokens), forwarded unchanged.
+    Run {
         run: u32,
-        event: StepEvent,
-    },
-    Eval {
-        run: u32,
-        step: usize,
-        loss: f32,
+        event: TrainEvent,
     },
     /// Before/after answers and the loss on held-out pre-training text (stories).
     Compare {
@@ -149,36 +123,10 @@ pub enum FromWorker {
         stories_before: f32,
         stories_after: f32,
     },
-    Samples {
+    /// The answer to `ToWorker::Request` number `id`.
+    Reply {
         id: u32,
-        samples: Vec<String>,
-        seconds: f64,
-    },
-    Memory {
-        id: u32,
-        result: Box<TimelineResult>,
-    },
-    Quantized {
-        id: u32,
-        result: Box<QuantizeResult>,
-    },
-    Gradients {
-        id: u32,
-        result: Box<LossScalingResult>,
-    },
-    OptimizerState {
-        id: u32,
-        result: Box<tinytune::optim::report::StateReport>,
-    },
-    LoraRank {
-        id: u32,
-        result: Box<tinytune::methods::rank::RankReport>,
-    },
-    /// A soft-prompt run's virtual tokens: the real tokens nearest each (cosine similarity
-    /// with the token embeddings), closest first.
-    Nearest {
-        run: u32,
-        tokens: Vec<Vec<(String, f32)>>,
+        reply: Reply,
     },
     /// A run's cost so far: optimizer state and (on the CPU) peak memory.
     RunStats {
@@ -191,6 +139,68 @@ pub enum FromWorker {
     },
 }
 
+/// A widget's request type and the answer it gets back: `client::ask(params, done)` sends
+/// the one and hands `done` the other, typed.
+pub trait Ask: Sized {
+    type Answer;
+    fn into_request(self) -> Request;
+    fn answer(reply: Reply) -> Option<Self::Answer>;
+}
+
+/// Declares the one-shot requests: each line is a widget's settings type, the variant its
+/// request and reply travel as, and what the worker answers. One line per widget.
+macro_rules! requests {
+    ($($(#[$doc:meta])* $name:ident($params:ty) => $answer:ty;)*) => {
+        /// Page → worker: one request of a widget.
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        pub enum Request {
+            $($(#[$doc])* $name($params),)*
+        }
+
+        /// Worker → page: the answer to a [`Request`] of the same variant.
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        pub enum Reply {
+            $($name(Box<$answer>),)*
+        }
+
+        $(impl Ask for $params {
+            type Answer = $answer;
+            fn into_request(self) -> Request {
+                Request::$name(self)
+            }
+            #[allow(unreachable_patterns)] // a single request would have nothing else to match
+            fn answer(reply: Reply) -> Option<$answer> {
+                match reply {
+                    Reply::$name(a) => Some(*a),
+                    _ => None,
+                }
+            }
+        })*
+    };
+}
+
+requests! {
+    /// Sample continuations of a prompt.
+    Generate(GenerateParams) => Samples;
+    /// Measure one training step of the micro model on the CPU.
+    MeasureMemory(TimelineParams) => TimelineResult;
+    /// Quantize the micro model's linear weights, evaluate and sample.
+    Quantize(QuantizeParams) => QuantizeResult;
+    /// One batch's gradients of the micro model in FP16/BF16, unscaled and scaled, vs FP32.
+    LossScaling(LossScalingParams) => LossScalingResult;
+    /// One step of every optimizer on micro's gradients: state sizes, Adafactor, 8-bit.
+    OptimizerState(OptimizerStateParams) => tinytune::optim::report::StateReport;
+    /// Fully fine-tune micro (or reuse the last such run) and measure one matrix's update.
+    LoraRank(crate::rank::RankParams) => tinytune::methods::rank::RankReport;
+}
+
+/// The generate widget's answer: the samples and how long they took.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Samples {
+    pub samples: Vec<String>,
+    pub seconds: f64,
+}
+
 impl ToWorker {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("messages always serialise")
@@ -201,19 +211,8 @@ impl FromWorker {
     /// The run or request a message answers (None for backend-wide messages).
     pub fn id(&self) -> Option<u32> {
         match self {
-            FromWorker::Status { run, .. }
-            | FromWorker::Step { run, .. }
-            | FromWorker::Eval { run, .. }
-            | FromWorker::Compare { run, .. }
-            | FromWorker::RunStats { run, .. }
-            | FromWorker::Nearest { run, .. } => Some(*run),
-            FromWorker::Samples { id, .. }
-            | FromWorker::Memory { id, .. }
-            | FromWorker::Quantized { id, .. }
-            | FromWorker::Gradients { id, .. }
-            | FromWorker::OptimizerState { id, .. }
-            | FromWorker::LoraRank { id, .. }
-            | FromWorker::Error { id, .. } => Some(*id),
+            FromWorker::Status { run, .. } | FromWorker::Run { run, .. } | FromWorker::Compare { run, .. } | FromWorker::RunStats { run, .. } => Some(*run),
+            FromWorker::Reply { id, .. } | FromWorker::Error { id, .. } => Some(*id),
             FromWorker::Backend(_) | FromWorker::Ready => None,
         }
     }
@@ -226,6 +225,7 @@ impl FromWorker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tinytune::train::StepEvent;
 
     #[test]
     fn messages_survive_json() {
@@ -233,21 +233,25 @@ mod tests {
             ToWorker::Init { prefer: BackendPref::Auto },
             ToWorker::Train { run: 3, params: TrainParams { steps: 7, ..Default::default() } },
             ToWorker::Cancel { run: 3 },
-            ToWorker::MeasureMemory { id: 2, params: TimelineParams::default() },
-            ToWorker::Generate { id: 1, params: GenerateParams { prompt: "a\nb".into(), ..Default::default() } },
+            ToWorker::Request { id: 2, req: TimelineParams::default().into_request() },
+            ToWorker::Request { id: 1, req: GenerateParams { prompt: "a\nb".into(), ..Default::default() }.into_request() },
         ];
         for m in to {
             assert_eq!(serde_json::from_str::<ToWorker>(&m.to_json()).unwrap(), m);
         }
+        // A reply reaches only the request type that asked for it.
+        let reply = Reply::Generate(Box::new(Samples { samples: vec!["x".into()], seconds: 0.5 }));
+        assert_eq!(GenerateParams::answer(reply.clone()).map(|s| s.seconds), Some(0.5));
+        assert_eq!(TimelineParams::answer(reply), None);
         let event =
             StepEvent { step: 1, loss: 2.5, lr: 1e-3, grad_norm: 0.5, tokens: 512, tokens_per_s: 900.0, elapsed_s: 0.6, loss_scale: 1.0, skipped: false };
-        let from = FromWorker::Step { run: 3, event: event.clone() };
+        let from = FromWorker::Run { run: 3, event: TrainEvent::Step(event.clone()) };
         assert_eq!(serde_json::from_str::<FromWorker>(&from.to_json()).unwrap(), from);
         // A step skipped by the loss scaler has an infinite gradient norm, which JSON cannot
         // carry: it travels as null and arrives as NaN, and the message still parses.
-        let skipped = FromWorker::Step { run: 3, event: StepEvent { grad_norm: f32::INFINITY, skipped: true, loss_scale: 65536.0, ..event } };
+        let skipped = FromWorker::Run { run: 3, event: TrainEvent::Step(StepEvent { grad_norm: f32::INFINITY, skipped: true, loss_scale: 65536.0, ..event }) };
         match serde_json::from_str::<FromWorker>(&skipped.to_json()).unwrap() {
-            FromWorker::Step { event, .. } => assert!(event.grad_norm.is_nan() && event.skipped),
+            FromWorker::Run { event: TrainEvent::Step(event), .. } => assert!(event.grad_norm.is_nan() && event.skipped),
             other => panic!("{other:?}"),
         }
     }

@@ -4,7 +4,7 @@
 //! configuration natively ("Run this at scale"). A test in the CLI parses that command with
 //! the CLI's own parser and checks it resolves to the same `TrainConfig`.
 
-use tinytune::methods::{AdapterConfig, LoraConfig, Method, MethodOptions};
+use tinytune::methods::{AdapterConfig, LoraConfig, Method, MethodKind, MethodOptions};
 use tinytune::optim::{Decay, OptimConfig, OptimKind, Warmup};
 use tinytune::train::{LossScale, Precision, TrainConfig};
 
@@ -55,6 +55,7 @@ impl TrainParams {
             prompt_loss_weight: 0.0,
             precision: self.precision,
             loss_scale: self.loss_scale(),
+            objective: tinytune::train::Objective::NextToken,
             method: self.method(),
             data_file: None,
         }
@@ -87,6 +88,35 @@ impl TrainParams {
         if self.precision != Precision::Fp32 && self.loss_scale == "dynamic" { LossScale::dynamic() } else { LossScale::None }
     }
 
+    /// A run's name on the chart and in the table: what sets it apart.
+    pub fn label(&self) -> String {
+        let p = self;
+        let mut label = format!("{} · {} · lr {} · {} steps", p.model.name(), p.task, p.lr, p.steps);
+        if p.model == ModelChoice::Micro {
+            match p.method {
+                MethodKind::Full => {}
+                MethodKind::Lora | MethodKind::Qlora => label += &format!(" · {} r{}", p.method, p.rank),
+                MethodKind::LastLayers => label += &format!(" · last {} layers", p.last_n),
+                MethodKind::Adapter => label += &format!(" · {} adapter {}", p.adapter, p.bottleneck),
+                MethodKind::Prompt | MethodKind::PTuning | MethodKind::Prefix => label += &format!(" · {} {}", p.method, p.tokens),
+                MethodKind::Bitfit | MethodKind::Layernorm | MethodKind::Ia3 => label += &format!(" · {}", p.method),
+            }
+        }
+        if p.precision != tinytune::train::Precision::Fp32 {
+            label += &format!(" · {} · loss scale {}", p.precision, p.loss_scale);
+        }
+        if p.optimizer != "adamw" {
+            label += &format!(" · {}", p.optimizer);
+        }
+        if p.accumulate > 1 {
+            label += &format!(" · {} micro-batches", p.accumulate);
+        }
+        if p.checkpointing {
+            label += " · checkpointing";
+        }
+        label
+    }
+
     /// The fine-tuning method (LoRA's dropout 0 and rsLoRA off, as the CLI's defaults). A
     /// fresh nano model is pre-trained, and pre-training trains every weight: always full.
     pub fn method(&self) -> Method {
@@ -112,8 +142,7 @@ impl TrainParams {
             encoder_hidden: self.encoder,
             ..defaults
         };
-        // `Widget::set` admits only the names `Method::named` knows.
-        Method::named(&self.method, &options).unwrap_or_default()
+        Method::of_kind(self.method, &options)
     }
 
     /// Trainable parameters of the run's model under its method, and the model's total, by
@@ -151,45 +180,34 @@ impl TrainParams {
             args.push(value);
         }
         if self.model == ModelChoice::Micro {
-            match self.method.as_str() {
-                "full" => {}
-                "lora" | "qlora" => args.extend([
-                    "--method".into(),
-                    self.method.clone(),
-                    "--rank".into(),
-                    self.rank.to_string(),
-                    "--alpha".into(),
-                    self.alpha.to_string(),
-                    "--targets".into(),
-                    self.targets.clone(),
-                ]),
-                "last-layers" => args.extend(["--method".into(), self.method.clone(), "--last-n".into(), self.last_n.to_string()]),
-                "adapter" => args.extend([
-                    "--method".into(),
-                    self.method.clone(),
-                    "--adapter".into(),
-                    self.adapter.clone(),
-                    "--bottleneck".into(),
-                    self.bottleneck.to_string(),
-                ]),
-                "prompt" => args.extend([
-                    "--method".into(),
-                    self.method.clone(),
-                    "--virtual-tokens".into(),
-                    self.tokens.to_string(),
-                    "--prompt-init".into(),
-                    self.prompt_init.clone(),
-                ]),
-                "p-tuning" => args.extend([
-                    "--method".into(),
-                    self.method.clone(),
-                    "--virtual-tokens".into(),
-                    self.tokens.to_string(),
-                    "--encoder-hidden".into(),
-                    self.encoder.to_string(),
-                ]),
-                "prefix" => args.extend(["--method".into(), self.method.clone(), "--virtual-tokens".into(), self.tokens.to_string()]),
-                other => args.extend(["--method".into(), other.to_string()]),
+            let method = || ["--method".to_string(), self.method.to_string()];
+            match self.method {
+                MethodKind::Full => {}
+                MethodKind::Lora | MethodKind::Qlora => {
+                    args.extend(method());
+                    args.extend(["--rank".into(), self.rank.to_string(), "--alpha".into(), self.alpha.to_string(), "--targets".into(), self.targets.clone()]);
+                }
+                MethodKind::LastLayers => {
+                    args.extend(method());
+                    args.extend(["--last-n".into(), self.last_n.to_string()]);
+                }
+                MethodKind::Adapter => {
+                    args.extend(method());
+                    args.extend(["--adapter".into(), self.adapter.clone(), "--bottleneck".into(), self.bottleneck.to_string()]);
+                }
+                MethodKind::Prompt => {
+                    args.extend(method());
+                    args.extend(["--virtual-tokens".into(), self.tokens.to_string(), "--prompt-init".into(), self.prompt_init.clone()]);
+                }
+                MethodKind::PTuning => {
+                    args.extend(method());
+                    args.extend(["--virtual-tokens".into(), self.tokens.to_string(), "--encoder-hidden".into(), self.encoder.to_string()]);
+                }
+                MethodKind::Prefix => {
+                    args.extend(method());
+                    args.extend(["--virtual-tokens".into(), self.tokens.to_string()]);
+                }
+                MethodKind::Bitfit | MethodKind::Layernorm | MethodKind::Ia3 => args.extend(method()),
             }
         }
         if self.optimizer_kind() != OptimKind::AdamW {

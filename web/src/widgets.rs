@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 use tinytune::ModelConfig;
+use tinytune::methods::MethodKind;
 use tinytune::train::{DataSource, Precision};
 
 use crate::memory::{BASES, METHODS, OFFLOADS, OPTIMIZERS, PRECISIONS};
@@ -59,10 +60,10 @@ pub struct TrainParams {
     /// "none" or "dynamic" (GradScaler's rule); used by fp16 and bf16.
     #[serde(default = "no_scaling")]
     pub loss_scale: String,
-    /// A `Method::NAMES` entry: full, last-layers, bitfit, layernorm, lora, qlora, adapter,
+    /// A `MethodKind` name: full, last-layers, bitfit, layernorm, lora, qlora, adapter,
     /// prompt, p-tuning, prefix or ia3.
-    #[serde(default = "full")]
-    pub method: String,
+    #[serde(default)]
+    pub method: MethodKind,
     /// adapter: placement (houlsby, pfeiffer or parallel) and bottleneck width.
     #[serde(default = "houlsby")]
     pub adapter: String,
@@ -171,9 +172,6 @@ fn one() -> usize {
     1
 }
 
-fn full() -> String {
-    "full".into()
-}
 fn eight() -> usize {
     8
 }
@@ -213,7 +211,7 @@ impl Default for TrainParams {
             compare: false,
             precision: Precision::Fp32,
             loss_scale: no_scaling(),
-            method: full(),
+            method: MethodKind::Full,
             adapter: houlsby(),
             bottleneck: sixteen_units(),
             tokens: eight(),
@@ -459,7 +457,7 @@ impl Widget {
                 "compare" => p.compare = boolean(value).map_err(bad)?,
                 "precision" => p.precision = value.parse::<Precision>().map_err(bad)?,
                 "loss_scale" => p.loss_scale = one_of(value, &["none", "dynamic"]).map_err(bad)?,
-                "method" => p.method = one_of(value, &tinytune::methods::Method::NAMES).map_err(bad)?,
+                "method" => p.method = value.parse::<MethodKind>().map_err(bad)?,
                 "adapter" => p.adapter = one_of(value, &["houlsby", "pfeiffer", "parallel"]).map_err(bad)?,
                 "bottleneck" => p.bottleneck = int(value, 1, 128).map_err(bad)?,
                 "tokens" => p.tokens = int(value, 1, 32).map_err(bad)?,
@@ -602,7 +600,7 @@ impl Widget {
                 ("compare", p.compare.to_string()),
                 ("precision", p.precision.to_string()),
                 ("loss_scale", p.loss_scale.clone()),
-                ("method", p.method.clone()),
+                ("method", p.method.to_string()),
                 ("adapter", p.adapter.clone()),
                 ("bottleneck", p.bottleneck.to_string()),
                 ("tokens", p.tokens.to_string()),
@@ -744,7 +742,7 @@ mod tests {
     fn sweeps_give_one_run_per_value_and_values_may_carry_a_rate() {
         let Widget::Train(p) = block("name: train\nlr: 1e-3\nsweep: method=full,lora@3e-3,prompt@3e-2").unwrap() else { panic!("a train widget") };
         let runs = p.sweep_runs().unwrap();
-        let got: Vec<(&str, f64)> = runs.iter().map(|r| (r.method.as_str(), r.lr)).collect();
+        let got: Vec<(&str, f64)> = runs.iter().map(|r| (r.method.name(), r.lr)).collect();
         assert_eq!(got, vec![("full", 1e-3), ("lora", 3e-3), ("prompt", 3e-2)]);
         assert!(runs.iter().all(|r| r.sweep.is_empty()));
         let e = block("name: train\nsweep: method=full@fast").unwrap_err();

@@ -75,6 +75,66 @@ fn houlsby_per_block() -> u64 {
     2
 }
 
+/// The sizes a method named only by its kind is estimated with: the CLI's flags, or a
+/// widget's settings. Targets left out are the ones PEFT uses for the architecture's family.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanSizes {
+    pub rank: u64,
+    pub targets: Option<Vec<String>>,
+    /// Blocks trained by last-layers.
+    pub layers: u64,
+    pub bottleneck: u64,
+    /// Virtual tokens of prompt tuning, P-tuning and prefix tuning.
+    pub tokens: u64,
+    /// P-tuning's prompt-encoder width.
+    pub encoder: u64,
+}
+
+impl PlanMethod {
+    /// The plan's method for `kind` on `arch` with `sizes`: where the CLI's `--method` and
+    /// the memory widget's method choice become a plan, matched exhaustively.
+    pub fn of_kind(kind: crate::methods::MethodKind, arch: &Arch, sizes: &PlanSizes) -> PlanMethod {
+        use crate::methods::MethodKind as K;
+        let targets = || sizes.targets.clone().unwrap_or_else(|| arch.default_lora_targets());
+        match kind {
+            K::Full => PlanMethod::Full,
+            K::LastLayers => PlanMethod::LastLayers { n: sizes.layers },
+            K::Bitfit => PlanMethod::Bitfit,
+            K::Layernorm => PlanMethod::Layernorm,
+            K::Lora => PlanMethod::Lora { rank: sizes.rank, targets: targets() },
+            K::Qlora => PlanMethod::Qlora { rank: sizes.rank, targets: targets() },
+            K::Adapter => PlanMethod::Adapter { bottleneck: sizes.bottleneck, per_block: 2 },
+            K::Prompt => PlanMethod::Prompt { tokens: sizes.tokens, encoder: 0 },
+            K::PTuning => PlanMethod::Prompt { tokens: sizes.tokens, encoder: sizes.encoder },
+            K::Prefix => PlanMethod::Prefix { tokens: sizes.tokens, encoder: 0 },
+            K::Ia3 => {
+                let (targets, feedforward) = arch.default_ia3_targets();
+                PlanMethod::Ia3 { targets, feedforward }
+            }
+        }
+    }
+}
+
+/// A tinytune method with all its settings, as the estimator counts it.
+impl From<&crate::methods::Method> for PlanMethod {
+    fn from(method: &crate::methods::Method) -> Self {
+        use crate::methods::Method;
+        match method {
+            Method::Full => PlanMethod::Full,
+            Method::LastLayers { n } => PlanMethod::LastLayers { n: *n as u64 },
+            Method::Bitfit => PlanMethod::Bitfit,
+            Method::Layernorm => PlanMethod::Layernorm,
+            Method::Lora(c) => PlanMethod::Lora { rank: c.r as u64, targets: c.target_modules.clone() },
+            // The estimator's NF4 base is QLoRA's default: blocks of 64, double quantization.
+            Method::Qlora(c) => PlanMethod::Qlora { rank: c.lora.r as u64, targets: c.lora.target_modules.clone() },
+            Method::Adapter(c) => PlanMethod::Adapter { bottleneck: c.size as u64, per_block: c.per_block() as u64 },
+            Method::Prompt(c) => PlanMethod::Prompt { tokens: c.num_virtual_tokens as u64, encoder: c.encoder_hidden_size.unwrap_or(0) as u64 },
+            Method::Prefix(c) => PlanMethod::Prefix { tokens: c.num_virtual_tokens as u64, encoder: c.encoder_hidden_size.unwrap_or(0) as u64 },
+            Method::Ia3(c) => PlanMethod::Ia3 { targets: c.target_modules.clone(), feedforward: c.feedforward_modules.clone() },
+        }
+    }
+}
+
 /// How numbers are stored and computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -246,19 +306,7 @@ impl Plan {
     /// The plan for a tinytune model trained the way `Trainer` trains it: FP32, AdamW, no
     /// framework overhead, tinytune's own activation accounting.
     pub fn for_tinytune(config: &crate::model::ModelConfig, method: &crate::methods::Method, batch: u64, seq: u64) -> Self {
-        let method = match method {
-            crate::methods::Method::Full => PlanMethod::Full,
-            crate::methods::Method::LastLayers { n } => PlanMethod::LastLayers { n: *n as u64 },
-            crate::methods::Method::Bitfit => PlanMethod::Bitfit,
-            crate::methods::Method::Layernorm => PlanMethod::Layernorm,
-            crate::methods::Method::Lora(c) => PlanMethod::Lora { rank: c.r as u64, targets: c.target_modules.clone() },
-            // The estimator's NF4 base is QLoRA's default: blocks of 64, double quantization.
-            crate::methods::Method::Qlora(c) => PlanMethod::Qlora { rank: c.lora.r as u64, targets: c.lora.target_modules.clone() },
-            crate::methods::Method::Adapter(c) => PlanMethod::Adapter { bottleneck: c.size as u64, per_block: c.per_block() as u64 },
-            crate::methods::Method::Prompt(c) => PlanMethod::Prompt { tokens: c.num_virtual_tokens as u64, encoder: c.encoder_hidden_size.unwrap_or(0) as u64 },
-            crate::methods::Method::Prefix(c) => PlanMethod::Prefix { tokens: c.num_virtual_tokens as u64, encoder: c.encoder_hidden_size.unwrap_or(0) as u64 },
-            crate::methods::Method::Ia3(c) => PlanMethod::Ia3 { targets: c.target_modules.clone(), feedforward: c.feedforward_modules.clone() },
-        };
+        let method = PlanMethod::from(method);
         Self {
             method,
             precision: Precision::Fp32,

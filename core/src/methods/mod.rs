@@ -10,9 +10,9 @@
 //! an update in and take it out again, as PEFT's `merge_adapter` and `unmerge_adapter` do.
 
 pub mod adapter;
+pub mod fold;
 pub mod ia3;
 pub mod lora;
-pub mod merge;
 pub mod peft;
 pub mod prompt;
 pub mod qlora;
@@ -29,9 +29,9 @@ use crate::model::Gpt;
 use crate::model::projection::Projection;
 
 pub use adapter::{Adapter, AdapterActivation, AdapterConfig, AdapterKind};
+pub use fold::{MergeUndo, is_merged, merge, merge_in_place, unmerge};
 pub use ia3::{Ia3, Ia3Config};
 pub use lora::{Lora, LoraBias, LoraConfig, LoraInit};
-pub use merge::{MergeUndo, is_merged, merge, merge_in_place, unmerge};
 pub use prompt::{Prefix, PrefixConfig, PromptConfig, PromptInit, SoftPrompt};
 pub use qlora::{Nf4Weight, QloraConfig};
 pub use selective::Selection;
@@ -68,6 +68,118 @@ pub enum Method {
     Prefix(PrefixConfig),
     /// IA³: learned vectors rescaling the target projections' outputs (or inputs).
     Ia3(Ia3Config),
+}
+
+/// The methods by name, without their settings: what `--method`, the widgets' method
+/// choices, the memory plan and the test battery list. Matched exhaustively everywhere, so
+/// a new method that some edge forgets fails to compile.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum MethodKind {
+    #[default]
+    Full,
+    LastLayers,
+    Bitfit,
+    Layernorm,
+    Lora,
+    Qlora,
+    Adapter,
+    Prompt,
+    PTuning,
+    Prefix,
+    Ia3,
+}
+
+impl MethodKind {
+    /// Every method, in the order the docs and menus list them.
+    pub const ALL: [MethodKind; 11] = [
+        MethodKind::Full,
+        MethodKind::LastLayers,
+        MethodKind::Bitfit,
+        MethodKind::Layernorm,
+        MethodKind::Lora,
+        MethodKind::Qlora,
+        MethodKind::Adapter,
+        MethodKind::Prompt,
+        MethodKind::PTuning,
+        MethodKind::Prefix,
+        MethodKind::Ia3,
+    ];
+
+    /// The name the CLI, the widgets, `train.json` and the docs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            MethodKind::Full => "full",
+            MethodKind::LastLayers => "last-layers",
+            MethodKind::Bitfit => "bitfit",
+            MethodKind::Layernorm => "layernorm",
+            MethodKind::Lora => "lora",
+            MethodKind::Qlora => "qlora",
+            MethodKind::Adapter => "adapter",
+            MethodKind::Prompt => "prompt",
+            MethodKind::PTuning => "p-tuning",
+            MethodKind::Prefix => "prefix",
+            MethodKind::Ia3 => "ia3",
+        }
+    }
+
+    /// How a menu shows it.
+    pub fn label(self) -> &'static str {
+        match self {
+            MethodKind::Full => "full",
+            MethodKind::LastLayers => "last layers",
+            MethodKind::Bitfit => "BitFit (biases)",
+            MethodKind::Layernorm => "LayerNorm only",
+            MethodKind::Lora => "LoRA",
+            MethodKind::Qlora => "QLoRA (NF4 base)",
+            MethodKind::Adapter => "adapters",
+            MethodKind::Prompt => "prompt tuning",
+            MethodKind::PTuning => "P-tuning",
+            MethodKind::Prefix => "prefix tuning",
+            MethodKind::Ia3 => "IA³",
+        }
+    }
+
+    /// Soft-prompt methods: virtual tokens rather than changed weights.
+    pub fn soft_prompt(self) -> bool {
+        matches!(self, MethodKind::Prompt | MethodKind::PTuning | MethodKind::Prefix)
+    }
+
+    /// Methods with a LoRA rank.
+    pub fn has_rank(self) -> bool {
+        matches!(self, MethodKind::Lora | MethodKind::Qlora)
+    }
+
+    /// Every name, comma-separated, for error messages.
+    pub fn names() -> String {
+        Self::ALL.map(Self::name).join(", ")
+    }
+}
+
+impl std::str::FromStr for MethodKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| format!("unknown method '{s}'; choose {}", Self::names()))
+    }
+}
+
+impl TryFrom<String> for MethodKind {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<MethodKind> for String {
+    fn from(k: MethodKind) -> String {
+        k.name().to_string()
+    }
+}
+
+impl std::fmt::Display for MethodKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Every setting a method may take, in one place: what the CLI's flags and the browser's
@@ -186,12 +298,14 @@ impl Method {
         }
     }
 
-    /// Every name [`Method::named`] accepts.
-    pub const NAMES: [&'static str; 11] = ["full", "last-layers", "bitfit", "layernorm", "lora", "qlora", "adapter", "prompt", "p-tuning", "prefix", "ia3"];
-
-    /// The method called `name`, with its settings taken from `o`: the one place the CLI's
-    /// flags and the browser's widget settings become a `Method`.
+    /// The method called `name` (a [`MethodKind`] name), with its settings taken from `o`:
+    /// the one place the CLI's flags and the browser's widget settings become a `Method`.
     pub fn named(name: &str, o: &MethodOptions) -> std::result::Result<Method, String> {
+        Ok(Self::of_kind(name.parse()?, o))
+    }
+
+    /// The method of `kind`, with its settings taken from `o`.
+    pub fn of_kind(kind: MethodKind, o: &MethodOptions) -> Method {
         let prompt = |encoder: Option<usize>| PromptConfig {
             num_virtual_tokens: o.virtual_tokens,
             init: o.prompt_init,
@@ -199,21 +313,37 @@ impl Method {
             init_ids: o.prompt_ids.clone(),
             encoder_hidden_size: encoder,
         };
-        match name {
-            "full" => Ok(Method::Full),
-            "last-layers" => Ok(Method::LastLayers { n: o.last_n }),
-            "bitfit" => Ok(Method::Bitfit),
-            "layernorm" => Ok(Method::Layernorm),
-            "lora" => Ok(Method::Lora(o.lora.clone())),
-            "qlora" => Ok(Method::Qlora(QloraConfig { lora: o.lora.clone(), block: o.qlora_block, double_quant: o.double_quant })),
-            "adapter" => Ok(Method::Adapter(o.adapter.clone())),
-            "prompt" => Ok(Method::Prompt(prompt(None))),
-            "p-tuning" => Ok(Method::Prompt(prompt(Some(o.encoder_hidden)))),
-            "prefix" => {
-                Ok(Method::Prefix(PrefixConfig { num_virtual_tokens: o.virtual_tokens, encoder_hidden_size: o.prefix_projection.then_some(o.encoder_hidden) }))
+        match kind {
+            MethodKind::Full => Method::Full,
+            MethodKind::LastLayers => Method::LastLayers { n: o.last_n },
+            MethodKind::Bitfit => Method::Bitfit,
+            MethodKind::Layernorm => Method::Layernorm,
+            MethodKind::Lora => Method::Lora(o.lora.clone()),
+            MethodKind::Qlora => Method::Qlora(QloraConfig { lora: o.lora.clone(), block: o.qlora_block, double_quant: o.double_quant }),
+            MethodKind::Adapter => Method::Adapter(o.adapter.clone()),
+            MethodKind::Prompt => Method::Prompt(prompt(None)),
+            MethodKind::PTuning => Method::Prompt(prompt(Some(o.encoder_hidden))),
+            MethodKind::Prefix => {
+                Method::Prefix(PrefixConfig { num_virtual_tokens: o.virtual_tokens, encoder_hidden_size: o.prefix_projection.then_some(o.encoder_hidden) })
             }
-            "ia3" => Ok(Method::Ia3(o.ia3.clone())),
-            other => Err(format!("unknown method '{other}'; choose {}", Self::NAMES.join(", "))),
+            MethodKind::Ia3 => Method::Ia3(o.ia3.clone()),
+        }
+    }
+
+    /// Which method this is, without its settings.
+    pub fn kind(&self) -> MethodKind {
+        match self {
+            Method::Full => MethodKind::Full,
+            Method::LastLayers { .. } => MethodKind::LastLayers,
+            Method::Bitfit => MethodKind::Bitfit,
+            Method::Layernorm => MethodKind::Layernorm,
+            Method::Lora(_) => MethodKind::Lora,
+            Method::Qlora(_) => MethodKind::Qlora,
+            Method::Adapter(_) => MethodKind::Adapter,
+            Method::Prompt(p) if p.encoder_hidden_size.is_some() => MethodKind::PTuning,
+            Method::Prompt(_) => MethodKind::Prompt,
+            Method::Prefix(_) => MethodKind::Prefix,
+            Method::Ia3(_) => MethodKind::Ia3,
         }
     }
 
@@ -235,7 +365,15 @@ impl Method {
     pub fn virtual_tokens(&self) -> usize {
         match self {
             Method::Prompt(p) => p.num_virtual_tokens,
-            _ => 0,
+            Method::Full
+            | Method::LastLayers { .. }
+            | Method::Bitfit
+            | Method::Layernorm
+            | Method::Lora(_)
+            | Method::Qlora(_)
+            | Method::Adapter(_)
+            | Method::Prefix(_)
+            | Method::Ia3(_) => 0,
         }
     }
 
@@ -251,7 +389,7 @@ impl Method {
             Method::LastLayers { n } => Some(Selection::LastLayers(*n)),
             Method::Bitfit => Some(Selection::Biases),
             Method::Layernorm => Some(Selection::LayerNorms),
-            _ => None,
+            Method::Full | Method::Lora(_) | Method::Qlora(_) | Method::Adapter(_) | Method::Prompt(_) | Method::Prefix(_) | Method::Ia3(_) => None,
         }
     }
 
@@ -260,25 +398,20 @@ impl Method {
         match self {
             Method::Lora(c) => Some(c),
             Method::Qlora(c) => Some(&c.lora),
-            _ => None,
+            Method::Full
+            | Method::LastLayers { .. }
+            | Method::Bitfit
+            | Method::Layernorm
+            | Method::Adapter(_)
+            | Method::Prompt(_)
+            | Method::Prefix(_)
+            | Method::Ia3(_) => None,
         }
     }
 
-    /// A short name for tables and logs.
+    /// A short name for tables and logs (its kind's name).
     pub fn name(&self) -> &'static str {
-        match self {
-            Method::Full => "full",
-            Method::LastLayers { .. } => "last-layers",
-            Method::Bitfit => "bitfit",
-            Method::Layernorm => "layernorm",
-            Method::Lora(_) => "lora",
-            Method::Qlora(_) => "qlora",
-            Method::Adapter(_) => "adapter",
-            Method::Prompt(p) if p.encoder_hidden_size.is_some() => "p-tuning",
-            Method::Prompt(_) => "prompt",
-            Method::Prefix(_) => "prefix",
-            Method::Ia3(_) => "ia3",
-        }
+        self.kind().name()
     }
 
     /// Trainable parameters this method adds or unfreezes, by closed form.

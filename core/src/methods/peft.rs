@@ -159,7 +159,8 @@ pub fn config_json(method: &Method, model: &Gpt) -> Result<String> {
             "inference_mode": true,
             "base_model_name_or_path": null,
         }),
-        other => {
+        other
+        @ (Method::Full | Method::LastLayers { .. } | Method::Bitfit | Method::Layernorm | Method::Adapter(_) | Method::Prompt(_) | Method::Prefix(_)) => {
             return Err(Error::config(
                 "adapter export",
                 "method",
@@ -359,7 +360,14 @@ fn targets(method: &Method) -> Vec<String> {
     match method {
         Method::Lora(l) => l.target_modules.clone(),
         Method::Ia3(i) => i.target_modules.clone(),
-        _ => Vec::new(),
+        Method::Full
+        | Method::LastLayers { .. }
+        | Method::Bitfit
+        | Method::Layernorm
+        | Method::Qlora(_)
+        | Method::Adapter(_)
+        | Method::Prompt(_)
+        | Method::Prefix(_) => Vec::new(),
     }
 }
 

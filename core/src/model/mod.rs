@@ -10,5 +10,5 @@ pub mod projection;
 pub mod transformer;
 
 pub use config::{ModelConfig, PRESETS};
-pub use params::{ParamSummary, named_params};
+pub use params::{ParamSummary, named_params, trainable_count};
 pub use transformer::Gpt;

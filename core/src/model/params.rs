@@ -71,6 +71,11 @@ pub fn named_params<M: Module>(module: &M) -> Vec<ParamSummary> {
     walk(module, false).into_iter().map(|(s, _)| s).collect()
 }
 
+/// Parameters the optimizer updates: the one count every table, log line and widget shows.
+pub fn trainable_count<M: Module>(module: &M) -> usize {
+    named_params(module).iter().filter(|p| p.trainable).map(|p| p.numel).sum()
+}
+
 /// Reads every float parameter back to the host, as `(path, data)`.
 pub fn param_data<M: Module>(module: &M) -> Vec<(String, TensorData)> {
     walk(module, true).into_iter().map(|(s, d)| (s.name, d.expect("values were read"))).collect()

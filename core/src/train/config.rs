@@ -14,6 +14,7 @@ use crate::optim::{Decay, OptimConfig, OptimKind, Schedule, Warmup};
 use crate::tokenizer::TextTokenizer;
 
 use super::batch::Dataset;
+use super::objective::Objective;
 use super::precision::{LossScale, Precision};
 use crate::methods::Method;
 
@@ -132,6 +133,11 @@ pub struct TrainConfig {
     /// Loss scaling for FP16 compute.
     #[serde(default)]
     pub loss_scale: LossScale,
+    /// What the run minimises (next-token cross-entropy unless a preference or
+    /// distillation objective is chosen); `train.json` files from before it existed read as
+    /// next-token.
+    #[serde(default)]
+    pub objective: Objective,
     /// The fine-tuning method the model was adapted with (`Method::apply`), so a checkpoint
     /// of the run loads into a model of the right shape.
     #[serde(default)]
@@ -168,6 +174,7 @@ impl Default for TrainConfig {
             prompt_loss_weight: 0.0,
             precision: Precision::Fp32,
             loss_scale: LossScale::None,
+            objective: Objective::NextToken,
             method: Method::Full,
             data_file: None,
         }

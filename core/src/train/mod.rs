@@ -1,12 +1,19 @@
 //! Training: batches (pre-training windows and SFT rows with prompt masking), the run
-//! configuration, and the step-by-step loop with its event stream.
+//! configuration, the objective, the trainer's step, and the one run loop with its event
+//! stream.
 
 pub mod batch;
 pub mod config;
+pub mod objective;
 pub mod precision;
+pub mod run;
+pub mod sweep;
 pub mod trainer;
 
 pub use batch::{Batch, Dataset};
 pub use config::{DataSource, TrainConfig};
+pub use objective::Objective;
 pub use precision::{GradCensus, LossScale, LossScaler, Precision, ScalerState};
-pub use trainer::{EvalEvent, StepEvent, TrainEvent, Trainer, eval_loss, eval_loss_async};
+pub use run::{Control, EvalEvent, NearestEvent, Outcome, Run, RunHost, StartEvent, TrainEvent};
+pub use sweep::SweepItem;
+pub use trainer::{StepEvent, Trainer, eval_loss, eval_loss_async};

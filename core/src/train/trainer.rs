@@ -2,14 +2,13 @@
 //! which needs threads a browser does not have, and because each line here is something a
 //! lesson talks about: sample a batch, forward, loss, backward, clip, update.
 //!
-//! The caller drives the loop (`while trainer.step < steps { trainer.step()? }`) and decides
-//! what to do with each event: the CLI draws a progress bar and appends `metrics.jsonl`; the
-//! browser posts it from its worker to the page.
+//! A `Trainer` takes one step at a time; `train::run` drives it to the end of a run for
+//! every caller (the CLI, `compare`, the browser worker) and turns its steps into events.
 
 use std::collections::HashSet;
 
 use burn::module::{Module, ModuleMapper, Param};
-use burn::tensor::{DType, Device, GradientCheckpointingStrategy, Tensor, TensorData};
+use burn::tensor::{Device, GradientCheckpointingStrategy, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
@@ -22,6 +21,7 @@ use crate::tokenizer::TextTokenizer;
 
 use super::batch::{Batch, Dataset};
 use super::config::TrainConfig;
+use super::objective::Objective;
 use super::precision::{self, LossScaler, Precision};
 
 /// What happened in one optimizer step.
@@ -63,22 +63,6 @@ mod finite_or_null {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
         Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NAN))
     }
-}
-
-/// A held-out evaluation.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EvalEvent {
-    pub step: usize,
-    pub eval_loss: f32,
-}
-
-/// The event stream the CLI and the browser both consume (one JSON object per line in
-/// `metrics.jsonl`, tagged by `"event"`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "lowercase")]
-pub enum TrainEvent {
-    Step(StepEvent),
-    Eval(EvalEvent),
 }
 
 /// A model being trained, with its optimizer, data and position in the run.
@@ -175,10 +159,11 @@ impl Trainer {
         if k == 1 {
             return self.raw_gradients(batch, self.config.precision, scale);
         }
-        let total = batch.weight_sum();
+        let objective = &self.config.objective;
+        let total = objective.weight(batch);
         let mut acc: Option<(Tensor<1>, NamedGrads)> = None;
         for part in batch.split(k) {
-            let share = if total > 0.0 { part.weight_sum() / total } else { 1.0 / k as f32 };
+            let share = if total > 0.0 { objective.weight(&part) / total } else { 1.0 / k as f32 };
             if share == 0.0 && acc.is_some() {
                 continue; // nothing counted in these rows: no gradient to add
             }
@@ -198,16 +183,12 @@ impl Trainer {
     /// The unscaled loss and the gradients exactly as the backward pass produced them: in
     /// `precision`'s compute type and multiplied by `scale`.
     pub fn raw_gradients(&self, batch: &Batch, precision: Precision, scale: f64) -> (Tensor<1>, NamedGrads) {
-        let (inputs, targets, weights) = batch.to_device(&self.device);
         let dtype = precision.compute_dtype();
         let compute = match dtype {
             Some(dtype) => precision::cast_model(&self.model, dtype),
             None => self.model.clone(),
         };
-        let logits = compute.forward(inputs);
-        let logits = if dtype.is_some() { logits.cast(DType::F32) } else { logits };
-        // A micro-batch with nothing counted has loss 0, not 0/0.
-        let loss = Gpt::loss(logits, targets, weights, batch.weight_sum().max(f32::MIN_POSITIVE));
+        let loss = self.config.objective.loss(&compute, batch, &self.device, dtype);
         let grads = if scale == 1.0 { loss.backward() } else { loss.clone().mul_scalar(scale).backward() };
         (loss, NamedGrads::collect(&compute, &grads))
     }
@@ -259,10 +240,7 @@ impl Trainer {
         // The perturbation's seed: a function of the run's seed and the step alone.
         let seed = mix(self.config.seed ^ 0x4D65_5A4F, self.step as u64);
         let lr = self.schedule.lr(self.step);
-        let loss = |m: &Gpt| {
-            let (inputs, targets, weights) = batch.to_device(&m.wte.weight.val().device());
-            Gpt::loss(m.forward(inputs), targets, weights, batch.weight_sum())
-        };
+        let loss = |m: &Gpt| self.config.objective.loss(m, batch, &m.wte.weight.val().device(), None);
         let model = mezo::perturb(self.model.valid(), &trainable, seed, c.mezo_eps);
         let plus = loss(&model);
         let model = mezo::perturb(model, &trainable, seed, -2.0 * c.mezo_eps);
@@ -312,7 +290,14 @@ impl Trainer {
 
     /// Mean held-out loss per counted token, on the model without autodiff or dropout.
     pub fn eval_loss(&self) -> Result<f32> {
-        eval_loss(&self.model.valid(), &self.eval, self.config.batch_size, self.config.seq_len, self.config.eval_batches)
+        let losses =
+            eval_batch_losses(&self.config.objective, &self.model.valid(), &self.eval, self.config.batch_size, self.config.seq_len, self.config.eval_batches)?;
+        mean_of(losses.into_iter().map(|(loss, w)| weighted(loss.into_data(), w)).collect())
+    }
+
+    /// [`Trainer::eval_loss`] for the browser (asynchronous read-back).
+    pub async fn eval_loss_async(&self) -> Result<f32> {
+        eval_losses_async(&self.config.objective, &self.model.valid(), &self.eval, self.config.batch_size, self.config.seq_len, self.config.eval_batches).await
     }
 
     /// Seconds trained so far, across resumes.
@@ -348,16 +333,21 @@ fn with_checkpointing(model: Gpt, device: &Device) -> Result<(Gpt, Device)> {
 }
 
 /// Mean loss per counted token of `model` over up to `max_batches` sequential batches.
+/// (Next-token cross-entropy: a trainer's own evaluation uses its objective.)
 pub fn eval_loss(model: &Gpt, data: &Dataset, b: usize, t: usize, max_batches: usize) -> Result<f32> {
-    let losses = eval_batch_losses(model, data, b, t, max_batches)?;
+    let losses = eval_batch_losses(&Objective::NextToken, model, data, b, t, max_batches)?;
     let read = losses.into_iter().map(|(loss, w)| weighted(loss.into_data(), w)).collect();
     mean_of(read)
 }
 
 /// [`eval_loss`] for the browser (asynchronous read-back).
 pub async fn eval_loss_async(model: &Gpt, data: &Dataset, b: usize, t: usize, max_batches: usize) -> Result<f32> {
+    eval_losses_async(&Objective::NextToken, model, data, b, t, max_batches).await
+}
+
+async fn eval_losses_async(objective: &Objective, model: &Gpt, data: &Dataset, b: usize, t: usize, max_batches: usize) -> Result<f32> {
     let mut read = Vec::new();
-    for (loss, w) in eval_batch_losses(model, data, b, t, max_batches)? {
+    for (loss, w) in eval_batch_losses(objective, model, data, b, t, max_batches)? {
         let d = loss.into_data_async().await.map_err(|e| Error::Invalid(format!("reading the loss back from the device failed: {e:?}")))?;
         read.push(weighted(d, w));
     }
@@ -365,20 +355,13 @@ pub async fn eval_loss_async(model: &Gpt, data: &Dataset, b: usize, t: usize, ma
 }
 
 /// Each evaluation batch's mean loss (still on the device) and its weight.
-fn eval_batch_losses(model: &Gpt, data: &Dataset, b: usize, t: usize, max_batches: usize) -> Result<Vec<(Tensor<1>, f32)>> {
+fn eval_batch_losses(objective: &Objective, model: &Gpt, data: &Dataset, b: usize, t: usize, max_batches: usize) -> Result<Vec<(Tensor<1>, f32)>> {
     let device = model.wte.weight.val().device();
     let batches = data.sequential(b, t, max_batches.max(1));
-    if batches.iter().all(|batch| batch.weight_sum() == 0.0) {
+    if batches.iter().all(|batch| objective.weight(batch) == 0.0) {
         return Err(Error::Invalid("the held-out split is too short for one evaluation batch; lower --seq-len or add examples".into()));
     }
-    Ok(batches
-        .iter()
-        .map(|batch| {
-            let (inputs, targets, weights) = batch.to_device(&device);
-            let w = batch.weight_sum();
-            (Gpt::loss(model.forward(inputs), targets, weights, w), w)
-        })
-        .collect())
+    Ok(batches.iter().map(|batch| (objective.loss(model, batch, &device, None), objective.weight(batch))).collect())
 }
 
 /// A read-back batch loss paired with its weight; packed so both paths share `mean_of`.

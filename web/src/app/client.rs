@@ -10,7 +10,7 @@ use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 use web_sys::{ErrorEvent, MessageEvent, Worker};
 
-use crate::protocol::{BackendInfo, FromWorker, RunState, ToWorker};
+use crate::protocol::{Ask, BackendInfo, FromWorker, RunState, ToWorker};
 
 type Handler = Rc<dyn Fn(FromWorker)>;
 
@@ -149,21 +149,21 @@ pub fn backend_label(info: &BackendInfo) -> String {
     }
 }
 
-/// One request, one answer: sends `msg(id)`, and when the worker answers that id, calls
-/// `done` with what `pick` finds in the answer, or with the worker's error, and stops
-/// listening.
-pub fn request<T: 'static>(msg: impl FnOnce(u32) -> ToWorker, pick: fn(FromWorker) -> Option<T>, done: impl Fn(Result<T, String>) + 'static) {
+/// One request, one answer: sends `params` as a request, and when the worker answers its
+/// id, calls `done` with the typed answer (or the worker's error) and stops listening.
+pub fn ask<Q: Ask + 'static>(params: Q, done: impl Fn(Result<Q::Answer, String>) + 'static) {
     let id = subscribe(move |m| {
         let Some(id) = m.id() else { return };
         let result = match m {
             FromWorker::Error { message, .. } => Err(message),
-            other => match pick(other) {
+            FromWorker::Reply { reply, .. } => match Q::answer(reply) {
                 Some(v) => Ok(v),
                 None => return,
             },
+            _ => return,
         };
         unsubscribe(id);
         done(result);
     });
-    send(&msg(id));
+    send(&ToWorker::Request { id, req: params.into_request() });
 }

@@ -7,7 +7,6 @@ use tinytune::memory::{Breakdown, Estimate, GPUS, deepspeed, human};
 
 use super::client;
 use crate::memory::{BASES, METHODS, MemoryParams, OFFLOADS, OPTIMIZERS, PRECISIONS, TimelineParams, TimelineResult, first_step_phases};
-use crate::protocol::{FromWorker, ToWorker};
 use crate::widgets::Widget;
 
 /// One colour per component, in `Breakdown::parts` order (colour-blind-safe palette).
@@ -188,18 +187,10 @@ pub fn MemoryTimelineWidget(state: RwSignal<Widget>) -> impl IntoView {
     let out = RwSignal::new(None::<Result<TimelineResult, String>>);
     let run = move |_| {
         busy.set(true);
-        let pick = |m| match m {
-            FromWorker::Memory { result, .. } => Some(*result),
-            _ => None,
-        };
-        client::request(
-            |id| ToWorker::MeasureMemory { id, params: p.get_untracked() },
-            pick,
-            move |r| {
-                out.set(Some(r));
-                busy.set(false);
-            },
-        );
+        client::ask(p.get_untracked(), move |r| {
+            out.set(Some(r));
+            busy.set(false);
+        });
     };
     let num = move |f: fn(&TimelineParams) -> String| move || f(&p.get());
     view! {

@@ -11,7 +11,6 @@ use super::chart::{COLORS, LineChart, Series};
 use super::client;
 use super::widgets::{choice, field, setter};
 use crate::optimizers::{LAYERS, OptimizerStateParams, ScheduleParams};
-use crate::protocol::{FromWorker, ToWorker};
 use crate::widgets::Widget;
 
 fn state_params(w: &Widget) -> OptimizerStateParams {
@@ -30,18 +29,10 @@ pub fn OptimizerStateWidget(state: RwSignal<Widget>) -> impl IntoView {
     let out = RwSignal::new(None::<Result<StateReport, String>>);
     let run = move |_| {
         busy.set(true);
-        let pick = |m| match m {
-            FromWorker::OptimizerState { result, .. } => Some(*result),
-            _ => None,
-        };
-        client::request(
-            |id| ToWorker::OptimizerState { id, params: p.get_untracked() },
-            pick,
-            move |r| {
-                out.set(Some(r));
-                busy.set(false);
-            },
-        );
+        client::ask(p.get_untracked(), move |r| {
+            out.set(Some(r));
+            busy.set(false);
+        });
     };
     let layers: Vec<(&'static str, &'static str)> = LAYERS.iter().map(|l| (*l, *l)).collect();
     view! {

@@ -8,7 +8,6 @@ use tinytune::train::precision::{GradCensus, UnderflowReport};
 
 use super::client;
 use crate::precision::{LossScalingParams, LossScalingResult};
-use crate::protocol::{FromWorker, ToWorker};
 use crate::widgets::Widget;
 
 fn params(w: &Widget) -> LossScalingParams {
@@ -27,18 +26,10 @@ pub fn LossScalingWidget(state: RwSignal<Widget>) -> impl IntoView {
     let out = RwSignal::new(None::<Result<LossScalingResult, String>>);
     let run = move |_| {
         busy.set(true);
-        let pick = |m| match m {
-            FromWorker::Gradients { result, .. } => Some(*result),
-            _ => None,
-        };
-        client::request(
-            |id| ToWorker::LossScaling { id, params: p.get_untracked() },
-            pick,
-            move |r| {
-                out.set(Some(r));
-                busy.set(false);
-            },
-        );
+        client::ask(p.get_untracked(), move |r| {
+            out.set(Some(r));
+            busy.set(false);
+        });
     };
     view! {
         <div class="widget loss-scaling" data-widget="loss-scaling">

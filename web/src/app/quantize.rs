@@ -6,7 +6,6 @@ use leptos::prelude::*;
 use tinytune::memory::human;
 
 use super::client;
-use crate::protocol::{FromWorker, ToWorker};
 use crate::quantize::{LAYERS, QUANT_FORMATS, QuantizeParams, QuantizeResult};
 use crate::widgets::Widget;
 
@@ -26,18 +25,10 @@ pub fn QuantizeWidget(state: RwSignal<Widget>) -> impl IntoView {
     let out = RwSignal::new(None::<Result<QuantizeResult, String>>);
     let run = move |_| {
         busy.set(true);
-        let pick = |m| match m {
-            FromWorker::Quantized { result, .. } => Some(*result),
-            _ => None,
-        };
-        client::request(
-            |id| ToWorker::Quantize { id, params: p.get_untracked() },
-            pick,
-            move |r| {
-                out.set(Some(r));
-                busy.set(false);
-            },
-        );
+        client::ask(p.get_untracked(), move |r| {
+            out.set(Some(r));
+            busy.set(false);
+        });
     };
     let opts = |list: &[&'static str]| list.iter().map(|s| (*s, *s)).collect::<Vec<_>>();
     view! {

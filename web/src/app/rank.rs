@@ -9,7 +9,6 @@ use tinytune::methods::rank::RankReport;
 use super::chart::{COLORS, LineChart, Series};
 use super::client;
 use super::widgets::{choice, field, format_count, setter};
-use crate::protocol::{FromWorker, ToWorker};
 use crate::rank::{MATRICES, RankParams};
 use crate::widgets::Widget;
 
@@ -29,18 +28,10 @@ pub fn LoraRankWidget(state: RwSignal<Widget>) -> impl IntoView {
     let out = RwSignal::new(None::<Result<RankReport, String>>);
     let run = move |_| {
         busy.set(true);
-        let pick = |m| match m {
-            FromWorker::LoraRank { result, .. } => Some(*result),
-            _ => None,
-        };
-        client::request(
-            |id| ToWorker::LoraRank { id, params: p.get_untracked() },
-            pick,
-            move |r| {
-                out.set(Some(r));
-                busy.set(false);
-            },
-        );
+        client::ask(p.get_untracked(), move |r| {
+            out.set(Some(r));
+            busy.set(false);
+        });
     };
     let matrices: Vec<(&'static str, &'static str)> = MATRICES.iter().map(|m| (*m, *m)).collect();
     view! {

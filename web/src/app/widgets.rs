@@ -4,12 +4,13 @@
 use leptos::prelude::*;
 use tinytune::ModelConfig;
 use tinytune::data::Task;
-use tinytune::train::StepEvent;
+use tinytune::methods::MethodKind;
+use tinytune::train::{StepEvent, TrainEvent};
 
 use super::chart::{COLORS, LineChart, Series};
 use super::client;
 use crate::decide::{NODES, Node};
-use crate::protocol::{CompareRow, FromWorker, RunState, RunStats, ToWorker};
+use crate::protocol::{CompareRow, FromWorker, RunState, RunStats, Samples, ToWorker};
 use crate::widgets::{GenerateParams, TrainParams, Widget};
 
 /// Sets one parameter from a control, keeping the widget valid: a bad value is reported
@@ -115,7 +116,7 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
     // Runs a sweep has yet to start, in order.
     let queue = RwSignal::new(Vec::<TrainParams>::new());
     let launch = move |params: TrainParams| {
-        let label = run_label(&params);
+        let label = params.label();
         let id = client::subscribe(move |msg| {
             if let FromWorker::Status { run, state: RunState::Done | RunState::Cancelled | RunState::Failed, .. } = &msg {
                 client::unsubscribe(*run);
@@ -133,29 +134,24 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
                         r.state = state;
                         r.message = message;
                     }
-                    FromWorker::Step { event, .. } => {
-                        r.train.push((event.step as f64, event.loss as f64));
-                        r.train_t.push((event.elapsed_s, event.loss as f64));
-                        r.skipped += event.skipped as usize;
-                        r.last = Some(event);
-                    }
+                    FromWorker::Run { event, .. } => match event {
+                        // The worker's status line carries the start's summary.
+                        TrainEvent::Start(_) => {}
+                        TrainEvent::Step(event) => {
+                            r.train.push((event.step as f64, event.loss as f64));
+                            r.train_t.push((event.elapsed_s, event.loss as f64));
+                            r.skipped += event.skipped as usize;
+                            r.last = Some(event);
+                        }
+                        TrainEvent::Eval(e) => {
+                            r.eval.push((e.step as f64, e.eval_loss as f64));
+                            r.eval_t.push((e.elapsed_s, e.eval_loss as f64));
+                        }
+                        TrainEvent::Nearest(n) => r.nearest = Some(n.tokens),
+                    },
                     FromWorker::RunStats { stats, .. } => r.stats = Some(stats),
-                    FromWorker::Eval { step, loss, .. } => {
-                        r.eval.push((step as f64, loss as f64));
-                        let t = r.last.as_ref().map(|e| e.elapsed_s).unwrap_or(0.0);
-                        r.eval_t.push((t, loss as f64));
-                    }
                     FromWorker::Compare { rows, stories_before, stories_after, .. } => r.compare = Some((rows, stories_before, stories_after)),
-                    FromWorker::Nearest { tokens, .. } => r.nearest = Some(tokens),
-                    FromWorker::Samples { .. }
-                    | FromWorker::LoraRank { .. }
-                    | FromWorker::Memory { .. }
-                    | FromWorker::Quantized { .. }
-                    | FromWorker::Gradients { .. }
-                    | FromWorker::OptimizerState { .. }
-                    | FromWorker::Error { .. }
-                    | FromWorker::Backend(_)
-                    | FromWorker::Ready => {}
+                    FromWorker::Reply { .. } | FromWorker::Error { .. } | FromWorker::Backend(_) | FromWorker::Ready => {}
                 }
             });
         });
@@ -245,18 +241,18 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
                 {field("seed", "seed", num(|p| p.seed.to_string()), set)}
                 {choice("precision", "precision", vec![("fp32", "FP32"), ("fp16", "FP16 mixed"), ("bf16", "BF16 mixed")], move || p.get().precision.to_string(), set)}
                 {choice("loss scaling", "loss_scale", vec![("none", "none"), ("dynamic", "dynamic (FP16)")], move || p.get().loss_scale.clone(), set)}
-                {choice("method (micro)", "method", vec![("full", "full"), ("last-layers", "last layers"), ("bitfit", "BitFit (biases)"), ("layernorm", "LayerNorm only"), ("lora", "LoRA"), ("qlora", "QLoRA (NF4 base)"), ("adapter", "adapters"), ("prompt", "prompt tuning"), ("p-tuning", "P-tuning"), ("prefix", "prefix tuning"), ("ia3", "IA³")], move || p.get().method.clone(), set)}
-                {move || (p.get().method == "adapter").then(|| view! {
+                {choice("method (micro)", "method", MethodKind::ALL.iter().map(|k| (k.name(), k.label())).collect(), move || p.get().method.to_string(), set)}
+                {move || (p.get().method == MethodKind::Adapter).then(|| view! {
                     {choice("adapter placement", "adapter", vec![("houlsby", "Houlsby (after attention and MLP)"), ("pfeiffer", "Pfeiffer (after MLP)"), ("parallel", "parallel (beside MLP)")], move || p.get().adapter.clone(), set)}
                     {field("bottleneck", "bottleneck", num(|p| p.bottleneck.to_string()), set)}
                 })}
-                {move || matches!(p.get().method.as_str(), "prompt" | "p-tuning" | "prefix").then(|| view! {
+                {move || p.get().method.soft_prompt().then(|| view! {
                     {field("virtual tokens", "tokens", num(|p| p.tokens.to_string()), set)}
                 })}
-                {move || (p.get().method == "prompt").then(|| view! {
+                {move || (p.get().method == MethodKind::Prompt).then(|| view! {
                     {choice("prompt init", "prompt_init", vec![("random", "random"), ("vocab", "sampled vocabulary")], move || p.get().prompt_init.clone(), set)}
                 })}
-                {move || (p.get().method == "p-tuning").then(|| view! {
+                {move || (p.get().method == MethodKind::PTuning).then(|| view! {
                     {field("encoder width", "encoder", num(|p| p.encoder.to_string()), set)}
                 })}
                 {field("last layers", "last_n", num(|p| p.last_n.to_string()), set)}
@@ -323,34 +319,6 @@ fn optimizer_options() -> Vec<(&'static str, &'static str)> {
         ("paged-adamw8bit", "paged 8-bit AdamW (CPU)"),
         ("mezo", "MeZO (forward only)"),
     ]
-}
-
-/// A run's name on the chart and in the table: what sets it apart.
-fn run_label(p: &TrainParams) -> String {
-    let mut label = format!("{} · {} · lr {} · {} steps", p.model.name(), p.task, p.lr, p.steps);
-    if p.model == crate::widgets::ModelChoice::Micro {
-        match p.method.as_str() {
-            "full" => {}
-            "lora" | "qlora" => label += &format!(" · {} r{}", p.method, p.rank),
-            "last-layers" => label += &format!(" · last {} layers", p.last_n),
-            "adapter" => label += &format!(" · {} adapter {}", p.adapter, p.bottleneck),
-            "prompt" | "p-tuning" | "prefix" => label += &format!(" · {} {}", p.method, p.tokens),
-            other => label += &format!(" · {other}"),
-        }
-    }
-    if p.precision != tinytune::train::Precision::Fp32 {
-        label += &format!(" · {} · loss scale {}", p.precision, p.loss_scale);
-    }
-    if p.optimizer != "adamw" {
-        label += &format!(" · {}", p.optimizer);
-    }
-    if p.accumulate > 1 {
-        label += &format!(" · {} micro-batches", p.accumulate);
-    }
-    if p.checkpointing {
-        label += " · checkpointing";
-    }
-    label
 }
 
 /// Every run of the widget side by side: loss, time and what it cost.
@@ -481,21 +449,13 @@ pub fn GenerateWidget(state: RwSignal<Widget>) -> impl IntoView {
     let set = setter(state, error);
     let p = Memo::new(move |_| generate_params(&state.get()));
     let busy = RwSignal::new(false);
-    let out = RwSignal::new(None::<Result<(Vec<String>, f64), String>>);
+    let out = RwSignal::new(None::<Result<Samples, String>>);
     let run = move |_| {
         busy.set(true);
-        let pick = |m| match m {
-            FromWorker::Samples { samples, seconds, .. } => Some((samples, seconds)),
-            _ => None,
-        };
-        client::request(
-            |id| ToWorker::Generate { id, params: p.get_untracked() },
-            pick,
-            move |r| {
-                out.set(Some(r));
-                busy.set(false);
-            },
-        );
+        client::ask(p.get_untracked(), move |r| {
+            out.set(Some(r));
+            busy.set(false);
+        });
     };
     let num = move |f: fn(&GenerateParams) -> String| move || f(&p.get());
     view! {
@@ -517,7 +477,7 @@ pub fn GenerateWidget(state: RwSignal<Widget>) -> impl IntoView {
             {move || match out.get() {
                 None => None,
                 Some(Err(e)) => Some(view! { <p class="error">{e}</p> }.into_any()),
-                Some(Ok((samples, secs))) => Some(view! {
+                Some(Ok(Samples { samples, seconds: secs })) => Some(view! {
                     <div data-testid="samples">
                         {samples.into_iter().map(|s| view! { <pre class="sample"><span class="prompt">{p.get_untracked().prompt}</span>{s}</pre> }).collect::<Vec<_>>()}
                         <p class="status">{format!("{secs:.1} s")}</p>

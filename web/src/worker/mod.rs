@@ -19,13 +19,13 @@ use burn::tensor::Device;
 use tinytune::checkpoint::load_parts;
 use tinytune::data::{CHARSET, Split};
 use tinytune::sample::{SampleConfig, generate_async};
-use tinytune::train::{DataSource, Trainer, eval_loss_async};
+use tinytune::train::{DataSource, Outcome, Run, RunHost, TrainEvent, Trainer, eval_loss_async};
 use tinytune::{Gpt, ModelConfig, TextTokenizer};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::spawn_local;
 use web_sys::MessageEvent;
 
-use crate::protocol::{BackendInfo, BackendPref, CompareRow, FromWorker, RunState, ToWorker};
+use crate::protocol::{BackendInfo, BackendPref, CompareRow, FromWorker, Reply, Request, RunState, Samples, ToWorker};
 use crate::run::EVAL_EXAMPLES;
 use crate::widgets::{GenerateParams, ModelChoice, TrainParams};
 
@@ -111,40 +111,26 @@ fn handle(msg: ToWorker) {
             control(run, Control::Cancel);
         }
         ToWorker::Crash => panic!("crash requested by the page (ToWorker::Crash)"),
-        ToWorker::MeasureMemory { id, params } => post(&match measure_memory(&params) {
-            Ok(result) => FromWorker::Memory { id, result: Box::new(result) },
-            Err(message) => FromWorker::Error { id, message },
-        }),
-        ToWorker::Quantize { id, params } => spawn_local(async move {
-            match quantize(&params).await {
-                Ok(result) => post(&FromWorker::Quantized { id, result: Box::new(result) }),
-                Err(message) => post(&FromWorker::Error { id, message }),
-            }
-        }),
-        ToWorker::LossScaling { id, params } => spawn_local(async move {
-            match loss_scaling(&params).await {
-                Ok(result) => post(&FromWorker::Gradients { id, result: Box::new(result) }),
-                Err(message) => post(&FromWorker::Error { id, message }),
-            }
-        }),
-        ToWorker::OptimizerState { id, params } => spawn_local(async move {
-            match optimizer_state(&params).await {
-                Ok(result) => post(&FromWorker::OptimizerState { id, result: Box::new(result) }),
-                Err(message) => post(&FromWorker::Error { id, message }),
-            }
-        }),
-        ToWorker::LoraRank { id, params } => spawn_local(async move {
-            match lora_rank(&params).await {
-                Ok(result) => post(&FromWorker::LoraRank { id, result: Box::new(result) }),
-                Err(message) => post(&FromWorker::Error { id, message }),
-            }
-        }),
-        ToWorker::Generate { id, params } => spawn_local(async move {
-            if let Err(message) = generate(id, &params).await {
-                post(&FromWorker::Error { id, message });
-            }
+        ToWorker::Request { id, req } => spawn_local(async move {
+            post(&match answer(req).await {
+                Ok(reply) => FromWorker::Reply { id, reply },
+                Err(message) => FromWorker::Error { id, message },
+            });
         }),
     }
+}
+
+/// A widget's request, answered: the one place a new widget's computation is wired in.
+async fn answer(req: Request) -> Result<Reply, String> {
+    Ok(match req {
+        Request::Generate(p) => Reply::Generate(Box::new(generate(&p).await?)),
+        // Synchronous, without yielding: no other run's step interleaves with the measurement.
+        Request::MeasureMemory(p) => Reply::MeasureMemory(Box::new(measure_memory(&p)?)),
+        Request::Quantize(p) => Reply::Quantize(Box::new(quantize(&p).await?)),
+        Request::LossScaling(p) => Reply::LossScaling(Box::new(loss_scaling(&p).await?)),
+        Request::OptimizerState(p) => Reply::OptimizerState(Box::new(optimizer_state(&p).await?)),
+        Request::LoraRank(p) => Reply::LoraRank(Box::new(lora_rank(&p).await?)),
+    })
 }
 
 /// One measured training step of the micro model's shape, always on the CPU (flex): the
@@ -252,17 +238,9 @@ async fn train(run: u32, p: &TrainParams, control: &Cell<Control>) -> Result<Run
     status(run, RunState::Preparing, "loading the model");
     let (model, tokenizer) = load(p.model, p.seed, &ad).await?;
     let model = config.method.apply(model, config.seed, &ad).map_err(|e| e.to_string())?;
-    // Full fine-tuning needs no summary line: everything trains.
-    let mut summary = match config.method {
-        tinytune::methods::Method::Full => String::new(),
-        _ => tinytune::methods::MethodSummary::of(&config.method, &model).line(),
-    };
-    if host_only {
-        summary += if summary.is_empty() { "on the CPU" } else { " · on the CPU" };
-    }
     status(run, RunState::Preparing, "generating and tokenising the data");
     js::sleep(0).await;
-    let mut trainer = Trainer::new(model, &tokenizer, config.clone(), &ad).map_err(|e| e.to_string())?;
+    let trainer = Trainer::new(model, &tokenizer, config.clone(), &ad).map_err(|e| e.to_string())?;
     let before = match p.compare {
         true => {
             status(run, RunState::Preparing, "measuring the model before fine-tuning");
@@ -270,65 +248,24 @@ async fn train(run: u32, p: &TrainParams, control: &Cell<Control>) -> Result<Run
         }
         false => None,
     };
-    status(run, RunState::Running, &summary);
-    let trainable: u64 = tinytune::model::named_params(&trainer.model).iter().filter(|p| p.trainable).map(|p| p.numel as u64).sum();
-    // Peak memory of the run: everything the worker allocates from here on, above this level.
-    let base = tinytune::memory::measure::current();
+    let mut host = WorkerHost {
+        run,
+        control,
+        paused: false,
+        summary: String::new(),
+        host_only,
+        stats: crate::protocol::RunStats { optimizer: kind.name().into(), device: device_name, ..Default::default() },
+        on_cpu,
+        // Peak memory of the run: everything the worker allocates from here on, above this level.
+        base: tinytune::memory::measure::current(),
+        step_secs: 0.0,
+    };
     tinytune::memory::measure::reset_peak();
-    // Seconds spent in training steps alone (not evaluations or pauses).
-    let mut step_secs = 0.0;
-    while trainer.step < config.steps {
-        match control.get() {
-            Control::Cancel => return Ok(RunState::Cancelled),
-            Control::Pause => {
-                status(run, RunState::Paused, "");
-                while control.get() == Control::Pause {
-                    js::sleep(50).await;
-                }
-                if control.get() == Control::Cancel {
-                    return Ok(RunState::Cancelled);
-                }
-                status(run, RunState::Running, &summary);
-            }
-            Control::Run => {}
-        }
-        let t0 = web_time::Instant::now();
-        let event = trainer.step_async().await.map_err(|e| e.to_string())?;
-        step_secs += t0.elapsed().as_secs_f64();
-        post(&FromWorker::Step { run, event });
-        let stats = crate::protocol::RunStats {
-            optimizer: kind.name().into(),
-            state_bytes: trainer.optim.state_bytes() as u64,
-            trainable,
-            peak_bytes: on_cpu.then(|| tinytune::memory::measure::peak().saturating_sub(base) as u64),
-            step_seconds: step_secs / trainer.step.max(1) as f64,
-            device: device_name.clone(),
-        };
-        post(&FromWorker::RunStats { run, stats });
-        if trainer.step % config.eval_every == 0 || trainer.step == config.steps {
-            let loss = eval_loss_async(&trainer.model.valid(), &trainer.eval, config.batch_size, config.seq_len, config.eval_batches)
-                .await
-                .map_err(|e| e.to_string())?;
-            post(&FromWorker::Eval { run, step: trainer.step, loss });
-        }
-        // Let pause/cancel messages (and the page's other requests) in.
-        js::sleep(0).await;
+    let mut driven = Run::new(trainer, tokenizer.clone());
+    if driven.drive_async(&mut host).await? == Outcome::Cancelled {
+        return Ok(RunState::Cancelled);
     }
-    if let Some(sims) = tinytune::methods::prompt::token_similarity(&trainer.model.valid()) {
-        // A soft prompt: the real tokens nearest each learned vector.
-        let sims = sims
-            .into_data_async()
-            .await
-            .map_err(|e| format!("reading the prompt back failed: {e:?}"))?
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .map_err(|e| format!("{e:?}"))?;
-        let tokens = tinytune::methods::prompt::nearest(&sims, trainer.model.config().vocab_size, 3)
-            .into_iter()
-            .map(|row| row.into_iter().map(|(id, c)| (tokenizer.decode(&[id]), c)).collect())
-            .collect();
-        post(&FromWorker::Nearest { run, tokens });
-    }
+    let trainer = driven.trainer;
     if let Some((answers_before, stories_before)) = before {
         status(run, RunState::Preparing, "measuring the model after fine-tuning");
         let (answers_after, stories_after) = measure(&trainer.model.valid(), &tokenizer, p).await?;
@@ -340,6 +277,76 @@ async fn train(run: u32, p: &TrainParams, control: &Cell<Control>) -> Result<Run
         post(&FromWorker::Compare { run, rows, stories_before, stories_after });
     }
     Ok(RunState::Done)
+}
+
+/// The worker's side of a run: the page's pause/resume/cancel, and every event posted to
+/// the page unchanged, with the run's cost after each step.
+struct WorkerHost<'a> {
+    run: u32,
+    control: &'a Cell<Control>,
+    paused: bool,
+    /// The status line while running: the method summary, and where the run is.
+    summary: String,
+    host_only: bool,
+    stats: crate::protocol::RunStats,
+    on_cpu: bool,
+    base: usize,
+    /// Seconds spent in training steps alone (not evaluations or pauses).
+    step_secs: f64,
+}
+
+impl RunHost for WorkerHost<'_> {
+    type Error = String;
+
+    fn control(&mut self) -> tinytune::train::Control {
+        use tinytune::train::Control as C;
+        match self.control.get() {
+            Control::Cancel => C::Cancel,
+            Control::Pause => {
+                if !self.paused {
+                    self.paused = true;
+                    status(self.run, RunState::Paused, "");
+                }
+                C::Pause
+            }
+            Control::Run => {
+                if self.paused {
+                    self.paused = false;
+                    status(self.run, RunState::Running, &self.summary);
+                }
+                C::Run
+            }
+        }
+    }
+
+    fn event(&mut self, trainer: &Trainer, event: &TrainEvent) -> Result<(), String> {
+        if let TrainEvent::Start(s) = event {
+            self.summary = s.summary.clone();
+            if self.host_only {
+                self.summary += if self.summary.is_empty() { "on the CPU" } else { " · on the CPU" };
+            }
+            self.stats.trainable = s.trainable as u64;
+            status(self.run, RunState::Running, &self.summary);
+        }
+        post(&FromWorker::Run { run: self.run, event: event.clone() });
+        if let TrainEvent::Step(e) = event {
+            self.step_secs += e.tokens as f64 / e.tokens_per_s.max(1e-9);
+            self.stats.state_bytes = trainer.optim.state_bytes() as u64;
+            self.stats.peak_bytes = self.on_cpu.then(|| tinytune::memory::measure::peak().saturating_sub(self.base) as u64);
+            self.stats.step_seconds = self.step_secs / trainer.step.max(1) as f64;
+            post(&FromWorker::RunStats { run: self.run, stats: self.stats.clone() });
+        }
+        Ok(())
+    }
+
+    async fn wait_async(&mut self) {
+        js::sleep(50).await;
+    }
+
+    async fn yield_now(&mut self) {
+        // Let pause/cancel messages (and the page's other requests) in.
+        js::sleep(0).await;
+    }
 }
 
 /// Greedy answers to three held-out prompts of the task (none for stories) and the loss on
@@ -462,7 +469,7 @@ async fn lora_rank(p: &crate::rank::RankParams) -> Result<tinytune::methods::ran
     })
 }
 
-async fn generate(id: u32, p: &GenerateParams) -> Result<(), String> {
+async fn generate(p: &GenerateParams) -> Result<Samples, String> {
     let device = device().await;
     let (model, tok) = load(p.model, p.seed, &device).await?;
     let ids = tok.encode(&p.prompt).map_err(|e| e.to_string())?;
@@ -487,6 +494,5 @@ async fn generate(id: u32, p: &GenerateParams) -> Result<(), String> {
         samples.push(tok.decode(&out));
         js::sleep(0).await;
     }
-    post(&FromWorker::Samples { id, samples, seconds: started.elapsed().as_secs_f64() });
-    Ok(())
+    Ok(Samples { samples, seconds: started.elapsed().as_secs_f64() })
 }
