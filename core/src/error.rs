@@ -1,6 +1,12 @@
 //! One error type for the whole core. Every variant says what went wrong and how to fix it,
 //! naming the file and the field where there is one, because these messages reach people
 //! who are learning and should never have to read a backtrace.
+//!
+//! Core names settings by their config field, never by a flag or a control: a field a
+//! message mentions in its text is written in backticks (`` `seq_len` ``), and `Config`
+//! errors carry theirs in `field`. Each edge renders them through one table of its own:
+//! the CLI as flags (`native/src/flags.rs`), the page as its controls
+//! (`web/src/fields.rs`).
 
 use std::fmt;
 
@@ -48,7 +54,7 @@ pub enum Error {
     /// Training produced a non-finite loss.
     #[error(
         "the loss became {value} at step {step}; training stopped before the bad update was saved. \
-         Lower the learning rate (--lr), keep gradient clipping on (--clip 1.0), or resume from the last checkpoint"
+         Lower the learning rate (`lr`), keep gradient clipping on (`clip_grad_norm` 1.0), or resume from the last checkpoint"
     )]
     NonFiniteLoss { step: usize, value: f32 },
 
@@ -78,4 +84,28 @@ impl From<Error> for String {
     fn from(e: Error) -> String {
         e.to_string()
     }
+}
+
+/// `text` with every field name written in backticks (`` `seq_len` ``) replaced by what
+/// `name` calls it: how each edge renders core's messages through its own table. Backticked
+/// text that is not a field name (lower-case letters, digits, `_`) stays as it is.
+pub fn render_fields(text: &str, name: impl Fn(&str) -> String) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find('`') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        match after.find('`') {
+            Some(j) if !after[..j].is_empty() && after[..j].bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') => {
+                out.push_str(&name(&after[..j]));
+                rest = &after[j + 1..];
+            }
+            _ => {
+                out.push('`');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }

@@ -46,8 +46,11 @@ pub fn generate_cmd(args: GenerateArgs, device: &Device) -> Result<(), String> {
     Ok(())
 }
 
+/// The share of exact answers, and each (prompt, answer, whether it matched).
+pub type Accuracy = (f64, Vec<(String, String, bool)>);
+
 /// Greedy answers to held-out prompts, scored by the task's exact-match rule.
-pub fn task_accuracy(model: &Gpt, tok: &TextTokenizer, data: DataSource, seed: u64, n: usize) -> Result<Option<(f64, Vec<(String, String, bool)>)>, String> {
+pub fn task_accuracy(model: &Gpt, tok: &TextTokenizer, data: DataSource, seed: u64, n: usize) -> Result<Option<Accuracy>, String> {
     let DataSource::Task(task) = data else { return Ok(None) };
     if n == 0 {
         return Ok(None);
@@ -182,7 +185,7 @@ pub fn bench_cmd(args: BenchArgs, device: &Device) -> Result<(), String> {
         None => ModelConfig::new(args.vocab, args.ctx, args.d_model, args.layers, args.heads),
     };
     // Name the bench flag, not the config.json field it fills.
-    config.validate("bench flags").map_err(|e| crate::train::flag_error(e).replace("--n-head", "--heads").replace("--n-embd", "--d-model"))?;
+    config.validate("bench flags").map_err(crate::flags::flag_error)?;
     let method = args.method.to_method(None)?;
     let ad = device.clone().autodiff();
     // Uniformly random tokens: throughput does not depend on what the tokens say.
@@ -198,7 +201,7 @@ pub fn bench_cmd(args: BenchArgs, device: &Device) -> Result<(), String> {
         method: method.clone(),
         ..TrainConfig::default()
     };
-    let model = method.apply(Gpt::init(&config, 0, &ad), 0, &ad).map_err(crate::train::flag_error)?;
+    let model = method.apply(Gpt::init(&config, 0, &ad), 0, &ad).map_err(crate::flags::flag_error)?;
     let trainable = tinytune::model::trainable_count(&model);
     let mut trainer = Trainer::from_datasets(model, train, data.clone(), data, &ad).map_err(|e| e.to_string())?;
     for _ in 0..3 {
@@ -381,14 +384,14 @@ pub fn lora_rank_cmd(a: crate::cli::LoraRankArgs, device: &Device) -> Result<(),
     let loaded = crate::model_dir::load(&a.model, &ad)?;
     let data = a.data.parse::<DataSource>().map_err(|e| format!("--data: {e}"))?;
     let config = tinytune::methods::rank::finetune_config(data, a.steps, a.lr, a.batch, a.seq_len, a.seed);
-    let mut trainer = Trainer::new(loaded.model.clone(), &loaded.tokenizer, config, &ad).map_err(|e| crate::train::flag_error(e))?;
+    let mut trainer = Trainer::new(loaded.model.clone(), &loaded.tokenizer, config, &ad).map_err(crate::flags::flag_error)?;
     eprintln!("fully fine-tuning {} on {} for {} steps", a.model.display(), a.data, a.steps);
     for _ in 0..a.steps {
         trainer.step().map_err(|e| e.to_string())?;
     }
     let r =
         tinytune::methods::rank::rank_report(&loaded.model.valid(), &trainer.model.valid(), &a.matrix, a.rank, &trainer.eval, a.batch, a.seq_len, 4, device)
-            .map_err(|e| crate::train::flag_error(e))?;
+            .map_err(crate::flags::flag_error)?;
     if a.json {
         println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
         return Ok(());

@@ -84,7 +84,7 @@ pub fn compare_cmd(a: CompareArgs, device: &Device) -> Result<(), String> {
         // One held-out evaluation, after the last step: the table compares end points.
         config.eval_every = 0;
         let kind = config.optimizer.kind;
-        let model = config.method.apply(loaded.model.clone(), config.seed, &ad).map_err(train::flag_error)?;
+        let model = config.method.apply(loaded.model.clone(), config.seed, &ad).map_err(crate::flags::flag_error)?;
         let trainer = train::trainer(model, &loaded.tokenizer, config, &ad)?;
         let mut run = Run::new(trainer, loaded.tokenizer.clone());
         let before = current();

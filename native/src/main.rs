@@ -5,6 +5,7 @@ mod backend;
 mod cli;
 mod commands;
 mod compare;
+mod flags;
 mod formats;
 mod fsutil;
 mod interrupt;
@@ -66,7 +67,8 @@ fn restore_sigpipe() {
     }
 }
 
+/// Every error ends here: core's field names become flags (`flags::render`).
 fn fail(message: &str) -> ExitCode {
-    eprintln!("error: {message}");
+    eprintln!("error: {}", flags::render(message));
     ExitCode::FAILURE
 }

@@ -69,7 +69,7 @@ pub fn plan(a: &MemoryArgs) -> Result<Plan, String> {
         base: choice("base", &a.base, "native, int8, nf4")?,
         ..Plan::new(arch, a.seq)
     };
-    plan.validate("command line").map_err(|e| e.to_string().replace("command line: ", "--"))?;
+    plan.validate("command line").map_err(crate::flags::flag_error)?;
     Ok(plan)
 }
 

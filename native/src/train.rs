@@ -15,6 +15,7 @@ use tinytune::train::{Control, DataSource, LossScale, Outcome, Precision, Run, R
 use tinytune::{Gpt, ModelConfig, TextTokenizer};
 
 use crate::cli::{FinetuneArgs, PretrainArgs, TrainArgs};
+use crate::flags::flag_error;
 use crate::fsutil::{CheckpointDirs, read, read_text, write_atomic};
 use crate::{model_dir, plot};
 
@@ -111,34 +112,6 @@ fn optimizer(args: &TrainArgs) -> Result<OptimConfig, String> {
         clip_grad_norm: if kind == OptimKind::Mezo { None } else { (args.clip > 0.0).then_some(args.clip) },
         ..d
     })
-}
-
-/// A config error found in values that came from flags, phrased in terms of the flag.
-pub fn flag_error(e: tinytune::Error) -> String {
-    match e {
-        tinytune::Error::Config { origin, field, problem } => {
-            // Core names methods' fields as PEFT does; the command line has its own names.
-            let ia3 = origin.to_string().contains("IA³");
-            let flag = match field.as_str() {
-                "r" => "rank".to_string(),
-                "lora_alpha" => "alpha".to_string(),
-                "target_modules" if ia3 => "ia3-targets".to_string(),
-                "feedforward_modules" => "ia3-feedforward".to_string(),
-                "target_modules" => "targets".to_string(),
-                "init" => "lora-init".to_string(),
-                "size" => "bottleneck".to_string(),
-                "scaling" => "adapter-scaling".to_string(),
-                "num_virtual_tokens" => "virtual-tokens".to_string(),
-                "encoder_hidden_size" => "encoder-hidden".to_string(),
-                "init_text" | "init_ids" => "prompt-text".to_string(),
-                "block" => "qlora-block".to_string(),
-                "n" => "last-n".to_string(),
-                f => f.replace('_', "-"),
-            };
-            format!("--{flag}: {problem}")
-        }
-        other => other.to_string(),
-    }
 }
 
 pub fn pretrain(args: PretrainArgs, device: &Device) -> Result<(), String> {

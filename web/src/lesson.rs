@@ -32,6 +32,8 @@ pub struct Lesson {
     pub segments: Vec<Segment>,
 }
 
+// A lesson holds a handful of segments, built once: boxing the widget would save nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Segment {
     /// Rendered HTML of the markdown between widgets.

@@ -4,6 +4,7 @@
 //! tested natively.
 
 pub mod decide;
+pub mod fields;
 pub mod lesson;
 pub mod lessons;
 pub mod memory;

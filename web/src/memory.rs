@@ -1,6 +1,7 @@
 //! The memory widgets' settings and how they become an estimator [`Plan`]: plain Rust, so
 //! the page's calculator and its tests use the same code as `tinytune memory`.
 
+use crate::widgets::{Field, Settings, assign, int, one_of};
 use serde::{Deserialize, Serialize};
 use tinytune::ModelConfig;
 use tinytune::memory::arch::{ARCH_PRESETS, Arch};
@@ -115,7 +116,7 @@ impl MemoryParams {
             base: kebab("base", &self.base, &BASES)?,
             ..Plan::new(arch, self.seq)
         };
-        plan.validate("memory").map_err(|e| e.to_string().replace("memory: ", ""))?;
+        plan.validate("memory").map_err(|e| crate::fields::describe(&e))?;
         Ok(plan)
     }
 
@@ -159,6 +160,47 @@ impl TimelineParams {
 pub struct TimelineResult {
     pub measured: StepMemory,
     pub estimate: Estimate,
+}
+
+impl Settings for MemoryParams {
+    const NAME: &'static str = "memory";
+    fn fields() -> Vec<Field<Self>> {
+        vec![
+            Field {
+                key: "model",
+                get: |p| p.model.clone(),
+                set: |p, v| {
+                    MemoryParams::check_model(v)?;
+                    p.model = v.to_string();
+                    Ok(())
+                },
+            },
+            Field { key: "method", get: |p| p.method.clone(), set: |p, v| assign(&mut p.method, one_of(v, &METHODS)) },
+            Field { key: "rank", get: |p| p.rank.to_string(), set: |p, v| assign(&mut p.rank, int(v, 1, 1024).map(|x| x as u64)) },
+            Field { key: "precision", get: |p| p.precision.clone(), set: |p, v| assign(&mut p.precision, one_of(v, &PRECISIONS)) },
+            Field { key: "optimizer", get: |p| p.optimizer.clone(), set: |p, v| assign(&mut p.optimizer, one_of(v, &OPTIMIZERS)) },
+            Field { key: "batch", get: |p| p.batch.to_string(), set: |p, v| assign(&mut p.batch, int(v, 1, 1024).map(|x| x as u64)) },
+            Field { key: "seq", get: |p| p.seq.to_string(), set: |p, v| assign(&mut p.seq, int(v, 1, 131_072).map(|x| x as u64)) },
+            Field { key: "checkpointing", get: |p| p.checkpointing.to_string(), set: |p, v| assign(&mut p.checkpointing, int(v, 0, 128).map(|x| x as u64)) },
+            Field { key: "accumulate", get: |p| p.accumulate.to_string(), set: |p, v| assign(&mut p.accumulate, int(v, 1, 1024).map(|x| x as u64)) },
+            Field { key: "zero", get: |p| p.zero.to_string(), set: |p, v| assign(&mut p.zero, int(v, 0, 3).map(|x| x as u8)) },
+            Field { key: "gpus", get: |p| p.gpus.to_string(), set: |p, v| assign(&mut p.gpus, int(v, 1, 4096).map(|x| x as u64)) },
+            Field { key: "offload", get: |p| p.offload.clone(), set: |p, v| assign(&mut p.offload, one_of(v, &OFFLOADS)) },
+            Field { key: "base", get: |p| p.base.clone(), set: |p, v| assign(&mut p.base, one_of(v, &BASES)) },
+            Field { key: "attention", get: |p| p.attention.clone(), set: |p, v| assign(&mut p.attention, one_of(v, &ATTENTIONS)) },
+        ]
+    }
+}
+
+impl Settings for TimelineParams {
+    const NAME: &'static str = "memory-timeline";
+    fn fields() -> Vec<Field<Self>> {
+        vec![
+            Field { key: "batch", get: |p| p.batch.to_string(), set: |p, v| assign(&mut p.batch, int(v, 1, 32)) },
+            Field { key: "seq", get: |p| p.seq.to_string(), set: |p, v| assign(&mut p.seq, int(v, 8, 128)) },
+            Field { key: "method", get: |p| p.method.clone(), set: |p, v| assign(&mut p.method, one_of(v, &["full", "lora"])) },
+        ]
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! with `tinytune::optim::report::state_report` on the shipped micro model; the second is
 //! drawn in the page from `tinytune::optim::Schedule` itself.
 
+use crate::widgets::{Field, Settings, assign, float, int, one_of, warmup};
 use serde::{Deserialize, Serialize};
 use tinytune::optim::{Decay, Schedule, Warmup};
 
@@ -61,6 +62,26 @@ impl ScheduleParams {
         steps.sort_unstable();
         steps.dedup();
         steps.into_iter().map(|t| (t as f64, s.lr(t))).collect()
+    }
+}
+
+impl Settings for OptimizerStateParams {
+    const NAME: &'static str = "optimizer-state";
+    fn fields() -> Vec<Field<Self>> {
+        vec![Field { key: "layer", get: |p| p.layer.clone(), set: |p, v| assign(&mut p.layer, one_of(v, &LAYERS)) }]
+    }
+}
+
+impl Settings for ScheduleParams {
+    const NAME: &'static str = "schedule";
+    fn fields() -> Vec<Field<Self>> {
+        vec![
+            Field { key: "steps", get: |p| p.steps.to_string(), set: |p, v| assign(&mut p.steps, int(v, 1, 100_000)) },
+            Field { key: "lr", get: |p| p.lr.to_string(), set: |p, v| assign(&mut p.lr, float(v, 1e-8, 10.0)) },
+            Field { key: "warmup", get: |p| p.warmup.clone(), set: |p, v| assign(&mut p.warmup, warmup(v)) },
+            Field { key: "schedule", get: |p| p.schedule.clone(), set: |p, v| assign(&mut p.schedule, one_of(v, &["constant", "linear", "cosine"])) },
+            Field { key: "min_lr_ratio", get: |p| p.min_lr_ratio.to_string(), set: |p, v| assign(&mut p.min_lr_ratio, float(v, 0.0, 1.0)) },
+        ]
     }
 }
 

@@ -2,6 +2,7 @@
 //! of the shipped micro model in FP16 (or BF16) unscaled and at the chosen scale, each
 //! compared with FP32 (`tinytune::train::precision::underflow_reports`).
 
+use crate::widgets::{Field, Settings, assign, int, one_of};
 use serde::{Deserialize, Serialize};
 use tinytune::train::precision::UnderflowReport;
 
@@ -33,4 +34,16 @@ impl LossScalingParams {
 pub struct LossScalingResult {
     pub unscaled: UnderflowReport,
     pub scaled: UnderflowReport,
+}
+
+impl Settings for LossScalingParams {
+    const NAME: &'static str = "loss-scaling";
+    fn fields() -> Vec<Field<Self>> {
+        vec![
+            Field { key: "precision", get: |p| p.precision.clone(), set: |p, v| assign(&mut p.precision, one_of(v, &["fp16", "bf16"])) },
+            Field { key: "scale_log2", get: |p| p.scale_log2.to_string(), set: |p, v| assign(&mut p.scale_log2, int(v, 0, 24).map(|x| x as u32)) },
+            Field { key: "batch", get: |p| p.batch.to_string(), set: |p, v| assign(&mut p.batch, int(v, 1, 32)) },
+            Field { key: "seq", get: |p| p.seq.to_string(), set: |p, v| assign(&mut p.seq, int(v, 8, 128)) },
+        ]
+    }
 }

@@ -22,6 +22,8 @@ pub enum BackendPref {
 }
 
 /// Page → worker.
+// A message is built, serialised and dropped at once: boxing a variant would save nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ToWorker {
     /// Choose (or switch) the backend; answered by `FromWorker::Backend`.

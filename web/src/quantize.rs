@@ -1,6 +1,7 @@
 //! The quantize widget's settings and the pure parts of its answer (histograms, the levels
 //! of one block), tested natively; the worker runs the model.
 
+use crate::widgets::{Field, Settings, assign, boolean, int, one_of};
 use serde::{Deserialize, Serialize};
 use tinytune::formats::ptq::QuantReport;
 
@@ -73,6 +74,18 @@ pub struct QuantizeResult {
     pub histogram: Histogram,
     pub sample_before: String,
     pub sample_after: String,
+}
+
+impl Settings for QuantizeParams {
+    const NAME: &'static str = "quantize";
+    fn fields() -> Vec<Field<Self>> {
+        vec![
+            Field { key: "format", get: |p| p.format.clone(), set: |p, v| assign(&mut p.format, one_of(v, &QUANT_FORMATS)) },
+            Field { key: "block", get: |p| p.block.to_string(), set: |p, v| assign(&mut p.block, int(v, 2, 65536)) },
+            Field { key: "double_quant", get: |p| p.double_quant.to_string(), set: |p, v| assign(&mut p.double_quant, boolean(v)) },
+            Field { key: "layer", get: |p| p.layer.clone(), set: |p, v| assign(&mut p.layer, one_of(v, &LAYERS)) },
+        ]
+    }
 }
 
 #[cfg(test)]

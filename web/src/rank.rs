@@ -3,6 +3,7 @@
 //! `tinytune::methods::rank::rank_report`; the fine-tuned model is kept, so moving the rank
 //! slider only re-measures.
 
+use crate::widgets::{Field, Settings, assign, float, int, one_of};
 use serde::{Deserialize, Serialize};
 
 /// Micro's projections the widget can inspect.
@@ -31,5 +32,18 @@ impl RankParams {
             "tinytune lora-rank --model assets/micro --data sentiment --matrix {} --rank {} --steps {} --lr {} --batch 8 --seq-len 64",
             self.matrix, self.rank, self.steps, self.lr
         )
+    }
+}
+
+impl Settings for RankParams {
+    const NAME: &'static str = "lora-rank";
+    fn fields() -> Vec<Field<Self>> {
+        vec![
+            Field { key: "matrix", get: |p| p.matrix.clone(), set: |p, v| assign(&mut p.matrix, one_of(v, &MATRICES)) },
+            // micro is 128 wide, so every matrix has rank at most 128.
+            Field { key: "rank", get: |p| p.rank.to_string(), set: |p, v| assign(&mut p.rank, int(v, 1, 128)) },
+            Field { key: "steps", get: |p| p.steps.to_string(), set: |p, v| assign(&mut p.steps, int(v, 1, 500)) },
+            Field { key: "lr", get: |p| p.lr.to_string(), set: |p, v| assign(&mut p.lr, float(v, 1e-6, 1.0)) },
+        ]
     }
 }

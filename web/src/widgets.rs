@@ -1,20 +1,20 @@
-//! The widget registry: every widget a lesson can place, with typed parameters. A lesson's
-//! ```` ```widget ```` block and a shared link's query string both go through
-//! [`Widget::set`], so a typo in either is an error that names the widget, the parameter
-//! and the values it accepts. Adding a widget means adding a variant here; the exhaustive
-//! `match` in the app then fails to compile until the widget has a component.
+//! The widget registry: every widget a lesson can place, with typed parameters. Each widget
+//! is a settings type with one table of fields ([`Settings`]: key, text out, text in, with
+//! the accepted values checked), written beside the type; the `widgets!` line below makes
+//! it a `Widget`. A lesson's ```` ```widget ```` block, a shared link and the URL all go
+//! through [`Widget::set`], so a typo in any is an error that names the widget, the
+//! parameter and the values it accepts. The exhaustive `match` in the app's router fails to
+//! compile until a new widget has a component.
 
 use serde::{Deserialize, Serialize};
 use tinytune::ModelConfig;
 use tinytune::methods::MethodKind;
 use tinytune::train::{DataSource, Precision};
 
-use crate::memory::{BASES, METHODS, OFFLOADS, OPTIMIZERS, PRECISIONS};
 pub use crate::memory::{MemoryParams, TimelineParams};
 pub use crate::optimizers::{OptimizerStateParams, ScheduleParams};
 pub use crate::precision::LossScalingParams;
 pub use crate::quantize::QuantizeParams;
-use crate::quantize::{LAYERS, QUANT_FORMATS};
 
 /// Which model a widget runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -278,14 +278,83 @@ impl Default for NumberFormatParams {
     }
 }
 
-/// Every widget a lesson can use.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Widget {
+/// One setting of a widget: its key (in lesson blocks, links and the URL), how it is shown
+/// as text, and how text sets it (with the value's range or choices checked).
+pub struct Field<S> {
+    pub key: &'static str,
+    pub get: fn(&S) -> String,
+    /// Sets the value from text; the error says what is accepted (the caller adds which
+    /// widget, key and value).
+    pub set: fn(&mut S, &str) -> Result<(), String>,
+}
+
+/// A widget's settings: its name and its one table of fields, from which its keys, lesson
+/// block parsing, link parsing and URL state all follow.
+pub trait Settings: Clone + Default + PartialEq + Sized {
+    /// The name a lesson's `name:` line and the URL use.
+    const NAME: &'static str;
+    /// Every setting, in the order links and the URL write them.
+    fn fields() -> Vec<Field<Self>>;
+}
+
+/// Declares every widget, one line each: its variant and its settings type. The `Widget`
+/// enum and its name, key, parsing and printing dispatch follow from this table.
+macro_rules! widgets {
+    ($($(#[$doc:meta])* $variant:ident($params:ty),)*) => {
+        /// Every widget a lesson can use.
+        #[derive(Clone, Debug, PartialEq)]
+        pub enum Widget {
+            $($(#[$doc])* $variant($params),)*
+        }
+
+        impl Widget {
+            /// Every widget name, for error messages and docs.
+            pub const NAMES: &'static [&'static str] = &[$(<$params as Settings>::NAME,)*];
+
+            /// The widget with default settings.
+            pub fn named(name: &str) -> Result<Self, String> {
+                $(if name == <$params as Settings>::NAME {
+                    return Ok(Widget::$variant(<$params>::default()));
+                })*
+                Err(format!("unknown widget {name:?}; the widgets are {}", Self::NAMES.join(", ")))
+            }
+
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(Widget::$variant(_) => <$params as Settings>::NAME,)*
+                }
+            }
+
+            /// The parameter names this widget accepts.
+            pub fn keys(&self) -> Vec<&'static str> {
+                match self {
+                    $(Widget::$variant(_) => <$params as Settings>::fields().iter().map(|f| f.key).collect(),)*
+                }
+            }
+
+            /// Sets one parameter from its text form (a lesson block or a URL).
+            pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+                match self {
+                    $(Widget::$variant(p) => set_field(p, key, value),)*
+                }
+            }
+
+            /// Every parameter as text, in `keys()` order; `set` on each pair rebuilds the widget.
+            pub fn pairs(&self) -> Vec<(&'static str, String)> {
+                match self {
+                    $(Widget::$variant(p) => <$params as Settings>::fields().iter().map(|f| (f.key, (f.get)(p))).collect(),)*
+                }
+            }
+        }
+    };
+}
+
+widgets! {
     Train(TrainParams),
     Generate(GenerateParams),
     ModelCard(ModelCardParams),
     /// The prompt → few-shot → RAG → fine-tune walk-through; no parameters.
-    Decide,
+    Decide(DecideParams),
     /// The memory calculator.
     Memory(MemoryParams),
     /// One measured training step of the micro model beside its estimate.
@@ -304,119 +373,20 @@ pub enum Widget {
     LoraRank(crate::rank::RankParams),
 }
 
+/// `key = value` on settings `S`, the error naming the widget, the key and the value.
+fn set_field<S: Settings>(p: &mut S, key: &str, value: &str) -> Result<(), String> {
+    let fields = S::fields();
+    let Some(field) = fields.iter().find(|f| f.key == key) else {
+        return Err(if fields.is_empty() {
+            format!("{}: unknown parameter {key:?}; this widget takes no parameters", S::NAME)
+        } else {
+            format!("{}: unknown parameter {key:?}; use {}", S::NAME, fields.iter().map(|f| f.key).collect::<Vec<_>>().join(", "))
+        });
+    };
+    (field.set)(p, value).map_err(|why| format!("{}: {key}: {value:?}: {why}", S::NAME))
+}
+
 impl Widget {
-    /// Every widget name, for error messages and docs.
-    pub const NAMES: [&'static str; 12] = [
-        "train",
-        "generate",
-        "model-card",
-        "decide",
-        "memory",
-        "memory-timeline",
-        "number-format",
-        "quantize",
-        "loss-scaling",
-        "optimizer-state",
-        "schedule",
-        "lora-rank",
-    ];
-
-    /// The widget with default settings.
-    pub fn named(name: &str) -> Result<Self, String> {
-        Ok(match name {
-            "train" => Widget::Train(TrainParams::default()),
-            "generate" => Widget::Generate(GenerateParams::default()),
-            "model-card" => Widget::ModelCard(ModelCardParams::default()),
-            "decide" => Widget::Decide,
-            "memory" => Widget::Memory(MemoryParams::default()),
-            "memory-timeline" => Widget::MemoryTimeline(TimelineParams::default()),
-            "number-format" => Widget::NumberFormat(NumberFormatParams::default()),
-            "quantize" => Widget::Quantize(QuantizeParams::default()),
-            "loss-scaling" => Widget::LossScaling(LossScalingParams::default()),
-            "optimizer-state" => Widget::OptimizerState(OptimizerStateParams::default()),
-            "schedule" => Widget::Schedule(ScheduleParams::default()),
-            "lora-rank" => Widget::LoraRank(crate::rank::RankParams::default()),
-            other => return Err(format!("unknown widget {other:?}; the widgets are {}", Self::NAMES.join(", "))),
-        })
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            Widget::Train(_) => "train",
-            Widget::Generate(_) => "generate",
-            Widget::ModelCard(_) => "model-card",
-            Widget::Decide => "decide",
-            Widget::Memory(_) => "memory",
-            Widget::MemoryTimeline(_) => "memory-timeline",
-            Widget::NumberFormat(_) => "number-format",
-            Widget::Quantize(_) => "quantize",
-            Widget::LossScaling(_) => "loss-scaling",
-            Widget::OptimizerState(_) => "optimizer-state",
-            Widget::Schedule(_) => "schedule",
-            Widget::LoraRank(_) => "lora-rank",
-        }
-    }
-
-    /// The parameter names this widget accepts.
-    pub fn keys(&self) -> &'static [&'static str] {
-        match self {
-            Widget::Train(_) => &[
-                "model",
-                "task",
-                "steps",
-                "lr",
-                "batch",
-                "seq",
-                "seed",
-                "compare",
-                "precision",
-                "loss_scale",
-                "method",
-                "adapter",
-                "bottleneck",
-                "tokens",
-                "prompt_init",
-                "encoder",
-                "last_n",
-                "rank",
-                "alpha",
-                "targets",
-                "optimizer",
-                "schedule",
-                "warmup",
-                "accumulate",
-                "checkpointing",
-                "sweep",
-            ],
-            Widget::Generate(_) => &["model", "prompt", "temperature", "top_k", "max_tokens", "samples", "seed"],
-            Widget::ModelCard(_) => &["model"],
-            Widget::Decide => &[],
-            Widget::Memory(_) => &[
-                "model",
-                "method",
-                "rank",
-                "precision",
-                "optimizer",
-                "batch",
-                "seq",
-                "checkpointing",
-                "accumulate",
-                "zero",
-                "gpus",
-                "offload",
-                "base",
-                "attention",
-            ],
-            Widget::MemoryTimeline(_) => &["batch", "seq", "method"],
-            Widget::NumberFormat(_) => &["value", "range"],
-            Widget::Quantize(_) => &["format", "block", "double_quant", "layer"],
-            Widget::LossScaling(_) => &["precision", "scale_log2", "batch", "seq"],
-            Widget::OptimizerState(_) => &["layer"],
-            Widget::Schedule(_) => &["steps", "lr", "warmup", "schedule", "min_lr_ratio"],
-            Widget::LoraRank(_) => &["matrix", "rank", "steps", "lr"],
-        }
-    }
-
     /// Parses the body of a `widget` block: `key: value` lines, `name` first or anywhere,
     /// `#` comments.
     pub fn from_block(text: &str) -> Result<Self, String> {
@@ -433,237 +403,6 @@ impl Widget {
         Ok(widget)
     }
 
-    /// Sets one parameter from its text form (a lesson block or a URL).
-    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
-        let name = self.name();
-        let keys = self.keys();
-        let bad = |why: String| format!("{name}: {key}: {value:?}: {why}");
-        let unknown = || {
-            if keys.is_empty() {
-                format!("{name}: unknown parameter {key:?}; this widget takes no parameters")
-            } else {
-                format!("{name}: unknown parameter {key:?}; use {}", keys.join(", "))
-            }
-        };
-        match self {
-            Widget::Train(p) => match key {
-                "model" => p.model = ModelChoice::parse(value).map_err(bad)?,
-                "task" => p.task = value.parse::<DataSource>().map_err(bad)?,
-                "steps" => p.steps = int(value, 1, 2000).map_err(bad)?,
-                "lr" => p.lr = float(value, 1e-6, 1.0).map_err(bad)?,
-                "batch" => p.batch = int(value, 1, 64).map_err(bad)?,
-                "seq" => p.seq = int(value, 8, 128).map_err(bad)?,
-                "seed" => p.seed = int(value, 0, u32::MAX as usize).map_err(bad)? as u64,
-                "compare" => p.compare = boolean(value).map_err(bad)?,
-                "precision" => p.precision = value.parse::<Precision>().map_err(bad)?,
-                "loss_scale" => p.loss_scale = one_of(value, &["none", "dynamic"]).map_err(bad)?,
-                "method" => p.method = value.parse::<MethodKind>().map_err(bad)?,
-                "adapter" => p.adapter = one_of(value, &["houlsby", "pfeiffer", "parallel"]).map_err(bad)?,
-                "bottleneck" => p.bottleneck = int(value, 1, 128).map_err(bad)?,
-                "tokens" => p.tokens = int(value, 1, 32).map_err(bad)?,
-                "prompt_init" => p.prompt_init = one_of(value, &["random", "vocab"]).map_err(bad)?,
-                "encoder" => p.encoder = int(value, 1, 512).map_err(bad)?,
-                "last_n" => p.last_n = int(value, 1, 64).map_err(bad)?,
-                "rank" => p.rank = int(value, 1, 256).map_err(bad)?,
-                "alpha" => p.alpha = float(value, 1e-3, 1e4).map_err(bad)?,
-                "targets" => {
-                    let known = ["c_attn", "c_proj", "c_fc", "attn.c_proj", "mlp.c_proj", "mlp.c_fc", "attn.c_attn", "all-linear"];
-                    // Every comma-separated entry must name a projection (an empty one too).
-                    if let Some(t) = value.split(',').map(str::trim).find(|t| !known.contains(t)) {
-                        return Err(bad(format!("unknown projection {t:?}; use {}", known.join(", "))));
-                    }
-                    p.targets = value.to_string();
-                }
-                "optimizer" => p.optimizer = value.parse::<tinytune::optim::OptimKind>().map_err(bad)?.to_string(),
-                "schedule" => p.schedule = one_of(value, &["constant", "linear", "cosine"]).map_err(bad)?,
-                "warmup" => {
-                    value.parse::<tinytune::optim::Warmup>().map_err(bad)?;
-                    p.warmup = value.to_string();
-                }
-                "accumulate" => p.accumulate = int(value, 1, 64).map_err(bad)?,
-                "checkpointing" => p.checkpointing = boolean(value).map_err(bad)?,
-                "sweep" => {
-                    let mut probe = p.clone();
-                    probe.sweep = value.trim().to_string();
-                    probe.sweep_runs().map_err(bad)?;
-                    p.sweep = probe.sweep;
-                }
-                _ => return Err(unknown()),
-            },
-            Widget::Generate(p) => match key {
-                "model" => p.model = ModelChoice::parse(value).map_err(bad)?,
-                "prompt" => p.prompt = value.replace("\\n", "\n"),
-                "temperature" => p.temperature = float(value, 0.0, 5.0).map_err(bad)?,
-                "top_k" => p.top_k = int(value, 0, 100_000).map_err(bad)?,
-                "max_tokens" => p.max_tokens = int(value, 1, 512).map_err(bad)?,
-                "samples" => p.samples = int(value, 1, 8).map_err(bad)?,
-                "seed" => p.seed = int(value, 0, u32::MAX as usize).map_err(bad)? as u64,
-                _ => return Err(unknown()),
-            },
-            Widget::ModelCard(p) => match key {
-                "model" => {
-                    ModelConfig::preset(value).map_err(|e| bad(e.to_string()))?;
-                    p.model = value.to_string();
-                }
-                _ => return Err(unknown()),
-            },
-            Widget::Decide => return Err(unknown()),
-            Widget::Memory(p) => match key {
-                "model" => {
-                    MemoryParams::check_model(value).map_err(bad)?;
-                    p.model = value.to_string();
-                }
-                "method" => p.method = one_of(value, &METHODS).map_err(bad)?,
-                "rank" => p.rank = int(value, 1, 1024).map_err(bad)? as u64,
-                "precision" => p.precision = one_of(value, &PRECISIONS).map_err(bad)?,
-                "optimizer" => p.optimizer = one_of(value, &OPTIMIZERS).map_err(bad)?,
-                "batch" => p.batch = int(value, 1, 1024).map_err(bad)? as u64,
-                "seq" => p.seq = int(value, 1, 131_072).map_err(bad)? as u64,
-                "checkpointing" => p.checkpointing = int(value, 0, 128).map_err(bad)? as u64,
-                "accumulate" => p.accumulate = int(value, 1, 1024).map_err(bad)? as u64,
-                "zero" => p.zero = int(value, 0, 3).map_err(bad)? as u8,
-                "gpus" => p.gpus = int(value, 1, 4096).map_err(bad)? as u64,
-                "offload" => p.offload = one_of(value, &OFFLOADS).map_err(bad)?,
-                "base" => p.base = one_of(value, &BASES).map_err(bad)?,
-                "attention" => p.attention = one_of(value, &crate::memory::ATTENTIONS).map_err(bad)?,
-                _ => return Err(unknown()),
-            },
-            Widget::MemoryTimeline(p) => match key {
-                "batch" => p.batch = int(value, 1, 32).map_err(bad)?,
-                "seq" => p.seq = int(value, 8, 128).map_err(bad)?,
-                "method" => p.method = one_of(value, &["full", "lora"]).map_err(bad)?,
-                _ => return Err(unknown()),
-            },
-            Widget::NumberFormat(p) => match key {
-                "value" => {
-                    value.parse::<f32>().map_err(|_| bad("expected a number such as 0.1, -3e5, nan or inf".into()))?;
-                    p.value = value.to_string();
-                }
-                "range" => {
-                    let r = float(value, 1e-30, 1e30).map_err(bad)?;
-                    p.range = r as f32;
-                }
-                _ => return Err(unknown()),
-            },
-            Widget::Quantize(p) => match key {
-                "format" => p.format = one_of(value, &QUANT_FORMATS).map_err(bad)?,
-                "block" => p.block = int(value, 2, 65536).map_err(bad)?,
-                "double_quant" => p.double_quant = boolean(value).map_err(bad)?,
-                "layer" => p.layer = one_of(value, &LAYERS).map_err(bad)?,
-                _ => return Err(unknown()),
-            },
-            Widget::OptimizerState(p) => match key {
-                "layer" => p.layer = one_of(value, &crate::optimizers::LAYERS).map_err(bad)?,
-                _ => return Err(unknown()),
-            },
-            Widget::LoraRank(p) => match key {
-                "matrix" => p.matrix = one_of(value, &crate::rank::MATRICES).map_err(bad)?,
-                // micro is 128 wide, so every matrix has rank at most 128.
-                "rank" => p.rank = int(value, 1, 128).map_err(bad)?,
-                "steps" => p.steps = int(value, 1, 500).map_err(bad)?,
-                "lr" => p.lr = float(value, 1e-6, 1.0).map_err(bad)?,
-                _ => return Err(unknown()),
-            },
-            Widget::Schedule(p) => match key {
-                "steps" => p.steps = int(value, 1, 100_000).map_err(bad)?,
-                "lr" => p.lr = float(value, 1e-8, 10.0).map_err(bad)?,
-                "warmup" => {
-                    value.parse::<tinytune::optim::Warmup>().map_err(bad)?;
-                    p.warmup = value.to_string();
-                }
-                "schedule" => p.schedule = one_of(value, &["constant", "linear", "cosine"]).map_err(bad)?,
-                "min_lr_ratio" => p.min_lr_ratio = float(value, 0.0, 1.0).map_err(bad)?,
-                _ => return Err(unknown()),
-            },
-            Widget::LossScaling(p) => match key {
-                "precision" => p.precision = one_of(value, &["fp16", "bf16"]).map_err(bad)?,
-                "scale_log2" => p.scale_log2 = int(value, 0, 24).map_err(bad)? as u32,
-                "batch" => p.batch = int(value, 1, 32).map_err(bad)?,
-                "seq" => p.seq = int(value, 8, 128).map_err(bad)?,
-                _ => return Err(unknown()),
-            },
-        }
-        Ok(())
-    }
-
-    /// Every parameter as text, in `keys()` order; `set` on each pair rebuilds the widget.
-    pub fn pairs(&self) -> Vec<(&'static str, String)> {
-        match self {
-            Widget::Train(p) => vec![
-                ("model", p.model.name().into()),
-                ("task", p.task.to_string()),
-                ("steps", p.steps.to_string()),
-                ("lr", p.lr.to_string()),
-                ("batch", p.batch.to_string()),
-                ("seq", p.seq.to_string()),
-                ("seed", p.seed.to_string()),
-                ("compare", p.compare.to_string()),
-                ("precision", p.precision.to_string()),
-                ("loss_scale", p.loss_scale.clone()),
-                ("method", p.method.to_string()),
-                ("adapter", p.adapter.clone()),
-                ("bottleneck", p.bottleneck.to_string()),
-                ("tokens", p.tokens.to_string()),
-                ("prompt_init", p.prompt_init.clone()),
-                ("encoder", p.encoder.to_string()),
-                ("last_n", p.last_n.to_string()),
-                ("rank", p.rank.to_string()),
-                ("alpha", p.alpha.to_string()),
-                ("targets", p.targets.clone()),
-                ("optimizer", p.optimizer.clone()),
-                ("schedule", p.schedule.clone()),
-                ("warmup", p.warmup.clone()),
-                ("accumulate", p.accumulate.to_string()),
-                ("checkpointing", p.checkpointing.to_string()),
-                ("sweep", p.sweep.clone()),
-            ],
-            Widget::Generate(p) => vec![
-                ("model", p.model.name().into()),
-                ("prompt", p.prompt.replace('\n', "\\n")),
-                ("temperature", p.temperature.to_string()),
-                ("top_k", p.top_k.to_string()),
-                ("max_tokens", p.max_tokens.to_string()),
-                ("samples", p.samples.to_string()),
-                ("seed", p.seed.to_string()),
-            ],
-            Widget::ModelCard(p) => vec![("model", p.model.clone())],
-            Widget::Decide => vec![],
-            Widget::Memory(p) => vec![
-                ("model", p.model.clone()),
-                ("method", p.method.clone()),
-                ("rank", p.rank.to_string()),
-                ("precision", p.precision.clone()),
-                ("optimizer", p.optimizer.clone()),
-                ("batch", p.batch.to_string()),
-                ("seq", p.seq.to_string()),
-                ("checkpointing", p.checkpointing.to_string()),
-                ("accumulate", p.accumulate.to_string()),
-                ("zero", p.zero.to_string()),
-                ("gpus", p.gpus.to_string()),
-                ("offload", p.offload.clone()),
-                ("base", p.base.clone()),
-                ("attention", p.attention.clone()),
-            ],
-            Widget::MemoryTimeline(p) => vec![("batch", p.batch.to_string()), ("seq", p.seq.to_string()), ("method", p.method.clone())],
-            Widget::NumberFormat(p) => vec![("value", p.value.clone()), ("range", p.range.to_string())],
-            Widget::Quantize(p) => {
-                vec![("format", p.format.clone()), ("block", p.block.to_string()), ("double_quant", p.double_quant.to_string()), ("layer", p.layer.clone())]
-            }
-            Widget::LossScaling(p) => {
-                vec![("precision", p.precision.clone()), ("scale_log2", p.scale_log2.to_string()), ("batch", p.batch.to_string()), ("seq", p.seq.to_string())]
-            }
-            Widget::OptimizerState(p) => vec![("layer", p.layer.clone())],
-            Widget::Schedule(p) => vec![
-                ("steps", p.steps.to_string()),
-                ("lr", p.lr.to_string()),
-                ("warmup", p.warmup.clone()),
-                ("schedule", p.schedule.clone()),
-                ("min_lr_ratio", p.min_lr_ratio.to_string()),
-            ],
-            Widget::LoraRank(p) => vec![("matrix", p.matrix.clone()), ("rank", p.rank.to_string()), ("steps", p.steps.to_string()), ("lr", p.lr.to_string())],
-        }
-    }
-
     /// The parameters where `self` differs from `base` (what a shared link must carry).
     pub fn diff(&self, base: &Widget) -> Vec<(&'static str, String)> {
         let base = base.pairs();
@@ -671,11 +410,143 @@ impl Widget {
     }
 }
 
-fn one_of(value: &str, choices: &[&str]) -> Result<String, String> {
+impl Settings for TrainParams {
+    const NAME: &'static str = "train";
+    fn fields() -> Vec<Field<Self>> {
+        vec![
+            Field { key: "model", get: |p| p.model.name().into(), set: |p, v| assign(&mut p.model, ModelChoice::parse(v)) },
+            Field { key: "task", get: |p| p.task.to_string(), set: |p, v| assign(&mut p.task, v.parse::<DataSource>()) },
+            Field { key: "steps", get: |p| p.steps.to_string(), set: |p, v| assign(&mut p.steps, int(v, 1, 2000)) },
+            Field { key: "lr", get: |p| p.lr.to_string(), set: |p, v| assign(&mut p.lr, float(v, 1e-6, 1.0)) },
+            Field { key: "batch", get: |p| p.batch.to_string(), set: |p, v| assign(&mut p.batch, int(v, 1, 64)) },
+            Field { key: "seq", get: |p| p.seq.to_string(), set: |p, v| assign(&mut p.seq, int(v, 8, 128)) },
+            Field { key: "seed", get: |p| p.seed.to_string(), set: |p, v| assign(&mut p.seed, int(v, 0, u32::MAX as usize).map(|x| x as u64)) },
+            Field { key: "compare", get: |p| p.compare.to_string(), set: |p, v| assign(&mut p.compare, boolean(v)) },
+            Field { key: "precision", get: |p| p.precision.to_string(), set: |p, v| assign(&mut p.precision, v.parse::<Precision>()) },
+            Field { key: "loss_scale", get: |p| p.loss_scale.clone(), set: |p, v| assign(&mut p.loss_scale, one_of(v, &["none", "dynamic"])) },
+            Field { key: "method", get: |p| p.method.to_string(), set: |p, v| assign(&mut p.method, v.parse::<MethodKind>()) },
+            Field { key: "adapter", get: |p| p.adapter.clone(), set: |p, v| assign(&mut p.adapter, one_of(v, &["houlsby", "pfeiffer", "parallel"])) },
+            Field { key: "bottleneck", get: |p| p.bottleneck.to_string(), set: |p, v| assign(&mut p.bottleneck, int(v, 1, 128)) },
+            Field { key: "tokens", get: |p| p.tokens.to_string(), set: |p, v| assign(&mut p.tokens, int(v, 1, 32)) },
+            Field { key: "prompt_init", get: |p| p.prompt_init.clone(), set: |p, v| assign(&mut p.prompt_init, one_of(v, &["random", "vocab"])) },
+            Field { key: "encoder", get: |p| p.encoder.to_string(), set: |p, v| assign(&mut p.encoder, int(v, 1, 512)) },
+            Field { key: "last_n", get: |p| p.last_n.to_string(), set: |p, v| assign(&mut p.last_n, int(v, 1, 64)) },
+            Field { key: "rank", get: |p| p.rank.to_string(), set: |p, v| assign(&mut p.rank, int(v, 1, 256)) },
+            Field { key: "alpha", get: |p| p.alpha.to_string(), set: |p, v| assign(&mut p.alpha, float(v, 1e-3, 1e4)) },
+            Field {
+                key: "targets",
+                get: |p| p.targets.clone(),
+                set: |p, v| {
+                    let known = ["c_attn", "c_proj", "c_fc", "attn.c_proj", "mlp.c_proj", "mlp.c_fc", "attn.c_attn", "all-linear"];
+                    // Every comma-separated entry must name a projection (an empty one too).
+                    if let Some(t) = v.split(',').map(str::trim).find(|t| !known.contains(t)) {
+                        return Err(format!("unknown projection {t:?}; use {}", known.join(", ")));
+                    }
+                    p.targets = v.to_string();
+                    Ok(())
+                },
+            },
+            Field {
+                key: "optimizer",
+                get: |p| p.optimizer.clone(),
+                set: |p, v| assign(&mut p.optimizer, v.parse::<tinytune::optim::OptimKind>().map(|x| x.to_string())),
+            },
+            Field { key: "schedule", get: |p| p.schedule.clone(), set: |p, v| assign(&mut p.schedule, one_of(v, &["constant", "linear", "cosine"])) },
+            Field { key: "warmup", get: |p| p.warmup.clone(), set: |p, v| assign(&mut p.warmup, warmup(v)) },
+            Field { key: "accumulate", get: |p| p.accumulate.to_string(), set: |p, v| assign(&mut p.accumulate, int(v, 1, 64)) },
+            Field { key: "checkpointing", get: |p| p.checkpointing.to_string(), set: |p, v| assign(&mut p.checkpointing, boolean(v)) },
+            Field {
+                key: "sweep",
+                get: |p| p.sweep.clone(),
+                set: |p, v| {
+                    let mut probe = p.clone();
+                    probe.sweep = v.trim().to_string();
+                    probe.sweep_runs()?;
+                    p.sweep = probe.sweep;
+                    Ok(())
+                },
+            },
+        ]
+    }
+}
+
+impl Settings for GenerateParams {
+    const NAME: &'static str = "generate";
+    fn fields() -> Vec<Field<Self>> {
+        vec![
+            Field { key: "model", get: |p| p.model.name().into(), set: |p, v| assign(&mut p.model, ModelChoice::parse(v)) },
+            // A lesson block is one line per key: a newline in the prompt is written \n.
+            Field { key: "prompt", get: |p| p.prompt.replace('\n', "\\n"), set: |p, v| assign(&mut p.prompt, Ok::<_, String>(v.replace("\\n", "\n"))) },
+            Field { key: "temperature", get: |p| p.temperature.to_string(), set: |p, v| assign(&mut p.temperature, float(v, 0.0, 5.0)) },
+            Field { key: "top_k", get: |p| p.top_k.to_string(), set: |p, v| assign(&mut p.top_k, int(v, 0, 100_000)) },
+            Field { key: "max_tokens", get: |p| p.max_tokens.to_string(), set: |p, v| assign(&mut p.max_tokens, int(v, 1, 512)) },
+            Field { key: "samples", get: |p| p.samples.to_string(), set: |p, v| assign(&mut p.samples, int(v, 1, 8)) },
+            Field { key: "seed", get: |p| p.seed.to_string(), set: |p, v| assign(&mut p.seed, int(v, 0, u32::MAX as usize).map(|x| x as u64)) },
+        ]
+    }
+}
+
+impl Settings for ModelCardParams {
+    const NAME: &'static str = "model-card";
+    fn fields() -> Vec<Field<Self>> {
+        vec![Field {
+            key: "model",
+            get: |p| p.model.clone(),
+            set: |p, v| {
+                ModelConfig::preset(v).map_err(|e| e.to_string())?;
+                p.model = v.to_string();
+                Ok(())
+            },
+        }]
+    }
+}
+
+/// The `decide` widget has no settings.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DecideParams;
+
+impl Settings for DecideParams {
+    const NAME: &'static str = "decide";
+    fn fields() -> Vec<Field<Self>> {
+        Vec::new()
+    }
+}
+
+impl Settings for NumberFormatParams {
+    const NAME: &'static str = "number-format";
+    fn fields() -> Vec<Field<Self>> {
+        vec![
+            Field {
+                key: "value",
+                get: |p| p.value.clone(),
+                set: |p, v| {
+                    v.parse::<f32>().map_err(|_| "expected a number such as 0.1, -3e5, nan or inf".to_string())?;
+                    p.value = v.to_string();
+                    Ok(())
+                },
+            },
+            Field { key: "range", get: |p| p.range.to_string(), set: |p, v| assign(&mut p.range, float(v, 1e-30, 1e30).map(|x| x as f32)) },
+        ]
+    }
+}
+
+/// Sets `slot` to a parsed value, or passes the parse error on (for `Field::set`).
+pub(crate) fn assign<T, E: ToString>(slot: &mut T, value: Result<T, E>) -> Result<(), String> {
+    *slot = value.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// A warmup as typed (`25%`, `0.1`, `5`), checked.
+pub(crate) fn warmup(value: &str) -> Result<String, String> {
+    value.parse::<tinytune::optim::Warmup>()?;
+    Ok(value.to_string())
+}
+
+pub(crate) fn one_of(value: &str, choices: &[&str]) -> Result<String, String> {
     if choices.contains(&value) { Ok(value.to_string()) } else { Err(format!("choose {}", choices.join(", "))) }
 }
 
-fn int(value: &str, min: usize, max: usize) -> Result<usize, String> {
+pub(crate) fn int(value: &str, min: usize, max: usize) -> Result<usize, String> {
     let v: usize = value.parse().map_err(|_| format!("expected a whole number from {min} to {max}"))?;
     if !(min..=max).contains(&v) {
         return Err(format!("must be from {min} to {max}"));
@@ -683,7 +554,7 @@ fn int(value: &str, min: usize, max: usize) -> Result<usize, String> {
     Ok(v)
 }
 
-fn float(value: &str, min: f64, max: f64) -> Result<f64, String> {
+pub(crate) fn float(value: &str, min: f64, max: f64) -> Result<f64, String> {
     let v: f64 = value.parse().map_err(|_| format!("expected a number from {min} to {max}"))?;
     if !(v >= min && v <= max) {
         return Err(format!("must be from {min} to {max}"));
@@ -691,7 +562,7 @@ fn float(value: &str, min: f64, max: f64) -> Result<f64, String> {
     Ok(v)
 }
 
-fn boolean(value: &str) -> Result<bool, String> {
+pub(crate) fn boolean(value: &str) -> Result<bool, String> {
     match value {
         "true" => Ok(true),
         "false" => Ok(false),
@@ -709,7 +580,7 @@ mod tests {
 
     #[test]
     fn every_widget_round_trips_through_its_pairs() {
-        for name in Widget::NAMES {
+        for &name in Widget::NAMES {
             let w = Widget::named(name).unwrap();
             assert_eq!(w.name(), name);
             let keys: Vec<&str> = w.pairs().iter().map(|(k, _)| *k).collect();

@@ -237,7 +237,7 @@ impl Quantized4 {
     /// The 4-bit code of element `i`.
     pub fn code_at(&self, i: usize) -> u8 {
         let byte = self.packed[i / 2];
-        if i % 2 == 0 { byte >> 4 } else { byte & 0x0f }
+        if i.is_multiple_of(2) { byte >> 4 } else { byte & 0x0f }
     }
 
     pub fn dequantize(&self) -> Vec<f32> {

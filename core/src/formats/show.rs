@@ -47,7 +47,7 @@ pub fn show(x: f32, range: f32) -> Vec<Row> {
     let scaled = |format: &'static str, width: u32, code: Option<int::IntCode>, bits: String, step: f64, levels: f64| {
         let (stored, note) = match code {
             None if x.is_nan() => (f64::NAN, "integers have no NaN: not representable".to_string()),
-            None => (f64::NAN, format!("the range {range} cannot scale a block; give a positive, finite --range")),
+            None => (f64::NAN, format!("the range {range} cannot scale a block; give a positive, finite range")),
             Some(c) => (c.value, if c.saturated { "saturated at the end of the range".into() } else { rounding_note(x, c.value) }),
         };
         Row { format, bits, width, stored, error: error(x, stored), note, max: range as f64, min_normal: step, min_subnormal: 0.0, epsilon: 1.0 / levels }
@@ -124,7 +124,7 @@ fn four_bit_row(name: &'static str, kind: FourBit, x: f32, range: f32) -> Row {
     };
     if x.is_nan() || !(range > 0.0) || !range.is_finite() {
         let note =
-            if x.is_nan() { "NaN: the block's absmax becomes NaN and every value in the block dequantizes to NaN" } else { "give a positive, finite --range" };
+            if x.is_nan() { "NaN: the block's absmax becomes NaN and every value in the block dequantizes to NaN" } else { "give a positive, finite range" };
         return Row { note: note.into(), ..base };
     }
     // One value in a block whose absmax is `range`: the same scaling and nearest-code rule

@@ -243,14 +243,14 @@ impl Arch {
                 return Err(Error::config(origin, field, "is 0; it must be at least 1"));
             }
         }
-        if self.hidden % self.heads != 0 {
+        if !self.hidden.is_multiple_of(self.heads) {
             return Err(Error::config(
                 origin,
                 hidden,
                 format!("{} does not divide evenly among {} heads ({heads}); choose a multiple of {}", self.hidden, self.heads, self.heads),
             ));
         }
-        if self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+        if self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
             return Err(Error::config(origin, kv, format!("{} key/value heads do not divide {} attention heads evenly", self.kv_heads, self.heads)));
         }
         Ok(())

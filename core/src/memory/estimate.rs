@@ -331,8 +331,8 @@ impl Plan {
             return bad("zero", format!("stage {} does not exist; choose 0, 1, 2 or 3", self.zero));
         }
         match self.offload {
-            Offload::Optimizer if self.zero == 0 => return bad("offload", "offloading the optimizer needs ZeRO stage 1, 2 or 3 (--zero 2)".into()),
-            Offload::All if self.zero != 3 => return bad("offload", "offloading parameters needs ZeRO stage 3 (--zero 3)".into()),
+            Offload::Optimizer if self.zero == 0 => return bad("offload", "offloading the optimizer needs ZeRO stage 1, 2 or 3 (`zero` 2)".into()),
+            Offload::All if self.zero != 3 => return bad("offload", "offloading parameters needs ZeRO stage 3 (`zero` 3)".into()),
             _ => {}
         }
         if self.checkpoint_every > self.arch.layers {
@@ -407,11 +407,11 @@ impl Plan {
                 if l.bias {
                     push(&mut out, vec![l.d_out], full || top || matches!(m, PlanMethod::Bitfit), false);
                 }
-                if let Some((r, targets)) = &lora {
-                    if targets.contains(&l) {
-                        push(&mut out, vec![l.d_in, *r], true, false);
-                        push(&mut out, vec![*r, l.d_out], true, false);
-                    }
+                if let Some((r, targets)) = &lora
+                    && targets.contains(&l)
+                {
+                    push(&mut out, vec![l.d_in, *r], true, false);
+                    push(&mut out, vec![*r, l.d_out], true, false);
                 }
                 if let PlanMethod::Ia3 { targets, feedforward } = m
                     && a.lora_targets(targets).contains(&l)
@@ -1089,7 +1089,10 @@ mod tests {
     fn invalid_plans_name_the_setting() {
         let err = |p: Plan| p.validate("command line").unwrap_err().to_string();
         assert!(err(Plan { offload: Offload::All, zero: 2, ..plan("gpt2") }).contains("offload"));
-        assert!(err(Plan { offload: Offload::Optimizer, ..plan("gpt2") }).contains("--zero"));
+        assert!(
+            err(Plan { offload: Offload::Optimizer, ..plan("gpt2") }).contains("`zero`"),
+            "core names the field; the CLI and the page name their flag or control"
+        );
         assert!(err(Plan { zero: 4, ..plan("gpt2") }).contains("zero"));
         assert!(err(Plan { batch: 0, ..plan("gpt2") }).contains("batch"));
         let e = err(Plan { method: PlanMethod::Lora { rank: 8, targets: vec!["q_proj".into()] }, ..plan("gpt2") });

@@ -140,7 +140,9 @@ impl Nf4Weight {
             return Err(Error::tensor(
                 origin.clone(),
                 format!("{path}.nf4"),
-                format!("has {n_scales} block maxima; {len} weights in blocks of {block} need {blocks} (was the checkpoint made with another --qlora-block?)"),
+                format!(
+                    "has {n_scales} block maxima; {len} weights in blocks of {block} need {blocks} (was the checkpoint made with another QLoRA block size?)"
+                ),
             ));
         }
         Ok(Self { q: Arc::new(Quantized4 { kind: FourBit::Nf4, blocksize: block, len, packed, scales }), d_in, d_out, device: device.clone() })

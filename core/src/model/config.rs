@@ -200,7 +200,7 @@ impl ModelConfig {
                 return Err(Error::config(origin, field, "must be at least 1"));
             }
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(Error::config(
                 origin,
                 "n_head",

@@ -28,7 +28,7 @@ impl Batch {
     /// The batch cut into `k` micro-batches of `b / k` consecutive rows (gradient
     /// accumulation); `k` must divide `b`.
     pub fn split(&self, k: usize) -> Vec<Batch> {
-        assert!(k >= 1 && self.b % k == 0, "{k} micro-batches do not divide a batch of {} rows", self.b);
+        assert!(k >= 1 && self.b.is_multiple_of(k), "{k} micro-batches do not divide a batch of {} rows", self.b);
         let rows = self.b / k;
         let span = rows * self.t;
         (0..k)

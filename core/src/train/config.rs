@@ -233,7 +233,7 @@ impl TrainConfig {
             return Err(Error::config(origin, "warmup_ratio", format!("{r} is not a share of the run in [0, 1]")));
         }
         self.optimizer.validate(origin.clone())?;
-        if self.accumulate == 0 || self.batch_size % self.accumulate != 0 {
+        if self.accumulate == 0 || !self.batch_size.is_multiple_of(self.accumulate) {
             return Err(Error::config(
                 origin,
                 "accumulate",

@@ -97,21 +97,16 @@ impl fmt::Display for Precision {
 }
 
 /// How the loss is scaled before the backward pass.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum LossScale {
     /// No scaling: gradients are computed at their true size.
+    #[default]
     None,
     /// A constant scale; steps whose gradients overflow are skipped.
     Fixed { scale: f64 },
     /// `GradScaler`'s rule: back off on overflow, grow after a run of good steps.
     Dynamic { init_scale: f64, growth_factor: f64, backoff_factor: f64, growth_interval: usize },
-}
-
-impl Default for LossScale {
-    fn default() -> Self {
-        LossScale::None
-    }
 }
 
 impl LossScale {
@@ -370,7 +365,7 @@ pub fn validate(precision: Precision, loss_scale: &LossScale, origin: impl Into<
     loss_scale.validate(origin.clone())?;
     if precision == Precision::Fp32 && *loss_scale != LossScale::None {
         // Harmless but pointless; say so rather than silently accept a misconfiguration.
-        return Err(Error::config(origin, "loss_scale", "loss scaling only matters for fp16 (and bf16); drop it or choose --precision fp16"));
+        return Err(Error::config(origin, "loss_scale", "loss scaling only matters for fp16 (and bf16); drop it or choose `precision` fp16"));
     }
     Ok(())
 }

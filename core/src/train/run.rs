@@ -206,7 +206,7 @@ impl Run {
     /// after the last.
     pub fn eval_due(&self, step: usize) -> bool {
         let every = self.trainer.config.eval_every;
-        (every > 0 && step % every == 0) || step == self.trainer.config.steps
+        (every > 0 && step.is_multiple_of(every)) || step == self.trainer.config.steps
     }
 
     /// Drives the run to its end (or until the host stops it), reading results back

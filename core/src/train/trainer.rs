@@ -225,7 +225,7 @@ impl Trainer {
         self.device.seed(mix(self.config.seed, self.step as u64));
         if self.config.optimizer.kind == OptimKind::Mezo {
             let (stats, model) = self.mezo_step(&batch);
-            return (started, batch, stats, Pending::Model(model));
+            return (started, batch, stats, Pending::Model(Box::new(model)));
         }
         let (stats, grads) = self.forward_backward(&batch);
         (started, batch, stats, Pending::Grads(grads))
@@ -267,7 +267,7 @@ impl Trainer {
             match pending {
                 Pending::Grads(grads) => self.apply(grads),
                 Pending::Model(model) => {
-                    self.model = model;
+                    self.model = *model;
                     self.optim.t += 1;
                     self.step += 1;
                 }
@@ -310,7 +310,7 @@ impl Trainer {
 /// the updated model itself.
 enum Pending {
     Grads(NamedGrads),
-    Model(Gpt),
+    Model(Box<Gpt>),
 }
 
 /// `model` and `device` with Burn's gradient checkpointing switched on: the device makes new
@@ -359,7 +359,7 @@ fn eval_batch_losses(objective: &Objective, model: &Gpt, data: &Dataset, b: usiz
     let device = model.wte.weight.val().device();
     let batches = data.sequential(b, t, max_batches.max(1));
     if batches.iter().all(|batch| objective.weight(batch) == 0.0) {
-        return Err(Error::Invalid("the held-out split is too short for one evaluation batch; lower --seq-len or add examples".into()));
+        return Err(Error::Invalid("the held-out split is too short for one evaluation batch; lower `seq_len` or add examples".into()));
     }
     Ok(batches.iter().map(|batch| (objective.loss(model, batch, &device, None), objective.weight(batch))).collect())
 }

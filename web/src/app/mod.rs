@@ -249,7 +249,7 @@ fn LessonView(lesson: Lesson, query: Vec<(String, String)>) -> impl IntoView {
                     Widget::Train(_) => view! { <TrainWidget state=state /> }.into_any(),
                     Widget::Generate(_) => view! { <GenerateWidget state=state /> }.into_any(),
                     Widget::ModelCard(_) => view! { <ModelCardWidget state=state /> }.into_any(),
-                    Widget::Decide => view! { <DecideWidget /> }.into_any(),
+                    Widget::Decide(_) => view! { <DecideWidget /> }.into_any(),
                     Widget::Memory(_) => view! { <memory::MemoryWidget state=state /> }.into_any(),
                     Widget::MemoryTimeline(_) => view! { <memory::MemoryTimelineWidget state=state /> }.into_any(),
                     Widget::NumberFormat(_) => view! { <formats::NumberFormatWidget state=state /> }.into_any(),

@@ -60,8 +60,16 @@ thread_local! {
     static RANK_RUN: RefCell<Option<(String, Gpt, Gpt, tinytune::train::Dataset)>> = const { RefCell::new(None) };
 }
 
+/// Sends `msg` to the page; error text names core's fields as the page's controls.
 fn post(msg: &FromWorker) {
-    js::post(&msg.to_json());
+    let json = match msg {
+        FromWorker::Error { id, message } => FromWorker::Error { id: *id, message: crate::fields::render(message) }.to_json(),
+        FromWorker::Status { run, state: RunState::Failed, message } => {
+            FromWorker::Status { run: *run, state: RunState::Failed, message: crate::fields::render(message) }.to_json()
+        }
+        other => other.to_json(),
+    };
+    js::post(&json);
 }
 
 fn status(run: u32, state: RunState, message: &str) {
