@@ -70,7 +70,9 @@ pub fn compare_cmd(a: CompareArgs, device: &Device) -> Result<(), String> {
     let measure = counting() && crate::backend::on_cpu();
     // Read once; every run starts from a clone (module clones share the unchanged weights).
     let loaded = model_dir::load(&a.model, &ad)?;
-    let mut rows = Vec::new();
+    // Every run's configuration and adapted model first, so a bad name or setting in the
+    // list fails before any training time is spent.
+    let mut prepared = Vec::new();
     for (variant, lr) in variants {
         let mut args = a.train.clone();
         let mut method_args = a.method.clone();
@@ -83,8 +85,12 @@ pub fn compare_cmd(a: CompareArgs, device: &Device) -> Result<(), String> {
         let mut config = train::resolve(&args, method, DataSource::Task(Task::StoryQa), 3e-4, loaded.config.n_positions)?;
         // One held-out evaluation, after the last step: the table compares end points.
         config.eval_every = 0;
-        let kind = config.optimizer.kind;
         let model = config.method.apply(loaded.model.clone(), config.seed, &ad).map_err(crate::flags::flag_error)?;
+        prepared.push((config, model));
+    }
+    let mut rows = Vec::new();
+    for (config, model) in prepared {
+        let kind = config.optimizer.kind;
         let trainer = train::trainer(model, &loaded.tokenizer, config, &ad)?;
         let mut run = Run::new(trainer, loaded.tokenizer.clone());
         let before = current();

@@ -529,6 +529,10 @@ fn optimizers_and_techniques_run_resume_compare_and_reject_bad_flags() {
     assert_eq!(rows[0]["trainable"].as_u64(), Some(total));
     assert!(rows[1]["trainable"].as_u64().unwrap() < total / 50 && rows[2]["trainable"].as_u64().unwrap() < total / 5);
     fails_with(&tinytune(&["compare", "--model", b, "--methods", "dora", "--out", c.to_str().unwrap()]), &["--methods", "bitfit"]);
+    // A bad name later in the list fails before the first run trains (nothing is written).
+    let early = tmp("compare-early");
+    fails_with(&tinytune(&["compare", "--model", b, "--methods", "full,lorra", "--out", early.to_str().unwrap()]), &["--methods", "lorra"]);
+    assert!(!early.join("compare.json").exists(), "no run was kept");
     fails_with(&tinytune(&["compare", "--model", b, "--out", c.to_str().unwrap()]), &["--optimizers", "--methods"]);
     fails_with(&finetune(&tmp("obad1"), &["--optimizer", "adam"]), &["--optimizer", "adafactor", "mezo"]);
     fails_with(&finetune(&tmp("obad2"), &["--accumulate", "3"]), &["--accumulate", "divisor"]);

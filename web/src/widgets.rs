@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 use tinytune::ModelConfig;
 use tinytune::methods::MethodKind;
+use tinytune::train::sweep::{self, SweepItem};
 use tinytune::train::{DataSource, Precision};
 
 pub use crate::memory::{MemoryParams, TimelineParams};
@@ -130,30 +131,19 @@ impl TrainParams {
         values
             .into_iter()
             .map(|item| {
+                // `value@lr`, read as `tinytune compare` reads it.
+                let item = SweepItem::parse(item)?;
                 let mut w = Widget::Train(base.clone());
-                let (v, lr) = match item.split_once('@') {
-                    Some((v, lr)) => (v.trim(), Some(lr.trim())),
-                    None => (item, None),
-                };
-                w.set(key, v)?;
-                if let Some(lr) = lr {
-                    w.set("lr", lr).map_err(|e| format!("{item}: {e}"))?;
-                    return Ok(match w {
-                        Widget::Train(p) => p,
-                        _ => unreachable!("a train widget stays one"),
-                    });
+                w.set(key, item.value)?;
+                let Widget::Train(mut p) = w else { unreachable!("a train widget stays one") };
+                // A value's own rate wins; a sweep over optimizers gives each its suggested
+                // rate (they want rates 100× apart), as `tinytune compare` does.
+                let optimizer = (key == "optimizer").then(|| p.optimizer_kind());
+                if let Some(lr) = sweep::run_lr(&item, None, optimizer) {
+                    Widget::Train(p.clone()).set("lr", &lr.to_string()).map_err(|e| format!("{}: {e}", item.value))?;
+                    p.lr = lr;
                 }
-                match w {
-                    // Optimizers want different learning rates (SGD's is 100× AdamW's): a
-                    // sweep over them uses each one's suggested rate, as `tinytune compare`
-                    // does when no --lr is given.
-                    Widget::Train(mut p) if key == "optimizer" => {
-                        p.lr = p.optimizer_kind().suggested_lr();
-                        Ok(p)
-                    }
-                    Widget::Train(p) => Ok(p),
-                    _ => unreachable!("a train widget stays one"),
-                }
+                Ok(p)
             })
             .collect()
     }

@@ -7,11 +7,11 @@
 //! - **BitFit** (Ben Zaken et al., 2022): every bias, those of the LayerNorms included;
 //! - **LayerNorm only**: every LayerNorm's gain and bias.
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::Param;
 use burn::tensor::Tensor;
 
 use crate::error::{Error, Origin, Result};
-use crate::model::params::Path;
+use crate::model::params::{MapNamed, map_named};
 use crate::model::{Gpt, ModelConfig};
 
 /// Which parameters a selective method trains.
@@ -66,24 +66,17 @@ pub(crate) fn unfreeze(model: Gpt, pick: &dyn Fn(&str) -> bool) -> Gpt {
 /// leave it as it is).
 fn mark(model: Gpt, decide: &dyn Fn(&str) -> Option<bool>) -> Gpt {
     struct Mark<'a> {
-        path: Path,
         decide: &'a dyn Fn(&str) -> Option<bool>,
     }
-    impl ModuleMapper for Mark<'_> {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.enter(name);
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.exit();
-        }
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            match (self.decide)(&self.path.join()) {
+    impl MapNamed for Mark<'_> {
+        fn map<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            match (self.decide)(path) {
                 Some(trains) => param.set_require_grad(trains),
                 None => param,
             }
         }
     }
-    model.map(&mut Mark { path: Path::default(), decide })
+    map_named(model, Mark { decide }).0
 }
 
 #[cfg(test)]

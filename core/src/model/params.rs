@@ -19,51 +19,83 @@ pub struct ParamSummary {
     pub trainable: bool,
 }
 
-/// The dotted path of the module a visitor or mapper is in; every walker over parameters
-/// in tinytune keeps one.
-#[derive(Default)]
-pub(crate) struct Path(Vec<String>);
+/// What a pass over a module does with each float parameter, given its dotted path
+/// (`h.0.attn.c_attn.weight`). Every parameter pass in tinytune (listing, loading,
+/// gradients, optimizer updates, MeZO's perturbations, freezing) implements this or
+/// [`MapNamed`] and leaves the path keeping to [`visit_named`] and [`map_named`]. A trait,
+/// not a closure, because the pass is generic over the tensor's rank.
+pub trait VisitNamed {
+    fn visit<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>);
+}
 
-impl Path {
-    pub(crate) fn enter(&mut self, name: &str) {
-        self.0.push(name.to_string());
+/// [`VisitNamed`] for passes that replace parameters.
+pub trait MapNamed {
+    fn map<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>>;
+}
+
+/// The one walker: Burn's visitors report each module they enter, so a stack of names
+/// gives every parameter its path.
+struct Named<T> {
+    path: Vec<String>,
+    pass: T,
+}
+
+impl<T: VisitNamed> ModuleVisitor for Named<T> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
     }
-    pub(crate) fn exit(&mut self) {
-        self.0.pop();
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
     }
-    pub(crate) fn join(&self) -> String {
-        self.0.join(".")
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.pass.visit(&self.path.join("."), param);
     }
 }
 
-/// Walks every float parameter with its path, recording its shape and, when asked, reading
-/// its values back to the host.
+impl<T: MapNamed> ModuleMapper for Named<T> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        self.pass.map(&self.path.join("."), param)
+    }
+}
+
+/// Runs `pass` over every float parameter of `module`, in module order, and returns it.
+pub fn visit_named<M: Module, V: VisitNamed>(module: &M, pass: V) -> V {
+    let mut walker = Named { path: Vec::new(), pass };
+    module.visit(&mut walker);
+    walker.pass
+}
+
+/// Runs `pass` over every float parameter of `module`, replacing each with what it returns.
+pub fn map_named<M: Module, F: MapNamed>(module: M, pass: F) -> (M, F) {
+    let mut walker = Named { path: Vec::new(), pass };
+    let module = module.map(&mut walker);
+    (module, walker.pass)
+}
+
+/// Records every parameter's shape and, when asked, reads its values back to the host.
 struct Walk {
-    path: Path,
     read_values: bool,
     out: Vec<(ParamSummary, Option<TensorData>)>,
 }
 
-impl ModuleVisitor for Walk {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.enter(name);
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.exit();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+impl VisitNamed for Walk {
+    fn visit<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>) {
         let shape = param.shape().dims::<D>().to_vec();
         let trainable = param.val().is_require_grad();
-        let summary = ParamSummary { name: self.path.join(), numel: shape.iter().product(), shape, trainable };
+        let summary = ParamSummary { name: path.to_string(), numel: shape.iter().product(), shape, trainable };
         let values = self.read_values.then(|| param.val().to_data());
         self.out.push((summary, values));
     }
 }
 
 fn walk<M: Module>(module: &M, read_values: bool) -> Vec<(ParamSummary, Option<TensorData>)> {
-    let mut v = Walk { path: Path::default(), read_values, out: Vec::new() };
-    module.visit(&mut v);
-    v.out
+    visit_named(module, Walk { read_values, out: Vec::new() }).out
 }
 
 /// Every float parameter of `module` with its dotted path, in module order.
@@ -82,21 +114,14 @@ pub fn param_data<M: Module>(module: &M) -> Vec<(String, TensorData)> {
 }
 
 struct Load<'a> {
-    path: Path,
     tensors: &'a mut HashMap<String, TensorData>,
     origin: &'a Origin,
     errors: Vec<Error>,
 }
 
-impl ModuleMapper for Load<'_> {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.enter(name);
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.exit();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let name = self.path.join();
+impl MapNamed for Load<'_> {
+    fn map<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let name = path.to_string();
         let want = param.shape().dims::<D>().to_vec();
         match self.tensors.remove(&name) {
             None => {
@@ -128,8 +153,7 @@ impl ModuleMapper for Load<'_> {
 /// Every missing or mis-shaped tensor is an error that names it; tensors left over are
 /// returned so the caller can decide whether they matter.
 pub fn load_params<M: Module>(module: M, mut tensors: HashMap<String, TensorData>, origin: &Origin) -> Result<(M, Vec<String>)> {
-    let mut loader = Load { path: Path::default(), tensors: &mut tensors, origin, errors: Vec::new() };
-    let module = module.map(&mut loader);
+    let (module, loader) = map_named(module, Load { tensors: &mut tensors, origin, errors: Vec::new() });
     if let Some(first) = loader.errors.into_iter().next() {
         return Err(first);
     }

@@ -1,9 +1,9 @@
 //! Gradients by parameter path: what the backward pass hands the optimizer.
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, Param};
 use burn::tensor::{Gradients, Tensor};
 
-use crate::model::params::Path;
+use crate::model::params::{VisitNamed, visit_named};
 
 /// Gradients of the trainable parameters, by path, flattened to 1-D and detached.
 pub struct NamedGrads(pub Vec<(String, Tensor<1>)>);
@@ -12,27 +12,18 @@ impl NamedGrads {
     /// Pulls the gradient of every parameter of `module` that has one out of `grads`.
     pub fn collect<M: Module>(module: &M, grads: &Gradients) -> Self {
         struct V<'a> {
-            path: Path,
             grads: &'a Gradients,
             out: Vec<(String, Tensor<1>)>,
         }
-        impl ModuleVisitor for V<'_> {
-            fn enter_module(&mut self, name: &str, _: &str) {
-                self.path.enter(name);
-            }
-            fn exit_module(&mut self, _: &str, _: &str) {
-                self.path.exit();
-            }
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        impl VisitNamed for V<'_> {
+            fn visit<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>) {
                 if let Some(g) = param.val().grad(self.grads) {
                     let n = g.shape().num_elements();
-                    self.out.push((self.path.join(), g.reshape([n])));
+                    self.out.push((path.to_string(), g.reshape([n])));
                 }
             }
         }
-        let mut v = V { path: Path::default(), grads, out: Vec::new() };
-        module.visit(&mut v);
-        NamedGrads(v.out)
+        NamedGrads(visit_named(module, V { grads, out: Vec::new() }).out)
     }
 
     /// The global L2 norm over all gradients, on the device (no read-back).

@@ -9,10 +9,10 @@
 
 use std::collections::HashSet;
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, Param};
 use burn::tensor::{Distribution, Tensor};
 
-use crate::model::params::Path;
+use crate::model::params::{MapNamed, map_named};
 
 /// Adds `scale · z` to every parameter whose path is in `trainable`, with z drawn afresh from
 /// `seed` in module order, so calling it again with the same seed meets the same z.
@@ -35,27 +35,19 @@ pub fn restore_and_update<M: Module>(module: M, trainable: &HashSet<String>, see
 type Rule<'a> = &'a dyn Fn(Tensor<1>, Tensor<1>, bool) -> Tensor<1>;
 
 fn walk<M: Module>(module: M, trainable: &HashSet<String>, seed: u64, rule: Rule<'_>) -> M {
-    let mut mapper = Walk { path: Path::default(), trainable, seed, seeded: false, rule };
-    module.map(&mut mapper)
+    map_named(module, Walk { trainable, seed, seeded: false, rule }).0
 }
 
 struct Walk<'a> {
-    path: Path,
     trainable: &'a HashSet<String>,
     seed: u64,
     seeded: bool,
     rule: Rule<'a>,
 }
 
-impl ModuleMapper for Walk<'_> {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.enter(name);
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.exit();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if !self.trainable.contains(&self.path.join()) {
+impl MapNamed for Walk<'_> {
+    fn map<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if !self.trainable.contains(path) {
             return param;
         }
         let (id, tensor, mapper) = param.consume();

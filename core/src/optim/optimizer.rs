@@ -19,13 +19,13 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Origin, Result};
 use crate::formats::blockwise::{dynamic_map, dynamic_map_unsigned, quantize_8bit};
-use crate::model::params::Path;
+use crate::model::params::{MapNamed, map_named};
 
 use super::grads::NamedGrads;
 
@@ -384,8 +384,7 @@ impl Optimizer {
     /// (MeZO's update is [`super::mezo`]'s; called with MeZO this is a no-op.)
     pub fn step<M: Module>(&mut self, lr: f64, module: M, grads: NamedGrads) -> M {
         self.t += 1;
-        let mut mapper = Update { path: Path::default(), grads: grads.0.into_iter().collect(), optim: self, lr };
-        module.map(&mut mapper)
+        map_named(module, Update { grads: grads.0.into_iter().collect(), optim: self, lr }).0
     }
 
     /// Bytes of optimizer state held now, measured from the state itself.
@@ -468,22 +467,14 @@ pub fn host_memory_device(device: &Device) -> bool {
 }
 
 struct Update<'a> {
-    path: Path,
     grads: std::collections::HashMap<String, Tensor<1>>,
     optim: &'a mut Optimizer,
     lr: f64,
 }
 
-impl ModuleMapper for Update<'_> {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.enter(name);
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.exit();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let path = self.path.join();
-        let Some(g) = self.grads.remove(&path) else { return param };
+impl MapNamed for Update<'_> {
+    fn map<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let Some(g) = self.grads.remove(path) else { return param };
         let (id, tensor, mapper) = param.consume();
         let strategy = tensor.gradient_checkpointing_strategy();
         let shape = tensor.shape();
