@@ -14,6 +14,7 @@ pub mod protocol;
 pub mod quantize;
 pub mod rank;
 pub mod run;
+pub mod settings;
 pub mod urlstate;
 pub mod widgets;
 

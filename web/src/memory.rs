@@ -1,7 +1,7 @@
 //! The memory widgets' settings and how they become an estimator [`Plan`]: plain Rust, so
 //! the page's calculator and its tests use the same code as `tinytune memory`.
 
-use crate::widgets::{Field, Settings, assign, int, one_of};
+use crate::settings::{Field, Settings, assign, int, one_of};
 use serde::{Deserialize, Serialize};
 use tinytune::ModelConfig;
 use tinytune::memory::arch::{ARCH_PRESETS, Arch};

@@ -2,7 +2,7 @@
 //! with `tinytune::optim::report::state_report` on the shipped micro model; the second is
 //! drawn in the page from `tinytune::optim::Schedule` itself.
 
-use crate::widgets::{Field, Settings, assign, float, int, one_of, warmup};
+use crate::settings::{Field, Settings, assign, float, int, one_of, warmup};
 use serde::{Deserialize, Serialize};
 use tinytune::optim::{Decay, Schedule, Warmup};
 

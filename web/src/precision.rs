@@ -2,7 +2,7 @@
 //! of the shipped micro model in FP16 (or BF16) unscaled and at the chosen scale, each
 //! compared with FP32 (`tinytune::train::precision::underflow_reports`).
 
-use crate::widgets::{Field, Settings, assign, int, one_of};
+use crate::settings::{Field, Settings, assign, int, one_of};
 use serde::{Deserialize, Serialize};
 use tinytune::train::precision::UnderflowReport;
 

@@ -1,7 +1,7 @@
 //! The quantize widget's settings and the pure parts of its answer (histograms, the levels
 //! of one block), tested natively; the worker runs the model.
 
-use crate::widgets::{Field, Settings, assign, boolean, int, one_of};
+use crate::settings::{Field, Settings, assign, boolean, int, one_of};
 use serde::{Deserialize, Serialize};
 use tinytune::formats::ptq::QuantReport;
 

@@ -3,7 +3,7 @@
 //! `tinytune::methods::rank::rank_report`; the fine-tuned model is kept, so moving the rank
 //! slider only re-measures.
 
-use crate::widgets::{Field, Settings, assign, float, int, one_of};
+use crate::settings::{Field, Settings, assign, float, int, one_of};
 use serde::{Deserialize, Serialize};
 
 /// Micro's projections the widget can inspect.
