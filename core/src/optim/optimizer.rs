@@ -484,7 +484,7 @@ impl MapNamed for Update<'_> {
             Some(ratio) if path.ends_with("lora_b") => self.lr * ratio,
             _ => self.lr,
         };
-        let p = update(self.optim, lr, &path, p, g.inner(), &dims);
+        let p = update(self.optim, lr, path, p, g.inner(), &dims);
         let mut updated = Tensor::<D>::from_inner(p.reshape(shape)).require_grad();
         if let Some(s) = strategy {
             updated = updated.with_gradient_checkpointing_strategy(s);
