@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::rng::Rng;
 use crate::error::{Error, Origin, Result};
+use crate::model::Gpt;
 use crate::model::block::gelu_new;
 use crate::model::projection::Projection;
 
@@ -161,4 +162,25 @@ impl Adapter {
         };
         self.up.forward(z).mul_scalar(self.scaling)
     }
+}
+
+/// `model` with an adapter after the MLP of every block (and one after attention for
+/// Houlsby's), the base frozen.
+pub(crate) fn inject(model: Gpt, config: &AdapterConfig, seed: u64, device: &Device) -> Result<Gpt> {
+    config.validate(model.config().n_embd, "adapter config")?;
+    let mut rng = Rng::derive(seed, "adapter-init");
+    let mut model = model.no_grad();
+    let c = model.config().n_embd;
+    for block in &mut model.h {
+        if config.kind == AdapterKind::Houlsby {
+            block.adapter_attn = Some(Adapter::init(c, config, &mut rng, device));
+        }
+        block.adapter_mlp = Some(Adapter::init(c, config, &mut rng, device));
+    }
+    Ok(model)
+}
+
+/// Parameters the adapters train, by closed form.
+pub(crate) fn trainable(model: &Gpt, config: &AdapterConfig) -> usize {
+    model.config().n_layer * config.per_block() * config.params_each(model.config().n_embd)
 }

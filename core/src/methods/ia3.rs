@@ -82,3 +82,28 @@ impl Ia3 {
         if self.input { w * l.reshape([n, 1]) } else { w * l.reshape([1, n]) }
     }
 }
+
+/// `model` with an IA³ vector on every targeted projection (on its input for the
+/// feed-forward ones), the base frozen.
+pub(crate) fn inject(model: crate::model::Gpt, config: &Ia3Config, device: &Device) -> Result<crate::model::Gpt> {
+    config.validate("IA³ config")?;
+    super::check_known(&model, &config.target_modules, "IA³ config", "target_modules")?;
+    let mut model = model.no_grad();
+    super::for_each_projection(&mut model, |path, p| {
+        if config.targets(path) {
+            p.ia3 = Some(Ia3::init(p.d_in(), p.d_out(), config.feedforward(path), device));
+        }
+    });
+    Ok(model)
+}
+
+/// Parameters IA³ trains: d_out per targeted projection, d_in per feed-forward one.
+pub(crate) fn trainable(model: &crate::model::Gpt, config: &Ia3Config) -> usize {
+    let mut n = 0;
+    super::for_each_projection_ref(model, |path, p| {
+        if config.targets(path) {
+            n += if config.feedforward(path) { p.d_in() } else { p.d_out() };
+        }
+    });
+    n
+}

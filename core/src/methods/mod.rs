@@ -19,11 +19,9 @@ pub mod qlora;
 pub mod rank;
 pub mod selective;
 
-use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::data::rng::Rng;
 use crate::error::Result;
 use crate::model::Gpt;
 use crate::model::projection::Projection;
@@ -233,68 +231,12 @@ impl Method {
         }
         match self {
             Method::Full | Method::LastLayers { .. } | Method::Bitfit | Method::Layernorm => Ok(model),
-            Method::Lora(config) => {
-                config.validate("LoRA config")?;
-                check_targets(&model, config, "LoRA config")?;
-                Ok(add_lora(model, config, seed, device))
-            }
-            Method::Adapter(config) => {
-                config.validate(model.config().n_embd, "adapter config")?;
-                let mut rng = Rng::derive(seed, "adapter-init");
-                let mut model = model.no_grad();
-                let c = model.config().n_embd;
-                for block in &mut model.h {
-                    if config.kind == AdapterKind::Houlsby {
-                        block.adapter_attn = Some(Adapter::init(c, config, &mut rng, device));
-                    }
-                    block.adapter_mlp = Some(Adapter::init(c, config, &mut rng, device));
-                }
-                Ok(model)
-            }
-            Method::Prompt(config) => {
-                config.validate(model.config().n_positions, model.config().vocab_size, "prompt config")?;
-                let mut rng = Rng::derive(seed, "prompt-init");
-                let mut model = model.no_grad();
-                model.prompt = Some(SoftPrompt::init(config, &model.wte.weight.val(), &mut rng, device));
-                Ok(model)
-            }
-            Method::Prefix(config) => {
-                config.validate("prefix config")?;
-                let mut rng = Rng::derive(seed, "prefix-init");
-                let mut model = model.no_grad();
-                let (c, l) = (model.config().n_embd, model.config().n_layer);
-                model.prefix = Some(Prefix::init(config, c, l, &model.wte.weight.val(), &mut rng, device));
-                Ok(model)
-            }
-            Method::Ia3(config) => {
-                config.validate("IA³ config")?;
-                check_known(&model, &config.target_modules, "IA³ config", "target_modules")?;
-                let mut model = model.no_grad();
-                for_each_projection(&mut model, |path, p| {
-                    if config.targets(path) {
-                        p.ia3 = Some(Ia3::init(p.d_in(), p.d_out(), config.feedforward(path), device));
-                    }
-                });
-                Ok(model)
-            }
-            Method::Qlora(config) => {
-                config.validate("QLoRA config")?;
-                check_targets(&model, &config.lora, "QLoRA config")?;
-                if config.lora.init == LoraInit::Pissa {
-                    return Err(crate::error::Error::config(
-                        "QLoRA config",
-                        "init",
-                        "PiSSA on an NF4 base would need the residual quantized after the SVD (QPiSSA), which tinytune does not build; use init default or gaussian",
-                    ));
-                }
-                let mut model = model;
-                for_each_projection(&mut model, |_, p| {
-                    if let Some(w) = p.weight.take() {
-                        p.nf4 = Some(Nf4Weight::quantize(w.val(), config.block, config.double_quant));
-                    }
-                });
-                Ok(add_lora(model, &config.lora, seed, device))
-            }
+            Method::Lora(config) => lora::inject(model, config, seed, device, "LoRA config"),
+            Method::Adapter(config) => adapter::inject(model, config, seed, device),
+            Method::Prompt(config) => prompt::inject_prompt(model, config, seed, device),
+            Method::Prefix(config) => prompt::inject_prefix(model, config, seed, device),
+            Method::Ia3(config) => ia3::inject(model, config, device),
+            Method::Qlora(config) => qlora::inject(model, config, seed, device),
         }
     }
 
@@ -419,37 +361,11 @@ impl Method {
         match self {
             Method::Full => model.config().num_params(),
             Method::LastLayers { .. } | Method::Bitfit | Method::Layernorm => self.selection().expect("a selective method").count(model.config()),
-            Method::Lora(_) | Method::Qlora(_) => {
-                let config = self.lora().expect("a LoRA method");
-                let mut n = 0;
-                for_each_projection_ref(model, |path, p| {
-                    if config.targets(path) {
-                        n += config.r * (p.d_in() + p.d_out());
-                        if config.use_dora {
-                            n += p.d_out();
-                        }
-                        if config.bias == LoraBias::LoraOnly {
-                            n += p.d_out();
-                        }
-                    }
-                });
-                if config.bias == LoraBias::All {
-                    n += Selection::Biases.count(model.config());
-                }
-                n
-            }
-            Method::Adapter(a) => model.config().n_layer * a.per_block() * a.params_each(model.config().n_embd),
+            Method::Lora(_) | Method::Qlora(_) => lora::trainable(model, self.lora().expect("a LoRA method")),
+            Method::Adapter(a) => adapter::trainable(model, a),
             Method::Prompt(p) => p.params(model.config().n_embd),
             Method::Prefix(p) => p.params(model.config().n_embd, model.config().n_layer),
-            Method::Ia3(config) => {
-                let mut n = 0;
-                for_each_projection_ref(model, |path, p| {
-                    if config.targets(path) {
-                        n += if config.feedforward(path) { p.d_in() } else { p.d_out() };
-                    }
-                });
-                n
-            }
+            Method::Ia3(config) => ia3::trainable(model, config),
         }
     }
 }
@@ -505,7 +421,7 @@ impl MethodSummary {
 
 /// Checks that every name in `targets` matches at least one projection of `model`; the
 /// error lists the names there are.
-fn check_known(model: &Gpt, targets: &[String], origin: &str, field: &str) -> Result<()> {
+pub(crate) fn check_known(model: &Gpt, targets: &[String], origin: &str, field: &str) -> Result<()> {
     let mut paths = Vec::new();
     for_each_projection_ref(model, |path, _| paths.push(path.to_string()));
     for t in targets {
@@ -521,58 +437,6 @@ fn check_known(model: &Gpt, targets: &[String], origin: &str, field: &str) -> Re
         }
     }
     Ok(())
-}
-
-/// Checks a LoRA config's targets against `model`: every target names at least one
-/// projection, and the rank fits every targeted matrix.
-fn check_targets(model: &Gpt, config: &LoraConfig, origin: &str) -> Result<()> {
-    check_known(model, &config.target_modules, origin, "target_modules")?;
-    if config.init == LoraInit::Pissa && config.use_dora {
-        return Err(crate::error::Error::config(
-            origin,
-            "init",
-            "PiSSA with DoRA is not built: DoRA's magnitude would start from the residual, not W; use one of them",
-        ));
-    }
-    let mut paths = Vec::new();
-    for_each_projection_ref(model, |path, p| paths.push((path.to_string(), p.d_in(), p.d_out())));
-    if let Some((path, d_in, d_out)) = paths.iter().find(|(path, d_in, d_out)| config.targets(path) && config.r > (*d_in).min(*d_out)) {
-        return Err(crate::error::Error::config(
-            origin,
-            "r",
-            format!("rank {} is larger than {path} ({d_in}×{d_out}) can use: a rank-r update of a matrix needs r ≤ {}", config.r, d_in.min(d_out)),
-        ));
-    }
-    Ok(())
-}
-
-/// Freezes `model` and adds LoRA paths (trainable) to the projections `config` targets.
-fn add_lora(model: Gpt, config: &LoraConfig, seed: u64, device: &Device) -> Gpt {
-    let mut rng = Rng::derive(seed, "lora-init");
-    // Freeze everything first; LoRA's own parameters are created trainable.
-    let mut model = model.no_grad();
-    let mut targeted = Vec::new();
-    for_each_projection(&mut model, |path, p| {
-        if config.targets(path) {
-            let mut lora = Lora::init(p.d_in(), p.d_out(), config, &mut rng, device);
-            if config.init == LoraInit::Pissa {
-                // PiSSA: A·B starts as W's top-r singular part and W keeps the rest.
-                let residual = lora.pissa_from(p.base_weight(), seed, device);
-                p.weight = p.weight.take().map(|w| w.map(|_| residual));
-            }
-            if config.use_dora {
-                // DoRA's magnitude starts at W's column norms, so the model starts unchanged.
-                lora.magnitude = Some(burn::module::Param::from_tensor(lora::column_norms(p.base_weight()).detach()));
-            }
-            p.lora = Some(lora);
-            targeted.push(format!("{path}.bias"));
-        }
-    });
-    match config.bias {
-        LoraBias::None => model,
-        LoraBias::All => selective::unfreeze(model, &|name| name.ends_with(".bias")),
-        LoraBias::LoraOnly => selective::unfreeze(model, &|name| targeted.iter().any(|t| t == name)),
-    }
 }
 
 /// Calls `f` with the dotted path and a reference of every projection.

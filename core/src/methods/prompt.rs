@@ -287,3 +287,24 @@ pub fn nearest(sims: &[f32], vocab: usize, top: usize) -> Vec<Vec<(u32, f32)>> {
         })
         .collect()
 }
+
+/// `model` with a soft prompt before its input (prompt tuning, or P-tuning with an
+/// encoder), the base frozen.
+pub(crate) fn inject_prompt(model: crate::model::Gpt, config: &PromptConfig, seed: u64, device: &Device) -> Result<crate::model::Gpt> {
+    config.validate(model.config().n_positions, model.config().vocab_size, "prompt config")?;
+    let mut rng = Rng::derive(seed, "prompt-init");
+    let mut model = model.no_grad();
+    model.prompt = Some(SoftPrompt::init(config, &model.wte.weight.val(), &mut rng, device));
+    Ok(model)
+}
+
+/// `model` with learned keys and values before every attention layer's own, the base
+/// frozen.
+pub(crate) fn inject_prefix(model: crate::model::Gpt, config: &PrefixConfig, seed: u64, device: &Device) -> Result<crate::model::Gpt> {
+    config.validate("prefix config")?;
+    let mut rng = Rng::derive(seed, "prefix-init");
+    let mut model = model.no_grad();
+    let (c, l) = (model.config().n_embd, model.config().n_layer);
+    model.prefix = Some(Prefix::init(config, c, l, &model.wte.weight.val(), &mut rng, device));
+    Ok(model)
+}

@@ -148,3 +148,24 @@ impl Nf4Weight {
         Ok(Self { q: Arc::new(Quantized4 { kind: FourBit::Nf4, blocksize: block, len, packed, scales }), d_in, d_out, device: device.clone() })
     }
 }
+
+/// `model` with every projection's weight quantized to NF4 and LoRA paths on the targeted
+/// ones, the rest frozen.
+pub(crate) fn inject(model: crate::model::Gpt, config: &QloraConfig, seed: u64, device: &Device) -> Result<crate::model::Gpt> {
+    config.validate("QLoRA config")?;
+    super::lora::check_targets(&model, &config.lora, "QLoRA config")?;
+    if config.lora.init == super::LoraInit::Pissa {
+        return Err(Error::config(
+            "QLoRA config",
+            "init",
+            "PiSSA on an NF4 base would need the residual quantized after the SVD (QPiSSA), which tinytune does not build; use init default or gaussian",
+        ));
+    }
+    let mut model = model;
+    super::for_each_projection(&mut model, |_, p| {
+        if let Some(w) = p.weight.take() {
+            p.nf4 = Some(Nf4Weight::quantize(w.val(), config.block, config.double_quant));
+        }
+    });
+    Ok(super::lora::add_lora(model, &config.lora, seed, device))
+}
