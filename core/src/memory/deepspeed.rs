@@ -99,7 +99,9 @@ mod tests {
     const GPT2_MEDIUM: u64 = 354_823_168;
     const LARGEST: u64 = 51_463_168; // the token embedding, 50257 × 1024
 
-    /// The three rows CURRICULUM.md quotes for a 354 M-parameter model on one GPU.
+    /// The three rows DeepSpeed's ZeRO-3 estimator prints for a 354 M-parameter model on one
+    /// GPU (no offload, optimizer offload, everything offloaded), as the curriculum's topic 5
+    /// quotes them (the team's shared CURRICULUM.md, kept beside the repository).
     #[test]
     fn zero3_rows_for_gpt2_medium_on_one_gpu() {
         let none = zero3(GPT2_MEDIUM, LARGEST, 1, 1, false, false, true);
