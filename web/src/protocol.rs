@@ -6,11 +6,8 @@
 use serde::{Deserialize, Serialize};
 use tinytune::train::TrainEvent;
 
-use crate::memory::{TimelineParams, TimelineResult};
-use crate::optimizers::OptimizerStateParams;
-use crate::precision::{LossScalingParams, LossScalingResult};
-use crate::quantize::{QuantizeParams, QuantizeResult};
-use crate::widgets::{GenerateParams, TrainParams};
+use crate::widgets::TrainParams;
+pub use crate::widgets::{Ask, Reply, Request, Samples};
 
 /// Which compute backend the reader asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,68 +138,6 @@ pub enum FromWorker {
     },
 }
 
-/// A widget's request type and the answer it gets back: `client::ask(params, done)` sends
-/// the one and hands `done` the other, typed.
-pub trait Ask: Sized {
-    type Answer;
-    fn into_request(self) -> Request;
-    fn answer(reply: Reply) -> Option<Self::Answer>;
-}
-
-/// Declares the one-shot requests: each line is a widget's settings type, the variant its
-/// request and reply travel as, and what the worker answers. One line per widget.
-macro_rules! requests {
-    ($($(#[$doc:meta])* $name:ident($params:ty) => $answer:ty;)*) => {
-        /// Page → worker: one request of a widget.
-        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-        pub enum Request {
-            $($(#[$doc])* $name($params),)*
-        }
-
-        /// Worker → page: the answer to a [`Request`] of the same variant.
-        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-        pub enum Reply {
-            $($name(Box<$answer>),)*
-        }
-
-        $(impl Ask for $params {
-            type Answer = $answer;
-            fn into_request(self) -> Request {
-                Request::$name(self)
-            }
-            #[allow(unreachable_patterns)] // a single request would have nothing else to match
-            fn answer(reply: Reply) -> Option<$answer> {
-                match reply {
-                    Reply::$name(a) => Some(*a),
-                    _ => None,
-                }
-            }
-        })*
-    };
-}
-
-requests! {
-    /// Sample continuations of a prompt.
-    Generate(GenerateParams) => Samples;
-    /// Measure one training step of the micro model on the CPU.
-    MeasureMemory(TimelineParams) => TimelineResult;
-    /// Quantize the micro model's linear weights, evaluate and sample.
-    Quantize(QuantizeParams) => QuantizeResult;
-    /// One batch's gradients of the micro model in FP16/BF16, unscaled and scaled, vs FP32.
-    LossScaling(LossScalingParams) => LossScalingResult;
-    /// One step of every optimizer on micro's gradients: state sizes, Adafactor, 8-bit.
-    OptimizerState(OptimizerStateParams) => tinytune::optim::report::StateReport;
-    /// Fully fine-tune micro (or reuse the last such run) and measure one matrix's update.
-    LoraRank(crate::rank::RankParams) => tinytune::methods::rank::RankReport;
-}
-
-/// The generate widget's answer: the samples and how long they took.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Samples {
-    pub samples: Vec<String>,
-    pub seconds: f64,
-}
-
 impl ToWorker {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("messages always serialise")
@@ -227,6 +162,7 @@ impl FromWorker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::widgets::{GenerateParams, TimelineParams};
     use tinytune::train::StepEvent;
 
     #[test]

@@ -271,10 +271,14 @@ impl Default for NumberFormatParams {
     }
 }
 
-/// Declares every widget, one line each: its variant and its settings type. The `Widget`
-/// enum and its name, key, parsing and printing dispatch follow from this table.
+/// Declares every widget, one line each: its variant, its settings type and, for a widget
+/// whose answer the worker computes, that answer's type. From this table follow the
+/// `Widget` enum with its name, key, parsing and printing dispatch; the `Request`/`Reply`
+/// pair the page and the worker exchange (with [`Ask`], which types the answer); the page's
+/// router (`Widget::view`, calling the component's `app::WidgetView`); and the worker's
+/// dispatch (`answer`, calling the settings type's `worker::Compute`).
 macro_rules! widgets {
-    ($($(#[$doc:meta])* $variant:ident($params:ty),)*) => {
+    ($($(#[$doc:meta])* $variant:ident($params:ty) $(=> $answer:ty)?,)*) => {
         /// Every widget a lesson can use.
         #[derive(Clone, Debug, PartialEq)]
         pub enum Widget {
@@ -319,32 +323,89 @@ macro_rules! widgets {
                     $(Widget::$variant(p) => <$params as Settings>::fields().iter().map(|f| (f.key, (f.get)(p))).collect(),)*
                 }
             }
+
+            /// The widget's page component (its settings type's `app::WidgetView`).
+            #[cfg(target_arch = "wasm32")]
+            pub fn view(&self, state: leptos::prelude::RwSignal<Widget>) -> leptos::prelude::AnyView {
+                match self {
+                    $(Widget::$variant(_) => <$params as crate::app::WidgetView>::view(state),)*
+                }
+            }
+        }
+
+        /// Page → worker: one request of a widget whose answer the worker computes.
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        pub enum Request {
+            $($(#[doc = concat!("Answered with `", stringify!($answer), "`.")] $variant($params),)?)*
+        }
+
+        /// Worker → page: the answer to a [`Request`] of the same variant.
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        pub enum Reply {
+            $($($variant(Box<$answer>),)?)*
+        }
+
+        $($(impl Ask for $params {
+            type Answer = $answer;
+            fn into_request(self) -> Request {
+                Request::$variant(self)
+            }
+            #[allow(unreachable_patterns)] // a single request would have nothing else to match
+            fn answer(reply: Reply) -> Option<$answer> {
+                match reply {
+                    Reply::$variant(a) => Some(*a),
+                    _ => None,
+                }
+            }
+        })?)*
+
+        /// The worker's answer to `req` (its settings type's `worker::Compute`).
+        #[cfg(target_arch = "wasm32")]
+        pub async fn answer(req: Request) -> Result<Reply, String> {
+            Ok(match req {
+                $($(Request::$variant(p) => Reply::$variant(Box::<$answer>::new(<$params as crate::worker::Compute>::compute(p).await?)),)?)*
+            })
         }
     };
 }
 
+/// A widget's request type and the answer it gets back: `client::ask(settings, done)`
+/// sends the one and hands `done` the other, typed.
+pub trait Ask: Sized {
+    type Answer;
+    fn into_request(self) -> Request;
+    fn answer(reply: Reply) -> Option<Self::Answer>;
+}
+
+/// The generate widget's answer: the samples and how long they took.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Samples {
+    pub samples: Vec<String>,
+    pub seconds: f64,
+}
+
 widgets! {
     Train(TrainParams),
-    Generate(GenerateParams),
+    Generate(GenerateParams) => Samples,
     ModelCard(ModelCardParams),
     /// The prompt → few-shot → RAG → fine-tune walk-through; no parameters.
     Decide(DecideParams),
     /// The memory calculator.
     Memory(MemoryParams),
     /// One measured training step of the micro model beside its estimate.
-    MemoryTimeline(TimelineParams),
+    MemoryTimeline(TimelineParams) => crate::memory::TimelineResult,
     /// A number in every format: bits, stored value, error.
     NumberFormat(NumberFormatParams),
     /// Post-training quantization of the micro model's real weights.
-    Quantize(QuantizeParams),
+    Quantize(QuantizeParams) => crate::quantize::QuantizeResult,
     /// FP16 gradients of the micro model against FP16's range, unscaled and scaled.
-    LossScaling(LossScalingParams),
+    LossScaling(LossScalingParams) => crate::precision::LossScalingResult,
     /// Optimizer state per parameter on micro, Adafactor's factorisation, 8-bit maps.
-    OptimizerState(OptimizerStateParams),
+    OptimizerState(OptimizerStateParams) => tinytune::optim::report::StateReport,
     /// Learning-rate schedules.
     Schedule(ScheduleParams),
     /// The rank of what full fine-tuning learned, against what rank-r LoRA keeps.
-    LoraRank(crate::rank::RankParams),
+    LoraRank(crate::rank::RankParams) => tinytune::methods::rank::RankReport,
 }
 
 /// `key = value` on settings `S`, the error naming the widget, the key and the value.

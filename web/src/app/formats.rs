@@ -118,3 +118,9 @@ pub fn NumberFormatWidget(state: RwSignal<Widget>) -> impl IntoView {
         </div>
     }
 }
+
+impl super::WidgetView for crate::widgets::NumberFormatParams {
+    fn view(state: RwSignal<Widget>) -> AnyView {
+        view! { <NumberFormatWidget state=state /> }.into_any()
+    }
+}

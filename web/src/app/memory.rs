@@ -251,3 +251,15 @@ fn timeline_view(r: TimelineResult) -> impl IntoView {
         <p class="status">"Measured in this tab's worker on the CPU (Burn's flex backend compiled to WebAssembly), above what was live before the model was built; parameters, gradients and optimizer state are exact sizes, activations the rest of the forward peak."</p>
     }
 }
+
+impl super::WidgetView for crate::memory::MemoryParams {
+    fn view(state: RwSignal<Widget>) -> AnyView {
+        view! { <MemoryWidget state=state /> }.into_any()
+    }
+}
+
+impl super::WidgetView for crate::memory::TimelineParams {
+    fn view(state: RwSignal<Widget>) -> AnyView {
+        view! { <MemoryTimelineWidget state=state /> }.into_any()
+    }
+}

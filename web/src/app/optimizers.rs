@@ -173,3 +173,15 @@ pub fn ScheduleWidget(state: RwSignal<Widget>) -> impl IntoView {
         </div>
     }
 }
+
+impl super::WidgetView for crate::optimizers::OptimizerStateParams {
+    fn view(state: RwSignal<Widget>) -> AnyView {
+        view! { <OptimizerStateWidget state=state /> }.into_any()
+    }
+}
+
+impl super::WidgetView for crate::optimizers::ScheduleParams {
+    fn view(state: RwSignal<Widget>) -> AnyView {
+        view! { <ScheduleWidget state=state /> }.into_any()
+    }
+}

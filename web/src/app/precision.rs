@@ -140,3 +140,9 @@ fn result_view(r: LossScalingResult) -> impl IntoView {
         )}</p>
     }
 }
+
+impl super::WidgetView for crate::precision::LossScalingParams {
+    fn view(state: RwSignal<Widget>) -> AnyView {
+        view! { <LossScalingWidget state=state /> }.into_any()
+    }
+}

@@ -98,3 +98,9 @@ fn result_view(r: QuantizeResult) -> impl IntoView {
         <pre class="sample" data-testid="sample-after">{r.sample_after}</pre>
     }
 }
+
+impl super::WidgetView for crate::quantize::QuantizeParams {
+    fn view(state: RwSignal<Widget>) -> AnyView {
+        view! { <QuantizeWidget state=state /> }.into_any()
+    }
+}

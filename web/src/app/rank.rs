@@ -99,3 +99,9 @@ fn report_view(r: RankReport) -> impl IntoView {
         </p>
     }
 }
+
+impl super::WidgetView for crate::rank::RankParams {
+    fn view(state: RwSignal<Widget>) -> AnyView {
+        view! { <LoraRankWidget state=state /> }.into_any()
+    }
+}

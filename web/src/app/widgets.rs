@@ -609,3 +609,27 @@ fn next(i: usize, yes: bool) -> usize {
         Node::Outcome { .. } => i,
     }
 }
+
+impl super::WidgetView for crate::widgets::TrainParams {
+    fn view(state: RwSignal<Widget>) -> AnyView {
+        view! { <TrainWidget state=state /> }.into_any()
+    }
+}
+
+impl super::WidgetView for crate::widgets::GenerateParams {
+    fn view(state: RwSignal<Widget>) -> AnyView {
+        view! { <GenerateWidget state=state /> }.into_any()
+    }
+}
+
+impl super::WidgetView for crate::widgets::ModelCardParams {
+    fn view(state: RwSignal<Widget>) -> AnyView {
+        view! { <ModelCardWidget state=state /> }.into_any()
+    }
+}
+
+impl super::WidgetView for crate::widgets::DecideParams {
+    fn view(_: RwSignal<Widget>) -> AnyView {
+        view! { <DecideWidget /> }.into_any()
+    }
+}

@@ -25,7 +25,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::spawn_local;
 use web_sys::MessageEvent;
 
-use crate::protocol::{BackendInfo, BackendPref, CompareRow, FromWorker, Reply, Request, RunState, Samples, ToWorker};
+use crate::protocol::{BackendInfo, BackendPref, CompareRow, FromWorker, RunState, Samples, ToWorker};
 use crate::run::EVAL_EXAMPLES;
 use crate::widgets::{GenerateParams, ModelChoice, TrainParams};
 
@@ -120,7 +120,7 @@ fn handle(msg: ToWorker) {
         }
         ToWorker::Crash => panic!("crash requested by the page (ToWorker::Crash)"),
         ToWorker::Request { id, req } => spawn_local(async move {
-            post(&match answer(req).await {
+            post(&match crate::widgets::answer(req).await {
                 Ok(reply) => FromWorker::Reply { id, reply },
                 Err(message) => FromWorker::Error { id, message },
             });
@@ -128,17 +128,55 @@ fn handle(msg: ToWorker) {
     }
 }
 
-/// A widget's request, answered: the one place a new widget's computation is wired in.
-async fn answer(req: Request) -> Result<Reply, String> {
-    Ok(match req {
-        Request::Generate(p) => Reply::Generate(Box::new(generate(&p).await?)),
-        // Synchronous, without yielding: no other run's step interleaves with the measurement.
-        Request::MeasureMemory(p) => Reply::MeasureMemory(Box::new(measure_memory(&p)?)),
-        Request::Quantize(p) => Reply::Quantize(Box::new(quantize(&p).await?)),
-        Request::LossScaling(p) => Reply::LossScaling(Box::new(loss_scaling(&p).await?)),
-        Request::OptimizerState(p) => Reply::OptimizerState(Box::new(optimizer_state(&p).await?)),
-        Request::LoraRank(p) => Reply::LoraRank(Box::new(lora_rank(&p).await?)),
-    })
+/// A widget's computation in the worker, implemented here for each settings type whose
+/// `widgets!` line names an answer; `widgets::answer` dispatches requests to it.
+#[allow(async_fn_in_trait)] // the worker is single-threaded
+pub trait Compute {
+    type Answer;
+    async fn compute(self) -> Result<Self::Answer, String>;
+}
+
+impl Compute for GenerateParams {
+    type Answer = Samples;
+    async fn compute(self) -> Result<Samples, String> {
+        generate(&self).await
+    }
+}
+
+impl Compute for crate::memory::TimelineParams {
+    type Answer = crate::memory::TimelineResult;
+    /// Synchronous, without yielding: no other run's step interleaves with the measurement.
+    async fn compute(self) -> Result<Self::Answer, String> {
+        measure_memory(&self)
+    }
+}
+
+impl Compute for crate::quantize::QuantizeParams {
+    type Answer = crate::quantize::QuantizeResult;
+    async fn compute(self) -> Result<Self::Answer, String> {
+        quantize(&self).await
+    }
+}
+
+impl Compute for crate::precision::LossScalingParams {
+    type Answer = crate::precision::LossScalingResult;
+    async fn compute(self) -> Result<Self::Answer, String> {
+        loss_scaling(&self).await
+    }
+}
+
+impl Compute for crate::optimizers::OptimizerStateParams {
+    type Answer = tinytune::optim::report::StateReport;
+    async fn compute(self) -> Result<Self::Answer, String> {
+        optimizer_state(&self).await
+    }
+}
+
+impl Compute for crate::rank::RankParams {
+    type Answer = tinytune::methods::rank::RankReport;
+    async fn compute(self) -> Result<Self::Answer, String> {
+        lora_rank(&self).await
+    }
 }
 
 /// One measured training step of the micro model's shape, always on the CPU (flex): the
