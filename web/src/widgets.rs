@@ -138,14 +138,16 @@ impl TrainParams {
                 let item = SweepItem::parse(item)?;
                 let mut w = Widget::Train(base.clone());
                 w.set(key, item.value)?;
-                let Widget::Train(mut p) = w else { unreachable!("a train widget stays one") };
                 // A value's own rate wins; a sweep over optimizers gives each its suggested
                 // rate (they want rates 100× apart), as `tinytune compare` does.
-                let optimizer = (key == "optimizer").then(|| p.optimizer_kind());
+                let optimizer = match &w {
+                    Widget::Train(p) if key == "optimizer" => Some(p.optimizer_kind()),
+                    _ => None,
+                };
                 if let Some(lr) = sweep::run_lr(&item, None, optimizer) {
-                    Widget::Train(p.clone()).set("lr", &lr.to_string()).map_err(|e| format!("{}: {e}", item.value))?;
-                    p.lr = lr;
+                    w.set("lr", &lr.to_string()).map_err(|e| format!("{}: {e}", item.value))?;
                 }
+                let Widget::Train(p) = w else { unreachable!("a train widget stays one") };
                 Ok(p)
             })
             .collect()

@@ -143,11 +143,6 @@ impl MethodKind {
         matches!(self, MethodKind::Prompt | MethodKind::PTuning | MethodKind::Prefix)
     }
 
-    /// Methods with a LoRA rank.
-    pub fn has_rank(self) -> bool {
-        matches!(self, MethodKind::Lora | MethodKind::Qlora)
-    }
-
     /// Every name, comma-separated, for error messages.
     pub fn names() -> String {
         Self::ALL.map(Self::name).join(", ")

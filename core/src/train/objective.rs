@@ -8,7 +8,7 @@
 //! `compute_loss` and by what a batch holds.
 //!
 //! # Adding an objective
-//! 1. Add the variant (with its settings) to [`Objective`] and its `name`.
+//! 1. Add the variant (with its settings) to [`Objective`]; serde names it in `train.json`.
 //! 2. Give [`Objective::loss`] its arm. Whatever the objective needs besides the model and
 //!    the batch (a reference model, cached teacher logits) is held by the trainer beside the
 //!    model, not serialised here.
@@ -34,16 +34,6 @@ pub enum Objective {
 }
 
 impl Objective {
-    /// Every objective, for listings and exhaustive tests.
-    pub const ALL: [Objective; 1] = [Objective::NextToken];
-
-    /// The objective's name, as `train.json` and the CLI write it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Objective::NextToken => "next-token",
-        }
-    }
-
     /// The loss of `model` on `batch`, a `[1]` tensor on `device` (where the batch goes: the
     /// trainer's device, which may carry gradient checkpointing), with the autodiff graph
     /// when the model has one.

@@ -13,6 +13,7 @@
 //! to wait: the browser sleeps on its event loop, which is when resume arrives.
 
 use burn::module::Module;
+use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -101,28 +102,6 @@ pub enum TrainEvent {
     Step(StepEvent),
     Eval(EvalEvent),
     Nearest(NearestEvent),
-}
-
-impl TrainEvent {
-    /// The step the event belongs to (a start event: the steps already taken).
-    pub fn step(&self) -> usize {
-        match self {
-            TrainEvent::Start(e) => e.step,
-            TrainEvent::Step(e) => e.step,
-            TrainEvent::Eval(e) => e.step,
-            TrainEvent::Nearest(e) => e.step,
-        }
-    }
-
-    /// Seconds of training when the event happened.
-    pub fn elapsed_s(&self) -> f64 {
-        match self {
-            TrainEvent::Start(e) => e.elapsed_s,
-            TrainEvent::Step(e) => e.elapsed_s,
-            TrainEvent::Eval(e) => e.elapsed_s,
-            TrainEvent::Nearest(e) => e.elapsed_s,
-        }
-    }
 }
 
 /// The caller's side of a run: its control and what it does with each event.
@@ -231,9 +210,7 @@ impl Run {
             self.after_step(host, step, eval)?;
         }
         if let Some(sims) = prompt::token_similarity(&self.trainer.model.valid()) {
-            let sims =
-                sims.into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| Error::Invalid(format!("reading the soft prompt back failed: {e:?}")))?;
-            host.event(&self.trainer, &self.nearest(&sims))?;
+            host.event(&self.trainer, &self.nearest(sims.into_data())?)?;
         }
         Ok(Outcome::Finished)
     }
@@ -262,8 +239,7 @@ impl Run {
         }
         if let Some(sims) = prompt::token_similarity(&self.trainer.model.valid()) {
             let data = sims.into_data_async().await.map_err(|e| Error::Invalid(format!("reading the soft prompt back failed: {e:?}")))?;
-            let sims = data.convert::<f32>().try_to_vec::<f32>().map_err(|e| Error::Invalid(format!("reading the soft prompt back failed: {e:?}")))?;
-            host.event(&self.trainer, &self.nearest(&sims))?;
+            host.event(&self.trainer, &self.nearest(data)?)?;
         }
         Ok(Outcome::Finished)
     }
@@ -279,13 +255,14 @@ impl Run {
         host.after_step(&self.trainer, self.last_eval)
     }
 
-    /// The nearest-token event from the soft prompt's similarity rows.
-    fn nearest(&self, sims: &[f32]) -> TrainEvent {
-        let tokens = prompt::nearest(sims, self.trainer.model.config().vocab_size, 3)
+    /// The nearest-token event from the soft prompt's similarity rows, read back.
+    fn nearest(&self, sims: TensorData) -> Result<TrainEvent, Error> {
+        let sims = sims.convert::<f32>().try_to_vec::<f32>().map_err(|e| Error::Invalid(format!("reading the soft prompt back failed: {e:?}")))?;
+        let tokens = prompt::nearest(&sims, self.trainer.model.config().vocab_size, 3)
             .into_iter()
             .map(|row| row.into_iter().map(|(id, c)| (self.tokenizer.decode(&[id]), c)).collect())
             .collect();
-        TrainEvent::Nearest(NearestEvent { step: self.trainer.step, elapsed_s: self.trainer.elapsed(), tokens })
+        Ok(TrainEvent::Nearest(NearestEvent { step: self.trainer.step, elapsed_s: self.trainer.elapsed(), tokens }))
     }
 }
 

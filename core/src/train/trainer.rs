@@ -290,9 +290,7 @@ impl Trainer {
 
     /// Mean held-out loss per counted token, on the model without autodiff or dropout.
     pub fn eval_loss(&self) -> Result<f32> {
-        let losses =
-            eval_batch_losses(&self.config.objective, &self.model.valid(), &self.eval, self.config.batch_size, self.config.seq_len, self.config.eval_batches)?;
-        mean_of(losses.into_iter().map(|(loss, w)| weighted(loss.into_data(), w)).collect())
+        eval_losses(&self.config.objective, &self.model.valid(), &self.eval, self.config.batch_size, self.config.seq_len, self.config.eval_batches)
     }
 
     /// [`Trainer::eval_loss`] for the browser (asynchronous read-back).
@@ -335,14 +333,18 @@ fn with_checkpointing(model: Gpt, device: &Device) -> Result<(Gpt, Device)> {
 /// Mean loss per counted token of `model` over up to `max_batches` sequential batches.
 /// (Next-token cross-entropy: a trainer's own evaluation uses its objective.)
 pub fn eval_loss(model: &Gpt, data: &Dataset, b: usize, t: usize, max_batches: usize) -> Result<f32> {
-    let losses = eval_batch_losses(&Objective::NextToken, model, data, b, t, max_batches)?;
-    let read = losses.into_iter().map(|(loss, w)| weighted(loss.into_data(), w)).collect();
-    mean_of(read)
+    eval_losses(&Objective::NextToken, model, data, b, t, max_batches)
 }
 
 /// [`eval_loss`] for the browser (asynchronous read-back).
 pub async fn eval_loss_async(model: &Gpt, data: &Dataset, b: usize, t: usize, max_batches: usize) -> Result<f32> {
     eval_losses_async(&Objective::NextToken, model, data, b, t, max_batches).await
+}
+
+/// `objective`'s mean over the evaluation batches, read back synchronously.
+fn eval_losses(objective: &Objective, model: &Gpt, data: &Dataset, b: usize, t: usize, max_batches: usize) -> Result<f32> {
+    let losses = eval_batch_losses(objective, model, data, b, t, max_batches)?;
+    mean_of(losses.into_iter().map(|(loss, w)| weighted(loss.into_data(), w)).collect())
 }
 
 async fn eval_losses_async(objective: &Objective, model: &Gpt, data: &Dataset, b: usize, t: usize, max_batches: usize) -> Result<f32> {

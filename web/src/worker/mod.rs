@@ -19,7 +19,7 @@ use burn::tensor::Device;
 use tinytune::checkpoint::load_parts;
 use tinytune::data::{CHARSET, Split};
 use tinytune::sample::{SampleConfig, generate_async};
-use tinytune::train::{DataSource, Outcome, Run, RunHost, TrainEvent, Trainer, eval_loss_async};
+use tinytune::train::{Control, DataSource, Outcome, Run, RunHost, TrainEvent, Trainer, eval_loss_async};
 use tinytune::{Gpt, ModelConfig, TextTokenizer};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::spawn_local;
@@ -28,13 +28,6 @@ use web_sys::MessageEvent;
 use crate::protocol::{BackendInfo, BackendPref, CompareRow, FromWorker, RunState, Samples, ToWorker};
 use crate::run::EVAL_EXAMPLES;
 use crate::widgets::{GenerateParams, ModelChoice, TrainParams};
-
-#[derive(Clone, Copy, PartialEq)]
-enum Control {
-    Run,
-    Pause,
-    Cancel,
-}
 
 /// The shipped checkpoint's files, fetched once.
 struct MicroFiles {
@@ -286,7 +279,7 @@ async fn train(run: u32, p: &TrainParams, control: &Cell<Control>) -> Result<Run
     let model = config.method.apply(model, config.seed, &ad).map_err(|e| e.to_string())?;
     status(run, RunState::Preparing, "generating and tokenising the data");
     js::sleep(0).await;
-    let trainer = Trainer::new(model, &tokenizer, config.clone(), &ad).map_err(|e| e.to_string())?;
+    let trainer = Trainer::new(model, &tokenizer, config, &ad).map_err(|e| e.to_string())?;
     let before = match p.compare {
         true => {
             status(run, RunState::Preparing, "measuring the model before fine-tuning");
@@ -344,25 +337,22 @@ struct WorkerHost<'a> {
 impl RunHost for WorkerHost<'_> {
     type Error = String;
 
-    fn control(&mut self) -> tinytune::train::Control {
-        use tinytune::train::Control as C;
-        match self.control.get() {
-            Control::Cancel => C::Cancel,
-            Control::Pause => {
-                if !self.paused {
-                    self.paused = true;
-                    status(self.run, RunState::Paused, "");
-                }
-                C::Pause
+    /// The page's last word for this run (pause, resume or cancel), with the status line
+    /// changed when the run pauses or resumes.
+    fn control(&mut self) -> Control {
+        let c = self.control.get();
+        match c {
+            Control::Pause if !self.paused => {
+                self.paused = true;
+                status(self.run, RunState::Paused, "");
             }
-            Control::Run => {
-                if self.paused {
-                    self.paused = false;
-                    status(self.run, RunState::Running, &self.summary);
-                }
-                C::Run
+            Control::Run if self.paused => {
+                self.paused = false;
+                status(self.run, RunState::Running, &self.summary);
             }
+            _ => {}
         }
+        c
     }
 
     fn event(&mut self, trainer: &Trainer, event: &TrainEvent) -> Result<(), String> {
