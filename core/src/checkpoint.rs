@@ -2,10 +2,12 @@
 //! The file system is the caller's (the native CLI writes these atomically; the browser
 //! keeps them in memory or storage), so this module never touches a path.
 //!
-//! Weight names are GPT-2's (`h.0.attn.c_attn.weight`, tied head). Loading also accepts
-//! Hugging Face's variants: a `transformer.` prefix, an `lm_head.weight` equal to the tied
-//! embedding, the old causal-mask buffers `attn.bias` / `attn.masked_bias`, and f16/bf16
-//! storage.
+//! Weight names and layouts are the family's Hugging Face ones (`model::names`): GPT-2's
+//! (`h.0.attn.c_attn.weight`, `[in, out]`, tied head) or the Llama family's
+//! (`model.layers.0.self_attn.q_proj.weight`, `[out, in]`). Loading also accepts Hugging
+//! Face's variants: a `transformer.` prefix, an `lm_head.weight` equal to the tied
+//! embedding, the old causal-mask buffers `attn.bias` / `attn.masked_bias` and rotary
+//! `inv_freq` buffers, and f16/bf16 storage (cast to f32).
 
 use std::collections::HashMap;
 
@@ -16,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Origin, Result};
 use crate::methods::{Method, Nf4Weight};
 use crate::model::params::{load_params, param_data};
-use crate::model::{Gpt, ModelConfig};
+use crate::model::{Gpt, ModelConfig, names};
 use crate::optim::Optimizer;
 use crate::tokenizer::TextTokenizer;
 
@@ -125,13 +127,39 @@ pub fn save_model(model: &Gpt) -> Vec<u8> {
         crate::methods::unmerge(&mut unmerged);
         return save_model(&unmerged);
     }
-    let mut tensors = param_data(model);
+    let family = model.config().family;
+    let mut tensors: Vec<(String, TensorData)> = param_data(model)
+        .into_iter()
+        .map(|(path, data)| {
+            let data = if names::is_linear_weight(family, &path) { transpose(&data) } else { data };
+            (names::to_file(family, &path), data)
+        })
+        .collect();
     crate::methods::for_each_projection_ref(model, |path, p| {
         if let Some(q) = &p.nf4 {
-            tensors.extend(q.tensors().into_iter().map(|(suffix, d)| (format!("{path}.weight.{suffix}"), d)));
+            tensors.extend(q.tensors().into_iter().map(|(suffix, d)| (names::to_file(family, &format!("{path}.weight.{suffix}")), d)));
         }
     });
     to_safetensors(tensors)
+}
+
+/// A `[rows, cols]` matrix as `[cols, rows]` (between `nn.Linear`'s layout and tinytune's).
+pub fn transpose(data: &TensorData) -> TensorData {
+    let [rows, cols] = [data.shape()[0], data.shape()[1]];
+    let v = data.clone().convert::<f32>().try_into_vec::<f32>().expect("f32 values");
+    let mut t = vec![0.0f32; v.len()];
+    // Blocks of 64 × 64 keep both the reads and the writes in cache on large matrices.
+    const B: usize = 64;
+    for i0 in (0..rows).step_by(B) {
+        for j0 in (0..cols).step_by(B) {
+            for i in i0..(i0 + B).min(rows) {
+                for j in j0..(j0 + B).min(cols) {
+                    t[j * rows + i] = v[i * cols + j];
+                }
+            }
+        }
+    }
+    TensorData::new(t, [cols, rows])
 }
 
 /// Builds a model of `config` and fills it from safetensors `bytes`.
@@ -143,20 +171,10 @@ pub fn load_model(config: &ModelConfig, bytes: &[u8], device: &Device, origin: i
 /// every parameter from safetensors `bytes`.
 pub fn load_model_for(config: &ModelConfig, method: &Method, bytes: &[u8], device: &Device, origin: impl Into<Origin>) -> Result<Gpt> {
     let origin = origin.into();
-    let raw = from_safetensors(bytes, &origin)?;
-    let mut tensors = HashMap::new();
-    for (name, data) in raw {
-        let name = name.strip_prefix("transformer.").map(str::to_string).unwrap_or(name);
-        // Causal-mask buffers of older transformers versions and the tied head carry no
-        // parameters of their own.
-        if name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") || name == "lm_head.weight" {
-            continue;
-        }
-        tensors.insert(name, data);
-    }
-    // Initialising first costs a little time but gives every parameter its shape; seed 0 is
-    // irrelevant because every value is overwritten.
-    let mut model = method.apply(Gpt::init(config, 0, device), 0, device)?;
+    let mut tensors = model_tensors(config, from_safetensors(bytes, &origin)?, &origin)?;
+    // A model of zeros gives every parameter its shape without drawing random weights that
+    // the file's would replace.
+    let mut model = method.apply(Gpt::zeros(config, device), 0, device)?;
     if let Method::Qlora(q) = method {
         let mut failure = None;
         crate::methods::for_each_projection(&mut model, |path, p| {
@@ -179,10 +197,37 @@ pub fn load_model_for(config: &ModelConfig, method: &Method, bytes: &[u8], devic
         return Err(Error::tensor(
             origin,
             name.clone(),
-            format!("is not a parameter of a GPT-2 model with this config.json ({} unexpected tensors)", unused.len()),
+            format!("is not a parameter of a {} model with this config.json ({} unexpected tensors)", config.family.model_type(), unused.len()),
         ));
     }
     Ok(model)
+}
+
+/// A checkpoint's tensors under tinytune's parameter names and layouts: Hugging Face
+/// names mapped (`model::names`), `nn.Linear` weights transposed, and the buffers that
+/// carry no parameter dropped (causal masks, rotary frequencies, a tied head's copy).
+pub fn model_tensors(config: &ModelConfig, raw: HashMap<String, TensorData>, origin: &Origin) -> Result<HashMap<String, TensorData>> {
+    let family = config.family;
+    let mut tensors = HashMap::new();
+    for (name, data) in raw {
+        let skip = name.ends_with(".attn.bias") && !family.is_llama_like()
+            || name.ends_with(".attn.masked_bias")
+            || name.ends_with("rotary_emb.inv_freq")
+            || (name == "lm_head.weight" && config.tie_word_embeddings);
+        if skip {
+            continue;
+        }
+        let Some(path) = names::from_hf(family, &name) else {
+            return Err(Error::tensor(
+                origin.clone(),
+                name,
+                format!("is not a parameter of a {} model; is this the checkpoint config.json describes?", family.model_type()),
+            ));
+        };
+        let data = if names::is_linear_weight(family, &path) && data.shape().len() == 2 { transpose(&data) } else { data };
+        tensors.insert(path, data);
+    }
+    Ok(tensors)
 }
 
 /// A model folder's three files, loaded and checked against each other.

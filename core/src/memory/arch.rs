@@ -67,10 +67,12 @@ pub struct Arch {
 }
 
 /// Every preset name [`Arch::preset`] knows, smallest first within a family.
-pub const ARCH_PRESETS: [&str; 19] = [
+pub const ARCH_PRESETS: [&str; 21] = [
     "nano",
     "micro",
     "mini",
+    "nano-llama",
+    "micro-llama",
     "gpt2",
     "gpt2-medium",
     "gpt2-large",
@@ -90,8 +92,22 @@ pub const ARCH_PRESETS: [&str; 19] = [
 ];
 
 impl Arch {
-    /// The architecture of a tinytune model (GPT-2 layout).
+    /// The architecture of a tinytune model (GPT-2 or Llama layout).
     pub fn from_model_config(name: &str, c: &ModelConfig) -> Self {
+        if c.family.is_llama_like() {
+            // (An explicit head_dim other than hidden / heads is not modelled by the estimator.)
+            return Self::llama(
+                name,
+                c.vocab_size as u64,
+                c.n_embd as u64,
+                c.n_layer as u64,
+                c.n_head as u64,
+                c.n_kv_head as u64,
+                c.inner() as u64,
+                c.tie_word_embeddings,
+                c.qkv_bias,
+            );
+        }
         Self {
             name: name.to_string(),
             family: Family::Gpt2,
@@ -116,7 +132,7 @@ impl Arch {
     pub fn preset(name: &str) -> Result<Self> {
         let l = Self::llama;
         Ok(match name {
-            "nano" | "micro" | "mini" | "gpt2" | "gpt2-small" | "gpt2-medium" | "gpt2-large" | "gpt2-xl" => {
+            "nano" | "micro" | "mini" | "nano-llama" | "micro-llama" | "gpt2" | "gpt2-small" | "gpt2-medium" | "gpt2-large" | "gpt2-xl" => {
                 Self::from_model_config(name, &ModelConfig::preset(name)?)
             }
             "llama-2-7b" => l(name, 32000, 4096, 32, 32, 32, 11008, false, false),

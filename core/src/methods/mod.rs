@@ -37,8 +37,13 @@ pub use selective::Selection;
 /// Whether the projection at dotted `path` (e.g. `h.3.attn.c_attn`) is named by `targets`,
 /// matched as PEFT matches `target_modules`: a name matches a path that ends with it
 /// (`c_proj` matches `attn.c_proj` and `mlp.c_proj`); `all-linear` matches every projection.
+/// The Llama family's Hugging Face module name `self_attn` is this model's `attn`, so
+/// `self_attn.q_proj` matches too.
 pub fn path_matches(targets: &[String], path: &str) -> bool {
-    targets.iter().any(|t| t == "all-linear" || path == t || path.ends_with(&format!(".{t}")))
+    targets.iter().any(|t| {
+        let t = t.replace("self_attn.", "attn.");
+        t == "all-linear" || path == t || path.ends_with(&format!(".{t}"))
+    })
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -359,7 +364,7 @@ impl Method {
             Method::Lora(_) | Method::Qlora(_) => lora::trainable(model, self.lora().expect("a LoRA method")),
             Method::Adapter(a) => adapter::trainable(model, a),
             Method::Prompt(p) => p.params(model.config().n_embd),
-            Method::Prefix(p) => p.params(model.config().n_embd, model.config().n_layer),
+            Method::Prefix(p) => p.params(model.config().n_embd, model.config().kv_dim(), model.config().n_layer),
             Method::Ia3(config) => ia3::trainable(model, config),
         }
     }
@@ -421,12 +426,14 @@ pub(crate) fn check_known(model: &Gpt, targets: &[String], origin: &str, field: 
     for_each_projection_ref(model, |path, _| paths.push(path.to_string()));
     for t in targets {
         if !paths.iter().any(|path| path_matches(std::slice::from_ref(t), path)) {
+            let names: Vec<&str> = model.h.first().map(|b| b.projections().into_iter().map(|(n, _)| n).collect()).unwrap_or_default();
             return Err(crate::error::Error::config(
                 origin,
                 field,
                 format!(
-                    "no projection is called '{t}'; this model has c_attn, attn.c_proj, mlp.c_fc and mlp.c_proj in every block (c_proj matches both, all-linear every one), e.g. {}",
-                    paths.iter().take(4).map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
+                    "no projection is called '{t}'; this model has {} in every block (a name matches every path ending in it; all-linear matches every one), e.g. {}",
+                    names.join(", "),
+                    paths.iter().take(2).map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
                 ),
             ));
         }
@@ -434,22 +441,21 @@ pub(crate) fn check_known(model: &Gpt, targets: &[String], origin: &str, field: 
     Ok(())
 }
 
-/// Calls `f` with the dotted path and a reference of every projection.
+/// Calls `f` with the dotted path and a reference of every projection of the blocks
+/// (GPT-2's four or the Llama family's seven per block; the untied LM head is not one).
 pub fn for_each_projection_ref(model: &Gpt, mut f: impl FnMut(&str, &Projection)) {
     for (i, block) in model.h.iter().enumerate() {
-        f(&format!("h.{i}.attn.c_attn"), &block.attn.c_attn);
-        f(&format!("h.{i}.attn.c_proj"), &block.attn.c_proj);
-        f(&format!("h.{i}.mlp.c_fc"), &block.mlp.c_fc);
-        f(&format!("h.{i}.mlp.c_proj"), &block.mlp.c_proj);
+        for (name, p) in block.projections() {
+            f(&format!("h.{i}.{name}"), p);
+        }
     }
 }
 
 /// Calls `f` with the dotted path and a mutable reference of every projection.
 pub fn for_each_projection(model: &mut Gpt, mut f: impl FnMut(&str, &mut Projection)) {
     for (i, block) in model.h.iter_mut().enumerate() {
-        f(&format!("h.{i}.attn.c_attn"), &mut block.attn.c_attn);
-        f(&format!("h.{i}.attn.c_proj"), &mut block.attn.c_proj);
-        f(&format!("h.{i}.mlp.c_fc"), &mut block.mlp.c_fc);
-        f(&format!("h.{i}.mlp.c_proj"), &mut block.mlp.c_proj);
+        for (name, p) in block.projections_mut() {
+            f(&format!("h.{i}.{name}"), p);
+        }
     }
 }

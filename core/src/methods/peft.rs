@@ -24,16 +24,23 @@ use burn::tensor::{Device, TensorData};
 use serde_json::{Value, json};
 
 use super::{Ia3Config, LoraBias, LoraConfig, LoraInit, Method, PromptConfig, PromptInit};
-use crate::checkpoint::{from_safetensors, to_safetensors};
+use crate::checkpoint::{from_safetensors, to_safetensors, transpose};
 use crate::error::{Error, Origin, Result};
 use crate::model::params::{load_params, param_data};
-use crate::model::{Gpt, named_params};
+use crate::model::{Family, Gpt, named_params, names};
 
 /// The two file names of a PEFT adapter folder.
 pub const CONFIG: &str = "adapter_config.json";
 pub const WEIGHTS: &str = "adapter_model.safetensors";
 
-const PREFIX: &str = "base_model.model.transformer.";
+/// What PEFT puts before a module's path in the `*ForCausalLM` model.
+const PREFIX: &str = "base_model.model.";
+
+/// A tinytune target name as PEFT would match it on this family (Llama's `attn` is
+/// `self_attn` in transformers).
+fn hf_target(family: Family, t: &str) -> String {
+    if family.is_llama_like() && (t.starts_with("attn.") || t == "attn") { format!("self_{t}") } else { t.to_string() }
+}
 
 /// The method an `adapter_config.json` describes.
 pub fn method_from_config(text: &str, origin: impl Into<Origin>) -> Result<Method> {
@@ -128,8 +135,8 @@ pub fn config_json(method: &Method, model: &Gpt) -> Result<String> {
             "r": l.r,
             "lora_alpha": l.lora_alpha,
             "lora_dropout": l.lora_dropout,
-            "target_modules": l.target_modules.iter().map(|t| if t == "all-linear" { "all-linear" } else { t.as_str() }).collect::<Vec<_>>(),
-            "fan_in_fan_out": true,
+            "target_modules": l.target_modules.iter().map(|t| hf_target(c.family, t)).collect::<Vec<_>>(),
+            "fan_in_fan_out": !c.family.is_llama_like(),
             "bias": match l.bias { LoraBias::None => "none", LoraBias::All => "all", LoraBias::LoraOnly => "lora_only" },
             "use_rslora": l.use_rslora,
             "use_dora": l.use_dora,
@@ -140,9 +147,9 @@ pub fn config_json(method: &Method, model: &Gpt) -> Result<String> {
         Method::Ia3(i) => json!({
             "peft_type": "IA3",
             "task_type": "CAUSAL_LM",
-            "target_modules": i.target_modules,
-            "feedforward_modules": i.feedforward_modules,
-            "fan_in_fan_out": true,
+            "target_modules": i.target_modules.iter().map(|t| hf_target(c.family, t)).collect::<Vec<_>>(),
+            "feedforward_modules": i.feedforward_modules.iter().map(|t| hf_target(c.family, t)).collect::<Vec<_>>(),
+            "fan_in_fan_out": !c.family.is_llama_like(),
             "init_ia3_weights": true,
             "inference_mode": true,
             "base_model_name_or_path": null,
@@ -171,50 +178,40 @@ pub fn config_json(method: &Method, model: &Gpt) -> Result<String> {
     Ok(serde_json::to_string_pretty(&v).expect("JSON values serialise"))
 }
 
-fn transpose(data: &TensorData) -> TensorData {
-    let [rows, cols] = [data.shape()[0], data.shape()[1]];
-    let v = data.clone().convert::<f32>().try_to_vec::<f32>().expect("f32 values");
-    let mut t = vec![0.0f32; v.len()];
-    for i in 0..rows {
-        for j in 0..cols {
-            t[j * rows + i] = v[i * cols + j];
-        }
-    }
-    TensorData::new(t, [cols, rows])
-}
-
 fn reshape(data: &TensorData, shape: Vec<usize>) -> TensorData {
     TensorData::new(data.clone().convert::<f32>().try_to_vec::<f32>().expect("f32 values"), shape)
 }
 
 /// PEFT's key and layout for tinytune parameter `name` with value `data`; None for a
 /// parameter PEFT does not store.
-fn to_peft(name: &str, data: &TensorData) -> Option<(String, TensorData)> {
+fn to_peft(family: Family, name: &str, data: &TensorData) -> Option<(String, TensorData)> {
+    let key = |path: &str, suffix: &str| format!("{PREFIX}{}{suffix}", names::to_hf(family, path));
     if name == "prompt.embedding" {
         return Some(("prompt_embeddings".into(), data.clone()));
     }
     if let Some(p) = name.strip_suffix(".lora.lora_a") {
-        return Some((format!("{PREFIX}{p}.lora_A.weight"), transpose(data)));
+        return Some((key(p, ".lora_A.weight"), transpose(data)));
     }
     if let Some(p) = name.strip_suffix(".lora.lora_b") {
-        return Some((format!("{PREFIX}{p}.lora_B.weight"), transpose(data)));
+        return Some((key(p, ".lora_B.weight"), transpose(data)));
     }
     if let Some(p) = name.strip_suffix(".lora.magnitude") {
-        return Some((format!("{PREFIX}{p}.lora_magnitude_vector"), data.clone()));
+        return Some((key(p, ".lora_magnitude_vector"), data.clone()));
     }
     if name.ends_with(".bias") {
-        return Some((format!("{PREFIX}{name}"), data.clone()));
+        return Some((key(name, ""), data.clone()));
     }
     None
 }
 
 /// The tinytune parameter a PEFT key fills, and the value in tinytune's layout (`ia3`
 /// says whether the projection's IA³ vector scales its input).
-fn from_peft(key: &str, data: &TensorData) -> Option<(String, TensorData)> {
+fn from_peft(family: Family, key: &str, data: &TensorData) -> Option<(String, TensorData)> {
     if key == "prompt_embeddings" {
         return Some(("prompt.embedding".into(), data.clone()));
     }
-    let rest = key.strip_prefix(PREFIX)?;
+    let rest = names::from_hf(family, key.strip_prefix(PREFIX)?)?;
+    let rest = rest.as_str();
     let two_d = data.shape().len() == 2;
     if let Some(p) = rest.strip_suffix(".lora_A.weight") {
         return two_d.then(|| (format!("{p}.lora.lora_a"), transpose(data)));
@@ -267,6 +264,7 @@ fn adapter_params(model: &Gpt, method: &Method) -> HashSet<String> {
 /// `(adapter_config.json text, adapter_model.safetensors bytes)`.
 pub fn save(model: &Gpt, method: &Method) -> Result<(String, Vec<u8>)> {
     let config = config_json(method, model)?;
+    let family = model.config().family;
     let trainable = adapter_params(model, method);
     let mut ia3_input = HashMap::new();
     super::for_each_projection_ref(model, |path, p| {
@@ -279,9 +277,9 @@ pub fn save(model: &Gpt, method: &Method) -> Result<(String, Vec<u8>)> {
         if let Some(&input) = ia3_input.get(&name) {
             let n = data.shape()[0];
             let p = name.strip_suffix(".ia3.ia3_l").expect("an IA³ name");
-            tensors.push((format!("{PREFIX}{p}.ia3_l"), reshape(&data, if input { vec![1, n] } else { vec![n, 1] })));
+            tensors.push((format!("{PREFIX}{}.ia3_l", names::to_hf(family, p)), reshape(&data, if input { vec![1, n] } else { vec![n, 1] })));
         } else if trainable.contains(&name) {
-            match to_peft(&name, &data) {
+            match to_peft(family, &name, &data) {
                 Some(t) => tensors.push(t),
                 None => {
                     return Err(Error::Invalid(format!("{name} trains under {} but has no PEFT name; this adapter cannot be exported", method.name())));
@@ -312,12 +310,13 @@ pub fn load(base: Gpt, config_text: &str, weights: &[u8], dir: &str, device: &De
         }
         p.validate(base.config().n_positions, base.config().vocab_size, config_origin.clone())?;
     }
+    let family = base.config().family;
     let adapted = method.apply(base, 0, device)?;
     let wanted = adapter_params(&adapted, &method);
     let expected: HashMap<String, Vec<usize>> = named_params(&adapted).into_iter().filter(|p| wanted.contains(&p.name)).map(|p| (p.name, p.shape)).collect();
     let mut given = HashMap::new();
     for (key, data) in from_safetensors(weights, &file)? {
-        let Some((name, value)) = from_peft(&key, &data) else {
+        let Some((name, value)) = from_peft(family, &key, &data) else {
             return Err(Error::tensor(file.clone(), key, "is not a LoRA, DoRA, IA³, bias or prompt tensor; tinytune cannot place it".to_string()));
         };
         let Some(want) = expected.get(&name) else {
@@ -345,7 +344,7 @@ pub fn load(base: Gpt, config_text: &str, weights: &[u8], dir: &str, device: &De
         given.insert(name, value);
     }
     if let Some(name) = expected.keys().filter(|n| !given.contains_key(*n)).min() {
-        let key = to_peft(name, &TensorData::new(vec![0.0f32; expected[name].iter().product()], expected[name].clone()))
+        let key = to_peft(family, name, &TensorData::new(vec![0.0f32; expected[name].iter().product()], expected[name].clone()))
             .map(|(k, _)| k)
             .unwrap_or_else(|| name.replace(".ia3.ia3_l", ".ia3_l"));
         return Err(Error::tensor(file, key, format!("is missing ({} of {} adapter tensors are in the file)", given.len(), expected.len())));

@@ -136,8 +136,9 @@ impl PrefixConfig {
     }
 
     /// Trainable parameters on a `c`-wide model of `n_layer` blocks.
-    pub fn params(&self, c: usize, n_layer: usize) -> usize {
-        let kv = 2 * n_layer * c;
+    /// Trainable parameters on a model `c` wide with `n_layer` layers of `kv_dim`-wide keys.
+    pub fn params(&self, c: usize, kv_dim: usize, n_layer: usize) -> usize {
+        let kv = 2 * n_layer * kv_dim;
         match self.encoder_hidden_size {
             None => self.num_virtual_tokens * kv,
             Some(h) => self.num_virtual_tokens * c + (c * h + h) + (h * kv + kv),
@@ -235,10 +236,12 @@ pub struct Prefix {
 }
 
 impl Prefix {
-    /// Entries start at the scale of `wte`'s (the model's token embedding).
-    pub fn init(config: &PrefixConfig, c: usize, n_layer: usize, wte: &Tensor<2>, rng: &mut Rng, device: &Device) -> Self {
+    /// Entries start at the scale of `wte`'s (the model's token embedding). `c` is the
+    /// token width, `kv_dim` the width of one layer's keys (`c` unless grouped-query
+    /// attention shares key/value heads).
+    pub fn init(config: &PrefixConfig, c: usize, kv_dim: usize, n_layer: usize, wte: &Tensor<2>, rng: &mut Rng, device: &Device) -> Self {
         let k = config.num_virtual_tokens;
-        let kv = 2 * n_layer * c;
+        let kv = 2 * n_layer * kv_dim;
         match config.encoder_hidden_size {
             None => Self { embedding: Param::from_tensor(random_like(k, kv, wte, rng, device)), encoder: None },
             Some(h) => {
@@ -247,7 +250,7 @@ impl Prefix {
         }
     }
 
-    /// Layer `l`'s key and value prefixes, each `[k, C]`, for every layer.
+    /// Layer `l`'s key and value prefixes, each `[k, kv_dim]`, for every layer.
     pub fn keys_values(&self, c: usize, n_layer: usize) -> Vec<(Tensor<2>, Tensor<2>)> {
         let all = match &self.encoder {
             Some(e) => e.forward(self.embedding.val()),
@@ -304,7 +307,7 @@ pub(crate) fn inject_prefix(model: crate::model::Gpt, config: &PrefixConfig, see
     config.validate("prefix config")?;
     let mut rng = Rng::derive(seed, "prefix-init");
     let mut model = model.no_grad();
-    let (c, l) = (model.config().n_embd, model.config().n_layer);
-    model.prefix = Some(Prefix::init(config, c, l, &model.wte.weight.val(), &mut rng, device));
+    let (c, kv, l) = (model.config().n_embd, model.config().kv_dim(), model.config().n_layer);
+    model.prefix = Some(Prefix::init(config, c, kv, l, &model.wte.weight.val(), &mut rng, device));
     Ok(model)
 }

@@ -1,82 +1,208 @@
-//! Causal multi-head self-attention with GPT-2's fused q/k/v projection.
+//! Causal multi-head self-attention: GPT-2's (fused q/k/v, learned positions added before
+//! the blocks) and the Llama family's (separate q/k/v/o, rotary positions applied to
+//! queries and keys, grouped-query attention, an optional sliding window).
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, Device, Tensor};
+use burn::tensor::{Bool, Device, Tensor, TensorData};
 
 use super::config::ModelConfig;
 use super::projection::Projection;
-use crate::data::rng::Rng;
+use crate::init::Fill;
+
+/// cos and sin of every position's rotation angles, `[T, head_dim]` each (row r is the
+/// r-th position the forward pass rotates), built once per forward pass and shared by the
+/// layers.
+#[derive(Clone, Debug)]
+pub struct RopeTables {
+    pub cos: Tensor<2>,
+    pub sin: Tensor<2>,
+}
+
+impl RopeTables {
+    /// Tables for positions `start .. start + len` of a model with `config`.
+    pub fn new(config: &ModelConfig, start: usize, len: usize, device: &Device) -> Self {
+        let hd = config.head_dim();
+        let (cos, sin) = config.rope.tables(hd, start, len, config.n_positions);
+        Self { cos: Tensor::from_data(TensorData::new(cos, [len, hd]), device), sin: Tensor::from_data(TensorData::new(sin, [len, hd]), device) }
+    }
+
+    /// Rotates each head's vector pair-wise by its position's angles, as transformers'
+    /// `apply_rotary_pos_emb`: `x·cos + rotate_half(x)·sin`, where `rotate_half` maps the
+    /// halves `(x₁, x₂)` to `(−x₂, x₁)`.
+    ///
+    /// # Shapes
+    /// `[B, H, T, hd] -> [B, H, T, hd]`
+    pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        let [_, _, t, hd] = x.dims();
+        let half = hd / 2;
+        let rotated = Tensor::cat(vec![x.clone().narrow(3, half, half).neg(), x.clone().narrow(3, 0, half)], 3);
+        let cos = self.cos.clone().reshape([1, 1, t, hd]);
+        let sin = self.sin.clone().reshape([1, 1, t, hd]);
+        x * cos + rotated * sin
+    }
+}
 
 #[derive(Module, Debug)]
 pub struct Attention {
-    /// `C -> 3C`: queries, keys and values in one matrix multiply (GPT-2's `c_attn`).
-    pub c_attn: Projection,
-    /// `C -> C`: mixes the heads back into the residual stream (GPT-2's `c_proj`).
-    pub c_proj: Projection,
+    /// GPT-2: `C -> 3C`, queries, keys and values in one matrix multiply (`c_attn`).
+    pub c_attn: Option<Projection>,
+    /// Llama family: `C -> H·hd` queries.
+    pub q_proj: Option<Projection>,
+    /// Llama family: `C -> KV·hd` keys (KV ≤ H heads: grouped-query attention).
+    pub k_proj: Option<Projection>,
+    /// Llama family: `C -> KV·hd` values.
+    pub v_proj: Option<Projection>,
+    /// GPT-2: `C -> C`, mixes the heads back into the residual stream (`c_proj`).
+    pub c_proj: Option<Projection>,
+    /// Llama family: `H·hd -> C` (`o_proj`).
+    pub o_proj: Option<Projection>,
     pub attn_dropout: Dropout,
     pub resid_dropout: Dropout,
     pub n_head: usize,
+    #[module(skip)]
+    pub n_kv_head: usize,
+    #[module(skip)]
+    pub head_dim: usize,
+    /// Keys further back than this many tokens are masked (sliding-window layers).
+    #[module(skip)]
+    pub window: Option<usize>,
 }
 
 impl Attention {
-    pub fn init(config: &ModelConfig, rng: &mut Rng, device: &Device) -> Self {
+    /// Layer `layer` of a model of `config`, weights filled as `fill` says.
+    pub fn new(config: &ModelConfig, layer: usize, fill: &mut Fill, device: &Device) -> Self {
         let c = config.n_embd;
-        Self {
-            c_attn: Projection::init(c, 3 * c, 0.02, rng, device),
-            // GPT-2 scales the init of projections that write into the residual stream by
-            // 1/sqrt(2·n_layer), so the stream's variance does not grow with depth.
-            c_proj: Projection::init(c, c, 0.02 / (2.0 * config.n_layer as f64).sqrt(), rng, device),
+        let (hd, nh, nkv) = (config.head_dim(), config.n_head, config.n_kv_head);
+        let mut attn = Self {
+            c_attn: None,
+            q_proj: None,
+            k_proj: None,
+            v_proj: None,
+            c_proj: None,
+            o_proj: None,
             attn_dropout: DropoutConfig::new(config.attn_pdrop).init(),
             resid_dropout: DropoutConfig::new(config.resid_pdrop).init(),
-            n_head: config.n_head,
+            n_head: nh,
+            n_kv_head: nkv,
+            head_dim: hd,
+            window: config.window(layer),
+        };
+        if config.family.is_llama_like() {
+            // transformers initialises every Llama linear layer from N(0, 0.02²).
+            let b = config.qkv_bias;
+            attn.q_proj = Some(Projection::filled(c, nh * hd, 0.02, b, fill, device));
+            attn.k_proj = Some(Projection::filled(c, nkv * hd, 0.02, b, fill, device));
+            attn.v_proj = Some(Projection::filled(c, nkv * hd, 0.02, b, fill, device));
+            attn.o_proj = Some(Projection::filled(nh * hd, c, 0.02, config.o_bias, fill, device));
+        } else {
+            attn.c_attn = Some(Projection::filled(c, 3 * c, 0.02, true, fill, device));
+            // GPT-2 scales the init of projections that write into the residual stream by
+            // 1/sqrt(2·n_layer), so the stream's variance does not grow with depth.
+            attn.c_proj = Some(Projection::filled(c, c, 0.02 / (2.0 * config.n_layer as f64).sqrt(), true, fill, device));
         }
+        attn
+    }
+
+    /// The projections that exist, with their names inside the block (`attn.q_proj`).
+    pub fn projections(&self) -> Vec<(&'static str, &Projection)> {
+        let named = [
+            ("attn.c_attn", &self.c_attn),
+            ("attn.q_proj", &self.q_proj),
+            ("attn.k_proj", &self.k_proj),
+            ("attn.v_proj", &self.v_proj),
+            ("attn.c_proj", &self.c_proj),
+            ("attn.o_proj", &self.o_proj),
+        ];
+        named.into_iter().filter_map(|(n, p)| p.as_ref().map(|p| (n, p))).collect()
+    }
+
+    /// [`Self::projections`], mutable.
+    pub fn projections_mut(&mut self) -> Vec<(&'static str, &mut Projection)> {
+        let named = [
+            ("attn.c_attn", &mut self.c_attn),
+            ("attn.q_proj", &mut self.q_proj),
+            ("attn.k_proj", &mut self.k_proj),
+            ("attn.v_proj", &mut self.v_proj),
+            ("attn.c_proj", &mut self.c_proj),
+            ("attn.o_proj", &mut self.o_proj),
+        ];
+        named.into_iter().filter_map(|(n, p)| p.as_mut().map(|p| (n, p))).collect()
     }
 
     /// # Shapes
     /// `[B, T, C] -> [B, T, C]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.forward_with_prefix(x, None)
+        self.forward_with(x, None, None)
     }
 
-    /// Attention with prefix tuning's learned keys and values (`[k, C]` each) placed before
-    /// the sequence's own: every position may attend to all k of them.
+    /// Attention with prefix tuning's learned keys and values (`[k, KV·hd]` each) placed
+    /// before the sequence's own (every position may attend to all k of them), and, for
+    /// the Llama family, the rotary tables of the sequence's positions.
     ///
     /// # Shapes
     /// `[B, T, C] -> [B, T, C]`
-    pub fn forward_with_prefix(&self, x: Tensor<3>, prefix: Option<(Tensor<2>, Tensor<2>)>) -> Tensor<3> {
+    pub fn forward_with(&self, x: Tensor<3>, prefix: Option<(Tensor<2>, Tensor<2>)>, rope: Option<&RopeTables>) -> Tensor<3> {
         let [b, t, c] = x.dims();
-        let (nh, hs) = (self.n_head, c / self.n_head);
+        let (nh, nkv, hs) = (self.n_head, self.n_kv_head, self.head_dim);
 
-        let qkv = self.c_attn.forward(x); // [B, T, 3C]
-        // Queries, keys and values are the three C-wide thirds of the last dimension:
-        // [B, T, C] -> [B, T, nh, hs] -> [B, nh, T, hs]. (Splitting the last dimension is
-        // the cheapest of the equivalent layouts on flex; see native/examples/op_profile.rs.)
-        let head = |i: usize| qkv.clone().narrow(2, i * c, c).reshape([b, t, nh, hs]).swap_dims(1, 2);
-        let (q, mut k, mut v) = (head(0), head(1), head(2));
+        // [B, T, H·hs] -> [B, T, H, hs] -> [B, H, T, hs]
+        let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, hs]).swap_dims(1, 2);
+        let (q, k, v) = match (&self.c_attn, &self.q_proj, &self.k_proj, &self.v_proj) {
+            (Some(c_attn), ..) => {
+                let qkv = c_attn.forward(x); // [B, T, 3C]
+                // Queries, keys and values are the three C-wide thirds of the last dimension.
+                // (Splitting the last dimension is the cheapest of the equivalent layouts on
+                // flex; see native/examples/op_profile.rs.)
+                let third = |i: usize| heads(qkv.clone().narrow(2, i * c, c), nh);
+                (third(0), third(1), third(2))
+            }
+            (None, Some(q), Some(k), Some(v)) => (heads(q.forward(x.clone()), nh), heads(k.forward(x.clone()), nkv), heads(v.forward(x), nkv)),
+            _ => unreachable!("an attention layer holds c_attn or q/k/v projections"),
+        };
+        let (q, mut k, mut v) = match rope {
+            Some(r) => (r.apply(q), r.apply(k), v),
+            None => (q, k, v),
+        };
         let mut p = 0;
         if let Some((pk, pv)) = prefix {
             p = pk.dims()[0];
-            // [k, C] -> [1, nh, k, hs] -> [B, nh, k, hs], then before the sequence's own.
-            let heads = |x: Tensor<2>| x.reshape([1, p, nh, hs]).swap_dims(1, 2).expand([b, nh, p, hs]);
-            k = Tensor::cat(vec![heads(pk), k], 2);
-            v = Tensor::cat(vec![heads(pv), v], 2);
+            // [k, KV·hs] -> [1, KV, k, hs] -> [B, KV, k, hs], then before the sequence's own.
+            let prefix_heads = |x: Tensor<2>| x.reshape([1, p, nkv, hs]).swap_dims(1, 2).expand([b, nkv, p, hs]);
+            k = Tensor::cat(vec![prefix_heads(pk), k], 2);
+            v = Tensor::cat(vec![prefix_heads(pv), v], 2);
+        }
+        if nkv < nh {
+            // Grouped-query attention: query head h reads key/value head h / (H / KV).
+            let rep = nh / nkv;
+            let repeat = |x: Tensor<4>| x.unsqueeze_dim::<5>(2).expand([b, nkv, rep, p + t, hs]).reshape([b, nh, p + t, hs]);
+            k = repeat(k);
+            v = repeat(v);
         }
 
-        // Scaled dot-product scores: [B, nh, T, hs] x [B, nh, hs, P+T] -> [B, nh, T, P+T]
+        // Scaled dot-product scores: [B, H, T, hs] x [B, H, hs, P+T] -> [B, H, T, P+T]
         let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (hs as f64).sqrt());
+        let device = scores.device();
         // Causal mask: position i may not look at j > i. Burn's `tril_mask` is true *outside*
         // the lower triangle, i.e. exactly where j > i (the causality test pins this down).
         // Filling with a large negative number rather than -inf keeps a fully masked row
         // (never produced here) finite. With a prefix of P keys, query i sees key j when
-        // j ≤ i + P: the whole prefix and its own past.
-        let mask = Tensor::<2, Bool>::tril_mask([t, p + t], p as i64, &scores.device()).reshape([1, 1, t, p + t]).expand([b, nh, t, p + t]);
-        let scores = scores.mask_fill(mask, -1.0e9);
+        // j ≤ i + P: the whole prefix and its own past. A sliding window also hides the
+        // keys `window` or more tokens back.
+        let mask = match self.window {
+            Some(w) if w < t => {
+                let masked: Vec<bool> = (0..t).flat_map(|i| (0..p + t).map(move |j| j >= p && (j - p > i || i - (j - p) >= w))).collect();
+                Tensor::<2, Bool>::from_data(TensorData::new(masked, [t, p + t]), &device)
+            }
+            _ => Tensor::<2, Bool>::tril_mask([t, p + t], p as i64, &device),
+        };
+        let scores = scores.mask_fill(mask.reshape([1, 1, t, p + t]).expand([b, nh, t, p + t]), -1.0e9);
         let probs = self.attn_dropout.forward(softmax(scores, 3));
 
-        let y = probs.matmul(v); // [B, nh, T, hs]
-        let y = y.swap_dims(1, 2).reshape([b, t, c]); // [B, T, C]
-        self.resid_dropout.forward(self.c_proj.forward(y))
+        let y = probs.matmul(v); // [B, H, T, hs]
+        let y = y.swap_dims(1, 2).reshape([b, t, nh * hs]); // [B, T, H·hs]
+        let out = self.c_proj.as_ref().or(self.o_proj.as_ref()).expect("an output projection");
+        self.resid_dropout.forward(out.forward(y))
     }
 }

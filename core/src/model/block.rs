@@ -1,41 +1,85 @@
-//! A pre-LayerNorm transformer block: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
+//! A pre-norm transformer block: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`, the same in
+//! both families (Llama's `input_layernorm` and `post_attention_layernorm` are `ln_1` and
+//! `ln_2` here; `model::names` maps them).
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::activation::sigmoid;
+use burn::tensor::activation::{sigmoid, silu};
 use burn::tensor::{Device, Tensor};
 
-use super::attention::Attention;
+use super::attention::{Attention, RopeTables};
 use super::config::ModelConfig;
 use super::layers::LayerNorm;
 use super::projection::Projection;
-use crate::data::rng::Rng;
+use crate::init::Fill;
 
-/// The position-wise feed-forward network: widen to 4·C, GELU, narrow back.
+/// The position-wise feed-forward network: GPT-2's (widen to 4·C, GELU, narrow back) or
+/// the Llama family's SwiGLU, `down(silu(gate(x)) ⊙ up(x))`.
 #[derive(Module, Debug)]
 pub struct Mlp {
-    /// `C -> 4C` (GPT-2's `c_fc`)
-    pub c_fc: Projection,
-    /// `4C -> C` (GPT-2's `c_proj`)
-    pub c_proj: Projection,
+    /// GPT-2: `C -> 4C` (`c_fc`)
+    pub c_fc: Option<Projection>,
+    /// GPT-2: `4C -> C` (`c_proj`)
+    pub c_proj: Option<Projection>,
+    /// Llama family: `C -> F`, the gate
+    pub gate_proj: Option<Projection>,
+    /// Llama family: `C -> F`
+    pub up_proj: Option<Projection>,
+    /// Llama family: `F -> C`
+    pub down_proj: Option<Projection>,
     pub dropout: Dropout,
 }
 
 impl Mlp {
-    pub fn init(config: &ModelConfig, rng: &mut Rng, device: &Device) -> Self {
+    pub fn new(config: &ModelConfig, fill: &mut Fill, device: &Device) -> Self {
         let (c, f) = (config.n_embd, config.inner());
-        Self {
-            c_fc: Projection::init(c, f, 0.02, rng, device),
-            c_proj: Projection::init(f, c, 0.02 / (2.0 * config.n_layer as f64).sqrt(), rng, device),
-            dropout: DropoutConfig::new(config.resid_pdrop).init(),
+        let mut mlp =
+            Self { c_fc: None, c_proj: None, gate_proj: None, up_proj: None, down_proj: None, dropout: DropoutConfig::new(config.resid_pdrop).init() };
+        if config.family.is_llama_like() {
+            let b = config.mlp_bias;
+            mlp.gate_proj = Some(Projection::filled(c, f, 0.02, b, fill, device));
+            mlp.up_proj = Some(Projection::filled(c, f, 0.02, b, fill, device));
+            mlp.down_proj = Some(Projection::filled(f, c, 0.02, b, fill, device));
+        } else {
+            mlp.c_fc = Some(Projection::filled(c, f, 0.02, true, fill, device));
+            mlp.c_proj = Some(Projection::filled(f, c, 0.02 / (2.0 * config.n_layer as f64).sqrt(), true, fill, device));
         }
+        mlp
+    }
+
+    /// The projections that exist, with their names inside the block (`mlp.up_proj`).
+    pub fn projections(&self) -> Vec<(&'static str, &Projection)> {
+        let named = [
+            ("mlp.c_fc", &self.c_fc),
+            ("mlp.c_proj", &self.c_proj),
+            ("mlp.gate_proj", &self.gate_proj),
+            ("mlp.up_proj", &self.up_proj),
+            ("mlp.down_proj", &self.down_proj),
+        ];
+        named.into_iter().filter_map(|(n, p)| p.as_ref().map(|p| (n, p))).collect()
+    }
+
+    /// [`Self::projections`], mutable.
+    pub fn projections_mut(&mut self) -> Vec<(&'static str, &mut Projection)> {
+        let named = [
+            ("mlp.c_fc", &mut self.c_fc),
+            ("mlp.c_proj", &mut self.c_proj),
+            ("mlp.gate_proj", &mut self.gate_proj),
+            ("mlp.up_proj", &mut self.up_proj),
+            ("mlp.down_proj", &mut self.down_proj),
+        ];
+        named.into_iter().filter_map(|(n, p)| p.as_mut().map(|p| (n, p))).collect()
     }
 
     /// # Shapes
     /// `[B, T, C] -> [B, T, C]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let h = gelu_new(self.c_fc.forward(x)); // [B, T, 4C]
-        self.dropout.forward(self.c_proj.forward(h))
+        let y = match (&self.c_fc, &self.c_proj, &self.gate_proj, &self.up_proj, &self.down_proj) {
+            (Some(fc), Some(proj), ..) => proj.forward(gelu_new(fc.forward(x))), // via [B, T, 4C]
+            (None, None, Some(gate), Some(up), Some(down)) => down.forward(silu(gate.forward(x.clone())) * up.forward(x)), // via [B, T, F]
+            _ => unreachable!("an MLP holds c_fc/c_proj or gate/up/down projections"),
+        };
+        self.dropout.forward(y)
     }
 }
 
@@ -85,30 +129,47 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn init(config: &ModelConfig, rng: &mut Rng, device: &Device) -> Self {
-        let eps = config.layer_norm_epsilon;
+    /// Block `layer` of a model of `config`, weights filled as `fill` says.
+    pub fn new(config: &ModelConfig, layer: usize, fill: &mut Fill, device: &Device) -> Self {
+        let (c, eps) = (config.n_embd, config.layer_norm_epsilon);
+        let norm = || if config.family.is_llama_like() { LayerNorm::rms(c, eps, device) } else { LayerNorm::init(c, eps, device) };
         Self {
-            ln_1: LayerNorm::init(config.n_embd, eps, device),
-            attn: Attention::init(config, rng, device),
-            ln_2: LayerNorm::init(config.n_embd, eps, device),
-            mlp: Mlp::init(config, rng, device),
+            ln_1: norm(),
+            attn: Attention::new(config, layer, fill, device),
+            ln_2: norm(),
+            mlp: Mlp::new(config, fill, device),
             adapter_attn: None,
             adapter_mlp: None,
         }
     }
 
+    /// Every projection of the block, with its name inside it (`attn.q_proj`), in module order.
+    pub fn projections(&self) -> Vec<(&'static str, &Projection)> {
+        let mut all = self.attn.projections();
+        all.extend(self.mlp.projections());
+        all
+    }
+
+    /// [`Self::projections`], mutable.
+    pub fn projections_mut(&mut self) -> Vec<(&'static str, &mut Projection)> {
+        let mut all = self.attn.projections_mut();
+        all.extend(self.mlp.projections_mut());
+        all
+    }
+
     /// # Shapes
     /// `[B, T, C] -> [B, T, C]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.forward_with_prefix(x, None)
+        self.forward_with(x, None, None)
     }
 
-    /// The block with prefix tuning's keys and values for its attention (`[k, C]` each).
+    /// The block with prefix tuning's keys and values for its attention (`[k, KV·hd]`
+    /// each) and the rotary tables (Llama family).
     ///
     /// # Shapes
     /// `[B, T, C] -> [B, T, C]`
-    pub fn forward_with_prefix(&self, x: Tensor<3>, prefix: Option<(Tensor<2>, Tensor<2>)>) -> Tensor<3> {
-        let a = self.attn.forward_with_prefix(self.ln_1.forward(x.clone()), prefix);
+    pub fn forward_with(&self, x: Tensor<3>, prefix: Option<(Tensor<2>, Tensor<2>)>, rope: Option<&RopeTables>) -> Tensor<3> {
+        let a = self.attn.forward_with(self.ln_1.forward(x.clone()), prefix, rope);
         let a = match &self.adapter_attn {
             Some(adapter) => a.clone() + adapter.delta(a),
             None => a,

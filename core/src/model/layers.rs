@@ -1,33 +1,47 @@
-//! The two small layers GPT-2 needs besides projections: LayerNorm and an embedding table.
-//! Written here rather than taken from `burn::nn` so their parameter names are GPT-2's
-//! (`weight`, `bias`), which makes checkpoint keys equal Hugging Face's.
+//! The two small layers a decoder needs besides projections: a norm (GPT-2's LayerNorm or
+//! the Llama family's RMSNorm) and an embedding table. Written here rather than taken from
+//! `burn::nn` so their parameter names are Hugging Face's (`weight`, `bias`).
 
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor};
 
-use crate::init::normal;
+use crate::init::Fill;
 
-/// Normalises the last dimension to zero mean and unit variance, then scales and shifts.
+/// LayerNorm (GPT-2): normalises the last dimension to zero mean and unit variance, then
+/// scales and shifts. RMSNorm (Llama family, no bias): divides by the root mean square,
+/// then scales.
 #[derive(Module, Debug)]
 pub struct LayerNorm {
     /// `[C]`, starts at 1
     pub weight: Param<Tensor<1>>,
-    /// `[C]`, starts at 0
-    pub bias: Param<Tensor<1>>,
+    /// `[C]`, starts at 0; None for RMSNorm
+    pub bias: Option<Param<Tensor<1>>>,
     pub eps: f64,
 }
 
 impl LayerNorm {
     pub fn init(d: usize, eps: f64, device: &Device) -> Self {
-        Self { weight: Param::from_tensor(Tensor::ones([d], device)), bias: Param::from_tensor(Tensor::zeros([d], device)), eps }
+        Self { weight: Param::from_tensor(Tensor::ones([d], device)), bias: Some(Param::from_tensor(Tensor::zeros([d], device))), eps }
+    }
+
+    /// RMSNorm: a gain and no bias.
+    pub fn rms(d: usize, eps: f64, device: &Device) -> Self {
+        Self { weight: Param::from_tensor(Tensor::ones([d], device)), bias: None, eps }
     }
 
     /// # Shapes
     /// `[..., C] -> [..., C]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        // Burn's fused layer_norm op: one pass on backends that implement it, and a
-        // differentiable composition elsewhere.
-        burn::tensor::module::layer_norm(x, self.weight.val(), Some(self.bias.val()), self.eps)
+        match &self.bias {
+            // Burn's fused layer_norm op: one pass on backends that implement it, and a
+            // differentiable composition elsewhere.
+            Some(bias) => burn::tensor::module::layer_norm(x, self.weight.val(), Some(bias.val()), self.eps),
+            None => {
+                // x / sqrt(mean(x²) + ε) · g, as transformers' LlamaRMSNorm (in f32).
+                let ms = (x.clone() * x.clone()).mean_dim(D - 1).add_scalar(self.eps);
+                x * ms.sqrt().recip() * self.weight.val().unsqueeze::<D>()
+            }
+        }
     }
 }
 
@@ -40,8 +54,12 @@ pub struct Embedding {
 
 impl Embedding {
     pub fn init(rows: usize, d: usize, std: f64, rng: &mut crate::data::rng::Rng, device: &Device) -> Self {
-        let w = Tensor::from_data(TensorData::new(normal(rng, rows * d, std), [rows, d]), device);
-        Self { weight: Param::from_tensor(w) }
+        Self::filled(rows, d, std, &mut Fill::Random(rng), device)
+    }
+
+    /// A table filled as `fill` says.
+    pub fn filled(rows: usize, d: usize, std: f64, fill: &mut Fill, device: &Device) -> Self {
+        Self { weight: Param::from_tensor(fill.tensor([rows, d], std, device)) }
     }
 
     /// # Shapes

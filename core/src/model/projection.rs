@@ -8,12 +8,13 @@
 //! one concrete slot type keeps every parameter visible and every path stable.
 
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 
-use crate::init::normal;
+use crate::init::Fill;
 
 /// `y = x·W + b` with `W` stored as `[d_in, d_out]`, the layout of GPT-2's `Conv1D`, so
-/// Hugging Face weights load without a transpose.
+/// GPT-2's weights load without a transpose (the Llama family's `nn.Linear` weights,
+/// `[out, in]`, are transposed on the way in and out by `model::names`).
 #[derive(Module, Debug)]
 pub struct Projection {
     /// `[d_in, d_out]`; None when the base weight is held in NF4 instead (QLoRA).
@@ -37,11 +38,15 @@ pub struct Projection {
 impl Projection {
     /// Weights drawn from N(0, std²) with tinytune's portable generator; bias zero.
     pub fn init(d_in: usize, d_out: usize, std: f64, rng: &mut crate::data::rng::Rng, device: &Device) -> Self {
-        let weight = Tensor::from_data(TensorData::new(normal(rng, d_in * d_out, std), [d_in, d_out]), device);
+        Self::filled(d_in, d_out, std, true, &mut Fill::Random(rng), device)
+    }
+
+    /// A projection whose weight is filled as `fill` says, with a zero bias or none.
+    pub fn filled(d_in: usize, d_out: usize, std: f64, bias: bool, fill: &mut Fill, device: &Device) -> Self {
         Self {
-            weight: Some(Param::from_tensor(weight)),
+            weight: Some(Param::from_tensor(fill.tensor([d_in, d_out], std, device))),
             nf4: None,
-            bias: Some(Param::from_tensor(Tensor::zeros([d_out], device))),
+            bias: bias.then(|| Param::from_tensor(Tensor::zeros([d_out], device))),
             lora: None,
             ia3: None,
             merged: None,

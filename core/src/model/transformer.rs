@@ -1,4 +1,5 @@
-//! The whole model: embeddings, a stack of blocks, a final LayerNorm and the LM head.
+//! The whole model: embeddings, a stack of blocks, a final norm and the LM head, for
+//! GPT-2 and the Llama family alike (`ModelConfig::family` decides which layers exist).
 //!
 //! Start reading here. `Gpt::forward` maps token ids to next-token logits; it is split into
 //! `embed`, `forward_embeddings` and `lm_head` so that methods which work on embeddings (soft
@@ -9,22 +10,31 @@ use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor};
 
+use super::attention::RopeTables;
 use super::block::Block;
 use super::config::ModelConfig;
 use super::layers::{Embedding, LayerNorm};
 use crate::data::rng::Rng;
+use crate::init::Fill;
 
-/// A GPT-2-architecture decoder. The LM head is tied to `wte`: logits are `h · wteᵀ`.
+/// A decoder-only transformer: GPT-2 (learned positions, LayerNorm, GELU MLP) or the Llama
+/// family (rotary positions, RMSNorm, SwiGLU, grouped-query attention). Parameter paths use
+/// GPT-2's scaffolding names in both (`wte`, `h.N.ln_1`, `h.N.attn.q_proj`, `ln_f`);
+/// `model::names` maps them to each family's Hugging Face names at the file boundary. The
+/// LM head is tied to `wte` (logits `h · wteᵀ`) unless the config unties it.
 #[derive(Module, Debug)]
 pub struct Gpt {
-    /// Token embedding `[V, C]`, also the output projection.
+    /// Token embedding `[V, C]`, also the output projection when tied.
     pub wte: Embedding,
-    /// Learned position embedding `[n_positions, C]`.
-    pub wpe: Embedding,
+    /// Learned position embedding `[n_positions, C]` (GPT-2; None with rotary positions).
+    pub wpe: Option<Embedding>,
     pub drop: Dropout,
     /// The blocks, `h.0` ... `h.{n_layer-1}` as in GPT-2's weight names.
     pub h: Vec<Block>,
+    /// The final norm (LayerNorm or RMSNorm).
     pub ln_f: LayerNorm,
+    /// An untied output projection `[V, C]` (`lm_head.weight`), if the config unties it.
+    pub lm_head: Option<Embedding>,
     /// Prompt tuning's or P-tuning's virtual tokens (`methods::prompt`), if adapted.
     pub prompt: Option<crate::methods::SoftPrompt>,
     /// Prefix tuning's per-layer keys and values, if adapted.
@@ -39,17 +49,29 @@ impl Gpt {
     /// backend (weights are drawn on the CPU, see `crate::init`).
     pub fn init(config: &ModelConfig, seed: u64, device: &Device) -> Self {
         let mut rng = Rng::derive(seed, "model-init");
-        let c = config.n_embd;
-        Self {
-            wte: Embedding::init(config.vocab_size, c, 0.02, &mut rng, device),
-            wpe: Embedding::init(config.n_positions, c, 0.01, &mut rng, device),
-            drop: DropoutConfig::new(config.embd_pdrop).init(),
-            h: (0..config.n_layer).map(|_| Block::init(config, &mut rng, device)).collect(),
-            ln_f: LayerNorm::init(c, config.layer_norm_epsilon, device),
-            prompt: None,
-            prefix: None,
-            config: config.clone(),
-        }
+        Self::build(config, &mut Fill::Random(&mut rng), device)
+    }
+
+    /// A model of `config` with every weight zero, for a checkpoint to fill: no random
+    /// draws, so a 1 B-parameter model builds in the time its memory takes to allocate.
+    pub fn zeros(config: &ModelConfig, device: &Device) -> Self {
+        Self::build(config, &mut Fill::Zeros, device)
+    }
+
+    fn build(config: &ModelConfig, fill: &mut Fill, device: &Device) -> Self {
+        let (c, eps) = (config.n_embd, config.layer_norm_epsilon);
+        let llama = config.family.is_llama_like();
+        let wte = Embedding::filled(config.vocab_size, c, 0.02, fill, device);
+        let wpe = (!llama).then(|| Embedding::filled(config.n_positions, c, 0.01, fill, device));
+        let h = (0..config.n_layer).map(|i| Block::new(config, i, fill, device)).collect();
+        let ln_f = if llama { LayerNorm::rms(c, eps, device) } else { LayerNorm::init(c, eps, device) };
+        let lm_head = (!config.tie_word_embeddings).then(|| Embedding::filled(config.vocab_size, c, 0.02, fill, device));
+        Self { wte, wpe, drop: DropoutConfig::new(config.embd_pdrop).init(), h, ln_f, lm_head, prompt: None, prefix: None, config: config.clone() }
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.wte.weight.val().device()
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -66,8 +88,9 @@ impl Gpt {
         self.config.n_positions - self.virtual_tokens()
     }
 
-    /// Token plus position embeddings, with a soft prompt's virtual tokens first (which take
-    /// positions 0..k, so the sequence grows by k).
+    /// Token plus position embeddings (GPT-2; the Llama family's positions are rotations
+    /// inside attention), with a soft prompt's virtual tokens first (which take positions
+    /// 0..k, so the sequence grows by k).
     ///
     /// # Shapes
     /// `[B, T] -> [B, k+T, C]`
@@ -83,8 +106,13 @@ impl Gpt {
             }
             None => (tokens, 0),
         };
-        let positions = Tensor::<1, Int>::arange(0..(k + t) as i64, &device).reshape([1, k + t]); // [1, k+T]
-        x + self.wpe.forward(positions) // [B, k+T, C] + [1, k+T, C]
+        match &self.wpe {
+            Some(wpe) => {
+                let positions = Tensor::<1, Int>::arange(0..(k + t) as i64, &device).reshape([1, k + t]); // [1, k+T]
+                x + wpe.forward(positions) // [B, k+T, C] + [1, k+T, C]
+            }
+            None => x,
+        }
     }
 
     /// Runs the blocks over embeddings and applies the final LayerNorm.
@@ -92,21 +120,27 @@ impl Gpt {
     /// # Shapes
     /// `[B, T, C] -> [B, T, C]`
     pub fn forward_embeddings(&self, x: Tensor<3>) -> Tensor<3> {
+        let len = x.dims()[1];
         let mut x = self.drop.forward(x);
-        let prefixes = self.prefix.as_ref().map(|p| p.keys_values(self.config.n_embd, self.h.len()));
+        let prefixes = self.prefix.as_ref().map(|p| p.keys_values(self.config.kv_dim(), self.h.len()));
+        // Rotary positions: with a prefix of p keys (which, as in PEFT, are not rotated),
+        // the sequence's positions start at p, as transformers numbers tokens after a cache.
+        let start = self.prefix.as_ref().map_or(0, |p| p.len());
+        let rope = self.config.family.is_llama_like().then(|| RopeTables::new(&self.config, start, len, &x.device()));
         for (i, block) in self.h.iter().enumerate() {
-            x = block.forward_with_prefix(x, prefixes.as_ref().map(|kv| kv[i].clone()));
+            x = block.forward_with(x, prefixes.as_ref().map(|kv| kv[i].clone()), rope.as_ref());
         }
         self.ln_f.forward(x)
     }
 
-    /// Projects hidden states onto the vocabulary with the tied embedding.
+    /// Projects hidden states onto the vocabulary with the LM head (the tied embedding
+    /// unless the config unties it).
     ///
     /// # Shapes
     /// `[B, T, C] -> [B, T, V]`
     pub fn lm_head(&self, h: Tensor<3>) -> Tensor<3> {
         let [b, t, c] = h.dims();
-        let w = self.wte.weight.val(); // [V, C]
+        let w = self.lm_head.as_ref().unwrap_or(&self.wte).weight.val(); // [V, C]
         let v = w.dims()[0];
         // [B·T, C] x [C, V] -> [B·T, V]: one large matmul instead of a batched one.
         h.reshape([b * t, c]).matmul(w.transpose()).reshape([b, t, v])
