@@ -120,9 +120,52 @@ fn every_method_kind_has_a_battery_case() {
 #[test]
 fn every_method_passes_the_battery() {
     let tok = TextTokenizer::char_level(CHARSET);
-    let config = ModelConfig { vocab_size: tok.vocab_size(), ..ModelConfig::nano() };
+    battery(&ModelConfig { vocab_size: tok.vocab_size(), ..ModelConfig::nano() }, methods());
+}
+
+/// The same battery on the Llama layout (RMSNorm, RoPE, grouped-query attention, SwiGLU,
+/// untied head), with GPT-2's target names replaced by their Llama counterparts.
+#[test]
+fn every_method_passes_the_battery_on_a_llama() {
+    let tok = TextTokenizer::char_level(CHARSET);
+    let config = ModelConfig { vocab_size: tok.vocab_size(), ..ModelConfig::nano_llama() };
+    let rename = |targets: &[String]| -> Vec<String> {
+        targets
+            .iter()
+            .flat_map(|t| match t.as_str() {
+                "c_attn" => vec!["q_proj", "v_proj"],
+                "c_proj" => vec!["o_proj", "down_proj"],
+                "c_fc" => vec!["up_proj"],
+                other => vec![other],
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    let llama_methods = methods()
+        .into_iter()
+        .map(|(name, method)| {
+            let method = match method {
+                Method::Lora(l) => Method::Lora(LoraConfig { target_modules: rename(&l.target_modules), ..l }),
+                Method::Qlora(q) => Method::Qlora(QloraConfig { lora: LoraConfig { target_modules: rename(&q.lora.target_modules), ..q.lora }, ..q }),
+                Method::Ia3(i) if i == Ia3Config::default() => Method::Ia3(Ia3Config::for_family(tinytune::model::Family::Llama)),
+                other => other,
+            };
+            (name, method)
+        })
+        .filter(|(_, m)| *m != Method::Bitfit)
+        .collect();
+    // nano-llama has no biases, so BitFit has nothing to train and says so.
+    let device = Device::flex();
+    let e = Method::Bitfit.apply(Gpt::init(&config, 0, &device), 0, &device).unwrap_err().to_string();
+    assert!(e.contains("no") && e.contains("bias") && e.contains("llama"), "{e}");
+    battery(&config, llama_methods);
+}
+
+fn battery(config: &ModelConfig, methods: Vec<(&'static str, Method)>) {
+    let tok = TextTokenizer::char_level(CHARSET);
+    let config = config.clone();
     let device = Device::flex().autodiff();
-    for (name, method) in methods() {
+    for (name, method) in methods {
         let base = Gpt::init(&config, 0, &device);
         // QLoRA's base is the NF4-rounded base: the same rounding `tinytune quantize` applies.
         let rounded = match &method {

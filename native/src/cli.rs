@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use tinytune::TextTokenizer;
 use tinytune::methods::{AdapterConfig, Ia3Config, LoraConfig, Method, MethodOptions, PromptInit};
+use tinytune::model::Family;
 use tinytune::optim::Decay;
 
 use crate::backend::Backend;
@@ -493,10 +494,11 @@ pub struct MethodArgs {
     /// Dropout on the LoRA path's input.
     #[arg(long, default_value_t = 0.0)]
     pub lora_dropout: f64,
-    /// Projections to adapt, comma-separated (c_attn, c_proj, c_fc, attn.c_proj, mlp.c_proj)
-    /// or all-linear.
-    #[arg(long, default_value = "c_attn")]
-    pub targets: String,
+    /// Projections to adapt, comma-separated, or all-linear. GPT-2 has c_attn, attn.c_proj,
+    /// mlp.c_fc and mlp.c_proj; the Llama family q_proj, k_proj, v_proj, o_proj, gate_proj,
+    /// up_proj and down_proj. [default: PEFT's for the family: c_attn, or q_proj,v_proj]
+    #[arg(long)]
+    pub targets: Option<String>,
     /// rsLoRA: scale by alpha/sqrt(rank).
     #[arg(long)]
     pub rslora: bool,
@@ -547,11 +549,13 @@ pub struct MethodArgs {
     #[arg(long)]
     pub prefix_projection: bool,
     /// ia3: projections whose output (or input, see --ia3-feedforward) is rescaled.
-    #[arg(long, default_value = "c_attn,mlp.c_proj")]
-    pub ia3_targets: String,
-    /// ia3: the targets whose input is rescaled instead of their output.
-    #[arg(long, default_value = "mlp.c_proj")]
-    pub ia3_feedforward: String,
+    /// [default: PEFT's for the family: c_attn,mlp.c_proj, or k_proj,v_proj,down_proj]
+    #[arg(long)]
+    pub ia3_targets: Option<String>,
+    /// ia3: the targets whose input is rescaled instead of their output. [default: PEFT's
+    /// for the family: mlp.c_proj, or down_proj]
+    #[arg(long)]
+    pub ia3_feedforward: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -650,15 +654,17 @@ pub struct DemoArgs {
 }
 
 impl MethodArgs {
-    /// The fine-tuning method the flags describe. `tokenizer` turns `--prompt-text` into ids
+    /// The fine-tuning method the flags describe, for a model of `family` (whose PEFT
+    /// defaults fill the target lists not given). `tokenizer` turns `--prompt-text` into ids
     /// (None where no model is loaded yet; then a text init is refused).
-    pub fn to_method(&self, tokenizer: Option<&TextTokenizer>) -> Result<Method, String> {
+    pub fn to_method(&self, tokenizer: Option<&TextTokenizer>, family: Family) -> Result<Method, String> {
         let a = self;
+        let ia3_default = Ia3Config::for_family(family);
         let lora = LoraConfig {
             r: a.rank,
             lora_alpha: a.alpha,
             lora_dropout: a.lora_dropout,
-            target_modules: LoraConfig::target_list(&a.targets),
+            target_modules: a.targets.as_deref().map_or_else(|| LoraConfig::default_targets(family), LoraConfig::target_list),
             use_rslora: a.rslora,
             bias: a.lora_bias.parse().map_err(|e| format!("--lora-bias: {e}"))?,
             init: a.lora_init.parse().map_err(|e| format!("--lora-init: {e}"))?,
@@ -692,7 +698,10 @@ impl MethodArgs {
             prompt_ids,
             encoder_hidden: a.encoder_hidden,
             prefix_projection: a.prefix_projection,
-            ia3: Ia3Config { target_modules: LoraConfig::target_list(&a.ia3_targets), feedforward_modules: LoraConfig::target_list(&a.ia3_feedforward) },
+            ia3: Ia3Config {
+                target_modules: a.ia3_targets.as_deref().map_or(ia3_default.target_modules, LoraConfig::target_list),
+                feedforward_modules: a.ia3_feedforward.as_deref().map_or(ia3_default.feedforward_modules, LoraConfig::target_list),
+            },
         };
         Method::named(&a.method, &options).map_err(|e| format!("--method: {e}"))
     }

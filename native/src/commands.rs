@@ -186,7 +186,7 @@ pub fn bench_cmd(args: BenchArgs, device: &Device) -> Result<(), String> {
     };
     // Name the bench flag, not the config.json field it fills.
     config.validate("bench flags").map_err(crate::flags::flag_error)?;
-    let method = args.method.to_method(None)?;
+    let method = args.method.to_method(None, config.family)?;
     let ad = device.clone().autodiff();
     // Uniformly random tokens: throughput does not depend on what the tokens say.
     let mut rng = Rng::new(0);

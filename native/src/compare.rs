@@ -81,7 +81,7 @@ pub fn compare_cmd(a: CompareArgs, device: &Device) -> Result<(), String> {
             Variant::Optimizer(kind) => args.optimizer = kind.name().to_string(),
             Variant::Method(name) => method_args.method = name.clone(),
         }
-        let method = method_args.to_method(Some(&loaded.tokenizer)).map_err(|e| e.replace("--method", "--methods"))?;
+        let method = method_args.to_method(Some(&loaded.tokenizer), loaded.config.family).map_err(|e| e.replace("--method", "--methods"))?;
         let mut config = train::resolve(&args, method, DataSource::Task(Task::StoryQa), 3e-4, loaded.config.n_positions)?;
         // One held-out evaluation, after the last step: the table compares end points.
         config.eval_every = 0;

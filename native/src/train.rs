@@ -147,7 +147,7 @@ pub fn finetune(args: FinetuneArgs, device: &Device) -> Result<(), String> {
     let loaded = model_dir::load(&args.model, &ad)?;
     let train = resolve(
         &args.train,
-        args.method.to_method(Some(&loaded.tokenizer))?,
+        args.method.to_method(Some(&loaded.tokenizer), loaded.config.family)?,
         DataSource::Task(tinytune::data::Task::StoryQa),
         3e-4,
         loaded.config.n_positions,
@@ -406,7 +406,7 @@ mod tests {
                     assert_eq!(params.model, ModelChoice::Micro);
                     assert_eq!(a.model.to_str(), Some(tinytune_web::run::MICRO_DIR));
                     a.method
-                        .to_method(None)
+                        .to_method(None, tinytune::model::Family::Gpt2)
                         .and_then(|m| resolve(&a.train, m, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, ModelConfig::micro().n_positions))
                 }
                 Command::Pretrain(a) => {

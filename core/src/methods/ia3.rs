@@ -34,6 +34,18 @@ impl Default for Ia3Config {
 }
 
 impl Ia3Config {
+    /// PEFT's defaults for the family (`TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING`
+    /// and its feedforward twin): GPT-2's q/k/v and MLP output; the Llama family's keys,
+    /// values and down projection, whose input is rescaled.
+    pub fn for_family(family: crate::model::Family) -> Self {
+        if family.is_llama_like() {
+            let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect();
+            Self { target_modules: v(&["k_proj", "v_proj", "down_proj"]), feedforward_modules: v(&["down_proj"]) }
+        } else {
+            Self::default()
+        }
+    }
+
     pub fn targets(&self, path: &str) -> bool {
         super::path_matches(&self.target_modules, path)
     }

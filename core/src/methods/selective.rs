@@ -4,8 +4,9 @@
 //!
 //! - **last layers**: the top `n` transformer blocks and the final LayerNorm (the LM head is
 //!   tied to the token embedding, which stays frozen);
-//! - **BitFit** (Ben Zaken et al., 2022): every bias, those of the LayerNorms included;
-//! - **LayerNorm only**: every LayerNorm's gain and bias.
+//! - **BitFit** (Ben Zaken et al., 2022): every bias, those of the LayerNorms included (a
+//!   Llama-family model without biases refuses it);
+//! - **LayerNorm only**: every norm's gain and bias (RMSNorm's gain in the Llama family).
 
 use burn::module::Param;
 use burn::tensor::Tensor;
@@ -45,6 +46,13 @@ impl Selection {
             && (n == 0 || n > config.n_layer)
         {
             return Err(Error::config(origin.into(), "n", format!("{n} layers: choose between 1 and the model's {} blocks", config.n_layer)));
+        }
+        if self == Selection::Biases && self.count(config) == 0 {
+            return Err(Error::config(
+                origin.into(),
+                "method",
+                format!("bitfit trains biases, and this {} model has none; choose layernorm, lora or another method", config.family.model_type()),
+            ));
         }
         Ok(())
     }

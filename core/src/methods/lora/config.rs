@@ -108,6 +108,12 @@ impl LoraConfig {
         if self.use_rslora { self.lora_alpha / (self.r as f64).sqrt() } else { self.lora_alpha / self.r as f64 }
     }
 
+    /// PEFT's default targets for the family (`TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`):
+    /// GPT-2's fused `c_attn`; the Llama family's `q_proj` and `v_proj`.
+    pub fn default_targets(family: crate::model::Family) -> Vec<String> {
+        if family.is_llama_like() { vec!["q_proj".into(), "v_proj".into()] } else { vec!["c_attn".into()] }
+    }
+
     /// Target modules from a comma-separated list (`c_attn,mlp.c_proj`), blanks dropped.
     pub fn target_list(list: &str) -> Vec<String> {
         list.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect()

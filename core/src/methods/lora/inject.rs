@@ -31,7 +31,7 @@ pub(crate) fn trainable(model: &Gpt, config: &LoraConfig) -> usize {
             if config.use_dora {
                 n += p.d_out();
             }
-            if config.bias == LoraBias::LoraOnly {
+            if config.bias == LoraBias::LoraOnly && p.bias.is_some() {
                 n += p.d_out();
             }
         }
