@@ -36,6 +36,14 @@ pub const WEIGHTS: &str = "adapter_model.safetensors";
 /// What PEFT puts before a module's path in the `*ForCausalLM` model.
 const PREFIX: &str = "base_model.model.";
 
+/// `target_modules` as PEFT writes it: the string "all-linear", or a list of names.
+fn peft_targets(family: Family, targets: &[String]) -> Value {
+    if targets.iter().any(|t| t == "all-linear") {
+        return json!("all-linear");
+    }
+    json!(targets.iter().map(|t| hf_target(family, t)).collect::<Vec<_>>())
+}
+
 /// A tinytune target name as PEFT would match it on this family (Llama's `attn` is
 /// `self_attn` in transformers).
 fn hf_target(family: Family, t: &str) -> String {
@@ -54,6 +62,8 @@ pub fn method_from_config(text: &str, origin: impl Into<Origin>) -> Result<Metho
             Some(Value::Array(xs)) => {
                 xs.iter().map(|x| x.as_str().map(str::to_string).ok_or_else(|| bad(field, format!("{x} is not a module name")))).collect()
             }
+            // PEFT writes its shorthand for every linear layer as a string, not a list.
+            Some(Value::String(s)) if s == "all-linear" => Ok(vec![s.clone()]),
             Some(Value::String(s)) => {
                 Err(bad(field, format!("is the pattern {s:?}; tinytune matches module names, so list them (e.g. [\"c_attn\", \"mlp.c_proj\"])")))
             }
@@ -135,7 +145,7 @@ pub fn config_json(method: &Method, model: &Gpt) -> Result<String> {
             "r": l.r,
             "lora_alpha": l.lora_alpha,
             "lora_dropout": l.lora_dropout,
-            "target_modules": l.target_modules.iter().map(|t| hf_target(c.family, t)).collect::<Vec<_>>(),
+            "target_modules": peft_targets(c.family, &l.target_modules),
             "fan_in_fan_out": !c.family.is_llama_like(),
             "bias": match l.bias { LoraBias::None => "none", LoraBias::All => "all", LoraBias::LoraOnly => "lora_only" },
             "use_rslora": l.use_rslora,
@@ -147,7 +157,7 @@ pub fn config_json(method: &Method, model: &Gpt) -> Result<String> {
         Method::Ia3(i) => json!({
             "peft_type": "IA3",
             "task_type": "CAUSAL_LM",
-            "target_modules": i.target_modules.iter().map(|t| hf_target(c.family, t)).collect::<Vec<_>>(),
+            "target_modules": peft_targets(c.family, &i.target_modules),
             "feedforward_modules": i.feedforward_modules.iter().map(|t| hf_target(c.family, t)).collect::<Vec<_>>(),
             "fan_in_fan_out": !c.family.is_llama_like(),
             "init_ia3_weights": true,
