@@ -26,6 +26,8 @@ use crate::tokenizer::TextTokenizer;
 pub mod files {
     pub const CONFIG: &str = "config.json";
     pub const WEIGHTS: &str = "model.safetensors";
+    /// A sharded checkpoint's map from tensor names to shard files.
+    pub const WEIGHTS_INDEX: &str = "model.safetensors.index.json";
     pub const TOKENIZER: &str = "tokenizer.json";
     pub const TRAIN: &str = "train.json";
     pub const OPTIMIZER: &str = "optimizer.safetensors";
@@ -170,8 +172,23 @@ pub fn load_model(config: &ModelConfig, bytes: &[u8], device: &Device, origin: i
 /// Builds a model of `config` adapted by `method` (so its extra parameters exist) and fills
 /// every parameter from safetensors `bytes`.
 pub fn load_model_for(config: &ModelConfig, method: &Method, bytes: &[u8], device: &Device, origin: impl Into<Origin>) -> Result<Gpt> {
-    let origin = origin.into();
-    let mut tensors = model_tensors(config, from_safetensors(bytes, &origin)?, &origin)?;
+    load_model_shards(config, method, &[(origin.into(), bytes)], device)
+}
+
+/// [`load_model_for`] from a checkpoint split into several safetensors files (a sharded
+/// Hugging Face checkpoint, `model-00001-of-00002.safetensors` ...), each with the origin
+/// that names it in errors. A tensor in two shards is an error.
+pub fn load_model_shards(config: &ModelConfig, method: &Method, shards: &[(Origin, &[u8])], device: &Device) -> Result<Gpt> {
+    let origin = shards.first().map(|(o, _)| o.clone()).unwrap_or_else(|| Origin::from("model.safetensors"));
+    let mut raw = HashMap::new();
+    for (shard_origin, bytes) in shards {
+        for (name, data) in from_safetensors(bytes, shard_origin)? {
+            if raw.insert(name.clone(), data).is_some() {
+                return Err(Error::tensor(shard_origin.clone(), name, "is also in an earlier shard; a checkpoint holds each tensor once"));
+            }
+        }
+    }
+    let mut tensors = model_tensors(config, raw, &origin)?;
     // A model of zeros gives every parameter its shape without drawing random weights that
     // the file's would replace.
     let mut model = method.apply(Gpt::zeros(config, device), 0, device)?;
@@ -247,6 +264,19 @@ pub fn load_parts(dir: &str, config_json: &str, tokenizer_json: &str, weights: &
 /// [`load_parts`] for weights saved from a model adapted by `method` (a LoRA or QLoRA run's
 /// checkpoint).
 pub fn load_parts_for(dir: &str, config_json: &str, tokenizer_json: &str, weights: &[u8], method: &Method, device: &Device) -> Result<LoadedModel> {
+    load_parts_sharded(dir, config_json, tokenizer_json, &[(files::WEIGHTS.to_string(), weights)], method, device)
+}
+
+/// [`load_parts_for`] with the weights in one or more safetensors files, each given by its
+/// file name in `dir` and its bytes.
+pub fn load_parts_sharded(
+    dir: &str,
+    config_json: &str,
+    tokenizer_json: &str,
+    shards: &[(String, &[u8])],
+    method: &Method,
+    device: &Device,
+) -> Result<LoadedModel> {
     let path = |file: &str| if dir.is_empty() { file.to_string() } else { format!("{}/{file}", dir.trim_end_matches('/')) };
     let config = ModelConfig::from_json(config_json, path(files::CONFIG))?;
     let tokenizer = TextTokenizer::from_json(tokenizer_json, path(files::TOKENIZER))?;
@@ -262,7 +292,8 @@ pub fn load_parts_for(dir: &str, config_json: &str, tokenizer_json: &str, weight
             ),
         ));
     }
-    let model = load_model_for(&config, method, weights, device, path(files::WEIGHTS))?;
+    let shards: Vec<(Origin, &[u8])> = shards.iter().map(|(file, bytes)| (Origin::from(path(file)), *bytes)).collect();
+    let model = load_model_shards(&config, method, &shards, device)?;
     Ok(LoadedModel { model, config, tokenizer })
 }
 

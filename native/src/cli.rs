@@ -445,7 +445,7 @@ impl From<DecayArg> for Decay {
 
 #[derive(Args, Debug)]
 pub struct PretrainArgs {
-    /// Model shape: nano, micro, mini, gpt2, gpt2-medium, gpt2-large, gpt2-xl.
+    /// Model shape: nano, micro, mini (GPT-2 layout), nano-llama, micro-llama (Llama layout), gpt2, gpt2-medium, gpt2-large, gpt2-xl.
     #[arg(long, default_value = "nano")]
     pub preset: String,
     /// Tokenizer: `char` (one id per character) or `bpe` (byte-level BPE trained on the data).
@@ -636,7 +636,7 @@ pub struct BenchArgs {
     /// Print one JSON line with `tokens_per_s`.
     #[arg(long)]
     pub json: bool,
-    /// Take the shape of a named model instead (nano, micro, mini, gpt2, gpt2-medium, …);
+    /// Take the shape of a named model instead (nano, micro, mini, nano-llama, micro-llama, gpt2, …);
     /// --batch and --ctx still apply.
     #[arg(long)]
     pub preset: Option<String>,

@@ -9,7 +9,7 @@ use tinytune::memory::estimate::PlanSizes;
 use tinytune::memory::estimate::{DEFAULT_GPU_OVERHEAD, Estimate};
 use tinytune::memory::measure::{measure_step, synthetic_batch};
 use tinytune::memory::{GPUS, Offload, OptimizerKind, Plan, PlanMethod, Precision, deepspeed, human};
-use tinytune::methods::{AdapterConfig, LoraConfig, Method, MethodKind, MethodOptions};
+use tinytune::methods::{AdapterConfig, Ia3Config, LoraConfig, Method, MethodKind, MethodOptions};
 
 use crate::cli::{MemoryArgs, TrainArgs};
 use crate::fsutil::read_text;
@@ -197,22 +197,24 @@ fn deepspeed_rows(plan: &Plan) -> Option<Vec<(&'static str, deepspeed::ModelStat
     deepspeed::rows(plan.arch.num_params(), plan.arch.largest_layer_params(), plan.zero, plan.gpus)
 }
 
-/// Measures one real step of the plan's model shape (tinytune models only: GPT-2 layout,
-/// small enough for the CPU) and estimates the same step with tinytune's accounting.
+/// Measures one real step of the plan's model shape (the GPT-2 or Llama layout, small
+/// enough for the CPU) and estimates the same step with tinytune's accounting.
 fn measure(plan: &Plan, kind: MethodKind, args: &MemoryArgs, device: &Device) -> Result<(tinytune::memory::StepMemory, Estimate), String> {
     let a = &plan.arch;
-    if a.family != tinytune::memory::Family::Gpt2 || a.num_params() > 50_000_000 {
+    if a.family == tinytune::memory::Family::Phi || a.num_params() > 50_000_000 {
         return Err(format!(
-            "--measure runs a real step on the CPU, so it takes a GPT-2-layout model of at most 50 M parameters (nano, micro, mini); {} is not one",
+            "--measure runs a real step on the CPU, so it takes a GPT-2 or Llama-layout model of at most 50 M parameters (nano, micro, mini, nano-llama, micro-llama); {} is not one",
             a.name
         ));
     }
+    let llama = a.family == tinytune::memory::Family::Llama;
     if !crate::backend::on_cpu() {
         return Err("--measure counts CPU allocations; use --backend flex or ndarray".into());
     }
     // The flags' method as tinytune trains it (LoRA's alpha at twice the rank).
     let targets = match &plan.method {
         PlanMethod::Lora { targets, .. } | PlanMethod::Qlora { targets, .. } => targets.clone(),
+        _ if llama => LoraConfig::default_targets(tinytune::model::Family::Llama),
         _ => LoraConfig::default().target_modules,
     };
     let d = MethodOptions::default();
@@ -222,6 +224,7 @@ fn measure(plan: &Plan, kind: MethodKind, args: &MemoryArgs, device: &Device) ->
         adapter: AdapterConfig { size: args.bottleneck as usize, ..d.adapter.clone() },
         virtual_tokens: args.prompt_tokens as usize,
         encoder_hidden: args.encoder_hidden as usize,
+        ia3: Ia3Config::for_family(if llama { tinytune::model::Family::Llama } else { tinytune::model::Family::Gpt2 }),
         ..d
     };
     let method = Method::of_kind(kind, &options);
@@ -233,7 +236,16 @@ fn measure(plan: &Plan, kind: MethodKind, args: &MemoryArgs, device: &Device) ->
     {
         return Err("--measure runs tinytune's trainer as it is: --precision fp32 --optimizer adamw, no ZeRO, offload or checkpointing".into());
     }
-    let mut config = ModelConfig::new(a.vocab as usize, a.positions as usize, a.hidden as usize, a.layers as usize, a.heads as usize);
+    let (vocab, hidden, layers, heads) = (a.vocab as usize, a.hidden as usize, a.layers as usize, a.heads as usize);
+    let mut config = if llama {
+        let positions = (a.positions as usize).max(plan.seq as usize);
+        ModelConfig {
+            qkv_bias: a.qkv_bias,
+            ..ModelConfig::llama(vocab, positions, hidden, layers, heads, a.kv_heads as usize, a.intermediate as usize, a.tied)
+        }
+    } else {
+        ModelConfig::new(vocab, a.positions as usize, hidden, layers, heads)
+    };
     config.n_inner = Some(a.intermediate as usize);
     let batch = synthetic_batch(plan.batch as usize, plan.seq as usize, a.vocab as usize);
     let measured = measure_step(&config, &method, &batch, &device.clone().autodiff()).map_err(|e| e.to_string())?;

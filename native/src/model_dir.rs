@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use tinytune::checkpoint::{files, load_parts_for};
+use tinytune::checkpoint::{files, load_parts_sharded};
 use tinytune::methods::Method;
 use tinytune::train::TrainConfig;
 use tinytune::{Gpt, ModelConfig, TextTokenizer};
@@ -23,7 +23,13 @@ pub struct Loaded {
 /// The folder that holds the weights for `dir`.
 pub fn resolve(dir: &Path) -> Result<PathBuf, String> {
     if !dir.exists() {
-        return Err(format!("{}: no such folder; pass a run folder or a folder with {} and {}", dir.display(), files::CONFIG, files::WEIGHTS));
+        return Err(format!(
+            "{}: no such folder; pass a run folder or a folder with {} and {} (or a sharded {})",
+            dir.display(),
+            files::CONFIG,
+            files::WEIGHTS,
+            files::WEIGHTS_INDEX
+        ));
     }
     if let Some(ckpt) = CheckpointDirs::new(dir).existing() {
         return Ok(ckpt.to_path_buf());
@@ -46,8 +52,36 @@ pub fn load(dir: &Path, device: &Device) -> Result<Loaded, String> {
     let dir = resolve(dir)?;
     let config = read_text(&dir.join(files::CONFIG))?;
     let tokenizer = read_text(&dir.join(files::TOKENIZER))?;
-    let weights = read(&dir.join(files::WEIGHTS))?;
+    let shards = read_weights(&dir)?;
     let method = method_of(&dir)?;
-    let loaded = load_parts_for(&dir.display().to_string(), &config, &tokenizer, &weights, &method, device).map_err(|e| e.to_string())?;
+    let shards: Vec<(String, &[u8])> = shards.iter().map(|(f, b)| (f.clone(), b.as_slice())).collect();
+    let loaded = load_parts_sharded(&dir.display().to_string(), &config, &tokenizer, &shards, &method, device).map_err(|e| e.to_string())?;
     Ok(Loaded { model: loaded.model, config: loaded.config, tokenizer: loaded.tokenizer, dir })
+}
+
+/// The weight files of a model folder, by file name: `model.safetensors`, or the shards a
+/// `model.safetensors.index.json` lists (its `weight_map`, as transformers writes for
+/// checkpoints over 5 GB).
+pub fn read_weights(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let single = dir.join(files::WEIGHTS);
+    let index = dir.join(files::WEIGHTS_INDEX);
+    if single.exists() || !index.exists() {
+        return Ok(vec![(files::WEIGHTS.to_string(), read(&single)?)]);
+    }
+    let text = read_text(&index)?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: not valid JSON ({e})", index.display()))?;
+    let Some(map) = v.get("weight_map").and_then(|m| m.as_object()) else {
+        return Err(format!("{}: weight_map: missing; a sharded checkpoint's index maps each tensor name to its shard file", index.display()));
+    };
+    let mut files: Vec<String> = Vec::new();
+    for (tensor, file) in map {
+        let Some(file) = file.as_str().filter(|f| !f.contains('/') && !f.contains('\\') && f.ends_with(".safetensors")) else {
+            return Err(format!("{}: weight_map.{tensor}: {file} is not a .safetensors file name in the same folder", index.display()));
+        };
+        if !files.iter().any(|f| f == file) {
+            files.push(file.to_string());
+        }
+    }
+    files.sort();
+    files.into_iter().map(|f| Ok((f.clone(), read(&dir.join(&f))?))).collect()
 }
