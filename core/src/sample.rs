@@ -2,14 +2,18 @@
 //!
 //! Sampling happens on the host from the last position's logits, with tinytune's portable
 //! generator, so the same seed gives the same text on every backend whose logits agree.
-//! There is no key/value cache: each new token re-runs the (tiny) model over the window,
-//! which keeps the model code to the one forward pass the lessons explain.
+//! Each position's keys and values are computed once and kept (`Gpt::forward_cached`);
+//! `cache: false` re-runs the model over the whole window for every token instead, the
+//! slow way the cache exists to avoid (both give the same tokens; `tinytune generate
+//! --no-cache` measures the difference). When the text outgrows the context, the window
+//! slides and the cache starts again from the window.
 
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::data::rng::Rng;
 use crate::model::Gpt;
+use crate::model::transformer::KvCache;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SampleConfig {
@@ -21,11 +25,18 @@ pub struct SampleConfig {
     pub seed: u64,
     /// Stop after generating any of these token ids (e.g. `<|endoftext|>`).
     pub stop_ids: Vec<u32>,
+    /// Keep every position's keys and values instead of recomputing them per token.
+    #[serde(default = "yes")]
+    pub cache: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for SampleConfig {
     fn default() -> Self {
-        Self { max_new_tokens: 100, temperature: 0.8, top_k: Some(40), seed: 0, stop_ids: Vec::new() }
+        Self { max_new_tokens: 100, temperature: 0.8, top_k: Some(40), seed: 0, stop_ids: Vec::new(), cache: true }
     }
 }
 
@@ -57,7 +68,7 @@ pub fn pick(logits: &[f32], config: &SampleConfig, rng: &mut Rng) -> u32 {
 /// Continues `prompt` by up to `max_new_tokens` tokens; returns only the new tokens.
 pub fn generate(model: &Gpt, prompt: &[u32], config: &SampleConfig) -> Vec<u32> {
     let mut state = Generation::new(prompt, config);
-    while let Some(logits) = state.next_logits(model) {
+    while let Some(logits) = state.next_logits(model, config.cache) {
         state.push(&to_vec(logits.into_data()), config);
     }
     state.out
@@ -66,7 +77,7 @@ pub fn generate(model: &Gpt, prompt: &[u32], config: &SampleConfig) -> Vec<u32> 
 /// [`generate`] for the browser, where WebGPU reads results back asynchronously.
 pub async fn generate_async(model: &Gpt, prompt: &[u32], config: &SampleConfig) -> crate::Result<Vec<u32>> {
     let mut state = Generation::new(prompt, config);
-    while let Some(logits) = state.next_logits(model) {
+    while let Some(logits) = state.next_logits(model, config.cache) {
         let data = logits.into_data_async().await.map_err(|e| crate::Error::Invalid(format!("reading logits back from the device failed: {e:?}")))?;
         state.push(&to_vec(data), config);
     }
@@ -84,24 +95,46 @@ struct Generation {
     out: Vec<u32>,
     done: bool,
     max_new_tokens: usize,
+    cache: KvCache,
+    /// How many of `ids` the cache holds.
+    cached: usize,
 }
 
 impl Generation {
     fn new(prompt: &[u32], config: &SampleConfig) -> Self {
-        Self { rng: Rng::derive(config.seed, "sample"), ids: prompt.to_vec(), out: Vec::new(), done: prompt.is_empty(), max_new_tokens: config.max_new_tokens }
+        Self {
+            rng: Rng::derive(config.seed, "sample"),
+            ids: prompt.to_vec(),
+            out: Vec::new(),
+            done: prompt.is_empty(),
+            max_new_tokens: config.max_new_tokens,
+            cache: KvCache::default(),
+            cached: 0,
+        }
     }
 
     /// The last position's logits `[V]` over the context window, or None when finished.
-    fn next_logits(&self, model: &Gpt) -> Option<Tensor<1>> {
+    fn next_logits(&mut self, model: &Gpt, use_cache: bool) -> Option<Tensor<1>> {
         if self.done || self.out.len() >= self.max_new_tokens {
             return None;
         }
-        let device = model.wte.weight.val().device();
+        let device = model.device();
         let start = self.ids.len().saturating_sub(model.context_len());
-        let ctx: Vec<i64> = self.ids[start..].iter().map(|&x| x as i64).collect();
+        if start > 0 {
+            // The window slid: positions changed, so what the cache holds no longer applies.
+            self.cache = KvCache::default();
+            self.cached = 0;
+        }
+        let from = if use_cache { start.max(self.cached) } else { start };
+        let ctx: Vec<i64> = self.ids[from..].iter().map(|&x| x as i64).collect();
         let t = ctx.len();
         let input = Tensor::<2, Int>::from_data(TensorData::new(ctx, [1, t]), &device);
-        let logits = model.forward(input); // [1, T, V]
+        let logits = if use_cache {
+            self.cached = self.ids.len();
+            model.forward_cached(input, &mut self.cache) // [1, T, V]
+        } else {
+            model.forward(input) // [1, T, V]
+        };
         let v = logits.dims()[2];
         Some(logits.narrow(1, t - 1, 1).reshape([v]))
     }

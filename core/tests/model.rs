@@ -103,3 +103,95 @@ fn bad_weights_files_name_the_file_and_tensor() {
     let err = load_model(&c, &short, &device(), "w.safetensors").unwrap_err().to_string();
     assert!(err.contains("h.1.") && err.contains("missing"), "{err}");
 }
+
+/// Llama-layout shapes that exercise every optional part: q/k/v biases (Qwen2), an explicit
+/// head width, an untied head, a sliding window, Llama 3.1 RoPE scaling.
+fn llama_variants() -> Vec<ModelConfig> {
+    use tinytune::model::rope::RopeScaling;
+    let qwen = ModelConfig { family: tinytune::model::Family::Qwen2, qkv_bias: true, ..ModelConfig::nano_llama() };
+    let wide_heads = ModelConfig { head_dim: Some(24), tie_word_embeddings: true, ..ModelConfig::nano_llama() };
+    let window =
+        ModelConfig { family: tinytune::model::Family::Mistral, sliding_window: Some(5), sliding_layers: vec![true, false], ..ModelConfig::nano_llama() };
+    let mut scaled = ModelConfig::micro_llama();
+    scaled.rope.scaling = RopeScaling::Llama3 { factor: 4.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max: 16 };
+    vec![ModelConfig::nano_llama(), ModelConfig::micro_llama(), qwen, wide_heads, window, scaled]
+}
+
+#[test]
+fn llama_parameters_match_the_closed_form_and_stay_causal() {
+    for c in llama_variants() {
+        c.validate("test").unwrap();
+        let model = Gpt::init(&c, 0, &device());
+        let params = named_params(&model);
+        let key = |ps: &[tinytune::model::ParamSummary]| ps.iter().map(|p| (p.name.clone(), p.shape.clone(), p.numel)).collect::<Vec<_>>();
+        assert_eq!(key(&c.param_summaries()), key(&params), "{c:?}");
+        assert!(params.iter().all(|p| !p.name.starts_with("wpe")), "rotary models learn no position table");
+
+        // Changing token k changes nothing before it (the window only hides more).
+        let v = c.vocab_size;
+        let a: Vec<i64> = (0..20).map(|i| (i * 7 % 60) as i64).collect();
+        let base = logits(&model, &a);
+        for k in [0usize, 9, 19] {
+            let mut b = a.clone();
+            b[k] = (b[k] + 13) % 60;
+            let changed = logits(&model, &b);
+            assert_eq!(base[..k * v], changed[..k * v], "position < {k} leaked");
+            assert_ne!(base[k * v..(k + 1) * v], changed[k * v..(k + 1) * v]);
+        }
+    }
+}
+
+/// Generation with the key/value cache sees exactly what a full forward pass over the
+/// text so far sees: the prompt in one call, then one token per call, for both families
+/// and with the methods that change attention's inputs (a soft prompt, a prefix).
+#[test]
+fn cached_generation_equals_the_full_forward_pass() {
+    use tinytune::methods::{Method, PrefixConfig, PromptConfig};
+    use tinytune::model::transformer::KvCache;
+    let d = device();
+    let mut configs = vec![ModelConfig::nano()];
+    configs.extend(llama_variants());
+    let methods = [
+        Method::Full,
+        Method::Prompt(PromptConfig { num_virtual_tokens: 3, ..PromptConfig::default() }),
+        Method::Prefix(PrefixConfig { num_virtual_tokens: 2, encoder_hidden_size: None }),
+    ];
+    for c in configs {
+        for method in &methods {
+            let model = method.apply(Gpt::init(&c, 4, &d), 1, &d).unwrap();
+            let text: Vec<i64> = (0..24).map(|i| (i * 11 % 60) as i64).collect();
+            let mut cache = KvCache::default();
+            let v = c.vocab_size;
+            let first = model.forward_cached(ids(&text[..10], &d), &mut cache).into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+            let full = logits(&model, &text[..10]);
+            let worst = first.iter().zip(&full).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(worst < 1e-5, "{:?} {}: prompt logits differ by {worst}", c.family, method.name());
+            for t in 10..text.len() {
+                let step = model.forward_cached(ids(&text[t..t + 1], &d), &mut cache).into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+                let full = logits(&model, &text[..=t]);
+                let last = &full[t * v..(t + 1) * v];
+                let worst = step.iter().zip(last).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                assert!(worst < 1e-5, "{:?} {} at {t}: cached logits differ by {worst}", c.family, method.name());
+            }
+            assert_eq!(
+                cache.position,
+                text.len() + model.virtual_tokens() + if c.family.is_llama_like() { model.prefix.as_ref().map_or(0, |p| p.len()) } else { 0 }
+            );
+        }
+    }
+}
+
+/// `generate` gives the same tokens with and without the cache, also when the text grows
+/// past the context and the window slides.
+#[test]
+fn generation_with_and_without_the_cache_agrees() {
+    use tinytune::sample::{SampleConfig, generate};
+    for c in [ModelConfig { n_positions: 16, ..ModelConfig::nano() }, ModelConfig { n_positions: 16, ..ModelConfig::nano_llama() }] {
+        let model = Gpt::init(&c, 2, &device());
+        let config = SampleConfig { max_new_tokens: 30, temperature: 0.9, top_k: Some(8), seed: 3, ..SampleConfig::default() };
+        let cached = generate(&model, &[1, 2, 3, 4, 5], &config);
+        let uncached = generate(&model, &[1, 2, 3, 4, 5], &SampleConfig { cache: false, ..config });
+        assert_eq!(cached.len(), 30);
+        assert_eq!(cached, uncached, "{:?}", c.family);
+    }
+}

@@ -580,6 +580,13 @@ pub struct GenerateArgs {
     pub seed: u64,
     #[arg(long, default_value_t = 1)]
     pub samples: usize,
+    /// Recompute every position's keys and values for each new token instead of keeping
+    /// them (the key/value cache); the same tokens, slower.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Print tokens generated per second to stderr.
+    #[arg(long)]
+    pub stats: bool,
 }
 
 #[derive(Args, Debug)]

@@ -35,8 +35,15 @@ pub fn generate_cmd(args: GenerateArgs, device: &Device) -> Result<(), String> {
             top_k: (args.top_k > 0).then_some(args.top_k),
             seed: args.seed + i as u64,
             stop_ids: if args.stop_at_newline { tok.line_stop_ids() } else { tok.eot().into_iter().collect() },
+            cache: !args.no_cache,
         };
+        let started = std::time::Instant::now();
         let out = generate(&loaded.model, &prompt, &config);
+        if args.stats {
+            let s = started.elapsed().as_secs_f64();
+            let cache = if args.no_cache { "off" } else { "on" };
+            eprintln!("{} tokens in {s:.3} s: {:.1} tokens/s (key/value cache {cache})", out.len(), out.len() as f64 / s);
+        }
         let text = tok.decode(&out);
         if args.samples > 1 {
             println!("--- sample {} ---", i + 1);
@@ -60,7 +67,7 @@ pub fn task_accuracy(model: &Gpt, tok: &TextTokenizer, data: DataSource, seed: u
     let mut rows = Vec::new();
     for ex in &examples {
         let prompt = encode(tok, &ex.prompt)?;
-        let config = SampleConfig { max_new_tokens: 48, temperature: 0.0, top_k: None, seed: 0, stop_ids: stop.clone() };
+        let config = SampleConfig { max_new_tokens: 48, temperature: 0.0, top_k: None, seed: 0, stop_ids: stop.clone(), cache: true };
         let answer = tok.decode(&generate(model, &prompt, &config));
         let ok = task.is_correct(ex, &answer);
         rows.push((ex.response.trim().to_string(), answer.trim().to_string(), ok));

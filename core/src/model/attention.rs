@@ -144,6 +144,34 @@ impl Attention {
     /// # Shapes
     /// `[B, T, C] -> [B, T, C]`
     pub fn forward_with(&self, x: Tensor<3>, prefix: Option<(Tensor<2>, Tensor<2>)>, rope: Option<&RopeTables>) -> Tensor<3> {
+        let b = x.dims()[0];
+        let visible = prefix.as_ref().map_or(0, |(k, _)| k.dims()[0]);
+        let past = prefix.map(|(k, v)| (self.prefix_heads(k, b), self.prefix_heads(v, b)));
+        self.forward_kv(x, past, visible, rope).0
+    }
+
+    /// A prefix's `[k, KV·hd]` keys or values as `[B, KV, k, hd]`, the layout of a layer's
+    /// key/value cache.
+    pub fn prefix_heads(&self, x: Tensor<2>, b: usize) -> Tensor<4> {
+        let p = x.dims()[0];
+        x.reshape([1, p, self.n_kv_head, self.head_dim]).swap_dims(1, 2).expand([b, self.n_kv_head, p, self.head_dim])
+    }
+
+    /// Attention over `past` keys and values (`[B, KV, P, hd]` each: a prefix, and in
+    /// generation the cache of earlier positions, already rotated) followed by the new
+    /// positions' own. The first `visible` past keys (a prefix) are seen by every query;
+    /// the rest are earlier positions, under the causal mask and any sliding window.
+    /// Returns the output and every key and value so far (the updated cache).
+    ///
+    /// # Shapes
+    /// `[B, T, C] -> ([B, T, C], ([B, KV, P+T, hd], [B, KV, P+T, hd]))`
+    pub fn forward_kv(
+        &self,
+        x: Tensor<3>,
+        past: Option<(Tensor<4>, Tensor<4>)>,
+        visible: usize,
+        rope: Option<&RopeTables>,
+    ) -> (Tensor<3>, (Tensor<4>, Tensor<4>)) {
         let [b, t, c] = x.dims();
         let (nh, nkv, hs) = (self.n_head, self.n_kv_head, self.head_dim);
 
@@ -165,14 +193,12 @@ impl Attention {
             Some(r) => (r.apply(q), r.apply(k), v),
             None => (q, k, v),
         };
-        let mut p = 0;
-        if let Some((pk, pv)) = prefix {
-            p = pk.dims()[0];
-            // [k, KV·hs] -> [1, KV, k, hs] -> [B, KV, k, hs], then before the sequence's own.
-            let prefix_heads = |x: Tensor<2>| x.reshape([1, p, nkv, hs]).swap_dims(1, 2).expand([b, nkv, p, hs]);
-            k = Tensor::cat(vec![prefix_heads(pk), k], 2);
-            v = Tensor::cat(vec![prefix_heads(pv), v], 2);
+        if let Some((pk, pv)) = past {
+            k = Tensor::cat(vec![pk, k], 2);
+            v = Tensor::cat(vec![pv, v], 2);
         }
+        let p = k.dims()[2] - t;
+        let cache = (k.clone(), v.clone());
         if nkv < nh {
             // Grouped-query attention: query head h reads key/value head h / (H / KV).
             let rep = nh / nkv;
@@ -191,8 +217,11 @@ impl Attention {
         // j ≤ i + P: the whole prefix and its own past. A sliding window also hides the
         // keys `window` or more tokens back.
         let mask = match self.window {
-            Some(w) if w < t => {
-                let masked: Vec<bool> = (0..t).flat_map(|i| (0..p + t).map(move |j| j >= p && (j - p > i || i - (j - p) >= w))).collect();
+            Some(w) if w < p + t - visible => {
+                // In sequence positions (the prefix has none): query i is at `past + i`, key j at `j - visible`.
+                let past = p - visible;
+                let masked: Vec<bool> =
+                    (0..t).flat_map(|i| (0..p + t).map(move |j| j >= visible && (j - visible > past + i || past + i - (j - visible) >= w))).collect();
                 Tensor::<2, Bool>::from_data(TensorData::new(masked, [t, p + t]), &device)
             }
             _ => Tensor::<2, Bool>::tril_mask([t, p + t], p as i64, &device),
@@ -203,6 +232,6 @@ impl Attention {
         let y = probs.matmul(v); // [B, H, T, hs]
         let y = y.swap_dims(1, 2).reshape([b, t, nh * hs]); // [B, T, H·hs]
         let out = self.c_proj.as_ref().or(self.o_proj.as_ref()).expect("an output projection");
-        self.resid_dropout.forward(out.forward(y))
+        (self.resid_dropout.forward(out.forward(y)), cache)
     }
 }

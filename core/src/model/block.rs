@@ -169,7 +169,25 @@ impl Block {
     /// # Shapes
     /// `[B, T, C] -> [B, T, C]`
     pub fn forward_with(&self, x: Tensor<3>, prefix: Option<(Tensor<2>, Tensor<2>)>, rope: Option<&RopeTables>) -> Tensor<3> {
-        let a = self.attn.forward_with(self.ln_1.forward(x.clone()), prefix, rope);
+        let b = x.dims()[0];
+        let visible = prefix.as_ref().map_or(0, |(k, _)| k.dims()[0]);
+        let past = prefix.map(|(k, v)| (self.attn.prefix_heads(k, b), self.attn.prefix_heads(v, b)));
+        self.forward_kv(x, past, visible, rope).0
+    }
+
+    /// The block over new positions with attention's past keys and values (a prefix's
+    /// first `visible` ones, then earlier positions'); returns the keys and values so far.
+    ///
+    /// # Shapes
+    /// `[B, T, C] -> ([B, T, C], ([B, KV, P+T, hd], [B, KV, P+T, hd]))`
+    pub fn forward_kv(
+        &self,
+        x: Tensor<3>,
+        past: Option<(Tensor<4>, Tensor<4>)>,
+        visible: usize,
+        rope: Option<&RopeTables>,
+    ) -> (Tensor<3>, (Tensor<4>, Tensor<4>)) {
+        let (a, cache) = self.attn.forward_kv(self.ln_1.forward(x.clone()), past, visible, rope);
         let a = match &self.adapter_attn {
             Some(adapter) => a.clone() + adapter.delta(a),
             None => a,
@@ -182,6 +200,6 @@ impl Block {
             Some(adapter) => m.clone() + adapter.delta(m),
             None => m,
         };
-        x + m
+        (x + m, cache)
     }
 }

@@ -17,6 +17,28 @@ use super::layers::{Embedding, LayerNorm};
 use crate::data::rng::Rng;
 use crate::init::Fill;
 
+/// Every layer's keys and values for the positions a generation has processed.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    /// Per layer, `[B, KV, P, hd]` keys and values (None before the first call).
+    pub layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    /// The next position to process (the rotary or learned position index).
+    pub position: usize,
+    /// Leading cache entries that belong to a prefix (seen by every position).
+    pub visible: usize,
+}
+
+impl KvCache {
+    /// Positions held (a prefix's included).
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dims()[2])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// A decoder-only transformer: GPT-2 (learned positions, LayerNorm, GELU MLP) or the Llama
 /// family (rotary positions, RMSNorm, SwiGLU, grouped-query attention). Parameter paths use
 /// GPT-2's scaffolding names in both (`wte`, `h.N.ln_1`, `h.N.attn.q_proj`, `ln_f`);
@@ -95,10 +117,16 @@ impl Gpt {
     /// # Shapes
     /// `[B, T] -> [B, k+T, C]`
     pub fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        self.embed_at(ids, 0, true)
+    }
+
+    /// [`Self::embed`] for tokens at positions `start..` (generation with a cache), with
+    /// the soft prompt prepended only when `with_prompt` (the first call).
+    fn embed_at(&self, ids: Tensor<2, Int>, start: usize, with_prompt: bool) -> Tensor<3> {
         let [b, t] = ids.dims();
         let device = ids.device();
         let tokens = self.wte.forward(ids); // [B, T, C]
-        let (x, k) = match &self.prompt {
+        let (x, k) = match self.prompt.as_ref().filter(|_| with_prompt) {
             Some(p) => {
                 let v = p.vectors(); // [k, C]
                 let [k, c] = v.dims();
@@ -108,7 +136,7 @@ impl Gpt {
         };
         match &self.wpe {
             Some(wpe) => {
-                let positions = Tensor::<1, Int>::arange(0..(k + t) as i64, &device).reshape([1, k + t]); // [1, k+T]
+                let positions = Tensor::<1, Int>::arange(start as i64..(start + k + t) as i64, &device).reshape([1, k + t]); // [1, k+T]
                 x + wpe.forward(positions) // [B, k+T, C] + [1, k+T, C]
             }
             None => x,
@@ -156,6 +184,47 @@ impl Gpt {
         let k = self.virtual_tokens();
         let h = self.forward_embeddings(self.embed(ids)); // [B, k+T, C]
         let h = if k > 0 { h.narrow(1, k, t) } else { h };
+        self.lm_head(h)
+    }
+
+    /// Next-token logits for `ids`, continuing the positions `cache` holds (empty: a new
+    /// sequence) and adding theirs to it: generation that computes each position's keys
+    /// and values once. Equal to [`Self::forward`] over the whole sequence so far (the
+    /// cached-generation test), except under dynamic NTK scaling past the original
+    /// context, where cached keys keep the rotation they were computed with (as in
+    /// transformers).
+    ///
+    /// # Shapes
+    /// `[B, T] -> [B, T, V]`
+    pub fn forward_cached(&self, ids: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<3> {
+        let [b, t] = ids.dims();
+        let llama = self.config.family.is_llama_like();
+        let first = cache.layers.is_empty();
+        if first {
+            // A prefix's keys and values are the cache's first entries; with rotary
+            // positions the sequence then starts at position p (as in transformers).
+            let prefixes = self.prefix.as_ref().map(|p| p.keys_values(self.config.kv_dim(), self.h.len()));
+            cache.visible = self.prefix.as_ref().map_or(0, |p| p.len());
+            cache.layers = self
+                .h
+                .iter()
+                .enumerate()
+                .map(|(i, block)| prefixes.as_ref().map(|kv| (block.attn.prefix_heads(kv[i].0.clone(), b), block.attn.prefix_heads(kv[i].1.clone(), b))))
+                .collect();
+            cache.position = if llama { cache.visible } else { 0 };
+        }
+        let x = self.embed_at(ids, cache.position, first);
+        let len = x.dims()[1];
+        let rope = llama.then(|| RopeTables::new(&self.config, cache.position, len, &x.device()));
+        let mut x = self.drop.forward(x);
+        for (i, block) in self.h.iter().enumerate() {
+            let (y, kv) = block.forward_kv(x, cache.layers[i].take(), cache.visible, rope.as_ref());
+            cache.layers[i] = Some(kv);
+            x = y;
+        }
+        cache.position += len;
+        let h = self.ln_f.forward(x);
+        let h = if len > t { h.narrow(1, len - t, t) } else { h };
         self.lm_head(h)
     }
 
