@@ -393,7 +393,7 @@ async fn measure(model: &Gpt, tok: &TextTokenizer, p: &TrainParams) -> Result<(V
     let stories_loss = eval_loss_async(model, &stories, p.batch, p.seq, crate::run::EVAL_BATCHES).await.map_err(err)?;
     let mut answers = Vec::new();
     if let DataSource::Task(task) = p.task {
-        let config = SampleConfig { max_new_tokens: 60, temperature: 0.0, top_k: None, seed: 0, stop_ids: tok.line_stop_ids() };
+        let config = SampleConfig { max_new_tokens: 60, temperature: 0.0, top_k: None, seed: 0, stop_ids: tok.line_stop_ids(), cache: true };
         for ex in task.examples(0, Split::Eval, 3) {
             let ids = tok.encode(&ex.prompt).map_err(err)?;
             let out = generate_async(model, &ids, &config).await.map_err(err)?;
@@ -431,7 +431,7 @@ async fn quantize(p: &crate::quantize::QuantizeParams) -> Result<crate::quantize
     let loss_after = eval_loss_async(&quantized, &stories, 8, seq, crate::run::EVAL_BATCHES).await.map_err(err)?;
     let prompt = "one day, lily went to the park.";
     let ids = tok.encode(prompt).map_err(err)?;
-    let config = SampleConfig { max_new_tokens: 40, temperature: 0.0, top_k: None, seed: 0, stop_ids: tok.eot().into_iter().collect() };
+    let config = SampleConfig { max_new_tokens: 40, temperature: 0.0, top_k: None, seed: 0, stop_ids: tok.eot().into_iter().collect(), cache: true };
     let sample = |out: Vec<u32>| format!("{prompt}{}", tok.decode(&out));
     let sample_before = sample(generate_async(&model, &ids, &config).await.map_err(err)?);
     let sample_after = sample(generate_async(&quantized, &ids, &config).await.map_err(err)?);
@@ -521,6 +521,7 @@ async fn generate(p: &GenerateParams) -> Result<Samples, String> {
             top_k: (p.top_k > 0).then_some(p.top_k),
             seed: p.seed + i as u64,
             stop_ids: tok.eot().into_iter().collect(),
+            cache: true,
         };
         let mut out = generate_async(&model, &ids, &config).await.map_err(|e| e.to_string())?;
         // A sample that ends with <|endoftext|> is shown ending there, without the marker.
