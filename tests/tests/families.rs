@@ -139,3 +139,34 @@ fn a_llama_checkpoint_saves_with_transformers_names_and_reloads_identically() {
     let again = tinytune::ModelConfig::from_json(&loaded.config.to_json(), "written").unwrap();
     assert_eq!(again, loaded.config);
 }
+
+/// Chat templates render as transformers' `apply_chat_template` does (two templates in the
+/// styles models ship, read from a transformers 5 folder's chat_template.jinja or given as
+/// text), and the rendered text tokenizes to the same ids.
+#[test]
+fn chat_templates_render_as_transformers_does() {
+    use tinytune::tokenizer::chat::{ChatTemplate, Message};
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("chat-reference.json")).unwrap()).unwrap();
+    let dir = fixture("chat-tokenizer");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let tok = tinytune::TextTokenizer::from_json(&read("tokenizer.json"), "tokenizer.json").unwrap();
+    let (config, jinja) = (read("tokenizer_config.json"), read("chat_template.jinja"));
+    let from_folder = ChatTemplate::from_files(Some((&config, "tokenizer_config.json")), Some((&jinja, "chat_template.jinja"))).unwrap().unwrap();
+    assert_eq!(from_folder.eos_token, "<|im_end|>");
+    let (bos, eos) = (v["bos_token"].as_str().unwrap(), v["eos_token"].as_str().unwrap());
+    let cases = v["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 12);
+    for case in cases {
+        let name = case["template"].as_str().unwrap();
+        let template = if name == "markers" { from_folder.clone() } else { ChatTemplate::new(v["templates"][name].as_str().unwrap(), bos, eos).unwrap() };
+        let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
+        let text = template.render(&messages, case["add_generation_prompt"].as_bool().unwrap()).unwrap();
+        assert_eq!(text, case["text"].as_str().unwrap(), "{name}: {messages:?}");
+        let ids: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        assert_eq!(tok.encode(&text).unwrap(), ids, "{name}: token ids");
+    }
+    // The headers template refuses a conversation out of order, by its own message.
+    let headers = ChatTemplate::new(v["templates"]["headers"].as_str().unwrap(), bos, eos).unwrap();
+    let bad = [Message { role: "assistant".into(), content: "hi".into() }];
+    assert!(headers.render(&bad, false).unwrap_err().to_string().contains("must alternate"));
+}

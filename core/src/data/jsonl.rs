@@ -52,11 +52,11 @@ pub fn parse(text: &str, origin: impl Into<Origin>) -> Result<Vec<Example>> {
             let instruction = text_of("instruction")?.unwrap_or_default();
             let output =
                 text_of("output")?.ok_or_else(|| at("output", "is missing; an Alpaca example needs instruction and output (input is optional)".into()))?;
-            Example { prompt: alpaca_prompt(&instruction, &text_of("input")?.unwrap_or_default()), response: output }
+            Example { prompt: alpaca_prompt(&instruction, &text_of("input")?.unwrap_or_default()), response: output, chat: false }
         } else if obj.contains_key("prompt") {
             let prompt = text_of("prompt")?.unwrap_or_default();
             let completion = text_of("completion")?.ok_or_else(|| at("completion", "is missing; a prompt/completion example needs both".into()))?;
-            Example { prompt, response: completion }
+            Example { prompt, response: completion, chat: false }
         } else {
             let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
             return Err(at("keys", format!("has {keys:?}; use Alpaca's instruction/input/output or prompt/completion")));
@@ -116,7 +116,7 @@ mod tests {
 
     #[test]
     fn the_split_holds_out_a_fifth_at_most() {
-        let ex: Vec<Example> = (0..10).map(|i| Example { prompt: format!("p{i}"), response: "r".into() }).collect();
+        let ex: Vec<Example> = (0..10).map(|i| Example { prompt: format!("p{i}"), response: "r".into(), chat: false }).collect();
         let (train, eval) = split(ex.clone(), 100, 0);
         assert_eq!((train.len(), eval.len()), (8, 2));
         let (train, eval) = split(ex.clone(), 1, 0);

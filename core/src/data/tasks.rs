@@ -35,6 +35,10 @@ pub struct Example {
     pub prompt: String,
     /// The reference continuation; it starts with a space and ends with a newline.
     pub response: String,
+    /// The response is an assistant turn rendered by a chat template, which ends it with
+    /// the template's own end-of-turn text; no `<|endoftext|>` is appended.
+    #[serde(default)]
+    pub chat: bool,
 }
 
 impl Example {
@@ -123,7 +127,7 @@ fn story_qa(rng: &mut Rng) -> Example {
         3 => (format!("what color was the {object}?"), color.clone()),
         _ => (format!("how did {hero} feel?"), s.feeling.clone()),
     };
-    Example { prompt: format!("{}question: {question}\nanswer:", s.text), response: format!(" {answer}.\n") }
+    Example { prompt: format!("{}question: {question}\nanswer:", s.text), response: format!(" {answer}.\n"), chat: false }
 }
 
 /// Adjectives that make a line sound happy.
@@ -203,7 +207,7 @@ fn sentiment(rng: &mut Rng) -> Example {
         format!("{who} {} {thing}{end}", rng.choose(verbs))
     };
     let label = if happy { "happy" } else { "sad" };
-    Example { prompt: format!("text: {line}\nfeeling:"), response: format!(" {label}\n") }
+    Example { prompt: format!("text: {line}\nfeeling:"), response: format!(" {label}\n"), chat: false }
 }
 
 /// Sentences that each state a name, an object with its colour, and a place.
@@ -230,6 +234,7 @@ fn json_extract(rng: &mut Rng) -> Example {
     Example {
         prompt: format!("text: {sentence}\njson:"),
         response: format!(" {{\"name\": \"{name}\", \"object\": \"{object}\", \"color\": \"{color}\", \"place\": \"{place}\"}}\n"),
+        chat: false,
     }
 }
 
@@ -337,7 +342,7 @@ mod tests {
 
     #[test]
     fn scoring_names_and_parsing() {
-        let ex = Example { prompt: "text: x\nfeeling:".into(), response: " happy\n".into() };
+        let ex = Example { prompt: "text: x\nfeeling:".into(), response: " happy\n".into(), chat: false };
         assert!(Task::Sentiment.is_correct(&ex, " happy\ntext: more"));
         assert!(Task::Sentiment.is_correct(&ex, "happy  "));
         assert!(!Task::Sentiment.is_correct(&ex, " sad\n"));

@@ -1,10 +1,13 @@
-//! Tokenizers: character-level and byte-level BPE, both as Hugging Face `tokenizer.json`.
+//! Tokenizers: character-level and byte-level BPE, both as Hugging Face `tokenizer.json`,
+//! and chat templates (`chat`).
 //!
 //! Both kinds are `tokenizers::Tokenizer` values, so one code path saves, loads, encodes and
 //! decodes them, GPT-2's own `tokenizer.json` loads unchanged, and a file written here loads
 //! in Python's `tokenizers`. The character-level tokenizer is a BPE model with one token per
 //! character and no merges (plus a `Fuse` decoder that concatenates), which is the simplest
 //! honest way to express it in that format.
+
+pub mod chat;
 
 use std::collections::BTreeMap;
 

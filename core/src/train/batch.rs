@@ -87,10 +87,14 @@ impl Dataset {
             let r = tok.encode(&ex.response)?;
             let mut ids = p.clone();
             ids.extend(&r);
-            ids.push(eot);
+            // The end of the response is a target like any of its tokens: by position, not
+            // by id, so padding with the same id (pad = eos) never masks it.
+            if !ex.chat {
+                ids.push(eot);
+            }
             // weights[i] is the weight of predicting ids[i]; ids[0] is never a target.
             let mut w = vec![prompt_loss_weight; p.len()];
-            w.extend(std::iter::repeat_n(1.0, r.len() + 1));
+            w.extend(std::iter::repeat_n(1.0, ids.len() - p.len()));
             ids.truncate(max_len + 1);
             w.truncate(max_len + 1);
             rows.push((ids, w));
@@ -212,7 +216,7 @@ mod tests {
     #[test]
     fn sft_rows_mask_the_prompt_and_pad() {
         let t = tok();
-        let ex = Example { prompt: "q:ab\na:".into(), response: " c\n".into() };
+        let ex = Example { prompt: "q:ab\na:".into(), response: " c\n".into(), chat: false };
         let ds = Dataset::from_examples(&t, &[ex], 16, 0.0).unwrap();
         let b = ds.sequential(1, 12, 1).remove(0);
         // Targets with weight 1 are exactly the response and the end-of-text token.
@@ -222,7 +226,7 @@ mod tests {
         assert_eq!(counted, want);
         assert_eq!(b.inputs.len(), 12);
         // Prompt loss weight flows through.
-        let ds = Dataset::from_examples(&t, &[Example { prompt: "ab".into(), response: "c".into() }], 16, 0.25).unwrap();
+        let ds = Dataset::from_examples(&t, &[Example { prompt: "ab".into(), response: "c".into(), chat: false }], 16, 0.25).unwrap();
         let b = ds.sequential(1, 4, 1).remove(0);
         assert_eq!(b.weights, vec![0.25, 1.0, 1.0, 0.0]);
     }
