@@ -580,6 +580,11 @@ pub struct GenerateArgs {
     pub seed: u64,
     #[arg(long, default_value_t = 1)]
     pub samples: usize,
+    /// Treat --prompt as a user message: render it with the model's chat template
+    /// (ending with the assistant's turn opening), stop at the template's end-of-turn token,
+    /// and print the reply.
+    #[arg(long)]
+    pub chat: bool,
     /// Recompute every position's keys and values for each new token instead of keeping
     /// them (the key/value cache); the same tokens, slower.
     #[arg(long)]

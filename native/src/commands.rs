@@ -22,7 +22,20 @@ fn encode(tok: &TextTokenizer, text: &str) -> Result<Vec<u32>, String> {
 pub fn generate_cmd(args: GenerateArgs, device: &Device) -> Result<(), String> {
     let loaded = model_dir::load(&args.model, device)?;
     let tok = &loaded.tokenizer;
-    let prompt_text = args.prompt.replace("\\n", "\n");
+    let mut prompt_text = args.prompt.replace("\\n", "\n");
+    let mut stop_ids: Vec<u32> = if args.stop_at_newline { tok.line_stop_ids() } else { tok.eot().into_iter().collect() };
+    if args.chat {
+        let Some(chat) = &loaded.chat else {
+            return Err(format!(
+                "--chat: {} has no chat template (chat_template.jinja, or chat_template in tokenizer_config.json); drop --chat to continue plain text",
+                loaded.dir.display()
+            ));
+        };
+        let user = tinytune::tokenizer::chat::Message { role: "user".into(), content: prompt_text.clone() };
+        prompt_text = chat.render(&[user], true).map_err(|e| e.to_string())?;
+        // The reply ends at the template's end-of-turn token.
+        stop_ids.extend(tok.token_id(&chat.eos_token));
+    }
     let mut prompt = encode(tok, &prompt_text)?;
     if prompt.is_empty() {
         // An empty prompt starts a new document, as after <|endoftext|> in pre-training.
@@ -34,7 +47,7 @@ pub fn generate_cmd(args: GenerateArgs, device: &Device) -> Result<(), String> {
             temperature: args.temperature,
             top_k: (args.top_k > 0).then_some(args.top_k),
             seed: args.seed + i as u64,
-            stop_ids: if args.stop_at_newline { tok.line_stop_ids() } else { tok.eot().into_iter().collect() },
+            stop_ids: stop_ids.clone(),
             cache: !args.no_cache,
         };
         let started = std::time::Instant::now();
@@ -48,7 +61,13 @@ pub fn generate_cmd(args: GenerateArgs, device: &Device) -> Result<(), String> {
         if args.samples > 1 {
             println!("--- sample {} ---", i + 1);
         }
-        println!("{}{}", prompt_text, text.trim_end_matches(tinytune::tokenizer::EOT));
+        let ended = out.last().is_some_and(|id| stop_ids.contains(id));
+        let text = if ended { tok.decode(&out[..out.len() - 1]) } else { text };
+        if args.chat {
+            println!("{}", text.trim_end());
+        } else {
+            println!("{}{}", prompt_text, text.trim_end_matches(tinytune::tokenizer::EOT));
+        }
     }
     Ok(())
 }
@@ -306,11 +325,13 @@ pub fn merge_adapter_cmd(a: crate::cli::MergeAdapterArgs, device: &Device) -> Re
     // Written to a staging folder and renamed, so --out is either complete or absent.
     let staging = a.out.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&staging);
-    for (name, bytes) in [
+    let mut all = loaded.companions.clone();
+    all.extend([
         (files::CONFIG, loaded.config.to_json().into_bytes()),
         (files::TOKENIZER, loaded.tokenizer.to_json().into_bytes()),
         (files::WEIGHTS, save_model(&merged)),
-    ] {
+    ]);
+    for (name, bytes) in all {
         crate::fsutil::write_atomic(&staging.join(name), &bytes)?;
     }
     std::fs::rename(&staging, &a.out).map_err(|e| format!("{}: cannot create: {e}", a.out.display()))?;

@@ -91,7 +91,7 @@ pub fn compare_cmd(a: CompareArgs, device: &Device) -> Result<(), String> {
     let mut rows = Vec::new();
     for (config, model) in prepared {
         let kind = config.optimizer.kind;
-        let trainer = train::trainer(model, &loaded.tokenizer, config, &ad)?;
+        let trainer = train::trainer(model, &loaded.tokenizer, loaded.chat.as_ref(), config, &ad)?;
         let mut run = Run::new(trainer, loaded.tokenizer.clone());
         let before = current();
         reset_peak();

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use tinytune::checkpoint::{files, load_parts_sharded};
 use tinytune::methods::Method;
+use tinytune::tokenizer::chat::ChatTemplate;
 use tinytune::train::TrainConfig;
 use tinytune::{Gpt, ModelConfig, TextTokenizer};
 
@@ -16,6 +17,11 @@ pub struct Loaded {
     pub model: Gpt,
     pub config: ModelConfig,
     pub tokenizer: TextTokenizer,
+    /// The chat template (`chat_template.jinja`, or `tokenizer_config.json`'s), if any.
+    pub chat: Option<ChatTemplate>,
+    /// Files that travel with the model unchanged (the template, the tokenizer's config,
+    /// the generation settings): written into every checkpoint of a run on it.
+    pub companions: Companions,
     /// The folder the files came from.
     pub dir: PathBuf,
 }
@@ -56,8 +62,23 @@ pub fn load(dir: &Path, device: &Device) -> Result<Loaded, String> {
     let method = method_of(&dir)?;
     let shards: Vec<(String, &[u8])> = shards.iter().map(|(f, b)| (f.clone(), b.as_slice())).collect();
     let loaded = load_parts_sharded(&dir.display().to_string(), &config, &tokenizer, &shards, &method, device).map_err(|e| e.to_string())?;
-    Ok(Loaded { model: loaded.model, config: loaded.config, tokenizer: loaded.tokenizer, dir })
+    let companions: Companions = COMPANIONS.iter().filter_map(|&name| std::fs::read(dir.join(name)).ok().map(|bytes| (name, bytes))).collect();
+    let text = |name: &str| companions.iter().find(|(n, _)| *n == name).map(|(_, b)| String::from_utf8_lossy(b).into_owned());
+    let (config_text, jinja) = (text(TOKENIZER_CONFIG), text(CHAT_TEMPLATE));
+    let origin = |name: &str| dir.join(name).display().to_string();
+    let (config_origin, jinja_origin) = (origin(TOKENIZER_CONFIG), origin(CHAT_TEMPLATE));
+    let chat = ChatTemplate::from_files(config_text.as_deref().map(|t| (t, config_origin.as_str())), jinja.as_deref().map(|t| (t, jinja_origin.as_str())))
+        .map_err(|e| e.to_string())?;
+    Ok(Loaded { model: loaded.model, config: loaded.config, tokenizer: loaded.tokenizer, chat, companions, dir })
 }
+
+/// A model folder's files besides config, tokenizer and weights, by name and bytes.
+pub type Companions = Vec<(&'static str, Vec<u8>)>;
+
+const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
+const CHAT_TEMPLATE: &str = "chat_template.jinja";
+/// The files copied from a model folder into each checkpoint of a run on it.
+pub const COMPANIONS: [&str; 4] = [TOKENIZER_CONFIG, CHAT_TEMPLATE, "special_tokens_map.json", "generation_config.json"];
 
 /// The weight files of a model folder, by file name: `model.safetensors`, or the shards a
 /// `model.safetensors.index.json` lists (its `weight_map`, as transformers writes for

@@ -11,12 +11,14 @@ use tinytune::checkpoint::{TrainerState, files, load_optimizer, save_model, save
 use tinytune::data::{CHARSET, Split};
 use tinytune::methods::Method;
 use tinytune::optim::{OptimConfig, OptimKind, Warmup};
+use tinytune::tokenizer::chat::ChatTemplate;
 use tinytune::train::{Control, DataSource, LossScale, Outcome, Precision, Run, RunHost, TrainConfig, TrainEvent, Trainer};
 use tinytune::{Gpt, ModelConfig, TextTokenizer};
 
 use crate::cli::{FinetuneArgs, PretrainArgs, TrainArgs};
 use crate::flags::flag_error;
 use crate::fsutil::{CheckpointDirs, read, read_text, write_atomic};
+use crate::model_dir::Companions;
 use crate::{model_dir, plot};
 
 /// The one place flags become a `TrainConfig`.
@@ -79,14 +81,16 @@ pub fn resolve(args: &TrainArgs, method: Method, default_data: DataSource, defau
 }
 
 /// A trainer for `config`: on its built-in data, or on its JSON Lines file, read here
-/// (core never touches the file system), split into training and held-out examples.
-pub fn trainer(model: Gpt, tok: &TextTokenizer, config: TrainConfig, ad: &Device) -> Result<Trainer, String> {
+/// (core never touches the file system), split into training and held-out examples
+/// (conversations rendered with the model's `chat` template).
+pub fn trainer(model: Gpt, tok: &TextTokenizer, chat: Option<&ChatTemplate>, config: TrainConfig, ad: &Device) -> Result<Trainer, String> {
     let Some(file) = config.data_file.clone() else {
         return Trainer::new(model, tok, config, ad).map_err(|e| e.to_string());
     };
-    let examples = tinytune::data::jsonl::parse(&read_text(Path::new(&file))?, file.as_str()).map_err(|e| e.to_string())?;
-    let (mut train, eval) = tinytune::data::jsonl::split(examples, config.eval_examples, config.data_seed);
+    let groups = tinytune::data::jsonl::parse(&read_text(Path::new(&file))?, file.as_str(), chat).map_err(|e| e.to_string())?;
+    let (mut train, eval) = tinytune::data::jsonl::split(groups, config.eval_examples, config.data_seed);
     train.truncate(config.train_examples);
+    let (train, eval): (Vec<_>, Vec<_>) = (train.into_iter().flatten().collect(), eval.into_iter().flatten().collect());
     if train.is_empty() {
         return Err(format!("{file}: one example is too few to hold any out for evaluation; write at least two lines"));
     }
@@ -135,7 +139,7 @@ pub fn pretrain(args: PretrainArgs, device: &Device) -> Result<(), String> {
     // The embedding table has exactly one row per token id.
     config.vocab_size = tokenizer.vocab_size();
     let model = Gpt::init(&config, train.seed, &ad);
-    run(trainer(model, &tokenizer, train, &ad)?, &tokenizer, &args.train)
+    run(trainer(model, &tokenizer, None, train, &ad)?, &tokenizer, &Vec::new(), &args.train)
 }
 
 pub fn finetune(args: FinetuneArgs, device: &Device) -> Result<(), String> {
@@ -153,7 +157,7 @@ pub fn finetune(args: FinetuneArgs, device: &Device) -> Result<(), String> {
         loaded.config.n_positions,
     )?;
     let model = train.method.apply(loaded.model, train.seed, &ad).map_err(flag_error)?;
-    run(trainer(model, &loaded.tokenizer, train, &ad)?, &loaded.tokenizer, &args.train)
+    run(trainer(model, &loaded.tokenizer, loaded.chat.as_ref(), train, &ad)?, &loaded.tokenizer, &loaded.companions, &args.train)
 }
 
 fn refuse_to_overwrite(out: &Path) -> Result<(), String> {
@@ -176,7 +180,7 @@ fn resume(args: &TrainArgs, ad: &Device) -> Result<(), String> {
     let origin = |name: &str| dir.join(name).display().to_string();
     let train = TrainConfig::from_json(&read_text(&dir.join(files::TRAIN))?, origin(files::TRAIN)).map_err(|e| e.to_string())?;
     let state: TrainerState = serde_json::from_str(&read_text(&dir.join(files::STATE))?).map_err(|e| format!("{}: {e}", origin(files::STATE)))?;
-    let mut trainer = trainer(loaded.model, &loaded.tokenizer, train, ad)?;
+    let mut trainer = trainer(loaded.model, &loaded.tokenizer, loaded.chat.as_ref(), train, ad)?;
     load_optimizer(&mut trainer.optim, state.optimizer_t, &read(&dir.join(files::OPTIMIZER))?, ad, origin(files::OPTIMIZER)).map_err(|e| e.to_string())?;
     trainer.step = state.step;
     if let Some(scaler) = state.scaler {
@@ -185,7 +189,7 @@ fn resume(args: &TrainArgs, ad: &Device) -> Result<(), String> {
     trainer.elapsed_before = state.elapsed_s;
     truncate_metrics(&args.out.join("metrics.jsonl"), state.step)?;
     eprintln!("resuming {} at step {}/{}", args.out.display(), state.step, trainer.config.steps);
-    run(trainer, &loaded.tokenizer, args)
+    run(trainer, &loaded.tokenizer, &loaded.companions, args)
 }
 
 /// Drops metric lines from steps after the checkpoint: a resumed run writes them again.
@@ -199,7 +203,7 @@ fn truncate_metrics(path: &Path, step: usize) -> Result<(), String> {
     write_atomic(path, kept.as_bytes())
 }
 
-fn save(trainer: &Trainer, tokenizer: &TextTokenizer, out: &Path, eval_loss: Option<f32>) -> Result<(), String> {
+fn save(trainer: &Trainer, tokenizer: &TextTokenizer, companions: &Companions, out: &Path, eval_loss: Option<f32>) -> Result<(), String> {
     let state = TrainerState {
         step: trainer.step,
         optimizer_t: trainer.optim.t,
@@ -207,7 +211,8 @@ fn save(trainer: &Trainer, tokenizer: &TextTokenizer, out: &Path, eval_loss: Opt
         eval_loss,
         scaler: (trainer.config.loss_scale != LossScale::None).then(|| trainer.scaler.state.clone()),
     };
-    CheckpointDirs::new(out).commit(&[
+    let mut all: Vec<(&str, Vec<u8>)> = companions.iter().map(|(n, b)| (*n, b.clone())).collect();
+    all.extend([
         (files::CONFIG, trainer.model.config().to_json().into_bytes()),
         (files::TOKENIZER, tokenizer.to_json().into_bytes()),
         (files::TRAIN, trainer.config.to_json().into_bytes()),
@@ -215,10 +220,11 @@ fn save(trainer: &Trainer, tokenizer: &TextTokenizer, out: &Path, eval_loss: Opt
         (files::OPTIMIZER, save_optimizer(&trainer.optim)),
         // Written last, and its presence marks a complete checkpoint.
         (files::STATE, serde_json::to_vec_pretty(&state).expect("state serialises")),
-    ])
+    ]);
+    CheckpointDirs::new(out).commit(&all)
 }
 
-fn run(trainer: Trainer, tokenizer: &TextTokenizer, args: &TrainArgs) -> Result<(), String> {
+fn run(trainer: Trainer, tokenizer: &TextTokenizer, companions: &Companions, args: &TrainArgs) -> Result<(), String> {
     crate::memory::check_fits(trainer.model.config(), &trainer.config, args)?;
     let out = &args.out;
     std::fs::create_dir_all(out).map_err(|e| format!("{}: cannot create run folder: {e}", out.display()))?;
@@ -228,7 +234,7 @@ fn run(trainer: Trainer, tokenizer: &TextTokenizer, args: &TrainArgs) -> Result<
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]").expect("valid template"));
     bar.set_position(trainer.step as u64);
     crate::interrupt::install();
-    let mut host = CliHost { tokenizer, args, metrics, metrics_path, bar, steps_here: 0, last_loss: f32::NAN };
+    let mut host = CliHost { tokenizer, companions, args, metrics, metrics_path, bar, steps_here: 0, last_loss: f32::NAN };
     let mut run = Run::new(trainer, tokenizer.clone());
     let outcome = run.drive(&mut host);
     let (trainer, bar) = (&run.trainer, &host.bar);
@@ -245,7 +251,7 @@ fn run(trainer: Trainer, tokenizer: &TextTokenizer, args: &TrainArgs) -> Result<
             Ok(())
         }
         Ok(_) if crate::interrupt::requested() => {
-            save(trainer, tokenizer, out, run.last_eval())?;
+            save(trainer, tokenizer, companions, out, run.last_eval())?;
             write_plot(out)?;
             bar.abandon();
             Err(format!(
@@ -257,7 +263,7 @@ fn run(trainer: Trainer, tokenizer: &TextTokenizer, args: &TrainArgs) -> Result<
             ))
         }
         Ok(_) => {
-            save(trainer, tokenizer, out, run.last_eval())?;
+            save(trainer, tokenizer, companions, out, run.last_eval())?;
             bar.abandon_with_message("stopped early (--stop-after); continue with --resume");
             Ok(())
         }
@@ -268,6 +274,7 @@ fn run(trainer: Trainer, tokenizer: &TextTokenizer, args: &TrainArgs) -> Result<
 /// Ctrl-C or `--stop-after` as a stop.
 struct CliHost<'a> {
     tokenizer: &'a TextTokenizer,
+    companions: &'a Companions,
     args: &'a TrainArgs,
     metrics: std::fs::File,
     metrics_path: std::path::PathBuf,
@@ -315,7 +322,7 @@ impl RunHost for CliHost<'_> {
     fn after_step(&mut self, trainer: &Trainer, last_eval: Option<f32>) -> Result<(), String> {
         let (step, every) = (trainer.step, trainer.config.checkpoint_every);
         if (every > 0 && step % every == 0) || step == trainer.config.steps {
-            save(trainer, self.tokenizer, &self.args.out, last_eval)?;
+            save(trainer, self.tokenizer, self.companions, &self.args.out, last_eval)?;
         }
         Ok(())
     }

@@ -742,3 +742,74 @@ fn export_adapter_writes_peft_folders_that_load_back() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// A Llama-layout model with a chat template (the transformers 5 folder of
+/// tests/fixtures/chat-tokenizer: tokenizer_config.json + chat_template.jinja) fine-tunes
+/// with LoRA on conversations (loss on assistant turns), keeps its template in every
+/// checkpoint, and answers with `generate --chat`; a model without a template says so.
+#[test]
+fn a_llama_with_a_chat_template_trains_on_conversations_and_chats() {
+    use tinytune::checkpoint::save_model;
+    use tinytune::{Gpt, ModelConfig, TextTokenizer};
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/chat-tokenizer");
+    let model = tmp("chat-model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"] {
+        std::fs::copy(fixture.join(f), model.join(f)).unwrap();
+    }
+    let tok = TextTokenizer::from_json(&std::fs::read_to_string(fixture.join("tokenizer.json")).unwrap(), "tokenizer.json").unwrap();
+    let config = ModelConfig { vocab_size: tok.vocab_size(), ..ModelConfig::nano_llama() };
+    std::fs::write(model.join("config.json"), config.to_json()).unwrap();
+    std::fs::write(model.join("model.safetensors"), save_model(&Gpt::init(&config, 0, &burn::tensor::Device::flex()))).unwrap();
+
+    let data = tmp("chat.jsonl");
+    let lines: String = (0..30)
+        .map(|i| {
+            let m = serde_json::json!({"messages": [
+                {"role": "user", "content": format!("how many cats? {i}")},
+                {"role": "assistant", "content": format!("{i} cats")},
+                {"role": "user", "content": "and dogs?"},
+                {"role": "assistant", "content": format!("{} dogs", i + 1)},
+            ]});
+            format!("{m}\n")
+        })
+        .collect();
+    std::fs::write(&data, lines).unwrap();
+    let run = tmp("chat-run");
+    let (m, d, r) = (model.to_str().unwrap(), data.to_str().unwrap(), run.to_str().unwrap());
+    let out = tinytune(&[
+        "finetune",
+        "--model",
+        m,
+        "--out",
+        r,
+        "--data",
+        d,
+        "--method",
+        "lora",
+        "--steps",
+        "3",
+        "--batch",
+        "4",
+        "--seq-len",
+        "100",
+        "--eval-batches",
+        "1",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    ok(&out);
+    // 30 conversations: 24 train and 6 held out, two assistant turns each.
+    assert!(stderr.contains("48 training and 12 held-out examples"), "{stderr}");
+    // PEFT's Llama default targets.
+    assert!(std::fs::read_to_string(run.join("checkpoint/train.json")).unwrap().contains("q_proj"));
+    for f in ["chat_template.jinja", "tokenizer_config.json"] {
+        assert!(run.join("checkpoint").join(f).exists(), "{f} travels with the checkpoint");
+    }
+    ok(&tinytune(&["generate", "--model", r, "--chat", "--prompt", "how many cats?", "--max-tokens", "4", "--temperature", "0"]));
+
+    // Without a template: --chat and conversational data are refused, naming what is missing.
+    std::fs::remove_file(model.join("chat_template.jinja")).unwrap();
+    fails_with(&tinytune(&["generate", "--model", m, "--chat", "--prompt", "hi"]), &["--chat", "no chat template"]);
+    let out = tinytune(&["finetune", "--model", m, "--out", tmp("chat-run-2").to_str().unwrap(), "--data", d, "--steps", "1", "--seq-len", "100"]);
+    fails_with(&out, &["chat.jsonl", "line 1: messages", "chat template"]);
+}

@@ -4,7 +4,10 @@
 //! - **Alpaca**: `{"instruction": …, "input": …, "output": …}` (`input` may be absent or
 //!   empty), laid out with the Alpaca template (Taori et al., 2023): the instruction, the
 //!   input if any, then `### Response:`; the output is the response;
-//! - **prompt/completion**: `{"prompt": …, "completion": …}`, used as they are.
+//! - **prompt/completion**: `{"prompt": …, "completion": …}`, used as they are;
+//! - **conversational** (TRL's format): `{"messages": [{"role": …, "content": …}, …]}`,
+//!   rendered with the model's chat template, one example per assistant turn
+//!   (`tokenizer::chat`), so the loss falls on the assistant's turns only.
 //!
 //! The caller reads the file (core never touches the file system) and passes its text and
 //! name; every error names the file, the line and the field, and says how to fix it.
@@ -13,6 +16,7 @@ use serde_json::Value;
 
 use super::Example;
 use crate::error::{Error, Origin, Result};
+use crate::tokenizer::chat::{ChatTemplate, Message};
 
 /// The Alpaca prompt for an instruction and an optional input.
 pub fn alpaca_prompt(instruction: &str, input: &str) -> String {
@@ -27,8 +31,10 @@ pub fn alpaca_prompt(instruction: &str, input: &str) -> String {
     }
 }
 
-/// Parses JSON Lines `text` into examples. Blank lines are skipped.
-pub fn parse(text: &str, origin: impl Into<Origin>) -> Result<Vec<Example>> {
+/// Parses JSON Lines `text` into examples, grouped by line (a conversation gives one
+/// example per assistant turn; the other layouts one per line). Blank lines are skipped.
+/// Conversations need the model's `chat` template.
+pub fn parse(text: &str, origin: impl Into<Origin>, chat: Option<&ChatTemplate>) -> Result<Vec<Vec<Example>>> {
     let origin = origin.into();
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -48,6 +54,10 @@ pub fn parse(text: &str, origin: impl Into<Origin>) -> Result<Vec<Example>> {
                 Some(other) => Err(at(field, format!("is {other}, not a string; quote it"))),
             }
         };
+        if let Some(messages) = obj.get("messages") {
+            out.push(conversation(messages, chat, &at)?);
+            continue;
+        }
         let example = if obj.contains_key("instruction") {
             let instruction = text_of("instruction")?.unwrap_or_default();
             let output =
@@ -59,7 +69,7 @@ pub fn parse(text: &str, origin: impl Into<Origin>) -> Result<Vec<Example>> {
             Example { prompt, response: completion, chat: false }
         } else {
             let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
-            return Err(at("keys", format!("has {keys:?}; use Alpaca's instruction/input/output or prompt/completion")));
+            return Err(at("keys", format!("has {keys:?}; use Alpaca's instruction/input/output, prompt/completion or messages")));
         };
         if example.response.is_empty() {
             return Err(at(
@@ -67,7 +77,7 @@ pub fn parse(text: &str, origin: impl Into<Origin>) -> Result<Vec<Example>> {
                 "is empty; there is nothing to learn from this example".into(),
             ));
         }
-        out.push(example);
+        out.push(vec![example]);
     }
     if out.is_empty() {
         return Err(Error::config(origin, "lines", "the file has no examples; write one JSON object per line"));
@@ -75,10 +85,37 @@ pub fn parse(text: &str, origin: impl Into<Origin>) -> Result<Vec<Example>> {
     Ok(out)
 }
 
-/// Splits examples into training and held-out sets: a seeded shuffle, then the last
-/// `eval` (at most a fifth of the file, at least one when there are two or more) are held
-/// out.
-pub fn split(mut examples: Vec<Example>, eval: usize, seed: u64) -> (Vec<Example>, Vec<Example>) {
+/// A line's `messages` as examples, one per assistant turn.
+fn conversation(messages: &Value, chat: Option<&ChatTemplate>, at: &dyn Fn(&str, String) -> Error) -> Result<Vec<Example>> {
+    let Value::Array(items) = messages else {
+        return Err(at("messages", format!("is {messages}; expected a list of {{\"role\": …, \"content\": …}} objects")));
+    };
+    let mut parsed = Vec::new();
+    for (i, m) in items.iter().enumerate() {
+        let field = |name: &str| -> Result<String> {
+            match m.get(name) {
+                Some(Value::String(s)) => Ok(s.clone()),
+                other => Err(at(&format!("messages[{i}].{name}"), format!("is {}; expected a string", other.map_or("missing".to_string(), |v| v.to_string())))),
+            }
+        };
+        parsed.push(Message { role: field("role")?, content: field("content")? });
+    }
+    if !parsed.iter().any(|m| m.role == "assistant") {
+        return Err(at("messages", "has no assistant turn, so there is nothing to learn; add a {\"role\": \"assistant\", …} message".into()));
+    }
+    let Some(chat) = chat else {
+        return Err(at(
+            "messages",
+            "is a conversation, which needs the model's chat template (chat_template.jinja, or chat_template in tokenizer_config.json), and this model has none; use prompt/completion lines or a model with a template".into(),
+        ));
+    };
+    chat.examples(&parsed).map_err(|e| at("messages", e.to_string()))
+}
+
+/// Splits examples (or groups of them: a conversation's turns stay together) into
+/// training and held-out sets: a seeded shuffle, then the last `eval` (at most a fifth of
+/// the file, at least one when there are two or more) are held out.
+pub fn split<T>(mut examples: Vec<T>, eval: usize, seed: u64) -> (Vec<T>, Vec<T>) {
     super::Rng::derive(seed, "jsonl-split").shuffle(&mut examples);
     let n = examples.len();
     let held = if n < 2 { 0 } else { eval.clamp(1, (n / 5).max(1)) };
@@ -96,13 +133,13 @@ mod tests {
 
 {"instruction": "Add.", "input": "2 and 3", "output": "5"}
 {"prompt": "q: sky colour?\na:", "completion": " blue"}"#;
-        let ex = parse(text, "data.jsonl").unwrap();
+        let ex: Vec<Example> = parse(text, "data.jsonl", None).unwrap().into_iter().flatten().collect();
         assert_eq!(ex.len(), 3);
         assert!(ex[0].prompt.contains("### Instruction:\nSay hi.\n\n### Response:\n") && !ex[0].prompt.contains("### Input"));
         assert!(ex[1].prompt.contains("### Input:\n2 and 3\n"));
         assert_eq!((ex[2].prompt.as_str(), ex[2].response.as_str()), ("q: sky colour?\na:", " blue"));
 
-        let err = |t: &str| parse(t, "data.jsonl").unwrap_err().to_string();
+        let err = |t: &str| parse(t, "data.jsonl", None).unwrap_err().to_string();
         let e = err("{\"prompt\": \"a\", \"completion\": \"b\"}\n{\"prompt\": \"a\"}");
         assert!(e.contains("data.jsonl") && e.contains("line 2: completion") && e.contains("missing"), "{e}");
         let e = err("{\"instruction\": \"x\", \"output\": 5}");
@@ -112,6 +149,27 @@ mod tests {
         let e = err("not json");
         assert!(e.contains("line 1: json"), "{e}");
         assert!(err("\n\n").contains("no examples"));
+        let chat = r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}"#;
+        assert!(err(chat).contains("line 1: messages") && err(chat).contains("chat template"));
+        let e = err(r#"{"messages": [{"role": "user"}]}"#);
+        assert!(e.contains("line 1: messages[0].content") && e.contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn conversations_become_one_example_per_assistant_turn() {
+        let t = ChatTemplate::new(
+            "{% for m in messages %}<{{ m.role }}>{{ m.content }}</s>{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}",
+            "",
+            "</s>",
+        )
+        .unwrap();
+        let text = r#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]}
+{"prompt": "x", "completion": "y"}"#;
+        let groups = parse(text, "chat.jsonl", Some(&t)).unwrap();
+        assert_eq!(groups.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 1]);
+        assert_eq!((groups[0][1].prompt.as_str(), groups[0][1].response.as_str()), ("<user>a</s><assistant>b</s><user>c</s><assistant>", "d</s>"));
+        let e = parse(r#"{"messages": [{"role": "user", "content": "a"}]}"#, "chat.jsonl", Some(&t)).unwrap_err().to_string();
+        assert!(e.contains("no assistant turn"), "{e}");
     }
 
     #[test]

@@ -126,6 +126,12 @@ impl TextTokenizer {
     }
 
     /// The id of `<|endoftext|>`, where the vocabulary has it.
+    /// The id of a token by its text (e.g. a chat template's `<|im_end|>`), if it is one
+    /// token of the vocabulary.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
     pub fn eot(&self) -> Option<u32> {
         self.eot
     }

@@ -194,6 +194,7 @@ fn push_row(batch: &mut Batch, ids: &[u32], w: &[f32], pad: u32, t: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tokenizer::EOT;
 
     fn tok() -> TextTokenizer {
         TextTokenizer::char_level("abcdefghijklmnopqrstuvwxyz :\n")
@@ -229,6 +230,26 @@ mod tests {
         let ds = Dataset::from_examples(&t, &[Example { prompt: "ab".into(), response: "c".into(), chat: false }], 16, 0.25).unwrap();
         let b = ds.sequential(1, 4, 1).remove(0);
         assert_eq!(b.weights, vec![0.25, 1.0, 1.0, 0.0]);
+    }
+
+    /// The pad = eos pitfall: padding rows with the end-of-sequence id must not mask the
+    /// real end of a response, or the model never learns to stop. Weights are by position:
+    /// the one genuine end token counts, the pads (same id) after it do not. A chat turn
+    /// ends with its template's own end-of-turn token and gets no extra end-of-text.
+    #[test]
+    fn the_end_of_a_response_trains_even_when_padding_uses_the_same_id() {
+        let t = tok();
+        let eos = t.eot().unwrap();
+        for (response, chat) in [(" c\n".to_string(), false), (format!(" c{EOT}"), true)] {
+            let ex = Example { prompt: "q:".into(), response: response.clone(), chat };
+            let b = Dataset::from_examples(&t, &[ex], 16, 0.0).unwrap().sequential(1, 12, 1).remove(0);
+            let ends: Vec<(usize, f32)> = b.targets.iter().zip(&b.weights).enumerate().filter(|(_, (id, _))| **id == eos).map(|(i, (_, w))| (i, *w)).collect();
+            assert!(ends.len() > 2, "{response:?}: the row is padded with the end id");
+            assert_eq!(ends[0].1, 1.0, "{response:?}: the real end of the response is a target");
+            assert!(ends[1..].iter().all(|(_, w)| *w == 0.0), "{response:?}: padding is not");
+            let counted = b.weights.iter().filter(|w| **w > 0.0).count();
+            assert_eq!(counted, t.encode(&response).unwrap().len() + usize::from(!chat), "{response:?}");
+        }
     }
 
     #[test]
