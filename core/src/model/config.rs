@@ -651,7 +651,7 @@ impl ModelConfig {
             })
             .expect("config fields serialise");
             let m = v.as_object_mut().expect("an object");
-            m.retain(|_, x| !x.is_null() || false);
+            m.retain(|_, x| !x.is_null());
             if self.family == Family::Mistral {
                 m.insert("sliding_window".into(), json!(self.sliding_window));
             }
