@@ -713,6 +713,16 @@ mod tests {
     }
 
     #[test]
+    fn llama_preset_counts_equal_transformers() {
+        // sum(p.numel() for p in LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=64,
+        // intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
+        // num_key_value_heads=2, tie_word_embeddings=False)).parameters()) == 99136, and 791680
+        // for micro-llama's sizes with a tied head (transformers 5.25).
+        assert_eq!(ModelConfig::nano_llama().num_params(), 99_136);
+        assert_eq!(ModelConfig::micro_llama().num_params(), 791_680);
+    }
+
+    #[test]
     fn gpt2_small_count_is_exact() {
         // transformers: sum(p.numel() for p in GPT2LMHeadModel(GPT2Config()).parameters()) == 124439808
         assert_eq!(ModelConfig::gpt2().num_params(), 124_439_808);
