@@ -119,8 +119,9 @@ pub fn from_safetensors(bytes: &[u8], origin: &Origin) -> Result<HashMap<String,
     Ok(out)
 }
 
-/// The model's weights as safetensors bytes. An NF4 base (QLoRA) is stored packed, as
-/// `{path}.weight.nf4.*` tensors. A model merged in place (`methods::merge_in_place`) is
+/// The model's weights as safetensors bytes, under the family's file names
+/// (`model::names`). An NF4 base (QLoRA) is stored packed, as `{path}.weight.nf4.*`
+/// tensors (`path` in the file's names). A model merged in place (`methods::merge_in_place`) is
 /// written unmerged: the base weights and the adapters apart, as it was trained, so loading
 /// never applies an update twice.
 pub fn save_model(model: &Gpt) -> Vec<u8> {
@@ -172,23 +173,23 @@ pub fn load_model(config: &ModelConfig, bytes: &[u8], device: &Device, origin: i
 /// Builds a model of `config` adapted by `method` (so its extra parameters exist) and fills
 /// every parameter from safetensors `bytes`.
 pub fn load_model_for(config: &ModelConfig, method: &Method, bytes: &[u8], device: &Device, origin: impl Into<Origin>) -> Result<Gpt> {
-    load_model_shards(config, method, &[(origin.into(), bytes)], device)
+    let origin = origin.into();
+    load_model_shards(config, method, &[(origin.clone(), bytes)], origin, device)
 }
 
 /// [`load_model_for`] from a checkpoint split into several safetensors files (a sharded
 /// Hugging Face checkpoint, `model-00001-of-00002.safetensors` ...), each with the origin
-/// that names it in errors. A tensor in two shards is an error.
-pub fn load_model_shards(config: &ModelConfig, method: &Method, shards: &[(Origin, &[u8])], device: &Device) -> Result<Gpt> {
-    let origin = shards.first().map(|(o, _)| o.clone()).unwrap_or_else(|| Origin::from("model.safetensors"));
-    let mut raw = HashMap::new();
+/// that names it in errors; `origin` names the checkpoint as a whole (its index), for a
+/// tensor that is missing or the wrong shape. A tensor in two shards is an error.
+pub fn load_model_shards(config: &ModelConfig, method: &Method, shards: &[(Origin, &[u8])], origin: Origin, device: &Device) -> Result<Gpt> {
+    let mut tensors = HashMap::new();
     for (shard_origin, bytes) in shards {
-        for (name, data) in from_safetensors(bytes, shard_origin)? {
-            if raw.insert(name.clone(), data).is_some() {
+        for (name, data) in model_tensors(config, from_safetensors(bytes, shard_origin)?, shard_origin)? {
+            if tensors.insert(name.clone(), data).is_some() {
                 return Err(Error::tensor(shard_origin.clone(), name, "is also in an earlier shard; a checkpoint holds each tensor once"));
             }
         }
     }
-    let mut tensors = model_tensors(config, raw, &origin)?;
     // A model of zeros gives every parameter its shape without drawing random weights that
     // the file's would replace.
     let mut model = method.apply(Gpt::zeros(config, device), 0, device)?;
@@ -292,8 +293,12 @@ pub fn load_parts_sharded(
             ),
         ));
     }
+    let whole = Origin::from(path(match shards {
+        [(one, _)] => one.as_str(),
+        _ => files::WEIGHTS_INDEX,
+    }));
     let shards: Vec<(Origin, &[u8])> = shards.iter().map(|(file, bytes)| (Origin::from(path(file)), *bytes)).collect();
-    let model = load_model_shards(&config, method, &shards, device)?;
+    let model = load_model_shards(&config, method, &shards, whole, device)?;
     Ok(LoadedModel { model, config, tokenizer })
 }
 

@@ -4,7 +4,8 @@
 //! generator, so the same seed gives the same text on every backend whose logits agree.
 //! Each position's keys and values are computed once and kept (`Gpt::forward_cached`);
 //! `cache: false` re-runs the model over the whole window for every token instead, the
-//! slow way the cache exists to avoid (both give the same tokens; `tinytune generate
+//! slow way the cache exists to avoid (both give the same tokens, but for rotations that
+//! depend on the sequence's length: see `Gpt::forward_cached`; `tinytune generate
 //! --no-cache` measures the difference). When the text outgrows the context, the window
 //! slides and the cache starts again from the window.
 

@@ -36,6 +36,7 @@ pub fn generate_cmd(args: GenerateArgs, device: &Device) -> Result<(), String> {
         // The reply ends at the template's end-of-turn token.
         stop_ids.extend(tok.token_id(&chat.eos_token));
     }
+    let end_ids: Vec<u32> = tok.eot().into_iter().chain(loaded.chat.as_ref().and_then(|c| tok.token_id(&c.eos_token))).collect();
     let mut prompt = encode(tok, &prompt_text)?;
     if prompt.is_empty() {
         // An empty prompt starts a new document, as after <|endoftext|> in pre-training.
@@ -61,7 +62,9 @@ pub fn generate_cmd(args: GenerateArgs, device: &Device) -> Result<(), String> {
         if args.samples > 1 {
             println!("--- sample {} ---", i + 1);
         }
-        let ended = out.last().is_some_and(|id| stop_ids.contains(id));
+        // A reply that ends with the end-of-text or end-of-turn token is shown without it
+        // (a line stop's token is text, and stays).
+        let ended = out.last().is_some_and(|id| end_ids.contains(id));
         let text = if ended { tok.decode(&out[..out.len() - 1]) } else { text };
         if args.chat {
             println!("{}", text.trim_end());

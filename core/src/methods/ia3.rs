@@ -35,14 +35,16 @@ impl Default for Ia3Config {
 
 impl Ia3Config {
     /// PEFT's defaults for the family (`TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING`
-    /// and its feedforward twin): GPT-2's q/k/v and MLP output; the Llama family's keys,
-    /// values and down projection, whose input is rescaled.
+    /// and its feedforward twin, PEFT 0.21): GPT-2's q/k/v and MLP output; Llama's and
+    /// Mistral's keys, values and down projection (Qwen2's queries, values and down
+    /// projection), the down projection's input rescaled.
     pub fn for_family(family: crate::model::Family) -> Self {
-        if family.is_llama_like() {
-            let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect();
-            Self { target_modules: v(&["k_proj", "v_proj", "down_proj"]), feedforward_modules: v(&["down_proj"]) }
-        } else {
-            Self::default()
+        use crate::model::Family;
+        let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect();
+        match family {
+            Family::Gpt2 => Self::default(),
+            Family::Llama | Family::Mistral => Self { target_modules: v(&["k_proj", "v_proj", "down_proj"]), feedforward_modules: v(&["down_proj"]) },
+            Family::Qwen2 => Self { target_modules: v(&["q_proj", "v_proj", "down_proj"]), feedforward_modules: v(&["down_proj"]) },
         }
     }
 

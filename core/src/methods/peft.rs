@@ -1,11 +1,15 @@
 //! PEFT's adapter folders: `adapter_config.json` and `adapter_model.safetensors`, read onto a
-//! GPT-2 model and written from one, so adapters move between tinytune and Hugging Face's
+//! GPT-2 or Llama-family model and written from one, so adapters move between tinytune and Hugging Face's
 //! PEFT in both directions. Bytes in and out: the caller reads and writes the files.
 //!
 //! What maps to what (GPT-2's projections are `Conv1D`, which PEFT adapts with
 //! `fan_in_fan_out`; its LoRA matrices are still `nn.Linear` weights, `[out, in]`):
 //!
-//! | PEFT tensor (after `base_model.model.transformer.`) | tinytune parameter |
+//! Keys are `base_model.model.` + the module's Hugging Face path (`transformer.h.N…` for
+//! GPT-2, `model.layers.N.self_attn…` for the Llama family, mapped by `model::names`); the
+//! Llama family's projections are `nn.Linear`, so its configs say `fan_in_fan_out: false`.
+//!
+//! | PEFT tensor (after the prefix, in GPT-2's names) | tinytune parameter |
 //! |---|---|
 //! | `h.N.{proj}.lora_A.weight` `[r, d_in]` | `h.N.{proj}.lora.lora_a` `[d_in, r]` (transposed) |
 //! | `h.N.{proj}.lora_B.weight` `[d_out, r]` | `h.N.{proj}.lora.lora_b` `[r, d_out]` (transposed) |
@@ -300,7 +304,7 @@ pub fn save(model: &Gpt, method: &Method) -> Result<(String, Vec<u8>)> {
     Ok((config, to_safetensors(tensors)))
 }
 
-/// Loads a PEFT adapter folder's two files onto `base` (a plain GPT-2 model): the config
+/// Loads a PEFT adapter folder's two files onto `base` (a plain model of either family): the config
 /// decides the method, and every tensor the method adds must be in the file, with the
 /// right shape, and nothing else. `dir` only labels errors.
 pub fn load(base: Gpt, config_text: &str, weights: &[u8], dir: &str, device: &Device) -> Result<(Gpt, Method)> {

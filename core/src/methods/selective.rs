@@ -2,8 +2,8 @@
 //! rest. Nothing is added, so there is nothing to merge: the trained model is already the
 //! model. Which subset:
 //!
-//! - **last layers**: the top `n` transformer blocks and the final LayerNorm (the LM head is
-//!   tied to the token embedding, which stays frozen);
+//! - **last layers**: the top `n` transformer blocks and the final norm (the token
+//!   embedding, and an untied LM head, stay frozen);
 //! - **BitFit** (Ben Zaken et al., 2022): every bias, those of the LayerNorms included (a
 //!   Llama-family model without biases refuses it);
 //! - **LayerNorm only**: every norm's gain and bias (RMSNorm's gain in the Llama family).

@@ -145,9 +145,8 @@ impl Attention {
     /// `[B, T, C] -> [B, T, C]`
     pub fn forward_with(&self, x: Tensor<3>, prefix: Option<(Tensor<2>, Tensor<2>)>, rope: Option<&RopeTables>) -> Tensor<3> {
         let b = x.dims()[0];
-        let visible = prefix.as_ref().map_or(0, |(k, _)| k.dims()[0]);
         let past = prefix.map(|(k, v)| (self.prefix_heads(k, b), self.prefix_heads(v, b)));
-        self.forward_kv(x, past, visible, rope).0
+        self.forward_kv(x, past, rope).0
     }
 
     /// A prefix's `[k, KV·hd]` keys or values as `[B, KV, k, hd]`, the layout of a layer's
@@ -159,19 +158,14 @@ impl Attention {
 
     /// Attention over `past` keys and values (`[B, KV, P, hd]` each: a prefix, and in
     /// generation the cache of earlier positions, already rotated) followed by the new
-    /// positions' own. The first `visible` past keys (a prefix) are seen by every query;
-    /// the rest are earlier positions, under the causal mask and any sliding window.
-    /// Returns the output and every key and value so far (the updated cache).
+    /// positions' own. Key j stands at position j: a prefix takes the first positions, as
+    /// in transformers, where PEFT's prefix is a cache; so a sliding window hides a prefix
+    /// too once a query is `window` positions past it. Returns the output and every key
+    /// and value so far (the updated cache).
     ///
     /// # Shapes
     /// `[B, T, C] -> ([B, T, C], ([B, KV, P+T, hd], [B, KV, P+T, hd]))`
-    pub fn forward_kv(
-        &self,
-        x: Tensor<3>,
-        past: Option<(Tensor<4>, Tensor<4>)>,
-        visible: usize,
-        rope: Option<&RopeTables>,
-    ) -> (Tensor<3>, (Tensor<4>, Tensor<4>)) {
+    pub fn forward_kv(&self, x: Tensor<3>, past: Option<(Tensor<4>, Tensor<4>)>, rope: Option<&RopeTables>) -> (Tensor<3>, (Tensor<4>, Tensor<4>)) {
         let [b, t, c] = x.dims();
         let (nh, nkv, hs) = (self.n_head, self.n_kv_head, self.head_dim);
 
@@ -217,11 +211,9 @@ impl Attention {
         // j ≤ i + P: the whole prefix and its own past. A sliding window also hides the
         // keys `window` or more tokens back.
         let mask = match self.window {
-            Some(w) if w < p + t - visible => {
-                // In sequence positions (the prefix has none): query i is at `past + i`, key j at `j - visible`.
-                let past = p - visible;
-                let masked: Vec<bool> =
-                    (0..t).flat_map(|i| (0..p + t).map(move |j| j >= visible && (j - visible > past + i || past + i - (j - visible) >= w))).collect();
+            Some(w) if w < p + t => {
+                // Query i stands at position p + i, key j at j.
+                let masked: Vec<bool> = (0..t).flat_map(|i| (0..p + t).map(move |j| j > p + i || p + i - j >= w)).collect();
                 Tensor::<2, Bool>::from_data(TensorData::new(masked, [t, p + t]), &device)
             }
             _ => Tensor::<2, Bool>::tril_mask([t, p + t], p as i64, &device),

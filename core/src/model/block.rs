@@ -170,24 +170,17 @@ impl Block {
     /// `[B, T, C] -> [B, T, C]`
     pub fn forward_with(&self, x: Tensor<3>, prefix: Option<(Tensor<2>, Tensor<2>)>, rope: Option<&RopeTables>) -> Tensor<3> {
         let b = x.dims()[0];
-        let visible = prefix.as_ref().map_or(0, |(k, _)| k.dims()[0]);
         let past = prefix.map(|(k, v)| (self.attn.prefix_heads(k, b), self.attn.prefix_heads(v, b)));
-        self.forward_kv(x, past, visible, rope).0
+        self.forward_kv(x, past, rope).0
     }
 
-    /// The block over new positions with attention's past keys and values (a prefix's
-    /// first `visible` ones, then earlier positions'); returns the keys and values so far.
+    /// The block over new positions with attention's past keys and values (a prefix's,
+    /// then earlier positions'); returns the keys and values so far.
     ///
     /// # Shapes
     /// `[B, T, C] -> ([B, T, C], ([B, KV, P+T, hd], [B, KV, P+T, hd]))`
-    pub fn forward_kv(
-        &self,
-        x: Tensor<3>,
-        past: Option<(Tensor<4>, Tensor<4>)>,
-        visible: usize,
-        rope: Option<&RopeTables>,
-    ) -> (Tensor<3>, (Tensor<4>, Tensor<4>)) {
-        let (a, cache) = self.attn.forward_kv(self.ln_1.forward(x.clone()), past, visible, rope);
+    pub fn forward_kv(&self, x: Tensor<3>, past: Option<(Tensor<4>, Tensor<4>)>, rope: Option<&RopeTables>) -> (Tensor<3>, (Tensor<4>, Tensor<4>)) {
+        let (a, cache) = self.attn.forward_kv(self.ln_1.forward(x.clone()), past, rope);
         let a = match &self.adapter_attn {
             Some(adapter) => a.clone() + adapter.delta(a),
             None => a,

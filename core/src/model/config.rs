@@ -183,6 +183,12 @@ struct LlamaJson {
     mlp_bias: Option<bool>,
     #[serde(default)]
     attention_dropout: Option<f64>,
+    /// tinytune's own: dropout on the residual branches and the embeddings (transformers'
+    /// Llama has none; written only when set, so a resumed run keeps it).
+    #[serde(default)]
+    resid_pdrop: Option<f64>,
+    #[serde(default)]
+    embd_pdrop: Option<f64>,
     #[serde(default)]
     hidden_act: Option<String>,
     #[serde(default)]
@@ -209,7 +215,11 @@ const GPT2_FIELDS: [&str; 12] = [
     "activation_function",
     "model_type",
 ];
+/// The Llama-family fields tinytune reads and writes itself; every other field (Qwen2's
+/// `use_sliding_window`, `max_window_layers` and `layer_types` among them) is kept in
+/// `extra` and written back as it was.
 const LLAMA_FIELDS: [&str; 22] = [
+    "architectures",
     "vocab_size",
     "hidden_size",
     "intermediate_size",
@@ -223,11 +233,10 @@ const LLAMA_FIELDS: [&str; 22] = [
     "attention_bias",
     "mlp_bias",
     "attention_dropout",
+    "resid_pdrop",
+    "embd_pdrop",
     "hidden_act",
     "sliding_window",
-    "use_sliding_window",
-    "max_window_layers",
-    "layer_types",
     "model_type",
     "rope_theta",
     "rope_scaling",
@@ -496,6 +505,9 @@ impl ModelConfig {
         if self.n_inner == Some(0) {
             return Err(Error::config(origin, name("n_inner", "intermediate_size"), "must be at least 1"));
         }
+        if self.head_dim == Some(0) {
+            return Err(Error::config(origin, "head_dim", "must be at least 1 (or left out for hidden_size / num_attention_heads)"));
+        }
         for (field, p) in [("resid_pdrop", self.resid_pdrop), ("embd_pdrop", self.embd_pdrop), (name("attn_pdrop", "attention_dropout"), self.attn_pdrop)] {
             if !(0.0..1.0).contains(&p) {
                 return Err(Error::config(origin, field, format!("{p} is not a probability in [0, 1)")));
@@ -552,7 +564,10 @@ impl ModelConfig {
             ));
         };
         let known: &[&str] = if family.is_llama_like() { &LLAMA_FIELDS } else { &GPT2_FIELDS };
-        let extra: Map<String, Value> = map.iter().filter(|(k, _)| !known.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+        // Qwen2's window is read here but written back as the file had it (with
+        // use_sliding_window, which decides whether it applies).
+        let kept = |k: &str| !known.contains(&k) || (family == Family::Qwen2 && k == "sliding_window");
+        let extra: Map<String, Value> = map.iter().filter(|(k, _)| kept(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
         let config = if family.is_llama_like() {
             let j: LlamaJson = serde_json::from_value(Value::Object(map.clone())).map_err(|e| {
                 Error::parse(
@@ -564,9 +579,12 @@ impl ModelConfig {
             })?;
             let max_positions = j.max_position_embeddings.unwrap_or(2048);
             let rope = Rope::from_hf(&map, max_positions, origin)?;
-            let bias = j.attention_bias.unwrap_or(false);
+            // Qwen2 has q/k/v biases and no `attention_bias` setting.
+            let bias = family != Family::Qwen2 && j.attention_bias.unwrap_or(false);
             let n_layer = j.num_hidden_layers;
             let sliding_window = match family {
+                // transformers' MistralConfig defaults to a 4096-token window; null turns it off.
+                Family::Mistral if !map.contains_key("sliding_window") => Some(4096),
                 Family::Mistral => j.sliding_window,
                 Family::Qwen2 if j.use_sliding_window.unwrap_or(false) || j.layer_types.is_some() => j.sliding_window,
                 _ => None,
@@ -588,8 +606,8 @@ impl ModelConfig {
                 n_layer,
                 n_head: j.num_attention_heads,
                 n_inner: Some(j.intermediate_size),
-                resid_pdrop: 0.0,
-                embd_pdrop: 0.0,
+                resid_pdrop: j.resid_pdrop.unwrap_or(0.0),
+                embd_pdrop: j.embd_pdrop.unwrap_or(0.0),
                 attn_pdrop: j.attention_dropout.unwrap_or(0.0),
                 layer_norm_epsilon: j.rms_norm_eps.unwrap_or(1e-6),
                 family,
@@ -628,6 +646,10 @@ impl ModelConfig {
     fn to_value(&self) -> Value {
         let mut out = self.extra.clone();
         let fields = if self.family.is_llama_like() {
+            let qwen2 = self.family == Family::Qwen2;
+            // Qwen2's window settings live in `extra` when they were read from a file; a
+            // config made here with a window writes them.
+            let qwen_window = qwen2 && self.sliding_window.is_some() && !out.contains_key("layer_types");
             let mut v = serde_json::to_value(LlamaJson {
                 vocab_size: self.vocab_size,
                 hidden_size: self.n_embd,
@@ -639,30 +661,27 @@ impl ModelConfig {
                 max_position_embeddings: Some(self.n_positions),
                 rms_norm_eps: Some(self.layer_norm_epsilon),
                 tie_word_embeddings: Some(self.tie_word_embeddings),
-                attention_bias: (self.family != Family::Qwen2).then_some(self.o_bias),
+                attention_bias: (!qwen2).then_some(self.o_bias),
                 mlp_bias: (self.family == Family::Llama).then_some(self.mlp_bias),
                 attention_dropout: Some(self.attn_pdrop),
+                resid_pdrop: (self.resid_pdrop > 0.0).then_some(self.resid_pdrop),
+                embd_pdrop: (self.embd_pdrop > 0.0).then_some(self.embd_pdrop),
                 hidden_act: Some(self.activation_function.clone()),
                 sliding_window: self.sliding_window,
-                use_sliding_window: (self.family == Family::Qwen2).then_some(self.sliding_window.is_some()),
+                use_sliding_window: qwen_window.then_some(true),
                 max_window_layers: None,
-                layer_types: (self.family == Family::Qwen2 && self.sliding_window.is_some())
+                layer_types: qwen_window
                     .then(|| self.sliding_layers.iter().map(|&s| if s { "sliding_attention" } else { "full_attention" }.to_string()).collect()),
             })
             .expect("config fields serialise");
             let m = v.as_object_mut().expect("an object");
             m.retain(|_, x| !x.is_null());
             if self.family == Family::Mistral {
+                // null means no window (a missing key would mean transformers' 4096).
                 m.insert("sliding_window".into(), json!(self.sliding_window));
             }
             out.remove("rope_parameters");
             self.rope.to_hf(&mut out);
-            // Weights are written in f32.
-            for key in ["torch_dtype", "dtype"] {
-                if out.contains_key(key) {
-                    out.insert(key.into(), json!("float32"));
-                }
-            }
             v
         } else {
             serde_json::to_value(Gpt2Json {
@@ -680,10 +699,16 @@ impl ModelConfig {
             })
             .expect("config fields serialise")
         };
+        // tinytune writes f32 weights, whatever the file it read said.
+        for key in ["torch_dtype", "dtype"] {
+            if out.contains_key(key) {
+                out.insert(key.into(), json!("float32"));
+            }
+        }
         out.extend(fields.as_object().expect("an object").clone());
         out.insert("model_type".into(), json!(self.family.model_type()));
         if self.family.is_llama_like() {
-            out.entry("architectures").or_insert_with(|| json!([self.family.architecture()]));
+            out.insert("architectures".into(), json!([self.family.architecture()]));
         }
         Value::Object(out)
     }
@@ -710,6 +735,41 @@ mod tests {
         check("gpt2", 124.0, 124.5); // 124,439,808 with the tied head
         check("gpt2-medium", 354.0, 356.0);
         check("gpt2-xl", 1550.0, 1560.0);
+    }
+
+    /// What a Llama-family config.json says comes back when tinytune writes it: the
+    /// fields it does not model, Qwen2's window settings, RoPE settings left out, and
+    /// tinytune's own dropout (which a resumed run needs).
+    #[test]
+    fn llama_family_configs_round_trip() {
+        let qwen = r#"{"model_type": "qwen2", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "attention_bias": true, "use_sliding_window": false, "sliding_window": 32768,
+            "max_window_layers": 21, "bos_token_id": 7, "torch_dtype": "bfloat16",
+            "rope_scaling": {"type": "yarn", "factor": 4.0}, "rope_theta": 1000000.0}"#;
+        let c = ModelConfig::from_json(qwen, "config.json").unwrap();
+        assert!(c.qkv_bias && !c.o_bias, "Qwen2's attention_bias is not an o_proj bias");
+        assert_eq!(c.sliding_window, None, "use_sliding_window is false");
+        let out: Value = serde_json::from_str(&c.to_json()).unwrap();
+        for (key, want) in
+            [("use_sliding_window", json!(false)), ("sliding_window", json!(32768)), ("max_window_layers", json!(21)), ("bos_token_id", json!(7))]
+        {
+            assert_eq!(out[key], want, "{key}");
+        }
+        assert_eq!(out["torch_dtype"], "float32", "the weights tinytune writes");
+        assert_eq!(out["rope_scaling"], json!({"rope_type": "yarn", "factor": 4.0}), "no settings the file left out");
+        let mut again = ModelConfig::from_json(&c.to_json(), "again").unwrap();
+        again.extra.insert("torch_dtype".into(), json!("bfloat16"));
+        assert_eq!(out["architectures"], json!(["Qwen2ForCausalLM"]), "written for transformers' AutoModel");
+        assert_eq!(again, c);
+
+        let mistral =
+            r#"{"model_type": "mistral", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4}"#;
+        assert_eq!(ModelConfig::from_json(mistral, "config.json").unwrap().window(0), Some(4096), "transformers' default window");
+        let dropped = ModelConfig::nano_llama().with_dropout(0.1);
+        assert_eq!(ModelConfig::from_json(&dropped.to_json(), "x").unwrap(), dropped);
+        let e =
+            ModelConfig::from_json(&mistral.replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 4, \"head_dim\": 0"), "config.json").unwrap_err();
+        assert!(e.to_string().contains("head_dim"), "{e}");
     }
 
     #[test]

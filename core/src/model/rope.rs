@@ -25,13 +25,25 @@ pub enum RopeScaling {
     Dynamic { factor: f64 },
     /// YaRN: high frequencies kept, low ones interpolated, a linear ramp between (by
     /// wavelength measured in rotations over the original context), and cos/sin scaled by
-    /// `attention_factor` (default `0.1·ln(factor) + 1`).
-    Yarn { factor: f64, original_max: usize, beta_fast: f64, beta_slow: f64, mscale: f64, mscale_all_dim: f64, attention_factor: Option<f64>, truncate: bool },
+    /// `attention_factor` (default `0.1·ln(factor) + 1`). Settings the config leaves out
+    /// stay None, so the file is written back as it was read (transformers' defaults:
+    /// original context `max_position_embeddings`, β 32 and 1, truncation on).
+    Yarn {
+        factor: f64,
+        original_max: Option<usize>,
+        beta_fast: Option<f64>,
+        beta_slow: Option<f64>,
+        mscale: Option<f64>,
+        mscale_all_dim: Option<f64>,
+        attention_factor: Option<f64>,
+        truncate: Option<bool>,
+    },
     /// Llama 3.1: wavelengths longer than `original_max / low_freq_factor` divided by
     /// `factor`, shorter than `original_max / high_freq_factor` kept, a smooth blend between.
     Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max: usize },
-    /// LongRoPE (Phi-3): one factor per frequency, `long_factor` past `original_max`.
-    LongRope { short_factor: Vec<f64>, long_factor: Vec<f64>, original_max: usize, attention_factor: Option<f64> },
+    /// LongRoPE (Phi-3): one factor per frequency, `long_factor` past `original_max`;
+    /// `factor` defaults to `max_position_embeddings / original_max`.
+    LongRope { short_factor: Vec<f64>, long_factor: Vec<f64>, original_max: usize, factor: Option<f64>, attention_factor: Option<f64> },
 }
 
 /// RoPE's base and its scaling.
@@ -113,32 +125,31 @@ impl Rope {
                 None => Err(bad("factor", "is missing; say how many times longer the context should be, e.g. 2.0".into())),
             }
         };
-        let original = |default: usize| -> Result<usize> {
+        // transformers gives a top-level `original_max_position_embeddings` (Phi-3's) priority.
+        let top_original = v.get("original_max_position_embeddings").and_then(Value::as_u64).map(|n| n as usize);
+        let original_opt = || -> Result<Option<usize>> {
             match num("original_max_position_embeddings")? {
-                Some(n) if n >= 1.0 => Ok(n as usize),
+                Some(n) if n >= 1.0 => Ok(top_original.or(Some(n as usize))),
                 Some(n) => Err(bad("original_max_position_embeddings", format!("is {n}; expected the training context length"))),
-                None => Ok(default),
+                None => Ok(top_original),
             }
         };
+        let original = |default: usize| -> Result<usize> { Ok(original_opt()?.unwrap_or(default)) };
         let kind = p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str).unwrap_or("default");
         let scaling = match kind {
             "default" => RopeScaling::None,
             "linear" => RopeScaling::Linear { factor: factor()? },
             "dynamic" => RopeScaling::Dynamic { factor: factor()? },
-            "yarn" => {
-                let factor = factor()?;
-                let original_max = original(max_positions)?;
-                RopeScaling::Yarn {
-                    factor,
-                    original_max,
-                    beta_fast: num("beta_fast")?.unwrap_or(32.0),
-                    beta_slow: num("beta_slow")?.unwrap_or(1.0),
-                    mscale: num("mscale")?.unwrap_or(1.0),
-                    mscale_all_dim: num("mscale_all_dim")?.unwrap_or(0.0),
-                    attention_factor: num("attention_factor")?,
-                    truncate: p.get("truncate").and_then(Value::as_bool).unwrap_or(true),
-                }
-            }
+            "yarn" => RopeScaling::Yarn {
+                factor: factor()?,
+                original_max: original_opt()?,
+                beta_fast: num("beta_fast")?,
+                beta_slow: num("beta_slow")?,
+                mscale: num("mscale")?,
+                mscale_all_dim: num("mscale_all_dim")?,
+                attention_factor: num("attention_factor")?,
+                truncate: p.get("truncate").and_then(Value::as_bool),
+            },
             "llama3" => RopeScaling::Llama3 {
                 factor: factor()?,
                 low_freq_factor: num("low_freq_factor")?.ok_or_else(|| bad("low_freq_factor", "is missing (Llama 3.1 uses 1.0)".into()))?,
@@ -156,6 +167,7 @@ impl Rope {
                     short_factor: list("short_factor")?,
                     long_factor: list("long_factor")?,
                     original_max: original(max_positions)?,
+                    factor: num("factor")?,
                     attention_factor: num("attention_factor")?,
                 }
             }
@@ -173,17 +185,30 @@ impl Rope {
             RopeScaling::Linear { factor } => json!({"rope_type": "linear", "factor": factor}),
             RopeScaling::Dynamic { factor } => json!({"rope_type": "dynamic", "factor": factor}),
             RopeScaling::Yarn { factor, original_max, beta_fast, beta_slow, mscale, mscale_all_dim, attention_factor, truncate } => {
-                let mut m = json!({"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original_max,
-                    "beta_fast": beta_fast, "beta_slow": beta_slow, "mscale": mscale, "mscale_all_dim": mscale_all_dim, "truncate": truncate});
-                if let Some(a) = attention_factor {
-                    m["attention_factor"] = json!(a);
+                let mut m = json!({"rope_type": "yarn", "factor": factor});
+                let given = [
+                    ("original_max_position_embeddings", original_max.map(|n| json!(n))),
+                    ("beta_fast", beta_fast.map(|x| json!(x))),
+                    ("beta_slow", beta_slow.map(|x| json!(x))),
+                    ("mscale", mscale.map(|x| json!(x))),
+                    ("mscale_all_dim", mscale_all_dim.map(|x| json!(x))),
+                    ("attention_factor", attention_factor.map(|x| json!(x))),
+                    ("truncate", truncate.map(|x| json!(x))),
+                ];
+                for (key, value) in given {
+                    if let Some(value) = value {
+                        m[key] = value;
+                    }
                 }
                 m
             }
             RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max } => json!({"rope_type": "llama3", "factor": factor,
                 "low_freq_factor": low_freq_factor, "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_max}),
-            RopeScaling::LongRope { short_factor, long_factor, original_max, attention_factor } => {
+            RopeScaling::LongRope { short_factor, long_factor, original_max, factor, attention_factor } => {
                 let mut m = json!({"rope_type": "longrope", "short_factor": short_factor, "long_factor": long_factor, "original_max_position_embeddings": original_max});
+                if let Some(f) = factor {
+                    m["factor"] = json!(f);
+                }
                 if let Some(a) = attention_factor {
                     m["attention_factor"] = json!(a);
                 }
@@ -232,18 +257,18 @@ impl Rope {
             }
             RopeScaling::Yarn { factor, original_max, beta_fast, beta_slow, mscale, mscale_all_dim, attention_factor, truncate } => {
                 let get_mscale = |scale: f64, m: f64| if scale <= 1.0 { 1.0 } else { 0.1 * m * scale.ln() + 1.0 };
-                let attn = attention_factor.unwrap_or_else(|| {
-                    if *mscale != 0.0 && *mscale_all_dim != 0.0 {
-                        get_mscale(*factor, *mscale) / get_mscale(*factor, *mscale_all_dim)
-                    } else {
-                        get_mscale(*factor, 1.0)
-                    }
+                // transformers: `if mscale and mscale_all_dim` (both given and non-zero).
+                let attn = attention_factor.unwrap_or_else(|| match (mscale.filter(|m| *m != 0.0), mscale_all_dim.filter(|m| *m != 0.0)) {
+                    (Some(m), Some(all)) => get_mscale(*factor, m) / get_mscale(*factor, all),
+                    _ => get_mscale(*factor, 1.0),
                 });
+                let original_max = original_max.unwrap_or(max_positions);
+                let (beta_fast, beta_slow, truncate) = (beta_fast.unwrap_or(32.0), beta_slow.unwrap_or(1.0), truncate.unwrap_or(true));
                 let base = self.theta;
                 // The dimension pair whose wavelength makes `rotations` turns over the original context.
-                let correction = |rotations: f64| (d as f64 * (*original_max as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln()) / (2.0 * base.ln());
-                let (mut low, mut high) = (correction(*beta_fast), correction(*beta_slow));
-                if *truncate {
+                let correction = |rotations: f64| (d as f64 * (original_max as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln()) / (2.0 * base.ln());
+                let (mut low, mut high) = (correction(beta_fast), correction(beta_slow));
+                if truncate {
                     low = low.floor();
                     high = high.ceil();
                 }
@@ -281,8 +306,8 @@ impl Rope {
                     .collect();
                 (out, 1.0)
             }
-            RopeScaling::LongRope { short_factor, long_factor, original_max, attention_factor } => {
-                let factor = max_positions as f64 / *original_max as f64;
+            RopeScaling::LongRope { short_factor, long_factor, original_max, factor, attention_factor } => {
+                let factor = factor.unwrap_or(max_positions as f64 / *original_max as f64);
                 let attn = attention_factor.unwrap_or_else(|| if factor <= 1.0 { 1.0 } else { (1.0 + factor.ln() / (*original_max as f64).ln()).sqrt() });
                 let ext = if seq_len > *original_max { long_factor } else { short_factor };
                 let base = self.theta as f32;

@@ -24,8 +24,6 @@ pub struct KvCache {
     pub layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
     /// The next position to process (the rotary or learned position index).
     pub position: usize,
-    /// Leading cache entries that belong to a prefix (seen by every position).
-    pub visible: usize,
 }
 
 impl KvCache {
@@ -190,9 +188,9 @@ impl Gpt {
     /// Next-token logits for `ids`, continuing the positions `cache` holds (empty: a new
     /// sequence) and adding theirs to it: generation that computes each position's keys
     /// and values once. Equal to [`Self::forward`] over the whole sequence so far (the
-    /// cached-generation test), except under dynamic NTK scaling past the original
-    /// context, where cached keys keep the rotation they were computed with (as in
-    /// transformers).
+    /// cached-generation test), except where the rotation depends on the sequence's length
+    /// (dynamic NTK past `n_positions`, LongRoPE past its original context): there cached
+    /// keys keep the rotation they were computed with, as in transformers.
     ///
     /// # Shapes
     /// `[B, T] -> [B, T, V]`
@@ -204,21 +202,21 @@ impl Gpt {
             // A prefix's keys and values are the cache's first entries; with rotary
             // positions the sequence then starts at position p (as in transformers).
             let prefixes = self.prefix.as_ref().map(|p| p.keys_values(self.config.kv_dim(), self.h.len()));
-            cache.visible = self.prefix.as_ref().map_or(0, |p| p.len());
+            let prefix_len = self.prefix.as_ref().map_or(0, |p| p.len());
             cache.layers = self
                 .h
                 .iter()
                 .enumerate()
                 .map(|(i, block)| prefixes.as_ref().map(|kv| (block.attn.prefix_heads(kv[i].0.clone(), b), block.attn.prefix_heads(kv[i].1.clone(), b))))
                 .collect();
-            cache.position = if llama { cache.visible } else { 0 };
+            cache.position = if llama { prefix_len } else { 0 };
         }
         let x = self.embed_at(ids, cache.position, first);
         let len = x.dims()[1];
         let rope = llama.then(|| RopeTables::new(&self.config, cache.position, len, &x.device()));
         let mut x = self.drop.forward(x);
         for (i, block) in self.h.iter().enumerate() {
-            let (y, kv) = block.forward_kv(x, cache.layers[i].take(), cache.visible, rope.as_ref());
+            let (y, kv) = block.forward_kv(x, cache.layers[i].take(), rope.as_ref());
             cache.layers[i] = Some(kv);
             x = y;
         }

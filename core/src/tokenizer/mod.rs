@@ -21,6 +21,8 @@ use crate::error::{Error, Origin, Result};
 /// GPT-2's end-of-text token. Documents are separated by it during pre-training, and
 /// generation may stop on it.
 pub const EOT: &str = "<|endoftext|>";
+/// The tokens that end a text, in the order a vocabulary's is looked for.
+const END_TOKENS: [&str; 3] = [EOT, "<|end_of_text|>", "</s>"];
 /// Stands for characters a character-level tokenizer has never seen.
 pub const UNK: &str = "<unk>";
 
@@ -101,7 +103,7 @@ impl TextTokenizer {
         if inner.get_vocab_size(true) == 0 {
             return Err(Error::config(origin, "model.vocab", "the vocabulary is empty"));
         }
-        let eot = inner.token_to_id(EOT);
+        let eot = END_TOKENS.iter().find_map(|t| inner.token_to_id(t));
         Ok(Self { inner, eot })
     }
 
@@ -125,13 +127,15 @@ impl TextTokenizer {
         self.inner.get_vocab_size(true)
     }
 
-    /// The id of `<|endoftext|>`, where the vocabulary has it.
     /// The id of a token by its text (e.g. a chat template's `<|im_end|>`), if it is one
     /// token of the vocabulary.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
 
+    /// The id of the token that ends a text: `<|endoftext|>` (GPT-2, SmolLM2, Qwen2), or
+    /// where the vocabulary has none, Llama 3's `<|end_of_text|>` or Llama 2's and
+    /// Mistral's `</s>`.
     pub fn eot(&self) -> Option<u32> {
         self.eot
     }

@@ -69,7 +69,9 @@ pub enum Dataset {
 
 impl Dataset {
     pub fn from_documents<'a>(tok: &TextTokenizer, docs: impl IntoIterator<Item = &'a String>) -> Result<Self> {
-        let eot = tok.eot().ok_or_else(|| Error::Tokenizer("the tokenizer has no <|endoftext|> token to separate documents".into()))?;
+        let eot = tok
+            .eot()
+            .ok_or_else(|| Error::Tokenizer("the tokenizer has no end-of-text token (<|endoftext|>, <|end_of_text|> or </s>) to separate documents".into()))?;
         let mut tokens = Vec::new();
         for doc in docs {
             tokens.extend(tok.encode(doc)?);
@@ -80,7 +82,8 @@ impl Dataset {
 
     /// Rows longer than `max_len + 1` tokens are cut at the end (and say so in `truncated`).
     pub fn from_examples(tok: &TextTokenizer, examples: &[Example], max_len: usize, prompt_loss_weight: f32) -> Result<Self> {
-        let eot = tok.eot().ok_or_else(|| Error::Tokenizer("the tokenizer has no <|endoftext|> token to end examples".into()))?;
+        let eot = tok.eot();
+        let no_end = || Error::Tokenizer("the tokenizer has no end-of-text token (<|endoftext|>, <|end_of_text|> or </s>) to end examples".into());
         let mut rows = Vec::with_capacity(examples.len());
         for ex in examples {
             let p = tok.encode(&ex.prompt)?;
@@ -90,7 +93,7 @@ impl Dataset {
             // The end of the response is a target like any of its tokens: by position, not
             // by id, so padding with the same id (pad = eos) never masks it.
             if !ex.chat {
-                ids.push(eot);
+                ids.push(eot.ok_or_else(no_end)?);
             }
             // weights[i] is the weight of predicting ids[i]; ids[0] is never a target.
             let mut w = vec![prompt_loss_weight; p.len()];
@@ -99,7 +102,8 @@ impl Dataset {
             w.truncate(max_len + 1);
             rows.push((ids, w));
         }
-        Ok(Dataset::Rows { rows, pad: eot })
+        // Padding never counts (weight 0), so any id will do where there is no end token.
+        Ok(Dataset::Rows { rows, pad: eot.unwrap_or(0) })
     }
 
     /// Number of tokens (stream) or rows.
