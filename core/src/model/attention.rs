@@ -105,31 +105,14 @@ impl Attention {
         attn
     }
 
-    /// The projections that exist, with their names inside the block (`attn.q_proj`).
-    pub fn projections(&self) -> Vec<(&'static str, &Projection)> {
-        let named = [
-            ("attn.c_attn", &self.c_attn),
-            ("attn.q_proj", &self.q_proj),
-            ("attn.k_proj", &self.k_proj),
-            ("attn.v_proj", &self.v_proj),
-            ("attn.c_proj", &self.c_proj),
-            ("attn.o_proj", &self.o_proj),
-        ];
-        named.into_iter().filter_map(|(n, p)| p.as_ref().map(|p| (n, p))).collect()
-    }
-
-    /// [`Self::projections`], mutable.
-    pub fn projections_mut(&mut self) -> Vec<(&'static str, &mut Projection)> {
-        let named = [
-            ("attn.c_attn", &mut self.c_attn),
-            ("attn.q_proj", &mut self.q_proj),
-            ("attn.k_proj", &mut self.k_proj),
-            ("attn.v_proj", &mut self.v_proj),
-            ("attn.c_proj", &mut self.c_proj),
-            ("attn.o_proj", &mut self.o_proj),
-        ];
-        named.into_iter().filter_map(|(n, p)| p.as_mut().map(|p| (n, p))).collect()
-    }
+    projection_slots!(
+        "attn.c_attn" => c_attn,
+        "attn.q_proj" => q_proj,
+        "attn.k_proj" => k_proj,
+        "attn.v_proj" => v_proj,
+        "attn.c_proj" => c_proj,
+        "attn.o_proj" => o_proj,
+    );
 
     /// # Shapes
     /// `[B, T, C] -> [B, T, C]`

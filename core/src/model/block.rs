@@ -47,29 +47,13 @@ impl Mlp {
         mlp
     }
 
-    /// The projections that exist, with their names inside the block (`mlp.up_proj`).
-    pub fn projections(&self) -> Vec<(&'static str, &Projection)> {
-        let named = [
-            ("mlp.c_fc", &self.c_fc),
-            ("mlp.c_proj", &self.c_proj),
-            ("mlp.gate_proj", &self.gate_proj),
-            ("mlp.up_proj", &self.up_proj),
-            ("mlp.down_proj", &self.down_proj),
-        ];
-        named.into_iter().filter_map(|(n, p)| p.as_ref().map(|p| (n, p))).collect()
-    }
-
-    /// [`Self::projections`], mutable.
-    pub fn projections_mut(&mut self) -> Vec<(&'static str, &mut Projection)> {
-        let named = [
-            ("mlp.c_fc", &mut self.c_fc),
-            ("mlp.c_proj", &mut self.c_proj),
-            ("mlp.gate_proj", &mut self.gate_proj),
-            ("mlp.up_proj", &mut self.up_proj),
-            ("mlp.down_proj", &mut self.down_proj),
-        ];
-        named.into_iter().filter_map(|(n, p)| p.as_mut().map(|p| (n, p))).collect()
-    }
+    projection_slots!(
+        "mlp.c_fc" => c_fc,
+        "mlp.c_proj" => c_proj,
+        "mlp.gate_proj" => gate_proj,
+        "mlp.up_proj" => up_proj,
+        "mlp.down_proj" => down_proj,
+    );
 
     /// # Shapes
     /// `[B, T, C] -> [B, T, C]`
