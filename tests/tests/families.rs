@@ -170,3 +170,20 @@ fn chat_templates_render_as_transformers_does() {
     let bad = [Message { role: "assistant".into(), content: "hi".into() }];
     assert!(headers.render(&bad, false).unwrap_err().to_string().contains("must alternate"));
 }
+
+/// PEFT's (IA)³ with its Llama defaults (keys and values rescaled at the output, the down
+/// projection at its input) gives PEFT's logits.
+#[test]
+fn a_peft_ia3_on_a_llama_gives_peft_logits() {
+    let device = Device::flex();
+    let base = load("hf-llama", &device).model;
+    let dir = fixture("peft-llama-ia3");
+    let config = std::fs::read_to_string(dir.join(peft::CONFIG)).unwrap();
+    let weights = std::fs::read(dir.join(peft::WEIGHTS)).unwrap();
+    let (model, method) = peft::load(base, &config, &weights, "peft-llama-ia3", &device).unwrap();
+    assert_eq!(method.name(), "ia3");
+    let d = worst_error(&model, "peft-llama-ia3", &device);
+    assert!(d < 1e-4, "IA³ logits differ from PEFT's by up to {d}");
+    let base = load("hf-llama", &device).model;
+    assert!(worst_error(&base, "peft-llama-ia3", &device) > 1e-3, "the vectors change the logits");
+}
