@@ -66,6 +66,39 @@ pub enum Command {
     /// its singular values, what a rank-r LoRA keeps, the loss with every update cut to
     /// rank r, and the merged-versus-unmerged output difference.
     LoraRank(LoraRankArgs),
+    /// Held-out loss at each position of windows longer than a Llama-family model's
+    /// context, with no RoPE scaling, linear interpolation, dynamic NTK and YaRN, then
+    /// after a short fine-tune at a longer length with interpolation.
+    LongContext(LongContextArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LongContextArgs {
+    /// A Llama-family model folder (rotary positions), e.g. assets/micro-llama.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Window length to evaluate [default: 4 × the model's context].
+    #[arg(long)]
+    pub length: Option<usize>,
+    /// Held-out windows evaluated.
+    #[arg(long, default_value_t = 16)]
+    pub windows: usize,
+    /// Fine-tuning steps after interpolation (0: skip the fine-tune).
+    #[arg(long, default_value_t = 60)]
+    pub finetune_steps: usize,
+    /// Length the fine-tune trains at, with positions interpolated by length / context
+    /// [default: 2 × the model's context].
+    #[arg(long)]
+    pub finetune_length: Option<usize>,
+    /// The fine-tune's learning rate.
+    #[arg(long, default_value_t = 3e-4)]
+    pub lr: f64,
+    /// The fine-tune's batch size.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Folder for long-context.svg and long-context.json.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

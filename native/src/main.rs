@@ -9,6 +9,7 @@ mod flags;
 mod formats;
 mod fsutil;
 mod interrupt;
+mod long_context;
 mod memory;
 mod model_dir;
 mod plot;
@@ -50,6 +51,7 @@ fn main() -> ExitCode {
         Command::ExportAdapter(a) => commands::export_adapter_cmd(a, &device),
         Command::Logits(a) => commands::logits_cmd(a, &device),
         Command::LoraRank(a) => commands::lora_rank_cmd(a, &device),
+        Command::LongContext(a) => long_context::long_context_cmd(a, &device),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -813,3 +813,62 @@ fn a_llama_with_a_chat_template_trains_on_conversations_and_chats() {
     let out = tinytune(&["finetune", "--model", m, "--out", tmp("chat-run-2").to_str().unwrap(), "--data", d, "--steps", "1", "--seq-len", "100"]);
     fails_with(&out, &["chat.jsonl", "line 1: messages", "chat template"]);
 }
+
+/// `long-context` on a Llama-layout model: one row per way of stretching RoPE and one for
+/// the interpolated fine-tune, a table by span, the plot and the JSON; a GPT-2 model,
+/// whose positions are a learned table, is refused with the reason.
+#[test]
+fn long_context_compares_rope_scalings_on_a_llama_and_refuses_gpt2() {
+    let base = tmp("lc-base");
+    ok(&tinytune(&[
+        "pretrain",
+        "--preset",
+        "nano-llama",
+        "--out",
+        base.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--batch",
+        "4",
+        "--seq-len",
+        "32",
+        "--train-examples",
+        "100",
+        "--eval-examples",
+        "20",
+        "--eval-batches",
+        "1",
+    ]));
+    let out = tmp("lc-out");
+    let args = [
+        "long-context",
+        "--model",
+        base.to_str().unwrap(),
+        "--length",
+        "256",
+        "--windows",
+        "2",
+        "--finetune-steps",
+        "2",
+        "--finetune-length",
+        "160",
+        "--batch",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let table = ok(&tinytune(&args));
+    for row in ["none (plain RoPE)", "linear ×2", "ntk (dynamic) ×2", "yarn ×2", "linear ×1.25 + 2 steps at 160"] {
+        assert!(table.contains(&format!("| {row} |")), "{row} missing from {table}");
+    }
+    assert!(table.contains("| 0–127 | 128–255 |"), "{table}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("long-context.json")).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 5);
+    assert!(rows.iter().all(|r| r["loss_by_position"].as_array().unwrap().len() == 256));
+    assert!(std::fs::read_to_string(out.join("long-context.svg")).unwrap().starts_with("<svg"));
+
+    let gpt2 = tmp("lc-gpt2");
+    ok(&pretrain(&gpt2, &["--steps", "1"]));
+    fails_with(&tinytune(&["long-context", "--model", gpt2.to_str().unwrap()]), &["--model", "GPT-2", "rotary"]);
+}

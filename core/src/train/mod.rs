@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod config;
 pub mod objective;
+pub mod positions;
 pub mod precision;
 pub mod run;
 pub mod sweep;
