@@ -39,6 +39,15 @@ fn cases(model: &str) -> Vec<(Vec<u32>, Vec<usize>, Vec<f32>)> {
         .collect()
 }
 
+/// The PEFT adapter folder `name` loaded onto hf-llama, with its method and weights file.
+fn adapter_on_llama(name: &str, device: &Device) -> (tinytune::Gpt, tinytune::methods::Method, Vec<u8>) {
+    let dir = fixture(name);
+    let config = std::fs::read_to_string(dir.join(peft::CONFIG)).unwrap();
+    let weights = std::fs::read(dir.join(peft::WEIGHTS)).unwrap();
+    let (model, method) = peft::load(load("hf-llama", device).model, &config, &weights, name, device).unwrap();
+    (model, method, weights)
+}
+
 /// The largest |ours − transformers'| over the reference positions of every prompt.
 fn worst_error(model: &tinytune::Gpt, name: &str, device: &Device) -> f32 {
     let mut worst = 0.0f32;
@@ -93,11 +102,7 @@ fn llama_qwen2_and_mistral_checkpoints_give_transformers_logits() {
 #[test]
 fn a_peft_lora_on_all_seven_llama_projections_gives_peft_logits_and_round_trips() {
     let device = Device::flex();
-    let base = load("hf-llama", &device).model;
-    let dir = fixture("peft-llama-lora");
-    let config = std::fs::read_to_string(dir.join(peft::CONFIG)).unwrap();
-    let weights = std::fs::read(dir.join(peft::WEIGHTS)).unwrap();
-    let (model, method) = peft::load(base, &config, &weights, "peft-llama-lora", &device).unwrap();
+    let (model, method, weights) = adapter_on_llama("peft-llama-lora", &device);
     assert_eq!(method.lora().unwrap().target_modules.len(), 7);
     let d = worst_error(&model, "peft-llama-lora", &device);
     assert!(d < 1e-4, "LoRA logits differ from PEFT's by up to {d}");
@@ -176,11 +181,7 @@ fn chat_templates_render_as_transformers_does() {
 #[test]
 fn a_peft_ia3_on_a_llama_gives_peft_logits() {
     let device = Device::flex();
-    let base = load("hf-llama", &device).model;
-    let dir = fixture("peft-llama-ia3");
-    let config = std::fs::read_to_string(dir.join(peft::CONFIG)).unwrap();
-    let weights = std::fs::read(dir.join(peft::WEIGHTS)).unwrap();
-    let (model, method) = peft::load(base, &config, &weights, "peft-llama-ia3", &device).unwrap();
+    let (model, method, _) = adapter_on_llama("peft-llama-ia3", &device);
     assert_eq!(method.name(), "ia3");
     let d = worst_error(&model, "peft-llama-ia3", &device);
     assert!(d < 1e-4, "IA³ logits differ from PEFT's by up to {d}");
