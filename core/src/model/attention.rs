@@ -117,19 +117,7 @@ impl Attention {
     /// # Shapes
     /// `[B, T, C] -> [B, T, C]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.forward_with(x, None, None)
-    }
-
-    /// Attention with prefix tuning's learned keys and values (`[k, KV·hd]` each) placed
-    /// before the sequence's own (every position may attend to all k of them), and, for
-    /// the Llama family, the rotary tables of the sequence's positions.
-    ///
-    /// # Shapes
-    /// `[B, T, C] -> [B, T, C]`
-    pub fn forward_with(&self, x: Tensor<3>, prefix: Option<(Tensor<2>, Tensor<2>)>, rope: Option<&RopeTables>) -> Tensor<3> {
-        let b = x.dims()[0];
-        let past = prefix.map(|(k, v)| (self.prefix_heads(k, b), self.prefix_heads(v, b)));
-        self.forward_kv(x, past, rope).0
+        self.forward_kv(x, None, None).0
     }
 
     /// A prefix's `[k, KV·hd]` keys or values as `[B, KV, k, hd]`, the layout of a layer's

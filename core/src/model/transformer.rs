@@ -26,17 +26,6 @@ pub struct KvCache {
     pub position: usize,
 }
 
-impl KvCache {
-    /// Positions held (a prefix's included).
-    pub fn len(&self) -> usize {
-        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dims()[2])
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// A decoder-only transformer: GPT-2 (learned positions, LayerNorm, GELU MLP) or the Llama
 /// family (rotary positions, RMSNorm, SwiGLU, grouped-query attention). Parameter paths use
 /// GPT-2's scaffolding names in both (`wte`, `h.N.ln_1`, `h.N.attn.q_proj`, `ln_f`);
