@@ -7,9 +7,8 @@
 use burn::module::Module;
 use burn::tensor::Device;
 use serde_json::json;
-use tinytune::data::Split;
 use tinytune::model::rope::RopeScaling;
-use tinytune::train::positions::{buckets, loss_by_position, scalings, with_scaling};
+use tinytune::train::positions::{PositionEval, buckets, scalings, with_scaling};
 use tinytune::train::{DataSource, Run, RunHost, TrainConfig, TrainEvent, Trainer};
 
 use crate::cli::LongContextArgs;
@@ -47,17 +46,13 @@ pub fn long_context_cmd(a: LongContextArgs, device: &Device) -> Result<(), Strin
     }
     let factor = len as f64 / n as f64;
     let tok = &loaded.tokenizer;
-    // Held-out stories, joined into one stream and cut into windows of `len` tokens.
-    let stories = (a.windows * len / 16).max(200);
-    let data = DataSource::Stories.dataset(tok, 0, Split::Eval, stories, len, 0.0).map_err(|e| e.to_string())?;
-    let per_batch = a.windows.clamp(1, 4);
-    let batches = a.windows.div_ceil(per_batch);
+    let eval = PositionEval::stories(tok, len, a.windows).map_err(|e| e.to_string())?;
     let base = loaded.model.valid();
     eprintln!("{}: context {n}, evaluating {} windows of {len} tokens (×{factor:.1})", a.model.display(), a.windows);
 
     let mut rows: Vec<(String, Vec<f64>)> = Vec::new();
     for (name, scaling) in scalings(factor, n) {
-        let losses = loss_by_position(&with_scaling(&base, scaling), &data, per_batch, len, batches).map_err(|e| e.to_string())?;
+        let losses = eval.losses(&with_scaling(&base, scaling)).map_err(|e| e.to_string())?;
         rows.push((format!("{name} ×{factor}"), losses));
         if name == "none" {
             rows.last_mut().expect("just pushed").0 = "none (plain RoPE)".into();
@@ -90,7 +85,7 @@ pub fn long_context_cmd(a: LongContextArgs, device: &Device) -> Result<(), Strin
         let mut run = Run::new(trainer, tok.clone());
         run.drive(&mut Quiet)?;
         let tuned = run.trainer.model.valid();
-        let losses = loss_by_position(&tuned, &data, per_batch, len, batches).map_err(|e| e.to_string())?;
+        let losses = eval.losses(&tuned).map_err(|e| e.to_string())?;
         rows.push((format!("linear ×{ft_factor} + {} steps at {ft_len}", a.finetune_steps), losses));
     }
 

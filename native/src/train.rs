@@ -403,6 +403,9 @@ mod tests {
             TrainParams { method: MethodKind::Bitfit, ..TrainParams::default() },
             TrainParams { method: MethodKind::Layernorm, ..TrainParams::default() },
             TrainParams { optimizer: "lion".into(), warmup: "0.05".into(), ..TrainParams::default() },
+            TrainParams { model: ModelChoice::MicroLlama, ..TrainParams::default() },
+            TrainParams { model: ModelChoice::MicroLlama, method: MethodKind::Lora, targets: "q_proj,v_proj,down_proj".into(), ..TrainParams::default() },
+            TrainParams { model: ModelChoice::MicroLlama, method: MethodKind::Ia3, ..TrainParams::default() },
         ];
         for params in cases {
             let mut argv = vec!["tinytune".to_string()];
@@ -410,11 +413,18 @@ mod tests {
             let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{}: {e}", params.command()));
             let resolved = match cli.command {
                 Command::Finetune(a) => {
-                    assert_eq!(params.model, ModelChoice::Micro);
-                    assert_eq!(a.model.to_str(), Some(tinytune_web::run::MICRO_DIR));
+                    let dir = match params.model {
+                        ModelChoice::Micro => tinytune_web::run::MICRO_DIR,
+                        ModelChoice::MicroLlama => tinytune_web::run::MICRO_LLAMA_DIR,
+                        ModelChoice::Nano => panic!("a fresh nano model is pre-trained, not fine-tuned"),
+                    };
+                    assert_eq!(a.model.to_str(), Some(dir));
+                    // The shipped checkpoint's config is the one the widget assumes.
+                    let config = crate::model_dir::load(&std::path::PathBuf::from(format!("../{dir}")), &burn::tensor::Device::flex()).unwrap().config;
+                    assert_eq!(config, params.model.config(), "{dir}");
                     a.method
-                        .to_method(None, tinytune::model::Family::Gpt2)
-                        .and_then(|m| resolve(&a.train, m, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, ModelConfig::micro().n_positions))
+                        .to_method(None, config.family)
+                        .and_then(|m| resolve(&a.train, m, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, config.n_positions))
                 }
                 Command::Pretrain(a) => {
                     assert_eq!((params.model, a.preset.as_str(), a.tokenizer.as_str(), a.dropout), (ModelChoice::Nano, "nano", "char", 0.0));
@@ -438,6 +448,13 @@ mod tests {
             let model = p.method().apply(tinytune::Gpt::init(&ModelConfig::micro(), 0, &device), 0, &device).unwrap();
             let real = tinytune::model::trainable_count(&model);
             assert_eq!(p.trainable(), (real as u64, 875_264), "{method}");
+            // micro-llama has no biases, so BitFit has nothing to train there (and says so).
+            if method != tinytune::methods::MethodKind::Bitfit {
+                let p = TrainParams { model: ModelChoice::MicroLlama, targets: "q_proj,down_proj".into(), ..p };
+                let model = p.method().apply(tinytune::Gpt::init(&ModelConfig::micro_llama(), 0, &device), 0, &device).unwrap();
+                let real = tinytune::model::trainable_count(&model);
+                assert_eq!(p.trainable(), (real as u64, 791_680), "micro-llama {method}");
+            }
         }
     }
 }

@@ -527,6 +527,55 @@ await check("the lora-rank widget measures what rank r keeps of micro's real fin
   await page.close();
 });
 
+await check("the rope widget draws each scaling's rotations and measures micro-llama past its context", async () => {
+  const page = await openPage(cpu, base + "?lesson=longer-contexts&backend=cpu");
+  const w = page.locator("[data-widget=rope]").first();
+  await setParam(w, "factor", 2);
+  await setParam(w, "windows", 2);
+  const rotations = await w.locator("[data-testid=rotations]").textContent();
+  // micro-llama's head: 32 dimensions, θ = 10000; pair i turns every 2π·10000^(i/16) tokens,
+  // longer than 128 for i ≥ 6; YaRN's temperature at ×2 is 0.1·ln 2 + 1.
+  assert(rotations.includes("rotates 16 pairs") && rotations.includes("10 of them turn less than once") && rotations.includes("1.0693"), rotations);
+  await setParam(w, "head", "llama-3.1-8b");
+  const big = await w.locator("[data-testid=rotations]").textContent();
+  assert(big.includes("rotates 64 pairs") && big.includes("θ = 500000"), big);
+  await w.locator("[data-testid=rope]").click();
+  await w.locator("[data-testid=rope-table], .error").first().waitFor({ timeout: 240_000 });
+  assert((await w.locator(".error").count()) === 0, `the widget reported: ${await w.locator(".error").first().textContent().catch(() => "")}`);
+  const rows = await w.locator("[data-testid=rope-table] tbody tr").evaluateAll((trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
+  console.log(`     ${JSON.stringify(rows)}`);
+  assert(rows.length === 5 && rows.every((r) => r.length === 3), JSON.stringify(rows));
+  const row = (m) => rows.find((r) => r[0] === m).slice(1).map(Number);
+  assert(rows.every((r) => r.slice(1).every((x) => Number.isFinite(Number(x)) && Number(x) > 0)), JSON.stringify(rows));
+  // Inside the trained context plain RoPE is the model as trained; squeezing positions ×2
+  // without fine-tuning costs loss there.
+  assert(row("linear")[0] > row("none")[0], JSON.stringify(rows));
+  await w.screenshot({ path: join(artifacts, "rope.png") });
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
+await check("the train widget fine-tunes the Llama-style micro-llama with LoRA", async () => {
+  const page = await openPage(cpu, base + "?lesson=longer-contexts&backend=cpu");
+  const w = page.locator("[data-widget=train]").first();
+  await setParam(w, "model", "micro-llama");
+  await setParam(w, "method", "lora");
+  await setParam(w, "rank", 8);
+  await setParam(w, "targets", "all-linear");
+  await setParam(w, "sweep", "");
+  // r·(d_in + d_out) over q, k, v, o (128→128, 128→64, 128→64, 128→128) and gate, up,
+  // down (128↔344): 8·(256 + 192 + 192 + 256 + 3·472) = 18,496 per block, 4 blocks.
+  const live = await w.locator("[data-testid=trainable]").textContent();
+  assert(live.includes("73,984 of 791,680 parameters train"), live);
+  await setParam(w, "steps", 2);
+  await w.locator("[data-testid=train]").click();
+  await waitForRun(w, 240_000);
+  const command = await w.locator("[data-testid=command]").textContent();
+  assert(command.includes("--model assets/micro-llama") && command.includes("--method lora"), command);
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
 await check("adapters, a soft prompt and IA³ train in the page; the prompt shows its nearest tokens", async () => {
   const page = await openPage(cpu, base + "?lesson=soft-prompts&backend=cpu");
   const w = page.locator("[data-widget=train]").first();

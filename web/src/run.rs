@@ -10,9 +10,10 @@ use tinytune::train::{LossScale, Precision, TrainConfig};
 
 use crate::widgets::{ModelChoice, TrainParams};
 
-/// Where the shipped pretrained checkpoint lives in the repository (and, in the browser,
-/// the folder trunk copies it to).
+/// Where the shipped pretrained checkpoints live in the repository (in the browser, trunk
+/// copies each to the folder of its last name).
 pub const MICRO_DIR: &str = "assets/micro";
+pub const MICRO_LLAMA_DIR: &str = "assets/micro-llama";
 
 /// Examples generated for a browser run: enough that a few hundred steps rarely repeat a
 /// batch, few enough to tokenise in well under a second.
@@ -92,7 +93,7 @@ impl TrainParams {
     pub fn label(&self) -> String {
         let p = self;
         let mut label = format!("{} · {} · lr {} · {} steps", p.model.name(), p.task, p.lr, p.steps);
-        if p.model == ModelChoice::Micro {
+        if p.model != ModelChoice::Nano {
             match p.method {
                 MethodKind::Full => {}
                 MethodKind::Lora | MethodKind::Qlora => label += &format!(" · {} r{}", p.method, p.rank),
@@ -140,6 +141,8 @@ impl TrainParams {
             virtual_tokens: self.tokens,
             prompt_init: self.prompt_init.parse().unwrap_or_default(),
             encoder_hidden: self.encoder,
+            // PEFT's (IA)³ defaults differ by family, as the CLI resolves them.
+            ia3: tinytune::methods::Ia3Config::for_family(self.model.config().family),
             ..defaults
         };
         Method::of_kind(self.method, &options)
@@ -149,10 +152,7 @@ impl TrainParams {
     /// closed form (the estimator's count, which the methods battery checks against real
     /// models): what the widget shows before a run starts.
     pub fn trainable(&self) -> (u64, u64) {
-        let config = match self.model {
-            ModelChoice::Micro => tinytune::ModelConfig::micro(),
-            ModelChoice::Nano => tinytune::ModelConfig::nano(),
-        };
+        let config = self.model.config();
         let plan = tinytune::memory::Plan::for_tinytune(&config, &self.method(), 1, 1);
         (plan.trainable_params(), config.num_params() as u64)
     }
@@ -161,6 +161,7 @@ impl TrainParams {
     pub fn command_args(&self) -> Vec<String> {
         let mut args: Vec<String> = match self.model {
             ModelChoice::Micro => vec!["finetune".into(), "--model".into(), MICRO_DIR.into()],
+            ModelChoice::MicroLlama => vec!["finetune".into(), "--model".into(), MICRO_LLAMA_DIR.into()],
             ModelChoice::Nano => ["pretrain", "--preset", "nano", "--tokenizer", "char"].map(String::from).to_vec(),
         };
         let flags: [(&str, String); 10] = [
@@ -179,7 +180,7 @@ impl TrainParams {
             args.push(flag.into());
             args.push(value);
         }
-        if self.model == ModelChoice::Micro {
+        if self.model != ModelChoice::Nano {
             let method = || ["--method".to_string(), self.method.to_string()];
             match self.method {
                 MethodKind::Full => {}

@@ -23,8 +23,11 @@ pub use crate::quantize::QuantizeParams;
 /// Which model a widget runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ModelChoice {
-    /// The shipped pretrained micro checkpoint (`assets/micro`).
+    /// The shipped pretrained micro checkpoint (`assets/micro`, GPT-2's layout).
     Micro,
+    /// The shipped pretrained micro-llama checkpoint (`assets/micro-llama`: RMSNorm,
+    /// SwiGLU, rotary positions, grouped-query attention).
+    MicroLlama,
     /// A freshly initialised nano model with the character-level tokenizer.
     Nano,
 }
@@ -33,15 +36,35 @@ impl ModelChoice {
     pub fn name(self) -> &'static str {
         match self {
             ModelChoice::Micro => "micro",
+            ModelChoice::MicroLlama => "micro-llama",
             ModelChoice::Nano => "nano",
+        }
+    }
+
+    /// The shipped checkpoint's folder under `assets/` (and in the built site), if any.
+    pub fn shipped(self) -> Option<&'static str> {
+        match self {
+            ModelChoice::Micro => Some("micro"),
+            ModelChoice::MicroLlama => Some("micro-llama"),
+            ModelChoice::Nano => None,
+        }
+    }
+
+    /// Its configuration (the shipped checkpoints' are the presets they were trained from).
+    pub fn config(self) -> ModelConfig {
+        match self {
+            ModelChoice::Micro => ModelConfig::micro(),
+            ModelChoice::MicroLlama => ModelConfig::micro_llama(),
+            ModelChoice::Nano => ModelConfig::nano(),
         }
     }
 
     fn parse(value: &str) -> Result<Self, String> {
         match value {
             "micro" => Ok(ModelChoice::Micro),
+            "micro-llama" => Ok(ModelChoice::MicroLlama),
             "nano" => Ok(ModelChoice::Nano),
-            _ => Err("choose micro (the shipped pretrained model) or nano (a fresh, untrained model)".into()),
+            _ => Err("choose micro (the shipped pretrained GPT-2-style model), micro-llama (the shipped pretrained Llama-style model) or nano (a fresh, untrained model)".into()),
         }
     }
 }
@@ -408,6 +431,9 @@ widgets! {
     Schedule(ScheduleParams),
     /// The rank of what full fine-tuning learned, against what rank-r LoRA keeps.
     LoraRank(crate::rank::RankParams) => tinytune::methods::rank::RankReport,
+    /// RoPE's rotations per dimension pair under each scaling, and micro-llama's loss by
+    /// position past its training context.
+    Rope(crate::rope::RopeParams) => crate::rope::RopeResult,
 }
 
 /// `key = value` on settings `S`, the error naming the widget, the key and the value.
@@ -474,7 +500,23 @@ impl Settings for TrainParams {
                 key: "targets",
                 get: |p| p.targets.clone(),
                 set: |p, v| {
-                    let known = ["c_attn", "c_proj", "c_fc", "attn.c_proj", "mlp.c_proj", "mlp.c_fc", "attn.c_attn", "all-linear"];
+                    let known = [
+                        "c_attn",
+                        "c_proj",
+                        "c_fc",
+                        "attn.c_proj",
+                        "mlp.c_proj",
+                        "mlp.c_fc",
+                        "attn.c_attn",
+                        "q_proj",
+                        "k_proj",
+                        "v_proj",
+                        "o_proj",
+                        "gate_proj",
+                        "up_proj",
+                        "down_proj",
+                        "all-linear",
+                    ];
                     // Every comma-separated entry must name a projection (an empty one too).
                     if let Some(t) = v.split(',').map(str::trim).find(|t| !known.contains(t)) {
                         return Err(format!("unknown projection {t:?}; use {}", known.join(", ")));
@@ -659,7 +701,9 @@ rank: 0",
             "name: train\ndepth: 4",
             "use model, task, steps, lr, batch, seq, seed, compare, precision, loss_scale, method, adapter, bottleneck, tokens, prompt_init, encoder, last_n, rank, alpha, targets, optimizer, schedule, warmup, accumulate, checkpointing, sweep",
         );
-        check("name: train\ntargets: q_proj", "unknown projection \"q_proj\"; use c_attn");
+        check("name: train\ntargets: q_proj,w_proj", "unknown projection \"w_proj\"; use c_attn");
+        check("name: rope\nfactor: 16", "rope: factor: \"16\": must be from 2 to 8");
+        check("name: rope\nhead: gpt2", "choose micro-llama, llama-3.1-8b");
         check("name: train\nmethod: dora", "choose full, last-layers, bitfit, layernorm, lora, qlora");
         check("name: loss-scaling\nscale_log2: 40", "must be from 0 to 24");
         check("name: train\ntask: poems", "unknown data 'poems'");

@@ -6,11 +6,14 @@
 //! the trained range.
 
 use burn::tensor::activation::log_softmax;
+use serde::{Deserialize, Serialize};
 
-use super::Dataset;
+use super::{DataSource, Dataset};
+use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::model::Gpt;
-use crate::model::rope::RopeScaling;
+use crate::model::rope::{Rope, RopeScaling};
+use crate::tokenizer::TextTokenizer;
 
 /// The mean next-token loss at each position of up to `max_batches` batches of `b` windows
 /// of `t` tokens (entry i: predicting token i + 1 from tokens 0..=i).
@@ -42,13 +45,66 @@ pub fn with_scaling(model: &Gpt, scaling: RopeScaling) -> Gpt {
     m
 }
 
+/// Held-out stories joined into one stream and cut into `windows` windows of `length`
+/// tokens: what `tinytune long-context` and the rope widget evaluate, so both print the
+/// same numbers for the same settings.
+pub struct PositionEval {
+    pub data: Dataset,
+    pub length: usize,
+    per_batch: usize,
+    batches: usize,
+}
+
+impl PositionEval {
+    pub fn stories(tok: &TextTokenizer, length: usize, windows: usize) -> Result<Self> {
+        if windows == 0 || length < 2 {
+            return Err(Error::Invalid(format!("loss by position needs at least one window of two tokens (asked for {windows} of {length})")));
+        }
+        let stories = (windows * length / 16).max(200);
+        let data = DataSource::Stories.dataset(tok, 0, Split::Eval, stories, length, 0.0)?;
+        let per_batch = windows.clamp(1, 4);
+        Ok(Self { data, length, per_batch, batches: windows.div_ceil(per_batch) })
+    }
+
+    /// [`loss_by_position`] of `model` over these windows.
+    pub fn losses(&self, model: &Gpt) -> Result<Vec<f64>> {
+        loss_by_position(model, &self.data, self.per_batch, self.length, self.batches)
+    }
+}
+
+/// One way of stretching RoPE, seen per dimension pair: the wavelength (tokens per full
+/// turn, `2π / inv_freq`) of each pair's rotation, and the factor cos and sin are scaled by.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RotationCurve {
+    pub method: String,
+    pub wavelengths: Vec<f64>,
+    pub attention_factor: f64,
+}
+
+/// The wavelengths of every dimension pair of a `head_dim`-wide head with base `theta`
+/// under each of [`scalings`] for `factor` times a context of `original` tokens, as the
+/// model computes them for a sequence of `factor · original` tokens (dynamic NTK depends
+/// on the length).
+pub fn rotation_curves(theta: f64, head_dim: usize, original: usize, factor: f64) -> Vec<RotationCurve> {
+    let length = (factor * original as f64).round() as usize;
+    scalings(factor, original)
+        .into_iter()
+        .map(|(name, scaling)| {
+            let (inv, attention_factor) = Rope { theta, scaling }.inv_freq(head_dim, length, original);
+            RotationCurve { method: name.to_string(), wavelengths: inv.iter().map(|f| 2.0 * std::f64::consts::PI / *f as f64).collect(), attention_factor }
+        })
+        .collect()
+}
+
 /// The ways of reaching `factor` times a context of `original` tokens that the lesson
-/// compares: none, position interpolation, dynamic NTK and YaRN.
+/// compares: none, position interpolation, dynamic NTK, YaRN and Llama 3.1's blend (with
+/// Llama 3.1's frequency factors, 1 and 4).
 pub fn scalings(factor: f64, original: usize) -> Vec<(&'static str, RopeScaling)> {
     vec![
         ("none", RopeScaling::None),
         ("linear", RopeScaling::Linear { factor }),
         ("ntk (dynamic)", RopeScaling::Dynamic { factor }),
+        ("llama3", RopeScaling::Llama3 { factor, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max: original }),
         (
             "yarn",
             RopeScaling::Yarn {
@@ -96,5 +152,38 @@ mod tests {
         assert!((linear[0] - by_position[0]).abs() < 1e-5, "position 0 has no rotation to stretch");
         assert!(linear.iter().zip(&by_position).skip(1).any(|(a, b)| (a - b).abs() > 1e-4));
         assert_eq!(buckets(&[1.0, 3.0, 5.0], 2), vec![(0, 2.0), (2, 5.0)]);
+        // The windows the CLI and the widget share give the same numbers as the direct call.
+        let eval = PositionEval::stories(&tok, 48, 6).unwrap();
+        assert_eq!(eval.losses(&model).unwrap(), loss_by_position(&model, &eval.data, 4, 48, 2).unwrap());
+    }
+
+    #[test]
+    fn each_scaling_bends_the_wavelengths_as_its_paper_says() {
+        let (theta, d, original, factor) = (10000.0, 32, 128, 4.0);
+        let curves = rotation_curves(theta, d, original, factor);
+        let get = |m: &str| curves.iter().find(|c| c.method == m).unwrap();
+        let plain = &get("none").wavelengths;
+        // Pair i turns once every 2π·θ^(2i/d) tokens.
+        for (i, w) in plain.iter().enumerate() {
+            let want = 2.0 * std::f64::consts::PI * theta.powf(2.0 * i as f64 / d as f64);
+            assert!((w / want - 1.0).abs() < 1e-5, "pair {i}: {w} vs {want}");
+        }
+        let ratio = |m: &str, i: usize| get(m).wavelengths[i] / plain[i];
+        let last = d / 2 - 1;
+        // Interpolation slows every pair by the factor.
+        assert!((0..d / 2).all(|i| (ratio("linear", i) - factor).abs() < 1e-4));
+        // NTK raises the base: the fastest pair keeps its speed, the slowest stretches by
+        // transformers' (factor·len/original − (factor − 1)) = factor² − factor + 1 here.
+        assert!((ratio("ntk (dynamic)", 0) - 1.0).abs() < 1e-6);
+        assert!((ratio("ntk (dynamic)", last) - (factor * factor - factor + 1.0)).abs() < 1e-2, "{}", ratio("ntk (dynamic)", last));
+        // YaRN and Llama 3 keep the fast pairs and interpolate the slow ones fully.
+        for m in ["yarn", "llama3"] {
+            assert!((ratio(m, 0) - 1.0).abs() < 1e-6, "{m}");
+            assert!((ratio(m, last) - factor).abs() < 1e-4, "{m}: {}", ratio(m, last));
+            assert!((0..d / 2).all(|i| ratio(m, i) >= 1.0 - 1e-6 && ratio(m, i) <= factor + 1e-4), "{m}");
+        }
+        // Only YaRN changes attention's temperature: 0.1·ln(4) + 1.
+        assert!((get("yarn").attention_factor - (0.1 * 4f64.ln() + 1.0)).abs() < 1e-12);
+        assert!(curves.iter().filter(|c| c.method != "yarn").all(|c| c.attention_factor == 1.0));
     }
 }

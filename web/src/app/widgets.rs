@@ -232,7 +232,7 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
             data-losses=move || runs.with(|rs| rs.last().map(|r| r.train.iter().map(|(_, l)| l.to_string()).collect::<Vec<_>>().join(",")).unwrap_or_default())
         >
             <div class="controls">
-                {choice("model", "model", vec![("micro", "micro (pretrained)"), ("nano", "nano (fresh, untrained)")], move || p.get().model.name().to_string(), set)}
+                {choice("model", "model", vec![("micro", "micro (pretrained, GPT-2 style)"), ("micro-llama", "micro-llama (pretrained, Llama style)"), ("nano", "nano (fresh, untrained)")], move || p.get().model.name().to_string(), set)}
                 {choice("task", "task", task_options(), move || p.get().task.to_string(), set)}
                 {field("steps", "steps", num(|p| p.steps.to_string()), set)}
                 {field("learning rate", "lr", num(|p| p.lr.to_string()), set)}
@@ -465,7 +465,7 @@ pub fn GenerateWidget(state: RwSignal<Widget>) -> impl IntoView {
                 <textarea data-param="prompt" rows="3" prop:value=move || p.get().prompt on:change=move |ev| set("prompt", event_target_value(&ev).replace('\n', "\\n"))></textarea>
             </label>
             <div class="controls">
-                {choice("model", "model", vec![("micro", "micro (pretrained)"), ("nano", "nano (untrained)")], move || p.get().model.name().to_string(), set)}
+                {choice("model", "model", vec![("micro", "micro (pretrained, GPT-2 style)"), ("micro-llama", "micro-llama (pretrained, Llama style)"), ("nano", "nano (untrained)")], move || p.get().model.name().to_string(), set)}
                 {field("temperature", "temperature", num(|p| p.temperature.to_string()), set)}
                 {field("top-k (0: all)", "top_k", num(|p| p.top_k.to_string()), set)}
                 {field("new tokens", "max_tokens", num(|p| p.max_tokens.to_string()), set)}

@@ -29,8 +29,8 @@ use crate::protocol::{BackendInfo, BackendPref, CompareRow, FromWorker, RunState
 use crate::run::EVAL_EXAMPLES;
 use crate::widgets::{GenerateParams, ModelChoice, TrainParams};
 
-/// The shipped checkpoint's files, fetched once.
-struct MicroFiles {
+/// A shipped checkpoint's files, fetched once.
+struct ShippedFiles {
     config: String,
     tokenizer: String,
     weights: Vec<u8>,
@@ -42,7 +42,8 @@ struct State {
     device: Option<Device>,
     /// WebGPU can be initialised once per worker; the result is kept for switching back.
     gpu: Option<Result<Device, String>>,
-    micro: Option<Rc<MicroFiles>>,
+    /// The shipped checkpoints fetched so far, by folder.
+    shipped: HashMap<&'static str, Rc<ShippedFiles>>,
     runs: HashMap<u32, Rc<Cell<Control>>>,
 }
 
@@ -165,6 +166,13 @@ impl Compute for crate::optimizers::OptimizerStateParams {
     }
 }
 
+impl Compute for crate::rope::RopeParams {
+    type Answer = crate::rope::RopeResult;
+    async fn compute(self) -> Result<Self::Answer, String> {
+        rope_losses(&self).await
+    }
+}
+
 impl Compute for crate::rank::RankParams {
     type Answer = tinytune::methods::rank::RankReport;
     async fn compute(self) -> Result<Self::Answer, String> {
@@ -228,29 +236,29 @@ async fn device() -> Device {
     }
 }
 
-async fn micro_files() -> Result<Rc<MicroFiles>, String> {
-    if let Some(m) = STATE.with_borrow(|s| s.micro.clone()) {
+async fn shipped_files(dir: &'static str) -> Result<Rc<ShippedFiles>, String> {
+    if let Some(m) = STATE.with_borrow(|s| s.shipped.get(dir).cloned()) {
         return Ok(m);
     }
-    let files = Rc::new(MicroFiles {
-        config: js::fetch_text("micro/config.json").await?,
-        tokenizer: js::fetch_text("micro/tokenizer.json").await?,
-        weights: js::fetch_bytes("micro/model.safetensors").await?,
+    let files = Rc::new(ShippedFiles {
+        config: js::fetch_text(&format!("{dir}/config.json")).await?,
+        tokenizer: js::fetch_text(&format!("{dir}/tokenizer.json")).await?,
+        weights: js::fetch_bytes(&format!("{dir}/model.safetensors")).await?,
     });
-    STATE.with_borrow_mut(|s| s.micro = Some(files.clone()));
+    STATE.with_borrow_mut(|s| s.shipped.insert(dir, files.clone()));
     Ok(files)
 }
 
-/// The model a widget asked for, on `device`: the shipped checkpoint, or a fresh nano model
+/// The model a widget asked for, on `device`: a shipped checkpoint, or a fresh nano model
 /// exactly as `tinytune pretrain --preset nano --tokenizer char` builds it.
 async fn load(choice: ModelChoice, seed: u64, device: &Device) -> Result<(Gpt, TextTokenizer), String> {
-    match choice {
-        ModelChoice::Micro => {
-            let f = micro_files().await?;
-            let loaded = load_parts("micro", &f.config, &f.tokenizer, &f.weights, device).map_err(|e| e.to_string())?;
+    match choice.shipped() {
+        Some(dir) => {
+            let f = shipped_files(dir).await?;
+            let loaded = load_parts(dir, &f.config, &f.tokenizer, &f.weights, device).map_err(|e| e.to_string())?;
             Ok((loaded.model, loaded.tokenizer))
         }
-        ModelChoice::Nano => {
+        None => {
             let tokenizer = TextTokenizer::char_level(CHARSET);
             let mut config = ModelConfig::nano();
             config.vocab_size = tokenizer.vocab_size();
@@ -503,6 +511,25 @@ async fn lora_rank(p: &crate::rank::RankParams) -> Result<tinytune::methods::ran
         let (_, base, tuned, eval) = r.as_ref().expect("a run was just stored");
         tinytune::methods::rank::rank_report(base, tuned, &p.matrix, p.rank, eval, 8, 64, 4, &device).map_err(|e| e.to_string())
     })
+}
+
+/// Held-out loss at every position of windows `factor` times micro-llama's context, with
+/// each RoPE scaling, as `tinytune long-context --finetune-steps 0` measures it. On the CPU:
+/// the loss is read back per position, synchronously.
+async fn rope_losses(p: &crate::rope::RopeParams) -> Result<crate::rope::RopeResult, String> {
+    use tinytune::train::positions::{PositionEval, scalings, with_scaling};
+    let err = |e: tinytune::Error| e.to_string();
+    let device = Device::flex();
+    let (model, tok) = load(ModelChoice::MicroLlama, 0, &device).await?;
+    let context = model.config.n_positions;
+    let length = context * p.factor;
+    let eval = PositionEval::stories(&tok, length, p.windows).map_err(err)?;
+    let mut rows = Vec::new();
+    for (name, scaling) in scalings(p.factor as f64, context) {
+        js::sleep(0).await;
+        rows.push((name.to_string(), eval.losses(&with_scaling(&model, scaling)).map_err(err)?));
+    }
+    Ok(crate::rope::RopeResult { context, length, windows: p.windows, rows })
 }
 
 async fn generate(p: &GenerateParams) -> Result<Samples, String> {
