@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod formats;
+pub mod gguf;
 pub mod init;
 pub mod linalg;
 pub mod memory;

@@ -556,7 +556,7 @@ await check("the rope widget draws each scaling's rotations and measures micro-l
 });
 
 await check("the train widget fine-tunes the Llama-style micro-llama with LoRA", async () => {
-  const page = await openPage(cpu, base + "?lesson=longer-contexts&backend=cpu");
+  const page = await openPage(cpu, base + "?lesson=lora&backend=cpu");
   const w = page.locator("[data-widget=train]").first();
   await setParam(w, "model", "micro-llama");
   await setParam(w, "method", "lora");
