@@ -190,6 +190,13 @@ pub fn load_model_shards(config: &ModelConfig, method: &Method, shards: &[(Origi
             }
         }
     }
+    load_model_tensors(config, method, tensors, origin, device)
+}
+
+/// A model of `config` adapted by `method`, every parameter filled from `tensors` (under
+/// tinytune's names and layouts, as [`model_tensors`] gives them); `origin` names the
+/// checkpoint in errors. Every tensor must be used.
+pub fn load_model_tensors(config: &ModelConfig, method: &Method, mut tensors: HashMap<String, TensorData>, origin: Origin, device: &Device) -> Result<Gpt> {
     // A model of zeros gives every parameter its shape without drawing random weights that
     // the file's would replace.
     let mut model = method.apply(Gpt::zeros(config, device), 0, device)?;

@@ -14,6 +14,7 @@
 //! Format: <https://github.com/ggml-org/ggml/blob/master/docs/gguf.md>. Versions 2 and 3 are
 //! read (64-bit counts); version 1 (32-bit counts, 2023) is refused with a clear error.
 
+pub mod llama;
 pub mod quants;
 
 use std::collections::BTreeMap;

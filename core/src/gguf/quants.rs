@@ -8,6 +8,8 @@
 //! - Q4_0: 32 weights as `d`, 16 bytes of nibbles: `x = d·(q − 8)`; the low nibbles are
 //!   weights 0–15, the high nibbles 16–31.
 //! - Q4_1: 32 weights as `d`, `m`, 16 bytes of nibbles: `x = d·q + m`.
+//! - Q5_0 / Q5_1: as Q4_0 / Q4_1 with a fifth bit per weight from a 32-bit word after the
+//!   scales: `x = d·(q − 16)` / `x = d·q + m`.
 //! - Q4_K: 256 weights as `d`, `dmin`, 12 bytes of 6-bit scales and mins for 8 sub-blocks of
 //!   32, 128 bytes of nibbles: `x = (d·scale)·q − dmin·min`.
 //! - Q6_K: 256 weights as 128 bytes of low nibbles, 64 bytes of high 2-bit pairs, 16 i8
@@ -22,6 +24,8 @@ pub enum GgmlType {
     F16,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
     Q4K,
     Q6K,
@@ -36,13 +40,15 @@ impl GgmlType {
             1 => Self::F16,
             2 => Self::Q4_0,
             3 => Self::Q4_1,
+            6 => Self::Q5_0,
+            7 => Self::Q5_1,
             8 => Self::Q8_0,
             12 => Self::Q4K,
             14 => Self::Q6K,
             30 => Self::BF16,
-            6 | 7 | 9 | 10 | 11 | 13 | 15..=23 | 24..=29 | 31..=40 => {
+            9 | 10 | 11 | 13 | 15..=29 | 31..=40 => {
                 return Err(format!(
-                    "is stored as ggml type {id} ({}), which tinytune cannot read yet; it reads F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K and Q6_K (re-quantize with llama.cpp's llama-quantize, e.g. to Q8_0 or Q4_K_M)",
+                    "is stored as ggml type {id} ({}), which tinytune cannot read yet; it reads F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and Q6_K (re-quantize with llama.cpp's llama-quantize, e.g. to Q8_0 or Q4_K_M)",
                     Self::other_name(id)
                 ));
             }
@@ -52,8 +58,6 @@ impl GgmlType {
 
     fn other_name(id: u32) -> &'static str {
         match id {
-            6 => "Q5_0",
-            7 => "Q5_1",
             9 => "Q8_1",
             10 => "Q2_K",
             11 => "Q3_K",
@@ -77,6 +81,8 @@ impl GgmlType {
             Self::F16 => "F16",
             Self::Q4_0 => "Q4_0",
             Self::Q4_1 => "Q4_1",
+            Self::Q5_0 => "Q5_0",
+            Self::Q5_1 => "Q5_1",
             Self::Q8_0 => "Q8_0",
             Self::Q4K => "Q4_K",
             Self::Q6K => "Q6_K",
@@ -91,6 +97,8 @@ impl GgmlType {
             Self::F16 | Self::BF16 => (1, 2),
             Self::Q4_0 => (32, 18),
             Self::Q4_1 => (32, 20),
+            Self::Q5_0 => (32, 22),
+            Self::Q5_1 => (32, 24),
             Self::Q8_0 => (32, 34),
             Self::Q4K => (256, 144),
             Self::Q6K => (256, 210),
@@ -144,6 +152,20 @@ pub fn dequantize(t: GgmlType, raw: &[u8], n: usize) -> Result<Vec<f32>, String>
                 let qs = &b[4..];
                 out.extend(qs.iter().map(|q| d * (q & 0x0f) as f32 + m));
                 out.extend(qs.iter().map(|q| d * (q >> 4) as f32 + m));
+            }
+        }
+        GgmlType::Q5_0 | GgmlType::Q5_1 => {
+            let with_min = t == GgmlType::Q5_1;
+            for b in raw.chunks_exact(size) {
+                let d = f16_at(b, 0);
+                let (m, rest) = if with_min { (f16_at(b, 2), &b[4..]) } else { (0.0, &b[2..]) };
+                let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+                let qs = &rest[4..];
+                for j in 0..32 {
+                    let nibble = if j < 16 { qs[j] & 0x0f } else { qs[j - 16] >> 4 };
+                    let q = nibble | ((((qh >> j) & 1) as u8) << 4);
+                    out.push(if with_min { d * q as f32 + m } else { d * (q as i32 - 16) as f32 });
+                }
             }
         }
         GgmlType::Q4K => {
