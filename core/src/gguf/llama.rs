@@ -41,7 +41,7 @@ pub fn config_json(g: &Gguf) -> Result<Map<String, Json>> {
         Some(_) => g.require_u64(&key("attention.head_count_kv"))?,
         None => heads,
     };
-    if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+    if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
         return Err(Error::config(g.origin.clone(), key("attention.head_count_kv"), format!("is {kv_heads}; it must divide the {heads} query heads")));
     }
     let head_dim = match g.get(&key("attention.key_length")) {

@@ -303,7 +303,7 @@ impl<'a> Gguf<'a> {
                 return Err(c.fail(&what, format!("has dimensions {dims:?}, which hold no elements or overflow")));
             }
             let (block, _) = ggml_type.block();
-            if dims[0] % block as u64 != 0 {
+            if !dims[0].is_multiple_of(block as u64) {
                 return Err(c.fail(&what, format!("is {ggml_type:?}, which stores blocks of {block}, but its rows have {} elements", dims[0])));
             }
             if !names.insert(name.clone()) {
@@ -321,7 +321,7 @@ impl<'a> Gguf<'a> {
         let start = (c.pos as u64).div_ceil(alignment) * alignment;
         let data = bytes.get(start as usize..).unwrap_or(&[]);
         for t in &tensors {
-            if t.offset % alignment != 0 {
+            if !t.offset.is_multiple_of(alignment) {
                 return Err(Error::tensor(
                     origin.clone(),
                     &t.name,

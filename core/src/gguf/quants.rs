@@ -124,7 +124,7 @@ fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
 /// `n` weights of type `t` from `raw` (which must hold exactly their blocks).
 pub fn dequantize(t: GgmlType, raw: &[u8], n: usize) -> Result<Vec<f32>, String> {
     let (block, size) = t.block();
-    if n % block != 0 || raw.len() != n / block * size {
+    if !n.is_multiple_of(block) || raw.len() != n / block * size {
         return Err(format!("{} weights of {} need {} bytes, but {} are stored", n, t.name(), n / block * size, raw.len()));
     }
     let mut out = Vec::with_capacity(n);
