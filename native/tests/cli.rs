@@ -858,13 +858,13 @@ fn long_context_compares_rope_scalings_on_a_llama_and_refuses_gpt2() {
         out.to_str().unwrap(),
     ];
     let table = ok(&tinytune(&args));
-    for row in ["none (plain RoPE)", "linear ×2", "ntk (dynamic) ×2", "yarn ×2", "linear ×1.25 + 2 steps at 160"] {
+    for row in ["none (plain RoPE)", "linear ×2", "ntk (dynamic) ×2", "llama3 ×2", "yarn ×2", "linear ×1.25 + 2 steps at 160"] {
         assert!(table.contains(&format!("| {row} |")), "{row} missing from {table}");
     }
     assert!(table.contains("| 0–127 | 128–255 |"), "{table}");
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("long-context.json")).unwrap()).unwrap();
     let rows = report["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 5);
+    assert_eq!(rows.len(), 6);
     assert!(rows.iter().all(|r| r["loss_by_position"].as_array().unwrap().len() == 256));
     assert!(std::fs::read_to_string(out.join("long-context.svg")).unwrap().starts_with("<svg"));
 
