@@ -147,6 +147,17 @@ fn the_real_smollm2_model_answers_as_transformers_does_when_present() {
     let device = Device::flex();
     let (model, _) = tinytune::gguf::llama::load_model(&g, &tinytune::methods::Method::Full, &device).unwrap();
     let ids: Vec<u32> = want["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+    // The file's own tokenizer and template give the reference prompt, text and ids.
+    let tok = tinytune::gguf::tokenizer::tokenizer(&g).unwrap();
+    let template = tinytune::gguf::tokenizer::chat_template(&g).unwrap().unwrap();
+    let user = tinytune::tokenizer::chat::Message { role: "user".into(), content: want["messages"][0]["content"].as_str().unwrap().into() };
+    let text = template.render(&[user], true).unwrap();
+    assert_eq!(text, want["text"].as_str().unwrap());
+    assert_eq!(tok.encode(&text).unwrap(), ids);
+    for case in want["texts"].as_array().unwrap() {
+        let expected: Vec<u32> = case["ids_smollm_pre"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        assert_eq!(tok.encode(case["text"].as_str().unwrap()).unwrap(), expected, "{}", case["text"]);
+    }
     let x = Tensor::<2, Int>::from_data(TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, ids.len()]), &device);
     let logits = model.forward(x).into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
     let v = logits.len() / ids.len();
@@ -160,4 +171,50 @@ fn the_real_smollm2_model_answers_as_transformers_does_when_present() {
     let reply: Vec<u64> = generate(&model, &ids, &config).into_iter().map(u64::from).collect();
     let expected: Vec<u64> = want["greedy_new_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
     assert_eq!(reply, expected);
+}
+
+/// The tokenizer built from the tiny GGUF's metadata gives the model's own tokenizer's ids
+/// (SmolLM2-style: digits split one by one) on ASCII, whitespace runs, accents, CJK, emoji,
+/// special tokens and contractions; with GPT-2's plain split (`tokenizer.ggml.pre` =
+/// `gpt-2`) it gives transformers' GGUF loader's ids, which differ only where spaces come
+/// before digits. The chat template renders the reference chat text exactly.
+#[test]
+fn the_gguf_tokenizer_and_chat_template_match_the_references() {
+    use tinytune::tokenizer::chat::Message;
+    let bytes = std::fs::read(format!("{DIR}/tiny-llama.gguf")).unwrap();
+    let want: Json = serde_json::from_str(&std::fs::read_to_string(format!("{DIR}/tiny-llama-reference.json")).unwrap()).unwrap();
+    let mut g = Gguf::parse(&bytes, "tiny-llama.gguf").unwrap();
+    let ids = |j: &Json| j.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect::<Vec<_>>();
+    let tok = tinytune::gguf::tokenizer::tokenizer(&g).unwrap();
+    let mut differing = 0;
+    for case in want["texts"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let got = tok.encode(text).unwrap();
+        assert_eq!(got, ids(&case["ids_tokenizer_json"]), "{text:?}");
+        assert_eq!(tok.decode(&got), text, "{text:?} round trip");
+        differing += usize::from(!case["ids_agree"].as_bool().unwrap());
+    }
+    assert!(differing > 0, "the fixture should hold a case where the two splits differ");
+    let chat = &want["chat"];
+    let template = tinytune::gguf::tokenizer::chat_template(&g).unwrap().expect("the file has a chat template");
+    let messages: Vec<Message> = chat["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| Message { role: m["role"].as_str().unwrap().into(), content: m["content"].as_str().unwrap().into() })
+        .collect();
+    let rendered = template.render(&messages, true).unwrap();
+    assert_eq!(rendered, chat["text"].as_str().unwrap());
+    assert_eq!(tok.encode(&rendered).unwrap(), ids(&chat["ids"]));
+    assert_eq!(tok.token_id(&template.eos_token), Some(2));
+
+    g.metadata.insert("tokenizer.ggml.pre".into(), Value::String("gpt-2".into()));
+    let gpt2 = tinytune::gguf::tokenizer::tokenizer(&g).unwrap();
+    for case in want["texts"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(gpt2.encode(text).unwrap(), ids(&case["ids"]), "{text:?} with GPT-2's split");
+    }
+    g.metadata.insert("tokenizer.ggml.pre".into(), Value::String("llama-bpe".into()));
+    let err = tinytune::gguf::tokenizer::tokenizer(&g).err().unwrap().to_string();
+    assert!(err.contains("tokenizer.ggml.pre") && err.contains("llama-bpe") && err.contains("smollm"), "{err}");
 }

@@ -70,6 +70,27 @@ pub enum Command {
     /// context, with no RoPE scaling, linear interpolation, dynamic NTK and YaRN, then
     /// after a short fine-tune at a longer length with interpolation.
     LongContext(LongContextArgs),
+    /// Convert a model from another format into a Hugging Face folder.
+    #[command(subcommand)]
+    Import(ImportCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImportCommand {
+    /// A llama.cpp GGUF file (Llama family; F32/F16/BF16, Q8_0, Q4_0/1, Q5_0/1, Q4_K, Q6_K
+    /// tensors, dequantized to FP32) as a folder with config.json, model.safetensors,
+    /// tokenizer.json, tokenizer_config.json (with the chat template) and
+    /// generation_config.json, which transformers and every tinytune --model load.
+    Gguf(ImportGgufArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ImportGgufArgs {
+    /// The .gguf file.
+    pub file: PathBuf,
+    /// The folder to create.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug)]

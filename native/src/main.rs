@@ -52,6 +52,7 @@ fn main() -> ExitCode {
         Command::Logits(a) => commands::logits_cmd(a, &device),
         Command::LoraRank(a) => commands::lora_rank_cmd(a, &device),
         Command::LongContext(a) => long_context::long_context_cmd(a, &device),
+        Command::Import(cli::ImportCommand::Gguf(a)) => model_dir::import_gguf(&a.file, &a.out, &device),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! Finding and loading a model folder: a run folder (its `checkpoint/`), a checkpoint
 //! folder, or a Hugging Face style folder with `config.json`, `model.safetensors` and
-//! `tokenizer.json`. Every error names the file.
+//! `tokenizer.json`; or a llama.cpp GGUF file (`.gguf`), whose metadata gives the config,
+//! the tokenizer and the chat template. Every error names the file.
 
 use std::path::{Path, PathBuf};
 
@@ -55,6 +56,9 @@ pub fn method_of(dir: &Path) -> Result<Method, String> {
 /// Loads model, config and tokenizer from `dir` onto `device`. A LoRA or QLoRA run's
 /// checkpoint loads with its adapters (its `train.json` names the method).
 pub fn load(dir: &Path, device: &Device) -> Result<Loaded, String> {
+    if is_gguf(dir) {
+        return load_gguf(dir, device);
+    }
     let dir = resolve(dir)?;
     let config = read_text(&dir.join(files::CONFIG))?;
     let tokenizer = read_text(&dir.join(files::TOKENIZER))?;
@@ -72,13 +76,77 @@ pub fn load(dir: &Path, device: &Device) -> Result<Loaded, String> {
     Ok(Loaded { model: loaded.model, config: loaded.config, tokenizer: loaded.tokenizer, chat, companions, dir })
 }
 
+/// Whether `path` names a GGUF file (by its extension).
+pub fn is_gguf(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// A GGUF model, with the files a Hugging Face folder would have beside its weights
+/// (`tokenizer_config.json` with the chat template, `generation_config.json`) made from its
+/// metadata, so a run on it saves complete folders.
+fn load_gguf(path: &Path, device: &Device) -> Result<Loaded, String> {
+    use tinytune::gguf::{self, Gguf};
+    let bytes = read(path)?;
+    let origin = path.display().to_string();
+    let err = |e: tinytune::Error| e.to_string();
+    let g = Gguf::parse(&bytes, origin.as_str()).map_err(err)?;
+    let (model, config) = gguf::llama::load_model(&g, &Method::Full, device).map_err(err)?;
+    let tokenizer = gguf::tokenizer::tokenizer(&g).map_err(err)?;
+    if tokenizer.vocab_size() > config.vocab_size {
+        return Err(format!("{origin}: the tokenizer has {} tokens but the model's embedding only {}", tokenizer.vocab_size(), config.vocab_size));
+    }
+    let pretty = |v: serde_json::Value| serde_json::to_vec_pretty(&v).expect("JSON serialises");
+    let tokenizer_config = gguf::tokenizer::tokenizer_config_json(&g).map_err(err)?;
+    let chat = ChatTemplate::from_tokenizer_config(&tokenizer_config.to_string(), origin.as_str()).map_err(err)?;
+    let companions = vec![(TOKENIZER_CONFIG, pretty(tokenizer_config)), (GENERATION_CONFIG, pretty(gguf::tokenizer::generation_config_json(&g)))];
+    Ok(Loaded { model, config, tokenizer, chat, companions, dir: path.to_path_buf() })
+}
+
+/// `tinytune import gguf FILE --out DIR`: the GGUF model as a Hugging Face folder
+/// (config.json, model.safetensors in FP32, tokenizer.json, tokenizer_config.json with the
+/// chat template, generation_config.json) that transformers and tinytune load.
+pub fn import_gguf(file: &Path, out: &Path, device: &Device) -> Result<(), String> {
+    use tinytune::checkpoint::save_model;
+    if !is_gguf(file) {
+        return Err(format!("{}: expected a .gguf file", file.display()));
+    }
+    if out.exists() {
+        return Err(format!("{}: already exists; choose a new --out folder", out.display()));
+    }
+    let loaded = load_gguf(file, device)?;
+    // Written to a staging folder and renamed, so --out is either complete or absent.
+    let staging = out.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&staging);
+    let mut all = loaded.companions.clone();
+    all.extend([
+        (files::CONFIG, loaded.config.to_json().into_bytes()),
+        (files::TOKENIZER, loaded.tokenizer.to_json().into_bytes()),
+        (files::WEIGHTS, save_model(&loaded.model)),
+    ]);
+    for (name, bytes) in all {
+        crate::fsutil::write_atomic(&staging.join(name), &bytes)?;
+    }
+    std::fs::rename(&staging, out).map_err(|e| format!("{}: cannot create: {e}", out.display()))?;
+    eprintln!(
+        "imported {} into {}: {} layers, {} parameters as FP32, {} tokens{}",
+        file.display(),
+        out.display(),
+        loaded.config.n_layer,
+        loaded.config.num_params(),
+        loaded.tokenizer.vocab_size(),
+        if loaded.chat.is_some() { ", with its chat template" } else { "" }
+    );
+    Ok(())
+}
+
 /// A model folder's files besides config, tokenizer and weights, by name and bytes.
 pub type Companions = Vec<(&'static str, Vec<u8>)>;
 
 const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
 const CHAT_TEMPLATE: &str = "chat_template.jinja";
+const GENERATION_CONFIG: &str = "generation_config.json";
 /// The files copied from a model folder into each checkpoint of a run on it.
-pub const COMPANIONS: [&str; 4] = [TOKENIZER_CONFIG, CHAT_TEMPLATE, "special_tokens_map.json", "generation_config.json"];
+pub const COMPANIONS: [&str; 4] = [TOKENIZER_CONFIG, CHAT_TEMPLATE, "special_tokens_map.json", GENERATION_CONFIG];
 
 /// The weight files of a model folder, by file name: `model.safetensors`, or the shards a
 /// `model.safetensors.index.json` lists (its `weight_map`, as transformers writes for

@@ -872,3 +872,59 @@ fn long_context_compares_rope_scalings_on_a_llama_and_refuses_gpt2() {
     ok(&pretrain(&gpt2, &["--steps", "1"]));
     fails_with(&tinytune(&["long-context", "--model", gpt2.to_str().unwrap()]), &["--model", "GPT-2", "rotary"]);
 }
+
+/// A GGUF file works wherever a model folder does, and `import gguf` turns it into a
+/// Hugging Face folder that generates the same text; its chat template drives --chat; a
+/// truncated file is one clear error; a fine-tune on the GGUF saves a complete folder.
+#[test]
+fn a_gguf_model_imports_generates_chats_and_fine_tunes() {
+    let gguf = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/gguf/tiny-llama.gguf");
+    let out = tmp("gguf-import");
+    let folder = out.to_str().unwrap();
+    let said = String::from_utf8_lossy(&tinytune(&["import", "gguf", gguf, "--out", folder]).stderr).to_string();
+    assert!(said.contains("2 layers") && said.contains("320 tokens") && said.contains("chat template"), "{said}");
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!((config["model_type"].as_str(), config["num_key_value_heads"].as_u64(), config["eos_token_id"].as_u64()), (Some("llama"), Some(2), Some(2)));
+    fails_with(&tinytune(&["import", "gguf", gguf, "--out", folder]), &["already exists"]);
+
+    let greedy = |model: &str| ok(&tinytune(&["generate", "--model", model, "--prompt", "The quick", "--temperature", "0", "--max-tokens", "8"]));
+    assert_eq!(greedy(gguf), greedy(folder));
+    let reply = |model: &str| ok(&tinytune(&["generate", "--model", model, "--chat", "--prompt", "Hi there", "--temperature", "0", "--max-tokens", "6"]));
+    assert_eq!(reply(gguf), reply(folder));
+
+    let bytes = std::fs::read(gguf).unwrap();
+    let cut = tmp("gguf-cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    fails_with(&tinytune(&["generate", "--model", cut.to_str().unwrap(), "--prompt", "x"]), &["gguf-cut.gguf", "truncated"]);
+
+    let run = tmp("gguf-run");
+    ok(&tinytune(&[
+        "finetune",
+        "--model",
+        gguf,
+        "--data",
+        "stories",
+        "--method",
+        "lora",
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--seq-len",
+        "32",
+        "--train-examples",
+        "40",
+        "--eval-examples",
+        "8",
+        "--out",
+        run.to_str().unwrap(),
+    ]));
+    let ckpt = run.join("checkpoint");
+    for f in ["tokenizer_config.json", "generation_config.json", "config.json", "model.safetensors"] {
+        assert!(ckpt.join(f).exists(), "{f} missing from the run's checkpoint");
+    }
+    ok(&tinytune(&["generate", "--model", run.to_str().unwrap(), "--chat", "--prompt", "Hi", "--temperature", "0", "--max-tokens", "4"]));
+}

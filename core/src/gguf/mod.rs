@@ -16,6 +16,7 @@
 
 pub mod llama;
 pub mod quants;
+pub mod tokenizer;
 
 use std::collections::BTreeMap;
 
