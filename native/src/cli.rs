@@ -652,7 +652,8 @@ pub struct GenerateArgs {
 pub struct EvalArgs {
     #[arg(long)]
     pub model: PathBuf,
-    /// `stories` or a task.
+    /// `stories`, a task, or a .jsonl file held out whole (its response tokens; conversations
+    /// rendered with the model's chat template).
     #[arg(long, default_value = "stories")]
     pub data: String,
     #[arg(long, default_value_t = 200)]

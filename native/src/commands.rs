@@ -100,7 +100,6 @@ pub fn task_accuracy(model: &Gpt, tok: &TextTokenizer, data: DataSource, seed: u
 
 pub fn eval_cmd(args: EvalArgs, device: &Device) -> Result<(), String> {
     let loaded = model_dir::load(&args.model, device)?;
-    let data: DataSource = args.data.parse().map_err(|e| format!("--data: {e}"))?;
     // A soft prompt takes positions of its own: the rows get what is left.
     let context = loaded.model.context_len();
     let seq_len = args.seq_len.unwrap_or(context.min(128));
@@ -110,6 +109,28 @@ pub fn eval_cmd(args: EvalArgs, device: &Device) -> Result<(), String> {
             loaded.config.n_positions
         ));
     }
+    if args.data.ends_with(".jsonl") {
+        // The whole file is held out: its loss on the response (assistant) tokens, each
+        // conversation rendered with the model's template, e.g. a forgetting meter.
+        let file = &args.data;
+        let text = crate::fsutil::read_text(std::path::Path::new(file))?;
+        let groups = tinytune::data::jsonl::parse(&text, file.as_str(), loaded.chat.as_ref()).map_err(|e| e.to_string())?;
+        let examples: Vec<_> = groups.into_iter().flatten().collect();
+        let ds = Dataset::from_examples(&loaded.tokenizer, &examples, seq_len, 0.0).map_err(|e| format!("{file}: {e}"))?;
+        let loss = eval_loss(&loaded.model, &ds, args.batch, seq_len, usize::MAX).map_err(|e| e.to_string())?;
+        if args.json {
+            println!("{}", json!({"model": loaded.dir, "data": file, "eval_loss": loss, "perplexity": (loss as f64).exp(), "examples": examples.len()}));
+        } else {
+            println!(
+                "{}: {file} ({} examples) response loss {loss:.4} nats/token (perplexity {:.2})",
+                loaded.dir.display(),
+                examples.len(),
+                (loss as f64).exp()
+            );
+        }
+        return Ok(());
+    }
+    let data: DataSource = args.data.parse().map_err(|e| format!("--data: {e}"))?;
     let ds = data.dataset(&loaded.tokenizer, args.data_seed, Split::Eval, args.examples, seq_len, 0.0).map_err(|e| e.to_string())?;
     let loss = eval_loss(&loaded.model, &ds, args.batch, seq_len, usize::MAX).map_err(|e| e.to_string())?;
     let acc = task_accuracy(&loaded.model, &loaded.tokenizer, data, args.data_seed, args.accuracy_examples)?;
@@ -193,6 +214,29 @@ pub fn info_cmd(args: InfoArgs, device: &Device) -> Result<(), String> {
             config.num_params()
         );
     }
+    if let Some(file) = args.model.as_ref().filter(|m| model_dir::is_gguf(m)) {
+        gguf_storage(file)?;
+    }
+    Ok(())
+}
+
+/// How a GGUF file stores its weights, by type, against the FP32 they load as.
+fn gguf_storage(file: &std::path::Path) -> Result<(), String> {
+    let bytes = crate::fsutil::read(file)?;
+    let g = tinytune::gguf::Gguf::parse(&bytes, file.display().to_string()).map_err(|e| e.to_string())?;
+    let rows = g.storage();
+    let (weights, stored): (u64, u64) = rows.iter().fold((0, 0), |(w, b), r| (w + r.2, b + r.3));
+    println!("stored in {} as:", file.display());
+    for (t, tensors, w, b) in &rows {
+        println!("  {:<6} {tensors:>4} tensors {w:>12} weights {:>9.2} MiB  {:.2} bits/weight", t.name(), *b as f64 / 1048576.0, *b as f64 * 8.0 / *w as f64);
+    }
+    println!(
+        "  total  {:.2} MiB ({:.2} bits/weight); {:.2} MiB as the FP32 tinytune computes in ({:.1}× more)",
+        stored as f64 / 1048576.0,
+        stored as f64 * 8.0 / weights as f64,
+        weights as f64 * 4.0 / 1048576.0,
+        weights as f64 * 4.0 / stored as f64
+    );
     Ok(())
 }
 

@@ -889,6 +889,9 @@ fn a_gguf_model_imports_generates_chats_and_fine_tunes() {
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!((config["model_type"].as_str(), config["num_key_value_heads"].as_u64(), config["eos_token_id"].as_u64()), (Some("llama"), Some(2), Some(2)));
     fails_with(&tinytune(&["import", "gguf", gguf, "--out", folder]), &["already exists"]);
+    let info = ok(&tinytune(&["info", "--model", gguf]));
+    // Layer 0's seven projections in Q4_1 (5 bits per weight with its scale and minimum).
+    assert!(info.contains("stored in") && info.contains("Q4_1      7 tensors") && info.contains("5.00 bits/weight"), "{info}");
 
     let greedy = |model: &str| ok(&tinytune(&["generate", "--model", model, "--prompt", "The quick", "--temperature", "0", "--max-tokens", "8"]));
     assert_eq!(greedy(gguf), greedy(folder));
@@ -922,6 +925,12 @@ fn a_gguf_model_imports_generates_chats_and_fine_tunes() {
         "--out",
         run.to_str().unwrap(),
     ]));
+    // The forgetting meter: loss on a held-out chat file, before and after.
+    let heldout = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/chat/general-heldout.jsonl");
+    for model in [gguf, run.to_str().unwrap()] {
+        let said = ok(&tinytune(&["eval", "--model", model, "--data", heldout, "--seq-len", "64"]));
+        assert!(said.contains("(31 examples) response loss"), "{said}");
+    }
     let ckpt = run.join("checkpoint");
     for f in ["tokenizer_config.json", "generation_config.json", "config.json", "model.safetensors"] {
         assert!(ckpt.join(f).exists(), "{f} missing from the run's checkpoint");

@@ -377,6 +377,23 @@ impl<'a> Gguf<'a> {
         self.tensors.iter().find(|t| t.name == name)
     }
 
+    /// How the tensors are stored, by type: (type, tensors, weights, bytes), largest first.
+    pub fn storage(&self) -> Vec<(GgmlType, usize, u64, u64)> {
+        let mut by_type: Vec<(GgmlType, usize, u64, u64)> = Vec::new();
+        for t in &self.tensors {
+            match by_type.iter_mut().find(|r| r.0 == t.ggml_type) {
+                Some(r) => {
+                    r.1 += 1;
+                    r.2 += t.elements();
+                    r.3 += t.bytes();
+                }
+                None => by_type.push((t.ggml_type, 1, t.elements(), t.bytes())),
+            }
+        }
+        by_type.sort_by_key(|r| std::cmp::Reverse(r.3));
+        by_type
+    }
+
     /// A tensor's stored bytes (checked to lie in the file when it was parsed).
     pub fn raw(&self, t: &TensorInfo) -> &'a [u8] {
         &self.data[t.offset as usize..(t.offset + t.bytes()) as usize]
