@@ -355,7 +355,6 @@ pub fn demo_cmd(args: DemoArgs, device: &Device) -> Result<(), String> {
 /// (`W + s·A·B`, W scaled by IA³'s vectors; an NF4 base is dequantized first), saved as an
 /// ordinary model folder. Adapters and soft prompts cannot merge, and the error says why.
 pub fn merge_adapter_cmd(a: crate::cli::MergeAdapterArgs, device: &Device) -> Result<(), String> {
-    use tinytune::checkpoint::{files, save_model};
     use tinytune::methods::merge;
     if a.out.exists() {
         return Err(format!("{}: already exists; choose a new --out folder", a.out.display()));
@@ -369,19 +368,7 @@ pub fn merge_adapter_cmd(a: crate::cli::MergeAdapterArgs, device: &Device) -> Re
         return Err(format!("{}: its method is {}, which adds no adapter to merge; its weights are already a plain model", a.model.display(), method.name()));
     }
     let merged = merge(loaded.model);
-    // Written to a staging folder and renamed, so --out is either complete or absent.
-    let staging = a.out.with_extension("tmp");
-    let _ = std::fs::remove_dir_all(&staging);
-    let mut all = loaded.companions.clone();
-    all.extend([
-        (files::CONFIG, loaded.config.to_json().into_bytes()),
-        (files::TOKENIZER, loaded.tokenizer.to_json().into_bytes()),
-        (files::WEIGHTS, save_model(&merged)),
-    ]);
-    for (name, bytes) in all {
-        crate::fsutil::write_atomic(&staging.join(name), &bytes)?;
-    }
-    std::fs::rename(&staging, &a.out).map_err(|e| format!("{}: cannot create: {e}", a.out.display()))?;
+    crate::model_dir::write_model_folder(&a.out, &loaded.companions, &loaded.config, &loaded.tokenizer, &merged)?;
     eprintln!(
         "merged the {} adapters of {} into {} ({} parameters, no adapters)",
         method.name(),
@@ -402,11 +389,7 @@ pub fn export_adapter_cmd(a: crate::cli::MergeAdapterArgs, device: &Device) -> R
     let loaded = crate::model_dir::load(&a.model, device)?;
     let method = crate::model_dir::method_of(&loaded.dir)?;
     let (config, weights) = peft::save(&loaded.model, &method).map_err(|e| format!("{}: {e}", a.model.display()))?;
-    let staging = a.out.with_extension("tmp");
-    let _ = std::fs::remove_dir_all(&staging);
-    crate::fsutil::write_atomic(&staging.join(peft::CONFIG), config.as_bytes())?;
-    crate::fsutil::write_atomic(&staging.join(peft::WEIGHTS), &weights)?;
-    std::fs::rename(&staging, &a.out).map_err(|e| format!("{}: cannot create: {e}", a.out.display()))?;
+    crate::fsutil::write_new_folder(&a.out, &[(peft::CONFIG, config.as_bytes()), (peft::WEIGHTS, &weights)])?;
     eprintln!("wrote {}'s {} adapter to {} in PEFT's format", a.model.display(), method.name(), a.out.display());
     Ok(())
 }

@@ -25,6 +25,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     })
 }
 
+/// Creates the folder `out` holding `files` (name, bytes): written into a staging folder
+/// beside it and renamed, so `out` is either complete or absent.
+pub fn write_new_folder(out: &Path, files: &[(&str, &[u8])]) -> Result<(), String> {
+    let staging = out.with_extension("tmp");
+    let _ = fs::remove_dir_all(&staging);
+    for (name, bytes) in files {
+        write_atomic(&staging.join(name), bytes)?;
+    }
+    fs::rename(&staging, out).map_err(|e| format!("{}: cannot create: {e}", out.display()))
+}
+
 /// Makes a rename in `dir` durable: without syncing the folder, a power cut can undo it.
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]

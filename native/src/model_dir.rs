@@ -106,7 +106,6 @@ fn load_gguf(path: &Path, device: &Device) -> Result<Loaded, String> {
 /// (config.json, model.safetensors in FP32, tokenizer.json, tokenizer_config.json with the
 /// chat template, generation_config.json) that transformers and tinytune load.
 pub fn import_gguf(file: &Path, out: &Path, device: &Device) -> Result<(), String> {
-    use tinytune::checkpoint::save_model;
     if !is_gguf(file) {
         return Err(format!("{}: expected a .gguf file", file.display()));
     }
@@ -114,19 +113,7 @@ pub fn import_gguf(file: &Path, out: &Path, device: &Device) -> Result<(), Strin
         return Err(format!("{}: already exists; choose a new --out folder", out.display()));
     }
     let loaded = load_gguf(file, device)?;
-    // Written to a staging folder and renamed, so --out is either complete or absent.
-    let staging = out.with_extension("tmp");
-    let _ = std::fs::remove_dir_all(&staging);
-    let mut all = loaded.companions.clone();
-    all.extend([
-        (files::CONFIG, loaded.config.to_json().into_bytes()),
-        (files::TOKENIZER, loaded.tokenizer.to_json().into_bytes()),
-        (files::WEIGHTS, save_model(&loaded.model)),
-    ]);
-    for (name, bytes) in all {
-        crate::fsutil::write_atomic(&staging.join(name), &bytes)?;
-    }
-    std::fs::rename(&staging, out).map_err(|e| format!("{}: cannot create: {e}", out.display()))?;
+    write_model_folder(out, &loaded.companions, &loaded.config, &loaded.tokenizer, &loaded.model)?;
     eprintln!(
         "imported {} into {}: {} layers, {} parameters as FP32, {} tokens{}",
         file.display(),
@@ -137,6 +124,15 @@ pub fn import_gguf(file: &Path, out: &Path, device: &Device) -> Result<(), Strin
         if loaded.chat.is_some() { ", with its chat template" } else { "" }
     );
     Ok(())
+}
+
+/// Creates the model folder `out` (complete or absent): the companions, config.json,
+/// tokenizer.json and `model` as model.safetensors. What merge-adapter and import write.
+pub fn write_model_folder(out: &Path, companions: &Companions, config: &ModelConfig, tokenizer: &TextTokenizer, model: &Gpt) -> Result<(), String> {
+    let written = [config.to_json().into_bytes(), tokenizer.to_json().into_bytes(), tinytune::checkpoint::save_model(model)];
+    let mut all: Vec<(&str, &[u8])> = companions.iter().map(|(n, b)| (*n, b.as_slice())).collect();
+    all.extend([(files::CONFIG, written[0].as_slice()), (files::TOKENIZER, written[1].as_slice()), (files::WEIGHTS, written[2].as_slice())]);
+    crate::fsutil::write_new_folder(out, &all)
 }
 
 /// A model folder's files besides config, tokenizer and weights, by name and bytes.
