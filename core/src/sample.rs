@@ -77,10 +77,17 @@ pub fn generate(model: &Gpt, prompt: &[u32], config: &SampleConfig) -> Vec<u32> 
 
 /// [`generate`] for the browser, where WebGPU reads results back asynchronously.
 pub async fn generate_async(model: &Gpt, prompt: &[u32], config: &SampleConfig) -> crate::Result<Vec<u32>> {
+    generate_stream_async(model, prompt, config, |_| {}).await
+}
+
+/// [`generate_async`], calling `each` with the tokens generated so far after every new
+/// one (how the page shows a reply as it is written).
+pub async fn generate_stream_async(model: &Gpt, prompt: &[u32], config: &SampleConfig, mut each: impl FnMut(&[u32])) -> crate::Result<Vec<u32>> {
     let mut state = Generation::new(prompt, config);
     while let Some(logits) = state.next_logits(model, config.cache) {
         let data = logits.into_data_async().await.map_err(|e| crate::Error::Invalid(format!("reading logits back from the device failed: {e:?}")))?;
         state.push(&to_vec(data), config);
+        each(&state.out);
     }
     Ok(state.out)
 }

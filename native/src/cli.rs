@@ -58,7 +58,7 @@ pub enum Command {
     MergeAdapter(MergeAdapterArgs),
     /// Write a LoRA/QLoRA/IA³/prompt-tuning run's adapter as a PEFT adapter folder
     /// (adapter_config.json, adapter_model.safetensors) that PEFT loads onto the base model.
-    ExportAdapter(MergeAdapterArgs),
+    ExportAdapter(ExportAdapterArgs),
     /// A prompt's token ids and the last position's logits, as JSON, for checking parity
     /// with other implementations by hand.
     Logits(LogitsArgs),
@@ -157,6 +157,21 @@ pub struct MergeAdapterArgs {
     /// The folder to write; must not exist yet.
     #[arg(long)]
     pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportAdapterArgs {
+    /// A fine-tuning run (or its checkpoint folder).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The folder to write; must not exist yet.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The base model's hub id or path, recorded as `base_model_name_or_path` (what
+    /// `AutoPeftModelForCausalLM.from_pretrained(OUT)` loads), e.g.
+    /// HuggingFaceTB/SmolLM2-135M-Instruct. Without it the field is null.
+    #[arg(long)]
+    pub base_model: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -31,12 +31,14 @@ pub fn generate_cmd(args: GenerateArgs, device: &Device) -> Result<(), String> {
                 loaded.dir.display()
             ));
         };
-        let user = tinytune::tokenizer::chat::Message { role: "user".into(), content: prompt_text.clone() };
-        prompt_text = chat.render(&[user], true).map_err(|e| e.to_string())?;
+        prompt_text = chat.user_prompt(&prompt_text).map_err(|e| e.to_string())?;
         // The reply ends at the template's end-of-turn token.
-        stop_ids.extend(tok.token_id(&chat.eos_token));
+        stop_ids.extend(chat.stop_ids(tok));
     }
-    let end_ids: Vec<u32> = tok.eot().into_iter().chain(loaded.chat.as_ref().and_then(|c| tok.token_id(&c.eos_token))).collect();
+    let end_ids: Vec<u32> = match &loaded.chat {
+        Some(chat) => chat.stop_ids(tok),
+        None => tok.eot().into_iter().collect(),
+    };
     let mut prompt = encode(tok, &prompt_text)?;
     if prompt.is_empty() {
         // An empty prompt starts a new document, as after <|endoftext|> in pre-training.
@@ -381,14 +383,14 @@ pub fn merge_adapter_cmd(a: crate::cli::MergeAdapterArgs, device: &Device) -> Re
 
 /// `tinytune export-adapter`: the run's adapter as PEFT's two files, written to a staging
 /// folder and renamed, so --out is either complete or absent.
-pub fn export_adapter_cmd(a: crate::cli::MergeAdapterArgs, device: &Device) -> Result<(), String> {
+pub fn export_adapter_cmd(a: crate::cli::ExportAdapterArgs, device: &Device) -> Result<(), String> {
     use tinytune::methods::peft;
     if a.out.exists() {
         return Err(format!("{}: already exists; choose a new --out folder", a.out.display()));
     }
     let loaded = crate::model_dir::load(&a.model, device)?;
     let method = crate::model_dir::method_of(&loaded.dir)?;
-    let (config, weights) = peft::save(&loaded.model, &method).map_err(|e| format!("{}: {e}", a.model.display()))?;
+    let (config, weights) = peft::save(&loaded.model, &method, a.base_model.as_deref()).map_err(|e| format!("{}: {e}", a.model.display()))?;
     crate::fsutil::write_new_folder(&a.out, &[(peft::CONFIG, config.as_bytes()), (peft::WEIGHTS, &weights)])?;
     eprintln!("wrote {}'s {} adapter to {} in PEFT's format", a.model.display(), method.name(), a.out.display());
     Ok(())

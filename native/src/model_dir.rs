@@ -90,14 +90,9 @@ fn load_gguf(path: &Path, device: &Device) -> Result<Loaded, String> {
     let origin = path.display().to_string();
     let err = |e: tinytune::Error| e.to_string();
     let g = Gguf::parse(&bytes, origin.as_str()).map_err(err)?;
-    let (model, config) = gguf::llama::load_model(&g, &Method::Full, device).map_err(err)?;
-    let tokenizer = gguf::tokenizer::tokenizer(&g).map_err(err)?;
-    if tokenizer.vocab_size() > config.vocab_size {
-        return Err(format!("{origin}: the tokenizer has {} tokens but the model's embedding only {}", tokenizer.vocab_size(), config.vocab_size));
-    }
+    let gguf::llama::Opened { model, config, tokenizer, chat } = gguf::llama::open(&g, device).map_err(err)?;
     let pretty = |v: serde_json::Value| serde_json::to_vec_pretty(&v).expect("JSON serialises");
     let tokenizer_config = gguf::tokenizer::tokenizer_config_json(&g).map_err(err)?;
-    let chat = ChatTemplate::from_tokenizer_config(&tokenizer_config.to_string(), origin.as_str()).map_err(err)?;
     let companions = vec![(TOKENIZER_CONFIG, pretty(tokenizer_config)), (GENERATION_CONFIG, pretty(gguf::tokenizer::generation_config_json(&g)))];
     Ok(Loaded { model, config, tokenizer, chat, companions, dir: path.to_path_buf() })
 }

@@ -87,19 +87,9 @@ pub fn trainer(model: Gpt, tok: &TextTokenizer, chat: Option<&ChatTemplate>, con
     let Some(file) = config.data_file.clone() else {
         return Trainer::new(model, tok, config, ad).map_err(|e| e.to_string());
     };
-    let groups = tinytune::data::jsonl::parse(&read_text(Path::new(&file))?, file.as_str(), chat).map_err(|e| e.to_string())?;
-    let (mut train, eval) = tinytune::data::jsonl::split(groups, config.eval_examples, config.data_seed);
-    train.truncate(config.train_examples);
-    let (train, eval): (Vec<_>, Vec<_>) = (train.into_iter().flatten().collect(), eval.into_iter().flatten().collect());
-    if train.is_empty() {
-        return Err(format!("{file}: one example is too few to hold any out for evaluation; write at least two lines"));
-    }
-    let rows = |ex: &[tinytune::data::Example]| {
-        tinytune::train::Dataset::from_examples(tok, ex, config.seq_len, config.prompt_loss_weight).map_err(|e| format!("{file}: {e}"))
-    };
-    let (train_set, eval_set) = (rows(&train)?, rows(&eval)?);
-    eprintln!("{file}: {} training and {} held-out examples", train.len(), eval.len());
-    Trainer::from_datasets(model, config, train_set, eval_set, ad).map_err(|e| e.to_string())
+    let trainer = Trainer::from_jsonl(model, tok, chat, &read_text(Path::new(&file))?, &file, config, ad).map_err(|e| e.to_string())?;
+    eprintln!("{file}: {} training and {} held-out examples", trainer.train.len(), trainer.eval.len());
+    Ok(trainer)
 }
 
 /// The optimizer flags as a config: the kind's defaults, then whatever was given.
@@ -433,6 +423,36 @@ mod tests {
                 other => panic!("{other:?}"),
             };
             let mut native = resolved.unwrap();
+            native.checkpoint_every = 0;
+            assert_eq!(native, params.train_config(), "{}", params.command());
+        }
+    }
+
+    /// The real-model widget's "Run this at scale" command resolves to the run the worker
+    /// trains (the data file's path aside, which the CLI makes absolute).
+    #[test]
+    fn the_real_model_widgets_command_reproduces_its_run() {
+        use tinytune_web::real::{CHAT_FILE, RealModelParams, SMOLLM2_FILE};
+        let cases = [RealModelParams::default(), RealModelParams { steps: 8, lr: 0.005, rank: 4, batch: 1, seq: 64, ..RealModelParams::default() }];
+        // The command runs from the repository root; this test from native/.
+        let resolved: Vec<_> = cases
+            .iter()
+            .map(|params| {
+                let mut argv = vec!["tinytune".to_string()];
+                argv.extend(params.command_args().into_iter().map(|a| if a == CHAT_FILE { format!("../{a}") } else { a }));
+                let Command::Finetune(a) = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{}: {e}", params.command())).command else {
+                    panic!("{}", params.command())
+                };
+                assert_eq!(a.model.to_str(), Some(SMOLLM2_FILE));
+                // SmolLM2's context (8192) and family, as its GGUF file gives them.
+                let method = a.method.to_method(None, tinytune::model::Family::Llama).unwrap();
+                resolve(&a.train, method, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, 8192)
+            })
+            .collect();
+        for (params, native) in cases.iter().zip(resolved) {
+            let mut native = native.unwrap();
+            assert!(native.data_file.as_deref().is_some_and(|f| f.ends_with(CHAT_FILE)), "{:?}", native.data_file);
+            native.data_file = Some(CHAT_FILE.into());
             native.checkpoint_every = 0;
             assert_eq!(native, params.train_config(), "{}", params.command());
         }

@@ -936,4 +936,10 @@ fn a_gguf_model_imports_generates_chats_and_fine_tunes() {
         assert!(ckpt.join(f).exists(), "{f} missing from the run's checkpoint");
     }
     ok(&tinytune(&["generate", "--model", run.to_str().unwrap(), "--chat", "--prompt", "Hi", "--temperature", "0", "--max-tokens", "4"]));
+    // The adapter in PEFT's format, naming the hub model it goes on.
+    let peft = tmp("gguf-peft");
+    let base = "HuggingFaceTB/SmolLM2-135M-Instruct";
+    ok(&tinytune(&["export-adapter", "--model", run.to_str().unwrap(), "--out", peft.to_str().unwrap(), "--base-model", base]));
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(peft.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((config["peft_type"].as_str(), config["base_model_name_or_path"].as_str()), (Some("LORA"), Some(base)));
 }

@@ -9,7 +9,8 @@
 // Screenshots go to tests/e2e/artifacts/. Exits non-zero on the first failed check.
 
 import { createServer } from "node:http";
-import { readFileSync, readdirSync, mkdirSync, statSync } from "node:fs";
+import { readFileSync, readdirSync, mkdirSync, statSync, existsSync } from "node:fs";
+import { execFileSync } from "node:child_process";
 import { join, extname, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { mkdtempSync } from "node:fs";
@@ -160,7 +161,7 @@ await check("the train widget trains on the CPU and its loss falls", async () =>
   await setParam(w, "steps", 30);
   await setParam(w, "lr", 0.003);
   await setParam(w, "batch", 8);
-  await setParam(w, "seq", 64);
+  await setParam(w, "seq", 256);
   await setParam(w, "compare", false);
   const command = await w.locator("[data-testid=command]").textContent();
   assert(command.includes("tinytune pretrain --preset nano --tokenizer char --data stories --steps 30"), `command: ${command}`);
@@ -296,7 +297,7 @@ await check("the memory timeline measures a real step in the worker, near its es
   const page = await openPage(cpu, base + `?lesson=${lesson.slug}&backend=cpu`);
   const w = page.locator("[data-widget=memory-timeline]").first();
   await setParam(w, "batch", 4);
-  await setParam(w, "seq", 64);
+  await setParam(w, "seq", 256);
   await w.locator("[data-testid=measure]").click();
   await w.locator("[data-testid=timeline-summary]").waitFor({ timeout: 120_000 });
   const text = await w.locator("[data-testid=timeline-summary]").textContent();
@@ -575,6 +576,88 @@ await check("the train widget fine-tunes the Llama-style micro-llama with LoRA",
   assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
   await page.close();
 });
+
+/** Opens a GGUF file in the real-model widget the way a reader does (the file input). */
+async function openGguf(w, file, timeout) {
+  await w.locator("[data-testid=gguf-file]").setInputFiles(file);
+  await w.locator("[data-testid=real-info], .error").first().waitFor({ timeout });
+  assert((await w.locator(".error").count()) === 0, `the widget reported: ${await w.locator(".error").first().textContent().catch(() => "")}`);
+  return w.locator("[data-testid=real-info]").textContent();
+}
+
+/** Asks the opened model `prompt`, waits for the whole reply, returns [model, reply, speed]. */
+async function askReal(w, prompt, maxTokens, timeout) {
+  await setParam(w, "prompt", prompt);
+  await setParam(w, "max_tokens", maxTokens);
+  const n = await w.locator("[data-testid=replies] tbody tr").count();
+  await w.locator("[data-testid=ask]").click();
+  const row = w.locator("[data-testid=replies] tbody tr").nth(n);
+  await w.locator(`[data-testid=replies] tbody tr:nth-child(${n + 1})[data-done=true], .error`).first().waitFor({ timeout });
+  assert((await w.locator(".error").count()) === 0, `the widget reported: ${await w.locator(".error").first().textContent().catch(() => "")}`);
+  return row.locator("td").evaluateAll((tds) => [tds[0].textContent, tds[2].textContent, tds[3].textContent]);
+}
+
+await check("the real-model widget opens a GGUF file, chats, fine-tunes with LoRA and chats again", async () => {
+  // The tiny Llama of tests/fixtures/make_gguf_reference.py: Q8_0 embedding, Q4_1, Q4_0,
+  // BF16 and F16 weights, the ChatML template in its metadata.
+  const file = join(root, "tests/fixtures/gguf/tiny-llama.gguf");
+  const page = await openPage(cpu, base + "?lesson=a-real-model&backend=cpu");
+  const w = page.locator("[data-widget=real-model]").first();
+  const info = await openGguf(w, file, 60_000);
+  console.log(`     ${info}`);
+  assert(info.includes("2 layers, width 64, 4 query heads sharing 2 key/value heads, 320 tokens") && info.includes("Chat template: from the file"), info);
+  const types = await w.locator("[data-testid=storage] tbody tr td:first-child").allTextContents();
+  assert(["Q4_1", "Q8_0", "Q4_0", "F32", "BF16", "F16"].every((t) => types.includes(t)), types.join(","));
+  const prompt = "Name three primary colours.";
+  const [model, reply, speed] = await askReal(w, prompt, 8, 60_000);
+  console.log(`     ${model}: ${JSON.stringify(reply)} (${speed})`);
+  assert(model === "base" && /^8 tokens · [0-9.]+ tokens\/s$/.test(speed), `${model} ${speed}`);
+  // The same greedy reply as the native CLI (built by the cargo tests that run first).
+  const cli = join(root, "target/debug/tinytune");
+  assert(existsSync(cli), `${cli} is missing: build it with cargo build -p tinytune-cli (scripts/test.sh runs the cargo tests first)`);
+  const native = execFileSync(cli, ["generate", "--model", file, "--chat", "--prompt", prompt, "--temperature", "0", "--max-tokens", "8"], { encoding: "utf8" });
+  assert(native.trimEnd() === reply.trimEnd(), `page ${JSON.stringify(reply)} vs native ${JSON.stringify(native)}`);
+  await setParam(w, "steps", 8);
+  await setParam(w, "lr", 0.005);
+  await setParam(w, "seq", 256);
+  await w.locator("[data-testid=train]").click();
+  await waitForRun(w, 120_000);
+  const l = await losses(w);
+  assert(l.length === 8 && l.every(Number.isFinite), `losses ${l}`);
+  const status = await w.locator("[data-testid=run-state]").locator("..").textContent();
+  const evals = (await w.getAttribute("data-evals")).split(",").map(Number);
+  console.log(`     losses ${l.map((x) => x.toFixed(3)).join(" ")}; held-out ${evals.map((x) => x.toFixed(3)).join(" ")}; ${status}`);
+  // Held-out Tiny Tuner conversations, the same ones at every evaluation: the fine-tune learns.
+  assert(evals.length === 4 && evals[3] < evals[0], `held-out losses ${evals}`);
+  const chart = await w.locator("svg polyline, svg path").count();
+  assert(chart > 0, "no loss chart");
+  const [after] = await askReal(w, prompt, 8, 60_000);
+  assert(after === "after 8 steps of LoRA", after);
+  const command = await w.locator("[data-testid=command]").textContent();
+  assert(command.includes("--data assets/chat/tiny-tuner.jsonl") && command.includes("--steps 8"), command);
+  await w.screenshot({ path: join(artifacts, "real-model.png") });
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
+// By hand, with SmolLM2 (scripts/get-smollm2.sh): TINYTUNE_SMOLLM2_GGUF=models/… measures the
+// page's load time, tokens per second and training speed on the real model.
+if (process.env.TINYTUNE_SMOLLM2_GGUF) {
+  await check("the real-model widget runs SmolLM2-135M-Instruct", async () => {
+    const page = await openPage(cpu, base + `?lesson=a-real-model&backend=${process.env.TINYTUNE_BACKEND ?? "cpu"}`);
+    const w = page.locator("[data-widget=real-model]").first();
+    console.log(`     ${await openGguf(w, resolve(process.env.TINYTUNE_SMOLLM2_GGUF), 600_000)}`);
+    console.log(`     ${JSON.stringify(await askReal(w, "Name three primary colours.", 48, 600_000))}`);
+    await setParam(w, "steps", Number(process.env.TINYTUNE_STEPS ?? 20));
+    await w.locator("[data-testid=train]").click();
+    await waitForRun(w, 3_600_000);
+    console.log(`     ${await w.locator("[data-testid=run-state]").locator("..").textContent()}`);
+    console.log(`     losses ${(await losses(w)).map((x) => x.toFixed(3)).join(" ")}`);
+    console.log(`     ${JSON.stringify(await askReal(w, "How do I boil an egg?", 48, 600_000))}`);
+    await w.screenshot({ path: join(artifacts, "real-model-smollm2.png") });
+    await page.close();
+  });
+}
 
 await check("adapters, a soft prompt and IA³ train in the page; the prompt shows its nearest tokens", async () => {
   const page = await openPage(cpu, base + "?lesson=soft-prompts&backend=cpu");

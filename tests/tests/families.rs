@@ -108,7 +108,7 @@ fn a_peft_lora_on_all_seven_llama_projections_gives_peft_logits_and_round_trips(
     assert!(d < 1e-4, "LoRA logits differ from PEFT's by up to {d}");
 
     // Written back, the adapter has PEFT's keys and layout: the same tensors as the file.
-    let (config_out, bytes) = peft::save(&model, &method).unwrap();
+    let (config_out, bytes) = peft::save(&model, &method, None).unwrap();
     let cfg: serde_json::Value = serde_json::from_str(&config_out).unwrap();
     assert_eq!(cfg["fan_in_fan_out"], false, "Llama's projections are nn.Linear");
     let ours = safetensors::SafeTensors::deserialize(&bytes).unwrap();

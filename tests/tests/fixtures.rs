@@ -291,7 +291,7 @@ fn peft_adapter_folders_reproduce_peft_logits_and_round_trip() {
         }
         // Save as PEFT does: the same tensor names and shapes as PEFT's own file, and the
         // same logits after loading it back.
-        let (config2, weights2) = peft::save(&model, &method).unwrap();
+        let (config2, weights2) = peft::save(&model, &method, None).unwrap();
         let shapes = |bytes: &[u8]| -> Vec<(String, Vec<usize>)> {
             let mut v: Vec<_> =
                 tinytune::checkpoint::from_safetensors(bytes, &"test".into()).unwrap().into_iter().map(|(k, d)| (k, d.shape().to_vec())).collect();

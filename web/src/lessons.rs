@@ -23,6 +23,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("16-soft-prompts.md", include_str!("../../lessons/16-soft-prompts.md")),
     ("17-choosing-a-method.md", include_str!("../../lessons/17-choosing-a-method.md")),
     ("21-longer-contexts.md", include_str!("../../lessons/21-longer-contexts.md")),
+    ("22-a-real-model.md", include_str!("../../lessons/22-a-real-model.md")),
 ];
 
 /// Every lesson, parsed and sorted by `order`. The files are checked by tests, so an error

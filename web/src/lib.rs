@@ -13,6 +13,7 @@ pub mod precision;
 pub mod protocol;
 pub mod quantize;
 pub mod rank;
+pub mod real;
 pub mod rope;
 pub mod run;
 pub mod settings;

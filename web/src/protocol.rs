@@ -49,6 +49,23 @@ pub enum ToWorker {
     /// Makes the worker panic: how the end-to-end tests check that the page notices a
     /// crashed worker and recovers.
     Crash,
+    /// Load the GGUF file the page posted just before (as a `File`, outside JSON: the
+    /// worker reads it itself); answered by `RealOpened` or `Error`.
+    RealOpen {
+        id: u32,
+    },
+    /// Chat with the opened model (fine-tuned, once a run has finished); answered by a
+    /// stream of `RealText`, the last with `done`.
+    RealChat {
+        id: u32,
+        prompt: String,
+        max_tokens: usize,
+    },
+    /// LoRA-fine-tune the opened model on the shipped chat set; answered like `Train`.
+    RealTrain {
+        run: u32,
+        params: crate::real::RealModelParams,
+    },
 }
 
 /// The backend the worker runs on, and why.
@@ -136,6 +153,14 @@ pub enum FromWorker {
         id: u32,
         message: String,
     },
+    RealOpened {
+        id: u32,
+        info: crate::real::RealInfo,
+    },
+    RealText {
+        id: u32,
+        reply: crate::real::ChatReply,
+    },
 }
 
 impl ToWorker {
@@ -149,7 +174,7 @@ impl FromWorker {
     pub fn id(&self) -> Option<u32> {
         match self {
             FromWorker::Status { run, .. } | FromWorker::Run { run, .. } | FromWorker::Compare { run, .. } | FromWorker::RunStats { run, .. } => Some(*run),
-            FromWorker::Reply { id, .. } | FromWorker::Error { id, .. } => Some(*id),
+            FromWorker::Reply { id, .. } | FromWorker::Error { id, .. } | FromWorker::RealOpened { id, .. } | FromWorker::RealText { id, .. } => Some(*id),
             FromWorker::Backend(_) | FromWorker::Ready => None,
         }
     }
@@ -171,6 +196,9 @@ mod tests {
             ToWorker::Init { prefer: BackendPref::Auto },
             ToWorker::Train { run: 3, params: TrainParams { steps: 7, ..Default::default() } },
             ToWorker::Cancel { run: 3 },
+            ToWorker::RealOpen { id: 4 },
+            ToWorker::RealChat { id: 5, prompt: "Hi\n".into(), max_tokens: 9 },
+            ToWorker::RealTrain { run: 6, params: crate::real::RealModelParams::default() },
             ToWorker::Request { id: 2, req: TimelineParams::default().into_request() },
             ToWorker::Request { id: 1, req: GenerateParams { prompt: "a\nb".into(), ..Default::default() }.into_request() },
         ];

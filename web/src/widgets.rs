@@ -434,6 +434,8 @@ widgets! {
     /// RoPE's rotations per dimension pair under each scaling, and micro-llama's loss by
     /// position past its training context.
     Rope(crate::rope::RopeParams) => crate::rope::RopeResult,
+    /// A GGUF model from the reader's disk: chat, LoRA-fine-tune in the tab, chat again.
+    RealModel(crate::real::RealModelParams),
 }
 
 /// `key = value` on settings `S`, the error naming the widget, the key and the value.

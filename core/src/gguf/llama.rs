@@ -197,6 +197,31 @@ pub fn load_model(g: &Gguf, method: &Method, device: &Device) -> Result<(Gpt, Mo
     Ok((model, config))
 }
 
+/// Everything a GGUF file gives to run and fine-tune its model: the model (unadapted), its
+/// configuration, tokenizer and chat template.
+pub struct Opened {
+    pub model: Gpt,
+    pub config: ModelConfig,
+    pub tokenizer: crate::TextTokenizer,
+    pub chat: Option<crate::tokenizer::chat::ChatTemplate>,
+}
+
+/// The model, tokenizer and chat template of `g`, the model on `device`: what the CLI's
+/// `--model FILE.gguf` and the page's real-model widget both load.
+pub fn open(g: &Gguf, device: &Device) -> Result<Opened> {
+    let (model, config) = load_model(g, &Method::Full, device)?;
+    let tokenizer = super::tokenizer::tokenizer(g)?;
+    if tokenizer.vocab_size() > config.vocab_size {
+        return Err(Error::config(
+            g.origin.clone(),
+            "tokenizer.ggml.tokens",
+            format!("has {} tokens but the model's embedding only {} rows; the file is inconsistent", tokenizer.vocab_size(), config.vocab_size),
+        ));
+    }
+    let chat = super::tokenizer::chat_template(g)?;
+    Ok(Opened { model, config, tokenizer, chat })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

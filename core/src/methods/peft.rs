@@ -135,9 +135,10 @@ pub fn method_from_config(text: &str, origin: impl Into<Origin>) -> Result<Metho
     }
 }
 
-/// PEFT's `adapter_config.json` for `method` on a model of width `n_embd` and `n_layer`
-/// blocks with `n_head` heads.
-pub fn config_json(method: &Method, model: &Gpt) -> Result<String> {
+/// PEFT's `adapter_config.json` for `method` on `model`; `base` is the base model's name or
+/// path as PEFT records it (`base_model_name_or_path`: a hub id such as
+/// `HuggingFaceTB/SmolLM2-135M-Instruct`, which `AutoPeftModelForCausalLM` loads), or null.
+pub fn config_json(method: &Method, model: &Gpt, base: Option<&str>) -> Result<String> {
     let c = model.config();
     let v = match method {
         // A QLoRA run's adapters are LoRA adapters; PEFT loads them onto any copy of the
@@ -156,7 +157,7 @@ pub fn config_json(method: &Method, model: &Gpt) -> Result<String> {
             "use_dora": l.use_dora,
             "init_lora_weights": true,
             "inference_mode": true,
-            "base_model_name_or_path": null,
+            "base_model_name_or_path": base,
         }),
         Method::Ia3(i) => json!({
             "peft_type": "IA3",
@@ -166,7 +167,7 @@ pub fn config_json(method: &Method, model: &Gpt) -> Result<String> {
             "fan_in_fan_out": !c.family.is_llama_like(),
             "init_ia3_weights": true,
             "inference_mode": true,
-            "base_model_name_or_path": null,
+            "base_model_name_or_path": base,
         }),
         Method::Prompt(p) if p.encoder_hidden_size.is_none() => json!({
             "peft_type": "PROMPT_TUNING",
@@ -178,7 +179,7 @@ pub fn config_json(method: &Method, model: &Gpt) -> Result<String> {
             "num_transformer_submodules": 1,
             "prompt_tuning_init": "RANDOM",
             "inference_mode": true,
-            "base_model_name_or_path": null,
+            "base_model_name_or_path": base,
         }),
         other
         @ (Method::Full | Method::LastLayers { .. } | Method::Bitfit | Method::Layernorm | Method::Adapter(_) | Method::Prompt(_) | Method::Prefix(_)) => {
@@ -276,8 +277,8 @@ fn adapter_params(model: &Gpt, method: &Method) -> HashSet<String> {
 
 /// Writes `model`'s trained adapter (adapted by `method`) as PEFT's two files:
 /// `(adapter_config.json text, adapter_model.safetensors bytes)`.
-pub fn save(model: &Gpt, method: &Method) -> Result<(String, Vec<u8>)> {
-    let config = config_json(method, model)?;
+pub fn save(model: &Gpt, method: &Method, base: Option<&str>) -> Result<(String, Vec<u8>)> {
+    let config = config_json(method, model, base)?;
     let family = model.config().family;
     let trainable = adapter_params(model, method);
     let mut ia3_input = HashMap::new();

@@ -124,6 +124,19 @@ impl ChatTemplate {
             .map_err(|e| self.error(e))
     }
 
+    /// One user message rendered with the generation prompt: what a chat reply continues.
+    pub fn user_prompt(&self, user: &str) -> Result<String> {
+        self.render(&[Message { role: "user".into(), content: user.into() }], true)
+    }
+
+    /// The ids a chat reply stops at: the tokenizer's end of text and the template's
+    /// end-of-turn token (`eos_token`, e.g. ChatML's `<|im_end|>`), where each exists.
+    pub fn stop_ids(&self, tok: &crate::TextTokenizer) -> Vec<u32> {
+        let mut ids: Vec<u32> = tok.eot().into_iter().chain(tok.token_id(&self.eos_token)).collect();
+        ids.dedup();
+        ids
+    }
+
     /// One training example per assistant turn of `messages` (see the module docs).
     pub fn examples(&self, messages: &[Message]) -> Result<Vec<Example>> {
         let mut out = Vec::new();

@@ -80,7 +80,9 @@ impl Dataset {
         Ok(Dataset::Stream { tokens })
     }
 
-    /// Rows longer than `max_len + 1` tokens are cut at the end (and say so in `truncated`).
+    /// Rows longer than `max_len + 1` tokens are cut at the end (a row cut before its
+    /// response begins keeps weight 0 throughout); when that leaves no row with anything
+    /// to learn, the error says to raise `seq_len`.
     pub fn from_examples(tok: &TextTokenizer, examples: &[Example], max_len: usize, prompt_loss_weight: f32) -> Result<Self> {
         let eot = tok.eot();
         let no_end = || Error::Tokenizer("the tokenizer has no end-of-text token (<|endoftext|>, <|end_of_text|> or </s>) to end examples".into());
@@ -101,6 +103,13 @@ impl Dataset {
             ids.truncate(max_len + 1);
             w.truncate(max_len + 1);
             rows.push((ids, w));
+        }
+        if !rows.is_empty() && rows.iter().all(|(_, w)| w.iter().skip(1).all(|&x| x == 0.0)) {
+            return Err(Error::config(
+                "training config",
+                "seq_len",
+                format!("is {max_len} tokens, and every example's response starts after that, so nothing would be learned; raise it"),
+            ));
         }
         // Padding never counts (weight 0), so any id will do where there is no end token.
         Ok(Dataset::Rows { rows, pad: eot.unwrap_or(0) })
@@ -234,6 +243,13 @@ mod tests {
         let ds = Dataset::from_examples(&t, &[Example { prompt: "ab".into(), response: "c".into(), chat: false }], 16, 0.25).unwrap();
         let b = ds.sequential(1, 4, 1).remove(0);
         assert_eq!(b.weights, vec![0.25, 1.0, 1.0, 0.0]);
+        // Rows cut before any response token teach nothing: refused, naming seq_len.
+        let long = Example { prompt: "q: a long question\na:".into(), response: " c".into(), chat: false };
+        let e = Dataset::from_examples(&t, std::slice::from_ref(&long), 8, 0.0).unwrap_err().to_string();
+        assert!(e.contains("seq_len") && e.contains("raise it"), "{e}");
+        // One row with something to learn is enough.
+        let short = Example { prompt: "q:".into(), response: " c".into(), chat: false };
+        assert!(Dataset::from_examples(&t, &[long, short], 8, 0.0).is_ok());
     }
 
     /// The pad = eos pitfall: padding rows with the end-of-sequence id must not mask the

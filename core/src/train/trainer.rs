@@ -108,6 +108,33 @@ impl Trainer {
         Self::from_datasets(model, config, train, eval, device)
     }
 
+    /// A trainer on a JSON Lines file's text (Alpaca, prompt/completion or TRL's
+    /// `messages`, conversations rendered with `chat`), split into training and held-out
+    /// examples by `config`'s counts and data seed; `origin` names the file in errors. The
+    /// CLI reads the file, the page fetches it: both build the run here.
+    pub fn from_jsonl(
+        model: Gpt,
+        tok: &TextTokenizer,
+        chat: Option<&crate::tokenizer::chat::ChatTemplate>,
+        text: &str,
+        origin: &str,
+        config: TrainConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        let groups = crate::data::jsonl::parse(text, origin, chat)?;
+        let (mut train, eval) = crate::data::jsonl::split(groups, config.eval_examples, config.data_seed);
+        train.truncate(config.train_examples);
+        let (train, eval): (Vec<_>, Vec<_>) = (train.into_iter().flatten().collect(), eval.into_iter().flatten().collect());
+        if train.is_empty() {
+            return Err(Error::config(origin, "examples", "one example is too few to hold any out for evaluation; write at least two lines"));
+        }
+        let rows = |ex: &[crate::data::Example]| {
+            Dataset::from_examples(tok, ex, config.seq_len, config.prompt_loss_weight).map_err(|e| Error::Invalid(format!("{origin}: {e}")))
+        };
+        let (train_set, eval_set) = (rows(&train)?, rows(&eval)?);
+        Self::from_datasets(model, config, train_set, eval_set, device)
+    }
+
     /// A trainer on data sets built elsewhere (benchmarks, custom data).
     pub fn from_datasets(model: Gpt, config: TrainConfig, train: Dataset, eval: Dataset, device: &Device) -> Result<Self> {
         config.validate("training config", model.context_len())?;

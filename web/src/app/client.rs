@@ -22,8 +22,8 @@ struct Client {
     on_backend: Handler,
     /// The last `Init`, re-sent to a restarted worker.
     init: Option<ToWorker>,
-    /// Messages waiting for the worker's `Ready`.
-    queue: Option<Vec<String>>,
+    /// Messages waiting for the worker's `Ready` (JSON text, or a file).
+    queue: Option<Vec<JsValue>>,
 }
 
 thread_local! {
@@ -52,8 +52,8 @@ fn dispatch(msg: FromWorker) {
     if let FromWorker::Ready = msg {
         CLIENT.with_borrow_mut(|c| {
             if let Some(c) = c {
-                for text in c.queue.take().unwrap_or_default() {
-                    let _ = c.worker.post_message(&JsValue::from_str(&text));
+                for m in c.queue.take().unwrap_or_default() {
+                    let _ = c.worker.post_message(&m);
                 }
             }
         });
@@ -109,14 +109,30 @@ pub fn start(on_backend: impl Fn(FromWorker) + 'static) -> Result<(), String> {
 
 pub fn send(msg: &ToWorker) {
     CLIENT.with_borrow_mut(|c| {
+        if let Some(c) = c
+            && matches!(msg, ToWorker::Init { .. })
+        {
+            c.init = Some(msg.clone());
+        }
+    });
+    post(JsValue::from_str(&msg.to_json()));
+}
+
+/// Hands the worker a file the reader picked (a `File` is passed by reference, not
+/// copied; the worker reads it). The next `RealOpen` loads it.
+pub fn send_file(file: &web_sys::File) {
+    let m = js_sys::Object::new();
+    let _ = js_sys::Reflect::set(&m, &"gguf".into(), file);
+    post(m.into());
+}
+
+fn post(m: JsValue) {
+    CLIENT.with_borrow_mut(|c| {
         if let Some(c) = c {
-            if matches!(msg, ToWorker::Init { .. }) {
-                c.init = Some(msg.clone());
-            }
             match &mut c.queue {
-                Some(queue) => queue.push(msg.to_json()),
+                Some(queue) => queue.push(m),
                 None => {
-                    let _ = c.worker.post_message(&JsValue::from_str(&msg.to_json()));
+                    let _ = c.worker.post_message(&m);
                 }
             }
         }

@@ -11,6 +11,7 @@ mod optimizers;
 mod precision;
 mod quantize;
 mod rank;
+mod real;
 mod rope;
 mod widgets;
 

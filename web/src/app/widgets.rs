@@ -151,7 +151,7 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
                     },
                     FromWorker::RunStats { stats, .. } => r.stats = Some(stats),
                     FromWorker::Compare { rows, stories_before, stories_after, .. } => r.compare = Some((rows, stories_before, stories_after)),
-                    FromWorker::Reply { .. } | FromWorker::Error { .. } | FromWorker::Backend(_) | FromWorker::Ready => {}
+                    _ => {}
                 }
             });
         });
@@ -548,7 +548,7 @@ pub fn format_count(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -54,6 +54,18 @@ pub async fn fetch_bytes(url: &str) -> Result<Vec<u8>, String> {
     Ok(Uint8Array::new(&buf).to_vec())
 }
 
+/// The bytes of a file the reader picked on the page (read locally: nothing is uploaded).
+pub async fn read_file(file: &web_sys::File) -> Result<Vec<u8>, String> {
+    let name = file.name();
+    let buf = JsFuture::from(file.array_buffer()).await.map_err(|e| js_err(&name, e))?;
+    Ok(Uint8Array::new(&buf).to_vec())
+}
+
+/// The `File` in a message the page posted outside JSON (`{gguf: File}`), if it is one.
+pub fn posted_file(data: &JsValue) -> Option<web_sys::File> {
+    get(data, "gguf").dyn_into::<web_sys::File>().ok()
+}
+
 /// What `navigator.gpu.requestAdapter()` gave.
 pub struct Adapter {
     pub vendor: String,

@@ -45,6 +45,18 @@ struct State {
     /// The shipped checkpoints fetched so far, by folder.
     shipped: HashMap<&'static str, Rc<ShippedFiles>>,
     runs: HashMap<u32, Rc<Cell<Control>>>,
+    /// The GGUF file the page posted last, until a `RealOpen` reads it.
+    posted_file: Option<web_sys::File>,
+}
+
+/// The real-model widget's model: the GGUF file's model on the autodiff device, its
+/// tokenizer and chat template, and the last finished LoRA fine-tune of it.
+struct RealSession {
+    base: Gpt,
+    tokenizer: TextTokenizer,
+    chat: Option<tinytune::tokenizer::chat::ChatTemplate>,
+    /// The fine-tuned model (LoRA unmerged) and how many steps trained it.
+    tuned: Option<(Gpt, usize)>,
 }
 
 thread_local! {
@@ -52,6 +64,7 @@ thread_local! {
     /// The lora-rank widget's last full fine-tune: (steps and lr, base, tuned, held-out
     /// data), so moving the rank slider does not train again.
     static RANK_RUN: RefCell<Option<(String, Gpt, Gpt, tinytune::train::Dataset)>> = const { RefCell::new(None) };
+    static REAL: RefCell<Option<RealSession>> = const { RefCell::new(None) };
 }
 
 /// Sends `msg` to the page; error text names core's fields as the page's controls.
@@ -74,7 +87,12 @@ fn status(run: u32, state: RunState, message: &str) {
 pub fn start() {
     console_error_panic_hook::set_once();
     let onmessage = Closure::<dyn FnMut(MessageEvent)>::new(|ev: MessageEvent| {
-        let Some(text) = ev.data().as_string() else { return };
+        let data = ev.data();
+        if let Some(file) = js::posted_file(&data) {
+            STATE.with_borrow_mut(|s| s.posted_file = Some(file));
+            return;
+        }
+        let Some(text) = data.as_string() else { return };
         match serde_json::from_str::<ToWorker>(&text) {
             Ok(msg) => handle(msg),
             Err(e) => post(&FromWorker::Error { id: 0, message: format!("worker: unreadable message: {e}") }),
@@ -113,6 +131,28 @@ fn handle(msg: ToWorker) {
             control(run, Control::Cancel);
         }
         ToWorker::Crash => panic!("crash requested by the page (ToWorker::Crash)"),
+        ToWorker::RealOpen { id } => spawn_local(async move {
+            post(&match real_open().await {
+                Ok(info) => FromWorker::RealOpened { id, info },
+                Err(message) => FromWorker::Error { id, message },
+            });
+        }),
+        ToWorker::RealChat { id, prompt, max_tokens } => spawn_local(async move {
+            if let Err(message) = real_chat(id, &prompt, max_tokens).await {
+                post(&FromWorker::Error { id, message });
+            }
+        }),
+        ToWorker::RealTrain { run, params } => {
+            let cell = Rc::new(Cell::new(Control::Run));
+            STATE.with_borrow_mut(|s| s.runs.insert(run, cell.clone()));
+            spawn_local(async move {
+                match real_train(run, &params, &cell).await {
+                    Ok(state) => status(run, state, ""),
+                    Err(e) => status(run, RunState::Failed, &e),
+                }
+                STATE.with_borrow_mut(|s| s.runs.remove(&run));
+            });
+        }
         ToWorker::Request { id, req } => spawn_local(async move {
             post(&match crate::widgets::answer(req).await {
                 Ok(reply) => FromWorker::Reply { id, reply },
@@ -559,4 +599,117 @@ async fn generate(p: &GenerateParams) -> Result<Samples, String> {
         js::sleep(0).await;
     }
     Ok(Samples { samples, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// Reads, parses and loads the GGUF file the page posted, on the current device (with
+/// autodiff, so the same weights fine-tune), replacing any model opened before.
+async fn real_open() -> Result<crate::real::RealInfo, String> {
+    use tinytune::gguf::{self, Gguf};
+    let err = |e: tinytune::Error| e.to_string();
+    let file = STATE.with_borrow_mut(|s| s.posted_file.take()).ok_or("no file reached the worker; choose the .gguf file again")?;
+    let name = file.name();
+    // The old model goes first: two 135M-parameter models at once is 1 GB of FP32.
+    REAL.with_borrow_mut(|r| *r = None);
+    let started = web_time::Instant::now();
+    let bytes = js::read_file(&file).await?;
+    let g = Gguf::parse(&bytes, name.as_str()).map_err(err)?;
+    let storage = g.storage().into_iter().map(|(t, n, weights, b)| (format!("{t:?}"), n, weights, b)).collect();
+    let ad = device().await.autodiff();
+    js::sleep(0).await;
+    let opened = gguf::llama::open(&g, &ad).map_err(err)?;
+    drop(g);
+    drop(bytes);
+    let c = &opened.config;
+    let on_cpu = tinytune::optim::optimizer::host_memory_device(&ad);
+    let info = crate::real::RealInfo {
+        name,
+        file_bytes: file.size() as u64,
+        layers: c.n_layer,
+        hidden: c.n_embd,
+        heads: c.n_head,
+        kv_heads: c.n_kv_head,
+        vocab: c.vocab_size,
+        context: c.n_positions,
+        params: c.num_params() as u64,
+        storage,
+        chat_template: opened.chat.is_some(),
+        load_seconds: started.elapsed().as_secs_f64(),
+        worker_bytes: on_cpu.then(|| tinytune::memory::measure::current() as u64),
+        device: if on_cpu { "CPU".into() } else { "WebGPU".into() },
+    };
+    REAL.with_borrow_mut(|r| *r = Some(RealSession { base: opened.model, tokenizer: opened.tokenizer, chat: opened.chat, tuned: None }));
+    Ok(info)
+}
+
+/// Greedy reply of the opened model (the fine-tuned one once a run has finished) to one
+/// user message in its chat template, streamed to the page token by token.
+async fn real_chat(id: u32, prompt: &str, max_tokens: usize) -> Result<(), String> {
+    use crate::real::ChatReply;
+    let err = |e: tinytune::Error| e.to_string();
+    let (model, tok, chat, label) = REAL
+        .with_borrow(|r| {
+            r.as_ref().map(|s| match &s.tuned {
+                Some((m, steps)) => (m.clone(), s.tokenizer.clone(), s.chat.clone(), format!("after {steps} steps of LoRA")),
+                None => (s.base.valid(), s.tokenizer.clone(), s.chat.clone(), "base".to_string()),
+            })
+        })
+        .ok_or("open a .gguf file first")?;
+    let (text, stop_ids) = match &chat {
+        Some(c) => (c.user_prompt(prompt).map_err(err)?, c.stop_ids(&tok)),
+        None => (prompt.to_string(), tok.eot().into_iter().collect()),
+    };
+    let ids = tok.encode(&text).map_err(err)?;
+    if ids.is_empty() {
+        return Err("type a message first".into());
+    }
+    let config = SampleConfig { max_new_tokens: max_tokens, temperature: 0.0, top_k: None, seed: 0, stop_ids: stop_ids.clone(), cache: true };
+    let started = web_time::Instant::now();
+    let reply = |out: &[u32], done: bool| {
+        let shown = if out.last().is_some_and(|id| stop_ids.contains(id)) { &out[..out.len() - 1] } else { out };
+        ChatReply { text: tok.decode(shown), tokens: out.len(), seconds: started.elapsed().as_secs_f64(), model: label.clone(), done }
+    };
+    let out = tinytune::sample::generate_stream_async(&model, &ids, &config, |out| post(&FromWorker::RealText { id, reply: reply(out, false) }))
+        .await
+        .map_err(err)?;
+    post(&FromWorker::RealText { id, reply: reply(&out, true) });
+    Ok(())
+}
+
+/// A LoRA fine-tune of the opened model on the shipped chat set, streamed like the train
+/// widget's runs; when it finishes, chats use the fine-tuned model.
+async fn real_train(run: u32, p: &crate::real::RealModelParams, control: &Cell<Control>) -> Result<RunState, String> {
+    let err = |e: tinytune::Error| e.to_string();
+    let (base, tok, chat) = REAL.with_borrow(|r| r.as_ref().map(|s| (s.base.clone(), s.tokenizer.clone(), s.chat.clone()))).ok_or("open a .gguf file first")?;
+    status(run, RunState::Preparing, "fetching the chat set");
+    let text = js::fetch_text(crate::real::CHAT_URL).await?;
+    let config = p.train_config();
+    let ad = base.device();
+    let model = config.method.apply(base, config.seed, &ad).map_err(err)?;
+    status(run, RunState::Preparing, "rendering and tokenising the conversations");
+    js::sleep(0).await;
+    let trainer = Trainer::from_jsonl(model, &tok, chat.as_ref(), &text, crate::real::CHAT_FILE, config, &ad).map_err(err)?;
+    let on_cpu = tinytune::optim::optimizer::host_memory_device(&ad);
+    let mut host = WorkerHost {
+        run,
+        control,
+        paused: false,
+        summary: String::new(),
+        host_only: false,
+        stats: crate::protocol::RunStats { optimizer: "adamw".into(), device: if on_cpu { "CPU".into() } else { "WebGPU".into() }, ..Default::default() },
+        on_cpu,
+        base: tinytune::memory::measure::current(),
+        step_secs: 0.0,
+    };
+    tinytune::memory::measure::reset_peak();
+    let mut driven = Run::new(trainer, tok);
+    if driven.drive_async(&mut host).await? == Outcome::Cancelled {
+        return Ok(RunState::Cancelled);
+    }
+    let tuned = driven.trainer.model.valid();
+    REAL.with_borrow_mut(|r| {
+        if let Some(s) = r {
+            s.tuned = Some((tuned, p.steps));
+        }
+    });
+    Ok(RunState::Done)
 }
