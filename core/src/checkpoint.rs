@@ -16,7 +16,7 @@ use safetensors::{Dtype, SafeTensors, View};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Origin, Result};
-use crate::methods::{Method, Nf4Weight};
+use crate::methods::{FrozenWeight, Method};
 use crate::model::params::{load_params, param_data};
 use crate::model::{Gpt, ModelConfig, names};
 use crate::optim::Optimizer;
@@ -120,7 +120,8 @@ pub fn from_safetensors(bytes: &[u8], origin: &Origin) -> Result<HashMap<String,
 }
 
 /// The model's weights as safetensors bytes, under the family's file names
-/// (`model::names`). An NF4 base (QLoRA) is stored packed, as `{path}.weight.nf4.*`
+/// (`model::names`). A quantized base (QLoRA) is stored packed, as `{path}.weight.nf4.*`
+/// (or `{path}.weight.ggml.*`, a GGUF file's blocks)
 /// tensors (`path` in the file's names). A model merged in place (`methods::merge_in_place`) is
 /// written unmerged: the base weights and the adapters apart, as it was trained, so loading
 /// never applies an update twice.
@@ -139,7 +140,7 @@ pub fn save_model(model: &Gpt) -> Vec<u8> {
         })
         .collect();
     crate::methods::for_each_projection_ref(model, |path, p| {
-        if let Some(q) = &p.nf4 {
+        if let Some(q) = &p.frozen {
             tensors.extend(q.tensors().into_iter().map(|(suffix, d)| (names::to_file(family, &format!("{path}.weight.{suffix}")), d)));
         }
     });
@@ -203,13 +204,21 @@ pub fn load_model_tensors(config: &ModelConfig, method: &Method, mut tensors: Ha
     if let Method::Qlora(q) = method {
         let mut failure = None;
         crate::methods::for_each_projection(&mut model, |path, p| {
-            if p.nf4.is_none() || failure.is_some() {
+            if p.frozen.is_none() || failure.is_some() {
                 return;
             }
             let prefix = format!("{path}.weight.");
             let (d_in, d_out) = (p.d_in(), p.d_out());
-            match Nf4Weight::from_tensors(device, d_in, d_out, q.block, |part| tensors.remove(&format!("{prefix}{part}")), &origin, &format!("{path}.weight")) {
-                Ok(w) => p.nf4 = Some(w),
+            match FrozenWeight::from_tensors(
+                device,
+                d_in,
+                d_out,
+                q.block,
+                |part| tensors.remove(&format!("{prefix}{part}")),
+                &origin,
+                &format!("{path}.weight"),
+            ) {
+                Ok(w) => p.frozen = Some(w),
                 Err(e) => failure = Some(e),
             }
         });

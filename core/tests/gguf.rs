@@ -133,6 +133,83 @@ fn a_gguf_llama_gives_transformers_logits() {
     assert_eq!(new, expected);
 }
 
+/// QLoRA on a GGUF model keeps the file's own blocks as the frozen base (Q4_1 and Q4_0 here,
+/// byte for byte, query/key rows reordered whole), NF4 only for projections the file stores
+/// as plain floats; the untrained adapters leave the logits as the FP32 model's, and a
+/// checkpoint of it loads back with the same logits.
+#[test]
+fn qlora_on_a_gguf_model_keeps_the_files_blocks() {
+    use burn::tensor::{Device, Int, Tensor, TensorData};
+    use tinytune::methods::{FrozenWeight, Method, MethodSummary, QloraConfig, for_each_projection_ref, qlora::Stored};
+    let bytes = std::fs::read(format!("{DIR}/tiny-llama.gguf")).unwrap();
+    let g = Gguf::parse(&bytes, "tiny-llama.gguf").unwrap();
+    let device = Device::flex();
+    let (full, config) = tinytune::gguf::llama::load_model(&g, &Method::Full, &device).unwrap();
+    let method = Method::Qlora(QloraConfig {
+        lora: tinytune::methods::LoraConfig { target_modules: vec!["all-linear".into()], ..Default::default() },
+        ..Default::default()
+    });
+    let (q, _) = tinytune::gguf::llama::load_model(&g, &method, &device).unwrap();
+    // Every projection: its stored type and bytes, against the file's table.
+    let file_type = |path: &str| {
+        let (layer, part) = path.strip_prefix("h.").unwrap().split_once('.').unwrap();
+        let gguf = match part {
+            "attn.q_proj" => "attn_q",
+            "attn.k_proj" => "attn_k",
+            "attn.v_proj" => "attn_v",
+            "attn.o_proj" => "attn_output",
+            "mlp.gate_proj" => "ffn_gate",
+            "mlp.up_proj" => "ffn_up",
+            "mlp.down_proj" => "ffn_down",
+            other => panic!("{other}"),
+        };
+        g.tensor(&format!("blk.{layer}.{gguf}.weight")).unwrap().clone()
+    };
+    let mut fp32 = std::collections::HashMap::new();
+    for_each_projection_ref(&full, |path, p| {
+        fp32.insert(path.to_string(), p.base_weight().into_data().convert::<f32>().try_to_vec::<f32>().unwrap());
+    });
+    let mut seen = 0;
+    for_each_projection_ref(&q, |path, p| {
+        let t = file_type(path);
+        let frozen: &FrozenWeight = p.frozen.as_ref().unwrap();
+        assert!(p.weight.is_none() && p.source.is_none(), "{path}");
+        match &*frozen.stored {
+            Stored::Ggml { ty, raw } => {
+                assert_eq!(*ty, t.ggml_type, "{path}");
+                assert_eq!(raw.len() as u64, t.bytes(), "{path}");
+                // Rows move whole: the same blocks, reordered only for queries and keys.
+                if !path.ends_with("q_proj") && !path.ends_with("k_proj") {
+                    assert_eq!(&raw[..], g.raw(&t), "{path}");
+                }
+                // Dequantized per forward pass, it is exactly the weight the FP32 load holds.
+                assert_eq!(p.base_weight().into_data().convert::<f32>().try_to_vec::<f32>().unwrap(), fp32[path], "{path}");
+            }
+            Stored::Nf4(_) => assert!(!t.ggml_type.is_block(), "{path} is {:?} in the file", t.ggml_type),
+        }
+        seen += 1;
+    });
+    assert_eq!(seen, 2 * 7);
+    let summary = MethodSummary::of(&method, &q);
+    assert!(summary.line().contains("Q4_1, ") && summary.frozen_formats.contains("Q4_0") && summary.frozen_formats.contains("NF4"), "{}", summary.line());
+
+    let logits = |m: &tinytune::Gpt| {
+        let x = Tensor::<2, Int>::from_data(TensorData::new(vec![5i64, 77, 120, 33, 9], [1, 5]), &device);
+        m.forward(x).into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    };
+    let worst = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    // NF4 rounds layer 1's F16/BF16 projections, so the logits move; rounding every
+    // projection to NF4 again, as QLoRA on the FP32 weights does, moves them further.
+    let mut forgotten = full.clone();
+    tinytune::methods::for_each_projection(&mut forgotten, |_, p| p.source = None);
+    let all_nf4 = method.apply(forgotten, 0, &device).unwrap();
+    let (lf, lq, ln) = (logits(&full), logits(&q), logits(&all_nf4));
+    assert!(worst(&lf, &lq) < worst(&lf, &ln), "kept blocks {} vs all NF4 {}", worst(&lf, &lq), worst(&lf, &ln));
+    let saved = tinytune::checkpoint::save_model(&q);
+    let back = tinytune::checkpoint::load_model_for(&config, &method, &saved, &device, "qlora checkpoint").unwrap();
+    assert_eq!(worst(&lq, &logits(&back)), 0.0);
+}
+
 /// Opt-in, with `TINYTUNE_SMOLLM2_GGUF`: SmolLM2-135M-Instruct's chat-rendered prompt gives
 /// transformers' top-10 next-token logits (within 1e-3) and the same 30-token greedy reply
 /// (`tests/fixtures/gguf/smollm2-reference.json`).

@@ -292,8 +292,10 @@ fn battery(config: &ModelConfig, methods: Vec<(&'static str, Method)>) {
 fn packed(model: &Gpt) -> Vec<(String, Vec<u8>, Vec<f32>)> {
     let mut out = Vec::new();
     for_each_projection_ref(model, |path, p| {
-        if let Some(q) = &p.nf4 {
-            out.push((path.to_string(), q.q.packed.clone(), q.q.absmax()));
+        if let Some(q) = &p.frozen
+            && let tinytune::methods::qlora::Stored::Nf4(q) = &*q.stored
+        {
+            out.push((path.to_string(), q.packed.clone(), q.absmax()));
         }
     });
     out
@@ -315,7 +317,7 @@ fn qlora_keeps_the_base_packed_at_half_a_byte_per_weight() {
         // Two codes per byte, one 8-bit code per block of 64, one FP32 scale per 256 block
         // codes, and the FP32 offset.
         expected += n.div_ceil(2) + blocks + 4 * blocks.div_ceil(256) + 4;
-        bytes += p.nf4.as_ref().unwrap().bytes();
+        bytes += p.frozen.as_ref().unwrap().bytes();
     });
     assert_eq!(bytes, expected);
     let per_weight = bytes as f64 / linear as f64;

@@ -936,6 +936,36 @@ fn a_gguf_model_imports_generates_chats_and_fine_tunes() {
         assert!(ckpt.join(f).exists(), "{f} missing from the run's checkpoint");
     }
     ok(&tinytune(&["generate", "--model", run.to_str().unwrap(), "--chat", "--prompt", "Hi", "--temperature", "0", "--max-tokens", "4"]));
+    // QLoRA keeps the file's own 4-bit blocks as the frozen base (NF4 only where the file
+    // stores plain floats), and its checkpoint loads them back.
+    let q = tmp("gguf-qlora");
+    let out = tinytune(&[
+        "finetune",
+        "--model",
+        gguf,
+        "--data",
+        "stories",
+        "--method",
+        "qlora",
+        "--targets",
+        "all-linear",
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--seq-len",
+        "32",
+        "--train-examples",
+        "40",
+        "--eval-examples",
+        "8",
+        "--out",
+        q.to_str().unwrap(),
+    ]);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    ok(&out);
+    assert!(said.contains("Q4_1, ") && said.contains("Q4_0") && said.contains("NF4 base: "), "{said}");
+    ok(&tinytune(&["generate", "--model", q.to_str().unwrap(), "--prompt", "Hi", "--temperature", "0", "--max-tokens", "4"]));
     // The adapter in PEFT's format, naming the hub model it goes on.
     let peft = tmp("gguf-peft");
     let base = "HuggingFaceTB/SmolLM2-135M-Instruct";

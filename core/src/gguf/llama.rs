@@ -141,10 +141,11 @@ fn hf_name(gguf: &str) -> Option<String> {
 }
 
 /// Undoes llama.cpp's permutation of a `[heads · d, cols]` projection: its row
-/// `h·d + 2i + t` is transformers' row `h·d + t·d/2 + i`.
-pub fn unpermute(rows: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+/// `h·d + 2i + t` is transformers' row `h·d + t·d/2 + i`. Rows are `cols` values long
+/// (weights, or the bytes of a row of quantized blocks, which move whole).
+pub fn unpermute<T: Copy + Default>(rows: &[T], heads: usize, cols: usize) -> Vec<T> {
     let d = rows.len() / cols / heads;
-    let mut out = vec![0.0; rows.len()];
+    let mut out = vec![T::default(); rows.len()];
     for h in 0..heads {
         for i in 0..d / 2 {
             for t in 0..2 {
@@ -155,6 +156,18 @@ pub fn unpermute(rows: &[f32], heads: usize, cols: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+/// The heads of a query or key projection (whose rows llama.cpp permutes), by its
+/// Hugging Face name; None for every other tensor.
+fn permuted_heads(name: &str, config: &ModelConfig) -> Option<usize> {
+    if name.ends_with("q_proj.weight") {
+        Some(config.n_head)
+    } else if name.ends_with("k_proj.weight") {
+        Some(config.n_kv_head)
+    } else {
+        None
+    }
 }
 
 /// Every tensor under its Hugging Face name and `[out, in]` shape, dequantized to f32.
@@ -170,14 +183,7 @@ pub fn hf_tensors(g: &Gguf, config: &ModelConfig) -> Result<HashMap<String, Tens
         };
         let shape = t.shape();
         let mut data = g.dequantize(t)?;
-        let heads = if name.ends_with("q_proj.weight") {
-            Some(config.n_head)
-        } else if name.ends_with("k_proj.weight") {
-            Some(config.n_kv_head)
-        } else {
-            None
-        };
-        if let Some(heads) = heads {
+        if let Some(heads) = permuted_heads(&name, config) {
             let expected = [heads * config.head_dim(), config.n_embd];
             if shape != expected {
                 return Err(Error::tensor(g.origin.clone(), &t.name, format!("has shape {shape:?}; the metadata's heads and width say {expected:?}")));
@@ -189,12 +195,46 @@ pub fn hf_tensors(g: &Gguf, config: &ModelConfig) -> Result<HashMap<String, Tens
     Ok(out)
 }
 
-/// The model in the file, adapted by `method`, on `device`.
+/// The model in the file, adapted by `method`, on `device`. Every projection stored in
+/// quantized blocks keeps them as its `source` (rows in transformers' order), so QLoRA
+/// (`Method::Qlora`, here or applied later) freezes the file's own blocks instead of
+/// rounding the dequantized weight to NF4 again.
 pub fn load_model(g: &Gguf, method: &Method, device: &Device) -> Result<(Gpt, ModelConfig)> {
     let config = model_config(g)?;
     let tensors = model_tensors(&config, hf_tensors(g, &config)?, &g.origin)?;
-    let model = load_model_tensors(&config, method, tensors, g.origin.clone(), device)?;
+    let mut model = load_model_tensors(&config, &Method::Full, tensors, g.origin.clone(), device)?;
+    attach_sources(g, &config, &mut model)?;
+    let model = match method {
+        Method::Full => model,
+        m => m.apply(model, 0, device)?,
+    };
     Ok((model, config))
+}
+
+/// Sets `source` on every projection of `model` that `g` stores in quantized blocks.
+fn attach_sources(g: &Gguf, config: &ModelConfig, model: &mut Gpt) -> Result<()> {
+    let mut by_path = HashMap::new();
+    for t in g.tensors.iter().filter(|t| t.ggml_type.is_block()) {
+        if let Some(path) = hf_name(&t.name).and_then(|hf| crate::model::names::from_hf(config.family, &hf).map(|p| (p, hf))) {
+            by_path.insert(path.0, (t, path.1));
+        }
+    }
+    let device = model.device();
+    let mut failure = None;
+    crate::methods::for_each_projection(model, |path, p| {
+        let Some((t, hf)) = by_path.get(&format!("{path}.weight")) else { return };
+        let (d_in, d_out) = (p.d_in(), p.d_out());
+        let raw = g.raw(t);
+        let raw = match permuted_heads(hf, config) {
+            Some(heads) => unpermute(raw, heads, raw.len() / d_out.max(1)),
+            None => raw.to_vec(),
+        };
+        match crate::methods::FrozenWeight::ggml(t.ggml_type, raw, d_in, d_out, &device) {
+            Ok(w) => p.source = Some(w),
+            Err(e) => failure = failure.take().or(Some(Error::tensor(g.origin.clone(), &t.name, e.to_string()))),
+        }
+    });
+    failure.map_or(Ok(()), Err)
 }
 
 /// Everything a GGUF file gives to run and fine-tune its model: the model (unadapted), its

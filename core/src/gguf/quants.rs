@@ -56,6 +56,27 @@ impl GgmlType {
         })
     }
 
+    /// ggml's id for the type (`enum ggml_type`), as [`GgmlType::from_id`] reads it.
+    pub fn id(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q4_0 => 2,
+            Self::Q4_1 => 3,
+            Self::Q5_0 => 6,
+            Self::Q5_1 => 7,
+            Self::Q8_0 => 8,
+            Self::Q4K => 12,
+            Self::Q6K => 14,
+            Self::BF16 => 30,
+        }
+    }
+
+    /// Quantized in blocks (not a plain float type).
+    pub fn is_block(self) -> bool {
+        self.block().0 > 1
+    }
+
     fn other_name(id: u32) -> &'static str {
         match id {
             9 => "Q8_1",

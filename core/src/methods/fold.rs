@@ -74,12 +74,13 @@ pub fn merge(mut model: Gpt) -> Gpt {
         if let Some((w, b, _)) = folded(p) {
             set_weight(p, w);
             set_bias(p, b);
-        } else if p.nf4.is_some() {
+        } else if p.frozen.is_some() {
             set_weight(p, p.base_weight());
         }
         p.ia3 = None;
         p.lora = None;
-        p.nf4 = None;
+        p.frozen = None;
+        p.source = None;
     });
     model
 }
@@ -97,9 +98,10 @@ pub fn merge_in_place(model: &mut Gpt) -> Result<usize> {
         if refusal.is_some() || p.merged.is_some() || (p.lora.is_none() && p.ia3.is_none()) {
             return;
         }
-        if p.nf4.is_some() {
+        if let Some(q) = &p.frozen {
             refusal = Some(format!(
-                "{path} holds its base weight in NF4, which cannot take the update in place; merge into a new FP32 model instead (tinytune merge-adapter)"
+                "{path} holds its base weight in {}, which cannot take the update in place; merge into a new FP32 model instead (tinytune merge-adapter)",
+                q.format()
             ));
         } else if let Some(ia3) = &p.ia3 {
             let l = ia3.ia3_l.val().into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();

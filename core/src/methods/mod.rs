@@ -31,7 +31,7 @@ pub use fold::{MergeUndo, is_merged, merge, merge_in_place, unmerge};
 pub use ia3::{Ia3, Ia3Config};
 pub use lora::{Lora, LoraBias, LoraConfig, LoraInit};
 pub use prompt::{Prefix, PrefixConfig, PromptConfig, PromptInit, SoftPrompt};
-pub use qlora::{Nf4Weight, QloraConfig};
+pub use qlora::{FrozenWeight, QloraConfig};
 pub use selective::Selection;
 
 /// Whether the projection at dotted `path` (e.g. `h.3.attn.c_attn`) is named by `targets`,
@@ -378,21 +378,29 @@ pub struct MethodSummary {
     pub trainable: usize,
     /// Parameters of the unadapted model.
     pub total: usize,
-    /// Linear weights held in NF4, and their bytes at rest (codes and scales).
+    /// Linear weights held quantized (NF4, or a GGUF file's blocks), and their bytes at
+    /// rest (codes and scales).
     pub nf4_weights: usize,
     pub nf4_bytes: usize,
+    /// The quantized base's formats, e.g. "NF4" or "Q4_1, Q8_0".
+    #[serde(default)]
+    pub frozen_formats: String,
 }
 
 impl MethodSummary {
     pub fn of(method: &Method, model: &Gpt) -> Self {
-        let (mut nf4_weights, mut nf4_bytes) = (0, 0);
+        let (mut nf4_weights, mut nf4_bytes, mut formats) = (0, 0, Vec::new());
         for_each_projection_ref(model, |_, p| {
-            if let Some(q) = &p.nf4 {
+            if let Some(q) = &p.frozen {
                 nf4_weights += q.d_in * q.d_out;
                 nf4_bytes += q.bytes();
+                if !formats.contains(&q.format()) {
+                    formats.push(q.format());
+                }
             }
         });
-        Self { method: method.name().into(), trainable: method.trainable_params(model), total: model.config().num_params(), nf4_weights, nf4_bytes }
+        let (method, trainable, total) = (method.name().into(), method.trainable_params(model), model.config().num_params());
+        Self { method, trainable, total, nf4_weights, nf4_bytes, frozen_formats: formats.join(", ") }
     }
 
     /// One line for logs and the page, e.g. "qlora: 65536 of 875264 parameters train
@@ -408,7 +416,8 @@ impl MethodSummary {
         );
         if self.nf4_weights > 0 {
             s += &format!(
-                "; NF4 base: {} linear weights in {} ({:.4} bytes/weight; {} in FP32)",
+                "; {} base: {} linear weights in {} ({:.4} bytes/weight; {} in FP32)",
+                self.frozen_formats,
                 self.nf4_weights,
                 crate::memory::human(self.nf4_bytes as u64),
                 self.nf4_bytes as f64 / self.nf4_weights as f64,

@@ -4,7 +4,9 @@
 //! bitsandbytes).
 //!
 //! The base stays packed at rest, two codes per byte on the host, and is dequantized to
-//! FP32 on every forward pass; only the LoRA matrices train. Autodiff keeps the
+//! FP32 on every forward pass; only the LoRA matrices train. A model loaded from a GGUF
+//! file keeps the file's own blocks instead (Q4_1, Q8_0, … as `Projection::source` holds
+//! them), dequantized the same way: QLoRA over the 4-bit model people actually download. Autodiff keeps the
 //! dequantized weight of each layer until the backward pass has used it (bitsandbytes
 //! instead dequantizes a second time in the backward pass), so the saving is in the weights
 //! held between steps, which is what QLoRA's memory figures count.
@@ -48,40 +50,83 @@ impl QloraConfig {
     }
 }
 
-/// A frozen linear weight in NF4, `[d_in, d_out]` when dequantized. Quantized in
-/// `torch.nn.Linear`'s `[d_out, d_in]` order, as bitsandbytes quantizes a `Linear4bit`.
+/// How a frozen base weight is held: NF4 (QLoRA's own quantization), or the blocks a GGUF
+/// file stored it in (Q4_1, Q8_0, …), kept as they are rather than rounded a second time.
+#[derive(Debug)]
+pub enum Stored {
+    /// Quantized in `torch.nn.Linear`'s `[d_out, d_in]` order, as bitsandbytes quantizes a
+    /// `Linear4bit`.
+    Nf4(Quantized4),
+    /// ggml blocks of a `[d_out, d_in]` matrix, rows in transformers' order (llama.cpp's
+    /// query/key row permutation undone on whole rows of blocks when it was loaded).
+    Ggml { ty: crate::gguf::GgmlType, raw: Vec<u8> },
+}
+
+/// A frozen linear weight, `[d_in, d_out]` when dequantized, held quantized at rest.
 #[derive(Clone, Debug)]
-pub struct Nf4Weight {
-    pub q: Arc<Quantized4>,
+pub struct FrozenWeight {
+    pub stored: Arc<Stored>,
     pub d_in: usize,
     pub d_out: usize,
     /// Where the dequantized weight is made.
     pub device: Device,
 }
 
-impl Nf4Weight {
-    /// Quantizes a `[d_in, d_out]` weight.
+impl FrozenWeight {
+    /// Quantizes a `[d_in, d_out]` weight to NF4.
     pub fn quantize(w: Tensor<2>, block: usize, double_quant: bool) -> Self {
         let [d_in, d_out] = w.dims();
         let device = w.device();
         let linear: Vec<f32> = w.transpose().into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 weights");
-        Self { q: Arc::new(quantize_4bit(&linear, FourBit::Nf4, block, double_quant)), d_in, d_out, device }
+        Self { stored: Arc::new(Stored::Nf4(quantize_4bit(&linear, FourBit::Nf4, block, double_quant))), d_in, d_out, device }
+    }
+
+    /// A `[d_in, d_out]` weight from a GGUF file's blocks of its `[d_out, d_in]` matrix;
+    /// checked to hold exactly that many weights.
+    pub fn ggml(ty: crate::gguf::GgmlType, raw: Vec<u8>, d_in: usize, d_out: usize, device: &Device) -> Result<Self> {
+        let (block, size) = ty.block();
+        if !d_in.is_multiple_of(block) || raw.len() != d_in / block * size * d_out {
+            return Err(Error::Invalid(format!("{} blocks of {} bytes do not hold a {d_out}×{d_in} matrix", ty.name(), raw.len())));
+        }
+        Ok(Self { stored: Arc::new(Stored::Ggml { ty, raw }), d_in, d_out, device: device.clone() })
     }
 
     /// The dequantized weight, `[d_in, d_out]`.
     pub fn weight(&self) -> Tensor<2> {
-        Tensor::<2>::from_data(TensorData::new(self.q.dequantize(), [self.d_out, self.d_in]), &self.device).transpose()
+        let values = match &*self.stored {
+            Stored::Nf4(q) => q.dequantize(),
+            // Checked when it was made: the blocks hold exactly d_out × d_in weights.
+            Stored::Ggml { ty, raw } => crate::gguf::quants::dequantize(*ty, raw, self.d_in * self.d_out).expect("blocks checked when loaded"),
+        };
+        Tensor::<2>::from_data(TensorData::new(values, [self.d_out, self.d_in]), &self.device).transpose()
     }
 
-    /// Bytes held at rest: packed codes and (quantized) block maxima.
+    /// Bytes held at rest: packed codes and (quantized) block scales.
     pub fn bytes(&self) -> usize {
-        self.q.bytes()
+        match &*self.stored {
+            Stored::Nf4(q) => q.bytes(),
+            Stored::Ggml { raw, .. } => raw.len(),
+        }
+    }
+
+    /// The format's name: "NF4", or the ggml type ("Q4_1", …).
+    pub fn format(&self) -> &'static str {
+        match &*self.stored {
+            Stored::Nf4(_) => "NF4",
+            Stored::Ggml { ty, .. } => ty.name(),
+        }
     }
 
     /// The stored form as named tensors (suffixes of the weight's path), for checkpoints.
     pub fn tensors(&self) -> Vec<(&'static str, TensorData)> {
-        let mut out = vec![("nf4.packed", TensorData::new(self.q.packed.clone(), [self.q.packed.len()]))];
-        match &self.q.scales {
+        let q = match &*self.stored {
+            Stored::Nf4(q) => q,
+            Stored::Ggml { ty, raw } => {
+                return vec![("ggml.blocks", TensorData::new(raw.clone(), [raw.len()])), ("ggml.type", TensorData::new(vec![ty.id() as u8], [1]))];
+            }
+        };
+        let mut out = vec![("nf4.packed", TensorData::new(q.packed.clone(), [q.packed.len()]))];
+        match &q.scales {
             Scales::Plain(a) => out.push(("nf4.absmax", TensorData::new(a.clone(), [a.len()]))),
             Scales::Double { codes, scales, offset } => {
                 out.push(("nf4.absmax_codes", TensorData::new(codes.clone(), [codes.len()])));
@@ -111,6 +156,17 @@ impl Nf4Weight {
             d.convert::<f32>().try_to_vec::<f32>().map_err(|_| Error::tensor(origin.clone(), format!("{path}.{part}"), "must be a float tensor"))
         };
         let missing = |part: &str| Error::tensor(origin.clone(), format!("{path}.{part}"), "is missing from a QLoRA checkpoint");
+        // A base kept in a GGUF file's blocks.
+        if let Some(raw) = take("ggml.blocks") {
+            let raw = bytes(raw, "ggml.blocks")?;
+            let id = bytes(take("ggml.type").ok_or_else(|| missing("ggml.type"))?, "ggml.type")?;
+            let ty = match id[..] {
+                [id] => crate::gguf::GgmlType::from_id(id as u32),
+                _ => Err("must hold one ggml type id".into()),
+            }
+            .map_err(|e| Error::tensor(origin.clone(), format!("{path}.ggml.type"), e))?;
+            return Self::ggml(ty, raw, d_in, d_out, device).map_err(|e| Error::tensor(origin.clone(), format!("{path}.ggml.blocks"), e.to_string()));
+        }
         let packed = bytes(take("nf4.packed").ok_or_else(|| missing("nf4.packed"))?, "nf4.packed")?;
         if packed.len() != len.div_ceil(2) {
             return Err(Error::tensor(
@@ -145,7 +201,12 @@ impl Nf4Weight {
                 ),
             ));
         }
-        Ok(Self { q: Arc::new(Quantized4 { kind: FourBit::Nf4, blocksize: block, len, packed, scales }), d_in, d_out, device: device.clone() })
+        Ok(Self {
+            stored: Arc::new(Stored::Nf4(Quantized4 { kind: FourBit::Nf4, blocksize: block, len, packed, scales })),
+            d_in,
+            d_out,
+            device: device.clone(),
+        })
     }
 }
 
@@ -164,7 +225,9 @@ pub(crate) fn inject(model: crate::model::Gpt, config: &QloraConfig, seed: u64, 
     let mut model = model;
     super::for_each_projection(&mut model, |_, p| {
         if let Some(w) = p.weight.take() {
-            p.nf4 = Some(Nf4Weight::quantize(w.val(), config.block, config.double_quant));
+            // A weight loaded from quantized blocks (a GGUF file) keeps them: rounding it to
+            // NF4 as well would add a second rounding error on top of the file's.
+            p.frozen = Some(p.source.take().unwrap_or_else(|| FrozenWeight::quantize(w.val(), config.block, config.double_quant)));
         }
     });
     Ok(super::lora::add_lora(model, &config.lora, seed, device))

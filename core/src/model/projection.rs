@@ -17,12 +17,19 @@ use crate::init::Fill;
 /// `[out, in]`, are transposed on the way in and out by `model::names`).
 #[derive(Module, Debug)]
 pub struct Projection {
-    /// `[d_in, d_out]`; None when the base weight is held in NF4 instead (QLoRA).
+    /// `[d_in, d_out]`; None when the base weight is held quantized instead (QLoRA).
     pub weight: Option<Param<Tensor<2>>>,
-    /// The frozen base weight in 4-bit NormalFloat (`methods::qlora`), dequantized on every
-    /// forward pass. Not a parameter: it never trains, and checkpoints store it packed.
+    /// The frozen base weight held quantized (`methods::qlora`: NF4, or a GGUF file's own
+    /// blocks), dequantized on every forward pass. Not a parameter: it never trains, and
+    /// checkpoints store it packed.
     #[module(skip)]
-    pub nf4: Option<crate::methods::qlora::Nf4Weight>,
+    pub frozen: Option<crate::methods::qlora::FrozenWeight>,
+    /// The quantized blocks `weight` was dequantized from when it was loaded from a GGUF
+    /// file, shared, not copied: QLoRA keeps these as the frozen base instead of rounding
+    /// the weight to NF4 a second time. Dropped whenever `weight` changes form (QLoRA,
+    /// merges); never saved.
+    #[module(skip)]
+    pub source: Option<crate::methods::qlora::FrozenWeight>,
     /// `[d_out]`
     pub bias: Option<Param<Tensor<1>>>,
     /// A low-rank update beside the frozen weight (`methods::lora`), if adapted.
@@ -45,7 +52,8 @@ impl Projection {
     pub fn filled(d_in: usize, d_out: usize, std: f64, bias: bool, fill: &mut Fill, device: &Device) -> Self {
         Self {
             weight: Some(Param::from_tensor(fill.tensor([d_in, d_out], std, device))),
-            nf4: None,
+            frozen: None,
+            source: None,
             bias: bias.then(|| Param::from_tensor(Tensor::zeros([d_out], device))),
             lora: None,
             ia3: None,
@@ -58,7 +66,8 @@ impl Projection {
     pub fn zeros(d_in: usize, d_out: usize, device: &Device) -> Self {
         Self {
             weight: Some(Param::from_tensor(Tensor::zeros([d_in, d_out], device))),
-            nf4: None,
+            frozen: None,
+            source: None,
             bias: Some(Param::from_tensor(Tensor::zeros([d_out], device))),
             lora: None,
             ia3: None,
@@ -101,17 +110,17 @@ impl Projection {
         }
     }
 
-    /// The base weight `[d_in, d_out]`: the parameter, or the NF4 weight dequantized.
+    /// The base weight `[d_in, d_out]`: the parameter, or the frozen weight dequantized.
     pub fn base_weight(&self) -> Tensor<2> {
-        match (&self.weight, &self.nf4) {
+        match (&self.weight, &self.frozen) {
             (Some(w), _) => w.val(),
             (None, Some(q)) => q.weight(),
-            (None, None) => unreachable!("a projection holds its weight in FP32 or in NF4"),
+            (None, None) => unreachable!("a projection holds its weight in FP32 or quantized"),
         }
     }
 
     pub fn d_in(&self) -> usize {
-        match (&self.weight, &self.nf4) {
+        match (&self.weight, &self.frozen) {
             (Some(w), _) => w.shape().dims::<2>()[0],
             (None, Some(q)) => q.d_in,
             (None, None) => 0,
@@ -119,7 +128,7 @@ impl Projection {
     }
 
     pub fn d_out(&self) -> usize {
-        match (&self.weight, &self.nf4) {
+        match (&self.weight, &self.frozen) {
             (Some(w), _) => w.shape().dims::<2>()[1],
             (None, Some(q)) => q.d_out,
             (None, None) => 0,
