@@ -20,9 +20,16 @@ fn choice<T: serde::de::DeserializeOwned>(flag: &str, value: &str, choices: &str
     serde_json::from_value(json!(value)).map_err(|_| format!("--{flag}: '{value}' is not one of {choices}"))
 }
 
-/// The architecture named by --model: a preset, or a config.json path.
+/// The architecture named by --model: a preset, a config.json path, a model folder, or a
+/// GGUF file (its metadata read as the config.json transformers would build).
 fn arch(model: &str) -> Result<Arch, String> {
     let path = std::path::Path::new(model);
+    if crate::model_dir::is_gguf(path) {
+        let bytes = crate::fsutil::read(path)?;
+        let g = tinytune::gguf::Gguf::parse(&bytes, model).map_err(|e| e.to_string())?;
+        let config = tinytune::gguf::llama::config_json(&g).map_err(|e| e.to_string())?;
+        return Arch::from_hf_config(&serde_json::Value::Object(config).to_string(), model).map_err(|e| e.to_string());
+    }
     if model.ends_with(".json") || path.is_file() {
         let text = read_text(path)?;
         return Arch::from_hf_config(&text, path.display().to_string()).map_err(|e| e.to_string());
@@ -90,6 +97,9 @@ pub fn memory_cmd(a: MemoryArgs, device: &Device) -> Result<(), String> {
         return Ok(());
     }
     print_table(&plan, &est);
+    if matches!(plan.method, PlanMethod::Qlora { .. }) && crate::model_dir::is_gguf(std::path::Path::new(&a.model)) {
+        gguf_base(std::path::Path::new(&a.model))?;
+    }
     if let Some((m, tiny)) = measured {
         println!("\nmeasured: one real step of this shape on the CPU (tinytune's FP32 model, AdamW, first step)");
         println!("  {:<16} {:>12} {:>12}", "phase", "peak", "live after");
@@ -112,6 +122,36 @@ pub fn memory_cmd(a: MemoryArgs, device: &Device) -> Result<(), String> {
         );
         println!("  (the backend kept a further {} of thread pools and buffers after warm-up: framework overhead)", human(m.overhead));
     }
+    Ok(())
+}
+
+/// QLoRA on a GGUF file keeps the file's own blocks as its frozen base (NF4 only where the
+/// file stores plain floats): those bytes, beside the NF4 the estimate counts.
+fn gguf_base(file: &std::path::Path) -> Result<(), String> {
+    use tinytune::memory::estimate::nf4_bytes;
+    let bytes = crate::fsutil::read(file)?;
+    let g = tinytune::gguf::Gguf::parse(&bytes, file.display().to_string()).map_err(|e| e.to_string())?;
+    let linear = |name: &str| {
+        name.starts_with("blk.") && ["attn_q.", "attn_k.", "attn_v.", "attn_output.", "ffn_gate.", "ffn_up.", "ffn_down."].iter().any(|p| name.contains(p))
+    };
+    let (mut weights, mut kept, mut as_nf4, mut types) = (0u64, 0u64, 0u64, Vec::new());
+    for t in g.tensors.iter().filter(|t| linear(&t.name)) {
+        let n = t.elements();
+        weights += n;
+        as_nf4 += nf4_bytes(n);
+        let (name, b) = if t.ggml_type.is_block() { (t.ggml_type.name(), t.bytes()) } else { ("NF4", nf4_bytes(n)) };
+        kept += b;
+        if !types.contains(&name) {
+            types.push(name);
+        }
+    }
+    println!(
+        "
+  QLoRA on this GGUF file keeps its own blocks as the frozen base: {weights} linear weights in {} ({}), where the table above counts NF4's {}",
+        human(kept),
+        types.join(", "),
+        human(as_nf4)
+    );
     Ok(())
 }
 

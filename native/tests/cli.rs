@@ -966,6 +966,10 @@ fn a_gguf_model_imports_generates_chats_and_fine_tunes() {
     ok(&out);
     assert!(said.contains("Q4_1, ") && said.contains("Q4_0") && said.contains("NF4 base: "), "{said}");
     ok(&tinytune(&["generate", "--model", q.to_str().unwrap(), "--prompt", "Hi", "--temperature", "0", "--max-tokens", "4"]));
+    // The memory calculator reads the file's architecture and says what QLoRA keeps.
+    let mem = ok(&tinytune(&["memory", "--model", gguf, "--method", "qlora", "--targets", "all-linear", "--batch", "2", "--seq", "64"]));
+    let kept = mem.lines().find(|l| l.contains("QLoRA on this GGUF file keeps its own blocks")).unwrap_or_else(|| panic!("{mem}"));
+    assert!(kept.contains("Q4_1") && kept.contains("Q4_0") && kept.contains("NF4"), "{kept}");
     // The adapter in PEFT's format, naming the hub model it goes on.
     let peft = tmp("gguf-peft");
     let base = "HuggingFaceTB/SmolLM2-135M-Instruct";

@@ -753,6 +753,35 @@ await check("WebGPU (software adapter) runs a training step", async () => {
   }
 });
 
+await check("WebGPU (software adapter) runs the real-model widget on a GGUF file", async () => {
+  const gpu = await browser(["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-angle=swiftshader"]);
+  try {
+    const page = await openPage(gpu, base + "?lesson=a-real-model&backend=webgpu");
+    await page.waitForFunction(() => !document.querySelector("[data-testid=backend]")?.textContent.startsWith("starting"), null, { timeout: 120_000 });
+    const backend = await page.textContent("[data-testid=backend]");
+    assert(backend.startsWith("WebGPU"), `backend is ${backend}`);
+    const w = page.locator("[data-widget=real-model]").first();
+    const info = await openGguf(w, join(root, "tests/fixtures/gguf/tiny-llama.gguf"), 120_000);
+    assert(info.includes("on the WebGPU") && info.includes("320 tokens"), info);
+    const [model, reply, speed] = await askReal(w, "Name three primary colours.", 4, 120_000);
+    console.log(`     ${backend}: ${model}: ${JSON.stringify(reply)} (${speed})`);
+    assert(/^4 tokens · [0-9.]+ tokens\/s$/.test(speed), speed);
+    await setParam(w, "steps", 2);
+    await setParam(w, "seq", 256);
+    await w.locator("[data-testid=train]").click();
+    await waitForRun(w, 300_000);
+    const l = await losses(w);
+    assert(l.length === 2 && l.every((x) => Number.isFinite(x) && x > 0), `losses ${l}`);
+    const status = await w.locator("[data-testid=run-state]").locator("..").textContent();
+    console.log(`     ${status}`);
+    assert(status.includes("on the WebGPU"), status);
+    const errors = page.errors.filter((e) => !/WebGPU|powerPreference|adapter/i.test(e));
+    assert(errors.length === 0, `console errors: ${errors.join(" | ")}`);
+  } finally {
+    await gpu.close();
+  }
+});
+
 server.close();
 if (failures) {
   console.log(`${failures} end-to-end check(s) failed; screenshots in ${artifacts}`);
