@@ -13,6 +13,7 @@ pub mod gguf;
 pub mod init;
 pub mod linalg;
 pub mod memory;
+pub mod merging;
 pub mod methods;
 pub mod model;
 pub mod optim;

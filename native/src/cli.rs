@@ -73,6 +73,23 @@ pub enum Command {
     /// Convert a model from another format into a Hugging Face folder.
     #[command(subcommand)]
     Import(ImportCommand),
+    /// Merge fine-tunes of one architecture into one model, from a mergekit YAML config
+    /// (linear, slerp, task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs,
+    /// breadcrumbs_ties); LoRA runs merge as their folded weights.
+    Merge(MergeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// mergekit's YAML: models (paths of model folders or runs, relative to the current
+    /// directory), merge_method, base_model, parameters.
+    pub config: PathBuf,
+    /// The folder to write; must not exist yet.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Seed of DARE's random drops.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 #[derive(Subcommand, Debug)]

@@ -396,6 +396,29 @@ pub fn export_adapter_cmd(a: crate::cli::ExportAdapterArgs, device: &Device) -> 
     Ok(())
 }
 
+/// `tinytune merge CONFIG --out DIR`: the models a mergekit config names, merged tensor by
+/// tensor, written as a model folder with the base's (or the first model's) tokenizer and
+/// companion files.
+pub fn merge_cmd(a: crate::cli::MergeArgs, device: &Device) -> Result<(), String> {
+    use tinytune::merging::{MergeConfig, merge_models};
+    if a.out.exists() {
+        return Err(format!("{}: already exists; choose a new --out folder", a.out.display()));
+    }
+    let origin = a.config.display().to_string();
+    let config = MergeConfig::from_yaml(&crate::fsutil::read_text(&a.config)?, origin.as_str()).map_err(|e| e.to_string())?;
+    let mut loaded = Vec::new();
+    for name in config.model_names() {
+        let model = crate::model_dir::load(std::path::Path::new(&name), device).map_err(|e| format!("{origin}: model {name}: {e}"))?;
+        loaded.push((name, model));
+    }
+    let models: Vec<(String, tinytune::Gpt)> = loaded.iter().map(|(n, l)| (n.clone(), l.model.clone())).collect();
+    let merged = merge_models(&config, &models, a.seed, device).map_err(|e| e.to_string())?;
+    let source = &loaded[0].1;
+    crate::model_dir::write_model_folder(&a.out, &source.companions, &source.config, &source.tokenizer, &merged)?;
+    eprintln!("merged {} models with {} into {} (tokenizer from {})", loaded.len(), config.method_name, a.out.display(), loaded[0].0);
+    Ok(())
+}
+
 /// `tinytune logits`: token ids of the prompt and the logits at its last position.
 pub fn logits_cmd(a: crate::cli::LogitsArgs, device: &Device) -> Result<(), String> {
     use burn::tensor::{Int, Tensor, TensorData};

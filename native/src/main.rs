@@ -53,6 +53,7 @@ fn main() -> ExitCode {
         Command::LoraRank(a) => commands::lora_rank_cmd(a, &device),
         Command::LongContext(a) => long_context::long_context_cmd(a, &device),
         Command::Import(cli::ImportCommand::Gguf(a)) => model_dir::import_gguf(&a.file, &a.out, &device),
+        Command::Merge(a) => commands::merge_cmd(a, &device),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

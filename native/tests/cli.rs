@@ -977,3 +977,41 @@ fn a_gguf_model_imports_generates_chats_and_fine_tunes() {
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(peft.join("adapter_config.json")).unwrap()).unwrap();
     assert_eq!((config["peft_type"].as_str(), config["base_model_name_or_path"].as_str()), (Some("LORA"), Some(base)));
 }
+
+/// `tinytune merge` reads mergekit's YAML: task arithmetic with one LoRA run at weight 1 over
+/// its base is exactly that run's folded model (the same logits as merge-adapter's), the
+/// merged folder loads everywhere, and a bad config or an existing --out is refused by name.
+#[test]
+fn merge_reads_mergekit_yaml_and_folds_lora_runs() {
+    let base = tmp("merge-base");
+    ok(&pretrain(&base, &["--steps", "2"]));
+    let b = base.to_str().unwrap();
+    let run = tmp("merge-lora");
+    ok(&small_finetune(b, &run, &["--method", "lora", "--rank", "4", "--targets", "c_attn", "--lr", "0.05"]));
+    let folded = tmp("merge-folded");
+    ok(&tinytune(&["merge-adapter", "--model", run.to_str().unwrap(), "--out", folded.to_str().unwrap()]));
+    let yaml = tmp("merge.yml");
+    std::fs::write(
+        &yaml,
+        format!("models:\n  - model: {}\n    parameters: {{weight: 1.0}}\nmerge_method: task_arithmetic\nbase_model: {b}\ndtype: float32\n", run.display()),
+    )
+    .unwrap();
+    let merged = tmp("merge-out");
+    let said = String::from_utf8_lossy(&tinytune(&["merge", yaml.to_str().unwrap(), "--out", merged.to_str().unwrap()]).stderr).to_string();
+    assert!(said.contains("merged 2 models with task_arithmetic"), "{said}");
+    let logits = |m: &Path| -> Vec<f64> {
+        let out = ok(&tinytune(&["logits", "--model", m.to_str().unwrap(), "--prompt", "review: great"]));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    };
+    let (a, m, base_logits) = (logits(&folded), logits(&merged), logits(&base));
+    let worst = a.iter().zip(&m).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let moved = a.iter().zip(&base_logits).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    assert!(worst < 1e-5 && moved > 1e-3, "merged vs folded {worst}, folded vs base {moved}");
+    fails_with(&tinytune(&["merge", yaml.to_str().unwrap(), "--out", merged.to_str().unwrap()]), &["already exists"]);
+    std::fs::write(&yaml, "merge_method: ties\nmodels:\n  - model: x\n    parameters: {weight: 1, densty: 0.5}\nbase_model: x\n").unwrap();
+    fails_with(
+        &tinytune(&["merge", yaml.to_str().unwrap(), "--out", tmp("merge-bad").to_str().unwrap()]),
+        &["merge.yml", "densty", "weight, density or gamma"],
+    );
+}
