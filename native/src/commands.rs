@@ -414,7 +414,8 @@ pub fn merge_cmd(a: crate::cli::MergeArgs, device: &Device) -> Result<(), String
     let models: Vec<(String, tinytune::Gpt)> = loaded.iter().map(|(n, l)| (n.clone(), l.model.clone())).collect();
     let merged = merge_models(&config, &models, a.seed, device).map_err(|e| e.to_string())?;
     let source = &loaded[0].1;
-    crate::model_dir::write_model_folder(&a.out, &source.companions, &source.config, &source.tokenizer, &merged)?;
+    // The merged model's own config: a passthrough merge has its own depth.
+    crate::model_dir::write_model_folder(&a.out, &source.companions, merged.config(), &source.tokenizer, &merged)?;
     eprintln!("merged {} models with {} into {} (tokenizer from {})", loaded.len(), config.method_name, a.out.display(), loaded[0].0);
     Ok(())
 }

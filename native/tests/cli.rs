@@ -1009,6 +1009,17 @@ fn merge_reads_mergekit_yaml_and_folds_lora_runs() {
     let moved = a.iter().zip(&base_logits).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
     assert!(worst < 1e-5 && moved > 1e-3, "merged vs folded {worst}, folded vs base {moved}");
     fails_with(&tinytune(&["merge", yaml.to_str().unwrap(), "--out", merged.to_str().unwrap()]), &["already exists"]);
+    // Layer stacking: two copies of the base's layers, a model twice as deep that loads.
+    std::fs::write(
+        &yaml,
+        format!("slices:\n  - sources: [{{model: {b}, layer_range: [0, 2]}}]\n  - sources: [{{model: {b}, layer_range: [0, 2]}}]\nmerge_method: passthrough\n"),
+    )
+    .unwrap();
+    let deep = tmp("merge-deep");
+    ok(&tinytune(&["merge", yaml.to_str().unwrap(), "--out", deep.to_str().unwrap()]));
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(deep.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["n_layer"].as_u64().or(config["num_hidden_layers"].as_u64()), Some(4), "{config}");
+    ok(&tinytune(&["generate", "--model", deep.to_str().unwrap(), "--prompt", "review:", "--max-tokens", "3"]));
     std::fs::write(&yaml, "merge_method: ties\nmodels:\n  - model: x\n    parameters: {weight: 1, densty: 0.5}\nbase_model: x\n").unwrap();
     fails_with(
         &tinytune(&["merge", yaml.to_str().unwrap(), "--out", tmp("merge-bad").to_str().unwrap()]),

@@ -13,8 +13,9 @@
 //! ```
 //!
 //! Parameters are plain numbers here; mergekit's per-layer gradients (lists) and filtered
-//! values (`- filter: self_attn`) are refused with that said, as are `slices` (layer
-//! stacking), so a config never merges differently than it reads.
+//! values (`- filter: self_attn`) are refused with that said, as are `slices` other than a
+//! passthrough's single-source layer ranges, so a config never merges differently than it
+//! reads.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -37,13 +38,33 @@ pub enum Sparsify {
 /// A merge method with its global parameters resolved (mergekit's defaults where unset).
 #[derive(Clone, Debug, PartialEq)]
 pub enum MergeMethod {
-    Linear { normalize: bool },
-    Slerp { t: f64 },
-    TaskVectors { sparsify: Sparsify, consensus: bool, normalize: bool, rescale: bool, lambda: f64 },
+    Linear {
+        normalize: bool,
+    },
+    Slerp {
+        t: f64,
+    },
+    TaskVectors {
+        sparsify: Sparsify,
+        consensus: bool,
+        normalize: bool,
+        rescale: bool,
+        lambda: f64,
+    },
+    /// Layer stacking (`slices`): each output layer copied from one layer of one model.
+    Passthrough,
+}
+
+/// One `slices:` entry of a passthrough merge: layers `start..end` of `model`, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerSlice {
+    pub model: String,
+    pub start: usize,
+    pub end: usize,
 }
 
 /// The methods tinytune merges with, by mergekit's names.
-pub const METHODS: [&str; 9] = ["linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties", "model_stock"];
+pub const METHODS: [&str; 9] = ["linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties", "passthrough"];
 
 impl MergeMethod {
     /// `name` with the global `parameters` (`normalize`, `t`, `rescale`, `lambda`).
@@ -87,20 +108,19 @@ impl MergeMethod {
             "dare_ties" => tv(Sparsify::Random, true, false, true),
             "breadcrumbs" => tv(Sparsify::Outliers, false, false, false),
             "breadcrumbs_ties" => tv(Sparsify::Outliers, true, false, false),
-            "model_stock" | "passthrough" | "nuslerp" | "multislerp" | "karcher" | "della" | "della_linear" | "sce" | "arcee_fusion" | "nearswap" => {
-                Err(Error::config(
-                    origin,
-                    "merge_method",
-                    format!("{name} is a mergekit method tinytune does not merge with yet; use one of {}", METHODS[..8].join(", ")),
-                ))
-            }
-            other => Err(Error::config(origin, "merge_method", format!("{other:?} is not a merge method; use one of {}", METHODS[..8].join(", ")))),
+            "passthrough" => Ok(Self::Passthrough),
+            "model_stock" | "nuslerp" | "multislerp" | "karcher" | "della" | "della_linear" | "sce" | "arcee_fusion" | "nearswap" => Err(Error::config(
+                origin,
+                "merge_method",
+                format!("{name} is a mergekit method tinytune does not merge with yet; use one of {}", METHODS.join(", ")),
+            )),
+            other => Err(Error::config(origin, "merge_method", format!("{other:?} is not a merge method; use one of {}", METHODS.join(", ")))),
         }
     }
 
     /// Whether the method needs `base_model`.
     pub fn needs_base(&self) -> bool {
-        !matches!(self, Self::Linear { .. })
+        !matches!(self, Self::Linear { .. } | Self::Passthrough)
     }
 }
 
@@ -126,6 +146,8 @@ pub struct MergeConfig {
     pub method_name: String,
     pub base_model: Option<String>,
     pub models: Vec<ModelEntry>,
+    /// A passthrough merge's layers, in output order.
+    pub slices: Vec<LayerSlice>,
 }
 
 #[derive(Deserialize)]
@@ -139,11 +161,26 @@ struct RawConfig {
     parameters: serde_json::Map<String, Value>,
     dtype: Option<String>,
     out_dtype: Option<String>,
-    slices: Option<Value>,
+    slices: Option<Vec<RawSlice>>,
     tokenizer_source: Option<Value>,
     tokenizer: Option<Value>,
     chat_template: Option<Value>,
     name: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlice {
+    sources: Vec<RawSource>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    model: String,
+    layer_range: [usize; 2],
+    #[serde(default)]
+    parameters: serde_json::Map<String, Value>,
 }
 
 #[derive(Deserialize)]
@@ -172,8 +209,41 @@ impl MergeConfig {
         let origin = origin.into();
         let raw: RawConfig = yaml_serde::from_str(text).map_err(|e| Error::parse(origin.clone(), format!("not a mergekit config ({e})")))?;
         let at = |field: &str, problem: String| Error::config(origin.clone(), field, problem);
-        if raw.slices.is_some() {
-            return Err(at("slices", "layer stacking (slices and layer_range) is not merged by tinytune yet; list whole models under models:".into()));
+        let method_is_passthrough = raw.merge_method == "passthrough";
+        let mut slices = Vec::new();
+        match (&raw.slices, method_is_passthrough) {
+            (Some(_), false) => {
+                return Err(at(
+                    "slices",
+                    format!(
+                        "blending layer ranges with {} is not merged by tinytune yet; stack layers with merge_method: passthrough, or list whole models under models:",
+                        raw.merge_method
+                    ),
+                ));
+            }
+            (None, true) => return Err(at("slices", "passthrough stacks layers: list them as slices (sources with model and layer_range)".into())),
+            (Some(raw_slices), true) => {
+                for (i, slice) in raw_slices.iter().enumerate() {
+                    let [source] = &slice.sources[..] else {
+                        return Err(at(&format!("slices[{i}].sources"), "has several sources; passthrough copies each slice from one model".into()));
+                    };
+                    if let Some(k) = source.parameters.keys().next() {
+                        return Err(at(&format!("slices[{i}].sources[0].parameters.{k}"), "is not read by tinytune's passthrough; leave it out".into()));
+                    }
+                    let [start, end] = source.layer_range;
+                    if start >= end {
+                        return Err(at(
+                            &format!("slices[{i}].sources[0].layer_range"),
+                            format!("is [{start}, {end}]; give [first, one past the last] with first < last"),
+                        ));
+                    }
+                    slices.push(LayerSlice { model: source.model.clone(), start, end });
+                }
+                if slices.is_empty() {
+                    return Err(at("slices", "lists no slices".into()));
+                }
+            }
+            (None, false) => {}
         }
         for (key, v) in [("dtype", &raw.dtype), ("out_dtype", &raw.out_dtype)] {
             if let Some(d) = v
@@ -187,6 +257,12 @@ impl MergeConfig {
         }
         let _ = (&raw.chat_template, &raw.name);
         let method = MergeMethod::parse(&raw.merge_method, &raw.parameters).map_err(|e| relabel(e, &origin))?;
+        if method == MergeMethod::Passthrough {
+            if !raw.models.is_empty() {
+                return Err(at("models", "passthrough takes its layers from slices; leave models out".into()));
+            }
+            return Ok(Self { method, method_name: raw.merge_method, base_model: raw.base_model, models: Vec::new(), slices });
+        }
         if raw.models.is_empty() {
             return Err(at("models", "lists no models; add `- model: PATH` entries".into()));
         }
@@ -222,15 +298,15 @@ impl MergeConfig {
                 return Err(at("models", "slerp merges exactly two models: the base_model and one other".into()));
             }
         }
-        Ok(Self { method, method_name: raw.merge_method, base_model: raw.base_model, models })
+        Ok(Self { method, method_name: raw.merge_method, base_model: raw.base_model, models, slices })
     }
 
     /// Every model the merge reads: the base first (when there is one), then the entries.
     pub fn model_names(&self) -> Vec<String> {
         let mut out: Vec<String> = self.base_model.iter().cloned().collect();
-        for m in &self.models {
-            if !out.contains(&m.model) {
-                out.push(m.model.clone());
+        for m in self.models.iter().map(|m| &m.model).chain(self.slices.iter().map(|s| &s.model)) {
+            if !out.contains(m) {
+                out.push(m.clone());
             }
         }
         out
@@ -269,7 +345,9 @@ mod tests {
             ("merge_method: ties\nmodels: [{model: a, parameters: {weight: 1}}]\n", "base_model"),
             ("merge_method: linear\nmodels: [{model: a, parameters: {weight: [0, 1]}}]\n", "per-layer gradient"),
             ("merge_method: linear\nmodels: [{model: a}]\n", "models[0].parameters.weight"),
-            ("merge_method: passthrough\nslices: []\n", "slices"),
+            ("merge_method: passthrough\nslices: []\n", "lists no slices"),
+            ("merge_method: ties\nslices: []\nbase_model: a\n", "passthrough"),
+            ("merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [2, 1]}]}]\n", "layer_range"),
             ("merge_method: model_stock\nmodels: [{model: a}]\n", "does not merge with yet"),
             ("merge_method: lienar\nmodels: [{model: a}]\n", "is not a merge method"),
             ("merge_method: linear\ndtype: bfloat16\nmodels: [{model: a, parameters: {weight: 1}}]\n", "float32"),

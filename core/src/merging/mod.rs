@@ -22,16 +22,20 @@
 //!     Breadcrumbs"): drop the `gamma` share of largest magnitudes and then the smallest,
 //!     keeping `density`.
 //!
+//! - **passthrough** with `slices`: layer stacking, a deeper model from layer ranges of one
+//!   or several models (frankenmerges such as Goliath-120B; SOLAR's depth up-scaling, Kim et
+//!   al., 2023, stacks two copies of one model minus the layers at the seam).
+//!
 //! Semantics follow mergekit's code (its defaults for `normalize` and `rescale` per
 //! method; DARE's rescale matches the L1 norm the dropped entries took, which is what
 //! mergekit does, where the paper divides by the keep probability — equal in expectation).
 //! Random drops use tinytune's portable generator, so a seed gives the same merge on every
-//! machine but not torch's mask. Layer stacking (`slices`), per-layer parameter gradients
-//! and model stock are not read yet; their keys are refused with that said.
+//! machine but not torch's mask. Slices blending several sources, per-layer parameter
+//! gradients and model stock are not read yet; their keys are refused with that said.
 
 pub mod config;
 
-pub use config::{MergeConfig, MergeMethod, ModelEntry};
+pub use config::{LayerSlice, MergeConfig, MergeMethod, ModelEntry};
 
 use std::collections::HashMap;
 
@@ -157,6 +161,7 @@ pub fn merge_tensor(method: &MergeMethod, base: Option<&[f32]>, others: &[(&[f32
     use MergeMethod as M;
     let n = base.map(<[f32]>::len).or_else(|| others.first().map(|o| o.0.len())).unwrap_or(0);
     match method {
+        M::Passthrough => Err(Error::config("merge config", "merge_method", "passthrough stacks whole layers; it has no per-tensor merge")),
         M::Linear { normalize } => {
             let total: f64 = others.iter().map(|o| o.1.weight).sum();
             Ok((0..n)
@@ -219,6 +224,9 @@ pub fn merge_models(config: &MergeConfig, models: &[(String, Gpt)], seed: u64, d
     // A LoRA, QLoRA or IA³ run merges as its folded model: the weights it computes with.
     let models: Vec<(String, Gpt)> = models.iter().map(|(n, m)| (n.clone(), crate::methods::merge(m.clone()))).collect();
     let find = |name: &str| models.iter().find(|(n, _)| n == name).map(|(_, m)| m);
+    if config.method == MergeMethod::Passthrough {
+        return stack_layers(&config.slices, &find, device);
+    }
     let first = &models.first().ok_or_else(|| Error::config("merge config", "models", "lists no models"))?.1;
     let arch = first.config().clone();
     for (name, m) in &models {
@@ -271,6 +279,59 @@ pub fn merge_models(config: &MergeConfig, models: &[(String, Gpt)], seed: u64, d
         let mut rng = Rng::derive(seed, &format!("merge/{name}"));
         let merged = merge_tensor(&config.method, base_values.as_deref(), &refs, &mut rng)?;
         out.insert(name, TensorData::new(merged, shape));
+    }
+    load_model_tensors(&arch, &Method::Full, out, "merged model".into(), device)
+}
+
+/// Layer stacking (mergekit's `passthrough` with `slices`): output layer after layer copied
+/// from the slices' layer ranges, in order; the embeddings (and every other tensor before
+/// the layers) from the first slice's model, the final norm and output layer from the
+/// last slice's, as mergekit takes them. The result has as many layers as the slices hold.
+fn stack_layers<'a>(slices: &[LayerSlice], find: &dyn Fn(&str) -> Option<&'a Gpt>, device: &Device) -> Result<Gpt> {
+    let model = |s: &LayerSlice| find(&s.model).ok_or_else(|| Error::config("merge config", "slices", format!("{} is not loaded", s.model)));
+    let (first, last) = (model(&slices[0])?, model(&slices[slices.len() - 1])?);
+    let mut arch = first.config().clone();
+    for s in slices {
+        let m = model(s)?;
+        let mut same = m.config().clone();
+        same.n_layer = arch.n_layer;
+        if same != arch {
+            return Err(Error::config(
+                "merge config",
+                "slices",
+                format!("{} has another architecture than {} (beyond its depth); stacking needs one", s.model, slices[0].model),
+            ));
+        }
+        if s.end > m.config().n_layer {
+            return Err(Error::config(
+                "merge config",
+                "slices",
+                format!("layer_range [{}, {}] of {} reaches past its {} layers", s.start, s.end, s.model, m.config().n_layer),
+            ));
+        }
+    }
+    arch.n_layer = slices.iter().map(|s| s.end - s.start).sum();
+    let mut out = HashMap::new();
+    let mut layer = 0;
+    for s in slices {
+        let tensors = param_data(model(s)?);
+        for from in s.start..s.end {
+            let prefix = format!("h.{from}.");
+            for (name, data) in &tensors {
+                if let Some(rest) = name.strip_prefix(&prefix) {
+                    out.insert(format!("h.{layer}.{rest}"), data.clone());
+                }
+            }
+            layer += 1;
+        }
+    }
+    for (from, post) in [(first, false), (last, true)] {
+        for (name, data) in param_data(from) {
+            let is_post = name.starts_with("ln_f.") || name.starts_with("lm_head.");
+            if !name.starts_with("h.") && is_post == post {
+                out.insert(name, data);
+            }
+        }
     }
     load_model_tensors(&arch, &Method::Full, out, "merged model".into(), device)
 }
