@@ -5,6 +5,7 @@
 //! the worker.
 
 use leptos::prelude::*;
+use tinytune::memory::human;
 use tinytune::train::{StepEvent, TrainEvent};
 use wasm_bindgen::JsCast;
 
@@ -20,10 +21,6 @@ fn params(w: &Widget) -> RealModelParams {
         Widget::RealModel(p) => p.clone(),
         _ => RealModelParams::default(),
     }
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 /// One question and the reply as it streams in.
@@ -58,7 +55,7 @@ fn info_view(i: RealInfo) -> impl IntoView {
         .iter()
         .map(|(t, n, w, b)| {
             view! {
-                <tr><td>{t.clone()}</td><td class="num">{*n}</td><td class="num">{format_count(*w as usize)}</td><td class="num">{mib(*b)}</td><td class="num">{format!("{:.2}", 8.0 * *b as f64 / (*w).max(1) as f64)}</td></tr>
+                <tr><td>{t.clone()}</td><td class="num">{*n}</td><td class="num">{format_count(*w as usize)}</td><td class="num">{human(*b)}</td><td class="num">{format!("{:.2}", 8.0 * *b as f64 / (*w).max(1) as f64)}</td></tr>
             }
         })
         .collect::<Vec<_>>();
@@ -73,9 +70,9 @@ fn info_view(i: RealInfo) -> impl IntoView {
             )}
             {format!(
                 "The file stores them in {} ({:.2} bits per weight); as FP32 in the worker they take {}. Read, parsed and dequantized in {:.1} s on the {}",
-                mib(stored), 8.0 * stored as f64 / weights.max(1) as f64, mib(i.fp32_bytes()), i.load_seconds, i.device
+                human(stored), 8.0 * stored as f64 / weights.max(1) as f64, human(i.fp32_bytes()), i.load_seconds, i.device
             )}
-            {i.worker_bytes.map(|b| format!("; the worker now holds {}", mib(b)))}
+            {i.worker_bytes.map(|b| format!("; the worker now holds {}", human(b)))}
             {if i.chat_template { ". Chat template: from the file." } else { ". The file has no chat template, so prompts go in as plain text." }}
         </p>
         <table class="results" data-testid="storage">
@@ -122,7 +119,7 @@ fn run_view(r: RealRun) -> impl IntoView {
     };
     let eval = r.eval.last().map(|(_, l)| format!(" · held-out loss {l:.4}"));
     let stats = r.stats.map(|s| {
-        let peak = s.peak_bytes.map(|b| format!(" · peak memory {}", mib(b))).unwrap_or_default();
+        let peak = s.peak_bytes.map(|b| format!(" · peak memory {}", human(b))).unwrap_or_default();
         format!(" · {:.2} s per step on the {}{peak}", s.step_seconds, s.device)
     });
     view! {
