@@ -238,31 +238,10 @@ pub fn merge_models(config: &MergeConfig, models: &[(String, Gpt)], seed: u64, d
             ));
         }
     }
-    let base = match &config.base_model {
-        Some(b) => Some(find(b).ok_or_else(|| Error::config("merge config", "base_model", format!("{b} is not loaded")))?),
-        None => None,
-    };
-    let tensors_of = |m: &Gpt| param_data(m).into_iter().collect::<HashMap<String, TensorData>>();
-    let base_tensors = base.map(tensors_of);
-    let mut others = Vec::new();
-    for entry in &config.models {
-        if config.base_model.as_deref() == Some(entry.model.as_str()) {
-            continue;
-        }
-        let m = find(&entry.model).ok_or_else(|| Error::config("merge config", "models", format!("{} is not loaded", entry.model)))?;
-        others.push((tensors_of(m), entry.share()));
-    }
-    // linear averages every listed model, the base included when it is listed.
-    if let (MergeMethod::Linear { .. }, Some(b)) = (&config.method, &config.base_model)
-        && let Some(entry) = config.models.iter().find(|e| &e.model == b)
-    {
-        others.push((tensors_of(find(b).expect("found above")), entry.share()));
-    }
-    let values = |d: &TensorData| d.clone().convert::<f32>().try_into_vec::<f32>().expect("f32 parameters");
-    let names: Vec<String> = param_data(first).into_iter().map(|(n, _)| n).collect();
-    for (model, m) in &models {
-        let theirs: Vec<String> = param_data(m).into_iter().map(|(n, _)| n).collect();
-        if let Some(extra) = theirs.iter().find(|n| !names.contains(n)).or_else(|| names.iter().find(|n| !theirs.contains(n))) {
+    // Every model's tensors, read once.
+    let tensors: Vec<HashMap<String, TensorData>> = models.iter().map(|(_, m)| param_data(m).into_iter().collect()).collect();
+    for ((model, _), theirs) in models.iter().zip(&tensors) {
+        if let Some(extra) = theirs.keys().find(|n| !tensors[0].contains_key(*n)).or_else(|| tensors[0].keys().find(|n| !theirs.contains_key(*n))) {
             return Err(Error::config(
                 "merge config",
                 "models",
@@ -270,15 +249,38 @@ pub fn merge_models(config: &MergeConfig, models: &[(String, Gpt)], seed: u64, d
             ));
         }
     }
+    let tensors_of = |name: &str, field: &str| {
+        models.iter().position(|(n, _)| n == name).map(|i| &tensors[i]).ok_or_else(|| Error::config("merge config", field, format!("{name} is not loaded")))
+    };
+    let base_tensors = match &config.base_model {
+        Some(b) => Some(tensors_of(b, "base_model")?),
+        None => None,
+    };
+    let mut others = Vec::new();
+    for entry in &config.models {
+        if config.base_model.as_deref() == Some(entry.model.as_str()) {
+            continue;
+        }
+        others.push((tensors_of(&entry.model, "models")?, entry.share()));
+    }
+    // linear averages every listed model, the base included when it is listed.
+    if let (MergeMethod::Linear { .. }, Some(b)) = (&config.method, &config.base_model)
+        && let Some(entry) = config.models.iter().find(|e| &e.model == b)
+    {
+        others.push((tensors_of(b, "models")?, entry.share()));
+    }
+    let values = |d: &TensorData| d.clone().convert::<f32>().try_into_vec::<f32>().expect("f32 parameters");
     let mut out = HashMap::new();
-    for (name, reference) in param_data(first) {
+    // The per-tensor streams are named by tensor, so the order tensors are visited in does
+    // not change DARE's drops.
+    for (name, reference) in &tensors[0] {
         let shape = reference.shape().clone();
-        let base_values = base_tensors.as_ref().map(|t| values(&t[&name]));
-        let other_values: Vec<(Vec<f32>, Share)> = others.iter().map(|(t, s)| (values(&t[&name]), *s)).collect();
+        let base_values = base_tensors.map(|t| values(&t[name]));
+        let other_values: Vec<(Vec<f32>, Share)> = others.iter().map(|(t, s)| (values(&t[name]), *s)).collect();
         let refs: Vec<(&[f32], Share)> = other_values.iter().map(|(v, s)| (v.as_slice(), *s)).collect();
         let mut rng = Rng::derive(seed, &format!("merge/{name}"));
         let merged = merge_tensor(&config.method, base_values.as_deref(), &refs, &mut rng)?;
-        out.insert(name, TensorData::new(merged, shape));
+        out.insert(name.clone(), TensorData::new(merged, shape));
     }
     load_model_tensors(&arch, &Method::Full, out, "merged model".into(), device)
 }

@@ -110,17 +110,7 @@ fn handle(msg: ToWorker) {
             let info = init(prefer).await;
             post(&FromWorker::Backend(info));
         }),
-        ToWorker::Train { run, params } => {
-            let cell = Rc::new(Cell::new(Control::Run));
-            STATE.with_borrow_mut(|s| s.runs.insert(run, cell.clone()));
-            spawn_local(async move {
-                match train(run, &params, &cell).await {
-                    Ok(state) => status(run, state, ""),
-                    Err(e) => status(run, RunState::Failed, &e),
-                }
-                STATE.with_borrow_mut(|s| s.runs.remove(&run));
-            });
-        }
+        ToWorker::Train { run, params } => spawn_run(run, move |cell| async move { train(run, &params, &cell).await }),
         ToWorker::Pause { run } => {
             control(run, Control::Pause);
         }
@@ -142,17 +132,7 @@ fn handle(msg: ToWorker) {
                 post(&FromWorker::Error { id, message });
             }
         }),
-        ToWorker::RealTrain { run, params } => {
-            let cell = Rc::new(Cell::new(Control::Run));
-            STATE.with_borrow_mut(|s| s.runs.insert(run, cell.clone()));
-            spawn_local(async move {
-                match real_train(run, &params, &cell).await {
-                    Ok(state) => status(run, state, ""),
-                    Err(e) => status(run, RunState::Failed, &e),
-                }
-                STATE.with_borrow_mut(|s| s.runs.remove(&run));
-            });
-        }
+        ToWorker::RealTrain { run, params } => spawn_run(run, move |cell| async move { real_train(run, &params, &cell).await }),
         ToWorker::Request { id, req } => spawn_local(async move {
             post(&match crate::widgets::answer(req).await {
                 Ok(reply) => FromWorker::Reply { id, reply },
@@ -160,6 +140,21 @@ fn handle(msg: ToWorker) {
             });
         }),
     }
+}
+
+/// Starts training run `run`: its control cell is registered for pause, resume and cancel
+/// while `work` runs, and its end (or failure) is posted as the run's final status.
+fn spawn_run<Fut: std::future::Future<Output = Result<RunState, String>> + 'static>(run: u32, work: impl FnOnce(Rc<Cell<Control>>) -> Fut) {
+    let cell = Rc::new(Cell::new(Control::Run));
+    STATE.with_borrow_mut(|s| s.runs.insert(run, cell.clone()));
+    let work = work(cell);
+    spawn_local(async move {
+        match work.await {
+            Ok(state) => status(run, state, ""),
+            Err(e) => status(run, RunState::Failed, &e),
+        }
+        STATE.with_borrow_mut(|s| s.runs.remove(&run));
+    });
 }
 
 /// A widget's computation in the worker, implemented here for each settings type whose
