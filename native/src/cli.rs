@@ -75,8 +75,174 @@ pub enum Command {
     Import(ImportCommand),
     /// Merge fine-tunes of one architecture into one model, from a mergekit YAML config
     /// (linear, slerp, task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs,
-    /// breadcrumbs_ties); LoRA runs merge as their folded weights.
+    /// breadcrumbs_ties, model_stock, passthrough with slices); LoRA runs merge as their
+    /// folded weights.
     Merge(MergeArgs),
+    /// Fully fine-tune two copies of a model on two tasks, merge them with every method
+    /// (mergekit's semantics) and score each merge on both tasks' held-out data: the merge
+    /// widget's experiment. --save-dir keeps the two fine-tunes and each method's YAML, so
+    /// `tinytune merge` reruns any row.
+    MergeStudy(MergeStudyArgs),
+    /// Combine LoRA adapters of one base into one new adapter, as PEFT's
+    /// add_weighted_adapter does (linear, cat, svd, ties, ties_svd, dare_linear, dare_ties,
+    /// dare_linear_svd, dare_ties_svd, magnitude_prune, magnitude_prune_svd); writes a PEFT
+    /// adapter folder.
+    CombineAdapters(CombineAdaptersArgs),
+    /// Serve a model and named LoRA adapters over an OpenAI-style HTTP API
+    /// (GET /v1/models, POST /v1/completions with stream), batching concurrent requests for
+    /// different adapters into one forward pass.
+    Serve(ServeArgs),
+    /// Federated averaging: clients fine-tune a model on disjoint shards of a task, the
+    /// server averages their weights (a linear merge), round after round; beside it, one
+    /// model trained on the shards pooled.
+    Federated(FederatedArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FederatedArgs {
+    #[arg(long, default_value = "assets/micro")]
+    pub model: PathBuf,
+    #[arg(long, default_value = "sentiment")]
+    pub task: String,
+    #[arg(long, default_value_t = 4)]
+    pub clients: usize,
+    #[arg(long, default_value_t = 4)]
+    pub rounds: usize,
+    /// Steps each client trains per round (full fine-tuning, AdamW, 8 rows of 64 tokens).
+    #[arg(long, default_value_t = 10)]
+    pub local_steps: usize,
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    /// Training examples in each client's shard (disjoint).
+    #[arg(long, default_value_t = 200)]
+    pub examples_per_client: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How the server forms its batches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Batching {
+    /// Requests for any adapters share a batch (each row through its own adapter).
+    Mixed,
+    /// A batch holds requests for one adapter only, the oldest waiting one's (the baseline).
+    PerAdapter,
+}
+
+impl Batching {
+    pub fn name(self) -> &'static str {
+        match self {
+            Batching::Mixed => "mixed",
+            Batching::PerAdapter => "per-adapter",
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The base model folder (served under its folder name).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// NAME=DIR: a LoRA adapter of the base (a PEFT folder or a tinytune LoRA run), served
+    /// as model NAME. Repeatable.
+    #[arg(long)]
+    pub adapter: Vec<String>,
+    /// The address to listen on; the default keeps the server to this machine.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// The port (0: any free one; the chosen address is printed).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    #[arg(long, value_enum, default_value_t = Batching::Mixed)]
+    pub batching: Batching,
+    /// Requests generated together in one forward pass at most.
+    #[arg(long, default_value_t = 32)]
+    pub max_batch: usize,
+    /// Longest prompt accepted, in tokens (default: the model's context).
+    #[arg(long)]
+    pub max_prompt_tokens: Option<usize>,
+    /// Largest `max_tokens` a request may ask for.
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens_limit: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct CombineAdaptersArgs {
+    /// The adapters: PEFT adapter folders, or tinytune LoRA runs (exported as PEFT's first).
+    #[arg(required = true)]
+    pub adapters: Vec<PathBuf>,
+    /// One weight per adapter, comma-separated, e.g. 0.7,0.4.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub weights: Vec<f64>,
+    /// PEFT's combination_type.
+    #[arg(long, default_value = "cat")]
+    pub combination: String,
+    /// Share kept by ties, dare_* and magnitude_prune (and their _svd forms).
+    #[arg(long)]
+    pub density: Option<f64>,
+    /// How TIES elects signs: total (summed values) or frequency (counted signs).
+    #[arg(long, default_value = "total")]
+    pub majority_sign_method: String,
+    /// Rank of an _svd type's result (default: the largest source rank).
+    #[arg(long)]
+    pub svd_rank: Option<usize>,
+    /// Clamp an _svd type's factors to this quantile of their entries.
+    #[arg(long)]
+    pub svd_clamp: Option<f64>,
+    /// Seed of DARE's drops.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The adapter folder to write; must not exist yet.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct MergeStudyArgs {
+    #[arg(long, default_value = "assets/micro")]
+    pub model: PathBuf,
+    /// Task of the first fine-tune (A).
+    #[arg(long, default_value = "sentiment")]
+    pub task_a: String,
+    /// Task of the second fine-tune (B).
+    #[arg(long, default_value = "json-extract")]
+    pub task_b: String,
+    /// Full fine-tuning steps of each copy (AdamW, 8 rows of 64 tokens).
+    #[arg(long, default_value_t = 60)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    /// Model B's share: weights 1 − t and t (SLERP's t).
+    #[arg(long, default_value_t = 0.5)]
+    pub t: f64,
+    /// Share of each task vector TIES, DARE and breadcrumbs keep.
+    #[arg(long, default_value_t = 0.5)]
+    pub density: f64,
+    /// Scale of the summed task vectors (task-vector methods).
+    #[arg(long, default_value_t = 1.0)]
+    pub lambda: f64,
+    /// Also score this method at t = 0, 0.25, 0.5, 0.75, 1.
+    #[arg(long)]
+    pub curve: Option<String>,
+    /// Held-out rows per task for the loss.
+    #[arg(long, default_value_t = 32)]
+    pub examples: usize,
+    /// Held-out prompts per task answered greedily for the accuracy.
+    #[arg(long, default_value_t = 16)]
+    pub accuracy_examples: usize,
+    /// Seed of the fine-tunes' data order and of DARE's drops.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write the two fine-tunes (DIR/task-a, DIR/task-b) and every method's mergekit YAML
+    /// (DIR/METHOD.yml) here; must not exist yet.
+    #[arg(long)]
+    pub save_dir: Option<PathBuf>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -9,6 +9,7 @@ use tinytune::data::Split;
 use tinytune::data::rng::Rng;
 use tinytune::model::{ModelConfig, named_params};
 use tinytune::sample::{SampleConfig, generate};
+use tinytune::train::score::{accuracy, task_answers};
 use tinytune::train::{DataSource, Dataset, TrainConfig, Trainer, eval_loss};
 use tinytune::{Gpt, TextTokenizer};
 
@@ -77,29 +78,6 @@ pub fn generate_cmd(args: GenerateArgs, device: &Device) -> Result<(), String> {
     Ok(())
 }
 
-/// The share of exact answers, and each (prompt, answer, whether it matched).
-pub type Accuracy = (f64, Vec<(String, String, bool)>);
-
-/// Greedy answers to held-out prompts, scored by the task's exact-match rule.
-pub fn task_accuracy(model: &Gpt, tok: &TextTokenizer, data: DataSource, seed: u64, n: usize) -> Result<Option<Accuracy>, String> {
-    let DataSource::Task(task) = data else { return Ok(None) };
-    if n == 0 {
-        return Ok(None);
-    }
-    let stop = tok.line_stop_ids();
-    let examples = task.examples(seed, Split::Eval, n);
-    let mut rows = Vec::new();
-    for ex in &examples {
-        let prompt = encode(tok, &ex.prompt)?;
-        let config = SampleConfig { max_new_tokens: 48, temperature: 0.0, top_k: None, seed: 0, stop_ids: stop.clone(), cache: true };
-        let answer = tok.decode(&generate(model, &prompt, &config));
-        let ok = task.is_correct(ex, &answer);
-        rows.push((ex.response.trim().to_string(), answer.trim().to_string(), ok));
-    }
-    let acc = rows.iter().filter(|r| r.2).count() as f64 / rows.len() as f64;
-    Ok(Some((acc, rows)))
-}
-
 pub fn eval_cmd(args: EvalArgs, device: &Device) -> Result<(), String> {
     let loaded = model_dir::load(&args.model, device)?;
     // A soft prompt takes positions of its own: the rows get what is left.
@@ -135,7 +113,13 @@ pub fn eval_cmd(args: EvalArgs, device: &Device) -> Result<(), String> {
     let data: DataSource = args.data.parse().map_err(|e| format!("--data: {e}"))?;
     let ds = data.dataset(&loaded.tokenizer, args.data_seed, Split::Eval, args.examples, seq_len, 0.0).map_err(|e| e.to_string())?;
     let loss = eval_loss(&loaded.model, &ds, args.batch, seq_len, usize::MAX).map_err(|e| e.to_string())?;
-    let acc = task_accuracy(&loaded.model, &loaded.tokenizer, data, args.data_seed, args.accuracy_examples)?;
+    let acc = match data {
+        DataSource::Task(task) if args.accuracy_examples > 0 => {
+            let answers = task_answers(&loaded.model, &loaded.tokenizer, task, args.data_seed, args.accuracy_examples).map_err(|e| e.to_string())?;
+            Some((accuracy(&answers), answers))
+        }
+        _ => None,
+    };
     if args.json {
         println!(
             "{}",
@@ -146,8 +130,8 @@ pub fn eval_cmd(args: EvalArgs, device: &Device) -> Result<(), String> {
     println!("{}: held-out {data} loss {loss:.4} nats/token (perplexity {:.2})", loaded.dir.display(), (loss as f64).exp());
     if let Some((acc, rows)) = acc {
         println!("exact-match accuracy on {} held-out prompts: {:.1}%", rows.len(), acc * 100.0);
-        for (want, got, ok) in rows.iter().take(5) {
-            println!("  {} expected {want:?}, answered {got:?}", if *ok { "✓" } else { "✗" });
+        for a in rows.iter().take(5) {
+            println!("  {} expected {:?}, answered {:?}", if a.correct { "✓" } else { "✗" }, a.expected, a.answered);
         }
     }
     Ok(())
@@ -417,6 +401,160 @@ pub fn merge_cmd(a: crate::cli::MergeArgs, device: &Device) -> Result<(), String
     // The merged model's own config: a passthrough merge has its own depth.
     crate::model_dir::write_model_folder(&a.out, &source.companions, merged.config(), &source.tokenizer, &merged)?;
     eprintln!("merged {} models with {} into {} (tokenizer from {})", loaded.len(), config.method_name, a.out.display(), loaded[0].0);
+    Ok(())
+}
+
+/// `tinytune combine-adapters`: LoRA adapters combined as PEFT's add_weighted_adapter.
+pub fn combine_adapters_cmd(a: crate::cli::CombineAdaptersArgs, device: &Device) -> Result<(), String> {
+    use tinytune::merging::adapters::{Combine, LoraAdapter, Majority, add_weighted_adapter};
+    use tinytune::methods::peft;
+    if a.out.exists() {
+        return Err(format!("{}: already exists; choose a new --out folder", a.out.display()));
+    }
+    let majority = match a.majority_sign_method.as_str() {
+        "total" => Majority::Total,
+        "frequency" => Majority::Frequency,
+        other => return Err(format!("--majority-sign-method: {other:?} is not total or frequency")),
+    };
+    let mut sources = Vec::new();
+    for dir in &a.adapters {
+        let name = dir.display().to_string();
+        let (config, weights) = if dir.join(peft::CONFIG).exists() {
+            (crate::fsutil::read_text(&dir.join(peft::CONFIG))?, crate::fsutil::read(&dir.join(peft::WEIGHTS))?)
+        } else {
+            // A tinytune run: its adapter as PEFT writes it.
+            let loaded = model_dir::load(dir, device)?;
+            let method = model_dir::method_of(&loaded.dir)?;
+            peft::save(&loaded.model, &method, None).map_err(|e| format!("{name}: {e}"))?
+        };
+        sources.push(LoraAdapter::read(&config, &weights, &name).map_err(|e| e.to_string())?);
+    }
+    let opts = Combine {
+        combination: a.combination.clone(),
+        weights: a.weights.clone(),
+        density: a.density,
+        majority,
+        svd_rank: a.svd_rank,
+        svd_clamp: a.svd_clamp,
+        seed: a.seed,
+    };
+    // Errors about the settings name their flag; those about a source name its file.
+    let (config, weights) = add_weighted_adapter(&sources, &opts).map_err(|e| match &e {
+        tinytune::Error::Config { origin, .. } if origin.to_string() == "combine adapters" => crate::flags::flag_error(e),
+        _ => e.to_string(),
+    })?;
+    crate::fsutil::write_new_folder(&a.out, &[(peft::CONFIG, config.as_bytes()), (peft::WEIGHTS, &weights)])?;
+    let r = serde_json::from_str::<serde_json::Value>(&config).ok().and_then(|v| v["r"].as_u64()).unwrap_or(0);
+    eprintln!("combined {} adapters with {} into {} (rank {r}, lora_alpha {r})", sources.len(), a.combination, a.out.display());
+    Ok(())
+}
+
+/// `tinytune federated`: FedAvg rounds, and the pooled baseline beside them.
+pub fn federated_cmd(a: crate::cli::FederatedArgs, device: &Device) -> Result<(), String> {
+    use tinytune::merging::federated::{FedConfig, Federated};
+    let task = a.task.parse::<tinytune::data::Task>().map_err(|e| format!("--task: {e}"))?;
+    let ad = device.clone().autodiff();
+    let loaded = model_dir::load(&a.model, &ad)?;
+    let config = FedConfig {
+        task,
+        clients: a.clients,
+        rounds: a.rounds,
+        local_steps: a.local_steps,
+        lr: a.lr,
+        examples_per_client: a.examples_per_client,
+        seed: a.seed,
+    };
+    let mut fed = Federated::new(loaded.model, &loaded.tokenizer, config.clone(), &ad).map_err(crate::flags::flag_error)?;
+    eprintln!("{} clients, {} examples each, {} steps per round", a.clients, a.examples_per_client, a.local_steps);
+    let rounds = fed.run(&ad).map_err(|e| e.to_string())?;
+    if a.json {
+        println!("{}", json!({"config": config, "start_loss": fed.start_loss, "rounds": rounds}));
+        return Ok(());
+    }
+    println!("federated averaging on {task}: held-out loss before any round {:.4}", fed.start_loss);
+    println!("{:>5} {:>12} {:>12} {:>10} {:>10}", "round", "best client", "worst client", "averaged", "pooled");
+    for r in &rounds {
+        let best = r.clients.iter().copied().fold(f32::INFINITY, f32::min);
+        let worst = r.clients.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        println!("{:>5} {best:>12.4} {worst:>12.4} {:>10.4} {:>10.4}", r.round, r.averaged, r.pooled);
+    }
+    Ok(())
+}
+
+/// `tinytune merge-study`: two fine-tunes of one model, every merge method, both tasks'
+/// scores.
+pub fn merge_study_cmd(a: crate::cli::MergeStudyArgs, device: &Device) -> Result<(), String> {
+    use tinytune::merging::study::{Knobs, METHODS, Scored, Study, finetune_config, study_yaml};
+    let task = |flag: &str, v: &str| v.parse::<tinytune::data::Task>().map_err(|e| format!("{flag}: {e}"));
+    let tasks = [task("--task-a", &a.task_a)?, task("--task-b", &a.task_b)?];
+    if let Some(m) = &a.curve
+        && !METHODS.contains(&m.as_str())
+    {
+        return Err(format!("--curve: {m:?} is not one of {}", METHODS.join(", ")));
+    }
+    for (flag, v) in [("--t", a.t), ("--density", a.density)] {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(format!("{flag}: {v} is outside 0..=1"));
+        }
+    }
+    if let Some(dir) = &a.save_dir
+        && dir.exists()
+    {
+        return Err(format!("--save-dir: {} already exists; choose a new folder", dir.display()));
+    }
+    let ad = device.clone().autodiff();
+    let loaded = model_dir::load(&a.model, &ad)?;
+    let mut tuned = Vec::new();
+    for (i, t) in tasks.iter().enumerate() {
+        let config = finetune_config(*t, a.steps, a.lr, a.seed);
+        let mut trainer = Trainer::new(loaded.model.clone(), &loaded.tokenizer, config, &ad).map_err(crate::flags::flag_error)?;
+        eprintln!("fully fine-tuning copy {} of {} on {t} for {} steps", ["A", "B"][i], a.model.display(), a.steps);
+        for _ in 0..a.steps {
+            trainer.step().map_err(|e| e.to_string())?;
+        }
+        tuned.push(trainer.model.valid());
+    }
+    let tok = &loaded.tokenizer;
+    let b = tuned.pop().expect("two fine-tunes");
+    let study =
+        Study::new(loaded.model.valid(), tuned.pop().expect("two fine-tunes"), b, tasks, tok, a.examples, a.accuracy_examples).map_err(|e| e.to_string())?;
+    let knobs = Knobs { method: a.curve.clone().unwrap_or_else(|| "ties".into()), t: a.t, density: a.density, lambda: a.lambda, seed: a.seed };
+    let err = |e: tinytune::Error| e.to_string();
+    let endpoints = study.endpoints(tok).map_err(err)?;
+    let methods = study.methods(&knobs, tok, device).map_err(err)?;
+    let curve = match &a.curve {
+        Some(_) => study.curve(&knobs, &[0.0, 0.25, 0.5, 0.75, 1.0], tok, device).map_err(err)?,
+        None => Vec::new(),
+    };
+    if let Some(dir) = &a.save_dir {
+        let names = [a.model.display().to_string(), dir.join("task-a").display().to_string(), dir.join("task-b").display().to_string()];
+        let mut files = Vec::new();
+        for m in METHODS {
+            files.push((format!("{m}.yml"), study_yaml(&Knobs { method: m.into(), ..knobs.clone() }, [&names[0], &names[1], &names[2]]).into_bytes()));
+        }
+        let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+        crate::fsutil::write_new_folder(dir, &refs)?;
+        for (name, model) in [("task-a", &study.a), ("task-b", &study.b)] {
+            model_dir::write_model_folder(&dir.join(name), &loaded.companions, &loaded.config, tok, model)?;
+        }
+        eprintln!("saved the fine-tunes and each method's YAML in {}: tinytune merge {}/ties.yml --out merged", dir.display(), dir.display());
+    }
+    if a.json {
+        let out = json!({"tasks": [tasks[0].name(), tasks[1].name()], "knobs": knobs, "steps": a.steps, "lr": a.lr, "endpoints": endpoints, "methods": methods, "curve": curve});
+        println!("{out}");
+        return Ok(());
+    }
+    println!("A = {}, B = {}; each copy fully fine-tuned {} steps at lr {}", tasks[0], tasks[1], a.steps, a.lr);
+    println!("merges at t = {} (weights {} and {}), density {}, lambda {}", a.t, 1.0 - a.t, a.t, a.density, a.lambda);
+    println!("{:<18} {:>6} {:>10} {:>7} {:>10} {:>7}", "model", "t", "A loss", "A acc", "B loss", "B acc");
+    let row = |r: &Scored| {
+        println!("{:<18} {:>6.2} {:>10.4} {:>6.1}% {:>10.4} {:>6.1}%", r.label, r.t, r.a.loss, 100.0 * r.a.accuracy, r.b.loss, 100.0 * r.b.accuracy)
+    };
+    endpoints.iter().chain(&methods).for_each(row);
+    if !curve.is_empty() {
+        println!("{} as t moves from A to B:", knobs.method);
+        curve.iter().for_each(row);
+    }
     Ok(())
 }
 

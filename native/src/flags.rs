@@ -5,6 +5,7 @@
 /// Fields whose flag is not the field's name with `_` written `-`.
 const FLAGS: &[(&str, &str)] = &[
     ("r", "rank"),
+    ("combination_type", "combination"),
     ("lora_alpha", "alpha"),
     ("target_modules", "targets"),
     ("feedforward_modules", "ia3-feedforward"),

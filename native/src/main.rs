@@ -14,6 +14,7 @@ mod memory;
 mod model_dir;
 mod plot;
 mod precision;
+mod serve;
 mod train;
 
 use std::process::ExitCode;
@@ -54,6 +55,10 @@ fn main() -> ExitCode {
         Command::LongContext(a) => long_context::long_context_cmd(a, &device),
         Command::Import(cli::ImportCommand::Gguf(a)) => model_dir::import_gguf(&a.file, &a.out, &device),
         Command::Merge(a) => commands::merge_cmd(a, &device),
+        Command::MergeStudy(a) => commands::merge_study_cmd(a, &device),
+        Command::CombineAdapters(a) => commands::combine_adapters_cmd(a, &device),
+        Command::Serve(a) => serve::serve_cmd(a, &device),
+        Command::Federated(a) => commands::federated_cmd(a, &device),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

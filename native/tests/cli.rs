@@ -1026,3 +1026,238 @@ fn merge_reads_mergekit_yaml_and_folds_lora_runs() {
         &["merge.yml", "densty", "weight, density or gamma"],
     );
 }
+
+#[test]
+fn merge_study_scores_every_method_and_its_saved_yaml_rebuilds_a_row() {
+    let micro = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/micro");
+    let dir = tmp("merge-study");
+    let out = ok(&tinytune(&[
+        "merge-study",
+        "--model",
+        micro.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--examples",
+        "8",
+        "--accuracy-examples",
+        "1",
+        "--curve",
+        "slerp",
+        "--save-dir",
+        dir.to_str().unwrap(),
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let labels = |k: &str| v[k].as_array().unwrap().iter().map(|r| r["label"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(labels("endpoints"), ["base", "task-a", "task-b"]);
+    assert_eq!(labels("methods"), tinytune::merging::study::METHODS);
+    assert_eq!(labels("curve").len(), 5);
+    // SLERP's ends are the fine-tunes themselves.
+    let loss = |k: &str, i: usize, task: &str| v[k][i][task]["loss"].as_f64().unwrap();
+    assert!((loss("curve", 0, "a") - loss("endpoints", 1, "a")).abs() < 1e-4, "{v}");
+    assert!((loss("curve", 4, "b") - loss("endpoints", 2, "b")).abs() < 1e-4, "{v}");
+    // The saved YAML rebuilds the ties row with `tinytune merge`, and eval scores it the same.
+    let merged = tmp("merge-study-ties");
+    ok(&tinytune(&["merge", dir.join("ties.yml").to_str().unwrap(), "--out", merged.to_str().unwrap()]));
+    let eval = ok(&tinytune(&[
+        "eval",
+        "--model",
+        merged.to_str().unwrap(),
+        "--data",
+        "sentiment",
+        "--examples",
+        "8",
+        "--batch",
+        "8",
+        "--seq-len",
+        "64",
+        "--accuracy-examples",
+        "0",
+        "--json",
+    ]));
+    let e: serde_json::Value = serde_json::from_str(&eval).unwrap();
+    let ties = v["methods"].as_array().unwrap().iter().position(|r| r["label"] == "ties").unwrap();
+    assert!((e["eval_loss"].as_f64().unwrap() - loss("methods", ties, "a")).abs() < 1e-4, "{e} vs {v}");
+    fails_with(&tinytune(&["merge-study", "--model", micro.to_str().unwrap(), "--curve", "soup"]), &["--curve", "linear, slerp"]);
+    fails_with(&tinytune(&["merge-study", "--model", micro.to_str().unwrap(), "--task-b", "sentiment"]), &["both tasks are sentiment"]);
+}
+
+#[test]
+fn combine_adapters_writes_a_peft_folder_that_loads_onto_the_base() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+    let base = fixtures.join("hf-gpt2");
+    let (a, b) = (fixtures.join("lora-arith/a"), fixtures.join("lora-arith/b"));
+    let logits = |adapter: &Path| -> Vec<f64> {
+        let out = ok(&tinytune(&["logits", "--model", base.to_str().unwrap(), "--adapter", adapter.to_str().unwrap(), "--prompt", "hello world"]));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    };
+    // One adapter at weight 1 is itself (PEFT combines a single source linearly).
+    let alone = tmp("combine-alone");
+    ok(&tinytune(&["combine-adapters", a.to_str().unwrap(), "--weights", "1", "--combination", "ties", "--out", alone.to_str().unwrap()]));
+    let (x, y) = (logits(&a), logits(&alone));
+    let worst = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+    assert!(worst < 1e-4, "{worst}");
+    // Unequal ranks: cat and the SVD types combine them, and the result loads.
+    let both = |settings: &[&str], out: &Path| {
+        let mut args = vec!["combine-adapters", a.to_str().unwrap(), b.to_str().unwrap()];
+        args.extend_from_slice(settings);
+        args.extend(["--out", out.to_str().unwrap()]);
+        tinytune(&args)
+    };
+    let svd = tmp("combine-svd");
+    let said = both(&["--weights", "0.7,0.4", "--combination", "ties_svd", "--density", "0.5", "--svd-rank", "3"], &svd);
+    assert!(String::from_utf8_lossy(&said.stderr).contains("rank 3, lora_alpha 3"), "{said:?}");
+    let moved = logits(&svd).iter().zip(&x).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+    assert!(moved > 1e-4 && moved.is_finite(), "{moved}");
+    fails_with(&both(&["--weights", "0.7,0.4", "--combination", "linear"], &tmp("combine-bad")), &["--combination", "use cat or an _svd type"]);
+    fails_with(&both(&["--weights", "0.7"], &tmp("combine-bad2")), &["--weights", "one weight per adapter"]);
+    fails_with(&both(&["--weights", "1,1", "--combination", "ties"], &tmp("combine-bad3")), &["--combination"]);
+}
+
+/// One HTTP/1.1 request over a fresh connection: the status and the body (de-chunked).
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return (status, rest.to_string());
+    }
+    let (mut body, mut rest) = (String::new(), rest);
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        if n == 0 {
+            break;
+        }
+        body.push_str(&after[..n]);
+        rest = &after[n + 2..];
+    }
+    (status, body)
+}
+
+#[test]
+fn serve_answers_openai_style_requests_for_several_adapters_batched_together() {
+    use std::io::BufRead;
+    use tinytune::methods::peft;
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+    let base_dir = fixtures.join("hf-gpt2");
+    let adapter = |n: &str| fixtures.join("lora-arith").join(n);
+    /// The server, killed if the test fails before stopping it (an orphan would hold the
+    /// test's output open).
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut server = Server(
+        Command::new(env!("CARGO_BIN_EXE_tinytune"))
+            .args(["serve", "--model", base_dir.to_str().unwrap(), "--port", "0", "--max-tokens-limit", "64"])
+            .args(["--adapter", &format!("a={}", adapter("a").display()), "--adapter", &format!("b={}", adapter("b").display())])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = std::io::BufReader::new(server.0.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = line.split("http://").nth(1).and_then(|r| r.split('/').next()).unwrap_or_else(|| panic!("{line}")).to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "{line}");
+
+    // The greedy continuation of each model, generated in-process with the adapter loaded.
+    let device = burn::tensor::Device::flex();
+    let read = |f: &str| std::fs::read_to_string(base_dir.join(f)).unwrap();
+    let parts = tinytune::checkpoint::load_parts(
+        "hf-gpt2",
+        &read("config.json"),
+        &read("tokenizer.json"),
+        &std::fs::read(base_dir.join("model.safetensors")).unwrap(),
+        &device,
+    )
+    .unwrap();
+    let with = |n: &str| {
+        let d = adapter(n);
+        peft::load(parts.model.clone(), &std::fs::read_to_string(d.join(peft::CONFIG)).unwrap(), &std::fs::read(d.join(peft::WEIGHTS)).unwrap(), n, &device)
+            .unwrap()
+            .0
+    };
+    let prompt = "hello world";
+    let ids = parts.tokenizer.encode(prompt).unwrap();
+    let config = tinytune::sample::SampleConfig {
+        max_new_tokens: 6,
+        temperature: 0.0,
+        top_k: None,
+        seed: 0,
+        stop_ids: parts.tokenizer.eot().into_iter().collect(),
+        cache: true,
+    };
+    let expected = |m: &tinytune::Gpt| tinytune::sample::generate(m, &ids, &config);
+    let want = [("hf-gpt2", expected(&parts.model)), ("a", expected(&with("a"))), ("b", expected(&with("b")))];
+    assert_ne!(want[1].1, want[2].1, "the two adapters should continue differently");
+
+    let (status, body) = http(&addr, "GET", "/v1/models", "");
+    assert_eq!(status, 200, "{body}");
+    let models: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let listed: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(listed, ["hf-gpt2", "a", "b"]);
+
+    // All three at once, so the engine batches them (mixed adapters in one forward pass).
+    let request = |model: &str| format!(r#"{{"model": "{model}", "prompt": "{prompt}", "max_tokens": 6, "temperature": 0}}"#);
+    let answers: Vec<(u16, String)> = std::thread::scope(|s| {
+        let addr = addr.as_str();
+        let handles: Vec<_> = want.iter().map(|(m, _)| s.spawn(move || http(addr, "POST", "/v1/completions", &request(m)))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for ((model, tokens), (status, body)) in want.iter().zip(&answers) {
+        assert_eq!(*status, 200, "{model}: {body}");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        let got: Vec<u32> = v["choices"][0]["token_ids"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+        assert_eq!(&got, tokens, "{model}: {body}");
+        assert_eq!(v["model"], *model);
+        assert_eq!(v["usage"]["prompt_tokens"].as_u64(), Some(ids.len() as u64));
+    }
+    // Streamed: the chunks add up to the same text, and the last carries the token ids.
+    let whole: serde_json::Value = serde_json::from_str(&answers[1].1).unwrap();
+    let (status, sse) = http(&addr, "POST", "/v1/completions", &request("a").replace("\"temperature\": 0", "\"temperature\": 0, \"stream\": true"));
+    assert_eq!(status, 200, "{sse}");
+    assert!(sse.trim_end().ends_with("data: [DONE]"), "{sse}");
+    let chunks: Vec<serde_json::Value> =
+        sse.lines().filter_map(|l| l.strip_prefix("data: ")).filter(|d| *d != "[DONE]").map(|d| serde_json::from_str(d).unwrap()).collect();
+    let text: String = chunks.iter().map(|c| c["choices"][0]["text"].as_str().unwrap()).collect();
+    assert_eq!(text, whole["choices"][0]["text"].as_str().unwrap());
+    assert_eq!(chunks.last().unwrap()["choices"][0]["token_ids"], whole["choices"][0]["token_ids"]);
+
+    // Bad requests: a 4xx and a JSON error naming the field.
+    let (status, body) = http(&addr, "POST", "/v1/completions", r#"{"model": "a", "prompt": "#);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not JSON"), "{body}");
+    let (status, body) = http(&addr, "POST", "/v1/completions", r#"{"model": "c", "prompt": "hi"}"#);
+    assert_eq!(status, 404, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["param"], "model");
+    assert!(v["error"]["message"].as_str().unwrap().contains("hf-gpt2, a, b"), "{body}");
+    let (status, body) = http(&addr, "POST", "/v1/completions", r#"{"model": "a", "prompt": "hi", "max_tokens": 65}"#);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains(r#""param":"max_tokens""#), "{body}");
+
+    // Ctrl-C stops it cleanly.
+    #[cfg(unix)]
+    {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(server.0.id() as i32, libc::SIGINT) };
+        let status = server.0.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+}

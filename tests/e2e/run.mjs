@@ -95,6 +95,17 @@ async function openPage(ctx, url) {
 }
 
 /** Sets a widget control (input, select or checkbox) the way a reader does. */
+// Runs the `tinytune …` command a widget prints (cut before `cutAt`, when given) natively
+// with `--json`, from the repository root, and returns its JSON.
+async function printedCommandJson(widget, cutAt) {
+  const command = (await widget.locator(".command code").textContent()).trim().split(/\s+/);
+  assert(command[0] === "tinytune" && (!cutAt || command.includes(cutAt)), command.join(" "));
+  const args = command.slice(1, cutAt ? command.indexOf(cutAt) : command.length).concat(["--json"]);
+  const cli = join(root, "target/debug/tinytune");
+  assert(existsSync(cli), `${cli} is missing: build it with cargo build -p tinytune-cli (scripts/test.sh runs the cargo tests first)`);
+  return JSON.parse(execFileSync(cli, args, { cwd: root, encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }));
+}
+
 async function setParam(widget, key, value) {
   const el = widget.locator(`[data-param="${key}"]`);
   const tag = await el.evaluate((e) => e.tagName.toLowerCase() + (e.type === "checkbox" ? ":checkbox" : ""));
@@ -524,6 +535,75 @@ await check("the lora-rank widget measures what rank r keeps of micro's real fin
   const energy16 = await w.locator("[data-testid=energy]").textContent();
   assert(kept(energy16) > kept(energy4), `${energy16} vs ${energy4}`);
   await w.screenshot({ path: join(artifacts, "lora-rank.png") });
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
+await check("the merge widget merges two fine-tunes of micro with every method, as tinytune merge-study does", async () => {
+  const page = await openPage(cpu, base + "?lesson=many-models-into-one&backend=cpu");
+  const w = page.locator("[data-widget=merge]").first();
+  await setParam(w, "steps", 4);
+  await setParam(w, "method", "linear");
+  await setParam(w, "t", 0.5);
+  await setParam(w, "lambda", 1);
+  await w.locator("[data-testid=merge]").click();
+  await w.locator("[data-testid=merge-table], .error").first().waitFor({ timeout: 240_000 });
+  assert((await w.locator(".error").count()) === 0, `the widget reported: ${await w.locator(".error").first().textContent().catch(() => "")}`);
+  const table = async () => (await w.locator("[data-testid=merge-table] tbody tr").evaluateAll((trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent))));
+  const rows = await table();
+  console.log(`     ${rows.length} rows; ${JSON.stringify(rows.slice(0, 6))}`);
+  // The base, both fine-tunes, 9 methods at t, the chosen method at 5 shares.
+  assert(rows.length === 17, JSON.stringify(rows));
+  const num = (x) => parseFloat(x);
+  const merged = (label) => rows.find((r) => r[0] === label && r[1] === "merge");
+  // Task arithmetic with weights 1 − t and t and lambda 1 is linear averaging.
+  for (const col of [3, 5]) assert(Math.abs(num(merged("linear")[col]) - num(merged("task_arithmetic")[col])) < 1e-3, JSON.stringify([merged("linear"), merged("task_arithmetic")]));
+  // Each fine-tune beats the base on its own task.
+  assert(num(rows[1][3]) < num(rows[0][3]) && num(rows[2][5]) < num(rows[0][5]), JSON.stringify(rows.slice(0, 3)));
+  // The printed command computes the same table natively.
+  const native = await printedCommandJson(w, "--save-dir");
+  const nativeRows = [...native.endpoints, ...native.methods, ...native.curve];
+  assert(nativeRows.length === rows.length, `${nativeRows.length} native rows`);
+  rows.forEach((r, i) => {
+    const n = nativeRows[i];
+    assert(r[0] === n.label, `${r[0]} vs ${n.label}`);
+    assert(Math.abs(num(r[3]) - n.a.loss) < 2e-3 && Math.abs(num(r[5]) - n.b.loss) < 2e-3, `page ${JSON.stringify(r)} vs native ${JSON.stringify(n)}`);
+  });
+  const yaml = await w.locator("[data-testid=merge-yaml]").textContent();
+  assert(yaml.includes("merge_method: linear") && yaml.includes("weight: 0.5"), yaml);
+  // Another share merges the kept fine-tunes again without training them again.
+  await setParam(w, "t", 0.25);
+  assert((await w.locator("[data-testid=merge]").textContent()).includes("Merge and score"), await w.locator("[data-testid=merge]").textContent());
+  await w.locator("[data-testid=merge]").click();
+  await page.waitForFunction(() => document.querySelector("[data-widget=merge] [data-testid=merge-table] caption")?.textContent.includes("t = 0.25"), null, { timeout: 120_000 });
+  const again = await table();
+  assert(JSON.stringify(again.slice(0, 3)) === JSON.stringify(rows.slice(0, 3)), "the fine-tunes changed");
+  await w.screenshot({ path: join(artifacts, "merge.png") });
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
+await check("the federated widget averages clients round by round, as tinytune federated does", async () => {
+  const page = await openPage(cpu, base + "?lesson=many-models-into-one&backend=cpu");
+  const w = page.locator("[data-widget=federated]").first();
+  await setParam(w, "clients", 2);
+  await setParam(w, "rounds", 2);
+  await setParam(w, "local_steps", 2);
+  await w.locator("[data-testid=federated]").click();
+  await w.locator("[data-testid=federated-table], .error").first().waitFor({ timeout: 240_000 });
+  assert((await w.locator(".error").count()) === 0, `the widget reported: ${await w.locator(".error").first().textContent().catch(() => "")}`);
+  const rows = await w.locator("[data-testid=federated-table] tbody tr").evaluateAll((trs) => trs.map((tr) => [...tr.children].map((td) => parseFloat(td.textContent))));
+  console.log(`     ${JSON.stringify(rows)}`);
+  assert(rows.length === 2 && rows.every((r) => r.length === 5 && r.every(Number.isFinite)), JSON.stringify(rows));
+  const native = await printedCommandJson(w);
+  assert(native.rounds.length === rows.length, JSON.stringify(native));
+  native.rounds.forEach((r, i) => {
+    assert(Math.abs(r.averaged - rows[i][3]) < 2e-3 && Math.abs(r.pooled - rows[i][4]) < 2e-3, `page ${JSON.stringify(rows[i])} vs native ${JSON.stringify(r)}`);
+  });
+  // The averaged model learns: its loss after the last round is below the loss before any.
+  const start = parseFloat((await w.locator("[data-testid=federated-table] caption").textContent()).match(/before any round ([0-9.]+)/)[1]);
+  assert(rows[rows.length - 1][3] < start, `${start} -> ${JSON.stringify(rows)}`);
+  await w.screenshot({ path: join(artifacts, "federated.png") });
   assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
   await page.close();
 });

@@ -360,7 +360,7 @@ fn merges_equal_mergekits_on_the_same_yaml() {
             .unwrap()
             .model
     };
-    for name in ["linear", "slerp", "task_arithmetic", "ties", "breadcrumbs", "breadcrumbs_ties", "passthrough"] {
+    for name in ["linear", "slerp", "task_arithmetic", "ties", "breadcrumbs", "breadcrumbs_ties", "model_stock", "passthrough"] {
         let yaml = std::fs::read_to_string(fixture(&format!("merge/{name}.yml"))).unwrap();
         let config = MergeConfig::from_yaml(&yaml, format!("{name}.yml")).unwrap();
         let models: Vec<(String, tinytune::Gpt)> = config.model_names().into_iter().map(|m| (m.clone(), load(&m))).collect();
@@ -383,6 +383,67 @@ fn merges_equal_mergekits_on_the_same_yaml() {
             if let Some(before) = base.get(tensor) {
                 let moved = values(before).iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
                 assert!(moved > 1e-3, "{name}: {tensor} equals the base");
+            }
+        }
+    }
+}
+
+/// LoRA arithmetic equals PEFT 0.21.2's `add_weighted_adapter` on the committed adapters
+/// (`tests/fixtures/make_lora_arith_reference.py`: weights 0.7 and 0.4, density 0.5, SVD rank
+/// 3): every deterministic combination type's update `B·A` per module within 1e-5 of the
+/// largest entry, and for the types PEFT builds without an SVD, the factors themselves
+/// within 1e-6 (an SVD's factors are only fixed up to sign).
+#[test]
+fn lora_arithmetic_equals_peft_add_weighted_adapter() {
+    use tinytune::checkpoint::from_safetensors;
+    use tinytune::merging::adapters::{Combine, LoraAdapter, Majority, add_weighted_adapter};
+    let dir = fixture("lora-arith");
+    let versions: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("versions.json")).unwrap()).unwrap();
+    let read = |name: &str| {
+        let d = dir.join(name);
+        LoraAdapter::read(&std::fs::read_to_string(d.join("adapter_config.json")).unwrap(), &std::fs::read(d.join("adapter_model.safetensors")).unwrap(), name)
+            .unwrap()
+    };
+    let values = |t: &burn::tensor::TensorData| t.clone().convert::<f32>().try_into_vec::<f32>().unwrap();
+    let sources = versions["sources"].as_object().unwrap();
+    assert_eq!(sources.len(), 7, "{sources:?}");
+    for (combination, names) in sources {
+        let adapters: Vec<LoraAdapter> = names.as_array().unwrap().iter().map(|n| read(n.as_str().unwrap())).collect();
+        let opts = Combine {
+            combination: combination.clone(),
+            weights: versions["weights"].as_array().unwrap().iter().map(|w| w.as_f64().unwrap()).collect(),
+            density: versions["density"].as_f64(),
+            majority: Majority::Total,
+            svd_rank: versions["svd_rank"].as_u64().map(|r| r as usize),
+            svd_clamp: None,
+            seed: 0,
+        };
+        let (config, weights) = add_weighted_adapter(&adapters, &opts).unwrap();
+        let ours = LoraAdapter::read(&config, &weights, combination).unwrap();
+        let peft = read(&format!("out-{combination}"));
+        assert_eq!((ours.r, ours.scaling), (peft.r, peft.scaling), "{combination}: rank and scaling");
+        let want_config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(format!("out-{combination}/adapter_config.json"))).unwrap()).unwrap();
+        let got_config: serde_json::Value = serde_json::from_str(&config).unwrap();
+        for key in ["r", "lora_alpha", "target_modules", "fan_in_fan_out", "use_rslora"] {
+            assert_eq!(got_config[key], want_config[key], "{combination}: {key}");
+        }
+        let deltas = from_safetensors(&std::fs::read(dir.join(format!("deltas-{combination}.safetensors"))).unwrap(), &"deltas".into()).unwrap();
+        assert_eq!(ours.modules().count(), deltas.len(), "{combination}");
+        for module in ours.modules() {
+            let want = values(&deltas[module.strip_prefix("base_model.model.").unwrap()]);
+            let got = ours.delta(module).unwrap();
+            let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            let worst = got.iter().zip(&want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(worst <= 1e-5 * scale, "{combination} {module}: update off by {worst} (largest entry {scale})");
+        }
+        if !combination.ends_with("svd") {
+            let theirs = from_safetensors(&std::fs::read(dir.join(format!("out-{combination}/adapter_model.safetensors"))).unwrap(), &"peft".into()).unwrap();
+            let mine = from_safetensors(&weights, &"ours".into()).unwrap();
+            assert_eq!(mine.len(), theirs.len(), "{combination}");
+            for (name, t) in &theirs {
+                let worst = values(t).iter().zip(values(&mine[name])).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(worst <= 1e-6, "{combination} {name}: factor off by {worst}");
             }
         }
     }

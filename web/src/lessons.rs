@@ -22,6 +22,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("15-qlora.md", include_str!("../../lessons/15-qlora.md")),
     ("16-soft-prompts.md", include_str!("../../lessons/16-soft-prompts.md")),
     ("17-choosing-a-method.md", include_str!("../../lessons/17-choosing-a-method.md")),
+    ("18-many-models-into-one.md", include_str!("../../lessons/18-many-models-into-one.md")),
     ("21-longer-contexts.md", include_str!("../../lessons/21-longer-contexts.md")),
     ("22-a-real-model.md", include_str!("../../lessons/22-a-real-model.md")),
 ];

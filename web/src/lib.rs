@@ -4,10 +4,12 @@
 //! tested natively.
 
 pub mod decide;
+pub mod federated;
 pub mod fields;
 pub mod lesson;
 pub mod lessons;
 pub mod memory;
+pub mod merge;
 pub mod optimizers;
 pub mod precision;
 pub mod protocol;

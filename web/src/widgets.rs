@@ -434,6 +434,10 @@ widgets! {
     /// RoPE's rotations per dimension pair under each scaling, and micro-llama's loss by
     /// position past its training context.
     Rope(crate::rope::RopeParams) => crate::rope::RopeResult,
+    /// Two fine-tunes of micro merged with every method, scored on both tasks.
+    Merge(crate::merge::MergeParams) => crate::merge::MergeResult,
+    /// Federated averaging of micro fine-tunes on disjoint shards, round by round.
+    Federated(crate::federated::FederatedParams) => crate::federated::FederatedResult,
     /// A GGUF model from the reader's disk: chat, LoRA-fine-tune in the tab, chat again.
     RealModel(crate::real::RealModelParams),
 }

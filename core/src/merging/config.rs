@@ -51,6 +51,9 @@ pub enum MergeMethod {
         rescale: bool,
         lambda: f64,
     },
+    /// Model Stock (Jang et al., 2024): the fine-tunes' average pulled toward the base by
+    /// how aligned their task vectors are.
+    ModelStock,
     /// Layer stacking (`slices`): each output layer copied from one layer of one model.
     Passthrough,
 }
@@ -64,7 +67,8 @@ pub struct LayerSlice {
 }
 
 /// The methods tinytune merges with, by mergekit's names.
-pub const METHODS: [&str; 9] = ["linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties", "passthrough"];
+pub const METHODS: [&str; 10] =
+    ["linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties", "model_stock", "passthrough"];
 
 impl MergeMethod {
     /// `name` with the global `parameters` (`normalize`, `t`, `rescale`, `lambda`).
@@ -109,7 +113,17 @@ impl MergeMethod {
             "breadcrumbs" => tv(Sparsify::Outliers, false, false, false),
             "breadcrumbs_ties" => tv(Sparsify::Outliers, true, false, false),
             "passthrough" => Ok(Self::Passthrough),
-            "model_stock" | "nuslerp" | "multislerp" | "karcher" | "della" | "della_linear" | "sce" | "arcee_fusion" | "nearswap" => Err(Error::config(
+            "model_stock" => {
+                if flag("filter_wise", false)? {
+                    return Err(Error::config(
+                        origin,
+                        "parameters.filter_wise",
+                        "is true; tinytune's model_stock measures each tensor's angle as a whole (filter_wise: false)",
+                    ));
+                }
+                Ok(Self::ModelStock)
+            }
+            "nuslerp" | "multislerp" | "karcher" | "della" | "della_linear" | "sce" | "arcee_fusion" | "nearswap" => Err(Error::config(
                 origin,
                 "merge_method",
                 format!("{name} is a mergekit method tinytune does not merge with yet; use one of {}", METHODS.join(", ")),
@@ -282,8 +296,8 @@ impl MergeConfig {
             }
             let is_base = raw.base_model.as_deref() == Some(m.model.as_str());
             // The base model's own entry needs no weight (it takes no part but as the base),
-            // nor does SLERP's other model.
-            let weight_default = if is_base || matches!(method, MergeMethod::Slerp { .. }) { Some(1.0) } else { None };
+            // nor does SLERP's other model, nor any of model_stock's (it weighs none).
+            let weight_default = if is_base || matches!(method, MergeMethod::Slerp { .. } | MergeMethod::ModelStock) { Some(1.0) } else { None };
             let density = number("density", Some(1.0))?;
             if !(0.0..=1.0).contains(&density) || density == 0.0 {
                 return Err(at(&field("density"), format!("is {density}; keep a share in (0, 1]")));
@@ -348,7 +362,7 @@ mod tests {
             ("merge_method: passthrough\nslices: []\n", "lists no slices"),
             ("merge_method: ties\nslices: []\nbase_model: a\n", "passthrough"),
             ("merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [2, 1]}]}]\n", "layer_range"),
-            ("merge_method: model_stock\nmodels: [{model: a}]\n", "does not merge with yet"),
+            ("merge_method: nuslerp\nmodels: [{model: a}]\n", "does not merge with yet"),
             ("merge_method: lienar\nmodels: [{model: a}]\n", "is not a merge method"),
             ("merge_method: linear\ndtype: bfloat16\nmodels: [{model: a, parameters: {weight: 1}}]\n", "float32"),
             ("merge_method: linear\nmodles: []\n", "unknown field"),

@@ -22,6 +22,10 @@
 //!     Breadcrumbs"): drop the `gamma` share of largest magnitudes and then the smallest,
 //!     keeping `density`.
 //!
+//! - **model_stock** (Jang, Yun and Han, 2024, "Model Stock: All we need is just a few
+//!   fine-tuned models"): the fine-tunes' average, moved toward the base by
+//!   t = N·cos θ / (1 + (N − 1)·cos θ), θ the mean pairwise angle of their task vectors;
+//!
 //! - **passthrough** with `slices`: layer stacking, a deeper model from layer ranges of one
 //!   or several models (frankenmerges such as Goliath-120B; SOLAR's depth up-scaling, Kim et
 //!   al., 2023, stacks two copies of one model minus the layers at the seam).
@@ -31,9 +35,12 @@
 //! mergekit does, where the paper divides by the keep probability — equal in expectation).
 //! Random drops use tinytune's portable generator, so a seed gives the same merge on every
 //! machine but not torch's mask. Slices blending several sources, per-layer parameter
-//! gradients and model stock are not read yet; their keys are refused with that said.
+//! gradients and model stock's `filter_wise` are not read yet; their keys are refused with that said.
 
+pub mod adapters;
 pub mod config;
+pub mod federated;
+pub mod study;
 
 pub use config::{LayerSlice, MergeConfig, MergeMethod, ModelEntry};
 
@@ -65,7 +72,8 @@ fn elected(weighted: &[Vec<f32>], i: usize) -> f32 {
     if sum >= 0.0 { 1.0 } else { -1.0 }
 }
 
-fn sign(x: f32) -> f32 {
+/// -1, 0 or 1 (`torch.sign`): zero has no sign, so it never agrees with an elected one.
+pub(crate) fn sign(x: f32) -> f32 {
     if x > 0.0 {
         1.0
     } else if x < 0.0 {
@@ -177,6 +185,32 @@ pub fn merge_tensor(method: &MergeMethod, base: Option<&[f32]>, others: &[(&[f32
                 _ => return Err(Error::config("merge config", "models", "slerp merges exactly two models: the base_model and one other")),
             };
             Ok(slerp(*t, base, other))
+        }
+        M::ModelStock => {
+            // mergekit's model_stock: θ_avg pulled toward the base by t = N·cos/(1 + (N−1)·cos),
+            // cos the mean pairwise cosine of the task vectors (each tensor as one vector).
+            let base = base.ok_or_else(|| Error::config("merge config", "base_model", "model_stock needs a base_model"))?;
+            if others.len() < 2 {
+                return Err(Error::config("merge config", "models", "model_stock needs the base_model and at least two other models"));
+            }
+            let offsets: Vec<Vec<f64>> = others.iter().map(|(x, _)| x.iter().zip(base).map(|(a, b)| *a as f64 - *b as f64).collect()).collect();
+            let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let mut cosines = Vec::new();
+            for i in 0..offsets.len() {
+                for j in i + 1..offsets.len() {
+                    let dot: f64 = offsets[i].iter().zip(&offsets[j]).map(|(a, b)| a * b).sum();
+                    cosines.push((dot / (norm(&offsets[i]) * norm(&offsets[j])).max(1e-6)).clamp(-1.0, 1.0));
+                }
+            }
+            let cos = cosines.iter().sum::<f64>() / cosines.len() as f64;
+            let k = others.len() as f64;
+            let t = k * cos / (1.0 + (k - 1.0) * cos);
+            Ok((0..n)
+                .map(|i| {
+                    let avg = others.iter().map(|(x, _)| x[i] as f64).sum::<f64>() / k;
+                    (t * avg + (1.0 - t) * base[i] as f64) as f32
+                })
+                .collect())
         }
         M::TaskVectors { sparsify, consensus, normalize, rescale, lambda } => {
             let base = base.ok_or_else(|| Error::config("merge config", "base_model", "the task-vector methods need a base_model"))?;

@@ -13,6 +13,7 @@ pub mod adapter;
 pub mod fold;
 pub mod ia3;
 pub mod lora;
+pub mod multi;
 pub mod peft;
 pub mod prompt;
 pub mod qlora;

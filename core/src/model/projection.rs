@@ -40,6 +40,10 @@ pub struct Projection {
     /// (`methods::merge_in_place`); the forward pass is then the plain `x·W + b`.
     #[module(skip)]
     pub merged: Option<crate::methods::MergeUndo>,
+    /// Several LoRA adapters side by side, each row of a batch through its own
+    /// (`methods::multi`, for serving); not parameters, never saved.
+    #[module(skip)]
+    pub bank: Option<crate::methods::multi::LoraBank>,
 }
 
 impl Projection {
@@ -58,6 +62,7 @@ impl Projection {
             lora: None,
             ia3: None,
             merged: None,
+            bank: None,
         }
     }
 
@@ -72,6 +77,7 @@ impl Projection {
             lora: None,
             ia3: None,
             merged: None,
+            bank: None,
         }
     }
 
@@ -104,9 +110,13 @@ impl Projection {
             };
         }
         let base = burn::tensor::module::linear(x.clone(), self.base_weight(), self.bias.as_ref().map(|b| b.val()));
-        match &self.lora {
-            Some(lora) => base + lora.forward(x),
+        let out = match &self.lora {
+            Some(lora) => base + lora.forward(x.clone()),
             None => base,
+        };
+        match &self.bank {
+            Some(bank) => bank.forward(x, out),
+            None => out,
         }
     }
 

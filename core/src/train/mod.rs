@@ -8,6 +8,7 @@ pub mod objective;
 pub mod positions;
 pub mod precision;
 pub mod run;
+pub mod score;
 pub mod sweep;
 pub mod trainer;
 

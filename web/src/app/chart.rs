@@ -22,6 +22,14 @@ const LEFT: f64 = 52.0;
 const RIGHT: f64 = 12.0;
 const TOP: f64 = 12.0;
 const BOTTOM: f64 = 40.0;
+/// More series than this put the legend below the plot.
+const LEGEND_INSIDE: usize = 5;
+
+/// The chart's height with its legend: below the plot, two entries a row, when it has
+/// more than [`LEGEND_INSIDE`] series.
+fn height(series: usize) -> f64 {
+    if series > LEGEND_INSIDE { H + 8.0 + 16.0 * series.div_ceil(2) as f64 } else { H }
+}
 
 /// An SVG coordinate as text.
 fn n(v: f64) -> String {
@@ -82,17 +90,22 @@ pub fn LineChart(#[prop(into)] series: Signal<Vec<Series>>, x_label: &'static st
                 view! { <g><path d={d} fill="none" stroke={s.color} stroke-width="1.8" stroke-dasharray={dash} />{dots}</g> }
             })
             .collect::<Vec<_>>();
+        // A few entries sit in the plot's top right; more go below the plot in two columns,
+        // where they cannot cover the data.
+        let below = series.len() > LEGEND_INSIDE;
         let legend = series
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let y = TOP + 6.0 + 16.0 * i as f64;
+                let (x, y) = if below { (LEFT + 270.0 * (i % 2) as f64, H + 10.0 + 16.0 * (i / 2) as f64) } else { (W - 250.0, TOP + 6.0 + 16.0 * i as f64) };
                 let dash = if s.dashed { "5 4" } else { "none" };
+                let dot = (s.dashed && s.points.len() == 1).then(|| view! { <circle cx={n(x + 12.0)} cy={n(y)} r="3" fill={s.color} /> });
                 view! {
                     <g>
                         <title>{s.label.clone()}</title>
-                        <line x1={n(W - 250.0)} x2={n(W - 226.0)} y1={n(y)} y2={n(y)} stroke={s.color} stroke-width="2" stroke-dasharray={dash} />
-                        <text x={n(W - 220.0)} y={n(y + 4.0)} class="legend">{legend_text(&s.label)}</text>
+                        <line x1={n(x)} x2={n(x + 24.0)} y1={n(y)} y2={n(y)} stroke={s.color} stroke-width="2" stroke-dasharray={dash} />
+                        {dot}
+                        <text x={n(x + 30.0)} y={n(y + 4.0)} class="legend">{legend_text(&s.label)}</text>
                     </g>
                 }
             })
@@ -121,5 +134,6 @@ pub fn LineChart(#[prop(into)] series: Signal<Vec<Series>>, x_label: &'static st
         }
         .into_any()
     };
-    view! { <svg class="chart" data-testid="chart" viewBox={format!("0 0 {W} {H}")} role="img" aria-label={y_label}>{body}</svg> }
+    let view_box = move || format!("0 0 {W} {}", height(series.with(Vec::len)));
+    view! { <svg class="chart" data-testid="chart" viewBox=view_box role="img" aria-label={y_label}>{body}</svg> }
 }

@@ -5,8 +5,10 @@
 
 mod chart;
 mod client;
+mod federated;
 mod formats;
 mod memory;
+mod merge;
 mod optimizers;
 mod precision;
 mod quantize;

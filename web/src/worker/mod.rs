@@ -65,6 +65,18 @@ thread_local! {
     /// data), so moving the rank slider does not train again.
     static RANK_RUN: RefCell<Option<(String, Gpt, Gpt, tinytune::train::Dataset)>> = const { RefCell::new(None) };
     static REAL: RefCell<Option<RealSession>> = const { RefCell::new(None) };
+    static MERGE_STUDY: RefCell<Option<MergeSession>> = const { RefCell::new(None) };
+}
+
+/// The merge widget's two fine-tunes (for one steps/lr setting), the tokenizer, the
+/// endpoints' scores, the training time, and every merge scored so far by its settings.
+struct MergeSession {
+    key: String,
+    study: tinytune::merging::study::Study,
+    tokenizer: TextTokenizer,
+    endpoints: Vec<tinytune::merging::study::Scored>,
+    train_seconds: f64,
+    scored: HashMap<String, tinytune::merging::study::Scored>,
 }
 
 /// Sends `msg` to the page; error text names core's fields as the page's controls.
@@ -205,6 +217,20 @@ impl Compute for crate::rope::RopeParams {
     type Answer = crate::rope::RopeResult;
     async fn compute(self) -> Result<Self::Answer, String> {
         rope_losses(&self).await
+    }
+}
+
+impl Compute for crate::merge::MergeParams {
+    type Answer = crate::merge::MergeResult;
+    async fn compute(self) -> Result<Self::Answer, String> {
+        merge_study(&self).await
+    }
+}
+
+impl Compute for crate::federated::FederatedParams {
+    type Answer = crate::federated::FederatedResult;
+    async fn compute(self) -> Result<Self::Answer, String> {
+        federated(&self).await
     }
 }
 
@@ -546,6 +572,94 @@ async fn lora_rank(p: &crate::rank::RankParams) -> Result<tinytune::methods::ran
         let (_, base, tuned, eval) = r.as_ref().expect("a run was just stored");
         tinytune::methods::rank::rank_report(base, tuned, &p.matrix, p.rank, eval, 8, 64, 4, &device).map_err(|e| e.to_string())
     })
+}
+
+/// The merge widget: two full fine-tunes of micro (once per steps/lr, on the CPU: scoring
+/// reads tensors back synchronously), then every method at `t` and the chosen method along
+/// the curve, each merge scored once and remembered.
+async fn merge_study(p: &crate::merge::MergeParams) -> Result<crate::merge::MergeResult, String> {
+    use tinytune::data::Task;
+    use tinytune::merging::study::{Knobs, METHODS, Study, finetune_config, study_yaml};
+    let device = Device::flex();
+    let key = format!("{}:{}", p.steps, p.lr);
+    if MERGE_STUDY.with_borrow(|s| s.as_ref().map(|s| s.key != key).unwrap_or(true)) {
+        MERGE_STUDY.with_borrow_mut(|s| *s = None);
+        let started = web_time::Instant::now();
+        let ad = device.clone().autodiff();
+        let (model, tok) = load(ModelChoice::Micro, 0, &ad).await?;
+        let tasks = [Task::Sentiment, Task::JsonExtract];
+        let mut tuned = Vec::new();
+        for task in tasks {
+            let mut trainer = Trainer::new(model.clone(), &tok, finetune_config(task, p.steps, p.lr, 0), &ad).map_err(|e| e.to_string())?;
+            for _ in 0..p.steps {
+                trainer.step().map_err(|e| e.to_string())?;
+                js::sleep(0).await;
+            }
+            tuned.push(trainer.model.valid());
+        }
+        let train_seconds = started.elapsed().as_secs_f64();
+        let b = tuned.pop().expect("two fine-tunes");
+        let study = Study::new(model.valid(), tuned.pop().expect("two fine-tunes"), b, tasks, &tok, crate::merge::EXAMPLES, crate::merge::ACCURACY_EXAMPLES)
+            .map_err(|e| e.to_string())?;
+        let endpoints = study.endpoints(&tok).map_err(|e| e.to_string())?;
+        MERGE_STUDY.with_borrow_mut(|s| *s = Some(MergeSession { key, study, tokenizer: tok, endpoints, train_seconds, scored: HashMap::new() }));
+    }
+    let started = web_time::Instant::now();
+    let knobs = p.knobs();
+    let mut wanted: Vec<Knobs> = METHODS.iter().map(|m| Knobs { method: m.to_string(), ..knobs.clone() }).collect();
+    wanted.extend(crate::merge::CURVE.iter().map(|&t| Knobs { t, ..knobs.clone() }));
+    let mut methods = Vec::new();
+    let mut curve = Vec::new();
+    for (i, k) in wanted.iter().enumerate() {
+        let id = serde_json::to_string(k).map_err(|e| e.to_string())?;
+        let known = MERGE_STUDY.with_borrow(|s| s.as_ref().and_then(|s| s.scored.get(&id).cloned()));
+        let scored = match known {
+            Some(s) => s,
+            None => {
+                js::sleep(0).await;
+                let s = MERGE_STUDY.with_borrow(|s| {
+                    let s = s.as_ref().expect("the study was just stored");
+                    s.study.score(&k.method, k.t, &s.study.merge(k, &device)?, &s.tokenizer)
+                });
+                let s = s.map_err(|e| e.to_string())?;
+                MERGE_STUDY.with_borrow_mut(|m| m.as_mut().map(|m| m.scored.insert(id, s.clone())));
+                s
+            }
+        };
+        if i < METHODS.len() { methods.push(scored) } else { curve.push(scored) }
+    }
+    let (endpoints, train_seconds) = MERGE_STUDY.with_borrow(|s| s.as_ref().map(|s| (s.endpoints.clone(), s.train_seconds)).expect("stored"));
+    let names = ["assets/micro", "runs/merge-study/task-a", "runs/merge-study/task-b"];
+    Ok(crate::merge::MergeResult { endpoints, methods, curve, yaml: study_yaml(&knobs, names), train_seconds, score_seconds: started.elapsed().as_secs_f64() })
+}
+
+/// The federated widget: every round's clients trained one after another (yielding between
+/// steps), then averaged; on the CPU, as scoring reads losses back synchronously.
+async fn federated(p: &crate::federated::FederatedParams) -> Result<crate::federated::FederatedResult, String> {
+    use tinytune::merging::federated::Federated;
+    let started = web_time::Instant::now();
+    let ad = Device::flex().autodiff();
+    let (model, tok) = load(ModelChoice::Micro, 0, &ad).await?;
+    let config = p.config()?;
+    let mut fed = Federated::new(model, &tok, config.clone(), &ad).map_err(|e| e.to_string())?;
+    let mut rounds = Vec::new();
+    for r in 1..=config.rounds {
+        let mut models = Vec::new();
+        for i in 0..config.clients {
+            let mut t = fed.client(i, &ad).map_err(|e| e.to_string())?;
+            for _ in 0..config.local_steps {
+                t.step().map_err(|e| e.to_string())?;
+                js::sleep(0).await;
+            }
+            models.push(t.model);
+        }
+        for _ in 0..config.local_steps {
+            fed.pooled().step().map_err(|e| e.to_string())?;
+            js::sleep(0).await;
+        }
+        rounds.push(fed.average(r, &models, &ad).map_err(|e| e.to_string())?);
+    }
+    Ok(crate::federated::FederatedResult { start_loss: fed.start_loss, rounds, seconds: started.elapsed().as_secs_f64() })
 }
 
 /// Held-out loss at every position of windows `factor` times micro-llama's context, with
