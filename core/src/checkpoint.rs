@@ -48,6 +48,11 @@ pub struct TrainerState {
     /// The loss scaler's state (mixed precision runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scaler: Option<crate::train::ScalerState>,
+    /// A preference run's reference log-probabilities (training rows, then held-out rows),
+    /// scored once when the run started: a resumed run needs them and no longer has the
+    /// model that made them (TRL's `precompute_ref_log_probs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<crate::train::trainer::ReferenceLogps>,
 }
 
 struct Owned {

@@ -572,10 +572,24 @@ pub struct TrainArgs {
     /// Run folder: checkpoints, metrics.jsonl and loss.svg go here.
     #[arg(long)]
     pub out: PathBuf,
-    /// Training data: `stories`, a task (story-qa, sentiment, json-extract), or the path of a
-    /// .jsonl file of Alpaca (instruction/input/output) or prompt/completion examples.
+    /// Training data: `stories`, a task (story-qa, sentiment, json-extract), a task's
+    /// preference pairs (story-qa-pairs, …) for a preference objective, or the path of a
+    /// .jsonl file: Alpaca (instruction/input/output), prompt/completion or messages
+    /// examples, or TRL's prompt/chosen/rejected pairs for a preference objective.
     #[arg(long)]
     pub data: Option<String>,
+    /// What the run minimises: next-token (cross-entropy on the responses), or a
+    /// preference loss on pairs against a reference model, as TRL's DPOTrainer defines it:
+    /// dpo (TRL's sigmoid), ipo, hinge or robust.
+    #[arg(long, default_value = "next-token")]
+    pub objective: String,
+    /// Preference objectives: β, how far the policy may move from the reference (TRL's
+    /// default 0.1; for ipo it is τ).
+    #[arg(long, default_value_t = 0.1)]
+    pub beta: f64,
+    /// The robust objective: the chance a pair's label is flipped, in [0, 0.5).
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f64,
     #[arg(long, default_value_t = 200)]
     pub steps: usize,
     #[arg(long, default_value_t = 16)]
@@ -718,6 +732,11 @@ pub struct FinetuneArgs {
     /// The model to start from (a run folder or a model folder).
     #[arg(long)]
     pub model: PathBuf,
+    /// Preference objectives: the reference model (a model folder). By default it is the
+    /// model as the run starts, frozen, as in TRL 1.16 (for a fresh adapter that is the
+    /// base model).
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
     #[command(flatten)]
     pub method: MethodArgs,
     #[command(flatten)]
@@ -865,6 +884,24 @@ pub struct EvalArgs {
     /// For tasks: greedily answer this many held-out prompts and report exact-match accuracy.
     #[arg(long, default_value_t = 50)]
     pub accuracy_examples: usize,
+    /// A PEFT adapter folder to put on the model first (the policy is model + adapter).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Score preference pairs (TRL's prompt/chosen/rejected .jsonl, or story-qa-pairs, …)
+    /// with this objective instead: dpo, ipo, hinge or robust; prints TRL's metrics
+    /// (rewards/chosen, rewards/accuracies, …).
+    #[arg(long)]
+    pub objective: Option<String>,
+    /// The reference model of a preference objective (a model folder; required with
+    /// --objective).
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// Preference objectives: β (TRL's default 0.1).
+    #[arg(long, default_value_t = 0.1)]
+    pub beta: f64,
+    /// The robust objective: the chance a pair's label is flipped.
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f64,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,

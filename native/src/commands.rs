@@ -10,7 +10,7 @@ use tinytune::data::rng::Rng;
 use tinytune::model::{ModelConfig, named_params};
 use tinytune::sample::{SampleConfig, generate};
 use tinytune::train::score::{accuracy, task_answers};
-use tinytune::train::{DataSource, Dataset, TrainConfig, Trainer, eval_loss};
+use tinytune::train::{DataSource, Dataset, Objective, TrainConfig, Trainer, eval_loss, preference_eval, reference_logps};
 use tinytune::{Gpt, TextTokenizer};
 
 use crate::cli::{BenchArgs, DemoArgs, EvalArgs, GenerateArgs, InfoArgs};
@@ -79,6 +79,12 @@ pub fn generate_cmd(args: GenerateArgs, device: &Device) -> Result<(), String> {
 }
 
 pub fn eval_cmd(args: EvalArgs, device: &Device) -> Result<(), String> {
+    if let Some(name) = args.objective.clone() {
+        return preference_eval_cmd(args, &name, device);
+    }
+    if args.adapter.is_some() || args.reference.is_some() {
+        return Err("--adapter and --reference go with a preference objective (--objective dpo, ipo, hinge or robust)".into());
+    }
     let loaded = model_dir::load(&args.model, device)?;
     // A soft prompt takes positions of its own: the rows get what is left.
     let context = loaded.model.context_len();
@@ -133,6 +139,68 @@ pub fn eval_cmd(args: EvalArgs, device: &Device) -> Result<(), String> {
         for a in rows.iter().take(5) {
             println!("  {} expected {:?}, answered {:?}", if a.correct { "✓" } else { "✗" }, a.expected, a.answered);
         }
+    }
+    Ok(())
+}
+
+/// `tinytune eval --objective dpo …`: TRL's DPO metrics of a model (with its adapter) on
+/// preference pairs against a reference, without training: what `DPOTrainer.evaluate()`
+/// reports, under the same names.
+fn preference_eval_cmd(args: EvalArgs, name: &str, device: &Device) -> Result<(), String> {
+    let objective = Objective::from_name(name, args.beta, args.label_smoothing).map_err(|e| format!("--objective: {e}"))?;
+    if !objective.is_preference() {
+        return Err(format!("--objective: {name} is not a preference objective; leave --objective out for the next-token loss"));
+    }
+    objective.validate("command line").map_err(|e| e.to_string())?;
+    let loaded = model_dir::load(&args.model, device)?;
+    let context = loaded.model.context_len();
+    let seq_len = args.seq_len.unwrap_or(context.min(128)).min(context);
+    // The reference is named: a model scored against itself has every reward 0 (what TRL
+    // 1.16 does by default for a model with a trained adapter, which it copies).
+    let Some(dir) = &args.reference else {
+        return Err(format!("--reference: a {} evaluation scores the model against a reference model; pass its folder (e.g. the base model the adapter was trained on)", objective.name()));
+    };
+    let reference = model_dir::load(dir, device)?;
+    if reference.tokenizer.vocab_size() != loaded.tokenizer.vocab_size() {
+        return Err(format!(
+            "--reference: {} has {} tokens and the model {}; the two must share a tokenizer",
+            dir.display(),
+            reference.tokenizer.vocab_size(),
+            loaded.tokenizer.vocab_size()
+        ));
+    }
+    let reference = reference.model;
+    let policy = with_adapter(loaded.model, &loaded.dir, args.adapter.as_deref(), device)?;
+    let pairs = if args.data.ends_with(".jsonl") {
+        let text = crate::fsutil::read_text(std::path::Path::new(&args.data))?;
+        tinytune::data::preference::parse(&text, args.data.as_str(), loaded.chat.as_ref()).map_err(|e| e.to_string())?
+    } else {
+        match args.data.parse::<DataSource>().map_err(|e| format!("--data: {e}"))? {
+            DataSource::Pairs(task) => task.pairs(args.data_seed, Split::Eval, args.examples),
+            other => return Err(format!("--data: {other} is not preference data; use a task's pairs (story-qa-pairs, …) or a prompt/chosen/rejected .jsonl file")),
+        }
+    };
+    let mut ds = Dataset::from_pairs(&loaded.tokenizer, &pairs, seq_len).map_err(|e| format!("{}: {e}", args.data))?;
+    ds.set_refs(reference_logps(&reference, &ds, args.batch, seq_len).map_err(|e| e.to_string())?);
+    let m = preference_eval(&objective, &policy, &ds, args.batch, seq_len, usize::MAX).map_err(|e| e.to_string())?;
+    if args.json {
+        let mut out = serde_json::Map::new();
+        out.insert("model".into(), json!(loaded.dir));
+        out.insert("adapter".into(), json!(args.adapter));
+        out.insert("data".into(), json!(args.data));
+        out.insert("objective".into(), json!(objective));
+        out.insert("pairs".into(), json!(m.pairs));
+        out.insert("loss".into(), json!(m.loss));
+        for (k, v) in &m.metrics {
+            out.insert(k.clone(), json!(v));
+        }
+        println!("{}", serde_json::Value::Object(out));
+        return Ok(());
+    }
+    println!("{}: {} on {} pairs of {} (beta {})", loaded.dir.display(), objective.name(), m.pairs, args.data, args.beta);
+    println!("  {:<20} {:.6}", "loss", m.loss);
+    for (k, v) in &m.metrics {
+        println!("  {k:<20} {v:.6}");
     }
     Ok(())
 }
@@ -558,22 +626,23 @@ pub fn merge_study_cmd(a: crate::cli::MergeStudyArgs, device: &Device) -> Result
     Ok(())
 }
 
+/// `model` (loaded from `dir`) with the PEFT adapter folder `adapter` on it, if one is given.
+fn with_adapter(model: Gpt, dir: &std::path::Path, adapter: Option<&std::path::Path>, device: &Device) -> Result<Gpt, String> {
+    let Some(adapter) = adapter else { return Ok(model) };
+    let own = crate::model_dir::method_of(dir)?;
+    if own != tinytune::methods::Method::Full {
+        return Err(format!("--adapter: {} is already adapted ({}); load a PEFT adapter onto a plain model folder", dir.display(), own.name()));
+    }
+    let config = crate::fsutil::read_text(&adapter.join(tinytune::methods::peft::CONFIG))?;
+    let weights = crate::fsutil::read(&adapter.join(tinytune::methods::peft::WEIGHTS))?;
+    Ok(tinytune::methods::peft::load(model, &config, &weights, &adapter.display().to_string(), device).map_err(|e| e.to_string())?.0)
+}
+
 /// `tinytune logits`: token ids of the prompt and the logits at its last position.
 pub fn logits_cmd(a: crate::cli::LogitsArgs, device: &Device) -> Result<(), String> {
     use burn::tensor::{Int, Tensor, TensorData};
     let loaded = crate::model_dir::load(&a.model, device)?;
-    let model = match &a.adapter {
-        Some(dir) => {
-            let own = crate::model_dir::method_of(&loaded.dir)?;
-            if own != tinytune::methods::Method::Full {
-                return Err(format!("--adapter: {} is already adapted ({}); load a PEFT adapter onto a plain model folder", a.model.display(), own.name()));
-            }
-            let config = crate::fsutil::read_text(&dir.join(tinytune::methods::peft::CONFIG))?;
-            let weights = crate::fsutil::read(&dir.join(tinytune::methods::peft::WEIGHTS))?;
-            tinytune::methods::peft::load(loaded.model, &config, &weights, &dir.display().to_string(), device).map_err(|e| e.to_string())?.0
-        }
-        None => loaded.model,
-    };
+    let model = with_adapter(loaded.model, &loaded.dir, a.adapter.as_deref(), device)?;
     let model = if a.merge { tinytune::methods::merge(model) } else { model };
     let ids = loaded.tokenizer.encode(&a.prompt).map_err(|e| e.to_string())?;
     if ids.is_empty() {

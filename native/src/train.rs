@@ -12,7 +12,7 @@ use tinytune::data::{CHARSET, Split};
 use tinytune::methods::Method;
 use tinytune::optim::{OptimConfig, OptimKind, Warmup};
 use tinytune::tokenizer::chat::ChatTemplate;
-use tinytune::train::{Control, DataSource, LossScale, Outcome, Precision, Run, RunHost, TrainConfig, TrainEvent, Trainer};
+use tinytune::train::{Control, DataSource, LossScale, Objective, Outcome, Precision, Run, RunHost, TrainConfig, TrainEvent, Trainer};
 use tinytune::{Gpt, ModelConfig, TextTokenizer};
 
 use crate::cli::{FinetuneArgs, PretrainArgs, TrainArgs};
@@ -23,6 +23,12 @@ use crate::{model_dir, plot};
 
 /// The one place flags become a `TrainConfig`.
 pub fn resolve(args: &TrainArgs, method: Method, default_data: DataSource, default_lr: f64, n_positions: usize) -> Result<TrainConfig, String> {
+    let objective = Objective::from_name(&args.objective, args.beta, args.label_smoothing).map_err(|e| format!("--objective: {e}"))?;
+    // A preference objective learns from the default task's pairs.
+    let default_data = match default_data {
+        DataSource::Task(task) if objective.is_preference() => DataSource::Pairs(task),
+        other => other,
+    };
     // A .jsonl path is a data set of the user's (Alpaca or prompt/completion); `data` then
     // keeps the default and `data_file` wins.
     let (data, data_file) = match &args.data {
@@ -68,7 +74,7 @@ pub fn resolve(args: &TrainArgs, method: Method, default_data: DataSource, defau
         prompt_loss_weight: args.prompt_loss_weight,
         precision,
         loss_scale,
-        objective: tinytune::train::Objective::NextToken,
+        objective,
         method,
         data_file,
     };
@@ -147,7 +153,19 @@ pub fn finetune(args: FinetuneArgs, device: &Device) -> Result<(), String> {
         loaded.config.n_positions,
     )?;
     let model = train.method.apply(loaded.model, train.seed, &ad).map_err(flag_error)?;
-    run(trainer(model, &loaded.tokenizer, loaded.chat.as_ref(), train, &ad)?, &loaded.tokenizer, &loaded.companions, &args.train)
+    let mut trainer = trainer(model, &loaded.tokenizer, loaded.chat.as_ref(), train, &ad)?;
+    match &args.reference {
+        Some(dir) if trainer.config.objective.is_preference() => {
+            let reference = model_dir::load(dir, device)?;
+            if reference.tokenizer.vocab_size() != loaded.tokenizer.vocab_size() {
+                return Err(format!("--reference: {} has {} tokens and the model {}; the two must share a tokenizer", dir.display(), reference.tokenizer.vocab_size(), loaded.tokenizer.vocab_size()));
+            }
+            trainer.score_references(Some(&reference.model)).map_err(|e| format!("--reference: {e}"))?;
+        }
+        Some(_) => return Err(format!("--reference: the {} objective has no reference model; pass --objective dpo (or ipo, hinge, robust)", trainer.config.objective.name())),
+        None => {}
+    }
+    run(trainer, &loaded.tokenizer, &loaded.companions, &args.train)
 }
 
 fn refuse_to_overwrite(out: &Path) -> Result<(), String> {
@@ -177,6 +195,9 @@ fn resume(args: &TrainArgs, ad: &Device) -> Result<(), String> {
         trainer.scaler.state = scaler;
     }
     trainer.elapsed_before = state.elapsed_s;
+    if let Some(refs) = state.reference {
+        trainer.set_references(refs).map_err(|e| format!("{}: {e}", origin(files::STATE)))?;
+    }
     truncate_metrics(&args.out.join("metrics.jsonl"), state.step)?;
     eprintln!("resuming {} at step {}/{}", args.out.display(), state.step, trainer.config.steps);
     run(trainer, &loaded.tokenizer, &loaded.companions, args)
@@ -200,6 +221,7 @@ fn save(trainer: &Trainer, tokenizer: &TextTokenizer, companions: &Companions, o
         elapsed_s: trainer.elapsed(),
         eval_loss,
         scaler: (trainer.config.loss_scale != LossScale::None).then(|| trainer.scaler.state.clone()),
+        reference: trainer.references(),
     };
     let mut all: Vec<(&str, Vec<u8>)> = companions.iter().map(|(n, b)| (*n, b.clone())).collect();
     all.extend([
@@ -298,7 +320,15 @@ impl RunHost for CliHost<'_> {
                 self.steps_here += 1;
                 self.last_loss = e.loss;
             }
-            TrainEvent::Eval(e) => self.bar.println(format!("step {:>6}  train loss {:.4}  held-out loss {:.4}", e.step, self.last_loss, e.eval_loss)),
+            TrainEvent::Eval(e) => {
+                let mut line = format!("step {:>6}  train loss {:.4}  held-out loss {:.4}", e.step, self.last_loss, e.eval_loss);
+                for key in ["rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected"] {
+                    if let Some(v) = e.metrics.get(key) {
+                        line += &format!("  {key} {v:.4}");
+                    }
+                }
+                self.bar.println(line)
+            }
             TrainEvent::Nearest(n) => {
                 for (i, row) in n.tokens.iter().enumerate() {
                     let near: Vec<String> = row.iter().map(|(t, c)| format!("{t:?} ({c:.2})")).collect();

@@ -1261,3 +1261,100 @@ fn serve_answers_openai_style_requests_for_several_adapters_batched_together() {
         assert!(status.success(), "{status:?}");
     }
 }
+
+/// `tinytune eval --objective …` on TRL's fixture (tests/fixtures/make_dpo_reference.py):
+/// the tiny GPT-2 with a PEFT LoRA adapter as the policy and the plain model as the
+/// reference, six pairs in one batch; every loss type's metrics equal
+/// `DPOTrainer.evaluate()`'s (TRL 1.16) within 1e-4, log-probabilities within 1e-3.
+#[test]
+fn dpo_metrics_equal_trls_evaluate_on_the_fixture() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures.join("dpo/reference.json")).unwrap()).unwrap();
+    let (base, adapter, pairs) = (fixtures.join("hf-gpt2"), fixtures.join("peft-lora"), fixtures.join("dpo/pairs.jsonl"));
+    let (b, a, p) = (base.to_str().unwrap(), adapter.to_str().unwrap(), pairs.to_str().unwrap());
+    let losses = reference["losses"].as_object().unwrap();
+    assert_eq!(losses.len(), 4, "sigmoid, ipo, hinge and robust");
+    for (loss_type, want) in losses {
+        let objective = if loss_type == "sigmoid" { "dpo" } else { loss_type.as_str() };
+        let (beta, smoothing) = (want["beta"].to_string(), want["label_smoothing"].to_string());
+        let out = ok(&tinytune(&[
+            "eval", "--model", b, "--adapter", a, "--reference", b, "--data", p, "--objective", objective, "--beta", &beta, "--label-smoothing", &smoothing, "--json",
+        ]));
+        let got: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(got["pairs"], 6, "{loss_type}");
+        let metrics = want["metrics"].as_object().unwrap();
+        assert_eq!(metrics.len(), 9, "{loss_type}: loss and eight metrics");
+        for (name, value) in metrics {
+            let (w, g) = (value.as_f64().unwrap(), got[name].as_f64().unwrap_or_else(|| panic!("{loss_type}: no {name} in {out}")));
+            let tolerance = if name.starts_with("logps/") { 1e-3 } else { 1e-4 };
+            assert!((w - g).abs() <= tolerance, "{loss_type} {name}: tinytune {g}, TRL {w}");
+        }
+    }
+    // The reference is required, and the data must be pairs.
+    fails_with(&tinytune(&["eval", "--model", b, "--adapter", a, "--data", p, "--objective", "dpo"]), &["--reference"]);
+    fails_with(&tinytune(&["eval", "--model", b, "--reference", b, "--data", "story-qa", "--objective", "dpo"]), &["--data", "story-qa-pairs"]);
+    fails_with(&tinytune(&["eval", "--model", b, "--reference", b, "--data", p, "--objective", "dpo2"]), &["--objective", "ipo, hinge or robust"]);
+    fails_with(&tinytune(&["eval", "--model", b, "--reference", b, "--data", p, "--objective", "dpo", "--label-smoothing", "0.2"]), &["label_smoothing", "robust"]);
+}
+
+/// DPO fine-tuning from the command line: LoRA on nano over generated pairs and over a TRL
+/// pairs file, TRL's metrics in metrics.jsonl, a killed run resumes to the same losses (the
+/// reference log-probabilities travel in the checkpoint), and mismatched data is refused.
+#[test]
+fn dpo_fine_tunes_with_lora_logs_trls_metrics_and_resumes() {
+    let base = tmp("dpo-base");
+    ok(&pretrain(&base, &["--steps", "2"]));
+    let b = base.to_str().unwrap();
+    let dpo = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["finetune", "--model", b, "--out", out.to_str().unwrap(), "--objective", "dpo", "--beta", "0.5", "--method", "lora", "--lr", "0.01"];
+        args.extend_from_slice(&["--batch", "2", "--seq-len", "64", "--train-examples", "40", "--eval-examples", "8", "--eval-batches", "2", "--steps", "6", "--eval-every", "3"]);
+        args.extend_from_slice(&["--checkpoint-every", "100"]);
+        args.extend_from_slice(extra);
+        tinytune(&args)
+    };
+    let (a, r) = (tmp("dpo-straight"), tmp("dpo-resumed"));
+    let out = dpo(&a, &["--data", "sentiment-pairs"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    ok(&out);
+    assert!(stderr.contains("objective dpo (beta 0.5)") && stderr.contains("rewards/accuracies"), "{stderr}");
+    let evals: Vec<serde_json::Value> = std::fs::read_to_string(a.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "eval")
+        .collect();
+    assert_eq!(evals.len(), 2);
+    for key in ["rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected", "logits/chosen"] {
+        assert!(evals[1]["metrics"][key].is_number(), "{key} missing: {}", evals[1]);
+    }
+    // Step 1 starts at the reference: every loss is ln 2 before the first update.
+    assert!((step_losses(&a)[0].1 - std::f64::consts::LN_2).abs() < 1e-5, "{:?}", step_losses(&a)[0]);
+    // Killed after 4 steps (a checkpoint at 3 would do too) and resumed: the same losses.
+    ok(&dpo(&r, &["--data", "sentiment-pairs", "--stop-after", "4"]));
+    let state = std::fs::read_to_string(r.join("checkpoint/trainer_state.json")).unwrap();
+    assert!(state.contains("\"reference\""), "{state}");
+    ok(&tinytune(&["finetune", "--model", b, "--out", r.to_str().unwrap(), "--resume"]));
+    let (x, y) = (step_losses(&a), step_losses(&r));
+    assert_eq!(x.len(), y.len());
+    for (p, q) in x.iter().zip(&y) {
+        assert!((p.1 - q.1).abs() < 1e-5, "step {}: {} vs {}", p.0, p.1, q.1);
+    }
+    // A TRL pairs file, with an explicit reference.
+    let file = tmp("dpo-pairs.jsonl");
+    let lines: Vec<String> = tinytune::data::Task::Sentiment
+        .pairs(3, tinytune::data::Split::Train, 12)
+        .iter()
+        .map(|p| serde_json::json!({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}).to_string())
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let f = tmp("dpo-file");
+    ok(&dpo(&f, &["--data", file.to_str().unwrap(), "--reference", b, "--objective", "ipo"]));
+    // Pairs need a preference objective, and a preference objective needs pairs.
+    fails_with(&small_finetune(b, &tmp("dpo-bad1"), &["--data", "sentiment-pairs"]), &["data", "preference"]);
+    fails_with(&dpo(&tmp("dpo-bad2"), &["--data", "sentiment"]), &["data", "sentiment-pairs"]);
+    fails_with(&dpo(&tmp("dpo-bad3"), &["--data", "sentiment-pairs", "--beta", "0"]), &["beta"]);
+    for d in [&base, &a, &r, &f, &file] {
+        let _ = std::fs::remove_dir_all(d);
+        let _ = std::fs::remove_file(d);
+    }
+}

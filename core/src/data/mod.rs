@@ -12,12 +12,14 @@
 //! characters in [`CHARSET`].
 
 pub mod jsonl;
+pub mod preference;
 pub mod rng;
 pub mod stories;
 pub mod tasks;
 
 pub use rng::{Rng, fnv1a};
 pub use stories::{Story, StoryConfig, corpus, story};
+pub use preference::Pair;
 pub use tasks::{Example, Task};
 
 /// Which part of a data set a text belongs to: the part used for training, or the held-out part used for evaluation.

@@ -42,7 +42,7 @@ pub(crate) const PLACES: [&str; 12] = ["park", "garden", "beach", "farm", "fores
 pub(crate) const COLORS: [&str; 10] = ["red", "blue", "green", "yellow", "pink", "purple", "orange", "white", "black", "brown"];
 
 /// The feelings a story can end with; each ending template states one of them.
-const FEELINGS: [&str; 5] = ["happy", "sad", "tired", "proud", "scared"];
+pub(crate) const FEELINGS: [&str; 5] = ["happy", "sad", "tired", "proud", "scared"];
 
 /// The fewest sentences a story can have: an opening, a meeting and an ending.
 const MIN_SENTENCES: usize = 3;

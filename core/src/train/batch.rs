@@ -17,12 +17,21 @@ pub struct Batch {
     pub targets: Vec<u32>,
     /// 1.0 where the target counts towards the loss, 0.0 where it does not.
     pub weights: Vec<f32>,
+    /// Preference batches: each row's reference log-probability (its counted targets'
+    /// summed log-probability under the reference model), rows paired chosen then
+    /// rejected. Empty for every other batch.
+    pub refs: Vec<f32>,
 }
 
 impl Batch {
     /// Sum of the weights: the number of tokens the loss averages over.
     pub fn weight_sum(&self) -> f32 {
         self.weights.iter().sum()
+    }
+
+    /// Each row's counted tokens (at least 1, so a per-token mean never divides by 0).
+    pub fn row_counts(&self) -> Vec<f32> {
+        self.weights.chunks(self.t.max(1)).map(|w| w.iter().sum::<f32>().max(1.0)).collect()
     }
 
     /// The batch cut into `k` micro-batches of `b / k` consecutive rows (gradient
@@ -40,6 +49,7 @@ impl Batch {
                     inputs: self.inputs[r.clone()].to_vec(),
                     targets: self.targets[r.clone()].to_vec(),
                     weights: self.weights[r].to_vec(),
+                    refs: if self.refs.is_empty() { vec![] } else { self.refs[i * rows..(i + 1) * rows].to_vec() },
                 }
             })
             .collect()
@@ -65,6 +75,10 @@ pub enum Dataset {
     /// One example per row: prompt then response then `<|endoftext|>`, with weight
     /// `prompt_loss_weight` on prompt tokens and 1 on the rest (supervised fine-tuning).
     Rows { rows: Vec<(Vec<u32>, Vec<f32>)>, pad: u32 },
+    /// Preference pairs: rows as in `Rows` (the prompt weighted 0), chosen then rejected,
+    /// and once a reference model has scored them ([`Dataset::set_refs`]) each row's
+    /// reference log-probability. A batch of `b` draws `b` pairs: `2b` rows.
+    Pairs { rows: Vec<(Vec<u32>, Vec<f32>)>, refs: Vec<f32>, pad: u32 },
 }
 
 impl Dataset {
@@ -115,11 +129,69 @@ impl Dataset {
         Ok(Dataset::Rows { rows, pad: eot.unwrap_or(0) })
     }
 
-    /// Number of tokens (stream) or rows.
+    /// Preference pairs as rows, chosen then rejected, tokenised as TRL 1.16 does: the
+    /// prompt alone, and the prompt joined with each completion (a plain-text completion
+    /// ending with the end-of-text token, as TRL appends EOS); the completion starts where
+    /// the token ids first differ from the prompt's (usually the prompt's end; earlier when
+    /// tokens merge across the boundary). Only completion tokens count. Rows are cut at
+    /// `max_len + 1` tokens from the end (TRL's `keep_start`); a pair with a completion cut
+    /// to nothing is refused, naming `seq_len`.
+    pub fn from_pairs(tok: &TextTokenizer, pairs: &[crate::data::Pair], max_len: usize) -> Result<Self> {
+        let eot = tok.eot();
+        let mut rows = Vec::with_capacity(2 * pairs.len());
+        for (i, pair) in pairs.iter().enumerate() {
+            let prompt = tok.encode(&pair.prompt)?;
+            let mut full = Vec::new();
+            for completion in [&pair.chosen, &pair.rejected] {
+                let mut ids = tok.encode(&format!("{}{completion}", pair.prompt))?;
+                if !pair.chat {
+                    ids.push(eot.ok_or_else(|| Error::Tokenizer("the tokenizer has no end-of-text token to end completions with".into()))?);
+                }
+                full.push(ids);
+            }
+            let shared = |ids: &[u32]| prompt.iter().zip(ids).take_while(|(a, b)| a == b).count();
+            let start = shared(&full[0]).min(shared(&full[1]));
+            for (which, mut ids) in full.into_iter().enumerate() {
+                // weights[i] is the weight of predicting ids[i]; ids[0] is never a target.
+                let mut w: Vec<f32> = (0..ids.len()).map(|j| if j >= start { 1.0 } else { 0.0 }).collect();
+                ids.truncate(max_len + 1);
+                w.truncate(max_len + 1);
+                if w.iter().skip(1).all(|&x| x == 0.0) {
+                    return Err(Error::config(
+                        "training config",
+                        "seq_len",
+                        format!("is {max_len} tokens, and pair {}'s {} completion starts after that, so it cannot be scored; raise it", i + 1, ["chosen", "rejected"][which]),
+                    ));
+                }
+                rows.push((ids, w));
+            }
+        }
+        Ok(Dataset::Pairs { rows, refs: vec![], pad: eot.unwrap_or(0) })
+    }
+
+    /// Stores the reference model's log-probability of each row (preference pairs only;
+    /// `refs` in row order, as [`Dataset::sequential`] yields them).
+    pub fn set_refs(&mut self, new: Vec<f32>) {
+        if let Dataset::Pairs { rows, refs, .. } = self {
+            assert_eq!(new.len(), rows.len(), "one reference log-probability per row");
+            *refs = new;
+        }
+    }
+
+    /// The reference log-probabilities (empty until set, and for other data).
+    pub fn refs(&self) -> &[f32] {
+        match self {
+            Dataset::Pairs { refs, .. } => refs,
+            _ => &[],
+        }
+    }
+
+    /// Number of tokens (stream), rows, or pairs.
     pub fn len(&self) -> usize {
         match self {
             Dataset::Stream { tokens } => tokens.len(),
             Dataset::Rows { rows, .. } => rows.len(),
+            Dataset::Pairs { rows, .. } => rows.len() / 2,
         }
     }
 
@@ -130,7 +202,11 @@ impl Dataset {
     /// A random batch. The same `rng` state gives the same batch, which is what makes a
     /// resumed run draw exactly the batches an uninterrupted one would.
     pub fn sample(&self, rng: &mut Rng, b: usize, t: usize) -> Batch {
-        let mut batch = Batch { b, t, inputs: Vec::with_capacity(b * t), targets: Vec::with_capacity(b * t), weights: Vec::with_capacity(b * t) };
+        if let Dataset::Pairs { rows, .. } = self {
+            let picks: Vec<usize> = (0..b).map(|_| rng.below(rows.len() / 2)).collect();
+            return self.pair_batch(&picks, t);
+        }
+        let mut batch = Batch { b, t, inputs: Vec::with_capacity(b * t), targets: Vec::with_capacity(b * t), weights: Vec::with_capacity(b * t), refs: vec![] };
         for _ in 0..b {
             match self {
                 Dataset::Stream { tokens } => {
@@ -141,17 +217,42 @@ impl Dataset {
                     let (ids, w) = &rows[rng.below(rows.len())];
                     push_row(&mut batch, ids, w, *pad, t);
                 }
+                Dataset::Pairs { .. } => unreachable!("pairs return above"),
+            }
+        }
+        batch
+    }
+
+    /// The batch of pairs `picks`: their chosen and rejected rows, with the reference
+    /// log-probabilities when they are set.
+    fn pair_batch(&self, picks: &[usize], t: usize) -> Batch {
+        let Dataset::Pairs { rows, refs, pad } = self else { unreachable!() };
+        let b = 2 * picks.len();
+        let mut batch = Batch { b, t, inputs: Vec::with_capacity(b * t), targets: Vec::with_capacity(b * t), weights: Vec::with_capacity(b * t), refs: vec![] };
+        for &p in picks {
+            for r in [2 * p, 2 * p + 1] {
+                let (ids, w) = &rows[r];
+                push_row(&mut batch, ids, w, *pad, t);
+                if !refs.is_empty() {
+                    batch.refs.push(refs[r]);
+                }
             }
         }
         batch
     }
 
     /// Deterministic batches that cover the data set once (up to `max_batches`), for eval loss.
+    /// (Pairs: `b` pairs a batch, in order.)
     pub fn sequential(&self, b: usize, t: usize, max_batches: usize) -> Vec<Batch> {
+        if let Dataset::Pairs { rows, .. } = self {
+            let n = rows.len() / 2;
+            let picks: Vec<usize> = (0..n).collect();
+            return picks.chunks(b.max(1)).take(max_batches).map(|c| self.pair_batch(c, t)).collect();
+        }
         let mut out = Vec::new();
         let mut row = 0;
         'outer: while out.len() < max_batches {
-            let mut batch = Batch { b, t, inputs: vec![], targets: vec![], weights: vec![] };
+            let mut batch = Batch { b, t, inputs: vec![], targets: vec![], weights: vec![], refs: vec![] };
             for _ in 0..b {
                 match self {
                     Dataset::Stream { tokens } => {
@@ -165,6 +266,7 @@ impl Dataset {
                         let Some((ids, w)) = rows.get(row) else { break 'outer };
                         push_row(&mut batch, ids, w, *pad, t);
                     }
+                    Dataset::Pairs { .. } => unreachable!("pairs return above"),
                 }
                 row += 1;
             }

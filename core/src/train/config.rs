@@ -26,6 +26,8 @@ pub enum DataSource {
     Stories,
     /// A fine-tuning task, as prompt/response rows with the prompt masked out of the loss.
     Task(Task),
+    /// A task's preference pairs (`{task}-pairs`: `Task::pairs`), for DPO and its kin.
+    Pairs(Task),
 }
 
 impl FromStr for DataSource {
@@ -34,9 +36,12 @@ impl FromStr for DataSource {
         if s == "stories" {
             return Ok(DataSource::Stories);
         }
+        if let Some(task) = s.strip_suffix("-pairs").and_then(|t| t.parse::<Task>().ok()) {
+            return Ok(DataSource::Pairs(task));
+        }
         s.parse::<Task>().map(DataSource::Task).map_err(|_| {
             let tasks: Vec<&str> = Task::ALL.iter().map(|t| t.name()).collect();
-            format!("unknown data '{s}'; choose stories or one of the tasks: {}", tasks.join(", "))
+            format!("unknown data '{s}'; choose stories, one of the tasks ({}) or a task's preference pairs ({}-pairs)", tasks.join(", "), tasks[0])
         })
     }
 }
@@ -59,6 +64,7 @@ impl fmt::Display for DataSource {
         match self {
             DataSource::Stories => f.write_str("stories"),
             DataSource::Task(t) => f.write_str(t.name()),
+            DataSource::Pairs(t) => write!(f, "{}-pairs", t.name()),
         }
     }
 }
@@ -68,7 +74,7 @@ impl DataSource {
     pub fn texts(&self, seed: u64, split: Split, n: usize) -> Vec<String> {
         match self {
             DataSource::Stories => corpus(&StoryConfig::default(), seed, split, n),
-            DataSource::Task(task) => task.examples(seed, split, n).iter().map(|e| e.text()).collect(),
+            DataSource::Task(task) | DataSource::Pairs(task) => task.examples(seed, split, n).iter().map(|e| e.text()).collect(),
         }
     }
 
@@ -77,6 +83,7 @@ impl DataSource {
         let ds = match self {
             DataSource::Stories => Dataset::from_documents(tok, &corpus(&StoryConfig::default(), seed, split, n))?,
             DataSource::Task(task) => Dataset::from_examples(tok, &task.examples(seed, split, n), seq_len, prompt_loss_weight)?,
+            DataSource::Pairs(task) => Dataset::from_pairs(tok, &task.pairs(seed, split, n), seq_len)?,
         };
         if ds.is_empty() {
             return Err(Error::Invalid(format!("the {self} {split:?} split is empty; ask for more examples")));
@@ -260,6 +267,33 @@ impl TrainConfig {
             }
         }
         super::precision::validate(self.precision, &self.loss_scale, origin.clone())?;
+        self.objective.validate(origin.clone())?;
+        let pairs = matches!(self.data, DataSource::Pairs(_));
+        if self.objective.is_preference() && self.data_file.is_none() && !pairs {
+            return Err(Error::config(
+                origin,
+                "data",
+                format!(
+                    "is {}, but the {} objective learns from preference pairs; use a task's pairs ({}) or a JSON Lines file of prompt/chosen/rejected",
+                    self.data,
+                    self.objective.name(),
+                    match self.data {
+                        DataSource::Task(t) => format!("{}-pairs", t.name()),
+                        _ => "e.g. story-qa-pairs".into(),
+                    }
+                ),
+            ));
+        }
+        if !self.objective.is_preference() && self.data_file.is_none() && pairs {
+            return Err(Error::config(
+                origin,
+                "data",
+                format!("is {}, preference pairs, which the {} objective cannot learn from; choose a preference objective (dpo, ipo, hinge) or the task itself", self.data, self.objective.name()),
+            ));
+        }
+        if self.objective.is_preference() && self.optimizer.kind == OptimKind::Mezo {
+            return Err(Error::config(origin, "optimizer", "MeZO is not wired to preference objectives in tinytune; use adamw or sgd"));
+        }
         Ok(())
     }
 

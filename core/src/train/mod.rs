@@ -14,8 +14,8 @@ pub mod trainer;
 
 pub use batch::{Batch, Dataset};
 pub use config::{DataSource, TrainConfig};
-pub use objective::Objective;
+pub use objective::{DpoLoss, Objective, PreferenceMetrics};
 pub use precision::{GradCensus, LossScale, LossScaler, Precision, ScalerState};
 pub use run::{Control, EvalEvent, NearestEvent, Outcome, Run, RunHost, StartEvent, TrainEvent};
 pub use sweep::SweepItem;
-pub use trainer::{StepEvent, Trainer, eval_loss, eval_loss_async};
+pub use trainer::{Evaluation, ReferenceLogps, StepEvent, Trainer, eval_loss, eval_loss_async, preference_eval, preference_eval_async, reference_logps};

@@ -15,9 +15,13 @@
 //! 3. Add a case to `core/tests/training.rs`'s objective checks (a loss against hand-computed
 //!    values on a tiny batch).
 
-use burn::tensor::{DType, Device, Tensor};
+use std::collections::BTreeMap;
+
+use burn::tensor::activation::{log_sigmoid, log_softmax, relu};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
 use crate::model::Gpt;
 
 use super::batch::Batch;
@@ -31,9 +35,131 @@ pub enum Objective {
     /// which is applied when the rows are built).
     #[default]
     NextToken,
+    /// Direct preference optimisation and its variants (DPO: Rafailov et al., 2023; IPO:
+    /// Azar et al., 2023; robust DPO: Chowdhury et al., 2024), as TRL 1.16's `DPOTrainer`
+    /// defines them (`trl/trainer/dpo_trainer.py`, `_compute_loss`). On a pair, with `π` the
+    /// policy, `ref` the reference and `log p` a completion's summed log-probability,
+    /// `d = (log π(chosen) − log ref(chosen)) − (log π(rejected) − log ref(rejected))`; the
+    /// loss is `−log σ(β·d)` (sigmoid), `(d' − 1/(2β))²` with `d'` built from per-token
+    /// averages (ipo), `max(0, 1 − β·d)` (hinge), or
+    /// `(−(1−ε)·log σ(β·d) + ε·log σ(−β·d)) / (1 − 2ε)` (robust, ε the chance a label is
+    /// flipped), averaged over pairs. Batches are pairs, chosen row then rejected row, each
+    /// with the reference's log-probability beside it (`Batch::refs`).
+    Dpo {
+        #[serde(default)]
+        loss_type: DpoLoss,
+        /// TRL's `beta` (0.1 by default there too).
+        #[serde(default = "default_beta")]
+        beta: f64,
+        /// TRL's `label_smoothing` ε: the chance a pair's label is flipped (robust only).
+        #[serde(default)]
+        label_smoothing: f64,
+    },
+}
+
+fn default_beta() -> f64 {
+    0.1
+}
+
+/// TRL's `loss_type` for DPO.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DpoLoss {
+    #[default]
+    Sigmoid,
+    Ipo,
+    Hinge,
+    Robust,
+}
+
+impl DpoLoss {
+    pub const ALL: [DpoLoss; 4] = [DpoLoss::Sigmoid, DpoLoss::Ipo, DpoLoss::Hinge, DpoLoss::Robust];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            DpoLoss::Sigmoid => "sigmoid",
+            DpoLoss::Ipo => "ipo",
+            DpoLoss::Hinge => "hinge",
+            DpoLoss::Robust => "robust",
+        }
+    }
+
+    /// One pair's loss from its log-ratio difference `d` (host arithmetic, in f64: the
+    /// evaluation's figures; `Objective::loss` is the same formula on the device).
+    pub fn pair_loss(&self, d: f64, beta: f64, label_smoothing: f64) -> f64 {
+        // log σ(x), stable on both sides: −log(1 + e^−x), or x − log(1 + e^x) for x < 0.
+        let log_sigmoid = |x: f64| if x >= 0.0 { -(-x).exp().ln_1p() } else { x - x.exp().ln_1p() };
+        match self {
+            DpoLoss::Sigmoid => -log_sigmoid(beta * d),
+            DpoLoss::Ipo => (d - 1.0 / (2.0 * beta)).powi(2),
+            DpoLoss::Hinge => (1.0 - beta * d).max(0.0),
+            DpoLoss::Robust => {
+                let e = label_smoothing;
+                (-(1.0 - e) * log_sigmoid(beta * d) + e * log_sigmoid(-beta * d)) / (1.0 - 2.0 * e)
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for DpoLoss {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        DpoLoss::ALL.into_iter().find(|l| l.name() == s).ok_or_else(|| format!("unknown DPO loss '{s}'; choose sigmoid, ipo, hinge or robust"))
+    }
 }
 
 impl Objective {
+    /// DPO with TRL's defaults for `loss_type`.
+    pub fn dpo(loss_type: DpoLoss, beta: f64) -> Self {
+        Objective::Dpo { loss_type, beta, label_smoothing: 0.0 }
+    }
+
+    /// The objective a command line names: `next-token`, or `dpo` (TRL's sigmoid; `sigmoid`
+    /// also reads), `ipo`, `hinge` or `robust` with their β and label smoothing.
+    pub fn from_name(name: &str, beta: f64, label_smoothing: f64) -> std::result::Result<Self, String> {
+        let loss_type = match name {
+            "next-token" => return Ok(Objective::NextToken),
+            "dpo" | "sigmoid" => DpoLoss::Sigmoid,
+            other => other.parse::<DpoLoss>().map_err(|_| format!("unknown objective '{other}'; choose next-token, dpo, ipo, hinge or robust"))?,
+        };
+        Ok(Objective::Dpo { loss_type, beta, label_smoothing })
+    }
+
+    /// Whether batches are preference pairs scored against a reference.
+    pub fn is_preference(&self) -> bool {
+        matches!(self, Objective::Dpo { .. })
+    }
+
+    /// The name the CLI knows it by: `next-token`, or the DPO loss type (`dpo` for sigmoid,
+    /// `ipo`, `hinge`, `robust`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Objective::NextToken => "next-token",
+            Objective::Dpo { loss_type: DpoLoss::Sigmoid, .. } => "dpo",
+            Objective::Dpo { loss_type, .. } => loss_type.name(),
+        }
+    }
+
+    /// Checks the settings, naming the field.
+    pub fn validate(&self, origin: impl Into<crate::error::Origin>) -> Result<()> {
+        if let Objective::Dpo { beta, label_smoothing, loss_type } = self {
+            if !(*beta > 0.0 && beta.is_finite()) {
+                return Err(Error::config(origin, "objective.beta", format!("{beta} is not a positive number; TRL's default is 0.1")));
+            }
+            if !(0.0..0.5).contains(label_smoothing) {
+                return Err(Error::config(origin, "objective.label_smoothing", format!("{label_smoothing} is not a flip probability in [0, 0.5)")));
+            }
+            if *label_smoothing > 0.0 && *loss_type != DpoLoss::Robust {
+                return Err(Error::config(
+                    origin,
+                    "objective.label_smoothing",
+                    format!("applies to the robust loss only (as in TRL 1.16), not {}; use --objective robust", loss_type.name()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The loss of `model` on `batch`, a `[1]` tensor on `device` (where the batch goes: the
     /// trainer's device, which may carry gradient checkpointing), with the autodiff graph
     /// when the model has one.
@@ -53,14 +179,131 @@ impl Objective {
                 // least one token).
                 Gpt::loss(logits, targets, weights, batch.weight_sum())
             }
+            Objective::Dpo { loss_type, beta, label_smoothing } => {
+                let pairs = batch.b / 2;
+                let (logps, _) = sequence_logps(model, batch, device, compute, false);
+                let mut refs = batch.refs.clone();
+                let mut logps = logps;
+                if *loss_type == DpoLoss::Ipo {
+                    // IPO compares per-token averages (TRL divides both by the mask's sum).
+                    let counts = batch.row_counts();
+                    logps = logps / Tensor::<1>::from_data(TensorData::new(counts.clone(), [batch.b]), device);
+                    refs.iter_mut().zip(&counts).for_each(|(r, c)| *r /= c);
+                }
+                let refs = Tensor::<1>::from_data(TensorData::new(refs, [batch.b]), device);
+                let ratios = (logps - refs).reshape([pairs, 2]); // [P, 2]: chosen, rejected
+                let d = ratios.clone().narrow(1, 0, 1) - ratios.narrow(1, 1, 1); // [P, 1]
+                let d = d.reshape([pairs]);
+                let losses = match loss_type {
+                    DpoLoss::Sigmoid => log_sigmoid(d.mul_scalar(*beta)).neg(),
+                    DpoLoss::Robust => {
+                        let (x, e) = (d.mul_scalar(*beta), *label_smoothing);
+                        (log_sigmoid(x.clone()).mul_scalar(-(1.0 - e)) + log_sigmoid(x.neg()).mul_scalar(e)).div_scalar(1.0 - 2.0 * e)
+                    }
+                    DpoLoss::Ipo => {
+                        let x = d.sub_scalar(1.0 / (2.0 * beta));
+                        x.clone() * x
+                    }
+                    DpoLoss::Hinge => relu(d.mul_scalar(-beta).add_scalar(1.0)),
+                };
+                losses.mean()
+            }
         }
     }
 
     /// How much `batch` weighs in a mean over several batches (micro-batches of an
-    /// accumulated step, or evaluation batches): its counted tokens.
+    /// accumulated step, or evaluation batches): its counted tokens, or its pairs.
     pub fn weight(&self, batch: &Batch) -> f32 {
         match self {
             Objective::NextToken => batch.weight_sum(),
+            Objective::Dpo { .. } => (batch.b / 2) as f32,
         }
+    }
+}
+
+/// Each row's summed log-probability of its counted targets, `[B]`, and (when `logits` is
+/// asked for) each row's sum over counted positions of the mean logit over the vocabulary
+/// (TRL's `logits/chosen` is their mean over tokens), `[B]`.
+///
+/// # Shapes
+/// batch `[B, T]` -> (`[B]`, `[B]`)
+pub fn sequence_logps(model: &Gpt, batch: &Batch, device: &Device, compute: Option<DType>, logits_too: bool) -> (Tensor<1>, Option<Tensor<1>>) {
+    let (inputs, targets, weights) = batch.to_device(device);
+    let logits = model.forward(inputs); // [B, T, V]
+    let logits = if compute.is_some() { logits.cast(DType::F32) } else { logits };
+    let [b, t, _] = logits.dims();
+    let mean_logits = logits_too.then(|| (logits.clone().mean_dim(2).reshape([b, t]) * weights.clone()).sum_dim(1).reshape([b]));
+    let logp = log_softmax(logits, 2).gather(2, targets.reshape([b, t, 1])).reshape([b, t]);
+    ((logp * weights).sum_dim(1).reshape([b]), mean_logits)
+}
+
+/// TRL's DPO metrics over a set of pairs, under TRL's names (`rewards/chosen`, …), from
+/// each row's policy and reference log-probabilities.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PreferenceMetrics {
+    pub loss: f64,
+    pub pairs: usize,
+    /// By TRL's metric name: `rewards/chosen`, `rewards/rejected`, `rewards/accuracies`,
+    /// `rewards/margins`, `logps/chosen`, `logps/rejected`, `logits/chosen`,
+    /// `logits/rejected`.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// One row's scores, read back: summed log-probability, counted tokens, summed mean logit,
+/// and the reference's summed log-probability.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowScore {
+    pub logp: f64,
+    pub count: f64,
+    pub logit_sum: f64,
+    pub reference: f64,
+}
+
+impl PreferenceMetrics {
+    /// The metrics of `rows` (chosen, rejected, chosen, …) as TRL computes them on one
+    /// batch holding them all: rewards are `β·(log π − log ref)`, accuracies the share of
+    /// pairs whose chosen reward is strictly higher, logits a mean over every completion
+    /// token's logits.
+    pub fn of(objective: &Objective, rows: &[RowScore]) -> Self {
+        let Objective::Dpo { loss_type, beta, label_smoothing } = objective else {
+            return Self::default();
+        };
+        let ipo = *loss_type == DpoLoss::Ipo;
+        let n = rows.len() / 2;
+        let (mut loss, mut rc, mut rr, mut acc, mut lc, mut lr) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+        let (mut logit_c, mut logit_r, mut tok_c, mut tok_r) = (0.0, 0.0, 0.0, 0.0);
+        for pair in rows.chunks_exact(2) {
+            let (c, r) = (&pair[0], &pair[1]);
+            // IPO compares per-token averages of the log-ratios; the rewards and log-probs it
+            // reports are the summed ones, as for every loss type (TRL 1.16).
+            let d = if ipo {
+                (c.logp - c.reference) / c.count.max(1.0) - (r.logp - r.reference) / r.count.max(1.0)
+            } else {
+                (c.logp - c.reference) - (r.logp - r.reference)
+            };
+            loss += loss_type.pair_loss(d, *beta, *label_smoothing);
+            let (reward_c, reward_r) = (beta * (c.logp - c.reference), beta * (r.logp - r.reference));
+            rc += reward_c;
+            rr += reward_r;
+            acc += f64::from(u8::from(reward_c > reward_r));
+            lc += c.logp;
+            lr += r.logp;
+            logit_c += pair[0].logit_sum;
+            logit_r += pair[1].logit_sum;
+            tok_c += pair[0].count;
+            tok_r += pair[1].count;
+        }
+        let m = n.max(1) as f64;
+        let metrics = [
+            ("rewards/chosen", rc / m),
+            ("rewards/rejected", rr / m),
+            ("rewards/accuracies", acc / m),
+            ("rewards/margins", (rc - rr) / m),
+            ("logps/chosen", lc / m),
+            ("logps/rejected", lr / m),
+            ("logits/chosen", logit_c / tok_c.max(1.0)),
+            ("logits/rejected", logit_r / tok_r.max(1.0)),
+        ];
+        Self { loss: loss / m, pairs: n, metrics: metrics.into_iter().map(|(k, v)| (k.to_string(), v)).collect() }
     }
 }

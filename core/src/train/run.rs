@@ -22,7 +22,7 @@ use crate::model::params::trainable_count;
 use crate::optim::OptimKind;
 use crate::tokenizer::TextTokenizer;
 
-use super::trainer::{StepEvent, Trainer};
+use super::trainer::{Evaluation, StepEvent, Trainer};
 
 /// What a host tells the run before each step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +82,10 @@ pub struct EvalEvent {
     /// read as 0).
     #[serde(default)]
     pub elapsed_s: f64,
+    /// A preference objective's metrics under TRL's names (`rewards/chosen`,
+    /// `rewards/accuracies`, …); empty otherwise.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metrics: std::collections::BTreeMap<String, f64>,
 }
 
 /// A soft prompt's learned virtual tokens, each as the real tokens nearest it (cosine
@@ -204,7 +208,7 @@ impl Run {
             }
             let step = self.trainer.step()?;
             let eval = match self.eval_due(step.step) {
-                true => Some(self.trainer.eval_loss()?),
+                true => Some(self.trainer.evaluate()?),
                 false => None,
             };
             self.after_step(host, step, eval)?;
@@ -231,7 +235,7 @@ impl Run {
             }
             let step = self.trainer.step_async().await?;
             let eval = match self.eval_due(step.step) {
-                true => Some(self.trainer.eval_loss_async().await?),
+                true => Some(self.trainer.evaluate_async().await?),
                 false => None,
             };
             self.after_step(host, step, eval)?;
@@ -245,12 +249,12 @@ impl Run {
     }
 
     /// Sends a finished step, its evaluation, and lets the host save.
-    fn after_step<H: RunHost>(&mut self, host: &mut H, step: StepEvent, eval: Option<f32>) -> Result<(), H::Error> {
+    fn after_step<H: RunHost>(&mut self, host: &mut H, step: StepEvent, eval: Option<Evaluation>) -> Result<(), H::Error> {
         let n = step.step;
         host.event(&self.trainer, &TrainEvent::Step(step))?;
-        if let Some(eval_loss) = eval {
-            self.last_eval = Some(eval_loss);
-            host.event(&self.trainer, &TrainEvent::Eval(EvalEvent { step: n, eval_loss, elapsed_s: self.trainer.elapsed() }))?;
+        if let Some(Evaluation { loss, metrics }) = eval {
+            self.last_eval = Some(loss);
+            host.event(&self.trainer, &TrainEvent::Eval(EvalEvent { step: n, eval_loss: loss, elapsed_s: self.trainer.elapsed(), metrics }))?;
         }
         host.after_step(&self.trainer, self.last_eval)
     }
@@ -271,7 +275,13 @@ impl Run {
 fn technique(t: &Trainer) -> String {
     let c = &t.config;
     let o = &c.optimizer;
-    let mut s = format!("optimizer {}", o.kind);
+    let mut s = match &c.objective {
+        super::Objective::Dpo { beta, label_smoothing, .. } => {
+            let smoothing = if *label_smoothing > 0.0 { format!(", label smoothing {label_smoothing}") } else { String::new() };
+            format!("objective {} (beta {beta}{smoothing}), optimizer {}", c.objective.name(), o.kind)
+        }
+        super::Objective::NextToken => format!("optimizer {}", o.kind),
+    };
     if o.kind == OptimKind::Sgd && o.momentum > 0.0 {
         s += &format!(" (momentum {})", o.momentum);
     }

@@ -21,7 +21,7 @@ use crate::tokenizer::TextTokenizer;
 
 use super::batch::{Batch, Dataset};
 use super::config::TrainConfig;
-use super::objective::Objective;
+use super::objective::{Objective, PreferenceMetrics, RowScore, sequence_logps};
 use super::precision::{self, LossScaler, Precision};
 
 /// What happened in one optimizer step.
@@ -63,6 +63,21 @@ mod finite_or_null {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
         Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NAN))
     }
+}
+
+/// A preference run's reference log-probabilities, one per row of each data set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReferenceLogps {
+    pub train: Vec<f32>,
+    pub eval: Vec<f32>,
+}
+
+/// A held-out evaluation: the objective's mean loss, and for a preference objective TRL's
+/// metrics by name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Evaluation {
+    pub loss: f32,
+    pub metrics: std::collections::BTreeMap<String, f64>,
 }
 
 /// A model being trained, with its optimizer, data and position in the run.
@@ -109,9 +124,10 @@ impl Trainer {
     }
 
     /// A trainer on a JSON Lines file's text (Alpaca, prompt/completion or TRL's
-    /// `messages`, conversations rendered with `chat`), split into training and held-out
-    /// examples by `config`'s counts and data seed; `origin` names the file in errors. The
-    /// CLI reads the file, the page fetches it: both build the run here.
+    /// `messages`, conversations rendered with `chat`; for a preference objective TRL's
+    /// prompt/chosen/rejected pairs), split into training and held-out examples by
+    /// `config`'s counts and data seed; `origin` names the file in errors. The CLI reads
+    /// the file, the page fetches it: both build the run here.
     pub fn from_jsonl(
         model: Gpt,
         tok: &TextTokenizer,
@@ -121,6 +137,18 @@ impl Trainer {
         config: TrainConfig,
         device: &Device,
     ) -> Result<Self> {
+        if config.objective.is_preference() {
+            // TRL's preference pairs, one a line, split like any other examples.
+            let pairs = crate::data::preference::parse(text, origin, chat)?;
+            let (mut train, eval) = crate::data::jsonl::split(pairs, config.eval_examples, config.data_seed);
+            train.truncate(config.train_examples);
+            if train.is_empty() || eval.is_empty() {
+                return Err(Error::config(origin, "lines", "one pair is too few to hold any out for evaluation; write at least two lines"));
+            }
+            let rows = |p: &[crate::data::Pair]| Dataset::from_pairs(tok, p, config.seq_len).map_err(|e| Error::Invalid(format!("{origin}: {e}")));
+            let (train_set, eval_set) = (rows(&train)?, rows(&eval)?);
+            return Self::from_datasets(model, config, train_set, eval_set, device);
+        }
         let groups = crate::data::jsonl::parse(text, origin, chat)?;
         let (mut train, eval) = crate::data::jsonl::split(groups, config.eval_examples, config.data_seed);
         train.truncate(config.train_examples);
@@ -231,6 +259,9 @@ impl Trainer {
     /// One whole step with a synchronous read-back of the loss (native code). A non-finite
     /// loss stops the run before the bad update touches the weights.
     pub fn step(&mut self) -> Result<StepEvent> {
+        if self.needs_references()? {
+            self.score_references(None)?;
+        }
         let (started, batch, stats, pending) = self.begin_step();
         let stats = stats.into_data();
         self.finish_step(started, &batch, stats, pending)
@@ -239,6 +270,9 @@ impl Trainer {
     /// [`Trainer::step`] for the browser, where WebGPU can only read results back
     /// asynchronously.
     pub async fn step_async(&mut self) -> Result<StepEvent> {
+        if self.needs_references()? {
+            self.score_references_async(None).await?;
+        }
         let (started, batch, stats, pending) = self.begin_step();
         let stats = stats.into_data_async().await.map_err(|e| Error::Invalid(format!("reading the loss back from the device failed: {e:?}")))?;
         self.finish_step(started, &batch, stats, pending)
@@ -315,14 +349,103 @@ impl Trainer {
         })
     }
 
-    /// Mean held-out loss per counted token, on the model without autodiff or dropout.
+    /// Mean held-out loss per counted token (per pair for a preference objective), on the
+    /// model without autodiff or dropout.
     pub fn eval_loss(&self) -> Result<f32> {
-        eval_losses(&self.config.objective, &self.model.valid(), &self.eval, self.config.batch_size, self.config.seq_len, self.config.eval_batches)
+        Ok(self.evaluate()?.loss)
     }
 
     /// [`Trainer::eval_loss`] for the browser (asynchronous read-back).
     pub async fn eval_loss_async(&self) -> Result<f32> {
-        eval_losses_async(&self.config.objective, &self.model.valid(), &self.eval, self.config.batch_size, self.config.seq_len, self.config.eval_batches).await
+        Ok(self.evaluate_async().await?.loss)
+    }
+
+    /// The held-out loss, with TRL's metrics for a preference objective.
+    pub fn evaluate(&self) -> Result<Evaluation> {
+        let c = &self.config;
+        if c.objective.is_preference() {
+            let m = preference_eval(&c.objective, &self.model.valid(), &self.eval, c.batch_size, c.seq_len, c.eval_batches)?;
+            return Ok(Evaluation { loss: m.loss as f32, metrics: m.metrics });
+        }
+        let loss = eval_losses(&c.objective, &self.model.valid(), &self.eval, c.batch_size, c.seq_len, c.eval_batches)?;
+        Ok(Evaluation { loss, metrics: Default::default() })
+    }
+
+    /// [`Trainer::evaluate`] for the browser (asynchronous read-back).
+    pub async fn evaluate_async(&self) -> Result<Evaluation> {
+        let c = &self.config;
+        if c.objective.is_preference() {
+            let m = preference_eval_async(&c.objective, &self.model.valid(), &self.eval, c.batch_size, c.seq_len, c.eval_batches).await?;
+            return Ok(Evaluation { loss: m.loss as f32, metrics: m.metrics });
+        }
+        let loss = eval_losses_async(&c.objective, &self.model.valid(), &self.eval, c.batch_size, c.seq_len, c.eval_batches).await?;
+        Ok(Evaluation { loss, metrics: Default::default() })
+    }
+
+    /// Whether a preference run still lacks its reference log-probabilities. Before the
+    /// first step the model itself is the reference (a frozen copy of the starting policy;
+    /// for a fresh adapter that is the base model, TRL's default for PEFT models); after it
+    /// they must come from the checkpoint.
+    fn needs_references(&self) -> Result<bool> {
+        if !self.config.objective.is_preference() || !self.train.refs().is_empty() {
+            return Ok(false);
+        }
+        if self.step > 0 {
+            return Err(Error::Invalid(format!(
+                "this {} run is at step {} without its reference log-probabilities; resume it from a checkpoint that holds them (trainer_state.json's reference)",
+                self.config.objective.name(),
+                self.step
+            )));
+        }
+        Ok(true)
+    }
+
+    /// Scores every training and held-out pair with `reference` (None: the model as it is
+    /// now) and keeps the log-probabilities for the rest of the run.
+    pub fn score_references(&mut self, reference: Option<&Gpt>) -> Result<()> {
+        let model = reference.cloned().unwrap_or_else(|| self.model.valid());
+        let (b, t) = (self.config.batch_size, self.config.seq_len);
+        let (train, eval) = (reference_logps(&model, &self.train, b, t)?, reference_logps(&model, &self.eval, b, t)?);
+        self.set_references(ReferenceLogps { train, eval })
+    }
+
+    /// [`Trainer::score_references`] for the browser (asynchronous read-back).
+    pub async fn score_references_async(&mut self, reference: Option<&Gpt>) -> Result<()> {
+        let model = reference.cloned().unwrap_or_else(|| self.model.valid());
+        let (b, t) = (self.config.batch_size, self.config.seq_len);
+        let mut sets = Vec::new();
+        for data in [&self.train, &self.eval] {
+            let mut read = Vec::new();
+            for x in row_scores(&model, data, b, t) {
+                read.push(x.into_data_async().await.map_err(|e| Error::Invalid(format!("reading log-probabilities back failed: {e:?}")))?);
+            }
+            sets.push(read_rows(read)?);
+        }
+        let eval = sets.pop().expect("two sets");
+        let train = sets.pop().expect("two sets");
+        self.set_references(ReferenceLogps { train, eval })
+    }
+
+    /// Takes reference log-probabilities scored earlier (a resumed run's checkpoint).
+    pub fn set_references(&mut self, refs: ReferenceLogps) -> Result<()> {
+        let rows = |d: &Dataset| d.len() * 2;
+        if refs.train.len() != rows(&self.train) || refs.eval.len() != rows(&self.eval) {
+            return Err(Error::Invalid(format!(
+                "the reference log-probabilities cover {} training and {} held-out rows, but the run has {} and {}; they belong to another data set",
+                refs.train.len(),
+                refs.eval.len(),
+                rows(&self.train),
+                rows(&self.eval)
+            )));
+        }
+        self.train.set_refs(refs.train);
+        self.eval.set_refs(refs.eval);
+        Ok(())
+    }
+
+    /// The reference log-probabilities, for a checkpoint (None for other objectives).
+    pub fn references(&self) -> Option<ReferenceLogps> {
+        (!self.train.refs().is_empty()).then(|| ReferenceLogps { train: self.train.refs().to_vec(), eval: self.eval.refs().to_vec() })
     }
 
     /// Seconds trained so far, across resumes.
@@ -391,6 +514,68 @@ fn eval_batch_losses(objective: &Objective, model: &Gpt, data: &Dataset, b: usiz
         return Err(Error::Invalid("the held-out split is too short for one evaluation batch; lower `seq_len` or add examples".into()));
     }
     Ok(batches.iter().map(|batch| (objective.loss(model, batch, &device, None), objective.weight(batch))).collect())
+}
+
+/// Each row's summed log-probability of its counted targets under `model` (no autodiff
+/// needed), in row order: what a preference objective's reference contributes. Batches of
+/// `b` pairs (rows) of `t` tokens.
+pub fn reference_logps(model: &Gpt, data: &Dataset, b: usize, t: usize) -> Result<Vec<f32>> {
+    read_rows(row_scores(model, data, b, t).into_iter().map(|x| x.into_data()).collect())
+}
+
+/// Each sequential batch's per-row log-probabilities `[B]`, still on the device.
+fn row_scores(model: &Gpt, data: &Dataset, b: usize, t: usize) -> Vec<Tensor<1>> {
+    let device = model.wte.weight.val().device();
+    data.sequential(b, t, usize::MAX).iter().map(|batch| sequence_logps(model, batch, &device, None, false).0).collect()
+}
+
+fn read_rows(data: Vec<TensorData>) -> Result<Vec<f32>> {
+    Ok(data.into_iter().flat_map(|d| d.convert::<f32>().try_to_vec::<f32>().expect("f32 data")).collect())
+}
+
+/// TRL's DPO metrics of `model` on up to `max_batches` batches of `data`'s pairs (whose
+/// reference log-probabilities must be set), with the mean loss.
+pub fn preference_eval(objective: &Objective, model: &Gpt, data: &Dataset, b: usize, t: usize, max_batches: usize) -> Result<PreferenceMetrics> {
+    let batches = pair_batches(data, b, t, max_batches)?;
+    let device = model.wte.weight.val().device();
+    let mut rows = Vec::new();
+    for batch in &batches {
+        let (logps, logits) = sequence_logps(model, batch, &device, None, true);
+        let (l, g) = (logps.into_data(), logits.expect("asked for").into_data());
+        rows.extend(scores_of(batch, l, g));
+    }
+    Ok(PreferenceMetrics::of(objective, &rows))
+}
+
+/// [`preference_eval`] for the browser (asynchronous read-back).
+pub async fn preference_eval_async(objective: &Objective, model: &Gpt, data: &Dataset, b: usize, t: usize, max_batches: usize) -> Result<PreferenceMetrics> {
+    let batches = pair_batches(data, b, t, max_batches)?;
+    let device = model.wte.weight.val().device();
+    let mut rows = Vec::new();
+    let read = |e| Error::Invalid(format!("reading log-probabilities back failed: {e:?}"));
+    for batch in &batches {
+        let (logps, logits) = sequence_logps(model, batch, &device, None, true);
+        let l = logps.into_data_async().await.map_err(read)?;
+        let g = logits.expect("asked for").into_data_async().await.map_err(read)?;
+        rows.extend(scores_of(batch, l, g));
+    }
+    Ok(PreferenceMetrics::of(objective, &rows))
+}
+
+fn pair_batches(data: &Dataset, b: usize, t: usize, max_batches: usize) -> Result<Vec<Batch>> {
+    if !matches!(data, Dataset::Pairs { .. }) {
+        return Err(Error::Invalid("preference metrics need preference pairs (prompt, chosen, rejected)".into()));
+    }
+    if data.refs().is_empty() {
+        return Err(Error::Invalid("the pairs have no reference log-probabilities yet; score them with a reference model first".into()));
+    }
+    Ok(data.sequential(b, t, max_batches.max(1)))
+}
+
+fn scores_of(batch: &Batch, logps: TensorData, logits: TensorData) -> Vec<RowScore> {
+    let (l, g) = (logps.convert::<f32>().try_to_vec::<f32>().expect("f32 data"), logits.convert::<f32>().try_to_vec::<f32>().expect("f32 data"));
+    let counts: Vec<f32> = batch.weights.chunks(batch.t).map(|w| w.iter().sum()).collect();
+    (0..batch.b).map(|i| RowScore { logp: l[i] as f64, count: counts[i] as f64, logit_sum: g[i] as f64, reference: batch.refs[i] as f64 }).collect()
 }
 
 /// A read-back batch loss paired with its weight; packed so both paths share `mean_of`.

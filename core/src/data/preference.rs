@@ -1,0 +1,248 @@
+//! Preference data: a prompt with a preferred (`chosen`) and a dispreferred (`rejected`)
+//! completion, the input of DPO and its relatives.
+//!
+//! Two sources:
+//!
+//! - **TRL's preference format** in JSON Lines, one pair per line: the standard form
+//!   `{"prompt": …, "chosen": …, "rejected": …}` with strings, and the conversational
+//!   form where `prompt` is a list of messages and `chosen`/`rejected` are lists holding
+//!   the assistant's reply (rendered with the model's chat template). As in TRL, the
+//!   completion is what is scored, and a plain-text completion ends with the end-of-text
+//!   token (TRL appends EOS).
+//! - **Generated pairs** on the built-in tasks ([`Task::pairs`]): the task's own example
+//!   (same prompts, same train/held-out split) with its reference response as `chosen`,
+//!   and a plausible wrong one as `rejected` — another name, place, colour or feeling for
+//!   story-qa, the opposite label for sentiment, one field changed for json-extract.
+
+use serde_json::Value;
+
+use super::stories::{COLORS, FEELINGS, NAMES, OBJECTS, PLACES};
+use super::{Example, Rng, Split, Task};
+use crate::error::{Error, Origin, Result};
+use crate::tokenizer::chat::{ChatTemplate, Message};
+
+/// One preference pair: both completions continue the same prompt.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Pair {
+    pub prompt: String,
+    pub chosen: String,
+    pub rejected: String,
+    /// The completions are assistant turns rendered by a chat template (which ends them
+    /// with its end-of-turn text; no end-of-text token is appended).
+    #[serde(default)]
+    pub chat: bool,
+}
+
+impl Task {
+    /// `n` preference pairs of `split`: the task's examples (the very prompts of
+    /// [`Task::examples`], so the held-out pairs are held out of SFT too), with the
+    /// reference response chosen and a plausible wrong response rejected. The wrong
+    /// response is drawn from a stream of its own, seeded by the prompt, so the examples
+    /// themselves are exactly the task's.
+    pub fn pairs(&self, seed: u64, split: Split, n: usize) -> Vec<Pair> {
+        self.examples(seed, split, n)
+            .into_iter()
+            .map(|ex| {
+                let mut rng = Rng::derive(seed, &format!("rejected/{}/{}", self.name(), ex.prompt));
+                let rejected = self.wrong_response(&ex, &mut rng);
+                debug_assert_ne!(rejected, ex.response);
+                Pair { prompt: ex.prompt, chosen: ex.response, rejected, chat: false }
+            })
+            .collect()
+    }
+
+    /// A response in the task's format that is wrong for `ex`.
+    fn wrong_response(&self, ex: &Example, rng: &mut Rng) -> String {
+        let answer = ex.response.trim();
+        match self {
+            Task::StoryQa => {
+                let answer = answer.trim_end_matches('.');
+                let question = ex.prompt.rsplit("question: ").next().unwrap_or("");
+                let other = |rng: &mut Rng, words: &[&str], not: &str| -> String {
+                    let choices: Vec<&str> = words.iter().copied().filter(|w| *w != not).collect();
+                    rng.choose(&choices).to_string()
+                };
+                let names: Vec<&str> = NAMES.iter().map(|(n, _)| *n).collect();
+                let wrong = if question.starts_with("where") {
+                    format!("the {}", other(rng, &PLACES, answer.trim_start_matches("the ")))
+                } else if question.starts_with("who") {
+                    // Neither the friend nor the hero (the hero is the question's subject).
+                    let hero = question.trim_start_matches("who did ").split(' ').next().unwrap_or("");
+                    let choices: Vec<&str> = names.iter().copied().filter(|n| *n != answer && *n != hero).collect();
+                    rng.choose(&choices).to_string()
+                } else if question.starts_with("what did") {
+                    // "a {color} {object}": change one of the two.
+                    let mut words = answer.split(' ').skip(1);
+                    let (color, object) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                    if rng.chance(0.5) {
+                        format!("a {} {object}", other(rng, &COLORS, color))
+                    } else {
+                        format!("a {color} {}", other(rng, &OBJECTS, object))
+                    }
+                } else if question.starts_with("what color") {
+                    other(rng, &COLORS, answer)
+                } else {
+                    other(rng, &FEELINGS, answer)
+                };
+                format!(" {wrong}.\n")
+            }
+            Task::Sentiment => format!(" {}\n", if answer == "happy" { "sad" } else { "happy" }),
+            Task::JsonExtract => {
+                // Change one field's value to another word of its kind.
+                let fields: [(&str, Vec<&str>); 4] = [
+                    ("name", NAMES.iter().map(|(n, _)| *n).collect()),
+                    ("object", OBJECTS.to_vec()),
+                    ("color", COLORS.to_vec()),
+                    ("place", PLACES.to_vec()),
+                ];
+                let (key, words) = &fields[rng.below(fields.len())];
+                let marker = format!("\"{key}\": \"");
+                let start = answer.find(&marker).map(|i| i + marker.len()).unwrap_or(0);
+                let end = start + answer[start..].find('"').unwrap_or(0);
+                let value = &answer[start..end];
+                let choices: Vec<&str> = words.iter().copied().filter(|w| *w != value).collect();
+                format!(" {}{}{}\n", &answer[..start], rng.choose(&choices), &answer[end..])
+            }
+        }
+    }
+}
+
+/// Parses TRL's preference format from JSON Lines `text`: one pair per line, standard
+/// (strings) or conversational (message lists, rendered with `chat`). Blank lines are
+/// skipped; every error names the file, the line and the field.
+pub fn parse(text: &str, origin: impl Into<Origin>, chat: Option<&ChatTemplate>) -> Result<Vec<Pair>> {
+    let origin = origin.into();
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = |field: &str, problem: String| Error::config(origin.clone(), format!("line {n}: {field}"), problem);
+        let value: Value = serde_json::from_str(line).map_err(|e| at("json", format!("is not valid JSON ({e}); write one JSON object per line")))?;
+        let Value::Object(obj) = value else {
+            return Err(at("json", "is not a JSON object; write {\"prompt\": …, \"chosen\": …, \"rejected\": …}".into()));
+        };
+        for field in ["chosen", "rejected"] {
+            if !obj.contains_key(field) {
+                let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+                return Err(at(
+                    field,
+                    format!("is missing (the line has {keys:?}); a preference pair needs prompt, chosen and rejected, as TRL's DPOTrainer reads them"),
+                ));
+            }
+        }
+        let pair = match obj.get("prompt") {
+            Some(Value::String(prompt)) => {
+                let text_of = |field: &str| match &obj[field] {
+                    Value::String(s) if !s.is_empty() => Ok(s.clone()),
+                    Value::String(_) => Err(at(field, "is empty; there is nothing to score".into())),
+                    other => Err(at(field, format!("is {other}, but the prompt is a string; make both plain strings or all message lists"))),
+                };
+                Pair { prompt: prompt.clone(), chosen: text_of("chosen")?, rejected: text_of("rejected")?, chat: false }
+            }
+            Some(Value::Array(prompt)) => {
+                let chat = chat.ok_or_else(|| {
+                    at("prompt", "is a list of messages, and the model has no chat template to render them; use plain strings or a model with a template".into())
+                })?;
+                let prompt = messages(prompt, "prompt", &at)?;
+                let reply = |field: &str| -> Result<String> {
+                    let Value::Array(list) = &obj[field] else {
+                        return Err(at(field, "is not a list of messages, but the prompt is; make all three message lists".into()));
+                    };
+                    let list = messages(list, field, &at)?;
+                    match list.as_slice() {
+                        [m] if m.role == "assistant" && !m.content.is_empty() => Ok(m.content.clone()),
+                        _ => Err(at(field, "must hold exactly one assistant message with some content".into())),
+                    }
+                };
+                let (chosen, rejected) = (reply("chosen")?, reply("rejected")?);
+                let render = |content: String| -> Result<Example> {
+                    let mut conv = prompt.clone();
+                    conv.push(Message { role: "assistant".into(), content });
+                    let turns = chat.examples(&conv).map_err(|e| at("prompt", e.to_string()))?;
+                    turns.into_iter().last().ok_or_else(|| at("prompt", "rendered to no assistant turn".into()))
+                };
+                let (c, r) = (render(chosen)?, render(rejected)?);
+                if c.prompt != r.prompt {
+                    return Err(at("prompt", "renders differently before the two replies; the chat template must not depend on the reply".into()));
+                }
+                Pair { prompt: c.prompt, chosen: c.response, rejected: r.response, chat: true }
+            }
+            None => return Err(at("prompt", "is missing; write the shared prompt in its own field (TRL's implicit-prompt form is not read)".into())),
+            Some(other) => return Err(at("prompt", format!("is {other}; write a string or a list of messages"))),
+        };
+        out.push(pair);
+    }
+    if out.is_empty() {
+        return Err(Error::config(origin, "lines", "holds no preference pairs; write one {\"prompt\", \"chosen\", \"rejected\"} object per line"));
+    }
+    Ok(out)
+}
+
+fn messages(list: &[Value], field: &str, at: &dyn Fn(&str, String) -> Error) -> Result<Vec<Message>> {
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let get = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
+            match (get("role"), get("content")) {
+                (Some(role), Some(content)) => Ok(Message { role, content }),
+                _ => Err(at(&format!("{field}[{i}]"), "needs a string role and a string content".into())),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_pairs_keep_the_tasks_examples_and_reject_a_wrong_answer_of_the_same_kind() {
+        for task in Task::ALL {
+            let examples = task.examples(7, Split::Eval, 40);
+            let pairs = task.pairs(7, Split::Eval, 40);
+            for (ex, pair) in examples.iter().zip(&pairs) {
+                assert_eq!((&pair.prompt, &pair.chosen), (&ex.prompt, &ex.response), "{task}");
+                assert_ne!(pair.rejected, pair.chosen, "{task}");
+                assert!(pair.rejected.starts_with(' ') && pair.rejected.ends_with('\n'), "{task}: {:?}", pair.rejected);
+                assert!(!task.is_correct(ex, &pair.rejected), "{task}: {:?} scores as correct", pair.rejected);
+            }
+            assert_eq!(pairs, task.pairs(7, Split::Eval, 40), "deterministic");
+        }
+        // Same kind of answer: a place for a place, a feeling for a feeling.
+        for pair in Task::StoryQa.pairs(1, Split::Train, 200) {
+            let q = pair.prompt.rsplit("question: ").next().unwrap();
+            let (c, r) = (pair.chosen.trim(), pair.rejected.trim());
+            if q.starts_with("where") {
+                assert!(c.starts_with("the ") && r.starts_with("the "), "{q}: {c} / {r}");
+            }
+            if q.starts_with("what did") {
+                assert!(r.starts_with("a ") && r.split(' ').count() == 3, "{q}: {r}");
+            }
+            if q.starts_with("how") {
+                assert!(FEELINGS.contains(&r.trim_end_matches('.')), "{q}: {r}");
+            }
+        }
+    }
+
+    #[test]
+    fn trl_standard_pairs_parse_and_bad_lines_name_the_line_and_field() {
+        let ok = "{\"prompt\": \"q:\", \"chosen\": \" a\", \"rejected\": \" b\"}\n\n{\"prompt\": \"r:\", \"chosen\": \" c\", \"rejected\": \" d\"}\n";
+        let pairs = parse(ok, "p.jsonl", None).unwrap();
+        assert_eq!(pairs.len(), 2);
+        assert_eq!(pairs[1], Pair { prompt: "r:".into(), chosen: " c".into(), rejected: " d".into(), chat: false });
+        for (line, field, hint) in [
+            ("{\"prompt\": \"q\", \"chosen\": \"a\"}", "line 1: rejected", "is missing"),
+            ("{\"chosen\": \"a\", \"rejected\": \"b\"}", "line 1: prompt", "implicit-prompt"),
+            ("{\"prompt\": \"q\", \"chosen\": \"\", \"rejected\": \"b\"}", "line 1: chosen", "is empty"),
+            ("{\"prompt\": \"q\", \"chosen\": 3, \"rejected\": \"b\"}", "line 1: chosen", "plain strings"),
+            ("{\"prompt\": [{\"role\": \"user\", \"content\": \"hi\"}], \"chosen\": [], \"rejected\": []}", "line 1: prompt", "no chat template"),
+            ("not json", "line 1: json", "not valid JSON"),
+        ] {
+            let e = parse(line, "p.jsonl", None).unwrap_err().to_string();
+            assert!(e.contains("p.jsonl") && e.contains(field) && e.contains(hint), "{line}: {e}");
+        }
+        assert!(parse("\n", "p.jsonl", None).unwrap_err().to_string().contains("no preference pairs"));
+    }
+}
