@@ -158,7 +158,10 @@ fn preference_eval_cmd(args: EvalArgs, name: &str, device: &Device) -> Result<()
     // The reference is named: a model scored against itself has every reward 0 (what TRL
     // 1.16 does by default for a model with a trained adapter, which it copies).
     let Some(dir) = &args.reference else {
-        return Err(format!("--reference: a {} evaluation scores the model against a reference model; pass its folder (e.g. the base model the adapter was trained on)", objective.name()));
+        return Err(format!(
+            "--reference: a {} evaluation scores the model against a reference model; pass its folder (e.g. the base model the adapter was trained on)",
+            objective.name()
+        ));
     };
     let reference = model_dir::load(dir, device)?;
     if reference.tokenizer.vocab_size() != loaded.tokenizer.vocab_size() {
@@ -176,8 +179,10 @@ fn preference_eval_cmd(args: EvalArgs, name: &str, device: &Device) -> Result<()
         tinytune::data::preference::parse(&text, args.data.as_str(), loaded.chat.as_ref()).map_err(|e| e.to_string())?
     } else {
         match args.data.parse::<DataSource>().map_err(|e| format!("--data: {e}"))? {
-            DataSource::Pairs(task) => task.pairs(args.data_seed, Split::Eval, args.examples),
-            other => return Err(format!("--data: {other} is not preference data; use a task's pairs (story-qa-pairs, …) or a prompt/chosen/rejected .jsonl file")),
+            DataSource::Pairs(task, kind) => task.pairs(kind, args.data_seed, Split::Eval, args.examples),
+            other => {
+                return Err(format!("--data: {other} is not preference data; use a task's pairs (story-qa-pairs, …) or a prompt/chosen/rejected .jsonl file"));
+            }
         }
     };
     let mut ds = Dataset::from_pairs(&loaded.tokenizer, &pairs, seq_len).map_err(|e| format!("{}: {e}", args.data))?;

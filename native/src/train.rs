@@ -26,7 +26,7 @@ pub fn resolve(args: &TrainArgs, method: Method, default_data: DataSource, defau
     let objective = Objective::from_name(&args.objective, args.beta, args.label_smoothing).map_err(|e| format!("--objective: {e}"))?;
     // A preference objective learns from the default task's pairs.
     let default_data = match default_data {
-        DataSource::Task(task) if objective.is_preference() => DataSource::Pairs(task),
+        DataSource::Task(task) if objective.is_preference() => DataSource::Pairs(task, tinytune::data::PairKind::Correct),
         other => other,
     };
     // A .jsonl path is a data set of the user's (Alpaca or prompt/completion); `data` then
@@ -158,11 +158,21 @@ pub fn finetune(args: FinetuneArgs, device: &Device) -> Result<(), String> {
         Some(dir) if trainer.config.objective.is_preference() => {
             let reference = model_dir::load(dir, device)?;
             if reference.tokenizer.vocab_size() != loaded.tokenizer.vocab_size() {
-                return Err(format!("--reference: {} has {} tokens and the model {}; the two must share a tokenizer", dir.display(), reference.tokenizer.vocab_size(), loaded.tokenizer.vocab_size()));
+                return Err(format!(
+                    "--reference: {} has {} tokens and the model {}; the two must share a tokenizer",
+                    dir.display(),
+                    reference.tokenizer.vocab_size(),
+                    loaded.tokenizer.vocab_size()
+                ));
             }
             trainer.score_references(Some(&reference.model)).map_err(|e| format!("--reference: {e}"))?;
         }
-        Some(_) => return Err(format!("--reference: the {} objective has no reference model; pass --objective dpo (or ipo, hinge, robust)", trainer.config.objective.name())),
+        Some(_) => {
+            return Err(format!(
+                "--reference: the {} objective has no reference model; pass --objective dpo (or ipo, hinge, robust)",
+                trainer.config.objective.name()
+            ));
+        }
         None => {}
     }
     run(trainer, &loaded.tokenizer, &loaded.companions, &args.train)

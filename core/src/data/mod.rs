@@ -17,9 +17,9 @@ pub mod rng;
 pub mod stories;
 pub mod tasks;
 
+pub use preference::{Pair, PairKind};
 pub use rng::{Rng, fnv1a};
 pub use stories::{Story, StoryConfig, corpus, story};
-pub use preference::Pair;
 pub use tasks::{Example, Task};
 
 /// Which part of a data set a text belongs to: the part used for training, or the held-out part used for evaluation.

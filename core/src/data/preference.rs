@@ -9,10 +9,14 @@
 //!   the assistant's reply (rendered with the model's chat template). As in TRL, the
 //!   completion is what is scored, and a plain-text completion ends with the end-of-text
 //!   token (TRL appends EOS).
-//! - **Generated pairs** on the built-in tasks ([`Task::pairs`]): the task's own example
-//!   (same prompts, same train/held-out split) with its reference response as `chosen`,
-//!   and a plausible wrong one as `rejected` — another name, place, colour or feeling for
-//!   story-qa, the opposite label for sentiment, one field changed for json-extract.
+//! - **Generated pairs** on the built-in tasks ([`Task::pairs`]), on the task's own
+//!   examples (same prompts, same train/held-out split), of two kinds ([`PairKind`]):
+//!   - `{task}-pairs`, a *correctness* preference: the reference response chosen, a
+//!     plausible wrong one rejected — another name, place, colour or feeling for
+//!     story-qa, the opposite label for sentiment, one field changed for json-extract;
+//!   - `{task}-sentence-pairs`, a *style* preference: the answer as a whole sentence
+//!     ("lily went to the park.") chosen over the task's bare answer ("the park.");
+//!     both are right, only the form differs (story-qa and sentiment).
 
 use serde_json::Value;
 
@@ -33,22 +37,71 @@ pub struct Pair {
     pub chat: bool,
 }
 
+/// What a generated pair prefers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PairKind {
+    /// The right answer over a plausible wrong one (`{task}-pairs`).
+    Correct,
+    /// The answer as a whole sentence over the bare answer (`{task}-sentence-pairs`).
+    Sentence,
+}
+
+impl PairKind {
+    /// The data name's suffix: `-pairs` or `-sentence-pairs`.
+    pub fn suffix(&self) -> &'static str {
+        match self {
+            PairKind::Correct => "-pairs",
+            PairKind::Sentence => "-sentence-pairs",
+        }
+    }
+
+    /// Whether `task` has pairs of this kind (a JSON record has no sentence form).
+    pub fn fits(&self, task: Task) -> bool {
+        !(*self == PairKind::Sentence && task == Task::JsonExtract)
+    }
+}
+
 impl Task {
-    /// `n` preference pairs of `split`: the task's examples (the very prompts of
-    /// [`Task::examples`], so the held-out pairs are held out of SFT too), with the
-    /// reference response chosen and a plausible wrong response rejected. The wrong
-    /// response is drawn from a stream of its own, seeded by the prompt, so the examples
-    /// themselves are exactly the task's.
-    pub fn pairs(&self, seed: u64, split: Split, n: usize) -> Vec<Pair> {
+    /// `n` preference pairs of `split` of the given kind: the task's examples (the very
+    /// prompts of [`Task::examples`], so the held-out pairs are held out of SFT too). A
+    /// wrong response is drawn from a stream of its own, seeded by the prompt, so the
+    /// examples themselves are exactly the task's.
+    pub fn pairs(&self, kind: PairKind, seed: u64, split: Split, n: usize) -> Vec<Pair> {
+        assert!(kind.fits(*self), "{self} has no {kind:?} pairs");
         self.examples(seed, split, n)
             .into_iter()
-            .map(|ex| {
-                let mut rng = Rng::derive(seed, &format!("rejected/{}/{}", self.name(), ex.prompt));
-                let rejected = self.wrong_response(&ex, &mut rng);
-                debug_assert_ne!(rejected, ex.response);
-                Pair { prompt: ex.prompt, chosen: ex.response, rejected, chat: false }
+            .map(|ex| match kind {
+                PairKind::Correct => {
+                    let mut rng = Rng::derive(seed, &format!("rejected/{}/{}", self.name(), ex.prompt));
+                    let rejected = self.wrong_response(&ex, &mut rng);
+                    Pair { prompt: ex.prompt, chosen: ex.response, rejected, chat: false }
+                }
+                PairKind::Sentence => Pair { chosen: self.sentence_response(&ex), prompt: ex.prompt, rejected: ex.response, chat: false },
             })
             .collect()
+    }
+
+    /// The right answer of `ex` as a whole sentence, e.g. " lily went to the park.\n".
+    fn sentence_response(&self, ex: &Example) -> String {
+        let answer = ex.response.trim().trim_end_matches('.');
+        let sentence = match self {
+            Task::StoryQa => {
+                let question = ex.prompt.rsplit("question: ").next().unwrap_or("").split('\n').next().unwrap_or("");
+                let words: Vec<&str> = question.trim_end_matches('?').split(' ').collect();
+                let subject = words.get(2).copied().unwrap_or("");
+                match words.as_slice() {
+                    ["where", "did", ..] => format!("{subject} went to {answer}"),
+                    ["who", "did", ..] => format!("{subject} met {answer}"),
+                    ["what", "did", ..] => format!("{subject} had {answer}"),
+                    ["what", "color", "was", "the", object] => format!("the {object} was {answer}"),
+                    _ => format!("{subject} felt {answer}"),
+                }
+            }
+            Task::Sentiment => format!("the text sounds {answer}"),
+            Task::JsonExtract => unreachable!("no sentence form"),
+        };
+        format!(" {sentence}.\n")
     }
 
     /// A response in the task's format that is wrong for `ex`.
@@ -74,11 +127,7 @@ impl Task {
                     // "a {color} {object}": change one of the two.
                     let mut words = answer.split(' ').skip(1);
                     let (color, object) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-                    if rng.chance(0.5) {
-                        format!("a {} {object}", other(rng, &COLORS, color))
-                    } else {
-                        format!("a {color} {}", other(rng, &OBJECTS, object))
-                    }
+                    if rng.chance(0.5) { format!("a {} {object}", other(rng, &COLORS, color)) } else { format!("a {color} {}", other(rng, &OBJECTS, object)) }
                 } else if question.starts_with("what color") {
                     other(rng, &COLORS, answer)
                 } else {
@@ -89,12 +138,8 @@ impl Task {
             Task::Sentiment => format!(" {}\n", if answer == "happy" { "sad" } else { "happy" }),
             Task::JsonExtract => {
                 // Change one field's value to another word of its kind.
-                let fields: [(&str, Vec<&str>); 4] = [
-                    ("name", NAMES.iter().map(|(n, _)| *n).collect()),
-                    ("object", OBJECTS.to_vec()),
-                    ("color", COLORS.to_vec()),
-                    ("place", PLACES.to_vec()),
-                ];
+                let fields: [(&str, Vec<&str>); 4] =
+                    [("name", NAMES.iter().map(|(n, _)| *n).collect()), ("object", OBJECTS.to_vec()), ("color", COLORS.to_vec()), ("place", PLACES.to_vec())];
                 let (key, words) = &fields[rng.below(fields.len())];
                 let marker = format!("\"{key}\": \"");
                 let start = answer.find(&marker).map(|i| i + marker.len()).unwrap_or(0);
@@ -143,7 +188,10 @@ pub fn parse(text: &str, origin: impl Into<Origin>, chat: Option<&ChatTemplate>)
             }
             Some(Value::Array(prompt)) => {
                 let chat = chat.ok_or_else(|| {
-                    at("prompt", "is a list of messages, and the model has no chat template to render them; use plain strings or a model with a template".into())
+                    at(
+                        "prompt",
+                        "is a list of messages, and the model has no chat template to render them; use plain strings or a model with a template".into(),
+                    )
                 })?;
                 let prompt = messages(prompt, "prompt", &at)?;
                 let reply = |field: &str| -> Result<String> {
@@ -201,17 +249,17 @@ mod tests {
     fn generated_pairs_keep_the_tasks_examples_and_reject_a_wrong_answer_of_the_same_kind() {
         for task in Task::ALL {
             let examples = task.examples(7, Split::Eval, 40);
-            let pairs = task.pairs(7, Split::Eval, 40);
+            let pairs = task.pairs(PairKind::Correct, 7, Split::Eval, 40);
             for (ex, pair) in examples.iter().zip(&pairs) {
                 assert_eq!((&pair.prompt, &pair.chosen), (&ex.prompt, &ex.response), "{task}");
                 assert_ne!(pair.rejected, pair.chosen, "{task}");
                 assert!(pair.rejected.starts_with(' ') && pair.rejected.ends_with('\n'), "{task}: {:?}", pair.rejected);
                 assert!(!task.is_correct(ex, &pair.rejected), "{task}: {:?} scores as correct", pair.rejected);
             }
-            assert_eq!(pairs, task.pairs(7, Split::Eval, 40), "deterministic");
+            assert_eq!(pairs, task.pairs(PairKind::Correct, 7, Split::Eval, 40), "deterministic");
         }
         // Same kind of answer: a place for a place, a feeling for a feeling.
-        for pair in Task::StoryQa.pairs(1, Split::Train, 200) {
+        for pair in Task::StoryQa.pairs(PairKind::Correct, 1, Split::Train, 200) {
             let q = pair.prompt.rsplit("question: ").next().unwrap();
             let (c, r) = (pair.chosen.trim(), pair.rejected.trim());
             if q.starts_with("where") {
@@ -224,6 +272,27 @@ mod tests {
                 assert!(FEELINGS.contains(&r.trim_end_matches('.')), "{q}: {r}");
             }
         }
+    }
+
+    #[test]
+    fn sentence_pairs_prefer_the_whole_sentence_over_the_bare_answer() {
+        let pairs = Task::StoryQa.pairs(PairKind::Sentence, 2, Split::Eval, 200);
+        let examples = Task::StoryQa.examples(2, Split::Eval, 200);
+        let mut seen = std::collections::HashSet::new();
+        for (pair, ex) in pairs.iter().zip(&examples) {
+            assert_eq!((&pair.prompt, &pair.rejected), (&ex.prompt, &ex.response));
+            let answer = ex.response.trim().trim_end_matches('.');
+            assert!(pair.chosen.starts_with(' ') && pair.chosen.ends_with(".\n") && pair.chosen.contains(answer), "{:?} / {answer}", pair.chosen);
+            let verb = ["went", "met", "had", "was", "felt"].into_iter().find(|v| pair.chosen.contains(&format!(" {v} "))).unwrap();
+            seen.insert(verb);
+        }
+        // went, met, had, was, felt: every question type has its sentence.
+        assert_eq!(seen.len(), 5, "{seen:?}");
+        assert_eq!(
+            Task::Sentiment.pairs(PairKind::Sentence, 0, Split::Train, 1)[0].chosen.trim(),
+            format!("the text sounds {}.", Task::Sentiment.examples(0, Split::Train, 1)[0].response.trim())
+        );
+        assert!(!PairKind::Sentence.fits(Task::JsonExtract));
     }
 
     #[test]

@@ -160,7 +160,11 @@ impl Dataset {
                     return Err(Error::config(
                         "training config",
                         "seq_len",
-                        format!("is {max_len} tokens, and pair {}'s {} completion starts after that, so it cannot be scored; raise it", i + 1, ["chosen", "rejected"][which]),
+                        format!(
+                            "is {max_len} tokens, and pair {}'s {} completion starts after that, so it cannot be scored; raise it",
+                            i + 1,
+                            ["chosen", "rejected"][which]
+                        ),
                     ));
                 }
                 rows.push((ids, w));

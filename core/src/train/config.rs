@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::PairKind;
 use crate::data::Split;
 use crate::data::stories::{StoryConfig, corpus};
 use crate::data::tasks::Task;
@@ -26,8 +27,9 @@ pub enum DataSource {
     Stories,
     /// A fine-tuning task, as prompt/response rows with the prompt masked out of the loss.
     Task(Task),
-    /// A task's preference pairs (`{task}-pairs`: `Task::pairs`), for DPO and its kin.
-    Pairs(Task),
+    /// A task's preference pairs (`{task}-pairs`, `{task}-sentence-pairs`: `Task::pairs`),
+    /// for DPO and its kin.
+    Pairs(Task, PairKind),
 }
 
 impl FromStr for DataSource {
@@ -36,12 +38,22 @@ impl FromStr for DataSource {
         if s == "stories" {
             return Ok(DataSource::Stories);
         }
-        if let Some(task) = s.strip_suffix("-pairs").and_then(|t| t.parse::<Task>().ok()) {
-            return Ok(DataSource::Pairs(task));
+        for kind in [PairKind::Sentence, PairKind::Correct] {
+            if let Some(task) = s.strip_suffix(kind.suffix()).and_then(|t| t.parse::<Task>().ok()) {
+                if !kind.fits(task) {
+                    return Err(format!("{task} has no sentence form (its answers are JSON records); use {task}-pairs"));
+                }
+                return Ok(DataSource::Pairs(task, kind));
+            }
         }
         s.parse::<Task>().map(DataSource::Task).map_err(|_| {
             let tasks: Vec<&str> = Task::ALL.iter().map(|t| t.name()).collect();
-            format!("unknown data '{s}'; choose stories, one of the tasks ({}) or a task's preference pairs ({}-pairs)", tasks.join(", "), tasks[0])
+            format!(
+                "unknown data '{s}'; choose stories, one of the tasks ({}) or a task's preference pairs ({}-pairs, {}-sentence-pairs)",
+                tasks.join(", "),
+                tasks[0],
+                tasks[0]
+            )
         })
     }
 }
@@ -64,7 +76,7 @@ impl fmt::Display for DataSource {
         match self {
             DataSource::Stories => f.write_str("stories"),
             DataSource::Task(t) => f.write_str(t.name()),
-            DataSource::Pairs(t) => write!(f, "{}-pairs", t.name()),
+            DataSource::Pairs(t, kind) => write!(f, "{}{}", t.name(), kind.suffix()),
         }
     }
 }
@@ -74,7 +86,7 @@ impl DataSource {
     pub fn texts(&self, seed: u64, split: Split, n: usize) -> Vec<String> {
         match self {
             DataSource::Stories => corpus(&StoryConfig::default(), seed, split, n),
-            DataSource::Task(task) | DataSource::Pairs(task) => task.examples(seed, split, n).iter().map(|e| e.text()).collect(),
+            DataSource::Task(task) | DataSource::Pairs(task, _) => task.examples(seed, split, n).iter().map(|e| e.text()).collect(),
         }
     }
 
@@ -83,7 +95,7 @@ impl DataSource {
         let ds = match self {
             DataSource::Stories => Dataset::from_documents(tok, &corpus(&StoryConfig::default(), seed, split, n))?,
             DataSource::Task(task) => Dataset::from_examples(tok, &task.examples(seed, split, n), seq_len, prompt_loss_weight)?,
-            DataSource::Pairs(task) => Dataset::from_pairs(tok, &task.pairs(seed, split, n), seq_len)?,
+            DataSource::Pairs(task, kind) => Dataset::from_pairs(tok, &task.pairs(*kind, seed, split, n), seq_len)?,
         };
         if ds.is_empty() {
             return Err(Error::Invalid(format!("the {self} {split:?} split is empty; ask for more examples")));
@@ -268,7 +280,7 @@ impl TrainConfig {
         }
         super::precision::validate(self.precision, &self.loss_scale, origin.clone())?;
         self.objective.validate(origin.clone())?;
-        let pairs = matches!(self.data, DataSource::Pairs(_));
+        let pairs = matches!(self.data, DataSource::Pairs(..));
         if self.objective.is_preference() && self.data_file.is_none() && !pairs {
             return Err(Error::config(
                 origin,
@@ -288,7 +300,11 @@ impl TrainConfig {
             return Err(Error::config(
                 origin,
                 "data",
-                format!("is {}, preference pairs, which the {} objective cannot learn from; choose a preference objective (dpo, ipo, hinge) or the task itself", self.data, self.objective.name()),
+                format!(
+                    "is {}, preference pairs, which the {} objective cannot learn from; choose a preference objective (dpo, ipo, hinge) or the task itself",
+                    self.data,
+                    self.objective.name()
+                ),
             ));
         }
         if self.objective.is_preference() && self.optimizer.kind == OptimKind::Mezo {
