@@ -295,6 +295,33 @@ mod tests {
         assert!(!PairKind::Sentence.fits(Task::JsonExtract));
     }
 
+    /// TRL's conversational form: the prompt's messages rendered with the generation prompt,
+    /// each reply the rest of the rendered conversation (its end-of-turn text included), as
+    /// TRL's `DPOTrainer` tokenises it; no end-of-text token is appended to a chat reply.
+    #[test]
+    fn conversational_pairs_render_with_the_chat_template() {
+        let chatml = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+        let chat = ChatTemplate::new(chatml, "", "<|im_end|>").unwrap();
+        let line = r#"{"prompt": [{"role": "user", "content": "sky?"}], "chosen": [{"role": "assistant", "content": "blue"}], "rejected": [{"role": "assistant", "content": "green"}]}"#;
+        let pairs = parse(line, "c.jsonl", Some(&chat)).unwrap();
+        assert_eq!(
+            pairs,
+            vec![Pair {
+                prompt: "<|im_start|>user\nsky?<|im_end|>\n<|im_start|>assistant\n".into(),
+                chosen: "blue<|im_end|>\n".into(),
+                rejected: "green<|im_end|>\n".into(),
+                chat: true
+            }]
+        );
+        // Mixed forms and malformed replies are named.
+        let mixed = r#"{"prompt": [{"role": "user", "content": "sky?"}], "chosen": "blue", "rejected": [{"role": "assistant", "content": "green"}]}"#;
+        let e = parse(mixed, "c.jsonl", Some(&chat)).unwrap_err().to_string();
+        assert!(e.contains("line 1: chosen") && e.contains("message lists"), "{e}");
+        let two = r#"{"prompt": [{"role": "user", "content": "sky?"}], "chosen": [{"role": "user", "content": "a"}], "rejected": [{"role": "assistant", "content": "green"}]}"#;
+        let e = parse(two, "c.jsonl", Some(&chat)).unwrap_err().to_string();
+        assert!(e.contains("line 1: chosen") && e.contains("one assistant message"), "{e}");
+    }
+
     #[test]
     fn trl_standard_pairs_parse_and_bad_lines_name_the_line_and_field() {
         let ok = "{\"prompt\": \"q:\", \"chosen\": \" a\", \"rejected\": \" b\"}\n\n{\"prompt\": \"r:\", \"chosen\": \" c\", \"rejected\": \" d\"}\n";

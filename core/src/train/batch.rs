@@ -378,6 +378,41 @@ mod tests {
         }
     }
 
+    /// Preference pairs become two rows each, chosen then rejected, counting only the
+    /// completion: with the end-of-text token for plain text, without it for a chat reply
+    /// (whose template ends the turn); a batch of `b` draws `b` pairs, their reference
+    /// log-probabilities beside them.
+    #[test]
+    fn pairs_become_chosen_and_rejected_rows_counting_the_completion() {
+        use crate::data::Pair;
+        let t = tok();
+        let eot = t.eot().unwrap();
+        let counted = |b: &Batch, row: usize| -> Vec<u32> {
+            let r = row * b.t..(row + 1) * b.t;
+            b.targets[r.clone()].iter().zip(&b.weights[r]).filter(|(_, w)| **w > 0.0).map(|(t, _)| *t).collect()
+        };
+        let plain = Pair { prompt: "q:".into(), chosen: " yes".into(), rejected: " no".into(), chat: false };
+        let chat = Pair { prompt: "q:".into(), chosen: " yes".into(), rejected: " no".into(), chat: true };
+        let mut ds = Dataset::from_pairs(&t, &[plain, chat], 16).unwrap();
+        assert_eq!(ds.len(), 2);
+        ds.set_refs(vec![-1.0, -2.0, -3.0, -4.0]);
+        let b = ds.sequential(2, 12, 1).remove(0);
+        assert_eq!((b.b, b.refs.clone()), (4, vec![-1.0, -2.0, -3.0, -4.0]));
+        let with_end = |s: &str| [t.encode(s).unwrap(), vec![eot]].concat();
+        assert_eq!(counted(&b, 0), with_end(" yes"));
+        assert_eq!(counted(&b, 1), with_end(" no"));
+        assert_eq!(counted(&b, 2), t.encode(" yes").unwrap());
+        assert_eq!(counted(&b, 3), t.encode(" no").unwrap());
+        let sampled = ds.sample(&mut Rng::new(1), 3, 12);
+        assert_eq!((sampled.b, sampled.refs.len()), (6, 6));
+        // Micro-batches keep pairs whole.
+        assert!(sampled.split(3).iter().all(|m| m.b == 2 && m.refs.len() == 2));
+        // A completion cut off entirely is refused, naming seq_len.
+        let long = Pair { prompt: "a long question:".into(), chosen: " y".into(), rejected: " n".into(), chat: false };
+        let e = Dataset::from_pairs(&t, &[long], 8).unwrap_err().to_string();
+        assert!(e.contains("seq_len") && e.contains("pair 1's chosen"), "{e}");
+    }
+
     #[test]
     fn sampling_is_deterministic_in_the_rng() {
         let ds = Dataset::from_documents(&tok(), &["the quick brown fox jumps over the lazy dog".to_string()]).unwrap();
