@@ -1365,6 +1365,15 @@ fn dpo_fine_tunes_with_lora_logs_trls_metrics_and_resumes() {
     for key in ["rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected", "logits/chosen"] {
         assert!(evals[1]["metrics"][key].is_number(), "{key} missing: {}", evals[1]);
     }
+    // Training steps carry TRL's training metrics; at step 1 policy and reference agree.
+    let first_step: serde_json::Value = std::fs::read_to_string(a.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .find(|v: &serde_json::Value| v["event"] == "step")
+        .unwrap();
+    assert!(first_step["metrics"]["rewards/margins"].as_f64().unwrap().abs() < 1e-4, "{first_step}");
+    assert!(first_step["metrics"]["rewards/accuracies"].is_number() && first_step["metrics"]["logps/chosen"].as_f64().unwrap() < 0.0, "{first_step}");
     // Step 1 starts at the reference: every loss is ln 2 before the first update.
     assert!((step_losses(&a)[0].1 - std::f64::consts::LN_2).abs() < 1e-5, "{:?}", step_losses(&a)[0]);
     // Killed after 4 steps (a checkpoint at 3 would do too) and resumed: the same losses.

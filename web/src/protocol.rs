@@ -209,8 +209,18 @@ mod tests {
         let reply = Reply::Generate(Box::new(Samples { samples: vec!["x".into()], seconds: 0.5 }));
         assert_eq!(GenerateParams::answer(reply.clone()).map(|s| s.seconds), Some(0.5));
         assert_eq!(TimelineParams::answer(reply), None);
-        let event =
-            StepEvent { step: 1, loss: 2.5, lr: 1e-3, grad_norm: 0.5, tokens: 512, tokens_per_s: 900.0, elapsed_s: 0.6, loss_scale: 1.0, skipped: false };
+        let event = StepEvent {
+            step: 1,
+            loss: 2.5,
+            lr: 1e-3,
+            grad_norm: 0.5,
+            tokens: 512,
+            metrics: Default::default(),
+            tokens_per_s: 900.0,
+            elapsed_s: 0.6,
+            loss_scale: 1.0,
+            skipped: false,
+        };
         let from = FromWorker::Run { run: 3, event: TrainEvent::Step(event.clone()) };
         assert_eq!(serde_json::from_str::<FromWorker>(&from.to_json()).unwrap(), from);
         // A step skipped by the loss scaler has an infinite gradient norm, which JSON cannot

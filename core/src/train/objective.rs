@@ -170,6 +170,13 @@ impl Objective {
     /// # Shapes
     /// batch `[B, T]` tokens -> `[1]`
     pub fn loss(&self, model: &Gpt, batch: &Batch, device: &Device, compute: Option<DType>) -> Tensor<1> {
+        self.loss_and_scores(model, batch, device, compute).0
+    }
+
+    /// [`Objective::loss`], and for a preference objective each row's summed
+    /// log-probability `[B]`, detached: TRL's training metrics come from the same forward
+    /// pass as the loss.
+    pub fn loss_and_scores(&self, model: &Gpt, batch: &Batch, device: &Device, compute: Option<DType>) -> (Tensor<1>, Option<Tensor<1>>) {
         match self {
             Objective::NextToken => {
                 let (inputs, targets, weights) = batch.to_device(device);
@@ -177,11 +184,12 @@ impl Objective {
                 let logits = if compute.is_some() { logits.cast(DType::F32) } else { logits };
                 // A batch with nothing counted has loss 0, not 0/0 (`Gpt::loss` divides by at
                 // least one token).
-                Gpt::loss(logits, targets, weights, batch.weight_sum())
+                (Gpt::loss(logits, targets, weights, batch.weight_sum()), None)
             }
             Objective::Dpo { loss_type, beta, label_smoothing } => {
                 let pairs = batch.b / 2;
                 let (logps, _) = sequence_logps(model, batch, device, compute, false);
+                let scores = logps.clone().detach();
                 let mut refs = batch.refs.clone();
                 let mut logps = logps;
                 if *loss_type == DpoLoss::Ipo {
@@ -206,7 +214,7 @@ impl Objective {
                     }
                     DpoLoss::Hinge => relu(d.mul_scalar(-beta).add_scalar(1.0)),
                 };
-                losses.mean()
+                (losses.mean(), Some(scores))
             }
         }
     }

@@ -37,6 +37,11 @@ pub struct StepEvent {
     pub grad_norm: f32,
     /// Tokens in this step's batch (inputs, padding included).
     pub tokens: usize,
+    /// A preference objective's metrics on this step's batch, under TRL's names
+    /// (`rewards/chosen`, `rewards/accuracies`, …; the `logits/*` only in evaluations);
+    /// empty otherwise.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metrics: std::collections::BTreeMap<String, f64>,
     /// Throughput of this step alone.
     pub tokens_per_s: f64,
     /// Seconds of training so far, across resumes.
@@ -197,11 +202,19 @@ impl Trainer {
     /// computed in FP32 from upcast logits and multiplied by the loss scale before the
     /// backward pass, and the gradients come back cast to FP32 and divided by the scale.
     pub fn forward_backward(&self, batch: &Batch) -> (Tensor<1>, NamedGrads) {
-        let (loss, mut named) = self.accumulated_gradients(batch);
+        let (stats, named) = self.forward_backward_scored(batch);
+        (stats.narrow(0, 0, 2), named)
+    }
+
+    /// [`Trainer::forward_backward`] with, for a preference objective, each row's summed
+    /// log-probability after the loss and the norm: `[loss, grad_norm, logp_0, …]`.
+    fn forward_backward_scored(&self, batch: &Batch) -> (Tensor<1>, NamedGrads) {
+        let (loss, mut named, scores) = self.accumulated_scored(batch);
         precision::unscale(&mut named, self.scaler.scale());
         let norm = self.optim.clip(&mut named).unwrap_or_else(|| Tensor::zeros([1], &self.device));
-        let stats = Tensor::cat(vec![loss.inner(), norm], 0);
-        (stats, named)
+        let mut parts = vec![loss.inner(), norm];
+        parts.extend(scores.into_iter().map(|s| s.inner()));
+        (Tensor::cat(parts, 0), named)
     }
 
     /// The batch's loss and (loss-scaled) gradients, computed in `config.accumulate`
@@ -209,20 +222,30 @@ impl Trainer {
     /// weighted by its share of them, w_i / W: the sum is then exactly the full batch's
     /// gradient, however the counted tokens fall between micro-batches.
     pub fn accumulated_gradients(&self, batch: &Batch) -> (Tensor<1>, NamedGrads) {
+        let (loss, grads, _) = self.accumulated_scored(batch);
+        (loss, grads)
+    }
+
+    /// [`Trainer::accumulated_gradients`] with each micro-batch's row scores (preference
+    /// objectives), in row order.
+    fn accumulated_scored(&self, batch: &Batch) -> (Tensor<1>, NamedGrads, Vec<Tensor<1>>) {
         let scale = self.scaler.scale();
         let k = self.config.accumulate.max(1);
         if k == 1 {
-            return self.raw_gradients(batch, self.config.precision, scale);
+            let (loss, grads, scores) = self.scored_gradients(batch, self.config.precision, scale);
+            return (loss, grads, scores.into_iter().collect());
         }
         let objective = &self.config.objective;
         let total = objective.weight(batch);
         let mut acc: Option<(Tensor<1>, NamedGrads)> = None;
+        let mut all_scores = Vec::new();
         for part in batch.split(k) {
             let share = if total > 0.0 { objective.weight(&part) / total } else { 1.0 / k as f32 };
             if share == 0.0 && acc.is_some() {
                 continue; // nothing counted in these rows: no gradient to add
             }
-            let (loss, grads) = self.raw_gradients(&part, self.config.precision, scale * share as f64);
+            let (loss, grads, scores) = self.scored_gradients(&part, self.config.precision, scale * share as f64);
+            all_scores.extend(scores);
             let loss = loss.mul_scalar(share);
             acc = Some(match acc {
                 None => (loss, grads),
@@ -232,20 +255,27 @@ impl Trainer {
                 }
             });
         }
-        acc.expect("at least one micro-batch")
+        let (loss, grads) = acc.expect("at least one micro-batch");
+        (loss, grads, all_scores)
     }
 
     /// The unscaled loss and the gradients exactly as the backward pass produced them: in
     /// `precision`'s compute type and multiplied by `scale`.
     pub fn raw_gradients(&self, batch: &Batch, precision: Precision, scale: f64) -> (Tensor<1>, NamedGrads) {
+        let (loss, grads, _) = self.scored_gradients(batch, precision, scale);
+        (loss, grads)
+    }
+
+    /// [`Trainer::raw_gradients`] with the objective's row scores (preference objectives).
+    fn scored_gradients(&self, batch: &Batch, precision: Precision, scale: f64) -> (Tensor<1>, NamedGrads, Option<Tensor<1>>) {
         let dtype = precision.compute_dtype();
         let compute = match dtype {
             Some(dtype) => precision::cast_model(&self.model, dtype),
             None => self.model.clone(),
         };
-        let loss = self.config.objective.loss(&compute, batch, &self.device, dtype);
+        let (loss, scores) = self.config.objective.loss_and_scores(&compute, batch, &self.device, dtype);
         let grads = if scale == 1.0 { loss.backward() } else { loss.clone().mul_scalar(scale).backward() };
-        (loss, NamedGrads::collect(&compute, &grads))
+        (loss, NamedGrads::collect(&compute, &grads), scores)
     }
 
     /// Applies the update for the current step and advances the step counter.
@@ -288,7 +318,7 @@ impl Trainer {
             let (stats, model) = self.mezo_step(&batch);
             return (started, batch, stats, Pending::Model(Box::new(model)));
         }
-        let (stats, grads) = self.forward_backward(&batch);
+        let (stats, grads) = self.forward_backward_scored(&batch);
         (started, batch, stats, Pending::Grads(grads))
     }
 
@@ -315,6 +345,7 @@ impl Trainer {
     fn finish_step(&mut self, started: Instant, batch: &Batch, stats: TensorData, pending: Pending) -> Result<StepEvent> {
         let stats: Vec<f32> = stats.convert::<f32>().try_to_vec::<f32>().expect("f32 data");
         let (loss, grad_norm) = (stats[0], stats[1]);
+        let metrics = self.train_metrics(batch, &stats[2..]);
         if !loss.is_finite() {
             return Err(Error::NonFiniteLoss { step: self.step + 1, value: loss });
         }
@@ -342,11 +373,27 @@ impl Trainer {
             lr,
             grad_norm,
             tokens,
+            metrics,
             tokens_per_s: tokens as f64 / secs.max(1e-9),
             elapsed_s: self.elapsed(),
             loss_scale,
             skipped,
         })
+    }
+
+    /// TRL's metrics of a preference step from its batch's row log-probabilities (`scores`,
+    /// read back with the loss); empty for other objectives. The `logits/*` are left to
+    /// evaluations, which compute them.
+    fn train_metrics(&self, batch: &Batch, scores: &[f32]) -> std::collections::BTreeMap<String, f64> {
+        if !self.config.objective.is_preference() || scores.len() != batch.b || batch.refs.len() != batch.b {
+            return Default::default();
+        }
+        let counts = batch.row_counts();
+        let rows: Vec<RowScore> =
+            (0..batch.b).map(|i| RowScore { logp: scores[i] as f64, count: counts[i] as f64, logit_sum: 0.0, reference: batch.refs[i] as f64 }).collect();
+        let mut m = PreferenceMetrics::of(&self.config.objective, &rows).metrics;
+        m.retain(|k, _| !k.starts_with("logits/"));
+        m
     }
 
     /// Mean held-out loss per counted token (per pair for a preference objective), on the
