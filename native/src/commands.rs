@@ -163,16 +163,7 @@ fn preference_eval_cmd(args: EvalArgs, name: &str, device: &Device) -> Result<()
             objective.name()
         ));
     };
-    let reference = model_dir::load(dir, device)?;
-    if reference.tokenizer.vocab_size() != loaded.tokenizer.vocab_size() {
-        return Err(format!(
-            "--reference: {} has {} tokens and the model {}; the two must share a tokenizer",
-            dir.display(),
-            reference.tokenizer.vocab_size(),
-            loaded.tokenizer.vocab_size()
-        ));
-    }
-    let reference = reference.model;
+    let reference = model_dir::load_reference(dir, &loaded.tokenizer, device)?;
     let policy = with_adapter(loaded.model, &loaded.dir, args.adapter.as_deref(), device)?;
     let pairs = if args.data.ends_with(".jsonl") {
         let text = crate::fsutil::read_text(std::path::Path::new(&args.data))?;

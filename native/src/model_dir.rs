@@ -76,6 +76,21 @@ pub fn load(dir: &Path, device: &Device) -> Result<Loaded, String> {
     Ok(Loaded { model: loaded.model, config: loaded.config, tokenizer: loaded.tokenizer, chat, companions, dir })
 }
 
+/// A preference objective's reference model from `dir` (`--reference`), refused unless it
+/// shares the tokenizer size of the model it is compared with.
+pub fn load_reference(dir: &Path, tokenizer: &TextTokenizer, device: &Device) -> Result<Gpt, String> {
+    let reference = load(dir, device)?;
+    if reference.tokenizer.vocab_size() != tokenizer.vocab_size() {
+        return Err(format!(
+            "--reference: {} has {} tokens and the model {}; the two must share a tokenizer",
+            dir.display(),
+            reference.tokenizer.vocab_size(),
+            tokenizer.vocab_size()
+        ));
+    }
+    Ok(reference.model)
+}
+
 /// Whether `path` names a GGUF file (by its extension).
 pub fn is_gguf(path: &Path) -> bool {
     path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))

@@ -156,16 +156,8 @@ pub fn finetune(args: FinetuneArgs, device: &Device) -> Result<(), String> {
     let mut trainer = trainer(model, &loaded.tokenizer, loaded.chat.as_ref(), train, &ad)?;
     match &args.reference {
         Some(dir) if trainer.config.objective.is_preference() => {
-            let reference = model_dir::load(dir, device)?;
-            if reference.tokenizer.vocab_size() != loaded.tokenizer.vocab_size() {
-                return Err(format!(
-                    "--reference: {} has {} tokens and the model {}; the two must share a tokenizer",
-                    dir.display(),
-                    reference.tokenizer.vocab_size(),
-                    loaded.tokenizer.vocab_size()
-                ));
-            }
-            trainer.score_references(Some(&reference.model)).map_err(|e| format!("--reference: {e}"))?;
+            let reference = model_dir::load_reference(dir, &loaded.tokenizer, device)?;
+            trainer.score_references(Some(&reference)).map_err(|e| format!("--reference: {e}"))?;
         }
         Some(_) => {
             return Err(format!(
