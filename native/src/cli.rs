@@ -578,13 +578,14 @@ pub struct TrainArgs {
     /// examples, or TRL's prompt/chosen/rejected pairs for a preference objective.
     #[arg(long)]
     pub data: Option<String>,
-    /// What the run minimises: next-token (cross-entropy on the responses), or a
-    /// preference loss on pairs against a reference model, as TRL's DPOTrainer defines it:
-    /// dpo (TRL's sigmoid), ipo, hinge or robust.
+    /// What the run minimises: next-token (cross-entropy on the responses), a preference
+    /// loss on pairs against a reference model, as TRL's DPOTrainer defines it: dpo (TRL's
+    /// sigmoid), ipo, hinge or robust; or orpo (TRL's ORPOTrainer: SFT plus an odds-ratio
+    /// term, no reference model).
     #[arg(long, default_value = "next-token")]
     pub objective: String,
     /// Preference objectives: β, how far the policy may move from the reference (TRL's
-    /// default 0.1; for ipo it is τ).
+    /// default 0.1; for ipo it is τ; for orpo the weight λ of the odds-ratio term).
     #[arg(long, default_value_t = 0.1)]
     pub beta: f64,
     /// The robust objective: the chance a pair's label is flipped, in [0, 0.5).
@@ -888,12 +889,12 @@ pub struct EvalArgs {
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// Score preference pairs (TRL's prompt/chosen/rejected .jsonl, or story-qa-pairs, …)
-    /// with this objective instead: dpo, ipo, hinge or robust; prints TRL's metrics
+    /// with this objective instead: dpo, ipo, hinge, robust or orpo; prints TRL's metrics
     /// (rewards/chosen, rewards/accuracies, …).
     #[arg(long)]
     pub objective: Option<String>,
     /// The reference model of a preference objective (a model folder; required with
-    /// --objective).
+    /// --objective, except orpo, which has none).
     #[arg(long)]
     pub reference: Option<PathBuf>,
     /// Preference objectives: β (TRL's default 0.1).

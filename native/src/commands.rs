@@ -83,7 +83,7 @@ pub fn eval_cmd(args: EvalArgs, device: &Device) -> Result<(), String> {
         return preference_eval_cmd(args, &name, device);
     }
     if args.adapter.is_some() || args.reference.is_some() {
-        return Err("--adapter and --reference go with a preference objective (--objective dpo, ipo, hinge or robust)".into());
+        return Err("--adapter and --reference go with a preference objective (--objective dpo, ipo, hinge, robust or orpo)".into());
     }
     let loaded = model_dir::load(&args.model, device)?;
     // A soft prompt takes positions of its own: the rows get what is left.
@@ -156,14 +156,19 @@ fn preference_eval_cmd(args: EvalArgs, name: &str, device: &Device) -> Result<()
     let context = loaded.model.context_len();
     let seq_len = args.seq_len.unwrap_or(context.min(128)).min(context);
     // The reference is named: a model scored against itself has every reward 0 (what TRL
-    // 1.16 does by default for a model with a trained adapter, which it copies).
-    let Some(dir) = &args.reference else {
-        return Err(format!(
-            "--reference: a {} evaluation scores the model against a reference model; pass its folder (e.g. the base model the adapter was trained on)",
-            objective.name()
-        ));
+    // 1.16 does by default for a model with a trained adapter, which it copies). ORPO has
+    // none.
+    let reference = match (&args.reference, objective.needs_reference()) {
+        (Some(dir), true) => Some(model_dir::load_reference(dir, &loaded.tokenizer, device)?),
+        (None, true) => {
+            return Err(format!(
+                "--reference: a {} evaluation scores the model against a reference model; pass its folder (e.g. the base model the adapter was trained on)",
+                objective.name()
+            ));
+        }
+        (Some(_), false) => return Err(format!("--reference: {} has no reference model; leave --reference out", objective.name())),
+        (None, false) => None,
     };
-    let reference = model_dir::load_reference(dir, &loaded.tokenizer, device)?;
     let policy = with_adapter(loaded.model, &loaded.dir, args.adapter.as_deref(), device)?;
     let pairs = if args.data.ends_with(".jsonl") {
         let text = crate::fsutil::read_text(std::path::Path::new(&args.data))?;
@@ -176,8 +181,10 @@ fn preference_eval_cmd(args: EvalArgs, name: &str, device: &Device) -> Result<()
             }
         }
     };
-    let mut ds = Dataset::from_pairs(&loaded.tokenizer, &pairs, seq_len).map_err(|e| format!("{}: {e}", args.data))?;
-    ds.set_refs(reference_logps(&reference, &ds, args.batch, seq_len).map_err(|e| e.to_string())?);
+    let mut ds = Dataset::from_pairs_for(&objective, &loaded.tokenizer, &pairs, seq_len).map_err(|e| format!("{}: {e}", args.data))?;
+    if let Some(reference) = &reference {
+        ds.set_refs(reference_logps(reference, &ds, args.batch, seq_len).map_err(|e| e.to_string())?);
+    }
     let m = preference_eval(&objective, &policy, &ds, args.batch, seq_len, usize::MAX).map_err(|e| e.to_string())?;
     if args.json {
         let mut out = serde_json::Map::new();

@@ -155,7 +155,7 @@ pub fn finetune(args: FinetuneArgs, device: &Device) -> Result<(), String> {
     let model = train.method.apply(loaded.model, train.seed, &ad).map_err(flag_error)?;
     let mut trainer = trainer(model, &loaded.tokenizer, loaded.chat.as_ref(), train, &ad)?;
     match &args.reference {
-        Some(dir) if trainer.config.objective.is_preference() => {
+        Some(dir) if trainer.config.objective.needs_reference() => {
             let reference = model_dir::load_reference(dir, &loaded.tokenizer, device)?;
             trainer.score_references(Some(&reference)).map_err(|e| format!("--reference: {e}"))?;
         }

@@ -1266,6 +1266,36 @@ fn serve_answers_openai_style_requests_for_several_adapters_batched_together() {
 /// the tiny GPT-2 with a PEFT LoRA adapter as the policy and the plain model as the
 /// reference, six pairs in one batch; every loss type's metrics equal
 /// `DPOTrainer.evaluate()`'s (TRL 1.16) within 1e-4, log-probabilities within 1e-3.
+/// ORPO (no reference model) against TRL 1.16's `ORPOTrainer.evaluate()` on the same policy
+/// and pairs (tests/fixtures/make_orpo_reference.py): the loss (the chosen rows' NLL over
+/// prompt and completion, minus β times the mean log-sigmoid of the log-odds ratio) and its
+/// metrics, within 1e-4 (average log-probabilities within 1e-3). TRL's `logits/*` average the
+/// padded logits tensor and are not reproduced.
+#[test]
+fn orpo_metrics_equal_trls_evaluate_on_the_fixture() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures.join("dpo/orpo.json")).unwrap()).unwrap();
+    let (base, adapter, pairs) = (fixtures.join("hf-gpt2"), fixtures.join("peft-lora"), fixtures.join("dpo/pairs.jsonl"));
+    let (b, a, p) = (base.to_str().unwrap(), adapter.to_str().unwrap(), pairs.to_str().unwrap());
+    let beta = reference["beta"].to_string();
+    let out = ok(&tinytune(&["eval", "--model", b, "--adapter", a, "--data", p, "--objective", "orpo", "--beta", &beta, "--json"]));
+    let got: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(got["pairs"], 6);
+    let mut compared = 0;
+    for (name, value) in reference["metrics"].as_object().unwrap() {
+        if name.starts_with("logits/") {
+            continue;
+        }
+        let (w, g) = (value.as_f64().unwrap(), got[name].as_f64().unwrap_or_else(|| panic!("no {name} in {out}")));
+        let tolerance = if name.starts_with("logps/") { 1e-3 } else { 1e-4 };
+        assert!((w - g).abs() <= tolerance, "orpo {name}: tinytune {g}, TRL {w}");
+        compared += 1;
+    }
+    assert_eq!(compared, 10, "loss, four rewards, two logps, nll_loss, log_odds_ratio, log_odds_chosen");
+    // ORPO has no reference model to pass.
+    fails_with(&tinytune(&["eval", "--model", b, "--reference", b, "--data", p, "--objective", "orpo"]), &["--reference", "orpo has no reference"]);
+}
+
 #[test]
 fn dpo_metrics_equal_trls_evaluate_on_the_fixture() {
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
@@ -1308,7 +1338,7 @@ fn dpo_metrics_equal_trls_evaluate_on_the_fixture() {
     // The reference is required, and the data must be pairs.
     fails_with(&tinytune(&["eval", "--model", b, "--adapter", a, "--data", p, "--objective", "dpo"]), &["--reference"]);
     fails_with(&tinytune(&["eval", "--model", b, "--reference", b, "--data", "story-qa", "--objective", "dpo"]), &["--data", "story-qa-pairs"]);
-    fails_with(&tinytune(&["eval", "--model", b, "--reference", b, "--data", p, "--objective", "dpo2"]), &["--objective", "ipo, hinge or robust"]);
+    fails_with(&tinytune(&["eval", "--model", b, "--reference", b, "--data", p, "--objective", "dpo2"]), &["--objective", "hinge, robust or orpo"]);
     fails_with(
         &tinytune(&["eval", "--model", b, "--reference", b, "--data", p, "--objective", "dpo", "--label-smoothing", "0.2"]),
         &["label_smoothing", "robust"],
@@ -1318,6 +1348,49 @@ fn dpo_metrics_equal_trls_evaluate_on_the_fixture() {
 /// DPO fine-tuning from the command line: LoRA on nano over generated pairs and over a TRL
 /// pairs file, TRL's metrics in metrics.jsonl, a killed run resumes to the same losses (the
 /// reference log-probabilities travel in the checkpoint), and mismatched data is refused.
+/// `finetune --objective orpo` (LoRA) trains without a reference (none is scored or saved;
+/// `--reference` is refused by name), logs ORPO's metrics on every step, and a run stopped
+/// after 4 steps resumes to the same losses.
+#[test]
+fn orpo_fine_tunes_without_a_reference_and_resumes() {
+    let base = tmp("orpo-base");
+    ok(&pretrain(&base, &["--steps", "2"]));
+    let b = base.to_str().unwrap();
+    let orpo = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["finetune", "--model", b, "--out", out.to_str().unwrap(), "--method", "lora", "--lr", "0.01", "--objective", "orpo"];
+        args.extend_from_slice(&["--data", "sentiment-pairs", "--batch", "2", "--seq-len", "64", "--train-examples", "40", "--eval-examples", "8"]);
+        args.extend_from_slice(&["--eval-batches", "2", "--steps", "6", "--eval-every", "3", "--checkpoint-every", "100"]);
+        args.extend_from_slice(extra);
+        tinytune(&args)
+    };
+    let (a, r) = (tmp("orpo-straight"), tmp("orpo-resumed"));
+    let out = orpo(&a, &[]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("objective orpo (beta 0.1, no reference model)"));
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let step = events.iter().find(|v| v["event"] == "step").unwrap();
+    let eval = events.iter().rfind(|v| v["event"] == "eval").unwrap();
+    for key in ["rewards/accuracies", "rewards/margins", "logps/chosen", "nll_loss", "log_odds_ratio", "log_odds_chosen"] {
+        assert!(step["metrics"][key].is_number() && eval["metrics"][key].is_number(), "{key}: {step} {eval}");
+    }
+    // The loss is the NLL minus β times the mean log-sigmoid of the log-odds.
+    let m = &step["metrics"];
+    let want = m["nll_loss"].as_f64().unwrap() - 0.1 * m["log_odds_ratio"].as_f64().unwrap();
+    assert!((step["loss"].as_f64().unwrap() - want).abs() < 1e-4, "{step}");
+    ok(&orpo(&r, &["--stop-after", "4"]));
+    let state = std::fs::read_to_string(r.join("checkpoint/trainer_state.json")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert!(state.get("reference").is_none_or(|r| r.is_null()), "no reference log-probabilities: {state}");
+    ok(&tinytune(&["finetune", "--model", b, "--out", r.to_str().unwrap(), "--resume"]));
+    let (x, y) = (step_losses(&a), step_losses(&r));
+    assert_eq!(x.len(), 6);
+    assert_eq!(x.len(), y.len());
+    for (p, q) in x.iter().zip(&y) {
+        assert!((p.1 - q.1).abs() < 1e-5, "step {}: {} vs {}", p.0, p.1, q.1);
+    }
+    fails_with(&orpo(&tmp("orpo-ref"), &["--reference", b]), &["--reference", "the orpo objective has no reference model"]);
+}
+
 #[test]
 fn dpo_fine_tunes_with_lora_logs_trls_metrics_and_resumes() {
     let base = tmp("dpo-base");

@@ -21,6 +21,10 @@ pub struct Batch {
     /// summed log-probability under the reference model), rows paired chosen then
     /// rejected. Empty for every other batch.
     pub refs: Vec<f32>,
+    /// Preference batches: how many token ids each row holds (prompt and completion, before
+    /// padding), so a loss over whole sequences (ORPO's NLL) can tell tokens from padding.
+    /// Empty for every other batch.
+    pub lens: Vec<u32>,
 }
 
 impl Batch {
@@ -50,9 +54,16 @@ impl Batch {
                     targets: self.targets[r.clone()].to_vec(),
                     weights: self.weights[r].to_vec(),
                     refs: if self.refs.is_empty() { vec![] } else { self.refs[i * rows..(i + 1) * rows].to_vec() },
+                    lens: if self.lens.is_empty() { vec![] } else { self.lens[i * rows..(i + 1) * rows].to_vec() },
                 }
             })
             .collect()
+    }
+
+    /// 1.0 at every position whose target is one of the row's own tokens (not padding),
+    /// `[B * T]`: the mask of a loss over prompt and completion alike. Needs `lens`.
+    pub fn sequence_mask(&self) -> Vec<f32> {
+        self.lens.iter().flat_map(|&n| (0..self.t).map(move |j| if j + 1 < n as usize { 1.0 } else { 0.0 })).collect()
     }
 
     /// Uploads the batch: inputs `[B, T]`, targets `[B, T]`, weights `[B, T]`.
@@ -136,7 +147,22 @@ impl Dataset {
     /// tokens merge across the boundary). Only completion tokens count. Rows are cut at
     /// `max_len + 1` tokens from the end (TRL's `keep_start`); a pair with a completion cut
     /// to nothing is refused, naming `seq_len`.
+    ///
+    /// This is `DPOTrainer`'s tokenisation, where both completions start at the same place
+    /// (the earlier of the two); [`Dataset::from_pairs_for`] gives each objective its own.
     pub fn from_pairs(tok: &TextTokenizer, pairs: &[crate::data::Pair], max_len: usize) -> Result<Self> {
+        Self::pairs_with(tok, pairs, max_len, true)
+    }
+
+    /// The pairs tokenised as `objective`'s TRL trainer does: DPO's shared completion start
+    /// ([`Dataset::from_pairs`]), or ORPO's (`build_tokenized_answer`), where each
+    /// completion starts at its own boundary with the prompt. They differ only when tokens
+    /// merge across the boundary differently for the two completions.
+    pub fn from_pairs_for(objective: &super::Objective, tok: &TextTokenizer, pairs: &[crate::data::Pair], max_len: usize) -> Result<Self> {
+        Self::pairs_with(tok, pairs, max_len, !matches!(objective, super::Objective::Orpo { .. }))
+    }
+
+    fn pairs_with(tok: &TextTokenizer, pairs: &[crate::data::Pair], max_len: usize, shared_start: bool) -> Result<Self> {
         let eot = tok.eot();
         let mut rows = Vec::with_capacity(2 * pairs.len());
         for (i, pair) in pairs.iter().enumerate() {
@@ -150,8 +176,9 @@ impl Dataset {
                 full.push(ids);
             }
             let shared = |ids: &[u32]| prompt.iter().zip(ids).take_while(|(a, b)| a == b).count();
-            let start = shared(&full[0]).min(shared(&full[1]));
+            let common = shared(&full[0]).min(shared(&full[1]));
             for (which, mut ids) in full.into_iter().enumerate() {
+                let start = if shared_start { common } else { shared(&ids) };
                 // weights[i] is the weight of predicting ids[i]; ids[0] is never a target.
                 let mut w: Vec<f32> = (0..ids.len()).map(|j| if j >= start { 1.0 } else { 0.0 }).collect();
                 ids.truncate(max_len + 1);
@@ -210,7 +237,15 @@ impl Dataset {
             let picks: Vec<usize> = (0..b).map(|_| rng.below(rows.len() / 2)).collect();
             return self.pair_batch(&picks, t);
         }
-        let mut batch = Batch { b, t, inputs: Vec::with_capacity(b * t), targets: Vec::with_capacity(b * t), weights: Vec::with_capacity(b * t), refs: vec![] };
+        let mut batch = Batch {
+            b,
+            t,
+            inputs: Vec::with_capacity(b * t),
+            targets: Vec::with_capacity(b * t),
+            weights: Vec::with_capacity(b * t),
+            refs: vec![],
+            lens: vec![],
+        };
         for _ in 0..b {
             match self {
                 Dataset::Stream { tokens } => {
@@ -232,11 +267,20 @@ impl Dataset {
     fn pair_batch(&self, picks: &[usize], t: usize) -> Batch {
         let Dataset::Pairs { rows, refs, pad } = self else { unreachable!() };
         let b = 2 * picks.len();
-        let mut batch = Batch { b, t, inputs: Vec::with_capacity(b * t), targets: Vec::with_capacity(b * t), weights: Vec::with_capacity(b * t), refs: vec![] };
+        let mut batch = Batch {
+            b,
+            t,
+            inputs: Vec::with_capacity(b * t),
+            targets: Vec::with_capacity(b * t),
+            weights: Vec::with_capacity(b * t),
+            refs: vec![],
+            lens: vec![],
+        };
         for &p in picks {
             for r in [2 * p, 2 * p + 1] {
                 let (ids, w) = &rows[r];
                 push_row(&mut batch, ids, w, *pad, t);
+                batch.lens.push(ids.len().min(t + 1) as u32);
                 if !refs.is_empty() {
                     batch.refs.push(refs[r]);
                 }
@@ -256,7 +300,7 @@ impl Dataset {
         let mut out = Vec::new();
         let mut row = 0;
         'outer: while out.len() < max_batches {
-            let mut batch = Batch { b, t, inputs: vec![], targets: vec![], weights: vec![], refs: vec![] };
+            let mut batch = Batch { b, t, inputs: vec![], targets: vec![], weights: vec![], refs: vec![], lens: vec![] };
             for _ in 0..b {
                 match self {
                     Dataset::Stream { tokens } => {

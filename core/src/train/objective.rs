@@ -55,6 +55,18 @@ pub enum Objective {
         #[serde(default)]
         label_smoothing: f64,
     },
+    /// Odds-ratio preference optimisation (ORPO: Hong et al., 2024), as TRL 1.16's
+    /// `ORPOTrainer` defines it (`trl/experimental/orpo/orpo_trainer.py`,
+    /// `odds_ratio_loss` and `concatenated_forward`): no reference model. With `p` a
+    /// completion's per-token average log-probability, the log-odds of chosen over rejected
+    /// is `o = (p_c − p_r) − (log(1 − e^p_c) − log(1 − e^p_r))`, and the loss is the chosen
+    /// rows' mean next-token NLL over prompt and completion alike, minus `β·mean log σ(o)`.
+    /// The rewards it reports are `β·p`.
+    Orpo {
+        /// TRL's `beta`, the paper's λ (0.1 by default in both).
+        #[serde(default = "default_beta")]
+        beta: f64,
+    },
 }
 
 fn default_beta() -> f64 {
@@ -114,19 +126,27 @@ impl Objective {
         Objective::Dpo { loss_type, beta, label_smoothing: 0.0 }
     }
 
-    /// The objective a command line names: `next-token`, or `dpo` (TRL's sigmoid; `sigmoid`
-    /// also reads), `ipo`, `hinge` or `robust` with their β and label smoothing.
+    /// The objective a command line names: `next-token`, `dpo` (TRL's sigmoid; `sigmoid`
+    /// also reads), `ipo`, `hinge` or `robust` with their β and label smoothing, or `orpo`
+    /// with its β.
     pub fn from_name(name: &str, beta: f64, label_smoothing: f64) -> std::result::Result<Self, String> {
         let loss_type = match name {
             "next-token" => return Ok(Objective::NextToken),
+            "orpo" => return Ok(Objective::Orpo { beta }),
             "dpo" | "sigmoid" => DpoLoss::Sigmoid,
-            other => other.parse::<DpoLoss>().map_err(|_| format!("unknown objective '{other}'; choose next-token, dpo, ipo, hinge or robust"))?,
+            other => other.parse::<DpoLoss>().map_err(|_| format!("unknown objective '{other}'; choose next-token, dpo, ipo, hinge, robust or orpo"))?,
         };
         Ok(Objective::Dpo { loss_type, beta, label_smoothing })
     }
 
-    /// Whether batches are preference pairs scored against a reference.
+    /// Whether batches are preference pairs (chosen row, rejected row).
     pub fn is_preference(&self) -> bool {
+        matches!(self, Objective::Dpo { .. } | Objective::Orpo { .. })
+    }
+
+    /// Whether the pairs are scored against a reference model (DPO and its variants; ORPO
+    /// has none).
+    pub fn needs_reference(&self) -> bool {
         matches!(self, Objective::Dpo { .. })
     }
 
@@ -137,11 +157,18 @@ impl Objective {
             Objective::NextToken => "next-token",
             Objective::Dpo { loss_type: DpoLoss::Sigmoid, .. } => "dpo",
             Objective::Dpo { loss_type, .. } => loss_type.name(),
+            Objective::Orpo { .. } => "orpo",
         }
     }
 
     /// Checks the settings, naming the field.
     pub fn validate(&self, origin: impl Into<crate::error::Origin>) -> Result<()> {
+        let origin = origin.into();
+        if let Objective::Orpo { beta } = self
+            && !(*beta > 0.0 && beta.is_finite())
+        {
+            return Err(Error::config(origin, "objective.beta", format!("{beta} is not a positive number; TRL's default is 0.1")));
+        }
         if let Objective::Dpo { beta, label_smoothing, loss_type } = self {
             if !(*beta > 0.0 && beta.is_finite()) {
                 return Err(Error::config(origin, "objective.beta", format!("{beta} is not a positive number; TRL's default is 0.1")));
@@ -188,7 +215,7 @@ impl Objective {
             }
             Objective::Dpo { loss_type, beta, label_smoothing } => {
                 let pairs = batch.b / 2;
-                let (logps, _) = sequence_logps(model, batch, device, compute, false);
+                let logps = sequence_logps(model, batch, device, compute, false).completion;
                 let scores = logps.clone().detach();
                 let mut refs = batch.refs.clone();
                 let mut logps = logps;
@@ -216,6 +243,24 @@ impl Objective {
                 };
                 (losses.mean(), Some(scores))
             }
+            Objective::Orpo { beta } => {
+                let (b, pairs) = (batch.b, batch.b / 2);
+                let logps = sequence_logps(model, batch, device, compute, false);
+                let (completion, whole) = (logps.completion, logps.whole.expect("pairs carry their lengths"));
+                // Each row's score for the metrics: completion then whole-sequence
+                // log-probability, row after row.
+                let scores = Tensor::stack::<2>(vec![completion.clone().detach(), whole.clone().detach()], 1).reshape([2 * b]);
+                let counts = Tensor::<1>::from_data(TensorData::new(batch.row_counts(), [b]), device);
+                let avg = (completion / counts).reshape([pairs, 2]); // [P, 2]: chosen, rejected
+                let (c, r) = (avg.clone().narrow(1, 0, 1).reshape([pairs]), avg.narrow(1, 1, 1).reshape([pairs]));
+                let log_odds = (c.clone() - r.clone()) - (log1mexp(c) - log1mexp(r));
+                let odds_term = log_sigmoid(log_odds).mean().mul_scalar(*beta);
+                // The NLL is a mean over every chosen row's own tokens, prompt included.
+                let lens: Vec<f32> = batch.sequence_mask().chunks(batch.t).map(|m| m.iter().sum()).collect();
+                let chosen_tokens: f32 = lens.iter().step_by(2).sum();
+                let nll = whole.reshape([pairs, 2]).narrow(1, 0, 1).sum().neg().div_scalar(chosen_tokens.max(1.0));
+                (nll - odds_term, Some(scores))
+            }
         }
     }
 
@@ -224,25 +269,50 @@ impl Objective {
     pub fn weight(&self, batch: &Batch) -> f32 {
         match self {
             Objective::NextToken => batch.weight_sum(),
-            Objective::Dpo { .. } => (batch.b / 2) as f32,
+            Objective::Dpo { .. } | Objective::Orpo { .. } => (batch.b / 2) as f32,
         }
     }
 }
 
-/// Each row's summed log-probability of its counted targets, `[B]`, and (when `logits` is
-/// asked for) each row's sum over counted positions of the mean logit over the vocabulary
-/// (TRL's `logits/chosen` is their mean over tokens), `[B]`.
+/// `log(1 − e^x)` for `x < 0`, accurate on both sides of `−ln 2` (as TRL's `log1mexp`).
+/// An average log-probability of exactly 0 (a completion the model is certain of) is
+/// taken as just below it, where TRL's gives −∞ and a NaN loss.
+fn log1mexp(x: Tensor<1>) -> Tensor<1> {
+    let x = x.clamp_max(-1e-7);
+    let near = x.clone().lower_elem(-std::f64::consts::LN_2);
+    let far = x.clone().exp().neg().log1p(); // accurate where e^x is small
+    let close = x.exp().neg().add_scalar(1.0).log(); // 1 − e^x is well above 0 here
+    close.mask_where(near, far)
+}
+
+/// Each row's log-probabilities, `[B]` tensors: see [`sequence_logps`].
+pub struct RowLogps {
+    /// Summed over the counted targets (the completion).
+    pub completion: Tensor<1>,
+    /// Summed over every target that is one of the row's own tokens, prompt included
+    /// (batches that carry their rows' lengths, `Batch::lens`; None otherwise).
+    pub whole: Option<Tensor<1>>,
+    /// When asked for: each row's sum over counted positions of the mean logit over the
+    /// vocabulary (TRL's `logits/chosen` is their mean over tokens).
+    pub mean_logits: Option<Tensor<1>>,
+}
+
+/// Each row's log-probabilities of `batch` under `model` (see [`RowLogps`]).
 ///
 /// # Shapes
-/// batch `[B, T]` -> (`[B]`, `[B]`)
-pub fn sequence_logps(model: &Gpt, batch: &Batch, device: &Device, compute: Option<DType>, logits_too: bool) -> (Tensor<1>, Option<Tensor<1>>) {
+/// batch `[B, T]` -> each `[B]`
+pub fn sequence_logps(model: &Gpt, batch: &Batch, device: &Device, compute: Option<DType>, logits_too: bool) -> RowLogps {
     let (inputs, targets, weights) = batch.to_device(device);
     let logits = model.forward(inputs); // [B, T, V]
     let logits = if compute.is_some() { logits.cast(DType::F32) } else { logits };
     let [b, t, _] = logits.dims();
     let mean_logits = logits_too.then(|| (logits.clone().mean_dim(2).reshape([b, t]) * weights.clone()).sum_dim(1).reshape([b]));
     let logp = log_softmax(logits, 2).gather(2, targets.reshape([b, t, 1])).reshape([b, t]);
-    ((logp * weights).sum_dim(1).reshape([b]), mean_logits)
+    let whole = (batch.lens.len() == b).then(|| {
+        let mask = Tensor::<2>::from_data(TensorData::new(batch.sequence_mask(), [b, t]), device);
+        (logp.clone() * mask).sum_dim(1).reshape([b])
+    });
+    RowLogps { completion: (logp * weights).sum_dim(1).reshape([b]), whole, mean_logits }
 }
 
 /// TRL's DPO metrics over a set of pairs, under TRL's names (`rewards/chosen`, …), from
@@ -258,13 +328,16 @@ pub struct PreferenceMetrics {
 }
 
 /// One row's scores, read back: summed log-probability, counted tokens, summed mean logit,
-/// and the reference's summed log-probability.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// the reference's summed log-probability (0 without a reference), and the row's
+/// log-probability over all its own tokens with their number (ORPO's NLL).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct RowScore {
     pub logp: f64,
     pub count: f64,
     pub logit_sum: f64,
     pub reference: f64,
+    pub whole: f64,
+    pub whole_count: f64,
 }
 
 impl PreferenceMetrics {
@@ -273,6 +346,9 @@ impl PreferenceMetrics {
     /// pairs whose chosen reward is strictly higher, logits a mean over every completion
     /// token's logits.
     pub fn of(objective: &Objective, rows: &[RowScore]) -> Self {
+        if let Objective::Orpo { beta } = objective {
+            return Self::orpo(*beta, rows);
+        }
         let Objective::Dpo { loss_type, beta, label_smoothing } = objective else {
             return Self::default();
         };
@@ -313,5 +389,45 @@ impl PreferenceMetrics {
             ("logits/rejected", logit_r / tok_r.max(1.0)),
         ];
         Self { loss: loss / m, pairs: n, metrics: metrics.into_iter().map(|(k, v)| (k.to_string(), v)).collect() }
+    }
+
+    /// ORPO's metrics as TRL's `ORPOTrainer` logs them: rewards are `β·p` with `p` the
+    /// per-token average log-probability, `logps/*` those averages, `nll_loss` the chosen
+    /// rows' NLL, `log_odds_ratio` the mean `log σ(o)` and `log_odds_chosen` the mean `o`.
+    /// (TRL's `logits/*` average the whole padded logits tensor, so they depend on how the
+    /// batch was padded; they are left out.)
+    fn orpo(beta: f64, rows: &[RowScore]) -> Self {
+        let log_sigmoid = |x: f64| if x >= 0.0 { -(-x).exp().ln_1p() } else { x - x.exp().ln_1p() };
+        let log1mexp = |x: f64| {
+            let x = x.min(-1e-7);
+            if x < -std::f64::consts::LN_2 { (-x.exp()).ln_1p() } else { (-x.exp_m1()).ln() }
+        };
+        let n = rows.len() / 2;
+        let m = n.max(1) as f64;
+        let (mut pc, mut pr, mut acc, mut ratio, mut odds, mut nll, mut tokens) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+        for pair in rows.chunks_exact(2) {
+            let (c, r) = (pair[0].logp / pair[0].count.max(1.0), pair[1].logp / pair[1].count.max(1.0));
+            let o = (c - r) - (log1mexp(c) - log1mexp(r));
+            pc += c;
+            pr += r;
+            acc += f64::from(u8::from(beta * c > beta * r));
+            ratio += log_sigmoid(o);
+            odds += o;
+            nll -= pair[0].whole;
+            tokens += pair[0].whole_count;
+        }
+        let nll = nll / tokens.max(1.0);
+        let metrics = [
+            ("rewards/chosen", beta * pc / m),
+            ("rewards/rejected", beta * pr / m),
+            ("rewards/accuracies", acc / m),
+            ("rewards/margins", beta * (pc - pr) / m),
+            ("logps/chosen", pc / m),
+            ("logps/rejected", pr / m),
+            ("nll_loss", nll),
+            ("log_odds_ratio", ratio / m),
+            ("log_odds_chosen", odds / m),
+        ];
+        Self { loss: nll - beta * ratio / m, pairs: n, metrics: metrics.into_iter().map(|(k, v)| (k.to_string(), v)).collect() }
     }
 }

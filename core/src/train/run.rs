@@ -280,6 +280,7 @@ fn technique(t: &Trainer) -> String {
             let smoothing = if *label_smoothing > 0.0 { format!(", label smoothing {label_smoothing}") } else { String::new() };
             format!("objective {} (beta {beta}{smoothing}), optimizer {}", c.objective.name(), o.kind)
         }
+        super::Objective::Orpo { beta } => format!("objective orpo (beta {beta}, no reference model), optimizer {}", o.kind),
         super::Objective::NextToken => format!("optimizer {}", o.kind),
     };
     if o.kind == OptimKind::Sgd && o.momentum > 0.0 {

@@ -122,7 +122,13 @@ impl Trainer {
                 format!("{file}: a run on a file needs its data read by the caller; build the data sets with data::jsonl and Trainer::from_datasets"),
             ));
         }
-        let ds = |split, n| config.data.dataset(tok, config.data_seed, split, n, config.seq_len, config.prompt_loss_weight);
+        let ds = |split, n| match config.data {
+            // Pairs are tokenised as the objective's TRL trainer does.
+            super::DataSource::Pairs(task, kind) => {
+                Dataset::from_pairs_for(&config.objective, tok, &task.pairs(kind, config.data_seed, split, n), config.seq_len)
+            }
+            _ => config.data.dataset(tok, config.data_seed, split, n, config.seq_len, config.prompt_loss_weight),
+        };
         let train = ds(Split::Train, config.train_examples)?;
         let eval = ds(Split::Eval, config.eval_examples)?;
         Self::from_datasets(model, config, train, eval, device)
@@ -150,7 +156,9 @@ impl Trainer {
             if train.is_empty() || eval.is_empty() {
                 return Err(Error::config(origin, "lines", "one pair is too few to hold any out for evaluation; write at least two lines"));
             }
-            let rows = |p: &[crate::data::Pair]| Dataset::from_pairs(tok, p, config.seq_len).map_err(|e| Error::Invalid(format!("{origin}: {e}")));
+            let rows = |p: &[crate::data::Pair]| {
+                Dataset::from_pairs_for(&config.objective, tok, p, config.seq_len).map_err(|e| Error::Invalid(format!("{origin}: {e}")))
+            };
             let (train_set, eval_set) = (rows(&train)?, rows(&eval)?);
             return Self::from_datasets(model, config, train_set, eval_set, device);
         }
@@ -385,13 +393,29 @@ impl Trainer {
     /// read back with the loss); empty for other objectives. The `logits/*` are left to
     /// evaluations, which compute them.
     fn train_metrics(&self, batch: &Batch, scores: &[f32]) -> std::collections::BTreeMap<String, f64> {
-        if !self.config.objective.is_preference() || scores.len() != batch.b || batch.refs.len() != batch.b {
+        let objective = &self.config.objective;
+        if !objective.is_preference() || (objective.needs_reference() && batch.refs.len() != batch.b) {
+            return Default::default();
+        }
+        // One score a row (DPO: the completion's log-probability), or two (ORPO: the
+        // completion's, then the whole row's).
+        let per_row = scores.len() / batch.b.max(1);
+        if per_row == 0 || scores.len() != per_row * batch.b {
             return Default::default();
         }
         let counts = batch.row_counts();
-        let rows: Vec<RowScore> =
-            (0..batch.b).map(|i| RowScore { logp: scores[i] as f64, count: counts[i] as f64, logit_sum: 0.0, reference: batch.refs[i] as f64 }).collect();
-        let mut m = PreferenceMetrics::of(&self.config.objective, &rows).metrics;
+        let whole_counts: Vec<f32> = batch.sequence_mask().chunks(batch.t.max(1)).map(|m| m.iter().sum()).collect();
+        let rows: Vec<RowScore> = (0..batch.b)
+            .map(|i| RowScore {
+                logp: scores[i * per_row] as f64,
+                count: counts[i] as f64,
+                reference: batch.refs.get(i).copied().unwrap_or(0.0) as f64,
+                whole: if per_row > 1 { scores[i * per_row + 1] as f64 } else { 0.0 },
+                whole_count: whole_counts.get(i).copied().unwrap_or(0.0) as f64,
+                ..Default::default()
+            })
+            .collect();
+        let mut m = PreferenceMetrics::of(objective, &rows).metrics;
         m.retain(|k, _| !k.starts_with("logits/"));
         m
     }
@@ -434,7 +458,7 @@ impl Trainer {
     /// for a fresh adapter that is the base model, TRL's default for PEFT models); after it
     /// they must come from the checkpoint.
     fn needs_references(&self) -> Result<bool> {
-        if !self.config.objective.is_preference() || !self.train.refs().is_empty() {
+        if !self.config.objective.needs_reference() || !self.train.refs().is_empty() {
             return Ok(false);
         }
         if self.step > 0 {
@@ -573,56 +597,73 @@ pub fn reference_logps(model: &Gpt, data: &Dataset, b: usize, t: usize) -> Resul
 /// Each sequential batch's per-row log-probabilities `[B]`, still on the device.
 fn row_scores(model: &Gpt, data: &Dataset, b: usize, t: usize) -> Vec<Tensor<1>> {
     let device = model.wte.weight.val().device();
-    data.sequential(b, t, usize::MAX).iter().map(|batch| sequence_logps(model, batch, &device, None, false).0).collect()
+    data.sequential(b, t, usize::MAX).iter().map(|batch| sequence_logps(model, batch, &device, None, false).completion).collect()
 }
 
 fn read_rows(data: Vec<TensorData>) -> Result<Vec<f32>> {
     Ok(data.into_iter().flat_map(|d| d.convert::<f32>().try_to_vec::<f32>().expect("f32 data")).collect())
 }
 
-/// TRL's DPO metrics of `model` on up to `max_batches` batches of `data`'s pairs (whose
-/// reference log-probabilities must be set), with the mean loss.
+/// TRL's metrics of `model` on up to `max_batches` batches of `data`'s pairs (whose
+/// reference log-probabilities must be set when the objective has a reference), with the
+/// mean loss.
 pub fn preference_eval(objective: &Objective, model: &Gpt, data: &Dataset, b: usize, t: usize, max_batches: usize) -> Result<PreferenceMetrics> {
-    let batches = pair_batches(data, b, t, max_batches)?;
+    let batches = pair_batches(objective, data, b, t, max_batches)?;
     let device = model.wte.weight.val().device();
     let mut rows = Vec::new();
     for batch in &batches {
-        let (logps, logits) = sequence_logps(model, batch, &device, None, true);
-        let (l, g) = (logps.into_data(), logits.expect("asked for").into_data());
-        rows.extend(scores_of(batch, l, g));
+        let logps = sequence_logps(model, batch, &device, None, true);
+        let read = [Some(logps.completion), logps.mean_logits, logps.whole].map(|x| x.map(|x| x.into_data()));
+        rows.extend(scores_of(batch, read));
     }
     Ok(PreferenceMetrics::of(objective, &rows))
 }
 
 /// [`preference_eval`] for the browser (asynchronous read-back).
 pub async fn preference_eval_async(objective: &Objective, model: &Gpt, data: &Dataset, b: usize, t: usize, max_batches: usize) -> Result<PreferenceMetrics> {
-    let batches = pair_batches(data, b, t, max_batches)?;
+    let batches = pair_batches(objective, data, b, t, max_batches)?;
     let device = model.wte.weight.val().device();
     let mut rows = Vec::new();
-    let read = |e| Error::Invalid(format!("reading log-probabilities back failed: {e:?}"));
     for batch in &batches {
-        let (logps, logits) = sequence_logps(model, batch, &device, None, true);
-        let l = logps.into_data_async().await.map_err(read)?;
-        let g = logits.expect("asked for").into_data_async().await.map_err(read)?;
-        rows.extend(scores_of(batch, l, g));
+        let logps = sequence_logps(model, batch, &device, None, true);
+        let mut read = [None, None, None];
+        for (slot, x) in read.iter_mut().zip([Some(logps.completion), logps.mean_logits, logps.whole]) {
+            if let Some(x) = x {
+                *slot = Some(x.into_data_async().await.map_err(|e| Error::Invalid(format!("reading log-probabilities back failed: {e:?}")))?);
+            }
+        }
+        rows.extend(scores_of(batch, read));
     }
     Ok(PreferenceMetrics::of(objective, &rows))
 }
 
-fn pair_batches(data: &Dataset, b: usize, t: usize, max_batches: usize) -> Result<Vec<Batch>> {
+fn pair_batches(objective: &Objective, data: &Dataset, b: usize, t: usize, max_batches: usize) -> Result<Vec<Batch>> {
     if !matches!(data, Dataset::Pairs { .. }) {
         return Err(Error::Invalid("preference metrics need preference pairs (prompt, chosen, rejected)".into()));
     }
-    if data.refs().is_empty() {
+    if objective.needs_reference() && data.refs().is_empty() {
         return Err(Error::Invalid("the pairs have no reference log-probabilities yet; score them with a reference model first".into()));
     }
     Ok(data.sequential(b, t, max_batches.max(1)))
 }
 
-fn scores_of(batch: &Batch, logps: TensorData, logits: TensorData) -> Vec<RowScore> {
-    let (l, g) = (logps.convert::<f32>().try_to_vec::<f32>().expect("f32 data"), logits.convert::<f32>().try_to_vec::<f32>().expect("f32 data"));
+/// Each row's [`RowScore`] from the read-back completion log-probabilities, summed mean
+/// logits and whole-row log-probabilities (the last two when computed).
+fn scores_of(batch: &Batch, [logps, logits, whole]: [Option<TensorData>; 3]) -> Vec<RowScore> {
+    let vec = |d: Option<TensorData>| d.map(|d| d.convert::<f32>().try_to_vec::<f32>().expect("f32 data")).unwrap_or_else(|| vec![0.0; batch.b]);
+    let (l, g, w) = (vec(logps), vec(logits), vec(whole));
     let counts: Vec<f32> = batch.weights.chunks(batch.t).map(|w| w.iter().sum()).collect();
-    (0..batch.b).map(|i| RowScore { logp: l[i] as f64, count: counts[i] as f64, logit_sum: g[i] as f64, reference: batch.refs[i] as f64 }).collect()
+    let whole_counts: Vec<f32> = batch.sequence_mask().chunks(batch.t.max(1)).map(|m| m.iter().sum()).collect();
+    (0..batch.b)
+        .map(|i| RowScore {
+            logp: l[i] as f64,
+            count: counts[i] as f64,
+            logit_sum: g[i] as f64,
+            reference: batch.refs.get(i).copied().unwrap_or(0.0) as f64,
+            whole: w[i] as f64,
+            whole_count: whole_counts.get(i).copied().unwrap_or(0.0) as f64,
+        })
+        .collect()
 }
 
 /// A read-back batch loss paired with its weight; packed so both paths share `mean_of`.
