@@ -32,6 +32,8 @@ pub mod files {
     pub const TRAIN: &str = "train.json";
     pub const OPTIMIZER: &str = "optimizer.safetensors";
     pub const STATE: &str = "trainer_state.json";
+    /// A GRPO run's frozen reference model (its KL term's; only when β > 0).
+    pub const REFERENCE: &str = "reference.safetensors";
 }
 
 /// Where a run stands, saved with its optimizer so it can resume exactly.

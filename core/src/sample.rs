@@ -92,6 +92,95 @@ pub async fn generate_stream_async(model: &Gpt, prompt: &[u32], config: &SampleC
     Ok(state.out)
 }
 
+/// `n` continuations of one `prompt` sampled together, as one batch of `n` rows sharing the
+/// prompt's cached keys and values (GRPO's group of completions). Row `i` draws from its
+/// own generator (`config.seed` and `i`), so each row's text is the same however many rows
+/// are sampled beside it. Each row stops at its first stop id (kept) or after
+/// `max_new_tokens`; the prompt and the completion must fit the context window.
+pub fn generate_group(model: &Gpt, prompt: &[u32], n: usize, config: &SampleConfig) -> crate::Result<Vec<Vec<u32>>> {
+    let mut group = Group::new(model, prompt, n, config)?;
+    while let Some(logits) = group.next_logits(model) {
+        group.push(&to_vec(logits.into_data()), config);
+    }
+    Ok(group.out)
+}
+
+/// [`generate_group`] for the browser (asynchronous read-back).
+pub async fn generate_group_async(model: &Gpt, prompt: &[u32], n: usize, config: &SampleConfig) -> crate::Result<Vec<Vec<u32>>> {
+    let mut group = Group::new(model, prompt, n, config)?;
+    while let Some(logits) = group.next_logits(model) {
+        let data = logits.into_data_async().await.map_err(|e| crate::Error::Invalid(format!("reading logits back from the device failed: {e:?}")))?;
+        group.push(&to_vec(data), config);
+    }
+    Ok(group.out)
+}
+
+/// The state of a group being sampled: each row's generator, tokens and whether it stopped.
+struct Group {
+    rngs: Vec<Rng>,
+    out: Vec<Vec<u32>>,
+    done: Vec<bool>,
+    /// The next input: the prompt (first call), then each row's last token.
+    next: Vec<u32>,
+    rows: usize,
+    /// Tokens sampled per row so far (finished rows included).
+    steps: usize,
+    max_new_tokens: usize,
+    cache: KvCache,
+}
+
+impl Group {
+    fn new(model: &Gpt, prompt: &[u32], n: usize, config: &SampleConfig) -> crate::Result<Self> {
+        let room = model.context_len().saturating_sub(prompt.len());
+        if prompt.is_empty() || room == 0 {
+            return Err(crate::Error::Invalid(format!("a prompt of {} tokens leaves no room to sample in a context of {}", prompt.len(), model.context_len())));
+        }
+        Ok(Self {
+            rngs: (0..n).map(|i| Rng::derive(config.seed, &format!("sample/{i}"))).collect(),
+            out: vec![Vec::new(); n],
+            done: vec![false; n],
+            next: prompt.to_vec(),
+            rows: n,
+            steps: 0,
+            max_new_tokens: config.max_new_tokens.min(room),
+            cache: KvCache::default(),
+        })
+    }
+
+    /// The last position's logits of every row, `[n * V]`, or None when all are finished.
+    fn next_logits(&mut self, model: &Gpt) -> Option<Tensor<1>> {
+        let generated = self.steps;
+        if self.done.iter().all(|&d| d) || generated >= self.max_new_tokens {
+            return None;
+        }
+        let t = if generated == 0 { self.next.len() } else { 1 };
+        let ids: Vec<i64> = if generated == 0 {
+            (0..self.rows).flat_map(|_| self.next.iter().map(|&x| x as i64)).collect()
+        } else {
+            self.next.iter().map(|&x| x as i64).collect()
+        };
+        let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [self.rows, t]), &model.device());
+        let logits = model.forward_cached(input, &mut self.cache); // [n, t, V]
+        let v = logits.dims()[2];
+        Some(logits.narrow(1, t - 1, 1).reshape([self.rows * v]))
+    }
+
+    fn push(&mut self, logits: &[f32], config: &SampleConfig) {
+        let v = logits.len() / self.rows;
+        self.steps += 1;
+        self.next.clear();
+        for (i, row) in logits.chunks(v).enumerate() {
+            // A finished row keeps the batch's shape; what it draws is thrown away.
+            let token = pick(row, config, &mut self.rngs[i]);
+            self.next.push(token);
+            if !self.done[i] {
+                self.out[i].push(token);
+                self.done[i] = config.stop_ids.contains(&token);
+            }
+        }
+    }
+}
+
 fn to_vec(data: TensorData) -> Vec<f32> {
     data.convert::<f32>().try_to_vec::<f32>().expect("f32 logits")
 }

@@ -106,7 +106,7 @@ fn the_next_token_objective_is_the_weighted_mean_nll_of_the_targets() {
     let inputs: Vec<u32> = (0..b * t).map(|i| (i * 7 % v) as u32).collect();
     let targets: Vec<u32> = (0..b * t).map(|i| (i * 11 % v) as u32).collect();
     for weights in [vec![1.0; b * t], (0..b * t).map(|i| if i % t < 2 { 0.25 } else { 1.0 }).collect(), vec![0.0; b * t]] {
-        let batch = Batch { b, t, inputs: inputs.clone(), targets: targets.clone(), weights: weights.clone(), refs: vec![], lens: vec![] };
+        let batch = Batch { b, t, inputs: inputs.clone(), targets: targets.clone(), weights: weights.clone(), ..Default::default() };
         let objective = Objective::NextToken;
         let loss = objective.loss(&model, &batch, &device, None).into_data().convert::<f32>().try_to_vec::<f32>().unwrap()[0];
         // The same on the host: log-softmax of each row of logits, picked at the target.
@@ -321,4 +321,71 @@ fn dpo_accumulation_takes_the_same_steps() {
         assert!((a.metrics["rewards/margins"] - b.metrics["rewards/margins"]).abs() < 1e-4, "{:?} vs {:?}", a.metrics, b.metrics);
     }
     assert!(one[2].metrics["rewards/margins"] != 0.0 && one[0].metrics.len() == 6, "{:?}", one[2].metrics);
+}
+
+/// GRPO's loss has the policy gradient's gradient: with one update per rollout the ratio is
+/// 1, so the clipped surrogate's gradient is that of `−Σ A·log π(completion) / N` (N the
+/// completion tokens: TRL's default `dapo` aggregation), here on two completions with
+/// advantages +1 and −0.5; and `grpo` aggregation weights each completion by its own
+/// length instead. A rollout on a nano model gives groups of 8 with TRL's metrics.
+#[test]
+fn grpo_loss_has_the_policy_gradient_and_a_rollout_reports_its_groups() {
+    use tinytune::data::Example;
+    use tinytune::optim::NamedGrads;
+    use tinytune::train::objective::sequence_logps;
+    use tinytune::train::{Dataset, GrpoLoss, Objective};
+    let tok = TextTokenizer::char_level(CHARSET);
+    let device = ad();
+    let model = Gpt::init(&nano(&tok), 2, &device);
+    let ex = |r: &str| Example { prompt: "text: the zoo was fun.\nfeeling:".into(), response: r.into(), chat: false };
+    let data = Dataset::from_examples(&tok, &[ex(" happy\n"), ex(" so sad\n")], 64, 0.0).unwrap();
+    let mut batch = data.sequential(2, 64, 1).remove(0);
+    batch.advantages = vec![1.0, -0.5];
+    let counts = batch.row_counts();
+    let flat = |g: NamedGrads| -> Vec<f32> { g.0.into_iter().flat_map(|(_, t)| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()).collect() };
+    let grads_of = |loss: burn::tensor::Tensor<1>| flat(NamedGrads::collect(&model, &loss.backward()));
+    for (loss_type, weights) in [
+        (GrpoLoss::Dapo, [1.0 / (counts[0] + counts[1]), -0.5 / (counts[0] + counts[1])]),
+        (GrpoLoss::Grpo, [1.0 / (2.0 * counts[0]), -0.5 / (2.0 * counts[1])]),
+    ] {
+        let mut objective = Objective::grpo(2, 0.0);
+        if let Objective::Grpo { loss_type: l, .. } = &mut objective {
+            *l = loss_type;
+        }
+        let loss = objective.loss(&model, &batch, &device, None);
+        let value = loss.clone().into_data().convert::<f32>().try_to_vec::<f32>().unwrap()[0];
+        let got = grads_of(loss);
+        let logps = sequence_logps(&model, &batch, &device, None, false).completion;
+        let w = burn::tensor::Tensor::<1>::from_data(burn::tensor::TensorData::new(weights.to_vec(), [2]), &device);
+        let want = grads_of((logps * w).sum().neg());
+        let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let diff = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(scale > 1e-4 && diff <= 1e-5 * scale.max(1.0), "{loss_type:?}: gradients differ by {diff} (scale {scale})");
+        // In value the loss is −mean advantage per token (the ratio is 1).
+        let expect = -(weights[0] * counts[0] + weights[1] * counts[1]);
+        assert!((value - expect).abs() < 1e-6, "{loss_type:?}: loss {value}, expected {expect}");
+    }
+    // A rollout: two prompts × 8 completions, each group's advantages summing to 0.
+    let tc = TrainConfig {
+        data: DataSource::Task(Task::Sentiment),
+        objective: Objective::grpo(8, 0.0),
+        train_examples: 40,
+        eval_examples: 4,
+        steps: 1,
+        batch_size: 16,
+        seq_len: 64,
+        warmup_steps: 0,
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(Gpt::init(&nano(&tok), 0, &device), &tok, tc, &device).unwrap();
+    let event = trainer.step().unwrap();
+    let groups = trainer.rl.as_ref().unwrap().last.clone();
+    assert_eq!((groups.len(), groups[0].completions.len()), (2, 8));
+    for g in &groups {
+        assert!(g.advantages.iter().sum::<f64>().abs() < 1e-9 && g.rewards.iter().all(|&r| r == 0.0 || r == 1.0), "{g:?}");
+    }
+    for key in ["reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "rewards/sentiment/mean"] {
+        assert!(event.metrics.contains_key(key), "{key}: {:?}", event.metrics);
+    }
+    assert!(trainer.evaluate().unwrap().metrics.contains_key("reward"));
 }

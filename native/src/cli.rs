@@ -580,17 +580,36 @@ pub struct TrainArgs {
     pub data: Option<String>,
     /// What the run minimises: next-token (cross-entropy on the responses), a preference
     /// loss on pairs against a reference model, as TRL's DPOTrainer defines it: dpo (TRL's
-    /// sigmoid), ipo, hinge or robust; or orpo (TRL's ORPOTrainer: SFT plus an odds-ratio
-    /// term, no reference model).
+    /// sigmoid), ipo, hinge or robust; orpo (TRL's ORPOTrainer: SFT plus an odds-ratio
+    /// term, no reference model); or grpo (TRL's GRPOTrainer: sampled groups of
+    /// completions scored by the task's checker).
     #[arg(long, default_value = "next-token")]
     pub objective: String,
-    /// Preference objectives: β, how far the policy may move from the reference (TRL's
-    /// default 0.1; for ipo it is τ; for orpo the weight λ of the odds-ratio term).
-    #[arg(long, default_value_t = 0.1)]
-    pub beta: f64,
+    /// Preference and RL objectives: β, how far the policy may move from the reference
+    /// (TRL's defaults: 0.1; for ipo it is τ; for orpo the weight λ of the odds-ratio term;
+    /// for grpo the KL coefficient, 0.0 by default: no reference model).
+    #[arg(long)]
+    pub beta: Option<f64>,
     /// The robust objective: the chance a pair's label is flipped, in [0, 0.5).
     #[arg(long, default_value_t = 0.0)]
     pub label_smoothing: f64,
+    /// GRPO: completions sampled per prompt (TRL's num_generations); --batch counts
+    /// completions, so a step samples batch / group-size prompts.
+    #[arg(long, default_value_t = 8)]
+    pub group_size: usize,
+    /// GRPO: the sampling temperature of the completions.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// GRPO: the longest completion sampled, in tokens.
+    #[arg(long, default_value_t = 32)]
+    pub max_completion_len: usize,
+    /// GRPO: the clipping range ε of the probability ratio.
+    #[arg(long, default_value_t = 0.2)]
+    pub epsilon: f64,
+    /// GRPO: how per-token losses are averaged (TRL's loss_type): dapo, grpo, bnpo or
+    /// dr_grpo.
+    #[arg(long, default_value = "dapo")]
+    pub grpo_loss: String,
     #[arg(long, default_value_t = 200)]
     pub steps: usize,
     #[arg(long, default_value_t = 16)]

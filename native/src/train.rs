@@ -23,7 +23,15 @@ use crate::{model_dir, plot};
 
 /// The one place flags become a `TrainConfig`.
 pub fn resolve(args: &TrainArgs, method: Method, default_data: DataSource, default_lr: f64, n_positions: usize) -> Result<TrainConfig, String> {
-    let objective = Objective::from_name(&args.objective, args.beta, args.label_smoothing).map_err(|e| format!("--objective: {e}"))?;
+    let beta = args.beta.unwrap_or_else(|| Objective::default_beta(&args.objective));
+    let mut objective = Objective::from_name(&args.objective, beta, args.label_smoothing).map_err(|e| format!("--objective: {e}"))?;
+    if let Objective::Grpo { group_size, temperature, max_completion_len, epsilon, loss_type, .. } = &mut objective {
+        *group_size = args.group_size;
+        *temperature = args.temperature;
+        *max_completion_len = args.max_completion_len;
+        *epsilon = args.epsilon;
+        *loss_type = args.grpo_loss.parse().map_err(|e| format!("--grpo-loss: {e}"))?;
+    }
     // A preference objective learns from the default task's pairs.
     let default_data = match default_data {
         DataSource::Task(task) if objective.is_preference() => DataSource::Pairs(task, tinytune::data::PairKind::Correct),
@@ -200,6 +208,15 @@ fn resume(args: &TrainArgs, ad: &Device) -> Result<(), String> {
     if let Some(refs) = state.reference {
         trainer.set_references(refs).map_err(|e| format!("{}: {e}", origin(files::STATE)))?;
     }
+    // A GRPO run with a KL term saved its reference model beside the weights.
+    if let (Objective::Grpo { beta, .. }, Some(rl)) = (&trainer.config.objective, trainer.rl.as_mut())
+        && *beta > 0.0
+    {
+        let path = dir.join(files::REFERENCE);
+        let reference = tinytune::checkpoint::load_model_for(&loaded.config, &trainer.config.method, &read(&path)?, ad, path.display().to_string())
+            .map_err(|e| e.to_string())?;
+        rl.reference = Some(burn::module::Module::valid(&reference));
+    }
     truncate_metrics(&args.out.join("metrics.jsonl"), state.step)?;
     eprintln!("resuming {} at step {}/{}", args.out.display(), state.step, trainer.config.steps);
     run(trainer, &loaded.tokenizer, &loaded.companions, args)
@@ -232,6 +249,11 @@ fn save(trainer: &Trainer, tokenizer: &TextTokenizer, companions: &Companions, o
         (files::TRAIN, trainer.config.to_json().into_bytes()),
         (files::WEIGHTS, save_model(&trainer.model)),
         (files::OPTIMIZER, save_optimizer(&trainer.optim)),
+    ]);
+    if let Some(reference) = trainer.rl.as_ref().and_then(|rl| rl.reference.as_ref()) {
+        all.push((files::REFERENCE, save_model(reference)));
+    }
+    all.extend([
         // Written last, and its presence marks a complete checkpoint.
         (files::STATE, serde_json::to_vec_pretty(&state).expect("state serialises")),
     ]);

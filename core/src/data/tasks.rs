@@ -88,6 +88,23 @@ impl Task {
         first_line.trim() == example.response.trim()
     }
 
+    /// A verifiable reward for a generated response, in [0, 1] (what GRPO learns from):
+    /// story-qa and sentiment score 1 for the exact answer ([`Task::is_correct`]);
+    /// json-extract scores 1 when the first line is a JSON object with exactly the
+    /// reference's fields and values, in any order and spacing, and 0 for anything else,
+    /// invalid JSON included.
+    pub fn reward(&self, example: &Example, generated: &str) -> f64 {
+        let ok = match self {
+            Task::JsonExtract => {
+                let first_line = generated.split('\n').next().unwrap_or("");
+                let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s.trim()).ok().filter(|v| v.is_object());
+                matches!((parse(first_line), parse(&example.response)), (Some(a), Some(b)) if a == b)
+            }
+            _ => self.is_correct(example, generated),
+        };
+        if ok { 1.0 } else { 0.0 }
+    }
+
     /// One random example, before the split filter.
     pub(crate) fn candidate(&self, rng: &mut Rng) -> Example {
         match self {

@@ -143,7 +143,7 @@ impl StepMemory {
 pub fn synthetic_batch(b: usize, t: usize, vocab: usize) -> Batch {
     let ids: Vec<u32> = (0..b * t).map(|i| (i * 31 % vocab) as u32).collect();
     let targets = ids.iter().map(|x| (x + 1) % vocab as u32).collect();
-    Batch { b, t, inputs: ids, targets, weights: vec![1.0; b * t], refs: vec![], lens: vec![] }
+    Batch { b, t, inputs: ids, targets, weights: vec![1.0; b * t], ..Default::default() }
 }
 
 /// One unmeasured step of the same shape first. The first steps of a process start thread

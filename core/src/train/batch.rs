@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::tokenizer::TextTokenizer;
 
 /// One batch on the host: `b` rows of `t` positions, flattened row-major.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Batch {
     pub b: usize,
     pub t: usize,
@@ -25,6 +25,12 @@ pub struct Batch {
     /// padding), so a loss over whole sequences (ORPO's NLL) can tell tokens from padding.
     /// Empty for every other batch.
     pub lens: Vec<u32>,
+    /// GRPO batches: each row's advantage (its completion's reward against its group's).
+    /// Empty for every other batch.
+    pub advantages: Vec<f32>,
+    /// GRPO batches with a KL term: the reference model's log-probability of each target,
+    /// `[B * T]`. Empty otherwise.
+    pub token_refs: Vec<f32>,
 }
 
 impl Batch {
@@ -55,6 +61,8 @@ impl Batch {
                     weights: self.weights[r].to_vec(),
                     refs: if self.refs.is_empty() { vec![] } else { self.refs[i * rows..(i + 1) * rows].to_vec() },
                     lens: if self.lens.is_empty() { vec![] } else { self.lens[i * rows..(i + 1) * rows].to_vec() },
+                    advantages: if self.advantages.is_empty() { vec![] } else { self.advantages[i * rows..(i + 1) * rows].to_vec() },
+                    token_refs: if self.token_refs.is_empty() { vec![] } else { self.token_refs[i * span..(i + 1) * span].to_vec() },
                 }
             })
             .collect()
@@ -237,15 +245,8 @@ impl Dataset {
             let picks: Vec<usize> = (0..b).map(|_| rng.below(rows.len() / 2)).collect();
             return self.pair_batch(&picks, t);
         }
-        let mut batch = Batch {
-            b,
-            t,
-            inputs: Vec::with_capacity(b * t),
-            targets: Vec::with_capacity(b * t),
-            weights: Vec::with_capacity(b * t),
-            refs: vec![],
-            lens: vec![],
-        };
+        let mut batch =
+            Batch { b, t, inputs: Vec::with_capacity(b * t), targets: Vec::with_capacity(b * t), weights: Vec::with_capacity(b * t), ..Default::default() };
         for _ in 0..b {
             match self {
                 Dataset::Stream { tokens } => {
@@ -267,15 +268,8 @@ impl Dataset {
     fn pair_batch(&self, picks: &[usize], t: usize) -> Batch {
         let Dataset::Pairs { rows, refs, pad } = self else { unreachable!() };
         let b = 2 * picks.len();
-        let mut batch = Batch {
-            b,
-            t,
-            inputs: Vec::with_capacity(b * t),
-            targets: Vec::with_capacity(b * t),
-            weights: Vec::with_capacity(b * t),
-            refs: vec![],
-            lens: vec![],
-        };
+        let mut batch =
+            Batch { b, t, inputs: Vec::with_capacity(b * t), targets: Vec::with_capacity(b * t), weights: Vec::with_capacity(b * t), ..Default::default() };
         for &p in picks {
             for r in [2 * p, 2 * p + 1] {
                 let (ids, w) = &rows[r];
@@ -300,7 +294,7 @@ impl Dataset {
         let mut out = Vec::new();
         let mut row = 0;
         'outer: while out.len() < max_batches {
-            let mut batch = Batch { b, t, inputs: vec![], targets: vec![], weights: vec![], refs: vec![], lens: vec![] };
+            let mut batch = Batch { b, t, inputs: vec![], targets: vec![], weights: vec![], ..Default::default() };
             for _ in 0..b {
                 match self {
                     Dataset::Stream { tokens } => {

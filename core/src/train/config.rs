@@ -310,6 +310,29 @@ impl TrainConfig {
         if self.objective.is_preference() && self.optimizer.kind == OptimKind::Mezo {
             return Err(Error::config(origin, "optimizer", "MeZO is not wired to preference objectives in tinytune; use adamw or sgd"));
         }
+        if let Objective::Grpo { group_size, .. } = &self.objective {
+            if !matches!(self.data, DataSource::Task(_)) || self.data_file.is_some() {
+                let data = self.data_file.clone().unwrap_or_else(|| self.data.to_string());
+                return Err(Error::config(
+                    origin,
+                    "data",
+                    format!("is {data}, but GRPO learns from a task's prompts with answers a checker can verify; use story-qa, sentiment or json-extract"),
+                ));
+            }
+            if !self.batch_size.is_multiple_of(*group_size) {
+                return Err(Error::config(
+                    origin,
+                    "batch_size",
+                    format!(
+                        "{} completions do not split into groups of {group_size}; make the batch a multiple of the group size (as TRL requires)",
+                        self.batch_size
+                    ),
+                ));
+            }
+            if self.optimizer.kind == OptimKind::Mezo {
+                return Err(Error::config(origin, "optimizer", "MeZO is not wired to GRPO in tinytune; use adamw or sgd"));
+            }
+        }
         Ok(())
     }
 

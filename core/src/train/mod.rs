@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod grpo;
 pub mod objective;
 pub mod positions;
 pub mod precision;
@@ -14,6 +15,7 @@ pub mod trainer;
 
 pub use batch::{Batch, Dataset};
 pub use config::{DataSource, TrainConfig};
+pub use grpo::GrpoLoss;
 pub use objective::{DpoLoss, Objective, PreferenceMetrics};
 pub use precision::{GradCensus, LossScale, LossScaler, Precision, ScalerState};
 pub use run::{Control, EvalEvent, NearestEvent, Outcome, Run, RunHost, StartEvent, TrainEvent};

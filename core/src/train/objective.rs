@@ -67,6 +67,48 @@ pub enum Objective {
         #[serde(default = "default_beta")]
         beta: f64,
     },
+    /// Group relative policy optimisation on a task's verifiable reward, as TRL 1.16's
+    /// `GRPOTrainer` defines it (see [`super::grpo`]): batches are sampled groups of
+    /// completions with their advantages; the loss is the clipped surrogate on the
+    /// completion tokens plus `β` times the KL estimate to the reference, aggregated by
+    /// `loss_type`. `TrainConfig::batch_size` counts completions, as TRL's does: each step
+    /// samples `batch_size / group_size` prompts.
+    Grpo {
+        /// TRL's `num_generations` G (8 by default there).
+        #[serde(default = "default_group")]
+        group_size: usize,
+        /// The KL coefficient (TRL's default 0.0: no reference model at all).
+        #[serde(default)]
+        beta: f64,
+        /// The clipping range ε (TRL's default 0.2).
+        #[serde(default = "default_epsilon")]
+        epsilon: f64,
+        /// Sampling temperature of the rollouts (TRL's default 1.0).
+        #[serde(default = "one")]
+        temperature: f64,
+        /// Longest completion sampled, in tokens (TRL's `max_completion_length`; 512 there,
+        /// here the tasks' answers are a line of at most a few dozen tokens).
+        #[serde(default = "default_completion")]
+        max_completion_len: usize,
+        #[serde(default)]
+        loss_type: super::grpo::GrpoLoss,
+    },
+}
+
+fn default_group() -> usize {
+    8
+}
+
+fn default_epsilon() -> f64 {
+    0.2
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn default_completion() -> usize {
+    32
 }
 
 fn default_beta() -> f64 {
@@ -133,10 +175,34 @@ impl Objective {
         let loss_type = match name {
             "next-token" => return Ok(Objective::NextToken),
             "orpo" => return Ok(Objective::Orpo { beta }),
+            "grpo" => return Ok(Objective::grpo(default_group(), beta)),
             "dpo" | "sigmoid" => DpoLoss::Sigmoid,
-            other => other.parse::<DpoLoss>().map_err(|_| format!("unknown objective '{other}'; choose next-token, dpo, ipo, hinge, robust or orpo"))?,
+            other => other.parse::<DpoLoss>().map_err(|_| format!("unknown objective '{other}'; choose next-token, dpo, ipo, hinge, robust, orpo or grpo"))?,
         };
         Ok(Objective::Dpo { loss_type, beta, label_smoothing })
+    }
+
+    /// GRPO with TRL's defaults but for the group size and β.
+    pub fn grpo(group_size: usize, beta: f64) -> Self {
+        Objective::Grpo {
+            group_size,
+            beta,
+            epsilon: default_epsilon(),
+            temperature: 1.0,
+            max_completion_len: default_completion(),
+            loss_type: Default::default(),
+        }
+    }
+
+    /// Whether the run learns from its own samples (GRPO): each step starts with a rollout.
+    pub fn is_rl(&self) -> bool {
+        matches!(self, Objective::Grpo { .. })
+    }
+
+    /// TRL's default β for an objective named on a command line without one: 0.0 for GRPO
+    /// (no reference model), 0.1 for the preference losses.
+    pub fn default_beta(name: &str) -> f64 {
+        if name == "grpo" { 0.0 } else { default_beta() }
     }
 
     /// Whether batches are preference pairs (chosen row, rejected row).
@@ -158,6 +224,7 @@ impl Objective {
             Objective::Dpo { loss_type: DpoLoss::Sigmoid, .. } => "dpo",
             Objective::Dpo { loss_type, .. } => loss_type.name(),
             Objective::Orpo { .. } => "orpo",
+            Objective::Grpo { .. } => "grpo",
         }
     }
 
@@ -168,6 +235,27 @@ impl Objective {
             && !(*beta > 0.0 && beta.is_finite())
         {
             return Err(Error::config(origin, "objective.beta", format!("{beta} is not a positive number; TRL's default is 0.1")));
+        }
+        if let Objective::Grpo { group_size, beta, epsilon, temperature, max_completion_len, .. } = self {
+            if *group_size < 2 {
+                return Err(Error::config(
+                    origin,
+                    "objective.group_size",
+                    format!("{group_size} completions a prompt give no group to compare; use at least 2 (TRL's default is 8)"),
+                ));
+            }
+            if !(*beta >= 0.0 && beta.is_finite()) {
+                return Err(Error::config(origin, "objective.beta", format!("{beta} is not a KL coefficient ≥ 0; TRL's default is 0.0")));
+            }
+            if !(*epsilon > 0.0 && *epsilon < 1.0) {
+                return Err(Error::config(origin, "objective.epsilon", format!("{epsilon} is not a clipping range in (0, 1); TRL's default is 0.2")));
+            }
+            if !(*temperature > 0.0 && temperature.is_finite()) {
+                return Err(Error::config(origin, "objective.temperature", format!("{temperature} must be positive: GRPO samples its completions")));
+            }
+            if *max_completion_len == 0 {
+                return Err(Error::config(origin, "objective.max_completion_len", "must be at least 1 token"));
+            }
         }
         if let Objective::Dpo { beta, label_smoothing, loss_type } = self {
             if !(*beta > 0.0 && beta.is_finite()) {
@@ -261,6 +349,9 @@ impl Objective {
                 let nll = whole.reshape([pairs, 2]).narrow(1, 0, 1).sum().neg().div_scalar(chosen_tokens.max(1.0));
                 (nll - odds_term, Some(scores))
             }
+            Objective::Grpo { beta, epsilon, loss_type, max_completion_len, .. } => {
+                grpo_loss(model, batch, device, compute, *beta, *epsilon, *loss_type, *max_completion_len)
+            }
         }
     }
 
@@ -270,8 +361,57 @@ impl Objective {
         match self {
             Objective::NextToken => batch.weight_sum(),
             Objective::Dpo { .. } | Objective::Orpo { .. } => (batch.b / 2) as f32,
+            // DAPO normalises by the accumulated batch's completion tokens; the others
+            // average per micro-batch.
+            Objective::Grpo { loss_type: super::grpo::GrpoLoss::Dapo, .. } => batch.weight_sum(),
+            Objective::Grpo { .. } => batch.b as f32,
         }
     }
+}
+
+/// GRPO's loss on a rollout's batch (see [`super::grpo`]), and when `beta` > 0 the mean KL
+/// estimate over the completion tokens as a `[1]` score (TRL's `kl` metric).
+#[allow(clippy::too_many_arguments)]
+fn grpo_loss(
+    model: &Gpt,
+    batch: &Batch,
+    device: &Device,
+    compute: Option<DType>,
+    beta: f64,
+    epsilon: f64,
+    loss_type: super::grpo::GrpoLoss,
+    max_completion_len: usize,
+) -> (Tensor<1>, Option<Tensor<1>>) {
+    use super::grpo::GrpoLoss;
+    let (b, t) = (batch.b, batch.t);
+    let (inputs, targets, weights) = batch.to_device(device);
+    let logits = model.forward(inputs); // [B, T, V]
+    let logits = if compute.is_some() { logits.cast(DType::F32) } else { logits };
+    let logp = log_softmax(logits, 2).gather(2, targets.reshape([b, t, 1])).reshape([b, t]);
+    // One update per rollout: the sampling policy is this policy, detached.
+    let ratio = (logp.clone() - logp.clone().detach()).exp();
+    let adv = Tensor::<1>::from_data(TensorData::new(batch.advantages.clone(), [b]), device).reshape([b, 1]);
+    let unclipped = ratio.clone() * adv.clone();
+    let clipped = ratio.clamp(1.0 - epsilon, 1.0 + epsilon) * adv;
+    // −min(unclipped, clipped), the gradient taken through the smaller (the unclipped one
+    // on a tie, which is every token when the ratio is 1).
+    let smaller = clipped.clone().lower(unclipped.clone());
+    let mut per_token = unclipped.mask_where(smaller, clipped).neg();
+    let mut kl_score = None;
+    if beta > 0.0 {
+        let refs = Tensor::<2>::from_data(TensorData::new(batch.token_refs.clone(), [b, t]), device);
+        let d = refs - logp;
+        let kl = d.clone().exp() - d - 1.0;
+        kl_score = Some((kl.clone().detach() * weights.clone()).sum().div_scalar(batch.weight_sum().max(1.0)));
+        per_token = per_token + kl.mul_scalar(beta);
+    }
+    let masked = per_token * weights.clone();
+    let loss = match loss_type {
+        GrpoLoss::Dapo | GrpoLoss::Bnpo => masked.sum().div_scalar(batch.weight_sum().max(1.0)),
+        GrpoLoss::Grpo => (masked.sum_dim(1) / weights.sum_dim(1).clamp_min(1.0)).mean(),
+        GrpoLoss::DrGrpo => masked.sum().div_scalar((b * max_completion_len) as f64),
+    };
+    (loss, kl_score)
 }
 
 /// `log(1 − e^x)` for `x < 0`, accurate on both sides of `−ln 2` (as TRL's `log1mexp`).

@@ -281,6 +281,13 @@ fn technique(t: &Trainer) -> String {
             format!("objective {} (beta {beta}{smoothing}), optimizer {}", c.objective.name(), o.kind)
         }
         super::Objective::Orpo { beta } => format!("objective orpo (beta {beta}, no reference model), optimizer {}", o.kind),
+        super::Objective::Grpo { group_size, beta, epsilon, temperature, loss_type, .. } => format!(
+            "objective grpo ({} prompts × {group_size} completions a step at temperature {temperature}, loss {}, epsilon {epsilon}, beta {beta}{}), optimizer {}",
+            c.batch_size / group_size.max(&1),
+            loss_type.name(),
+            if *beta > 0.0 { "" } else { ": no reference model" },
+            o.kind
+        ),
         super::Objective::NextToken => format!("optimizer {}", o.kind),
     };
     if o.kind == OptimKind::Sgd && o.momentum > 0.0 {

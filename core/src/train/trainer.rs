@@ -101,6 +101,10 @@ pub struct Trainer {
     pub device: Device,
     /// Training seconds before this process (from a resumed checkpoint).
     pub elapsed_before: f64,
+    /// A GRPO run's prompts, reward reader and reference (None for every other run).
+    pub rl: Option<super::grpo::Rl>,
+    /// The last rollout's metrics, reported with its step.
+    rollout_metrics: std::collections::BTreeMap<String, f64>,
     clock: Option<Instant>,
 }
 
@@ -129,6 +133,22 @@ impl Trainer {
             }
             _ => config.data.dataset(tok, config.data_seed, split, n, config.seq_len, config.prompt_loss_weight),
         };
+        if let (true, super::DataSource::Task(task)) = (config.objective.is_rl(), config.data) {
+            // GRPO samples from the task's prompts; its rows (prompt and reference answer)
+            // give the held-out loss, which shows how far the policy drifts.
+            config.validate("training config", model.context_len())?;
+            let rl = super::grpo::Rl {
+                train: super::grpo::PromptSet::new(task, tok, config.data_seed, Split::Train, config.train_examples)?,
+                eval: super::grpo::PromptSet::new(task, tok, config.data_seed, Split::Eval, config.eval_examples)?,
+                tokenizer: tok.clone(),
+                reference: None,
+                last: vec![],
+            };
+            let (train, eval) = (ds(Split::Train, config.train_examples)?, ds(Split::Eval, config.eval_examples)?);
+            let mut trainer = Self::from_datasets(model, config, train, eval, device)?;
+            trainer.rl = Some(rl);
+            return Ok(trainer);
+        }
         let train = ds(Split::Train, config.train_examples)?;
         let eval = ds(Split::Eval, config.eval_examples)?;
         Self::from_datasets(model, config, train, eval, device)
@@ -192,6 +212,8 @@ impl Trainer {
             eval,
             device,
             elapsed_before: 0.0,
+            rl: None,
+            rollout_metrics: Default::default(),
             clock: None,
         })
     }
@@ -300,7 +322,16 @@ impl Trainer {
         if self.needs_references()? {
             self.score_references(None)?;
         }
-        let (started, batch, stats, pending) = self.begin_step();
+        let started = Instant::now();
+        let batch = match self.rollout_plan()? {
+            Some((picks, settings)) => {
+                let rollout = super::grpo::rollout(&self.model.valid(), self.rl.as_ref().expect("planned"), &picks, &settings)?;
+                let refs = self.kl_reference_scores(&rollout.batch).map(|x| x.into_data());
+                self.take_rollout(rollout, refs)?
+            }
+            None => self.batch_for(self.step),
+        };
+        let (batch, stats, pending) = self.begin_step(started, batch);
         let stats = stats.into_data();
         self.finish_step(started, &batch, stats, pending)
     }
@@ -311,23 +342,91 @@ impl Trainer {
         if self.needs_references()? {
             self.score_references_async(None).await?;
         }
-        let (started, batch, stats, pending) = self.begin_step();
-        let stats = stats.into_data_async().await.map_err(|e| Error::Invalid(format!("reading the loss back from the device failed: {e:?}")))?;
+        let started = Instant::now();
+        let read = |e| Error::Invalid(format!("reading results back from the device failed: {e:?}"));
+        let batch = match self.rollout_plan()? {
+            Some((picks, settings)) => {
+                let rollout = super::grpo::rollout_async(&self.model.valid(), self.rl.as_ref().expect("planned"), &picks, &settings).await?;
+                let refs = match self.kl_reference_scores(&rollout.batch) {
+                    Some(x) => Some(x.into_data_async().await.map_err(read)?),
+                    None => None,
+                };
+                self.take_rollout(rollout, refs)?
+            }
+            None => self.batch_for(self.step),
+        };
+        let (batch, stats, pending) = self.begin_step(started, batch);
+        let stats = stats.into_data_async().await.map_err(read)?;
         self.finish_step(started, &batch, stats, pending)
     }
 
-    fn begin_step(&mut self) -> (Instant, Batch, Tensor<1>, Pending) {
-        let started = Instant::now();
+    /// For a GRPO run, the prompts of this step's rollout and its settings: a function of
+    /// the seed and the step alone, like [`Trainer::batch_for`]. None for other runs.
+    /// Makes the KL term's reference (the model as the run starts) at step 0.
+    fn rollout_plan(&mut self) -> Result<Option<(Vec<usize>, super::grpo::RolloutSettings)>> {
+        let Objective::Grpo { group_size, beta, temperature, max_completion_len, .. } = self.config.objective else {
+            return Ok(None);
+        };
+        let step = self.step;
+        let policy = (beta > 0.0).then(|| self.model.valid());
+        let Some(rl) = self.rl.as_mut() else {
+            return Err(Error::Invalid("a GRPO run samples from a task's prompts; build it with Trainer::new on story-qa, sentiment or json-extract".into()));
+        };
+        if beta > 0.0 && rl.reference.is_none() {
+            if step > 0 {
+                return Err(Error::Invalid(format!(
+                    "this GRPO run (beta {beta}) is at step {step} without its reference model; resume it from a checkpoint that holds reference.safetensors"
+                )));
+            }
+            rl.reference = policy;
+        }
+        let mut rng = Rng::derive(self.config.seed, &format!("rollout/{step}"));
+        let picks = (0..self.config.batch_size / group_size).map(|_| rng.below(rl.train.len())).collect();
+        let settings = super::grpo::RolloutSettings {
+            group_size,
+            temperature,
+            max_completion_len,
+            seq_len: self.config.seq_len,
+            seed: mix(self.config.seed ^ 0x4752_504F, step as u64),
+        };
+        Ok(Some((picks, settings)))
+    }
+
+    /// The reference's log-probability of every target of a rollout's batch, `[B * T]`,
+    /// when the KL term is on.
+    fn kl_reference_scores(&self, batch: &Batch) -> Option<Tensor<1>> {
+        let reference = self.rl.as_ref()?.reference.as_ref()?;
+        let device = reference.wte.weight.val().device();
+        let (inputs, targets, _) = batch.to_device(&device);
+        let logits = reference.forward(inputs);
+        let [b, t, _] = logits.dims();
+        Some(burn::tensor::activation::log_softmax(logits, 2).gather(2, targets.reshape([b, t, 1])).reshape([b * t]))
+    }
+
+    /// Keeps a rollout's groups and metrics for the step's event and returns its batch.
+    fn take_rollout(&mut self, rollout: super::grpo::Rollout, refs: Option<TensorData>) -> Result<Batch> {
+        let mut batch = rollout.batch;
+        if let Some(refs) = refs {
+            batch.token_refs =
+                refs.convert::<f32>().try_to_vec::<f32>().map_err(|e| Error::Invalid(format!("reading reference log-probabilities failed: {e:?}")))?;
+        }
+        self.rollout_metrics = rollout.metrics;
+        if let Some(rl) = self.rl.as_mut() {
+            rl.last = rollout.groups;
+        }
+        Ok(batch)
+    }
+
+    fn begin_step(&mut self, started: Instant, batch: Batch) -> (Batch, Tensor<1>, Pending) {
         self.clock.get_or_insert(started);
-        let batch = self.batch_for(self.step);
         // Dropout draws from the backend's generator: seed it per step for reproducibility.
         self.device.seed(mix(self.config.seed, self.step as u64));
         if self.config.optimizer.kind == OptimKind::Mezo {
             let (stats, model) = self.mezo_step(&batch);
-            return (started, batch, stats, Pending::Model(Box::new(model)));
+            return (batch, stats, Pending::Model(Box::new(model)));
         }
         let (stats, grads) = self.forward_backward_scored(&batch);
-        (started, batch, stats, Pending::Grads(grads))
+        (batch, stats, Pending::Grads(grads))
     }
 
     /// One MeZO step on `batch`: `[mean of the two losses, |projected gradient|]` and the
@@ -394,6 +493,14 @@ impl Trainer {
     /// evaluations, which compute them.
     fn train_metrics(&self, batch: &Batch, scores: &[f32]) -> std::collections::BTreeMap<String, f64> {
         let objective = &self.config.objective;
+        if objective.is_rl() {
+            // The rollout's metrics, and (KL term on) the mean KL of each micro-batch.
+            let mut m = self.rollout_metrics.clone();
+            if !scores.is_empty() {
+                m.insert("kl".into(), scores.iter().map(|&x| x as f64).sum::<f64>() / scores.len() as f64);
+            }
+            return m;
+        }
         if !objective.is_preference() || (objective.needs_reference() && batch.refs.len() != batch.b) {
             return Default::default();
         }
@@ -434,6 +541,13 @@ impl Trainer {
     /// The held-out loss, with TRL's metrics for a preference objective.
     pub fn evaluate(&self) -> Result<Evaluation> {
         let c = &self.config;
+        if let Some(rl) = &self.rl {
+            let model = self.model.valid();
+            let b = c.batch_size.min(self.eval.len()).max(1);
+            let loss = eval_losses(&Objective::NextToken, &model, &self.eval, b, c.seq_len, c.eval_batches)?;
+            let reward = super::grpo::greedy_reward(&model, &rl.eval, &rl.tokenizer, c.eval_examples)?;
+            return Ok(Evaluation { loss, metrics: [("reward".to_string(), reward)].into() });
+        }
         if c.objective.is_preference() {
             let m = preference_eval(&c.objective, &self.model.valid(), &self.eval, c.batch_size, c.seq_len, c.eval_batches)?;
             return Ok(Evaluation { loss: m.loss as f32, metrics: m.metrics });
@@ -445,6 +559,13 @@ impl Trainer {
     /// [`Trainer::evaluate`] for the browser (asynchronous read-back).
     pub async fn evaluate_async(&self) -> Result<Evaluation> {
         let c = &self.config;
+        if let Some(rl) = &self.rl {
+            let model = self.model.valid();
+            let b = c.batch_size.min(self.eval.len()).max(1);
+            let loss = eval_losses_async(&Objective::NextToken, &model, &self.eval, b, c.seq_len, c.eval_batches).await?;
+            let reward = super::grpo::greedy_reward_async(&model, &rl.eval, &rl.tokenizer, c.eval_examples).await?;
+            return Ok(Evaluation { loss, metrics: [("reward".to_string(), reward)].into() });
+        }
         if c.objective.is_preference() {
             let m = preference_eval_async(&c.objective, &self.model.valid(), &self.eval, c.batch_size, c.seq_len, c.eval_batches).await?;
             return Ok(Evaluation { loss: m.loss as f32, metrics: m.metrics });
