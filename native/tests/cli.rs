@@ -1391,6 +1391,51 @@ fn orpo_fine_tunes_without_a_reference_and_resumes() {
     fails_with(&orpo(&tmp("orpo-ref"), &["--reference", b]), &["--reference", "the orpo objective has no reference model"]);
 }
 
+/// `finetune --objective grpo` samples groups, logs TRL's rollout metrics on every step and
+/// the held-out rewards at each evaluation; with a KL term (beta > 0) it keeps its
+/// reference in the checkpoint, and a run stopped after 3 steps resumes to the same losses
+/// (the rollouts are a function of the seed, the step and the weights). Bad settings are
+/// refused by name.
+#[test]
+fn grpo_fine_tunes_logs_rewards_and_resumes_with_its_reference() {
+    let base = tmp("grpo-base");
+    ok(&pretrain(&base, &["--steps", "2"]));
+    let b = base.to_str().unwrap();
+    let grpo = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["finetune", "--model", b, "--out", out.to_str().unwrap(), "--method", "lora", "--lr", "0.01", "--objective", "grpo"];
+        let data = if extra.contains(&"--data") { &[][..] } else { &["--data", "sentiment"][..] };
+        let batch = if extra.contains(&"--batch") { &[][..] } else { &["--batch", "8"][..] };
+        args.extend_from_slice(data);
+        args.extend_from_slice(batch);
+        args.extend_from_slice(&["--group-size", "4", "--seq-len", "64", "--max-completion-len", "6"]);
+        args.extend_from_slice(&["--train-examples", "40", "--eval-examples", "4", "--steps", "5", "--eval-every", "5", "--checkpoint-every", "100"]);
+        args.extend_from_slice(extra);
+        tinytune(&args)
+    };
+    let (a, r) = (tmp("grpo-straight"), tmp("grpo-resumed"));
+    let out = grpo(&a, &["--beta", "0.04"]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("objective grpo (2 prompts × 4 completions a step"));
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let step = events.iter().find(|v| v["event"] == "step").unwrap();
+    for key in ["reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "kl"] {
+        assert!(step["metrics"][key].is_number(), "{key}: {step}");
+    }
+    let eval = events.iter().rfind(|v| v["event"] == "eval").unwrap();
+    assert!(eval["metrics"]["reward"].is_number() && eval["metrics"]["greedy_reward"].is_number(), "{eval}");
+    ok(&grpo(&r, &["--beta", "0.04", "--stop-after", "3"]));
+    assert!(r.join("checkpoint/reference.safetensors").exists(), "the KL term's reference is saved");
+    ok(&tinytune(&["finetune", "--model", b, "--out", r.to_str().unwrap(), "--resume"]));
+    let (x, y) = (step_losses(&a), step_losses(&r));
+    assert_eq!((x.len(), y.len()), (5, 5));
+    for (p, q) in x.iter().zip(&y) {
+        assert!((p.1 - q.1).abs() < 1e-6, "step {}: {} vs {}", p.0, p.1, q.1);
+    }
+    fails_with(&grpo(&tmp("grpo-pairs"), &["--data", "sentiment-pairs"]), &["data", "the task itself"]);
+    fails_with(&grpo(&tmp("grpo-batch"), &["--batch", "6"]), &["--batch", "multiple of the group size"]);
+    fails_with(&grpo(&tmp("grpo-loss"), &["--grpo-loss", "ppo"]), &["--grpo-loss", "dapo"]);
+}
+
 #[test]
 fn dpo_fine_tunes_with_lora_logs_trls_metrics_and_resumes() {
     let base = tmp("dpo-base");

@@ -301,7 +301,7 @@ impl TrainConfig {
                 origin,
                 "data",
                 format!(
-                    "is {}, preference pairs, which the {} objective cannot learn from; choose a preference objective (dpo, ipo, hinge) or the task itself",
+                    "is {}, preference pairs, which the {} objective cannot learn from; choose a preference objective (dpo, ipo, hinge, orpo) or the task itself",
                     self.data,
                     self.objective.name()
                 ),

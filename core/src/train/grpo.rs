@@ -253,27 +253,49 @@ fn push_row(batch: &mut Batch, ids: &[u32], w: &[f32], t: usize) {
     batch.lens.push(ids.len() as u32);
 }
 
-/// The mean reward of greedy answers to the first `n` prompts of `set` (synchronous): what
-/// a GRPO run's evaluation reports as `reward`.
-pub fn greedy_reward(model: &Gpt, set: &PromptSet, tok: &TextTokenizer, n: usize) -> Result<f64> {
-    let mut total = 0.0;
-    let n = n.min(set.len()).max(1);
-    for (ex, ids) in set.examples.iter().zip(&set.ids).take(n) {
+/// A GRPO run's held-out figures on the first `n` prompts of `set`: `reward`, the mean reward
+/// of `G` completions sampled per prompt as in training (what TRL's evaluation reports),
+/// and `greedy_reward`, that of the single most likely answer (exact-match accuracy).
+/// Synchronous read-back.
+pub fn held_out_reward(model: &Gpt, set: &PromptSet, tok: &TextTokenizer, n: usize, s: &RolloutSettings) -> Result<BTreeMap<String, f64>> {
+    let (mut sampled, mut greedy_total) = (Vec::new(), Vec::new());
+    for (i, (ex, ids)) in set.examples.iter().zip(&set.ids).take(n.max(1)).enumerate() {
+        let group = generate_group(model, ids, s.group_size, &eval_config(tok, ids, s, i))?;
+        sampled.extend(group.iter().map(|c| set.task.reward(ex, &tok.decode(c))));
         let out = crate::sample::generate(model, ids, &greedy(tok, ex)?);
-        total += set.task.reward(ex, &tok.decode(&out));
+        greedy_total.push(set.task.reward(ex, &tok.decode(&out)));
     }
-    Ok(total / n as f64)
+    Ok(eval_metrics(&sampled, &greedy_total))
 }
 
-/// [`greedy_reward`] for the browser (asynchronous read-back).
-pub async fn greedy_reward_async(model: &Gpt, set: &PromptSet, tok: &TextTokenizer, n: usize) -> Result<f64> {
-    let mut total = 0.0;
-    let n = n.min(set.len()).max(1);
-    for (ex, ids) in set.examples.iter().zip(&set.ids).take(n) {
+/// [`held_out_reward`] for the browser (asynchronous read-back).
+pub async fn held_out_reward_async(model: &Gpt, set: &PromptSet, tok: &TextTokenizer, n: usize, s: &RolloutSettings) -> Result<BTreeMap<String, f64>> {
+    let (mut sampled, mut greedy_total) = (Vec::new(), Vec::new());
+    for (i, (ex, ids)) in set.examples.iter().zip(&set.ids).take(n.max(1)).enumerate() {
+        let group = generate_group_async(model, ids, s.group_size, &eval_config(tok, ids, s, i)).await?;
+        sampled.extend(group.iter().map(|c| set.task.reward(ex, &tok.decode(c))));
         let out = crate::sample::generate_async(model, ids, &greedy(tok, ex)?).await?;
-        total += set.task.reward(ex, &tok.decode(&out));
+        greedy_total.push(set.task.reward(ex, &tok.decode(&out)));
     }
-    Ok(total / n as f64)
+    Ok(eval_metrics(&sampled, &greedy_total))
+}
+
+fn eval_config(tok: &TextTokenizer, prompt: &[u32], s: &RolloutSettings, i: usize) -> SampleConfig {
+    // The same held-out samples at every evaluation of a run: seeded by the prompt alone.
+    let room = (s.seq_len + 1).saturating_sub(prompt.len()).max(1);
+    SampleConfig {
+        max_new_tokens: s.max_completion_len.min(room),
+        temperature: s.temperature,
+        top_k: None,
+        seed: super::trainer::mix(0x4556_414C, i as u64),
+        stop_ids: tok.line_stop_ids(),
+        cache: true,
+    }
+}
+
+fn eval_metrics(sampled: &[f64], greedy: &[f64]) -> BTreeMap<String, f64> {
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    [("reward".to_string(), mean(sampled)), ("greedy_reward".to_string(), mean(greedy))].into()
 }
 
 fn greedy(tok: &TextTokenizer, ex: &Example) -> Result<SampleConfig> {

@@ -364,7 +364,7 @@ impl Trainer {
     /// the seed and the step alone, like [`Trainer::batch_for`]. None for other runs.
     /// Makes the KL term's reference (the model as the run starts) at step 0.
     fn rollout_plan(&mut self) -> Result<Option<(Vec<usize>, super::grpo::RolloutSettings)>> {
-        let Objective::Grpo { group_size, beta, temperature, max_completion_len, .. } = self.config.objective else {
+        let Objective::Grpo { group_size, beta, .. } = self.config.objective else {
             return Ok(None);
         };
         let step = self.step;
@@ -382,14 +382,22 @@ impl Trainer {
         }
         let mut rng = Rng::derive(self.config.seed, &format!("rollout/{step}"));
         let picks = (0..self.config.batch_size / group_size).map(|_| rng.below(rl.train.len())).collect();
-        let settings = super::grpo::RolloutSettings {
+        Ok(Some((picks, self.rollout_settings())))
+    }
+
+    /// A GRPO run's sampling settings at the current step (defaults for other runs).
+    fn rollout_settings(&self) -> super::grpo::RolloutSettings {
+        let (group_size, temperature, max_completion_len) = match self.config.objective {
+            Objective::Grpo { group_size, temperature, max_completion_len, .. } => (group_size, temperature, max_completion_len),
+            _ => (1, 1.0, 1),
+        };
+        super::grpo::RolloutSettings {
             group_size,
             temperature,
             max_completion_len,
             seq_len: self.config.seq_len,
-            seed: mix(self.config.seed ^ 0x4752_504F, step as u64),
-        };
-        Ok(Some((picks, settings)))
+            seed: mix(self.config.seed ^ 0x4752_504F, self.step as u64),
+        }
     }
 
     /// The reference's log-probability of every target of a rollout's batch, `[B * T]`,
@@ -545,8 +553,8 @@ impl Trainer {
             let model = self.model.valid();
             let b = c.batch_size.min(self.eval.len()).max(1);
             let loss = eval_losses(&Objective::NextToken, &model, &self.eval, b, c.seq_len, c.eval_batches)?;
-            let reward = super::grpo::greedy_reward(&model, &rl.eval, &rl.tokenizer, c.eval_examples)?;
-            return Ok(Evaluation { loss, metrics: [("reward".to_string(), reward)].into() });
+            let metrics = super::grpo::held_out_reward(&model, &rl.eval, &rl.tokenizer, c.eval_examples, &self.rollout_settings())?;
+            return Ok(Evaluation { loss, metrics });
         }
         if c.objective.is_preference() {
             let m = preference_eval(&c.objective, &self.model.valid(), &self.eval, c.batch_size, c.seq_len, c.eval_batches)?;
@@ -563,8 +571,8 @@ impl Trainer {
             let model = self.model.valid();
             let b = c.batch_size.min(self.eval.len()).max(1);
             let loss = eval_losses_async(&Objective::NextToken, &model, &self.eval, b, c.seq_len, c.eval_batches).await?;
-            let reward = super::grpo::greedy_reward_async(&model, &rl.eval, &rl.tokenizer, c.eval_examples).await?;
-            return Ok(Evaluation { loss, metrics: [("reward".to_string(), reward)].into() });
+            let metrics = super::grpo::held_out_reward_async(&model, &rl.eval, &rl.tokenizer, c.eval_examples, &self.rollout_settings()).await?;
+            return Ok(Evaluation { loss, metrics });
         }
         if c.objective.is_preference() {
             let m = preference_eval_async(&c.objective, &self.model.valid(), &self.eval, c.batch_size, c.seq_len, c.eval_batches).await?;
