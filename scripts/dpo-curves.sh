@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The preference-tuning figures of the README: DPO, IPO and hinge on the shipped micro model
+# The preference-tuning figures of the README: DPO, IPO, hinge and ORPO on the shipped micro model
 # (LoRA r 8 on every linear layer, 40 steps of 8 pairs, lr 5e-3), on story-qa's sentence
 # pairs (a style preference) and, after 100 steps of SFT, on its correctness pairs; each
 # run's held-out TRL metrics every 10 steps, and the held-out story loss before and after
@@ -36,7 +36,7 @@ run() {
 }
 story_loss() { "$bin" eval --model "$1" --data stories --examples 100 --json | python3 -c 'import json, sys; print("%.4f" % json.load(sys.stdin)["eval_loss"])'; }
 echo "held-out story loss of assets/micro: $(story_loss assets/micro)"
-for objective in dpo ipo hinge; do
+for objective in dpo ipo hinge orpo; do
   run "$objective" finetune --model assets/micro --data story-qa-sentence-pairs --objective "$objective" "${common[@]}" --out "$out/$objective"
   echo "$objective on story-qa-sentence-pairs (beta 0.1):"
   show "$out/$objective"

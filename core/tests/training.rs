@@ -389,3 +389,57 @@ fn grpo_loss_has_the_policy_gradient_and_a_rollout_reports_its_groups() {
     }
     assert!(trainer.evaluate().unwrap().metrics.contains_key("reward"));
 }
+
+/// GRPO raises the verifiable reward on held-out prompts: micro, taught sentiment's answer
+/// format by 100 steps of SFT, then 15 GRPO steps (full fine-tuning, 8 prompts × 8
+/// completions a step, lr 1e-3) on the exact-label reward. The held-out reward sampled as
+/// in training (64 prompts × 8) rises by more than 0.05. (Measured with a release build:
+/// 0.543 before, 0.645 after 10 steps, 0.725 after 30; scripts/grpo-curves.sh runs longer.)
+#[test]
+fn grpo_raises_the_held_out_reward_on_micro() {
+    use tinytune::train::Objective;
+    let device = ad();
+    let asset = |f: &str| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/micro").join(f);
+    let config = ModelConfig::from_json(&std::fs::read_to_string(asset("config.json")).unwrap(), "config.json").unwrap();
+    let tok = TextTokenizer::from_json(&std::fs::read_to_string(asset("tokenizer.json")).unwrap(), "tokenizer.json").unwrap();
+    let model = load_model(&config, &std::fs::read(asset("model.safetensors")).unwrap(), &device, "model.safetensors").unwrap();
+    let sft = TrainConfig {
+        data: DataSource::Task(Task::Sentiment),
+        train_examples: 2000,
+        eval_examples: 16,
+        steps: 100,
+        batch_size: 8,
+        seq_len: 32,
+        lr: 3e-3,
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(model, &tok, sft, &device).unwrap();
+    while trainer.step < trainer.config.steps {
+        trainer.step().unwrap();
+    }
+    let grpo = TrainConfig {
+        data: DataSource::Task(Task::Sentiment),
+        objective: match Objective::grpo(8, 0.0) {
+            Objective::Grpo { group_size, beta, epsilon, temperature, loss_type, .. } => {
+                Objective::Grpo { group_size, beta, epsilon, temperature, loss_type, max_completion_len: 4 }
+            }
+            other => other,
+        },
+        train_examples: 2000,
+        eval_examples: 64,
+        steps: 15,
+        batch_size: 64,
+        seq_len: 32,
+        lr: 1e-3,
+        warmup_steps: 0,
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(trainer.model, &tok, grpo, &device).unwrap();
+    let before = trainer.evaluate().unwrap().metrics;
+    while trainer.step < trainer.config.steps {
+        trainer.step().unwrap();
+    }
+    let after = trainer.evaluate().unwrap().metrics;
+    eprintln!("grpo: held-out reward {} -> {}, greedy {} -> {}", before["reward"], after["reward"], before["greedy_reward"], after["greedy_reward"]);
+    assert!(after["reward"] > before["reward"] + 0.05, "held-out reward {} -> {}", before["reward"], after["reward"]);
+}

@@ -909,7 +909,9 @@ pub struct EvalArgs {
     pub adapter: Option<PathBuf>,
     /// Score preference pairs (TRL's prompt/chosen/rejected .jsonl, or story-qa-pairs, …)
     /// with this objective instead: dpo, ipo, hinge, robust or orpo; prints TRL's metrics
-    /// (rewards/chosen, rewards/accuracies, …).
+    /// (rewards/chosen, rewards/accuracies, …). Or grpo: the task's verifiable reward on
+    /// the first --accuracy-examples held-out prompts, sampled (`reward`, as a GRPO run's
+    /// evaluation) and greedy (`greedy_reward`).
     #[arg(long)]
     pub objective: Option<String>,
     /// The reference model of a preference objective (a model folder; required with
@@ -923,6 +925,15 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 0.0)]
     pub label_smoothing: f64,
     /// Print one JSON object instead of text.
+    /// GRPO (--objective grpo): completions sampled per held-out prompt for `reward`.
+    #[arg(long, default_value_t = 8)]
+    pub group_size: usize,
+    /// GRPO: the sampling temperature of those completions.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// GRPO: the longest completion sampled, in tokens.
+    #[arg(long, default_value_t = 32)]
+    pub max_completion_len: usize,
     #[arg(long)]
     pub json: bool,
 }

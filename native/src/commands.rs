@@ -79,6 +79,9 @@ pub fn generate_cmd(args: GenerateArgs, device: &Device) -> Result<(), String> {
 }
 
 pub fn eval_cmd(args: EvalArgs, device: &Device) -> Result<(), String> {
+    if args.objective.as_deref() == Some("grpo") {
+        return rl_eval_cmd(args, device);
+    }
     if let Some(name) = args.objective.clone() {
         return preference_eval_cmd(args, &name, device);
     }
@@ -204,6 +207,65 @@ fn preference_eval_cmd(args: EvalArgs, name: &str, device: &Device) -> Result<()
     println!("  {:<20} {:.6}", "loss", m.loss);
     for (k, v) in &m.metrics {
         println!("  {k:<20} {v:.6}");
+    }
+    Ok(())
+}
+
+/// `tinytune eval --objective grpo`: a model's verifiable reward on a task's held-out
+/// prompts, as a GRPO run's evaluation measures it (the same prompts for the same data seed
+/// and count): G completions sampled per prompt, and the greedy answer.
+fn rl_eval_cmd(args: EvalArgs, device: &Device) -> Result<(), String> {
+    if args.reference.is_some() {
+        return Err("--reference: the grpo evaluation scores rewards, not a reference; leave --reference out".into());
+    }
+    let task = match args.data.parse::<DataSource>().map_err(|e| format!("--data: {e}"))? {
+        DataSource::Task(task) => task,
+        other => return Err(format!("--data: {other} has no verifiable answers; use story-qa, sentiment or json-extract")),
+    };
+    let loaded = model_dir::load(&args.model, device)?;
+    let context = loaded.model.context_len();
+    let seq_len = args.seq_len.unwrap_or(context.min(128)).min(context);
+    let policy = with_adapter(loaded.model, &loaded.dir, args.adapter.as_deref(), device)?;
+    let objective = Objective::Grpo {
+        group_size: args.group_size,
+        beta: 0.0,
+        epsilon: 0.2,
+        temperature: args.temperature,
+        max_completion_len: args.max_completion_len,
+        loss_type: Default::default(),
+    };
+    objective.validate("command line").map_err(|e| e.to_string().replace("objective.", "--").replace('_', "-"))?;
+    let set = tinytune::train::grpo::PromptSet::new(task, &loaded.tokenizer, args.data_seed, Split::Eval, args.accuracy_examples).map_err(|e| e.to_string())?;
+    let settings = tinytune::train::grpo::RolloutSettings {
+        group_size: args.group_size,
+        temperature: args.temperature,
+        max_completion_len: args.max_completion_len,
+        seq_len,
+        seed: 0,
+    };
+    let m = tinytune::train::grpo::held_out_reward(&policy, &set, &loaded.tokenizer, args.accuracy_examples, &settings).map_err(|e| e.to_string())?;
+    if args.json {
+        let mut out = serde_json::Map::new();
+        out.insert("model".into(), json!(loaded.dir));
+        out.insert("data".into(), json!(args.data));
+        out.insert("prompts".into(), json!(set.len().min(args.accuracy_examples)));
+        out.insert("group_size".into(), json!(args.group_size));
+        out.insert("temperature".into(), json!(args.temperature));
+        for (k, v) in &m {
+            out.insert(k.clone(), json!(v));
+        }
+        println!("{}", serde_json::Value::Object(out));
+        return Ok(());
+    }
+    println!(
+        "{}: {task} reward on {} held-out prompts ({} samples each at temperature {})",
+        loaded.dir.display(),
+        set.len().min(args.accuracy_examples),
+        args.group_size,
+        args.temperature
+    );
+    for (k, v) in &m {
+        println!("  {k:<14} {v:.4}");
     }
     Ok(())
 }

@@ -335,7 +335,9 @@ impl Dataset {
     }
 }
 
-fn push_row(batch: &mut Batch, ids: &[u32], w: &[f32], pad: u32, t: usize) {
+/// Appends one row of `t` positions: `ids[i]` predicting `ids[i + 1]` with weight `w[i + 1]`,
+/// then padding (`pad`, weight 0).
+pub(super) fn push_row(batch: &mut Batch, ids: &[u32], w: &[f32], pad: u32, t: usize) {
     for i in 0..t {
         let (inp, tgt, wt) = match (ids.get(i), ids.get(i + 1)) {
             (Some(&a), Some(&b)) => (a, b, w[i + 1]),

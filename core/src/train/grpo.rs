@@ -205,7 +205,9 @@ fn assemble(rl: &Rl, picks: &[usize], completions: Vec<Vec<Vec<u32>>>, s: &Rollo
             row.truncate(t + 1);
             // weights[i] is the weight of predicting row[i]: the completion's tokens count.
             let w: Vec<f32> = (0..row.len()).map(|j| if j >= prompt.len() { 1.0 } else { 0.0 }).collect();
-            push_row(&mut batch, &row, &w, t);
+            // Padding repeats the last token, with weight 0.
+            super::batch::push_row(&mut batch, &row, &w, *row.last().unwrap_or(&0), t);
+            batch.lens.push(row.len() as u32);
         }
         rewards.extend_from_slice(&r);
         groups.push(SampledGroup {
@@ -235,22 +237,6 @@ fn assemble(rl: &Rl, picks: &[usize], completions: Vec<Vec<Vec<u32>>>, s: &Rollo
         ("completions/clipped_ratio".to_string(), clipped as f64 / n),
     ];
     Ok(Rollout { batch, groups, metrics: metrics.into_iter().collect() })
-}
-
-fn push_row(batch: &mut Batch, ids: &[u32], w: &[f32], t: usize) {
-    // Padding repeats the last token with weight 0.
-    let pad = *ids.last().unwrap_or(&0);
-    for i in 0..t {
-        let (inp, tgt, wt) = match (ids.get(i), ids.get(i + 1)) {
-            (Some(&a), Some(&b)) => (a, b, w[i + 1]),
-            (Some(&a), None) => (a, pad, 0.0),
-            _ => (pad, pad, 0.0),
-        };
-        batch.inputs.push(inp);
-        batch.targets.push(tgt);
-        batch.weights.push(wt);
-    }
-    batch.lens.push(ids.len() as u32);
 }
 
 /// A GRPO run's held-out figures on the first `n` prompts of `set`: `reward`, the mean reward
