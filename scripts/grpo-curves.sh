@@ -29,7 +29,7 @@ for line in open(sys.argv[1] + "/metrics.jsonl"):
     if e["event"] == "eval":
         m = e["metrics"]
         print(f"  step {e['step']:>3}  held-out reward {m['reward']:.3f}  greedy {m['greedy_reward']:.3f}  answer loss {e['eval_loss']:.4f}")
-      elif e["event"] == "step" and e["step"] % 10 == 0:
+    elif e["event"] == "step" and e["step"] % 10 == 0:
         m = e["metrics"]
         kl = f"  kl {m['kl']:.4f}" if "kl" in m else ""
         print(f"  step {e['step']:>3}  batch reward {m['reward']:.3f}  frac_reward_zero_std {m['frac_reward_zero_std']:.2f}{kl}")
@@ -44,9 +44,9 @@ reward() {
 echo "after ${SFT_STEPS:-100} SFT steps on $task: $(reward "$out/sft")"
 # 8 prompts x 8 completions a step; the task's answers are a line of a few tokens.
 common=(--data "$task" --objective grpo --group-size 8 --batch 64 --seq-len 32 --max-completion-len 4 --steps "${STEPS:-60}"
-  --train-examples 2000 --eval-examples 64 --eval-every 10 --checkpoint-every 0 --lr "${LR:-1e-3}")
+  --train-examples 2000 --eval-examples 64 --eval-every 10 --checkpoint-every 0 --lr "${LR:-3e-4}")
 run grpo finetune --model "$out/sft" "${common[@]}" --out "$out/grpo"
-echo "GRPO (full fine-tuning, lr ${LR:-1e-3}, beta 0: no reference):"
+echo "GRPO (full fine-tuning, lr ${LR:-3e-4}, beta 0: no reference):"
 show "$out/grpo"
 run grpo-kl finetune --model "$out/sft" "${common[@]}" --beta 0.04 --out "$out/grpo-kl"
 echo "GRPO with a KL term to the SFT model (beta 0.04):"

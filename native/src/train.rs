@@ -482,6 +482,30 @@ mod tests {
         }
     }
 
+    /// The preference widget's "Run this at scale" command resolves to the run the worker
+    /// trains, for every objective and pair set it offers.
+    #[test]
+    fn the_preference_widgets_command_reproduces_its_run() {
+        use tinytune_web::preference::{DATA, PreferenceParams, objectives};
+        assert!(objectives().contains(&"orpo"), "{:?}", objectives());
+        for name in objectives() {
+            for data in DATA {
+                let params = PreferenceParams { objective: name.into(), data: data.parse().unwrap(), beta: 0.25, ..Default::default() };
+                let mut argv = vec!["tinytune".to_string()];
+                argv.extend(params.command_args());
+                let Command::Finetune(a) = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{}: {e}", params.command())).command else {
+                    panic!("{}", params.command())
+                };
+                assert_eq!(a.model.to_str(), Some(tinytune_web::run::MICRO_DIR));
+                let config = ModelConfig::micro();
+                let method = a.method.to_method(None, config.family).unwrap();
+                let mut native = resolve(&a.train, method, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, config.n_positions).unwrap();
+                native.checkpoint_every = 0;
+                assert_eq!(native, params.train_config(), "{}", params.command());
+            }
+        }
+    }
+
     /// The real-model widget's "Run this at scale" command resolves to the run the worker
     /// trains (the data file's path aside, which the CLI makes absolute).
     #[test]

@@ -608,6 +608,65 @@ await check("the federated widget averages clients round by round, as tinytune f
   await page.close();
 });
 
+await check("the preference widget runs DPO on micro beside SFT on the chosen completions, and its command reproduces the run", async () => {
+  const page = await openPage(cpu, base + "?lesson=learning-from-preferences&backend=cpu");
+  const w = page.locator("[data-widget=preference]").first();
+  // The lesson's block has no parameters: the defaults are DPO, β 0.1 on story-qa's sentence pairs.
+  const command = (await w.locator("[data-testid=command]").textContent()).trim();
+  assert(command.startsWith("tinytune finetune --model assets/micro --data story-qa-sentence-pairs --objective dpo --beta 0.1 --method lora"), command);
+  const objectives = await w.locator('[data-param="objective"] option').evaluateAll((os) => os.map((o) => o.value));
+  assert(["dpo", "ipo", "hinge"].every((o) => objectives.includes(o)), objectives.join(","));
+  const t0 = Date.now();
+  await w.locator("[data-testid=train]").click();
+  await waitForRun(w, 300_000);
+  const seconds = (Date.now() - t0) / 1000;
+  const l = await losses(w);
+  const steps = Number(command.match(/--steps (\d+)/)[1]);
+  assert(l.length === steps && l.every(Number.isFinite), `losses ${l}`);
+  // Policy and reference are the same model at step 1: both log-ratios are 0, −log σ(0) = ln 2.
+  assert(Math.abs(l[0] - Math.LN2) < 1e-3, `step 1 loss ${l[0]}, not ln 2`);
+  const table = async (id) => w.locator(`[data-testid=${id}] tbody tr`).evaluateAll((trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent.trim())));
+  // step, loss, accuracies, margins, chosen, rejected, logps/chosen, logps/rejected
+  const evals = (await table("pref-evals")).map((r) => r.map(Number));
+  const every = Number(command.match(/--eval-every (\d+)/)[1]);
+  assert(evals.length === Math.ceil(steps / every) && evals.every((r) => r.length === 8 && r.every(Number.isFinite)), JSON.stringify(evals));
+  const last = evals[evals.length - 1];
+  assert(last[0] === steps && last[2] >= 0 && last[2] <= 1, JSON.stringify(last));
+  // A style preference is learned: held-out accuracy near 1, the chosen reward above the rejected.
+  assert(last[1] < Math.LN2 && last[2] >= 0.9 && last[3] > 0 && Math.abs(last[3] - (last[4] - last[5])) < 2e-3, JSON.stringify(last));
+  // The comparison: SFT on the chosen completions, scored on the same held-out pairs.
+  const cmp = await table("pref-compare");
+  assert(cmp.length === 2 && cmp[1][0].startsWith("SFT"), JSON.stringify(cmp));
+  for (const r of cmp) assert(Number(r[1]) === steps && Number(r[3]) >= 0 && Number(r[3]) <= 1 && r.slice(2).every((x) => Number.isFinite(Number(x))), JSON.stringify(r));
+  const samples = await table("pref-samples");
+  assert(samples.length === 3 && samples.every((r) => r.length === 6 && r.slice(3).every((x) => x.length > 0 && x !== "…")), JSON.stringify(samples));
+  // Loss, rewards, accuracies and log-probabilities, each with its lines drawn.
+  const charts = await w.locator("svg.chart").evaluateAll((svgs) => svgs.map((svg) => svg.querySelectorAll("path").length));
+  assert(charts.length === 4 && charts.every((n) => n >= 3), `lines per chart: ${charts}`);
+  const status = await w.locator("[data-testid=run-state]").locator("..").textContent();
+  console.log(`     ${seconds.toFixed(1)} s; step 1 loss ${l[0].toFixed(4)}, step ${steps} ${l[steps - 1].toFixed(4)}; ${status}`);
+  for (const r of evals) console.log(`     held-out at step ${r[0]}: loss ${r[1]}, accuracies ${r[2]}, margins ${r[3]}, chosen ${r[4]}, rejected ${r[5]}, logps ${r[6]} / ${r[7]}`);
+  for (const r of cmp) console.log(`     ${r[0]}: loss ${r[2]}, accuracies ${r[3]}, margins ${r[4]}, chosen ${r[5]}, rejected ${r[6]}, logps ${r[7]} / ${r[8]}`);
+  for (const r of samples) console.log(`     ${JSON.stringify(r.slice(1))}`);
+  // The printed command, run natively, trains to the same held-out figures.
+  const cli = join(root, "target/debug/tinytune");
+  assert(existsSync(cli), `${cli} is missing: build it with cargo build -p tinytune-cli (scripts/test.sh runs the cargo tests first)`);
+  const args = command.split(/\s+/).slice(1);
+  const out = mkdtempSync(join(tmpdir(), "tinytune-dpo-"));
+  args[args.indexOf("--out") + 1] = join(out, "run");
+  execFileSync(cli, args.concat(["--checkpoint-every", "0"]), { cwd: root, stdio: ["ignore", "ignore", "pipe"] });
+  const native = readFileSync(join(out, "run/metrics.jsonl"), "utf8").trim().split("\n").map((x) => JSON.parse(x)).filter((e) => e.event === "eval");
+  assert(native.length === evals.length, `${native.length} native evaluations`);
+  native.forEach((e, i) => {
+    const r = evals[i], m = e.metrics;
+    const close = Math.abs(e.eval_loss - r[1]) < 2e-3 && Math.abs(m["rewards/accuracies"] - r[2]) < 1e-3 && Math.abs(m["rewards/margins"] - r[3]) < 2e-2;
+    assert(e.step === r[0] && close, `page ${JSON.stringify(r)} vs native ${JSON.stringify(e)}`);
+  });
+  await w.screenshot({ path: join(artifacts, "preference.png") });
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
 await check("the rope widget draws each scaling's rotations and measures micro-llama past its context", async () => {
   const page = await openPage(cpu, base + "?lesson=longer-contexts&backend=cpu");
   const w = page.locator("[data-widget=rope]").first();

@@ -12,6 +12,7 @@ pub mod memory;
 pub mod merge;
 pub mod optimizers;
 pub mod precision;
+pub mod preference;
 pub mod protocol;
 pub mod quantize;
 pub mod rank;

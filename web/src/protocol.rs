@@ -66,6 +66,14 @@ pub enum ToWorker {
         run: u32,
         params: crate::real::RealModelParams,
     },
+    /// The preference widget's run, answered like `Train` (its events under `run`, with
+    /// `FromWorker::Preference` news), then its SFT comparison's events under `sft` (pause,
+    /// resume and cancel go to `run` for both).
+    Preference {
+        run: u32,
+        sft: u32,
+        params: crate::preference::PreferenceParams,
+    },
 }
 
 /// The backend the worker runs on, and why.
@@ -161,6 +169,12 @@ pub enum FromWorker {
         id: u32,
         reply: crate::real::ChatReply,
     },
+    /// What a preference run reports besides its events: the sampled prompts, each model's
+    /// greedy completions, the SFT comparison scored on the held-out pairs.
+    Preference {
+        run: u32,
+        news: crate::preference::PreferenceNews,
+    },
 }
 
 impl ToWorker {
@@ -173,7 +187,11 @@ impl FromWorker {
     /// The run or request a message answers (None for backend-wide messages).
     pub fn id(&self) -> Option<u32> {
         match self {
-            FromWorker::Status { run, .. } | FromWorker::Run { run, .. } | FromWorker::Compare { run, .. } | FromWorker::RunStats { run, .. } => Some(*run),
+            FromWorker::Status { run, .. }
+            | FromWorker::Run { run, .. }
+            | FromWorker::Compare { run, .. }
+            | FromWorker::RunStats { run, .. }
+            | FromWorker::Preference { run, .. } => Some(*run),
             FromWorker::Reply { id, .. } | FromWorker::Error { id, .. } | FromWorker::RealOpened { id, .. } | FromWorker::RealText { id, .. } => Some(*id),
             FromWorker::Backend(_) | FromWorker::Ready => None,
         }
@@ -199,6 +217,7 @@ mod tests {
             ToWorker::RealOpen { id: 4 },
             ToWorker::RealChat { id: 5, prompt: "Hi\n".into(), max_tokens: 9 },
             ToWorker::RealTrain { run: 6, params: crate::real::RealModelParams::default() },
+            ToWorker::Preference { run: 7, sft: 8, params: crate::preference::PreferenceParams { objective: "ipo".into(), ..Default::default() } },
             ToWorker::Request { id: 2, req: TimelineParams::default().into_request() },
             ToWorker::Request { id: 1, req: GenerateParams { prompt: "a\nb".into(), ..Default::default() }.into_request() },
         ];
@@ -223,6 +242,16 @@ mod tests {
         };
         let from = FromWorker::Run { run: 3, event: TrainEvent::Step(event.clone()) };
         assert_eq!(serde_json::from_str::<FromWorker>(&from.to_json()).unwrap(), from);
+        use crate::preference::{PreferenceNews, SampleModel};
+        for news in [
+            PreferenceNews::Prompts(crate::preference::sample_pairs(&Default::default())),
+            PreferenceNews::Samples { model: SampleModel::Sft, completions: vec![" lily went to the park.".into()] },
+            PreferenceNews::SftPairs { step: 10, loss: 0.5, metrics: [("rewards/accuracies".to_string(), 0.75)].into() },
+        ] {
+            let from = FromWorker::Preference { run: 7, news };
+            assert_eq!(from.id(), Some(7));
+            assert_eq!(serde_json::from_str::<FromWorker>(&from.to_json()).unwrap(), from);
+        }
         // A step skipped by the loss scaler has an infinite gradient norm, which JSON cannot
         // carry: it travels as null and arrives as NaN, and the message still parses.
         let skipped = FromWorker::Run { run: 3, event: TrainEvent::Step(StepEvent { grad_norm: f32::INFINITY, skipped: true, loss_scale: 65536.0, ..event }) };

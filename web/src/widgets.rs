@@ -440,6 +440,9 @@ widgets! {
     Federated(crate::federated::FederatedParams) => crate::federated::FederatedResult,
     /// A GGUF model from the reader's disk: chat, LoRA-fine-tune in the tab, chat again.
     RealModel(crate::real::RealModelParams),
+    /// Preference tuning (DPO, IPO, hinge, ORPO) of micro with LoRA on generated pairs,
+    /// beside SFT on the chosen completions, streamed like a train widget's run.
+    Preference(crate::preference::PreferenceParams),
 }
 
 /// `key = value` on settings `S`, the error naming the widget, the key and the value.

@@ -11,6 +11,7 @@ mod memory;
 mod merge;
 mod optimizers;
 mod precision;
+mod preference;
 mod quantize;
 mod rank;
 mod real;

@@ -145,6 +145,7 @@ fn handle(msg: ToWorker) {
             }
         }),
         ToWorker::RealTrain { run, params } => spawn_run(run, move |cell| async move { real_train(run, &params, &cell).await }),
+        ToWorker::Preference { run, sft, params } => spawn_run(run, move |cell| async move { preference(run, sft, &params, &cell).await }),
         ToWorker::Request { id, req } => spawn_local(async move {
             post(&match crate::widgets::answer(req).await {
                 Ok(reply) => FromWorker::Reply { id, reply },
@@ -821,4 +822,146 @@ async fn real_train(run: u32, p: &crate::real::RealModelParams, control: &Cell<C
         }
     });
     Ok(RunState::Done)
+}
+
+/// The preference widget: a LoRA fine-tune of micro with a preference objective on
+/// generated pairs, driven through `train::Run` and posted like the train widget's runs
+/// (the trainer scores the reference, the model as it starts, before the first step); then
+/// the comparison, the same run under the next-token objective on the chosen completions
+/// only, paused at each of the preference run's evaluation steps to score its model on the
+/// same held-out pairs against the same reference. Greedy completions of a few held-out
+/// prompts before, after the run and after the comparison.
+async fn preference(run: u32, sft_run: u32, p: &crate::preference::PreferenceParams, control: &Cell<Control>) -> Result<RunState, String> {
+    use crate::preference::{EVAL_PAIRS, PreferenceNews, SampleModel, TRAIN_PAIRS, sample_pairs, sft_examples};
+    use tinytune::train::{Dataset, preference_eval_async};
+    let err = |e: tinytune::Error| e.to_string();
+    let news = |news: PreferenceNews| post(&FromWorker::Preference { run, news });
+    let cancelled = || control.get() == Control::Cancel;
+    let config = p.train_config();
+    let ad = device().await.autodiff();
+    let on_cpu = tinytune::optim::optimizer::host_memory_device(&ad);
+    let host = |id: u32| WorkerHost {
+        run: id,
+        control,
+        paused: false,
+        summary: String::new(),
+        host_only: false,
+        stats: crate::protocol::RunStats {
+            optimizer: config.optimizer.kind.name().into(),
+            device: if on_cpu { "CPU".into() } else { "WebGPU".into() },
+            ..Default::default()
+        },
+        on_cpu,
+        base: tinytune::memory::measure::current(),
+        step_secs: 0.0,
+    };
+    status(run, RunState::Preparing, "loading the model");
+    let (base, tok) = load(ModelChoice::Micro, 0, &ad).await?;
+    let model = config.method.apply(base.clone(), config.seed, &ad).map_err(err)?;
+    status(run, RunState::Preparing, "generating and tokenising the pairs");
+    js::sleep(0).await;
+    let mut trainer = Trainer::new(model, &tok, config.clone(), &ad).map_err(err)?;
+    if config.objective.needs_reference() {
+        // What the first step would do: here, so the first step's time is a step's.
+        let what = format!("the reference (the model as it starts) scores the {} training and {} held-out pairs", trainer.train.len(), trainer.eval.len());
+        status(run, RunState::Preparing, &what);
+        trainer.score_references_async(None).await.map_err(err)?;
+    }
+    let pairs = sample_pairs(p);
+    news(PreferenceNews::Prompts(pairs.clone()));
+    status(run, RunState::Preparing, "answering held-out prompts before tuning");
+    news(PreferenceNews::Samples { model: SampleModel::Reference, completions: greedy(&trainer.model.valid(), &tok, &pairs).await? });
+    if cancelled() {
+        return Ok(RunState::Cancelled);
+    }
+    let mut main = host(run);
+    tinytune::memory::measure::reset_peak();
+    let mut driven = Run::new(trainer, tok.clone());
+    if driven.drive_async(&mut main).await? == Outcome::Cancelled {
+        return Ok(RunState::Cancelled);
+    }
+    let tuned = driven.trainer;
+    status(run, RunState::Preparing, "answering the held-out prompts after tuning");
+    news(PreferenceNews::Samples { model: SampleModel::Preference, completions: greedy(&tuned.model.valid(), &tok, &pairs).await? });
+    if !p.sft || cancelled() {
+        return Ok(if cancelled() { RunState::Cancelled } else { RunState::Done });
+    }
+
+    // The comparison: the same LoRA start (same seed), the same prompts in the same order.
+    status(run, RunState::Preparing, "the comparison: SFT on the chosen completions");
+    js::sleep(0).await;
+    let sft_config = p.sft_config();
+    let model = sft_config.method.apply(base, sft_config.seed, &ad).map_err(err)?;
+    let rows = |split, n| Dataset::from_examples(&tok, &sft_examples(p, split, n), sft_config.seq_len, sft_config.prompt_loss_weight).map_err(err);
+    let sft = Trainer::from_datasets(model, sft_config.clone(), rows(Split::Train, TRAIN_PAIRS)?, rows(Split::Eval, EVAL_PAIRS)?, &ad).map_err(err)?;
+    let mut sft_host = host(sft_run);
+    let mut driven = Run::new(sft, tok.clone());
+    let every = config.eval_every.max(1);
+    loop {
+        let step = driven.trainer.step;
+        let mut segment = Until { inner: &mut sft_host, step, stop_at: ((step / every + 1) * every).min(sft_config.steps) };
+        if driven.drive_async(&mut segment).await? == Outcome::Cancelled {
+            return Ok(RunState::Cancelled);
+        }
+        // The preference run's own evaluation, on its held-out pairs (their reference
+        // log-probabilities included), of the comparison's model.
+        let c = &config;
+        let m = preference_eval_async(&c.objective, &driven.trainer.model.valid(), &tuned.eval, c.batch_size, c.seq_len, c.eval_batches).await.map_err(err)?;
+        news(PreferenceNews::SftPairs { step: driven.trainer.step, loss: m.loss, metrics: m.metrics });
+        if driven.trainer.step >= sft_config.steps {
+            break;
+        }
+    }
+    status(run, RunState::Preparing, "answering the held-out prompts after SFT");
+    news(PreferenceNews::Samples { model: SampleModel::Sft, completions: greedy(&driven.trainer.model.valid(), &tok, &pairs).await? });
+    Ok(RunState::Done)
+}
+
+/// Greedy completions of each pair's prompt, to the end of the line.
+async fn greedy(model: &Gpt, tok: &TextTokenizer, pairs: &[tinytune::data::Pair]) -> Result<Vec<String>, String> {
+    let err = |e: tinytune::Error| e.to_string();
+    let config =
+        SampleConfig { max_new_tokens: crate::preference::SAMPLE_TOKENS, temperature: 0.0, top_k: None, seed: 0, stop_ids: tok.line_stop_ids(), cache: true };
+    let mut out = Vec::new();
+    for pair in pairs {
+        let ids = tok.encode(&pair.prompt).map_err(err)?;
+        let mut new = generate_async(model, &ids, &config).await.map_err(err)?;
+        if new.last().is_some_and(|id| tok.eot() == Some(*id)) {
+            new.pop();
+        }
+        out.push(tok.decode(&new).trim_end().to_string());
+        js::sleep(0).await;
+    }
+    Ok(out)
+}
+
+/// A run host that ends the run (`Control::Stop`) once `stop_at` steps are taken and
+/// hands everything else to `inner`: how the preference widget's comparison stops at each
+/// evaluation step to score its model asynchronously (a host's `event` is synchronous),
+/// then drives the same run on.
+struct Until<'h, 'a> {
+    inner: &'h mut WorkerHost<'a>,
+    step: usize,
+    stop_at: usize,
+}
+
+impl RunHost for Until<'_, '_> {
+    type Error = String;
+
+    fn control(&mut self) -> Control {
+        if self.step >= self.stop_at { Control::Stop } else { self.inner.control() }
+    }
+
+    fn event(&mut self, trainer: &Trainer, event: &TrainEvent) -> Result<(), String> {
+        self.step = trainer.step;
+        self.inner.event(trainer, event)
+    }
+
+    async fn wait_async(&mut self) {
+        self.inner.wait_async().await
+    }
+
+    async fn yield_now(&mut self) {
+        self.inner.yield_now().await
+    }
 }
