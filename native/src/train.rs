@@ -506,6 +506,49 @@ mod tests {
         }
     }
 
+    /// The grpo widget's "Run this at scale" commands resolve to the two runs the worker
+    /// trains: the SFT run on micro, and GRPO on the model it writes; and the held-out
+    /// reward is measured as the GRPO run's evaluations measure it. For every task the
+    /// widget offers, with and without the KL term.
+    #[test]
+    fn the_grpo_widgets_command_reproduces_its_run() {
+        use tinytune::train::Objective;
+        use tinytune_web::grpo::{GrpoParams, TASKS};
+        let config = ModelConfig::micro();
+        for task in TASKS {
+            for params in [
+                GrpoParams { task: task.parse().unwrap(), ..Default::default() },
+                GrpoParams { task: task.parse().unwrap(), group_size: 4, prompts: 3, steps: 7, lr: 1e-3, beta: 0.04, temperature: 0.7, sft_steps: 9 },
+            ] {
+                let parse = |args: Vec<String>| {
+                    let argv: Vec<String> = std::iter::once("tinytune".to_string()).chain(args).collect();
+                    Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{}: {e}", argv.join(" "))).command
+                };
+                let finetune = |args: Vec<String>| {
+                    let Command::Finetune(a) = parse(args) else { panic!("{}", params.commands()) };
+                    let method = a.method.to_method(None, config.family).unwrap();
+                    let mut native = resolve(&a.train, method, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, config.n_positions).unwrap();
+                    native.checkpoint_every = 0;
+                    (a.model, a.train.out, native)
+                };
+                let (sft_model, sft_out, sft) = finetune(params.sft_command_args());
+                assert_eq!(sft_model.to_str(), Some(tinytune_web::run::MICRO_DIR));
+                assert_eq!(sft, params.sft_config(), "{}", params.commands());
+                let (grpo_model, _, grpo) = finetune(params.command_args());
+                assert_eq!(grpo_model, sft_out, "stage 2 starts from stage 1's model");
+                assert_eq!(grpo, params.train_config(), "{}", params.commands());
+                let Command::Eval(e) = parse(params.eval_command_args()) else { panic!("{}", params.commands()) };
+                let Objective::Grpo { group_size, temperature, max_completion_len, .. } = grpo.objective else { panic!("{:?}", grpo.objective) };
+                assert_eq!(e.model, sft_out);
+                assert_eq!((e.data.as_str(), e.objective.as_deref()), (task, Some("grpo")));
+                assert_eq!(
+                    (e.accuracy_examples, e.group_size, e.temperature, e.max_completion_len, e.seq_len),
+                    (grpo.eval_examples, group_size, temperature, max_completion_len, Some(grpo.seq_len))
+                );
+            }
+        }
+    }
+
     /// The real-model widget's "Run this at scale" command resolves to the run the worker
     /// trains (the data file's path aside, which the CLI makes absolute).
     #[test]

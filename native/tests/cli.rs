@@ -1338,7 +1338,7 @@ fn dpo_metrics_equal_trls_evaluate_on_the_fixture() {
     // The reference is required, and the data must be pairs.
     fails_with(&tinytune(&["eval", "--model", b, "--adapter", a, "--data", p, "--objective", "dpo"]), &["--reference"]);
     fails_with(&tinytune(&["eval", "--model", b, "--reference", b, "--data", "story-qa", "--objective", "dpo"]), &["--data", "story-qa-pairs"]);
-    fails_with(&tinytune(&["eval", "--model", b, "--reference", b, "--data", p, "--objective", "dpo2"]), &["--objective", "hinge, robust or orpo"]);
+    fails_with(&tinytune(&["eval", "--model", b, "--reference", b, "--data", p, "--objective", "dpo2"]), &["--objective", "robust, orpo or grpo"]);
     fails_with(
         &tinytune(&["eval", "--model", b, "--reference", b, "--data", p, "--objective", "dpo", "--label-smoothing", "0.2"]),
         &["label_smoothing", "robust"],

@@ -667,6 +667,76 @@ await check("the preference widget runs DPO on micro beside SFT on the chosen co
   await page.close();
 });
 
+await check("the grpo widget runs SFT then GRPO on micro: the reward per step, sampled groups with their advantages, the held-out reward before and after, and its commands reproduce the run", async () => {
+  const page = await openPage(cpu, base + "?lesson=learning-from-preferences&backend=cpu");
+  const w = page.locator("[data-widget=grpo]").first();
+  // The lesson's block has no parameters: sentiment, 60 SFT steps, then GRPO with G = 8.
+  const commands = (await w.locator("[data-testid=command]").textContent()).trim().split("\n");
+  assert(commands.length === 3, commands.join(" | "));
+  const [sftCommand, evalCommand, grpoCommand] = commands;
+  assert(sftCommand.startsWith("tinytune finetune --model assets/micro --data sentiment") && !sftCommand.includes("--objective"), sftCommand);
+  assert(evalCommand.startsWith("tinytune eval --model runs/grpo-sft-sentiment --data sentiment --objective grpo"), evalCommand);
+  assert(grpoCommand.startsWith("tinytune finetune --model runs/grpo-sft-sentiment --data sentiment --objective grpo --group-size 8"), grpoCommand);
+  const expected = (await w.locator("[data-testid=expected]").textContent()).trim();
+  const flag = (cmd, f) => cmd.match(new RegExp(`${f} (\\S+)`))[1];
+  const steps = Number(flag(grpoCommand, "--steps")), every = Number(flag(grpoCommand, "--eval-every")), g = Number(flag(grpoCommand, "--group-size"));
+  const t0 = Date.now();
+  await w.locator("[data-testid=train]").click();
+  // The groups appear while GRPO runs, before the run ends.
+  await w.locator("[data-testid=group]").first().waitFor({ timeout: 600_000 });
+  await waitForRun(w, 600_000);
+  const seconds = (Date.now() - t0) / 1000;
+  // The batch reward of every step, a share of right answers.
+  const raw = await w.getAttribute("data-rewards");
+  const rewards = raw ? raw.split(",").map(Number) : [];
+  assert(rewards.length === steps && rewards.every((r) => r >= 0 && r <= 1), `rewards ${rewards}`);
+  // The SFT loss, and the reward chart: batch reward, frac_reward_zero_std, held-out sampled and greedy.
+  const charts = await w.locator("svg.chart").evaluateAll((svgs) => svgs.map((svg) => svg.querySelectorAll("path").length));
+  assert(charts.length === 2 && charts[0] >= 1 && charts[1] >= 4, `lines per chart: ${charts}`);
+  // The held-out reward before GRPO and at each evaluation.
+  const held = await w.locator("[data-testid=grpo-evals] tbody tr").evaluateAll((trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent.trim())));
+  assert(held.length === 1 + Math.ceil(steps / every) && held[0][0].startsWith("before"), JSON.stringify(held));
+  const sampled = held.map((r) => Number(r[1])), greedy = held.map((r) => Number(r[2]));
+  assert([...sampled, ...greedy].every((x) => Number.isFinite(x) && x >= 0 && x <= 1), JSON.stringify(held));
+  assert(Number(held[held.length - 1][0]) === steps, JSON.stringify(held));
+  // The last step's groups: G completions each, rewards 0 or 1, advantages that sum to 0
+  // within the group, positive exactly where the reward beats the group's mean.
+  const groups = await w.locator("[data-testid=group]").evaluateAll((gs) => gs.map((g) => ({
+    caption: g.querySelector("caption").textContent,
+    rows: [...g.querySelectorAll("[data-testid=completion]")].map((tr) => ({ text: tr.children[0].textContent, reward: Number(tr.dataset.reward), adv: Number(tr.dataset.advantage), shown: tr.children[2].textContent })),
+  })));
+  assert(groups.length >= 1 && groups.length <= 4, `${groups.length} groups`);
+  for (const gr of groups) {
+    assert(gr.rows.length === g, JSON.stringify(gr));
+    const mean = gr.rows.reduce((a, r) => a + r.reward, 0) / g;
+    const sum = gr.rows.reduce((a, r) => a + r.adv, 0);
+    assert(Math.abs(sum) < 1e-6, `advantages sum to ${sum}: ${JSON.stringify(gr)}`);
+    for (const r of gr.rows) {
+      assert((r.reward === 0 || r.reward === 1) && Number.isFinite(r.adv), JSON.stringify(r));
+      assert(Math.sign(r.adv) === Math.sign(Math.round((r.reward - mean) * 1e9)), JSON.stringify(gr));
+      assert(r.adv === 0 || r.shown.startsWith(r.adv > 0 ? "+" : "-"), JSON.stringify(r));
+    }
+  }
+  const status = await w.locator("[data-testid=run-state]").locator("..").textContent();
+  console.log(`     ${seconds.toFixed(1)} s (the widget says ${JSON.stringify(expected)}); ${status}`);
+  for (const r of held) console.log(`     held-out at ${r[0]}: reward ${r[1]}, greedy_reward ${r[2]}, answer loss ${r[3]}`);
+  console.log(`     batch rewards ${rewards.map((r) => r.toFixed(2)).join(" ")}`);
+  for (const gr of groups.slice(0, 2)) console.log(`     ${gr.caption}: ${gr.rows.map((r) => `${JSON.stringify(r.text)} ${r.reward} ${r.shown}`).join(", ")}`);
+  // The printed commands, run natively: the SFT model's held-out reward is the page's "before".
+  const cli = join(root, "target/debug/tinytune");
+  assert(existsSync(cli), `${cli} is missing: build it with cargo build -p tinytune-cli (scripts/test.sh runs the cargo tests first)`);
+  const out = mkdtempSync(join(tmpdir(), "tinytune-grpo-"));
+  const sftDir = join(out, "sft");
+  const native = (cmd) => cmd.split(/\s+/).slice(1).map((a) => (a === "runs/grpo-sft-sentiment" ? sftDir : a === "runs/grpo-sentiment" ? join(out, "grpo") : a));
+  execFileSync(cli, native(sftCommand), { cwd: root, stdio: ["ignore", "ignore", "pipe"] });
+  const before = JSON.parse(execFileSync(cli, native(evalCommand).concat(["--json"]), { cwd: root, encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }));
+  console.log(`     native before GRPO: reward ${before.reward}, greedy_reward ${before.greedy_reward}`);
+  assert(Math.abs(before.reward - sampled[0]) < 0.03 && Math.abs(before.greedy_reward - greedy[0]) < 0.07, `page ${JSON.stringify(held[0])} vs native ${JSON.stringify(before)}`);
+  await w.screenshot({ path: join(artifacts, "grpo.png") });
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
 await check("the rope widget draws each scaling's rotations and measures micro-llama past its context", async () => {
   const page = await openPage(cpu, base + "?lesson=longer-contexts&backend=cpu");
   const w = page.locator("[data-widget=rope]").first();

@@ -6,6 +6,7 @@
 pub mod decide;
 pub mod federated;
 pub mod fields;
+pub mod grpo;
 pub mod lesson;
 pub mod lessons;
 pub mod memory;

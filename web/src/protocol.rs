@@ -74,6 +74,14 @@ pub enum ToWorker {
         sft: u32,
         params: crate::preference::PreferenceParams,
     },
+    /// The grpo widget's run: stage 1 (SFT) answered like `Train` under `sft`, then stage 2
+    /// (GRPO) under `run`, with `FromWorker::Grpo` news (pause, resume and cancel go to `run`
+    /// for both).
+    Grpo {
+        run: u32,
+        sft: u32,
+        params: crate::grpo::GrpoParams,
+    },
 }
 
 /// The backend the worker runs on, and why.
@@ -175,6 +183,12 @@ pub enum FromWorker {
         run: u32,
         news: crate::preference::PreferenceNews,
     },
+    /// What a GRPO run reports besides its events: the SFT model's held-out reward before
+    /// GRPO, and each step's first sampled groups with their rewards and advantages.
+    Grpo {
+        run: u32,
+        news: crate::grpo::GrpoNews,
+    },
 }
 
 impl ToWorker {
@@ -191,7 +205,8 @@ impl FromWorker {
             | FromWorker::Run { run, .. }
             | FromWorker::Compare { run, .. }
             | FromWorker::RunStats { run, .. }
-            | FromWorker::Preference { run, .. } => Some(*run),
+            | FromWorker::Preference { run, .. }
+            | FromWorker::Grpo { run, .. } => Some(*run),
             FromWorker::Reply { id, .. } | FromWorker::Error { id, .. } | FromWorker::RealOpened { id, .. } | FromWorker::RealText { id, .. } => Some(*id),
             FromWorker::Backend(_) | FromWorker::Ready => None,
         }
@@ -218,6 +233,7 @@ mod tests {
             ToWorker::RealChat { id: 5, prompt: "Hi\n".into(), max_tokens: 9 },
             ToWorker::RealTrain { run: 6, params: crate::real::RealModelParams::default() },
             ToWorker::Preference { run: 7, sft: 8, params: crate::preference::PreferenceParams { objective: "ipo".into(), ..Default::default() } },
+            ToWorker::Grpo { run: 9, sft: 10, params: crate::grpo::GrpoParams { beta: 0.04, ..Default::default() } },
             ToWorker::Request { id: 2, req: TimelineParams::default().into_request() },
             ToWorker::Request { id: 1, req: GenerateParams { prompt: "a\nb".into(), ..Default::default() }.into_request() },
         ];
@@ -250,6 +266,22 @@ mod tests {
         ] {
             let from = FromWorker::Preference { run: 7, news };
             assert_eq!(from.id(), Some(7));
+            assert_eq!(serde_json::from_str::<FromWorker>(&from.to_json()).unwrap(), from);
+        }
+        use crate::grpo::GrpoNews;
+        let group = tinytune::train::grpo::SampledGroup {
+            prompt: "text: the kite is fun.\nfeeling:".into(),
+            expected: "happy".into(),
+            completions: vec![" happy\n".into(), " sad\n".into()],
+            rewards: vec![1.0, 0.0],
+            advantages: vec![0.7070, -0.7070],
+        };
+        for news in [
+            GrpoNews::Before { eval_loss: 0.4, metrics: [("reward".to_string(), 0.5), ("greedy_reward".to_string(), 0.625)].into() },
+            GrpoNews::Groups { step: 3, groups: vec![group] },
+        ] {
+            let from = FromWorker::Grpo { run: 9, news };
+            assert_eq!(from.id(), Some(9));
             assert_eq!(serde_json::from_str::<FromWorker>(&from.to_json()).unwrap(), from);
         }
         // A step skipped by the loss scaler has an infinite gradient norm, which JSON cannot

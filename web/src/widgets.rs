@@ -443,6 +443,9 @@ widgets! {
     /// Preference tuning (DPO, IPO, hinge, ORPO) of micro with LoRA on generated pairs,
     /// beside SFT on the chosen completions, streamed like a train widget's run.
     Preference(crate::preference::PreferenceParams),
+    /// GRPO on a task's verifiable reward after a short SFT, with the sampled groups'
+    /// rewards and advantages, streamed like a train widget's run.
+    Grpo(crate::grpo::GrpoParams),
 }
 
 /// `key = value` on settings `S`, the error naming the widget, the key and the value.

@@ -7,6 +7,7 @@ mod chart;
 mod client;
 mod federated;
 mod formats;
+mod grpo;
 mod memory;
 mod merge;
 mod optimizers;

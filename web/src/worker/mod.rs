@@ -146,6 +146,7 @@ fn handle(msg: ToWorker) {
         }),
         ToWorker::RealTrain { run, params } => spawn_run(run, move |cell| async move { real_train(run, &params, &cell).await }),
         ToWorker::Preference { run, sft, params } => spawn_run(run, move |cell| async move { preference(run, sft, &params, &cell).await }),
+        ToWorker::Grpo { run, sft, params } => spawn_run(run, move |cell| async move { grpo(run, sft, &params, &cell).await }),
         ToWorker::Request { id, req } => spawn_local(async move {
             post(&match crate::widgets::answer(req).await {
                 Ok(reply) => FromWorker::Reply { id, reply },
@@ -915,6 +916,96 @@ async fn preference(run: u32, sft_run: u32, p: &crate::preference::PreferencePar
     status(run, RunState::Preparing, "answering the held-out prompts after SFT");
     news(PreferenceNews::Samples { model: SampleModel::Sft, completions: greedy(&driven.trainer.model.valid(), &tok, &pairs).await? });
     Ok(RunState::Done)
+}
+
+/// The grpo widget: stage 1, a short SFT of micro on the task's answers (events under
+/// `sft_run`); stage 2, GRPO on that model (events under `run`), both driven through
+/// `train::Run` with the same host as every run. Before the first GRPO step the trainer
+/// evaluates the SFT model as GRPO's evaluations do (`GrpoNews::Before`); after each step
+/// the first sampled groups of its rollout, with their rewards and advantages, go to the
+/// page (`GrpoNews::Groups`, from `Trainer::rl`).
+async fn grpo(run: u32, sft_run: u32, p: &crate::grpo::GrpoParams, control: &Cell<Control>) -> Result<RunState, String> {
+    use crate::grpo::GrpoNews;
+    let err = |e: tinytune::Error| e.to_string();
+    let news = |news: GrpoNews| post(&FromWorker::Grpo { run, news });
+    let ad = device().await.autodiff();
+    let on_cpu = tinytune::optim::optimizer::host_memory_device(&ad);
+    let host = |id: u32| WorkerHost {
+        run: id,
+        control,
+        paused: false,
+        summary: String::new(),
+        host_only: false,
+        stats: crate::protocol::RunStats { optimizer: "adamw".into(), device: if on_cpu { "CPU".into() } else { "WebGPU".into() }, ..Default::default() },
+        on_cpu,
+        base: tinytune::memory::measure::current(),
+        step_secs: 0.0,
+    };
+    status(run, RunState::Preparing, "loading the model");
+    let (base, tok) = load(ModelChoice::Micro, 0, &ad).await?;
+
+    // Stage 1: SFT on the task's answers.
+    let sft_config = p.sft_config();
+    status(run, RunState::Preparing, "stage 1: generating and tokenising the task's examples");
+    js::sleep(0).await;
+    let model = sft_config.method.apply(base, sft_config.seed, &ad).map_err(err)?;
+    let sft = Trainer::new(model, &tok, sft_config, &ad).map_err(err)?;
+    let mut sft_host = host(sft_run);
+    tinytune::memory::measure::reset_peak();
+    let mut driven = Run::new(sft, tok.clone());
+    if driven.drive_async(&mut sft_host).await? == Outcome::Cancelled {
+        return Ok(RunState::Cancelled);
+    }
+
+    // Stage 2: GRPO on the SFT model, as `tinytune finetune --model <the SFT run>` starts it.
+    let config = p.train_config();
+    let model = config.method.apply(driven.trainer.model, config.seed, &ad).map_err(err)?;
+    status(run, RunState::Preparing, "stage 2: tokenising the prompts");
+    js::sleep(0).await;
+    let trainer = Trainer::new(model, &tok, config, &ad).map_err(err)?;
+    status(run, RunState::Preparing, &format!("the SFT model's held-out reward on {} prompts, before GRPO", crate::grpo::EVAL_PROMPTS));
+    let before = trainer.evaluate_async().await.map_err(err)?;
+    news(GrpoNews::Before { eval_loss: before.loss, metrics: before.metrics });
+    if control.get() == Control::Cancel {
+        return Ok(RunState::Cancelled);
+    }
+    let mut main = Rollouts { inner: host(run), run };
+    let mut driven = Run::new(trainer, tok);
+    if driven.drive_async(&mut main).await? == Outcome::Cancelled {
+        return Ok(RunState::Cancelled);
+    }
+    Ok(RunState::Done)
+}
+
+/// The worker's run host for a GRPO run: everything goes to `inner`, and after each step
+/// the first groups of its rollout go to the page.
+struct Rollouts<'a> {
+    inner: WorkerHost<'a>,
+    run: u32,
+}
+
+impl RunHost for Rollouts<'_> {
+    type Error = String;
+
+    fn control(&mut self) -> Control {
+        self.inner.control()
+    }
+
+    fn event(&mut self, trainer: &Trainer, event: &TrainEvent) -> Result<(), String> {
+        if let (TrainEvent::Step(e), Some(rl)) = (event, &trainer.rl) {
+            let groups = rl.last.iter().take(crate::grpo::GROUPS_SHOWN).cloned().collect();
+            post(&FromWorker::Grpo { run: self.run, news: crate::grpo::GrpoNews::Groups { step: e.step, groups } });
+        }
+        self.inner.event(trainer, event)
+    }
+
+    async fn wait_async(&mut self) {
+        self.inner.wait_async().await
+    }
+
+    async fn yield_now(&mut self) {
+        self.inner.yield_now().await
+    }
 }
 
 /// Greedy completions of each pair's prompt, to the end of the line.
