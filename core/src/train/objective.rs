@@ -349,8 +349,8 @@ impl Objective {
                 let nll = whole.reshape([pairs, 2]).narrow(1, 0, 1).sum().neg().div_scalar(chosen_tokens.max(1.0));
                 (nll - odds_term, Some(scores))
             }
-            Objective::Grpo { beta, epsilon, loss_type, max_completion_len, .. } => {
-                grpo_loss(model, batch, device, compute, *beta, *epsilon, *loss_type, *max_completion_len)
+            Objective::Grpo { beta, epsilon, loss_type, max_completion_len, temperature, .. } => {
+                grpo_loss(model, batch, device, compute, (*beta, *epsilon, *temperature), *loss_type, *max_completion_len)
             }
         }
     }
@@ -370,15 +370,14 @@ impl Objective {
 }
 
 /// GRPO's loss on a rollout's batch (see [`super::grpo`]), and when `beta` > 0 the mean KL
-/// estimate over the completion tokens as a `[1]` score (TRL's `kl` metric).
-#[allow(clippy::too_many_arguments)]
+/// estimate over the completion tokens as a `[1]` score (TRL's `kl` metric). Log-probabilities
+/// are taken at the sampling temperature, as TRL's fused LM head takes them (logits / T).
 fn grpo_loss(
     model: &Gpt,
     batch: &Batch,
     device: &Device,
     compute: Option<DType>,
-    beta: f64,
-    epsilon: f64,
+    (beta, epsilon, temperature): (f64, f64, f64),
     loss_type: super::grpo::GrpoLoss,
     max_completion_len: usize,
 ) -> (Tensor<1>, Option<Tensor<1>>) {
@@ -387,6 +386,7 @@ fn grpo_loss(
     let (inputs, targets, weights) = batch.to_device(device);
     let logits = model.forward(inputs); // [B, T, V]
     let logits = if compute.is_some() { logits.cast(DType::F32) } else { logits };
+    let logits = if temperature != 1.0 { logits.div_scalar(temperature) } else { logits };
     let logp = log_softmax(logits, 2).gather(2, targets.reshape([b, t, 1])).reshape([b, t]);
     // One update per rollout: the sampling policy is this policy, detached.
     let ratio = (logp.clone() - logp.clone().detach()).exp();

@@ -400,13 +400,18 @@ impl Trainer {
         }
     }
 
-    /// The reference's log-probability of every target of a rollout's batch, `[B * T]`,
-    /// when the KL term is on.
+    /// The reference's log-probability of every target of a rollout's batch, `[B * T]`, at
+    /// the sampling temperature, when the KL term is on.
     fn kl_reference_scores(&self, batch: &Batch) -> Option<Tensor<1>> {
         let reference = self.rl.as_ref()?.reference.as_ref()?;
         let device = reference.wte.weight.val().device();
         let (inputs, targets, _) = batch.to_device(&device);
-        let logits = reference.forward(inputs);
+        // At the sampling temperature, as the policy's in the loss.
+        let temperature = match self.config.objective {
+            Objective::Grpo { temperature, .. } => temperature,
+            _ => 1.0,
+        };
+        let logits = reference.forward(inputs).div_scalar(temperature);
         let [b, t, _] = logits.dims();
         Some(burn::tensor::activation::log_softmax(logits, 2).gather(2, targets.reshape([b, t, 1])).reshape([b * t]))
     }
