@@ -732,6 +732,17 @@ await check("the grpo widget runs SFT then GRPO on micro: the reward per step, s
   const before = JSON.parse(execFileSync(cli, native(evalCommand).concat(["--json"]), { cwd: root, encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }));
   console.log(`     native before GRPO: reward ${before.reward}, greedy_reward ${before.greedy_reward}`);
   assert(Math.abs(before.reward - sampled[0]) < 0.03 && Math.abs(before.greedy_reward - greedy[0]) < 0.07, `page ${JSON.stringify(held[0])} vs native ${JSON.stringify(before)}`);
+  // And GRPO from that model evaluates as the page's run did (sampling makes a float's
+  // difference a different completion now and then, hence the tolerance).
+  execFileSync(cli, native(grpoCommand), { cwd: root, stdio: ["ignore", "ignore", "pipe"] });
+  const evals = readFileSync(join(out, "grpo/metrics.jsonl"), "utf8").trim().split("\n").map((x) => JSON.parse(x)).filter((e) => e.event === "eval");
+  assert(evals.length === held.length - 1, `${evals.length} native evaluations`);
+  evals.forEach((e, i) => {
+    const r = held[i + 1];
+    console.log(`     native at ${e.step}: reward ${e.metrics.reward}, greedy_reward ${e.metrics.greedy_reward}`);
+    const close = Math.abs(e.metrics.reward - Number(r[1])) < 0.04 && Math.abs(e.metrics.greedy_reward - Number(r[2])) < 0.1;
+    assert(e.step === Number(r[0]) && close, `page ${JSON.stringify(r)} vs native ${JSON.stringify(e)}`);
+  });
   await w.screenshot({ path: join(artifacts, "grpo.png") });
   assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
   await page.close();
