@@ -35,15 +35,15 @@ for line in open(sys.argv[1] + "/metrics.jsonl"):
         print(f"  step {e['step']:>3}  batch reward {m['reward']:.3f}  frac_reward_zero_std {m['frac_reward_zero_std']:.2f}{kl}")
 PY
 }
-run sft finetune --model assets/micro --data "$task" --batch 8 --steps "${SFT_STEPS:-100}" --lr 3e-3 --seq-len 32 \
+run sft finetune --model assets/micro --data "$task" --batch 8 --steps "${SFT_STEPS:-100}" --lr 3e-3 --seq-len 48 \
   --train-examples 2000 --eval-examples 48 --checkpoint-every 0 --out "$out/sft"
 reward() {
-  "$bin" eval --model "$1" --data "$task" --objective grpo --accuracy-examples 64 --max-completion-len 4 --seq-len 32 --json |
+  "$bin" eval --model "$1" --data "$task" --objective grpo --accuracy-examples 64 --max-completion-len 4 --seq-len 48 --json |
     python3 -c 'import json, sys; m = json.load(sys.stdin); print("held-out reward %.3f  greedy %.3f" % (m["reward"], m["greedy_reward"]))'
 }
 echo "after ${SFT_STEPS:-100} SFT steps on $task: $(reward "$out/sft")"
 # 8 prompts x 8 completions a step; the task's answers are a line of a few tokens.
-common=(--data "$task" --objective grpo --group-size 8 --batch 64 --seq-len 32 --max-completion-len 4 --steps "${STEPS:-60}"
+common=(--data "$task" --objective grpo --group-size 8 --batch 64 --seq-len 48 --max-completion-len 4 --steps "${STEPS:-60}"
   --train-examples 2000 --eval-examples 64 --eval-every 10 --checkpoint-every 0 --lr "${LR:-3e-4}")
 run grpo finetune --model "$out/sft" "${common[@]}" --out "$out/grpo"
 echo "GRPO (full fine-tuning, lr ${LR:-3e-4}, beta 0: no reference):"

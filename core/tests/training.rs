@@ -391,10 +391,10 @@ fn grpo_loss_has_the_policy_gradient_and_a_rollout_reports_its_groups() {
 }
 
 /// GRPO raises the verifiable reward on held-out prompts: micro, taught sentiment's answer
-/// format by 100 steps of SFT, then 15 GRPO steps (full fine-tuning, 8 prompts × 8
-/// completions a step, lr 1e-3) on the exact-label reward. The held-out reward sampled as
-/// in training (64 prompts × 8) rises by more than 0.05. (Measured with a release build:
-/// 0.543 before, 0.645 after 10 steps, 0.725 after 30; scripts/grpo-curves.sh runs longer.)
+/// format by 60 steps of SFT, then 24 GRPO steps (full fine-tuning, 4 prompts × 8
+/// completions a step, lr 5e-4: the grpo widget's defaults) on the exact-label reward. The
+/// held-out reward sampled as in training (64 prompts × 8) rises by more than 0.05.
+/// (Measured: 0.613 -> 0.691, greedy 0.672 -> 0.719.)
 #[test]
 fn grpo_raises_the_held_out_reward_on_micro() {
     use tinytune::train::Objective;
@@ -407,10 +407,11 @@ fn grpo_raises_the_held_out_reward_on_micro() {
         data: DataSource::Task(Task::Sentiment),
         train_examples: 2000,
         eval_examples: 16,
-        steps: 100,
+        steps: 60,
         batch_size: 8,
-        seq_len: 32,
-        lr: 3e-3,
+        seq_len: 48,
+        lr: 2e-3,
+        warmup_steps: 6,
         ..TrainConfig::default()
     };
     let mut trainer = Trainer::new(model, &tok, sft, &device).unwrap();
@@ -427,11 +428,11 @@ fn grpo_raises_the_held_out_reward_on_micro() {
         },
         train_examples: 2000,
         eval_examples: 64,
-        steps: 15,
-        batch_size: 64,
-        seq_len: 32,
-        lr: 1e-3,
-        warmup_steps: 0,
+        steps: 24,
+        batch_size: 32,
+        seq_len: 48,
+        lr: 5e-4,
+        warmup_steps: 3,
         ..TrainConfig::default()
     };
     let mut trainer = Trainer::new(trainer.model, &tok, grpo, &device).unwrap();

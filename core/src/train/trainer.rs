@@ -144,6 +144,18 @@ impl Trainer {
                 reference: None,
                 last: vec![],
             };
+            // Prompt and completion share a row of seq_len + 1 tokens: a prompt must leave room.
+            let longest = rl.train.ids.iter().chain(&rl.eval.ids).map(|p| p.len()).max().unwrap_or(0);
+            if longest >= config.seq_len {
+                return Err(Error::config(
+                    "training config",
+                    "seq_len",
+                    format!(
+                        "is {}, but the longest {task} prompt has {longest} tokens and leaves no room for a completion; raise it above {longest}",
+                        config.seq_len
+                    ),
+                ));
+            }
             let (train, eval) = (ds(Split::Train, config.train_examples)?, ds(Split::Eval, config.eval_examples)?);
             let mut trainer = Self::from_datasets(model, config, train, eval, device)?;
             trainer.rl = Some(rl);
