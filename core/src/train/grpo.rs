@@ -157,7 +157,7 @@ pub fn rollout(model: &Gpt, rl: &Rl, picks: &[usize], s: &RolloutSettings) -> Re
     let mut completions = Vec::with_capacity(picks.len());
     for (i, &p) in picks.iter().enumerate() {
         let prompt = &rl.train.ids[p];
-        completions.push(generate_group(model, prompt, s.group_size, &sample_config(rl, prompt, s, i))?);
+        completions.push(generate_group(model, prompt, s.group_size, &sampling(&rl.tokenizer, prompt, s, super::trainer::mix(s.seed, i as u64)))?);
     }
     assemble(rl, picks, completions, s)
 }
@@ -167,22 +167,17 @@ pub async fn rollout_async(model: &Gpt, rl: &Rl, picks: &[usize], s: &RolloutSet
     let mut completions = Vec::with_capacity(picks.len());
     for (i, &p) in picks.iter().enumerate() {
         let prompt = &rl.train.ids[p];
-        completions.push(generate_group_async(model, prompt, s.group_size, &sample_config(rl, prompt, s, i)).await?);
+        completions.push(generate_group_async(model, prompt, s.group_size, &sampling(&rl.tokenizer, prompt, s, super::trainer::mix(s.seed, i as u64))).await?);
     }
     assemble(rl, picks, completions, s)
 }
 
-fn sample_config(rl: &Rl, prompt: &[u32], s: &RolloutSettings, group: usize) -> SampleConfig {
+/// How a rollout or an evaluation samples from `prompt`: at the run's temperature, to the
+/// end of the line, and no further than the batch row leaves room for.
+fn sampling(tok: &TextTokenizer, prompt: &[u32], s: &RolloutSettings, seed: u64) -> SampleConfig {
     // Prompt and completion fit one row of the batch.
     let room = (s.seq_len + 1).saturating_sub(prompt.len()).max(1);
-    SampleConfig {
-        max_new_tokens: s.max_completion_len.min(room),
-        temperature: s.temperature,
-        top_k: None,
-        seed: super::trainer::mix(s.seed, group as u64),
-        stop_ids: rl.tokenizer.line_stop_ids(),
-        cache: true,
-    }
+    SampleConfig { max_new_tokens: s.max_completion_len.min(room), temperature: s.temperature, top_k: None, seed, stop_ids: tok.line_stop_ids(), cache: true }
 }
 
 /// Scores the sampled completions and lays them out as a batch.
@@ -190,6 +185,7 @@ fn assemble(rl: &Rl, picks: &[usize], completions: Vec<Vec<Vec<u32>>>, s: &Rollo
     let (g, t) = (s.group_size, s.seq_len);
     let task = rl.train.task;
     let mut batch = Batch { b: picks.len() * g, t, ..Default::default() };
+    let stops = rl.tokenizer.line_stop_ids();
     let (mut rewards, mut groups, mut lengths, mut clipped) = (Vec::new(), Vec::new(), Vec::new(), 0usize);
     for (&p, group) in picks.iter().zip(&completions) {
         let example = &rl.train.examples[p];
@@ -197,7 +193,7 @@ fn assemble(rl: &Rl, picks: &[usize], completions: Vec<Vec<Vec<u32>>>, s: &Rollo
         let r: Vec<f64> = texts.iter().map(|text| task.reward(example, text)).collect();
         let prompt = &rl.train.ids[p];
         for ids in group {
-            let stopped = ids.last().is_some_and(|last| rl.tokenizer.line_stop_ids().contains(last));
+            let stopped = ids.last().is_some_and(|last| stops.contains(last));
             clipped += usize::from(!stopped);
             lengths.push(ids.len() as f64);
             let mut row = prompt.clone();
@@ -246,7 +242,7 @@ fn assemble(rl: &Rl, picks: &[usize], completions: Vec<Vec<Vec<u32>>>, s: &Rollo
 pub fn held_out_reward(model: &Gpt, set: &PromptSet, tok: &TextTokenizer, n: usize, s: &RolloutSettings) -> Result<BTreeMap<String, f64>> {
     let (mut sampled, mut greedy_total) = (Vec::new(), Vec::new());
     for (i, (ex, ids)) in set.examples.iter().zip(&set.ids).take(n.max(1)).enumerate() {
-        let group = generate_group(model, ids, s.group_size, &eval_config(tok, ids, s, i))?;
+        let group = generate_group(model, ids, s.group_size, &sampling(tok, ids, s, eval_seed(i)))?;
         sampled.extend(group.iter().map(|c| set.task.reward(ex, &tok.decode(c))));
         let out = crate::sample::generate(model, ids, &greedy(tok, ex)?);
         greedy_total.push(set.task.reward(ex, &tok.decode(&out)));
@@ -258,7 +254,7 @@ pub fn held_out_reward(model: &Gpt, set: &PromptSet, tok: &TextTokenizer, n: usi
 pub async fn held_out_reward_async(model: &Gpt, set: &PromptSet, tok: &TextTokenizer, n: usize, s: &RolloutSettings) -> Result<BTreeMap<String, f64>> {
     let (mut sampled, mut greedy_total) = (Vec::new(), Vec::new());
     for (i, (ex, ids)) in set.examples.iter().zip(&set.ids).take(n.max(1)).enumerate() {
-        let group = generate_group_async(model, ids, s.group_size, &eval_config(tok, ids, s, i)).await?;
+        let group = generate_group_async(model, ids, s.group_size, &sampling(tok, ids, s, eval_seed(i))).await?;
         sampled.extend(group.iter().map(|c| set.task.reward(ex, &tok.decode(c))));
         let out = crate::sample::generate_async(model, ids, &greedy(tok, ex)?).await?;
         greedy_total.push(set.task.reward(ex, &tok.decode(&out)));
@@ -266,17 +262,9 @@ pub async fn held_out_reward_async(model: &Gpt, set: &PromptSet, tok: &TextToken
     Ok(eval_metrics(&sampled, &greedy_total))
 }
 
-fn eval_config(tok: &TextTokenizer, prompt: &[u32], s: &RolloutSettings, i: usize) -> SampleConfig {
-    // The same held-out samples at every evaluation of a run: seeded by the prompt alone.
-    let room = (s.seq_len + 1).saturating_sub(prompt.len()).max(1);
-    SampleConfig {
-        max_new_tokens: s.max_completion_len.min(room),
-        temperature: s.temperature,
-        top_k: None,
-        seed: super::trainer::mix(0x4556_414C, i as u64),
-        stop_ids: tok.line_stop_ids(),
-        cache: true,
-    }
+/// The same held-out samples at every evaluation of a run: seeded by the prompt alone.
+fn eval_seed(i: usize) -> u64 {
+    super::trainer::mix(0x4556_414C, i as u64)
 }
 
 fn eval_metrics(sampled: &[f64], greedy: &[f64]) -> BTreeMap<String, f64> {

@@ -535,18 +535,8 @@ impl Trainer {
         if per_row == 0 || scores.len() != per_row * batch.b {
             return Default::default();
         }
-        let counts = batch.row_counts();
-        let whole_counts: Vec<f32> = batch.sequence_mask().chunks(batch.t.max(1)).map(|m| m.iter().sum()).collect();
-        let rows: Vec<RowScore> = (0..batch.b)
-            .map(|i| RowScore {
-                logp: scores[i * per_row] as f64,
-                count: counts[i] as f64,
-                reference: batch.refs.get(i).copied().unwrap_or(0.0) as f64,
-                whole: if per_row > 1 { scores[i * per_row + 1] as f64 } else { 0.0 },
-                whole_count: whole_counts.get(i).copied().unwrap_or(0.0) as f64,
-                ..Default::default()
-            })
-            .collect();
+        let column = |k: usize| (0..batch.b).map(|i| scores[i * per_row + k]).collect::<Vec<f32>>();
+        let rows = scores_from(batch, &column(0), None, (per_row > 1).then(|| column(1)).as_deref());
         let mut m = PreferenceMetrics::of(objective, &rows).metrics;
         m.retain(|k, _| !k.starts_with("logits/"));
         m
@@ -796,18 +786,26 @@ fn pair_batches(objective: &Objective, data: &Dataset, b: usize, t: usize, max_b
 /// Each row's [`RowScore`] from the read-back completion log-probabilities, summed mean
 /// logits and whole-row log-probabilities (the last two when computed).
 fn scores_of(batch: &Batch, [logps, logits, whole]: [Option<TensorData>; 3]) -> Vec<RowScore> {
-    let vec = |d: Option<TensorData>| d.map(|d| d.convert::<f32>().try_to_vec::<f32>().expect("f32 data")).unwrap_or_else(|| vec![0.0; batch.b]);
-    let (l, g, w) = (vec(logps), vec(logits), vec(whole));
-    let counts: Vec<f32> = batch.weights.chunks(batch.t).map(|w| w.iter().sum()).collect();
-    let whole_counts: Vec<f32> = batch.sequence_mask().chunks(batch.t.max(1)).map(|m| m.iter().sum()).collect();
+    let vec = |d: Option<TensorData>| d.map(|d| d.convert::<f32>().try_to_vec::<f32>().expect("f32 data"));
+    let (l, g, w) = (vec(logps).unwrap_or_else(|| vec![0.0; batch.b]), vec(logits), vec(whole));
+    scores_from(batch, &l, g.as_deref(), w.as_deref())
+}
+
+/// Each row's [`RowScore`] from its completion log-probability, and when computed its
+/// summed mean logit and whole-row log-probability (0 otherwise), with the counts and the
+/// reference log-probability (0 without one) the batch holds.
+fn scores_from(batch: &Batch, logps: &[f32], logits: Option<&[f32]>, whole: Option<&[f32]>) -> Vec<RowScore> {
+    let sums = |mask: &[f32]| -> Vec<f32> { mask.chunks(batch.t.max(1)).map(|m| m.iter().sum()).collect() };
+    let (counts, whole_counts) = (sums(&batch.weights), sums(&batch.sequence_mask()));
+    let at = |v: Option<&[f32]>, i: usize| v.and_then(|v| v.get(i)).copied().unwrap_or(0.0) as f64;
     (0..batch.b)
         .map(|i| RowScore {
-            logp: l[i] as f64,
+            logp: logps[i] as f64,
             count: counts[i] as f64,
-            logit_sum: g[i] as f64,
-            reference: batch.refs.get(i).copied().unwrap_or(0.0) as f64,
-            whole: w[i] as f64,
-            whole_count: whole_counts.get(i).copied().unwrap_or(0.0) as f64,
+            logit_sum: at(logits, i),
+            reference: at(Some(&batch.refs), i),
+            whole: at(whole, i),
+            whole_count: at(Some(&whole_counts), i),
         })
         .collect()
 }
