@@ -238,7 +238,7 @@ fn orpo_loss_is_the_formula_and_learns_the_preference_without_a_reference() {
     let tok = TextTokenizer::char_level(CHARSET);
     let policy = Gpt::init(&nano(&tok), 1, &device);
     let pairs = tinytune::data::Task::Sentiment.pairs(tinytune::data::PairKind::Correct, 0, tinytune::data::Split::Train, 3);
-    let data = tinytune::train::Dataset::from_pairs_for(&objective, &tok, &pairs, 64).unwrap();
+    let data = tinytune::train::Dataset::from_pairs_for(&objective, &tok, &pairs, 64, 8).unwrap();
     let batch = data.sequential(3, 64, 1).remove(0);
     let read = |x: burn::tensor::Tensor<1>| x.into_data().convert::<f64>().try_to_vec::<f64>().unwrap();
     let logps = sequence_logps(&policy, &batch, &device, None, false);

@@ -581,7 +581,9 @@ pub struct TrainArgs {
     /// What the run minimises: next-token (cross-entropy on the responses), a preference
     /// loss on pairs against a reference model, as TRL's DPOTrainer defines it: dpo (TRL's
     /// sigmoid), ipo, hinge or robust; orpo (TRL's ORPOTrainer: SFT plus an odds-ratio
-    /// term, no reference model); or grpo (TRL's GRPOTrainer: sampled groups of
+    /// term, no reference model); kto (TRL's KTOTrainer: unpaired examples labelled
+    /// desirable or undesirable, from prompt/completion/label lines or pairs taken apart);
+    /// or grpo (TRL's GRPOTrainer: sampled groups of
     /// completions scored by the task's checker).
     #[arg(long, default_value = "next-token")]
     pub objective: String,
@@ -593,6 +595,8 @@ pub struct TrainArgs {
     /// The robust objective: the chance a pair's label is flipped, in [0, 0.5).
     #[arg(long, default_value_t = 0.0)]
     pub label_smoothing: f64,
+    #[command(flatten)]
+    pub kto: KtoWeights,
     /// GRPO: completions sampled per prompt (TRL's num_generations); --batch counts
     /// completions, so a step samples batch / group-size prompts.
     #[arg(long, default_value_t = 8)]
@@ -908,7 +912,8 @@ pub struct EvalArgs {
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// Score preference pairs (TRL's prompt/chosen/rejected .jsonl, or story-qa-pairs, …)
-    /// with this objective instead: dpo, ipo, hinge, robust or orpo; prints TRL's metrics
+    /// with this objective instead: dpo, ipo, hinge, robust, orpo or kto (which also reads
+    /// TRL's unpaired prompt/completion/label lines); prints TRL's metrics
     /// (rewards/chosen, rewards/accuracies, …). Or grpo: the task's verifiable reward on
     /// the first --accuracy-examples held-out prompts, sampled (`reward`, as a GRPO run's
     /// evaluation) and greedy (`greedy_reward`).
@@ -924,7 +929,8 @@ pub struct EvalArgs {
     /// The robust objective: the chance a pair's label is flipped.
     #[arg(long, default_value_t = 0.0)]
     pub label_smoothing: f64,
-    /// Print one JSON object instead of text.
+    #[command(flatten)]
+    pub kto: KtoWeights,
     /// GRPO (--objective grpo): completions sampled per held-out prompt for `reward`.
     #[arg(long, default_value_t = 8)]
     pub group_size: usize,
@@ -934,8 +940,32 @@ pub struct EvalArgs {
     /// GRPO: the longest completion sampled, in tokens.
     #[arg(long, default_value_t = 32)]
     pub max_completion_len: usize,
+    /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// KTO's weights of its two kinds of example (TRL's names and defaults), for `finetune` and
+/// `eval`.
+#[derive(Args, Debug, Clone)]
+pub struct KtoWeights {
+    /// KTO: the weight λ_D of a desirable example's loss (TRL's default 1.0). With unequal
+    /// numbers of desirable and undesirable examples, the KTO paper keeps
+    /// λ_D·n_D / (λ_U·n_U) between 1 and 4/3.
+    #[arg(long, default_value_t = 1.0)]
+    pub desirable_weight: f64,
+    /// KTO: the weight λ_U of an undesirable example's loss (TRL's default 1.0).
+    #[arg(long, default_value_t = 1.0)]
+    pub undesirable_weight: f64,
+}
+
+impl KtoWeights {
+    /// Puts the weights on a KTO objective (any other is left as it is).
+    pub fn apply(&self, objective: &mut tinytune::train::Objective) {
+        if let tinytune::train::Objective::Kto { desirable_weight, undesirable_weight, .. } = objective {
+            (*desirable_weight, *undesirable_weight) = (self.desirable_weight, self.undesirable_weight);
+        }
+    }
 }
 
 #[derive(Args, Debug)]

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use burn::module::Module;
 use burn::tensor::Device;
 use serde_json::json;
+use tinytune::data::Feedback;
 use tinytune::data::Split;
 use tinytune::data::rng::Rng;
 use tinytune::model::{ModelConfig, named_params};
@@ -86,7 +87,7 @@ pub fn eval_cmd(args: EvalArgs, device: &Device) -> Result<(), String> {
         return preference_eval_cmd(args, &name, device);
     }
     if args.adapter.is_some() || args.reference.is_some() {
-        return Err("--adapter and --reference go with a preference objective (--objective dpo, ipo, hinge, robust or orpo)".into());
+        return Err("--adapter and --reference go with a preference objective (--objective dpo, ipo, hinge, robust, orpo or kto)".into());
     }
     let loaded = model_dir::load(&args.model, device)?;
     // A soft prompt takes positions of its own: the rows get what is left.
@@ -150,7 +151,8 @@ pub fn eval_cmd(args: EvalArgs, device: &Device) -> Result<(), String> {
 /// preference pairs against a reference, without training: what `DPOTrainer.evaluate()`
 /// reports, under the same names.
 fn preference_eval_cmd(args: EvalArgs, name: &str, device: &Device) -> Result<(), String> {
-    let objective = Objective::from_name(name, args.beta, args.label_smoothing).map_err(|e| format!("--objective: {e}"))?;
+    let mut objective = Objective::from_name(name, args.beta, args.label_smoothing).map_err(|e| format!("--objective: {e}"))?;
+    args.kto.apply(&mut objective);
     if !objective.is_preference() {
         return Err(format!("--objective: {name} is not a preference objective; leave --objective out for the next-token loss"));
     }
@@ -173,18 +175,28 @@ fn preference_eval_cmd(args: EvalArgs, name: &str, device: &Device) -> Result<()
         (None, false) => None,
     };
     let policy = with_adapter(loaded.model, &loaded.dir, args.adapter.as_deref(), device)?;
-    let pairs = if args.data.ends_with(".jsonl") {
+    let feedback = if args.data.ends_with(".jsonl") {
         let text = crate::fsutil::read_text(std::path::Path::new(&args.data))?;
-        tinytune::data::preference::parse(&text, args.data.as_str(), loaded.chat.as_ref()).map_err(|e| e.to_string())?
+        if objective.is_unpaired() {
+            tinytune::data::preference::parse_feedback(&text, args.data.as_str(), loaded.chat.as_ref()).map_err(|e| e.to_string())?
+        } else {
+            Feedback::Pairs(tinytune::data::preference::parse(&text, args.data.as_str(), loaded.chat.as_ref()).map_err(|e| e.to_string())?)
+        }
     } else {
         match args.data.parse::<DataSource>().map_err(|e| format!("--data: {e}"))? {
-            DataSource::Pairs(task, kind) => task.pairs(kind, args.data_seed, Split::Eval, args.examples),
+            DataSource::Pairs(task, kind) => Feedback::Pairs(task.pairs(kind, args.data_seed, Split::Eval, args.examples)),
             other => {
                 return Err(format!("--data: {other} is not preference data; use a task's pairs (story-qa-pairs, …) or a prompt/chosen/rejected .jsonl file"));
             }
         }
     };
-    let mut ds = Dataset::from_pairs_for(&objective, &loaded.tokenizer, &pairs, seq_len).map_err(|e| format!("{}: {e}", args.data))?;
+    // KTO's mismatched completions rotate within chunks of --batch examples (TRL's
+    // per_device_train_batch_size).
+    let ds = match &feedback {
+        Feedback::Pairs(pairs) => Dataset::from_pairs_for(&objective, &loaded.tokenizer, pairs, seq_len, args.batch),
+        Feedback::Unpaired(examples) => Dataset::from_unpaired(&loaded.tokenizer, examples, seq_len, args.batch),
+    };
+    let mut ds = ds.map_err(|e| format!("{}: {e}", args.data))?;
     if let Some(reference) = &reference {
         ds.set_refs(reference_logps(reference, &ds, args.batch, seq_len).map_err(|e| e.to_string())?);
     }
@@ -195,7 +207,7 @@ fn preference_eval_cmd(args: EvalArgs, name: &str, device: &Device) -> Result<()
         out.insert("adapter".into(), json!(args.adapter));
         out.insert("data".into(), json!(args.data));
         out.insert("objective".into(), json!(objective));
-        out.insert("pairs".into(), json!(m.pairs));
+        out.insert(if objective.is_unpaired() { "examples" } else { "pairs" }.into(), json!(m.pairs));
         out.insert("loss".into(), json!(m.loss));
         for (k, v) in &m.metrics {
             out.insert(k.clone(), json!(v));
@@ -203,7 +215,8 @@ fn preference_eval_cmd(args: EvalArgs, name: &str, device: &Device) -> Result<()
         println!("{}", serde_json::Value::Object(out));
         return Ok(());
     }
-    println!("{}: {} on {} pairs of {} (beta {})", loaded.dir.display(), objective.name(), m.pairs, args.data, args.beta);
+    let unit = if objective.is_unpaired() { "examples" } else { "pairs" };
+    println!("{}: {} on {} {unit} of {} (beta {})", loaded.dir.display(), objective.name(), m.pairs, args.data, args.beta);
     println!("  {:<20} {:.6}", "loss", m.loss);
     for (k, v) in &m.metrics {
         println!("  {k:<20} {v:.6}");

@@ -32,6 +32,7 @@ pub fn resolve(args: &TrainArgs, method: Method, default_data: DataSource, defau
         *epsilon = args.epsilon;
         *loss_type = args.grpo_loss.parse().map_err(|e| format!("--grpo-loss: {e}"))?;
     }
+    args.kto.apply(&mut objective);
     // A preference objective learns from the default task's pairs.
     let default_data = match default_data {
         DataSource::Task(task) if objective.is_preference() => DataSource::Pairs(task, tinytune::data::PairKind::Correct),

@@ -1296,6 +1296,68 @@ fn orpo_metrics_equal_trls_evaluate_on_the_fixture() {
     fails_with(&tinytune(&["eval", "--model", b, "--reference", b, "--data", p, "--objective", "orpo"]), &["--reference", "orpo has no reference"]);
 }
 
+/// `tinytune eval --objective kto` equals TRL 1.16's `KTOTrainer.evaluate()` on the DPO
+/// fixture's policy (tests/fixtures/make_kto_reference.py) in two cases: the pairs, which
+/// KTO takes apart (chosen then rejected) with the KL completions rotating over all twelve
+/// examples; and an unpaired prompt/completion/label file with unequal weights and a
+/// rotation within chunks of 4 (`--batch`, TRL's per_device_train_batch_size). Loss, `kl`,
+/// rewards and logits within 1e-4, log-probabilities within 1e-3.
+#[test]
+fn kto_metrics_equal_trls_evaluate_on_the_fixture() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures.join("dpo/kto.json")).unwrap()).unwrap();
+    let (base, adapter) = (fixtures.join("hf-gpt2"), fixtures.join("peft-lora"));
+    let (b, a) = (base.to_str().unwrap(), adapter.to_str().unwrap());
+    let cases = reference["cases"].as_object().unwrap();
+    assert_eq!(cases.len(), 2, "paired and unpaired");
+    for (name, case) in cases {
+        let data = fixtures.join("../..").join(case["data"].as_str().unwrap()).display().to_string();
+        let s = |k: &str| case[k].to_string();
+        let (beta, dw, uw, batch) = (s("beta"), s("desirable_weight"), s("undesirable_weight"), s("batch"));
+        let out = ok(&tinytune(&[
+            "eval",
+            "--model",
+            b,
+            "--adapter",
+            a,
+            "--reference",
+            b,
+            "--data",
+            &data,
+            "--objective",
+            "kto",
+            "--beta",
+            &beta,
+            "--desirable-weight",
+            &dw,
+            "--undesirable-weight",
+            &uw,
+            "--batch",
+            &batch,
+            "--json",
+        ]));
+        let got: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(got["examples"], case["examples"], "{name}");
+        let metrics = case["metrics"].as_object().unwrap();
+        assert_eq!(metrics.len(), 9, "{name}: loss, kl and seven metrics");
+        for (metric, value) in metrics {
+            let (w, g) = (value.as_f64().unwrap(), got[metric].as_f64().unwrap_or_else(|| panic!("{name}: no {metric} in {out}")));
+            let tolerance = if metric.starts_with("logps/") { 1e-3 } else { 1e-4 };
+            assert!((w - g).abs() <= tolerance, "kto {name} {metric}: tinytune {g}, TRL {w}");
+        }
+    }
+    // A mixed file is refused, naming the line.
+    let mixed = tmp("kto-mixed").join("mixed.jsonl");
+    std::fs::create_dir_all(mixed.parent().unwrap()).unwrap();
+    std::fs::write(&mixed, "{\"prompt\": \"a\", \"completion\": \" b\", \"label\": true}\n{\"prompt\": \"a\", \"chosen\": \" b\", \"rejected\": \" c\"}\n")
+        .unwrap();
+    let m = mixed.to_str().unwrap();
+    fails_with(&tinytune(&["eval", "--model", b, "--reference", b, "--data", m, "--objective", "kto"]), &["mixed.jsonl", "line 2", "one format"]);
+    let label = mixed.with_file_name("label.jsonl");
+    std::fs::write(&label, "{\"prompt\": \"a\", \"completion\": \" b\", \"label\": \"yes\"}\n").unwrap();
+    fails_with(&tinytune(&["eval", "--model", b, "--reference", b, "--data", label.to_str().unwrap(), "--objective", "kto"]), &["line 1", "label", "true"]);
+}
+
 #[test]
 fn dpo_metrics_equal_trls_evaluate_on_the_fixture() {
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");

@@ -17,7 +17,7 @@ pub mod rng;
 pub mod stories;
 pub mod tasks;
 
-pub use preference::{Pair, PairKind};
+pub use preference::{Feedback, Pair, PairKind, Unpaired};
 pub use rng::{Rng, fnv1a};
 pub use stories::{Story, StoryConfig, corpus, story};
 pub use tasks::{Example, Task};

@@ -17,6 +17,10 @@
 //!   - `{task}-sentence-pairs`, a *style* preference: the answer as a whole sentence
 //!     ("lily went to the park.") chosen over the task's bare answer ("the park.");
 //!     both are right, only the form differs (story-qa and sentiment).
+//!
+//! KTO learns from **unpaired** feedback instead: one completion a line with a `label`
+//! (TRL's unpaired preference format, [`parse_feedback`]), or pairs taken apart
+//! ([`unpair`]) as TRL's `KTOTrainer` does with paired data.
 
 use serde_json::Value;
 
@@ -158,16 +162,8 @@ impl Task {
 pub fn parse(text: &str, origin: impl Into<Origin>, chat: Option<&ChatTemplate>) -> Result<Vec<Pair>> {
     let origin = origin.into();
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
+    for (n, obj) in objects(text, &origin, "{\"prompt\": …, \"chosen\": …, \"rejected\": …}")? {
         let at = |field: &str, problem: String| Error::config(origin.clone(), format!("line {n}: {field}"), problem);
-        let value: Value = serde_json::from_str(line).map_err(|e| at("json", format!("is not valid JSON ({e}); write one JSON object per line")))?;
-        let Value::Object(obj) = value else {
-            return Err(at("json", "is not a JSON object; write {\"prompt\": …, \"chosen\": …, \"rejected\": …}".into()));
-        };
         for field in ["chosen", "rejected"] {
             if !obj.contains_key(field) {
                 let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
@@ -177,55 +173,156 @@ pub fn parse(text: &str, origin: impl Into<Origin>, chat: Option<&ChatTemplate>)
                 ));
             }
         }
-        let pair = match obj.get("prompt") {
-            Some(Value::String(prompt)) => {
-                let text_of = |field: &str| match &obj[field] {
-                    Value::String(s) if !s.is_empty() => Ok(s.clone()),
-                    Value::String(_) => Err(at(field, "is empty; there is nothing to score".into())),
-                    other => Err(at(field, format!("is {other}, but the prompt is a string; make both plain strings or all message lists"))),
-                };
-                Pair { prompt: prompt.clone(), chosen: text_of("chosen")?, rejected: text_of("rejected")?, chat: false }
-            }
-            Some(Value::Array(prompt)) => {
-                let chat = chat.ok_or_else(|| {
-                    at(
-                        "prompt",
-                        "is a list of messages, and the model has no chat template to render them; use plain strings or a model with a template".into(),
-                    )
-                })?;
-                let prompt = messages(prompt, "prompt", &at)?;
-                let reply = |field: &str| -> Result<String> {
-                    let Value::Array(list) = &obj[field] else {
-                        return Err(at(field, "is not a list of messages, but the prompt is; make all three message lists".into()));
-                    };
-                    let list = messages(list, field, &at)?;
-                    match list.as_slice() {
-                        [m] if m.role == "assistant" && !m.content.is_empty() => Ok(m.content.clone()),
-                        _ => Err(at(field, "must hold exactly one assistant message with some content".into())),
-                    }
-                };
-                let (chosen, rejected) = (reply("chosen")?, reply("rejected")?);
-                let render = |content: String| -> Result<Example> {
-                    let mut conv = prompt.clone();
-                    conv.push(Message { role: "assistant".into(), content });
-                    let turns = chat.examples(&conv).map_err(|e| at("prompt", e.to_string()))?;
-                    turns.into_iter().last().ok_or_else(|| at("prompt", "rendered to no assistant turn".into()))
-                };
-                let (c, r) = (render(chosen)?, render(rejected)?);
-                if c.prompt != r.prompt {
-                    return Err(at("prompt", "renders differently before the two replies; the chat template must not depend on the reply".into()));
-                }
-                Pair { prompt: c.prompt, chosen: c.response, rejected: r.response, chat: true }
-            }
-            None => return Err(at("prompt", "is missing; write the shared prompt in its own field (TRL's implicit-prompt form is not read)".into())),
-            Some(other) => return Err(at("prompt", format!("is {other}; write a string or a list of messages"))),
-        };
-        out.push(pair);
+        let (prompt, mut completions, chat) = completions(&obj, &["chosen", "rejected"], &at, chat)?;
+        let rejected = completions.pop().expect("two");
+        let chosen = completions.pop().expect("two");
+        out.push(Pair { prompt, chosen, rejected, chat });
     }
     if out.is_empty() {
         return Err(Error::config(origin, "lines", "holds no preference pairs; write one {\"prompt\", \"chosen\", \"rejected\"} object per line"));
     }
     Ok(out)
+}
+
+/// One example of unpaired feedback (KTO's data): a completion of a prompt, marked
+/// desirable (`label` true) or undesirable.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Unpaired {
+    pub prompt: String,
+    pub completion: String,
+    pub label: bool,
+    /// As [`Pair::chat`].
+    #[serde(default)]
+    pub chat: bool,
+}
+
+/// What KTO reads from a file: TRL's unpaired preference format, or preference pairs, which
+/// it unpairs ([`unpair`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Feedback {
+    Pairs(Vec<Pair>),
+    Unpaired(Vec<Unpaired>),
+}
+
+/// Parses KTO's data from JSON Lines `text`: TRL's unpaired preference format,
+/// `{"prompt": …, "completion": …, "label": true|false}` (strings, or message lists rendered
+/// with `chat`), or its preference format (prompt/chosen/rejected), as TRL's `KTOTrainer`
+/// takes either, deciding by the first line. Every error names the file, the line and the
+/// field.
+pub fn parse_feedback(text: &str, origin: impl Into<Origin>, chat: Option<&ChatTemplate>) -> Result<Feedback> {
+    let origin = origin.into();
+    let lines = objects(text, &origin, "{\"prompt\": …, \"completion\": …, \"label\": true}")?;
+    let Some((_, first)) = lines.first() else {
+        return Err(Error::config(origin, "lines", "holds no examples; write one {\"prompt\", \"completion\", \"label\"} object per line"));
+    };
+    if first.contains_key("chosen") || first.contains_key("rejected") {
+        return Ok(Feedback::Pairs(parse(text, origin, chat)?));
+    }
+    let mut out = Vec::new();
+    for (n, obj) in lines {
+        let at = |field: &str, problem: String| Error::config(origin.clone(), format!("line {n}: {field}"), problem);
+        if obj.contains_key("chosen") || obj.contains_key("rejected") {
+            return Err(at("chosen", "is a preference pair, but line 1 is unpaired; write every line in one format".into()));
+        }
+        let label = match obj.get("label") {
+            Some(Value::Bool(b)) => *b,
+            Some(other) => return Err(at("label", format!("is {other}; write true (a desirable completion) or false (an undesirable one)"))),
+            None => {
+                let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+                return Err(at(
+                    "label",
+                    format!("is missing (the line has {keys:?}); unpaired feedback needs prompt, completion and label, as TRL's KTOTrainer reads them"),
+                ));
+            }
+        };
+        if !obj.contains_key("completion") {
+            return Err(at("completion", "is missing; write the completion the label judges".into()));
+        }
+        let (prompt, mut completion, chat) = completions(&obj, &["completion"], &at, chat)?;
+        out.push(Unpaired { prompt, completion: completion.pop().expect("one"), label, chat });
+    }
+    Ok(Feedback::Unpaired(out))
+}
+
+/// Pairs as unpaired examples, in TRL's order (`unpair_preference_dataset`): the chosen
+/// completions of up to 1,000 pairs (TRL's map batch), desirable, then their rejected ones.
+pub fn unpair(pairs: &[Pair]) -> Vec<Unpaired> {
+    let mut out = Vec::with_capacity(2 * pairs.len());
+    for chunk in pairs.chunks(1000) {
+        for (label, pick) in [(true, 0), (false, 1)] {
+            out.extend(chunk.iter().map(|p| Unpaired { prompt: p.prompt.clone(), completion: [&p.chosen, &p.rejected][pick].clone(), label, chat: p.chat }));
+        }
+    }
+    out
+}
+
+/// The JSON objects of a JSON Lines text with their line numbers; blank lines skipped.
+fn objects(text: &str, origin: &Origin, shape: &str) -> Result<Vec<(usize, serde_json::Map<String, Value>)>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = |problem: String| Error::config(origin.clone(), format!("line {n}: json"), problem);
+        let value: Value = serde_json::from_str(line).map_err(|e| at(format!("is not valid JSON ({e}); write one JSON object per line")))?;
+        let Value::Object(obj) = value else {
+            return Err(at(format!("is not a JSON object; write {shape}")));
+        };
+        out.push((n, obj));
+    }
+    Ok(out)
+}
+
+/// A line's prompt and the completions in `fields`: all plain strings, or a message-list
+/// prompt with each field a list holding one assistant message, rendered with `chat`.
+/// Returns the prompt, the completions and whether they were rendered by the template.
+fn completions(
+    obj: &serde_json::Map<String, Value>,
+    fields: &[&str],
+    at: &dyn Fn(&str, String) -> Error,
+    chat: Option<&ChatTemplate>,
+) -> Result<(String, Vec<String>, bool)> {
+    match obj.get("prompt") {
+        Some(Value::String(prompt)) => {
+            let text_of = |field: &str| match &obj[field] {
+                Value::String(s) if !s.is_empty() => Ok(s.clone()),
+                Value::String(_) => Err(at(field, "is empty; there is nothing to score".into())),
+                other => Err(at(field, format!("is {other}, but the prompt is a string; make both plain strings or all message lists"))),
+            };
+            Ok((prompt.clone(), fields.iter().map(|f| text_of(f)).collect::<Result<_>>()?, false))
+        }
+        Some(Value::Array(prompt)) => {
+            let chat = chat.ok_or_else(|| {
+                at("prompt", "is a list of messages, and the model has no chat template to render them; use plain strings or a model with a template".into())
+            })?;
+            let prompt = messages(prompt, "prompt", at)?;
+            let mut rendered_prompt: Option<String> = None;
+            let mut out = Vec::new();
+            for field in fields {
+                let Value::Array(list) = &obj[*field] else {
+                    return Err(at(field, "is not a list of messages, but the prompt is; make every field a message list".into()));
+                };
+                let list = messages(list, field, at)?;
+                let content = match list.as_slice() {
+                    [m] if m.role == "assistant" && !m.content.is_empty() => m.content.clone(),
+                    _ => return Err(at(field, "must hold exactly one assistant message with some content".into())),
+                };
+                let mut conv = prompt.clone();
+                conv.push(Message { role: "assistant".into(), content });
+                let turns = chat.examples(&conv).map_err(|e| at("prompt", e.to_string()))?;
+                let turn = turns.into_iter().last().ok_or_else(|| at("prompt", "rendered to no assistant turn".into()))?;
+                if rendered_prompt.as_ref().is_some_and(|p| *p != turn.prompt) {
+                    return Err(at("prompt", "renders differently before the two replies; the chat template must not depend on the reply".into()));
+                }
+                rendered_prompt = Some(turn.prompt);
+                out.push(turn.response);
+            }
+            Ok((rendered_prompt.expect("at least one field"), out, true))
+        }
+        None => Err(at("prompt", "is missing; write the shared prompt in its own field (TRL's implicit-prompt form is not read)".into())),
+        Some(other) => Err(at("prompt", format!("is {other}; write a string or a list of messages"))),
+    }
 }
 
 fn messages(list: &[Value], field: &str, at: &dyn Fn(&str, String) -> Error) -> Result<Vec<Message>> {

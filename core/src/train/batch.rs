@@ -31,6 +31,9 @@ pub struct Batch {
     /// GRPO batches with a KL term: the reference model's log-probability of each target,
     /// `[B * T]`. Empty otherwise.
     pub token_refs: Vec<f32>,
+    /// KTO batches: each example's label (true: desirable), one per row pair (the
+    /// example's row, then its mismatched row). Empty for every other batch.
+    pub labels: Vec<bool>,
 }
 
 impl Batch {
@@ -63,6 +66,7 @@ impl Batch {
                     lens: if self.lens.is_empty() { vec![] } else { self.lens[i * rows..(i + 1) * rows].to_vec() },
                     advantages: if self.advantages.is_empty() { vec![] } else { self.advantages[i * rows..(i + 1) * rows].to_vec() },
                     token_refs: if self.token_refs.is_empty() { vec![] } else { self.token_refs[i * span..(i + 1) * span].to_vec() },
+                    labels: if self.labels.is_empty() { vec![] } else { self.labels[i * rows / 2..(i + 1) * rows / 2].to_vec() },
                 }
             })
             .collect()
@@ -97,7 +101,12 @@ pub enum Dataset {
     /// Preference pairs: rows as in `Rows` (the prompt weighted 0), chosen then rejected,
     /// and once a reference model has scored them ([`Dataset::set_refs`]) each row's
     /// reference log-probability. A batch of `b` draws `b` pairs: `2b` rows.
-    Pairs { rows: Vec<(Vec<u32>, Vec<f32>)>, refs: Vec<f32>, pad: u32 },
+    ///
+    /// KTO's unpaired examples take the same layout ([`Dataset::from_unpaired`]): each
+    /// example's own row, then the row of its prompt with another example's completion
+    /// (the mismatched pair its KL estimate reads), with each example's label in `labels`
+    /// (empty for preference pairs).
+    Pairs { rows: Vec<(Vec<u32>, Vec<f32>)>, refs: Vec<f32>, pad: u32, labels: Vec<bool> },
 }
 
 impl Dataset {
@@ -165,9 +174,68 @@ impl Dataset {
     /// The pairs tokenised as `objective`'s TRL trainer does: DPO's shared completion start
     /// ([`Dataset::from_pairs`]), or ORPO's (`build_tokenized_answer`), where each
     /// completion starts at its own boundary with the prompt. They differ only when tokens
-    /// merge across the boundary differently for the two completions.
-    pub fn from_pairs_for(objective: &super::Objective, tok: &TextTokenizer, pairs: &[crate::data::Pair], max_len: usize) -> Result<Self> {
-        Self::pairs_with(tok, pairs, max_len, !matches!(objective, super::Objective::Orpo { .. }))
+    /// merge across the boundary differently for the two completions. KTO takes the pairs
+    /// apart ([`crate::data::preference::unpair`]) into [`Dataset::from_unpaired`], its
+    /// mismatched completions rotating within chunks of `batch` examples.
+    pub fn from_pairs_for(objective: &super::Objective, tok: &TextTokenizer, pairs: &[crate::data::Pair], max_len: usize, batch: usize) -> Result<Self> {
+        match objective {
+            super::Objective::Kto { .. } => Self::from_unpaired(tok, &crate::data::preference::unpair(pairs), max_len, batch),
+            super::Objective::Orpo { .. } => Self::pairs_with(tok, pairs, max_len, false),
+            _ => Self::pairs_with(tok, pairs, max_len, true),
+        }
+    }
+
+    /// KTO's examples as rows, tokenised as TRL 1.16's `KTOTrainer` does: the completion
+    /// (plain text ending with the end-of-text token) starts where the tokenised prompt and
+    /// prompt + completion first differ, and only it counts. Each example's row is followed
+    /// by its *mismatched* row: its prompt's tokens with the completion tokens of the
+    /// example before it within its chunk of `chunk` examples (the chunk's first takes the
+    /// last's), as TRL builds `KL_completion_ids` in chunks of `per_device_train_batch_size`.
+    /// Rows are cut at `max_len + 1` tokens; an example whose own completion is cut to
+    /// nothing is refused, naming `seq_len`.
+    pub fn from_unpaired(tok: &TextTokenizer, examples: &[crate::data::Unpaired], max_len: usize, chunk: usize) -> Result<Self> {
+        let eot = tok.eot();
+        // Each example's prompt ids (up to where the completion starts) and completion ids.
+        let mut split = Vec::with_capacity(examples.len());
+        for ex in examples {
+            let prompt = tok.encode(&ex.prompt)?;
+            let mut ids = tok.encode(&format!("{}{}", ex.prompt, ex.completion))?;
+            if !ex.chat {
+                ids.push(eot.ok_or_else(|| Error::Tokenizer("the tokenizer has no end-of-text token to end completions with".into()))?);
+            }
+            let start = prompt.iter().zip(&ids).take_while(|(a, b)| a == b).count();
+            let completion = ids.split_off(start);
+            split.push((ids, completion));
+        }
+        let row = |prompt: &[u32], completion: &[u32]| {
+            let mut ids = prompt.to_vec();
+            ids.extend(completion);
+            let mut w: Vec<f32> = (0..ids.len()).map(|j| if j >= prompt.len() { 1.0 } else { 0.0 }).collect();
+            ids.truncate(max_len + 1);
+            w.truncate(max_len + 1);
+            (ids, w)
+        };
+        let mut rows = Vec::with_capacity(2 * examples.len());
+        for (c, group) in split.chunks(chunk.max(1)).enumerate() {
+            for (j, (prompt, completion)) in group.iter().enumerate() {
+                let own = row(prompt, completion);
+                if own.1.iter().skip(1).all(|&x| x == 0.0) {
+                    return Err(Error::config(
+                        "training config",
+                        "seq_len",
+                        format!(
+                            "is {max_len} tokens, and example {}'s completion starts after that, so it cannot be scored; raise it",
+                            c * chunk.max(1) + j + 1
+                        ),
+                    ));
+                }
+                rows.push(own);
+                let other = &group[(j + group.len() - 1) % group.len()].1;
+                rows.push(row(prompt, other));
+            }
+        }
+        let labels = examples.iter().map(|ex| ex.label).collect();
+        Ok(Dataset::Pairs { rows, refs: vec![], pad: eot.unwrap_or(0), labels })
     }
 
     fn pairs_with(tok: &TextTokenizer, pairs: &[crate::data::Pair], max_len: usize, shared_start: bool) -> Result<Self> {
@@ -205,7 +273,7 @@ impl Dataset {
                 rows.push((ids, w));
             }
         }
-        Ok(Dataset::Pairs { rows, refs: vec![], pad: eot.unwrap_or(0) })
+        Ok(Dataset::Pairs { rows, refs: vec![], pad: eot.unwrap_or(0), labels: vec![] })
     }
 
     /// Stores the reference model's log-probability of each row (preference pairs only;
@@ -266,11 +334,14 @@ impl Dataset {
     /// The batch of pairs `picks`: their chosen and rejected rows, with the reference
     /// log-probabilities when they are set.
     fn pair_batch(&self, picks: &[usize], t: usize) -> Batch {
-        let Dataset::Pairs { rows, refs, pad } = self else { unreachable!() };
+        let Dataset::Pairs { rows, refs, pad, labels } = self else { unreachable!() };
         let b = 2 * picks.len();
         let mut batch =
             Batch { b, t, inputs: Vec::with_capacity(b * t), targets: Vec::with_capacity(b * t), weights: Vec::with_capacity(b * t), ..Default::default() };
         for &p in picks {
+            if !labels.is_empty() {
+                batch.labels.push(labels[p]);
+            }
             for r in [2 * p, 2 * p + 1] {
                 let (ids, w) = &rows[r];
                 push_row(&mut batch, ids, w, *pad, t);

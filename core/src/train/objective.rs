@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use burn::tensor::activation::{log_sigmoid, log_softmax, relu};
+use burn::tensor::activation::{log_sigmoid, log_softmax, relu, sigmoid};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +66,27 @@ pub enum Objective {
         /// TRL's `beta`, the paper's λ (0.1 by default in both).
         #[serde(default = "default_beta")]
         beta: f64,
+    },
+    /// Kahneman–Tversky optimisation (KTO: Ethayarajh et al., 2024) on unpaired feedback,
+    /// as TRL 1.16's `KTOTrainer` defines it (`trl/trainer/kto_trainer.py`,
+    /// `_compute_loss`, `loss_type="kto"`): each example is one completion labelled
+    /// desirable or undesirable. With `r` its log-ratio `log π(y|x) − log ref(y|x)` and `z`
+    /// the batch's KL estimate — the mean log-ratio of *mismatched* pairs (each prompt with
+    /// another example's completion), detached and clamped at 0 — a desirable example's
+    /// loss is `1 − σ(β·(r − z))` and an undesirable one's `1 − σ(β·(z − r))`, weighted by
+    /// `desirable_weight` or `undesirable_weight`; the loss is their mean. Batches hold each
+    /// example's row, then its mismatched row (`Dataset::from_unpaired`); the rewards it
+    /// reports are `β·r`.
+    Kto {
+        /// TRL's `beta` (0.1 by default there too).
+        #[serde(default = "default_beta")]
+        beta: f64,
+        /// TRL's `desirable_weight` λ_D (1.0).
+        #[serde(default = "one")]
+        desirable_weight: f64,
+        /// TRL's `undesirable_weight` λ_U (1.0).
+        #[serde(default = "one")]
+        undesirable_weight: f64,
     },
     /// Group relative policy optimisation on a task's verifiable reward, as TRL 1.16's
     /// `GRPOTrainer` defines it (see [`super::grpo`]): batches are sampled groups of
@@ -169,15 +190,18 @@ impl Objective {
     }
 
     /// The objective a command line names: `next-token`, `dpo` (TRL's sigmoid; `sigmoid`
-    /// also reads), `ipo`, `hinge` or `robust` with their β and label smoothing, or `orpo`
-    /// with its β.
+    /// also reads), `ipo`, `hinge` or `robust` with their β and label smoothing, `orpo` or
+    /// `kto` (both weights 1) with its β, or `grpo`.
     pub fn from_name(name: &str, beta: f64, label_smoothing: f64) -> std::result::Result<Self, String> {
         let loss_type = match name {
             "next-token" => return Ok(Objective::NextToken),
             "orpo" => return Ok(Objective::Orpo { beta }),
+            "kto" => return Ok(Objective::Kto { beta, desirable_weight: 1.0, undesirable_weight: 1.0 }),
             "grpo" => return Ok(Objective::grpo(default_group(), beta)),
             "dpo" | "sigmoid" => DpoLoss::Sigmoid,
-            other => other.parse::<DpoLoss>().map_err(|_| format!("unknown objective '{other}'; choose next-token, dpo, ipo, hinge, robust, orpo or grpo"))?,
+            other => {
+                other.parse::<DpoLoss>().map_err(|_| format!("unknown objective '{other}'; choose next-token, dpo, ipo, hinge, robust, orpo, kto or grpo"))?
+            }
         };
         Ok(Objective::Dpo { loss_type, beta, label_smoothing })
     }
@@ -205,15 +229,21 @@ impl Objective {
         if name == "grpo" { 0.0 } else { default_beta() }
     }
 
-    /// Whether batches are preference pairs (chosen row, rejected row).
+    /// Whether batches are preference pairs (chosen row, rejected row), or KTO's examples
+    /// in the same layout (the example's row, its mismatched row).
     pub fn is_preference(&self) -> bool {
-        matches!(self, Objective::Dpo { .. } | Objective::Orpo { .. })
+        matches!(self, Objective::Dpo { .. } | Objective::Orpo { .. } | Objective::Kto { .. })
     }
 
-    /// Whether the pairs are scored against a reference model (DPO and its variants; ORPO
-    /// has none).
+    /// Whether the rows are scored against a reference model (DPO and its variants, KTO;
+    /// ORPO has none).
     pub fn needs_reference(&self) -> bool {
-        matches!(self, Objective::Dpo { .. })
+        matches!(self, Objective::Dpo { .. } | Objective::Kto { .. })
+    }
+
+    /// Whether the data are unpaired examples with labels (KTO) rather than pairs.
+    pub fn is_unpaired(&self) -> bool {
+        matches!(self, Objective::Kto { .. })
     }
 
     /// The name the CLI knows it by: `next-token`, or the DPO loss type (`dpo` for sigmoid,
@@ -224,6 +254,7 @@ impl Objective {
             Objective::Dpo { loss_type: DpoLoss::Sigmoid, .. } => "dpo",
             Objective::Dpo { loss_type, .. } => loss_type.name(),
             Objective::Orpo { .. } => "orpo",
+            Objective::Kto { .. } => "kto",
             Objective::Grpo { .. } => "grpo",
         }
     }
@@ -235,6 +266,16 @@ impl Objective {
             && !(*beta > 0.0 && beta.is_finite())
         {
             return Err(Error::config(origin, "objective.beta", format!("{beta} is not a positive number; TRL's default is 0.1")));
+        }
+        if let Objective::Kto { beta, desirable_weight, undesirable_weight } = self {
+            if !(*beta > 0.0 && beta.is_finite()) {
+                return Err(Error::config(origin, "objective.beta", format!("{beta} is not a positive number; TRL's default is 0.1")));
+            }
+            for (field, w) in [("objective.desirable_weight", desirable_weight), ("objective.undesirable_weight", undesirable_weight)] {
+                if !(*w > 0.0 && w.is_finite()) {
+                    return Err(Error::config(origin.clone(), field, format!("{w} is not a positive weight; TRL's default is 1.0")));
+                }
+            }
         }
         if let Objective::Grpo { group_size, beta, epsilon, temperature, max_completion_len, .. } = self {
             if *group_size < 2 {
@@ -349,6 +390,24 @@ impl Objective {
                 let nll = whole.reshape([pairs, 2]).narrow(1, 0, 1).sum().neg().div_scalar(chosen_tokens.max(1.0));
                 (nll - odds_term, Some(scores))
             }
+            Objective::Kto { beta, desirable_weight, undesirable_weight } => {
+                let n = batch.b / 2;
+                let logps = sequence_logps(model, batch, device, compute, false).completion;
+                let scores = logps.clone().detach();
+                let refs = Tensor::<1>::from_data(TensorData::new(batch.refs.clone(), [batch.b]), device);
+                let ratios = (logps - refs).reshape([n, 2]); // [N, 2]: the example's, the mismatched
+                let r = ratios.clone().narrow(1, 0, 1).reshape([n]);
+                // The KL estimate: a constant of the batch, never below 0.
+                let z = ratios.narrow(1, 1, 1).detach().mean().clamp_min(0.0); // [1]
+                // Desirable: 1 − σ(β(r − z)); undesirable: 1 − σ(β(z − r)).
+                let sign: Vec<f32> = batch.labels.iter().map(|&l| if l { 1.0 } else { -1.0 }).collect();
+                let weight: Vec<f32> = batch.labels.iter().map(|&l| if l { *desirable_weight } else { *undesirable_weight } as f32).collect();
+                let sign = Tensor::<1>::from_data(TensorData::new(sign, [n]), device);
+                let weight = Tensor::<1>::from_data(TensorData::new(weight, [n]), device);
+                let x = (r - z.expand([n])) * sign;
+                let losses = sigmoid(x.mul_scalar(*beta)).neg().add_scalar(1.0) * weight;
+                (losses.mean(), Some(scores))
+            }
             Objective::Grpo { beta, epsilon, loss_type, max_completion_len, temperature, .. } => {
                 grpo_loss(model, batch, device, compute, (*beta, *epsilon, *temperature), *loss_type, *max_completion_len)
             }
@@ -360,7 +419,7 @@ impl Objective {
     pub fn weight(&self, batch: &Batch) -> f32 {
         match self {
             Objective::NextToken => batch.weight_sum(),
-            Objective::Dpo { .. } | Objective::Orpo { .. } => (batch.b / 2) as f32,
+            Objective::Dpo { .. } | Objective::Orpo { .. } | Objective::Kto { .. } => (batch.b / 2) as f32,
             // DAPO normalises by the accumulated batch's completion tokens; the others
             // average per micro-batch.
             Objective::Grpo { loss_type: super::grpo::GrpoLoss::Dapo, .. } => batch.weight_sum(),
@@ -478,6 +537,8 @@ pub struct RowScore {
     pub reference: f64,
     pub whole: f64,
     pub whole_count: f64,
+    /// KTO: the example's label (true: desirable) on its own row; None otherwise.
+    pub label: Option<bool>,
 }
 
 impl PreferenceMetrics {
@@ -488,6 +549,9 @@ impl PreferenceMetrics {
     pub fn of(objective: &Objective, rows: &[RowScore]) -> Self {
         if let Objective::Orpo { beta } = objective {
             return Self::orpo(*beta, rows);
+        }
+        if let Objective::Kto { beta, desirable_weight, undesirable_weight } = objective {
+            return Self::kto(*beta, (*desirable_weight, *undesirable_weight), rows);
         }
         let Objective::Dpo { loss_type, beta, label_smoothing } = objective else {
             return Self::default();
@@ -529,6 +593,46 @@ impl PreferenceMetrics {
             ("logits/rejected", logit_r / tok_r.max(1.0)),
         ];
         Self { loss: loss / m, pairs: n, metrics: metrics.into_iter().map(|(k, v)| (k.to_string(), v)).collect() }
+    }
+
+    /// KTO's metrics as TRL's `KTOTrainer` logs them, the rows (each example's, then its
+    /// mismatched one) taken as one batch: `kl` the clamped mean log-ratio of the mismatched
+    /// rows; `rewards/*` and `logps/*` means over the desirable (`chosen`) and undesirable
+    /// (`rejected`) examples; `rewards/margins` their difference, when both kinds are
+    /// present; `logits/*` means over their completion tokens. (TRL has no
+    /// `rewards/accuracies` for KTO: the examples are not paired.)
+    fn kto(beta: f64, (desirable, undesirable): (f64, f64), rows: &[RowScore]) -> Self {
+        let n = rows.len() / 2;
+        let z = (rows.chunks_exact(2).map(|p| p[1].logp - p[1].reference).sum::<f64>() / n.max(1) as f64).max(0.0);
+        let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let mut loss = 0.0;
+        // [desirable, undesirable]: count, summed rewards, summed logps, logit sums, tokens.
+        let mut sums = [[0.0f64; 5]; 2];
+        for pair in rows.chunks_exact(2) {
+            let row = &pair[0];
+            let good = row.label.unwrap_or(true);
+            let r = row.logp - row.reference;
+            loss += if good { desirable * (1.0 - sigmoid(beta * (r - z))) } else { undesirable * (1.0 - sigmoid(beta * (z - r))) };
+            let s = &mut sums[usize::from(!good)];
+            for (slot, v) in s.iter_mut().zip([1.0, beta * r, row.logp, row.logit_sum, row.count]) {
+                *slot += v;
+            }
+        }
+        let mut metrics = BTreeMap::new();
+        metrics.insert("kl".to_string(), z);
+        for (name, s) in ["chosen", "rejected"].into_iter().zip(&sums) {
+            if s[0] > 0.0 {
+                metrics.insert(format!("rewards/{name}"), s[1] / s[0]);
+                metrics.insert(format!("logps/{name}"), s[2] / s[0]);
+            }
+            if s[4] > 0.0 {
+                metrics.insert(format!("logits/{name}"), s[3] / s[4]);
+            }
+        }
+        if sums[0][0] > 0.0 && sums[1][0] > 0.0 {
+            metrics.insert("rewards/margins".to_string(), sums[0][1] / sums[0][0] - sums[1][1] / sums[1][0]);
+        }
+        Self { loss: loss / n.max(1) as f64, pairs: n, metrics }
     }
 
     /// ORPO's metrics as TRL's `ORPOTrainer` logs them: rewards are `β·p` with `p` the

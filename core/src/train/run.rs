@@ -281,6 +281,9 @@ fn technique(t: &Trainer) -> String {
             format!("objective {} (beta {beta}{smoothing}), optimizer {}", c.objective.name(), o.kind)
         }
         super::Objective::Orpo { beta } => format!("objective orpo (beta {beta}, no reference model), optimizer {}", o.kind),
+        super::Objective::Kto { beta, desirable_weight, undesirable_weight } => {
+            format!("objective kto (beta {beta}, desirable weight {desirable_weight}, undesirable weight {undesirable_weight}), optimizer {}", o.kind)
+        }
         super::Objective::Grpo { group_size, beta, epsilon, temperature, loss_type, .. } => format!(
             "objective grpo ({} prompts × {group_size} completions a step at temperature {temperature}, loss {}, epsilon {epsilon}, beta {beta}{}), optimizer {}",
             c.batch_size / group_size.max(&1),

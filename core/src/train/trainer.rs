@@ -129,7 +129,7 @@ impl Trainer {
         let ds = |split, n| match config.data {
             // Pairs are tokenised as the objective's TRL trainer does.
             super::DataSource::Pairs(task, kind) => {
-                Dataset::from_pairs_for(&config.objective, tok, &task.pairs(kind, config.data_seed, split, n), config.seq_len)
+                Dataset::from_pairs_for(&config.objective, tok, &task.pairs(kind, config.data_seed, split, n), config.seq_len, config.batch_size)
             }
             _ => config.data.dataset(tok, config.data_seed, split, n, config.seq_len, config.prompt_loss_weight),
         };
@@ -180,6 +180,28 @@ impl Trainer {
         config: TrainConfig,
         device: &Device,
     ) -> Result<Self> {
+        if config.objective.is_unpaired() {
+            // KTO: TRL's unpaired feedback, or pairs (split whole, then taken apart).
+            let (ex, c) = (|e| Error::Invalid(format!("{origin}: {e}")), &config);
+            let (train, eval) = match crate::data::preference::parse_feedback(text, origin, chat)? {
+                crate::data::Feedback::Pairs(pairs) => {
+                    let (train, eval) = crate::data::jsonl::split(pairs, c.eval_examples, c.data_seed);
+                    let train = &train[..train.len().min(c.train_examples)];
+                    (crate::data::preference::unpair(train), crate::data::preference::unpair(&eval))
+                }
+                crate::data::Feedback::Unpaired(examples) => {
+                    let (mut train, eval) = crate::data::jsonl::split(examples, c.eval_examples, c.data_seed);
+                    train.truncate(c.train_examples);
+                    (train, eval)
+                }
+            };
+            if train.is_empty() || eval.is_empty() {
+                return Err(Error::config(origin, "lines", "one line is too few to hold any out for evaluation; write at least two lines"));
+            }
+            let rows = |e: &[crate::data::Unpaired]| Dataset::from_unpaired(tok, e, c.seq_len, c.batch_size).map_err(ex);
+            let (train_set, eval_set) = (rows(&train)?, rows(&eval)?);
+            return Self::from_datasets(model, config, train_set, eval_set, device);
+        }
         if config.objective.is_preference() {
             // TRL's preference pairs, one a line, split like any other examples.
             let pairs = crate::data::preference::parse(text, origin, chat)?;
@@ -189,7 +211,7 @@ impl Trainer {
                 return Err(Error::config(origin, "lines", "one pair is too few to hold any out for evaluation; write at least two lines"));
             }
             let rows = |p: &[crate::data::Pair]| {
-                Dataset::from_pairs_for(&config.objective, tok, p, config.seq_len).map_err(|e| Error::Invalid(format!("{origin}: {e}")))
+                Dataset::from_pairs_for(&config.objective, tok, p, config.seq_len, config.batch_size).map_err(|e| Error::Invalid(format!("{origin}: {e}")))
             };
             let (train_set, eval_set) = (rows(&train)?, rows(&eval)?);
             return Self::from_datasets(model, config, train_set, eval_set, device);
@@ -806,6 +828,8 @@ fn scores_from(batch: &Batch, logps: &[f32], logits: Option<&[f32]>, whole: Opti
             reference: at(Some(&batch.refs), i),
             whole: at(whole, i),
             whole_count: at(Some(&whole_counts), i),
+            // KTO: the example's own row (even rows) carries its label.
+            label: (i % 2 == 0).then(|| batch.labels.get(i / 2).copied()).flatten(),
         })
         .collect()
 }
