@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The preference-tuning figures of the README: DPO, IPO, hinge and ORPO on the shipped micro model
+# The preference-tuning figures of the README: DPO, IPO, hinge, ORPO and KTO on the shipped micro model
 # (LoRA r 8 on every linear layer, 40 steps of 8 pairs, lr 5e-3), on story-qa's sentence
 # pairs (a style preference) and, after 100 steps of SFT, on its correctness pairs; each
 # run's held-out TRL metrics every 10 steps, and the held-out story loss before and after
@@ -23,7 +23,9 @@ for line in open(sys.argv[1] + "/metrics.jsonl"):
     e = json.loads(line)
     if e["event"] == "eval":
         m = e["metrics"]
-        print(f"  step {e['step']:>3}  loss {e['eval_loss']:.4f}  accuracies {m['rewards/accuracies']:.3f}  "
+        # KTO has no pairs, so no accuracies; it reports its KL estimate instead.
+        first = f"accuracies {m['rewards/accuracies']:.3f}" if "rewards/accuracies" in m else f"kl {m['kl']:.3f}"
+        print(f"  step {e['step']:>3}  loss {e['eval_loss']:.4f}  {first}  "
               f"margins {m['rewards/margins']:+.3f}  chosen {m['rewards/chosen']:+.3f}  rejected {m['rewards/rejected']:+.3f}  "
               f"logps/chosen {m['logps/chosen']:.2f}  logps/rejected {m['logps/rejected']:.2f}")
 EOF
@@ -36,7 +38,8 @@ run() {
 }
 story_loss() { "$bin" eval --model "$1" --data stories --examples 100 --json | python3 -c 'import json, sys; print("%.4f" % json.load(sys.stdin)["eval_loss"])'; }
 echo "held-out story loss of assets/micro: $(story_loss assets/micro)"
-for objective in dpo ipo hinge orpo; do
+# KTO takes each pair apart: the sentence a desirable example, the bare answer an undesirable one.
+for objective in dpo ipo hinge orpo kto; do
   run "$objective" finetune --model assets/micro --data story-qa-sentence-pairs --objective "$objective" "${common[@]}" --out "$out/$objective"
   echo "$objective on story-qa-sentence-pairs (beta 0.1):"
   show "$out/$objective"

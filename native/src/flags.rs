@@ -31,6 +31,11 @@ pub fn flag(field: &str, origin: &str) -> String {
     if field == "target_modules" && origin.contains("IA³") {
         return "ia3-targets".into();
     }
+    // The objective's settings (`objective.beta`, …) each have a flag of their own name;
+    // the only loss type a flag sets is GRPO's (DPO's is the objective's name).
+    if let Some(setting) = field.strip_prefix("objective.") {
+        return if setting == "loss_type" { "grpo-loss".into() } else { setting.replace('_', "-") };
+    }
     FLAGS.iter().find(|(f, _)| *f == field).map(|(_, flag)| flag.to_string()).unwrap_or_else(|| field.replace('_', "-"))
 }
 
@@ -58,6 +63,8 @@ mod tests {
         assert_eq!(render("keep clipping on (`clip_grad_norm` 1.0); run `--out x --resume`"), "keep clipping on (--clip 1.0); run `--out x --resume`");
         assert_eq!(render("an odd ` tick"), "an odd ` tick");
         assert_eq!(flag("target_modules", "IA³ config"), "ia3-targets");
+        assert_eq!(flag("objective.desirable_weight", "command line"), "desirable-weight");
+        assert_eq!(flag("objective.group_size", "command line"), "group-size");
         assert_eq!(flag("target_modules", "LoRA config"), "targets");
         assert_eq!(flag("mezo_eps", ""), "mezo-eps");
         let e = tinytune::Error::config("command line", "zero", "offloading parameters needs ZeRO stage 3 (`zero` 3)");

@@ -1453,6 +1453,68 @@ fn orpo_fine_tunes_without_a_reference_and_resumes() {
     fails_with(&orpo(&tmp("orpo-ref"), &["--reference", b]), &["--reference", "the orpo objective has no reference model"]);
 }
 
+/// `finetune --objective kto` on a file of TRL's unpaired feedback (more desirable lines
+/// than undesirable ones, weighted as the KTO paper advises): TRL's KTO metrics on every
+/// step and evaluation, the reference log-probabilities (each example's row and its
+/// mismatched row) kept in the checkpoint, and a run stopped after 3 steps resumes to the
+/// same losses. A weight of 0 is refused by its flag.
+#[test]
+fn kto_fine_tunes_on_unpaired_feedback_and_resumes() {
+    let base = tmp("kto-base");
+    ok(&pretrain(&base, &["--steps", "2"]));
+    let b = base.to_str().unwrap();
+    let file = base.join("feedback.jsonl");
+    let mut lines = String::new();
+    for (i, (text, feeling)) in [("the zoo was fun", "happy"), ("my kite broke", "sad"), ("we won the game", "happy"), ("the rain came", "sad")].iter().cycle().take(12).enumerate() {
+        let wrong = if *feeling == "happy" { "sad" } else { "happy" };
+        let (completion, label) = if i % 3 == 2 { (wrong, false) } else { (*feeling, true) };
+        lines += &format!("{{\"prompt\": \"text: {text} {i}\\nfeeling:\", \"completion\": \" {completion}\\n\", \"label\": {label}}}\n");
+    }
+    std::fs::write(&file, lines).unwrap();
+    let f = file.to_str().unwrap();
+    let kto = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["finetune", "--model", b, "--out", out.to_str().unwrap(), "--method", "lora", "--lr", "0.01", "--objective", "kto"];
+        args.extend_from_slice(&["--data", f, "--batch", "2", "--seq-len", "64", "--eval-examples", "2", "--undesirable-weight", "1.5"]);
+        args.extend_from_slice(&["--steps", "5", "--eval-every", "5", "--checkpoint-every", "100"]);
+        args.extend_from_slice(extra);
+        tinytune(&args)
+    };
+    let (a, r) = (tmp("kto-straight"), tmp("kto-resumed"));
+    let out = kto(&a, &[]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("objective kto (beta 0.1, desirable weight 1, undesirable weight 1.5)"));
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let step = events.iter().find(|v| v["event"] == "step").unwrap();
+    let eval = events.iter().rfind(|v| v["event"] == "eval").unwrap();
+    for key in ["kl", "logps/chosen"] {
+        assert!(step["metrics"][key].is_number() && eval["metrics"][key].is_number(), "{key}: {step} {eval}");
+    }
+    assert!(eval["metrics"]["rewards/margins"].is_number(), "{eval}");
+    assert!((step["loss"].as_f64().unwrap() - 0.5 * step_weight(step)).abs() < 1e-5, "the first step's loss: 1 − σ(0) times the weights: {step}");
+    ok(&kto(&r, &["--stop-after", "3"]));
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(r.join("checkpoint/trainer_state.json")).unwrap()).unwrap();
+    assert!(state["reference"]["train"].as_array().is_some_and(|t| t.len() == 2 * 10), "two rows an example: {state}");
+    ok(&tinytune(&["finetune", "--model", b, "--out", r.to_str().unwrap(), "--resume"]));
+    let (x, y) = (step_losses(&a), step_losses(&r));
+    assert_eq!(x.len(), 5);
+    assert_eq!(x.len(), y.len());
+    for (p, q) in x.iter().zip(&y) {
+        assert!((p.1 - q.1).abs() < 1e-5, "step {}: {} vs {}", p.0, p.1, q.1);
+    }
+    fails_with(&kto(&tmp("kto-bad"), &["--desirable-weight", "0"]), &["--desirable-weight", "positive weight"]);
+}
+
+/// The mean example weight of a KTO step's batch of two, from its metrics (desirable
+/// examples weigh 1, undesirable 1.5 in `kto_fine_tunes_on_unpaired_feedback_and_resumes`):
+/// which kinds a step drew shows in which rewards it reports.
+fn step_weight(step: &serde_json::Value) -> f64 {
+    match (step["metrics"]["rewards/chosen"].is_number(), step["metrics"]["rewards/rejected"].is_number()) {
+        (true, false) => 1.0,
+        (false, true) => 1.5,
+        _ => 1.25,
+    }
+}
+
 /// `finetune --objective grpo` samples groups, logs TRL's rollout metrics on every step and
 /// the held-out rewards at each evaluation; with a KL term (beta > 0) it keeps its
 /// reference in the checkpoint, and a run stopped after 3 steps resumes to the same losses

@@ -31,8 +31,9 @@ pub const SAMPLE_TOKENS: usize = 16;
 
 /// The objectives the widget can offer, in menu order. Only those the core's
 /// `Objective::from_name` knows are offered ([`objectives`]), so a preference objective
-/// the core learns (ORPO) appears here by its name alone.
-const CANDIDATES: [&str; 4] = ["dpo", "ipo", "hinge", "orpo"];
+/// the core learns (ORPO, KTO) appears here by its name alone. KTO takes each pair apart
+/// into a desirable and an undesirable example, as TRL's `KTOTrainer` does with paired data.
+const CANDIDATES: [&str; 5] = ["dpo", "ipo", "hinge", "orpo", "kto"];
 
 /// The preference objectives on offer: every candidate the core parses.
 pub fn objectives() -> Vec<&'static str> {
@@ -213,7 +214,8 @@ impl PreferenceParams {
 
     /// A run's name: what sets it apart.
     pub fn label(&self) -> String {
-        format!("{} β {} · {} · lr {} · {} steps of {} pairs · LoRA r{}", self.objective, self.beta, self.data, self.lr, self.steps, self.batch, self.rank)
+        let unit = if self.objective().is_unpaired() { "examples" } else { "pairs" };
+        format!("{} β {} · {} · lr {} · {} steps of {} {unit} · LoRA r{}", self.objective, self.beta, self.data, self.lr, self.steps, self.batch, self.rank)
     }
 }
 
@@ -326,7 +328,8 @@ mod tests {
             c.validate("widget", 128).unwrap();
             assert!(p.command().contains(&format!("--objective {name} --beta 0.2")), "{}", p.command());
         }
-        let e = Widget::from_block("name: preference\nobjective: kto").unwrap_err();
+        assert!(offered.contains(&"kto"), "{offered:?}");
+        let e = Widget::from_block("name: preference\nobjective: simpo").unwrap_err();
         assert!(e.contains("preference: objective") && e.contains("choose dpo, ipo, hinge"), "{e}");
         let e = Widget::from_block("name: preference\ndata: story-qa").unwrap_err();
         assert!(e.contains("choose story-qa-sentence-pairs"), "{e}");
