@@ -314,12 +314,7 @@ fn kto_loss_is_the_formula_and_separates_desirable_from_undesirable() {
     let read = |x: burn::tensor::Tensor<1>| x.into_data().convert::<f64>().try_to_vec::<f64>().unwrap();
     let logps = read(sequence_logps(&policy, &batch, &device, None, false).completion);
     let rows: Vec<RowScore> = (0..8)
-        .map(|i| RowScore {
-            logp: logps[i],
-            reference: batch.refs[i] as f64,
-            label: (i % 2 == 0).then(|| batch.labels[i / 2]),
-            ..Default::default()
-        })
+        .map(|i| RowScore { logp: logps[i], reference: batch.refs[i] as f64, label: (i % 2 == 0).then(|| batch.labels[i / 2]), ..Default::default() })
         .collect();
     let host = PreferenceMetrics::of(&objective, &rows);
     let r = |i: usize| logps[i] - batch.refs[i] as f64;

@@ -1465,7 +1465,9 @@ fn kto_fine_tunes_on_unpaired_feedback_and_resumes() {
     let b = base.to_str().unwrap();
     let file = base.join("feedback.jsonl");
     let mut lines = String::new();
-    for (i, (text, feeling)) in [("the zoo was fun", "happy"), ("my kite broke", "sad"), ("we won the game", "happy"), ("the rain came", "sad")].iter().cycle().take(12).enumerate() {
+    for (i, (text, feeling)) in
+        [("the zoo was fun", "happy"), ("my kite broke", "sad"), ("we won the game", "happy"), ("the rain came", "sad")].iter().cycle().take(12).enumerate()
+    {
         let wrong = if *feeling == "happy" { "sad" } else { "happy" };
         let (completion, label) = if i % 3 == 2 { (wrong, false) } else { (*feeling, true) };
         lines += &format!("{{\"prompt\": \"text: {text} {i}\\nfeeling:\", \"completion\": \" {completion}\\n\", \"label\": {label}}}\n");

@@ -357,9 +357,13 @@ impl Dataset {
     /// Deterministic batches that cover the data set once (up to `max_batches`), for eval loss.
     /// (Pairs: `b` pairs a batch, in order.)
     pub fn sequential(&self, b: usize, t: usize, max_batches: usize) -> Vec<Batch> {
-        if let Dataset::Pairs { rows, .. } = self {
+        if let Dataset::Pairs { rows, labels, .. } = self {
             let n = rows.len() / 2;
-            let picks: Vec<usize> = (0..n).collect();
+            let cap = max_batches.saturating_mul(b.max(1));
+            // KTO's examples come desirable first, then undesirable (TRL's unpairing): when
+            // the batches cannot cover them all, take an even spread, so an evaluation sees
+            // both kinds.
+            let picks: Vec<usize> = if !labels.is_empty() && cap < n { (0..cap).map(|i| i * n / cap).collect() } else { (0..n).collect() };
             return picks.chunks(b.max(1)).take(max_batches).map(|c| self.pair_batch(c, t)).collect();
         }
         let mut out = Vec::new();
@@ -522,6 +526,38 @@ mod tests {
         let long = Pair { prompt: "a long question:".into(), chosen: " y".into(), rejected: " n".into(), chat: false };
         let e = Dataset::from_pairs(&t, &[long], 8).unwrap_err().to_string();
         assert!(e.contains("seq_len") && e.contains("pair 1's chosen"), "{e}");
+    }
+
+    /// KTO's rows: each example's own row (its completion counted), then its prompt with
+    /// the completion of the example before it in its chunk (the first takes the last's),
+    /// labels beside them; a capped evaluation takes both kinds.
+    #[test]
+    fn unpaired_examples_carry_a_mismatched_row_rotated_within_chunks() {
+        use crate::data::Unpaired;
+        let t = tok();
+        let ex = |p: &str, c: &str, label| Unpaired { prompt: p.into(), completion: c.into(), label, chat: false };
+        let examples = [ex("a:", " x", true), ex("b:", " yy", false), ex("c:", " zzz", true), ex("d:", " w", false), ex("e:", " v", true)];
+        let ds = Dataset::from_unpaired(&t, &examples, 16, 3).unwrap();
+        assert_eq!(ds.len(), 5);
+        let batch = ds.sequential(5, 8, 1).remove(0);
+        assert_eq!(batch.labels, vec![true, false, true, false, true]);
+        let row = |r: usize| -> (String, String) {
+            let span = r * batch.t..(r + 1) * batch.t;
+            let counted: Vec<u32> = batch.targets[span.clone()].iter().zip(&batch.weights[span.clone()]).filter(|(_, w)| **w > 0.0).map(|(t, _)| *t).collect();
+            (t.decode(&batch.inputs[span][..1]), t.decode(&counted).trim_end_matches(EOT).to_string())
+        };
+        // Chunk 1 (a, b, c): a takes c's completion, b takes a's, c takes b's; chunk 2 (d, e).
+        let want = [("a", " x"), ("a", " zzz"), ("b", " yy"), ("b", " x"), ("c", " zzz"), ("c", " yy"), ("d", " w"), ("d", " v"), ("e", " v"), ("e", " w")];
+        for (r, (p, c)) in want.iter().enumerate() {
+            assert_eq!(row(r), (p.to_string(), c.to_string()), "row {r}");
+        }
+        // Pairs taken apart: every chosen, then every rejected; a capped evaluation spreads.
+        let pairs =
+            [("p:", " a", " b"), ("q:", " c", " d")].map(|(p, c, r)| crate::data::Pair { prompt: p.into(), chosen: c.into(), rejected: r.into(), chat: false });
+        let kto = super::super::Objective::Kto { beta: 0.1, desirable_weight: 1.0, undesirable_weight: 1.0 };
+        let ds = Dataset::from_pairs_for(&kto, &t, &pairs, 16, 4).unwrap();
+        assert_eq!(ds.sequential(4, 8, 9).remove(0).labels, vec![true, true, false, false]);
+        assert_eq!(ds.sequential(1, 8, 2).iter().map(|b| b.labels[0]).collect::<Vec<_>>(), vec![true, false]);
     }
 
     #[test]
