@@ -583,7 +583,8 @@ pub struct TrainArgs {
     /// sigmoid), ipo, hinge or robust; orpo (TRL's ORPOTrainer: SFT plus an odds-ratio
     /// term, no reference model); kto (TRL's KTOTrainer: unpaired examples labelled
     /// desirable or undesirable, from prompt/completion/label lines or pairs taken apart);
-    /// or grpo (TRL's GRPOTrainer: sampled groups of
+    /// reward (TRL's RewardTrainer: the model becomes a sequence classifier with one
+    /// output, trained on pairs with the Bradley–Terry loss); or grpo (TRL's GRPOTrainer: sampled groups of
     /// completions scored by the task's checker).
     #[arg(long, default_value = "next-token")]
     pub objective: String,
@@ -912,8 +913,9 @@ pub struct EvalArgs {
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// Score preference pairs (TRL's prompt/chosen/rejected .jsonl, or story-qa-pairs, …)
-    /// with this objective instead: dpo, ipo, hinge, robust, orpo or kto (which also reads
-    /// TRL's unpaired prompt/completion/label lines); prints TRL's metrics
+    /// with this objective instead: dpo, ipo, hinge, robust, orpo, kto (which also reads
+    /// TRL's unpaired prompt/completion/label lines) or reward (a reward model's accuracy,
+    /// margin and rewards, as TRL's RewardTrainer); prints TRL's metrics
     /// (rewards/chosen, rewards/accuracies, …). Or grpo: the task's verifiable reward on
     /// the first --accuracy-examples held-out prompts, sampled (`reward`, as a GRPO run's
     /// evaluation) and greedy (`greedy_reward`).

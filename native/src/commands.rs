@@ -87,7 +87,7 @@ pub fn eval_cmd(args: EvalArgs, device: &Device) -> Result<(), String> {
         return preference_eval_cmd(args, &name, device);
     }
     if args.adapter.is_some() || args.reference.is_some() {
-        return Err("--adapter and --reference go with a preference objective (--objective dpo, ipo, hinge, robust, orpo or kto)".into());
+        return Err("--adapter and --reference go with a preference objective (--objective dpo, ipo, hinge, robust, orpo, kto or reward)".into());
     }
     let loaded = model_dir::load(&args.model, device)?;
     // A soft prompt takes positions of its own: the rows get what is left.
@@ -174,6 +174,16 @@ fn preference_eval_cmd(args: EvalArgs, name: &str, device: &Device) -> Result<()
         (Some(_), false) => return Err(format!("--reference: {} has no reference model; leave --reference out", objective.name())),
         (None, false) => None,
     };
+    if objective.is_reward_model() != loaded.model.score.is_some() {
+        return Err(if objective.is_reward_model() {
+            format!(
+                "--model: {} is a language model; a reward evaluation needs a reward model (config.json's architectures a *ForSequenceClassification, as `finetune --objective reward` writes)",
+                loaded.dir.display()
+            )
+        } else {
+            format!("--model: {} is a reward model (a score head, no LM head); evaluate it with --objective reward", loaded.dir.display())
+        });
+    }
     let policy = with_adapter(loaded.model, &loaded.dir, args.adapter.as_deref(), device)?;
     let feedback = if args.data.ends_with(".jsonl") {
         let text = crate::fsutil::read_text(std::path::Path::new(&args.data))?;
@@ -216,7 +226,8 @@ fn preference_eval_cmd(args: EvalArgs, name: &str, device: &Device) -> Result<()
         return Ok(());
     }
     let unit = if objective.is_unpaired() { "examples" } else { "pairs" };
-    println!("{}: {} on {} {unit} of {} (beta {})", loaded.dir.display(), objective.name(), m.pairs, args.data, args.beta);
+    let beta = if objective.is_reward_model() { String::new() } else { format!(" (beta {})", args.beta) };
+    println!("{}: {} on {} {unit} of {}{beta}", loaded.dir.display(), objective.name(), m.pairs, args.data);
     println!("  {:<20} {:.6}", "loss", m.loss);
     for (k, v) in &m.metrics {
         println!("  {k:<20} {v:.6}");

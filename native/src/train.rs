@@ -161,7 +161,18 @@ pub fn finetune(args: FinetuneArgs, device: &Device) -> Result<(), String> {
         3e-4,
         loaded.config.n_positions,
     )?;
-    let model = train.method.apply(loaded.model, train.seed, &ad).map_err(flag_error)?;
+    // A reward model is the language model with a score head in place of its LM head
+    // (TRL's RewardTrainer loads the model as a sequence classifier with num_labels = 1);
+    // a model that already is one trains on.
+    let model = match (train.objective.is_reward_model(), loaded.model.score.is_some()) {
+        (true, false) => {
+            let pad =
+                loaded.config.pad_token_id().or(loaded.tokenizer.eot()).ok_or("--objective reward: the tokenizer has no end-of-text token to pad with")?;
+            loaded.model.into_reward_model(pad, train.seed)
+        }
+        _ => loaded.model,
+    };
+    let model = train.method.apply(model, train.seed, &ad).map_err(flag_error)?;
     let mut trainer = trainer(model, &loaded.tokenizer, loaded.chat.as_ref(), train, &ad)?;
     match &args.reference {
         Some(dir) if trainer.config.objective.needs_reference() => {

@@ -1358,6 +1358,36 @@ fn kto_metrics_equal_trls_evaluate_on_the_fixture() {
     fails_with(&tinytune(&["eval", "--model", b, "--reference", b, "--data", label.to_str().unwrap(), "--objective", "kto"]), &["line 1", "label", "true"]);
 }
 
+/// `tinytune eval --objective reward` on a transformers GPT2ForSequenceClassification
+/// (tests/fixtures/hf-gpt2-reward, num_labels 1, pad = end-of-text) equals TRL 1.16's
+/// `RewardTrainer.evaluate()` on the DPO fixture's pairs (make_reward_reference.py): the
+/// Bradley–Terry loss, accuracy, margin and min/mean/max reward within 1e-4, which holds
+/// the score head, the pooling at the rightmost non-pad token and the tokenisation to
+/// transformers'. A language model is refused for a reward evaluation, and a reward model
+/// for any other.
+#[test]
+fn reward_model_metrics_equal_trls_evaluate_on_the_fixture() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures.join("dpo/reward.json")).unwrap()).unwrap();
+    let (model, pairs) = (fixtures.join("hf-gpt2-reward"), fixtures.join("dpo/pairs.jsonl"));
+    let (m, p) = (model.to_str().unwrap(), pairs.to_str().unwrap());
+    let out = ok(&tinytune(&["eval", "--model", m, "--data", p, "--objective", "reward", "--json"]));
+    let got: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(got["pairs"], 6);
+    let metrics = reference["metrics"].as_object().unwrap();
+    assert_eq!(metrics.len(), 6, "loss, accuracy, margin, min/mean/max reward");
+    for (name, value) in metrics {
+        let (w, g) = (value.as_f64().unwrap(), got[name].as_f64().unwrap_or_else(|| panic!("no {name} in {out}")));
+        assert!((w - g).abs() <= 1e-4, "reward {name}: tinytune {g}, TRL {w}");
+    }
+    let lm = fixtures.join("hf-gpt2");
+    fails_with(
+        &tinytune(&["eval", "--model", lm.to_str().unwrap(), "--data", p, "--objective", "reward"]),
+        &["--model", "is a language model", "ForSequenceClassification"],
+    );
+    fails_with(&tinytune(&["eval", "--model", m, "--reference", m, "--data", p, "--objective", "dpo"]), &["--model", "is a reward model"]);
+}
+
 #[test]
 fn dpo_metrics_equal_trls_evaluate_on_the_fixture() {
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");

@@ -225,20 +225,29 @@ impl Default for MethodOptions {
 impl Method {
     /// Prepares `model` for training with this method: adds the method's parameters and
     /// freezes what the method keeps fixed. `seed` draws the new parameters.
+    ///
+    /// A classifier's score head (a reward model's) always trains, whatever the method
+    /// freezes: it starts untrained, and PEFT trains it too (`modules_to_save=["score"]`
+    /// for a sequence-classification task).
     pub fn apply(&self, model: Gpt, seed: u64, device: &Device) -> Result<Gpt> {
-        if let Some(selection) = self.selection() {
+        let mut model = if let Some(selection) = self.selection() {
             selection.validate(model.config(), "method")?;
-            return Ok(selection.apply(model));
+            selection.apply(model)
+        } else {
+            match self {
+                Method::Full | Method::LastLayers { .. } | Method::Bitfit | Method::Layernorm => model,
+                Method::Lora(config) => lora::inject(model, config, seed, device, "LoRA config")?,
+                Method::Adapter(config) => adapter::inject(model, config, seed, device)?,
+                Method::Prompt(config) => prompt::inject_prompt(model, config, seed, device)?,
+                Method::Prefix(config) => prompt::inject_prefix(model, config, seed, device)?,
+                Method::Ia3(config) => ia3::inject(model, config, device)?,
+                Method::Qlora(config) => qlora::inject(model, config, seed, device)?,
+            }
+        };
+        if let Some(score) = model.score.take() {
+            model.score = Some(burn::module::Module::map(score, &mut Trainable));
         }
-        match self {
-            Method::Full | Method::LastLayers { .. } | Method::Bitfit | Method::Layernorm => Ok(model),
-            Method::Lora(config) => lora::inject(model, config, seed, device, "LoRA config"),
-            Method::Adapter(config) => adapter::inject(model, config, seed, device),
-            Method::Prompt(config) => prompt::inject_prompt(model, config, seed, device),
-            Method::Prefix(config) => prompt::inject_prefix(model, config, seed, device),
-            Method::Ia3(config) => ia3::inject(model, config, device),
-            Method::Qlora(config) => qlora::inject(model, config, seed, device),
-        }
+        Ok(model)
     }
 
     /// The method called `name` (a [`MethodKind`] name), with its settings taken from `o`:
@@ -467,5 +476,14 @@ pub fn for_each_projection(model: &mut Gpt, mut f: impl FnMut(&str, &mut Project
         for (name, p) in block.projections_mut() {
             f(&format!("h.{i}.{name}"), p);
         }
+    }
+}
+
+/// Marks every parameter it maps as trainable.
+struct Trainable;
+
+impl burn::module::ModuleMapper for Trainable {
+    fn map_float<const D: usize>(&mut self, param: burn::module::Param<burn::tensor::Tensor<D>>) -> burn::module::Param<burn::tensor::Tensor<D>> {
+        param.set_require_grad(true)
     }
 }

@@ -50,6 +50,16 @@ impl Family {
         }
     }
 
+    /// transformers' sequence-classification class (a reward model's), for `architectures`.
+    pub fn classifier_architecture(self) -> &'static str {
+        match self {
+            Self::Gpt2 => "GPT2ForSequenceClassification",
+            Self::Llama => "LlamaForSequenceClassification",
+            Self::Qwen2 => "Qwen2ForSequenceClassification",
+            Self::Mistral => "MistralForSequenceClassification",
+        }
+    }
+
     /// Whether the model has rotary positions, RMSNorm and a gated MLP (every family but GPT-2).
     pub fn is_llama_like(self) -> bool {
         self != Self::Gpt2
@@ -458,10 +468,46 @@ impl ModelConfig {
         if !llama {
             out.push(p("ln_f.bias".into(), vec![d]));
         }
-        if !self.tie_word_embeddings {
+        if self.has_lm_head() {
             out.push(p("lm_head.weight".into(), vec![self.vocab_size, d]));
         }
+        if let Some(n) = self.score_labels() {
+            out.push(p("score.weight".into(), vec![n, d]));
+        }
         out
+    }
+
+    /// Whether the model has an untied LM head of its own (`lm_head.weight`): an untied
+    /// config, unless it is a classifier, which has a score head instead.
+    pub fn has_lm_head(&self) -> bool {
+        !self.tie_word_embeddings && self.score_labels().is_none()
+    }
+
+    /// The outputs of the score head of a sequence classifier — a reward model, one output
+    /// — when `architectures` names a `*ForSequenceClassification` class: the number of
+    /// `id2label` entries (transformers' `num_labels`), 2 when the config gives none, as
+    /// transformers defaults. None for a language model.
+    pub fn score_labels(&self) -> Option<usize> {
+        let classifier = self.extra.get("architectures")?.as_array()?.iter().any(|a| a.as_str().is_some_and(|a| a.ends_with("ForSequenceClassification")));
+        classifier.then(|| self.extra.get("id2label").and_then(Value::as_object).map_or(2, |m| m.len()))
+    }
+
+    /// The id transformers' sequence classifiers treat as padding (`pad_token_id`): the
+    /// score is read at each row's rightmost token that is not this id.
+    pub fn pad_token_id(&self) -> Option<u32> {
+        self.extra.get("pad_token_id").and_then(Value::as_u64).map(|v| v as u32)
+    }
+
+    /// This config as a reward model's: transformers' sequence classifier for the family,
+    /// one label (`num_labels = 1`, a scalar score), and `pad_id` as `pad_token_id` (TRL's
+    /// `RewardTrainer` sets the tokenizer's pad token, or else its end-of-sequence token).
+    pub fn as_reward_model(&self, pad_id: u32) -> Self {
+        let mut c = self.clone();
+        c.extra.insert("architectures".into(), json!([self.family.classifier_architecture()]));
+        c.extra.insert("id2label".into(), json!({"0": "LABEL_0"}));
+        c.extra.insert("label2id".into(), json!({"LABEL_0": 0}));
+        c.extra.insert("pad_token_id".into(), json!(pad_id));
+        c
     }
 
     /// Checks every field, naming the first bad one (in the family's own field names) and
@@ -707,7 +753,9 @@ impl ModelConfig {
         }
         out.extend(fields.as_object().expect("an object").clone());
         out.insert("model_type".into(), json!(self.family.model_type()));
-        if self.family.is_llama_like() {
+        if self.score_labels().is_some() {
+            out.insert("architectures".into(), json!([self.family.classifier_architecture()]));
+        } else if self.family.is_llama_like() {
             out.insert("architectures".into(), json!([self.family.architecture()]));
         }
         Value::Object(out)

@@ -12,6 +12,7 @@
 //! | `h.N.mlp.X` | `h.N.mlp.X` | `model.layers.N.mlp.X` |
 //! | `ln_f.*` | `ln_f.*` | `model.norm.*` |
 //! | `lm_head.weight` | (tied) | `lm_head.weight` |
+//! | `score.weight` (a classifier's head) | `score.weight` | `score.weight` |
 //!
 //! GPT-2's projections are `Conv1D` weights, `[in, out]`, as tinytune holds them; the Llama
 //! family's are `nn.Linear` weights, `[out, in]`, transposed on the way in and out
@@ -23,7 +24,7 @@ use super::config::Family;
 /// (GPT-2's under `transformer.`): what PEFT's keys are built from.
 pub fn to_hf(family: Family, path: &str) -> String {
     if !family.is_llama_like() {
-        return if path.starts_with("lm_head.") { path.to_string() } else { format!("transformer.{path}") };
+        return if path.starts_with("lm_head.") || path.starts_with("score.") { path.to_string() } else { format!("transformer.{path}") };
     }
     if let Some(rest) = path.strip_prefix("wte.") {
         return format!("model.embed_tokens.{rest}");
@@ -57,7 +58,7 @@ pub fn from_hf(family: Family, name: &str) -> Option<String> {
     if !family.is_llama_like() {
         return Some(name.strip_prefix("transformer.").unwrap_or(name).to_string());
     }
-    if name.starts_with("lm_head.") || name.starts_with("prompt.") || name.starts_with("prefix.") {
+    if name.starts_with("lm_head.") || name.starts_with("score.") || name.starts_with("prompt.") || name.starts_with("prefix.") {
         return Some(name.to_string());
     }
     let rest = name.strip_prefix("model.")?;

@@ -48,6 +48,11 @@ pub struct Gpt {
     pub prompt: Option<crate::methods::SoftPrompt>,
     /// Prefix tuning's per-layer keys and values, if adapted.
     pub prefix: Option<crate::methods::Prefix>,
+    /// A sequence classifier's score head `[num_labels, C]` (`score.weight`, transformers'
+    /// `*ForSequenceClassification`; a reward model has one label), when the config is a
+    /// classifier's ([`ModelConfig::score_labels`]). Always trained, as PEFT trains it
+    /// (`modules_to_save`).
+    pub score: Option<Embedding>,
     /// The shape this model was built with (not a parameter; saved as config.json).
     #[module(skip)]
     pub config: ModelConfig,
@@ -74,8 +79,41 @@ impl Gpt {
         let wpe = (!llama).then(|| Embedding::filled(config.n_positions, c, 0.01, fill, device));
         let h = (0..config.n_layer).map(|i| Block::new(config, i, fill, device)).collect();
         let ln_f = if llama { LayerNorm::rms(c, eps, device) } else { LayerNorm::init(c, eps, device) };
-        let lm_head = (!config.tie_word_embeddings).then(|| Embedding::filled(config.vocab_size, c, 0.02, fill, device));
-        Self { wte, wpe, drop: DropoutConfig::new(config.embd_pdrop).init(), h, ln_f, lm_head, prompt: None, prefix: None, config: config.clone() }
+        let lm_head = config.has_lm_head().then(|| Embedding::filled(config.vocab_size, c, 0.02, fill, device));
+        let score = config.score_labels().map(|n| Embedding::filled(n, c, 0.02, fill, device));
+        Self { wte, wpe, drop: DropoutConfig::new(config.embd_pdrop).init(), h, ln_f, lm_head, prompt: None, prefix: None, score, config: config.clone() }
+    }
+
+    /// This language model as a reward model: transformers' sequence classifier with one
+    /// label ([`ModelConfig::as_reward_model`], `pad_id` its `pad_token_id`) and a fresh,
+    /// trainable score head drawn from N(0, 0.02²) as transformers initialises a linear
+    /// layer (seeded by `seed`). The LM head goes (a classifier has none); the body stays.
+    pub fn into_reward_model(mut self, pad_id: u32, seed: u64) -> Self {
+        let config = self.config.as_reward_model(pad_id);
+        let mut rng = Rng::derive(seed, "score-head");
+        self.score = Some(Embedding::filled(1, config.n_embd, 0.02, &mut Fill::Random(&mut rng), &self.device()));
+        self.lm_head = None;
+        self.config = config;
+        self
+    }
+
+    /// A reward model's score of each row, read at `positions[i]` — the row's rightmost
+    /// token that is not padding, as transformers' sequence classifiers pool — from the
+    /// final hidden state through the score head's first output.
+    ///
+    /// # Shapes
+    /// ids `[B, T]`, positions `B` -> `[B]`
+    pub fn rewards(&self, ids: Tensor<2, Int>, positions: &[usize]) -> Tensor<1> {
+        let [b, t] = ids.dims();
+        let k = self.virtual_tokens();
+        let h = self.forward_embeddings(self.embed(ids)); // [B, k+T, C]
+        let h = if k > 0 { h.narrow(1, k, t) } else { h };
+        let c = h.dims()[2];
+        let w = self.score.as_ref().expect("a reward model has a score head").weight.val().narrow(0, 0, 1); // [1, C]
+        let scores = h.reshape([b * t, c]).matmul(w.transpose()).reshape([b, t]);
+        let at: Vec<i64> = positions.iter().map(|&p| p.min(t - 1) as i64).collect();
+        let at = Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(at, [b, 1]), &scores.device());
+        scores.gather(1, at).reshape([b])
     }
 
     /// The device the weights live on.

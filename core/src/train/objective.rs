@@ -88,6 +88,18 @@ pub enum Objective {
         #[serde(default = "one")]
         undesirable_weight: f64,
     },
+    /// A reward model trained on preference pairs with the Bradley–Terry loss, as TRL 1.16's
+    /// `RewardTrainer` defines it (`trl/trainer/reward_trainer.py`, `compute_loss`): the
+    /// model is a sequence classifier with one output (`Gpt::score`), read at each row's
+    /// rightmost non-padding token; with `r_c` and `r_r` the scores of a pair's chosen and
+    /// rejected rows, the loss is `−log σ(r_c − r_r)`, plus, when set,
+    /// `center_rewards_coefficient · (r_c + r_r)²` (Eisenstein et al., 2023), averaged
+    /// over pairs. Batches are DPO's (chosen row, rejected row); no reference model.
+    Reward {
+        /// TRL's `center_rewards_coefficient` (None: off, TRL's default).
+        #[serde(default)]
+        center_rewards_coefficient: Option<f64>,
+    },
     /// Group relative policy optimisation on a task's verifiable reward, as TRL 1.16's
     /// `GRPOTrainer` defines it (see [`super::grpo`]): batches are sampled groups of
     /// completions with their advantages; the loss is the clipped surrogate on the
@@ -191,17 +203,18 @@ impl Objective {
 
     /// The objective a command line names: `next-token`, `dpo` (TRL's sigmoid; `sigmoid`
     /// also reads), `ipo`, `hinge` or `robust` with their β and label smoothing, `orpo` or
-    /// `kto` (both weights 1) with its β, or `grpo`.
+    /// `kto` (both weights 1) with its β, `reward` (a Bradley–Terry reward model), or `grpo`.
     pub fn from_name(name: &str, beta: f64, label_smoothing: f64) -> std::result::Result<Self, String> {
         let loss_type = match name {
             "next-token" => return Ok(Objective::NextToken),
             "orpo" => return Ok(Objective::Orpo { beta }),
             "kto" => return Ok(Objective::Kto { beta, desirable_weight: 1.0, undesirable_weight: 1.0 }),
+            "reward" => return Ok(Objective::Reward { center_rewards_coefficient: None }),
             "grpo" => return Ok(Objective::grpo(default_group(), beta)),
             "dpo" | "sigmoid" => DpoLoss::Sigmoid,
-            other => {
-                other.parse::<DpoLoss>().map_err(|_| format!("unknown objective '{other}'; choose next-token, dpo, ipo, hinge, robust, orpo, kto or grpo"))?
-            }
+            other => other
+                .parse::<DpoLoss>()
+                .map_err(|_| format!("unknown objective '{other}'; choose next-token, dpo, ipo, hinge, robust, orpo, kto, reward or grpo"))?,
         };
         Ok(Objective::Dpo { loss_type, beta, label_smoothing })
     }
@@ -232,7 +245,12 @@ impl Objective {
     /// Whether batches are preference pairs (chosen row, rejected row), or KTO's examples
     /// in the same layout (the example's row, its mismatched row).
     pub fn is_preference(&self) -> bool {
-        matches!(self, Objective::Dpo { .. } | Objective::Orpo { .. } | Objective::Kto { .. })
+        matches!(self, Objective::Dpo { .. } | Objective::Orpo { .. } | Objective::Kto { .. } | Objective::Reward { .. })
+    }
+
+    /// Whether the model trained is a reward model (a score head, no LM head).
+    pub fn is_reward_model(&self) -> bool {
+        matches!(self, Objective::Reward { .. })
     }
 
     /// Whether the rows are scored against a reference model (DPO and its variants, KTO;
@@ -255,6 +273,7 @@ impl Objective {
             Objective::Dpo { loss_type, .. } => loss_type.name(),
             Objective::Orpo { .. } => "orpo",
             Objective::Kto { .. } => "kto",
+            Objective::Reward { .. } => "reward",
             Objective::Grpo { .. } => "grpo",
         }
     }
@@ -276,6 +295,15 @@ impl Objective {
                     return Err(Error::config(origin.clone(), field, format!("{w} is not a positive weight; TRL's default is 1.0")));
                 }
             }
+        }
+        if let Objective::Reward { center_rewards_coefficient: Some(c) } = self
+            && !(*c >= 0.0 && c.is_finite())
+        {
+            return Err(Error::config(
+                origin,
+                "objective.center_rewards_coefficient",
+                format!("{c} is not a coefficient ≥ 0; TRL's default is off (None), the paper's 0.01"),
+            ));
         }
         if let Objective::Grpo { group_size, beta, epsilon, temperature, max_completion_len, .. } = self {
             if *group_size < 2 {
@@ -408,6 +436,21 @@ impl Objective {
                 let losses = sigmoid(x.mul_scalar(*beta)).neg().add_scalar(1.0) * weight;
                 (losses.mean(), Some(scores))
             }
+            Objective::Reward { center_rewards_coefficient } => {
+                let pairs = batch.b / 2;
+                let (inputs, _, _) = batch.to_device(device);
+                let rewards = model.rewards(inputs, &reward_positions(batch, model.config().pad_token_id()));
+                let rewards = if compute.is_some() { rewards.cast(DType::F32) } else { rewards };
+                let scores = rewards.clone().detach();
+                let r = rewards.reshape([pairs, 2]);
+                let (c, x) = (r.clone().narrow(1, 0, 1).reshape([pairs]), r.narrow(1, 1, 1).reshape([pairs]));
+                let mut loss = log_sigmoid(c.clone() - x.clone()).neg().mean();
+                if let Some(k) = center_rewards_coefficient {
+                    let sum = c + x;
+                    loss = loss + (sum.clone() * sum).mean().mul_scalar(*k);
+                }
+                (loss, Some(scores))
+            }
             Objective::Grpo { beta, epsilon, loss_type, max_completion_len, temperature, .. } => {
                 grpo_loss(model, batch, device, compute, (*beta, *epsilon, *temperature), *loss_type, *max_completion_len)
             }
@@ -419,7 +462,7 @@ impl Objective {
     pub fn weight(&self, batch: &Batch) -> f32 {
         match self {
             Objective::NextToken => batch.weight_sum(),
-            Objective::Dpo { .. } | Objective::Orpo { .. } | Objective::Kto { .. } => (batch.b / 2) as f32,
+            Objective::Dpo { .. } | Objective::Orpo { .. } | Objective::Kto { .. } | Objective::Reward { .. } => (batch.b / 2) as f32,
             // DAPO normalises by the accumulated batch's completion tokens; the others
             // average per micro-batch.
             Objective::Grpo { loss_type: super::grpo::GrpoLoss::Dapo, .. } => batch.weight_sum(),
@@ -471,6 +514,23 @@ fn grpo_loss(
         GrpoLoss::DrGrpo => masked.sum().div_scalar((b * max_completion_len) as f64),
     };
     (loss, kl_score)
+}
+
+/// Where a sequence classifier reads each row of `batch`: as transformers' classifiers do,
+/// the rightmost input token that is not `pad` (its `pad_token_id`; TRL sets the end-of-text
+/// token, so a completion's own end token counts as padding and the score is read on the
+/// token before it); without a pad id, each row's last own token (`Batch::lens`), else the
+/// last position.
+pub fn reward_positions(batch: &Batch, pad: Option<u32>) -> Vec<usize> {
+    (0..batch.b)
+        .map(|i| {
+            let row = &batch.inputs[i * batch.t..(i + 1) * batch.t];
+            match pad {
+                Some(pad) => row.iter().rposition(|&id| id != pad).unwrap_or(0),
+                None => batch.lens.get(i).map_or(batch.t - 1, |&n| (n as usize).clamp(1, batch.t) - 1),
+            }
+        })
+        .collect()
 }
 
 /// `log(1 − e^x)` for `x < 0`, accurate on both sides of `−ln 2` (as TRL's `log1mexp`).
@@ -553,6 +613,9 @@ impl PreferenceMetrics {
         if let Objective::Kto { beta, desirable_weight, undesirable_weight } = objective {
             return Self::kto(*beta, (*desirable_weight, *undesirable_weight), rows);
         }
+        if let Objective::Reward { center_rewards_coefficient } = objective {
+            return Self::reward(*center_rewards_coefficient, rows);
+        }
         let Objective::Dpo { loss_type, beta, label_smoothing } = objective else {
             return Self::default();
         };
@@ -633,6 +696,33 @@ impl PreferenceMetrics {
             metrics.insert("rewards/margins".to_string(), sums[0][1] / sums[0][0] - sums[1][1] / sums[1][0]);
         }
         Self { loss: loss / n.max(1) as f64, pairs: n, metrics }
+    }
+
+    /// A reward model's metrics as TRL's `RewardTrainer` logs them, from each row's score
+    /// (`RowScore::logp` holds it), the rows taken as one batch: `accuracy` (the share of
+    /// pairs whose chosen row scores strictly higher), `margin` (the mean difference), and
+    /// `min_reward`, `mean_reward`, `max_reward` over every row.
+    fn reward(center: Option<f64>, rows: &[RowScore]) -> Self {
+        let n = rows.len() / 2;
+        let m = n.max(1) as f64;
+        let log_sigmoid = |x: f64| if x >= 0.0 { -(-x).exp().ln_1p() } else { x - x.exp().ln_1p() };
+        let (mut loss, mut acc, mut margin) = (0.0, 0.0, 0.0);
+        for pair in rows.chunks_exact(2) {
+            let (c, r) = (pair[0].logp, pair[1].logp);
+            loss -= log_sigmoid(c - r);
+            loss += center.unwrap_or(0.0) * (c + r).powi(2);
+            acc += f64::from(u8::from(c > r));
+            margin += c - r;
+        }
+        let all = || rows.iter().map(|r| r.logp);
+        let metrics = [
+            ("accuracy", acc / m),
+            ("margin", margin / m),
+            ("min_reward", all().fold(f64::INFINITY, f64::min)),
+            ("mean_reward", all().sum::<f64>() / rows.len().max(1) as f64),
+            ("max_reward", all().fold(f64::NEG_INFINITY, f64::max)),
+        ];
+        Self { loss: loss / m, pairs: n, metrics: metrics.into_iter().map(|(k, v)| (k.to_string(), v)).collect() }
     }
 
     /// ORPO's metrics as TRL's `ORPOTrainer` logs them: rewards are `β·p` with `p` the

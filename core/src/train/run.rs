@@ -281,6 +281,11 @@ fn technique(t: &Trainer) -> String {
             format!("objective {} (beta {beta}{smoothing}), optimizer {}", c.objective.name(), o.kind)
         }
         super::Objective::Orpo { beta } => format!("objective orpo (beta {beta}, no reference model), optimizer {}", o.kind),
+        super::Objective::Reward { center_rewards_coefficient } => format!(
+            "objective reward (a Bradley–Terry reward model{}), optimizer {}",
+            center_rewards_coefficient.map(|c| format!(", rewards centred with coefficient {c}")).unwrap_or_default(),
+            o.kind
+        ),
         super::Objective::Kto { beta, desirable_weight, undesirable_weight } => {
             format!("objective kto (beta {beta}, desirable weight {desirable_weight}, undesirable weight {undesirable_weight}), optimizer {}", o.kind)
         }

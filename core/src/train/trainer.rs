@@ -233,6 +233,24 @@ impl Trainer {
     /// A trainer on data sets built elsewhere (benchmarks, custom data).
     pub fn from_datasets(model: Gpt, config: TrainConfig, train: Dataset, eval: Dataset, device: &Device) -> Result<Self> {
         config.validate("training config", model.context_len())?;
+        if config.objective.is_reward_model() && model.score.is_none() {
+            return Err(Error::config(
+                "training config",
+                "objective",
+                "is reward, but the model is a language model without a score head; make it a reward model first (Gpt::into_reward_model; the CLI does this for you)",
+            ));
+        }
+        if !config.objective.is_reward_model() && model.score.is_some() {
+            return Err(Error::config(
+                "training config",
+                "objective",
+                format!(
+                    "is {}, but the model is a reward model ({}: a score head, no LM head); it trains with the reward objective only",
+                    config.objective.name(),
+                    model.config().family.classifier_architecture()
+                ),
+            ));
+        }
         config.precision.check(device, "training config")?;
         let (model, device) = if config.checkpointing { with_checkpointing(model, device)? } else { (model, device.clone()) };
         Ok(Self {
@@ -770,8 +788,7 @@ pub fn preference_eval(objective: &Objective, model: &Gpt, data: &Dataset, b: us
     let device = model.wte.weight.val().device();
     let mut rows = Vec::new();
     for batch in &batches {
-        let logps = sequence_logps(model, batch, &device, None, true);
-        let read = [Some(logps.completion), logps.mean_logits, logps.whole].map(|x| x.map(|x| x.into_data()));
+        let read = row_outputs(objective, model, batch, &device).map(|x| x.map(|x| x.into_data()));
         rows.extend(scores_of(batch, read));
     }
     Ok(PreferenceMetrics::of(objective, &rows))
@@ -783,9 +800,8 @@ pub async fn preference_eval_async(objective: &Objective, model: &Gpt, data: &Da
     let device = model.wte.weight.val().device();
     let mut rows = Vec::new();
     for batch in &batches {
-        let logps = sequence_logps(model, batch, &device, None, true);
         let mut read = [None, None, None];
-        for (slot, x) in read.iter_mut().zip([Some(logps.completion), logps.mean_logits, logps.whole]) {
+        for (slot, x) in read.iter_mut().zip(row_outputs(objective, model, batch, &device)) {
             if let Some(x) = x {
                 *slot = Some(x.into_data_async().await.map_err(|e| Error::Invalid(format!("reading log-probabilities back failed: {e:?}")))?);
             }
@@ -793,6 +809,18 @@ pub async fn preference_eval_async(objective: &Objective, model: &Gpt, data: &Da
         rows.extend(scores_of(batch, read));
     }
     Ok(PreferenceMetrics::of(objective, &rows))
+}
+
+/// What an evaluation reads of each row, still on the device: the completion's summed
+/// log-probability (a reward model's score instead), the summed mean logits and the
+/// whole-row log-probability (when computed).
+fn row_outputs(objective: &Objective, model: &Gpt, batch: &Batch, device: &Device) -> [Option<Tensor<1>>; 3] {
+    if objective.is_reward_model() {
+        let (inputs, _, _) = batch.to_device(device);
+        return [Some(model.rewards(inputs, &super::objective::reward_positions(batch, model.config().pad_token_id()))), None, None];
+    }
+    let logps = sequence_logps(model, batch, device, None, true);
+    [Some(logps.completion), logps.mean_logits, logps.whole]
 }
 
 fn pair_batches(objective: &Objective, data: &Dataset, b: usize, t: usize, max_batches: usize) -> Result<Vec<Batch>> {
