@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The preference-tuning figures of the README: DPO, IPO, hinge, ORPO and KTO on the shipped micro model
+# The preference-tuning figures of the README: DPO, IPO, hinge, ORPO, KTO and a reward model on the shipped micro model
 # (LoRA r 8 on every linear layer, 40 steps of 8 pairs, lr 5e-3), on story-qa's sentence
 # pairs (a style preference) and, after 100 steps of SFT, on its correctness pairs; each
 # run's held-out TRL metrics every 10 steps, and the held-out story loss before and after
@@ -30,6 +30,17 @@ for line in open(sys.argv[1] + "/metrics.jsonl"):
               f"logps/chosen {m['logps/chosen']:.2f}  logps/rejected {m['logps/rejected']:.2f}")
 EOF
 }
+show_reward() {
+  python3 - "$1" <<'EOF'
+import json, sys
+for line in open(sys.argv[1] + "/metrics.jsonl"):
+    e = json.loads(line)
+    if e["event"] == "eval":
+        m = e["metrics"]
+        print(f"  step {e['step']:>3}  loss {e['eval_loss']:.4f}  accuracy {m['accuracy']:.3f}  margin {m['margin']:+.3f}  "
+              f"rewards min {m['min_reward']:+.3f} mean {m['mean_reward']:+.3f} max {m['max_reward']:+.3f}")
+EOF
+}
 # A command's progress goes to OUT/NAME.log, shown if it fails.
 run() {
   local name="$1"
@@ -49,3 +60,11 @@ run sft finetune --model assets/micro --data story-qa --batch 8 --steps 100 --lr
 run sft-dpo finetune --model "$out/sft" --data story-qa-pairs --objective dpo "${common[@]}" --out "$out/sft-dpo"
 echo "dpo on story-qa-pairs after 100 steps of SFT (the SFT model is the reference):"
 show "$out/sft-dpo"
+# A reward model (micro with a score head, TRL's RewardTrainer): on the style pairs from
+# micro itself, and on the correctness pairs from the SFT model.
+run reward finetune --model assets/micro --data story-qa-sentence-pairs --objective reward "${common[@]}" --out "$out/reward"
+echo "reward model on story-qa-sentence-pairs:"
+show_reward "$out/reward"
+run sft-reward finetune --model "$out/sft" --data story-qa-pairs --objective reward "${common[@]}" --out "$out/sft-reward"
+echo "reward model on story-qa-pairs, from the model after 100 steps of SFT:"
+show_reward "$out/sft-reward"

@@ -22,7 +22,7 @@ fn encode(tok: &TextTokenizer, text: &str) -> Result<Vec<u32>, String> {
 }
 
 pub fn generate_cmd(args: GenerateArgs, device: &Device) -> Result<(), String> {
-    let loaded = model_dir::load(&args.model, device)?;
+    let loaded = model_dir::load_language_model(&args.model, device)?;
     let tok = &loaded.tokenizer;
     let mut prompt_text = args.prompt.replace("\\n", "\n");
     let mut stop_ids: Vec<u32> = if args.stop_at_newline { tok.line_stop_ids() } else { tok.eot().into_iter().collect() };
@@ -89,7 +89,7 @@ pub fn eval_cmd(args: EvalArgs, device: &Device) -> Result<(), String> {
     if args.adapter.is_some() || args.reference.is_some() {
         return Err("--adapter and --reference go with a preference objective (--objective dpo, ipo, hinge, robust, orpo, kto or reward)".into());
     }
-    let loaded = model_dir::load(&args.model, device)?;
+    let loaded = model_dir::load_language_model(&args.model, device)?;
     // A soft prompt takes positions of its own: the rows get what is left.
     let context = loaded.model.context_len();
     let seq_len = args.seq_len.unwrap_or(context.min(128));

@@ -55,6 +55,21 @@ pub fn method_of(dir: &Path) -> Result<Method, String> {
 
 /// Loads model, config and tokenizer from `dir` onto `device`. A LoRA or QLoRA run's
 /// checkpoint loads with its adapters (its `train.json` names the method).
+/// [`load`], refusing a reward model (a sequence classifier has a score head and no LM
+/// head: it scores text, it does not predict it): for commands that generate or measure
+/// next-token loss.
+pub fn load_language_model(dir: &Path, device: &Device) -> Result<Loaded, String> {
+    let loaded = load(dir, device)?;
+    if loaded.model.score.is_some() {
+        return Err(format!(
+            "--model: {} is a reward model ({}: a score head, no LM head); it scores text rather than writing it — use `tinytune eval --objective reward`",
+            loaded.dir.display(),
+            loaded.config.family.classifier_architecture()
+        ));
+    }
+    Ok(loaded)
+}
+
 pub fn load(dir: &Path, device: &Device) -> Result<Loaded, String> {
     if is_gguf(dir) {
         return load_gguf(dir, device);

@@ -396,7 +396,7 @@ async fn stop_signal() {
 }
 
 pub fn serve_cmd(a: ServeArgs, device: &Device) -> Result<(), String> {
-    let loaded = crate::model_dir::load(&a.model, device)?;
+    let loaded = crate::model_dir::load_language_model(&a.model, device)?;
     let base_id =
         a.model.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string())).unwrap_or_else(|| a.model.display().to_string());
     let mut adapters = Vec::new();

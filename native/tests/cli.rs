@@ -1547,6 +1547,78 @@ fn step_weight(step: &serde_json::Value) -> f64 {
     }
 }
 
+/// `finetune --objective reward` turns the model into transformers' sequence classifier
+/// (one label, pad = end-of-text, a score head and no LM head) and trains it on pairs:
+/// the checkpoint is a GPT2ForSequenceClassification folder, `eval --objective reward` on
+/// it gives the run's last evaluation, a stopped run resumes to the same losses, and a
+/// reward model is refused by generate.
+#[test]
+fn a_reward_model_fine_tunes_saves_as_a_classifier_and_resumes() {
+    let base = tmp("reward-base");
+    ok(&pretrain(&base, &["--steps", "2"]));
+    let b = base.to_str().unwrap();
+    let reward = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["finetune", "--model", b, "--out", out.to_str().unwrap(), "--method", "full", "--lr", "0.003", "--objective", "reward"];
+        args.extend_from_slice(&["--data", "sentiment-pairs", "--batch", "2", "--seq-len", "64", "--train-examples", "40", "--eval-examples", "8"]);
+        args.extend_from_slice(&["--eval-batches", "4", "--steps", "5", "--eval-every", "5", "--checkpoint-every", "100"]);
+        args.extend_from_slice(extra);
+        tinytune(&args)
+    };
+    let (a, r) = (tmp("reward-straight"), tmp("reward-resumed"));
+    let out = reward(&a, &[]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("objective reward (a Bradley–Terry reward model)"));
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("checkpoint/config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"], serde_json::json!(["GPT2ForSequenceClassification"]), "{config}");
+    // The end-of-text token pads: the character tokenizer's last id.
+    assert_eq!(
+        (config["id2label"].as_object().map(|m| m.len()), config["pad_token_id"].as_u64()),
+        (Some(1), Some(config["vocab_size"].as_u64().unwrap() - 1)),
+        "{config}"
+    );
+    let header = std::fs::read(a.join("checkpoint/model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(header[..8].try_into().unwrap()) as usize;
+    let names: serde_json::Value = serde_json::from_slice(&header[8..8 + n]).unwrap();
+    assert_eq!(names["score.weight"]["shape"], serde_json::json!([1, 64]), "{names}");
+    assert!(names.get("lm_head.weight").is_none());
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let step = events.iter().find(|v| v["event"] == "step").unwrap();
+    let eval = events.iter().rfind(|v| v["event"] == "eval").unwrap();
+    for key in ["accuracy", "margin", "min_reward", "mean_reward", "max_reward"] {
+        assert!(step["metrics"][key].is_number() && eval["metrics"][key].is_number(), "{key}: {step} {eval}");
+    }
+    // The saved model, evaluated on its own, gives the run's last evaluation.
+    let got = ok(&tinytune(&[
+        "eval",
+        "--model",
+        a.to_str().unwrap(),
+        "--data",
+        "sentiment-pairs",
+        "--objective",
+        "reward",
+        "--examples",
+        "8",
+        "--batch",
+        "2",
+        "--seq-len",
+        "64",
+        "--json",
+    ]));
+    let got: serde_json::Value = serde_json::from_str(&got).unwrap();
+    for key in ["accuracy", "margin", "mean_reward"] {
+        let (w, g) = (eval["metrics"][key].as_f64().unwrap(), got[key].as_f64().unwrap());
+        assert!((w - g).abs() < 1e-4, "{key}: run {w}, eval {g}");
+    }
+    ok(&reward(&r, &["--stop-after", "3"]));
+    ok(&tinytune(&["finetune", "--model", b, "--out", r.to_str().unwrap(), "--resume"]));
+    let (x, y) = (step_losses(&a), step_losses(&r));
+    assert_eq!(x.len(), 5);
+    for (p, q) in x.iter().zip(&y) {
+        assert!((p.1 - q.1).abs() < 1e-5, "step {}: {} vs {}", p.0, p.1, q.1);
+    }
+    fails_with(&tinytune(&["generate", "--model", a.to_str().unwrap(), "--prompt", "text: fun\nfeeling:"]), &["is a reward model", "eval --objective reward"]);
+}
+
 /// `finetune --objective grpo` samples groups, logs TRL's rollout metrics on every step and
 /// the held-out rewards at each evaluation; with a KL term (beta > 0) it keeps its
 /// reference in the checkpoint, and a run stopped after 3 steps resumes to the same losses
