@@ -18,8 +18,11 @@
 //! | `h.N.{proj}.ia3_l` `[d_out, 1]`, or `[1, d_in]` for feedforward modules | `h.N.{proj}.ia3.ia3_l` |
 //! | `prompt_embeddings` `[k, C]` (no prefix) | `prompt.embedding` |
 //!
-//! Supported: LoRA (with rsLoRA, DoRA and PEFT's `bias`), IA³ and prompt tuning. Anything
-//! else in a config (another `peft_type`, per-layer rank or alpha patterns, layer subsets,
+//! Supported: LoRA (with rsLoRA, DoRA and PEFT's `bias`), IA³ and prompt tuning. A reward
+//! model's adapter is PEFT's sequence-classification form: `task_type` `SEQ_CLS`,
+//! `modules_to_save` `["score"]`, and its trained score head stored whole as
+//! `base_model.model.score.weight` (how PEFT saves a module it trains whole). Anything else
+//! in a config (another `peft_type`, per-layer rank or alpha patterns, layer subsets, other
 //! `modules_to_save`) is refused by name rather than silently dropped.
 
 use std::collections::{HashMap, HashSet};
@@ -87,7 +90,14 @@ pub fn method_from_config(text: &str, origin: impl Into<Origin>) -> Result<Metho
             return Err(bad(field, "per-module ranks or alphas are not supported; use one r and lora_alpha".into()));
         }
     }
-    for field in ["layers_to_transform", "modules_to_save", "layer_replication", "target_parameters"] {
+    // A classifier's head, trained whole (PEFT adds "classifier" and "score" for a SEQ_CLS
+    // task); tinytune's reward models train their `score` head under every method.
+    if let Some(Value::Array(modules)) = get("modules_to_save")
+        && let Some(other) = modules.iter().find(|m| !matches!(m.as_str(), Some("score" | "classifier")))
+    {
+        return Err(bad("modules_to_save", format!("holds {other}; tinytune trains only a classifier's score head whole (\"score\")")));
+    }
+    for field in ["layers_to_transform", "layer_replication", "target_parameters"] {
         if get(field).is_some_and(|x| !(x.is_array() && x.as_array().is_some_and(Vec::is_empty))) {
             return Err(bad(field, "is set, which tinytune does not support; remove it or set it to null".into()));
         }
@@ -190,6 +200,12 @@ pub fn config_json(method: &Method, model: &Gpt, base: Option<&str>) -> Result<S
             ));
         }
     };
+    let mut v = v;
+    if model.score.is_some() {
+        // A reward model: PEFT's sequence-classification task, the head saved whole.
+        v["task_type"] = json!("SEQ_CLS");
+        v["modules_to_save"] = json!(["score"]);
+    }
     Ok(serde_json::to_string_pretty(&v).expect("JSON values serialise"))
 }
 
@@ -213,7 +229,7 @@ fn to_peft(family: Family, name: &str, data: &TensorData) -> Option<(String, Ten
     if let Some(p) = name.strip_suffix(".lora.magnitude") {
         return Some((key(p, ".lora_magnitude_vector"), data.clone()));
     }
-    if name.ends_with(".bias") {
+    if name.ends_with(".bias") || name == "score.weight" {
         return Some((key(name, ""), data.clone()));
     }
     None
@@ -241,7 +257,7 @@ fn from_peft(family: Family, key: &str, data: &TensorData) -> Option<(String, Te
         let n = data.shape().iter().product();
         return Some((format!("{p}.ia3.ia3_l"), reshape(data, vec![n])));
     }
-    if rest.ends_with(".bias") {
+    if rest.ends_with(".bias") || rest == "score.weight" {
         return Some((rest.to_string(), data.clone()));
     }
     None
@@ -265,7 +281,9 @@ fn adapter_params(model: &Gpt, method: &Method) -> HashSet<String> {
         .into_iter()
         .map(|p| p.name)
         .filter(|name| {
-            !base_param(name)
+            // A classifier's head trains whole under every method.
+            name == "score.weight"
+                || !base_param(name)
                 || match bias {
                     LoraBias::None => false,
                     LoraBias::All => name.ends_with(".bias"),
