@@ -754,9 +754,10 @@ pub struct PretrainArgs {
 
 #[derive(Args, Debug)]
 pub struct FinetuneArgs {
-    /// The model to start from (a run folder or a model folder).
-    #[arg(long)]
-    pub model: PathBuf,
+    /// The model to start from (a run folder or a model folder); not needed with --resume,
+    /// which continues from the run's own checkpoint.
+    #[arg(long, required_unless_present = "resume")]
+    pub model: Option<PathBuf>,
     /// Preference objectives: the reference model (a model folder). By default it is the
     /// model as the run starts, frozen, as in TRL 1.16 (for a fresh adapter that is the
     /// base model).

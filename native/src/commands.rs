@@ -22,6 +22,9 @@ fn encode(tok: &TextTokenizer, text: &str) -> Result<Vec<u32>, String> {
 }
 
 pub fn generate_cmd(args: GenerateArgs, device: &Device) -> Result<(), String> {
+    if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
+        return Err(format!("--temperature: {} is not a temperature; use 0 for greedy decoding or a positive number such as 0.8", args.temperature));
+    }
     let loaded = model_dir::load_language_model(&args.model, device)?;
     let tok = &loaded.tokenizer;
     let mut prompt_text = args.prompt.replace("\\n", "\n");
@@ -393,6 +396,9 @@ fn layer_group(name: &str) -> String {
 
 /// Parameter names and shapes of a GPT-2 model without allocating it.
 pub fn bench_cmd(args: BenchArgs, device: &Device) -> Result<(), String> {
+    if args.steps == 0 {
+        return Err("--steps: 0 timed steps measure nothing; use at least 1 (the default is 20)".into());
+    }
     let config = match &args.preset {
         Some(name) => {
             let c = ModelConfig::preset(name).map_err(|e| format!("--preset: {e}"))?;

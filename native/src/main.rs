@@ -62,6 +62,11 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Stopped by Ctrl-C (after saving): 130 = 128 + SIGINT, the shell's convention.
+        Err(e) if interrupt::requested() => {
+            fail(&e);
+            ExitCode::from(130)
+        }
         Err(e) => fail(&e),
     }
 }

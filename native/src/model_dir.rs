@@ -154,6 +154,8 @@ pub fn import_gguf(file: &Path, out: &Path, device: &Device) -> Result<(), Strin
 /// Creates the model folder `out` (complete or absent): the companions, config.json,
 /// tokenizer.json and `model` as model.safetensors. What merge-adapter and import write.
 pub fn write_model_folder(out: &Path, companions: &Companions, config: &ModelConfig, tokenizer: &TextTokenizer, model: &Gpt) -> Result<(), String> {
+    // Special token ids from the tokenizer, so transformers reads a self-consistent config.
+    let config = config.with_token_ids(tokenizer.eot());
     let written = [config.to_json().into_bytes(), tokenizer.to_json().into_bytes(), tinytune::checkpoint::save_model(model)];
     let mut all: Vec<(&str, &[u8])> = companions.iter().map(|(n, b)| (*n, b.as_slice())).collect();
     all.extend([(files::CONFIG, written[0].as_slice()), (files::TOKENIZER, written[1].as_slice()), (files::WEIGHTS, written[2].as_slice())]);

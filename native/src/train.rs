@@ -126,7 +126,7 @@ fn optimizer(args: &TrainArgs) -> Result<OptimConfig, String> {
 pub fn pretrain(args: PretrainArgs, device: &Device) -> Result<(), String> {
     let ad = device.clone().autodiff();
     if args.train.resume {
-        return resume(&args.train, &ad);
+        return resume(&args.train, &ad, "pretrain");
     }
     refuse_to_overwrite(&args.train.out)?;
     let mut config = ModelConfig::preset(&args.preset).map_err(|e| format!("--preset: {e}"))?.with_dropout(args.dropout);
@@ -144,16 +144,17 @@ pub fn pretrain(args: PretrainArgs, device: &Device) -> Result<(), String> {
     // The embedding table has exactly one row per token id.
     config.vocab_size = tokenizer.vocab_size();
     let model = Gpt::init(&config, train.seed, &ad);
-    run(trainer(model, &tokenizer, None, train, &ad)?, &tokenizer, &Vec::new(), &args.train)
+    run(trainer(model, &tokenizer, None, train, &ad)?, &tokenizer, &Vec::new(), &args.train, "pretrain")
 }
 
 pub fn finetune(args: FinetuneArgs, device: &Device) -> Result<(), String> {
     let ad = device.clone().autodiff();
     if args.train.resume {
-        return resume(&args.train, &ad);
+        return resume(&args.train, &ad, "finetune");
     }
     refuse_to_overwrite(&args.train.out)?;
-    let loaded = model_dir::load(&args.model, &ad)?;
+    let model_dir = args.model.as_deref().ok_or("--model: name the model to fine-tune (a model or run folder)")?;
+    let loaded = model_dir::load(model_dir, &ad)?;
     let train = resolve(
         &args.train,
         args.method.to_method(Some(&loaded.tokenizer), loaded.config.family)?,
@@ -187,7 +188,7 @@ pub fn finetune(args: FinetuneArgs, device: &Device) -> Result<(), String> {
         }
         None => {}
     }
-    run(trainer, &loaded.tokenizer, &loaded.companions, &args.train)
+    run(trainer, &loaded.tokenizer, &loaded.companions, &args.train, "finetune")
 }
 
 fn refuse_to_overwrite(out: &Path) -> Result<(), String> {
@@ -200,7 +201,7 @@ fn refuse_to_overwrite(out: &Path) -> Result<(), String> {
 /// Rebuilds a trainer from the run's checkpoint and continues it. The saved `train.json`
 /// wins over flags, because changing e.g. the step count would change the schedule and the
 /// run would no longer be the one that was started.
-fn resume(args: &TrainArgs, ad: &Device) -> Result<(), String> {
+fn resume(args: &TrainArgs, ad: &Device, command: &str) -> Result<(), String> {
     if CheckpointDirs::new(&args.out).existing().is_none() {
         return Err(format!("{}: no checkpoint to resume; start the run without --resume", args.out.display()));
     }
@@ -231,7 +232,7 @@ fn resume(args: &TrainArgs, ad: &Device) -> Result<(), String> {
     }
     truncate_metrics(&args.out.join("metrics.jsonl"), state.step)?;
     eprintln!("resuming {} at step {}/{}", args.out.display(), state.step, trainer.config.steps);
-    run(trainer, &loaded.tokenizer, &loaded.companions, args)
+    run(trainer, &loaded.tokenizer, &loaded.companions, args, command)
 }
 
 /// Drops metric lines from steps after the checkpoint: a resumed run writes them again.
@@ -256,7 +257,8 @@ fn save(trainer: &Trainer, tokenizer: &TextTokenizer, companions: &Companions, o
     };
     let mut all: Vec<(&str, Vec<u8>)> = companions.iter().map(|(n, b)| (*n, b.clone())).collect();
     all.extend([
-        (files::CONFIG, trainer.model.config().to_json().into_bytes()),
+        // Special token ids from the tokenizer, so transformers reads a self-consistent config.
+        (files::CONFIG, trainer.model.config().with_token_ids(tokenizer.eot()).to_json().into_bytes()),
         (files::TOKENIZER, tokenizer.to_json().into_bytes()),
         (files::TRAIN, trainer.config.to_json().into_bytes()),
         (files::WEIGHTS, save_model(&trainer.model)),
@@ -272,12 +274,23 @@ fn save(trainer: &Trainer, tokenizer: &TextTokenizer, companions: &Companions, o
     CheckpointDirs::new(out).commit(&all)
 }
 
-fn run(trainer: Trainer, tokenizer: &TextTokenizer, companions: &Companions, args: &TrainArgs) -> Result<(), String> {
+/// Drives a run (`command`, pretrain or finetune, names it in the hints it prints).
+fn run(trainer: Trainer, tokenizer: &TextTokenizer, companions: &Companions, args: &TrainArgs, command: &str) -> Result<(), String> {
     crate::memory::check_fits(trainer.model.config(), &trainer.config, args)?;
     let out = &args.out;
     std::fs::create_dir_all(out).map_err(|e| format!("{}: cannot create run folder: {e}", out.display()))?;
     let metrics_path = out.join("metrics.jsonl");
-    let metrics = OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(|e| format!("{}: {e}", metrics_path.display()))?;
+    // A fresh run starts a fresh log: lines left by an earlier run that never saved a
+    // checkpoint (stopped by a second Ctrl-C) would interleave with this one's. A resumed
+    // run keeps the lines up to its checkpoint (`truncate_metrics`).
+    let fresh = trainer.step == 0;
+    let metrics = OpenOptions::new()
+        .create(true)
+        .append(!fresh)
+        .write(true)
+        .truncate(fresh)
+        .open(&metrics_path)
+        .map_err(|e| format!("{}: {e}", metrics_path.display()))?;
     let bar = ProgressBar::new(trainer.config.steps as u64);
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]").expect("valid template"));
     bar.set_position(trainer.step as u64);
@@ -303,7 +316,7 @@ fn run(trainer: Trainer, tokenizer: &TextTokenizer, companions: &Companions, arg
             write_plot(out)?;
             bar.abandon();
             Err(format!(
-                "interrupted after step {}/{}; saved a checkpoint in {} — continue with `--out {} --resume`",
+                "interrupted after step {}/{}; saved a checkpoint in {} — continue with `tinytune {command} --out {} --resume`",
                 trainer.step,
                 trainer.config.steps,
                 out.join("checkpoint").display(),
@@ -312,7 +325,7 @@ fn run(trainer: Trainer, tokenizer: &TextTokenizer, companions: &Companions, arg
         }
         Ok(_) => {
             save(trainer, tokenizer, companions, out, run.last_eval())?;
-            bar.abandon_with_message("stopped early (--stop-after); continue with --resume");
+            bar.abandon_with_message(format!("stopped early (--stop-after); continue with `tinytune {command} --out {} --resume`", out.display()));
             Ok(())
         }
     }
@@ -474,9 +487,13 @@ mod tests {
                         ModelChoice::MicroLlama => tinytune_web::run::MICRO_LLAMA_DIR,
                         ModelChoice::Nano => panic!("a fresh nano model is pre-trained, not fine-tuned"),
                     };
-                    assert_eq!(a.model.to_str(), Some(dir));
+                    assert_eq!(a.model.as_deref().and_then(|m| m.to_str()), Some(dir));
                     // The shipped checkpoint's config is the one the widget assumes.
-                    let config = crate::model_dir::load(&std::path::PathBuf::from(format!("../{dir}")), &burn::tensor::Device::flex()).unwrap().config;
+                    let mut config = crate::model_dir::load(&std::path::PathBuf::from(format!("../{dir}")), &burn::tensor::Device::flex()).unwrap().config;
+                    // The shape, that is: the file also names its tokenizer's special ids.
+                    for key in ["bos_token_id", "eos_token_id"] {
+                        config.extra.remove(key);
+                    }
                     assert_eq!(config, params.model.config(), "{dir}");
                     a.method
                         .to_method(None, config.family)
@@ -508,7 +525,7 @@ mod tests {
                 let Command::Finetune(a) = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{}: {e}", params.command())).command else {
                     panic!("{}", params.command())
                 };
-                assert_eq!(a.model.to_str(), Some(tinytune_web::run::MICRO_DIR));
+                assert_eq!(a.model.as_deref().and_then(|m| m.to_str()), Some(tinytune_web::run::MICRO_DIR));
                 let config = ModelConfig::micro();
                 let method = a.method.to_method(None, config.family).unwrap();
                 let mut native = resolve(&a.train, method, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, config.n_positions).unwrap();
@@ -544,10 +561,10 @@ mod tests {
                     (a.model, a.train.out, native)
                 };
                 let (sft_model, sft_out, sft) = finetune(params.sft_command_args());
-                assert_eq!(sft_model.to_str(), Some(tinytune_web::run::MICRO_DIR));
+                assert_eq!(sft_model.as_deref().and_then(|m| m.to_str()), Some(tinytune_web::run::MICRO_DIR));
                 assert_eq!(sft, params.sft_config(), "{}", params.commands());
                 let (grpo_model, _, grpo) = finetune(params.command_args());
-                assert_eq!(grpo_model, sft_out, "stage 2 starts from stage 1's model");
+                assert_eq!(grpo_model.as_ref(), Some(&sft_out), "stage 2 starts from stage 1's model");
                 assert_eq!(grpo, params.train_config(), "{}", params.commands());
                 let Command::Eval(e) = parse(params.eval_command_args()) else { panic!("{}", params.commands()) };
                 let Objective::Grpo { group_size, temperature, max_completion_len, .. } = grpo.objective else { panic!("{:?}", grpo.objective) };
@@ -576,7 +593,7 @@ mod tests {
                 let Command::Finetune(a) = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{}: {e}", params.command())).command else {
                     panic!("{}", params.command())
                 };
-                assert_eq!(a.model.to_str(), Some(SMOLLM2_FILE));
+                assert_eq!(a.model.as_deref().and_then(|m| m.to_str()), Some(SMOLLM2_FILE));
                 // SmolLM2's context (8192) and family, as its GGUF file gives them.
                 let method = a.method.to_method(None, tinytune::model::Family::Llama).unwrap();
                 resolve(&a.train, method, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, 8192)

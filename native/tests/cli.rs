@@ -61,6 +61,13 @@ fn a_run_writes_checkpoint_metrics_and_plot_then_generates_evals_and_reports() {
     }
     assert_eq!(step_losses(&run).len(), 6);
     assert!(std::fs::read_to_string(run.join("loss.svg")).unwrap().contains("<polyline"));
+    // The config's special token ids are the tokenizer's end-of-text, inside the vocabulary
+    // (a GPT-2 config without them would read as GPT-2's 50256 in transformers).
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("checkpoint/config.json")).unwrap()).unwrap();
+    let vocab = config["vocab_size"].as_u64().unwrap();
+    for key in ["bos_token_id", "eos_token_id"] {
+        assert_eq!(config[key].as_u64(), Some(vocab - 1), "{key}: the character tokenizer's end-of-text is its last id: {config}");
+    }
     let r = run.to_str().unwrap();
     let text = ok(&tinytune(&["generate", "--model", r, "--prompt", "one day", "--max-tokens", "20", "--seed", "1"]));
     assert!(text.starts_with("one day") && text.len() > "one day".len(), "{text:?}");
@@ -85,6 +92,15 @@ fn a_killed_run_resumes_to_the_same_losses() {
     assert_eq!(step_losses(&a), step_losses(&b));
     // Starting over a finished run without --resume is refused rather than overwriting it.
     fails_with(&pretrain(&b, &["--steps", "2"]), &["--resume"]);
+    // A fresh run into a folder with a log but no checkpoint (a run ended by a second
+    // Ctrl-C) starts a fresh log instead of appending to the old one.
+    let c = tmp("fresh-log");
+    std::fs::create_dir_all(&c).unwrap();
+    std::fs::write(c.join("metrics.jsonl"), "{\"event\":\"step\",\"step\":1,\"loss\":9.0}\n{\"event\":\"step\",\"step\":2,\"loss\":9.0}\n").unwrap();
+    ok(&pretrain(&c, &["--steps", "3"]));
+    assert_eq!(step_losses(&c).iter().map(|s| s.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert!(step_losses(&c).iter().all(|s| s.1 != 9.0), "the old lines are gone");
+    std::fs::remove_dir_all(&c).unwrap();
     std::fs::remove_dir_all(&a).unwrap();
     std::fs::remove_dir_all(&b).unwrap();
 }
@@ -129,6 +145,8 @@ fn bad_flags_and_diverging_runs_fail_cleanly() {
     fails_with(&pretrain(&run, &["--min-lr-ratio", "2"]), &["--min-lr-ratio", "[0, 1]"]);
     fails_with(&pretrain(&run, &["--weight-decay=-1"]), &["--weight-decay"]);
     fails_with(&tinytune(&["info", "--preset", "nano", "--backend", "cuda"]), &["cuda"]);
+    fails_with(&tinytune(&["generate", "--model", "assets/micro", "--temperature=-1"]), &["--temperature", "0 for greedy"]);
+    fails_with(&tinytune(&["bench", "--steps", "0"]), &["--steps", "at least 1"]);
     let _ = std::fs::remove_dir_all(&run);
 }
 
@@ -171,14 +189,20 @@ fn ctrl_c_saves_the_current_step_and_the_run_resumes() {
     }
     assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
     let out = child.wait_with_output().unwrap();
-    fails_with(&out, &["interrupted after step", "--resume"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(130), "128 + SIGINT, as the shell reports an interrupted command: {stderr}");
+    assert!(stderr.contains("interrupted after step") && !stderr.contains("panicked"), "{stderr}");
+    // The hint is a command that works as printed.
+    let hint = stderr.split('`').nth(1).unwrap_or_else(|| panic!("no command in {stderr}"));
+    let words: Vec<&str> = hint.split_whitespace().collect();
+    assert_eq!(words[..2], ["tinytune", "pretrain"], "{hint}");
     // The checkpoint holds exactly the steps that were logged: no finished step is lost.
     let logged = step_losses(&run).len();
     let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("checkpoint/trainer_state.json")).unwrap()).unwrap();
     assert_eq!(state["step"].as_u64().unwrap() as usize, logged);
     assert!(logged < 300, "interrupted before the end");
-    // Resuming finishes the run with every step logged exactly once.
-    ok(&tinytune(&["pretrain", "--out", run.to_str().unwrap(), "--resume"]));
+    // Resuming, with the printed command, finishes the run with every step logged once.
+    ok(&tinytune(&words[1..]));
     let steps: Vec<u64> = step_losses(&run).iter().map(|s| s.0).collect();
     assert_eq!(steps, (1..=300).collect::<Vec<u64>>());
     std::fs::remove_dir_all(&run).unwrap();
@@ -1430,7 +1454,7 @@ fn dpo_metrics_equal_trls_evaluate_on_the_fixture() {
     // The reference is required, and the data must be pairs.
     fails_with(&tinytune(&["eval", "--model", b, "--adapter", a, "--data", p, "--objective", "dpo"]), &["--reference"]);
     fails_with(&tinytune(&["eval", "--model", b, "--reference", b, "--data", "story-qa", "--objective", "dpo"]), &["--data", "story-qa-pairs"]);
-    fails_with(&tinytune(&["eval", "--model", b, "--reference", b, "--data", p, "--objective", "dpo2"]), &["--objective", "robust, orpo or grpo"]);
+    fails_with(&tinytune(&["eval", "--model", b, "--reference", b, "--data", p, "--objective", "dpo2"]), &["--objective", "orpo, kto, reward or grpo"]);
     fails_with(
         &tinytune(&["eval", "--model", b, "--reference", b, "--data", p, "--objective", "dpo", "--label-smoothing", "0.2"]),
         &["label_smoothing", "robust"],
@@ -1526,7 +1550,8 @@ fn kto_fine_tunes_on_unpaired_feedback_and_resumes() {
     ok(&kto(&r, &["--stop-after", "3"]));
     let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(r.join("checkpoint/trainer_state.json")).unwrap()).unwrap();
     assert!(state["reference"]["train"].as_array().is_some_and(|t| t.len() == 2 * 10), "two rows an example: {state}");
-    ok(&tinytune(&["finetune", "--model", b, "--out", r.to_str().unwrap(), "--resume"]));
+    // --model is not needed to resume: the run's checkpoint is the model.
+    ok(&tinytune(&["finetune", "--out", r.to_str().unwrap(), "--resume"]));
     let (x, y) = (step_losses(&a), step_losses(&r));
     assert_eq!(x.len(), 5);
     assert_eq!(x.len(), y.len());

@@ -301,7 +301,7 @@ fn completions(
             let mut out = Vec::new();
             for field in fields {
                 let Value::Array(list) = &obj[*field] else {
-                    return Err(at(field, "is not a list of messages, but the prompt is; make every field a message list".into()));
+                    return Err(at(field, "is not a list of messages, but the prompt is; make the prompt and every completion message lists".into()));
                 };
                 let list = messages(list, field, at)?;
                 let content = match list.as_slice() {

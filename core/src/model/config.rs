@@ -492,6 +492,22 @@ impl ModelConfig {
         classifier.then(|| self.extra.get("id2label").and_then(Value::as_object).map_or(2, |m| m.len()))
     }
 
+    /// This config with `bos_token_id` and `eos_token_id` set to `eot` (the tokenizer's
+    /// end-of-text id) where they are missing or outside the vocabulary: transformers fills a
+    /// GPT-2 config without them with GPT-2's own 50256, which a smaller vocabulary does not
+    /// have (and warns). Ids inside the vocabulary are kept; without an `eot` nothing changes.
+    pub fn with_token_ids(&self, eot: Option<u32>) -> Self {
+        let mut c = self.clone();
+        let Some(eot) = eot.filter(|&e| (e as usize) < self.vocab_size) else { return c };
+        for key in ["bos_token_id", "eos_token_id"] {
+            let inside = c.extra.get(key).and_then(Value::as_u64).is_some_and(|id| (id as usize) < self.vocab_size);
+            if !inside {
+                c.extra.insert(key.into(), json!(eot));
+            }
+        }
+        c
+    }
+
     /// The id transformers' sequence classifiers treat as padding (`pad_token_id`): the
     /// score is read at each row's rightmost token that is not this id.
     pub fn pad_token_id(&self) -> Option<u32> {
