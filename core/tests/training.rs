@@ -11,6 +11,14 @@ fn ad() -> Device {
     Device::flex().autodiff()
 }
 
+/// The shipped micro model (pre-trained on stories) and its tokenizer, on `device`.
+fn micro(device: &Device) -> (Gpt, TextTokenizer) {
+    let asset = |f: &str| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/micro").join(f);
+    let config = ModelConfig::from_json(&std::fs::read_to_string(asset("config.json")).unwrap(), "config.json").unwrap();
+    let tok = TextTokenizer::from_json(&std::fs::read_to_string(asset("tokenizer.json")).unwrap(), "tokenizer.json").unwrap();
+    (load_model(&config, &std::fs::read(asset("model.safetensors")).unwrap(), device, "model.safetensors").unwrap(), tok)
+}
+
 fn nano(tok: &TextTokenizer) -> ModelConfig {
     ModelConfig { vocab_size: tok.vocab_size(), ..ModelConfig::nano() }
 }
@@ -186,10 +194,7 @@ fn the_dpo_objectives_equal_trls_formulas_on_the_hosts_log_probabilities() {
 fn dpo_on_micro_raises_held_out_reward_accuracy_above_ninety_percent() {
     use tinytune::methods::{LoraConfig, Method};
     let device = ad();
-    let asset = |f: &str| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/micro").join(f);
-    let config = ModelConfig::from_json(&std::fs::read_to_string(asset("config.json")).unwrap(), "config.json").unwrap();
-    let tok = TextTokenizer::from_json(&std::fs::read_to_string(asset("tokenizer.json")).unwrap(), "tokenizer.json").unwrap();
-    let model = load_model(&config, &std::fs::read(asset("model.safetensors")).unwrap(), &device, "model.safetensors").unwrap();
+    let (model, tok) = micro(&device);
     let method = Method::Lora(LoraConfig { r: 8, lora_alpha: 16.0, target_modules: vec!["all-linear".into()], ..LoraConfig::default() });
     let model = method.apply(model, 0, &device).unwrap();
     let tc = TrainConfig {
@@ -253,10 +258,7 @@ fn orpo_loss_is_the_formula_and_learns_the_preference_without_a_reference() {
     assert!((host.loss - device_loss).abs() < 1e-4, "host {} vs device {device_loss}", host.loss);
     assert!((host.loss - host.metrics["nll_loss"] + 0.1 * host.metrics["log_odds_ratio"]).abs() < 1e-9, "{host:?}");
     // Training micro with LoRA: no reference is scored, and the preference is learned.
-    let asset = |f: &str| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/micro").join(f);
-    let config = ModelConfig::from_json(&std::fs::read_to_string(asset("config.json")).unwrap(), "config.json").unwrap();
-    let tok = TextTokenizer::from_json(&std::fs::read_to_string(asset("tokenizer.json")).unwrap(), "tokenizer.json").unwrap();
-    let model = load_model(&config, &std::fs::read(asset("model.safetensors")).unwrap(), &device, "model.safetensors").unwrap();
+    let (model, tok) = micro(&device);
     let method = Method::Lora(LoraConfig { r: 8, lora_alpha: 16.0, target_modules: vec!["all-linear".into()], ..LoraConfig::default() });
     let model = method.apply(model, 0, &device).unwrap();
     let tc = TrainConfig {
@@ -326,10 +328,7 @@ fn kto_loss_is_the_formula_and_separates_desirable_from_undesirable() {
     let device_loss = read(objective.loss(&policy, &batch, &device, None))[0];
     assert!((host.loss - device_loss).abs() < 1e-4, "host {} vs device {device_loss}", host.loss);
     // Training micro with LoRA on the sentence pairs, taken apart.
-    let asset = |f: &str| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/micro").join(f);
-    let config = ModelConfig::from_json(&std::fs::read_to_string(asset("config.json")).unwrap(), "config.json").unwrap();
-    let tok = TextTokenizer::from_json(&std::fs::read_to_string(asset("tokenizer.json")).unwrap(), "tokenizer.json").unwrap();
-    let model = load_model(&config, &std::fs::read(asset("model.safetensors")).unwrap(), &device, "model.safetensors").unwrap();
+    let (model, tok) = micro(&device);
     let method = Method::Lora(LoraConfig { r: 8, lora_alpha: 16.0, target_modules: vec!["all-linear".into()], ..LoraConfig::default() });
     let model = method.apply(model, 0, &device).unwrap();
     let tc = TrainConfig {
@@ -372,10 +371,7 @@ fn a_reward_model_learns_the_preference_with_the_bradley_terry_loss() {
     use tinytune::model::named_params;
     use tinytune::train::objective::{PreferenceMetrics, RowScore, reward_positions};
     let device = ad();
-    let asset = |f: &str| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/micro").join(f);
-    let config = ModelConfig::from_json(&std::fs::read_to_string(asset("config.json")).unwrap(), "config.json").unwrap();
-    let tok = TextTokenizer::from_json(&std::fs::read_to_string(asset("tokenizer.json")).unwrap(), "tokenizer.json").unwrap();
-    let model = load_model(&config, &std::fs::read(asset("model.safetensors")).unwrap(), &device, "model.safetensors").unwrap();
+    let (model, tok) = micro(&device);
     let eot = tok.eot().unwrap();
     let model = model.into_reward_model(eot, 7);
     assert_eq!((model.config().score_labels(), model.config().pad_token_id(), model.lm_head.is_none()), (Some(1), Some(eot), true));
@@ -541,10 +537,7 @@ fn grpo_loss_has_the_policy_gradient_and_a_rollout_reports_its_groups() {
 fn grpo_raises_the_held_out_reward_on_micro() {
     use tinytune::train::Objective;
     let device = ad();
-    let asset = |f: &str| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/micro").join(f);
-    let config = ModelConfig::from_json(&std::fs::read_to_string(asset("config.json")).unwrap(), "config.json").unwrap();
-    let tok = TextTokenizer::from_json(&std::fs::read_to_string(asset("tokenizer.json")).unwrap(), "tokenizer.json").unwrap();
-    let model = load_model(&config, &std::fs::read(asset("model.safetensors")).unwrap(), &device, "model.safetensors").unwrap();
+    let (model, tok) = micro(&device);
     let sft = TrainConfig {
         data: DataSource::Task(Task::Sentiment),
         train_examples: 2000,

@@ -174,15 +174,13 @@ impl DpoLoss {
     /// One pair's loss from its log-ratio difference `d` (host arithmetic, in f64: the
     /// evaluation's figures; `Objective::loss` is the same formula on the device).
     pub fn pair_loss(&self, d: f64, beta: f64, label_smoothing: f64) -> f64 {
-        // log σ(x), stable on both sides: −log(1 + e^−x), or x − log(1 + e^x) for x < 0.
-        let log_sigmoid = |x: f64| if x >= 0.0 { -(-x).exp().ln_1p() } else { x - x.exp().ln_1p() };
         match self {
-            DpoLoss::Sigmoid => -log_sigmoid(beta * d),
+            DpoLoss::Sigmoid => -log_sigmoid_f64(beta * d),
             DpoLoss::Ipo => (d - 1.0 / (2.0 * beta)).powi(2),
             DpoLoss::Hinge => (1.0 - beta * d).max(0.0),
             DpoLoss::Robust => {
                 let e = label_smoothing;
-                (-(1.0 - e) * log_sigmoid(beta * d) + e * log_sigmoid(-beta * d)) / (1.0 - 2.0 * e)
+                (-(1.0 - e) * log_sigmoid_f64(beta * d) + e * log_sigmoid_f64(-beta * d)) / (1.0 - 2.0 * e)
             }
         }
     }
@@ -533,6 +531,11 @@ pub fn reward_positions(batch: &Batch, pad: Option<u32>) -> Vec<usize> {
         .collect()
 }
 
+/// log σ(x) on the host, stable on both sides: −log(1 + e^−x), or x − log(1 + e^x) for x < 0.
+fn log_sigmoid_f64(x: f64) -> f64 {
+    if x >= 0.0 { -(-x).exp().ln_1p() } else { x - x.exp().ln_1p() }
+}
+
 /// `log(1 − e^x)` for `x < 0`, accurate on both sides of `−ln 2` (as TRL's `log1mexp`).
 /// An average log-probability of exactly 0 (a completion the model is certain of) is
 /// taken as just below it, where TRL's gives −∞ and a NaN loss.
@@ -705,11 +708,10 @@ impl PreferenceMetrics {
     fn reward(center: Option<f64>, rows: &[RowScore]) -> Self {
         let n = rows.len() / 2;
         let m = n.max(1) as f64;
-        let log_sigmoid = |x: f64| if x >= 0.0 { -(-x).exp().ln_1p() } else { x - x.exp().ln_1p() };
         let (mut loss, mut acc, mut margin) = (0.0, 0.0, 0.0);
         for pair in rows.chunks_exact(2) {
             let (c, r) = (pair[0].logp, pair[1].logp);
-            loss -= log_sigmoid(c - r);
+            loss -= log_sigmoid_f64(c - r);
             loss += center.unwrap_or(0.0) * (c + r).powi(2);
             acc += f64::from(u8::from(c > r));
             margin += c - r;
@@ -731,7 +733,6 @@ impl PreferenceMetrics {
     /// (TRL's `logits/*` average the whole padded logits tensor, so they depend on how the
     /// batch was padded; they are left out.)
     fn orpo(beta: f64, rows: &[RowScore]) -> Self {
-        let log_sigmoid = |x: f64| if x >= 0.0 { -(-x).exp().ln_1p() } else { x - x.exp().ln_1p() };
         let log1mexp = |x: f64| {
             let x = x.min(-1e-7);
             if x < -std::f64::consts::LN_2 { (-x.exp()).ln_1p() } else { (-x.exp_m1()).ln() }
@@ -745,7 +746,7 @@ impl PreferenceMetrics {
             pc += c;
             pr += r;
             acc += f64::from(u8::from(beta * c > beta * r));
-            ratio += log_sigmoid(o);
+            ratio += log_sigmoid_f64(o);
             odds += o;
             nll -= pair[0].whole;
             tokens += pair[0].whole_count;
