@@ -17,6 +17,7 @@ pub mod merging;
 pub mod methods;
 pub mod model;
 pub mod optim;
+pub mod prune;
 pub mod sample;
 pub mod tokenizer;
 pub mod train;

@@ -579,3 +579,51 @@ fn grpo_raises_the_held_out_reward_on_micro() {
     eprintln!("grpo: held-out reward {} -> {}, greedy {} -> {}", before["reward"], after["reward"], before["greedy_reward"], after["greedy_reward"]);
     assert!(after["reward"] > before["reward"] + 0.05, "held-out reward {} -> {}", before["reward"], after["reward"]);
 }
+
+/// Distillation: with α = 1 and T = 1 the student learns the teacher's distribution (the
+/// divergence it logs falls: measured 5.50 → 3.67 nats/token over 20 steps of a fresh
+/// nano from micro); the trainer refuses a run without a teacher and a teacher with
+/// another vocabulary; a student initialised from the teacher takes its layers evenly
+/// spaced, and with all of them computes exactly the teacher's logits.
+#[test]
+fn a_student_learns_its_teachers_distribution() {
+    use tinytune::train::{Divergence, Objective};
+    let device = ad();
+    let (teacher, tok) = micro(&device);
+    // A fresh nano-width student cannot start from micro; it learns from it.
+    let student = Gpt::init(&nano(&tok), 3, &device);
+    let objective = Objective::Distill { divergence: Divergence::ForwardKl, beta: 0.5, temperature: 1.0, alpha: 1.0 };
+    let cfg = TrainConfig { objective, lr: 3e-3, ..config(DataSource::Stories, 20) };
+    let mut trainer = Trainer::new(student, &tok, cfg.clone(), &device).unwrap();
+    let err = trainer.step().unwrap_err().to_string();
+    assert!(err.contains("teacher"), "{err}");
+    let wrong = Gpt::init(&ModelConfig { vocab_size: 64, ..ModelConfig::nano() }, 0, &device);
+    let err = trainer.set_teacher(wrong).unwrap_err().to_string();
+    assert!(err.contains("vocabulary has 64 tokens"), "{err}");
+    trainer.set_teacher(teacher.clone()).unwrap();
+    let mut divergences = vec![];
+    while trainer.step < 20 {
+        let e = trainer.step().unwrap();
+        divergences.push(e.metrics["divergence"]);
+        // α = 1: the loss is the divergence alone.
+        assert!((e.loss as f64 - divergences.last().unwrap()).abs() < 1e-4, "loss {} vs divergence {:?}", e.loss, divergences.last());
+    }
+    let (first, last) = (divergences[..3].iter().sum::<f64>() / 3.0, divergences[17..].iter().sum::<f64>() / 3.0);
+    assert!(last < 0.75 * first, "the divergence to the teacher fell only from {first:.3} to {last:.3}");
+    // Initialised from the teacher with 2 of its 4 layers: layers 0 and 2, as DistilBERT.
+    assert_eq!(tinytune::train::distill::teacher_layers_for(2, 4), vec![0, 2]);
+    let half = ModelConfig { n_layer: 2, ..teacher.config().clone() };
+    let student = tinytune::train::distill::student_from_teacher(&teacher, &half, &device).unwrap();
+    let data = |m: &Gpt, name: &str| {
+        tinytune::model::params::param_data(m).into_iter().find(|(n, _)| n == name).unwrap().1.convert::<f32>().try_to_vec::<f32>().unwrap()
+    };
+    assert_eq!(data(&student, "h.1.mlp.c_fc.weight"), data(&teacher, "h.2.mlp.c_fc.weight"));
+    assert_eq!(data(&student, "wte.weight"), data(&teacher, "wte.weight"));
+    let whole = tinytune::train::distill::student_from_teacher(&teacher, teacher.config(), &device).unwrap();
+    let ids = burn::tensor::Tensor::<2, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(vec![5i64, 17, 40, 2], [1, 4]), &device);
+    let logits = |m: &Gpt| m.forward(ids.clone()).into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    assert_eq!(logits(&whole), logits(&teacher));
+    // A wider student cannot start from the teacher.
+    let err = tinytune::train::distill::student_from_teacher(&teacher, &nano(&tok), &device).unwrap_err().to_string();
+    assert!(err.contains("n_embd"), "{err}");
+}

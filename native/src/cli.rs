@@ -96,6 +96,15 @@ pub enum Command {
     /// server averages their weights (a linear merge), round after round; beside it, one
     /// model trained on the shards pooled.
     Federated(FederatedArgs),
+    /// Remove weights from a model: unstructured magnitude or Wanda pruning, 2:4
+    /// semi-structured sparsity, or structured pruning of attention heads, MLP neurons and
+    /// whole layers (a smaller config.json); prints parameters and held-out loss before and
+    /// after, and writes an ordinary model folder.
+    Prune(crate::prune::PruneArgs),
+    /// Knowledge distillation: train a student model to match a teacher's output
+    /// distribution (softened by a temperature) on a task or data set, mixed with the
+    /// ordinary next-token loss; a resumable run that writes an ordinary model folder.
+    Distill(DistillArgs),
 }
 
 #[derive(Args, Debug)]
@@ -590,7 +599,8 @@ pub struct TrainArgs {
     pub objective: String,
     /// Preference and RL objectives: β, how far the policy may move from the reference
     /// (TRL's defaults: 0.1; for ipo it is τ; for orpo the weight λ of the odds-ratio term;
-    /// for grpo the KL coefficient, 0.0 by default: no reference model).
+    /// for grpo the KL coefficient, 0.0 by default: no reference model). distill
+    /// --divergence jsd: the generalised JSD's weight (GKD's β, 0.5 by default).
     #[arg(long)]
     pub beta: Option<f64>,
     /// The robust objective: the chance a pair's label is flipped, in [0, 0.5).
@@ -602,9 +612,11 @@ pub struct TrainArgs {
     /// completions, so a step samples batch / group-size prompts.
     #[arg(long, default_value_t = 8)]
     pub group_size: usize,
-    /// GRPO: the sampling temperature of the completions.
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f64,
+    /// GRPO: the sampling temperature of the completions (default 1.0). Distillation: the
+    /// softmax temperature T both distributions are softened by (default 2.0); the soft
+    /// loss is scaled by T² (Hinton et al., 2015) so its gradients keep their size.
+    #[arg(long)]
+    pub temperature: Option<f64>,
     /// GRPO: the longest completion sampled, in tokens.
     #[arg(long, default_value_t = 32)]
     pub max_completion_len: usize,
@@ -765,6 +777,46 @@ pub struct FinetuneArgs {
     pub reference: Option<PathBuf>,
     #[command(flatten)]
     pub method: MethodArgs,
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+/// Flags of `tinytune distill`. The student trains every weight (a distilled model is a
+/// whole new model; `--alpha` here is the soft loss's weight, not LoRA's).
+#[derive(Args, Debug)]
+pub struct DistillArgs {
+    /// The teacher (a model or run folder): frozen, its softened output distribution is
+    /// what the student learns. It must share the student's tokenizer.
+    #[arg(long, required_unless_present = "resume")]
+    pub teacher: Option<PathBuf>,
+    /// The student to train (a model or run folder, e.g. a pruned teacher from `tinytune
+    /// prune`).
+    #[arg(long, conflicts_with_all = ["student_preset", "student_layers"])]
+    pub student: Option<PathBuf>,
+    /// A fresh student of a preset's shape (nano, micro, …; the teacher's vocabulary and
+    /// tokenizer), initialised at random or, with --init-from-teacher, from the teacher.
+    #[arg(long, conflicts_with = "student_layers")]
+    pub student_preset: Option<String>,
+    /// A student of the teacher's own shape with fewer layers (DistilBERT's recipe; use it
+    /// with --init-from-teacher).
+    #[arg(long)]
+    pub student_layers: Option<usize>,
+    /// Start the student from the teacher's weights: embeddings, final norm and head, and
+    /// evenly spaced layers (every other layer when it has half as many, as DistilBERT
+    /// did). The student's width and heads must equal the teacher's.
+    #[arg(long)]
+    pub init_from_teacher: bool,
+    /// The weight α of the soft (teacher) loss; 1 − α goes to the ordinary next-token loss
+    /// on the data's own tokens.
+    #[arg(long, default_value_t = 0.5)]
+    pub alpha: f64,
+    /// How the student's distribution is compared with the teacher's: forward-kl
+    /// (KL(teacher ‖ student): mode covering), reverse-kl (KL(student ‖ teacher): mode
+    /// seeking) or jsd (the generalised Jensen–Shannon divergence of TRL's GKD, weighted
+    /// by --beta: 0.5 by default, TRL's GKDTrainer default; 0 would be forward KL, 1
+    /// reverse).
+    #[arg(long, default_value = "forward-kl")]
+    pub divergence: String,
     #[command(flatten)]
     pub train: TrainArgs,
 }

@@ -110,7 +110,8 @@ pub fn eval_cmd(args: EvalArgs, device: &Device) -> Result<(), String> {
         let groups = tinytune::data::jsonl::parse(&text, file.as_str(), loaded.chat.as_ref()).map_err(|e| e.to_string())?;
         let examples: Vec<_> = groups.into_iter().flatten().collect();
         let ds = Dataset::from_examples(&loaded.tokenizer, &examples, seq_len, 0.0).map_err(|e| format!("{file}: {e}"))?;
-        let loss = eval_loss(&loaded.model, &ds, args.batch, seq_len, usize::MAX).map_err(|e| e.to_string())?;
+        // Fewer examples than --batch make one smaller batch, not an error.
+        let loss = eval_loss(&loaded.model, &ds, args.batch.min(ds.len()).max(1), seq_len, usize::MAX).map_err(|e| e.to_string())?;
         if args.json {
             println!("{}", json!({"model": loaded.dir, "data": file, "eval_loss": loss, "perplexity": (loss as f64).exp(), "examples": examples.len()}));
         } else {
@@ -125,7 +126,8 @@ pub fn eval_cmd(args: EvalArgs, device: &Device) -> Result<(), String> {
     }
     let data: DataSource = args.data.parse().map_err(|e| format!("--data: {e}"))?;
     let ds = data.dataset(&loaded.tokenizer, args.data_seed, Split::Eval, args.examples, seq_len, 0.0).map_err(|e| e.to_string())?;
-    let loss = eval_loss(&loaded.model, &ds, args.batch, seq_len, usize::MAX).map_err(|e| e.to_string())?;
+    let batch = if matches!(ds, Dataset::Stream { .. }) { args.batch } else { args.batch.min(ds.len()).max(1) };
+    let loss = eval_loss(&loaded.model, &ds, batch, seq_len, usize::MAX).map_err(|e| e.to_string())?;
     let acc = match data {
         DataSource::Task(task) if args.accuracy_examples > 0 => {
             let answers = task_answers(&loaded.model, &loaded.tokenizer, task, args.data_seed, args.accuracy_examples).map_err(|e| e.to_string())?;

@@ -14,6 +14,7 @@ mod memory;
 mod model_dir;
 mod plot;
 mod precision;
+mod prune;
 mod serve;
 mod train;
 
@@ -59,6 +60,8 @@ fn main() -> ExitCode {
         Command::CombineAdapters(a) => commands::combine_adapters_cmd(a, &device),
         Command::Serve(a) => serve::serve_cmd(a, &device),
         Command::Federated(a) => commands::federated_cmd(a, &device),
+        Command::Prune(a) => prune::prune_cmd(a, &device),
+        Command::Distill(a) => train::distill(a, &device),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

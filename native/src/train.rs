@@ -15,7 +15,7 @@ use tinytune::tokenizer::chat::ChatTemplate;
 use tinytune::train::{Control, DataSource, LossScale, Objective, Outcome, Precision, Run, RunHost, TrainConfig, TrainEvent, Trainer};
 use tinytune::{Gpt, ModelConfig, TextTokenizer};
 
-use crate::cli::{FinetuneArgs, PretrainArgs, TrainArgs};
+use crate::cli::{DistillArgs, FinetuneArgs, PretrainArgs, TrainArgs};
 use crate::flags::flag_error;
 use crate::fsutil::{CheckpointDirs, read, read_text, write_atomic};
 use crate::model_dir::Companions;
@@ -27,7 +27,7 @@ pub fn resolve(args: &TrainArgs, method: Method, default_data: DataSource, defau
     let mut objective = Objective::from_name(&args.objective, beta, args.label_smoothing).map_err(|e| format!("--objective: {e}"))?;
     if let Objective::Grpo { group_size, temperature, max_completion_len, epsilon, loss_type, .. } = &mut objective {
         *group_size = args.group_size;
-        *temperature = args.temperature;
+        *temperature = args.temperature.unwrap_or(1.0);
         *max_completion_len = args.max_completion_len;
         *epsilon = args.epsilon;
         *loss_type = args.grpo_loss.parse().map_err(|e| format!("--grpo-loss: {e}"))?;
@@ -86,6 +86,7 @@ pub fn resolve(args: &TrainArgs, method: Method, default_data: DataSource, defau
         objective,
         method,
         data_file,
+        teacher: None,
     };
     // A soft prompt that leaves no room is the prompt's error, not the sequence length's.
     if let Method::Prompt(p) = &config.method {
@@ -191,6 +192,85 @@ pub fn finetune(args: FinetuneArgs, device: &Device) -> Result<(), String> {
     run(trainer, &loaded.tokenizer, &loaded.companions, &args.train, "finetune")
 }
 
+/// `tinytune distill`: a student trained on a teacher's softened distributions (see
+/// `tinytune::train::distill`), as a resumable run like `finetune`'s.
+pub fn distill(args: DistillArgs, device: &Device) -> Result<(), String> {
+    let ad = device.clone().autodiff();
+    if args.train.resume {
+        return resume(&args.train, &ad, "distill");
+    }
+    refuse_to_overwrite(&args.train.out)?;
+    if args.train.objective != "next-token" {
+        return Err(format!("--objective: distill trains on the teacher's distributions; leave --objective out (it was {})", args.train.objective));
+    }
+    let teacher_dir = args.teacher.as_deref().ok_or("--teacher: name the teacher model (a model or run folder)")?;
+    let teacher = model_dir::load_language_model(teacher_dir, &ad).map_err(|e| e.replace("--model:", "--teacher:"))?;
+    let divergence = args.divergence.parse::<tinytune::train::Divergence>().map_err(|e| format!("--divergence: {e}"))?;
+    // The student: a model folder, or a fresh model of a preset's shape or of the teacher's
+    // shape with fewer layers, on the teacher's tokenizer.
+    let fresh_config = match (&args.student_preset, args.student_layers) {
+        (Some(name), _) => {
+            let mut c = ModelConfig::preset(name).map_err(|e| format!("--student-preset: {e}"))?;
+            c.vocab_size = teacher.tokenizer.vocab_size();
+            Some(c)
+        }
+        (None, Some(layers)) => {
+            if layers == 0 || layers > teacher.config.n_layer {
+                return Err(format!(
+                    "--student-layers: {layers}; the teacher has {} layers, so choose 1 to {}",
+                    teacher.config.n_layer, teacher.config.n_layer
+                ));
+            }
+            Some(ModelConfig { n_layer: layers, ..teacher.config.clone() })
+        }
+        (None, None) => None,
+    };
+    let (student, tokenizer, chat, companions, fresh) = match (&args.student, fresh_config) {
+        (Some(dir), _) => {
+            if args.init_from_teacher {
+                return Err("--init-from-teacher: the student comes from --student's folder; use it with --student-preset or --student-layers".into());
+            }
+            let s = model_dir::load_language_model(dir, &ad).map_err(|e| e.replace("--model:", "--student:"))?;
+            if s.tokenizer.to_json() != teacher.tokenizer.to_json() {
+                return Err(format!(
+                    "--student: {}'s tokenizer differs from the teacher's ({}); distillation compares distributions token by token, so they must share one",
+                    s.dir.display(),
+                    teacher.dir.display()
+                ));
+            }
+            (s.model, s.tokenizer, s.chat, s.companions, false)
+        }
+        (None, Some(config)) => {
+            config.validate("--student-preset").map_err(|e| e.to_string())?;
+            let model = if args.init_from_teacher {
+                tinytune::train::distill::student_from_teacher(&teacher.model, &config, &ad).map_err(|e| format!("--init-from-teacher: {e}"))?
+            } else {
+                Gpt::init(&config, args.train.seed, &ad)
+            };
+            (model, teacher.tokenizer.clone(), teacher.chat.clone(), teacher.companions.clone(), !args.init_from_teacher)
+        }
+        (None, None) => return Err("--student: name the student: a model folder (--student DIR), a preset's shape (--student-preset NAME) or the teacher's shape with fewer layers (--student-layers N)".into()),
+    };
+    let n_positions = student.config().n_positions;
+    let mut train =
+        resolve(&args.train, tinytune::methods::Method::Full, DataSource::Task(tinytune::data::Task::StoryQa), if fresh { 1e-3 } else { 3e-4 }, n_positions)?;
+    train.objective =
+        Objective::Distill { divergence, beta: args.train.beta.unwrap_or(0.5), temperature: args.train.temperature.unwrap_or(2.0), alpha: args.alpha };
+    train.teacher = Some(std::fs::canonicalize(teacher_dir).unwrap_or(teacher_dir.to_path_buf()).display().to_string());
+    train.validate("command line", n_positions.saturating_sub(train.method.virtual_tokens())).map_err(flag_error)?;
+    eprintln!(
+        "teacher {} ({} parameters), student {} parameters{}",
+        teacher.dir.display(),
+        teacher.config.num_params(),
+        student.config().num_params(),
+        if args.init_from_teacher { " (initialised from the teacher)" } else { "" }
+    );
+    let model = train.method.apply(student, train.seed, &ad).map_err(flag_error)?;
+    let mut trainer = trainer(model, &tokenizer, chat.as_ref(), train, &ad)?;
+    trainer.set_teacher(teacher.model).map_err(|e| format!("--teacher: {e}"))?;
+    run(trainer, &tokenizer, &companions, &args.train, "distill")
+}
+
 fn refuse_to_overwrite(out: &Path) -> Result<(), String> {
     if CheckpointDirs::new(out).existing().is_some() {
         return Err(format!("{}: already holds a run; pass --resume to continue it, or choose another --out", out.display()));
@@ -229,6 +309,11 @@ fn resume(args: &TrainArgs, ad: &Device, command: &str) -> Result<(), String> {
         let reference = tinytune::checkpoint::load_model_for(&loaded.config, &trainer.config.method, &read(&path)?, ad, path.display().to_string())
             .map_err(|e| e.to_string())?;
         rl.reference = Some(burn::module::Module::valid(&reference));
+    }
+    // A distillation run reloads its teacher from where it was (train.json records it).
+    if let Some(dir) = trainer.config.teacher.clone() {
+        let teacher = model_dir::load_language_model(Path::new(&dir), ad).map_err(|e| format!("{} (the teacher {}): {e}", origin(files::TRAIN), dir))?;
+        trainer.set_teacher(teacher.model).map_err(|e| format!("{}: {e}", origin(files::TRAIN)))?;
     }
     truncate_metrics(&args.out.join("metrics.jsonl"), state.step)?;
     eprintln!("resuming {} at step {}/{}", args.out.display(), state.step, trainer.config.steps);

@@ -1776,3 +1776,115 @@ fn dpo_fine_tunes_with_lora_logs_trls_metrics_and_resumes() {
         let _ = std::fs::remove_file(d);
     }
 }
+
+/// `tinytune distill`: a student of micro's shape with two of its layers (initialised from
+/// them) trains on micro's distributions, logs the divergence and the next-token loss,
+/// records its teacher in train.json, resumes to the same losses (reloading the teacher),
+/// and saves a folder the other commands load; bad students are refused by flag.
+#[test]
+fn distill_trains_a_student_from_a_teacher_and_resumes() {
+    let micro = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/micro");
+    let m = micro.to_str().unwrap();
+    let (a, b) = (tmp("distill-straight"), tmp("distill-resumed"));
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["distill", "--teacher", m, "--student-layers", "2", "--init-from-teacher", "--out", out.to_str().unwrap()];
+        args.extend_from_slice(&["--steps", "4", "--batch", "4", "--seq-len", "64", "--train-examples", "100", "--eval-examples", "20", "--eval-batches", "2"]);
+        args.extend_from_slice(&["--divergence", "jsd", "--temperature", "1.5", "--alpha", "0.7"]);
+        args.extend_from_slice(extra);
+        tinytune(&args)
+    };
+    let out = run(&a, &[]);
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("objective distill (jsd beta 0.5, temperature 1.5, alpha 0.7, teacher"), "{stderr}");
+    assert!(stderr.contains("(initialised from the teacher)"), "{stderr}");
+    let line = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap().lines().find(|l| l.contains("\"step\":1,")).unwrap().to_string();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let (loss, div, nll) = (v["loss"].as_f64().unwrap(), v["metrics"]["divergence"].as_f64().unwrap(), v["metrics"]["nll_loss"].as_f64().unwrap());
+    // loss = α·T²·divergence + (1 − α)·nll.
+    assert!((loss - (0.7 * 2.25 * div + 0.3 * nll)).abs() < 1e-4, "{line}");
+    let train: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("checkpoint/train.json")).unwrap()).unwrap();
+    assert_eq!(train["objective"]["kind"], "distill");
+    assert!(train["teacher"].as_str().unwrap().ends_with("assets/micro"), "{train}");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("checkpoint/config.json")).unwrap()).unwrap();
+    assert_eq!(config["n_layer"], 2);
+    ok(&run(&b, &["--stop-after", "2"]));
+    ok(&tinytune(&["distill", "--out", b.to_str().unwrap(), "--resume"]));
+    assert_eq!(step_losses(&a), step_losses(&b));
+    ok(&tinytune(&["eval", "--model", a.to_str().unwrap(), "--data", "story-qa", "--examples", "8"]));
+    // A student that cannot start from the teacher, or is not named, is refused by flag.
+    let c = tmp("distill-bad");
+    let bad = |extra: &[&str]| {
+        let mut args = vec!["distill", "--teacher", m, "--out", c.to_str().unwrap(), "--steps", "1"];
+        args.extend_from_slice(extra);
+        tinytune(&args)
+    };
+    fails_with(&bad(&["--student-preset", "nano", "--init-from-teacher"]), &["--init-from-teacher", "n_embd"]);
+    fails_with(&bad(&[]), &["--student"]);
+    fails_with(&bad(&["--student-layers", "9"]), &["--student-layers", "1 to 4"]);
+    fails_with(&bad(&["--student-layers", "2", "--divergence", "kl"]), &["--divergence", "forward-kl"]);
+    fails_with(&bad(&["--student-layers", "2", "--alpha", "1.5"]), &["--alpha"]);
+    for d in [&a, &b, &c] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// `tinytune prune` on the shipped micro: half of every linear weight zeroed by magnitude,
+/// then a structured cut (256 of 512 MLP neurons, 3 of 4 blocks). Each reports counts and
+/// held-out losses; the folders load with `eval` and `info` (the eval equals the report),
+/// the smaller one fine-tunes, a LoRA run on it is refused until merged, and bad flags are
+/// named.
+#[test]
+fn prune_sparsifies_and_shrinks_micro_and_the_result_loads_and_fine_tunes() {
+    let micro = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/micro");
+    let m = micro.to_str().unwrap();
+    let (sparse, small, run) = (tmp("prune-sparse"), tmp("prune-small"), tmp("prune-run"));
+    let (sp, sm) = (sparse.to_str().unwrap(), small.to_str().unwrap());
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&tinytune(&["prune", "--model", m, "--out", sp, "--sparsity", "0.5", "--examples", "40", "--json"]))).unwrap();
+    let count = |side: &str, key: &str| v[side][key].as_u64().unwrap();
+    // micro's blocks: 4 × (c_attn 128×384 + c_proj 128×128 + c_fc 128×512 + c_proj 512×128).
+    let linear = 4 * (128 * 384 + 128 * 128 + 2 * 128 * 512);
+    assert_eq!(count("before", "parameters"), count("after", "parameters"));
+    assert_eq!(count("before", "nonzero") - count("after", "nonzero"), linear / 2, "{v}");
+    let after = v["after"]["eval_loss"].as_f64().unwrap();
+    let eval = ok(&tinytune(&["eval", "--model", sp, "--data", "story-qa", "--examples", "40", "--accuracy-examples", "0", "--json"]));
+    let eval: serde_json::Value = serde_json::from_str(&eval).unwrap();
+    assert!((eval["eval_loss"].as_f64().unwrap() - after).abs() < 1e-4, "{eval} vs {after}");
+
+    let text = ok(&tinytune(&["prune", "--model", m, "--out", sm, "--neurons", "256", "--layers", "3", "--examples", "40", "--calibration-batches", "2"]));
+    assert!(text.contains("4 → 3 blocks") && text.contains("512 → 256 neurons") && text.contains("held-out story-qa loss"), "{text}");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(small.join("config.json")).unwrap()).unwrap();
+    assert_eq!((config["n_layer"].as_u64(), config["n_inner"].as_u64(), config["n_head"].as_u64()), (Some(3), Some(256), Some(4)), "{config}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(small.join("prune.json")).unwrap()).unwrap();
+    let s = &report["structured"];
+    assert_eq!(s["layers_removed"].as_array().unwrap().len(), 1);
+    for l in s["layers"].as_array().unwrap() {
+        assert_eq!(l["neurons"].as_array().unwrap().len(), 512, "an importance per neuron, for the heat map");
+        assert_eq!(l["neurons_removed"].as_array().unwrap().len(), 256);
+        assert!(l["block_influence"].as_f64().unwrap() > 0.0);
+    }
+    let info: serde_json::Value = serde_json::from_str(&ok(&tinytune(&["info", "--model", sm, "--json"]))).unwrap();
+    assert_eq!(info["total"], report["after"]["parameters"]);
+    let args = ["--data", "sentiment", "--batch", "4", "--seq-len", "48", "--train-examples", "40", "--eval-examples", "8", "--eval-batches", "1"];
+    let mut finetune = vec!["finetune", "--model", sm, "--out", run.to_str().unwrap(), "--steps", "2", "--method", "lora"];
+    finetune.extend_from_slice(&args);
+    ok(&tinytune(&finetune));
+    assert_eq!(step_losses(&run).len(), 2);
+
+    let bad = |extra: &[&str]| {
+        let mut a = vec!["prune", "--model", m, "--out", "/nonexistent/prune-bad"];
+        a.extend_from_slice(extra);
+        tinytune(&a)
+    };
+    fails_with(&tinytune(&["prune", "--model", run.to_str().unwrap(), "--out", "/nonexistent/x", "--sparsity", "0.5"]), &["lora", "merge-adapter"]);
+    fails_with(&bad(&["--sparsity", "0.5", "--layers", "3"]), &["--sparsity", "--layers"]);
+    fails_with(&bad(&["--heads", "2"]), &["--heads", "head_dim", "GPT-2"]);
+    fails_with(&bad(&["--pattern", "4:4"]), &["--pattern", "smaller than M"]);
+    fails_with(&bad(&["--sparsity", "1.5"]), &["--sparsity", "[0, 1)"]);
+    fails_with(&bad(&["--neurons", "600"]), &["--neurons", "512"]);
+    fails_with(&tinytune(&["prune", "--model", m, "--out", sp, "--sparsity", "0.5"]), &["--out", "not empty"]);
+    for d in [&sparse, &small, &run] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

@@ -475,3 +475,59 @@ fn lora_arithmetic_equals_peft_add_weighted_adapter() {
         }
     }
 }
+
+/// Distillation's divergences against TRL's `GKDTrainer.generalized_jsd_loss` on random
+/// logits with masked positions (tests/fixtures/make_distill_reference.py): forward KL
+/// (β 0), reverse KL (β 1) and the generalised JSD (β 0.5, 0.3), at temperatures 1 and 2.
+/// tinytune's loss with α = 1 is T² times TRL's (Hinton's scaling, which GKD leaves out);
+/// with α < 1 it mixes in the next-token loss. Host closed form and device computation both
+/// within 1e-5 of TRL.
+#[test]
+fn distillation_divergences_equal_trls_gkd_loss() {
+    use tinytune::train::distill::{Divergence, distill_loss, divergence_f64, logits_tensor};
+    let f: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("distill/gkd.json")).unwrap()).unwrap();
+    let shape: Vec<usize> = f["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    let (b, t, v) = (shape[0], shape[1], shape[2]);
+    let (student, teacher, counted) = (floats(&f["student"]), floats(&f["teacher"]), floats(&f["counted"]));
+    let device = burn::tensor::Device::flex();
+    // Targets for the hard loss: any ids; its value is checked against the host's.
+    let targets: Vec<i64> = (0..b * t).map(|i| (i * 7 % v) as i64).collect();
+    let target_t = || burn::tensor::Tensor::<2, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(targets.clone(), [b, t]), &device);
+    let weights = || burn::tensor::Tensor::<2>::from_data(burn::tensor::TensorData::new(counted.clone(), [b, t]), &device);
+    let n: f32 = counted.iter().sum();
+    let row = |x: &[f32], i: usize| x[i * v..(i + 1) * v].iter().map(|&a| a as f64).collect::<Vec<f64>>();
+    // The next-token loss on the host: mean over counted positions of −log softmax(target).
+    let hard: f64 = (0..b * t)
+        .filter(|&i| counted[i] > 0.0)
+        .map(|i| {
+            let s = row(&student, i);
+            let z = s.iter().map(|x| x.exp()).sum::<f64>().ln();
+            z - s[targets[i] as usize]
+        })
+        .sum::<f64>()
+        / n as f64;
+    let cases = f["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 8);
+    for case in cases {
+        let (beta, temperature, want) = (case["beta"].as_f64().unwrap(), case["temperature"].as_f64().unwrap(), case["loss"].as_f64().unwrap());
+        let divergence = match beta {
+            0.0 => Divergence::ForwardKl,
+            1.0 => Divergence::ReverseKl,
+            _ => Divergence::Jsd,
+        };
+        let host: f64 =
+            (0..b * t).filter(|&i| counted[i] > 0.0).map(|i| divergence_f64(&row(&student, i), &row(&teacher, i), divergence, beta, temperature)).sum::<f64>()
+                / n as f64;
+        assert!((host - want).abs() < 1e-5, "{divergence:?} β {beta} T {temperature}: host {host} vs TRL {want}");
+        for alpha in [1.0, 0.25] {
+            let s = logits_tensor(student.clone(), [b, t, v], &device);
+            let q = logits_tensor(teacher.clone(), [b, t, v], &device);
+            let (loss, soft, _) = distill_loss(s, q, target_t(), weights(), n, (divergence, beta, temperature, alpha));
+            let read = |x: burn::tensor::Tensor<1>| x.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()[0] as f64;
+            let (loss, soft) = (read(loss), read(soft));
+            assert!((soft - want).abs() < 1e-5, "{divergence:?} β {beta} T {temperature}: device {soft} vs TRL {want}");
+            let expected = alpha * temperature * temperature * want + (1.0 - alpha) * hard;
+            assert!((loss - expected).abs() < 1e-5 * expected.abs().max(1.0), "α {alpha} T {temperature}: loss {loss} vs {expected}");
+        }
+    }
+}

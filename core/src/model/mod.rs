@@ -1,6 +1,7 @@
 //! The model (GPT-2 and the Llama family), in reading order: config (and `rope`) →
 //! projection slot → layers → attention → block → transformer, plus parameter accounting
-//! (`params`) and the names files use (`names`).
+//! (`params`), the names files use (`names`) and the projections' input statistics that
+//! pruning calibrates on (`record`).
 
 /// Inside an `impl` of a struct whose `Option<Projection>` fields are the given names:
 /// `projections` and `projections_mut`, the fields that are `Some`, each with its name
@@ -26,6 +27,7 @@ pub mod layers;
 pub mod names;
 pub mod params;
 pub mod projection;
+pub mod record;
 pub mod rope;
 pub mod transformer;
 

@@ -44,6 +44,10 @@ pub struct Projection {
     /// (`methods::multi`, for serving); not parameters, never saved.
     #[module(skip)]
     pub bank: Option<crate::methods::multi::LoraBank>,
+    /// Where this projection's input statistics go while a calibration pass records them
+    /// (`model::record`, for pruning); None otherwise. Not a parameter, never saved.
+    #[module(skip)]
+    pub tap: Option<super::record::Tap>,
 }
 
 impl Projection {
@@ -63,6 +67,7 @@ impl Projection {
             ia3: None,
             merged: None,
             bank: None,
+            tap: None,
         }
     }
 
@@ -78,12 +83,16 @@ impl Projection {
             ia3: None,
             merged: None,
             bank: None,
+            tap: None,
         }
     }
 
     /// # Shapes
     /// `[..., d_in] -> [..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if let Some(tap) = &self.tap {
+            tap.recorder.record(tap, &x);
+        }
         if self.merged.is_some() {
             // The update is inside W already (merged in place).
             return burn::tensor::module::linear(x, self.base_weight(), self.bias.as_ref().map(|b| b.val()));

@@ -166,6 +166,10 @@ pub struct TrainConfig {
     /// to `Trainer::from_datasets` (the CLI does, also when resuming).
     #[serde(default)]
     pub data_file: Option<String>,
+    /// A distillation run's teacher: the model folder it was loaded from (the caller loads
+    /// it, also when resuming, and hands it to `Trainer::set_teacher`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<String>,
 }
 
 impl Default for TrainConfig {
@@ -196,6 +200,7 @@ impl Default for TrainConfig {
             objective: Objective::NextToken,
             method: Method::Full,
             data_file: None,
+            teacher: None,
         }
     }
 }
@@ -309,6 +314,9 @@ impl TrainConfig {
         }
         if self.objective.is_preference() && self.optimizer.kind == OptimKind::Mezo {
             return Err(Error::config(origin, "optimizer", "MeZO is not wired to preference objectives in tinytune; use adamw or sgd"));
+        }
+        if matches!(self.objective, Objective::Distill { .. }) && self.optimizer.kind == OptimKind::Mezo {
+            return Err(Error::config(origin, "optimizer", "MeZO is not wired to distillation in tinytune; use adamw or sgd"));
         }
         if let Objective::Grpo { group_size, .. } = &self.objective {
             if !matches!(self.data, DataSource::Task(_)) || self.data_file.is_some() {

@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod distill;
 pub mod grpo;
 pub mod objective;
 pub mod positions;
@@ -15,6 +16,7 @@ pub mod trainer;
 
 pub use batch::{Batch, Dataset};
 pub use config::{DataSource, TrainConfig};
+pub use distill::Divergence;
 pub use grpo::GrpoLoss;
 pub use objective::{DpoLoss, Objective, PreferenceMetrics};
 pub use precision::{GradCensus, LossScale, LossScaler, Precision, ScalerState};

@@ -126,6 +126,33 @@ pub enum Objective {
         #[serde(default)]
         loss_type: super::grpo::GrpoLoss,
     },
+    /// Knowledge distillation from a frozen teacher (see [`super::distill`]):
+    /// `α · T² · D(teacher_T, student_T) + (1 − α) · CE`, averaged over the counted target
+    /// positions, with `D` TRL's GKD divergences. The teacher is held by the trainer
+    /// (`Trainer::set_teacher`); its path is `TrainConfig::teacher`. Batches are ordinary
+    /// next-token rows or windows. Held-out, a distillation run reports the student's own
+    /// next-token loss, which is comparable with the teacher's and any other run's.
+    Distill {
+        #[serde(default)]
+        divergence: super::distill::Divergence,
+        /// GKD's β, the generalised JSD's weight (jsd only; TRL's default 0.5).
+        #[serde(default = "half")]
+        beta: f64,
+        /// The softmax temperature T of both distributions.
+        #[serde(default = "two")]
+        temperature: f64,
+        /// The weight α of the soft loss (1 − α for the next-token loss).
+        #[serde(default = "half")]
+        alpha: f64,
+    },
+}
+
+fn half() -> f64 {
+    0.5
+}
+
+fn two() -> f64 {
+    2.0
 }
 
 fn default_group() -> usize {
@@ -209,6 +236,7 @@ impl Objective {
             "kto" => return Ok(Objective::Kto { beta, desirable_weight: 1.0, undesirable_weight: 1.0 }),
             "reward" => return Ok(Objective::Reward { center_rewards_coefficient: None }),
             "grpo" => return Ok(Objective::grpo(default_group(), beta)),
+            "distill" => return Err("distillation needs a teacher model: run `tinytune distill --teacher DIR --student DIR`".into()),
             "dpo" | "sigmoid" => DpoLoss::Sigmoid,
             other => other
                 .parse::<DpoLoss>()
@@ -273,6 +301,7 @@ impl Objective {
             Objective::Kto { .. } => "kto",
             Objective::Reward { .. } => "reward",
             Objective::Grpo { .. } => "grpo",
+            Objective::Distill { .. } => "distill",
         }
     }
 
@@ -324,6 +353,21 @@ impl Objective {
                 return Err(Error::config(origin, "objective.max_completion_len", "must be at least 1 token"));
             }
         }
+        if let Objective::Distill { divergence, beta, temperature, alpha } = self {
+            if !(*temperature > 0.0 && temperature.is_finite()) {
+                return Err(Error::config(origin, "objective.temperature", format!("{temperature} is not a positive temperature; Hinton et al. used 1 to 20")));
+            }
+            if !(0.0..=1.0).contains(alpha) {
+                return Err(Error::config(origin, "objective.alpha", format!("{alpha} is not a weight in [0, 1] (1: the teacher's soft targets only)")));
+            }
+            if *divergence == super::distill::Divergence::Jsd && !(*beta > 0.0 && *beta < 1.0) {
+                return Err(Error::config(
+                    origin,
+                    "objective.beta",
+                    format!("{beta} is not a JSD weight in (0, 1); for 0 or 1 use the forward-kl or reverse-kl divergence, which TRL's GKD uses there"),
+                ));
+            }
+        }
         if let Objective::Dpo { beta, label_smoothing, loss_type } = self {
             if !(*beta > 0.0 && beta.is_finite()) {
                 return Err(Error::config(origin, "objective.beta", format!("{beta} is not a positive number; TRL's default is 0.1")));
@@ -352,14 +396,46 @@ impl Objective {
     /// # Shapes
     /// batch `[B, T]` tokens -> `[1]`
     pub fn loss(&self, model: &Gpt, batch: &Batch, device: &Device, compute: Option<DType>) -> Tensor<1> {
-        self.loss_and_scores(model, batch, device, compute).0
+        self.loss_and_scores(model, batch, device, compute, None).0
     }
 
     /// [`Objective::loss`], and for a preference objective each row's summed
     /// log-probability `[B]`, detached: TRL's training metrics come from the same forward
-    /// pass as the loss.
-    pub fn loss_and_scores(&self, model: &Gpt, batch: &Batch, device: &Device, compute: Option<DType>) -> (Tensor<1>, Option<Tensor<1>>) {
+    /// pass as the loss. Distillation's scores are its two parts, `[soft, hard]`.
+    ///
+    /// `teacher` is a distillation run's frozen teacher (None for every other objective;
+    /// distillation without one is the student's next-token loss).
+    pub fn loss_and_scores(
+        &self,
+        model: &Gpt,
+        batch: &Batch,
+        device: &Device,
+        compute: Option<DType>,
+        teacher: Option<&Gpt>,
+    ) -> (Tensor<1>, Option<Tensor<1>>) {
         match self {
+            Objective::Distill { divergence, beta, temperature, alpha } => {
+                let (inputs, targets, weights) = batch.to_device(device);
+                let Some(teacher) = teacher else {
+                    return Objective::NextToken.loss_and_scores(model, batch, device, compute, None);
+                };
+                // The teacher runs without autodiff on its own device; its logits enter the
+                // loss as constants.
+                let t_device = teacher.wte.weight.val().device();
+                let teacher_logits = teacher.forward(inputs.clone().to_device(&t_device));
+                let teacher_logits = if teacher_logits.dtype() != DType::F32 { teacher_logits.cast(DType::F32) } else { teacher_logits };
+                let logits = model.forward(inputs);
+                let logits = if compute.is_some() { logits.cast(DType::F32) } else { logits };
+                let (loss, soft, hard) = super::distill::distill_loss(
+                    logits,
+                    teacher_logits.to_device(device),
+                    targets,
+                    weights,
+                    batch.weight_sum(),
+                    (*divergence, *beta, *temperature, *alpha),
+                );
+                (loss, Some(Tensor::cat(vec![soft.detach(), hard.detach()], 0)))
+            }
             Objective::NextToken => {
                 let (inputs, targets, weights) = batch.to_device(device);
                 let logits = model.forward(inputs); // [B, T, V]
@@ -455,11 +531,21 @@ impl Objective {
         }
     }
 
+    /// The objective a held-out evaluation reports: the run's own, except that a
+    /// distillation run reports the student's next-token loss (comparable with the
+    /// teacher's, and with any other run on the same data).
+    pub fn held_out(&self) -> &Objective {
+        match self {
+            Objective::Distill { .. } => &Objective::NextToken,
+            other => other,
+        }
+    }
+
     /// How much `batch` weighs in a mean over several batches (micro-batches of an
     /// accumulated step, or evaluation batches): its counted tokens, or its pairs.
     pub fn weight(&self, batch: &Batch) -> f32 {
         match self {
-            Objective::NextToken => batch.weight_sum(),
+            Objective::NextToken | Objective::Distill { .. } => batch.weight_sum(),
             Objective::Dpo { .. } | Objective::Orpo { .. } | Objective::Kto { .. } | Objective::Reward { .. } => (batch.b / 2) as f32,
             // DAPO normalises by the accumulated batch's completion tokens; the others
             // average per micro-batch.

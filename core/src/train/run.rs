@@ -296,6 +296,13 @@ fn technique(t: &Trainer) -> String {
             if *beta > 0.0 { "" } else { ": no reference model" },
             o.kind
         ),
+        super::Objective::Distill { divergence, beta, temperature, alpha } => format!(
+            "objective distill ({}{}, temperature {temperature}, alpha {alpha}{}), optimizer {}",
+            divergence.name(),
+            if *divergence == super::Divergence::Jsd { format!(" beta {beta}") } else { String::new() },
+            t.config.teacher.as_deref().map(|p| format!(", teacher {p}")).unwrap_or_default(),
+            o.kind
+        ),
         super::Objective::NextToken => format!("optimizer {}", o.kind),
     };
     if o.kind == OptimKind::Sgd && o.momentum > 0.0 {

@@ -103,6 +103,8 @@ pub struct Trainer {
     pub elapsed_before: f64,
     /// A GRPO run's prompts, reward reader and reference (None for every other run).
     pub rl: Option<super::grpo::Rl>,
+    /// A distillation run's frozen teacher, without autodiff (`set_teacher`).
+    pub teacher: Option<Gpt>,
     /// The last rollout's metrics, reported with its step.
     rollout_metrics: std::collections::BTreeMap<String, f64>,
     clock: Option<Instant>,
@@ -265,6 +267,7 @@ impl Trainer {
             device,
             elapsed_before: 0.0,
             rl: None,
+            teacher: None,
             rollout_metrics: Default::default(),
             clock: None,
         })
@@ -355,7 +358,7 @@ impl Trainer {
             Some(dtype) => precision::cast_model(&self.model, dtype),
             None => self.model.clone(),
         };
-        let (loss, scores) = self.config.objective.loss_and_scores(&compute, batch, &self.device, dtype);
+        let (loss, scores) = self.config.objective.loss_and_scores(&compute, batch, &self.device, dtype, self.teacher.as_ref());
         let grads = if scale == 1.0 { loss.backward() } else { loss.clone().mul_scalar(scale).backward() };
         (loss, NamedGrads::collect(&compute, &grads), scores)
     }
@@ -371,6 +374,7 @@ impl Trainer {
     /// One whole step with a synchronous read-back of the loss (native code). A non-finite
     /// loss stops the run before the bad update touches the weights.
     pub fn step(&mut self) -> Result<StepEvent> {
+        self.check_teacher()?;
         if self.needs_references()? {
             self.score_references(None)?;
         }
@@ -391,6 +395,7 @@ impl Trainer {
     /// [`Trainer::step`] for the browser, where WebGPU can only read results back
     /// asynchronously.
     pub async fn step_async(&mut self) -> Result<StepEvent> {
+        self.check_teacher()?;
         if self.needs_references()? {
             self.score_references_async(None).await?;
         }
@@ -503,7 +508,7 @@ impl Trainer {
         // The perturbation's seed: a function of the run's seed and the step alone.
         let seed = mix(self.config.seed ^ 0x4D65_5A4F, self.step as u64);
         let lr = self.schedule.lr(self.step);
-        let loss = |m: &Gpt| self.config.objective.loss(m, batch, &m.wte.weight.val().device(), None);
+        let loss = |m: &Gpt| self.config.objective.loss_and_scores(m, batch, &m.wte.weight.val().device(), None, self.teacher.as_ref()).0;
         let model = mezo::perturb(self.model.valid(), &trainable, seed, c.mezo_eps);
         let plus = loss(&model);
         let model = mezo::perturb(model, &trainable, seed, -2.0 * c.mezo_eps);
@@ -566,6 +571,17 @@ impl Trainer {
             }
             return m;
         }
+        if matches!(objective, Objective::Distill { .. }) {
+            // Each micro-batch's [divergence, next-token loss]: their mean over micro-batches.
+            let mean = |k: usize| {
+                let v: Vec<f64> = scores.iter().skip(k).step_by(2).map(|&x| x as f64).collect();
+                v.iter().sum::<f64>() / v.len().max(1) as f64
+            };
+            if scores.len() >= 2 {
+                return [("divergence".to_string(), mean(0)), ("nll_loss".to_string(), mean(1))].into();
+            }
+            return Default::default();
+        }
         if !objective.is_preference() || (objective.needs_reference() && batch.refs.len() != batch.b) {
             return Default::default();
         }
@@ -607,7 +623,7 @@ impl Trainer {
             let m = preference_eval(&c.objective, &self.model.valid(), &self.eval, c.batch_size, c.seq_len, c.eval_batches)?;
             return Ok(Evaluation { loss: m.loss as f32, metrics: m.metrics });
         }
-        let loss = eval_losses(&c.objective, &self.model.valid(), &self.eval, c.batch_size, c.seq_len, c.eval_batches)?;
+        let loss = eval_losses(c.objective.held_out(), &self.model.valid(), &self.eval, c.batch_size, c.seq_len, c.eval_batches)?;
         Ok(Evaluation { loss, metrics: Default::default() })
     }
 
@@ -625,8 +641,42 @@ impl Trainer {
             let m = preference_eval_async(&c.objective, &self.model.valid(), &self.eval, c.batch_size, c.seq_len, c.eval_batches).await?;
             return Ok(Evaluation { loss: m.loss as f32, metrics: m.metrics });
         }
-        let loss = eval_losses_async(&c.objective, &self.model.valid(), &self.eval, c.batch_size, c.seq_len, c.eval_batches).await?;
+        let loss = eval_losses_async(c.objective.held_out(), &self.model.valid(), &self.eval, c.batch_size, c.seq_len, c.eval_batches).await?;
         Ok(Evaluation { loss, metrics: Default::default() })
+    }
+
+    fn check_teacher(&self) -> Result<()> {
+        if matches!(self.config.objective, Objective::Distill { .. }) && self.teacher.is_none() {
+            return Err(Error::config("training config", "teacher", "this distillation run has no teacher model; load it and pass it to Trainer::set_teacher"));
+        }
+        Ok(())
+    }
+
+    /// Gives a distillation run its teacher (frozen, without autodiff). The teacher must
+    /// read the student's token ids: the same vocabulary size.
+    pub fn set_teacher(&mut self, teacher: Gpt) -> Result<()> {
+        if !matches!(self.config.objective, Objective::Distill { .. }) {
+            return Err(Error::config(
+                "training config",
+                "teacher",
+                format!("the {} objective has no teacher; distillation has", self.config.objective.name()),
+            ));
+        }
+        let (t, s) = (teacher.config().vocab_size, self.model.config().vocab_size);
+        if t != s {
+            return Err(Error::config(
+                "training config",
+                "teacher",
+                format!(
+                    "the teacher's vocabulary has {t} tokens and the student's {s}; distillation compares their distributions token by token, so they must share one tokenizer"
+                ),
+            ));
+        }
+        if teacher.score.is_some() {
+            return Err(Error::config("training config", "teacher", "is a reward model (a score head, no LM head); a teacher must be a language model"));
+        }
+        self.teacher = Some(teacher.valid());
+        Ok(())
     }
 
     /// Whether a preference run still lacks its reference log-probabilities. Before the
