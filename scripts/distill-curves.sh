@@ -19,7 +19,13 @@ bin="${TINYTUNE_BIN:-target/release/tinytune}"
 [ -x "$bin" ] || cargo build -q --release -p tinytune-cli
 rm -rf "$out"
 mkdir -p "$out"
-last_eval() { python3 -c "import json,sys; print(f\"{[json.loads(l) for l in open(sys.argv[1]+'/metrics.jsonl') if '\\\"eval\\\"' in l][-1]['eval_loss']:.4f}\")" "$1"; }
+last_eval() {
+  python3 - "$1" <<'PY'
+import json, sys
+evals = [json.loads(l) for l in open(sys.argv[1] + "/metrics.jsonl") if json.loads(l)["event"] == "eval"]
+print(f"{evals[-1]['eval_loss']:.4f}")
+PY
+}
 "$bin" finetune --model assets/micro --data story-qa --steps 150 --batch 16 --eval-every 50 --checkpoint-every 0 --out "$out/teacher" >/dev/null 2>&1
 echo "teacher: micro (4 layers, 0.88 M parameters) fine-tuned on story-qa, held-out loss $(last_eval "$out/teacher")"
 echo

@@ -592,7 +592,7 @@ fn a_student_learns_its_teachers_distribution() {
     let (teacher, tok) = micro(&device);
     // A fresh nano-width student cannot start from micro; it learns from it.
     let student = Gpt::init(&nano(&tok), 3, &device);
-    let objective = Objective::Distill { divergence: Divergence::ForwardKl, beta: 0.5, temperature: 1.0, alpha: 1.0 };
+    let objective = Objective::Distill { divergence: Divergence::ForwardKl, beta: 0.5, temperature: 1.0, alpha: 1.0, lmbda: 0.0, seq_kd: false };
     let cfg = TrainConfig { objective, lr: 3e-3, ..config(DataSource::Stories, 20) };
     let mut trainer = Trainer::new(student, &tok, cfg.clone(), &device).unwrap();
     let err = trainer.step().unwrap_err().to_string();
@@ -626,4 +626,52 @@ fn a_student_learns_its_teachers_distribution() {
     // A wider student cannot start from the teacher.
     let err = tinytune::train::distill::student_from_teacher(&teacher, &nano(&tok), &device).unwrap_err().to_string();
     assert!(err.contains("n_embd"), "{err}");
+}
+
+/// GKD's generated completions: with `lmbda` 1 every step trains on the student's own
+/// samples of the batch's prompts (the prompts kept, the completions new, ending at the
+/// end-of-text token or the row's end), with the hard term left out; with `seq_kd` on the
+/// teacher's samples, with it. A run whose data has no prompts is refused.
+#[test]
+fn on_policy_and_sequence_level_distillation_sample_their_completions() {
+    use tinytune::train::{Divergence, Objective};
+    let device = ad();
+    let (teacher, tok) = micro(&device);
+    let distill = |lmbda: f64, seq_kd: bool| Objective::Distill { divergence: Divergence::ForwardKl, beta: 0.5, temperature: 2.0, alpha: 0.5, lmbda, seq_kd };
+    let cfg = |objective| TrainConfig { objective, batch_size: 4, train_examples: 64, ..config(DataSource::Task(Task::Sentiment), 2) };
+    let student = || Gpt::init(&nano(&tok), 5, &device);
+    // The data's batch, and the same prompts completed by the teacher.
+    let mut trainer = Trainer::new(student(), &tok, cfg(distill(1.0, false)), &device).unwrap();
+    trainer.set_teacher(teacher.clone()).unwrap();
+    let batch = trainer.batch_for(0);
+    let pad = tok.eot().unwrap();
+    let sampled = tinytune::train::distill::resample(&batch, &burn::module::Module::valid(&teacher), 7, pad, pad);
+    let mut changed = 0;
+    for r in 0..batch.b {
+        let row = r * batch.t..(r + 1) * batch.t;
+        let first = batch.weights[row.clone()].iter().position(|&w| w > 0.0).unwrap();
+        assert_eq!(sampled.inputs[row.start..=row.start + first], batch.inputs[row.start..=row.start + first], "row {r}'s prompt is kept");
+        assert!(sampled.weights[row.start..row.start + first].iter().all(|&w| w == 0.0));
+        let counted: Vec<usize> = (0..batch.t).filter(|&i| sampled.weights[row.start + i] > 0.0).collect();
+        assert_eq!(counted[0], first, "the completion starts after the prompt");
+        let last = *counted.last().unwrap();
+        assert!(sampled.targets[row.start + last] == pad || last == batch.t - 1, "row {r} ends at the end-of-text token or the row's end");
+        changed += usize::from(sampled.targets[row.clone()] != batch.targets[row]);
+    }
+    assert!(changed > 0, "sampled completions differ from the data's");
+    // lmbda 1: on-policy every step, and the loss is α·T²·divergence alone.
+    for _ in 0..2 {
+        let e = trainer.step().unwrap();
+        assert_eq!(e.metrics["on_policy"], 1.0);
+        assert!((e.loss as f64 - 0.5 * 4.0 * e.metrics["divergence"]).abs() < 1e-4, "{:?}", e.metrics);
+    }
+    // seq_kd: the teacher's samples, learned with both terms.
+    let mut trainer = Trainer::new(student(), &tok, cfg(distill(0.0, true)), &device).unwrap();
+    trainer.set_teacher(teacher).unwrap();
+    let e = trainer.step().unwrap();
+    assert!(!e.metrics.contains_key("on_policy"));
+    let expected = 0.5 * 4.0 * e.metrics["divergence"] + 0.5 * e.metrics["nll_loss"];
+    assert!((e.loss as f64 - expected).abs() < 1e-4, "{} vs {expected}", e.loss);
+    let err = Trainer::new(student(), &tok, TrainConfig { data: DataSource::Stories, ..cfg(distill(0.5, false)) }, &device).err().unwrap().to_string();
+    assert!(err.contains("lmbda") && err.contains("prompts"), "{err}");
 }

@@ -817,6 +817,15 @@ pub struct DistillArgs {
     /// reverse).
     #[arg(long, default_value = "forward-kl")]
     pub divergence: String,
+    /// On-policy distillation (GKD's lmbda, Agarwal et al., 2024): the chance that a step
+    /// trains on the student's own completions of the batch's prompts (sampled at
+    /// temperature 1), scored by the teacher, instead of the data's. 0: never (the data's).
+    #[arg(long, default_value_t = 0.0)]
+    pub lmbda: f64,
+    /// Sequence-level distillation (GKD's seq_kd; Kim & Rush, 2016): train on completions
+    /// the teacher samples from each prompt instead of the data's.
+    #[arg(long)]
+    pub seq_kd: bool,
     #[command(flatten)]
     pub train: TrainArgs,
 }

@@ -254,8 +254,14 @@ pub fn distill(args: DistillArgs, device: &Device) -> Result<(), String> {
     let n_positions = student.config().n_positions;
     let mut train =
         resolve(&args.train, tinytune::methods::Method::Full, DataSource::Task(tinytune::data::Task::StoryQa), if fresh { 1e-3 } else { 3e-4 }, n_positions)?;
-    train.objective =
-        Objective::Distill { divergence, beta: args.train.beta.unwrap_or(0.5), temperature: args.train.temperature.unwrap_or(2.0), alpha: args.alpha };
+    train.objective = Objective::Distill {
+        divergence,
+        beta: args.train.beta.unwrap_or(0.5),
+        temperature: args.train.temperature.unwrap_or(2.0),
+        alpha: args.alpha,
+        lmbda: args.lmbda,
+        seq_kd: args.seq_kd,
+    };
     train.teacher = Some(std::fs::canonicalize(teacher_dir).unwrap_or(teacher_dir.to_path_buf()).display().to_string());
     train.validate("command line", n_positions.saturating_sub(train.method.virtual_tokens())).map_err(flag_error)?;
     eprintln!(

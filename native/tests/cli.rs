@@ -1789,20 +1789,31 @@ fn distill_trains_a_student_from_a_teacher_and_resumes() {
     let run = |out: &Path, extra: &[&str]| {
         let mut args = vec!["distill", "--teacher", m, "--student-layers", "2", "--init-from-teacher", "--out", out.to_str().unwrap()];
         args.extend_from_slice(&["--steps", "4", "--batch", "4", "--seq-len", "64", "--train-examples", "100", "--eval-examples", "20", "--eval-batches", "2"]);
-        args.extend_from_slice(&["--divergence", "jsd", "--temperature", "1.5", "--alpha", "0.7"]);
+        args.extend_from_slice(&["--divergence", "jsd", "--temperature", "1.5", "--alpha", "0.7", "--lmbda", "0.5"]);
         args.extend_from_slice(extra);
         tinytune(&args)
     };
     let out = run(&a, &[]);
     ok(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("objective distill (jsd beta 0.5, temperature 1.5, alpha 0.7, teacher"), "{stderr}");
+    assert!(
+        stderr.contains("objective distill (jsd beta 0.5, temperature 1.5, alpha 0.7, on the student's own samples with probability 0.5, teacher"),
+        "{stderr}"
+    );
     assert!(stderr.contains("(initialised from the teacher)"), "{stderr}");
-    let line = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap().lines().find(|l| l.contains("\"step\":1,")).unwrap().to_string();
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let (loss, div, nll) = (v["loss"].as_f64().unwrap(), v["metrics"]["divergence"].as_f64().unwrap(), v["metrics"]["nll_loss"].as_f64().unwrap());
-    // loss = α·T²·divergence + (1 − α)·nll.
-    assert!((loss - (0.7 * 2.25 * div + 0.3 * nll)).abs() < 1e-4, "{line}");
+    // loss = α·T²·divergence + (1 − α)·nll, without the nll on the student's own samples
+    // (--lmbda: on-policy steps); with --lmbda 0.5 the steps are a mix of both.
+    let mut on_policy = vec![];
+    for line in std::fs::read_to_string(a.join("metrics.jsonl")).unwrap().lines().filter(|l| l.contains("\"event\":\"step\"")) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let m = &v["metrics"];
+        let (loss, div, nll, on) =
+            (v["loss"].as_f64().unwrap(), m["divergence"].as_f64().unwrap(), m["nll_loss"].as_f64().unwrap(), m["on_policy"].as_f64().unwrap());
+        let expected = 0.7 * 2.25 * div + if on == 1.0 { 0.0 } else { 0.3 * nll };
+        assert!((loss - expected).abs() < 1e-4, "{line}");
+        on_policy.push(on);
+    }
+    assert!(on_policy.contains(&0.0) && on_policy.contains(&1.0), "{on_policy:?}");
     let train: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("checkpoint/train.json")).unwrap()).unwrap();
     assert_eq!(train["objective"]["kind"], "distill");
     assert!(train["teacher"].as_str().unwrap().ends_with("assets/micro"), "{train}");
@@ -1824,6 +1835,7 @@ fn distill_trains_a_student_from_a_teacher_and_resumes() {
     fails_with(&bad(&["--student-layers", "9"]), &["--student-layers", "1 to 4"]);
     fails_with(&bad(&["--student-layers", "2", "--divergence", "kl"]), &["--divergence", "forward-kl"]);
     fails_with(&bad(&["--student-layers", "2", "--alpha", "1.5"]), &["--alpha"]);
+    fails_with(&bad(&["--student-layers", "2", "--lmbda", "0.5", "--data", "stories"]), &["--lmbda", "prompts"]);
     for d in [&a, &b, &c] {
         let _ = std::fs::remove_dir_all(d);
     }

@@ -34,6 +34,9 @@ pub struct Batch {
     /// KTO batches: each example's label (true: desirable), one per row pair (the
     /// example's row, then its mismatched row). Empty for every other batch.
     pub labels: Vec<bool>,
+    /// Distillation batches whose completions the student sampled itself (GKD's on-policy
+    /// steps): there is no label to learn from, only the teacher's distribution.
+    pub on_policy: bool,
 }
 
 impl Batch {
@@ -67,6 +70,7 @@ impl Batch {
                     advantages: if self.advantages.is_empty() { vec![] } else { self.advantages[i * rows..(i + 1) * rows].to_vec() },
                     token_refs: if self.token_refs.is_empty() { vec![] } else { self.token_refs[i * span..(i + 1) * span].to_vec() },
                     labels: if self.labels.is_empty() { vec![] } else { self.labels[i * rows / 2..(i + 1) * rows / 2].to_vec() },
+                    on_policy: self.on_policy,
                 }
             })
             .collect()

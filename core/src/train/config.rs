@@ -315,6 +315,21 @@ impl TrainConfig {
         if self.objective.is_preference() && self.optimizer.kind == OptimKind::Mezo {
             return Err(Error::config(origin, "optimizer", "MeZO is not wired to preference objectives in tinytune; use adamw or sgd"));
         }
+        if let Objective::Distill { lmbda, seq_kd, .. } = self.objective
+            && (lmbda > 0.0 || seq_kd)
+        {
+            let field = if seq_kd { "objective.seq_kd" } else { "objective.lmbda" };
+            if matches!(self.data, DataSource::Stories) && self.data_file.is_none() {
+                return Err(Error::config(
+                    origin,
+                    field,
+                    "samples completions of prompts, and stories have none; use a task (story-qa, sentiment, json-extract) or a prompt/completion .jsonl",
+                ));
+            }
+            if self.prompt_loss_weight != 0.0 {
+                return Err(Error::config(origin, field, "samples completions after each prompt, so the prompt must not count (`prompt_loss_weight` 0)"));
+            }
+        }
         if matches!(self.objective, Objective::Distill { .. }) && self.optimizer.kind == OptimKind::Mezo {
             return Err(Error::config(origin, "optimizer", "MeZO is not wired to distillation in tinytune; use adamw or sgd"));
         }

@@ -26,6 +26,8 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use super::batch::Batch;
+
 /// How the student's distribution is compared with the teacher's.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -211,4 +213,95 @@ pub fn student_from_teacher(teacher: &crate::Gpt, config: &crate::ModelConfig, d
     }
     let (student, _) = crate::model::params::load_params(crate::Gpt::zeros(config, device), tensors, &"the teacher's weights".into())?;
     Ok(student)
+}
+
+/// Where a step's completions come from, as GKD decides it (`GKDTrainer.training_step`):
+/// the teacher's samples when `seq_kd`; then, with probability `lmbda` (a coin seeded by
+/// the run's seed and the step, so a resumed run tosses the same), the student's own.
+/// None: the data's own completions.
+pub fn completion_source(seq_kd: bool, lmbda: f64, seed: u64, step: usize) -> Option<Source> {
+    let on_policy = lmbda > 0.0 && crate::data::rng::Rng::derive(seed, &format!("gkd/{step}")).unit_f64() < lmbda;
+    match (on_policy, seq_kd) {
+        (true, _) => Some(Source::Student),
+        (false, true) => Some(Source::Teacher),
+        (false, false) => None,
+    }
+}
+
+/// Which model samples a step's completions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Student,
+    Teacher,
+}
+
+/// Each row's prompt: the tokens before the first counted target (a row with nothing
+/// counted has none, and is kept as it is).
+fn prompts(batch: &Batch) -> Vec<Option<Vec<u32>>> {
+    (0..batch.b)
+        .map(|r| {
+            let row = r * batch.t..(r + 1) * batch.t;
+            let first = batch.weights[row.clone()].iter().position(|&w| w > 0.0)?;
+            Some(batch.inputs[row][..=first].to_vec())
+        })
+        .collect()
+}
+
+/// The sampling settings of row `r`'s completion: up to the end of the row, at temperature
+/// 1 (the model's own distribution), stopping at the end-of-text token.
+fn sampling(batch: &Batch, prompt_len: usize, seed: u64, r: usize, stop: u32) -> crate::sample::SampleConfig {
+    crate::sample::SampleConfig {
+        max_new_tokens: batch.t + 1 - prompt_len,
+        temperature: 1.0,
+        top_k: None,
+        seed: super::trainer::mix(seed, r as u64),
+        stop_ids: vec![stop],
+        cache: true,
+    }
+}
+
+/// `batch` with every row's completion replaced by one `model` samples from its prompt
+/// (the completion counted, the prompt not), as GKD's on-policy and sequence-level steps
+/// do; `stop` ends a completion (the end-of-text token) and `pad` fills the rest. The
+/// caller marks a student's samples `Batch::on_policy`.
+pub fn resample(batch: &Batch, model: &crate::Gpt, seed: u64, stop: u32, pad: u32) -> Batch {
+    let mut out = Batch { b: batch.b, t: batch.t, ..Default::default() };
+    for (r, prompt) in prompts(batch).into_iter().enumerate() {
+        match prompt {
+            Some(prompt) => {
+                let completion = crate::sample::generate(model, &prompt, &sampling(batch, prompt.len(), seed, r, stop));
+                push_sampled(&mut out, &prompt, &completion, pad);
+            }
+            None => copy_row(&mut out, batch, r),
+        }
+    }
+    out
+}
+
+/// [`resample`] for the browser (asynchronous read-back).
+pub async fn resample_async(batch: &Batch, model: &crate::Gpt, seed: u64, stop: u32, pad: u32) -> crate::Result<Batch> {
+    let mut out = Batch { b: batch.b, t: batch.t, ..Default::default() };
+    for (r, prompt) in prompts(batch).into_iter().enumerate() {
+        match prompt {
+            Some(prompt) => {
+                let completion = crate::sample::generate_async(model, &prompt, &sampling(batch, prompt.len(), seed, r, stop)).await?;
+                push_sampled(&mut out, &prompt, &completion, pad);
+            }
+            None => copy_row(&mut out, batch, r),
+        }
+    }
+    Ok(out)
+}
+
+fn push_sampled(out: &mut Batch, prompt: &[u32], completion: &[u32], pad: u32) {
+    let ids: Vec<u32> = prompt.iter().chain(completion).copied().collect();
+    let weights: Vec<f32> = (0..ids.len()).map(|i| if i < prompt.len() { 0.0 } else { 1.0 }).collect();
+    super::batch::push_row(out, &ids, &weights, pad, out.t);
+}
+
+fn copy_row(out: &mut Batch, batch: &Batch, r: usize) {
+    let row = r * batch.t..(r + 1) * batch.t;
+    out.inputs.extend_from_slice(&batch.inputs[row.clone()]);
+    out.targets.extend_from_slice(&batch.targets[row.clone()]);
+    out.weights.extend_from_slice(&batch.weights[row]);
 }

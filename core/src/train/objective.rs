@@ -144,6 +144,15 @@ pub enum Objective {
         /// The weight α of the soft loss (1 − α for the next-token loss).
         #[serde(default = "half")]
         alpha: f64,
+        /// GKD's `lmbda` (Agarwal et al., 2024): the chance that a step's completions are
+        /// the student's own samples (on-policy distillation) rather than the data's. 0
+        /// (the default) is ordinary, supervised distillation.
+        #[serde(default)]
+        lmbda: f64,
+        /// GKD's `seq_kd`: train on completions the teacher samples from each prompt
+        /// (sequence-level distillation, Kim & Rush, 2016) instead of the data's.
+        #[serde(default)]
+        seq_kd: bool,
     },
 }
 
@@ -353,7 +362,10 @@ impl Objective {
                 return Err(Error::config(origin, "objective.max_completion_len", "must be at least 1 token"));
             }
         }
-        if let Objective::Distill { divergence, beta, temperature, alpha } = self {
+        if let Objective::Distill { divergence, beta, temperature, alpha, lmbda, .. } = self {
+            if !(0.0..=1.0).contains(lmbda) {
+                return Err(Error::config(origin, "objective.lmbda", format!("{lmbda} is not a probability in [0, 1] (GKD's default is 0.5)")));
+            }
             if !(*temperature > 0.0 && temperature.is_finite()) {
                 return Err(Error::config(origin, "objective.temperature", format!("{temperature} is not a positive temperature; Hinton et al. used 1 to 20")));
             }
@@ -414,7 +426,7 @@ impl Objective {
         teacher: Option<&Gpt>,
     ) -> (Tensor<1>, Option<Tensor<1>>) {
         match self {
-            Objective::Distill { divergence, beta, temperature, alpha } => {
+            Objective::Distill { divergence, beta, temperature, alpha, .. } => {
                 let (inputs, targets, weights) = batch.to_device(device);
                 let Some(teacher) = teacher else {
                     return Objective::NextToken.loss_and_scores(model, batch, device, compute, None);
@@ -434,6 +446,9 @@ impl Objective {
                     batch.weight_sum(),
                     (*divergence, *beta, *temperature, *alpha),
                 );
+                // On the student's own samples there is no label: the hard term is left out
+                // (learning them would reinforce whatever it sampled).
+                let loss = if batch.on_policy { soft.clone().mul_scalar(alpha * temperature * temperature) } else { loss };
                 (loss, Some(Tensor::cat(vec![soft.detach(), hard.detach()], 0)))
             }
             Objective::NextToken => {

@@ -296,10 +296,12 @@ fn technique(t: &Trainer) -> String {
             if *beta > 0.0 { "" } else { ": no reference model" },
             o.kind
         ),
-        super::Objective::Distill { divergence, beta, temperature, alpha } => format!(
-            "objective distill ({}{}, temperature {temperature}, alpha {alpha}{}), optimizer {}",
+        super::Objective::Distill { divergence, beta, temperature, alpha, lmbda, seq_kd } => format!(
+            "objective distill ({}{}, temperature {temperature}, alpha {alpha}{}{}{}), optimizer {}",
             divergence.name(),
             if *divergence == super::Divergence::Jsd { format!(" beta {beta}") } else { String::new() },
+            if *lmbda > 0.0 { format!(", on the student's own samples with probability {lmbda}") } else { String::new() },
+            if *seq_kd { ", on the teacher's samples" } else { "" },
             t.config.teacher.as_deref().map(|p| format!(", teacher {p}")).unwrap_or_default(),
             o.kind
         ),

@@ -385,7 +385,17 @@ impl Trainer {
                 let refs = self.kl_reference_scores(&rollout.batch).map(|x| x.into_data());
                 self.take_rollout(rollout, refs)?
             }
-            None => self.batch_for(self.step),
+            None => {
+                let batch = self.batch_for(self.step);
+                match self.gkd_source() {
+                    Some((model, seed, pad)) => {
+                        let mut sampled = super::distill::resample(&batch, &model, seed, pad, pad);
+                        sampled.on_policy = self.rollout_metrics.get("on_policy") == Some(&1.0);
+                        sampled
+                    }
+                    None => batch,
+                }
+            }
         };
         let (batch, stats, pending) = self.begin_step(started, batch);
         let stats = stats.into_data();
@@ -410,7 +420,17 @@ impl Trainer {
                 };
                 self.take_rollout(rollout, refs)?
             }
-            None => self.batch_for(self.step),
+            None => {
+                let batch = self.batch_for(self.step);
+                match self.gkd_source() {
+                    Some((model, seed, pad)) => {
+                        let mut sampled = super::distill::resample_async(&batch, &model, seed, pad, pad).await?;
+                        sampled.on_policy = self.rollout_metrics.get("on_policy") == Some(&1.0);
+                        sampled
+                    }
+                    None => batch,
+                }
+            }
         };
         let (batch, stats, pending) = self.begin_step(started, batch);
         let stats = stats.into_data_async().await.map_err(read)?;
@@ -577,10 +597,11 @@ impl Trainer {
                 let v: Vec<f64> = scores.iter().skip(k).step_by(2).map(|&x| x as f64).collect();
                 v.iter().sum::<f64>() / v.len().max(1) as f64
             };
+            let mut m = self.rollout_metrics.clone();
             if scores.len() >= 2 {
-                return [("divergence".to_string(), mean(0)), ("nll_loss".to_string(), mean(1))].into();
+                m.extend([("divergence".to_string(), mean(0)), ("nll_loss".to_string(), mean(1))]);
             }
-            return Default::default();
+            return m;
         }
         if !objective.is_preference() || (objective.needs_reference() && batch.refs.len() != batch.b) {
             return Default::default();
@@ -643,6 +664,25 @@ impl Trainer {
         }
         let loss = eval_losses_async(c.objective.held_out(), &self.model.valid(), &self.eval, c.batch_size, c.seq_len, c.eval_batches).await?;
         Ok(Evaluation { loss, metrics: Default::default() })
+    }
+
+    /// For a distillation step whose completions are sampled (GKD's on-policy `lmbda` and
+    /// `seq_kd`), the model that samples them, the sampling seed and the rows' padding
+    /// (also the end-of-text token that ends a completion); None when the step uses the
+    /// data's own completions. Records the choice for the step's metrics (`on_policy`).
+    fn gkd_source(&mut self) -> Option<(Gpt, u64, u32)> {
+        let Objective::Distill { lmbda, seq_kd, .. } = self.config.objective else { return None };
+        let Dataset::Rows { pad, .. } = self.train else { return None };
+        let source = super::distill::completion_source(seq_kd, lmbda, self.config.seed, self.step);
+        if lmbda > 0.0 {
+            let on = f64::from(source == Some(super::distill::Source::Student));
+            self.rollout_metrics = [("on_policy".to_string(), on)].into();
+        }
+        let model = match source? {
+            super::distill::Source::Student => self.model.valid(),
+            super::distill::Source::Teacher => self.teacher.clone()?,
+        };
+        Some((model, mix(self.config.seed ^ 0x474B_4400, self.step as u64), pad))
     }
 
     fn check_teacher(&self) -> Result<()> {
