@@ -727,6 +727,42 @@ pub struct TrainArgs {
     /// Stop after this many steps of this invocation (for demonstrations of resuming).
     #[arg(long, hide = true)]
     pub stop_after: Option<usize>,
+    /// The flags typed on the command line (filled in by `main`), so that a resumed run can
+    /// refuse settings it would otherwise ignore.
+    #[arg(skip)]
+    pub given: Vec<String>,
+}
+
+impl TrainArgs {
+    /// Flags a resumed run cannot honour: it continues with the settings its train.json
+    /// recorded, so anything but where the run is and how this invocation runs is refused.
+    pub fn changed_on_resume(&self) -> Vec<String> {
+        // --model names where the run started, which its checkpoint has replaced.
+        const FREE: [&str; 7] = ["out", "resume", "model", "stop_after", "device_memory_gib", "ignore_memory_check", "backend"];
+        self.given.iter().filter(|id| !FREE.contains(&id.as_str())).map(|id| format!("--{}", id.replace('_', "-"))).collect()
+    }
+}
+
+/// The ids of the arguments `matches` got from the command line itself (not defaults).
+pub fn given_on_command_line(matches: &clap::ArgMatches) -> Vec<String> {
+    matches
+        .ids()
+        .map(|id| id.as_str())
+        .filter(|id| matches!(matches.try_get_raw(id), Ok(Some(_))) && matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+        .map(String::from)
+        .collect()
+}
+
+impl Command {
+    /// The training flags of a command that trains (pretrain, finetune, distill).
+    pub fn train_args_mut(&mut self) -> Option<&mut TrainArgs> {
+        match self {
+            Command::Pretrain(a) => Some(&mut a.train),
+            Command::Finetune(a) => Some(&mut a.train),
+            Command::Distill(a) => Some(&mut a.train),
+            _ => None,
+        }
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]

@@ -20,8 +20,6 @@ mod train;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 /// Counts heap bytes so `tinytune memory --measure` can report a real step's allocations.
 #[global_allocator]
 static ALLOC: tinytune::memory::CountingAlloc = tinytune::memory::CountingAlloc;
@@ -30,7 +28,12 @@ use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     restore_sigpipe();
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // What a resumed run was given besides --out and --resume (its train.json wins).
+    if let (Some((_, sub)), Some(train)) = (matches.subcommand(), cli.command.train_args_mut()) {
+        train.given = cli::given_on_command_line(sub);
+    }
     backend::select(cli.backend);
     let device = match backend::device(cli.backend) {
         Ok(d) => d,

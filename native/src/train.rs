@@ -291,6 +291,14 @@ fn resume(args: &TrainArgs, ad: &Device, command: &str) -> Result<(), String> {
     if CheckpointDirs::new(&args.out).existing().is_none() {
         return Err(format!("{}: no checkpoint to resume; start the run without --resume", args.out.display()));
     }
+    let changed = args.changed_on_resume();
+    if !changed.is_empty() {
+        return Err(format!(
+            "{}: a resumed run continues with the settings in {} (changing them mid-run would make it another run); resume with only --out and --resume, or start a new run with another --out",
+            changed.join(", "),
+            args.out.join("checkpoint").join(files::TRAIN).display()
+        ));
+    }
     // The same loader as every other command: config.json, tokenizer.json and the weights.
     let loaded = model_dir::load(&args.out, ad)?;
     let dir = &loaded.dir;
@@ -386,7 +394,8 @@ fn run(trainer: Trainer, tokenizer: &TextTokenizer, companions: &Companions, arg
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]").expect("valid template"));
     bar.set_position(trainer.step as u64);
     crate::interrupt::install();
-    let mut host = CliHost { tokenizer, companions, args, metrics, metrics_path, bar, steps_here: 0, last_loss: f32::NAN };
+    let plain = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut host = CliHost { tokenizer, companions, args, metrics, metrics_path, bar, steps_here: 0, last_loss: f32::NAN, plain };
     let mut run = Run::new(trainer, tokenizer.clone());
     let outcome = run.drive(&mut host);
     let (trainer, bar) = (&run.trainer, &host.bar);
@@ -433,6 +442,9 @@ struct CliHost<'a> {
     bar: ProgressBar,
     steps_here: usize,
     last_loss: f32,
+    /// stderr is not a terminal (a log file, CI, a pipe): the bar draws nothing there, so
+    /// progress goes out as plain lines instead.
+    plain: bool,
 }
 
 impl RunHost for CliHost<'_> {
@@ -459,6 +471,11 @@ impl RunHost for CliHost<'_> {
                 self.bar.set_message(format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", e.loss, e.lr, e.tokens_per_s));
                 self.steps_here += 1;
                 self.last_loss = e.loss;
+                // Without a terminal: about twenty lines a run, and the last step.
+                let steps = self.bar.length().unwrap_or(1) as usize;
+                if self.plain && (e.step.is_multiple_of(steps.div_ceil(20).max(1)) || e.step == steps) {
+                    eprintln!("step {:>6}/{steps}  loss {:.4}  lr {:.2e}  {:.0} tok/s", e.step, e.loss, e.lr, e.tokens_per_s);
+                }
             }
             TrainEvent::Eval(e) => {
                 let mut line = format!("step {:>6}  train loss {:.4}  held-out loss {:.4}", e.step, self.last_loss, e.eval_loss);
@@ -467,7 +484,7 @@ impl RunHost for CliHost<'_> {
                         line += &format!("  {key} {v:.4}");
                     }
                 }
-                self.bar.println(line)
+                if self.plain { eprintln!("{line}") } else { self.bar.println(line) }
             }
             TrainEvent::Nearest(n) => {
                 for (i, row) in n.tokens.iter().enumerate() {

@@ -92,6 +92,8 @@ fn a_killed_run_resumes_to_the_same_losses() {
     assert_eq!(step_losses(&a), step_losses(&b));
     // Starting over a finished run without --resume is refused rather than overwriting it.
     fails_with(&pretrain(&b, &["--steps", "2"]), &["--resume"]);
+    // Settings a resumed run would ignore are refused, naming each flag and train.json.
+    fails_with(&tinytune(&["pretrain", "--out", b.to_str().unwrap(), "--resume", "--steps", "20", "--lr=0.1"]), &["--steps, --lr", "train.json"]);
     // A fresh run into a folder with a log but no checkpoint (a run ended by a second
     // Ctrl-C) starts a fresh log instead of appending to the old one.
     let c = tmp("fresh-log");
