@@ -82,7 +82,17 @@ pub fn generate_cmd(args: GenerateArgs, device: &Device) -> Result<(), String> {
     Ok(())
 }
 
-pub fn eval_cmd(args: EvalArgs, device: &Device) -> Result<(), String> {
+pub fn eval_cmd(mut args: EvalArgs, device: &Device) -> Result<(), String> {
+    // Without --data: what the run trained on (a file it read, or its built-in data).
+    if args.data.is_none()
+        && let Ok(dir) = model_dir::resolve(&args.model)
+        && let Ok(text) = std::fs::read_to_string(dir.join(tinytune::checkpoint::files::TRAIN))
+        && let Ok(train) = tinytune::train::TrainConfig::from_json(&text, "train.json")
+    {
+        let data = train.data_file.clone().unwrap_or_else(|| train.data.to_string());
+        eprintln!("evaluating on {data}, the data the run trained on (--data to choose)");
+        args.data = Some(data);
+    }
     if args.objective.as_deref() == Some("grpo") {
         return rl_eval_cmd(args, device);
     }
@@ -102,12 +112,12 @@ pub fn eval_cmd(args: EvalArgs, device: &Device) -> Result<(), String> {
             loaded.config.n_positions
         ));
     }
-    if args.data.ends_with(".jsonl") {
+    if args.data().ends_with(".jsonl") {
         // The whole file is held out: its loss on the response (assistant) tokens, each
         // conversation rendered with the model's template, e.g. a forgetting meter.
-        let file = &args.data;
+        let file = args.data();
         let text = crate::fsutil::read_text(std::path::Path::new(file))?;
-        let groups = tinytune::data::jsonl::parse(&text, file.as_str(), loaded.chat.as_ref()).map_err(|e| e.to_string())?;
+        let groups = tinytune::data::jsonl::parse(&text, file, loaded.chat.as_ref()).map_err(|e| e.to_string())?;
         let examples: Vec<_> = groups.into_iter().flatten().collect();
         let ds = Dataset::from_examples(&loaded.tokenizer, &examples, seq_len, 0.0).map_err(|e| format!("{file}: {e}"))?;
         // Fewer examples than --batch make one smaller batch, not an error.
@@ -124,7 +134,7 @@ pub fn eval_cmd(args: EvalArgs, device: &Device) -> Result<(), String> {
         }
         return Ok(());
     }
-    let data: DataSource = args.data.parse().map_err(|e| format!("--data: {e}"))?;
+    let data: DataSource = args.data().parse().map_err(|e| format!("--data: {e}"))?;
     let ds = data.dataset(&loaded.tokenizer, args.data_seed, Split::Eval, args.examples, seq_len, 0.0).map_err(|e| e.to_string())?;
     let batch = if matches!(ds, Dataset::Stream { .. }) { args.batch } else { args.batch.min(ds.len()).max(1) };
     let loss = eval_loss(&loaded.model, &ds, batch, seq_len, usize::MAX).map_err(|e| e.to_string())?;
@@ -190,15 +200,15 @@ fn preference_eval_cmd(args: EvalArgs, name: &str, device: &Device) -> Result<()
         });
     }
     let policy = with_adapter(loaded.model, &loaded.dir, args.adapter.as_deref(), device)?;
-    let feedback = if args.data.ends_with(".jsonl") {
-        let text = crate::fsutil::read_text(std::path::Path::new(&args.data))?;
+    let feedback = if args.data().ends_with(".jsonl") {
+        let text = crate::fsutil::read_text(std::path::Path::new(&args.data()))?;
         if objective.is_unpaired() {
-            tinytune::data::preference::parse_feedback(&text, args.data.as_str(), loaded.chat.as_ref()).map_err(|e| e.to_string())?
+            tinytune::data::preference::parse_feedback(&text, args.data(), loaded.chat.as_ref()).map_err(|e| e.to_string())?
         } else {
-            Feedback::Pairs(tinytune::data::preference::parse(&text, args.data.as_str(), loaded.chat.as_ref()).map_err(|e| e.to_string())?)
+            Feedback::Pairs(tinytune::data::preference::parse(&text, args.data(), loaded.chat.as_ref()).map_err(|e| e.to_string())?)
         }
     } else {
-        match args.data.parse::<DataSource>().map_err(|e| format!("--data: {e}"))? {
+        match args.data().parse::<DataSource>().map_err(|e| format!("--data: {e}"))? {
             DataSource::Pairs(task, kind) => Feedback::Pairs(task.pairs(kind, args.data_seed, Split::Eval, args.examples)),
             other => {
                 return Err(format!("--data: {other} is not preference data; use a task's pairs (story-qa-pairs, …) or a prompt/chosen/rejected .jsonl file"));
@@ -211,7 +221,7 @@ fn preference_eval_cmd(args: EvalArgs, name: &str, device: &Device) -> Result<()
         Feedback::Pairs(pairs) => Dataset::from_pairs_for(&objective, &loaded.tokenizer, pairs, seq_len, args.batch),
         Feedback::Unpaired(examples) => Dataset::from_unpaired(&loaded.tokenizer, examples, seq_len, args.batch),
     };
-    let mut ds = ds.map_err(|e| format!("{}: {e}", args.data))?;
+    let mut ds = ds.map_err(|e| format!("{}: {e}", args.data()))?;
     if let Some(reference) = &reference {
         ds.set_refs(reference_logps(reference, &ds, args.batch, seq_len).map_err(|e| e.to_string())?);
     }
@@ -220,7 +230,7 @@ fn preference_eval_cmd(args: EvalArgs, name: &str, device: &Device) -> Result<()
         let mut out = serde_json::Map::new();
         out.insert("model".into(), json!(loaded.dir));
         out.insert("adapter".into(), json!(args.adapter));
-        out.insert("data".into(), json!(args.data));
+        out.insert("data".into(), json!(args.data()));
         out.insert("objective".into(), json!(objective));
         out.insert(if objective.is_unpaired() { "examples" } else { "pairs" }.into(), json!(m.pairs));
         out.insert("loss".into(), json!(m.loss));
@@ -232,7 +242,7 @@ fn preference_eval_cmd(args: EvalArgs, name: &str, device: &Device) -> Result<()
     }
     let unit = if objective.is_unpaired() { "examples" } else { "pairs" };
     let beta = if objective.is_reward_model() { String::new() } else { format!(" (beta {})", args.beta) };
-    println!("{}: {} on {} {unit} of {}{beta}", loaded.dir.display(), objective.name(), m.pairs, args.data);
+    println!("{}: {} on {} {unit} of {}{beta}", loaded.dir.display(), objective.name(), m.pairs, args.data());
     println!("  {:<20} {:.6}", "loss", m.loss);
     for (k, v) in &m.metrics {
         println!("  {k:<20} {v:.6}");
@@ -247,7 +257,7 @@ fn rl_eval_cmd(args: EvalArgs, device: &Device) -> Result<(), String> {
     if args.reference.is_some() {
         return Err("--reference: the grpo evaluation scores rewards, not a reference; leave --reference out".into());
     }
-    let task = match args.data.parse::<DataSource>().map_err(|e| format!("--data: {e}"))? {
+    let task = match args.data().parse::<DataSource>().map_err(|e| format!("--data: {e}"))? {
         DataSource::Task(task) => task,
         other => return Err(format!("--data: {other} has no verifiable answers; use story-qa, sentiment or json-extract")),
     };
@@ -276,7 +286,7 @@ fn rl_eval_cmd(args: EvalArgs, device: &Device) -> Result<(), String> {
     if args.json {
         let mut out = serde_json::Map::new();
         out.insert("model".into(), json!(loaded.dir));
-        out.insert("data".into(), json!(args.data));
+        out.insert("data".into(), json!(args.data()));
         out.insert("prompts".into(), json!(set.len().min(args.accuracy_examples)));
         out.insert("group_size".into(), json!(args.group_size));
         out.insert("temperature".into(), json!(args.temperature));

@@ -1825,6 +1825,10 @@ fn distill_trains_a_student_from_a_teacher_and_resumes() {
     ok(&tinytune(&["distill", "--out", b.to_str().unwrap(), "--resume"]));
     assert_eq!(step_losses(&a), step_losses(&b));
     ok(&tinytune(&["eval", "--model", a.to_str().unwrap(), "--data", "story-qa", "--examples", "8"]));
+    // Without --data, eval takes the data the run trained on.
+    let out = tinytune(&["eval", "--model", a.to_str().unwrap(), "--examples", "8"]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("evaluating on story-qa, the data the run trained on"), "{out:?}");
     // A student that cannot start from the teacher, or is not named, is refused by flag.
     let c = tmp("distill-bad");
     let bad = |extra: &[&str]| {

@@ -848,7 +848,14 @@ fn eval_batch_losses(objective: &Objective, model: &Gpt, data: &Dataset, b: usiz
     let device = model.wte.weight.val().device();
     let batches = data.sequential(b, t, max_batches.max(1));
     if batches.iter().all(|batch| objective.weight(batch) == 0.0) {
-        return Err(Error::Invalid("the held-out split is too short for one evaluation batch; lower `seq_len` or add examples".into()));
+        // Two different causes: fewer held-out rows than a batch, or rows (a stream) too short.
+        return Err(match data {
+            Dataset::Rows { rows, .. } if rows.len() < b => Error::Invalid(format!(
+                "the held-out split has {} examples, fewer than one evaluation batch of {b}; lower `batch_size` or hold out more examples",
+                rows.len()
+            )),
+            _ => Error::Invalid("the held-out split is too short for one evaluation batch; lower `seq_len` or add examples".into()),
+        });
     }
     Ok(batches.iter().map(|batch| (objective.loss(model, batch, &device, None), objective.weight(batch))).collect())
 }
