@@ -539,9 +539,9 @@ pub struct MemoryArgs {
     /// Micro-batch size per GPU.
     #[arg(long, default_value_t = 1)]
     pub batch: u64,
-    /// Sequence length.
-    #[arg(long, default_value_t = 1024)]
-    pub seq: u64,
+    /// Sequence length (default: 1024, or the model's context when that is shorter).
+    #[arg(long)]
+    pub seq: Option<u64>,
     /// Gradient checkpointing of every block (as transformers does).
     #[arg(long)]
     pub checkpointing: bool,

@@ -57,15 +57,17 @@ pub fn plan(a: &MemoryArgs) -> Result<Plan, String> {
     if !(a.overhead_gib.is_finite() && a.overhead_gib >= 0.0) {
         return Err(format!("--overhead-gib: {} is not a size; give GiB as a number ≥ 0", a.overhead_gib));
     }
-    if arch.positions > 0 && a.seq > arch.positions {
-        return Err(format!("--seq: {} is longer than {}'s {} learned positions; choose --seq {} or less", a.seq, arch.name, arch.positions, arch.positions));
+    // By default 1024 tokens, or the model's whole context when it is shorter.
+    let seq = a.seq.unwrap_or(if arch.positions > 0 { arch.positions.min(1024) } else { 1024 });
+    if arch.positions > 0 && seq > arch.positions {
+        return Err(format!("--seq: {seq} is longer than {}'s {} learned positions; choose --seq {} or less", arch.name, arch.positions, arch.positions));
     }
     let plan = Plan {
         method,
         precision: choice("precision", &a.precision, "fp32, bf16-mixed, fp16-mixed, bf16")?,
         optimizer: choice("optimizer", &a.optimizer, "sgd, sgd-momentum, adamw, adafactor, adamw8bit, lion, mezo")?,
         batch: a.batch,
-        seq: a.seq,
+        seq,
         checkpoint_every: a.checkpoint_every.unwrap_or(a.checkpointing as u64),
         accumulate: a.accumulate,
         zero: a.zero,
@@ -74,7 +76,7 @@ pub fn plan(a: &MemoryArgs) -> Result<Plan, String> {
         overhead: (a.overhead_gib * (1u64 << 30) as f64) as u64,
         activations: choice("activations", &a.activations, "megatron, flash, tinytune")?,
         base: choice("base", &a.base, "native, int8, nf4")?,
-        ..Plan::new(arch, a.seq)
+        ..Plan::new(arch, seq)
     };
     plan.validate("command line").map_err(crate::flags::flag_error)?;
     Ok(plan)
@@ -179,7 +181,16 @@ fn method_name(m: &PlanMethod) -> String {
 
 fn print_table(plan: &Plan, est: &Estimate) {
     let share = est.trainable_params as f64 / est.total_params as f64 * 100.0;
-    println!("{}: {:.1} M parameters, {:.2} M trainable ({share:.3}%)", plan.arch.name, est.total_params as f64 / 1e6, est.trainable_params as f64 / 1e6);
+    // What the total includes: the model's own weights, and what the method adds to them.
+    let base = plan.arch.num_params();
+    let added = est.total_params.saturating_sub(base);
+    let parts = if added > 0 { format!(" ({:.1} M of the model + {:.2} M added by the method)", base as f64 / 1e6, added as f64 / 1e6) } else { String::new() };
+    println!(
+        "{}: {:.1} M parameters{parts}, {:.2} M trainable ({share:.3}%)",
+        plan.arch.name,
+        est.total_params as f64 / 1e6,
+        est.trainable_params as f64 / 1e6
+    );
     println!(
         "{}{} · {} · {} · batch {} × seq {} · accumulate {} (effective batch {}) · ZeRO {} on {} GPU(s) · offload {} · checkpointing {}",
         method_name(&plan.method),
