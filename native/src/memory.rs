@@ -90,7 +90,7 @@ pub fn memory_cmd(a: MemoryArgs, device: &Device) -> Result<(), String> {
         false => None,
     };
     if a.json {
-        let mut out = json!({ "plan": plan, "estimate": est, "deepspeed": deepspeed_rows(&plan) });
+        let mut out = json!({ "plan": plan, "estimate": est, "deepspeed": deepspeed_rows(&plan), "zero_paper": deepspeed::zero_paper(plan.arch.num_params(), plan.gpus) });
         if let Some((m, tiny)) = &measured {
             out["measured"] = json!(m);
             out["measured_estimate"] = json!(tiny);
@@ -236,6 +236,20 @@ fn print_table(plan: &Plan, est: &Estimate) {
         for (label, s) in rows {
             println!("  {:<34} GPU {:>6.2} GB  CPU {:>6.2} GB", label, deepspeed::gib2(s.gpu), deepspeed::gib2(s.cpu));
         }
+    }
+    if plan.zero >= 1 {
+        let paper = deepspeed::zero_paper(plan.arch.num_params(), plan.gpus);
+        println!(
+            "\n  The ZeRO paper's model states per GPU on {} GPU(s) (mixed-precision Adam, 16 bytes a parameter): stage 0 {:.2} GB, 1 {:.2} GB, 2 {:.2} GB, 3 {:.2} GB.",
+            plan.gpus,
+            deepspeed::gib2(paper[0]),
+            deepspeed::gib2(paper[1]),
+            deepspeed::gib2(paper[2]),
+            deepspeed::gib2(paper[3])
+        );
+        println!(
+            "  DeepSpeed's estimator (and this table, which follows it) keeps the whole 16-bit gradient buffer at stages 1 and 2 plus an FP32 gradient shard, so its stages 1 and 2 match; the paper's stage 2 keeps only each GPU's 1/N of the gradients."
+        );
     }
     println!(
         "\n  Sizes in GiB/MiB (2^30/2^20 bytes). Activations counted the {} way; overhead is the --overhead-gib constant. Assumptions: docs/memory.md.",

@@ -236,6 +236,9 @@ fn memory_prints_the_breakdown_and_deepspeeds_rows() {
     assert_eq!(rows[1][1]["gpu"].as_u64(), Some(4 * 51_463_168 + 2 * 354_823_168));
     let text = ok(&tinytune(&["memory", "--model", "gpt2-medium", "--zero", "3"]));
     assert!(text.contains("6.14 GB") && text.contains("0.85 GB") && text.contains("8.92 GB"), "{text}");
+    // Beside DeepSpeed's rows, the ZeRO paper's stages, where stage 2 shards the gradients.
+    let text = ok(&tinytune(&["memory", "--model", "llama-2-7b", "--zero", "2", "--gpus", "4"]));
+    assert!(text.contains("stage 0 100.41 GB, 1 43.93 GB, 2 34.52 GB, 3 25.10 GB") && text.contains("GPU  50.21 GB"), "{text}");
     // The total says what it includes: the model's weights and what LoRA adds.
     let text = ok(&tinytune(&["memory", "--model", "llama-2-7b", "--method", "lora"]));
     assert!(text.starts_with("llama-2-7b: 6742.6 M parameters (6738.4 M of the model + 4.19 M added by the method), 4.19 M trainable"), "{text}");

@@ -87,6 +87,19 @@ pub fn rows(total_params: u64, largest_layer_params: u64, zero: u8, gpus: u64) -
     }
 }
 
+/// Model-state bytes per GPU at ZeRO stages 0–3 as the ZeRO paper counts them
+/// (Rajbhandari et al., 2020, "ZeRO: Memory Optimizations Toward Training Trillion Parameter
+/// Models", Figure 1): mixed-precision Adam holds 2Ψ bytes of 16-bit weights, 2Ψ of 16-bit
+/// gradients and KΨ = 12Ψ of FP32 state; stage 1 shards the optimizer state over N GPUs
+/// (`4Ψ + 12Ψ/N`), stage 2 the gradients too (`2Ψ + 14Ψ/N`), stage 3 everything
+/// (`16Ψ/N`). DeepSpeed's estimator ([`zero2`]) keeps the whole 16-bit gradient buffer at
+/// stage 2 (its reduce buckets) and adds an FP32 gradient partition, so its stages 1 and 2
+/// agree with each other and not with the paper's stage 2.
+pub fn zero_paper(total_params: u64, gpus: u64) -> [u64; 4] {
+    let (p, n) = (total_params, gpus.max(1));
+    [16 * p, 4 * p + (12 * p).div_ceil(n), 2 * p + (14 * p).div_ceil(n), (16 * p).div_ceil(n)]
+}
+
 /// DeepSpeed's "GB" (bytes / 2^30), rounded to two decimals as it prints.
 pub fn gib2(bytes: u64) -> f64 {
     (bytes as f64 / (1u64 << 30) as f64 * 100.0).round() / 100.0
@@ -95,6 +108,15 @@ pub fn gib2(bytes: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The paper's own example (Figure 1): Ψ = 7.5 B parameters on N = 64 GPUs needs 120 GB
+    /// per GPU without ZeRO, 31.4 GB with P_os, 16.6 GB with P_os+g and 1.9 GB with
+    /// P_os+g+p (GB = 10^9 bytes there).
+    #[test]
+    fn the_zero_papers_figure_1() {
+        let gb = |b: u64| (b as f64 / 1e9 * 10.0).round() / 10.0;
+        assert_eq!(zero_paper(7_500_000_000, 64).map(gb), [120.0, 31.4, 16.6, 1.9]);
+    }
 
     const GPT2_MEDIUM: u64 = 354_823_168;
     const LARGEST: u64 = 51_463_168; // the token embedding, 50257 × 1024
