@@ -364,6 +364,11 @@ pub struct ExportAdapterArgs {
     /// HuggingFaceTB/SmolLM2-135M-Instruct. Without it the field is null.
     #[arg(long)]
     pub base_model: Option<String>,
+    /// A PiSSA run only: the model the run started from. PiSSA trained on a changed base
+    /// (W minus the adapter's starting value), so its adapter is converted to an ordinary
+    /// rank-2r LoRA of this original base, as PEFT converts PiSSA adapters.
+    #[arg(long)]
+    pub pissa_base: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

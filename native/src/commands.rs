@@ -549,9 +549,48 @@ pub fn export_adapter_cmd(a: crate::cli::ExportAdapterArgs, device: &Device) -> 
     }
     let loaded = crate::model_dir::load(&a.model, device)?;
     let method = crate::model_dir::method_of(&loaded.dir)?;
-    let (config, weights) = peft::save(&loaded.model, &method, a.base_model.as_deref()).map_err(|e| format!("{}: {e}", a.model.display()))?;
-    crate::fsutil::write_new_folder(&a.out, &[(peft::CONFIG, config.as_bytes()), (peft::WEIGHTS, &weights)])?;
+    let pissa = matches!(&method, tinytune::methods::Method::Lora(l) if l.init == tinytune::methods::lora::LoraInit::Pissa);
+    let (config, weights) = match (&a.pissa_base, pissa) {
+        (None, true) => {
+            return Err(format!(
+                "{}: a PiSSA run trained on a changed base (W minus the adapter's starting value), so its adapter alone does not apply to the original model; pass --pissa-base DIR (the model the run started from) to export it as an ordinary rank-{} LoRA of that model, as PEFT converts PiSSA adapters, or use merge-adapter for a plain model",
+                a.model.display(),
+                match &method {
+                    tinytune::methods::Method::Lora(l) => 2 * l.r,
+                    _ => 0,
+                }
+            ));
+        }
+        (Some(_), false) => return Err(format!("--pissa-base: {} is a {} run, not a PiSSA one; leave --pissa-base out", a.model.display(), method.name())),
+        (Some(dir), true) => {
+            // The run's starting point: the original base with the run's method applied
+            // (PiSSA's start is a function of the weights and the run's seed).
+            let original = crate::model_dir::load(dir, device).map_err(|e| format!("--pissa-base: {e}"))?;
+            let train = tinytune::train::TrainConfig::from_json(&crate::fsutil::read_text(&loaded.dir.join(tinytune::checkpoint::files::TRAIN))?, "train.json")
+                .map_err(|e| e.to_string())?;
+            let initial = method.apply(original.model, train.seed, device).map_err(|e| format!("--pissa-base: {e}"))?;
+            peft::save_pissa_as_lora(&loaded.model, &initial, &method, a.base_model.as_deref()).map_err(|e| format!("{}: {e}", a.model.display()))?
+        }
+        (None, false) => peft::save(&loaded.model, &method, a.base_model.as_deref()).map_err(|e| format!("{}: {e}", a.model.display()))?,
+    };
+    let mut files = vec![(peft::CONFIG, config.into_bytes()), (peft::WEIGHTS, weights)];
+    let note = match &method {
+        tinytune::methods::Method::Qlora(q) => Some(format!(
+            "This LoRA adapter was trained by tinytune's QLoRA against its base weights quantized to NF4 (blocks of {}, double quantization {}). Load the base in 4 bits (bitsandbytes nf4, as QLoRA does) to reproduce the run; on a 16- or 32-bit base the outputs differ by the rounding the adapter learned around.\n",
+            q.block, q.double_quant
+        )),
+        _ if pissa => Some("Converted from a PiSSA run: an ordinary LoRA of the original base at twice the run's rank (the trained adapter minus its starting value), as PEFT converts PiSSA adapters.\n".to_string()),
+        _ => None,
+    };
+    if let Some(note) = &note {
+        files.push(("README.md", note.clone().into_bytes()));
+    }
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (*n, b.as_slice())).collect();
+    crate::fsutil::write_new_folder(&a.out, &refs)?;
     eprintln!("wrote {}'s {} adapter to {} in PEFT's format", a.model.display(), method.name(), a.out.display());
+    if let Some(note) = note {
+        eprint!("note: {note}");
+    }
     Ok(())
 }
 

@@ -252,6 +252,24 @@ pub fn distill(args: DistillArgs, device: &Device) -> Result<(), String> {
         (None, None) => return Err("--student: name the student: a model folder (--student DIR), a preset's shape (--student-preset NAME) or the teacher's shape with fewer layers (--student-layers N)".into()),
     };
     let n_positions = student.config().n_positions;
+    let train = distill_config(&args, divergence, fresh, n_positions)?;
+    eprintln!(
+        "teacher {} ({} parameters), student {} parameters{}",
+        teacher.dir.display(),
+        teacher.config.num_params(),
+        student.config().num_params(),
+        if args.init_from_teacher { " (initialised from the teacher)" } else { "" }
+    );
+    let model = train.method.apply(student, train.seed, &ad).map_err(flag_error)?;
+    let mut trainer = trainer(model, &tokenizer, chat.as_ref(), train, &ad)?;
+    trainer.set_teacher(teacher.model).map_err(|e| format!("--teacher: {e}"))?;
+    run(trainer, &tokenizer, &companions, &args.train, "distill")
+}
+
+/// A distillation run's config from its flags (`fresh`: the student starts from scratch,
+/// which wants a higher default learning rate), validated for a student with `n_positions`.
+fn distill_config(args: &DistillArgs, divergence: tinytune::train::Divergence, fresh: bool, n_positions: usize) -> Result<TrainConfig, String> {
+    let teacher_dir = args.teacher.as_deref().ok_or("--teacher: name the teacher model (a model or run folder)")?;
     let mut train =
         resolve(&args.train, tinytune::methods::Method::Full, DataSource::Task(tinytune::data::Task::StoryQa), if fresh { 1e-3 } else { 3e-4 }, n_positions)?;
     train.objective = Objective::Distill {
@@ -264,17 +282,7 @@ pub fn distill(args: DistillArgs, device: &Device) -> Result<(), String> {
     };
     train.teacher = Some(std::fs::canonicalize(teacher_dir).unwrap_or(teacher_dir.to_path_buf()).display().to_string());
     train.validate("command line", n_positions.saturating_sub(train.method.virtual_tokens())).map_err(flag_error)?;
-    eprintln!(
-        "teacher {} ({} parameters), student {} parameters{}",
-        teacher.dir.display(),
-        teacher.config.num_params(),
-        student.config().num_params(),
-        if args.init_from_teacher { " (initialised from the teacher)" } else { "" }
-    );
-    let model = train.method.apply(student, train.seed, &ad).map_err(flag_error)?;
-    let mut trainer = trainer(model, &tokenizer, chat.as_ref(), train, &ad)?;
-    trainer.set_teacher(teacher.model).map_err(|e| format!("--teacher: {e}"))?;
-    run(trainer, &tokenizer, &companions, &args.train, "distill")
+    Ok(train)
 }
 
 fn refuse_to_overwrite(out: &Path) -> Result<(), String> {
@@ -677,11 +685,69 @@ mod tests {
                 let Command::Eval(e) = parse(params.eval_command_args()) else { panic!("{}", params.commands()) };
                 let Objective::Grpo { group_size, temperature, max_completion_len, .. } = grpo.objective else { panic!("{:?}", grpo.objective) };
                 assert_eq!(e.model, sft_out);
-                assert_eq!((e.data.as_str(), e.objective.as_deref()), (task, Some("grpo")));
+                assert_eq!((e.data.as_deref(), e.objective.as_deref()), (Some(task), Some("grpo")));
                 assert_eq!(
                     (e.accuracy_examples, e.group_size, e.temperature, e.max_completion_len, e.seq_len),
                     (grpo.eval_examples, group_size, temperature, max_completion_len, Some(grpo.seq_len))
                 );
+            }
+        }
+    }
+
+    /// The distill widget's "Run this at scale" commands resolve to the four runs the worker
+    /// trains: the teacher, micro fine-tuned on the task; and each student, a fresh model of
+    /// the teacher's shape with the widget's layers (`Gpt::init` from the run's seed, as the
+    /// worker builds it), learning from the folder the teacher run writes. For every task the
+    /// widget offers, with the defaults and with every setting changed.
+    #[test]
+    fn the_distill_widgets_commands_reproduce_its_runs() {
+        use tinytune::train::Divergence;
+        use tinytune_web::distill::{DistillParams, Student, TASKS};
+        let config = ModelConfig::micro();
+        for task in TASKS {
+            let task = task.parse().unwrap();
+            for params in [
+                DistillParams { task, ..Default::default() },
+                DistillParams {
+                    task,
+                    teacher_steps: 9,
+                    student_layers: 1,
+                    examples: 32,
+                    steps: 7,
+                    t1: 0.5,
+                    t2: 2.5,
+                    alpha: 0.3,
+                    lr: 1e-3,
+                    divergence: Divergence::Jsd,
+                },
+            ] {
+                let parse = |args: Vec<String>| {
+                    let argv: Vec<String> = std::iter::once("tinytune".to_string()).chain(args).collect();
+                    Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{}: {e}", argv.join(" "))).command
+                };
+                let Command::Finetune(a) = parse(params.teacher_command_args()) else { panic!("{}", params.commands()) };
+                assert_eq!(a.model.as_deref().and_then(|m| m.to_str()), Some(tinytune_web::run::MICRO_DIR));
+                let method = a.method.to_method(None, config.family).unwrap();
+                let mut teacher = resolve(&a.train, method, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, config.n_positions).unwrap();
+                teacher.checkpoint_every = 0;
+                assert_eq!(teacher, params.teacher_config(), "{}", params.commands());
+                for s in Student::ALL {
+                    let Command::Distill(d) = parse(params.student_command_args(s)) else { panic!("{}", params.commands()) };
+                    assert_eq!(d.teacher.as_ref(), Some(&a.train.out), "every student learns from the teacher run's model");
+                    assert!(d.student.is_none() && d.student_preset.is_none() && !d.init_from_teacher, "a fresh student");
+                    let student = ModelConfig { n_layer: d.student_layers.unwrap(), ..config.clone() };
+                    assert_eq!(student, params.student_model_config(&config));
+                    let divergence = d.divergence.parse().unwrap();
+                    let mut native = super::distill_config(&d, divergence, true, student.n_positions).unwrap();
+                    native.checkpoint_every = 0;
+                    assert_eq!(native, params.student_config(s), "{}", params.commands());
+                }
+                // The students write apart, and none over the teacher.
+                let mut outs: Vec<_> = Student::ALL.map(|s| params.student_dir(s)).into();
+                outs.push(params.teacher_dir());
+                outs.sort();
+                outs.dedup();
+                assert_eq!(outs.len(), 4);
             }
         }
     }

@@ -1915,3 +1915,43 @@ fn prune_sparsifies_and_shrinks_micro_and_the_result_loads_and_fine_tunes() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// A PiSSA run's adapter exports as PEFT's conversion: an ordinary rank-2r LoRA of the
+/// original base (refused, with the reason, without --pissa-base), which on that base gives
+/// the run's own logits (PEFT 0.21 agrees: checked by hand with check_peft_adapter.py, 2.4e-7);
+/// a QLoRA export carries a README saying it was trained against an NF4 base.
+#[test]
+fn a_pissa_run_exports_as_a_lora_of_the_original_base() {
+    let (base, run, out, q, qout) = (tmp("pissa-base"), tmp("pissa-run"), tmp("pissa-peft"), tmp("qlora-run"), tmp("qlora-peft"));
+    ok(&pretrain(&base, &["--steps", "2"]));
+    let small =
+        ["--data", "stories", "--batch", "4", "--seq-len", "32", "--train-examples", "100", "--eval-examples", "20", "--eval-batches", "2", "--steps", "4"];
+    let (b, r, o) = (base.to_str().unwrap(), run.to_str().unwrap(), out.to_str().unwrap());
+    let mut args =
+        vec!["finetune", "--model", b, "--out", r, "--method", "lora", "--lora-init", "pissa", "--rank", "4", "--targets", "all-linear", "--lr", "1e-2"];
+    args.extend_from_slice(&small);
+    ok(&tinytune(&args));
+    fails_with(&tinytune(&["export-adapter", "--model", r, "--out", o]), &["PiSSA", "--pissa-base", "rank-8"]);
+    ok(&tinytune(&["export-adapter", "--model", r, "--out", o, "--pissa-base", b]));
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((config["r"].as_u64(), config["lora_alpha"].as_f64()), (Some(8), Some(16.0)), "{config}");
+    let logits = |extra: &[&str]| -> Vec<f64> {
+        let mut args = vec!["logits", "--prompt", "the cat sat"];
+        args.extend_from_slice(extra);
+        let v: serde_json::Value = serde_json::from_str(&ok(&tinytune(&args))).unwrap();
+        v["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    };
+    let (trained, converted, plain) = (logits(&["--model", r]), logits(&["--model", b, "--adapter", o]), logits(&["--model", b]));
+    let worst = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    assert!(worst(&trained, &converted) < 1e-4, "converted adapter differs by {}", worst(&trained, &converted));
+    assert!(worst(&trained, &plain) > 1e-2, "the run changed nothing, so the check proves nothing");
+    fails_with(&tinytune(&["export-adapter", "--model", b, "--out", qout.to_str().unwrap(), "--pissa-base", b]), &["--pissa-base", "not a PiSSA"]);
+    let mut args = vec!["finetune", "--model", b, "--out", q.to_str().unwrap(), "--method", "qlora", "--rank", "4"];
+    args.extend_from_slice(&small);
+    ok(&tinytune(&args));
+    ok(&tinytune(&["export-adapter", "--model", q.to_str().unwrap(), "--out", qout.to_str().unwrap()]));
+    assert!(std::fs::read_to_string(qout.join("README.md")).unwrap().contains("NF4"));
+    for d in [&base, &run, &out, &q, &qout] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

@@ -323,6 +323,71 @@ pub fn save(model: &Gpt, method: &Method, base: Option<&str>) -> Result<(String,
     Ok((config, to_safetensors(tensors)))
 }
 
+/// A PiSSA run's adapter as an ordinary LoRA of the *original* base, PEFT's PiSSA-to-LoRA
+/// conversion (`save_pretrained(..., path_initial_model_for_weight_conversion=...)`). PiSSA
+/// starts A₀B₀ at W's top singular part and trains on the residual W − s·A₀B₀, so the
+/// trained model computes `W + s·(AB − A₀B₀)`; that difference is a rank-2r LoRA with
+/// `A' = [A | A₀]` and `B' = [B ; −B₀]`, and `lora_alpha` doubles (×√2 under rsLoRA) so that
+/// the scale s stays the same at rank 2r. `initial` is the model as the run started: the
+/// original base with the method applied (its A₀, B₀).
+pub fn save_pissa_as_lora(trained: &Gpt, initial: &Gpt, method: &Method, base: Option<&str>) -> Result<(String, Vec<u8>)> {
+    let Method::Lora(l) = method else {
+        return Err(Error::config("adapter export", "method", format!("{} is not a PiSSA LoRA run; only those convert", method.name())));
+    };
+    if l.init != super::lora::LoraInit::Pissa {
+        return Err(Error::config("adapter export", "init", "is not PiSSA: the adapter already applies to the original base as it is"));
+    }
+    let converted = Method::Lora(super::LoraConfig {
+        r: 2 * l.r,
+        lora_alpha: if l.use_rslora { l.lora_alpha * std::f64::consts::SQRT_2 } else { 2.0 * l.lora_alpha },
+        init: super::lora::LoraInit::Default,
+        ..l.clone()
+    });
+    let config = config_json(&converted, trained, base)?;
+    let family = trained.config().family;
+    let start: HashMap<String, TensorData> = param_data(initial).into_iter().collect();
+    let trainable = adapter_params(trained, method);
+    // Row-major [rows, cols] matrices joined on the host: side by side (dim 1) or one above
+    // the other (dim 0), the second negated when asked.
+    let cat = |a: &TensorData, b: &TensorData, dim: usize, negate_b: bool| -> TensorData {
+        let values = |d: &TensorData| d.clone().convert::<f32>().try_to_vec::<f32>().expect("f32 values");
+        let (x, mut y) = (values(a), values(b));
+        if negate_b {
+            y.iter_mut().for_each(|v| *v = -*v);
+        }
+        let (rows, ca, cb) = (a.shape()[0], a.shape()[1], b.shape()[1]);
+        if dim == 0 {
+            let rb = b.shape()[0];
+            TensorData::new([x, y].concat(), [rows + rb, ca])
+        } else {
+            let joined: Vec<f32> =
+                (0..rows).flat_map(|i| x[i * ca..(i + 1) * ca].iter().chain(&y[i * cb..(i + 1) * cb]).copied().collect::<Vec<_>>()).collect();
+            TensorData::new(joined, [rows, ca + cb])
+        }
+    };
+    let mut tensors = Vec::new();
+    for (name, data) in param_data(trained) {
+        if !trainable.contains(&name) {
+            continue;
+        }
+        let initial_of = |n: &str| {
+            start.get(n).ok_or_else(|| Error::Invalid(format!("{n} is not in the initial model; it must be the run's base with the run's method applied")))
+        };
+        let data = if name.ends_with(".lora.lora_a") {
+            cat(&data, initial_of(&name)?, 1, false) // [in, r] | [in, r] -> [in, 2r]
+        } else if name.ends_with(".lora.lora_b") {
+            cat(&data, initial_of(&name)?, 0, true) // [r, out] ; −[r, out] -> [2r, out]
+        } else {
+            data
+        };
+        match to_peft(family, &name, &data) {
+            Some(t) => tensors.push(t),
+            None => return Err(Error::Invalid(format!("{name} trains under {} but has no PEFT name; this adapter cannot be exported", method.name()))),
+        }
+    }
+    Ok((config, to_safetensors(tensors)))
+}
+
 /// Loads a PEFT adapter folder's two files onto `base` (a plain model of either family): the config
 /// decides the method, and every tensor the method adds must be in the file, with the
 /// right shape, and nothing else. `dir` only labels errors.
