@@ -3,12 +3,14 @@
 #   1. a teacher: micro fully fine-tuned on story-qa (150 steps of 16);
 #   2. students of the teacher's shape with 2 of its 4 layers, trained from scratch on only
 #      64 story-qa examples (150 steps), with the teacher's soft targets (α 0.9) at
-#      temperatures 1, 2 and 4 and with each divergence, against the same student on the
-#      hard labels alone (α 0): what soft targets carry that one-hot labels do not;
+#      temperatures 1, 2 and 4, with each divergence, and on sampled completions (half the
+#      steps on the student's own, GKD's on-policy lmbda 0.5; or the teacher's, seq_kd),
+#      against the same student on the hard labels alone (α 0): what soft targets carry
+#      that one-hot labels do not;
 #   3. the same student initialised from the teacher's layers 0 and 2 (DistilBERT's
 #      recipe), on the full 4000 examples for 60 steps, with and without the teacher.
 # Each line is the student's held-out next-token loss on story-qa (200 examples) at the
-# end, beside the teacher's. Deterministic up to floating point. About 12 minutes on 2
+# end, beside the teacher's. Deterministic up to floating point. About 15 minutes on 2
 # cores with a release build.
 #
 #   bash scripts/distill-curves.sh [OUT_DIR]     (default runs/distill-curves)
@@ -42,6 +44,8 @@ run forward-kl-T2 "${small[@]}" --alpha 0.9 --temperature 2
 run forward-kl-T4 "${small[@]}" --alpha 0.9 --temperature 4
 run reverse-kl-T2 "${small[@]}" --alpha 0.9 --temperature 2 --divergence reverse-kl
 run jsd-T2 "${small[@]}" --alpha 0.9 --temperature 2 --divergence jsd
+run on-policy-T1 "${small[@]}" --alpha 0.9 --temperature 1 --lmbda 0.5
+run seq-kd-T1 "${small[@]}" --alpha 0.9 --temperature 1 --seq-kd
 echo
 echo "initialised from the teacher's layers 0 and 2, 4000 examples, 60 steps:"
 run init-hard-labels --init-from-teacher --steps 60 --alpha 0

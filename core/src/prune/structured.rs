@@ -209,11 +209,16 @@ fn keep_inputs(p: &mut Projection, idx: &[usize]) {
 /// describes it (fewer `n_layer`, `n_head`/`n_kv_head` with `head_dim` kept, a smaller
 /// MLP width).
 pub fn slice(mut model: Gpt, keep: &Keep) -> Result<Gpt> {
+    super::check_prunable(&model)?;
     let mut c = model.config.clone();
     let (hd, rep) = (c.head_dim(), c.n_head / c.n_kv_head);
     let n = model.h.len();
     if [keep.heads.as_ref(), keep.neurons.as_ref()].into_iter().flatten().any(|lists| lists.len() != n) {
         return Err(Error::Invalid(format!("the kept heads and neurons are listed per block: {n} lists")));
+    }
+    let within = |lists: Option<&Vec<Vec<usize>>>, size: usize| lists.is_none_or(|ls| ls.iter().all(|l| !l.is_empty() && l.iter().all(|&i| i < size)));
+    if !within(keep.heads.as_ref(), c.n_head) || !within(keep.neurons.as_ref(), c.inner()) {
+        return Err(Error::Invalid(format!("every block keeps at least one head and one neuron, of the {} heads and {} neurons it has", c.n_head, c.inner())));
     }
     if keep.layers.windows(2).any(|w| w[0] >= w[1]) {
         return Err(Error::Invalid(format!("the kept blocks {:?} must be in increasing order", keep.layers)));
