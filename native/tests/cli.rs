@@ -1955,3 +1955,71 @@ fn a_pissa_run_exports_as_a_lora_of_the_original_base() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// Prune, then distill (the Minitron recipe): micro cut to 3 layers and 256 MLP neurons
+/// (55% of its parameters) loses held-out loss on stories, and 12 steps distilled from the
+/// unpruned micro win most of it back (measured 0.6365 → 0.7159 → 0.6464). Also: one
+/// calibration batch of stories is enough (the stories drawn fill it).
+#[test]
+fn prune_then_distill_recovers_the_loss() {
+    let micro = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/micro");
+    let m = micro.to_str().unwrap();
+    let (pruned, student) = (tmp("pd-pruned"), tmp("pd-student"));
+    let (p, s) = (pruned.to_str().unwrap(), student.to_str().unwrap());
+    ok(&tinytune(&[
+        "prune",
+        "--model",
+        m,
+        "--out",
+        p,
+        "--neurons",
+        "256",
+        "--layers",
+        "3",
+        "--data",
+        "stories",
+        "--calibration-batches",
+        "1",
+        "--examples",
+        "100",
+    ]));
+    ok(&tinytune(&[
+        "distill",
+        "--teacher",
+        m,
+        "--student",
+        p,
+        "--data",
+        "stories",
+        "--steps",
+        "12",
+        "--batch",
+        "8",
+        "--seq-len",
+        "64",
+        "--train-examples",
+        "200",
+        "--eval-examples",
+        "100",
+        "--eval-batches",
+        "2",
+        "--eval-every",
+        "0",
+        "--alpha",
+        "0.5",
+        "--out",
+        s,
+    ]));
+    let loss = |dir: &str| -> f64 {
+        let v: serde_json::Value = serde_json::from_str(&ok(&tinytune(&["eval", "--model", dir, "--data", "stories", "--examples", "100", "--json"]))).unwrap();
+        v["eval_loss"].as_f64().unwrap()
+    };
+    let (teacher, cut, recovered) = (loss(m), loss(p), loss(s));
+    assert!(cut > teacher + 0.03, "pruning cost little: {teacher} → {cut}");
+    assert!(recovered < cut - 0.03, "distillation did not recover: {cut} → {recovered} (teacher {teacher})");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(student.join("checkpoint/config.json")).unwrap()).unwrap();
+    assert_eq!((config["n_layer"].as_u64(), config["n_inner"].as_u64()), (Some(3), Some(256)), "the student keeps the pruned shape");
+    for d in [&pruned, &student] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

@@ -21,13 +21,20 @@ pub fn calibration_batches(data: &DataSource, tok: &TextTokenizer, seed: u64, ba
     if batches == 0 {
         return Err(Error::config(super::ORIGIN, "calibration_batches", "must be at least 1: the activations come from these batches"));
     }
-    // Rows for a task; documents for the story stream, enough for `batches` full batches.
-    let n = match data {
-        DataSource::Stories => batches * rows * 2,
-        _ => batches * rows,
-    };
-    let ds = data.dataset(tok, seed, Split::Train, n.max(16), seq_len, 1.0)?;
-    Ok(ds.sequential(rows, seq_len, batches))
+    // Rows for a task; documents for the story stream, as many as `batches` full windows
+    // need (stories differ in length, so more are drawn until they fill them).
+    let mut n = (batches * rows).max(16);
+    loop {
+        let ds = data.dataset(tok, seed, Split::Train, n, seq_len, 1.0)?;
+        let out = ds.sequential(rows, seq_len, batches);
+        if out.len() >= batches || n >= 1 << 16 {
+            if out.is_empty() {
+                return Err(Error::config(super::ORIGIN, "data", format!("{data} gives no full calibration batch of {rows} rows of {seq_len} tokens")));
+            }
+            return Ok(out);
+        }
+        n *= 2;
+    }
 }
 
 /// The calibration batches embedded (the blocks' first input), their masks, the counted
