@@ -748,6 +748,70 @@ await check("the grpo widget runs SFT then GRPO on micro: the reward per step, s
   await page.close();
 });
 
+await check("the distill widget trains a teacher, then three students from one start on hard labels and on soft targets, and its commands reproduce the runs", async () => {
+  // The lesson that places the widget (the check reads the lessons as they are on disk).
+  const placesDistill = (text) => [...text.matchAll(/^```widget\s*\n([\s\S]*?)^```/gm)].some((m) => /^\s*name:\s*distill\s*$/m.test(m[1]));
+  const lesson = lessonsOnDisk().find((l) => placesDistill(readFileSync(join(root, "lessons", l.file), "utf8")));
+  assert(lesson, "no lesson places the distill widget (a ```widget block with name: distill)");
+  const page = await openPage(cpu, base + `?lesson=${lesson.slug}&backend=cpu`);
+  const w = page.locator("[data-widget=distill]").first();
+  // CI-sized: a few steps of each run on few examples of the task with the shortest rows.
+  await setParam(w, "task", "sentiment");
+  await setParam(w, "teacher_steps", 6);
+  await setParam(w, "steps", 6);
+  await setParam(w, "examples", 32);
+  // The temperatures the table's labels name, whatever the lesson's block sets.
+  await setParam(w, "t1", 1);
+  await setParam(w, "t2", 4);
+  const commands = (await w.locator("[data-testid=command]").textContent()).trim().split("\n");
+  assert(commands.length === 4, commands.join(" | "));
+  const task = commands[0].match(/--data (\S+)/)[1];
+  assert(commands[0].startsWith("tinytune finetune --model assets/micro --data ") && commands[0].includes("--steps 6") && commands[0].endsWith(`--out runs/distill-teacher-${task}`), commands[0]);
+  for (const c of commands.slice(1)) {
+    assert(c.startsWith(`tinytune distill --teacher runs/distill-teacher-${task} --student-layers `) && c.includes("--steps 6") && c.includes("--train-examples 32"), c);
+  }
+  const expected = (await w.locator("[data-testid=expected]").textContent()).trim();
+  const t0 = Date.now();
+  await w.locator("[data-testid=train]").click();
+  await waitForRun(w, 300_000);
+  const seconds = (Date.now() - t0) / 1000;
+  // Every run took its steps: the teacher's, then each student's.
+  const steps = (await w.getAttribute("data-steps")).split(",").map(Number);
+  assert(JSON.stringify(steps) === "[6,6,6,6]", `steps per run ${steps}`);
+  // The table: the teacher and the three students, each with its final held-out loss.
+  const rows = await w.locator("[data-testid=distill-table] tbody tr").evaluateAll((trs) => trs.map((tr) => ({
+    cells: [...tr.children].map((td) => td.textContent.trim()),
+    loss: Number(tr.querySelector("[data-testid=final-loss]").dataset.loss),
+  })));
+  assert(rows.length === 4 && rows.every((r) => Number.isFinite(r.loss) && r.loss > 0), JSON.stringify(rows));
+  assert(JSON.stringify(rows.map((r) => r.cells[0])) === JSON.stringify(["teacher", "hard labels", "soft targets T=1", "soft targets T=4"]), JSON.stringify(rows));
+  // The teacher's loss (train batch, held-out); the students' held-out losses with the
+  // teacher's; their next-token loss on their training batches.
+  const charts = await w.locator("svg.chart").evaluateAll((svgs) => svgs.map((svg) => svg.querySelectorAll("path").length));
+  assert(charts.length === 3 && charts[0] >= 2 && charts[1] >= 4 && charts[2] >= 3, `lines per chart: ${charts}`);
+  const status = await w.locator("[data-testid=run-state]").locator("..").textContent();
+  console.log(`     ${seconds.toFixed(1)} s (the widget says ${JSON.stringify(expected)}); ${status}`);
+  for (const r of rows) console.log(`     ${r.cells.join(" | ")}`);
+  // The printed commands, run natively from the repository root (their runs/ folders in a
+  // temporary one), end at the same held-out losses.
+  const cli = join(root, "target/debug/tinytune");
+  assert(existsSync(cli), `${cli} is missing: build it with cargo build -p tinytune-cli (scripts/test.sh runs the cargo tests first)`);
+  const out = mkdtempSync(join(tmpdir(), "tinytune-distill-"));
+  const native = (cmd) => cmd.split(/\s+/).slice(1).map((a) => (a.startsWith("runs/") ? join(out, a.slice(5)) : a));
+  commands.forEach((c, i) => {
+    const args = native(c);
+    execFileSync(cli, args.concat(["--checkpoint-every", "0"]), { cwd: root, stdio: ["ignore", "ignore", "pipe"] });
+    const dir = args[args.indexOf("--out") + 1];
+    const evals = readFileSync(join(dir, "metrics.jsonl"), "utf8").trim().split("\n").map((x) => JSON.parse(x)).filter((e) => e.event === "eval");
+    const last = evals[evals.length - 1];
+    console.log(`     native ${rows[i].cells[0]}: held-out loss ${last.eval_loss} (page ${rows[i].loss})`);
+    assert(last.step === 6 && Math.abs(last.eval_loss - rows[i].loss) < 2e-3, `page ${JSON.stringify(rows[i])} vs native ${JSON.stringify(last)}`);
+  });
+  await w.screenshot({ path: join(artifacts, "distill.png") });
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
 await check("the rope widget draws each scaling's rotations and measures micro-llama past its context", async () => {
   const page = await openPage(cpu, base + "?lesson=longer-contexts&backend=cpu");
   const w = page.locator("[data-widget=rope]").first();

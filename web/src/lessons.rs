@@ -24,6 +24,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("17-choosing-a-method.md", include_str!("../../lessons/17-choosing-a-method.md")),
     ("18-many-models-into-one.md", include_str!("../../lessons/18-many-models-into-one.md")),
     ("19-learning-from-preferences.md", include_str!("../../lessons/19-learning-from-preferences.md")),
+    ("20-smaller-models.md", include_str!("../../lessons/20-smaller-models.md")),
     ("21-longer-contexts.md", include_str!("../../lessons/21-longer-contexts.md")),
     ("22-a-real-model.md", include_str!("../../lessons/22-a-real-model.md")),
 ];

@@ -4,6 +4,7 @@
 //! tested natively.
 
 pub mod decide;
+pub mod distill;
 pub mod federated;
 pub mod fields;
 pub mod grpo;

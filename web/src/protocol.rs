@@ -82,6 +82,16 @@ pub enum ToWorker {
         sft: u32,
         params: crate::grpo::GrpoParams,
     },
+    /// The distill widget's runs: the teacher answered like `Train` under `teacher`, then
+    /// each student in `Student::ALL`'s order under its id in `students`, with
+    /// `FromWorker::Distill` news and the end under `run` (pause, resume and cancel go to
+    /// `run` for every stage).
+    Distill {
+        run: u32,
+        teacher: u32,
+        students: [u32; 3],
+        params: crate::distill::DistillParams,
+    },
 }
 
 /// The backend the worker runs on, and why.
@@ -189,6 +199,11 @@ pub enum FromWorker {
         run: u32,
         news: crate::grpo::GrpoNews,
     },
+    /// What a distillation reports besides its runs' events: the final table.
+    Distill {
+        run: u32,
+        news: crate::distill::DistillNews,
+    },
 }
 
 impl ToWorker {
@@ -206,7 +221,8 @@ impl FromWorker {
             | FromWorker::Compare { run, .. }
             | FromWorker::RunStats { run, .. }
             | FromWorker::Preference { run, .. }
-            | FromWorker::Grpo { run, .. } => Some(*run),
+            | FromWorker::Grpo { run, .. }
+            | FromWorker::Distill { run, .. } => Some(*run),
             FromWorker::Reply { id, .. } | FromWorker::Error { id, .. } | FromWorker::RealOpened { id, .. } | FromWorker::RealText { id, .. } => Some(*id),
             FromWorker::Backend(_) | FromWorker::Ready => None,
         }
@@ -234,6 +250,7 @@ mod tests {
             ToWorker::RealTrain { run: 6, params: crate::real::RealModelParams::default() },
             ToWorker::Preference { run: 7, sft: 8, params: crate::preference::PreferenceParams { objective: "ipo".into(), ..Default::default() } },
             ToWorker::Grpo { run: 9, sft: 10, params: crate::grpo::GrpoParams { beta: 0.04, ..Default::default() } },
+            ToWorker::Distill { run: 11, teacher: 12, students: [13, 14, 15], params: crate::distill::DistillParams { t2: 2.5, ..Default::default() } },
             ToWorker::Request { id: 2, req: TimelineParams::default().into_request() },
             ToWorker::Request { id: 1, req: GenerateParams { prompt: "a\nb".into(), ..Default::default() }.into_request() },
         ];
@@ -284,6 +301,11 @@ mod tests {
             assert_eq!(from.id(), Some(9));
             assert_eq!(serde_json::from_str::<FromWorker>(&from.to_json()).unwrap(), from);
         }
+        use crate::distill::{DistillNews, FinalRow};
+        let row = FinalRow { run: "soft targets T=4".into(), parameters: 480_000, settings: "α 0.9 · T 4 · forward-kl".into(), eval_loss: 1.25 };
+        let from = FromWorker::Distill { run: 11, news: DistillNews::Finals(vec![row]) };
+        assert_eq!(from.id(), Some(11));
+        assert_eq!(serde_json::from_str::<FromWorker>(&from.to_json()).unwrap(), from);
         // A step skipped by the loss scaler has an infinite gradient norm, which JSON cannot
         // carry: it travels as null and arrives as NaN, and the message still parses.
         let skipped = FromWorker::Run { run: 3, event: TrainEvent::Step(StepEvent { grad_norm: f32::INFINITY, skipped: true, loss_scale: 65536.0, ..event }) };

@@ -446,6 +446,10 @@ widgets! {
     /// GRPO on a task's verifiable reward after a short SFT, with the sampled groups'
     /// rewards and advantages, streamed like a train widget's run.
     Grpo(crate::grpo::GrpoParams),
+    /// Knowledge distillation: a teacher fine-tuned from micro, then three smaller students
+    /// from the same start on a few examples, on hard labels and on the teacher's soft
+    /// targets at two temperatures, streamed like a train widget's runs.
+    Distill(crate::distill::DistillParams),
 }
 
 /// `key = value` on settings `S`, the error naming the widget, the key and the value.

@@ -5,6 +5,7 @@
 
 mod chart;
 mod client;
+mod distill;
 mod federated;
 mod formats;
 mod grpo;

@@ -147,6 +147,9 @@ fn handle(msg: ToWorker) {
         ToWorker::RealTrain { run, params } => spawn_run(run, move |cell| async move { real_train(run, &params, &cell).await }),
         ToWorker::Preference { run, sft, params } => spawn_run(run, move |cell| async move { preference(run, sft, &params, &cell).await }),
         ToWorker::Grpo { run, sft, params } => spawn_run(run, move |cell| async move { grpo(run, sft, &params, &cell).await }),
+        ToWorker::Distill { run, teacher, students, params } => {
+            spawn_run(run, move |cell| async move { distill(run, teacher, students, &params, &cell).await })
+        }
         ToWorker::Request { id, req } => spawn_local(async move {
             post(&match crate::widgets::answer(req).await {
                 Ok(reply) => FromWorker::Reply { id, reply },
@@ -974,6 +977,72 @@ async fn grpo(run: u32, sft_run: u32, p: &crate::grpo::GrpoParams, control: &Cel
     if driven.drive_async(&mut main).await? == Outcome::Cancelled {
         return Ok(RunState::Cancelled);
     }
+    Ok(RunState::Done)
+}
+
+/// The distill widget: stage 1, the teacher, micro fully fine-tuned on the task (events
+/// under `teacher_run`); stage 2, three students one after another (events under
+/// `student_runs`, in `Student::ALL`'s order), each a fresh model of micro's shape with the
+/// widget's layers drawn from the same seed, so they differ only by their objective, as
+/// `tinytune distill --student-layers` builds it, with the frozen teacher beside it
+/// (`Trainer::set_teacher`). Every run goes through `train::Run` with the same host as every
+/// run; at the end each run's final held-out loss goes to the page (`DistillNews::Finals`).
+async fn distill(run: u32, teacher_run: u32, student_runs: [u32; 3], p: &crate::distill::DistillParams, control: &Cell<Control>) -> Result<RunState, String> {
+    use crate::distill::{DistillNews, FinalRow, Student};
+    let err = |e: tinytune::Error| e.to_string();
+    let ad = device().await.autodiff();
+    let on_cpu = tinytune::optim::optimizer::host_memory_device(&ad);
+    let host = |id: u32| WorkerHost {
+        run: id,
+        control,
+        paused: false,
+        summary: String::new(),
+        host_only: false,
+        stats: crate::protocol::RunStats { optimizer: "adamw".into(), device: if on_cpu { "CPU".into() } else { "WebGPU".into() }, ..Default::default() },
+        on_cpu,
+        base: tinytune::memory::measure::current(),
+        step_secs: 0.0,
+    };
+    status(run, RunState::Preparing, "loading the model");
+    let (base, tok) = load(ModelChoice::Micro, 0, &ad).await?;
+    let micro = base.config().clone();
+
+    // Stage 1: the teacher.
+    let config = p.teacher_config();
+    status(run, RunState::Preparing, "the teacher: generating and tokenising the task's examples");
+    js::sleep(0).await;
+    let model = config.method.apply(base, config.seed, &ad).map_err(err)?;
+    let trainer = Trainer::new(model, &tok, config, &ad).map_err(err)?;
+    tinytune::memory::measure::reset_peak();
+    let mut driven = Run::new(trainer, tok.clone());
+    if driven.drive_async(&mut host(teacher_run)).await? == Outcome::Cancelled {
+        return Ok(RunState::Cancelled);
+    }
+    let held_out = |r: &Run| r.last_eval().ok_or_else(|| "the run ended without a held-out evaluation".to_string());
+    let mut rows = vec![FinalRow {
+        run: "teacher".into(),
+        parameters: micro.num_params(),
+        settings: "micro fine-tuned on the task".into(),
+        eval_loss: held_out(&driven)?,
+    }];
+    let teacher = driven.trainer.model;
+
+    // Stage 2: the students, from the same start.
+    for (s, id) in Student::ALL.into_iter().zip(student_runs) {
+        let config = p.student_config(s);
+        status(run, RunState::Preparing, &format!("student \"{}\": tokenising its {} examples", p.student_label(s), config.train_examples));
+        js::sleep(0).await;
+        let shape = p.student_model_config(&micro);
+        let model = config.method.apply(Gpt::init(&shape, config.seed, &ad), config.seed, &ad).map_err(err)?;
+        let mut trainer = Trainer::new(model, &tok, config, &ad).map_err(err)?;
+        trainer.set_teacher(teacher.clone()).map_err(err)?;
+        let mut driven = Run::new(trainer, tok.clone());
+        if driven.drive_async(&mut host(id)).await? == Outcome::Cancelled {
+            return Ok(RunState::Cancelled);
+        }
+        rows.push(FinalRow { run: p.student_label(s), parameters: shape.num_params(), settings: p.student_settings(s), eval_loss: held_out(&driven)? });
+    }
+    post(&FromWorker::Distill { run, news: DistillNews::Finals(rows) });
     Ok(RunState::Done)
 }
 
