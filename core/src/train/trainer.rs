@@ -388,11 +388,7 @@ impl Trainer {
             None => {
                 let batch = self.batch_for(self.step);
                 match self.gkd_source() {
-                    Some((model, seed, pad)) => {
-                        let mut sampled = super::distill::resample(&batch, &model, seed, pad, pad);
-                        sampled.on_policy = self.rollout_metrics.get("on_policy") == Some(&1.0);
-                        sampled
-                    }
+                    Some((model, seed, pad, on_policy)) => Batch { on_policy, ..super::distill::resample(&batch, &model, seed, pad, pad) },
                     None => batch,
                 }
             }
@@ -423,11 +419,7 @@ impl Trainer {
             None => {
                 let batch = self.batch_for(self.step);
                 match self.gkd_source() {
-                    Some((model, seed, pad)) => {
-                        let mut sampled = super::distill::resample_async(&batch, &model, seed, pad, pad).await?;
-                        sampled.on_policy = self.rollout_metrics.get("on_policy") == Some(&1.0);
-                        sampled
-                    }
+                    Some((model, seed, pad, on_policy)) => Batch { on_policy, ..super::distill::resample_async(&batch, &model, seed, pad, pad).await? },
                     None => batch,
                 }
             }
@@ -668,9 +660,10 @@ impl Trainer {
 
     /// For a distillation step whose completions are sampled (GKD's on-policy `lmbda` and
     /// `seq_kd`), the model that samples them, the sampling seed and the rows' padding
-    /// (also the end-of-text token that ends a completion); None when the step uses the
-    /// data's own completions. Records the choice for the step's metrics (`on_policy`).
-    fn gkd_source(&mut self) -> Option<(Gpt, u64, u32)> {
+    /// (also the end-of-text token that ends a completion), and whether the student samples
+    /// them (an on-policy step); None when the step uses the data's own completions.
+    /// Records the choice for the step's metrics (`on_policy`).
+    fn gkd_source(&mut self) -> Option<(Gpt, u64, u32, bool)> {
         let Objective::Distill { lmbda, seq_kd, .. } = self.config.objective else { return None };
         let Dataset::Rows { pad, .. } = self.train else { return None };
         let source = super::distill::completion_source(seq_kd, lmbda, self.config.seed, self.step);
@@ -678,11 +671,11 @@ impl Trainer {
             let on = f64::from(source == Some(super::distill::Source::Student));
             self.rollout_metrics = [("on_policy".to_string(), on)].into();
         }
-        let model = match source? {
-            super::distill::Source::Student => self.model.valid(),
-            super::distill::Source::Teacher => self.teacher.clone()?,
+        let (model, on_policy) = match source? {
+            super::distill::Source::Student => (self.model.valid(), true),
+            super::distill::Source::Teacher => (self.teacher.clone()?, false),
         };
-        Some((model, mix(self.config.seed ^ 0x474B_4400, self.step as u64), pad))
+        Some((model, mix(self.config.seed ^ 0x474B_4400, self.step as u64), pad, on_policy))
     }
 
     fn check_teacher(&self) -> Result<()> {

@@ -408,6 +408,24 @@ struct WorkerHost<'a> {
     step_secs: f64,
 }
 
+impl<'a> WorkerHost<'a> {
+    /// A host for run `run` that trains with `optimizer` on the CPU (`on_cpu`) or WebGPU,
+    /// its peak memory counted from what the worker holds now.
+    fn new(run: u32, control: &'a Cell<Control>, optimizer: &str, on_cpu: bool) -> Self {
+        WorkerHost {
+            run,
+            control,
+            paused: false,
+            summary: String::new(),
+            host_only: false,
+            stats: crate::protocol::RunStats { optimizer: optimizer.into(), device: if on_cpu { "CPU".into() } else { "WebGPU".into() }, ..Default::default() },
+            on_cpu,
+            base: tinytune::memory::measure::current(),
+            step_secs: 0.0,
+        }
+    }
+}
+
 impl RunHost for WorkerHost<'_> {
     type Error = String;
 
@@ -803,17 +821,7 @@ async fn real_train(run: u32, p: &crate::real::RealModelParams, control: &Cell<C
     js::sleep(0).await;
     let trainer = Trainer::from_jsonl(model, &tok, chat.as_ref(), &text, crate::real::CHAT_FILE, config, &ad).map_err(err)?;
     let on_cpu = tinytune::optim::optimizer::host_memory_device(&ad);
-    let mut host = WorkerHost {
-        run,
-        control,
-        paused: false,
-        summary: String::new(),
-        host_only: false,
-        stats: crate::protocol::RunStats { optimizer: "adamw".into(), device: if on_cpu { "CPU".into() } else { "WebGPU".into() }, ..Default::default() },
-        on_cpu,
-        base: tinytune::memory::measure::current(),
-        step_secs: 0.0,
-    };
+    let mut host = WorkerHost::new(run, control, "adamw", on_cpu);
     tinytune::memory::measure::reset_peak();
     let mut driven = Run::new(trainer, tok);
     if driven.drive_async(&mut host).await? == Outcome::Cancelled {
@@ -844,21 +852,7 @@ async fn preference(run: u32, sft_run: u32, p: &crate::preference::PreferencePar
     let config = p.train_config();
     let ad = device().await.autodiff();
     let on_cpu = tinytune::optim::optimizer::host_memory_device(&ad);
-    let host = |id: u32| WorkerHost {
-        run: id,
-        control,
-        paused: false,
-        summary: String::new(),
-        host_only: false,
-        stats: crate::protocol::RunStats {
-            optimizer: config.optimizer.kind.name().into(),
-            device: if on_cpu { "CPU".into() } else { "WebGPU".into() },
-            ..Default::default()
-        },
-        on_cpu,
-        base: tinytune::memory::measure::current(),
-        step_secs: 0.0,
-    };
+    let host = |id: u32| WorkerHost::new(id, control, config.optimizer.kind.name(), on_cpu);
     status(run, RunState::Preparing, "loading the model");
     let (base, tok) = load(ModelChoice::Micro, 0, &ad).await?;
     let model = config.method.apply(base.clone(), config.seed, &ad).map_err(err)?;
@@ -933,17 +927,7 @@ async fn grpo(run: u32, sft_run: u32, p: &crate::grpo::GrpoParams, control: &Cel
     let news = |news: GrpoNews| post(&FromWorker::Grpo { run, news });
     let ad = device().await.autodiff();
     let on_cpu = tinytune::optim::optimizer::host_memory_device(&ad);
-    let host = |id: u32| WorkerHost {
-        run: id,
-        control,
-        paused: false,
-        summary: String::new(),
-        host_only: false,
-        stats: crate::protocol::RunStats { optimizer: "adamw".into(), device: if on_cpu { "CPU".into() } else { "WebGPU".into() }, ..Default::default() },
-        on_cpu,
-        base: tinytune::memory::measure::current(),
-        step_secs: 0.0,
-    };
+    let host = |id: u32| WorkerHost::new(id, control, "adamw", on_cpu);
     status(run, RunState::Preparing, "loading the model");
     let (base, tok) = load(ModelChoice::Micro, 0, &ad).await?;
 
@@ -992,17 +976,7 @@ async fn distill(run: u32, teacher_run: u32, student_runs: [u32; 3], p: &crate::
     let err = |e: tinytune::Error| e.to_string();
     let ad = device().await.autodiff();
     let on_cpu = tinytune::optim::optimizer::host_memory_device(&ad);
-    let host = |id: u32| WorkerHost {
-        run: id,
-        control,
-        paused: false,
-        summary: String::new(),
-        host_only: false,
-        stats: crate::protocol::RunStats { optimizer: "adamw".into(), device: if on_cpu { "CPU".into() } else { "WebGPU".into() }, ..Default::default() },
-        on_cpu,
-        base: tinytune::memory::measure::current(),
-        step_secs: 0.0,
-    };
+    let host = |id: u32| WorkerHost::new(id, control, "adamw", on_cpu);
     status(run, RunState::Preparing, "loading the model");
     let (base, tok) = load(ModelChoice::Micro, 0, &ad).await?;
     let micro = base.config().clone();
