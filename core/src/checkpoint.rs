@@ -57,10 +57,10 @@ pub struct TrainerState {
     pub reference: Option<crate::train::trainer::ReferenceLogps>,
 }
 
-struct Owned {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
+pub(crate) struct Owned {
+    pub(crate) dtype: Dtype,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) bytes: Vec<u8>,
 }
 
 impl View for &Owned {

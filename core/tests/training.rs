@@ -675,3 +675,60 @@ fn on_policy_and_sequence_level_distillation_sample_their_completions() {
     let err = Trainer::new(student(), &tok, TrainConfig { data: DataSource::Stories, ..cfg(distill(0.5, false)) }, &device).err().unwrap().to_string();
     assert!(err.contains("lmbda") && err.contains("prompts"), "{err}");
 }
+
+/// A teacher cache serves the teacher's own logits: a run filling it (the teacher runs, its
+/// rows are kept) and a second run reading the file with a *different* teacher set beside
+/// it have bit-equal losses, so the cache, not the teacher, served every row (those steps
+/// report `teacher_cached` 1); both match the live teacher's run (the first step bit for
+/// bit, later ones within 1e-6: with the logits entering as uploaded data, autodiff adds the
+/// gradient's parts in another order). Story-qa rows store only their answer positions;
+/// gradient accumulation splits batches as the loss does.
+#[test]
+fn teacher_cache_reproduces_the_live_teacher() {
+    use tinytune::train::teacher_cache::{TeacherCache, fingerprint};
+    use tinytune::train::{Divergence, Objective};
+    let device = ad();
+    let (teacher, tok) = micro(&device);
+    let objective = Objective::Distill { divergence: Divergence::Jsd, beta: 0.3, temperature: 2.0, alpha: 0.7, lmbda: 0.0, seq_kd: false };
+    let cfg = TrainConfig { objective, batch_size: 4, accumulate: 2, train_examples: 200, seq_len: 128, ..config(DataSource::Task(Task::StoryQa), 3) };
+    let run = |with: &Gpt, cache: Option<TeacherCache>| {
+        let mut trainer = Trainer::new(Gpt::init(&nano(&tok), 5, &device), &tok, cfg.clone(), &device).unwrap();
+        trainer.set_teacher(with.clone()).unwrap();
+        trainer.teacher_cache = cache;
+        let mut steps = vec![];
+        while trainer.step < 3 {
+            let e = trainer.step().unwrap();
+            steps.push((e.loss, e.metrics.get("teacher_cached").copied()));
+        }
+        (steps, trainer.teacher_cache)
+    };
+    let (live, _) = run(&teacher, None);
+    assert!(live.iter().all(|s| s.0 > 0.0 && s.1.is_none()), "{live:?}");
+    let print = fingerprint(&teacher);
+    let (filling, cache) = run(&teacher, Some(TeacherCache::new(print.clone(), tok.vocab_size())));
+    let cache = cache.unwrap();
+    let losses = |steps: &[(f32, Option<f64>)]| steps.iter().map(|s| s.0).collect::<Vec<_>>();
+    assert_eq!(filling[0].0, live[0].0);
+    for (a, b) in losses(&filling).iter().zip(losses(&live)) {
+        assert!((a - b).abs() <= 1e-6 * b.abs(), "filling {filling:?} vs live {live:?}");
+    }
+    // A micro-batch is read from the cache only when all its rows were seen before.
+    assert!(filling[0].1 == Some(0.0) && filling.iter().all(|s| s.1 < Some(1.0)), "{filling:?}");
+    let rows = cache.len();
+    assert!(rows > 8 && rows <= 12 && cache.misses == rows, "{rows} rows, {} added", cache.misses);
+    // Answers only: far fewer positions than rows × length.
+    assert!(cache.logit_bytes() < rows * cfg.seq_len * tok.vocab_size() * 4 / 2, "{} bytes", cache.logit_bytes());
+    let bytes = cache.to_bytes();
+    let file_bytes = bytes.len();
+    let file = TeacherCache::from_bytes(&bytes, "cache.safetensors", &print, tok.vocab_size()).unwrap();
+    let other = Gpt::init(teacher.config(), 99, &device);
+    assert_ne!(fingerprint(&other), print);
+    let (reused, cache) = run(&other, Some(file));
+    assert_eq!(losses(&reused), losses(&filling));
+    assert!(reused.iter().all(|s| s.1 == Some(1.0)), "{reused:?}");
+    assert_eq!(cache.unwrap().hits, 12);
+    eprintln!("teacher cache: {rows} rows, {} bytes of logits", file_bytes);
+    // The other teacher live gives other losses: the comparison above can fail.
+    let (others, _) = run(&other, None);
+    assert!((others[0].0 - live[0].0).abs() > 1e-3, "{others:?} vs {live:?}");
+}

@@ -871,6 +871,13 @@ pub struct DistillArgs {
     /// the teacher samples from each prompt instead of the data's.
     #[arg(long)]
     pub seq_kd: bool,
+    /// A file of the teacher's logits (safetensors): rows of the data already in it are
+    /// read instead of running the teacher, new rows are added when the run saves. Reuse
+    /// one file to distil several students from one teacher on the same data; a file made
+    /// with another teacher is refused. Sampled completions (--lmbda, --seq-kd) always run
+    /// the teacher.
+    #[arg(long)]
+    pub teacher_cache: Option<PathBuf>,
     #[command(flatten)]
     pub train: TrainArgs,
 }

@@ -12,6 +12,7 @@ use tinytune::data::{CHARSET, Split};
 use tinytune::methods::Method;
 use tinytune::optim::{OptimConfig, OptimKind, Warmup};
 use tinytune::tokenizer::chat::ChatTemplate;
+use tinytune::train::teacher_cache::{self, TeacherCache};
 use tinytune::train::{Control, DataSource, LossScale, Objective, Outcome, Precision, Run, RunHost, TrainConfig, TrainEvent, Trainer};
 use tinytune::{Gpt, ModelConfig, TextTokenizer};
 
@@ -87,6 +88,7 @@ pub fn resolve(args: &TrainArgs, method: Method, default_data: DataSource, defau
         method,
         data_file,
         teacher: None,
+        teacher_cache: None,
     };
     // A soft prompt that leaves no room is the prompt's error, not the sequence length's.
     if let Method::Prompt(p) = &config.method {
@@ -262,8 +264,25 @@ pub fn distill(args: DistillArgs, device: &Device) -> Result<(), String> {
     );
     let model = train.method.apply(student, train.seed, &ad).map_err(flag_error)?;
     let mut trainer = trainer(model, &tokenizer, chat.as_ref(), train, &ad)?;
+    trainer.teacher_cache = open_teacher_cache(trainer.config.teacher_cache.as_deref(), &teacher.model, "--teacher-cache")?;
     trainer.set_teacher(teacher.model).map_err(|e| format!("--teacher: {e}"))?;
     run(trainer, &tokenizer, &companions, &args.train, "distill")
+}
+
+/// Opens a distillation run's teacher cache (`path` None: none), or starts an empty one
+/// when the file does not exist yet; `flag` names where the path came from in errors.
+fn open_teacher_cache(path: Option<&str>, teacher: &Gpt, flag: &str) -> Result<Option<TeacherCache>, String> {
+    let Some(path) = path else { return Ok(None) };
+    let (print, vocab) = (teacher_cache::fingerprint(teacher), teacher.config().vocab_size);
+    let cache = match std::fs::read(path) {
+        Ok(bytes) => TeacherCache::from_bytes(&bytes, path, &print, vocab).map_err(|e| format!("{flag}: {e}"))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => TeacherCache::new(print, vocab),
+        Err(e) => return Err(format!("{flag}: {path}: cannot read: {e}")),
+    };
+    if !cache.is_empty() {
+        eprintln!("teacher cache {path}: {} rows ({:.1} MB of logits)", cache.len(), cache.logit_bytes() as f64 / 1e6);
+    }
+    Ok(Some(cache))
 }
 
 /// A distillation run's config from its flags (`fresh`: the student starts from scratch,
@@ -281,6 +300,7 @@ fn distill_config(args: &DistillArgs, divergence: tinytune::train::Divergence, f
         seq_kd: args.seq_kd,
     };
     train.teacher = Some(std::fs::canonicalize(teacher_dir).unwrap_or(teacher_dir.to_path_buf()).display().to_string());
+    train.teacher_cache = args.teacher_cache.as_deref().map(|p| std::path::absolute(p).unwrap_or(p.to_path_buf()).display().to_string());
     train.validate("command line", n_positions.saturating_sub(train.method.virtual_tokens())).map_err(flag_error)?;
     Ok(train)
 }
@@ -335,6 +355,8 @@ fn resume(args: &TrainArgs, ad: &Device, command: &str) -> Result<(), String> {
     // A distillation run reloads its teacher from where it was (train.json records it).
     if let Some(dir) = trainer.config.teacher.clone() {
         let teacher = model_dir::load_language_model(Path::new(&dir), ad).map_err(|e| format!("{} (the teacher {}): {e}", origin(files::TRAIN), dir))?;
+        let flag = format!("{} (teacher_cache)", origin(files::TRAIN));
+        trainer.teacher_cache = open_teacher_cache(trainer.config.teacher_cache.clone().as_deref(), &teacher.model, &flag)?;
         trainer.set_teacher(teacher.model).map_err(|e| format!("{}: {e}", origin(files::TRAIN)))?;
     }
     truncate_metrics(&args.out.join("metrics.jsonl"), state.step)?;
@@ -373,6 +395,13 @@ fn save(trainer: &Trainer, tokenizer: &TextTokenizer, companions: &Companions, o
     ]);
     if let Some(reference) = trainer.rl.as_ref().and_then(|rl| rl.reference.as_ref()) {
         all.push((files::REFERENCE, save_model(reference)));
+    }
+    // The teacher cache lives where its flag put it (shared between runs), not in the
+    // checkpoint; it is rewritten whenever this run has added rows.
+    if let (Some(cache), Some(path)) = (&trainer.teacher_cache, &trainer.config.teacher_cache)
+        && cache.misses > 0
+    {
+        write_atomic(Path::new(path), &cache.to_bytes())?;
     }
     all.extend([
         // Written last, and its presence marks a complete checkpoint.
@@ -416,6 +445,15 @@ fn run(trainer: Trainer, tokenizer: &TextTokenizer, companions: &Companions, arg
         Ok(Outcome::Finished) => {
             bar.finish();
             write_plot(out)?;
+            if let (Some(cache), Some(path)) = (&trainer.teacher_cache, &trainer.config.teacher_cache) {
+                eprintln!(
+                    "teacher cache {path}: {} rows ({:.1} MB of logits); this run read {} rows from it and added {}",
+                    cache.len(),
+                    cache.logit_bytes() as f64 / 1e6,
+                    cache.hits,
+                    cache.misses
+                );
+            }
             eprintln!("saved {} (model, tokenizer, optimizer state), metrics.jsonl and loss.svg", out.join("checkpoint").display());
             Ok(())
         }

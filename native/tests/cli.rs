@@ -1851,7 +1851,34 @@ fn distill_trains_a_student_from_a_teacher_and_resumes() {
     fails_with(&bad(&["--student-layers", "2", "--divergence", "kl"]), &["--divergence", "forward-kl"]);
     fails_with(&bad(&["--student-layers", "2", "--alpha", "1.5"]), &["--alpha"]);
     fails_with(&bad(&["--student-layers", "2", "--lmbda", "0.5", "--data", "stories"]), &["--lmbda", "prompts"]);
-    for d in [&a, &b, &c] {
+    // --teacher-cache: the first run fills the file, the second reads every row from it
+    // (and its losses are the first's); a cache made with another teacher is refused.
+    let (d, e, cache) = (tmp("distill-cache-1"), tmp("distill-cache-2"), tmp("distill-cache").join("teacher.safetensors"));
+    let cached = |out: &Path, teacher: &str| {
+        let args =
+            ["distill", "--teacher", teacher, "--student-layers", "2", "--out", out.to_str().unwrap(), "--steps", "3", "--batch", "4", "--seq-len", "128"];
+        let mut args = args.to_vec();
+        args.extend_from_slice(&["--train-examples", "100", "--eval-examples", "8", "--eval-batches", "1", "--teacher-cache", cache.to_str().unwrap()]);
+        tinytune(&args)
+    };
+    ok(&cached(&d, m));
+    let out = cached(&e, m);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("this run read 12 rows from it and added 0"), "{out:?}");
+    let served = |dir: &Path| -> Vec<f64> {
+        let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+        text.lines()
+            .filter(|l| l.contains("\"event\":\"step\""))
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["metrics"]["teacher_cached"].as_f64().unwrap())
+            .collect()
+    };
+    assert_eq!(served(&e), vec![1.0; 3]);
+    assert!(served(&d)[0] == 0.0);
+    assert_eq!(step_losses(&d), step_losses(&e));
+    let train: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(e.join("checkpoint/train.json")).unwrap()).unwrap();
+    assert!(train["teacher_cache"].as_str().unwrap().ends_with("teacher.safetensors"), "{train}");
+    fails_with(&cached(&c, a.to_str().unwrap()), &["--teacher-cache", "teacher_sha256", "another teacher"]);
+    for d in [&a, &b, &c, &d, &e, &cache.parent().unwrap().to_path_buf()] {
         let _ = std::fs::remove_dir_all(d);
     }
 }

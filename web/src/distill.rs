@@ -141,6 +141,7 @@ impl DistillParams {
             method: Method::Full,
             data_file: None,
             teacher: None,
+            teacher_cache: None,
         }
     }
 
@@ -174,6 +175,7 @@ impl DistillParams {
             eval_every: self.eval_every(),
             objective: self.objective(s),
             teacher: Some(self.teacher_dir()),
+            teacher_cache: None,
             ..self.teacher_config()
         }
     }

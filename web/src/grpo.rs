@@ -145,6 +145,7 @@ impl GrpoParams {
             method: Method::Full,
             data_file: None,
             teacher: None,
+            teacher_cache: None,
         }
     }
 

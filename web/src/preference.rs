@@ -168,6 +168,7 @@ impl PreferenceParams {
             method: self.method(),
             data_file: None,
             teacher: None,
+            teacher_cache: None,
         }
     }
 

@@ -91,6 +91,7 @@ impl RealModelParams {
             method: self.method(),
             data_file: Some(CHAT_FILE.into()),
             teacher: None,
+            teacher_cache: None,
         }
     }
 

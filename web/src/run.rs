@@ -60,6 +60,7 @@ impl TrainParams {
             method: self.method(),
             data_file: None,
             teacher: None,
+            teacher_cache: None,
         }
     }
 

@@ -37,6 +37,10 @@ pub struct Batch {
     /// Distillation batches whose completions the student sampled itself (GKD's on-policy
     /// steps): there is no label to learn from, only the teacher's distribution.
     pub on_policy: bool,
+    /// Distillation batches served from a teacher cache (`TeacherCache`): the teacher's
+    /// logits `[B * T * V]`, zeros where a position does not count. Empty otherwise (the
+    /// teacher then runs on the batch).
+    pub teacher_logits: Vec<f32>,
 }
 
 impl Batch {
@@ -71,6 +75,12 @@ impl Batch {
                     token_refs: if self.token_refs.is_empty() { vec![] } else { self.token_refs[i * span..(i + 1) * span].to_vec() },
                     labels: if self.labels.is_empty() { vec![] } else { self.labels[i * rows / 2..(i + 1) * rows / 2].to_vec() },
                     on_policy: self.on_policy,
+                    teacher_logits: if self.teacher_logits.is_empty() {
+                        vec![]
+                    } else {
+                        let v = self.teacher_logits.len() / (self.b * self.t).max(1);
+                        self.teacher_logits[i * span * v..(i + 1) * span * v].to_vec()
+                    },
                 }
             })
             .collect()

@@ -170,6 +170,10 @@ pub struct TrainConfig {
     /// it, also when resuming, and hands it to `Trainer::set_teacher`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teacher: Option<String>,
+    /// A distillation run's teacher cache (`teacher_cache::TeacherCache`): the file the
+    /// caller reads the teacher's logits from and writes new rows to, also when resuming.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_cache: Option<String>,
 }
 
 impl Default for TrainConfig {
@@ -201,6 +205,7 @@ impl Default for TrainConfig {
             method: Method::Full,
             data_file: None,
             teacher: None,
+            teacher_cache: None,
         }
     }
 }

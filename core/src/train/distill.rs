@@ -105,6 +105,17 @@ pub fn distill_loss(
     (loss, soft, hard)
 }
 
+/// The frozen teacher's logits on `inputs` (`[B, T]` token ids on any device): computed on
+/// the teacher's own device, without autodiff, in FP32.
+///
+/// # Shapes
+/// inputs `[B, T]` -> `[B, T, V]`
+pub fn teacher_logits(teacher: &crate::Gpt, inputs: &Tensor<2, burn::tensor::Int>) -> Tensor<3> {
+    let device = teacher.wte.weight.val().device();
+    let logits = teacher.forward(inputs.clone().to_device(&device));
+    if logits.dtype() != burn::tensor::DType::F32 { logits.cast(burn::tensor::DType::F32) } else { logits }
+}
+
 /// [`token_divergence`] at one position, in f64 on the host: the closed form the device
 /// computation is tested against.
 pub fn divergence_f64(student: &[f64], teacher: &[f64], divergence: Divergence, beta: f64, temperature: f64) -> f64 {

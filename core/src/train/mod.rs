@@ -12,6 +12,7 @@ pub mod precision;
 pub mod run;
 pub mod score;
 pub mod sweep;
+pub mod teacher_cache;
 pub mod trainer;
 
 pub use batch::{Batch, Dataset};
@@ -22,4 +23,5 @@ pub use objective::{DpoLoss, Objective, PreferenceMetrics};
 pub use precision::{GradCensus, LossScale, LossScaler, Precision, ScalerState};
 pub use run::{Control, EvalEvent, NearestEvent, Outcome, Run, RunHost, StartEvent, TrainEvent};
 pub use sweep::SweepItem;
+pub use teacher_cache::TeacherCache;
 pub use trainer::{Evaluation, ReferenceLogps, StepEvent, Trainer, eval_loss, eval_loss_async, preference_eval, preference_eval_async, reference_logps};

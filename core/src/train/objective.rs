@@ -428,14 +428,18 @@ impl Objective {
         match self {
             Objective::Distill { divergence, beta, temperature, alpha, .. } => {
                 let (inputs, targets, weights) = batch.to_device(device);
-                let Some(teacher) = teacher else {
-                    return Objective::NextToken.loss_and_scores(model, batch, device, compute, None);
+                let teacher_logits = if !batch.teacher_logits.is_empty() {
+                    // Read from a teacher cache.
+                    let v = batch.teacher_logits.len() / (batch.b * batch.t).max(1);
+                    Tensor::from_data(TensorData::new(batch.teacher_logits.clone(), [batch.b, batch.t, v]), device)
+                } else {
+                    let Some(teacher) = teacher else {
+                        return Objective::NextToken.loss_and_scores(model, batch, device, compute, None);
+                    };
+                    // The teacher runs without autodiff on its own device; its logits enter
+                    // the loss as constants.
+                    super::distill::teacher_logits(teacher, &inputs)
                 };
-                // The teacher runs without autodiff on its own device; its logits enter the
-                // loss as constants.
-                let t_device = teacher.wte.weight.val().device();
-                let teacher_logits = teacher.forward(inputs.clone().to_device(&t_device));
-                let teacher_logits = if teacher_logits.dtype() != DType::F32 { teacher_logits.cast(DType::F32) } else { teacher_logits };
                 let logits = model.forward(inputs);
                 let logits = if compute.is_some() { logits.cast(DType::F32) } else { logits };
                 let (loss, soft, hard) = super::distill::distill_loss(

@@ -105,6 +105,9 @@ pub struct Trainer {
     pub rl: Option<super::grpo::Rl>,
     /// A distillation run's frozen teacher, without autodiff (`set_teacher`).
     pub teacher: Option<Gpt>,
+    /// A distillation run's teacher logits from earlier runs (`--teacher-cache`): rows of
+    /// the data found there skip the teacher; rows that are not are added.
+    pub teacher_cache: Option<super::TeacherCache>,
     /// The last rollout's metrics, reported with its step.
     rollout_metrics: std::collections::BTreeMap<String, f64>,
     clock: Option<Instant>,
@@ -268,6 +271,7 @@ impl Trainer {
             elapsed_before: 0.0,
             rl: None,
             teacher: None,
+            teacher_cache: None,
             rollout_metrics: Default::default(),
             clock: None,
         })
@@ -389,7 +393,7 @@ impl Trainer {
                 let batch = self.batch_for(self.step);
                 match self.gkd_source() {
                     Some((model, seed, pad, on_policy)) => Batch { on_policy, ..super::distill::resample(&batch, &model, seed, pad, pad) },
-                    None => batch,
+                    None => self.cached_teacher(batch),
                 }
             }
         };
@@ -676,6 +680,36 @@ impl Trainer {
             super::distill::Source::Teacher => (self.teacher.clone()?, false),
         };
         Some((model, mix(self.config.seed ^ 0x474B_4400, self.step as u64), pad, on_policy))
+    }
+
+    /// A distillation batch of the data with its teacher logits from the teacher cache,
+    /// micro-batch by micro-batch as the loss takes them: a micro-batch whose rows are all
+    /// held is read from the cache; otherwise the teacher runs on it (exactly the forward
+    /// pass the loss would make) and its rows are added. Without a cache, the batch as it
+    /// was. The step's metrics report the share of rows the cache served, `teacher_cached`.
+    fn cached_teacher(&mut self, mut batch: Batch) -> Batch {
+        let (Some(cache), Some(teacher)) = (self.teacher_cache.as_mut(), self.teacher.as_ref()) else { return batch };
+        if !matches!(self.config.objective, Objective::Distill { .. }) {
+            return batch;
+        }
+        let hits_before = cache.hits;
+        let mut logits = Vec::new();
+        for part in batch.split(self.config.accumulate.max(1)) {
+            match cache.lookup(&part) {
+                Some(values) => logits.extend(values),
+                None => {
+                    let inputs = part.to_device(&teacher.wte.weight.val().device()).0;
+                    let values: Vec<f32> =
+                        super::distill::teacher_logits(teacher, &inputs).into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 logits");
+                    cache.insert(&part, &values);
+                    logits.extend(values);
+                }
+            }
+        }
+        let served = (cache.hits - hits_before) as f64 / batch.b.max(1) as f64;
+        self.rollout_metrics.insert("teacher_cached".to_string(), served);
+        batch.teacher_logits = logits;
+        batch
     }
 
     fn check_teacher(&self) -> Result<()> {
