@@ -78,6 +78,14 @@ impl View for &Owned {
     }
 }
 
+/// SHA-256 of `bytes` in lower-case hex, as `sha256sum` prints it: how tinytune records
+/// which data file a run read (`TrainConfig::data_sha256`) and which teacher a teacher
+/// cache was made with.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Serialises named tensors as safetensors (with `{"format": "pt"}` metadata, which
 /// transformers expects): U8 tensors (packed 4-bit codes) as U8, everything else as F32.
 pub fn to_safetensors(tensors: Vec<(String, TensorData)>) -> Vec<u8> {

@@ -319,7 +319,9 @@ fn measure(plan: &Plan, kind: MethodKind, args: &MemoryArgs, device: &Device) ->
 }
 
 /// Refuses, before training starts, a run the estimator says will not fit the device.
-pub fn check_fits(config: &ModelConfig, run: &tinytune::train::TrainConfig, args: &TrainArgs) -> Result<(), String> {
+/// `beside` are other models the run holds (a distillation's teacher), by what they are and
+/// their bytes.
+pub fn check_fits(config: &ModelConfig, run: &tinytune::train::TrainConfig, args: &TrainArgs, beside: &[(&str, u64)]) -> Result<(), String> {
     // Activations scale with the micro-batch; the optimizer decides the state.
     let (batch, seq) = (run.batch_size / run.accumulate.max(1), run.seq_len);
     if args.ignore_memory_check {
@@ -339,15 +341,23 @@ pub fn check_fits(config: &ModelConfig, run: &tinytune::train::TrainConfig, args
     if !crate::backend::on_cpu() {
         plan.overhead = DEFAULT_GPU_OVERHEAD;
     }
-    let need = plan.estimate().peak;
+    let need = plan.estimate().peak + beside.iter().map(|(_, b)| b).sum::<u64>();
     if need > limit {
+        let others: String = beside.iter().map(|(what, b)| format!("; with {what}, {}", human(*b))).collect();
         return Err(format!(
-            "this run needs about {} at its peak (tinytune memory --model <config> --precision fp32 --activations tinytune --batch {batch} --seq {seq} shows the breakdown), more than {what} ({}). Lower --batch or --seq-len, or pass --ignore-memory-check to start anyway",
+            "this run needs about {} at its peak (tinytune memory --model <config> --precision fp32 --activations tinytune --batch {batch} --seq {seq} shows the breakdown{others}), more than {what} ({}). Lower --batch or --seq-len, or pass --ignore-memory-check to start anyway",
             human(need),
             human(limit)
         ));
     }
     Ok(())
+}
+
+/// A frozen teacher's share of a distillation run's memory: its FP32 weights, and its logits
+/// with the log-probabilities the divergence takes of them (`[B, T, V]` each, per
+/// micro-batch of `batch` rows).
+pub fn teacher_bytes(teacher: &ModelConfig, batch: usize, seq: usize) -> u64 {
+    teacher.num_params() as u64 * 4 + 2 * (batch * seq * teacher.vocab_size) as u64 * 4
 }
 
 /// MemAvailable from /proc/meminfo (Linux); None elsewhere.

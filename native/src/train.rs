@@ -87,6 +87,7 @@ pub fn resolve(args: &TrainArgs, method: Method, default_data: DataSource, defau
         objective,
         method,
         data_file,
+        data_sha256: None,
         teacher: None,
         teacher_cache: None,
     };
@@ -101,12 +102,23 @@ pub fn resolve(args: &TrainArgs, method: Method, default_data: DataSource, defau
 /// A trainer for `config`: on its built-in data, or on its JSON Lines file, read here
 /// (core never touches the file system), split into training and held-out examples
 /// (conversations rendered with the model's `chat` template).
-pub fn trainer(model: Gpt, tok: &TextTokenizer, chat: Option<&ChatTemplate>, config: TrainConfig, ad: &Device) -> Result<Trainer, String> {
+pub fn trainer(model: Gpt, tok: &TextTokenizer, chat: Option<&ChatTemplate>, mut config: TrainConfig, ad: &Device) -> Result<Trainer, String> {
     let Some(file) = config.data_file.clone() else {
         return Trainer::new(model, tok, config, ad).map_err(|e| e.to_string());
     };
-    let trainer = Trainer::from_jsonl(model, tok, chat, &read_text(Path::new(&file))?, &file, config, ad).map_err(|e| e.to_string())?;
-    eprintln!("{file}: {} training and {} held-out examples", trainer.train.len(), trainer.eval.len());
+    // The file's SHA-256 goes into train.json; a resumed run checks the file is the same.
+    let text = read_text(Path::new(&file))?;
+    let sha = tinytune::checkpoint::sha256_hex(text.as_bytes());
+    if let Some(saved) = config.data_sha256.as_deref().filter(|saved| **saved != sha) {
+        return Err(format!(
+            "{file}: the data file changed since the run started (SHA-256 {} then, {} now; train.json's data_sha256); a resumed run must read the same data: restore the file, or start a new run with another --out",
+            &saved[..saved.len().min(12)],
+            &sha[..12]
+        ));
+    }
+    config.data_sha256 = Some(sha.clone());
+    let trainer = Trainer::from_jsonl(model, tok, chat, &text, &file, config, ad).map_err(|e| e.to_string())?;
+    eprintln!("{file}: {} training and {} held-out examples (SHA-256 {})", trainer.train.len(), trainer.eval.len(), &sha[..12]);
     Ok(trainer)
 }
 
@@ -146,6 +158,8 @@ pub fn pretrain(args: PretrainArgs, device: &Device) -> Result<(), String> {
     };
     // The embedding table has exactly one row per token id.
     config.vocab_size = tokenizer.vocab_size();
+    // Checked before the weights are allocated (and again in `run`, on the built model).
+    crate::memory::check_fits(&config, &train, &args.train, &[])?;
     let model = Gpt::init(&config, train.seed, &ad);
     run(trainer(model, &tokenizer, None, train, &ad)?, &tokenizer, &Vec::new(), &args.train, "pretrain")
 }
@@ -157,6 +171,7 @@ pub fn finetune(args: FinetuneArgs, device: &Device) -> Result<(), String> {
     }
     refuse_to_overwrite(&args.train.out)?;
     let model_dir = args.model.as_deref().ok_or("--model: name the model to fine-tune (a model or run folder)")?;
+    check_before_loading(model_dir, &args)?;
     let loaded = model_dir::load(model_dir, &ad)?;
     let train = resolve(
         &args.train,
@@ -192,6 +207,18 @@ pub fn finetune(args: FinetuneArgs, device: &Device) -> Result<(), String> {
         None => {}
     }
     run(trainer, &loaded.tokenizer, &loaded.companions, &args.train, "finetune")
+}
+
+/// The memory check from the model folder's `config.json` alone, before its weights are read
+/// (a model too large for the machine is refused at once, not after loading it). Anything
+/// this cannot read is left to the loader, which names it, and the check in `run` follows.
+fn check_before_loading(dir: &Path, args: &FinetuneArgs) -> Result<(), String> {
+    let Ok(dir) = model_dir::resolve(dir) else { return Ok(()) };
+    let Ok(text) = std::fs::read_to_string(dir.join(files::CONFIG)) else { return Ok(()) };
+    let Ok(config) = ModelConfig::from_json(&text, dir.join(files::CONFIG).display().to_string()) else { return Ok(()) };
+    let Ok(method) = args.method.to_method(None, config.family) else { return Ok(()) };
+    let Ok(train) = resolve(&args.train, method, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, config.n_positions) else { return Ok(()) };
+    crate::memory::check_fits(&config, &train, &args.train, &[])
 }
 
 /// `tinytune distill`: a student trained on a teacher's softened distributions (see
@@ -412,7 +439,10 @@ fn save(trainer: &Trainer, tokenizer: &TextTokenizer, companions: &Companions, o
 
 /// Drives a run (`command`, pretrain or finetune, names it in the hints it prints).
 fn run(trainer: Trainer, tokenizer: &TextTokenizer, companions: &Companions, args: &TrainArgs, command: &str) -> Result<(), String> {
-    crate::memory::check_fits(trainer.model.config(), &trainer.config, args)?;
+    let micro_batch = trainer.config.batch_size / trainer.config.accumulate.max(1);
+    let teacher =
+        trainer.teacher.as_ref().map(|t| ("the teacher's weights and logits", crate::memory::teacher_bytes(t.config(), micro_batch, trainer.config.seq_len)));
+    crate::memory::check_fits(trainer.model.config(), &trainer.config, args, teacher.as_slice())?;
     let out = &args.out;
     std::fs::create_dir_all(out).map_err(|e| format!("{}: cannot create run folder: {e}", out.display()))?;
     let metrics_path = out.join("metrics.jsonl");

@@ -300,6 +300,20 @@ fn a_run_that_will_not_fit_is_refused_before_it_starts() {
     fails_with(&pretrain(&run, &["--steps", "2", "--device-memory-gib", "0.001"]), &["needs about", "--ignore-memory-check"]);
     assert!(!run.join("checkpoint").exists(), "nothing was written");
     ok(&pretrain(&run, &["--steps", "2", "--device-memory-gib", "0.001", "--ignore-memory-check"]));
+    // finetune checks from config.json before reading the weights: a GPT-2 XL-sized folder
+    // with no weights file at all is refused for its size, not for the missing file.
+    let xl = tmp("xl-sized");
+    std::fs::create_dir_all(&xl).unwrap();
+    let micro = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/micro");
+    std::fs::copy(micro.join("tokenizer.json"), xl.join("tokenizer.json")).unwrap();
+    std::fs::write(xl.join("config.json"), r#"{"model_type":"gpt2","vocab_size":512,"n_positions":1024,"n_embd":1600,"n_layer":48,"n_head":25}"#).unwrap();
+    let out = tinytune(&["finetune", "--model", xl.to_str().unwrap(), "--out", run.join("ft").to_str().unwrap(), "--device-memory-gib", "2"]);
+    fails_with(&out, &["needs about", "more than --device-memory-gib 2"]);
+    // A distillation counts its teacher beside the student.
+    let m = micro.to_str().unwrap();
+    let out = tinytune(&["distill", "--teacher", m, "--student-layers", "2", "--out", run.join("d").to_str().unwrap(), "--device-memory-gib", "0.001"]);
+    fails_with(&out, &["needs about", "with the teacher's weights and logits"]);
+    let _ = std::fs::remove_dir_all(&xl);
 }
 
 fn with_stdin(args: &[&str], input: &str) -> Output {
@@ -637,6 +651,15 @@ fn adapters_prompts_ia3_and_jsonl_data() {
     let mut killed = adapter.to_vec();
     killed.extend_from_slice(&["--stop-after", "3"]);
     ok(&finetune(&r, &killed));
+    // train.json records the file and its SHA-256 (as sha256sum prints it); a resumed run
+    // refuses a file that changed under it.
+    let train: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(r.join("checkpoint/train.json")).unwrap()).unwrap();
+    let sum = std::process::Command::new("sha256sum").arg(&data).output().unwrap();
+    let sum = String::from_utf8_lossy(&sum.stdout).split_whitespace().next().unwrap().to_string();
+    assert_eq!((train["data_file"].as_str(), train["data_sha256"].as_str()), (Some(d), Some(sum.as_str())), "{train}");
+    std::fs::write(&data, lines.replacen("birds", "dogs", 1)).unwrap();
+    fails_with(&tinytune(&["finetune", "--out", r.to_str().unwrap(), "--resume"]), &["sft.jsonl", "changed since the run started", "data_sha256"]);
+    std::fs::write(&data, &lines).unwrap();
     ok(&tinytune(&["finetune", "--model", b, "--out", r.to_str().unwrap(), "--resume"]));
     assert_eq!(step_losses(&a), step_losses(&r));
     fails_with(

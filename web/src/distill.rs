@@ -140,6 +140,7 @@ impl DistillParams {
             objective: Objective::NextToken,
             method: Method::Full,
             data_file: None,
+            data_sha256: None,
             teacher: None,
             teacher_cache: None,
         }

@@ -144,6 +144,7 @@ impl GrpoParams {
             objective: self.objective(),
             method: Method::Full,
             data_file: None,
+            data_sha256: None,
             teacher: None,
             teacher_cache: None,
         }

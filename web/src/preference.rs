@@ -167,6 +167,7 @@ impl PreferenceParams {
             objective: self.objective(),
             method: self.method(),
             data_file: None,
+            data_sha256: None,
             teacher: None,
             teacher_cache: None,
         }

@@ -90,6 +90,7 @@ impl RealModelParams {
             objective: tinytune::train::Objective::NextToken,
             method: self.method(),
             data_file: Some(CHAT_FILE.into()),
+            data_sha256: None,
             teacher: None,
             teacher_cache: None,
         }

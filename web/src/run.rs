@@ -59,6 +59,7 @@ impl TrainParams {
             objective: tinytune::train::Objective::NextToken,
             method: self.method(),
             data_file: None,
+            data_sha256: None,
             teacher: None,
             teacher_cache: None,
         }

@@ -166,6 +166,10 @@ pub struct TrainConfig {
     /// to `Trainer::from_datasets` (the CLI does, also when resuming).
     #[serde(default)]
     pub data_file: Option<String>,
+    /// SHA-256 of `data_file`'s bytes when the run started, so a resumed run can tell that
+    /// the file changed under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_sha256: Option<String>,
     /// A distillation run's teacher: the model folder it was loaded from (the caller loads
     /// it, also when resuming, and hands it to `Trainer::set_teacher`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -204,6 +208,7 @@ impl Default for TrainConfig {
             objective: Objective::NextToken,
             method: Method::Full,
             data_file: None,
+            data_sha256: None,
             teacher: None,
             teacher_cache: None,
         }

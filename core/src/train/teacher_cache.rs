@@ -27,7 +27,6 @@
 use std::collections::HashMap;
 
 use safetensors::{Dtype, SafeTensors};
-use sha2::{Digest, Sha256};
 
 use super::batch::Batch;
 use crate::checkpoint::Owned;
@@ -62,15 +61,9 @@ pub struct TeacherCache {
 /// tinytune saves them, so the same model gives the same fingerprint wherever it was
 /// loaded from.
 pub fn fingerprint(teacher: &Gpt) -> String {
-    let mut hash = Sha256::new();
-    hash.update(teacher.config().to_json().as_bytes());
-    hash.update(crate::checkpoint::save_model(teacher));
-    hex(&hash.finalize())
-}
-
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut bytes = teacher.config().to_json().into_bytes();
+    bytes.extend(crate::checkpoint::save_model(teacher));
+    crate::checkpoint::sha256_hex(&bytes)
 }
 
 impl TeacherCache {
