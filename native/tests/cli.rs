@@ -727,7 +727,8 @@ fn adapters_prompts_ia3_and_jsonl_data() {
 
 /// A LoRA run on the transformers-made GPT-2 fixture exports as a PEFT adapter folder; that
 /// folder loaded onto the plain base with `logits --adapter` gives the run's own logits
-/// (PEFT itself loads it too: tests/fixtures/check_peft_adapter.py, run by hand). Methods
+/// (PEFT itself loads every method's export: tests/tests/fixtures.rs,
+/// `tinytunes_exported_adapters_load_in_peft_with_the_runs_logits`). Methods
 /// without a PEFT format are refused.
 #[test]
 fn export_adapter_writes_peft_folders_that_load_back() {

@@ -306,6 +306,49 @@ fn peft_adapter_folders_reproduce_peft_logits_and_round_trip() {
     }
 }
 
+/// The reverse direction: adapters that tinytune trained and exported
+/// (`tests/fixtures/make_peft_export_reference.py` ran `finetune` and `export-adapter` for
+/// LoRA on all linear layers with every bias, rsLoRA with `lora_only` biases, DoRA, IA³,
+/// prompt tuning and a PiSSA run converted to a plain LoRA, and checked that PEFT 0.21's
+/// logits equal the run's own to 1e-4) load in tinytune to PEFT's logits within 1e-4, and
+/// exporting them again writes the committed files exactly: the config and every tensor,
+/// so what PEFT was shown is what tinytune writes today.
+#[test]
+fn tinytunes_exported_adapters_load_in_peft_with_the_runs_logits() {
+    use tinytune::methods::peft;
+    let device = burn::tensor::Device::flex();
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("peft-export/reference.json")).unwrap()).unwrap();
+    let cases = reference["cases"].as_object().unwrap();
+    assert_eq!(cases.len(), 6, "one case per exportable method");
+    for (case, want) in cases {
+        let name = format!("peft-export/{case}");
+        let (config, weights) = read_adapter(&name);
+        let (model, method) = peft::load(hf_base(&device).model, &config, &weights, &name, &device).unwrap();
+        let ids: Vec<u32> = want["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let expected: Vec<f32> = want["peft_logits"].as_array().unwrap().iter().flat_map(floats).collect();
+        let got = all_logits(&model, &ids, &device);
+        // A prompt-tuned model's output has its virtual tokens' rows in front.
+        let got = &got[got.len() - expected.len()..];
+        let d = worst(got, &expected);
+        eprintln!("{case}: tinytune's export, in PEFT and in tinytune: largest logit difference {d:.2e} (the run against PEFT: {})", want["run_vs_peft"]);
+        assert!(d < 1e-4, "{case}: logits differ from PEFT's by {d}");
+        assert!(want["base_vs_run"].as_f64().unwrap() > 1e-2, "{case}: the adapter changes the base's logits");
+        let (config2, weights2) = peft::save(&model, &method, None).unwrap();
+        let json = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
+        assert_eq!(json(&config2), json(&config), "{case}: adapter_config.json");
+        let tensors = |bytes: &[u8]| {
+            let mut v: Vec<_> = tinytune::checkpoint::from_safetensors(bytes, &"test".into())
+                .unwrap()
+                .into_iter()
+                .map(|(k, d)| (k, d.shape().to_vec(), d.convert::<f32>().try_to_vec::<f32>().unwrap()))
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        assert_eq!(tensors(&weights2), tensors(&weights), "{case}: adapter_model.safetensors");
+    }
+}
+
 /// A reward model's LoRA adapter is PEFT's sequence-classification form: `task_type`
 /// `SEQ_CLS`, `modules_to_save` `["score"]`, and the trained head saved whole as
 /// `base_model.model.score.weight`; loaded onto a fresh reward model of the same base, it

@@ -14,7 +14,8 @@
 //! | `h.N.{proj}.lora_A.weight` `[r, d_in]` | `h.N.{proj}.lora.lora_a` `[d_in, r]` (transposed) |
 //! | `h.N.{proj}.lora_B.weight` `[d_out, r]` | `h.N.{proj}.lora.lora_b` `[r, d_out]` (transposed) |
 //! | `h.N.{proj}.lora_magnitude_vector` `[d_out]` | `h.N.{proj}.lora.magnitude` (DoRA) |
-//! | `{path}.bias` (bias `all` / `lora_only`) | `{path}.bias` |
+//! | `{path}.base_layer.bias` (bias `all` / `lora_only`, a LoRA-wrapped module) | `{path}.bias` |
+//! | `{path}.bias` (bias `all`, any other module) | `{path}.bias` |
 //! | `h.N.{proj}.ia3_l` `[d_out, 1]`, or `[1, d_in]` for feedforward modules | `h.N.{proj}.ia3.ia3_l` |
 //! | `prompt_embeddings` `[k, C]` (no prefix) | `prompt.embedding` |
 //!
@@ -241,6 +242,8 @@ fn from_peft(family: Family, key: &str, data: &TensorData) -> Option<(String, Te
     if key == "prompt_embeddings" {
         return Some(("prompt.embedding".into(), data.clone()));
     }
+    // A LoRA-wrapped module's own bias sits under its `base_layer` in PEFT's files.
+    let key = key.replace(".base_layer.bias", ".bias");
     let rest = names::from_hf(family, key.strip_prefix(PREFIX)?)?;
     let rest = rest.as_str();
     let two_d = data.shape().len() == 2;
@@ -300,9 +303,14 @@ pub fn save(model: &Gpt, method: &Method, base: Option<&str>) -> Result<(String,
     let family = model.config().family;
     let trainable = adapter_params(model, method);
     let mut ia3_input = HashMap::new();
+    // PEFT wraps a LoRA-targeted module, whose own bias is then `{path}.base_layer.bias`.
+    let mut wrapped = HashSet::new();
     super::for_each_projection_ref(model, |path, p| {
         if let Some(i) = &p.ia3 {
             ia3_input.insert(format!("{path}.ia3.ia3_l"), i.input);
+        }
+        if p.lora.is_some() {
+            wrapped.insert(format!("{path}.bias"));
         }
     });
     let mut tensors = Vec::new();
@@ -313,6 +321,10 @@ pub fn save(model: &Gpt, method: &Method, base: Option<&str>) -> Result<(String,
             tensors.push((format!("{PREFIX}{}.ia3_l", names::to_hf(family, p)), reshape(&data, if input { vec![1, n] } else { vec![n, 1] })));
         } else if trainable.contains(&name) {
             match to_peft(family, &name, &data) {
+                Some((key, t)) if wrapped.contains(&name) => {
+                    let key = format!("{}.base_layer.bias", key.strip_suffix(".bias").expect("a bias"));
+                    tensors.push((key, t))
+                }
                 Some(t) => tensors.push(t),
                 None => {
                     return Err(Error::Invalid(format!("{name} trains under {} but has no PEFT name; this adapter cannot be exported", method.name())));
