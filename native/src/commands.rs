@@ -438,15 +438,22 @@ pub fn bench_cmd(args: BenchArgs, device: &Device) -> Result<(), String> {
     let model = method.apply(Gpt::init(&config, 0, &ad), 0, &ad).map_err(crate::flags::flag_error)?;
     let trainable = tinytune::model::trainable_count(&model);
     let mut trainer = Trainer::from_datasets(model, train, data.clone(), data, &ad).map_err(|e| e.to_string())?;
+    let bar = crate::progress::bar(args.steps as u64 + 3, "bench");
+    bar.set_message("3 warm-up steps (untimed)");
     for _ in 0..3 {
         trainer.step().map_err(|e| e.to_string())?;
+        bar.inc(1);
     }
     let start = web_time::Instant::now();
     let mut last = 0.0;
-    for _ in 0..args.steps {
+    for i in 0..args.steps {
         last = trainer.step().map_err(|e| e.to_string())?.loss;
+        bar.inc(1);
+        let tokens = ((i + 1) * args.batch * args.ctx) as f64;
+        bar.set_message(format!("{:.0} tokens/s", tokens / start.elapsed().as_secs_f64()));
     }
     let secs = start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
     let tokens = (args.steps * args.batch * args.ctx) as f64;
     let tps = tokens / secs;
     if args.json {

@@ -92,13 +92,20 @@ pub fn compare_cmd(a: CompareArgs, device: &Device) -> Result<(), String> {
     for (config, model) in prepared {
         let kind = config.optimizer.kind;
         let trainer = train::trainer(model, &loaded.tokenizer, loaded.chat.as_ref(), config, &ad)?;
+        trainer.check_held_out().map_err(crate::flags::flag_error)?;
         let mut run = Run::new(trainer, loaded.tokenizer.clone());
         let before = current();
         reset_peak();
-        let mut host = Losses { label: String::new(), trainable: 0, losses: Vec::new(), time_s: 0.0 };
-        run.drive(&mut host).map_err(|e| format!("{}: {e}", host.label))?;
+        let mut host = Losses { label: String::new(), trainable: 0, losses: Vec::new(), time_s: 0.0, bar: None };
+        let outcome = run.drive(&mut host);
+        if let Some(bar) = host.bar.take() {
+            bar.finish_and_clear();
+        }
+        outcome.map_err(|e| format!("{}: {e}", host.label))?;
         let eval_loss = run.last_eval().expect("a finished run is evaluated after its last step");
-        let Losses { trainable, losses, time_s, .. } = host;
+        let Losses { label, trainable, losses, time_s, .. } = host;
+        let last = losses.last().map_or(f64::NAN, |l| l.1);
+        eprintln!("{label}: {} steps in {time_s:.1} s, last train loss {last:.4}, held-out loss {eval_loss:.4}", losses.len());
         let trainer = run.trainer;
         let method = trainer.config.method.name().to_string();
         let peak_bytes = measure.then(|| peak().saturating_sub(before));
@@ -172,6 +179,8 @@ struct Losses {
     losses: Vec<(f64, f64)>,
     /// Training seconds at the last step (the final evaluation not counted).
     time_s: f64,
+    /// The run's progress on a terminal.
+    bar: Option<indicatif::ProgressBar>,
 }
 
 impl RunHost for Losses {
@@ -183,10 +192,15 @@ impl RunHost for Losses {
                 self.label = format!("{} with {}", s.method, trainer.config.optimizer.kind);
                 self.trainable = s.trainable;
                 eprintln!("{}: {} steps at lr {:e}, {} trainable parameters", self.label, s.steps, trainer.config.lr, s.trainable);
+                self.bar = Some(crate::progress::bar(s.steps as u64, self.label.clone()));
             }
             TrainEvent::Step(e) => {
                 self.losses.push((e.step as f64, e.loss as f64));
                 self.time_s = e.elapsed_s;
+                if let Some(bar) = &self.bar {
+                    bar.set_position(e.step as u64);
+                    bar.set_message(format!("loss {:.4}", e.loss));
+                }
             }
             TrainEvent::Eval(_) | TrainEvent::Nearest(_) => {}
         }

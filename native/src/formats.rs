@@ -111,14 +111,20 @@ pub fn quantize_cmd(a: QuantizeArgs, device: &Device) -> Result<(), String> {
     let loaded = model_dir::load(&a.model, device)?;
     let seq = loaded.model.context_len().min(128);
     let ds = data.dataset(&loaded.tokenizer, 0, Split::Eval, a.examples, seq, 0.0).map_err(|e| e.to_string())?;
+    let bar = crate::progress::bar(formats.len() as u64 + 1, "quantize");
+    bar.set_message("held-out loss in FP32");
     let before = eval_loss(&loaded.model, &ds, a.batch, seq, usize::MAX).map_err(|e| e.to_string())?;
+    bar.inc(1);
     let mut rows = Vec::new();
     for f in formats {
+        bar.set_message(f.to_string());
         let (model, report) =
             quantize_model(loaded.model.clone(), f, a.block, a.double_quant && matches!(f, "nf4" | "fp4")).map_err(|e| format!("--format: {e}"))?;
         let after = eval_loss(&model, &ds, a.batch, seq, usize::MAX).map_err(|e| e.to_string())?;
         rows.push((report, after));
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     if a.json {
         let out: Vec<_> = rows.iter().map(|(r, after)| serde_json::json!({ "report": r, "eval_loss_before": before, "eval_loss_after": after })).collect();
         println!("{}", serde_json::to_string_pretty(&out).expect("plain data"));

@@ -14,6 +14,7 @@ mod memory;
 mod model_dir;
 mod plot;
 mod precision;
+mod progress;
 mod prune;
 mod serve;
 mod train;

@@ -77,10 +77,19 @@ pub fn load(dir: &Path, device: &Device) -> Result<Loaded, String> {
     let dir = resolve(dir)?;
     let config = read_text(&dir.join(files::CONFIG))?;
     let tokenizer = read_text(&dir.join(files::TOKENIZER))?;
+    // Reading and building a large model takes a while: say so on a terminal.
+    let size: u64 = std::fs::read_dir(&dir)
+        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors")).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .unwrap_or(0);
+    let spinner = (size > 200_000_000).then(|| crate::progress::spinner(format!("loading {} ({:.1} GB of weights)", dir.display(), size as f64 / 1e9)));
     let shards = read_weights(&dir)?;
     let method = method_of(&dir)?;
     let shards: Vec<(String, &[u8])> = shards.iter().map(|(f, b)| (f.clone(), b.as_slice())).collect();
-    let loaded = load_parts_sharded(&dir.display().to_string(), &config, &tokenizer, &shards, &method, device).map_err(|e| e.to_string())?;
+    let loaded = load_parts_sharded(&dir.display().to_string(), &config, &tokenizer, &shards, &method, device).map_err(|e| e.to_string());
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    let loaded = loaded?;
     let companions: Companions = COMPANIONS.iter().filter_map(|&name| std::fs::read(dir.join(name)).ok().map(|bytes| (name, bytes))).collect();
     let text = |name: &str| companions.iter().find(|(n, _)| *n == name).map(|(_, b)| String::from_utf8_lossy(b).into_owned());
     let (config_text, jinja) = (text(TOKENIZER_CONFIG), text(CHAT_TEMPLATE));

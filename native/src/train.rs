@@ -103,8 +103,9 @@ pub fn resolve(args: &TrainArgs, method: Method, default_data: DataSource, defau
 /// (core never touches the file system), split into training and held-out examples
 /// (conversations rendered with the model's `chat` template).
 pub fn trainer(model: Gpt, tok: &TextTokenizer, chat: Option<&ChatTemplate>, mut config: TrainConfig, ad: &Device) -> Result<Trainer, String> {
+    // Core errors name config fields; the command line shows them as its flags.
     let Some(file) = config.data_file.clone() else {
-        return Trainer::new(model, tok, config, ad).map_err(|e| e.to_string());
+        return Trainer::new(model, tok, config, ad).map_err(flag_error);
     };
     // The file's SHA-256 goes into train.json; a resumed run checks the file is the same.
     let text = read_text(Path::new(&file))?;
@@ -117,7 +118,7 @@ pub fn trainer(model: Gpt, tok: &TextTokenizer, chat: Option<&ChatTemplate>, mut
         ));
     }
     config.data_sha256 = Some(sha.clone());
-    let trainer = Trainer::from_jsonl(model, tok, chat, &text, &file, config, ad).map_err(|e| e.to_string())?;
+    let trainer = Trainer::from_jsonl(model, tok, chat, &text, &file, config, ad).map_err(flag_error)?;
     eprintln!("{file}: {} training and {} held-out examples (SHA-256 {})", trainer.train.len(), trainer.eval.len(), &sha[..12]);
     Ok(trainer)
 }
@@ -443,6 +444,7 @@ fn run(trainer: Trainer, tokenizer: &TextTokenizer, companions: &Companions, arg
     let teacher =
         trainer.teacher.as_ref().map(|t| ("the teacher's weights and logits", crate::memory::teacher_bytes(t.config(), micro_batch, trainer.config.seq_len)));
     crate::memory::check_fits(trainer.model.config(), &trainer.config, args, teacher.as_slice())?;
+    trainer.check_held_out().map_err(flag_error)?;
     let out = &args.out;
     std::fs::create_dir_all(out).map_err(|e| format!("{}: cannot create run folder: {e}", out.display()))?;
     let metrics_path = out.join("metrics.jsonl");
@@ -461,7 +463,7 @@ fn run(trainer: Trainer, tokenizer: &TextTokenizer, companions: &Companions, arg
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]").expect("valid template"));
     bar.set_position(trainer.step as u64);
     crate::interrupt::install();
-    let plain = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let plain = !crate::progress::on_terminal();
     let mut host = CliHost { tokenizer, companions, args, metrics, metrics_path, bar, steps_here: 0, last_loss: f32::NAN, plain };
     let mut run = Run::new(trainer, tokenizer.clone());
     let outcome = run.drive(&mut host);
@@ -475,6 +477,8 @@ fn run(trainer: Trainer, tokenizer: &TextTokenizer, companions: &Companions, arg
         Ok(Outcome::Finished) => {
             bar.finish();
             write_plot(out)?;
+            let held_out = run.last_eval().map(|l| format!(", held-out loss {l:.4}")).unwrap_or_default();
+            eprintln!("finished {} steps in {:.1} s: last train loss {:.4}{held_out}", trainer.step, trainer.elapsed(), host.last_loss);
             if let (Some(cache), Some(path)) = (&trainer.teacher_cache, &trainer.config.teacher_cache) {
                 eprintln!(
                     "teacher cache {path}: {} rows ({:.1} MB of logits); this run read {} rows from it and added {}",

@@ -314,6 +314,37 @@ fn a_run_that_will_not_fit_is_refused_before_it_starts() {
     let out = tinytune(&["distill", "--teacher", m, "--student-layers", "2", "--out", run.join("d").to_str().unwrap(), "--device-memory-gib", "0.001"]);
     fails_with(&out, &["needs about", "with the teacher's weights and logits"]);
     let _ = std::fs::remove_dir_all(&xl);
+    // Rows cut before their answers: refused by flag before training, and the hint is to
+    // raise --seq-len, not lower it.
+    let cut = run.join("cut");
+    let args = ["finetune", "--model", m, "--out", cut.to_str().unwrap(), "--steps", "1", "--batch", "4", "--seq-len", "48", "--eval-batches", "1"];
+    fails_with(&tinytune(&args), &["error: --seq-len: is 48 tokens", "raise it"]);
+    // At 64 some training rows keep their answers, but the first held-out batch's do not:
+    // refused before any step, by finetune and by compare (before its first run).
+    let mut args = args.to_vec();
+    args[10] = "64";
+    let out = tinytune(&args);
+    fails_with(&out, &["--seq-len 64", "answers are cut off", "raise --seq-len"]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("step "), "{out:?}");
+    let out = tinytune(&[
+        "compare",
+        "--model",
+        m,
+        "--methods",
+        "full,lora",
+        "--out",
+        cut.to_str().unwrap(),
+        "--steps",
+        "1",
+        "--batch",
+        "4",
+        "--seq-len",
+        "64",
+        "--eval-batches",
+        "1",
+    ]);
+    fails_with(&out, &["--seq-len 64", "answers are cut off"]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("steps in"), "{out:?}");
 }
 
 fn with_stdin(args: &[&str], input: &str) -> Output {

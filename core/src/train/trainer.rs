@@ -626,6 +626,20 @@ impl Trainer {
         Ok(self.evaluate_async().await?.loss)
     }
 
+    /// Whether the held-out evaluation will find tokens to count, checked before any
+    /// training time is spent (an evaluation at the end would otherwise fail after it).
+    pub fn check_held_out(&self) -> Result<()> {
+        let c = &self.config;
+        if c.objective.is_preference() {
+            return Ok(());
+        }
+        let (objective, b) = match &self.rl {
+            Some(_) => (&Objective::NextToken, c.batch_size.min(self.eval.len()).max(1)),
+            None => (c.objective.held_out(), c.batch_size),
+        };
+        counted_eval_batches(objective, &self.eval, b, c.seq_len, c.eval_batches).map(|_| ())
+    }
+
     /// The held-out loss, with TRL's metrics for a preference objective.
     pub fn evaluate(&self) -> Result<Evaluation> {
         let c = &self.config;
@@ -873,18 +887,29 @@ async fn eval_losses_async(objective: &Objective, model: &Gpt, data: &Dataset, b
 /// Each evaluation batch's mean loss (still on the device) and its weight.
 fn eval_batch_losses(objective: &Objective, model: &Gpt, data: &Dataset, b: usize, t: usize, max_batches: usize) -> Result<Vec<(Tensor<1>, f32)>> {
     let device = model.wte.weight.val().device();
+    let batches = counted_eval_batches(objective, data, b, t, max_batches)?;
+    Ok(batches.iter().map(|batch| (objective.loss(model, batch, &device, None), objective.weight(batch))).collect())
+}
+
+/// The evaluation batches, refused (with the reason and the fix) when no token in them
+/// counts towards the loss.
+fn counted_eval_batches(objective: &Objective, data: &Dataset, b: usize, t: usize, max_batches: usize) -> Result<Vec<Batch>> {
     let batches = data.sequential(b, t, max_batches.max(1));
     if batches.iter().all(|batch| objective.weight(batch) == 0.0) {
-        // Two different causes: fewer held-out rows than a batch, or rows (a stream) too short.
+        // Three different causes: fewer held-out rows than a batch, rows whose answers all lie
+        // past the row length, or a stream too short for one window.
         return Err(match data {
             Dataset::Rows { rows, .. } if rows.len() < b => Error::Invalid(format!(
                 "the held-out split has {} examples, fewer than one evaluation batch of {b}; lower `batch_size` or hold out more examples",
                 rows.len()
             )),
+            Dataset::Rows { .. } => Error::Invalid(format!(
+                "at `seq_len` {t} tokens the held-out examples' answers are cut off, so no token counts towards the loss; raise `seq_len` (up to the model's context) or use shorter examples"
+            )),
             _ => Error::Invalid("the held-out split is too short for one evaluation batch; lower `seq_len` or add examples".into()),
         });
     }
-    Ok(batches.iter().map(|batch| (objective.loss(model, batch, &device, None), objective.weight(batch))).collect())
+    Ok(batches)
 }
 
 /// Each row's summed log-probability of its counted targets under `model` (no autodiff
