@@ -92,7 +92,7 @@ pub fn compare_cmd(a: CompareArgs, device: &Device) -> Result<(), String> {
     for (config, model) in prepared {
         let kind = config.optimizer.kind;
         let trainer = train::trainer(model, &loaded.tokenizer, loaded.chat.as_ref(), config, &ad)?;
-        trainer.check_held_out().map_err(crate::flags::flag_error)?;
+        trainer.check_held_out().map_err(crate::flags::run_error)?;
         let mut run = Run::new(trainer, loaded.tokenizer.clone());
         let before = current();
         reset_peak();

@@ -45,6 +45,15 @@ pub fn render(text: &str) -> String {
     tinytune::error::render_fields(text, |field| format!("--{}", flag(field, "")))
 }
 
+/// A core error that may be about flags (a `training config` field: phrased as the flag) or
+/// about a file the flags named (a data file's line: kept as it is, file and all).
+pub fn run_error(e: tinytune::Error) -> String {
+    match &e {
+        tinytune::Error::Config { origin, .. } if origin.to_string() == "training config" => flag_error(e),
+        _ => render(&e.to_string()),
+    }
+}
+
 /// A core error about values that came from flags, phrased in terms of the flag.
 pub fn flag_error(e: tinytune::Error) -> String {
     match e {

@@ -105,7 +105,7 @@ pub fn resolve(args: &TrainArgs, method: Method, default_data: DataSource, defau
 pub fn trainer(model: Gpt, tok: &TextTokenizer, chat: Option<&ChatTemplate>, mut config: TrainConfig, ad: &Device) -> Result<Trainer, String> {
     // Core errors name config fields; the command line shows them as its flags.
     let Some(file) = config.data_file.clone() else {
-        return Trainer::new(model, tok, config, ad).map_err(flag_error);
+        return Trainer::new(model, tok, config, ad).map_err(crate::flags::run_error);
     };
     // The file's SHA-256 goes into train.json; a resumed run checks the file is the same.
     let text = read_text(Path::new(&file))?;
@@ -118,7 +118,7 @@ pub fn trainer(model: Gpt, tok: &TextTokenizer, chat: Option<&ChatTemplate>, mut
         ));
     }
     config.data_sha256 = Some(sha.clone());
-    let trainer = Trainer::from_jsonl(model, tok, chat, &text, &file, config, ad).map_err(flag_error)?;
+    let trainer = Trainer::from_jsonl(model, tok, chat, &text, &file, config, ad).map_err(crate::flags::run_error)?;
     eprintln!("{file}: {} training and {} held-out examples (SHA-256 {})", trainer.train.len(), trainer.eval.len(), &sha[..12]);
     Ok(trainer)
 }
@@ -444,7 +444,7 @@ fn run(trainer: Trainer, tokenizer: &TextTokenizer, companions: &Companions, arg
     let teacher =
         trainer.teacher.as_ref().map(|t| ("the teacher's weights and logits", crate::memory::teacher_bytes(t.config(), micro_batch, trainer.config.seq_len)));
     crate::memory::check_fits(trainer.model.config(), &trainer.config, args, teacher.as_slice())?;
-    trainer.check_held_out().map_err(flag_error)?;
+    trainer.check_held_out().map_err(crate::flags::run_error)?;
     let out = &args.out;
     std::fs::create_dir_all(out).map_err(|e| format!("{}: cannot create run folder: {e}", out.display()))?;
     let metrics_path = out.join("metrics.jsonl");

@@ -401,7 +401,7 @@ impl Plan {
             _ => None,
         };
         for layer in 0..a.layers {
-            let top = matches!(m, PlanMethod::LastLayers { n } if layer >= a.layers - n);
+            let top = matches!(m, PlanMethod::LastLayers { n } if layer >= a.layers.saturating_sub(*n));
             for l in a.block_linears() {
                 push(&mut out, vec![l.d_in, l.d_out], full || top, self.quantized_base());
                 if l.bias {
