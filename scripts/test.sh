@@ -58,6 +58,7 @@ trunk build
 stage "3/4 the playground in headless Chromium"
 disk
 node tests/e2e/run.mjs dist
+node tests/e2e/bench.mjs dist --quick  # sizes, first render, a few steps/s; fails when it cannot measure them
 if [ "$slim" = 1 ]; then
   # The wasm build is finished with; stage 4 is native.
   rm -rf target/wasm32-unknown-unknown

@@ -1,12 +1,20 @@
 // Benchmarks of the built playground (figures, not pass/fail):
 //   - bytes of wasm + JS, raw and gzipped (what a first visit downloads before the lesson),
 //   - time from navigation to the first lesson's title being rendered, on localhost,
-//   - CPU training throughput of the train widget (nano, stories) in headless Chromium.
+//   - CPU training throughput of lesson 1's train widget in headless Chromium, read from
+//     the widget's status line (micro on sentiment, then nano on stories; batch 8 × 64
+//     tokens, the configuration `tinytune finetune --model assets/micro --data sentiment`
+//     repeats natively).
 //
-//   node tests/e2e/bench.mjs [dist-folder]      (build first: trunk build --release)
+//   node tests/e2e/bench.mjs [dist-folder] [--quick]   (build first: trunk build --release)
+//
+// --quick (or BENCH_QUICK=1): one page load and one micro run of a few steps, for
+// scripts/test.sh. Either way the script exits non-zero when it cannot find or parse what it
+// measures (no wasm in the folder, no lesson title, a run that fails, a status line it cannot
+// read), so a change to the page cannot leave it silently measuring nothing.
 
 import { createServer } from "node:http";
-import { readFileSync, readdirSync, statSync, mkdtempSync } from "node:fs";
+import { readFileSync, readdirSync, mkdtempSync } from "node:fs";
 import { join, extname, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { tmpdir } from "node:os";
@@ -14,18 +22,45 @@ import { gzipSync } from "node:zlib";
 import { chromium } from "playwright-core";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const dist = resolve(here, "../..", process.argv[2] ?? "dist");
+const root = resolve(here, "../..");
+const args = process.argv.slice(2);
+const quick = args.includes("--quick") || process.env.BENCH_QUICK === "1";
+const dist = resolve(root, args.find((a) => !a.startsWith("--")) ?? "dist");
+const LOADS = quick ? 1 : 5;
+const RUNS = quick ? [["micro", "sentiment", 4]] : [["micro", "sentiment", 30], ["nano", "stories", 30]];
 
-let raw = 0, gz = 0;
+function fail(why) {
+  throw new Error(`bench: ${why}`);
+}
+
+// Lesson 1 and the number of its first train widget (widgets count from 1 in lesson order),
+// read from the lesson files as the page numbers them.
+function firstTrainWidget() {
+  const dir = join(root, "lessons");
+  const file = readdirSync(dir).filter((f) => /^\d+-.*\.md$/.test(f)).sort()[0] ?? fail(`no lessons in ${dir}`);
+  const text = readFileSync(join(dir, file), "utf8");
+  const blocks = [...text.matchAll(/^```widget\s*\n([\s\S]*?)\n```\s*$/gm)].map((m) => m[1]);
+  const at = blocks.findIndex((b) => /^name:\s*train\s*$/m.test(b));
+  if (at < 0) fail(`${file} has no train widget to time`);
+  return { slug: file.replace(/^\d+-/, "").replace(/\.md$/, ""), n: at + 1 };
+}
+
+// ---------------------------------------------------------------- download size
+let raw = 0, gz = 0, wasm = 0;
+const sizes = {};
 for (const f of readdirSync(dist)) {
   if (![".wasm", ".js"].includes(extname(f))) continue;
   const body = readFileSync(join(dist, f));
   const z = gzipSync(body, { level: 9 }).length;
   console.log(`${f.padEnd(28)} ${(body.length / 1e6).toFixed(2).padStart(7)} MB  gzip ${(z / 1e6).toFixed(2).padStart(6)} MB`);
   raw += body.length; gz += z;
+  if (extname(f) === ".wasm") wasm++;
+  sizes[f] = z;
 }
+if (wasm === 0) fail(`no .wasm in ${dist}: build it first (trunk build)`);
 console.log(`${"wasm + JS total".padEnd(28)} ${(raw / 1e6).toFixed(2).padStart(7)} MB  gzip ${(gz / 1e6).toFixed(2).padStart(6)} MB`);
 
+// ---------------------------------------------------------------- the page
 const TYPES = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/css", ".json": "application/json" };
 const server = createServer((req, res) => {
   const path = new URL(req.url, "http://x").pathname;
@@ -44,29 +79,47 @@ const ctx = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "t
   headless: true,
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
 });
-const times = [];
-for (let i = 0; i < 5; i++) {
-  const page = await ctx.newPage();
-  await page.goto(base + "?backend=cpu", { waitUntil: "commit" });
-  await page.waitForSelector("[data-testid=lesson-title]");
-  times.push(await page.evaluate(() => performance.now()));
-  await page.close();
-}
-times.sort((a, b) => a - b);
-console.log(`first lesson rendered: median ${times[2].toFixed(0)} ms (min ${times[0].toFixed(0)}, max ${times[4].toFixed(0)}) over 5 loads`);
+const summary = [];
+try {
+  const lesson = firstTrainWidget();
+  const times = [];
+  for (let i = 0; i < LOADS; i++) {
+    const page = await ctx.newPage();
+    await page.goto(base + `?lesson=${lesson.slug}&backend=cpu`, { waitUntil: "commit" });
+    await page.waitForSelector("[data-testid=lesson-title]", { timeout: 60_000 });
+    times.push(await page.evaluate(() => performance.now()));
+    await page.close();
+  }
+  times.sort((a, b) => a - b);
+  const median = times[Math.floor(times.length / 2)];
+  console.log(`first lesson rendered: median ${median.toFixed(0)} ms (min ${times[0].toFixed(0)}, max ${times[times.length - 1].toFixed(0)}) over ${LOADS} load${LOADS > 1 ? "s" : ""}`);
+  summary.push(`gzip ${(gz / 1e6).toFixed(2)} MB`, `first lesson ${median.toFixed(0)} ms`);
 
-// The micro preset fine-tuned on sentiment with the widget's defaults (batch 8 × 64 tokens),
-// the configuration `tinytune finetune --model assets/micro --data sentiment` repeats natively.
-for (const [model, task] of [["micro", "sentiment"], ["nano", "stories"]]) {
-  const page = await ctx.newPage();
-  await page.goto(base + `?backend=cpu&w2.model=${model}&w2.task=${task}&w2.steps=30`);
-  const w = page.locator("[data-widget=train]").first();
-  await w.locator("[data-testid=train]").click();
-  await w.locator('[data-testid=run-state][data-state="Done"]').waitFor({ timeout: 600_000 });
-  const status = (await w.locator(".status").first().textContent()).trim();
-  const secs = Number(/([\d.]+) s/.exec(status)[1]);
-  console.log(`train widget, CPU, ${model}/${task}, 30 steps of 8×64: ${(30 / secs).toFixed(2)} steps/s (${status})`);
-  await page.close();
+  for (const [model, task, steps] of RUNS) {
+    const w = `w${lesson.n}`;
+    const page = await ctx.newPage();
+    await page.goto(base + `?lesson=${lesson.slug}&backend=cpu&${w}.model=${model}&${w}.task=${task}&${w}.steps=${steps}&${w}.batch=8&${w}.seq=64&${w}.compare=false`);
+    const widget = page.locator("[data-widget=train]").first();
+    await widget.locator("[data-testid=train]").click();
+    const state = widget.locator("[data-testid=run-state]");
+    await widget.locator('[data-testid=run-state][data-state="Done"], [data-testid=run-state][data-state="Failed"]').waitFor({ timeout: quick ? 60_000 : 600_000 });
+    if ((await state.getAttribute("data-state")) !== "Done") fail(`the ${model}/${task} run ended: ${await state.textContent()}`);
+    // The run's status line: "done · … · step 30 of 30 · loss 0.2317 · 791 tokens/s · 27.5 s · held-out loss …".
+    const status = (await state.locator("xpath=..").textContent()).trim();
+    const m = /step (\d+) of (\d+) · loss ([\d.]+) · ([\d.]+) tokens\/s · ([\d.]+) s\b/.exec(status);
+    if (!m) fail(`cannot read steps, tokens/s and seconds from the train widget's status line: ${JSON.stringify(status)}`);
+    const [done, of, loss, tokensPerS, secs] = [Number(m[1]), Number(m[2]), Number(m[3]), Number(m[4]), Number(m[5])];
+    if (done !== steps || of !== steps || !(secs > 0) || !(tokensPerS > 0) || !Number.isFinite(loss)) fail(`implausible figures for ${steps} steps in ${JSON.stringify(status)}`);
+    const rate = (done / secs).toFixed(2);
+    console.log(`train widget, CPU, ${model}/${task}, ${done} steps of 8×64: ${rate} steps/s, ${tokensPerS} tokens/s, ${secs} s, loss ${loss}`);
+    summary.push(`${model}/${task} ${done} steps ${rate} steps/s (${tokensPerS} tokens/s)`);
+    await page.close();
+  }
+  if (quick) console.log(`bench --quick: ${summary.join(", ")}`);
+} catch (e) {
+  console.error(e.message ?? e);
+  process.exitCode = 1;
+} finally {
+  await ctx.close();
+  server.close();
 }
-await ctx.close();
-server.close();

@@ -6,7 +6,9 @@
 // would do: the page loads without console errors, every lesson renders, the train widget
 // trains on the CPU and its loss falls, generation shows text, a reloaded link restores a
 // widget's settings, and WebGPU (Chromium's software adapter) runs a training step.
-// Screenshots go to tests/e2e/artifacts/. Exits non-zero on the first failed check.
+// Screenshots go to tests/e2e/artifacts/. Every check runs; the exit code is non-zero when
+// any failed. E2E_JOBS=N runs N checks at a time (default 2; see the harness below) and
+// E2E_ONLY=TEXT only the checks whose name contains TEXT.
 
 import { createServer } from "node:http";
 import { readFileSync, readdirSync, mkdirSync, statSync, existsSync } from "node:fs";
@@ -64,8 +66,22 @@ function lessonsOnDisk() {
 let failures = 0;
 // E2E_ONLY=<text> runs only the checks whose name contains it (for debugging one widget).
 const only = process.env.E2E_ONLY;
-async function check(name, fn) {
+// Checks are registered in file order and run E2E_JOBS at a time (default 2): each check
+// opens its own page, and a page's compute worker is one wasm thread, so two checks keep
+// both cores of a 2-core machine busy. Checks marked `check.long` start first, so that no
+// long check is left to run alone at the end. Checks marked `check.first` run one by one
+// before the others start: they open the page without naming a lesson, and the page
+// reopens the lesson last read (remembered in the browser profile all checks share).
+// E2E_JOBS=1 runs every check one by one, in file order.
+const jobs = Math.max(1, Number(process.env.E2E_JOBS ?? 2));
+const queue = [];
+function check(name, fn, kind = "") {
   if (only && !name.includes(only)) return;
+  queue.push({ name, fn, kind });
+}
+check.long = (name, fn) => check(name, fn, "long");
+check.first = (name, fn) => check(name, fn, "first");
+async function runOne({ name, fn }) {
   const t0 = Date.now();
   try {
     await fn();
@@ -74,6 +90,19 @@ async function check(name, fn) {
     failures++;
     console.log(`FAIL ${name}: ${e.stack ?? e}`);
   }
+}
+async function runChecks() {
+  if (jobs === 1) {
+    for (const c of queue) await runOne(c);
+    return;
+  }
+  for (const c of queue.filter((c) => c.kind === "first")) await runOne(c);
+  const order = [...queue.filter((c) => c.kind === "long"), ...queue.filter((c) => c.kind === "")];
+  let next = 0;
+  async function lane() {
+    while (next < order.length) await runOne(order[next++]);
+  }
+  await Promise.all(Array.from({ length: Math.min(jobs, order.length) }, lane));
 }
 function assert(cond, msg) { if (!cond) throw new Error(msg); }
 
@@ -108,6 +137,10 @@ async function printedCommandJson(widget, cutAt) {
 
 async function setParam(widget, key, value) {
   const el = widget.locator(`[data-param="${key}"]`);
+  // A control folded inside a closed <details> ("More settings") is opened first, as a
+  // reader would: its summary is clicked, outermost first.
+  const closed = el.locator("xpath=ancestor::details[not(@open)]/summary");
+  for (let n = await closed.count(); n > 0; n--) await closed.first().click();
   const tag = await el.evaluate((e) => e.tagName.toLowerCase() + (e.type === "checkbox" ? ":checkbox" : ""));
   if (tag === "select") await el.selectOption(String(value));
   else if (tag === "input:checkbox") await el.setChecked(Boolean(value));
@@ -132,7 +165,7 @@ const base = `http://127.0.0.1:${server.address().port}/`;
 const lessons = lessonsOnDisk();
 const cpu = await browser();
 
-await check("the app loads lesson 1 with no console errors", async () => {
+await check.first("the app loads lesson 1 with no console errors", async () => {
   const page = await openPage(cpu, base + "?backend=cpu");
   const title = await page.textContent("[data-testid=lesson-title]");
   assert(title === lessons[0].title, `first lesson title ${JSON.stringify(title)} != ${JSON.stringify(lessons[0].title)}`);
@@ -145,7 +178,7 @@ await check("the app loads lesson 1 with no console errors", async () => {
   await page.close();
 });
 
-await check("every lesson renders with all its widgets", async () => {
+await check.first("every lesson renders with all its widgets", async () => {
   const page = await openPage(cpu, base + "?backend=cpu");
   for (const [i, l] of lessons.entries()) {
     await page.click(`nav.toc li:nth-child(${i + 1}) a`);
@@ -509,7 +542,7 @@ await check("selective methods train in the page with their parameter counts", a
   await page.close();
 });
 
-await check("the lora-rank widget measures what rank r keeps of micro's real fine-tune", async () => {
+await check.long("the lora-rank widget measures what rank r keeps of micro's real fine-tune", async () => {
   const page = await openPage(cpu, base + "?lesson=lora&backend=cpu");
   const w = page.locator("[data-widget=lora-rank]").first();
   await setParam(w, "matrix", "h.3.attn.c_attn");
@@ -539,7 +572,7 @@ await check("the lora-rank widget measures what rank r keeps of micro's real fin
   await page.close();
 });
 
-await check("the merge widget merges two fine-tunes of micro with every method, as tinytune merge-study does", async () => {
+await check.long("the merge widget merges two fine-tunes of micro with every method, as tinytune merge-study does", async () => {
   const page = await openPage(cpu, base + "?lesson=many-models-into-one&backend=cpu");
   const w = page.locator("[data-widget=merge]").first();
   await setParam(w, "steps", 4);
@@ -583,7 +616,7 @@ await check("the merge widget merges two fine-tunes of micro with every method, 
   await page.close();
 });
 
-await check("the federated widget averages clients round by round, as tinytune federated does", async () => {
+await check.long("the federated widget averages clients round by round, as tinytune federated does", async () => {
   const page = await openPage(cpu, base + "?lesson=many-models-into-one&backend=cpu");
   const w = page.locator("[data-widget=federated]").first();
   await setParam(w, "clients", 2);
@@ -608,7 +641,7 @@ await check("the federated widget averages clients round by round, as tinytune f
   await page.close();
 });
 
-await check("the preference widget runs DPO on micro beside SFT on the chosen completions, and its command reproduces the run", async () => {
+await check.long("the preference widget runs DPO on micro beside SFT on the chosen completions, and its command reproduces the run", async () => {
   const page = await openPage(cpu, base + "?lesson=learning-from-preferences&backend=cpu");
   const w = page.locator("[data-widget=preference]").first();
   // The lesson's block has no parameters: the defaults are DPO, β 0.1 on story-qa's sentence pairs.
@@ -667,7 +700,7 @@ await check("the preference widget runs DPO on micro beside SFT on the chosen co
   await page.close();
 });
 
-await check("the grpo widget runs SFT then GRPO on micro: the reward per step, sampled groups with their advantages, the held-out reward before and after, and its commands reproduce the run", async () => {
+await check.long("the grpo widget runs SFT then GRPO on micro: the reward per step, sampled groups with their advantages, the held-out reward before and after, and its commands reproduce the run", async () => {
   const page = await openPage(cpu, base + "?lesson=learning-from-preferences&backend=cpu");
   const w = page.locator("[data-widget=grpo]").first();
   // The lesson's block has no parameters: sentiment, 60 SFT steps, then GRPO with G = 8.
@@ -812,6 +845,81 @@ await check("the distill widget trains a teacher, then three students from one s
   await page.close();
 });
 
+await check("the prune widget prunes micro at several sparsities, maps what structured pruning removed, and its commands reproduce the chosen rows", async () => {
+  const placesPrune = (text) => [...text.matchAll(/^```widget\s*\n([\s\S]*?)^```/gm)].some((m) => /^\s*name:\s*prune\s*$/m.test(m[1]));
+  const lesson = lessonsOnDisk().find((l) => placesPrune(readFileSync(join(root, "lessons", l.file), "utf8")));
+  assert(lesson, "no lesson places the prune widget (a ```widget block with name: prune)");
+  const page = await openPage(cpu, base + `?lesson=${lesson.slug}&backend=cpu`);
+  const w = page.locator("[data-widget=prune]").first();
+  const cli = join(root, "target/debug/tinytune");
+  assert(existsSync(cli), `${cli} is missing: build it with cargo build -p tinytune-cli (scripts/test.sh runs the cargo tests first)`);
+  const out = mkdtempSync(join(tmpdir(), "tinytune-prune-"));
+  // Prunes with the settings on the page (waiting for the table of `method`, as a table of
+  // the last run stays up meanwhile), then runs the printed command natively (its
+  // --out in a temporary folder) and returns the page's rows, the chosen one and the CLI's JSON.
+  const run = async (method) => {
+    await w.locator("[data-testid=prune]").click();
+    await w.locator(`[data-testid=prune-table][data-method="${method}"], .error`).first().waitFor({ timeout: 120_000 });
+    const errors = await w.locator(".error").allTextContents();
+    assert(errors.length === 0, `the widget reported: ${errors.join(" | ")}`);
+    const rows = await w.locator("[data-testid=prune-table] tbody tr").evaluateAll((trs) => trs.map((tr) => ({
+      sparsity: Number(tr.dataset.sparsity), loss: Number(tr.dataset.loss), parameters: Number(tr.dataset.parameters), nonzero: Number(tr.dataset.nonzero),
+      zeros: tr.dataset.zeros === "" ? null : Number(tr.dataset.zeros), linear: tr.dataset.linear === "" ? null : Number(tr.dataset.linear),
+      chosen: tr.dataset.chosen === "true", cells: [...tr.children].map((td) => td.textContent.trim()),
+    })));
+    for (const r of rows) console.log(`     ${r.cells.slice(0, 5).join(" | ")}`);
+    const command = (await w.locator(".command code").textContent()).trim();
+    const args = command.split(/\s+/).slice(1).map((a) => (a.startsWith("runs/") ? join(out, a.slice(5)) : a)).concat(["--json"]);
+    assert(command.startsWith("tinytune prune --model assets/micro --data stories ") && args.includes("--out"), command);
+    const native = JSON.parse(execFileSync(cli, args, { cwd: root, encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }));
+    const chosen = rows.filter((r) => r.chosen);
+    assert(chosen.length === 1, JSON.stringify(rows));
+    console.log(`     native: ${command} → held-out loss ${native.after.eval_loss} (page ${chosen[0].loss}), before ${native.before.eval_loss} (page ${rows[0].loss})`);
+    return { rows, chosen: chosen[0], native };
+  };
+  // The page evaluates on wasm flex and the CLI on native flex, on the same held-out batches
+  // and calibration batches: the losses agree to float rounding (about 1e-6 apart when measured).
+  const close = (page, native) => Math.abs(page - native) < 5e-5;
+
+  // Magnitude, each matrix alike, at rising sparsities; the row shown is the highest.
+  await setParam(w, "method", "magnitude");
+  await setParam(w, "scope", "layer");
+  await setParam(w, "sweep", "0.5,0.75");
+  await setParam(w, "sparsity", 0.9);
+  const m = await run("magnitude");
+  assert(JSON.stringify(m.rows.map((r) => r.sparsity)) === "[0,0.5,0.75,0.9]" && m.chosen.sparsity === 0.9, JSON.stringify(m.rows));
+  assert(m.rows.every((r) => Number.isFinite(r.loss) && r.loss > 0), JSON.stringify(m.rows));
+  // Past half the weights the loss climbs with every step (at 0.5 micro hardly notices yet).
+  assert(m.rows[3].loss > m.rows[2].loss && m.rows[2].loss > m.rows[1].loss && m.rows[2].loss > m.rows[0].loss + 0.1, JSON.stringify(m.rows));
+  // The shape stays; the zeros are exactly the pruned weights, floor(s·n) of each of the 16 matrices.
+  assert(m.rows[0].nonzero === m.rows[0].parameters, "micro has no zero weight to begin with");
+  for (const r of m.rows.slice(1)) {
+    assert(r.parameters === m.rows[0].parameters && r.parameters - r.nonzero === r.zeros, JSON.stringify(r));
+    assert(r.zeros <= r.sparsity * r.linear && r.zeros > r.sparsity * r.linear - 16, JSON.stringify(r));
+  }
+  assert((await w.locator("[data-testid=prune-map][data-kind=matrices] rect").count()) === 16, "a cell per block and matrix");
+  assert(close(m.chosen.loss, m.native.after.eval_loss) && close(m.rows[0].loss, m.native.before.eval_loss), `page ${JSON.stringify(m.chosen)} vs native ${JSON.stringify(m.native)}`);
+  assert(m.native.after.nonzero === m.chosen.nonzero && m.native.after.parameters === m.chosen.parameters, JSON.stringify(m.native.after));
+
+  // Structured: half of every block's MLP neurons, ranked on calibration stories.
+  await setParam(w, "method", "structured");
+  await setParam(w, "sweep", "0.5");
+  await setParam(w, "sparsity", 0.5);
+  const s = await run("structured");
+  assert(s.rows.length === 2 && s.rows[1].chosen, JSON.stringify(s.rows));
+  const [full, half] = s.rows;
+  // 4 blocks × 256 neurons × (128 in + 1 bias + 128 out) fewer parameters, none of them zero.
+  assert(half.parameters === full.parameters - 4 * 256 * 257 && half.nonzero === half.parameters && Number.isFinite(half.loss) && half.loss > full.loss, JSON.stringify(s.rows));
+  const map = w.locator("[data-testid=prune-map][data-kind=structured]");
+  const shares = await map.locator("rect.neurons").evaluateAll((rs) => rs.map((r) => Number(r.dataset.share)));
+  assert(shares.length === 4 * 64 && Math.abs(shares.reduce((a, b) => a + b, 0) / shares.length - 0.5) < 1e-9, `${shares.length} neuron cells`);
+  assert((await map.locator("rect.head").count()) === 16 && (await map.locator('rect.head[data-removed="true"]').count()) === 0, "GPT-2's heads stay");
+  assert(close(half.loss, s.native.after.eval_loss) && s.native.after.parameters === half.parameters, `page ${JSON.stringify(half)} vs native ${JSON.stringify(s.native)}`);
+  await w.screenshot({ path: join(artifacts, "prune.png") });
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
 await check("the rope widget draws each scaling's rotations and measures micro-llama past its context", async () => {
   const page = await openPage(cpu, base + "?lesson=longer-contexts&backend=cpu");
   const w = page.locator("[data-widget=rope]").first();
@@ -881,7 +989,7 @@ async function askReal(w, prompt, maxTokens, timeout) {
   return row.locator("td").evaluateAll((tds) => [tds[0].textContent, tds[2].textContent, tds[3].textContent]);
 }
 
-await check("the real-model widget opens a GGUF file, chats, fine-tunes with LoRA and chats again", async () => {
+await check.long("the real-model widget opens a GGUF file, chats, fine-tunes with LoRA and chats again", async () => {
   // The tiny Llama of tests/fixtures/make_gguf_reference.py: Q8_0 embedding, Q4_1, Q4_0,
   // BF16 and F16 weights, the ChatML template in its metadata.
   const file = join(root, "tests/fixtures/gguf/tiny-llama.gguf");
@@ -990,6 +1098,43 @@ await check("reloading an experiment's URL restores its settings", async () => {
   await page.close(); await fresh.close(); await bad.close();
 });
 
+await check("the train widget shows the controls its lesson names and folds the rest under More settings", async () => {
+  // The keys each of lesson 1's train blocks names, read from the file; the essentials show too.
+  const text = readFileSync(join(root, "lessons", lessons[0].file), "utf8");
+  const blocks = [...text.matchAll(/^```widget\s*\n([\s\S]*?)\n```\s*$/gm)].map((m, i) => ({ n: i + 1, body: m[1] }));
+  const trains = blocks.filter((b) => /^name:\s*train\s*$/m.test(b.body));
+  assert(trains.length >= 2, `${lessons[0].file}: this check needs two train widgets, found ${trains.length}`);
+  const [first, last] = [trains[0], trains[trains.length - 1]];
+  const named = first.body.split("\n").map((l) => l.split(":")[0].trim()).filter((k) => k && k !== "name" && !k.startsWith("#"));
+  const allowed = new Set([...named, "model", "task", "steps"]);
+  const visible = (w) => w.locator("[data-param]").evaluateAll((els) => els.filter((e) => e.checkVisibility()).map((e) => e.dataset.param));
+  // One link: a named control of the first train widget, folded ones of the last.
+  const page = await openPage(cpu, base + `?lesson=${lessons[0].slug}&backend=cpu&w${first.n}.steps=37&w${last.n}.batch=4&w${last.n}.optimizer=sgd`);
+  const w = page.locator("[data-widget=train]").first();
+  const more = w.locator("[data-testid=more-settings]");
+  assert(!(await more.evaluate((d) => d.open)), "More settings starts open though the link set only a named control");
+  assert(await w.locator('[data-param="steps"]').inputValue() === "37", "steps not applied from the link");
+  const shown = await visible(w);
+  assert(shown.every((k) => allowed.has(k)), `shown ${shown} beyond the lesson's ${[...allowed]}`);
+  assert(named.every((k) => shown.includes(k)), `the lesson names ${named}, shown ${shown}`);
+  const folded = await more.locator("[data-param]").evaluateAll((els) => els.map((e) => e.dataset.param));
+  assert(folded.length >= 10 && folded.every((k) => !allowed.has(k)), `folded: ${folded}`);
+  // setParam opens the fold to set a folded control, which the URL then carries.
+  await setParam(w, "seed", 3);
+  assert(await more.evaluate((d) => d.open), "setting a folded control did not open More settings");
+  assert(new URL(page.url()).searchParams.get(`w${first.n}.seed`) === "3", `URL ${page.url()}`);
+  const all = await visible(w);
+  assert(all.length === shown.length + folded.length && folded.every((k) => all.includes(k)), `open, shown: ${all}`);
+  // The link's folded values are applied, and their widget's fold starts open.
+  const w2 = page.locator("[data-widget=train]").last();
+  assert(await w2.locator("[data-testid=more-settings]").evaluate((d) => d.open), "a link's folded value did not open More settings");
+  assert(await w2.locator('[data-param="batch"]').inputValue() === "4", "batch not applied from the link");
+  assert(await w2.locator('[data-param="optimizer"]').inputValue() === "sgd", "optimizer not applied from the link");
+  assert((await w2.locator("[data-testid=command]").textContent()).includes("--batch 4"), "command not updated");
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
 await check("a crashed worker is reported in the page and the page recovers", async () => {
   const page = await openPage(cpu, base + `?lesson=${lessons[0].slug}&backend=cpu`);
   await page.waitForFunction(() => document.querySelector("[data-testid=backend]")?.textContent.startsWith("CPU"), null, { timeout: 60_000 });
@@ -1007,8 +1152,6 @@ await check("a crashed worker is reported in the page and the page recovers", as
   assert(other.length === 0, `console errors: ${other.join(" | ")}`);
   await page.close();
 });
-
-await cpu.close();
 
 await check("WebGPU (software adapter) runs a training step", async () => {
   const gpu = await browser(["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-angle=swiftshader"]);
@@ -1037,7 +1180,7 @@ await check("WebGPU (software adapter) runs a training step", async () => {
   }
 });
 
-await check("WebGPU (software adapter) runs the real-model widget on a GGUF file", async () => {
+await check.long("WebGPU (software adapter) runs the real-model widget on a GGUF file", async () => {
   const gpu = await browser(["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-angle=swiftshader"]);
   try {
     const page = await openPage(gpu, base + "?lesson=a-real-model&backend=webgpu");
@@ -1066,6 +1209,8 @@ await check("WebGPU (software adapter) runs the real-model widget on a GGUF file
   }
 });
 
+await runChecks();
+await cpu.close();
 server.close();
 if (failures) {
   console.log(`${failures} end-to-end check(s) failed; screenshots in ${artifacts}`);

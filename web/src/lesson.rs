@@ -38,13 +38,15 @@ pub struct Lesson {
 pub enum Segment {
     /// Rendered HTML of the markdown between widgets.
     Html(String),
-    Widget(Widget),
+    /// A widget as its block sets it, and the keys the block names (in the block's order,
+    /// `name` aside): the settings the lesson talks about, which the widget shows unfolded.
+    Widget { widget: Widget, named: Vec<&'static str> },
 }
 
 impl Lesson {
     pub fn widgets(&self) -> impl Iterator<Item = &Widget> {
         self.segments.iter().filter_map(|s| match s {
-            Segment::Widget(w) => Some(w),
+            Segment::Widget { widget, .. } => Some(widget),
             Segment::Html(_) => None,
         })
     }
@@ -126,7 +128,9 @@ fn segments(body: &str) -> Result<Vec<Segment>, (usize, String)> {
             (Event::End(TagEnd::CodeBlock), Some(_)) => {
                 let (start, text) = widget.take().expect("inside a widget block");
                 flush(&mut pending, &mut out);
-                out.push(Segment::Widget(Widget::from_block(&text).map_err(|e| (start, format!("widget block: {e}")))?));
+                let widget = Widget::from_block(&text).map_err(|e| (start, format!("widget block: {e}")))?;
+                let named = named_keys(&widget, &text);
+                out.push(Segment::Widget { widget, named });
             }
             (Event::Html(_) | Event::InlineHtml(_), None) => {
                 return Err((range.start, "raw HTML is not allowed in lessons; use markdown or a widget".into()));
@@ -137,6 +141,28 @@ fn segments(body: &str) -> Result<Vec<Segment>, (usize, String)> {
     }
     flush(&mut pending, &mut out);
     Ok(out)
+}
+
+/// The keys a widget block sets, in its order, as the widget spells them: the same
+/// `key: value` lines `Widget::from_block` reads (blank lines, `#` comments and `name` aside),
+/// once it has accepted them. A sweep (`sweep: optimizer=sgd,adamw`) names the key it sweeps
+/// too.
+fn named_keys(widget: &Widget, block: &str) -> Vec<&'static str> {
+    let keys = widget.keys();
+    let mut named = Vec::new();
+    for line in block.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let Some((key, value)) = line.split_once(':') else { continue };
+        let key = key.trim();
+        let swept = if key == "sweep" { value.split_once('=').map(|(k, _)| k.trim()) } else { None };
+        for key in std::iter::once(key).chain(swept) {
+            if let Some(&k) = keys.iter().find(|k| **k == key)
+                && !named.contains(&k)
+            {
+                named.push(k);
+            }
+        }
+    }
+    named
 }
 
 #[cfg(test)]
@@ -152,9 +178,17 @@ mod tests {
         assert_eq!((l.slug.as_str(), l.title.as_str(), l.summary.as_str(), l.order), ("a-b", "T", "S", 3));
         assert_eq!(l.segments.len(), 3);
         assert!(matches!(&l.segments[0], Segment::Html(h) if h.contains("<em>there</em>")));
-        assert!(matches!(&l.segments[1], Segment::Widget(Widget::ModelCard(_))));
+        assert!(matches!(&l.segments[1], Segment::Widget { widget: Widget::ModelCard(_), named } if named == &["model"]));
         // Ordinary code blocks stay code.
         assert!(matches!(&l.segments[2], Segment::Html(h) if h.contains("<code class=\"language-rust\">")));
+    }
+
+    #[test]
+    fn a_widget_keeps_the_keys_its_block_names() {
+        let text = "---\ntitle: T\nsummary: S\norder: 1\n---\n```widget\n# a comment\nname: train\nsteps: 30\nmodel: nano\n\nsweep: optimizer=sgd,adamw\ncompare: true\n```\n";
+        let l = parse("01-a.md", text).unwrap();
+        let Segment::Widget { named, .. } = &l.segments[0] else { panic!("{:?}", l.segments) };
+        assert_eq!(named, &["steps", "model", "sweep", "optimizer", "compare"]);
     }
 
     fn err(name: &str, text: &str) -> String {

@@ -16,6 +16,7 @@ pub mod optimizers;
 pub mod precision;
 pub mod preference;
 pub mod protocol;
+pub mod prune;
 pub mod quantize;
 pub mod rank;
 pub mod real;

@@ -450,6 +450,9 @@ widgets! {
     /// from the same start on a few examples, on hard labels and on the teacher's soft
     /// targets at two temperatures, streamed like a train widget's runs.
     Distill(crate::distill::DistillParams),
+    /// micro pruned at several sparsities (magnitude, Wanda, 2:4 or MLP neurons): parameters,
+    /// held-out loss and a sample per sparsity, and a heat map of what was removed.
+    Prune(crate::prune::PruneParams) => crate::prune::PruneResult,
 }
 
 /// `key = value` on settings `S`, the error naming the widget, the key and the value.

@@ -14,12 +14,14 @@ mod merge;
 mod optimizers;
 mod precision;
 mod preference;
+mod prune;
 mod quantize;
 mod rank;
 mod real;
 mod rope;
 mod widgets;
 
+use leptos::context::Provider;
 use leptos::prelude::*;
 use wasm_bindgen::prelude::*;
 
@@ -33,6 +35,12 @@ use crate::{lessons, urlstate};
 pub trait WidgetView {
     fn view(state: RwSignal<Widget>) -> AnyView;
 }
+
+/// The keys a lesson's block names for the widget being built (`Segment::Widget`'s
+/// `named`), provided to each widget's component as context: a widget with many controls
+/// shows these and folds the rest.
+#[derive(Clone, Debug)]
+pub struct LessonKeys(pub Vec<&'static str>);
 
 /// Entry point of the page binary.
 pub fn start() {
@@ -253,10 +261,11 @@ fn LessonView(lesson: Lesson, query: Vec<(String, String)>) -> impl IntoView {
         .iter()
         .map(|seg| match seg {
             Segment::Html(html) => view! { <div class="prose" inner_html={html.clone()}></div> }.into_any(),
-            Segment::Widget(w) => {
+            Segment::Widget { widget, named } => {
                 let state = states[k];
                 k += 1;
-                w.view(state)
+                let widget = widget.clone();
+                view! { <Provider value=LessonKeys(named.clone())>{widget.view(state)}</Provider> }.into_any()
             }
         })
         .collect::<Vec<_>>();

@@ -224,6 +224,53 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
         })
     });
     let num = move |f: fn(&TrainParams) -> String| move || f(&p.get());
+    // Every control with the key it sets, in the order the widget shows them; a method's own
+    // settings appear only while that method is chosen.
+    let method_is = move |m: MethodKind| move || p.get().method == m;
+    let methods = MethodKind::ALL.iter().map(|k| (k.name(), k.label())).collect();
+    let controls: Vec<(&'static str, AnyView)> = vec![
+        ("model", choice("model", "model", MODELS.to_vec(), move || p.get().model.name().to_string(), set).into_any()),
+        ("task", choice("task", "task", task_options(), move || p.get().task.to_string(), set).into_any()),
+        ("steps", field("steps", "steps", num(|p| p.steps.to_string()), set).into_any()),
+        ("lr", field("learning rate", "lr", num(|p| p.lr.to_string()), set).into_any()),
+        ("batch", field("batch", "batch", num(|p| p.batch.to_string()), set).into_any()),
+        ("seq", field("tokens per row", "seq", num(|p| p.seq.to_string()), set).into_any()),
+        ("seed", field("seed", "seed", num(|p| p.seed.to_string()), set).into_any()),
+        ("precision", choice("precision", "precision", PRECISIONS.to_vec(), move || p.get().precision.to_string(), set).into_any()),
+        ("loss_scale", choice("loss scaling", "loss_scale", LOSS_SCALES.to_vec(), move || p.get().loss_scale.clone(), set).into_any()),
+        ("method", choice("method (micro)", "method", methods, move || p.get().method.to_string(), set).into_any()),
+        (
+            "adapter",
+            when(method_is(MethodKind::Adapter), move || choice("adapter placement", "adapter", ADAPTERS.to_vec(), move || p.get().adapter.clone(), set)),
+        ),
+        ("bottleneck", when(method_is(MethodKind::Adapter), move || field("bottleneck", "bottleneck", num(|p| p.bottleneck.to_string()), set))),
+        ("tokens", when(move || p.get().method.soft_prompt(), move || field("virtual tokens", "tokens", num(|p| p.tokens.to_string()), set))),
+        (
+            "prompt_init",
+            when(method_is(MethodKind::Prompt), move || choice("prompt init", "prompt_init", PROMPT_INITS.to_vec(), move || p.get().prompt_init.clone(), set)),
+        ),
+        ("encoder", when(method_is(MethodKind::PTuning), move || field("encoder width", "encoder", num(|p| p.encoder.to_string()), set))),
+        ("last_n", field("last layers", "last_n", num(|p| p.last_n.to_string()), set).into_any()),
+        ("rank", field("LoRA rank", "rank", num(|p| p.rank.to_string()), set).into_any()),
+        ("alpha", field("LoRA alpha", "alpha", num(|p| p.alpha.to_string()), set).into_any()),
+        ("targets", field("LoRA targets", "targets", num(|p| p.targets.clone()), set).into_any()),
+        ("optimizer", choice("optimizer", "optimizer", optimizer_options(), move || p.get().optimizer.clone(), set).into_any()),
+        ("schedule", choice("schedule", "schedule", SCHEDULES.to_vec(), move || p.get().schedule.clone(), set).into_any()),
+        ("warmup", field("warmup (steps or %)", "warmup", num(|p| p.warmup.clone()), set).into_any()),
+        ("accumulate", field("micro-batches (accumulate)", "accumulate", num(|p| p.accumulate.to_string()), set).into_any()),
+        ("checkpointing", checkbox("gradient checkpointing", "checkpointing", move || p.get().checkpointing, set).into_any()),
+        ("sweep", field("sweep (key=v1,v2)", "sweep", num(|p| p.sweep.clone()), set).into_any()),
+        ("compare", checkbox("compare before / after", "compare", move || p.get().compare, set).into_any()),
+    ];
+    // The lesson's keys and the essentials stay in view and the rest fold under "More
+    // settings" (without a lesson's keys, as outside a lesson block, nothing folds). The
+    // fold starts open when a link set a folded control away from its default.
+    let named = use_context::<super::LessonKeys>().map(|k| k.0);
+    let unfolded = |key: &str| named.as_ref().is_none_or(|named| ESSENTIAL.contains(&key) || named.contains(&key));
+    let open_more = state.with_untracked(|w| w.diff(&Widget::Train(TrainParams::default())).iter().any(|(k, _)| !unfolded(k)));
+    let (shown, folded): (Vec<_>, Vec<_>) = controls.into_iter().partition(|(k, _)| unfolded(k));
+    let shown: Vec<AnyView> = shown.into_iter().map(|(_, v)| v).collect();
+    let folded: Vec<AnyView> = folded.into_iter().map(|(_, v)| v).collect();
 
     view! {
         <div
@@ -231,48 +278,13 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
             data-widget="train"
             data-losses=move || runs.with(|rs| rs.last().map(|r| r.train.iter().map(|(_, l)| l.to_string()).collect::<Vec<_>>().join(",")).unwrap_or_default())
         >
-            <div class="controls">
-                {choice("model", "model", vec![("micro", "micro (pretrained, GPT-2 style)"), ("micro-llama", "micro-llama (pretrained, Llama style)"), ("nano", "nano (fresh, untrained)")], move || p.get().model.name().to_string(), set)}
-                {choice("task", "task", task_options(), move || p.get().task.to_string(), set)}
-                {field("steps", "steps", num(|p| p.steps.to_string()), set)}
-                {field("learning rate", "lr", num(|p| p.lr.to_string()), set)}
-                {field("batch", "batch", num(|p| p.batch.to_string()), set)}
-                {field("tokens per row", "seq", num(|p| p.seq.to_string()), set)}
-                {field("seed", "seed", num(|p| p.seed.to_string()), set)}
-                {choice("precision", "precision", vec![("fp32", "FP32"), ("fp16", "FP16 mixed"), ("bf16", "BF16 mixed")], move || p.get().precision.to_string(), set)}
-                {choice("loss scaling", "loss_scale", vec![("none", "none"), ("dynamic", "dynamic (FP16)")], move || p.get().loss_scale.clone(), set)}
-                {choice("method (micro)", "method", MethodKind::ALL.iter().map(|k| (k.name(), k.label())).collect(), move || p.get().method.to_string(), set)}
-                {move || (p.get().method == MethodKind::Adapter).then(|| view! {
-                    {choice("adapter placement", "adapter", vec![("houlsby", "Houlsby (after attention and MLP)"), ("pfeiffer", "Pfeiffer (after MLP)"), ("parallel", "parallel (beside MLP)")], move || p.get().adapter.clone(), set)}
-                    {field("bottleneck", "bottleneck", num(|p| p.bottleneck.to_string()), set)}
-                })}
-                {move || p.get().method.soft_prompt().then(|| view! {
-                    {field("virtual tokens", "tokens", num(|p| p.tokens.to_string()), set)}
-                })}
-                {move || (p.get().method == MethodKind::Prompt).then(|| view! {
-                    {choice("prompt init", "prompt_init", vec![("random", "random"), ("vocab", "sampled vocabulary")], move || p.get().prompt_init.clone(), set)}
-                })}
-                {move || (p.get().method == MethodKind::PTuning).then(|| view! {
-                    {field("encoder width", "encoder", num(|p| p.encoder.to_string()), set)}
-                })}
-                {field("last layers", "last_n", num(|p| p.last_n.to_string()), set)}
-                {field("LoRA rank", "rank", num(|p| p.rank.to_string()), set)}
-                {field("LoRA alpha", "alpha", num(|p| p.alpha.to_string()), set)}
-                {field("LoRA targets", "targets", num(|p| p.targets.clone()), set)}
-                {choice("optimizer", "optimizer", optimizer_options(), move || p.get().optimizer.clone(), set)}
-                {choice("schedule", "schedule", vec![("cosine", "cosine decay"), ("linear", "linear decay"), ("constant", "constant")], move || p.get().schedule.clone(), set)}
-                {field("warmup (steps or %)", "warmup", num(|p| p.warmup.clone()), set)}
-                {field("micro-batches (accumulate)", "accumulate", num(|p| p.accumulate.to_string()), set)}
-                <label class="field check">
-                    <input type="checkbox" data-param="checkpointing" prop:checked=move || p.get().checkpointing on:change=move |ev| set("checkpointing", event_target_checked(&ev).to_string()) />
-                    <span>"gradient checkpointing"</span>
-                </label>
-                {field("sweep (key=v1,v2)", "sweep", num(|p| p.sweep.clone()), set)}
-                <label class="field check">
-                    <input type="checkbox" data-param="compare" prop:checked=move || p.get().compare on:change=move |ev| set("compare", event_target_checked(&ev).to_string()) />
-                    <span>"compare before / after"</span>
-                </label>
-            </div>
+            <div class="controls">{shown}</div>
+            {(!folded.is_empty()).then(|| view! {
+                <details class="more" data-testid="more-settings" open=open_more>
+                    <summary>"More settings"</summary>
+                    <div class="controls">{folded}</div>
+                </details>
+            })}
             {move || error.get().map(|e| view! { <p class="error">{e}</p> })}
             <p class="status" data-testid="trainable">{move || {
                 let (t, n) = p.get().trainable();
@@ -305,6 +317,39 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
                 <pre data-testid="command">{move || p.get().command()}</pre>
             </details>
         </div>
+    }
+}
+
+const MODELS: &[(&str, &str)] =
+    &[("micro", "micro (pretrained, GPT-2 style)"), ("micro-llama", "micro-llama (pretrained, Llama style)"), ("nano", "nano (fresh, untrained)")];
+const PRECISIONS: &[(&str, &str)] = &[("fp32", "FP32"), ("fp16", "FP16 mixed"), ("bf16", "BF16 mixed")];
+const LOSS_SCALES: &[(&str, &str)] = &[("none", "none"), ("dynamic", "dynamic (FP16)")];
+const ADAPTERS: &[(&str, &str)] =
+    &[("houlsby", "Houlsby (after attention and MLP)"), ("pfeiffer", "Pfeiffer (after MLP)"), ("parallel", "parallel (beside MLP)")];
+const PROMPT_INITS: &[(&str, &str)] = &[("random", "random"), ("vocab", "sampled vocabulary")];
+const SCHEDULES: &[(&str, &str)] = &[("cosine", "cosine decay"), ("linear", "linear decay"), ("constant", "constant")];
+
+/// The train widget's controls a run cannot do without (a model, its data, how long),
+/// shown whichever keys the lesson names.
+const ESSENTIAL: &[&str] = &["model", "task", "steps"];
+
+/// `view` while `cond` holds, nothing otherwise.
+fn when<V: IntoView + 'static>(cond: impl Fn() -> bool + Send + Sync + 'static, view: impl Fn() -> V + Send + Sync + 'static) -> AnyView {
+    (move || cond().then(&view)).into_any()
+}
+
+/// A labelled checkbox bound to one boolean parameter.
+fn checkbox(
+    label: &'static str,
+    key: &'static str,
+    value: impl Fn() -> bool + Send + Sync + 'static,
+    set: impl Fn(&'static str, String) + Copy + Send + Sync + 'static,
+) -> impl IntoView {
+    view! {
+        <label class="field check">
+            <input type="checkbox" data-param=key prop:checked=value on:change=move |ev| set(key, event_target_checked(&ev).to_string()) />
+            <span>{label}</span>
+        </label>
     }
 }
 

@@ -239,6 +239,13 @@ impl Compute for crate::federated::FederatedParams {
     }
 }
 
+impl Compute for crate::prune::PruneParams {
+    type Answer = crate::prune::PruneResult;
+    async fn compute(self) -> Result<Self::Answer, String> {
+        prune_sweep(&self).await
+    }
+}
+
 impl Compute for crate::rank::RankParams {
     type Answer = tinytune::methods::rank::RankReport;
     async fn compute(self) -> Result<Self::Answer, String> {
@@ -529,6 +536,55 @@ async fn quantize(p: &crate::quantize::QuantizeParams) -> Result<crate::quantize
     let sample_after = sample(generate_async(&quantized, &ids, &config).await.map_err(err)?);
     let histogram = crate::quantize::histogram(&before_w, &after_w, 60, p.block);
     Ok(crate::quantize::QuantizeResult { report, loss_before, loss_after, histogram, sample_before, sample_after })
+}
+
+/// The prune widget: micro, then micro pruned at each of the widget's sparsities, each
+/// measured as `tinytune prune --data stories` measures it (the same held-out stories in
+/// batches of `ROWS` windows, the same calibration batches and seed), with a greedy sample.
+/// On the CPU: pruning reads the weights back synchronously.
+async fn prune_sweep(p: &crate::prune::PruneParams) -> Result<crate::prune::PruneResult, String> {
+    use crate::prune::{CALIBRATION_BATCHES, EXAMPLES, PruneMap, PruneRow, ROWS, SAMPLE_TOKENS, layer_map, matrix_map};
+    use tinytune::prune::{calibration_batches, counts, prune};
+    let err = |e: tinytune::Error| e.to_string();
+    let started = web_time::Instant::now();
+    let device = Device::flex();
+    let (model, tok) = load(ModelChoice::Micro, 0, &device).await?;
+    let seq = model.context_len().min(128);
+    let held_out = DataSource::Stories.dataset(&tok, 0, Split::Eval, EXAMPLES, seq, 0.0).map_err(err)?;
+    let windows = held_out.sequential(ROWS, seq, usize::MAX).len() * ROWS;
+    let calibration =
+        if p.calibrates() { calibration_batches(&DataSource::Stories, &tok, p.seed, CALIBRATION_BATCHES, ROWS, seq).map_err(err)? } else { Vec::new() };
+    let calibration_tokens = calibration.iter().map(|b| b.weight_sum() as usize).sum();
+    let ids = tok.encode(&p.prompt).map_err(err)?;
+    if ids.is_empty() {
+        return Err("type a prompt first: each row's sample continues it".into());
+    }
+    let config = SampleConfig { max_new_tokens: SAMPLE_TOKENS, temperature: 0.0, top_k: None, seed: 0, stop_ids: tok.eot().into_iter().collect(), cache: true };
+    // Held-out loss and a greedy sample (ending at <|endoftext|>, without it).
+    let measure = async |m: &Gpt| -> Result<(f32, String), String> {
+        let loss = eval_loss_async(m, &held_out, ROWS, seq, usize::MAX).await.map_err(err)?;
+        let mut out = generate_async(m, &ids, &config).await.map_err(err)?;
+        if out.last().is_some_and(|id| config.stop_ids.contains(id)) {
+            out.pop();
+        }
+        Ok((loss, format!("{}{}", p.prompt, tok.decode(&out))))
+    };
+    let before = counts(&model);
+    let (loss, sample) = measure(&model).await?;
+    let mut rows = vec![PruneRow { sparsity: 0.0, parameters: before.total, nonzero: before.nonzero, zeros: None, neurons: None, loss, sample, map: None }];
+    for sparsity in p.sparsities() {
+        js::sleep(0).await;
+        let (pruned, report) = prune(model.clone(), &p.plan(sparsity), &calibration).map_err(err)?;
+        let (loss, sample) = measure(&pruned).await?;
+        let (zeros, map) = match (&report.unstructured, &report.structured) {
+            (Some(u), _) => (Some(u.zeros()), Some(matrix_map(&u.matrices))),
+            (None, Some(s)) => (None, Some(PruneMap::Structured(s.layers.iter().map(layer_map).collect()))),
+            (None, None) => (None, None),
+        };
+        let neurons = report.structured.as_ref().map(|s| s.shape_after.inner);
+        rows.push(PruneRow { sparsity, parameters: report.after.total, nonzero: report.after.nonzero, zeros, neurons, loss, sample, map });
+    }
+    Ok(crate::prune::PruneResult { params: p.clone(), rows, windows, calibration_tokens, seconds: started.elapsed().as_secs_f64() })
 }
 
 /// One batch of the shipped micro model's story-qa task, its gradients computed in FP32 and
