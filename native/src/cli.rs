@@ -639,9 +639,11 @@ pub struct TrainArgs {
     /// Tokens per row (default: the model's context, at most 128).
     #[arg(long)]
     pub seq_len: Option<usize>,
-    /// Peak learning rate (default: 1e-3 for pretrain and for a distillation student that
-    /// starts from scratch, 3e-4 for finetune and for other students; LoRA-family and
-    /// soft-prompt methods usually want more, see `tinytune compare --methods`).
+    /// Peak learning rate. Default for finetune and compare with an AdamW-family optimizer,
+    /// by method (measured on micro, scripts/lr-sweep.sh): full 3e-4; last-layers, lora,
+    /// qlora, adapter 3e-3; p-tuning 1e-2; bitfit, layernorm, prompt 1e-1; prefix, ia3 3e-1; with
+    /// another optimizer its own (sgd 0.1, adafactor 1e-2, lion 2e-4, mezo 3e-4). pretrain
+    /// and a distillation student from scratch: 1e-3; other students 3e-4.
     #[arg(long)]
     pub lr: Option<f64>,
     /// Linear warmup: a number of steps (100) or a share of the run (10% or 0.1; rounded up

@@ -82,7 +82,8 @@ pub fn compare_cmd(a: CompareArgs, device: &Device) -> Result<(), String> {
             Variant::Method(name) => method_args.method = name.clone(),
         }
         let method = method_args.to_method(Some(&loaded.tokenizer), loaded.config.family).map_err(|e| e.replace("--method", "--methods"))?;
-        let mut config = train::resolve(&args, method, DataSource::Task(Task::StoryQa), 3e-4, loaded.config.n_positions)?;
+        let lr = train::finetune_lr(&args, &method);
+        let mut config = train::resolve(&args, method, DataSource::Task(Task::StoryQa), lr, loaded.config.n_positions)?;
         // One held-out evaluation, after the last step: the table compares end points.
         config.eval_every = 0;
         let model = config.method.apply(loaded.model.clone(), config.seed, &ad).map_err(crate::flags::flag_error)?;

@@ -22,6 +22,13 @@ use crate::fsutil::{CheckpointDirs, read, read_text, write_atomic};
 use crate::model_dir::Companions;
 use crate::{model_dir, plot};
 
+/// The learning rate a fine-tuning run takes when `--lr` is left out: the method's
+/// suggestion with an AdamW-family optimizer, the optimizer's own otherwise
+/// (`OptimKind::suggested_lr_for`; `finetune`, `compare` and the page share it).
+pub fn finetune_lr(args: &TrainArgs, method: &Method) -> f64 {
+    args.optimizer.parse::<OptimKind>().unwrap_or(OptimKind::AdamW).suggested_lr_for(method.kind())
+}
+
 /// The one place flags become a `TrainConfig`.
 pub fn resolve(args: &TrainArgs, method: Method, default_data: DataSource, default_lr: f64, n_positions: usize) -> Result<TrainConfig, String> {
     let beta = args.beta.unwrap_or_else(|| Objective::default_beta(&args.objective));
@@ -174,13 +181,9 @@ pub fn finetune(args: FinetuneArgs, device: &Device) -> Result<(), String> {
     let model_dir = args.model.as_deref().ok_or("--model: name the model to fine-tune (a model or run folder)")?;
     check_before_loading(model_dir, &args)?;
     let loaded = model_dir::load(model_dir, &ad)?;
-    let train = resolve(
-        &args.train,
-        args.method.to_method(Some(&loaded.tokenizer), loaded.config.family)?,
-        DataSource::Task(tinytune::data::Task::StoryQa),
-        3e-4,
-        loaded.config.n_positions,
-    )?;
+    let method = args.method.to_method(Some(&loaded.tokenizer), loaded.config.family)?;
+    let lr = finetune_lr(&args.train, &method);
+    let train = resolve(&args.train, method, DataSource::Task(tinytune::data::Task::StoryQa), lr, loaded.config.n_positions)?;
     // A reward model is the language model with a score head in place of its LM head
     // (TRL's RewardTrainer loads the model as a sequence classifier with num_labels = 1);
     // a model that already is one trains on.
@@ -218,7 +221,8 @@ fn check_before_loading(dir: &Path, args: &FinetuneArgs) -> Result<(), String> {
     let Ok(text) = std::fs::read_to_string(dir.join(files::CONFIG)) else { return Ok(()) };
     let Ok(config) = ModelConfig::from_json(&text, dir.join(files::CONFIG).display().to_string()) else { return Ok(()) };
     let Ok(method) = args.method.to_method(None, config.family) else { return Ok(()) };
-    let Ok(train) = resolve(&args.train, method, DataSource::Task(tinytune::data::Task::StoryQa), 3e-4, config.n_positions) else { return Ok(()) };
+    let lr = finetune_lr(&args.train, &method);
+    let Ok(train) = resolve(&args.train, method, DataSource::Task(tinytune::data::Task::StoryQa), lr, config.n_positions) else { return Ok(()) };
     crate::memory::check_fits(&config, &train, &args.train, &[])
 }
 

@@ -2105,3 +2105,49 @@ fn prune_then_distill_recovers_the_loss() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// With --lr left out, finetune and compare take the method's suggested rate with AdamW
+/// (`MethodKind::suggested_lr`, scripts/lr-sweep.sh) and another optimizer's own, and
+/// record it in train.json and compare's rows; --lr still wins.
+#[test]
+fn the_default_learning_rate_follows_the_method_and_the_optimizer() {
+    let micro = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/micro");
+    let m = micro.to_str().unwrap();
+    let cases: [(&[&str], f64); 5] = [
+        (&[], 3e-4),
+        (&["--method", "lora"], 3e-3),
+        (&["--method", "ia3"], 3e-1),
+        (&["--optimizer", "sgd"], 0.1),
+        (&["--method", "lora", "--lr", "5e-4"], 5e-4),
+    ];
+    for (i, (extra, lr)) in cases.into_iter().enumerate() {
+        let out = tmp(&format!("default-lr-{i}"));
+        let mut args = vec!["finetune", "--model", m, "--out", out.to_str().unwrap(), "--steps", "1", "--batch", "4", "--eval-batches", "1"];
+        args.extend_from_slice(extra);
+        ok(&tinytune(&args));
+        let train: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("checkpoint/train.json")).unwrap()).unwrap();
+        assert_eq!(train["lr"].as_f64(), Some(lr), "{extra:?}");
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    let out = tmp("default-lr-compare");
+    let rows = ok(&tinytune(&[
+        "compare",
+        "--model",
+        m,
+        "--methods",
+        "full,prompt,lora@1e-3",
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "1",
+        "--batch",
+        "4",
+        "--eval-batches",
+        "1",
+        "--json",
+    ]));
+    let rows: serde_json::Value = serde_json::from_str(&rows).unwrap();
+    let lrs: Vec<f64> = rows.as_array().unwrap().iter().map(|r| r["lr"].as_f64().unwrap()).collect();
+    assert_eq!(lrs, vec![3e-4, 1e-1, 1e-3]);
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -127,6 +127,25 @@ impl MethodKind {
         }
     }
 
+    /// A peak learning rate for fine-tuning with this method and an AdamW-family optimizer:
+    /// the default `--lr` of `finetune` and `compare`. Measured by `scripts/lr-sweep.sh`
+    /// (micro on sentiment, 60 steps of 16, cosine schedule, held-out loss at five rates
+    /// from 3e-4, or from 3e-3 for the methods below that want more): the smallest rate
+    /// within 1% of the best, since on a flat optimum the smaller step is the safer default
+    /// for larger models. Methods that train few parameters with no other route to the
+    /// output (biases, LayerNorm gains, soft prompts, IA³'s scales) want steps a hundred to a
+    /// thousand times those of full fine-tuning; IA³ and prefix tuning were best at 3e-1,
+    /// the largest rate tried.
+    pub fn suggested_lr(self) -> f64 {
+        match self {
+            MethodKind::Full => 3e-4,
+            MethodKind::LastLayers | MethodKind::Lora | MethodKind::Qlora | MethodKind::Adapter => 3e-3,
+            MethodKind::PTuning => 1e-2,
+            MethodKind::Bitfit | MethodKind::Layernorm | MethodKind::Prompt => 1e-1,
+            MethodKind::Prefix | MethodKind::Ia3 => 3e-1,
+        }
+    }
+
     /// How a menu shows it.
     pub fn label(self) -> &'static str {
         match self {

@@ -112,6 +112,16 @@ impl OptimKind {
         }
     }
 
+    /// The default peak learning rate for fine-tuning with `method` and this optimizer:
+    /// the method's suggestion with an AdamW-family optimizer (whose rates the method
+    /// sweep measured), this optimizer's own otherwise.
+    pub fn suggested_lr_for(self, method: crate::methods::MethodKind) -> f64 {
+        match self {
+            OptimKind::AdamW | OptimKind::AdamW8bit | OptimKind::PagedAdamW | OptimKind::PagedAdamW8bit => method.suggested_lr(),
+            other => other.suggested_lr(),
+        }
+    }
+
     /// The estimator's name for this optimizer's state (`memory::OptimizerKind`), so a plan
     /// and a run agree on what the state costs.
     pub fn plan_kind(self, momentum: f64) -> crate::memory::OptimizerKind {

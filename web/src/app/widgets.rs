@@ -43,6 +43,13 @@ pub(super) fn field(
     }
 }
 
+/// The learning rate the CLI would take for the widget's method and optimizer when `--lr`
+/// is left out (`OptimKind::suggested_lr_for`, measured by scripts/lr-sweep.sh).
+fn suggested_lr(p: &TrainParams) -> String {
+    let Ok(kind) = p.optimizer.parse::<tinytune::optim::OptimKind>() else { return String::new() };
+    format!("suggested for {} with {}: {}", p.method.name(), kind.name(), kind.suggested_lr_for(p.method))
+}
+
 /// A labelled select bound to one parameter.
 pub(super) fn choice(
     label: &'static str,
@@ -232,7 +239,16 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
         ("model", choice("model", "model", MODELS.to_vec(), move || p.get().model.name().to_string(), set).into_any()),
         ("task", choice("task", "task", task_options(), move || p.get().task.to_string(), set).into_any()),
         ("steps", field("steps", "steps", num(|p| p.steps.to_string()), set).into_any()),
-        ("lr", field("learning rate", "lr", num(|p| p.lr.to_string()), set).into_any()),
+        (
+            "lr",
+            view! {
+                <span class="with-hint">
+                    {field("learning rate", "lr", num(|p| p.lr.to_string()), set)}
+                    <small class="hint" data-testid="suggested-lr">{move || suggested_lr(&p.get())}</small>
+                </span>
+            }
+            .into_any(),
+        ),
         ("batch", field("batch", "batch", num(|p| p.batch.to_string()), set).into_any()),
         ("seq", field("tokens per row", "seq", num(|p| p.seq.to_string()), set).into_any()),
         ("seed", field("seed", "seed", num(|p| p.seed.to_string()), set).into_any()),
