@@ -9,11 +9,15 @@ pub fn on_terminal() -> bool {
     std::io::IsTerminal::is_terminal(&std::io::stderr())
 }
 
-/// A bar of `len` units, labelled `prefix`, with a message slot for the current figure.
+/// A bar of `len` units, labelled `prefix` (none when empty), with a message slot for the
+/// current figure.
 pub fn bar(len: u64, prefix: impl Into<String>) -> ProgressBar {
+    const BAR: &str = "{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]";
+    let prefix = prefix.into();
     let bar = ProgressBar::new(len);
-    bar.set_style(ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]").expect("valid template"));
-    bar.set_prefix(prefix.into());
+    let template = if prefix.is_empty() { BAR.to_string() } else { format!("{{prefix}} {BAR}") };
+    bar.set_style(ProgressStyle::with_template(&template).expect("valid template"));
+    bar.set_prefix(prefix);
     bar
 }
 

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use burn::tensor::Device;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use tinytune::checkpoint::{TrainerState, files, load_optimizer, save_model, save_optimizer};
 use tinytune::data::{CHARSET, Split};
 use tinytune::methods::Method;
@@ -463,8 +463,7 @@ fn run(trainer: Trainer, tokenizer: &TextTokenizer, companions: &Companions, arg
         .truncate(fresh)
         .open(&metrics_path)
         .map_err(|e| format!("{}: {e}", metrics_path.display()))?;
-    let bar = ProgressBar::new(trainer.config.steps as u64);
-    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]").expect("valid template"));
+    let bar = crate::progress::bar(trainer.config.steps as u64, "");
     bar.set_position(trainer.step as u64);
     crate::interrupt::install();
     let plain = !crate::progress::on_terminal();

@@ -49,6 +49,11 @@ impl Batch {
         self.weights.iter().sum()
     }
 
+    /// The vocabulary `teacher_logits` spans (0 when there are none).
+    pub fn teacher_vocab(&self) -> usize {
+        self.teacher_logits.len() / (self.b * self.t).max(1)
+    }
+
     /// Each row's counted tokens (at least 1, so a per-token mean never divides by 0).
     pub fn row_counts(&self) -> Vec<f32> {
         self.weights.chunks(self.t.max(1)).map(|w| w.iter().sum::<f32>().max(1.0)).collect()
@@ -75,10 +80,8 @@ impl Batch {
                     token_refs: if self.token_refs.is_empty() { vec![] } else { self.token_refs[i * span..(i + 1) * span].to_vec() },
                     labels: if self.labels.is_empty() { vec![] } else { self.labels[i * rows / 2..(i + 1) * rows / 2].to_vec() },
                     on_policy: self.on_policy,
-                    teacher_logits: if self.teacher_logits.is_empty() {
-                        vec![]
-                    } else {
-                        let v = self.teacher_logits.len() / (self.b * self.t).max(1);
+                    teacher_logits: {
+                        let v = self.teacher_vocab();
                         self.teacher_logits[i * span * v..(i + 1) * span * v].to_vec()
                     },
                 }

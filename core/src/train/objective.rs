@@ -430,8 +430,7 @@ impl Objective {
                 let (inputs, targets, weights) = batch.to_device(device);
                 let teacher_logits = if !batch.teacher_logits.is_empty() {
                     // Read from a teacher cache.
-                    let v = batch.teacher_logits.len() / (batch.b * batch.t).max(1);
-                    Tensor::from_data(TensorData::new(batch.teacher_logits.clone(), [batch.b, batch.t, v]), device)
+                    Tensor::from_data(TensorData::new(batch.teacher_logits.clone(), [batch.b, batch.t, batch.teacher_vocab()]), device)
                 } else {
                     let Some(teacher) = teacher else {
                         return Objective::NextToken.loss_and_scores(model, batch, device, compute, None);
