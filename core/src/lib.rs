@@ -21,6 +21,7 @@ pub mod prune;
 pub mod sample;
 pub mod tokenizer;
 pub mod train;
+pub mod verify;
 
 pub use error::{Error, Result};
 pub use model::{Gpt, ModelConfig};

@@ -105,6 +105,10 @@ pub enum Command {
     /// distribution (softened by a temperature) on a task or data set, mixed with the
     /// ordinary next-token loss; a resumable run that writes an ordinary model folder.
     Distill(DistillArgs),
+    /// Run the reference checks — tinytune's numbers against transformers, PEFT, TRL,
+    /// mergekit, bitsandbytes, PyTorch, DeepSpeed and tokenizers on committed fixtures — on
+    /// the chosen backend, and print one table; exits 1 when any check fails.
+    Verify(crate::verify::VerifyArgs),
 }
 
 #[derive(Args, Debug)]

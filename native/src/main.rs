@@ -18,6 +18,7 @@ mod progress;
 mod prune;
 mod serve;
 mod train;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -66,6 +67,7 @@ fn main() -> ExitCode {
         Command::Federated(a) => commands::federated_cmd(a, &device),
         Command::Prune(a) => prune::prune_cmd(a, &device),
         Command::Distill(a) => train::distill(a, &device),
+        Command::Verify(a) => verify::verify_cmd(a, cli.backend, &device),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

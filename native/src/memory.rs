@@ -248,7 +248,7 @@ fn print_table(plan: &Plan, est: &Estimate) {
             deepspeed::gib2(paper[3])
         );
         println!(
-            "  DeepSpeed's estimator (and this table, which follows it) keeps the whole 16-bit gradient buffer at stages 1 and 2 plus an FP32 gradient shard, so its stages 1 and 2 match; the paper's stage 2 keeps only each GPU's 1/N of the gradients."
+            "  DeepSpeed's estimator (and this table, which follows it) also counts an FP32 copy of each GPU's gradient shard (4 bytes a parameter over the GPUs), which the paper leaves out."
         );
     }
     println!(

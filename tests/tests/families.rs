@@ -1,9 +1,9 @@
-//! The Llama family against transformers on committed fixtures (made by
-//! tests/fixtures/make_llama_reference.py): a Llama with grouped-query attention, an untied
-//! head and Llama 3.1 RoPE scaling, the same with a PEFT LoRA adapter on all seven
-//! projections, a Qwen2 with q/k/v biases, a tied head and YaRN, and a Mistral with a
-//! sliding window and dynamic NTK scaling. Each is fed a prompt longer than its original
-//! context (and than its max_position_embeddings).
+//! The Llama family on committed fixtures (made by tests/fixtures/make_llama_reference.py):
+//! a Llama with grouped-query attention, an untied head and Llama 3.1 RoPE scaling, the same
+//! with a PEFT LoRA adapter on all seven projections, a Qwen2 with q/k/v biases, a tied head
+//! and YaRN, and a Mistral with a sliding window and dynamic NTK scaling. Their logits are
+//! held to transformers' and PEFT's by the registry (`tinytune::verify`, run in
+//! fixtures.rs); here: that the fixtures tell the features apart, and round trips.
 
 use std::path::PathBuf;
 
@@ -67,14 +67,11 @@ fn worst_error(model: &tinytune::Gpt, name: &str, device: &Device) -> f32 {
 }
 
 #[test]
-fn llama_qwen2_and_mistral_checkpoints_give_transformers_logits() {
+fn the_llama_family_fixtures_tell_their_features_apart() {
     let device = Device::flex();
     for name in ["hf-llama", "hf-qwen2", "hf-mistral"] {
         let loaded = load(name, &device);
-        let d = worst_error(&loaded.model, name, &device);
-        eprintln!("{name}: worst |Δlogit| {d:.2e}");
-        assert!(d < 1e-4, "{name}: logits differ from transformers' by up to {d}");
-
+        // (Their logits are held to transformers' by the registry's transformers/* checks.)
         // The fixtures can tell the features apart: without its RoPE scaling (or, for
         // Mistral, its window) the same weights miss transformers' logits by far more.
         let mut plain = loaded.model.clone();
@@ -100,13 +97,11 @@ fn llama_qwen2_and_mistral_checkpoints_give_transformers_logits() {
 }
 
 #[test]
-fn a_peft_lora_on_all_seven_llama_projections_gives_peft_logits_and_round_trips() {
+fn a_peft_lora_on_all_seven_llama_projections_round_trips() {
     let device = Device::flex();
     let (model, method, weights) = adapter_on_llama("peft-llama-lora", &device);
     assert_eq!(method.lora().unwrap().target_modules.len(), 7);
-    let d = worst_error(&model, "peft-llama-lora", &device);
-    assert!(d < 1e-4, "LoRA logits differ from PEFT's by up to {d}");
-
+    // (Its logits are held to PEFT's by the registry's peft/llama-lora check.)
     // Written back, the adapter has PEFT's keys and layout: the same tensors as the file.
     let (config_out, bytes) = peft::save(&model, &method, None).unwrap();
     let cfg: serde_json::Value = serde_json::from_str(&config_out).unwrap();
@@ -145,46 +140,14 @@ fn a_llama_checkpoint_saves_with_transformers_names_and_reloads_identically() {
     assert_eq!(again, loaded.config);
 }
 
-/// Chat templates render as transformers' `apply_chat_template` does (two templates in the
-/// styles models ship, read from a transformers 5 folder's chat_template.jinja or given as
-/// text), and the rendered text tokenizes to the same ids.
+/// The chat template's own error reaches the user (its renderings are held to transformers'
+/// by the registry's transformers/chat-templates check).
 #[test]
-fn chat_templates_render_as_transformers_does() {
+fn a_chat_template_refuses_a_conversation_out_of_order() {
     use tinytune::tokenizer::chat::{ChatTemplate, Message};
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("chat-reference.json")).unwrap()).unwrap();
-    let dir = fixture("chat-tokenizer");
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
-    let tok = tinytune::TextTokenizer::from_json(&read("tokenizer.json"), "tokenizer.json").unwrap();
-    let (config, jinja) = (read("tokenizer_config.json"), read("chat_template.jinja"));
-    let from_folder = ChatTemplate::from_files(Some((&config, "tokenizer_config.json")), Some((&jinja, "chat_template.jinja"))).unwrap().unwrap();
-    assert_eq!(from_folder.eos_token, "<|im_end|>");
     let (bos, eos) = (v["bos_token"].as_str().unwrap(), v["eos_token"].as_str().unwrap());
-    let cases = v["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 12);
-    for case in cases {
-        let name = case["template"].as_str().unwrap();
-        let template = if name == "markers" { from_folder.clone() } else { ChatTemplate::new(v["templates"][name].as_str().unwrap(), bos, eos).unwrap() };
-        let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
-        let text = template.render(&messages, case["add_generation_prompt"].as_bool().unwrap()).unwrap();
-        assert_eq!(text, case["text"].as_str().unwrap(), "{name}: {messages:?}");
-        let ids: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-        assert_eq!(tok.encode(&text).unwrap(), ids, "{name}: token ids");
-    }
-    // The headers template refuses a conversation out of order, by its own message.
     let headers = ChatTemplate::new(v["templates"]["headers"].as_str().unwrap(), bos, eos).unwrap();
     let bad = [Message { role: "assistant".into(), content: "hi".into() }];
     assert!(headers.render(&bad, false).unwrap_err().to_string().contains("must alternate"));
-}
-
-/// PEFT's (IA)³ with its Llama defaults (keys and values rescaled at the output, the down
-/// projection at its input) gives PEFT's logits.
-#[test]
-fn a_peft_ia3_on_a_llama_gives_peft_logits() {
-    let device = Device::flex();
-    let (model, method, _) = adapter_on_llama("peft-llama-ia3", &device);
-    assert_eq!(method.name(), "ia3");
-    let d = worst_error(&model, "peft-llama-ia3", &device);
-    assert!(d < 1e-4, "IA³ logits differ from PEFT's by up to {d}");
-    let base = load("hf-llama", &device).model;
-    assert!(worst_error(&base, "peft-llama-ia3", &device) > 1e-3, "the vectors change the logits");
 }

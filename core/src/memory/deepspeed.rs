@@ -31,9 +31,12 @@ pub fn zero2(total_params: u64, gpus_per_node: u64, nodes: u64, cpu_offload: boo
         // gpu_mem = 2 * total_params; cpu_mem = total_params * max(4 * total_gpus, 16) * factor
         ModelStates { gpu: 2 * total_params, cpu: (p * (4 * total_gpus).max(16) as f64 * f) as u64 }
     } else {
-        // gpu_mem = 4 * total_params + int(16 * total_params / total_gpus)
+        // gpu_mem = 2 * total_params + int(18 * total_params / total_gpus): 16-bit parameters
+        // whole, and a 1/N share of 16- and 32-bit gradients, 32-bit master parameters and
+        // the two moments (DeepSpeed 0.19; releases before it counted 4Ψ + 16Ψ/N, which
+        // agrees on one GPU only)
         // cpu_mem = total_params * 4 * num_gpus_per_node * factor
-        ModelStates { gpu: 4 * total_params + (16.0 * p / total_gpus as f64) as u64, cpu: (p * 4.0 * gpus_per_node as f64 * f) as u64 }
+        ModelStates { gpu: 2 * total_params + (18.0 * p / total_gpus as f64) as u64, cpu: (p * 4.0 * gpus_per_node as f64 * f) as u64 }
     }
 }
 
@@ -92,9 +95,9 @@ pub fn rows(total_params: u64, largest_layer_params: u64, zero: u8, gpus: u64) -
 /// Models", Figure 1): mixed-precision Adam holds 2Ψ bytes of 16-bit weights, 2Ψ of 16-bit
 /// gradients and KΨ = 12Ψ of FP32 state; stage 1 shards the optimizer state over N GPUs
 /// (`4Ψ + 12Ψ/N`), stage 2 the gradients too (`2Ψ + 14Ψ/N`), stage 3 everything
-/// (`16Ψ/N`). DeepSpeed's estimator ([`zero2`]) keeps the whole 16-bit gradient buffer at
-/// stage 2 (its reduce buckets) and adds an FP32 gradient partition, so its stages 1 and 2
-/// agree with each other and not with the paper's stage 2.
+/// (`16Ψ/N`). DeepSpeed's estimator ([`zero2`], 0.19) shards the 16-bit gradients as the
+/// paper's stage 2 does and adds an FP32 gradient partition: `2Ψ + 18Ψ/N`, 4Ψ/N above the
+/// paper's figure.
 pub fn zero_paper(total_params: u64, gpus: u64) -> [u64; 4] {
     let (p, n) = (total_params, gpus.max(1));
     [16 * p, 4 * p + (12 * p).div_ceil(n), 2 * p + (14 * p).div_ceil(n), (16 * p).div_ceil(n)]
@@ -147,7 +150,7 @@ mod tests {
         // Without zero_init the CPU must hold 4 bytes per parameter per GPU at load time.
         let r = zero3(GPT2_MEDIUM, LARGEST, 8, 1, true, false, false);
         assert_eq!(r.cpu, (GPT2_MEDIUM as f64 * 32.0 * 1.5) as u64);
-        // ZeRO-2, 1 GPU: 4P + 16P = 20 bytes per parameter; with offload 2P on the GPU.
+        // ZeRO-2, 1 GPU: 2P + 18P = 20 bytes per parameter; with offload 2P on the GPU.
         assert_eq!(zero2(GPT2_MEDIUM, 1, 1, false).gpu, 20 * GPT2_MEDIUM);
         assert_eq!(gib2(zero2(GPT2_MEDIUM, 1, 1, false).gpu), 6.61);
         let off = zero2(GPT2_MEDIUM, 1, 1, true);
