@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use burn::tensor::Device;
 use clap::Args;
-use tinytune::verify::{self, Dir, Outcome};
+use tinytune::verify::{self, Fixtures, Outcome, Target};
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
@@ -25,6 +25,21 @@ pub struct VerifyArgs {
     /// Print the table as Markdown (the README's "How we know" section).
     #[arg(long)]
     pub markdown: bool,
+}
+
+/// A fixtures folder on disk (the repository's `tests/fixtures`, or a copy).
+struct Dir(PathBuf);
+
+impl Fixtures for Dir {
+    fn read(&self, path: &str) -> Result<Vec<u8>, String> {
+        let full = self.0.join(path);
+        std::fs::read(&full).map_err(|e| {
+            format!(
+                "{}: cannot read the fixture ({e}); point --fixtures at a copy of the repository's tests/fixtures, or remake it with the script named in README.md",
+                full.display()
+            )
+        })
+    }
 }
 
 /// The fixtures folder: the one given, else ./tests/fixtures, else the source tree's.
@@ -49,6 +64,10 @@ pub fn verify_cmd(a: VerifyArgs, backend: crate::backend::Backend, device: &Devi
     }
     let dir = fixtures_dir(a.fixtures)?;
     let fixtures = Dir(dir.clone());
+    // Natively every backend can read back synchronously; the host parts run on the CPU
+    // backend when it is built in, as they do in the page.
+    let host = crate::backend::device(crate::backend::Backend::Flex).unwrap_or_else(|_| device.clone());
+    let target = Target { device: device.clone(), host };
     let table = !a.json && !a.markdown;
     if table {
         println!("Reference checks on {backend}, fixtures from {}:\n", dir.display());
@@ -61,7 +80,7 @@ pub fn verify_cmd(a: VerifyArgs, backend: crate::backend::Backend, device: &Devi
         if let Some(bar) = &bar {
             bar.set_message(c.name.clone());
         }
-        let o = verify::run(c, &fixtures, device);
+        let o = verify::run(c, &fixtures, &target);
         if table {
             let line = row(&o);
             match &bar {
@@ -106,18 +125,9 @@ pub fn verify_cmd(a: VerifyArgs, backend: crate::backend::Backend, device: &Devi
     }
 }
 
-fn measured(o: &Outcome) -> String {
-    match o.worst {
-        Some(w) if w == 0.0 => "0".into(),
-        Some(w) if w.abs() >= 1.0 && w.fract() == 0.0 => format!("{w:.0}"),
-        Some(w) => format!("{w:.1e}"),
-        None => "—".into(),
-    }
-}
-
 fn row(o: &Outcome) -> String {
     let result = if o.passed { "pass" } else { "FAIL" };
-    format!("{:<36} {:<22} {:<34} {:>10}  {:<6} {}", o.name, o.reference, o.tolerance_text, measured(o), result, o.detail)
+    format!("{:<36} {:<22} {:<34} {:>10}  {:<6} {}", o.name, o.reference, o.tolerance_text, o.measured(), result, o.detail)
 }
 
 /// The README's table: one row per check, then how to regenerate the fixtures.
@@ -129,7 +139,7 @@ fn markdown(outcomes: &[Outcome], backend: &str) -> String {
             o.name,
             o.reference,
             o.tolerance_text.replace('|', "\\|"),
-            measured(o),
+            o.measured(),
             if o.passed { "pass" } else { "**FAIL**" }
         ));
     }

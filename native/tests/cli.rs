@@ -2179,6 +2179,11 @@ fn verify_runs_the_reference_checks_and_fails_on_an_altered_fixture() {
     assert!(text.contains("3 of 3 checks passed on flex"), "{text}");
     let listed = ok(&tinytune(&["verify", "--list"]));
     assert!(listed.lines().count() >= 50 && listed.contains("bitsandbytes/nf4-b64-dq") && listed.contains("bnb-4bit/cases.safetensors"), "{listed}");
+    // The README's table (`tinytune verify --markdown`) lists every check.
+    let readme = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    for name in listed.lines().filter_map(|l| l.split_whitespace().next()) {
+        assert!(readme.contains(&format!("| `{name}` |")), "README.md's reference-check table lacks {name}: rerun tinytune verify --markdown");
+    }
 
     // One logit of transformers' GPT-2 reference moved by 0.01.
     let copy = tmp("verify-fixtures");

@@ -1153,6 +1153,56 @@ await check("a crashed worker is reported in the page and the page recovers", as
   await page.close();
 });
 
+// Runs the verify widget's checks and returns its rows: [name, reference, measured, result].
+async function runVerify(page, timeout) {
+  const w = page.locator("[data-widget=verify]").first();
+  await w.locator("[data-testid=verify-run]").click();
+  await page.waitForFunction(() => / checks passed on /.test(document.querySelector("[data-testid=verify-status]")?.textContent ?? ""), null, { timeout });
+  return w.locator("[data-testid=verify-table] tbody tr").evaluateAll((trs) =>
+    trs.map((tr) => [tr.getAttribute("data-check"), tr.children[2].textContent, tr.children[4].textContent, tr.getAttribute("data-result"), tr.children[7].textContent]),
+  );
+}
+
+await check.long("the How we know page runs every reference check in the worker on the CPU, and each passes as natively", async () => {
+  const page = await openPage(cpu, base + `?lesson=${lessons[0].slug}&backend=cpu`);
+  // Linked from the top bar and from every lesson's footer.
+  assert((await page.locator("header [data-testid=how-we-know]").count()) === 1, "no top-bar link");
+  await page.locator("[data-testid=how-we-know-footer]").click();
+  await page.waitForFunction(() => document.querySelector("article")?.getAttribute("data-lesson") === "how-we-know", null, { timeout: 10_000 });
+  await page.waitForFunction(() => document.querySelector("[data-testid=backend]")?.textContent.startsWith("CPU"), null, { timeout: 60_000 });
+  const cli = join(root, "target/debug/tinytune");
+  const native = JSON.parse(execFileSync(cli, ["verify", "--json"], { cwd: root, encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }));
+  const rows = await runVerify(page, 600_000);
+  console.log(`     ${rows.length} checks; e.g. ${JSON.stringify(rows.slice(0, 3))}`);
+  assert(rows.length === native.checks.length && rows.length >= 50, `${rows.length} rows on the page, ${native.checks.length} natively`);
+  const failed = rows.filter((r) => r[3] !== "pass");
+  assert(failed.length === 0, `failed in the page: ${JSON.stringify(failed)}`);
+  // The page read the same fixtures: the same checks, in order, with the same reference versions.
+  for (const [i, o] of native.checks.entries()) {
+    assert(rows[i][0] === o.name && rows[i][1] === o.reference, `row ${i}: ${JSON.stringify(rows[i])} vs native ${o.name} ${o.reference}`);
+  }
+  await page.screenshot({ path: join(artifacts, "verify.png"), fullPage: true });
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
+await check("WebGPU (software adapter) runs the transformers reference checks", async () => {
+  const gpu = await browser(["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-angle=swiftshader"]);
+  try {
+    const page = await openPage(gpu, base + "?lesson=how-we-know&backend=webgpu&w1.checks=transformers");
+    await page.waitForFunction(() => !document.querySelector("[data-testid=backend]")?.textContent.startsWith("starting"), null, { timeout: 120_000 });
+    const backend = await page.textContent("[data-testid=backend]");
+    assert(backend.startsWith("WebGPU"), `backend is ${backend}`);
+    const rows = await runVerify(page, 300_000);
+    console.log(`     ${backend}: ${JSON.stringify(rows.map((r) => [r[0], r[2], r[3]]))}`);
+    assert(rows.length === 5 && rows.every((r) => r[3] === "pass"), JSON.stringify(rows));
+    const errors = page.errors.filter((e) => !/WebGPU|powerPreference|adapter/i.test(e));
+    assert(errors.length === 0, `console errors: ${errors.join(" | ")}`);
+  } finally {
+    await gpu.close();
+  }
+});
+
 await check("WebGPU (software adapter) runs a training step", async () => {
   const gpu = await browser(["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-angle=swiftshader"]);
   try {

@@ -13,15 +13,23 @@ fn fixture(path: &str) -> PathBuf {
 /// The groups with a test below; every check belongs to one.
 const GROUPS: &[&str] = &["transformers", "tokenizers", "peft", "bitsandbytes", "optimizers", "deepspeed", "mergekit", "trl"];
 
+/// The repository's fixtures folder.
+struct Dir;
+
+impl verify::Fixtures for Dir {
+    fn read(&self, path: &str) -> Result<Vec<u8>, String> {
+        std::fs::read(fixture(path)).map_err(|e| format!("{path}: {e}"))
+    }
+}
+
 /// Runs every check of `group` on the CPU against the repository's fixtures.
 fn run_group(group: &str) {
-    let fixtures = verify::Dir(fixture(""));
-    let device = burn::tensor::Device::flex();
+    let target = verify::Target { device: burn::tensor::Device::flex(), host: burn::tensor::Device::flex() };
     let checks: Vec<_> = verify::checks().into_iter().filter(|c| c.group() == group).collect();
     assert!(!checks.is_empty(), "no checks in {group}");
     let mut failed = Vec::new();
     for check in &checks {
-        let o = verify::run(check, &fixtures, &device);
+        let o = verify::run(check, &Dir, &target);
         eprintln!("{:<32} {:<22} {:<28} {:>10} {}", o.name, o.reference, o.tolerance_text, o.worst.map(|w| format!("{w:.2e}")).unwrap_or_default(), o.detail);
         if !o.passed {
             failed.push(format!("{}: measured {:?} against {} ({})", o.name, o.worst, o.tolerance_text, o.detail));

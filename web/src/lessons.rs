@@ -27,6 +27,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("20-smaller-models.md", include_str!("../../lessons/20-smaller-models.md")),
     ("21-longer-contexts.md", include_str!("../../lessons/21-longer-contexts.md")),
     ("22-a-real-model.md", include_str!("../../lessons/22-a-real-model.md")),
+    ("100-how-we-know.md", include_str!("../../lessons/100-how-we-know.md")),
 ];
 
 /// Every lesson, parsed and sorted by `order`. The files are checked by tests, so an error

@@ -24,6 +24,7 @@ pub mod rope;
 pub mod run;
 pub mod settings;
 pub mod urlstate;
+pub mod verify;
 pub mod widgets;
 
 #[cfg(target_arch = "wasm32")]

@@ -453,6 +453,9 @@ widgets! {
     /// micro pruned at several sparsities (magnitude, Wanda, 2:4 or MLP neurons): parameters,
     /// held-out loss and a sample per sparsity, and a heat map of what was removed.
     Prune(crate::prune::PruneParams) => crate::prune::PruneResult,
+    /// The reference checks (`tinytune::verify`), run one request per check in the worker
+    /// on the reader's backend: the "How we know these numbers are true" page.
+    Verify(crate::verify::VerifyParams) => tinytune::verify::Outcome,
 }
 
 /// `key = value` on settings `S`, the error naming the widget, the key and the value.

@@ -24,4 +24,6 @@ pub use precision::{GradCensus, LossScale, LossScaler, Precision, ScalerState};
 pub use run::{Control, EvalEvent, NearestEvent, Outcome, Run, RunHost, StartEvent, TrainEvent};
 pub use sweep::SweepItem;
 pub use teacher_cache::TeacherCache;
-pub use trainer::{Evaluation, ReferenceLogps, StepEvent, Trainer, eval_loss, eval_loss_async, preference_eval, preference_eval_async, reference_logps};
+pub use trainer::{
+    Evaluation, ReferenceLogps, StepEvent, Trainer, eval_loss, eval_loss_async, preference_eval, preference_eval_async, reference_logps, reference_logps_async,
+};

@@ -919,6 +919,15 @@ pub fn reference_logps(model: &Gpt, data: &Dataset, b: usize, t: usize) -> Resul
     read_rows(row_scores(model, data, b, t).into_iter().map(|x| x.into_data()).collect())
 }
 
+/// [`reference_logps`] for the browser (asynchronous read-back).
+pub async fn reference_logps_async(model: &Gpt, data: &Dataset, b: usize, t: usize) -> Result<Vec<f32>> {
+    let mut read = Vec::new();
+    for x in row_scores(model, data, b, t) {
+        read.push(x.into_data_async().await.map_err(|e| Error::Invalid(format!("reading log-probabilities back failed: {e:?}")))?);
+    }
+    read_rows(read)
+}
+
 /// Each sequential batch's per-row log-probabilities `[B]`, still on the device.
 fn row_scores(model: &Gpt, data: &Dataset, b: usize, t: usize) -> Vec<Tensor<1>> {
     let device = model.wte.weight.val().device();

@@ -18,7 +18,7 @@ pub(super) fn checks() -> Vec<Check> {
         files(&[HF_REF], model_files("hf-gpt2")),
         logit,
         "tests/fixtures/make_hf_reference.py",
-        gpt2,
+        |fx, t| Box::pin(gpt2(fx, &t.device)),
     )];
     for (name, about) in [
         ("llama", "Llama (grouped-query attention, untied head, Llama 3.1 RoPE scaling) past its context"),
@@ -38,33 +38,44 @@ pub(super) fn checks() -> Vec<Check> {
             files(&[LLAMA_REF], model_files(dir)),
             logit,
             "tests/fixtures/make_llama_reference.py",
-            move |fx, device| {
-                let model = load(fx, dir, device)?.model;
-                let d = llama_family_error(fx, &model, dir, device)?;
-                Ok(Measured::new(d, "every prompt runs past max_position_embeddings"))
+            move |fx, t| {
+                Box::pin(async move {
+                    let model = load(fx, dir, &t.device)?.model;
+                    let d = llama_family_error(fx, &model, dir, &t.device).await?;
+                    Ok(Measured::new(d, "every prompt runs past max_position_embeddings"))
+                })
             },
         ));
     }
-    all.push(Check::new(
-        "tokenizers/gpt2-bpe",
-        "a byte-level BPE tokenizer.json written by tokenizers: ids and decoded text of four probes, unseen bytes included",
-        "tokenizers",
-        Source::json("gpt2-style-tokenizer/expected.json", "/tokenizers_version"),
-        files(&["gpt2-style-tokenizer/expected.json", "gpt2-style-tokenizer/tokenizer.json"], vec![]),
-        Tolerance::exact("ids that differ"),
-        "tests/fixtures/make_gpt2_style_tokenizer.py",
-        |fx, _| tokenizer(fx),
-    ));
-    all.push(Check::new(
-        "transformers/chat-templates",
-        "chat templates as apply_chat_template renders them (two styles, 12 conversations), and their token ids",
-        "transformers",
-        Source::json("chat-reference.json", "/made_with"),
-        files(&["chat-reference.json", "chat-tokenizer/tokenizer.json", "chat-tokenizer/tokenizer_config.json", "chat-tokenizer/chat_template.jinja"], vec![]),
-        Tolerance::exact("conversations that differ"),
-        "tests/fixtures/make_chat_reference.py",
-        |fx, _| chat(fx),
-    ));
+    all.push(
+        Check::new(
+            "tokenizers/gpt2-bpe",
+            "a byte-level BPE tokenizer.json written by tokenizers: ids and decoded text of four probes, unseen bytes included",
+            "tokenizers",
+            Source::json("gpt2-style-tokenizer/expected.json", "/tokenizers_version"),
+            files(&["gpt2-style-tokenizer/expected.json", "gpt2-style-tokenizer/tokenizer.json"], vec![]),
+            Tolerance::exact("ids that differ"),
+            "tests/fixtures/make_gpt2_style_tokenizer.py",
+            |fx, _| Box::pin(async move { tokenizer(fx) }),
+        )
+        .on_host(),
+    );
+    all.push(
+        Check::new(
+            "transformers/chat-templates",
+            "chat templates as apply_chat_template renders them (two styles, 12 conversations), and their token ids",
+            "transformers",
+            Source::json("chat-reference.json", "/made_with"),
+            files(
+                &["chat-reference.json", "chat-tokenizer/tokenizer.json", "chat-tokenizer/tokenizer_config.json", "chat-tokenizer/chat_template.jinja"],
+                vec![],
+            ),
+            Tolerance::exact("conversations that differ"),
+            "tests/fixtures/make_chat_reference.py",
+            |fx, _| Box::pin(async move { chat(fx) }),
+        )
+        .on_host(),
+    );
     all
 }
 
@@ -85,7 +96,7 @@ pub(super) fn hf_cases(fx: &dyn Fixtures) -> Result<Vec<(String, Vec<u32>, serde
     cases.iter().map(|c| Ok((c["prompt"].as_str().unwrap_or_default().to_string(), ids(&c["ids"], HF_REF)?, c["variants"].clone()))).collect()
 }
 
-fn gpt2(fx: &dyn Fixtures, device: &Device) -> Result<Measured, String> {
+async fn gpt2(fx: &dyn Fixtures, device: &Device) -> Result<Measured, String> {
     let loaded = load(fx, "hf-gpt2", device)?;
     let cases = hf_cases(fx)?;
     ensure(cases.len() == 2, || format!("{HF_REF}: expected two prompts"))?;
@@ -93,14 +104,14 @@ fn gpt2(fx: &dyn Fixtures, device: &Device) -> Result<Measured, String> {
     for (prompt, ids, variants) in &cases {
         let here = loaded.tokenizer.encode(prompt).map_err(s)?;
         ensure(&here == ids, || format!("token ids of {prompt:?}: {here:?} here, {ids:?} in transformers"))?;
-        d = d.max(worst(&all_logits(&loaded.model, ids, device)?, &floats(&variants["base"]["logits"], HF_REF)?, prompt)?);
+        d = d.max(worst(&all_logits(&loaded.model, ids, device).await?, &floats(&variants["base"]["logits"], HF_REF)?, prompt)?);
     }
     Ok(Measured::new(d, "token ids equal"))
 }
 
 /// The largest |ours − transformers'| over the recorded positions of every prompt of
 /// `name` in llama-reference.json.
-pub(super) fn llama_family_error(fx: &dyn Fixtures, model: &crate::Gpt, name: &str, device: &Device) -> Result<f32, String> {
+pub(super) async fn llama_family_error(fx: &dyn Fixtures, model: &crate::Gpt, name: &str, device: &Device) -> Result<f32, String> {
     let v = json(fx, LLAMA_REF)?;
     let cases = v["models"][name].as_array().ok_or(format!("{LLAMA_REF}: no models.{name}"))?;
     let vocab = model.config().vocab_size;
@@ -110,7 +121,7 @@ pub(super) fn llama_family_error(fx: &dyn Fixtures, model: &crate::Gpt, name: &s
         let positions = ids_usize(&c["positions"])?;
         let want = floats(&c["logits"], LLAMA_REF)?;
         ensure(want.len() == positions.len() * vocab, || format!("{LLAMA_REF}: {name}: logits for another vocabulary"))?;
-        let logits = all_logits(model, &ids, device)?;
+        let logits = all_logits(model, &ids, device).await?;
         let got: Vec<f32> = positions.iter().flat_map(|&p| logits[p * vocab..(p + 1) * vocab].iter().copied()).collect();
         d = d.max(worst(&got, &want, name)?);
     }

@@ -16,16 +16,19 @@ pub(super) fn checks() -> Vec<Check> {
         for dir in ["merge/a", "merge/b", "hf-llama"] {
             f.extend(model_files(dir));
         }
-        all.push(Check::new(
-            format!("mergekit/{method}"),
-            format!("mergekit's {method} on the same YAML: three merged tensors"),
-            "mergekit",
-            Source::metadata(out.clone()),
-            f,
-            Tolerance::abs(1e-5, "|Δ weight|"),
-            "tests/fixtures/make_merge_reference.py",
-            move |fx, device| merge(fx, method, device),
-        ));
+        all.push(
+            Check::new(
+                format!("mergekit/{method}"),
+                format!("mergekit's {method} on the same YAML: three merged tensors"),
+                "mergekit",
+                Source::metadata(out.clone()),
+                f,
+                Tolerance::abs(1e-5, "|Δ weight|"),
+                "tests/fixtures/make_merge_reference.py",
+                move |fx, t| Box::pin(async move { merge(fx, method, &t.host) }),
+            )
+            .on_host(),
+        );
     }
     for (combination, sources) in
         [("linear", "ac"), ("cat", "ab"), ("svd", "ab"), ("ties", "ac"), ("ties_svd", "ab"), ("magnitude_prune", "ac"), ("magnitude_prune_svd", "ab")]
@@ -36,20 +39,24 @@ pub(super) fn checks() -> Vec<Check> {
             f.push(format!("lora-arith/{dir}/adapter_model.safetensors"));
         }
         let factors = if combination.ends_with("svd") { "" } else { " and the factors (≤ 1e-6)" };
-        all.push(Check::new(
-            format!("peft/combine-{combination}"),
-            format!("add_weighted_adapter({combination}) of two LoRA adapters: each module's update B·A{factors}"),
-            "peft",
-            Source::json(ARITH, ""),
-            f,
-            Tolerance::abs(1e-5, "|Δ update| / max |update|"),
-            "tests/fixtures/make_lora_arith_reference.py",
-            move |fx, _| combine(fx, combination),
-        ));
+        all.push(
+            Check::new(
+                format!("peft/combine-{combination}"),
+                format!("add_weighted_adapter({combination}) of two LoRA adapters: each module's update B·A{factors}"),
+                "peft",
+                Source::json(ARITH, ""),
+                f,
+                Tolerance::abs(1e-5, "|Δ update| / max |update|"),
+                "tests/fixtures/make_lora_arith_reference.py",
+                move |fx, _| Box::pin(async move { combine(fx, combination) }),
+            )
+            .on_host(),
+        );
     }
     all
 }
 
+/// mergekit's `method`, on the host (merging reads the weights back to save them).
 fn merge(fx: &dyn Fixtures, method: &str, device: &Device) -> Result<Measured, String> {
     use crate::merging::{MergeConfig, merge_models};
     let config = MergeConfig::from_yaml(&text(fx, &format!("merge/{method}.yml"))?, format!("{method}.yml")).map_err(s)?;

@@ -7,7 +7,8 @@
 //! A [`Check`] names its reference library (whose version is read from the fixture's own
 //! metadata, written by the script that made it), the fixture files it reads, a tolerance
 //! and the function that measures the difference. Fixtures come through the [`Fixtures`]
-//! trait: a folder natively ([`Dir`]), files fetched on demand in the page ([`Files`]).
+//! trait: a folder natively (the CLI's and the tests' own, since core reads no files),
+//! files fetched on demand in the page ([`Files`]).
 //! [`run`] lets a check read only the files it lists, so the page, which fetches exactly
 //! those, can never lack one that the CLI had.
 //!
@@ -17,6 +18,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use burn::tensor::Device;
@@ -33,21 +36,6 @@ pub trait Fixtures {
     /// The bytes of `path` (relative to the fixtures folder, `/`-separated), or a sentence
     /// naming the file and how to get it.
     fn read(&self, path: &str) -> Result<Vec<u8>, String>;
-}
-
-/// A fixtures folder on disk (the repository's `tests/fixtures`, or a copy).
-pub struct Dir(pub std::path::PathBuf);
-
-impl Fixtures for Dir {
-    fn read(&self, path: &str) -> Result<Vec<u8>, String> {
-        let full = self.0.join(path);
-        std::fs::read(&full).map_err(|e| {
-            format!(
-                "{}: cannot read the fixture ({e}); point --fixtures at a copy of the repository's tests/fixtures, or regenerate it with the script named in README.md",
-                full.display()
-            )
-        })
-    }
 }
 
 /// Fixture files held in memory (the page fetches a check's files and passes them here).
@@ -124,7 +112,18 @@ impl fmt::Display for Tolerance {
     }
 }
 
-type Measure = dyn Fn(&dyn Fixtures, &Device) -> Result<Measured, String> + Send + Sync;
+/// Where a check computes: `device` (the backend being verified) for the computation held to
+/// the reference, `host` (a CPU device) for the parts that read weights back synchronously
+/// (saving files), which a browser's WebGPU cannot do.
+pub struct Target {
+    pub device: Device,
+    pub host: Device,
+}
+
+/// What a check's measuring function returns.
+pub type MeasureFuture<'a> = Pin<Box<dyn Future<Output = Result<Measured, String>> + 'a>>;
+
+type Measure = dyn for<'a> Fn(&'a dyn Fixtures, &'a Target) -> MeasureFuture<'a> + Send + Sync;
 
 /// One reference check.
 #[derive(Clone)]
@@ -157,7 +156,7 @@ impl Check {
         files: Vec<String>,
         tolerance: Tolerance,
         script: &'static str,
-        measure: impl Fn(&dyn Fixtures, &Device) -> Result<Measured, String> + Send + Sync + 'static,
+        measure: impl for<'a> Fn(&'a dyn Fixtures, &'a Target) -> MeasureFuture<'a> + Send + Sync + 'static,
     ) -> Self {
         Check { name: name.into(), what: what.into(), library, source, files, tolerance, script, on_device: true, measure: Arc::new(measure) }
     }
@@ -180,7 +179,11 @@ impl Check {
                 let v = json(&fx, file)?;
                 let at = v.pointer(pointer).ok_or_else(|| format!("{file}: no `{pointer}` (the library versions the script records)"))?;
                 match at {
-                    serde_json::Value::Object(map) => Ok(map.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect()),
+                    serde_json::Value::Object(map) => Ok(map
+                        .iter()
+                        .filter(|(k, _)| KNOWN_LIBRARIES.contains(&k.as_str()))
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect()),
                     serde_json::Value::String(s) if s.contains(' ') => {
                         Ok(s.split(',').filter_map(|part| part.trim().split_once(' ')).map(|(lib, version)| (lib.to_string(), version.to_string())).collect())
                     }
@@ -215,14 +218,15 @@ impl Measured {
 }
 
 /// One check's result, as the CLI prints it and the page shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct Outcome {
     pub name: String,
     pub what: String,
     /// e.g. "transformers 5.23.0".
     pub reference: String,
     pub versions: BTreeMap<String, String>,
-    pub tolerance: Tolerance,
+    /// The largest difference allowed, in `tolerance_text`'s unit.
+    pub tolerance: f64,
     pub tolerance_text: String,
     /// The measured largest difference; None when the check could not measure.
     pub worst: Option<f64>,
@@ -230,13 +234,37 @@ pub struct Outcome {
     /// Why it failed, or what it measured besides the largest difference.
     pub detail: String,
     pub script: String,
-    /// "host" for checks that do not use the device, else the device's name.
+    /// "device" (the backend being verified) or "host" (arithmetic on the CPU).
     pub ran_on: String,
     pub seconds: f64,
 }
 
-/// Runs one check on `device`, reading only the files it lists.
-pub fn run(check: &Check, fixtures: &dyn Fixtures, device: &Device) -> Outcome {
+impl Outcome {
+    /// The measured difference as the table prints it: "0", a whole count, or 1.2e-7.
+    pub fn measured(&self) -> String {
+        match self.worst {
+            None => "—".into(),
+            Some(w) if w.abs() >= 1.0 && w.fract() == 0.0 => format!("{w:.0}"),
+            Some(w) => {
+                if w == 0.0 {
+                    "0".into()
+                } else {
+                    format!("{w:.1e}")
+                }
+            }
+        }
+    }
+}
+
+/// Runs one check (natively: a CPU backend's reads finish at once, a GPU backend's are
+/// waited for), reading only the files it lists.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn run(check: &Check, fixtures: &dyn Fixtures, target: &Target) -> Outcome {
+    block_on(run_async(check, fixtures, target))
+}
+
+/// Runs one check, reading results back asynchronously (the page's worker).
+pub async fn run_async(check: &Check, fixtures: &dyn Fixtures, target: &Target) -> Outcome {
     let start = web_time::Instant::now();
     let fx = Only { inner: fixtures, files: &check.files };
     let versions = check.versions(fixtures);
@@ -247,7 +275,10 @@ pub fn run(check: &Check, fixtures: &dyn Fixtures, device: &Device) -> Outcome {
         },
         Err(_) => check.library.to_string(),
     };
-    let measured = versions.clone().and_then(|_| (check.measure)(&fx, device));
+    let measured = match &versions {
+        Ok(_) => (check.measure)(&fx, target).await,
+        Err(e) => Err(e.clone()),
+    };
     let (worst, passed, detail) = match measured {
         Ok(m) => (Some(m.worst), m.worst.is_finite() && m.worst <= check.tolerance.value, m.detail),
         Err(e) => (None, false, e),
@@ -257,13 +288,13 @@ pub fn run(check: &Check, fixtures: &dyn Fixtures, device: &Device) -> Outcome {
         what: check.what.clone(),
         reference,
         versions: versions.unwrap_or_default(),
-        tolerance: check.tolerance,
+        tolerance: check.tolerance.value,
         tolerance_text: check.tolerance.to_string(),
         worst,
         passed,
         detail,
         script: check.script.to_string(),
-        ran_on: if check.on_device { format!("{device:?}") } else { "host".to_string() },
+        ran_on: if check.on_device { "device".to_string() } else { "host".to_string() },
         seconds: start.elapsed().as_secs_f64(),
     }
 }
@@ -354,11 +385,32 @@ fn load(fx: &dyn Fixtures, dir: &str, device: &Device) -> Result<crate::checkpoi
     crate::checkpoint::load_parts(dir, &config, &tokenizer, &weights, device).map_err(s)
 }
 
-/// Logits at every position for one prompt.
-fn all_logits(model: &crate::Gpt, ids: &[u32], device: &Device) -> Result<Vec<f32>, String> {
+/// Logits at every position for one prompt, on the model's device.
+async fn all_logits(model: &crate::Gpt, ids: &[u32], device: &Device) -> Result<Vec<f32>, String> {
     use burn::tensor::{Int, Tensor, TensorData};
     let x = Tensor::<2, Int>::from_data(TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, ids.len()]), device);
-    model.forward(x).into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| format!("{e:?}"))
+    read(model.forward(x)).await
+}
+
+/// A tensor's values, read back from its device.
+async fn read<const D: usize>(x: burn::tensor::Tensor<D>) -> Result<Vec<f32>, String> {
+    values(&x.into_data_async().await.map_err(|e| format!("reading back from the device failed: {e:?}"))?)
+}
+
+/// Polls a future to completion (native callers of [`run`]). A CPU backend's reads are
+/// ready at once; a native GPU backend's finish on the driver's side, so polling again
+/// until they do is all it takes.
+#[cfg(not(target_arch = "wasm32"))]
+fn block_on<F: Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Waker};
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut future = std::pin::pin!(future);
+    loop {
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(out) => return out,
+            Poll::Pending => std::hint::spin_loop(),
+        }
+    }
 }
 
 /// Fails with `message` unless `ok`.

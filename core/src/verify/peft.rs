@@ -3,7 +3,7 @@
 use burn::tensor::Device;
 
 use super::families::{files, hf_cases, llama_family_error, model_files};
-use super::{Check, Fixtures, Measured, Source, Tolerance, all_logits, ensure, floats, ids, json, load, s, text, values, worst};
+use super::{Check, Fixtures, Measured, Source, Target, Tolerance, all_logits, ensure, floats, ids, json, load, s, text, values, worst};
 use crate::methods::peft;
 
 const HF_REF: &str = "hf-reference.json";
@@ -32,7 +32,10 @@ pub(super) fn checks() -> Vec<Check> {
             f,
             logit,
             "tests/fixtures/make_hf_reference.py",
-            move |fx, device| peft_folder(fx, &dir, device),
+            move |fx, t| {
+                let dir = dir.clone();
+                Box::pin(async move { peft_folder(fx, &dir, t).await })
+            },
         ));
     }
     for (case, about) in [
@@ -54,7 +57,7 @@ pub(super) fn checks() -> Vec<Check> {
             f,
             logit,
             "tests/fixtures/make_peft_export_reference.py",
-            move |fx, device| exported(fx, case, device),
+            move |fx, t| Box::pin(exported(fx, case, t)),
         ));
     }
     for (name, about) in [("lora", "LoRA on all seven projections"), ("ia3", "IA³ with its Llama defaults")] {
@@ -69,13 +72,16 @@ pub(super) fn checks() -> Vec<Check> {
             f,
             logit,
             "tests/fixtures/make_llama_reference.py",
-            move |fx, device| {
-                let base = load(fx, "hf-llama", device)?.model;
-                let (model, _, _) = read_adapter(fx, &dir, base.clone(), device)?;
-                let d = llama_family_error(fx, &model, &dir, device)?;
-                let base_error = llama_family_error(fx, &base, &dir, device)?;
-                ensure(base_error > 1e-3, || format!("{dir}: the adapter does not change the logits"))?;
-                Ok(Measured::new(d, format!("the base alone is off by {base_error:.2e}")))
+            move |fx, t| {
+                let dir = dir.clone();
+                Box::pin(async move {
+                    let base = load(fx, "hf-llama", &t.device)?.model;
+                    let (model, _, _) = read_adapter(fx, &dir, base.clone(), &t.device)?;
+                    let d = llama_family_error(fx, &model, &dir, &t.device).await?;
+                    let base_error = llama_family_error(fx, &base, &dir, &t.device).await?;
+                    ensure(base_error > 1e-3, || format!("{dir}: the adapter does not change the logits"))?;
+                    Ok(Measured::new(d, format!("the base alone is off by {base_error:.2e}")))
+                })
             },
         ));
     }
@@ -90,6 +96,9 @@ fn read_adapter(fx: &dyn Fixtures, dir: &str, base: crate::Gpt, device: &Device)
     Ok((model, method, weights))
 }
 
+/// A tensor of a file: name, shape, values.
+type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 /// Sorted (name, shape) of a safetensors file's tensors.
 fn shapes(bytes: &[u8]) -> Result<Vec<(String, Vec<usize>)>, String> {
     let mut v: Vec<_> = crate::checkpoint::from_safetensors(bytes, &"adapter".into()).map_err(s)?.into_iter().map(|(k, d)| (k, d.shape().to_vec())).collect();
@@ -97,37 +106,44 @@ fn shapes(bytes: &[u8]) -> Result<Vec<(String, Vec<usize>)>, String> {
     Ok(v)
 }
 
-fn peft_folder(fx: &dyn Fixtures, dir: &str, device: &Device) -> Result<Measured, String> {
-    let base = load(fx, "hf-gpt2", device)?.model;
-    let (model, method, weights) = read_adapter(fx, dir, base.clone(), device)?;
+/// PEFT's folder `dir`: logits on the device; saving it again (which reads the weights
+/// back) on the host.
+async fn peft_folder(fx: &dyn Fixtures, dir: &str, t: &Target) -> Result<Measured, String> {
+    let device = &t.device;
+    let (model, _, _) = read_adapter(fx, dir, load(fx, "hf-gpt2", device)?.model, device)?;
     let mut d = 0.0f32;
     let mut merged_checked = false;
     for (prompt, ids, variants) in hf_cases(fx)? {
         let want = floats(&variants[dir]["logits"], HF_REF)?;
-        d = d.max(worst(&all_logits(&model, &ids, device)?, &want, &prompt)?);
+        d = d.max(worst(&all_logits(&model, &ids, device).await?, &want, &prompt)?);
         let base_logits = floats(&variants["base"]["logits"], HF_REF)?;
         ensure(worst(&base_logits, &want, &prompt)? > 1e-2, || format!("{dir}: the fixture's adapter changes nothing"))?;
         if let Some(merged) = variants[dir].get("merged_logits") {
             let m = crate::methods::merge(model.clone());
-            d = d.max(worst(&all_logits(&m, &ids, device)?, &floats(merged, HF_REF)?, "merged")?);
+            d = d.max(worst(&all_logits(&m, &ids, device).await?, &floats(merged, HF_REF)?, "merged")?);
             merged_checked = true;
         }
     }
-    // Saved as PEFT saves it: the same tensor names and shapes, and the same logits loaded back.
+    // Saved as PEFT saves it (on the host): the same tensor names and shapes, and the same
+    // logits loaded back.
+    let base = load(fx, "hf-gpt2", &t.host)?.model;
+    let (model, method, weights) = read_adapter(fx, dir, base.clone(), &t.host)?;
     let (config2, weights2) = peft::save(&model, &method, None).map_err(s)?;
     ensure(shapes(&weights2)? == shapes(&weights)?, || format!("{dir}: saved tensor names or shapes differ from PEFT's"))?;
-    let (back, method2) = peft::load(base, &config2, &weights2, "resaved", device).map_err(s)?;
+    let (back, method2) = peft::load(base, &config2, &weights2, "resaved", &t.host).map_err(s)?;
     ensure(method2 == method, || format!("{dir}: the config does not round-trip"))?;
     let probe = [5u32, 9, 13, 2];
-    ensure(all_logits(&back, &probe, device)? == all_logits(&model, &probe, device)?, || format!("{dir}: save and load changed the logits"))?;
+    ensure(all_logits(&back, &probe, &t.host).await? == all_logits(&model, &probe, &t.host).await?, || format!("{dir}: save and load changed the logits"))?;
     Ok(Measured::new(d, if merged_checked { "merged logits too; round trip exact" } else { "round trip exact" }))
 }
 
-fn exported(fx: &dyn Fixtures, case: &str, device: &Device) -> Result<Measured, String> {
+/// tinytune's export `case`: PEFT's logits on the device; exporting again on the host.
+async fn exported(fx: &dyn Fixtures, case: &str, t: &Target) -> Result<Measured, String> {
+    let device = &t.device;
     let reference = json(fx, EXPORT_REF)?;
     let want = &reference["cases"][case];
     let dir = format!("peft-export/{case}");
-    let (model, method, weights) = read_adapter(fx, &dir, load(fx, "hf-gpt2", device)?.model, device)?;
+    let (model, _, _) = read_adapter(fx, &dir, load(fx, "hf-gpt2", device)?.model, device)?;
     let ids = ids(&want["ids"], EXPORT_REF)?;
     let expected: Vec<f32> = want["peft_logits"]
         .as_array()
@@ -136,18 +152,19 @@ fn exported(fx: &dyn Fixtures, case: &str, device: &Device) -> Result<Measured, 
         .map(|r| floats(r, EXPORT_REF))
         .collect::<Result<Vec<_>, _>>()?
         .concat();
-    let got = all_logits(&model, &ids, device)?;
+    let got = all_logits(&model, &ids, device).await?;
     // A prompt-tuned model's output has its virtual tokens' rows in front.
     ensure(got.len() >= expected.len(), || format!("{case}: fewer logits than PEFT's"))?;
     let d = worst(&got[got.len() - expected.len()..], &expected, case)?;
     ensure(want["base_vs_run"].as_f64().unwrap_or(0.0) > 1e-2, || format!("{case}: the adapter does not change the base's logits"))?;
     // Exporting again writes the committed files: the config and every tensor.
+    let (model, method, weights) = read_adapter(fx, &dir, load(fx, "hf-gpt2", &t.host)?.model, &t.host)?;
     let (config2, weights2) = peft::save(&model, &method, None).map_err(s)?;
     let parse = |t: &str| serde_json::from_str::<serde_json::Value>(t).map_err(s);
     ensure(parse(&config2)? == parse(&text(fx, &format!("{dir}/{}", peft::CONFIG))?)?, || {
         format!("{case}: adapter_config.json differs from the committed export")
     })?;
-    let all = |bytes: &[u8]| -> Result<Vec<(String, Vec<usize>, Vec<f32>)>, String> {
+    let all = |bytes: &[u8]| -> Result<Vec<NamedTensor>, String> {
         let mut v = crate::checkpoint::from_safetensors(bytes, &"adapter".into())
             .map_err(s)?
             .into_iter()

@@ -89,15 +89,15 @@ fn preference_checks() -> Vec<Check> {
                 f,
                 Tolerance::abs(1e-4, "|Δ metric|"),
                 script,
-                move |fx, device| preference(fx, p, device),
+                move |fx, t| Box::pin(preference(fx, p, &t.device)),
             )
         })
         .collect()
 }
 
-fn preference(fx: &dyn Fixtures, p: Preference, device: &Device) -> Result<Measured, String> {
+async fn preference(fx: &dyn Fixtures, p: Preference, device: &Device) -> Result<Measured, String> {
     use crate::data::preference::{Feedback, parse, parse_feedback};
-    use crate::train::{Dataset, preference_eval, reference_logps};
+    use crate::train::{Dataset, preference_eval_async, reference_logps_async};
     let reference_file = json(fx, p.file)?;
     let case = reference_file.pointer(p.case).ok_or(format!("{}: no {}", p.file, p.case))?;
     let want = case["metrics"].as_object().ok_or(format!("{}: {}: no metrics", p.file, p.case))?;
@@ -127,9 +127,9 @@ fn preference(fx: &dyn Fixtures, p: Preference, device: &Device) -> Result<Measu
     }
     .map_err(s)?;
     if p.reference {
-        ds.set_refs(reference_logps(&base, &ds, batch, seq_len).map_err(s)?);
+        ds.set_refs(reference_logps_async(&base, &ds, batch, seq_len).await.map_err(s)?);
     }
-    let m = preference_eval(&objective, &policy, &ds, batch, seq_len, usize::MAX).map_err(s)?;
+    let m = preference_eval_async(&objective, &policy, &ds, batch, seq_len, usize::MAX).await.map_err(s)?;
     if let Some(n) = case["examples"].as_u64() {
         ensure(m.pairs as u64 == n, || format!("{} examples here, {n} in TRL's evaluation", m.pairs))?;
     }
@@ -165,14 +165,14 @@ pub(super) fn checks() -> Vec<Check> {
         files(&[GKD], vec![]),
         Tolerance::abs(1e-5, "|Δ loss|"),
         "tests/fixtures/make_distill_reference.py",
-        gkd,
+        |fx, t| Box::pin(gkd(fx, &t.device)),
     ));
     all
 }
 
 /// tinytune's loss with α = 1 is T² times TRL's (Hinton's scaling, which GKD leaves out);
 /// with α < 1 it mixes in the next-token loss, checked against the host's closed form.
-fn gkd(fx: &dyn Fixtures, device: &Device) -> Result<Measured, String> {
+async fn gkd(fx: &dyn Fixtures, device: &Device) -> Result<Measured, String> {
     use crate::train::distill::{Divergence, distill_loss, divergence_f64, logits_tensor};
     let f = json(fx, GKD)?;
     let shape: Vec<usize> = f["shape"].as_array().ok_or(format!("{GKD}: no shape"))?.iter().filter_map(|v| v.as_u64().map(|x| x as usize)).collect();
@@ -213,8 +213,7 @@ fn gkd(fx: &dyn Fixtures, device: &Device) -> Result<Measured, String> {
             let target = Tensor::<2, Int>::from_data(TensorData::new(targets.clone(), [b, t]), device);
             let weights = Tensor::<2>::from_data(TensorData::new(counted.clone(), [b, t]), device);
             let (loss, soft, _) = distill_loss(s, q, target, weights, n, (divergence, beta, temperature, alpha));
-            let read = |x: Tensor<1>| -> Result<f64, String> { Ok(super::values(&x.into_data())?[0] as f64) };
-            let (loss, soft) = (read(loss)?, read(soft)?);
+            let (loss, soft) = (super::read(loss).await?[0] as f64, super::read(soft).await?[0] as f64);
             d = d.max((soft - want).abs());
             let expected = alpha * temperature * temperature * want + (1.0 - alpha) * hard;
             d = d.max((loss - expected).abs() / expected.abs().max(1.0));

@@ -19,6 +19,7 @@ mod quantize;
 mod rank;
 mod real;
 mod rope;
+mod verify;
 mod widgets;
 
 use leptos::context::Provider;
@@ -176,6 +177,10 @@ fn App() -> impl IntoView {
         window().scroll_to_with_x_and_y(0.0, 0.0);
     };
 
+    // The "How we know these numbers are true" page, linked from the top bar and every
+    // lesson's footer.
+    let how_we_know = find("how-we-know");
+
     let toc = move || {
         let cur = current.get();
         let seen = visited_list.get();
@@ -185,9 +190,11 @@ fn App() -> impl IntoView {
                 .map(|(i, l)| {
                     let done = seen.contains(&l.slug);
                     let href = format!("?lesson={}", l.slug);
+                    // Pages after the curriculum (order 100 and up) are not numbered.
+                    let label = if l.order >= 100 { l.title.clone() } else { format!("{}. {}", l.order, l.title) };
                     view! {
-                        <li class:current={i == cur} class:done={done}>
-                            <a href={href} on:click=move |ev| { ev.prevent_default(); go(i); }>{format!("{}. {}", l.order, l.title)}</a>
+                        <li class:current={i == cur} class:done={done} class:appendix={l.order >= 100}>
+                            <a href={href} on:click=move |ev| { ev.prevent_default(); go(i); }>{label}</a>
                             <span class="summary">{l.summary.clone()}</span>
                         </li>
                     }
@@ -212,6 +219,15 @@ fn App() -> impl IntoView {
                 <span></span>
                 {next.map(|(j, t)| view! { <a href="#" data-testid="next" on:click=move |ev| { ev.prevent_default(); go(j); }>{format!("{t} →")}</a> })}
             </nav>
+            {how_we_know.map(|j| view! {
+                <p class="lesson-footer">
+                    "Every figure on these pages comes from the same code that "
+                    <code>"tinytune verify"</code>
+                    " holds to transformers, PEFT, TRL, mergekit, bitsandbytes, PyTorch and DeepSpeed: "
+                    <a href="?lesson=how-we-know" data-testid="how-we-know-footer" on:click=move |ev| { ev.prevent_default(); go(j); }>"how we know these numbers are true"</a>
+                    "."
+                </p>
+            })}
         }
     };
 
@@ -219,6 +235,9 @@ fn App() -> impl IntoView {
         <header>
             <span class="brand">"tinytune"</span>
             <span class="tagline">"learn fine-tuning by doing it"</span>
+            {how_we_know.map(|j| view! {
+                <a class="how-we-know" href="?lesson=how-we-know" data-testid="how-we-know" on:click=move |ev| { ev.prevent_default(); go(j); }>"How we know"</a>
+            })}
             <span class="backend">
                 "compute: "
                 <b data-testid="backend">{move || backend.get().map(|b| client::backend_label(&b)).unwrap_or_else(|| "starting…".into())}</b>

@@ -66,6 +66,8 @@ thread_local! {
     static RANK_RUN: RefCell<Option<(String, Gpt, Gpt, tinytune::train::Dataset)>> = const { RefCell::new(None) };
     static REAL: RefCell<Option<RealSession>> = const { RefCell::new(None) };
     static MERGE_STUDY: RefCell<Option<MergeSession>> = const { RefCell::new(None) };
+    /// The reference checks' fixture files fetched so far, by path under `fixtures/`.
+    static FIXTURES: RefCell<HashMap<String, Rc<Vec<u8>>>> = RefCell::new(HashMap::new());
 }
 
 /// The merge widget's two fine-tunes (for one steps/lr setting), the tokenizer, the
@@ -251,6 +253,36 @@ impl Compute for crate::rank::RankParams {
     async fn compute(self) -> Result<Self::Answer, String> {
         lora_rank(&self).await
     }
+}
+
+impl Compute for crate::verify::VerifyParams {
+    type Answer = tinytune::verify::Outcome;
+    async fn compute(self) -> Result<Self::Answer, String> {
+        verify_one(&self).await
+    }
+}
+
+/// One reference check on the current device, its fixture files fetched (once per worker)
+/// from the site's copy of `tests/fixtures`. The parts that save files run on the CPU
+/// backend, which reads back synchronously.
+async fn verify_one(p: &crate::verify::VerifyParams) -> Result<tinytune::verify::Outcome, String> {
+    let name = p.run.as_deref().ok_or("the page names the check to run")?;
+    let check = tinytune::verify::checks().into_iter().find(|c| c.name == name).ok_or_else(|| format!("no reference check is called {name}"))?;
+    let mut files = tinytune::verify::Files::default();
+    for f in &check.files {
+        let cached = FIXTURES.with_borrow(|m| m.get(f).cloned());
+        let bytes = match cached {
+            Some(b) => b,
+            None => {
+                let b = Rc::new(js::fetch_bytes(&format!("{}/{f}", crate::verify::FIXTURES_URL)).await?);
+                FIXTURES.with_borrow_mut(|m| m.insert(f.clone(), b.clone()));
+                b
+            }
+        };
+        files.0.insert(f.clone(), bytes.to_vec());
+    }
+    let target = tinytune::verify::Target { device: device().await, host: Device::flex() };
+    Ok(tinytune::verify::run_async(&check, &files, &target).await)
 }
 
 /// One measured training step of the micro model's shape, always on the CPU (flex): the
