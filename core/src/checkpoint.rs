@@ -206,7 +206,64 @@ pub fn load_model_shards(config: &ModelConfig, method: &Method, shards: &[(Origi
             }
         }
     }
+    check_config_against_weights(config, method, &tensors, &origin)?;
     load_model_tensors(config, method, tensors, origin, device)
+}
+
+/// Checks `config` against the shapes the weight files hold before a model is allocated:
+/// a config.json whose sizes do not describe these weights (`n_layer` 1000000000 beside a
+/// 4-block file, `n_embd` 100000) is an error naming the field and what the weights hold,
+/// never an attempt to allocate terabytes.
+fn check_config_against_weights(config: &ModelConfig, method: &Method, tensors: &HashMap<String, TensorData>, weights: &Origin) -> Result<()> {
+    let llama = config.family.is_llama_like();
+    let name = |gpt2: &'static str, hf: &'static str| if llama { hf } else { gpt2 };
+    // The config sits beside the weights.
+    let config_file = Origin::from(match weights.0.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/{}", files::CONFIG),
+        None => files::CONFIG.to_string(),
+    });
+    let blocks = tensors.keys().filter_map(|k| k.strip_prefix("h.")?.split('.').next()?.parse::<usize>().ok()).max().map_or(0, |m| m + 1);
+    if blocks != config.n_layer {
+        return Err(Error::config(
+            config_file,
+            name("n_layer", "num_hidden_layers"),
+            format!(
+                "is {}, but {weights} holds the weights of {blocks} blocks; set it to {blocks}, or use the config.json that came with these weights",
+                config.n_layer
+            ),
+        ));
+    }
+    // With the block count right, every base parameter's shape by formula (no allocation)
+    // must be the file's. Adapted checkpoints rename and pack some tensors; their adapters
+    // are checked as they load.
+    if *method == Method::Full {
+        for p in config.param_summaries() {
+            let Some(held) = tensors.get(&p.name).map(|t| t.shape().to_vec()) else { continue };
+            if held == p.shape {
+                continue;
+            }
+            // The field to blame: the dimension that disagrees.
+            let d = config.n_embd;
+            let field = match p.name.as_str() {
+                "wte.weight" if held.first() != p.shape.first() => "vocab_size",
+                "wpe.weight" if held.first() != p.shape.first() => name("n_positions", "max_position_embeddings"),
+                _ if !held.contains(&d) => name("n_embd", "hidden_size"),
+                n if n.contains(".mlp.") => name("n_inner", "intermediate_size"),
+                n if n.contains(".attn.") && config.head_dim.is_some() => "head_dim",
+                n if n.contains(".attn.") => name("n_head", "num_attention_heads"),
+                _ => name("n_embd", "hidden_size"),
+            };
+            return Err(Error::config(
+                config_file,
+                field,
+                format!(
+                    "makes {} of shape {:?}, but {weights} holds it as {held:?}; the config's sizes do not describe these weights (use the config.json that came with them)",
+                    p.name, p.shape
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A model of `config` adapted by `method`, every parameter filled from `tensors` (under

@@ -1,7 +1,8 @@
-//! The GGUF reader against the reference `gguf` Python package, on the fixture
-//! `tests/fixtures/gguf/quants.gguf` made by `tests/fixtures/make_gguf_reference.py`: every
-//! metadata value reads back with its type, and every tensor type dequantizes bit for bit
-//! as `gguf.quants.dequantize` does.
+//! The GGUF reader on the fixtures made by `tests/fixtures/make_gguf_reference.py`: every
+//! metadata value reads back with its type; QLoRA keeps a file's blocks; GPT-2's split and
+//! unknown pre-tokenizers. (Dequantization against the `gguf` package and the tiny Llama
+//! against transformers' GGUF loader are the registry's `gguf/dequantize`,
+//! `transformers/gguf-llama` and `transformers/gguf-tokenizer` checks.)
 
 use serde_json::Value as Json;
 use tinytune::gguf::{Gguf, Value};
@@ -16,28 +17,6 @@ fn fixture() -> (Vec<u8>, Json) {
 
 fn f32s_from_hex(hex: &str) -> Vec<f32> {
     (0..hex.len() / 8).map(|i| f32::from_bits(u32::from_str_radix(&hex[i * 8..i * 8 + 8], 16).unwrap())).collect()
-}
-
-#[test]
-fn every_tensor_type_dequantizes_bit_for_bit_as_the_gguf_package() {
-    let (bytes, want) = fixture();
-    let g = Gguf::parse(&bytes, "quants.gguf").unwrap();
-    assert_eq!(g.version, want["header"]["version"].as_u64().unwrap() as u32);
-    let tensors = want["tensors"].as_array().unwrap();
-    assert_eq!(g.tensors.len(), tensors.len());
-    for t in tensors {
-        let name = t["name"].as_str().unwrap();
-        let info = g.tensor(name).unwrap_or_else(|| panic!("{name} missing"));
-        assert_eq!(info.ggml_type.name(), t["type"].as_str().unwrap(), "{name}");
-        let ne: Vec<u64> = serde_json::from_str(t["ne"].as_str().map(str::to_string).unwrap_or_else(|| t["ne"].to_string()).as_str()).unwrap();
-        assert_eq!(info.dims, ne, "{name}");
-        let got = g.dequantize(info).unwrap();
-        let expected = f32s_from_hex(t["bits"].as_str().unwrap());
-        assert_eq!(got.len(), expected.len(), "{name}");
-        for (i, (a, b)) in got.iter().zip(&expected).enumerate() {
-            assert_eq!(a.to_bits(), b.to_bits(), "{name}[{i}]: {a} vs the gguf package's {b}");
-        }
-    }
 }
 
 #[test]
@@ -97,40 +76,6 @@ fn the_real_smollm2_file_reads_when_present() {
     eprintln!("{path}: {} tensors {counts:?}", g.tensors.len());
     assert_eq!(counts.get("Q4_1"), Some(&210));
     assert_eq!(g.tensor("token_embd.weight").unwrap().ggml_type.name(), "Q8_0");
-}
-
-/// A tiny Llama written the way llama.cpp's converter writes one (Q8_0 embedding, Q4_1 and
-/// Q4_0 projections, permuted query and key rows), loaded by tinytune and by transformers'
-/// GGUF loader: the same config, logits within 1e-4, the same greedy continuation.
-#[test]
-fn a_gguf_llama_gives_transformers_logits() {
-    use burn::tensor::{Device, Int, Tensor, TensorData};
-    use tinytune::sample::{SampleConfig, generate};
-    let bytes = std::fs::read(format!("{DIR}/tiny-llama.gguf")).unwrap();
-    let want: Json = serde_json::from_str(&std::fs::read_to_string(format!("{DIR}/tiny-llama-reference.json")).unwrap()).unwrap();
-    let g = Gguf::parse(&bytes, "tiny-llama.gguf").unwrap();
-    let device = Device::flex();
-    let (model, config) = tinytune::gguf::llama::load_model(&g, &tinytune::methods::Method::Full, &device).unwrap();
-    let hf = &want["config"];
-    assert_eq!(config.vocab_size as u64, hf["vocab_size"].as_u64().unwrap());
-    assert_eq!(config.n_kv_head as u64, hf["num_key_value_heads"].as_u64().unwrap());
-    assert_eq!(config.tie_word_embeddings, hf["tie_word_embeddings"].as_bool().unwrap());
-    assert_eq!(config.rope.theta, hf["rope_parameters"]["rope_theta"].as_f64().unwrap());
-    assert_eq!(config.layer_norm_epsilon, hf["rms_norm_eps"].as_f64().unwrap());
-
-    let ids: Vec<i64> = want["logits"]["ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
-    let x = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [1, ids.len()]), &device);
-    let logits = model.forward(x).into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
-    let reference: Vec<f32> = want["logits"]["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-    assert_eq!(logits.len(), reference.len());
-    let worst = logits.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    assert!(worst < 1e-4, "worst logit error {worst}");
-
-    let prompt: Vec<u32> = want["generate"]["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-    let config = SampleConfig { max_new_tokens: 8, temperature: 0.0, top_k: None, seed: 0, stop_ids: vec![], cache: true };
-    let new: Vec<u64> = generate(&model, &prompt, &config).into_iter().map(u64::from).collect();
-    let expected: Vec<u64> = want["generate"]["new_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
-    assert_eq!(new, expected);
 }
 
 /// QLoRA on a GGUF model keeps the file's own blocks as the frozen base (Q4_1 and Q4_0 here,
@@ -256,35 +201,15 @@ fn the_real_smollm2_model_answers_as_transformers_does_when_present() {
 /// `gpt-2`) it gives transformers' GGUF loader's ids, which differ only where spaces come
 /// before digits. The chat template renders the reference chat text exactly.
 #[test]
-fn the_gguf_tokenizer_and_chat_template_match_the_references() {
-    use tinytune::tokenizer::chat::Message;
+fn the_gguf_tokenizer_with_gpt2s_split_gives_transformers_ids_and_unknown_splits_are_refused() {
     let bytes = std::fs::read(format!("{DIR}/tiny-llama.gguf")).unwrap();
     let want: Json = serde_json::from_str(&std::fs::read_to_string(format!("{DIR}/tiny-llama-reference.json")).unwrap()).unwrap();
     let mut g = Gguf::parse(&bytes, "tiny-llama.gguf").unwrap();
     let ids = |j: &Json| j.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect::<Vec<_>>();
-    let tok = tinytune::gguf::tokenizer::tokenizer(&g).unwrap();
-    let mut differing = 0;
-    for case in want["texts"].as_array().unwrap() {
-        let text = case["text"].as_str().unwrap();
-        let got = tok.encode(text).unwrap();
-        assert_eq!(got, ids(&case["ids_tokenizer_json"]), "{text:?}");
-        assert_eq!(tok.decode(&got), text, "{text:?} round trip");
-        differing += usize::from(!case["ids_agree"].as_bool().unwrap());
-    }
+    // (Its own split against transformers' tokenizer.json, and the chat template, are the
+    // registry's transformers/gguf-tokenizer check.)
+    let differing = want["texts"].as_array().unwrap().iter().filter(|c| !c["ids_agree"].as_bool().unwrap()).count();
     assert!(differing > 0, "the fixture should hold a case where the two splits differ");
-    let chat = &want["chat"];
-    let template = tinytune::gguf::tokenizer::chat_template(&g).unwrap().expect("the file has a chat template");
-    let messages: Vec<Message> = chat["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| Message { role: m["role"].as_str().unwrap().into(), content: m["content"].as_str().unwrap().into() })
-        .collect();
-    let rendered = template.render(&messages, true).unwrap();
-    assert_eq!(rendered, chat["text"].as_str().unwrap());
-    assert_eq!(tok.encode(&rendered).unwrap(), ids(&chat["ids"]));
-    assert_eq!(tok.token_id(&template.eos_token), Some(2));
-
     g.metadata.insert("tokenizer.ggml.pre".into(), Value::String("gpt-2".into()));
     let gpt2 = tinytune::gguf::tokenizer::tokenizer(&g).unwrap();
     for case in want["texts"].as_array().unwrap() {

@@ -47,7 +47,48 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 /// Reads a file, naming it in the error.
 pub fn read(path: &Path) -> Result<Vec<u8>, String> {
-    fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))
+    fs::read(path).map_err(|e| pickle_instead(path).unwrap_or_else(|| format!("{}: cannot read: {e}", path.display())))
+}
+
+/// File endings of PyTorch pickle checkpoints, which tinytune never opens.
+const PICKLES: [&str; 4] = [".bin", ".pt", ".pth", ".ckpt"];
+
+/// Whether `path` names a pickle checkpoint (`pytorch_model.bin`, `model.pt`, ...).
+pub fn is_pickle(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    PICKLES.iter().any(|end| name.ends_with(end))
+}
+
+/// When a wanted `.safetensors` file is missing and its folder holds a pickle checkpoint
+/// instead: a message that says pickles are refused, why, and the one-line conversion.
+fn pickle_instead(wanted: &Path) -> Option<String> {
+    if !wanted.extension().is_some_and(|e| e == "safetensors") {
+        return None;
+    }
+    let dir = wanted.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut found: Vec<PathBuf> = fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).filter(|p| p.is_file() && is_pickle(p)).collect();
+    found.sort();
+    let first = found.first()?;
+    Some(refuse_pickle(first))
+}
+
+/// The error for a pickle checkpoint at `path`, with the conversion for its kind.
+pub fn refuse_pickle(path: &Path) -> String {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).display().to_string();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let convert = if name.starts_with("adapter_model") {
+        format!(
+            "python -c \"import torch; from safetensors.torch import save_file; save_file(torch.load('{dir}/{name}', weights_only=True), '{dir}/adapter_model.safetensors')\""
+        )
+    } else {
+        format!(
+            "python -c \"from transformers import AutoModelForCausalLM as M; M.from_pretrained('{dir}').save_pretrained('{dir}')\" (transformers writes model.safetensors)"
+        )
+    };
+    format!(
+        "{}: a PyTorch pickle checkpoint; tinytune never opens pickles, because loading one can run any code it contains. Convert it to safetensors once: {convert}",
+        path.display()
+    )
 }
 
 pub fn read_text(path: &Path) -> Result<String, String> {

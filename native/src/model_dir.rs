@@ -38,6 +38,9 @@ pub fn resolve(dir: &Path) -> Result<PathBuf, String> {
             files::WEIGHTS_INDEX
         ));
     }
+    if dir.is_file() && crate::fsutil::is_pickle(dir) {
+        return Err(crate::fsutil::refuse_pickle(dir));
+    }
     if let Some(ckpt) = CheckpointDirs::new(dir).existing() {
         return Ok(ckpt.to_path_buf());
     }

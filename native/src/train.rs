@@ -450,7 +450,7 @@ fn run(trainer: Trainer, tokenizer: &TextTokenizer, companions: &Companions, arg
     crate::memory::check_fits(trainer.model.config(), &trainer.config, args, teacher.as_slice())?;
     trainer.check_held_out().map_err(crate::flags::run_error)?;
     let out = &args.out;
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: cannot create run folder: {e}", out.display()))?;
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: cannot create run folder: {e}; choose an --out folder you can write to", out.display()))?;
     let metrics_path = out.join("metrics.jsonl");
     // A fresh run starts a fresh log: lines left by an earlier run that never saved a
     // checkpoint (stopped by a second Ctrl-C) would interleave with this one's. A resumed
@@ -462,7 +462,7 @@ fn run(trainer: Trainer, tokenizer: &TextTokenizer, companions: &Companions, arg
         .write(true)
         .truncate(fresh)
         .open(&metrics_path)
-        .map_err(|e| format!("{}: {e}", metrics_path.display()))?;
+        .map_err(|e| format!("{}: cannot write: {e}; choose an --out folder you can write to (nothing was trained)", metrics_path.display()))?;
     let bar = crate::progress::bar(trainer.config.steps as u64, "");
     bar.set_position(trainer.step as u64);
     crate::interrupt::install();

@@ -136,6 +136,60 @@ fn bad_model_folders_name_the_file_and_field() {
     std::fs::remove_dir_all(&run).unwrap();
 }
 
+/// Hostile model folders are refused before anything is allocated or unpickled: a config
+/// whose sizes do not describe its weights (or are past any real model's) names the field,
+/// pickle checkpoints are refused with the conversion, and an --out that cannot be written
+/// stops the run before its first step.
+#[test]
+fn hostile_folders_are_refused_before_allocation_and_pickles_never_opened() {
+    let dir = tmp("hostile");
+    std::fs::create_dir_all(&dir).unwrap();
+    let micro = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/micro");
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(micro.join(f), dir.join(f)).unwrap();
+    }
+    let d = dir.to_str().unwrap();
+    let original: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let with = |key: &str, value: serde_json::Value| {
+        let mut c = original.clone();
+        c[key] = value;
+        std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+        tinytune(&["eval", "--model", d, "--data", "stories", "--examples", "10"])
+    };
+    // Believed, these would ask for terabytes (the process used to abort).
+    fails_with(&with("n_layer", serde_json::json!(1_000_000_000u64)), &["config.json", "n_layer", "16777216"]);
+    fails_with(&with("n_layer", serde_json::json!(3)), &["config.json", "n_layer", "4 blocks"]);
+    fails_with(&with("n_embd", serde_json::json!(100_000)), &["config.json", "n_embd", "[512, 100000]", "[512, 128]"]);
+    fails_with(&with("vocab_size", serde_json::json!(u64::MAX)), &["config.json", "vocab_size", "largest size"]);
+    fails_with(&with("n_inner", serde_json::json!(1_000_000)), &["config.json", "n_inner", "h.0.mlp.c_fc.weight"]);
+    std::fs::write(dir.join("config.json"), original.to_string()).unwrap();
+
+    // Pickles: a folder holding only pytorch_model.bin, the file itself, an adapter's .bin.
+    std::fs::rename(dir.join("model.safetensors"), dir.join("kept.safetensors.away")).unwrap();
+    std::fs::write(dir.join("pytorch_model.bin"), b"not opened").unwrap();
+    for model in [d.to_string(), dir.join("pytorch_model.bin").display().to_string()] {
+        fails_with(&tinytune(&["eval", "--model", &model, "--data", "stories"]), &["pytorch_model.bin", "pickle", "save_pretrained"]);
+    }
+    std::fs::rename(dir.join("kept.safetensors.away"), dir.join("model.safetensors")).unwrap();
+    let adapter = dir.join("adapter");
+    std::fs::create_dir_all(&adapter).unwrap();
+    std::fs::copy(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/peft-lora/adapter_config.json"), adapter.join("adapter_config.json"))
+        .unwrap();
+    std::fs::write(adapter.join("adapter_model.bin"), b"not opened").unwrap();
+    fails_with(
+        &tinytune(&["logits", "--model", d, "--adapter", adapter.to_str().unwrap(), "--prompt", "a"]),
+        &["adapter_model.bin", "pickle", "weights_only=True"],
+    );
+
+    // An --out under a file cannot be created: refused before the first step.
+    std::fs::write(dir.join("a-file"), b"x").unwrap();
+    let out = dir.join("a-file/run");
+    let o = tinytune(&["finetune", "--model", d, "--out", out.to_str().unwrap(), "--data", "sentiment", "--steps", "2", "--batch", "2", "--seq-len", "32"]);
+    fails_with(&o, &["a-file/run", "cannot create run folder", "--out"]);
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("step "), "trained before failing");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn bad_flags_and_diverging_runs_fail_cleanly() {
     let run = tmp("flags");

@@ -11,7 +11,7 @@ fn fixture(path: &str) -> PathBuf {
 }
 
 /// The groups with a test below; every check belongs to one.
-const GROUPS: &[&str] = &["transformers", "tokenizers", "peft", "bitsandbytes", "optimizers", "deepspeed", "mergekit", "trl"];
+const GROUPS: &[&str] = &["transformers", "tokenizers", "gguf", "peft", "bitsandbytes", "optimizers", "deepspeed", "mergekit", "trl"];
 
 /// The repository's fixtures folder.
 struct Dir;
@@ -55,6 +55,12 @@ fn transformers_checks_pass() {
 #[test]
 fn tokenizers_checks_pass() {
     run_group("tokenizers");
+}
+
+/// GGML block types dequantized bit for bit as the gguf package does.
+#[test]
+fn gguf_checks_pass() {
+    run_group("gguf");
 }
 
 /// PEFT's adapter folders loaded here, tinytune's exports loaded in PEFT, and

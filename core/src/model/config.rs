@@ -259,6 +259,11 @@ fn default_activation() -> String {
 
 /// The named shapes: tiny ones for the browser and tests (GPT-2 and Llama layouts), and
 /// GPT-2's four for real-scale runs on a GPU.
+/// The largest vocabulary, context, width, depth or head count a config may state: 2²⁴,
+/// past every released model (the largest vocabularies are ~256 K tokens, the longest
+/// contexts ~10 M positions) and small enough that no product of two overflows.
+pub const MAX_SIZE: usize = 1 << 24;
+
 pub const PRESETS: [&str; 9] = ["nano", "micro", "mini", "nano-llama", "micro-llama", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"];
 
 impl ModelConfig {
@@ -385,7 +390,7 @@ impl ModelConfig {
 
     /// Width of the MLP's hidden layer.
     pub fn inner(&self) -> usize {
-        self.n_inner.unwrap_or(4 * self.n_embd)
+        self.n_inner.unwrap_or(self.n_embd.saturating_mul(4))
     }
 
     /// Width of one attention head.
@@ -543,6 +548,21 @@ impl ModelConfig {
         for (field, value) in positive {
             if value == 0 {
                 return Err(Error::config(origin, field, "must be at least 1"));
+            }
+        }
+        // Sizes past any real model's are a damaged or hand-edited file: refuse them before
+        // anything is computed from them (a product of two of them must fit in memory
+        // arithmetic, and a model is allocated from them).
+        let sized = positive.into_iter().chain([(name("n_inner", "intermediate_size"), self.inner()), ("head_dim", self.head_dim.unwrap_or(1))]);
+        for (field, value) in sized {
+            if value > MAX_SIZE {
+                return Err(Error::config(
+                    origin,
+                    field,
+                    format!(
+                        "{value} is past the largest size tinytune accepts ({MAX_SIZE}, far beyond any released model); is this the config.json of these weights?"
+                    ),
+                ));
             }
         }
         if self.head_dim.is_none() && !self.n_embd.is_multiple_of(self.n_head) {

@@ -26,6 +26,7 @@ use burn::tensor::Device;
 use serde::Serialize;
 
 mod families;
+mod gguf;
 mod merging;
 mod numerics;
 mod peft;
@@ -303,6 +304,7 @@ pub async fn run_async(check: &Check, fixtures: &dyn Fixtures, target: &Target) 
 pub fn checks() -> Vec<Check> {
     let mut all = Vec::new();
     all.extend(families::checks());
+    all.extend(gguf::checks());
     all.extend(peft::checks());
     all.extend(numerics::checks());
     all.extend(merging::checks());
