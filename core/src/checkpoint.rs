@@ -228,8 +228,9 @@ fn check_config_against_weights(config: &ModelConfig, method: &Method, tensors: 
             config_file,
             name("n_layer", "num_hidden_layers"),
             format!(
-                "is {}, but {weights} holds the weights of {blocks} blocks; set it to {blocks}, or use the config.json that came with these weights",
-                config.n_layer
+                "is {}, but {weights} holds the weights of {blocks} block{}; set it to {blocks}, or use the config.json that came with these weights",
+                config.n_layer,
+                if blocks == 1 { "" } else { "s" }
             ),
         ));
     }

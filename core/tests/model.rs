@@ -94,14 +94,20 @@ fn bad_weights_files_name_the_file_and_tensor() {
     let c = ModelConfig::nano();
     let err = load_model(&c, b"not safetensors", &device(), "w.safetensors").unwrap_err().to_string();
     assert!(err.starts_with("w.safetensors") && err.contains("safetensors"), "{err}");
-    // Weights of a different shape: the error names the tensor and both shapes.
+    // Weights of a different shape: before anything is allocated, the error names the
+    // config's field, the tensor and both shapes.
     let other = save_model(&Gpt::init(&ModelConfig::new(64, 128, 32, 2, 4), 0, &device()));
     let err = load_model(&c, &other, &device(), "w.safetensors").unwrap_err().to_string();
-    assert!(err.contains("tensor 'wte.weight'") && err.contains("[64, 32]") && err.contains("[64, 64]"), "{err}");
-    // Fewer layers than the config asks for: the first missing tensor is named.
+    assert!(err.starts_with("config.json: n_embd") && err.contains("wte.weight") && err.contains("[64, 32]") && err.contains("[64, 64]"), "{err}");
+    // Fewer layers than the config asks for: the count the weights hold.
     let short = save_model(&Gpt::init(&ModelConfig::new(64, 128, 64, 1, 4), 0, &device()));
     let err = load_model(&c, &short, &device(), "w.safetensors").unwrap_err().to_string();
-    assert!(err.contains("h.1.") && err.contains("missing"), "{err}");
+    assert!(err.contains("n_layer") && err.contains("the weights of 1 block;"), "{err}");
+    // A missing tensor of a block the file has is named.
+    let mut tensors = tinytune::checkpoint::from_safetensors(&save_model(&Gpt::init(&c, 0, &device())), &"w".into()).unwrap();
+    tensors.remove("h.1.ln_1.weight");
+    let err = load_model(&c, &tinytune::checkpoint::to_safetensors(tensors.into_iter().collect()), &device(), "w.safetensors").unwrap_err().to_string();
+    assert!(err.contains("h.1.ln_1.weight") && err.contains("missing"), "{err}");
 }
 
 /// Llama-layout shapes that exercise every optional part: q/k/v biases (Qwen2), an explicit

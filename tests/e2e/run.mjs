@@ -1135,6 +1135,37 @@ await check("the train widget shows the controls its lesson names and folds the 
   await page.close();
 });
 
+await check("the page renders links and pastes as text, and its CSP refuses inline scripts", async () => {
+  const payloads = [`<img src=x onerror="window.__xss=1">`, `</script><script>window.__xss=2</script>`, `"><svg onload="window.__xss=3">`];
+  for (const p of payloads) {
+    const page = await openPage(cpu, base + `?lesson=${lessons[0].slug}&backend=cpu&w2.task=${encodeURIComponent(p)}&w2.lr=${encodeURIComponent(p)}`);
+    await page.waitForTimeout(300);
+    const article = await page.textContent("article");
+    assert(article.includes(p), `the payload is not shown as text: ${p}`);
+    assert(await page.evaluate(() => window.__xss === undefined && document.querySelectorAll("article img[src=x], article svg[onload]").length === 0), `payload ran or became markup: ${p}`);
+    await page.close();
+  }
+  // A pasted config.json is read as data; its text comes back as text.
+  const page = await openPage(cpu, base + "?lesson=where-memory-goes&backend=cpu");
+  const memory = page.locator("[data-widget=memory]").first();
+  await setParam(memory, "model", "custom");
+  const pasted = `{"model_type": "<img src=x onerror=window.__xss=4>", "hidden_size": "</script><script>window.__xss=5</script>"}`;
+  await memory.locator("[data-testid=config-json]").fill(pasted);
+  await page.waitForTimeout(300);
+  const shown = await memory.locator("[data-testid=memory-error]").textContent();
+  assert(shown.includes("<img src=x onerror=window.__xss=4>") || shown.includes("model_type"), `the pasted config's error: ${shown}`);
+  assert(await page.evaluate(() => window.__xss === undefined && document.querySelectorAll("img[src=x]").length === 0), "a pasted config ran or became markup");
+  // The Content-Security-Policy blocks inline code that is not trunk's start-up script.
+  const csp = await page.evaluate(() => document.querySelector('meta[http-equiv="Content-Security-Policy"]')?.content ?? "");
+  assert(csp.includes("script-src 'self' 'wasm-unsafe-eval' 'sha256-"), csp);
+  assert(!/script-src[^;]*unsafe-inline/.test(csp), `script-src allows inline code: ${csp}`);
+  await page.evaluate(() => { const s = document.createElement("script"); s.textContent = "window.__inline = 1"; document.body.appendChild(s); });
+  await page.evaluate(() => { const d = document.createElement("div"); d.innerHTML = `<img src="data:," onerror="window.__inline = 2">`; document.body.appendChild(d); });
+  await page.waitForTimeout(300);
+  assert(await page.evaluate(() => window.__inline === undefined), "an injected inline script ran despite the CSP");
+  await page.close();
+});
+
 await check("a crashed worker is reported in the page and the page recovers", async () => {
   const page = await openPage(cpu, base + `?lesson=${lessons[0].slug}&backend=cpu`);
   await page.waitForFunction(() => document.querySelector("[data-testid=backend]")?.textContent.startsWith("CPU"), null, { timeout: 60_000 });
@@ -1186,16 +1217,22 @@ await check.long("the How we know page runs every reference check in the worker 
   await page.close();
 });
 
-await check("WebGPU (software adapter) runs the transformers reference checks", async () => {
+// E2E_VERIFY_GROUP=all (or peft, trl, …) runs more of the reference checks on WebGPU; CI
+// runs the transformers group, whose checks compute on the device.
+const verifyGroup = process.env.E2E_VERIFY_GROUP ?? "transformers";
+await check(`WebGPU (software adapter) runs the ${verifyGroup} reference checks`, async () => {
   const gpu = await browser(["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-angle=swiftshader"]);
   try {
-    const page = await openPage(gpu, base + "?lesson=how-we-know&backend=webgpu&w1.checks=transformers");
+    const page = await openPage(gpu, base + `?lesson=how-we-know&backend=webgpu&w1.checks=${verifyGroup}`);
     await page.waitForFunction(() => !document.querySelector("[data-testid=backend]")?.textContent.startsWith("starting"), null, { timeout: 120_000 });
     const backend = await page.textContent("[data-testid=backend]");
     assert(backend.startsWith("WebGPU"), `backend is ${backend}`);
-    const rows = await runVerify(page, 300_000);
-    console.log(`     ${backend}: ${JSON.stringify(rows.map((r) => [r[0], r[2], r[3]]))}`);
-    assert(rows.length === 5 && rows.every((r) => r[3] === "pass"), JSON.stringify(rows));
+    const rows = await runVerify(page, verifyGroup === "transformers" ? 300_000 : 3_600_000);
+    console.log(`     ${backend}: ${JSON.stringify(rows.map((r) => [r[0], r[2], r[3], r[3] === "pass" ? "" : r[4]]))}`);
+    const cli = join(root, "target/debug/tinytune");
+    const filter = verifyGroup === "all" ? [] : ["--check", verifyGroup];
+    const listed = execFileSync(cli, ["verify", "--list", ...filter], { cwd: root, encoding: "utf8" }).trim().split("\n");
+    assert(rows.length === listed.length && rows.every((r) => r[3] === "pass"), JSON.stringify(rows));
     const errors = page.errors.filter((e) => !/WebGPU|powerPreference|adapter/i.test(e));
     assert(errors.length === 0, `console errors: ${errors.join(" | ")}`);
   } finally {
