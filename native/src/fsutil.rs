@@ -14,6 +14,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = fs::File::create(&tmp)?;
+        fault::before_write(bytes.len())?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -23,6 +24,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
         let _ = fs::remove_file(&tmp);
         format!("{}: cannot write: {e}", path.display())
     })
+}
+
+/// A fault for tests: `TINYTUNE_FAULT_WRITE_LIMIT=N` makes writes fail as a full disk
+/// would (ENOSPC) once the process has written N bytes through [`write_atomic`], so the
+/// tests can check what a full disk leaves behind without mounting a small file system.
+mod fault {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static WRITTEN: AtomicU64 = AtomicU64::new(0);
+
+    pub fn before_write(len: usize) -> std::io::Result<()> {
+        let Some(limit) = std::env::var("TINYTUNE_FAULT_WRITE_LIMIT").ok().and_then(|v| v.parse::<u64>().ok()) else { return Ok(()) };
+        if WRITTEN.fetch_add(len as u64, Ordering::Relaxed) + len as u64 > limit {
+            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC: No space left on device
+        }
+        Ok(())
+    }
 }
 
 /// Creates the folder `out` holding `files` (name, bytes): written into a staging folder
@@ -113,8 +131,15 @@ impl CheckpointDirs {
     /// between the two renames, `existing()` finds the retired one.
     pub fn commit(&self, files: &[(&str, Vec<u8>)]) -> Result<(), String> {
         let _ = fs::remove_dir_all(&self.staging);
-        for (name, bytes) in files {
-            write_atomic(&self.staging.join(name), bytes)?;
+        if let Err(e) = files.iter().try_for_each(|(name, bytes)| write_atomic(&self.staging.join(name), bytes)) {
+            // A full disk or a failing write: drop the half-written copy (freeing its
+            // space) and leave the last complete checkpoint as it was.
+            let _ = fs::remove_dir_all(&self.staging);
+            let kept = match self.existing() {
+                Some(dir) => format!("the last complete checkpoint, {}, is intact", dir.display()),
+                None => "no earlier checkpoint existed".to_string(),
+            };
+            return Err(format!("saving the checkpoint failed ({e}); {kept}"));
         }
         let io = |e: std::io::Error| format!("{}: cannot swap checkpoint folders: {e}", self.current.display());
         if self.current.exists() {

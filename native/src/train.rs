@@ -474,7 +474,12 @@ fn run(trainer: Trainer, tokenizer: &TextTokenizer, companions: &Companions, arg
     match outcome {
         Err(e) => {
             bar.abandon();
-            write_plot(out)?;
+            // The plot is a convenience: on a full disk its own failure must not hide why
+            // the run stopped.
+            let _ = write_plot(out);
+            if e.starts_with("saving the checkpoint failed") && CheckpointDirs::new(out).existing().is_some() {
+                return Err(format!("{e}; free some space and continue with `tinytune {command} --out {} --resume`", out.display()));
+            }
             Err(e)
         }
         Ok(Outcome::Finished) => {

@@ -190,6 +190,29 @@ fn hostile_folders_are_refused_before_allocation_and_pickles_never_opened() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A full disk while saving (a write failing with ENOSPC once the process has written 2 MB,
+/// through `TINYTUNE_FAULT_WRITE_LIMIT`; a nano checkpoint is 1.3 MB) stops the run with
+/// what happened, leaves the previous checkpoint whole and no half-written copy, and the
+/// resumed run's losses equal an uninterrupted run's bit for bit.
+#[test]
+fn a_full_disk_while_saving_keeps_the_last_checkpoint_and_the_run_resumes_exactly() {
+    let (whole, full) = (tmp("disk-whole"), tmp("disk-full"));
+    ok(&pretrain(&whole, &["--steps", "6", "--checkpoint-every", "2"]));
+    let mut args = vec!["pretrain", "--out", full.to_str().unwrap()];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(&["--steps", "6", "--checkpoint-every", "2"]);
+    let o = Command::new(env!("CARGO_BIN_EXE_tinytune")).args(&args).env("TINYTUNE_FAULT_WRITE_LIMIT", "2000000").output().unwrap();
+    fails_with(&o, &["saving the checkpoint failed", "No space left on device", "is intact", "--resume"]);
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(full.join("checkpoint/trainer_state.json")).unwrap()).unwrap();
+    assert_eq!(state["step"], 2, "the step-2 checkpoint is the one kept");
+    let left: Vec<String> = std::fs::read_dir(&full).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(left.iter().all(|n| !n.contains("tmp")), "a half-written checkpoint was left: {left:?}");
+    ok(&tinytune(&["pretrain", "--out", full.to_str().unwrap(), "--resume"]));
+    assert_eq!(step_losses(&full), step_losses(&whole), "the resumed run's losses");
+    std::fs::remove_dir_all(&whole).unwrap();
+    std::fs::remove_dir_all(&full).unwrap();
+}
+
 #[test]
 fn bad_flags_and_diverging_runs_fail_cleanly() {
     let run = tmp("flags");

@@ -31,6 +31,22 @@ pub fn alpaca_prompt(instruction: &str, input: &str) -> String {
     }
 }
 
+/// The longest record a JSON Lines file may hold: 4 MiB, about a million tokens of text,
+/// past any model's context. A longer line is a damaged file or not JSON Lines at all.
+pub const MAX_LINE_BYTES: usize = 4 << 20;
+
+/// Refuses a line longer than [`MAX_LINE_BYTES`] before it is parsed.
+pub(crate) fn check_line_length(line: &str, at: &dyn Fn(String) -> Error) -> Result<()> {
+    if line.len() > MAX_LINE_BYTES {
+        return Err(at(format!(
+            "is {} bytes long, past the {} MiB a record may hold (no model's context holds that much text); is this a JSON Lines file, one record per line?",
+            line.len(),
+            MAX_LINE_BYTES >> 20
+        )));
+    }
+    Ok(())
+}
+
 /// Parses JSON Lines `text` into examples, grouped by line (a conversation gives one
 /// example per assistant turn; the other layouts one per line). Blank lines are skipped.
 /// Conversations need the model's `chat` template.
@@ -43,6 +59,7 @@ pub fn parse(text: &str, origin: impl Into<Origin>, chat: Option<&ChatTemplate>)
             continue;
         }
         let at = |field: &str, problem: String| Error::config(origin.clone(), format!("line {n}: {field}"), problem);
+        check_line_length(line, &|p| at("json", p))?;
         let value: Value = serde_json::from_str(line).map_err(|e| at("json", format!("is not valid JSON ({e}); write one JSON object per line")))?;
         let Value::Object(obj) = value else {
             return Err(at("json", "is not a JSON object; write {\"prompt\": …, \"completion\": …} or {\"instruction\": …, \"output\": …}".into()));
@@ -126,6 +143,22 @@ pub fn split<T>(mut examples: Vec<T>, eval: usize, seed: u64) -> (Vec<T>, Vec<T>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A record past the limit is refused by line before parsing, in SFT and preference
+    /// files alike; deep nesting is serde_json's error, not a stack overflow.
+    #[test]
+    fn an_overlong_or_deeply_nested_line_is_refused_by_line() {
+        let long = format!("{{\"prompt\": \"a\", \"completion\": \"{}\"}}", "x".repeat(MAX_LINE_BYTES));
+        let text = format!("{{\"prompt\": \"a\", \"completion\": \"b\"}}\n{long}\n");
+        let e = parse(&text, "big.jsonl", None).unwrap_err().to_string();
+        assert!(e.starts_with("big.jsonl: line 2: json: is 4194337 bytes long, past the 4 MiB"), "{e}");
+        let pairs = format!("{{\"prompt\": \"a\", \"chosen\": \"{}\", \"rejected\": \"c\"}}", "x".repeat(MAX_LINE_BYTES));
+        let e = crate::data::preference::parse(&pairs, "pairs.jsonl", None).unwrap_err().to_string();
+        assert!(e.starts_with("pairs.jsonl: line 1: json:") && e.contains("4 MiB"), "{e}");
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let e = parse(&deep, "deep.jsonl", None).unwrap_err().to_string();
+        assert!(e.contains("line 1: json") && e.contains("recursion limit"), "{e}");
+    }
 
     #[test]
     fn both_layouts_parse_and_bad_lines_are_named() {

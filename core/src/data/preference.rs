@@ -265,6 +265,7 @@ fn objects(text: &str, origin: &Origin, shape: &str) -> Result<Vec<(usize, serde
             continue;
         }
         let at = |problem: String| Error::config(origin.clone(), format!("line {n}: json"), problem);
+        super::jsonl::check_line_length(line, &at)?;
         let value: Value = serde_json::from_str(line).map_err(|e| at(format!("is not valid JSON ({e}); write one JSON object per line")))?;
         let Value::Object(obj) = value else {
             return Err(at(format!("is not a JSON object; write {shape}")));
