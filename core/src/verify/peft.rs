@@ -1,5 +1,6 @@
 //! PEFT: adapter folders PEFT saved, loaded here; adapters tinytune exported, loaded in PEFT.
 
+use burn::module::Module;
 use burn::tensor::Device;
 
 use super::families::{files, hf_cases, llama_family_error, model_files};
@@ -75,8 +76,9 @@ pub(super) fn checks() -> Vec<Check> {
             move |fx, t| {
                 let dir = dir.clone();
                 Box::pin(async move {
-                    let base = load(fx, "hf-llama", &t.device)?.model;
-                    let (model, _, _) = read_adapter(fx, &dir, base.clone(), &t.device)?;
+                    let base = load(fx, "hf-llama", &t.host)?.model;
+                    let (model, _, _) = read_adapter(fx, &dir, base.clone(), &t.host)?;
+                    let (base, model) = (base.to_device(&t.device), model.to_device(&t.device));
                     let d = llama_family_error(fx, &model, &dir, &t.device).await?;
                     let base_error = llama_family_error(fx, &base, &dir, &t.device).await?;
                     ensure(base_error > 1e-3, || format!("{dir}: the adapter does not change the logits"))?;
@@ -110,7 +112,11 @@ fn shapes(bytes: &[u8]) -> Result<Vec<(String, Vec<usize>)>, String> {
 /// back) on the host.
 async fn peft_folder(fx: &dyn Fixtures, dir: &str, t: &Target) -> Result<Measured, String> {
     let device = &t.device;
-    let (model, _, _) = read_adapter(fx, dir, load(fx, "hf-gpt2", device)?.model, device)?;
+    // Adapters load (and merge) on the host, which reads weights back synchronously; the
+    // model then moves to the device, where its logits are computed.
+    let base = load(fx, "hf-gpt2", &t.host)?.model;
+    let (host_model, method, weights) = read_adapter(fx, dir, base.clone(), &t.host)?;
+    let model = host_model.clone().to_device(device);
     let mut d = 0.0f32;
     let mut merged_checked = false;
     for (prompt, ids, variants) in hf_cases(fx)? {
@@ -119,15 +125,14 @@ async fn peft_folder(fx: &dyn Fixtures, dir: &str, t: &Target) -> Result<Measure
         let base_logits = floats(&variants["base"]["logits"], HF_REF)?;
         ensure(worst(&base_logits, &want, &prompt)? > 1e-2, || format!("{dir}: the fixture's adapter changes nothing"))?;
         if let Some(merged) = variants[dir].get("merged_logits") {
-            let m = crate::methods::merge(model.clone());
+            let m = crate::methods::merge(host_model.clone()).to_device(device);
             d = d.max(worst(&all_logits(&m, &ids, device).await?, &floats(merged, HF_REF)?, "merged")?);
             merged_checked = true;
         }
     }
     // Saved as PEFT saves it (on the host): the same tensor names and shapes, and the same
     // logits loaded back.
-    let base = load(fx, "hf-gpt2", &t.host)?.model;
-    let (model, method, weights) = read_adapter(fx, dir, base.clone(), &t.host)?;
+    let model = host_model;
     let (config2, weights2) = peft::save(&model, &method, None).map_err(s)?;
     ensure(shapes(&weights2)? == shapes(&weights)?, || format!("{dir}: saved tensor names or shapes differ from PEFT's"))?;
     let (back, method2) = peft::load(base, &config2, &weights2, "resaved", &t.host).map_err(s)?;
@@ -143,7 +148,8 @@ async fn exported(fx: &dyn Fixtures, case: &str, t: &Target) -> Result<Measured,
     let reference = json(fx, EXPORT_REF)?;
     let want = &reference["cases"][case];
     let dir = format!("peft-export/{case}");
-    let (model, _, _) = read_adapter(fx, &dir, load(fx, "hf-gpt2", device)?.model, device)?;
+    let (host_model, method, weights) = read_adapter(fx, &dir, load(fx, "hf-gpt2", &t.host)?.model, &t.host)?;
+    let model = host_model.clone().to_device(device);
     let ids = ids(&want["ids"], EXPORT_REF)?;
     let expected: Vec<f32> = want["peft_logits"]
         .as_array()
@@ -157,8 +163,8 @@ async fn exported(fx: &dyn Fixtures, case: &str, t: &Target) -> Result<Measured,
     ensure(got.len() >= expected.len(), || format!("{case}: fewer logits than PEFT's"))?;
     let d = worst(&got[got.len() - expected.len()..], &expected, case)?;
     ensure(want["base_vs_run"].as_f64().unwrap_or(0.0) > 1e-2, || format!("{case}: the adapter does not change the base's logits"))?;
-    // Exporting again writes the committed files: the config and every tensor.
-    let (model, method, weights) = read_adapter(fx, &dir, load(fx, "hf-gpt2", &t.host)?.model, &t.host)?;
+    // Exporting again (on the host) writes the committed files: the config and every tensor.
+    let model = host_model;
     let (config2, weights2) = peft::save(&model, &method, None).map_err(s)?;
     let parse = |t: &str| serde_json::from_str::<serde_json::Value>(t).map_err(s);
     ensure(parse(&config2)? == parse(&text(fx, &format!("{dir}/{}", peft::CONFIG))?)?, || {

@@ -1,5 +1,6 @@
 //! Training objectives against TRL.
 
+use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::families::{files, model_files};
@@ -89,13 +90,13 @@ fn preference_checks() -> Vec<Check> {
                 f,
                 Tolerance::abs(1e-4, "|Δ metric|"),
                 script,
-                move |fx, t| Box::pin(preference(fx, p, &t.device)),
+                move |fx, t| Box::pin(preference(fx, p, &t.device, &t.host)),
             )
         })
         .collect()
 }
 
-async fn preference(fx: &dyn Fixtures, p: Preference, device: &Device) -> Result<Measured, String> {
+async fn preference(fx: &dyn Fixtures, p: Preference, device: &Device, host: &Device) -> Result<Measured, String> {
     use crate::data::preference::{Feedback, parse, parse_feedback};
     use crate::train::{Dataset, preference_eval_async, reference_logps_async};
     let reference_file = json(fx, p.file)?;
@@ -109,15 +110,18 @@ async fn preference(fx: &dyn Fixtures, p: Preference, device: &Device) -> Result
         (*desirable_weight, *undesirable_weight) = (number("desirable_weight")?, number("undesirable_weight")?);
     }
     let batch = case["batch"].as_u64().map(|b| b as usize).unwrap_or(16);
-    let loaded = load(fx, p.model, device)?;
+    // The adapter loads on the host (which reads weights back synchronously); the models
+    // then move to the device, where they are scored.
+    let loaded = load(fx, p.model, host)?;
     let seq_len = loaded.model.context_len().min(128);
-    let base = loaded.model.clone();
+    let base = loaded.model.clone().to_device(device);
     let policy = if p.adapter {
         let config = text(fx, "peft-lora/adapter_config.json")?;
-        crate::methods::peft::load(loaded.model, &config, &fx.read("peft-lora/adapter_model.safetensors")?, "peft-lora", device).map_err(s)?.0
+        crate::methods::peft::load(loaded.model, &config, &fx.read("peft-lora/adapter_model.safetensors")?, "peft-lora", host).map_err(s)?.0
     } else {
         loaded.model
-    };
+    }
+    .to_device(device);
     let data = text(fx, p.data)?;
     let feedback =
         if objective.is_unpaired() { parse_feedback(&data, p.data, None).map_err(s)? } else { Feedback::Pairs(parse(&data, p.data, None).map_err(s)?) };
