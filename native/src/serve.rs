@@ -287,7 +287,20 @@ fn parse(app: &App, body: &[u8]) -> Result<Request, ApiError> {
     Ok(Request { model, adapter, prompt: ids, config, stop, stream })
 }
 
-async fn completions(State(app): State<Arc<App>>, body: Bytes) -> Response {
+/// The largest request body the server reads: 1 MiB, far more than any prompt its model's
+/// context holds.
+const MAX_BODY: usize = 1 << 20;
+
+async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> Response {
+    // A body past the limit (or one that fails to arrive) is refused in the API's JSON
+    // error shape like every other bad request.
+    let body = match body {
+        Ok(b) => b,
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, None, format!("the request body is larger than {} KiB; send a shorter prompt", MAX_BODY >> 10));
+        }
+        Err(r) => return error(r.status(), None, format!("the request body could not be read: {}", r.body_text())),
+    };
     let req = match parse(&app, &body) {
         Ok(r) => r,
         Err(refused) => return refused.into_response(),
@@ -427,7 +440,12 @@ pub fn serve_cmd(a: ServeArgs, device: &Device) -> Result<(), String> {
         max_tokens: a.max_tokens_limit,
         created: since_epoch().as_secs(),
     });
-    let router = Router::new().route("/v1/models", get(models)).route("/v1/completions", post(completions)).fallback(not_found).with_state(app.clone());
+    let router = Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/completions", post(completions))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(app.clone());
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| format!("starting the server's runtime: {e}"))?;
     let addr: SocketAddr = format!("{}:{}", a.host, a.port).parse().map_err(|e| format!("--host/--port: {}:{} is not an address: {e}", a.host, a.port))?;
