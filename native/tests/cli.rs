@@ -1418,6 +1418,12 @@ fn serve_answers_openai_style_requests_for_several_adapters_batched_together() {
     let (status, body) = http(&addr, "POST", "/v1/completions", r#"{"model": "a", "prompt": "hi", "max_tokens": 65}"#);
     assert_eq!(status, 400, "{body}");
     assert!(body.contains(r#""param":"max_tokens""#), "{body}");
+    // A body past 1 MiB: a 413 in the same JSON shape.
+    let huge = format!(r#"{{"model": "a", "prompt": "{}"}}"#, "a".repeat(2 << 20));
+    let (status, body) = http(&addr, "POST", "/v1/completions", &huge);
+    assert_eq!(status, 413, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("1024 KiB"), "{body}");
 
     // Ctrl-C stops it cleanly.
     #[cfg(unix)]
