@@ -150,7 +150,12 @@ def main():
                     elif r < 0.84:
                         bad_request("malformed JSON", '{"model": "x", "prompt": ')
                     elif r < 0.87:
-                        bad_request("body over 1 MiB", json.dumps({"model": models[0], "prompt": "a" * (2 << 20)}))
+                        try:
+                            bad_request("body over 1 MiB", json.dumps({"model": models[0], "prompt": "a" * (2 << 20)}))
+                        except (BrokenPipeError, ConnectionResetError):
+                            # The server answered 413 and closed before the client finished
+                            # sending: HTTP allows it, and the other clients are unaffected.
+                            count("over 1 MiB, cut", True)
                     elif r < 0.90:
                         bad_request("bad field", json.dumps({"model": models[0], "prompt": "a", "max_tokens": -3}))
                     elif r < 0.93:
