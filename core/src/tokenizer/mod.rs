@@ -99,7 +99,16 @@ impl TextTokenizer {
     /// Loads a `tokenizer.json` (tinytune's own or GPT-2's). `origin` names the file in errors.
     pub fn from_json(text: &str, origin: impl Into<Origin>) -> Result<Self> {
         let origin = origin.into();
-        let inner: Tokenizer = text.parse().map_err(|e| Error::parse(origin.clone(), format!("not a valid Hugging Face tokenizer.json: {e}")))?;
+        // JSON syntax first: the tokenizers crate panics instead of failing on some bad
+        // JSON inside a `decoder` (found by fuzzing, fuzz/regressions/tokenizer_json/).
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| Error::parse(origin.clone(), format!("not valid JSON: {e}")))?;
+        // It also `expect`s on some well-formed but wrong values (a precompiled normaliser's
+        // map); natively that panic becomes this error (a browser build aborts instead).
+        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serde_json::from_value::<Tokenizer>(value)));
+        let inner: Tokenizer = match parsed {
+            Ok(r) => r.map_err(|e| Error::parse(origin.clone(), format!("not a valid Hugging Face tokenizer.json: {e}")))?,
+            Err(_) => return Err(Error::parse(origin, "not a valid Hugging Face tokenizer.json: the tokenizers library could not read one of its parts")),
+        };
         if inner.get_vocab_size(true) == 0 {
             return Err(Error::config(origin, "model.vocab", "the vocabulary is empty"));
         }
