@@ -8,8 +8,11 @@
 use tinytune::TextTokenizer;
 use tinytune::model::ModelConfig;
 
+/// A target's body: arbitrary bytes in, nothing out, never a panic.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, as the corpus folders are named.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("safetensors", safetensors),
     ("config_json", config_json),
     ("tokenizer_json", tokenizer_json),

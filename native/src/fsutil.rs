@@ -80,7 +80,7 @@ pub fn is_pickle(path: &Path) -> bool {
 /// When a wanted `.safetensors` file is missing and its folder holds a pickle checkpoint
 /// instead: a message that says pickles are refused, why, and the one-line conversion.
 fn pickle_instead(wanted: &Path) -> Option<String> {
-    if !wanted.extension().is_some_and(|e| e == "safetensors") {
+    if wanted.extension().is_none_or(|e| e != "safetensors") {
         return None;
     }
     let dir = wanted.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
