@@ -99,11 +99,13 @@ pub fn url_state(data: &[u8]) {
             None => (kv.to_string(), String::new()),
         })
         .collect();
-    let Ok(lessons) = tinytune_web::lessons::all() else { return };
-    let mut widgets: Vec<tinytune_web::widgets::Widget> = lessons[0].widgets().cloned().collect();
+    // The lessons are parsed once (they are the page's, not the input).
+    static FIRST: std::sync::OnceLock<Option<tinytune_web::lesson::Lesson>> = std::sync::OnceLock::new();
+    let Some(lesson) = FIRST.get_or_init(|| tinytune_web::lessons::all().ok().and_then(|l| l.into_iter().next())) else { return };
+    let base: Vec<tinytune_web::widgets::Widget> = lesson.widgets().cloned().collect();
+    let mut widgets = base.clone();
     let _ = tinytune_web::urlstate::apply(&pairs, &mut widgets);
-    let base: Vec<tinytune_web::widgets::Widget> = lessons[0].widgets().cloned().collect();
-    let _ = tinytune_web::urlstate::encode(&lessons[0].slug, &base, &widgets);
+    let _ = tinytune_web::urlstate::encode(&lesson.slug, &base, &widgets);
 }
 
 /// A mergekit YAML config.
