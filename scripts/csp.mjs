@@ -8,6 +8,10 @@ import { createHash } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
+if (process.env.TINYTUNE_NO_CSP) {
+  console.log("csp.mjs: TINYTUNE_NO_CSP is set (scripts/serve.sh): no Content-Security-Policy for the development server");
+  process.exit(0);
+}
 const dir = process.env.TRUNK_STAGING_DIR;
 if (!dir) throw new Error("scripts/csp.mjs runs as trunk's post_build hook (TRUNK_STAGING_DIR is not set)");
 const file = join(dir, "index.html");

@@ -9,4 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export PATH="$PWD/node_modules/.bin:$PATH"
+# trunk serve injects its live-reload script inline at serve time, which the built site's
+# Content-Security-Policy (scripts/csp.mjs) would refuse: the development server goes
+# without it; `trunk build` output (what the tests and a static host serve) carries it.
+export TINYTUNE_NO_CSP=1
 exec trunk serve "$@"
