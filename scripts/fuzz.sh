@@ -21,6 +21,8 @@ printf '%-16s %12s %10s %8s %8s\n' target executions exec/s cov crashes
 for t in "${targets[@]}"; do
   work="target/fuzz-corpus/$t"
   mkdir -p "$work" "fuzz/regressions/$t" "target/fuzz-artifacts/$t"
+  # Earlier runs' crashes are already in fuzz/regressions: count this run's only.
+  rm -f "target/fuzz-artifacts/$t"/*
   log="target/fuzz-artifacts/$t.log"
   # -rss_limit_mb: a parser that allocates past 2 GB on some input is a finding too.
   (cd fuzz && cargo +nightly fuzz run -O "$t" "../$work" "corpus/$t" -- \
