@@ -17,6 +17,7 @@ Standard library only; adapters are fine-tuned first (a few LoRA steps each).
 
 import argparse
 import http.client
+import importlib.util
 import json
 import os
 import random
@@ -31,15 +32,12 @@ PROMPTS = ["review: a fine day.\nsentiment:", "the robot", "name: Ada, age: 7 ->
 
 
 def start(binary, model, adapters):
-    args = [binary, "serve", "--model", model, "--port", "0"]
-    for a in adapters:
-        args += ["--adapter", a]
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    line = proc.stderr.readline()
-    if "http://" not in line:
-        proc.kill()
-        sys.exit(f"the server did not start: {line}{proc.stderr.read()}")
-    host, port = line.split("http://")[1].split("/")[0].split(":")
+    """The server, started as scripts/bench-serve.py starts it (mixed batching): (process, host, port)."""
+    spec = importlib.util.spec_from_file_location("bench_serve", os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench-serve.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    proc, addr = bench.start(binary, model, adapters, "mixed", 32)
+    host, port = addr.split(":")
     return proc, host, int(port)
 
 
