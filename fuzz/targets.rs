@@ -22,6 +22,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("url_state", url_state),
     ("merge_yaml", merge_yaml),
     ("gguf", gguf),
+    ("serve_request", serve_request),
 ];
 
 fn text(data: &[u8]) -> Option<&str> {
@@ -125,4 +126,19 @@ pub fn gguf(data: &[u8]) {
         }
     }
     let _ = tinytune::gguf::tokenizer::tokenizer(&g);
+}
+
+/// A `POST /v1/completions` body, read as `tinytune serve` reads it (a base and two
+/// adapters, a character-level tokenizer, small limits).
+pub fn serve_request(data: &[u8]) {
+    use tinytune::serving::{Served, parse_completion};
+    static SERVED: std::sync::OnceLock<(Served, TextTokenizer)> = std::sync::OnceLock::new();
+    let (served, tok) = SERVED.get_or_init(|| {
+        let served = Served { base: "micro".into(), adapters: vec!["cats".into(), "dogs".into()], max_prompt_tokens: 64, max_tokens: 128 };
+        (served, TextTokenizer::char_level("abcdefghijklmnopqrstuvwxyz .,!?\n"))
+    });
+    if let Ok(c) = parse_completion(data, served, tok) {
+        assert!(c.prompt.len() <= served.max_prompt_tokens && c.config.max_new_tokens <= served.max_tokens);
+        assert!(c.adapter.is_none_or(|k| k < served.adapters.len()));
+    }
 }

@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-120}"
 shift || true
-all=(safetensors config_json tokenizer_json jsonl peft_adapter lesson url_state merge_yaml gguf)
+all=(safetensors config_json tokenizer_json jsonl peft_adapter lesson url_state merge_yaml gguf serve_request)
 targets=("${@:-${all[@]}}")
 rustup toolchain list | grep -q nightly || { echo "scripts/fuzz.sh needs the nightly toolchain: rustup toolchain install nightly" >&2; exit 1; }
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked

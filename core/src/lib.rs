@@ -19,6 +19,7 @@ pub mod model;
 pub mod optim;
 pub mod prune;
 pub mod sample;
+pub mod serving;
 pub mod tokenizer;
 pub mod train;
 pub mod verify;

@@ -26,6 +26,7 @@ use tinytune::TextTokenizer;
 use tinytune::methods::Method;
 use tinytune::methods::multi::{Finish, MultiLora, Stream};
 use tinytune::sample::SampleConfig;
+use tinytune::serving::{Served, parse_completion};
 
 use crate::cli::{Batching, ServeArgs};
 
@@ -154,24 +155,8 @@ fn engine(mut multi: MultiLora, tok: Arc<TextTokenizer>, jobs: mpsc::Receiver<Jo
 struct App {
     jobs: std::sync::Mutex<mpsc::Sender<Job>>,
     tok: Arc<TextTokenizer>,
-    base: String,
-    adapters: Vec<String>,
-    max_prompt_tokens: usize,
-    max_tokens: usize,
+    served: Served,
     created: u64,
-}
-
-/// A refused request: its status, the field at fault, what is wrong.
-struct ApiError {
-    status: StatusCode,
-    param: Option<&'static str>,
-    message: String,
-}
-
-impl ApiError {
-    fn into_response(self) -> Response {
-        error(self.status, self.param, self.message)
-    }
 }
 
 /// An OpenAI-style error: `{"error": {"message", "type", "param", "code"}}`.
@@ -183,108 +168,9 @@ fn error(status: StatusCode, param: Option<&str>, message: impl Into<String>) ->
 
 async fn models(State(app): State<Arc<App>>) -> Response {
     let entry = |id: &str, parent: Option<&str>| json!({"id": id, "object": "model", "created": app.created, "owned_by": "tinytune", "parent": parent});
-    let mut data = vec![entry(&app.base, None)];
-    data.extend(app.adapters.iter().map(|a| entry(a, Some(&app.base))));
+    let mut data = vec![entry(&app.served.base, None)];
+    data.extend(app.served.adapters.iter().map(|a| entry(a, Some(&app.served.base))));
     axum::Json(json!({"object": "list", "data": data})).into_response()
-}
-
-/// A parsed, checked completion request.
-struct Request {
-    model: String,
-    adapter: Option<usize>,
-    prompt: Vec<u32>,
-    config: SampleConfig,
-    stop: Vec<String>,
-    stream: bool,
-}
-
-fn parse(app: &App, body: &[u8]) -> Result<Request, ApiError> {
-    let bad = |param: &'static str, message: String| ApiError { status: StatusCode::BAD_REQUEST, param: Some(param), message: format!("{param} {message}") };
-    let v: Value = serde_json::from_slice(body).map_err(|e| ApiError {
-        status: StatusCode::BAD_REQUEST,
-        param: None,
-        message: format!("the request body is not JSON: {e}"),
-    })?;
-    let Value::Object(o) = v else {
-        return Err(ApiError { status: StatusCode::BAD_REQUEST, param: None, message: "the request body must be a JSON object".into() });
-    };
-    let model = match o.get("model") {
-        Some(Value::String(m)) => m.clone(),
-        None => return Err(bad("model", "is required: one of the ids GET /v1/models lists".into())),
-        Some(other) => return Err(bad("model", format!("must be a string, not {other}"))),
-    };
-    let adapter = if model == app.base {
-        None
-    } else {
-        match app.adapters.iter().position(|a| *a == model) {
-            Some(k) => Some(k),
-            None => {
-                let known: Vec<&str> = std::iter::once(app.base.as_str()).chain(app.adapters.iter().map(String::as_str)).collect();
-                return Err(ApiError {
-                    status: StatusCode::NOT_FOUND,
-                    param: Some("model"),
-                    message: format!("the model `{model}` is not served here; use one of {}", known.join(", ")),
-                });
-            }
-        }
-    };
-    let prompt = match o.get("prompt") {
-        Some(Value::String(p)) => p.clone(),
-        Some(Value::Array(_)) => return Err(bad("prompt", "send one prompt (a string) per request".into())),
-        None => return Err(bad("prompt", "is required (a string)".into())),
-        Some(other) => return Err(bad("prompt", format!("must be a string, not {other}"))),
-    };
-    let ids = app.tok.encode(&prompt).map_err(|e| bad("prompt", e.to_string()))?;
-    if ids.is_empty() {
-        return Err(bad("prompt", "has no tokens; send some text to continue".into()));
-    }
-    if ids.len() > app.max_prompt_tokens {
-        return Err(bad("prompt", format!("is {} tokens; this server takes at most {} (--max-prompt-tokens)", ids.len(), app.max_prompt_tokens)));
-    }
-    let int = |key: &'static str, default: u64| -> Result<u64, ApiError> {
-        match o.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_u64().ok_or_else(|| bad(key, format!("must be a whole number of 0 or more, not {v}"))),
-        }
-    };
-    let max_tokens = int("max_tokens", 16)? as usize;
-    if max_tokens > app.max_tokens {
-        return Err(bad("max_tokens", format!("is {max_tokens}; this server generates at most {} tokens per request (--max-tokens-limit)", app.max_tokens)));
-    }
-    let temperature = match o.get("temperature") {
-        None | Some(Value::Null) => 1.0,
-        Some(v) => v.as_f64().filter(|t| (0.0..=2.0).contains(t)).ok_or_else(|| bad("temperature", format!("must be a number from 0 to 2, not {v}")))?,
-    };
-    let top_k = match o.get("top_k") {
-        None | Some(Value::Null) => None,
-        // vLLM's convention: -1 (or 0) keeps every token.
-        Some(v) if v.as_i64().is_some_and(|k| k <= 0) => None,
-        Some(v) => Some(v.as_u64().ok_or_else(|| bad("top_k", format!("must be a whole number, not {v}")))? as usize),
-    };
-    let seed = int("seed", 0)?;
-    let stop = match o.get("stop") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) if a.len() <= 4 && a.iter().all(|s| s.as_str().is_some_and(|s| !s.is_empty())) => {
-            a.iter().filter_map(Value::as_str).map(str::to_string).collect()
-        }
-        Some(other) => return Err(bad("stop", format!("must be a string or up to 4 non-empty strings, not {other}"))),
-    };
-    let stream = match o.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => return Err(bad("stream", format!("must be true or false, not {other}"))),
-    };
-    for (key, ok) in [("n", Value::from(1)), ("best_of", Value::from(1))] {
-        if let Some(v) = o.get(key).filter(|v| !v.is_null() && **v != ok) {
-            return Err(bad(key, format!("is {v}; this server returns one choice per request")));
-        }
-    }
-    if o.get("echo").and_then(Value::as_bool) == Some(true) {
-        return Err(bad("echo", "is not supported; the prompt is not repeated in the reply".into()));
-    }
-    let config = SampleConfig { max_new_tokens: max_tokens, temperature, top_k, seed, stop_ids: app.tok.eot().into_iter().collect(), cache: false };
-    Ok(Request { model, adapter, prompt: ids, config, stop, stream })
 }
 
 /// The largest request body the server reads: 1 MiB, far more than any prompt its model's
@@ -301,9 +187,9 @@ async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, axum::extr
         }
         Err(r) => return error(r.status(), None, format!("the request body could not be read: {}", r.body_text())),
     };
-    let req = match parse(&app, &body) {
+    let req = match parse_completion(&body, &app.served, &app.tok) {
         Ok(r) => r,
-        Err(refused) => return refused.into_response(),
+        Err(r) => return error(StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST), r.param, r.message),
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let job = Job { prompt: req.prompt, adapter: req.adapter, config: req.config, stop: req.stop, events: tx };
@@ -434,10 +320,12 @@ pub fn serve_cmd(a: ServeArgs, device: &Device) -> Result<(), String> {
     let app = Arc::new(App {
         jobs: std::sync::Mutex::new(tx),
         tok,
-        base: base_id.clone(),
-        adapters: names.clone(),
-        max_prompt_tokens: a.max_prompt_tokens.unwrap_or(context),
-        max_tokens: a.max_tokens_limit,
+        served: Served {
+            base: base_id.clone(),
+            adapters: names.clone(),
+            max_prompt_tokens: a.max_prompt_tokens.unwrap_or(context),
+            max_tokens: a.max_tokens_limit,
+        },
         created: since_epoch().as_secs(),
     });
     let router = Router::new()

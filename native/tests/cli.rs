@@ -127,6 +127,12 @@ fn bad_model_folders_name_the_file_and_field() {
     let tok = std::fs::read_to_string(ck.join("tokenizer.json")).unwrap();
     std::fs::write(ck.join("tokenizer.json"), "{\"model\": 1}").unwrap();
     fails_with(&generate(r), &["tokenizer.json"]);
+    // The tokenizers crate panics on a bad SentencePiece map; that is one error line, with
+    // no panic message before it.
+    assert!(tok.contains("\"normalizer\": null"));
+    let precompiled = tok.replace("\"normalizer\": null", "\"normalizer\": {\"type\": \"Precompiled\", \"precompiled_charsmap\": \"AAAA\"}");
+    std::fs::write(ck.join("tokenizer.json"), precompiled).unwrap();
+    fails_with(&generate(r), &["tokenizer.json", "could not read one of its parts"]);
     std::fs::write(ck.join("tokenizer.json"), &tok).unwrap();
 
     std::fs::write(ck.join("model.safetensors"), b"\x08\x00\x00\x00\x00\x00\x00\x00garbage!").unwrap();

@@ -39,6 +39,30 @@ impl std::fmt::Debug for TextTokenizer {
     }
 }
 
+thread_local! {
+    /// Set while [`catch_quietly`] runs on this thread: its panic is an error the caller
+    /// reports, so the default hook's "thread panicked at" message is not printed.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic into `Err` without the panic message on stderr (the caller
+/// reports a clear error instead). Other threads' panics print as before.
+fn catch_quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(false));
+    r
+}
+
 impl TextTokenizer {
     /// One token per character of `charset` (duplicates ignored), then `<unk>` and
     /// `<|endoftext|>`.
@@ -104,7 +128,7 @@ impl TextTokenizer {
         let value: serde_json::Value = serde_json::from_str(text).map_err(|e| Error::parse(origin.clone(), format!("not valid JSON: {e}")))?;
         // It also `expect`s on some well-formed but wrong values (a precompiled normaliser's
         // map); natively that panic becomes this error (a browser build aborts instead).
-        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serde_json::from_value::<Tokenizer>(value)));
+        let parsed = catch_quietly(|| serde_json::from_value::<Tokenizer>(value));
         let inner: Tokenizer = match parsed {
             Ok(r) => r.map_err(|e| Error::parse(origin.clone(), format!("not a valid Hugging Face tokenizer.json: {e}")))?,
             Err(_) => return Err(Error::parse(origin, "not a valid Hugging Face tokenizer.json: the tokenizers library could not read one of its parts")),
