@@ -273,11 +273,13 @@ fn check_config_against_weights(config: &ModelConfig, method: &Method, tensors: 
 pub fn load_model_tensors(config: &ModelConfig, method: &Method, mut tensors: HashMap<String, TensorData>, origin: Origin, device: &Device) -> Result<Gpt> {
     // A model of zeros gives every parameter its shape without drawing random weights that
     // the file's would replace.
-    let mut model = method.apply(Gpt::zeros(config, device), 0, device)?;
+    let mut model = Gpt::zeros(config, device);
     if let Method::Qlora(q) = method {
+        // Each projection's stored base becomes the quantized form QLoRA keeps as it is
+        // (`Projection::source`), so nothing is quantized only to be replaced.
         let mut failure = None;
         crate::methods::for_each_projection(&mut model, |path, p| {
-            if p.frozen.is_none() || failure.is_some() {
+            if p.weight.is_none() || failure.is_some() {
                 return;
             }
             let prefix = format!("{path}.weight.");
@@ -291,7 +293,7 @@ pub fn load_model_tensors(config: &ModelConfig, method: &Method, mut tensors: Ha
                 &origin,
                 &format!("{path}.weight"),
             ) {
-                Ok(w) => p.frozen = Some(w),
+                Ok(w) => p.source = Some(w),
                 Err(e) => failure = Some(e),
             }
         });
@@ -299,6 +301,7 @@ pub fn load_model_tensors(config: &ModelConfig, method: &Method, mut tensors: Ha
             return Err(e);
         }
     }
+    let model = method.apply(model, 0, device)?;
     let (model, unused) = load_params(model, tensors, &origin)?;
     if let Some(name) = unused.first() {
         return Err(Error::tensor(

@@ -46,8 +46,7 @@ fn bad(param: &'static str, message: String) -> Refusal {
 /// Reads a `POST /v1/completions` body: every field checked, every refusal a 4xx naming
 /// the field.
 pub fn parse_completion(body: &[u8], served: &Served, tok: &TextTokenizer) -> Result<Completion, Refusal> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| Refusal { status: 400, param: None, message: format!("the request body is not JSON: {e}") })?;
+    let v: Value = serde_json::from_slice(body).map_err(|e| Refusal { status: 400, param: None, message: format!("the request body is not JSON: {e}") })?;
     let Value::Object(o) = v else {
         return Err(Refusal { status: 400, param: None, message: "the request body must be a JSON object".into() });
     };
@@ -142,7 +141,8 @@ mod tests {
     #[test]
     fn a_good_request_is_read_field_by_field() {
         let (s, tok) = served();
-        let c = parse_completion(br#"{"model":"cats","prompt":"abc","max_tokens":4,"temperature":0,"top_k":-1,"stop":["h"],"stream":true,"seed":7}"#, &s, &tok).unwrap();
+        let c = parse_completion(br#"{"model":"cats","prompt":"abc","max_tokens":4,"temperature":0,"top_k":-1,"stop":["h"],"stream":true,"seed":7}"#, &s, &tok)
+            .unwrap();
         assert_eq!((c.model.as_str(), c.adapter, c.prompt.len(), c.stream), ("cats", Some(0), 3, true));
         assert_eq!((c.config.max_new_tokens, c.config.temperature, c.config.top_k, c.config.seed), (4, 0.0, None, 7));
         assert_eq!(c.stop, vec!["h".to_string()]);

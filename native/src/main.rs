@@ -30,6 +30,7 @@ use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     restore_sigpipe();
+    keep_freed_memory();
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
     let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // What a resumed run was given besides --out and --resume (its train.json wins).
@@ -87,6 +88,23 @@ fn restore_sigpipe() {
     // SAFETY: called first thing in main, before any thread exists; SIG_DFL is always valid.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// glibc serves every buffer past 128 KiB with its own `mmap` and returns it with `munmap`,
+/// so each matmul result (megabytes) page-faults its whole output anew; and it gives the
+/// heap's top back to the system past a trim threshold, with the same effect. Serving
+/// buffers up to 32 MiB (the most glibc 2.35+ accepts on 64-bit) from the heap and never
+/// trimming it makes training on the CPU much faster (`scripts/bench-cpu.sh` measures it).
+/// `TINYTUNE_MALLOC=system` keeps glibc's defaults (for comparing the two).
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("TINYTUNE_MALLOC").is_none_or(|v| v != "system") {
+        // SAFETY: mallopt only changes glibc's thresholds; called before any thread exists.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        }
     }
 }
 

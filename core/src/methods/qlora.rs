@@ -3,8 +3,11 @@
 //! bitsandbytes' `Linear4bit` stores them (`formats::blockwise`, tested bit-exact against
 //! bitsandbytes).
 //!
-//! The base stays packed at rest, two codes per byte on the host, and is dequantized to
-//! FP32 on every forward pass; only the LoRA matrices train. A model loaded from a GGUF
+//! The base stays packed at rest and is dequantized to FP32 on every forward pass; only the
+//! LoRA matrices train. An NF4 base lives on the model's device as it is stored (eight
+//! codes per 32-bit word, the block maxima as 8-bit codes with their scales) and is
+//! dequantized there by tensor operations (`FourBitOnDevice`), so a GPU holds the NF4 bytes and
+//! the host does no work per step; the host keeps the packed form too, for checkpoints. A model loaded from a GGUF
 //! file keeps the file's own blocks instead (Q4_1, Q8_0, … as `Projection::source` holds
 //! them), dequantized the same way: QLoRA over the 4-bit model people actually download. Autodiff keeps the
 //! dequantized weight of each layer until the backward pass has used it (bitsandbytes
@@ -13,11 +16,11 @@
 
 use std::sync::Arc;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Origin, Result};
-use crate::formats::blockwise::{DQ_BLOCK, FourBit, Quantized4, Scales, quantize_4bit};
+use crate::formats::blockwise::{DQ_BLOCK, FourBit, Quantized4, Scales, dynamic_map, quantize_4bit};
 
 use super::lora::LoraConfig;
 
@@ -62,6 +65,91 @@ pub enum Stored {
     Ggml { ty: crate::gguf::GgmlType, raw: Vec<u8> },
 }
 
+/// Bytes as little-endian 32-bit words on `device` (the last one zero-padded): byte `k`
+/// of a word is its bits `8k..8k + 8`.
+fn words(bytes: &[u8], device: &Device) -> Tensor<1, Int> {
+    let w: Vec<i32> = bytes.chunks(4).map(|c| c.iter().rev().fold(0u32, |w, &b| (w << 8) | u32::from(b)) as i32).collect();
+    let n = w.len();
+    Tensor::from_data(TensorData::new(w, [n]), (device, DType::I32))
+}
+
+/// `n` codes of `bits` bits out of 32-bit words, in the order `shifts` reads each word.
+fn unpack(words: Tensor<1, Int>, shifts: &[i32], mask: i32, n: usize) -> Tensor<1, Int> {
+    let device = words.device();
+    let [w] = words.dims();
+    let per = shifts.len();
+    let shifts = Tensor::<1, Int>::from_data(TensorData::new(shifts.to_vec(), [per]), (&device, DType::I32)).reshape([1, per]);
+    let codes = words.reshape([w, 1]).expand([w, per]).bitwise_right_shift(shifts.expand([w, per])).bitwise_and_scalar(mask);
+    codes.reshape([w * per]).slice(0..n)
+}
+
+/// A 4-bit (NF4 or FP4) weight held on its device as stored, dequantized there by tensor operations:
+/// the same products (and, under double quantization, the same product and sum per block
+/// maximum) in f32 as `Quantized4::dequantize` on the host, so the same bits.
+#[derive(Debug)]
+pub struct FourBitOnDevice {
+    /// Eight 4-bit codes per word: byte `k` holds elements `2k` (high nibble) and `2k + 1`.
+    codes: Tensor<1, Int>,
+    code: Tensor<1>,
+    absmax: AbsmaxOnDevice,
+    len: usize,
+    blocksize: usize,
+}
+
+#[derive(Debug)]
+enum AbsmaxOnDevice {
+    Plain(Tensor<1>),
+    /// 8-bit codes, four per word, into bitsandbytes' dynamic map; one scale per 256.
+    Double {
+        codes: Tensor<1, Int>,
+        n: usize,
+        map: Tensor<1>,
+        scales: Tensor<1>,
+        offset: f32,
+    },
+}
+
+impl FourBitOnDevice {
+    pub fn new(q: &Quantized4, device: &Device) -> Self {
+        let floats = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device);
+        let absmax = match &q.scales {
+            Scales::Plain(a) => AbsmaxOnDevice::Plain(floats(a)),
+            Scales::Double { codes, scales, offset } => {
+                AbsmaxOnDevice::Double { codes: words(codes, device), n: codes.len(), map: floats(&dynamic_map()), scales: floats(scales), offset: *offset }
+            }
+        };
+        Self { codes: words(&q.packed, device), code: floats(&q.kind.code()), absmax, len: q.len, blocksize: q.blocksize }
+    }
+
+    /// The block maxima in f32, `[blocks]`.
+    fn absmax(&self) -> Tensor<1> {
+        match &self.absmax {
+            AbsmaxOnDevice::Plain(a) => a.clone(),
+            AbsmaxOnDevice::Double { codes, n, map, scales, offset } => {
+                let device = codes.device();
+                let c = unpack(codes.clone(), &[0, 8, 16, 24], 0xff, *n);
+                let which = Tensor::<1, Int>::arange(0..*n as i64, (&device, DType::I32)).div_scalar(DQ_BLOCK as i32);
+                map.clone().select(0, c).mul(scales.clone().select(0, which)).add_scalar(*offset)
+            }
+        }
+    }
+
+    /// The dequantized values in stored order (`[d_out · d_in]`, row-major `[d_out, d_in]`).
+    pub fn dequantize(&self) -> Tensor<1> {
+        let device = self.codes.device();
+        let c = unpack(self.codes.clone(), &[4, 0, 12, 8, 20, 16, 28, 24], 0xf, self.len);
+        let values = self.code.clone().select(0, c);
+        let absmax = self.absmax();
+        if self.len.is_multiple_of(self.blocksize) {
+            let blocks = self.len / self.blocksize;
+            (values.reshape([blocks, self.blocksize]) * absmax.reshape([blocks, 1])).reshape([self.len])
+        } else {
+            let which = Tensor::<1, Int>::arange(0..self.len as i64, (&device, DType::I32)).div_scalar(self.blocksize as i32);
+            values * absmax.select(0, which)
+        }
+    }
+}
+
 /// A frozen linear weight, `[d_in, d_out]` when dequantized, held quantized at rest.
 #[derive(Clone, Debug)]
 pub struct FrozenWeight {
@@ -70,15 +158,26 @@ pub struct FrozenWeight {
     pub d_out: usize,
     /// Where the dequantized weight is made.
     pub device: Device,
+    /// An NF4 weight's codes and scales on `device`, where it is dequantized.
+    pub on_device: Option<Arc<FourBitOnDevice>>,
 }
 
 impl FrozenWeight {
     /// Quantizes a `[d_in, d_out]` weight to NF4.
     pub fn quantize(w: Tensor<2>, block: usize, double_quant: bool) -> Self {
+        #[cfg(test)]
+        tests::QUANTIZED.with(|n| n.set(n.get() + 1));
         let [d_in, d_out] = w.dims();
         let device = w.device();
         let linear: Vec<f32> = w.transpose().into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 weights");
-        Self { stored: Arc::new(Stored::Nf4(quantize_4bit(&linear, FourBit::Nf4, block, double_quant))), d_in, d_out, device }
+        Self::nf4(quantize_4bit(&linear, FourBit::Nf4, block, double_quant), d_in, d_out, &device)
+    }
+
+    /// A `[d_in, d_out]` weight from its NF4 form (of the `[d_out, d_in]` matrix), placed on
+    /// `device`.
+    pub fn nf4(q: Quantized4, d_in: usize, d_out: usize, device: &Device) -> Self {
+        let on_device = Some(Arc::new(FourBitOnDevice::new(&q, device)));
+        Self { stored: Arc::new(Stored::Nf4(q)), d_in, d_out, device: device.clone(), on_device }
     }
 
     /// A `[d_in, d_out]` weight from a GGUF file's blocks of its `[d_out, d_in]` matrix;
@@ -88,11 +187,14 @@ impl FrozenWeight {
         if !d_in.is_multiple_of(block) || raw.len() != d_in / block * size * d_out {
             return Err(Error::Invalid(format!("{} blocks of {} bytes do not hold a {d_out}×{d_in} matrix", ty.name(), raw.len())));
         }
-        Ok(Self { stored: Arc::new(Stored::Ggml { ty, raw }), d_in, d_out, device: device.clone() })
+        Ok(Self { stored: Arc::new(Stored::Ggml { ty, raw }), d_in, d_out, device: device.clone(), on_device: None })
     }
 
     /// The dequantized weight, `[d_in, d_out]`.
     pub fn weight(&self) -> Tensor<2> {
+        if let Some(q) = &self.on_device {
+            return q.dequantize().reshape([self.d_out, self.d_in]).transpose();
+        }
         let values = match &*self.stored {
             Stored::Nf4(q) => q.dequantize(),
             // Checked when it was made: the blocks hold exactly d_out × d_in weights.
@@ -201,12 +303,7 @@ impl FrozenWeight {
                 ),
             ));
         }
-        Ok(Self {
-            stored: Arc::new(Stored::Nf4(Quantized4 { kind: FourBit::Nf4, blocksize: block, len, packed, scales })),
-            d_in,
-            d_out,
-            device: device.clone(),
-        })
+        Ok(Self::nf4(Quantized4 { kind: FourBit::Nf4, blocksize: block, len, packed, scales }, d_in, d_out, device))
     }
 }
 
@@ -231,4 +328,73 @@ pub(crate) fn inject(model: crate::model::Gpt, config: &QloraConfig, seed: u64, 
         }
     });
     Ok(super::lora::add_lora(model, &config.lora, seed, device))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    thread_local! {
+        /// Weights this thread has quantized.
+        pub(super) static QUANTIZED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// Loading a QLoRA checkpoint takes the stored NF4 base as it is: nothing is quantized,
+    /// and the loaded model's logits are the saved one's.
+    #[test]
+    fn loading_a_qlora_checkpoint_quantizes_nothing() {
+        use crate::checkpoint::{from_safetensors, load_model_for, save_model};
+        let device = Device::default();
+        let config = crate::ModelConfig::nano();
+        let method = crate::methods::Method::Qlora(QloraConfig::default());
+        let model = method.apply(crate::Gpt::init(&config, 3, &device), 5, &device).unwrap();
+        let projections = QUANTIZED.with(std::cell::Cell::get);
+        assert!(projections >= 4 * config.n_layer, "QLoRA quantized {projections} weights");
+        let bytes = save_model(&model);
+        assert!(from_safetensors(&bytes, &"model.safetensors".into()).unwrap().keys().any(|k| k.ends_with("nf4.packed")));
+        let loaded = load_model_for(&config, &method, &bytes, &device, "model.safetensors").unwrap();
+        assert_eq!(QUANTIZED.with(std::cell::Cell::get), projections, "loading quantized a weight");
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 2, 3, 4], [1, 4]), &device);
+        let (a, b) = (model.forward(ids.clone()).into_data(), loaded.forward(ids).into_data());
+        assert_eq!(a.try_to_vec::<f32>().unwrap(), b.try_to_vec::<f32>().unwrap());
+    }
+
+    /// The device's tensor operations give the host's dequantized values bit for bit: NF4
+    /// and FP4, plain and double-quantized maxima (past one 256-block of them), lengths
+    /// that fill their last block and ones that do not, an odd number of codes.
+    #[test]
+    fn dequantizing_on_the_device_gives_the_hosts_bits() {
+        let device = Device::default();
+        let mut state = 7u64;
+        for (len, block) in [(64 * 300, 64), (128 * 5 + 3, 128), (9, 4), (1, 2)] {
+            let x: Vec<f32> = (0..len)
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
+                })
+                .collect();
+            for kind in [FourBit::Nf4, FourBit::Fp4] {
+                for double in [false, true] {
+                    let q = quantize_4bit(&x, kind, block, double);
+                    let host: Vec<u32> = q.dequantize().iter().map(|v| v.to_bits()).collect();
+                    let data = FourBitOnDevice::new(&q, &device).dequantize().into_data();
+                    let dev: Vec<u32> = data.try_to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(dev, host, "{kind:?}, {len} values in blocks of {block}, double {double}");
+                }
+            }
+        }
+    }
+
+    /// A QLoRA model's projection dequantizes on the device to what it quantized.
+    #[test]
+    fn a_frozen_weight_is_its_quantized_values_as_d_in_by_d_out() {
+        let device = Device::default();
+        let w = Tensor::<2>::from_data(TensorData::new((0..6 * 4).map(|i| i as f32 - 11.5).collect::<Vec<f32>>(), [6, 4]), &device);
+        let f = FrozenWeight::quantize(w.clone(), 4, false);
+        let Stored::Nf4(q) = &*f.stored else { panic!("NF4") };
+        let back = f.weight();
+        assert_eq!(back.dims(), [6, 4]);
+        let host = Tensor::<2>::from_data(TensorData::new(q.dequantize(), [4, 6]), &device).transpose();
+        assert_eq!(back.into_data().try_to_vec::<f32>().unwrap(), host.into_data().try_to_vec::<f32>().unwrap());
+    }
 }
