@@ -1129,6 +1129,10 @@ pub struct BenchArgs {
     /// Print one JSON line with `tokens_per_s`.
     #[arg(long)]
     pub json: bool,
+    /// Compute type: fp32, fp16 or bf16 (mixed precision, FP32 master weights; fp16 with
+    /// dynamic loss scaling). Where the device lacks the type the error says so.
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
     /// Take the shape of a named model instead (nano, micro, mini, nano-llama, micro-llama, gpt2, …);
     /// --batch and --ctx still apply.
     #[arg(long)]

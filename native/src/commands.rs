@@ -421,7 +421,9 @@ pub fn bench_cmd(args: BenchArgs, device: &Device) -> Result<(), String> {
     // Name the bench flag, not the config.json field it fills.
     config.validate("bench flags").map_err(crate::flags::flag_error)?;
     let method = args.method.to_method(None, config.family)?;
+    let precision: tinytune::train::Precision = args.precision.parse().map_err(|e| format!("--precision: {e}"))?;
     let ad = device.clone().autodiff();
+    precision.check(&ad, "bench flags").map_err(crate::flags::flag_error)?;
     // Uniformly random tokens: throughput does not depend on what the tokens say.
     let mut rng = Rng::new(0);
     let tokens: Vec<u32> = (0..200_000).map(|_| rng.below(config.vocab_size) as u32).collect();
@@ -433,6 +435,12 @@ pub fn bench_cmd(args: BenchArgs, device: &Device) -> Result<(), String> {
         warmup_steps: 0,
         optimizer: tinytune::optim::OptimConfig { clip_grad_norm: None, ..Default::default() },
         method: method.clone(),
+        precision,
+        loss_scale: if precision == tinytune::train::Precision::Fp16 {
+            tinytune::train::LossScale::dynamic_every(2000)
+        } else {
+            tinytune::train::LossScale::None
+        },
         ..TrainConfig::default()
     };
     let model = method.apply(Gpt::init(&config, 0, &ad), 0, &ad).map_err(crate::flags::flag_error)?;
@@ -444,6 +452,7 @@ pub fn bench_cmd(args: BenchArgs, device: &Device) -> Result<(), String> {
         trainer.step().map_err(|e| e.to_string())?;
         bar.inc(1);
     }
+    let meter = crate::devmem::Meter::start(&ad);
     let start = web_time::Instant::now();
     let mut last = 0.0;
     for i in 0..args.steps {
@@ -452,30 +461,57 @@ pub fn bench_cmd(args: BenchArgs, device: &Device) -> Result<(), String> {
         let tokens = ((i + 1) * args.batch * args.ctx) as f64;
         bar.set_message(format!("{:.0} tokens/s", tokens / start.elapsed().as_secs_f64()));
     }
+    // Finished work, not queued work, is timed: GPU backends run asynchronously.
+    let _ = ad.sync();
     let secs = start.elapsed().as_secs_f64();
+    let memory = meter.finish();
     bar.finish_and_clear();
     let tokens = (args.steps * args.batch * args.ctx) as f64;
     let tps = tokens / secs;
+    let flops = training_flops_per_token(&config, args.ctx) * tokens / secs;
     if args.json {
         println!(
             "{}",
-            json!({"tokens_per_s": tps, "steps_per_s": args.steps as f64 / secs, "seconds_per_step": secs / args.steps as f64, "params": config.num_params(), "trainable": trainable, "method": method.name(), "d_model": config.n_embd, "layers": config.n_layer, "heads": config.n_head, "ctx": args.ctx, "batch": args.batch, "vocab": config.vocab_size, "steps": args.steps, "seconds": secs, "final_loss": last})
+            json!({"tokens_per_s": tps, "tflops": flops / 1e12, "steps_per_s": args.steps as f64 / secs, "seconds_per_step": secs / args.steps as f64, "params": config.num_params(), "trainable": trainable, "method": method.name(), "precision": precision.name(), "d_model": config.n_embd, "layers": config.n_layer, "heads": config.n_head, "ctx": args.ctx, "batch": args.batch, "vocab": config.vocab_size, "steps": args.steps, "seconds": secs, "final_loss": last, "peak_bytes": memory.map(|m| m.peak_bytes), "peak_source": memory.map(|m| m.source)})
         );
     } else {
+        let peak = memory.map_or_else(|| "not measured".to_string(), |m| format!("{} ({})", tinytune::memory::human(m.peak_bytes), m.source));
         println!(
-            "{:.2} M params ({} trains {}), batch {}×{}: {:.0} tokens/s ({:.2} steps/s over {} timed steps, {:.1} s)",
+            "{:.2} M params ({} trains {}, {}), batch {}×{}: {:.0} tokens/s, {:.3} TFLOP/s ({:.2} steps/s over {} timed steps, {:.1} s), peak memory {peak}",
             config.num_params() as f64 / 1e6,
             method.name(),
             trainable,
+            precision.name(),
             args.batch,
             args.ctx,
             tps,
+            flops / 1e12,
             args.steps as f64 / secs,
             args.steps,
             secs
         );
+        println!(
+            "TFLOP/s counts a full training step as PaLM's appendix B does: 6 × the parameters that multiply activations, plus 12 × layers × width × context for attention, per token (other methods skip some of that work)"
+        );
     }
     Ok(())
+}
+
+/// Floating-point operations of one training step per token, as PaLM (Chowdhery et al.
+/// 2022, appendix B) counts model FLOPs: `6·N` for the forward and backward passes through
+/// the N parameters that multiply activations (every weight matrix and the output layer;
+/// not position embeddings, and not the input embedding when it is a separate lookup table),
+/// plus `12·L·d·T` for the attention scores and weighted values over a context of T.
+pub fn training_flops_per_token(config: &ModelConfig, ctx: usize) -> f64 {
+    let d = config.n_embd as f64;
+    let mut n = config.num_params() as f64;
+    if config.family == tinytune::model::Family::Gpt2 {
+        n -= (config.n_positions * config.n_embd) as f64;
+    }
+    if !config.tie_word_embeddings {
+        n -= (config.vocab_size * config.n_embd) as f64;
+    }
+    6.0 * n + 12.0 * config.n_layer as f64 * d * ctx as f64
 }
 
 /// The pretrained checkpoint committed to the repository.

@@ -9,7 +9,6 @@ use burn::tensor::Device;
 use serde::Serialize;
 use tinytune::data::Task;
 use tinytune::memory::human;
-use tinytune::memory::measure::{counting, current, peak, reset_peak};
 use tinytune::optim::OptimKind;
 use tinytune::train::sweep::{self, SweepItem};
 use tinytune::train::{DataSource, Run, RunHost, TrainEvent, Trainer};
@@ -67,7 +66,6 @@ pub fn compare_cmd(a: CompareArgs, device: &Device) -> Result<(), String> {
         return Err("name at least one optimizer or method to compare".into());
     }
     let ad = device.clone().autodiff();
-    let measure = counting() && crate::backend::on_cpu();
     // Read once; every run starts from a clone (module clones share the unchanged weights).
     let loaded = model_dir::load(&a.model, &ad)?;
     // Every run's configuration and adapted model first, so a bad name or setting in the
@@ -90,13 +88,13 @@ pub fn compare_cmd(a: CompareArgs, device: &Device) -> Result<(), String> {
         prepared.push((config, model));
     }
     let mut rows = Vec::new();
+    let mut peak_source = None;
     for (config, model) in prepared {
         let kind = config.optimizer.kind;
         let trainer = train::trainer(model, &loaded.tokenizer, loaded.chat.as_ref(), config, &ad)?;
         trainer.check_held_out().map_err(crate::flags::run_error)?;
         let mut run = Run::new(trainer, loaded.tokenizer.clone());
-        let before = current();
-        reset_peak();
+        let meter = crate::devmem::Meter::start(&ad);
         let mut host = Losses { label: String::new(), trainable: 0, losses: Vec::new(), time_s: 0.0, bar: None };
         let outcome = run.drive(&mut host);
         if let Some(bar) = host.bar.take() {
@@ -109,7 +107,9 @@ pub fn compare_cmd(a: CompareArgs, device: &Device) -> Result<(), String> {
         eprintln!("{label}: {} steps in {time_s:.1} s, last train loss {last:.4}, held-out loss {eval_loss:.4}", losses.len());
         let trainer = run.trainer;
         let method = trainer.config.method.name().to_string();
-        let peak_bytes = measure.then(|| peak().saturating_sub(before));
+        let memory = meter.finish();
+        peak_source = memory.map(|m| m.source);
+        let peak_bytes = memory.map(|m| m.peak_bytes as usize);
         let tail = (losses.len() / 10).max(1);
         let train_loss = (losses[losses.len() - tail..].iter().map(|p| p.1).sum::<f64>() / tail as f64) as f32;
         let state_bytes = trainer.optim.state_bytes();
@@ -135,7 +135,7 @@ pub fn compare_cmd(a: CompareArgs, device: &Device) -> Result<(), String> {
         println!("| method | optimizer | lr | trainable | state | state per param | time (s) | peak memory | train loss | held-out loss |");
         println!("|---|---|---|---|---|---|---|---|---|---|");
         for r in &rows {
-            let peak = r.peak_bytes.map(|b| human(b as u64)).unwrap_or_else(|| "n/a (GPU)".into());
+            let peak = r.peak_bytes.map(|b| human(b as u64)).unwrap_or_else(|| "n/a".into());
             println!(
                 "| {} | {} | {:e} | {} ({:.2}%) | {} | {:.2} B | {:.1} | {} | {:.4} | {:.4} |",
                 r.method,
@@ -151,8 +151,10 @@ pub fn compare_cmd(a: CompareArgs, device: &Device) -> Result<(), String> {
                 r.eval_loss
             );
         }
-        if !measure {
-            println!("\npeak memory is measured by counting CPU allocations; on a GPU backend it is not measured");
+        match peak_source {
+            Some("device") => println!("\npeak memory: the device's memory pools at their highest during each run (docs/memory.md)"),
+            Some(_) => println!("\npeak memory: heap bytes allocated during each run above what was live before it"),
+            None => println!("\npeak memory is not measured by this build"),
         }
     }
     std::fs::create_dir_all(&a.train.out).map_err(|e| format!("{}: cannot create folder: {e}", a.train.out.display()))?;

@@ -5,6 +5,7 @@ mod backend;
 mod cli;
 mod commands;
 mod compare;
+mod devmem;
 mod flags;
 mod formats;
 mod fsutil;

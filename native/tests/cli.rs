@@ -240,7 +240,22 @@ fn bench_prints_tokens_per_second_as_json() {
     let out =
         ok(&tinytune(&["bench", "--d-model", "32", "--layers", "1", "--heads", "2", "--ctx", "16", "--batch", "2", "--vocab", "50", "--steps", "2", "--json"]));
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0);
+    let tps = v["tokens_per_s"].as_f64().unwrap();
+    assert!(tps > 0.0);
+    // PaLM's count for this shape: N = 32·50 (tied output layer) + one block's 12·32²
+    // weights and 9·32 biases + two LayerNorms of 2·32 each and the final one; 16 learned positions
+    // are lookups. Per token: 6·N + 12·1·32·16.
+    let n = 32.0 * 50.0 + 12.0 * 32.0 * 32.0 + 9.0 * 32.0 + 6.0 * 32.0;
+    let want = (6.0 * n + 12.0 * 32.0 * 16.0) * tps / 1e12;
+    assert!((v["tflops"].as_f64().unwrap() - want).abs() <= 1e-9 * want.max(1.0), "{v}");
+    // On the CPU the peak is the heap's: at least the weights, their gradients and AdamW's two moments.
+    assert_eq!(v["peak_source"], "heap");
+    assert!(v["peak_bytes"].as_f64().unwrap() >= 4.0 * 4.0 * (n + 16.0 * 32.0), "{v}");
+    assert_eq!(v["precision"], "fp32");
+    let bf16 = ok(&tinytune(&["bench", "--preset", "nano", "--ctx", "16", "--batch", "2", "--steps", "1", "--precision", "bf16", "--json"]));
+    assert_eq!(serde_json::from_str::<serde_json::Value>(bf16.trim()).unwrap()["precision"], "bf16");
+    fails_with(&tinytune(&["bench", "--steps", "1", "--backend", "ndarray", "--precision", "bf16"]), &["--precision", "no bf16"]);
+    fails_with(&tinytune(&["bench", "--steps", "1", "--precision", "fp8"]), &["--precision", "fp32, fp16 or bf16"]);
     fails_with(&tinytune(&["bench", "--d-model", "30", "--heads", "4", "--steps", "1"]), &["--heads"]);
 }
 

@@ -1,0 +1,81 @@
+//! Peak memory of a stretch of work, from the right source for the backend: on the CPU
+//! backends (flex, ndarray) every tensor is a heap allocation, counted by the binary's
+//! `CountingAlloc`; on the GPU backends (wgpu, cuda) tensors live in CubeCL's memory pools
+//! on the device, which report what they hold (`Device::memory_pool_usage`) and, per pool,
+//! the most pages they ever held (`Device::memory_pool_report`). docs/memory.md says what
+//! each figure includes.
+
+use burn::tensor::Device;
+use tinytune::memory::measure::{counting, current, peak, reset_peak};
+
+/// What a [`Meter`] measured.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Measured {
+    /// The highest figure reached during the stretch, above what was held at its start.
+    pub peak_bytes: u64,
+    /// Where it came from: `heap` (counted allocations) or `device` (the device's pools).
+    pub source: &'static str,
+}
+
+/// Measures the peak memory between [`Meter::start`] and [`Meter::finish`].
+pub struct Meter {
+    device: Device,
+    /// On the device: bytes reserved by the pools at the start.
+    reserved_before: Option<u64>,
+    /// On the heap: live bytes at the start.
+    heap_before: usize,
+}
+
+impl Meter {
+    /// Starts measuring on `device`: its pools on a GPU backend, the heap on the CPU.
+    pub fn start(device: &Device) -> Self {
+        let reserved_before = device_reserved(device);
+        let heap_before = current();
+        if reserved_before.is_none() {
+            reset_peak();
+        }
+        Self { device: device.clone(), reserved_before, heap_before }
+    }
+
+    /// The peak since `start`; `None` when neither source is available (a binary without
+    /// the counting allocator on a CPU backend).
+    pub fn finish(self) -> Option<Measured> {
+        match self.reserved_before {
+            // Pools only grow while in use; the high-water mark of their pages is the peak
+            // that the device had to provide (each pool's own peak, so when pools peaked at
+            // different moments their sum is an upper bound).
+            Some(before) => {
+                let _ = self.device.sync();
+                let high = self.device.memory_pool_report().map(|pools| pools.iter().map(|p| p.page_size * p.pages_peak).sum::<u64>());
+                let now = device_reserved(&self.device).unwrap_or(before);
+                Some(Measured { peak_bytes: high.unwrap_or(now).max(now).saturating_sub(before), source: "device" })
+            }
+            None => counting().then(|| Measured { peak_bytes: peak().saturating_sub(self.heap_before) as u64, source: "heap" }),
+        }
+    }
+}
+
+/// Bytes the device's memory pools hold now; `None` on a backend without pools (the CPU).
+pub fn device_reserved(device: &Device) -> Option<u64> {
+    let _ = device.sync();
+    device.memory_pool_usage().map(|u| u.bytes_reserved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On the CPU the heap is the source, and a buffer allocated inside the stretch counts.
+    #[test]
+    fn the_cpu_meter_counts_the_heap() {
+        let device = Device::flex();
+        assert_eq!(device_reserved(&device), None, "flex has no device pools");
+        let m = Meter::start(&device);
+        let v = vec![1u8; 1 << 20];
+        std::hint::black_box(&v);
+        drop(v);
+        let got = m.finish().expect("the test binary counts allocations");
+        assert_eq!(got.source, "heap");
+        assert!(got.peak_bytes >= 1 << 20, "{got:?}");
+    }
+}
