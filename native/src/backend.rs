@@ -44,6 +44,42 @@ pub fn device(backend: Backend) -> Result<Device, String> {
     }
 }
 
+/// The devices of data-parallel replicas 2..=n (`--data-parallel n`), autodiff: GPUs 1, 2, …
+/// of the chosen GPU backend (the run itself is on GPU 0). Burn's CPU backends have one
+/// device, so on flex and ndarray every replica shares it: the same arithmetic, no speed-up
+/// (useful to check a run before taking it to several GPUs).
+pub fn replica_devices(n: usize) -> Result<Vec<Device>, String> {
+    let backend = SELECTED.get().copied().unwrap_or(Backend::Flex);
+    (1..n)
+        .map(|i| match backend {
+            Backend::Flex | Backend::Ndarray => Ok(None),
+            Backend::Wgpu => wgpu_at(i).map(Some),
+            Backend::Cuda => cuda_at(i).map(Some),
+        })
+        .filter_map(Result::transpose)
+        .map(|d| d.map(|d| d.autodiff()))
+        .collect()
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu_at(i: usize) -> Result<Device, String> {
+    Ok(Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(i)))
+}
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_at(_: usize) -> Result<Device, String> {
+    Err(not_built("wgpu"))
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_at(i: usize) -> Result<Device, String> {
+    cuda()?;
+    Ok(Device::cuda(i))
+}
+#[cfg(not(feature = "cuda"))]
+fn cuda_at(_: usize) -> Result<Device, String> {
+    Err(not_built("cuda"))
+}
+
 #[cfg(feature = "flex")]
 fn flex() -> Result<Device, String> {
     Ok(Device::flex())

@@ -688,6 +688,13 @@ pub struct TrainArgs {
     /// one update: the same update with less activation memory. K must divide --batch.
     #[arg(long, default_value_t = 1)]
     pub accumulate: usize,
+    /// Data parallelism over N devices of the backend (GPUs 0..N-1): each replica computes
+    /// the gradients of --batch / N rows, the gradients are summed on the first device
+    /// weighted by their counted tokens, and one update follows: the same run as one device
+    /// with the whole batch. N × --accumulate must divide --batch. On the CPU backends the
+    /// replicas share the one CPU device.
+    #[arg(long, default_value_t = 1)]
+    pub data_parallel: usize,
     /// Gradient checkpointing: recompute the forward pass's cheap operations during the
     /// backward pass instead of keeping their outputs (same gradients, lower peak memory).
     #[arg(long)]

@@ -84,6 +84,7 @@ pub fn resolve(args: &TrainArgs, method: Method, default_data: DataSource, defau
         min_lr_ratio: args.min_lr_ratio,
         optimizer: optimizer(args)?,
         accumulate: args.accumulate,
+        data_parallel: args.data_parallel,
         checkpointing: args.checkpointing,
         eval_every: args.eval_every,
         eval_batches: args.eval_batches,
@@ -109,7 +110,14 @@ pub fn resolve(args: &TrainArgs, method: Method, default_data: DataSource, defau
 /// A trainer for `config`: on its built-in data, or on its JSON Lines file, read here
 /// (core never touches the file system), split into training and held-out examples
 /// (conversations rendered with the model's `chat` template).
-pub fn trainer(model: Gpt, tok: &TextTokenizer, chat: Option<&ChatTemplate>, mut config: TrainConfig, ad: &Device) -> Result<Trainer, String> {
+pub fn trainer(model: Gpt, tok: &TextTokenizer, chat: Option<&ChatTemplate>, config: TrainConfig, ad: &Device) -> Result<Trainer, String> {
+    let replicas = crate::backend::replica_devices(config.data_parallel)?;
+    let mut trainer = build_trainer(model, tok, chat, config, ad)?;
+    trainer.set_replica_devices(replicas);
+    Ok(trainer)
+}
+
+fn build_trainer(model: Gpt, tok: &TextTokenizer, chat: Option<&ChatTemplate>, mut config: TrainConfig, ad: &Device) -> Result<Trainer, String> {
     // Core errors name config fields; the command line shows them as its flags.
     let Some(file) = config.data_file.clone() else {
         return Trainer::new(model, tok, config, ad).map_err(crate::flags::run_error);

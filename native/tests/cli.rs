@@ -81,6 +81,23 @@ fn a_run_writes_checkpoint_metrics_and_plot_then_generates_evals_and_reports() {
     std::fs::remove_dir_all(&run).unwrap();
 }
 
+/// `--data-parallel 2` (two replicas; on the CPU they share its one device) trains to the
+/// one-replica run's losses; a batch the replicas cannot share equally is refused by flag.
+#[test]
+fn data_parallel_runs_match_one_device() {
+    let (a, b) = (tmp("dp1"), tmp("dp2"));
+    ok(&pretrain(&a, &["--steps", "4"]));
+    ok(&pretrain(&b, &["--steps", "4", "--data-parallel", "2"]));
+    let (one, two) = (step_losses(&a), step_losses(&b));
+    assert_eq!(one.len(), 4);
+    for ((_, x), (_, y)) in one.iter().zip(&two) {
+        assert!((x - y).abs() <= 1e-4, "{one:?} vs {two:?}");
+    }
+    fails_with(&pretrain(&tmp("dp3"), &["--data-parallel", "3"]), &["--data-parallel", "3 replicas", "--batch"]);
+    std::fs::remove_dir_all(&a).unwrap();
+    std::fs::remove_dir_all(&b).unwrap();
+}
+
 #[test]
 fn a_killed_run_resumes_to_the_same_losses() {
     let (a, b) = (tmp("straight"), tmp("resumed"));

@@ -128,6 +128,7 @@ impl DistillParams {
             min_lr_ratio: 0.1,
             optimizer: OptimConfig::for_kind(OptimKind::AdamW),
             accumulate: 1,
+            data_parallel: 1,
             checkpointing: false,
             eval_every: 0,
             // Every held-out example, once.

@@ -132,6 +132,7 @@ impl GrpoParams {
             min_lr_ratio: 0.1,
             optimizer: OptimConfig::for_kind(OptimKind::AdamW),
             accumulate: 1,
+            data_parallel: 1,
             checkpointing: false,
             eval_every: self.eval_every(),
             // The held-out loss on the reference answers: one batch holds every held-out row.

@@ -156,6 +156,7 @@ impl PreferenceParams {
             min_lr_ratio: 0.1,
             optimizer: OptimConfig::for_kind(OptimKind::AdamW),
             accumulate: 1,
+            data_parallel: 1,
             checkpointing: false,
             eval_every: self.eval_every(),
             eval_batches: self.eval_batches(),

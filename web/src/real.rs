@@ -80,6 +80,7 @@ impl RealModelParams {
             min_lr_ratio: 0.1,
             optimizer: OptimConfig::for_kind(OptimKind::AdamW),
             accumulate: 1,
+            data_parallel: 1,
             checkpointing: false,
             eval_every: self.eval_every(),
             eval_batches: EVAL_BATCHES,

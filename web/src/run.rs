@@ -48,6 +48,7 @@ impl TrainParams {
             min_lr_ratio: 0.1,
             optimizer: self.optimizer_config(),
             accumulate: self.accumulate,
+            data_parallel: self.data_parallel,
             checkpointing: self.checkpointing,
             eval_every: self.eval_every(),
             eval_batches: EVAL_BATCHES,
@@ -114,6 +115,9 @@ impl TrainParams {
         }
         if p.accumulate > 1 {
             label += &format!(" · {} micro-batches", p.accumulate);
+        }
+        if p.data_parallel > 1 {
+            label += &format!(" · {} replicas", p.data_parallel);
         }
         if p.checkpointing {
             label += " · checkpointing";
@@ -225,6 +229,9 @@ impl TrainParams {
         }
         if self.accumulate != 1 {
             args.extend(["--accumulate".into(), self.accumulate.to_string()]);
+        }
+        if self.data_parallel != 1 {
+            args.extend(["--data-parallel".into(), self.data_parallel.to_string()]);
         }
         if self.checkpointing {
             args.push("--checkpointing".into());

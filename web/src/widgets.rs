@@ -127,6 +127,9 @@ pub struct TrainParams {
     /// Micro-batches per update (gradient accumulation); divides `batch`.
     #[serde(default = "one")]
     pub accumulate: usize,
+    /// Data-parallel replicas (`--data-parallel`); in the page they share its one device.
+    #[serde(default = "one")]
+    pub data_parallel: usize,
     /// Gradient checkpointing.
     #[serde(default)]
     pub checkpointing: bool,
@@ -243,6 +246,7 @@ impl Default for TrainParams {
             schedule: cosine(),
             warmup: ten_percent(),
             accumulate: 1,
+            data_parallel: 1,
             checkpointing: false,
             sweep: String::new(),
         }
@@ -555,6 +559,7 @@ impl Settings for TrainParams {
             Field { key: "schedule", get: |p| p.schedule.clone(), set: |p, v| assign(&mut p.schedule, one_of(v, &["constant", "linear", "cosine"])) },
             Field { key: "warmup", get: |p| p.warmup.clone(), set: |p, v| assign(&mut p.warmup, warmup(v)) },
             Field { key: "accumulate", get: |p| p.accumulate.to_string(), set: |p, v| assign(&mut p.accumulate, int(v, 1, 64)) },
+            Field { key: "data_parallel", get: |p| p.data_parallel.to_string(), set: |p, v| assign(&mut p.data_parallel, int(v, 1, 8)) },
             Field { key: "checkpointing", get: |p| p.checkpointing.to_string(), set: |p, v| assign(&mut p.checkpointing, boolean(v)) },
             Field {
                 key: "sweep",
@@ -721,7 +726,7 @@ rank: 0",
         check("name: train\nsteps: 0", "train: steps: \"0\": must be from 1 to 2000");
         check(
             "name: train\ndepth: 4",
-            "use model, task, steps, lr, batch, seq, seed, compare, precision, loss_scale, method, adapter, bottleneck, tokens, prompt_init, encoder, last_n, rank, alpha, targets, optimizer, schedule, warmup, accumulate, checkpointing, sweep",
+            "use model, task, steps, lr, batch, seq, seed, compare, precision, loss_scale, method, adapter, bottleneck, tokens, prompt_init, encoder, last_n, rank, alpha, targets, optimizer, schedule, warmup, accumulate, data_parallel, checkpointing, sweep",
         );
         check("name: train\ntargets: q_proj,w_proj", "unknown projection \"w_proj\"; use c_attn");
         check("name: rope\nfactor: 16", "rope: factor: \"16\": must be from 2 to 8");

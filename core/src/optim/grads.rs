@@ -38,6 +38,11 @@ impl NamedGrads {
         }
     }
 
+    /// The same gradients on `device` (data parallelism gathers each replica's there).
+    pub fn to_device(self, device: &burn::tensor::Device) -> Self {
+        Self(self.0.into_iter().map(|(n, g)| (n, g.to_device(device))).collect())
+    }
+
     /// Adds `other` into `self` elementwise (gradient accumulation).
     pub fn add(&mut self, other: NamedGrads) {
         for ((a, ga), (b, gb)) in self.0.iter_mut().zip(other.0) {

@@ -134,6 +134,12 @@ pub struct TrainConfig {
     /// gradients before one update: the same update, less activation memory.
     #[serde(default = "one")]
     pub accumulate: usize,
+    /// Data parallelism: this many replicas of the model (`Trainer::replica_devices`), each
+    /// computing the gradients of its equal share of every batch's rows; the shares'
+    /// gradients, weighted by their counted tokens, are summed on the first device, which
+    /// applies the one update. The same update as one device with the whole batch.
+    #[serde(default = "one")]
+    pub data_parallel: usize,
     /// Gradient checkpointing: Burn recomputes the cheap (memory-bound) operations of the
     /// forward pass during the backward pass instead of keeping their outputs.
     #[serde(default)]
@@ -198,6 +204,7 @@ impl Default for TrainConfig {
             warmup_ratio: None,
             optimizer: OptimConfig::default(),
             accumulate: 1,
+            data_parallel: 1,
             checkpointing: false,
             eval_every: 50,
             eval_batches: 8,
@@ -274,6 +281,27 @@ impl TrainConfig {
                 format!("{} micro-batches do not divide a batch of {} rows; pick a divisor of the batch size", self.accumulate, self.batch_size),
             ));
         }
+        let shares = self.accumulate * self.data_parallel;
+        if self.data_parallel == 0 || !self.batch_size.is_multiple_of(shares) {
+            return Err(Error::config(
+                origin,
+                "data_parallel",
+                format!(
+                    "{} replicas, each taking {} micro-batch{}, cannot share a batch of {} rows equally; pick a `batch_size` that {shares} divides",
+                    self.data_parallel,
+                    self.accumulate,
+                    if self.accumulate == 1 { "" } else { "es" },
+                    self.batch_size
+                ),
+            ));
+        }
+        if self.data_parallel > 1 && matches!(self.objective, super::Objective::Distill { .. }) {
+            return Err(Error::config(
+                origin,
+                "data_parallel",
+                "distillation keeps its teacher on one device; use data_parallel 1 (accumulate splits a batch on one device)",
+            ));
+        }
         if self.optimizer.loraplus_lr_ratio.is_some() && self.method.lora().is_none() {
             return Err(Error::config(
                 origin,
@@ -288,6 +316,9 @@ impl TrainConfig {
             }
             if self.accumulate > 1 {
                 return refuse("accumulate", "computes no gradient, so there is nothing to accumulate; use accumulate 1");
+            }
+            if self.data_parallel > 1 {
+                return refuse("data_parallel", "computes no gradient, so there is nothing to average across replicas; use data_parallel 1");
             }
             if self.precision != super::precision::Precision::Fp32 {
                 return refuse("precision", "runs its forward passes in FP32 in tinytune; use precision fp32");

@@ -108,6 +108,10 @@ pub struct Trainer {
     /// A distillation run's teacher logits from earlier runs (`--teacher-cache`): rows of
     /// the data found there skip the teacher; rows that are not are added.
     pub teacher_cache: Option<super::TeacherCache>,
+    /// The devices of the replicas after the first under data parallelism
+    /// (`config.data_parallel`), autodiff like `device`; replicas without one here share
+    /// `device` (`set_replica_devices`).
+    pub replica_devices: Vec<Device>,
     /// The last rollout's metrics, reported with its step.
     rollout_metrics: std::collections::BTreeMap<String, f64>,
     clock: Option<Instant>,
@@ -272,6 +276,7 @@ impl Trainer {
             rl: None,
             teacher: None,
             teacher_cache: None,
+            replica_devices: Vec::new(),
             rollout_metrics: Default::default(),
             clock: None,
         })
@@ -315,26 +320,48 @@ impl Trainer {
         (loss, grads)
     }
 
+    /// Places data-parallel replicas 2, 3, … on `devices` (autodiff devices of the first
+    /// device's backend); replica 1 is always `device`. Those not given share `device`.
+    pub fn set_replica_devices(&mut self, devices: Vec<Device>) {
+        self.replica_devices = devices;
+    }
+
     /// [`Trainer::accumulated_gradients`] with each micro-batch's row scores (preference
     /// objectives), in row order.
+    ///
+    /// Under data parallelism the batch's rows are dealt out in equal, contiguous shares,
+    /// one per replica, each in `accumulate` micro-batches. A replica is the model forked
+    /// to its device (on the first device, the model itself); its gradients and loss come
+    /// back to the first device and are added there with their token weights: the sum is
+    /// the whole batch's gradient, as on one device. On a GPU backend the work queued on
+    /// each device runs concurrently with the others'.
     fn accumulated_scored(&self, batch: &Batch) -> (Tensor<1>, NamedGrads, Vec<Tensor<1>>) {
         let scale = self.scaler.scale();
         let k = self.config.accumulate.max(1);
-        if k == 1 {
+        let n = self.config.data_parallel.max(1);
+        if k * n == 1 {
             let (loss, grads, scores) = self.scored_gradients(batch, self.config.precision, scale);
             return (loss, grads, scores.into_iter().collect());
         }
+        let replicas: Vec<(Gpt, Device)> = (0..n)
+            .map(|r| match self.replica_devices.get(r.wrapping_sub(1)).filter(|d| r > 0 && **d != self.device) {
+                Some(d) => (self.model.clone().fork(d), d.clone()),
+                None => (self.model.clone(), self.device.clone()),
+            })
+            .collect();
         let objective = &self.config.objective;
         let total = objective.weight(batch);
         let mut acc: Option<(Tensor<1>, NamedGrads)> = None;
         let mut all_scores = Vec::new();
-        for part in batch.split(k) {
-            let share = if total > 0.0 { objective.weight(&part) / total } else { 1.0 / k as f32 };
+        for (i, part) in batch.split(k * n).into_iter().enumerate() {
+            let share = if total > 0.0 { objective.weight(&part) / total } else { 1.0 / (k * n) as f32 };
             if share == 0.0 && acc.is_some() {
                 continue; // nothing counted in these rows: no gradient to add
             }
-            let (loss, grads, scores) = self.scored_gradients(&part, self.config.precision, scale * share as f64);
-            all_scores.extend(scores);
+            let (model, device) = &replicas[i / k];
+            let (loss, grads, scores) = self.scored_gradients_on(model, device, &part, self.config.precision, scale * share as f64);
+            let (loss, grads) = if *device == self.device { (loss, grads) } else { (loss.to_device(&self.device), grads.to_device(&self.device)) };
+            all_scores.extend(scores.map(|s| s.to_device(&self.device)));
             let loss = loss.mul_scalar(share);
             acc = Some(match acc {
                 None => (loss, grads),
@@ -357,12 +384,17 @@ impl Trainer {
 
     /// [`Trainer::raw_gradients`] with the objective's row scores (preference objectives).
     fn scored_gradients(&self, batch: &Batch, precision: Precision, scale: f64) -> (Tensor<1>, NamedGrads, Option<Tensor<1>>) {
+        self.scored_gradients_on(&self.model, &self.device, batch, precision, scale)
+    }
+
+    /// [`Trainer::scored_gradients`] of `model` (the model or a replica) on `device`.
+    fn scored_gradients_on(&self, model: &Gpt, device: &Device, batch: &Batch, precision: Precision, scale: f64) -> (Tensor<1>, NamedGrads, Option<Tensor<1>>) {
         let dtype = precision.compute_dtype();
         let compute = match dtype {
-            Some(dtype) => precision::cast_model(&self.model, dtype),
-            None => self.model.clone(),
+            Some(dtype) => precision::cast_model(model, dtype),
+            None => model.clone(),
         };
-        let (loss, scores) = self.config.objective.loss_and_scores(&compute, batch, &self.device, dtype, self.teacher.as_ref());
+        let (loss, scores) = self.config.objective.loss_and_scores(&compute, batch, device, dtype, self.teacher.as_ref());
         let grads = if scale == 1.0 { loss.backward() } else { loss.clone().mul_scalar(scale).backward() };
         (loss, NamedGrads::collect(&compute, &grads), scores)
     }

@@ -274,6 +274,7 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
         ("schedule", choice("schedule", "schedule", SCHEDULES.to_vec(), move || p.get().schedule.clone(), set).into_any()),
         ("warmup", field("warmup (steps or %)", "warmup", num(|p| p.warmup.clone()), set).into_any()),
         ("accumulate", field("micro-batches (accumulate)", "accumulate", num(|p| p.accumulate.to_string()), set).into_any()),
+        ("data_parallel", field("data-parallel replicas", "data_parallel", num(|p| p.data_parallel.to_string()), set).into_any()),
         ("checkpointing", checkbox("gradient checkpointing", "checkpointing", move || p.get().checkpointing, set).into_any()),
         ("sweep", field("sweep (key=v1,v2)", "sweep", num(|p| p.sweep.clone()), set).into_any()),
         ("compare", checkbox("compare before / after", "compare", move || p.get().compare, set).into_any()),
