@@ -443,6 +443,8 @@ pub fn bench_cmd(args: BenchArgs, device: &Device) -> Result<(), String> {
         },
         ..TrainConfig::default()
     };
+    // The peak covers the whole run: weights, optimizer state and every step's work.
+    let meter = crate::devmem::Meter::start(&ad);
     let model = method.apply(Gpt::init(&config, 0, &ad), 0, &ad).map_err(crate::flags::flag_error)?;
     let trainable = tinytune::model::trainable_count(&model);
     let mut trainer = Trainer::from_datasets(model, train, data.clone(), data, &ad).map_err(|e| e.to_string())?;
@@ -452,7 +454,6 @@ pub fn bench_cmd(args: BenchArgs, device: &Device) -> Result<(), String> {
         trainer.step().map_err(|e| e.to_string())?;
         bar.inc(1);
     }
-    let meter = crate::devmem::Meter::start(&ad);
     let start = web_time::Instant::now();
     let mut last = 0.0;
     for i in 0..args.steps {
@@ -472,10 +473,13 @@ pub fn bench_cmd(args: BenchArgs, device: &Device) -> Result<(), String> {
     if args.json {
         println!(
             "{}",
-            json!({"tokens_per_s": tps, "tflops": flops / 1e12, "steps_per_s": args.steps as f64 / secs, "seconds_per_step": secs / args.steps as f64, "params": config.num_params(), "trainable": trainable, "method": method.name(), "precision": precision.name(), "d_model": config.n_embd, "layers": config.n_layer, "heads": config.n_head, "ctx": args.ctx, "batch": args.batch, "vocab": config.vocab_size, "steps": args.steps, "seconds": secs, "final_loss": last, "peak_bytes": memory.map(|m| m.peak_bytes), "peak_source": memory.map(|m| m.source)})
+            json!({"tokens_per_s": tps, "tflops": flops / 1e12, "steps_per_s": args.steps as f64 / secs, "seconds_per_step": secs / args.steps as f64, "params": config.num_params(), "trainable": trainable, "method": method.name(), "precision": precision.name(), "d_model": config.n_embd, "layers": config.n_layer, "heads": config.n_head, "ctx": args.ctx, "batch": args.batch, "vocab": config.vocab_size, "steps": args.steps, "seconds": secs, "final_loss": last, "peak_bytes": memory.map(|m| m.peak_bytes), "resting_bytes": memory.map(|m| m.resting_bytes), "peak_source": memory.map(|m| m.source)})
         );
     } else {
-        let peak = memory.map_or_else(|| "not measured".to_string(), |m| format!("{} ({})", tinytune::memory::human(m.peak_bytes), m.source));
+        let peak = memory.map_or_else(
+            || "not measured".to_string(),
+            |m| format!("{}, between steps {} ({})", tinytune::memory::human(m.peak_bytes), tinytune::memory::human(m.resting_bytes), m.source),
+        );
         println!(
             "{:.2} M params ({} trains {}, {}), batch {}×{}: {:.0} tokens/s, {:.3} TFLOP/s ({:.2} steps/s over {} timed steps, {:.1} s), peak memory {peak}",
             config.num_params() as f64 / 1e6,

@@ -13,6 +13,9 @@ use tinytune::memory::measure::{counting, current, peak, reset_peak};
 pub struct Measured {
     /// The highest figure reached during the stretch, above what was held at its start.
     pub peak_bytes: u64,
+    /// What is still held at its end, above what was held at its start: for a training run,
+    /// the memory between steps (weights, optimizer state), without the step's activations.
+    pub resting_bytes: u64,
     /// Where it came from: `heap` (counted allocations) or `device` (the device's pools).
     pub source: &'static str,
 }
@@ -22,6 +25,8 @@ pub struct Meter {
     device: Device,
     /// On the device: bytes reserved by the pools at the start.
     reserved_before: Option<u64>,
+    /// On the device: bytes its live tensors used at the start.
+    in_use_before: u64,
     /// On the heap: live bytes at the start.
     heap_before: usize,
 }
@@ -30,11 +35,12 @@ impl Meter {
     /// Starts measuring on `device`: its pools on a GPU backend, the heap on the CPU.
     pub fn start(device: &Device) -> Self {
         let reserved_before = device_reserved(device);
+        let in_use_before = device.memory_pool_usage().map_or(0, |u| u.bytes_in_use + u.bytes_padding);
         let heap_before = current();
         if reserved_before.is_none() {
             reset_peak();
         }
-        Self { device: device.clone(), reserved_before, heap_before }
+        Self { device: device.clone(), reserved_before, in_use_before, heap_before }
     }
 
     /// The peak since `start`; `None` when neither source is available (a binary without
@@ -47,10 +53,19 @@ impl Meter {
             Some(before) => {
                 let _ = self.device.sync();
                 let high = self.device.memory_pool_report().map(|pools| pools.iter().map(|p| p.page_size * p.pages_peak).sum::<u64>());
-                let now = device_reserved(&self.device).unwrap_or(before);
-                Some(Measured { peak_bytes: high.unwrap_or(now).max(now).saturating_sub(before), source: "device" })
+                let usage = self.device.memory_pool_usage().unwrap_or_default();
+                let now = usage.bytes_reserved.max(before);
+                Some(Measured {
+                    peak_bytes: high.unwrap_or(now).max(now).saturating_sub(before),
+                    resting_bytes: (usage.bytes_in_use + usage.bytes_padding).saturating_sub(self.in_use_before),
+                    source: "device",
+                })
             }
-            None => counting().then(|| Measured { peak_bytes: peak().saturating_sub(self.heap_before) as u64, source: "heap" }),
+            None => counting().then(|| Measured {
+                peak_bytes: peak().saturating_sub(self.heap_before) as u64,
+                resting_bytes: current().saturating_sub(self.heap_before) as u64,
+                source: "heap",
+            }),
         }
     }
 }
@@ -74,8 +89,11 @@ mod tests {
         let v = vec![1u8; 1 << 20];
         std::hint::black_box(&v);
         drop(v);
+        let kept = vec![1u8; 1 << 18];
         let got = m.finish().expect("the test binary counts allocations");
         assert_eq!(got.source, "heap");
         assert!(got.peak_bytes >= 1 << 20, "{got:?}");
+        assert!(got.resting_bytes >= 1 << 18 && got.resting_bytes < 1 << 20, "{got:?}");
+        drop(kept);
     }
 }
