@@ -493,6 +493,20 @@ await check("a sweep over accumulation trains twice: same losses, lower measured
   await page.close();
 });
 
+await check("lesson 5's data-parallel replicas train as one device", async () => {
+  const page = await openPage(cpu, base + "?lesson=sharding-and-offload&backend=cpu");
+  const w = page.locator("[data-widget=train]").first();
+  await setParam(w, "steps", 3);
+  await w.locator("[data-testid=train]").click();
+  const rows = await sweepRows(w, 2, 300_000);
+  console.log(`     ${JSON.stringify(rows)}`);
+  const [one, two] = rows;
+  assert(one[0].includes("micro") && two[0].includes("2 replicas"), `runs: ${one[0]} | ${two[0]}`);
+  assert(Math.abs(parseFloat(one[1]) - parseFloat(two[1])) < 1e-4, `losses should agree: ${one[1]} vs ${two[1]}`);
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
 await check("8-bit AdamW and MeZO train in the page with their measured state", async () => {
   const page = await openPage(cpu, base + "?lesson=zeroth-order&backend=cpu");
   const w = page.locator("[data-widget=train]").first();
