@@ -2,6 +2,10 @@
 //! replies routed to whichever widget asked (by run or request id). If the worker dies (a
 //! panic, out of memory), every pending request is told it failed, a fresh worker starts
 //! on the same backend choice, and the page carries on.
+//!
+//! The worker starts after the page's first frame: its wasm (Burn and the models) is
+//! fetched and compiled while the reader already sees the lesson, and messages sent before
+//! it is ready wait in a queue.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -15,7 +19,8 @@ use crate::protocol::{Ask, BackendInfo, FromWorker, RunState, ToWorker};
 type Handler = Rc<dyn Fn(FromWorker)>;
 
 struct Client {
-    worker: Worker,
+    /// None until the first frame has been drawn (`start`).
+    worker: Option<Worker>,
     next_id: u32,
     handlers: HashMap<u32, Handler>,
     /// Receives `Backend` replies and errors that belong to no widget.
@@ -53,7 +58,9 @@ fn dispatch(msg: FromWorker) {
         CLIENT.with_borrow_mut(|c| {
             if let Some(c) = c {
                 for m in c.queue.take().unwrap_or_default() {
-                    let _ = c.worker.post_message(&m);
+                    if let Some(w) = &c.worker {
+                        let _ = w.post_message(&m);
+                    }
                 }
             }
         });
@@ -74,7 +81,7 @@ fn crashed(message: String) {
         h(FromWorker::Status { run: id, state: RunState::Failed, message: why.clone() });
         h(FromWorker::Error { id, message: why.clone() });
     }
-    let old = CLIENT.with_borrow(|c| c.as_ref().map(|c| c.worker.clone()));
+    let old = CLIENT.with_borrow(|c| c.as_ref().and_then(|c| c.worker.clone()));
     if let Some(old) = old {
         old.terminate();
     }
@@ -82,7 +89,7 @@ fn crashed(message: String) {
         Ok(worker) => {
             let init = CLIENT.with_borrow_mut(|c| {
                 let c = c.as_mut()?;
-                c.worker = worker;
+                c.worker = Some(worker);
                 c.queue = Some(Vec::new());
                 c.init.clone()
             });
@@ -96,10 +103,29 @@ fn crashed(message: String) {
 }
 
 pub fn start(on_backend: impl Fn(FromWorker) + 'static) -> Result<(), String> {
-    let worker = spawn()?;
     CLIENT.with_borrow_mut(|c| {
-        *c = Some(Client { worker, next_id: 1, handlers: HashMap::new(), on_backend: Rc::new(on_backend), init: None, queue: Some(Vec::new()) })
+        *c = Some(Client { worker: None, next_id: 1, handlers: HashMap::new(), on_backend: Rc::new(on_backend), init: None, queue: Some(Vec::new()) })
     });
+    // After the first frame: the next animation frame comes before the paint, so a timer
+    // set from it fires once the page has been drawn.
+    let window = web_sys::window().ok_or("no window to start the compute worker from")?;
+    let later = Closure::once_into_js(move || {
+        let spawned = spawn();
+        match spawned {
+            Ok(worker) => CLIENT.with_borrow_mut(|c| {
+                if let Some(c) = c {
+                    c.worker = Some(worker);
+                }
+            }),
+            Err(e) => dispatch(FromWorker::Error { id: 0, message: e }),
+        }
+    });
+    let after_paint = Closure::once_into_js(move || {
+        if let Some(w) = web_sys::window() {
+            let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(later.unchecked_ref(), 0);
+        }
+    });
+    window.request_animation_frame(after_paint.unchecked_ref()).map_err(|e| format!("could not schedule the compute worker: {e:?}"))?;
     // For the end-to-end tests: `window.__tinytune_crash_worker()` makes the worker panic.
     let crash = Closure::<dyn Fn()>::new(|| send(&ToWorker::Crash));
     let _ = js_sys::Reflect::set(&js_sys::global(), &"__tinytune_crash_worker".into(), crash.as_ref());
@@ -132,7 +158,9 @@ fn post(m: JsValue) {
             match &mut c.queue {
                 Some(queue) => queue.push(m),
                 None => {
-                    let _ = c.worker.post_message(&m);
+                    if let Some(w) = &c.worker {
+                        let _ = w.post_message(&m);
+                    }
                 }
             }
         }
