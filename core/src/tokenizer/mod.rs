@@ -47,7 +47,7 @@ thread_local! {
 
 /// Runs `f`, turning a panic into `Err` without the panic message on stderr (the caller
 /// reports a clear error instead). Other threads' panics print as before.
-fn catch_quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+fn catch_quietly<T>(f: impl FnOnce() -> T) -> std::result::Result<T, Box<dyn std::any::Any + Send>> {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
