@@ -98,25 +98,33 @@ pub struct FourBitOnDevice {
 
 #[derive(Debug)]
 enum AbsmaxOnDevice {
-    Plain(Tensor<1>),
-    /// 8-bit codes, four per word, into bitsandbytes' dynamic map; one scale per 256.
-    Double {
-        codes: Tensor<1, Int>,
-        n: usize,
-        map: Tensor<1>,
-        scales: Tensor<1>,
-        offset: f32,
-    },
+    Plain(Box<Tensor<1>>),
+    Double(Box<DoubleMaxima>),
+}
+
+/// Double-quantized block maxima on the device: 8-bit codes, four per word, into
+/// bitsandbytes' dynamic map, one scale per 256 codes, and the offset.
+#[derive(Debug)]
+struct DoubleMaxima {
+    codes: Tensor<1, Int>,
+    n: usize,
+    map: Tensor<1>,
+    scales: Tensor<1>,
+    offset: f32,
 }
 
 impl FourBitOnDevice {
     pub fn new(q: &Quantized4, device: &Device) -> Self {
         let floats = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device);
         let absmax = match &q.scales {
-            Scales::Plain(a) => AbsmaxOnDevice::Plain(floats(a)),
-            Scales::Double { codes, scales, offset } => {
-                AbsmaxOnDevice::Double { codes: words(codes, device), n: codes.len(), map: floats(&dynamic_map()), scales: floats(scales), offset: *offset }
-            }
+            Scales::Plain(a) => AbsmaxOnDevice::Plain(Box::new(floats(a))),
+            Scales::Double { codes, scales, offset } => AbsmaxOnDevice::Double(Box::new(DoubleMaxima {
+                codes: words(codes, device),
+                n: codes.len(),
+                map: floats(&dynamic_map()),
+                scales: floats(scales),
+                offset: *offset,
+            })),
         };
         Self { codes: words(&q.packed, device), code: floats(&q.kind.code()), absmax, len: q.len, blocksize: q.blocksize }
     }
@@ -124,8 +132,9 @@ impl FourBitOnDevice {
     /// The block maxima in f32, `[blocks]`.
     fn absmax(&self) -> Tensor<1> {
         match &self.absmax {
-            AbsmaxOnDevice::Plain(a) => a.clone(),
-            AbsmaxOnDevice::Double { codes, n, map, scales, offset } => {
+            AbsmaxOnDevice::Plain(a) => (**a).clone(),
+            AbsmaxOnDevice::Double(d) => {
+                let DoubleMaxima { codes, n, map, scales, offset } = &**d;
                 let device = codes.device();
                 let c = unpack(codes.clone(), &[0, 8, 16, 24], 0xff, *n);
                 let which = Tensor::<1, Int>::arange(0..*n as i64, (&device, DType::I32)).div_scalar(DQ_BLOCK as i32);
