@@ -268,6 +268,9 @@ fn bench_prints_tokens_per_second_as_json() {
     // On the CPU the peak is the heap's: at least the weights, their gradients and AdamW's two moments.
     assert_eq!(v["peak_source"], "heap");
     assert!(v["peak_bytes"].as_f64().unwrap() >= 4.0 * 4.0 * (n + 16.0 * 32.0), "{v}");
+    // Between steps: at least the weights and AdamW's two moments, and less than the peak.
+    let resting = v["resting_bytes"].as_f64().unwrap();
+    assert!(resting >= 3.0 * 4.0 * (n + 16.0 * 32.0) && resting < v["peak_bytes"].as_f64().unwrap(), "{v}");
     assert_eq!(v["precision"], "fp32");
     let bf16 = ok(&tinytune(&["bench", "--preset", "nano", "--ctx", "16", "--batch", "2", "--steps", "1", "--precision", "bf16", "--json"]));
     assert_eq!(serde_json::from_str::<serde_json::Value>(bf16.trim()).unwrap()["precision"], "bf16");
