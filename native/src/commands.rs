@@ -436,11 +436,8 @@ pub fn bench_cmd(args: BenchArgs, device: &Device) -> Result<(), String> {
         optimizer: tinytune::optim::OptimConfig { clip_grad_norm: None, ..Default::default() },
         method: method.clone(),
         precision,
-        loss_scale: if precision == tinytune::train::Precision::Fp16 {
-            tinytune::train::LossScale::dynamic_every(2000)
-        } else {
-            tinytune::train::LossScale::None
-        },
+        // GradScaler's growth interval, the --scale-growth-interval default of training runs.
+        loss_scale: crate::train::loss_scale(precision, None, 2000)?,
         ..TrainConfig::default()
     };
     // The peak covers the whole run: weights, optimizer state and every step's work.

@@ -34,8 +34,10 @@ pub struct Meter {
 impl Meter {
     /// Starts measuring on `device`: its pools on a GPU backend, the heap on the CPU.
     pub fn start(device: &Device) -> Self {
-        let reserved_before = device_reserved(device);
-        let in_use_before = device.memory_pool_usage().map_or(0, |u| u.bytes_in_use + u.bytes_padding);
+        let _ = device.sync();
+        let usage = device.memory_pool_usage();
+        let reserved_before = usage.map(|u| u.bytes_reserved);
+        let in_use_before = usage.map_or(0, |u| u.bytes_in_use + u.bytes_padding);
         let heap_before = current();
         if reserved_before.is_none() {
             reset_peak();
@@ -68,10 +70,4 @@ impl Meter {
             }),
         }
     }
-}
-
-/// Bytes the device's memory pools hold now; `None` on a backend without pools (the CPU).
-pub fn device_reserved(device: &Device) -> Option<u64> {
-    let _ = device.sync();
-    device.memory_pool_usage().map(|u| u.bytes_reserved)
 }

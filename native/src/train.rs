@@ -57,12 +57,7 @@ pub fn resolve(args: &TrainArgs, method: Method, default_data: DataSource, defau
         None => (default_data, None),
     };
     let precision = args.precision.parse::<Precision>().map_err(|e| format!("--precision: {e}"))?;
-    let loss_scale = match args.loss_scale.as_deref() {
-        None if precision == Precision::Fp16 => LossScale::dynamic_every(args.scale_growth_interval),
-        None | Some("none") => LossScale::None,
-        Some("dynamic") => LossScale::dynamic_every(args.scale_growth_interval),
-        Some(v) => LossScale::Fixed { scale: v.parse().map_err(|_| format!("--loss-scale: '{v}' is not dynamic, none or a number such as 1024"))? },
-    };
+    let loss_scale = loss_scale(precision, args.loss_scale.as_deref(), args.scale_growth_interval)?;
     let warmup = args.warmup.parse::<Warmup>().map_err(|e| format!("--warmup: {e}"))?;
     let config = TrainConfig {
         data,
@@ -105,6 +100,17 @@ pub fn resolve(args: &TrainArgs, method: Method, default_data: DataSource, defau
     }
     config.validate("command line", n_positions.saturating_sub(config.method.virtual_tokens())).map_err(flag_error)?;
     Ok(config)
+}
+
+/// `--loss-scale` as given (None when not), for `precision`: dynamic scaling growing every
+/// `interval` finite steps is fp16's default, no scaling the others'.
+pub fn loss_scale(precision: Precision, given: Option<&str>, interval: usize) -> Result<LossScale, String> {
+    Ok(match given {
+        None if precision == Precision::Fp16 => LossScale::dynamic_every(interval),
+        None | Some("none") => LossScale::None,
+        Some("dynamic") => LossScale::dynamic_every(interval),
+        Some(v) => LossScale::Fixed { scale: v.parse().map_err(|_| format!("--loss-scale: '{v}' is not dynamic, none or a number such as 1024"))? },
+    })
 }
 
 /// A trainer for `config`: on its built-in data, or on its JSON Lines file, read here
