@@ -31,10 +31,14 @@ tt() { # method extra...
 pt() { "$python" scripts/bench_cpu_peer.py "$1" "${shape[@]}" "$steps" "$threads" 8 2>/dev/null | "$python" -c 'import json,sys; print(json.load(sys.stdin)["tokens_per_s"])'; }
 
 declare -A runs
-names=(tt_full tt_lora pt_full pt_lora)
+names=(tt_full tt_lora tt_full_plain tt_lora_plain pt_full pt_lora)
+lora=(--rank 8 --alpha 8 --targets c_attn,attn.c_proj,mlp.c_fc,mlp.c_proj)
 for r in $(seq "$rounds"); do
   runs[tt_full]+="$(tt full) "
-  runs[tt_lora]+="$(tt lora --rank 8 --alpha 8 --targets c_attn,attn.c_proj,mlp.c_fc,mlp.c_proj) "
+  runs[tt_lora]+="$(tt lora "${lora[@]}") "
+  # The same without the fused CPU kernels (core/src/kernels.rs): what they buy.
+  runs[tt_full_plain]+="$(TINYTUNE_FUSED=0 tt full) "
+  runs[tt_lora_plain]+="$(TINYTUNE_FUSED=0 tt lora "${lora[@]}") "
   if [ "$peer" = 1 ]; then
     runs[pt_full]+="$(pt full) "
     runs[pt_lora]+="$(pt lora) "
@@ -53,4 +57,7 @@ f=$(median "${runs[tt_full]}"); pf=$(median "${runs[pt_full]:-}")
 printf '| %-44s | %12s | %20s | %7s |\n' "full fine-tuning (AdamW)" "$f" "$pf" "$(ratio "$f" "$pf")"
 l=$(median "${runs[tt_lora]}"); pl=$(median "${runs[pt_lora]:-}")
 printf '| %-44s | %12s | %20s | %7s |\n' "LoRA r8 (c_attn, c_proj, c_fc; PyTorch + PEFT)" "$l" "$pl" "$(ratio "$l" "$pl")"
+f0=$(median "${runs[tt_full_plain]}"); l0=$(median "${runs[tt_lora_plain]}")
+printf '| %-44s | %12s | %20s | %7s |\n' "full, without fused kernels (TINYTUNE_FUSED=0)" "$f0" "$pf" "$(ratio "$f0" "$pf")"
+printf '| %-44s | %12s | %20s | %7s |\n' "LoRA, without fused kernels" "$l0" "$pl" "$(ratio "$l0" "$pl")"
 printf '| %-44s | %12s | %20s | %7s |\n' "LoRA over full fine-tuning, each side" "$(ratio "$l" "$f")" "$(ratio "$pl" "$pf" 2>/dev/null)" ""

@@ -11,6 +11,7 @@ pub mod error;
 pub mod formats;
 pub mod gguf;
 pub mod init;
+pub mod kernels;
 pub mod linalg;
 pub mod memory;
 pub mod merging;

@@ -32,6 +32,11 @@ use crate::cli::{Cli, Command};
 fn main() -> ExitCode {
     restore_sigpipe();
     keep_freed_memory();
+    // TINYTUNE_FUSED=0 runs the plain compositions instead of the fused CPU kernels (for
+    // comparing the two; tinytune::kernels).
+    if std::env::var_os("TINYTUNE_FUSED").is_some_and(|v| v == "0") {
+        tinytune::kernels::set_enabled(false);
+    }
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
     let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // What a resumed run was given besides --out and --resume (its train.json wins).

@@ -2,6 +2,7 @@
 //! the blocks) and the Llama family's (separate q/k/v/o, rotary positions applied to
 //! queries and keys, grouped-query attention, an optional sliding window).
 
+use crate::kernels::causal_softmax;
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::activation::softmax;
@@ -173,24 +174,25 @@ impl Attention {
         }
 
         // Scaled dot-product scores: [B, H, T, hs] x [B, H, hs, P+T] -> [B, H, T, P+T]
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (hs as f64).sqrt());
-        let device = scores.device();
-        // Causal mask: position i may not look at j > i. Burn's `tril_mask` is true *outside*
-        // the lower triangle, i.e. exactly where j > i (the causality test pins this down).
-        // Filling with a large negative number rather than -inf keeps a fully masked row
-        // (never produced here) finite. With a prefix of P keys, query i sees key j when
-        // j ≤ i + P: the whole prefix and its own past. A sliding window also hides the
-        // keys `window` or more tokens back.
-        let mask = match self.window {
+        let scores = q.matmul(k.swap_dims(2, 3));
+        let scale = 1.0 / (hs as f64).sqrt();
+        // Causal mask: with a prefix of P keys, query i sees key j when j ≤ i + P: the whole
+        // prefix and its own past. `causal_softmax` scales, masks and normalises in one step
+        // (one fused kernel on flex). A sliding window also hides the keys `window` or more
+        // tokens back; that mask is built and filled with a large negative number rather than
+        // -inf, which keeps a fully masked row (never produced here) finite.
+        let probs = match self.window {
             Some(w) if w < p + t => {
                 // Query i stands at position p + i, key j at j.
+                let device = scores.device();
                 let masked: Vec<bool> = (0..t).flat_map(|i| (0..p + t).map(move |j| j > p + i || p + i - j >= w)).collect();
-                Tensor::<2, Bool>::from_data(TensorData::new(masked, [t, p + t]), &device)
+                let mask = Tensor::<2, Bool>::from_data(TensorData::new(masked, [t, p + t]), &device);
+                let scores = scores.mul_scalar(scale).mask_fill(mask.reshape([1, 1, t, p + t]).expand([b, nh, t, p + t]), -1.0e9);
+                softmax(scores, 3)
             }
-            _ => Tensor::<2, Bool>::tril_mask([t, p + t], p as i64, &device),
+            _ => causal_softmax(scores, scale, p),
         };
-        let scores = scores.mask_fill(mask.reshape([1, 1, t, p + t]).expand([b, nh, t, p + t]), -1.0e9);
-        let probs = self.attn_dropout.forward(softmax(scores, 3));
+        let probs = self.attn_dropout.forward(probs);
 
         let y = probs.matmul(v); // [B, H, T, hs]
         let y = y.swap_dims(1, 2).reshape([b, t, nh * hs]); // [B, T, H·hs]

@@ -4,7 +4,7 @@
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::activation::{sigmoid, silu};
+use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
 use super::attention::{Attention, RopeTables};
@@ -67,20 +67,8 @@ impl Mlp {
     }
 }
 
-/// GPT-2's GELU, the tanh approximation ("gelu_new"):
-/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
-///
-/// Written as `x · sigmoid(2·√(2/π)·(x + 0.044715·x³))`, which is the same function
-/// (`0.5·(1 + tanh z) = sigmoid(2z)`), with x³ as two multiplications. On flex this runs
-/// forward and backward 2.6× faster than `burn::tensor::activation::gelu_approximate`,
-/// whose `powf` dominates an MLP step (measured with `native/examples/op_profile.rs`).
-/// The exact erf GELU would make logits differ from transformers' GPT-2 by ~1e-3.
-pub fn gelu_new<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    let c = 2.0 * (2.0 / std::f64::consts::PI).sqrt();
-    let cubic = x.clone() * x.clone() * x.clone();
-    let inner = (x.clone() + cubic.mul_scalar(0.044715)).mul_scalar(c);
-    x * sigmoid(inner)
-}
+/// GPT-2's GELU ("gelu_new"); see [`crate::kernels::gelu_new`], which fuses it on flex.
+pub use crate::kernels::gelu_new;
 
 #[cfg(test)]
 mod tests {

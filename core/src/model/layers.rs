@@ -33,9 +33,8 @@ impl LayerNorm {
     /// `[..., C] -> [..., C]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match &self.bias {
-            // Burn's fused layer_norm op: one pass on backends that implement it, and a
-            // differentiable composition elsewhere.
-            Some(bias) => burn::tensor::module::layer_norm(x, self.weight.val(), Some(bias.val()), self.eps),
+            // One fused kernel on flex; Burn's layer_norm op elsewhere.
+            Some(bias) => crate::kernels::layer_norm(x, self.weight.val(), bias.val(), self.eps),
             None => {
                 // x / sqrt(mean(x²) + ε) · g, as transformers' LlamaRMSNorm (in f32).
                 let ms = (x.clone() * x.clone()).mean_dim(D - 1).add_scalar(self.eps);

@@ -7,7 +7,6 @@
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor};
 
 use super::attention::RopeTables;
@@ -262,9 +261,7 @@ impl Gpt {
     /// # Shapes
     /// logits `[B, T, V]`, targets `[B, T]`, weights `[B, T]` -> `[1]`
     pub fn loss(logits: Tensor<3>, targets: Tensor<2, Int>, weights: Tensor<2>, weight_sum: f32) -> Tensor<1> {
-        let [b, t, _] = logits.dims();
-        let logp = log_softmax(logits, 2);
-        let picked = logp.gather(2, targets.reshape([b, t, 1])).reshape([b, t]); // [B, T]
+        let picked = crate::kernels::token_log_probs(logits, targets); // [B, T]
         (picked * weights).sum().neg().div_scalar(weight_sum.max(1.0))
     }
 }

@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use burn::tensor::activation::{log_sigmoid, log_softmax, relu, sigmoid};
+use burn::tensor::activation::{log_sigmoid, relu, sigmoid};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -591,7 +591,7 @@ fn grpo_loss(
     let logits = model.forward(inputs); // [B, T, V]
     let logits = if compute.is_some() { logits.cast(DType::F32) } else { logits };
     let logits = if temperature != 1.0 { logits.div_scalar(temperature) } else { logits };
-    let logp = log_softmax(logits, 2).gather(2, targets.reshape([b, t, 1])).reshape([b, t]);
+    let logp = crate::kernels::token_log_probs(logits, targets);
     // One update per rollout: the sampling policy is this policy, detached.
     let ratio = (logp.clone() - logp.clone().detach()).exp();
     let adv = Tensor::<1>::from_data(TensorData::new(batch.advantages.clone(), [b]), device).reshape([b, 1]);
@@ -673,7 +673,7 @@ pub fn sequence_logps(model: &Gpt, batch: &Batch, device: &Device, compute: Opti
     let logits = if compute.is_some() { logits.cast(DType::F32) } else { logits };
     let [b, t, _] = logits.dims();
     let mean_logits = logits_too.then(|| (logits.clone().mean_dim(2).reshape([b, t]) * weights.clone()).sum_dim(1).reshape([b]));
-    let logp = log_softmax(logits, 2).gather(2, targets.reshape([b, t, 1])).reshape([b, t]);
+    let logp = crate::kernels::token_log_probs(logits, targets);
     let whole = (batch.lens.len() == b).then(|| {
         let mask = Tensor::<2>::from_data(TensorData::new(batch.sequence_mask(), [b, t]), device);
         (logp.clone() * mask).sum_dim(1).reshape([b])

@@ -518,7 +518,7 @@ impl Trainer {
         };
         let logits = reference.forward(inputs).div_scalar(temperature);
         let [b, t, _] = logits.dims();
-        Some(burn::tensor::activation::log_softmax(logits, 2).gather(2, targets.reshape([b, t, 1])).reshape([b * t]))
+        Some(crate::kernels::token_log_probs(logits, targets).reshape([b * t]))
     }
 
     /// Keeps a rollout's groups and metrics for the step's event and returns its batch.

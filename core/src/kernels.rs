@@ -1,0 +1,574 @@
+//! Fused operations: the model's three elementwise-heavy steps, each as one pass forward and
+//! one pass backward.
+//!
+//! Under autodiff, Burn runs a softmax as five operations, a LayerNorm as nine, (max, subtract, exp, sum, divide)
+//! and keeps what each needs for its backward pass; GPT-2's GELU is six; the cross-entropy's
+//! log-softmax is six more and a gather. On the CPU those passes over memory cost as much as
+//! the matrix products. Each function here is the same mathematics as a plain composition of
+//! Burn operations (the `*_plain` twin beside it, which the tests compare against, values and
+//! gradients within 1e-5), run as a single row-wise kernel with a hand-written backward pass:
+//!
+//! - [`causal_softmax`]: attention's scaled, causally masked softmax. The mask is never built;
+//!   each row stops at its last visible key. Backward: `scale · p ⊙ (g − Σ p g)` from the saved
+//!   probabilities.
+//! - [`gelu_new`]: GPT-2's tanh GELU. Backward from the saved input.
+//! - [`layer_norm`]: GPT-2's LayerNorm, its three gradients (input, weight, bias) from the
+//!   saved input.
+//! - [`token_log_probs`]: `log_softmax(logits)` at the target tokens, without materialising the
+//!   log-probabilities of the whole vocabulary. Backward: `g · (onehot − softmax)`.
+//!
+//! The kernels exist for the flex backend (with the `fused` feature; the `rayon` feature splits
+//! their rows across threads), in f32. Any other backend or precision, and any run with
+//! [`set_enabled`]`(false)` (`TINYTUNE_FUSED=0` for the binary), takes the plain composition,
+//! so a result never depends on which path ran beyond rounding.
+
+use burn::tensor::activation::{log_softmax, sigmoid, softmax};
+use burn::tensor::{Bool, Int, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the fused kernels on or off for the whole process (on by default). Off, every
+/// operation here runs its plain composition: for measuring what the kernels buy, and as a
+/// way around them should one ever be suspected.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether an operation on `t` takes a fused kernel: the kernels are compiled in and enabled,
+/// and `t` is an f32 tensor on flex (with or without autodiff).
+pub fn fused_for<const D: usize>(t: &Tensor<D>) -> bool {
+    #[cfg(feature = "fused")]
+    {
+        ENABLED.load(Ordering::Relaxed)
+            && t.dtype() == burn::tensor::DType::F32
+            && matches!(t.device().inner().as_dispatch(), burn::backend::DispatchDevice::Flex(_))
+    }
+    #[cfg(not(feature = "fused"))]
+    {
+        let _ = t;
+        false
+    }
+}
+
+/// `softmax(scale · scores)` over the last dimension with query i (the second-to-last
+/// dimension) seeing keys `0..=i + offset` only: causal attention over `offset` earlier
+/// positions (a prefix or a cache) and its own past. Masked positions get probability 0.
+///
+/// # Shapes
+/// `[B, H, T, offset + T] -> [B, H, T, offset + T]`
+pub fn causal_softmax(scores: Tensor<4>, scale: f64, offset: usize) -> Tensor<4> {
+    if fused_for(&scores) {
+        #[cfg(feature = "fused")]
+        return flex::causal_softmax(scores, scale as f32, offset);
+    }
+    causal_softmax_plain(scores, scale, offset)
+}
+
+/// [`causal_softmax`] as Burn operations: scale, fill the hidden keys with −10⁹ (not −∞, so a
+/// fully masked row would stay finite), softmax.
+pub fn causal_softmax_plain(scores: Tensor<4>, scale: f64, offset: usize) -> Tensor<4> {
+    let [b, h, t, n] = scores.dims();
+    let scores = scores.mul_scalar(scale);
+    // Burn's `tril_mask` is true *outside* the lower triangle shifted by `offset`, i.e. exactly
+    // where key j > i + offset (the causality tests pin this down).
+    let mask = Tensor::<2, Bool>::tril_mask([t, n], offset as i64, &scores.device());
+    softmax(scores.mask_fill(mask.reshape([1, 1, t, n]).expand([b, h, t, n]), -1.0e9), 3)
+}
+
+/// GPT-2's GELU, the tanh approximation ("gelu_new"):
+/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, which is `x · sigmoid(2·√(2/π)·(x + 0.044715·x³))`.
+/// The exact erf GELU would make logits differ from transformers' GPT-2 by ~1e-3.
+pub fn gelu_new<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if fused_for(&x) {
+        #[cfg(feature = "fused")]
+        return flex::gelu_new(x);
+    }
+    gelu_new_plain(x)
+}
+
+/// [`gelu_new`] as Burn operations, in the sigmoid form with x³ as two multiplications (on flex
+/// 2.6× faster forward and backward than `gelu_approximate`, whose `powf` dominated an MLP
+/// step; `native/examples/op_profile.rs`).
+pub fn gelu_new_plain<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let cubic = x.clone() * x.clone() * x.clone();
+    let inner = (x.clone() + cubic.mul_scalar(GELU_A as f64)).mul_scalar(GELU_2C as f64);
+    x * sigmoid(inner)
+}
+
+/// 0.044715, GPT-2's cubic coefficient.
+const GELU_A: f32 = 0.044715;
+/// 2·√(2/π): the tanh form's √(2/π), doubled by `0.5·(1 + tanh z) = sigmoid(2z)`.
+const GELU_2C: f32 = (2.0 * 0.797_884_560_802_865_4) as f32;
+
+/// The log-probability of each target token: `log_softmax(logits)` over the vocabulary, read
+/// at `targets`.
+///
+/// # Shapes
+/// logits `[B, T, V]`, targets `[B, T]` -> `[B, T]`
+pub fn token_log_probs(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<2> {
+    if fused_for(&logits) {
+        #[cfg(feature = "fused")]
+        return flex::token_log_probs(logits, targets);
+    }
+    token_log_probs_plain(logits, targets)
+}
+
+/// [`token_log_probs`] as Burn operations: log-softmax, then gather.
+pub fn token_log_probs_plain(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<2> {
+    let [b, t, _] = logits.dims();
+    log_softmax(logits, 2).gather(2, targets.reshape([b, t, 1])).reshape([b, t])
+}
+
+/// LayerNorm over the last dimension: `(x − mean) / √(var + ε) · weight + bias`, the variance
+/// biased (as PyTorch's and Burn's).
+///
+/// # Shapes
+/// x `[..., C]`, weight and bias `[C]` -> `[..., C]`
+pub fn layer_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, bias: Tensor<1>, eps: f64) -> Tensor<D> {
+    if fused_for(&x) && fused_for(&weight) && fused_for(&bias) {
+        #[cfg(feature = "fused")]
+        return flex::layer_norm(x, weight, bias, eps);
+    }
+    layer_norm_plain(x, weight, bias, eps)
+}
+
+/// [`layer_norm`] as Burn's `layer_norm` module operation (one pass on backends that implement
+/// it; a differentiable composition under autodiff).
+pub fn layer_norm_plain<const D: usize>(x: Tensor<D>, weight: Tensor<1>, bias: Tensor<1>, eps: f64) -> Tensor<D> {
+    burn::tensor::module::layer_norm(x, weight, Some(bias), eps)
+}
+
+#[allow(dead_code)] // used by the kernels, which only the `fused` feature compiles
+fn sigmoid_f32(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// The flex kernels behind a Burn backend extension, and their autodiff.
+#[cfg(feature = "fused")]
+mod flex {
+    use super::{GELU_2C, GELU_A, sigmoid_f32};
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+    use burn::backend::flex::FlexTensor;
+    use burn::backend::tensor::{FloatTensor, IntTensor};
+    use burn::backend::{Autodiff, AutodiffBackend, Backend, Dispatch, Flex, backend_extension};
+    use burn::tensor::{DType, Int, Shape, Tensor, TensorData};
+
+    #[backend_extension(Flex, Autodiff)]
+    pub trait Fused: Backend {
+        fn causal_softmax(x: FloatTensor<Self>, scale: f32, offset: usize) -> FloatTensor<Self>;
+        fn causal_softmax_backward(probs: FloatTensor<Self>, grad: FloatTensor<Self>, scale: f32) -> FloatTensor<Self>;
+        fn gelu_new(x: FloatTensor<Self>) -> FloatTensor<Self>;
+        fn gelu_new_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+        fn token_log_probs(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self>;
+        fn token_log_probs_backward(logits: FloatTensor<Self>, targets: IntTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+        fn fused_layer_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
+        fn layer_norm_backward_input(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
+        fn layer_norm_backward_weight(x: FloatTensor<Self>, grad: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
+        fn layer_norm_backward_bias(grad: FloatTensor<Self>) -> FloatTensor<Self>;
+    }
+
+    pub fn causal_softmax(scores: Tensor<4>, scale: f32, offset: usize) -> Tensor<4> {
+        Tensor::from_dispatch(<Dispatch as Fused>::causal_softmax(scores.into_dispatch(), scale, offset))
+    }
+
+    pub fn gelu_new<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+        Tensor::from_dispatch(<Dispatch as Fused>::gelu_new(x.into_dispatch()))
+    }
+
+    pub fn token_log_probs(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<2> {
+        Tensor::from_dispatch(<Dispatch as Fused>::token_log_probs(logits.into_dispatch(), targets.into_dispatch()))
+    }
+
+    pub fn layer_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, bias: Tensor<1>, eps: f64) -> Tensor<D> {
+        Tensor::from_dispatch(<Dispatch as Fused>::fused_layer_norm(x.into_dispatch(), weight.into_dispatch(), bias.into_dispatch(), eps))
+    }
+
+    // ---- flex: the kernels, over contiguous f32 rows ----
+
+    /// A row's mean and 1/√(biased variance + ε), as Burn's layer_norm computes them.
+    fn moments(row: &[f32], eps: f64) -> (f32, f32) {
+        let n = row.len() as f32;
+        let mean = row.iter().sum::<f32>() / n;
+        let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        (mean, 1.0 / (var + eps as f32).sqrt())
+    }
+
+    /// Column sums of `f(row index, row)` over a `[rows, n]` matrix, rows split across
+    /// threads with `rayon` (partial sums added in task order).
+    fn column_sums(rows_n: usize, n: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
+        let per_task = (16_384 / n.max(1)).max(1);
+        let tasks = rows_n.div_ceil(per_task);
+        let task = |k: usize| {
+            let mut acc = vec![0.0f32; n];
+            for r in k * per_task..((k + 1) * per_task).min(rows_n) {
+                f(r, &mut acc);
+            }
+            acc
+        };
+        #[cfg(feature = "rayon")]
+        let parts: Vec<Vec<f32>> = {
+            use rayon::prelude::*;
+            (0..tasks).into_par_iter().map(task).collect()
+        };
+        #[cfg(not(feature = "rayon"))]
+        let parts: Vec<Vec<f32>> = (0..tasks).map(task).collect();
+        let mut sum = vec![0.0f32; n];
+        for p in parts {
+            sum.iter_mut().zip(p).for_each(|(s, p)| *s += p);
+        }
+        sum
+    }
+
+    /// A contiguous copy when `t` is strided (a view), else `t` itself.
+    fn dense(t: FlexTensor) -> FlexTensor {
+        if t.layout().contiguous_offsets().is_some() { t } else { t.to_contiguous() }
+    }
+
+    fn values(t: &FlexTensor) -> &[f32] {
+        let (start, end) = t.layout().contiguous_offsets().expect("a dense tensor");
+        &t.storage::<f32>()[start..end]
+    }
+
+    fn shape(t: &FlexTensor) -> Shape {
+        t.layout().shape().clone()
+    }
+
+    fn build(v: Vec<f32>, shape: Shape) -> FlexTensor {
+        FlexTensor::from_data(TensorData::new(v, shape))
+    }
+
+    /// Token ids as indices; an id outside `0..n` becomes `usize::MAX` (its row's result is NaN).
+    fn indices(t: FlexTensor, n: usize) -> Vec<usize> {
+        let t = dense(t);
+        let (start, end) = t.layout().contiguous_offsets().expect("a dense tensor");
+        let ok = |i: i64| if (0..n as i64).contains(&i) { i as usize } else { usize::MAX };
+        match t.dtype() {
+            DType::I64 => t.storage::<i64>()[start..end].iter().map(|&i| ok(i)).collect(),
+            DType::I32 => t.storage::<i32>()[start..end].iter().map(|&i| ok(i as i64)).collect(),
+            DType::U32 => t.storage::<u32>()[start..end].iter().map(|&i| ok(i as i64)).collect(),
+            DType::U64 => t.storage::<u64>()[start..end].iter().map(|&i| ok(i.min(i64::MAX as u64) as i64)).collect(),
+            other => panic!("token ids of type {other:?}; tinytune makes them i64 or i32"),
+        }
+    }
+
+    /// Runs `f(row index, output row)` over `out`'s rows of `n`, across threads with `rayon`;
+    /// `cost` is a row's work in elements, so that each task gets enough of it.
+    fn rows(out: &mut [f32], n: usize, cost: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+        if n == 0 {
+            return;
+        }
+        #[cfg(feature = "rayon")]
+        {
+            use rayon::prelude::*;
+            // Enough work per task that scheduling stays small beside it.
+            let per_task = (16_384 / cost.max(1)).max(1);
+            out.par_chunks_mut(n * per_task).enumerate().for_each(|(c, chunk)| {
+                for (k, row) in chunk.chunks_mut(n).enumerate() {
+                    f(c * per_task + k, row)
+                }
+            });
+        }
+        #[cfg(not(feature = "rayon"))]
+        let _ = cost;
+        #[cfg(not(feature = "rayon"))]
+        for (r, row) in out.chunks_mut(n).enumerate() {
+            f(r, row)
+        }
+    }
+
+    impl Fused for Flex {
+        fn causal_softmax(x: FloatTensor<Self>, scale: f32, offset: usize) -> FloatTensor<Self> {
+            let x = dense(x);
+            let dims = shape(&x);
+            let (t, n) = (dims[dims.num_dims() - 2], dims[dims.num_dims() - 1]);
+            let input = values(&x);
+            let mut out = vec![0.0f32; input.len()];
+            rows(&mut out, n, n, |r, o| {
+                let visible = (r % t + offset + 1).min(n);
+                let row = &input[r * n..r * n + visible];
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
+                let mut sum = 0.0f32;
+                for (o, &v) in o.iter_mut().zip(row) {
+                    *o = (v * scale - max).exp();
+                    sum += *o;
+                }
+                let inv = 1.0 / sum;
+                o[..visible].iter_mut().for_each(|o| *o *= inv);
+            });
+            build(out, dims)
+        }
+
+        fn causal_softmax_backward(probs: FloatTensor<Self>, grad: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
+            let (p, g) = (dense(probs), dense(grad));
+            let dims = shape(&p);
+            let n = dims[dims.num_dims() - 1];
+            let (pv, gv) = (values(&p), values(&g));
+            let mut out = vec![0.0f32; pv.len()];
+            rows(&mut out, n, n, |r, o| {
+                let (p, g) = (&pv[r * n..(r + 1) * n], &gv[r * n..(r + 1) * n]);
+                let dot: f32 = p.iter().zip(g).map(|(p, g)| p * g).sum();
+                for ((o, &p), &g) in o.iter_mut().zip(p).zip(g) {
+                    *o = scale * p * (g - dot);
+                }
+            });
+            build(out, dims)
+        }
+
+        fn gelu_new(x: FloatTensor<Self>) -> FloatTensor<Self> {
+            let x = dense(x);
+            let dims = shape(&x);
+            let input = values(&x);
+            let mut out = vec![0.0f32; input.len()];
+            rows(&mut out, 4096.min(input.len()), 4096, |r, o| {
+                for (o, &x) in o.iter_mut().zip(&input[r * 4096..]) {
+                    *o = x * sigmoid_f32(GELU_2C * (x + GELU_A * x * x * x));
+                }
+            });
+            build(out, dims)
+        }
+
+        fn gelu_new_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+            let (x, g) = (dense(x), dense(grad));
+            let dims = shape(&x);
+            let (xv, gv) = (values(&x), values(&g));
+            let mut out = vec![0.0f32; xv.len()];
+            rows(&mut out, 4096.min(xv.len()), 4096, |r, o| {
+                for ((o, &x), &g) in o.iter_mut().zip(&xv[r * 4096..]).zip(&gv[r * 4096..]) {
+                    let s = sigmoid_f32(GELU_2C * (x + GELU_A * x * x * x));
+                    *o = g * (s + x * s * (1.0 - s) * GELU_2C * (1.0 + 3.0 * GELU_A * x * x));
+                }
+            });
+            build(out, dims)
+        }
+
+        fn token_log_probs(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
+            let x = dense(logits);
+            let dims = shape(&x);
+            let n = dims[dims.num_dims() - 1];
+            let picked = indices(targets, n);
+            let input = values(&x);
+            let mut out = vec![0.0f32; picked.len()];
+            // One output per row: rows of one.
+            rows(&mut out, 1, n, |r, o| {
+                let row = &input[r * n..(r + 1) * n];
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let lse = row.iter().map(|&v| (v - max).exp()).sum::<f32>().ln();
+                o[0] = match row.get(picked[r]) {
+                    Some(&v) => (v - max) - lse,
+                    None => f32::NAN,
+                };
+            });
+            build(out, (0..dims.num_dims() - 1).map(|i| dims[i]).collect::<Vec<_>>().into())
+        }
+
+        fn token_log_probs_backward(logits: FloatTensor<Self>, targets: IntTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+            let (x, g) = (dense(logits), dense(grad));
+            let dims = shape(&x);
+            let n = dims[dims.num_dims() - 1];
+            let picked = indices(targets, n);
+            let (input, gv) = (values(&x), values(&g));
+            let mut out = vec![0.0f32; input.len()];
+            rows(&mut out, n, n, |r, o| {
+                let row = &input[r * n..(r + 1) * n];
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let lse = row.iter().map(|&v| (v - max).exp()).sum::<f32>().ln();
+                let g = gv[r];
+                for (o, &v) in o.iter_mut().zip(row) {
+                    *o = -g * (v - max - lse).exp();
+                }
+                if let Some(o) = o.get_mut(picked[r]) {
+                    *o += g;
+                }
+            });
+            build(out, dims)
+        }
+
+        fn fused_layer_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+            let (x, w, b) = (dense(x), dense(weight), dense(bias));
+            let dims = shape(&x);
+            let n = dims[dims.num_dims() - 1];
+            let (input, w, b) = (values(&x), values(&w), values(&b));
+            let mut out = vec![0.0f32; input.len()];
+            rows(&mut out, n, n, |r, o| {
+                let row = &input[r * n..(r + 1) * n];
+                let (mean, inv) = moments(row, eps);
+                for (((o, &v), &w), &b) in o.iter_mut().zip(row).zip(w).zip(b) {
+                    *o = (v - mean) * inv * w + b;
+                }
+            });
+            build(out, dims)
+        }
+
+        fn layer_norm_backward_input(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+            let (x, w, g) = (dense(x), dense(weight), dense(grad));
+            let dims = shape(&x);
+            let n = dims[dims.num_dims() - 1];
+            let (input, w, gv) = (values(&x), values(&w), values(&g));
+            let mut out = vec![0.0f32; input.len()];
+            rows(&mut out, n, 2 * n, |r, o| {
+                let (row, g) = (&input[r * n..(r + 1) * n], &gv[r * n..(r + 1) * n]);
+                let (mean, inv) = moments(row, eps);
+                // With x̂ = (x − μ)/σ and ĝ = g ⊙ w: dx = (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂)) / σ.
+                let (mut sum_g, mut sum_gx) = (0.0f32, 0.0f32);
+                for ((&v, &g), &w) in row.iter().zip(g).zip(w) {
+                    sum_g += g * w;
+                    sum_gx += g * w * (v - mean) * inv;
+                }
+                let (mean_g, mean_gx) = (sum_g / n as f32, sum_gx / n as f32);
+                for (((o, &v), &g), &w) in o.iter_mut().zip(row).zip(g).zip(w) {
+                    *o = (g * w - mean_g - (v - mean) * inv * mean_gx) * inv;
+                }
+            });
+            build(out, dims)
+        }
+
+        fn layer_norm_backward_weight(x: FloatTensor<Self>, grad: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+            let (x, g) = (dense(x), dense(grad));
+            let dims = shape(&x);
+            let n = dims[dims.num_dims() - 1];
+            let (input, gv) = (values(&x), values(&g));
+            let sums = column_sums(input.len() / n.max(1), n, |r, acc| {
+                let (row, g) = (&input[r * n..(r + 1) * n], &gv[r * n..(r + 1) * n]);
+                let (mean, inv) = moments(row, eps);
+                for ((a, &v), &g) in acc.iter_mut().zip(row).zip(g) {
+                    *a += g * (v - mean) * inv;
+                }
+            });
+            build(sums, vec![n].into())
+        }
+
+        fn layer_norm_backward_bias(grad: FloatTensor<Self>) -> FloatTensor<Self> {
+            let g = dense(grad);
+            let dims = shape(&g);
+            let n = dims[dims.num_dims() - 1];
+            let gv = values(&g);
+            let sums = column_sums(gv.len() / n.max(1), n, |r, acc| acc.iter_mut().zip(&gv[r * n..(r + 1) * n]).for_each(|(a, &g)| *a += g));
+            build(sums, vec![n].into())
+        }
+    }
+
+    // ---- autodiff: each forward kernel records its backward kernel ----
+
+    impl<B: Fused, C: CheckpointStrategy> Fused for Autodiff<B, C> {
+        fn causal_softmax(x: FloatTensor<Self>, scale: f32, offset: usize) -> FloatTensor<Self> {
+            #[derive(Debug)]
+            struct CausalSoftmax;
+            impl<B: Fused> Backward<B, 1> for CausalSoftmax {
+                type State = (B::FloatTensorPrimitive, f32);
+                fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+                    let (probs, scale) = ops.state;
+                    unary::<B, _>(ops.parents, ops.node, grads, |g| B::causal_softmax_backward(probs, g, scale));
+                }
+            }
+            let (x, node) = x.into_parts();
+            match CausalSoftmax.prepare::<C>([node]).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => {
+                    let p = B::causal_softmax(x, scale, offset);
+                    prep.finish((p.clone(), scale), p)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(B::causal_softmax(x, scale, offset)),
+            }
+        }
+
+        fn gelu_new(x: FloatTensor<Self>) -> FloatTensor<Self> {
+            #[derive(Debug)]
+            struct GeluNew;
+            impl<B: Fused> Backward<B, 1> for GeluNew {
+                type State = B::FloatTensorPrimitive;
+                fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+                    let x = ops.state;
+                    unary::<B, _>(ops.parents, ops.node, grads, |g| B::gelu_new_backward(x, g));
+                }
+            }
+            let (x, node) = x.into_parts();
+            match GeluNew.prepare::<C>([node]).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => {
+                    let y = B::gelu_new(x.clone());
+                    prep.finish(x, y)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(B::gelu_new(x)),
+            }
+        }
+
+        fn token_log_probs(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
+            #[derive(Debug)]
+            struct TokenLogProbs;
+            impl<B: Fused> Backward<B, 1> for TokenLogProbs {
+                type State = (B::FloatTensorPrimitive, B::IntTensorPrimitive);
+                fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+                    let (logits, targets) = ops.state;
+                    unary::<B, _>(ops.parents, ops.node, grads, |g| B::token_log_probs_backward(logits, targets, g));
+                }
+            }
+            let (x, node) = logits.into_parts();
+            match TokenLogProbs.prepare::<C>([node]).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => {
+                    let y = B::token_log_probs(x.clone(), targets.clone());
+                    prep.finish((x, targets), y)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(B::token_log_probs(x, targets)),
+            }
+        }
+
+        fn fused_layer_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+            #[derive(Debug)]
+            struct LayerNorm;
+            impl<B: Fused> Backward<B, 3> for LayerNorm {
+                type State = (B::FloatTensorPrimitive, B::FloatTensorPrimitive, f64);
+                fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+                    let (x, w, eps) = ops.state;
+                    let g = grads.consume::<B>(&ops.node);
+                    let [px, pw, pb] = ops.parents;
+                    if let Some(p) = pb {
+                        grads.register::<B>(p.id, B::layer_norm_backward_bias(g.clone()));
+                    }
+                    if let Some(p) = pw {
+                        grads.register::<B>(p.id, B::layer_norm_backward_weight(x.clone(), g.clone(), eps));
+                    }
+                    if let Some(p) = px {
+                        grads.register::<B>(p.id, B::layer_norm_backward_input(x, w, g, eps));
+                    }
+                }
+            }
+            let (x, nx) = x.into_parts();
+            let (w, nw) = weight.into_parts();
+            let (b, nb) = bias.into_parts();
+            match LayerNorm.prepare::<C>([nx, nw, nb]).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => {
+                    let y = B::fused_layer_norm(x.clone(), w.clone(), b, eps);
+                    prep.finish((x, w, eps), y)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(B::fused_layer_norm(x, w, b, eps)),
+            }
+        }
+
+        // The backward kernels take part in no graph themselves (no second derivatives).
+        fn layer_norm_backward_input(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+            Self::from_inner(B::layer_norm_backward_input(Self::inner(x), Self::inner(weight), Self::inner(grad), eps))
+        }
+
+        fn layer_norm_backward_weight(x: FloatTensor<Self>, grad: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+            Self::from_inner(B::layer_norm_backward_weight(Self::inner(x), Self::inner(grad), eps))
+        }
+
+        fn layer_norm_backward_bias(grad: FloatTensor<Self>) -> FloatTensor<Self> {
+            Self::from_inner(B::layer_norm_backward_bias(Self::inner(grad)))
+        }
+
+        fn causal_softmax_backward(probs: FloatTensor<Self>, grad: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
+            Self::from_inner(B::causal_softmax_backward(Self::inner(probs), Self::inner(grad), scale))
+        }
+
+        fn gelu_new_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+            Self::from_inner(B::gelu_new_backward(Self::inner(x), Self::inner(grad)))
+        }
+
+        fn token_log_probs_backward(logits: FloatTensor<Self>, targets: IntTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+            Self::from_inner(B::token_log_probs_backward(Self::inner(logits), targets, Self::inner(grad)))
+        }
+    }
+}
