@@ -6,7 +6,14 @@
 //     tokens, the configuration `tinytune finetune --model assets/micro --data sentiment`
 //     repeats natively).
 //
-//   node tests/e2e/bench.mjs [dist-folder] [--quick]   (build first: trunk build --release)
+//   node tests/e2e/bench.mjs [dist-folder] [--quick] [--backends cpu,webgpu] [--gpu]
+//   (build first: trunk build --release)
+//
+// --backends: which of the page's backends train (default cpu). webgpu without --gpu runs on
+// SwiftShader, Chromium's software Vulkan (what CI has): a regression figure, not a GPU's
+// speed. --gpu launches Chromium with its GPU (no --disable-gpu, no SwiftShader): run it on a
+// machine with a graphics card and a display or a headless-capable driver to get WebGPU's
+// figures beside the CPU's, in one table at the end.
 //
 // --quick (or BENCH_QUICK=1): one page load and one micro run of a few steps, for
 // scripts/test.sh. Either way the script exits non-zero when it cannot find or parse what it
@@ -25,9 +32,16 @@ const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, "../..");
 const args = process.argv.slice(2);
 const quick = args.includes("--quick") || process.env.BENCH_QUICK === "1";
-const dist = resolve(root, args.find((a) => !a.startsWith("--")) ?? "dist");
+const dist = resolve(root, args.find((a, i) => !a.startsWith("--") && args[i - 1] !== "--backends") ?? "dist");
 const LOADS = quick ? 1 : 5;
 const RUNS = quick ? [["micro", "sentiment", 4]] : [["micro", "sentiment", 30], ["nano", "stories", 30]];
+const option = (name) => {
+  const at = args.indexOf(name);
+  return at >= 0 ? args[at + 1] : undefined;
+};
+const BACKENDS = (option("--backends") ?? "cpu").split(",");
+for (const b of BACKENDS) if (!["cpu", "webgpu"].includes(b)) throw new Error(`bench: --backends takes cpu and/or webgpu, not ${JSON.stringify(b)}`);
+const realGpu = args.includes("--gpu");
 
 function fail(why) {
   throw new Error(`bench: ${why}`);
@@ -74,12 +88,19 @@ const server = createServer((req, res) => {
 await new Promise((ok) => server.listen(0, "127.0.0.1", ok));
 const base = `http://127.0.0.1:${server.address().port}/`;
 
+const quiet = ["--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+const gpuArgs = !BACKENDS.includes("webgpu")
+  ? ["--disable-gpu"]
+  : realGpu
+    ? ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--ignore-gpu-blocklist"]
+    : ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-angle=swiftshader"];
 const ctx = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "tinytune-bench-")), {
   executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
   headless: true,
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  args: ["--headless", ...quiet, ...gpuArgs],
 });
 const summary = [];
+const table = [];
 try {
   const lesson = firstTrainWidget();
   const times = [];
@@ -95,15 +116,15 @@ try {
   console.log(`first lesson rendered: median ${median.toFixed(0)} ms (min ${times[0].toFixed(0)}, max ${times[times.length - 1].toFixed(0)}) over ${LOADS} load${LOADS > 1 ? "s" : ""}`);
   summary.push(`gzip ${(gz / 1e6).toFixed(2)} MB`, `first lesson ${median.toFixed(0)} ms`);
 
-  for (const [model, task, steps] of RUNS) {
+  for (const backend of BACKENDS) for (const [model, task, steps] of RUNS) {
     const w = `w${lesson.n}`;
     const page = await ctx.newPage();
-    await page.goto(base + `?lesson=${lesson.slug}&backend=cpu&${w}.model=${model}&${w}.task=${task}&${w}.steps=${steps}&${w}.batch=8&${w}.seq=64&${w}.compare=false`);
+    await page.goto(base + `?lesson=${lesson.slug}&backend=${backend}&${w}.model=${model}&${w}.task=${task}&${w}.steps=${steps}&${w}.batch=8&${w}.seq=64&${w}.compare=false`);
     const widget = page.locator("[data-widget=train]").first();
     await widget.locator("[data-testid=train]").click();
     const state = widget.locator("[data-testid=run-state]");
     await widget.locator('[data-testid=run-state][data-state="Done"], [data-testid=run-state][data-state="Failed"]').waitFor({ timeout: quick ? 60_000 : 600_000 });
-    if ((await state.getAttribute("data-state")) !== "Done") fail(`the ${model}/${task} run ended: ${await state.textContent()}`);
+    if ((await state.getAttribute("data-state")) !== "Done") fail(`the ${model}/${task} run on ${backend} ended: ${await state.textContent()}`);
     // The run's status line: "done · … · step 30 of 30 · loss 0.2317 · 791 tokens/s · 27.5 s · held-out loss …".
     const status = (await state.locator("xpath=..").textContent()).trim();
     const m = /step (\d+) of (\d+) · loss ([\d.]+) · ([\d.]+) tokens\/s · ([\d.]+) s\b/.exec(status);
@@ -111,11 +132,16 @@ try {
     const [done, of, loss, tokensPerS, secs] = [Number(m[1]), Number(m[2]), Number(m[3]), Number(m[4]), Number(m[5])];
     if (done !== steps || of !== steps || !(secs > 0) || !(tokensPerS > 0) || !Number.isFinite(loss)) fail(`implausible figures for ${steps} steps in ${JSON.stringify(status)}`);
     const rate = (done / secs).toFixed(2);
-    console.log(`train widget, CPU, ${model}/${task}, ${done} steps of 8×64: ${rate} steps/s, ${tokensPerS} tokens/s, ${secs} s, loss ${loss}`);
-    summary.push(`${model}/${task} ${done} steps ${rate} steps/s (${tokensPerS} tokens/s)`);
+    const label = backend === "cpu" ? "CPU" : realGpu ? "WebGPU" : "WebGPU (SwiftShader)";
+    console.log(`train widget, ${label}, ${model}/${task}, ${done} steps of 8×64: ${rate} steps/s, ${tokensPerS} tokens/s, ${secs} s, loss ${loss}`);
+    summary.push(`${backend} ${model}/${task} ${done} steps ${rate} steps/s (${tokensPerS} tokens/s)`);
+    table.push(`| ${label} | ${model}/${task}, ${done} steps of 8×64 | ${rate} | ${tokensPerS} | ${secs} | ${loss} |`);
     await page.close();
   }
   if (quick) console.log(`bench --quick: ${summary.join(", ")}`);
+  else {
+    console.log(`\n| backend | run | steps/s | tokens/s | seconds | final loss |\n|---|---|---|---|---|---|\n${table.join("\n")}`);
+  }
 } catch (e) {
   console.error(e.message ?? e);
   process.exitCode = 1;

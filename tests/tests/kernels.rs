@@ -110,4 +110,6 @@ fn other_backends_take_the_composition() {
     assert!(kernels::fused_for(&Tensor::<2>::zeros([2, 3], &Device::flex())));
     assert!(!kernels::fused_for(&Tensor::<2>::zeros([2, 3], &Device::ndarray())));
     assert!(!kernels::fused_for(&Tensor::<2>::zeros([2, 3], &Device::flex()).cast(burn::tensor::DType::BF16)));
+    // Gradient checkpointing recomputes the compositions' cheap steps rather than keep them.
+    assert!(!kernels::fused_for(&Tensor::<2>::zeros([2, 3], &device().gradient_checkpointing())));
 }

@@ -244,7 +244,7 @@ pub enum ActivationModel {
     /// The same, with a fused attention kernel (FlashAttention, PyTorch SDPA) that keeps no
     /// a·s² score matrix, only a log-sum-exp per row.
     Flash,
-    /// tinytune's FP32 model on Burn's autodiff, tensor by tensor.
+    /// tinytune's FP32 model on Burn's autodiff with the fused CPU kernels, tensor by tensor.
     Tinytune,
 }
 
@@ -624,9 +624,17 @@ impl Plan {
         };
         let outside = self.outside_activations(s);
         let (logits, backward_extra) = match self.activations {
-            // Burn keeps the logits and their log-softmax (FP32); the backward pass adds the
-            // logits' gradient.
-            ActivationModel::Tinytune => (2 * tokens * a.vocab * 4, tokens * a.vocab * 4),
+            // The fused cross-entropy keeps the FP32 logits, not their log-softmax; the
+            // backward pass adds the logits' gradient and FP32 gradients of the MLP's width in
+            // the top block while its activations are still held: two when the MLP's weights
+            // train (the projection's input gradient and the GELU's, beside the weight
+            // gradients), one otherwise. Measured on the test grid (tests/tests/memory.rs):
+            // without them full fine-tuning's estimate fell 4-12% short; with two for LoRA it
+            // ran 4-11% over, with none 12% short.
+            ActivationModel::Tinytune => {
+                let mlp = if matches!(self.method, PlanMethod::Full | PlanMethod::LastLayers { .. }) { 2 } else { 1 } * tokens * a.intermediate * 4;
+                (tokens * a.vocab * 4, tokens * a.vocab * 4 + mlp)
+            }
             // transformers upcasts the logits to FP32 for the loss, and the cross-entropy keeps
             // its FP32 log-softmax; the backward pass adds an FP32 gradient of the logits.
             _ => (tokens * a.vocab * (e + 4), tokens * a.vocab * 4),
@@ -669,18 +677,17 @@ impl Plan {
             |group: &[&str], width: u64| -> u64 { if linears.iter().any(|l| group.contains(&l.name) && self.linear_trains(l, true)) { sb * width } else { 0 } };
         match self.activations {
             ActivationModel::Tinytune => {
-                // FP32 elements Burn's autodiff keeps per block, found by measuring tinytune's
-                // model (`measure::measure_step`) over a grid of shapes and reading the forward
-                // code: each LayerNorm 1·BTC (centred input) + 1·BTC more when its weights
-                // train (the normalised input); q, k, v for the two attention products
-                // (3·BTC); three B·heads·T² score-sized tensors (scaled scores, softmax
-                // output, the masked fill); four BTF tensors inside gelu_new (x, x², the
-                // sigmoid's argument and output); the input of each linear whose weight or
-                // LoRA path trains; small per-token statistics (row max and sum of the
-                // softmax, LayerNorm mean and variance: about 25 per token).
+                // FP32 elements Burn's autodiff keeps per block with the fused CPU kernels
+                // (`crate::kernels`), found by measuring tinytune's model
+                // (`measure::measure_step`) over a grid of shapes and reading the forward
+                // code: each LayerNorm its input (1·BTC); q, k, v for the two attention
+                // products (3·BTC); the softmax's probabilities (one B·heads·T² tensor, which
+                // the value product also reads); gelu_new's input (1·BTF); the input of each
+                // linear whose weight or LoRA path trains. The plain compositions that other
+                // backends run keep more (docs/memory.md): a LayerNorm's normalised input,
+                // two more score-sized tensors, three more BTF tensors in the GELU.
                 let heads = a.heads;
-                let ln = if self.norms_train() { 2 } else { 1 };
-                let mut elems = 2 * ln * sb * h + 3 * sb * h + 3 * b * heads * s * s + 4 * sb * i + 25 * sb;
+                let mut elems = 2 * sb * h + 3 * sb * h + b * heads * s * s + sb * i;
                 let (mut inputs, lora_extra) = self.tinytune_linear_inputs(sb);
                 inputs += lora_extra;
                 elems += inputs;
@@ -764,8 +771,8 @@ impl Plan {
         let sb = s * self.batch;
         let head_trains = matches!(self.method, PlanMethod::Full | PlanMethod::LastLayers { .. });
         match self.activations {
-            // Final LayerNorm (1 or 2 BTC) and the head's input when the head trains.
-            ActivationModel::Tinytune => (if self.norms_train() { 2 } else { 1 } + head_trains as u64) * sb * a.hidden * 4,
+            // The final LayerNorm's input, and the head's input when the head trains.
+            ActivationModel::Tinytune => (1 + head_trains as u64) * sb * a.hidden * 4,
             _ => (1 + head_trains as u64) * sb * a.hidden * self.precision.element_bytes(),
         }
     }
