@@ -660,10 +660,6 @@ impl Plan {
         }
     }
 
-    fn norms_train(&self) -> bool {
-        matches!(self.method, PlanMethod::Full | PlanMethod::Layernorm | PlanMethod::LastLayers { .. })
-    }
-
     /// Bytes one block keeps for the backward pass with sequence length `s`.
     fn layer_activations(&self, s: u64) -> u64 {
         let a = &self.arch;
