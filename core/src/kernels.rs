@@ -154,7 +154,7 @@ pub fn layer_norm_plain<const D: usize>(x: Tensor<D>, weight: Tensor<1>, bias: T
 /// e^x within 2 ulp, from range reduction x = n·ln 2 + r (|r| ≤ ln 2 / 2) and a degree-6
 /// polynomial for e^r (the coefficients of Cephes' `expf`). NaN stays NaN, above 88.72 it is
 /// ∞, and below −86.5 it flushes to 0 (an absolute error under 3e-38).
-#[allow(dead_code)] // used by the kernels, which only the `fused` feature compiles
+#[cfg(any(feature = "fused", test))]
 #[inline(always)]
 fn exp(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding and subtracting it rounds to an integer
@@ -178,28 +178,42 @@ fn exp(x: f32) -> f32 {
     }
 }
 
-#[allow(dead_code)]
+#[cfg(any(feature = "fused", test))]
 #[inline(always)]
 fn sigmoid_f32(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
-/// Σ over `x` in eight interleaved partial sums (a SIMD register's worth).
-#[allow(dead_code)]
+/// Σ f(v) over `x` in eight interleaved partial sums (a SIMD register's worth).
+#[cfg(any(feature = "fused", test))]
 #[inline(always)]
-fn sum8(x: &[f32]) -> f32 {
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks = x.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().sum();
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
     for c in chunks {
         let c: &[f32; 8] = c.try_into().expect("chunks of 8");
-        acc.iter_mut().zip(c).for_each(|(a, &v)| *a += v);
+        acc.iter_mut().zip(c).for_each(|(a, &v)| *a += f(v));
     }
     acc.iter().sum::<f32>() + tail
 }
 
+/// Σ over `x`, eight lanes at a time.
+#[cfg(any(feature = "fused", test))]
+#[inline(always)]
+fn sum8(x: &[f32]) -> f32 {
+    lane_sum(x, |v| v)
+}
+
+/// Σ e^(x − shift) over `x`, eight lanes at a time.
+#[cfg(any(feature = "fused", test))]
+#[inline(always)]
+fn sum_exp8(x: &[f32], shift: f32) -> f32 {
+    lane_sum(x, |v| exp(v - shift))
+}
+
 /// The largest value of `x` (−∞ for none), eight lanes at a time.
-#[allow(dead_code)]
+#[cfg(any(feature = "fused", test))]
 #[inline(always)]
 fn max8(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 8];
@@ -212,24 +226,10 @@ fn max8(x: &[f32]) -> f32 {
     acc.iter().fold(tail, |m, &v| m.max(v))
 }
 
-/// Σ e^(x − shift) over `x`, eight lanes at a time.
-#[allow(dead_code)]
-#[inline(always)]
-fn sum_exp8(x: &[f32], shift: f32) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let chunks = x.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().map(|&v| exp(v - shift)).sum();
-    for c in chunks {
-        let c: &[f32; 8] = c.try_into().expect("chunks of 8");
-        acc.iter_mut().zip(c).for_each(|(a, &v)| *a += exp(v - shift));
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// The flex kernels behind a Burn backend extension, and their autodiff.
 #[cfg(feature = "fused")]
 mod flex {
-    use super::{GELU_2C, GELU_A, exp, max8, sigmoid_f32, sum_exp8, sum8};
+    use super::{GELU_2C, GELU_A, exp, lane_sum, max8, sigmoid_f32, sum_exp8, sum8};
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
     use burn::backend::autodiff::grads::Gradients;
@@ -274,15 +274,8 @@ mod flex {
     /// A row's mean and 1/√(biased variance + ε), as Burn's layer_norm computes them.
     fn moments(row: &[f32], eps: f64) -> (f32, f32) {
         let n = row.len() as f32;
-        let mean = super::sum8(row) / n;
-        let mut acc = [0.0f32; 8];
-        let chunks = row.chunks_exact(8);
-        let tail: f32 = chunks.remainder().iter().map(|&v| (v - mean) * (v - mean)).sum();
-        for c in chunks {
-            let c: &[f32; 8] = c.try_into().expect("chunks of 8");
-            acc.iter_mut().zip(c).for_each(|(a, &v)| *a += (v - mean) * (v - mean));
-        }
-        let var = (acc.iter().sum::<f32>() + tail) / n;
+        let mean = sum8(row) / n;
+        let var = lane_sum(row, |v| (v - mean) * (v - mean)) / n;
         (mean, 1.0 / (var + eps as f32).sqrt())
     }
 
