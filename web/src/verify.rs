@@ -23,9 +23,10 @@ impl Default for VerifyParams {
 }
 
 impl VerifyParams {
-    /// The checks the page lists.
+    /// The checks the page lists, without their measurements (the worker runs them), so
+    /// that the page does not link the code they run.
     pub fn selected(&self) -> Result<Vec<tinytune::verify::Check>, String> {
-        tinytune::verify::select(&self.filters())
+        tinytune::verify::select_catalog(&self.filters())
     }
 
     fn filters(&self) -> Vec<String> {
@@ -52,7 +53,7 @@ impl Settings for VerifyParams {
             get: |p| p.checks.clone(),
             set: |p, v| {
                 if v != "all" {
-                    tinytune::verify::select(&[v.to_string()])
+                    tinytune::verify::select_catalog(&[v.to_string()])
                         .map_err(|e| e.replace("--check ", "").replacen(": no check", ": choose all, or a check or group; no check", 1))?;
                 }
                 p.checks = v.to_string();

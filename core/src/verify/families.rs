@@ -8,9 +8,9 @@ use super::{Check, Fixtures, Measured, Source, Tolerance, all_logits, ensure, fl
 const HF_REF: &str = "hf-reference.json";
 const LLAMA_REF: &str = "llama-reference.json";
 
-pub(super) fn checks() -> Vec<Check> {
+pub(super) fn checks<const MEASURE: bool>() -> Vec<Check> {
     let logit = Tolerance::abs(1e-4, "|Δ logit|");
-    let mut all = vec![Check::new(
+    let mut all = vec![Check::new::<MEASURE, _>(
         "transformers/gpt2",
         "GPT-2 (Conv1D layout, tied head, transformer. prefix): logits at every position of two prompts",
         "transformers",
@@ -30,7 +30,7 @@ pub(super) fn checks() -> Vec<Check> {
             "qwen2" => "hf-qwen2",
             _ => "hf-mistral",
         };
-        all.push(Check::new(
+        all.push(Check::new::<MEASURE, _>(
             format!("transformers/{name}"),
             format!("{about}: logits at the recorded positions"),
             "transformers",
@@ -48,7 +48,7 @@ pub(super) fn checks() -> Vec<Check> {
         ));
     }
     all.push(
-        Check::new(
+        Check::new::<MEASURE, _>(
             "tokenizers/gpt2-bpe",
             "a byte-level BPE tokenizer.json written by tokenizers: ids and decoded text of four probes, unseen bytes included",
             "tokenizers",
@@ -61,7 +61,7 @@ pub(super) fn checks() -> Vec<Check> {
         .on_host(),
     );
     all.push(
-        Check::new(
+        Check::new::<MEASURE, _>(
             "transformers/chat-templates",
             "chat templates as apply_chat_template renders them (two styles, 12 conversations), and their token ids",
             "transformers",

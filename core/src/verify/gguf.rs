@@ -11,9 +11,9 @@ use crate::gguf::Gguf;
 const QUANTS: &str = "gguf/quants.json";
 const TINY: &str = "gguf/tiny-llama-reference.json";
 
-pub(super) fn checks() -> Vec<Check> {
+pub(super) fn checks<const MEASURE: bool>() -> Vec<Check> {
     vec![
-        Check::new(
+        Check::new::<MEASURE, _>(
             "gguf/dequantize",
             "every GGML block type of a file the gguf package wrote (F32 to Q8_0, K-quants included), dequantized",
             "gguf",
@@ -24,7 +24,7 @@ pub(super) fn checks() -> Vec<Check> {
             |fx, _| Box::pin(async move { dequantize(fx) }),
         )
         .on_host(),
-        Check::new(
+        Check::new::<MEASURE, _>(
             "transformers/gguf-llama",
             "a tiny Llama in GGUF as llama.cpp's converter writes it (Q8_0, Q4_1, Q4_0; permuted q/k rows) against transformers' GGUF loader: config, logits, greedy continuation",
             "transformers",
@@ -34,7 +34,7 @@ pub(super) fn checks() -> Vec<Check> {
             "tests/fixtures/make_gguf_reference.py",
             |fx, t| Box::pin(tiny_llama(fx, &t.device)),
         ),
-        Check::new(
+        Check::new::<MEASURE, _>(
             "transformers/gguf-tokenizer",
             "the GGUF file's BPE tokenizer and chat template against the tokenizer.json transformers converts from it: ids, round trips, the rendered chat",
             "transformers",

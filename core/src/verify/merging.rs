@@ -8,7 +8,7 @@ use crate::merging::adapters::{Combine, LoraAdapter, Majority, add_weighted_adap
 
 const ARITH: &str = "lora-arith/versions.json";
 
-pub(super) fn checks() -> Vec<Check> {
+pub(super) fn checks<const MEASURE: bool>() -> Vec<Check> {
     let mut all = Vec::new();
     for method in ["linear", "slerp", "task_arithmetic", "ties", "breadcrumbs", "breadcrumbs_ties", "model_stock", "passthrough"] {
         let out = format!("merge/out-{method}.safetensors");
@@ -17,7 +17,7 @@ pub(super) fn checks() -> Vec<Check> {
             f.extend(model_files(dir));
         }
         all.push(
-            Check::new(
+            Check::new::<MEASURE, _>(
                 format!("mergekit/{method}"),
                 format!("mergekit's {method} on the same YAML: three merged tensors"),
                 "mergekit",
@@ -40,7 +40,7 @@ pub(super) fn checks() -> Vec<Check> {
         }
         let factors = if combination.ends_with("svd") { "" } else { " and the factors (≤ 1e-6)" };
         all.push(
-            Check::new(
+            Check::new::<MEASURE, _>(
                 format!("peft/combine-{combination}"),
                 format!("add_weighted_adapter({combination}) of two LoRA adapters: each module's update B·A{factors}"),
                 "peft",

@@ -144,12 +144,14 @@ pub struct Check {
     /// Whether the check computes on the chosen device (false: host arithmetic, the same on
     /// every backend).
     pub on_device: bool,
-    measure: Arc<Measure>,
+    /// None in a [`catalog`] check.
+    measure: Option<Arc<Measure>>,
 }
 
 impl Check {
+    /// A check; with `MEASURE` false its measurement is left out (see [`catalog`]).
     #[allow(clippy::too_many_arguments)]
-    fn new(
+    fn new<const MEASURE: bool, F>(
         name: impl Into<String>,
         what: impl Into<String>,
         library: &'static str,
@@ -157,9 +159,15 @@ impl Check {
         files: Vec<String>,
         tolerance: Tolerance,
         script: &'static str,
-        measure: impl for<'a> Fn(&'a dyn Fixtures, &'a Target) -> MeasureFuture<'a> + Send + Sync + 'static,
-    ) -> Self {
-        Check { name: name.into(), what: what.into(), library, source, files, tolerance, script, on_device: true, measure: Arc::new(measure) }
+        measure: F,
+    ) -> Self
+    where
+        F: for<'a> Fn(&'a dyn Fixtures, &'a Target) -> MeasureFuture<'a> + Send + Sync + 'static,
+    {
+        // A constant condition: in `catalog`'s instance the closure is never stored, so the
+        // optimiser drops it and everything only it reaches.
+        let measure: Option<Arc<Measure>> = if MEASURE { Some(Arc::new(measure)) } else { None };
+        Check { name: name.into(), what: what.into(), library, source, files, tolerance, script, on_device: true, measure }
     }
 
     /// Marks a check that computes on the host only.
@@ -277,7 +285,13 @@ pub async fn run_async(check: &Check, fixtures: &dyn Fixtures, target: &Target) 
         Err(_) => check.library.to_string(),
     };
     let measured = match &versions {
-        Ok(_) => (check.measure)(&fx, target).await,
+        Ok(_) => match &check.measure {
+            Some(measure) => measure(&fx, target).await,
+            None => Err(format!(
+                "{}: this check comes from verify::catalog, which lists checks without their measurements; take it from verify::checks()",
+                check.name
+            )),
+        },
         Err(e) => Err(e.clone()),
     };
     let (worst, passed, detail) = match measured {
@@ -302,13 +316,24 @@ pub async fn run_async(check: &Check, fixtures: &dyn Fixtures, target: &Target) 
 
 /// Every reference check, in the order the table lists them.
 pub fn checks() -> Vec<Check> {
+    registry::<true>()
+}
+
+/// The same checks as [`checks`], in the same order, without their measurements: what a
+/// program that only lists them links (the browser page, which leaves running them to its
+/// worker). A catalog check that is run fails with a message saying so.
+pub fn catalog() -> Vec<Check> {
+    registry::<false>()
+}
+
+fn registry<const MEASURE: bool>() -> Vec<Check> {
     let mut all = Vec::new();
-    all.extend(families::checks());
-    all.extend(gguf::checks());
-    all.extend(peft::checks());
-    all.extend(numerics::checks());
-    all.extend(merging::checks());
-    all.extend(training::checks());
+    all.extend(families::checks::<MEASURE>());
+    all.extend(gguf::checks::<MEASURE>());
+    all.extend(peft::checks::<MEASURE>());
+    all.extend(numerics::checks::<MEASURE>());
+    all.extend(merging::checks::<MEASURE>());
+    all.extend(training::checks::<MEASURE>());
     all
 }
 
@@ -316,7 +341,15 @@ pub fn checks() -> Vec<Check> {
 /// `peft/lora`), all of them when `filters` is empty; an error names a filter that matches
 /// nothing.
 pub fn select(filters: &[String]) -> Result<Vec<Check>, String> {
-    let all = checks();
+    pick(checks(), filters)
+}
+
+/// [`select`] over the [`catalog`]: the checks a filter names, without their measurements.
+pub fn select_catalog(filters: &[String]) -> Result<Vec<Check>, String> {
+    pick(catalog(), filters)
+}
+
+fn pick(all: Vec<Check>, filters: &[String]) -> Result<Vec<Check>, String> {
     if filters.is_empty() {
         return Ok(all);
     }
@@ -437,6 +470,25 @@ mod tests {
             assert!(!c.files.is_empty(), "{}: lists its files", c.name);
             assert!(c.files.iter().any(|f| f == c.source.file()), "{}: its version source is among its files", c.name);
         }
+    }
+
+    #[test]
+    fn the_catalog_lists_the_checks_without_their_measurements() {
+        let (all, listed) = (checks(), catalog());
+        assert_eq!(all.len(), listed.len());
+        for (c, l) in all.iter().zip(&listed) {
+            assert_eq!((&c.name, &c.what, c.library, &c.files, c.script, c.on_device), (&l.name, &l.what, l.library, &l.files, l.script, l.on_device));
+            assert_eq!(c.tolerance, l.tolerance, "{}", c.name);
+            assert!(c.measure.is_some() && l.measure.is_none(), "{}", c.name);
+        }
+        assert_eq!(select_catalog(&["peft".into()]).unwrap().len(), select(&["peft".into()]).unwrap().len());
+        // A catalog check that is run says where the measurement is, whatever its files hold.
+        let check = &listed[0];
+        let files =
+            Files(check.files.iter().map(|f| (f.clone(), std::fs::read(format!("{}/../tests/fixtures/{f}", env!("CARGO_MANIFEST_DIR"))).unwrap())).collect());
+        let target = Target { device: Device::flex(), host: Device::flex() };
+        let out = run(check, &files, &target);
+        assert!(!out.passed && out.detail.contains("verify::catalog"), "{}", out.detail);
     }
 
     #[test]

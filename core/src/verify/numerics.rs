@@ -12,7 +12,7 @@ const BNB: &str = "bnb-4bit/cases.safetensors";
 const OPTIM: &str = "optim/trajectories.safetensors";
 const DEEPSPEED: &str = "deepspeed/estimates.json";
 
-pub(super) fn checks() -> Vec<Check> {
+pub(super) fn checks<const MEASURE: bool>() -> Vec<Check> {
     let mut all = Vec::new();
     for kind in ["nf4", "fp4"] {
         for block in [64, 128] {
@@ -24,7 +24,7 @@ pub(super) fn checks() -> Vec<Check> {
                     if dq { " with double quantization" } else { "" }
                 );
                 let c = case.clone();
-                all.push(Check::new(
+                all.push(Check::new::<MEASURE, _>(
                     format!("bitsandbytes/{case}"),
                     about,
                     "bitsandbytes",
@@ -52,7 +52,7 @@ pub(super) fn checks() -> Vec<Check> {
         // bitsandbytes' 8-bit AdamW runs on the host, as in the browser (it reads the
         // gradient back synchronously); the others on the device.
         let host = case == "adamw8bit";
-        let check = Check::new(
+        let check = Check::new::<MEASURE, _>(
             format!("optimizers/{case}"),
             format!("{about}: five steps on a decayed 48×100 matrix and an undecayed vector, parameters after each step"),
             library,
@@ -66,7 +66,7 @@ pub(super) fn checks() -> Vec<Check> {
     }
     for stage in [2u8, 3] {
         all.push(
-            Check::new(
+            Check::new::<MEASURE, _>(
                 format!("deepspeed/zero{stage}"),
                 format!("estimate_zero{stage}_model_states_mem_needs: GPU and CPU bytes on a grid of models, GPUs, nodes and offload settings"),
                 "deepspeed",

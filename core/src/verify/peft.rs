@@ -14,7 +14,7 @@ fn adapter_files(dir: &str) -> Vec<String> {
     vec![format!("{dir}/{}", peft::CONFIG), format!("{dir}/{}", peft::WEIGHTS)]
 }
 
-pub(super) fn checks() -> Vec<Check> {
+pub(super) fn checks<const MEASURE: bool>() -> Vec<Check> {
     let logit = Tolerance::abs(1e-4, "|Δ logit|");
     let mut all = Vec::new();
     for (name, about) in
@@ -23,7 +23,7 @@ pub(super) fn checks() -> Vec<Check> {
         let dir = format!("peft-{name}");
         let mut f = files(&[HF_REF], model_files("hf-gpt2"));
         f.extend(adapter_files(&dir));
-        all.push(Check::new(
+        all.push(Check::new::<MEASURE, _>(
             format!("peft/{name}"),
             format!(
                 "PEFT's {about} adapter folder on GPT-2: logits (and merge_and_unload's where PEFT merges); saved again with PEFT's tensor names and shapes"
@@ -50,7 +50,7 @@ pub(super) fn checks() -> Vec<Check> {
         let dir = format!("peft-export/{case}");
         let mut f = files(&[EXPORT_REF], model_files("hf-gpt2"));
         f.extend(adapter_files(&dir));
-        all.push(Check::new(
+        all.push(Check::new::<MEASURE, _>(
             format!("peft/export-{case}"),
             format!("tinytune's export of a {about} run, loaded by PEFT: PEFT's logits; exporting again writes the same files"),
             "peft",
@@ -65,7 +65,7 @@ pub(super) fn checks() -> Vec<Check> {
         let dir = format!("peft-llama-{name}");
         let mut f = files(&["llama-reference.json"], model_files("hf-llama"));
         f.extend(adapter_files(&dir));
-        all.push(Check::new(
+        all.push(Check::new::<MEASURE, _>(
             format!("peft/llama-{name}"),
             format!("PEFT's {about} on a Llama: logits at the recorded positions"),
             "peft",

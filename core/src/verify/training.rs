@@ -28,7 +28,7 @@ struct Preference {
     skip_logits: bool,
 }
 
-fn preference_checks() -> Vec<Check> {
+fn preference_checks<const MEASURE: bool>() -> Vec<Check> {
     let dpo = |objective, case| Preference {
         objective,
         file: "dpo/reference.json",
@@ -82,7 +82,7 @@ fn preference_checks() -> Vec<Check> {
                 "make_kto_reference.py" => "tests/fixtures/make_kto_reference.py",
                 _ => "tests/fixtures/make_reward_reference.py",
             };
-            Check::new(
+            Check::new::<MEASURE, _>(
                 format!("trl/{name}"),
                 format!("{about}: the metrics TRL's evaluate() reports on six preference pairs, under TRL's names (logps/* within 1e-3)"),
                 "trl",
@@ -159,9 +159,9 @@ async fn preference(fx: &dyn Fixtures, p: Preference, device: &Device, host: &De
     ))
 }
 
-pub(super) fn checks() -> Vec<Check> {
-    let mut all = preference_checks();
-    all.push(Check::new(
+pub(super) fn checks<const MEASURE: bool>() -> Vec<Check> {
+    let mut all = preference_checks::<MEASURE>();
+    all.push(Check::new::<MEASURE, _>(
         "trl/gkd",
         "distillation divergences (forward KL, reverse KL, generalised JSD) as GKDTrainer.generalized_jsd_loss, at temperatures 1 and 2, on the host and the device",
         "trl",
