@@ -1,7 +1,7 @@
 //! The tinytune browser playground. The page (`src/main.rs`, module `app`) shows lessons
-//! and widgets; the worker (`src/bin/worker.rs`, module `worker`) owns the Burn device and
-//! does every computation. Everything here that is not DOM or GPU code is plain Rust and is
-//! tested natively.
+//! and widgets; the worker (its own package, `web/worker`) owns the Burn device and does
+//! every computation, linking this library for the protocol and the widgets' settings.
+//! Everything here that is not DOM code is plain Rust and is tested natively.
 
 pub mod decide;
 pub mod distill;
@@ -27,7 +27,5 @@ pub mod urlstate;
 pub mod verify;
 pub mod widgets;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "page"))]
 pub mod app;
-#[cfg(target_arch = "wasm32")]
-pub mod worker;

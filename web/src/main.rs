@@ -1,11 +1,11 @@
 //! The page: lessons and widgets (see `tinytune_web::app`). Built for the browser by trunk.
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "page"))]
 fn main() {
     tinytune_web::app::start();
 }
 
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(not(all(target_arch = "wasm32", feature = "page")))]
 fn main() {
     eprintln!("tinytune-web runs in a browser: build and serve it with `trunk serve` (see README.md)");
     std::process::exit(2);

@@ -305,7 +305,8 @@ impl Default for NumberFormatParams {
 /// `Widget` enum with its name, key, parsing and printing dispatch; the `Request`/`Reply`
 /// pair the page and the worker exchange (with [`Ask`], which types the answer); the page's
 /// router (`Widget::view`, calling the component's `app::WidgetView`); and the worker's
-/// dispatch (`answer`, calling the settings type's `worker::Compute`).
+/// dispatch (`answer`, calling the settings type's [`Compute`], which the worker package
+/// implements).
 macro_rules! widgets {
     ($($(#[$doc:meta])* $variant:ident($params:ty) $(=> $answer:ty)?,)*) => {
         /// Every widget a lesson can use.
@@ -354,7 +355,7 @@ macro_rules! widgets {
             }
 
             /// The widget's page component (its settings type's `app::WidgetView`).
-            #[cfg(target_arch = "wasm32")]
+            #[cfg(all(target_arch = "wasm32", feature = "page"))]
             pub fn view(&self, state: leptos::prelude::RwSignal<Widget>) -> leptos::prelude::AnyView {
                 match self {
                     $(Widget::$variant(_) => <$params as crate::app::WidgetView>::view(state),)*
@@ -388,14 +389,27 @@ macro_rules! widgets {
             }
         })?)*
 
-        /// The worker's answer to `req` (its settings type's `worker::Compute`).
-        #[cfg(target_arch = "wasm32")]
-        pub async fn answer(req: Request) -> Result<Reply, String> {
+        /// The worker's answer to `req`: its settings type's [`Compute`], as worker `W`
+        /// implements it.
+        pub async fn answer<W>(req: Request) -> Result<Reply, String>
+        where
+            $($($params: Compute<W, Answer = $answer>,)?)*
+        {
             Ok(match req {
-                $($(Request::$variant(p) => Reply::$variant(Box::<$answer>::new(<$params as crate::worker::Compute>::compute(p).await?)),)?)*
+                $($(Request::$variant(p) => Reply::$variant(Box::<$answer>::new(<$params as Compute<W>>::compute(p).await?)),)?)*
             })
         }
     };
+}
+
+/// A widget's computation, for each settings type whose `widgets!` line names an answer.
+/// The worker package (`web/worker`, where the Burn device lives) implements it with its
+/// own marker type as `W`, which is what lets that crate implement this crate's trait for
+/// this crate's types; [`answer`] dispatches a [`Request`] to it.
+#[allow(async_fn_in_trait)] // the worker is single-threaded
+pub trait Compute<W> {
+    type Answer;
+    async fn compute(self) -> Result<Self::Answer, String>;
 }
 
 /// A widget's request type and the answer it gets back: `client::ask(settings, done)`

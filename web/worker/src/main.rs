@@ -1,5 +1,11 @@
 //! The compute worker: owns the Burn device and runs training and sampling off the page's
-//! thread (see `tinytune_web::worker`). Built for the browser by trunk.
+//! thread (module `worker`). Built for the browser by trunk, as its own package so that the
+//! page (`tinytune-web`) is compiled and linked without Burn's backends.
+
+#[cfg(target_arch = "wasm32")]
+mod js;
+#[cfg(target_arch = "wasm32")]
+mod worker;
 
 /// Counts heap bytes so the memory-timeline widget can measure a real step.
 #[cfg(target_arch = "wasm32")]
@@ -8,7 +14,7 @@ static ALLOC: tinytune::memory::CountingAlloc = tinytune::memory::CountingAlloc;
 
 #[cfg(target_arch = "wasm32")]
 fn main() {
-    tinytune_web::worker::start();
+    worker::start();
 }
 
 #[cfg(not(target_arch = "wasm32"))]

@@ -8,7 +8,7 @@
 //! times slower than flex, so `Auto` treats it like no adapter; the reader can still
 //! force WebGPU.
 
-mod js;
+use crate::js;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -25,9 +25,9 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::spawn_local;
 use web_sys::MessageEvent;
 
-use crate::protocol::{BackendInfo, BackendPref, CompareRow, FromWorker, RunState, Samples, ToWorker};
-use crate::run::EVAL_EXAMPLES;
-use crate::widgets::{GenerateParams, ModelChoice, TrainParams};
+use tinytune_web::protocol::{BackendInfo, BackendPref, CompareRow, FromWorker, RunState, Samples, ToWorker};
+use tinytune_web::run::EVAL_EXAMPLES;
+use tinytune_web::widgets::{Compute, GenerateParams, ModelChoice, TrainParams};
 
 /// A shipped checkpoint's files, fetched once.
 struct ShippedFiles {
@@ -84,9 +84,9 @@ struct MergeSession {
 /// Sends `msg` to the page; error text names core's fields as the page's controls.
 fn post(msg: &FromWorker) {
     let json = match msg {
-        FromWorker::Error { id, message } => FromWorker::Error { id: *id, message: crate::fields::render(message) }.to_json(),
+        FromWorker::Error { id, message } => FromWorker::Error { id: *id, message: tinytune_web::fields::render(message) }.to_json(),
         FromWorker::Status { run, state: RunState::Failed, message } => {
-            FromWorker::Status { run: *run, state: RunState::Failed, message: crate::fields::render(message) }.to_json()
+            FromWorker::Status { run: *run, state: RunState::Failed, message: tinytune_web::fields::render(message) }.to_json()
         }
         other => other.to_json(),
     };
@@ -153,7 +153,7 @@ fn handle(msg: ToWorker) {
             spawn_run(run, move |cell| async move { distill(run, teacher, students, &params, &cell).await })
         }
         ToWorker::Request { id, req } => spawn_local(async move {
-            post(&match crate::widgets::answer(req).await {
+            post(&match tinytune_web::widgets::answer::<Here>(req).await {
                 Ok(reply) => FromWorker::Reply { id, reply },
                 Err(message) => FromWorker::Error { id, message },
             });
@@ -176,86 +176,83 @@ fn spawn_run<Fut: std::future::Future<Output = Result<RunState, String>> + 'stat
     });
 }
 
-/// A widget's computation in the worker, implemented here for each settings type whose
-/// `widgets!` line names an answer; `widgets::answer` dispatches requests to it.
-#[allow(async_fn_in_trait)] // the worker is single-threaded
-pub trait Compute {
-    type Answer;
-    async fn compute(self) -> Result<Self::Answer, String>;
-}
+/// This worker, as the `W` of [`Compute<W>`]: the page's library declares the trait (one
+/// implementation per widget whose `widgets!` line names an answer) and this crate
+/// implements it here, where the Burn device lives.
+pub struct Here;
 
-impl Compute for GenerateParams {
+impl Compute<Here> for GenerateParams {
     type Answer = Samples;
     async fn compute(self) -> Result<Samples, String> {
         generate(&self).await
     }
 }
 
-impl Compute for crate::memory::TimelineParams {
-    type Answer = crate::memory::TimelineResult;
+impl Compute<Here> for tinytune_web::memory::TimelineParams {
+    type Answer = tinytune_web::memory::TimelineResult;
     /// Synchronous, without yielding: no other run's step interleaves with the measurement.
     async fn compute(self) -> Result<Self::Answer, String> {
         measure_memory(&self)
     }
 }
 
-impl Compute for crate::quantize::QuantizeParams {
-    type Answer = crate::quantize::QuantizeResult;
+impl Compute<Here> for tinytune_web::quantize::QuantizeParams {
+    type Answer = tinytune_web::quantize::QuantizeResult;
     async fn compute(self) -> Result<Self::Answer, String> {
         quantize(&self).await
     }
 }
 
-impl Compute for crate::precision::LossScalingParams {
-    type Answer = crate::precision::LossScalingResult;
+impl Compute<Here> for tinytune_web::precision::LossScalingParams {
+    type Answer = tinytune_web::precision::LossScalingResult;
     async fn compute(self) -> Result<Self::Answer, String> {
         loss_scaling(&self).await
     }
 }
 
-impl Compute for crate::optimizers::OptimizerStateParams {
+impl Compute<Here> for tinytune_web::optimizers::OptimizerStateParams {
     type Answer = tinytune::optim::report::StateReport;
     async fn compute(self) -> Result<Self::Answer, String> {
         optimizer_state(&self).await
     }
 }
 
-impl Compute for crate::rope::RopeParams {
-    type Answer = crate::rope::RopeResult;
+impl Compute<Here> for tinytune_web::rope::RopeParams {
+    type Answer = tinytune_web::rope::RopeResult;
     async fn compute(self) -> Result<Self::Answer, String> {
         rope_losses(&self).await
     }
 }
 
-impl Compute for crate::merge::MergeParams {
-    type Answer = crate::merge::MergeResult;
+impl Compute<Here> for tinytune_web::merge::MergeParams {
+    type Answer = tinytune_web::merge::MergeResult;
     async fn compute(self) -> Result<Self::Answer, String> {
         merge_study(&self).await
     }
 }
 
-impl Compute for crate::federated::FederatedParams {
-    type Answer = crate::federated::FederatedResult;
+impl Compute<Here> for tinytune_web::federated::FederatedParams {
+    type Answer = tinytune_web::federated::FederatedResult;
     async fn compute(self) -> Result<Self::Answer, String> {
         federated(&self).await
     }
 }
 
-impl Compute for crate::prune::PruneParams {
-    type Answer = crate::prune::PruneResult;
+impl Compute<Here> for tinytune_web::prune::PruneParams {
+    type Answer = tinytune_web::prune::PruneResult;
     async fn compute(self) -> Result<Self::Answer, String> {
         prune_sweep(&self).await
     }
 }
 
-impl Compute for crate::rank::RankParams {
+impl Compute<Here> for tinytune_web::rank::RankParams {
     type Answer = tinytune::methods::rank::RankReport;
     async fn compute(self) -> Result<Self::Answer, String> {
         lora_rank(&self).await
     }
 }
 
-impl Compute for crate::verify::VerifyParams {
+impl Compute<Here> for tinytune_web::verify::VerifyParams {
     type Answer = tinytune::verify::Outcome;
     async fn compute(self) -> Result<Self::Answer, String> {
         verify_one(&self).await
@@ -265,7 +262,7 @@ impl Compute for crate::verify::VerifyParams {
 /// One reference check on the current device, its fixture files fetched (once per worker)
 /// from the site's copy of `tests/fixtures`. The parts that save files run on the CPU
 /// backend, which reads back synchronously.
-async fn verify_one(p: &crate::verify::VerifyParams) -> Result<tinytune::verify::Outcome, String> {
+async fn verify_one(p: &tinytune_web::verify::VerifyParams) -> Result<tinytune::verify::Outcome, String> {
     let name = p.run.as_deref().ok_or("the page names the check to run")?;
     let check = tinytune::verify::checks().into_iter().find(|c| c.name == name).ok_or_else(|| format!("no reference check is called {name}"))?;
     let mut files = tinytune::verify::Files::default();
@@ -274,7 +271,7 @@ async fn verify_one(p: &crate::verify::VerifyParams) -> Result<tinytune::verify:
         let bytes = match cached {
             Some(b) => b,
             None => {
-                let b = Rc::new(js::fetch_bytes(&format!("{}/{f}", crate::verify::FIXTURES_URL)).await?);
+                let b = Rc::new(js::fetch_bytes(&format!("{}/{f}", tinytune_web::verify::FIXTURES_URL)).await?);
                 FIXTURES.with_borrow_mut(|m| m.insert(f.clone(), b.clone()));
                 b
             }
@@ -288,11 +285,11 @@ async fn verify_one(p: &crate::verify::VerifyParams) -> Result<tinytune::verify:
 /// One measured training step of the micro model's shape, always on the CPU (flex): the
 /// counting allocator sees CPU memory only. It runs to completion without yielding, so no
 /// other run's step interleaves with the measurement.
-fn measure_memory(params: &crate::memory::TimelineParams) -> Result<crate::memory::TimelineResult, String> {
+fn measure_memory(params: &tinytune_web::memory::TimelineParams) -> Result<tinytune_web::memory::TimelineResult, String> {
     let config = tinytune::ModelConfig::micro();
     let batch = tinytune::memory::measure::synthetic_batch(params.batch, params.seq, config.vocab_size);
     let measured = tinytune::memory::measure_step(&config, &params.tinytune_method(), &batch, &Device::flex().autodiff()).map_err(|e| e.to_string())?;
-    Ok(crate::memory::TimelineResult { measured, estimate: params.estimate() })
+    Ok(tinytune_web::memory::TimelineResult { measured, estimate: params.estimate() })
 }
 
 /// Picks the backend for `prefer` and makes it current.
@@ -406,7 +403,7 @@ async fn train(run: u32, p: &TrainParams, control: &Cell<Control>) -> Result<Run
         paused: false,
         summary: String::new(),
         host_only,
-        stats: crate::protocol::RunStats { optimizer: kind.name().into(), device: device_name, ..Default::default() },
+        stats: tinytune_web::protocol::RunStats { optimizer: kind.name().into(), device: device_name, ..Default::default() },
         on_cpu,
         // Peak memory of the run: everything the worker allocates from here on, above this level.
         base: tinytune::memory::measure::current(),
@@ -440,7 +437,7 @@ struct WorkerHost<'a> {
     /// The status line while running: the method summary, and where the run is.
     summary: String,
     host_only: bool,
-    stats: crate::protocol::RunStats,
+    stats: tinytune_web::protocol::RunStats,
     on_cpu: bool,
     base: usize,
     /// Seconds spent in training steps alone (not evaluations or pauses).
@@ -457,7 +454,11 @@ impl<'a> WorkerHost<'a> {
             paused: false,
             summary: String::new(),
             host_only: false,
-            stats: crate::protocol::RunStats { optimizer: optimizer.into(), device: if on_cpu { "CPU".into() } else { "WebGPU".into() }, ..Default::default() },
+            stats: tinytune_web::protocol::RunStats {
+                optimizer: optimizer.into(),
+                device: if on_cpu { "CPU".into() } else { "WebGPU".into() },
+                ..Default::default()
+            },
             on_cpu,
             base: tinytune::memory::measure::current(),
             step_secs: 0.0,
@@ -521,7 +522,7 @@ impl RunHost for WorkerHost<'_> {
 async fn measure(model: &Gpt, tok: &TextTokenizer, p: &TrainParams) -> Result<(Vec<(String, String, String)>, f32), String> {
     let err = |e: tinytune::Error| e.to_string();
     let stories = DataSource::Stories.dataset(tok, 0, Split::Eval, EVAL_EXAMPLES, p.seq, 0.0).map_err(err)?;
-    let stories_loss = eval_loss_async(model, &stories, p.batch, p.seq, crate::run::EVAL_BATCHES).await.map_err(err)?;
+    let stories_loss = eval_loss_async(model, &stories, p.batch, p.seq, tinytune_web::run::EVAL_BATCHES).await.map_err(err)?;
     let mut answers = Vec::new();
     if let DataSource::Task(task) = p.task {
         let config = SampleConfig { max_new_tokens: 60, temperature: 0.0, top_k: None, seed: 0, stop_ids: tok.line_stop_ids(), cache: true };
@@ -536,7 +537,7 @@ async fn measure(model: &Gpt, tok: &TextTokenizer, p: &TrainParams) -> Result<(V
 
 /// Post-training quantization of the shipped micro model: held-out story loss and a greedy
 /// sample before and after, and the chosen layer's weights before and after.
-async fn quantize(p: &crate::quantize::QuantizeParams) -> Result<crate::quantize::QuantizeResult, String> {
+async fn quantize(p: &tinytune_web::quantize::QuantizeParams) -> Result<tinytune_web::quantize::QuantizeResult, String> {
     let err = |e: tinytune::Error| e.to_string();
     let device = device().await;
     let (model, tok) = load(ModelChoice::Micro, 0, &device).await?;
@@ -546,7 +547,7 @@ async fn quantize(p: &crate::quantize::QuantizeParams) -> Result<crate::quantize
         w.map(|d| {
             let dims = d.shape().dims::<2>();
             let (d_in, d_out) = (dims[0], dims[1]);
-            crate::quantize::to_linear_layout(&d.convert::<f32>().try_to_vec::<f32>().unwrap_or_default(), d_in, d_out)
+            tinytune_web::quantize::to_linear_layout(&d.convert::<f32>().try_to_vec::<f32>().unwrap_or_default(), d_in, d_out)
         })
         .unwrap_or_default()
     };
@@ -558,25 +559,25 @@ async fn quantize(p: &crate::quantize::QuantizeParams) -> Result<crate::quantize
     }
     let seq = 128;
     let stories = DataSource::Stories.dataset(&tok, 0, Split::Eval, EVAL_EXAMPLES, seq, 0.0).map_err(err)?;
-    let loss_before = eval_loss_async(&model, &stories, 8, seq, crate::run::EVAL_BATCHES).await.map_err(err)?;
-    let loss_after = eval_loss_async(&quantized, &stories, 8, seq, crate::run::EVAL_BATCHES).await.map_err(err)?;
+    let loss_before = eval_loss_async(&model, &stories, 8, seq, tinytune_web::run::EVAL_BATCHES).await.map_err(err)?;
+    let loss_after = eval_loss_async(&quantized, &stories, 8, seq, tinytune_web::run::EVAL_BATCHES).await.map_err(err)?;
     let prompt = "one day, lily went to the park.";
     let ids = tok.encode(prompt).map_err(err)?;
     let config = SampleConfig { max_new_tokens: 40, temperature: 0.0, top_k: None, seed: 0, stop_ids: tok.eot().into_iter().collect(), cache: true };
     let sample = |out: Vec<u32>| format!("{prompt}{}", tok.decode(&out));
     let sample_before = sample(generate_async(&model, &ids, &config).await.map_err(err)?);
     let sample_after = sample(generate_async(&quantized, &ids, &config).await.map_err(err)?);
-    let histogram = crate::quantize::histogram(&before_w, &after_w, 60, p.block);
-    Ok(crate::quantize::QuantizeResult { report, loss_before, loss_after, histogram, sample_before, sample_after })
+    let histogram = tinytune_web::quantize::histogram(&before_w, &after_w, 60, p.block);
+    Ok(tinytune_web::quantize::QuantizeResult { report, loss_before, loss_after, histogram, sample_before, sample_after })
 }
 
 /// The prune widget: micro, then micro pruned at each of the widget's sparsities, each
 /// measured as `tinytune prune --data stories` measures it (the same held-out stories in
 /// batches of `ROWS` windows, the same calibration batches and seed), with a greedy sample.
 /// On the CPU: pruning reads the weights back synchronously.
-async fn prune_sweep(p: &crate::prune::PruneParams) -> Result<crate::prune::PruneResult, String> {
-    use crate::prune::{CALIBRATION_BATCHES, EXAMPLES, PruneMap, PruneRow, ROWS, SAMPLE_TOKENS, layer_map, matrix_map};
+async fn prune_sweep(p: &tinytune_web::prune::PruneParams) -> Result<tinytune_web::prune::PruneResult, String> {
     use tinytune::prune::{calibration_batches, counts, prune};
+    use tinytune_web::prune::{CALIBRATION_BATCHES, EXAMPLES, PruneMap, PruneRow, ROWS, SAMPLE_TOKENS, layer_map, matrix_map};
     let err = |e: tinytune::Error| e.to_string();
     let started = web_time::Instant::now();
     let device = Device::flex();
@@ -616,13 +617,13 @@ async fn prune_sweep(p: &crate::prune::PruneParams) -> Result<crate::prune::Prun
         let neurons = report.structured.as_ref().map(|s| s.shape_after.inner);
         rows.push(PruneRow { sparsity, parameters: report.after.total, nonzero: report.after.nonzero, zeros, neurons, loss, sample, map });
     }
-    Ok(crate::prune::PruneResult { params: p.clone(), rows, windows, calibration_tokens, seconds: started.elapsed().as_secs_f64() })
+    Ok(tinytune_web::prune::PruneResult { params: p.clone(), rows, windows, calibration_tokens, seconds: started.elapsed().as_secs_f64() })
 }
 
 /// One batch of the shipped micro model's story-qa task, its gradients computed in FP32 and
 /// in FP16/BF16 unscaled and at the chosen scale. Always on the CPU (flex): it has both
 /// half types, and the comparison reads every gradient back synchronously.
-async fn loss_scaling(p: &crate::precision::LossScalingParams) -> Result<crate::precision::LossScalingResult, String> {
+async fn loss_scaling(p: &tinytune_web::precision::LossScalingParams) -> Result<tinytune_web::precision::LossScalingResult, String> {
     use tinytune::train::precision::underflow_reports;
     use tinytune::train::{Precision, TrainConfig, Trainer};
     let precision: Precision = p.precision.parse()?;
@@ -642,12 +643,12 @@ async fn loss_scaling(p: &crate::precision::LossScalingParams) -> Result<crate::
         return Err(format!("at {} tokens per row every answer is cut off, so no token counts in the loss; use a longer seq", p.seq));
     }
     let [unscaled, scaled]: [_; 2] = underflow_reports(&trainer, &batch, precision, &[1.0, p.scale()]).try_into().expect("one report per scale");
-    Ok(crate::precision::LossScalingResult { unscaled, scaled })
+    Ok(tinytune_web::precision::LossScalingResult { unscaled, scaled })
 }
 
 /// One step of every optimizer on a batch of micro's story-qa gradients, on the CPU (the
 /// report reads state back synchronously).
-async fn optimizer_state(p: &crate::optimizers::OptimizerStateParams) -> Result<tinytune::optim::report::StateReport, String> {
+async fn optimizer_state(p: &tinytune_web::optimizers::OptimizerStateParams) -> Result<tinytune::optim::report::StateReport, String> {
     use tinytune::train::TrainConfig;
     let device = Device::flex().autodiff();
     let (model, tok) = load(ModelChoice::Micro, 0, &device).await?;
@@ -665,7 +666,7 @@ async fn optimizer_state(p: &crate::optimizers::OptimizerStateParams) -> Result<
 
 /// Full fine-tuning of micro on the CPU (the report reads weights back synchronously),
 /// exactly as `tinytune lora-rank` runs it, then the rank report for the chosen matrix.
-async fn lora_rank(p: &crate::rank::RankParams) -> Result<tinytune::methods::rank::RankReport, String> {
+async fn lora_rank(p: &tinytune_web::rank::RankParams) -> Result<tinytune::methods::rank::RankReport, String> {
     let device = Device::flex();
     let key = format!("{}:{}", p.steps, p.lr);
     if RANK_RUN.with_borrow(|r| r.as_ref().map(|(k, ..)| k != &key).unwrap_or(true)) {
@@ -688,7 +689,7 @@ async fn lora_rank(p: &crate::rank::RankParams) -> Result<tinytune::methods::ran
 /// The merge widget: two full fine-tunes of micro (once per steps/lr, on the CPU: scoring
 /// reads tensors back synchronously), then every method at `t` and the chosen method along
 /// the curve, each merge scored once and remembered.
-async fn merge_study(p: &crate::merge::MergeParams) -> Result<crate::merge::MergeResult, String> {
+async fn merge_study(p: &tinytune_web::merge::MergeParams) -> Result<tinytune_web::merge::MergeResult, String> {
     use tinytune::data::Task;
     use tinytune::merging::study::{Knobs, METHODS, Study, finetune_config, study_yaml};
     let device = Device::flex();
@@ -710,15 +711,23 @@ async fn merge_study(p: &crate::merge::MergeParams) -> Result<crate::merge::Merg
         }
         let train_seconds = started.elapsed().as_secs_f64();
         let b = tuned.pop().expect("two fine-tunes");
-        let study = Study::new(model.valid(), tuned.pop().expect("two fine-tunes"), b, tasks, &tok, crate::merge::EXAMPLES, crate::merge::ACCURACY_EXAMPLES)
-            .map_err(|e| e.to_string())?;
+        let study = Study::new(
+            model.valid(),
+            tuned.pop().expect("two fine-tunes"),
+            b,
+            tasks,
+            &tok,
+            tinytune_web::merge::EXAMPLES,
+            tinytune_web::merge::ACCURACY_EXAMPLES,
+        )
+        .map_err(|e| e.to_string())?;
         let endpoints = study.endpoints(&tok).map_err(|e| e.to_string())?;
         MERGE_STUDY.with_borrow_mut(|s| *s = Some(MergeSession { key, study, tokenizer: tok, endpoints, train_seconds, scored: HashMap::new() }));
     }
     let started = web_time::Instant::now();
     let knobs = p.knobs();
     let mut wanted: Vec<Knobs> = METHODS.iter().map(|m| Knobs { method: m.to_string(), ..knobs.clone() }).collect();
-    wanted.extend(crate::merge::CURVE.iter().map(|&t| Knobs { t, ..knobs.clone() }));
+    wanted.extend(tinytune_web::merge::CURVE.iter().map(|&t| Knobs { t, ..knobs.clone() }));
     let mut methods = Vec::new();
     let mut curve = Vec::new();
     for (i, k) in wanted.iter().enumerate() {
@@ -741,12 +750,19 @@ async fn merge_study(p: &crate::merge::MergeParams) -> Result<crate::merge::Merg
     }
     let (endpoints, train_seconds) = MERGE_STUDY.with_borrow(|s| s.as_ref().map(|s| (s.endpoints.clone(), s.train_seconds)).expect("stored"));
     let names = ["assets/micro", "runs/merge-study/task-a", "runs/merge-study/task-b"];
-    Ok(crate::merge::MergeResult { endpoints, methods, curve, yaml: study_yaml(&knobs, names), train_seconds, score_seconds: started.elapsed().as_secs_f64() })
+    Ok(tinytune_web::merge::MergeResult {
+        endpoints,
+        methods,
+        curve,
+        yaml: study_yaml(&knobs, names),
+        train_seconds,
+        score_seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// The federated widget: every round's clients trained one after another (yielding between
 /// steps), then averaged; on the CPU, as scoring reads losses back synchronously.
-async fn federated(p: &crate::federated::FederatedParams) -> Result<crate::federated::FederatedResult, String> {
+async fn federated(p: &tinytune_web::federated::FederatedParams) -> Result<tinytune_web::federated::FederatedResult, String> {
     use tinytune::merging::federated::Federated;
     let started = web_time::Instant::now();
     let ad = Device::flex().autodiff();
@@ -770,13 +786,13 @@ async fn federated(p: &crate::federated::FederatedParams) -> Result<crate::feder
         }
         rounds.push(fed.average(r, &models, &ad).map_err(|e| e.to_string())?);
     }
-    Ok(crate::federated::FederatedResult { start_loss: fed.start_loss, rounds, seconds: started.elapsed().as_secs_f64() })
+    Ok(tinytune_web::federated::FederatedResult { start_loss: fed.start_loss, rounds, seconds: started.elapsed().as_secs_f64() })
 }
 
 /// Held-out loss at every position of windows `factor` times micro-llama's context, with
 /// each RoPE scaling, as `tinytune long-context --finetune-steps 0` measures it. On the CPU:
 /// the loss is read back per position, synchronously.
-async fn rope_losses(p: &crate::rope::RopeParams) -> Result<crate::rope::RopeResult, String> {
+async fn rope_losses(p: &tinytune_web::rope::RopeParams) -> Result<tinytune_web::rope::RopeResult, String> {
     use tinytune::train::positions::{PositionEval, scalings, with_scaling};
     let err = |e: tinytune::Error| e.to_string();
     let device = Device::flex();
@@ -789,7 +805,7 @@ async fn rope_losses(p: &crate::rope::RopeParams) -> Result<crate::rope::RopeRes
         js::sleep(0).await;
         rows.push((name.to_string(), eval.losses(&with_scaling(&model, scaling)).map_err(err)?));
     }
-    Ok(crate::rope::RopeResult { context, length, windows: p.windows, rows })
+    Ok(tinytune_web::rope::RopeResult { context, length, windows: p.windows, rows })
 }
 
 async fn generate(p: &GenerateParams) -> Result<Samples, String> {
@@ -823,7 +839,7 @@ async fn generate(p: &GenerateParams) -> Result<Samples, String> {
 
 /// Reads, parses and loads the GGUF file the page posted, on the current device (with
 /// autodiff, so the same weights fine-tune), replacing any model opened before.
-async fn real_open() -> Result<crate::real::RealInfo, String> {
+async fn real_open() -> Result<tinytune_web::real::RealInfo, String> {
     use tinytune::gguf::{self, Gguf};
     let err = |e: tinytune::Error| e.to_string();
     let file = STATE.with_borrow_mut(|s| s.posted_file.take()).ok_or("no file reached the worker; choose the .gguf file again")?;
@@ -841,7 +857,7 @@ async fn real_open() -> Result<crate::real::RealInfo, String> {
     drop(bytes);
     let c = &opened.config;
     let on_cpu = tinytune::optim::optimizer::host_memory_device(&ad);
-    let info = crate::real::RealInfo {
+    let info = tinytune_web::real::RealInfo {
         name,
         file_bytes: file.size() as u64,
         layers: c.n_layer,
@@ -864,7 +880,7 @@ async fn real_open() -> Result<crate::real::RealInfo, String> {
 /// Greedy reply of the opened model (the fine-tuned one once a run has finished) to one
 /// user message in its chat template, streamed to the page token by token.
 async fn real_chat(id: u32, prompt: &str, max_tokens: usize) -> Result<(), String> {
-    use crate::real::ChatReply;
+    use tinytune_web::real::ChatReply;
     let err = |e: tinytune::Error| e.to_string();
     let (model, tok, chat, label) = REAL
         .with_borrow(|r| {
@@ -897,17 +913,17 @@ async fn real_chat(id: u32, prompt: &str, max_tokens: usize) -> Result<(), Strin
 
 /// A LoRA fine-tune of the opened model on the shipped chat set, streamed like the train
 /// widget's runs; when it finishes, chats use the fine-tuned model.
-async fn real_train(run: u32, p: &crate::real::RealModelParams, control: &Cell<Control>) -> Result<RunState, String> {
+async fn real_train(run: u32, p: &tinytune_web::real::RealModelParams, control: &Cell<Control>) -> Result<RunState, String> {
     let err = |e: tinytune::Error| e.to_string();
     let (base, tok, chat) = REAL.with_borrow(|r| r.as_ref().map(|s| (s.base.clone(), s.tokenizer.clone(), s.chat.clone()))).ok_or("open a .gguf file first")?;
     status(run, RunState::Preparing, "fetching the chat set");
-    let text = js::fetch_text(crate::real::CHAT_URL).await?;
+    let text = js::fetch_text(tinytune_web::real::CHAT_URL).await?;
     let config = p.train_config();
     let ad = base.device();
     let model = config.method.apply(base, config.seed, &ad).map_err(err)?;
     status(run, RunState::Preparing, "rendering and tokenising the conversations");
     js::sleep(0).await;
-    let trainer = Trainer::from_jsonl(model, &tok, chat.as_ref(), &text, crate::real::CHAT_FILE, config, &ad).map_err(err)?;
+    let trainer = Trainer::from_jsonl(model, &tok, chat.as_ref(), &text, tinytune_web::real::CHAT_FILE, config, &ad).map_err(err)?;
     let on_cpu = tinytune::optim::optimizer::host_memory_device(&ad);
     let mut host = WorkerHost::new(run, control, "adamw", on_cpu);
     tinytune::memory::measure::reset_peak();
@@ -931,9 +947,9 @@ async fn real_train(run: u32, p: &crate::real::RealModelParams, control: &Cell<C
 /// only, paused at each of the preference run's evaluation steps to score its model on the
 /// same held-out pairs against the same reference. Greedy completions of a few held-out
 /// prompts before, after the run and after the comparison.
-async fn preference(run: u32, sft_run: u32, p: &crate::preference::PreferenceParams, control: &Cell<Control>) -> Result<RunState, String> {
-    use crate::preference::{EVAL_PAIRS, PreferenceNews, SampleModel, TRAIN_PAIRS, sample_pairs, sft_examples};
+async fn preference(run: u32, sft_run: u32, p: &tinytune_web::preference::PreferenceParams, control: &Cell<Control>) -> Result<RunState, String> {
     use tinytune::train::{Dataset, preference_eval_async};
+    use tinytune_web::preference::{EVAL_PAIRS, PreferenceNews, SampleModel, TRAIN_PAIRS, sample_pairs, sft_examples};
     let err = |e: tinytune::Error| e.to_string();
     let news = |news: PreferenceNews| post(&FromWorker::Preference { run, news });
     let cancelled = || control.get() == Control::Cancel;
@@ -1009,8 +1025,8 @@ async fn preference(run: u32, sft_run: u32, p: &crate::preference::PreferencePar
 /// evaluates the SFT model as GRPO's evaluations do (`GrpoNews::Before`); after each step
 /// the first sampled groups of its rollout, with their rewards and advantages, go to the
 /// page (`GrpoNews::Groups`, from `Trainer::rl`).
-async fn grpo(run: u32, sft_run: u32, p: &crate::grpo::GrpoParams, control: &Cell<Control>) -> Result<RunState, String> {
-    use crate::grpo::GrpoNews;
+async fn grpo(run: u32, sft_run: u32, p: &tinytune_web::grpo::GrpoParams, control: &Cell<Control>) -> Result<RunState, String> {
+    use tinytune_web::grpo::GrpoNews;
     let err = |e: tinytune::Error| e.to_string();
     let news = |news: GrpoNews| post(&FromWorker::Grpo { run, news });
     let ad = device().await.autodiff();
@@ -1038,7 +1054,7 @@ async fn grpo(run: u32, sft_run: u32, p: &crate::grpo::GrpoParams, control: &Cel
     status(run, RunState::Preparing, "stage 2: tokenising the prompts");
     js::sleep(0).await;
     let trainer = Trainer::new(model, &tok, config, &ad).map_err(err)?;
-    status(run, RunState::Preparing, &format!("the SFT model's held-out reward on {} prompts, before GRPO", crate::grpo::EVAL_PROMPTS));
+    status(run, RunState::Preparing, &format!("the SFT model's held-out reward on {} prompts, before GRPO", tinytune_web::grpo::EVAL_PROMPTS));
     let before = trainer.evaluate_async().await.map_err(err)?;
     news(GrpoNews::Before { eval_loss: before.loss, metrics: before.metrics });
     if control.get() == Control::Cancel {
@@ -1059,8 +1075,14 @@ async fn grpo(run: u32, sft_run: u32, p: &crate::grpo::GrpoParams, control: &Cel
 /// `tinytune distill --student-layers` builds it, with the frozen teacher beside it
 /// (`Trainer::set_teacher`). Every run goes through `train::Run` with the same host as every
 /// run; at the end each run's final held-out loss goes to the page (`DistillNews::Finals`).
-async fn distill(run: u32, teacher_run: u32, student_runs: [u32; 3], p: &crate::distill::DistillParams, control: &Cell<Control>) -> Result<RunState, String> {
-    use crate::distill::{DistillNews, FinalRow, Student};
+async fn distill(
+    run: u32,
+    teacher_run: u32,
+    student_runs: [u32; 3],
+    p: &tinytune_web::distill::DistillParams,
+    control: &Cell<Control>,
+) -> Result<RunState, String> {
+    use tinytune_web::distill::{DistillNews, FinalRow, Student};
     let err = |e: tinytune::Error| e.to_string();
     let ad = device().await.autodiff();
     let on_cpu = tinytune::optim::optimizer::host_memory_device(&ad);
@@ -1124,8 +1146,8 @@ impl RunHost for Rollouts<'_> {
 
     fn event(&mut self, trainer: &Trainer, event: &TrainEvent) -> Result<(), String> {
         if let (TrainEvent::Step(e), Some(rl)) = (event, &trainer.rl) {
-            let groups = rl.last.iter().take(crate::grpo::GROUPS_SHOWN).cloned().collect();
-            post(&FromWorker::Grpo { run: self.run, news: crate::grpo::GrpoNews::Groups { step: e.step, groups } });
+            let groups = rl.last.iter().take(tinytune_web::grpo::GROUPS_SHOWN).cloned().collect();
+            post(&FromWorker::Grpo { run: self.run, news: tinytune_web::grpo::GrpoNews::Groups { step: e.step, groups } });
         }
         self.inner.event(trainer, event)
     }
@@ -1142,8 +1164,14 @@ impl RunHost for Rollouts<'_> {
 /// Greedy completions of each pair's prompt, to the end of the line.
 async fn greedy(model: &Gpt, tok: &TextTokenizer, pairs: &[tinytune::data::Pair]) -> Result<Vec<String>, String> {
     let err = |e: tinytune::Error| e.to_string();
-    let config =
-        SampleConfig { max_new_tokens: crate::preference::SAMPLE_TOKENS, temperature: 0.0, top_k: None, seed: 0, stop_ids: tok.line_stop_ids(), cache: true };
+    let config = SampleConfig {
+        max_new_tokens: tinytune_web::preference::SAMPLE_TOKENS,
+        temperature: 0.0,
+        top_k: None,
+        seed: 0,
+        stop_ids: tok.line_stop_ids(),
+        cache: true,
+    };
     let mut out = Vec::new();
     for pair in pairs {
         let ids = tok.encode(&pair.prompt).map_err(err)?;
