@@ -1,9 +1,10 @@
-//! Fused operations: the model's three elementwise-heavy steps, each as one pass forward and
-//! one pass backward.
+//! Fused operations: the models' elementwise-heavy steps, each as one pass forward and one
+//! pass backward.
 //!
-//! Under autodiff, Burn runs a softmax as five operations, a LayerNorm as nine, (max, subtract, exp, sum, divide)
-//! and keeps what each needs for its backward pass; GPT-2's GELU is six; the cross-entropy's
-//! log-softmax is six more and a gather. On the CPU those passes over memory cost as much as
+//! Under autodiff, Burn runs a softmax as five operations (max, subtract, exp, sum, divide), a
+//! LayerNorm as nine, and keeps what each needs for its backward pass; GPT-2's GELU is six;
+//! the cross-entropy's log-softmax is six more and a gather; the Llama family's RMSNorm is
+//! seven and its SwiGLU gate three. On the CPU those passes over memory cost as much as
 //! the matrix products. Each function here is the same mathematics as a plain composition of
 //! Burn operations (the `*_plain` twin beside it, which the tests compare against, values and
 //! gradients within 1e-5), run as a single row-wise kernel with a hand-written backward pass:
@@ -16,6 +17,9 @@
 //!   saved input.
 //! - [`token_log_probs`]: `log_softmax(logits)` at the target tokens, without materialising the
 //!   log-probabilities of the whole vocabulary. Backward: `g · (onehot − softmax)`.
+//! - [`rms_norm`]: the Llama family's RMSNorm, its two gradients (input, weight) from the
+//!   saved input.
+//! - [`swiglu`]: the Llama family's `silu(gate) ⊙ up`, both gradients from the saved inputs.
 //!
 //! The kernels exist for the flex backend (with the `fused` feature; the `rayon` feature splits
 //! their rows across threads), in f32, without gradient checkpointing (which recomputes the
@@ -145,6 +149,44 @@ pub fn layer_norm_plain<const D: usize>(x: Tensor<D>, weight: Tensor<1>, bias: T
     burn::tensor::module::layer_norm(x, weight, Some(bias), eps)
 }
 
+/// RMSNorm over the last dimension (the Llama family's): `x / √(mean(x²) + ε) · weight`, in
+/// f32 as transformers' `LlamaRMSNorm`.
+///
+/// # Shapes
+/// x `[..., C]`, weight `[C]` -> `[..., C]`
+pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Tensor<D> {
+    if fused_for(&x) && fused_for(&weight) {
+        #[cfg(feature = "fused")]
+        return flex::rms_norm(x, weight, eps);
+    }
+    rms_norm_plain(x, weight, eps)
+}
+
+/// [`rms_norm`] as Burn operations: square, mean, add ε, square root, reciprocal, two
+/// products (under autodiff, seven operations, each keeping what its backward needs).
+pub fn rms_norm_plain<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Tensor<D> {
+    let ms = (x.clone() * x.clone()).mean_dim(D - 1).add_scalar(eps);
+    x * ms.sqrt().recip() * weight.unsqueeze::<D>()
+}
+
+/// SwiGLU's gating (the Llama family's MLP between its projections): `silu(gate) ⊙ up`, with
+/// `silu(a) = a · sigmoid(a)`.
+///
+/// # Shapes
+/// gate and up `[..., F]` (the same shape) -> `[..., F]`
+pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+    if fused_for(&gate) && fused_for(&up) && gate.dims() == up.dims() {
+        #[cfg(feature = "fused")]
+        return flex::swiglu(gate, up);
+    }
+    swiglu_plain(gate, up)
+}
+
+/// [`swiglu`] as Burn operations: Burn's `silu`, then the product.
+pub fn swiglu_plain<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+    burn::tensor::activation::silu(gate) * up
+}
+
 // ---- scalar pieces the kernels' loops are made of ----
 //
 // Written without branches or library calls, so that a loop over a row compiles to SIMD (4
@@ -251,6 +293,12 @@ mod flex {
         fn layer_norm_backward_input(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
         fn layer_norm_backward_weight(x: FloatTensor<Self>, grad: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
         fn layer_norm_backward_bias(grad: FloatTensor<Self>) -> FloatTensor<Self>;
+        fn fused_rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
+        fn rms_norm_backward_input(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
+        fn rms_norm_backward_weight(x: FloatTensor<Self>, grad: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
+        fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
+        fn swiglu_backward_gate(gate: FloatTensor<Self>, up: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+        fn swiglu_backward_up(gate: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
     }
 
     pub fn causal_softmax(scores: Tensor<4>, scale: f32, offset: usize) -> Tensor<4> {
@@ -269,7 +317,28 @@ mod flex {
         Tensor::from_dispatch(<Dispatch as Fused>::fused_layer_norm(x.into_dispatch(), weight.into_dispatch(), bias.into_dispatch(), eps))
     }
 
+    pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Tensor<D> {
+        Tensor::from_dispatch(<Dispatch as Fused>::fused_rms_norm(x.into_dispatch(), weight.into_dispatch(), eps))
+    }
+
+    pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+        Tensor::from_dispatch(<Dispatch as Fused>::fused_swiglu(gate.into_dispatch(), up.into_dispatch()))
+    }
+
     // ---- flex: the kernels, over contiguous f32 rows ----
+
+    /// A row's 1/√(mean(x²) + ε), RMSNorm's scale.
+    fn inv_rms(row: &[f32], eps: f64) -> f32 {
+        1.0 / (lane_sum(row, |v| v * v) / row.len() as f32 + eps as f32).sqrt()
+    }
+
+    /// Runs `f(chunk index, output chunk)` over `out` in chunks of `CHUNK` values, across
+    /// threads: for elementwise kernels, whose rows are whatever the caller's shape says.
+    fn elementwise(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+        const CHUNK: usize = 4096;
+        let n = out.len();
+        rows(out, CHUNK.min(n), CHUNK, |c, o| f(c * CHUNK, o));
+    }
 
     /// A row's mean and 1/√(biased variance + ε), as Burn's layer_norm computes them.
     fn moments(row: &[f32], eps: f64) -> (f32, f32) {
@@ -534,6 +603,100 @@ mod flex {
             let sums = column_sums(gv.len() / n.max(1), n, |r, acc| acc.iter_mut().zip(&gv[r * n..(r + 1) * n]).for_each(|(a, &g)| *a += g));
             build(sums, vec![n].into())
         }
+
+        fn fused_rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+            let (x, w) = (dense(x), dense(weight));
+            let dims = shape(&x);
+            let n = dims[dims.num_dims() - 1];
+            let (input, w) = (values(&x), values(&w));
+            let mut out = vec![0.0f32; input.len()];
+            rows(&mut out, n, n, |r, o| {
+                let row = &input[r * n..(r + 1) * n];
+                let inv = inv_rms(row, eps);
+                for ((o, &v), &w) in o.iter_mut().zip(row).zip(w) {
+                    *o = v * inv * w;
+                }
+            });
+            build(out, dims)
+        }
+
+        fn rms_norm_backward_input(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+            let (x, w, g) = (dense(x), dense(weight), dense(grad));
+            let dims = shape(&x);
+            let n = dims[dims.num_dims() - 1];
+            let (input, w, gv) = (values(&x), values(&w), values(&g));
+            let mut out = vec![0.0f32; input.len()];
+            rows(&mut out, n, 2 * n, |r, o| {
+                let (row, g) = (&input[r * n..(r + 1) * n], &gv[r * n..(r + 1) * n]);
+                let inv = inv_rms(row, eps);
+                // With x̂ = x/σ and ĝ = g ⊙ w: dx = (ĝ − x̂ · mean(ĝ ⊙ x̂)) / σ.
+                let mut sum_gx = 0.0f32;
+                for ((&v, &g), &w) in row.iter().zip(g).zip(w) {
+                    sum_gx += g * w * v * inv;
+                }
+                let mean_gx = sum_gx / n as f32;
+                for (((o, &v), &g), &w) in o.iter_mut().zip(row).zip(g).zip(w) {
+                    *o = (g * w - v * inv * mean_gx) * inv;
+                }
+            });
+            build(out, dims)
+        }
+
+        fn rms_norm_backward_weight(x: FloatTensor<Self>, grad: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+            let (x, g) = (dense(x), dense(grad));
+            let dims = shape(&x);
+            let n = dims[dims.num_dims() - 1];
+            let (input, gv) = (values(&x), values(&g));
+            let sums = column_sums(input.len() / n.max(1), n, |r, acc| {
+                let (row, g) = (&input[r * n..(r + 1) * n], &gv[r * n..(r + 1) * n]);
+                let inv = inv_rms(row, eps);
+                for ((a, &v), &g) in acc.iter_mut().zip(row).zip(g) {
+                    *a += g * v * inv;
+                }
+            });
+            build(sums, vec![n].into())
+        }
+
+        fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+            let (a, b) = (dense(gate), dense(up));
+            let dims = shape(&a);
+            let (av, bv) = (values(&a), values(&b));
+            let mut out = vec![0.0f32; av.len()];
+            elementwise(&mut out, |at, o| {
+                for ((o, &a), &b) in o.iter_mut().zip(&av[at..]).zip(&bv[at..]) {
+                    *o = a * sigmoid_f32(a) * b;
+                }
+            });
+            build(out, dims)
+        }
+
+        fn swiglu_backward_gate(gate: FloatTensor<Self>, up: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+            let (a, b, g) = (dense(gate), dense(up), dense(grad));
+            let dims = shape(&a);
+            let (av, bv, gv) = (values(&a), values(&b), values(&g));
+            let mut out = vec![0.0f32; av.len()];
+            elementwise(&mut out, |at, o| {
+                for (((o, &a), &b), &g) in o.iter_mut().zip(&av[at..]).zip(&bv[at..]).zip(&gv[at..]) {
+                    // d silu(a)/da = σ(a) · (1 + a · (1 − σ(a))).
+                    let s = sigmoid_f32(a);
+                    *o = g * b * s * (1.0 + a * (1.0 - s));
+                }
+            });
+            build(out, dims)
+        }
+
+        fn swiglu_backward_up(gate: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+            let (a, g) = (dense(gate), dense(grad));
+            let dims = shape(&a);
+            let (av, gv) = (values(&a), values(&g));
+            let mut out = vec![0.0f32; av.len()];
+            elementwise(&mut out, |at, o| {
+                for ((o, &a), &g) in o.iter_mut().zip(&av[at..]).zip(&gv[at..]) {
+                    *o = g * a * sigmoid_f32(a);
+                }
+            });
+            build(out, dims)
+        }
     }
 
     // ---- autodiff: each forward kernel records its backward kernel ----
@@ -631,7 +794,79 @@ mod flex {
             }
         }
 
+        fn fused_rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+            #[derive(Debug)]
+            struct RmsNorm;
+            impl<B: Fused> Backward<B, 2> for RmsNorm {
+                type State = (B::FloatTensorPrimitive, B::FloatTensorPrimitive, f64);
+                fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+                    let (x, w, eps) = ops.state;
+                    let g = grads.consume::<B>(&ops.node);
+                    let [px, pw] = ops.parents;
+                    if let Some(p) = pw {
+                        grads.register::<B>(p.id, B::rms_norm_backward_weight(x.clone(), g.clone(), eps));
+                    }
+                    if let Some(p) = px {
+                        grads.register::<B>(p.id, B::rms_norm_backward_input(x, w, g, eps));
+                    }
+                }
+            }
+            let (x, nx) = x.into_parts();
+            let (w, nw) = weight.into_parts();
+            match RmsNorm.prepare::<C>([nx, nw]).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => {
+                    let y = B::fused_rms_norm(x.clone(), w.clone(), eps);
+                    prep.finish((x, w, eps), y)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(B::fused_rms_norm(x, w, eps)),
+            }
+        }
+
+        fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+            #[derive(Debug)]
+            struct SwiGlu;
+            impl<B: Fused> Backward<B, 2> for SwiGlu {
+                type State = (B::FloatTensorPrimitive, B::FloatTensorPrimitive);
+                fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+                    let (a, b) = ops.state;
+                    let g = grads.consume::<B>(&ops.node);
+                    let [pa, pb] = ops.parents;
+                    if let Some(p) = pb {
+                        grads.register::<B>(p.id, B::swiglu_backward_up(a.clone(), g.clone()));
+                    }
+                    if let Some(p) = pa {
+                        grads.register::<B>(p.id, B::swiglu_backward_gate(a, b, g));
+                    }
+                }
+            }
+            let (a, na) = gate.into_parts();
+            let (b, nb) = up.into_parts();
+            match SwiGlu.prepare::<C>([na, nb]).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => {
+                    let y = B::fused_swiglu(a.clone(), b.clone());
+                    prep.finish((a, b), y)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(B::fused_swiglu(a, b)),
+            }
+        }
+
         // The backward kernels take part in no graph themselves (no second derivatives).
+        fn rms_norm_backward_input(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+            Self::from_inner(B::rms_norm_backward_input(Self::inner(x), Self::inner(weight), Self::inner(grad), eps))
+        }
+
+        fn rms_norm_backward_weight(x: FloatTensor<Self>, grad: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+            Self::from_inner(B::rms_norm_backward_weight(Self::inner(x), Self::inner(grad), eps))
+        }
+
+        fn swiglu_backward_gate(gate: FloatTensor<Self>, up: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+            Self::from_inner(B::swiglu_backward_gate(Self::inner(gate), Self::inner(up), Self::inner(grad)))
+        }
+
+        fn swiglu_backward_up(gate: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+            Self::from_inner(B::swiglu_backward_up(Self::inner(gate), Self::inner(grad)))
+        }
+
         fn layer_norm_backward_input(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
             Self::from_inner(B::layer_norm_backward_input(Self::inner(x), Self::inner(weight), Self::inner(grad), eps))
         }

@@ -113,3 +113,29 @@ fn other_backends_take_the_composition() {
     // Gradient checkpointing recomputes the compositions' cheap steps rather than keep them.
     assert!(!kernels::fused_for(&Tensor::<2>::zeros([2, 3], &device().gradient_checkpointing())));
 }
+
+#[test]
+fn rms_norm_matches_its_composition_in_both_gradients() {
+    let device = device();
+    let c = 24;
+    let x = Tensor::<3>::random([3, 50, c], Distribution::Normal(0.5, 2.0), &device);
+    let w = Tensor::<1>::random([c], Distribution::Normal(1.0, 0.5), &device);
+    check("rms_norm (input)", x.clone(), |x| kernels::rms_norm(x, w.clone(), 1e-6), |x| kernels::rms_norm_plain(x, w.clone(), 1e-6));
+    check("rms_norm (weight)", w.clone(), |w| kernels::rms_norm(x.clone(), w, 1e-6), |w| kernels::rms_norm_plain(x.clone(), w, 1e-6));
+    // A strided view (a transpose) is read correctly.
+    let x = Tensor::<3>::random([2, c, 7], Distribution::Normal(0.0, 1.0), &device).swap_dims(1, 2);
+    check("rms_norm on a view", x, |x| kernels::rms_norm(x, w.clone(), 1e-5), |x| kernels::rms_norm_plain(x, w.clone(), 1e-5));
+}
+
+#[test]
+fn swiglu_matches_its_composition_in_both_gradients() {
+    let device = device();
+    // Spans silu's flat negative tail and linear positive side, and more than one 4096-value task.
+    let gate = Tensor::<2>::random([3, 2000], Distribution::Uniform(-10.0, 10.0), &device);
+    let up = Tensor::<2>::random([3, 2000], Distribution::Normal(0.0, 2.0), &device);
+    check("swiglu (gate)", gate.clone(), |g| kernels::swiglu(g, up.clone()), |g| kernels::swiglu_plain(g, up.clone()));
+    check("swiglu (up)", up.clone(), |u| kernels::swiglu(gate.clone(), u), |u| kernels::swiglu_plain(gate.clone(), u));
+    let gate = Tensor::<3>::random([2, 3, 5], Distribution::Normal(0.0, 1.0), &device);
+    let up = Tensor::<3>::random([2, 3, 5], Distribution::Normal(0.0, 1.0), &device);
+    check("swiglu small", gate, |g| kernels::swiglu(g, up.clone()), |g| kernels::swiglu_plain(g, up.clone()));
+}

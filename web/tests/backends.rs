@@ -26,14 +26,18 @@ fn wasm_graph(package: &str) -> Vec<String> {
 }
 
 /// Crates that are a backend, or exist only to run one.
-const BACKEND: &[&str] = &["burn-flex", "burn-cubecl", "burn-wgpu", "burn-ndarray", "burn-fusion", "cubecl-wgpu", "cubecl-ir", "cubecl-core", "wgpu", "pliron", "gemm"];
+const BACKEND: &[&str] =
+    &["burn-flex", "burn-cubecl", "burn-wgpu", "burn-ndarray", "burn-fusion", "cubecl-wgpu", "cubecl-ir", "cubecl-core", "wgpu", "pliron", "gemm"];
 
 #[test]
 fn the_page_links_no_backend_and_the_worker_links_flex_and_webgpu() {
     let page = wasm_graph("tinytune-web");
     assert!(page.iter().any(|c| c == "tinytune"), "the page's graph should hold core: {page:?}");
     let linked: Vec<&String> = page.iter().filter(|c| BACKEND.contains(&c.as_str())).collect();
-    assert!(linked.is_empty(), "the page's wasm build pulls in Burn backend crates {linked:?}; only web/worker may depend on Burn's flex or wgpu features or core's `fused`");
+    assert!(
+        linked.is_empty(),
+        "the page's wasm build pulls in Burn backend crates {linked:?}; only web/worker may depend on Burn's flex or wgpu features or core's `fused`"
+    );
     assert!(!page.iter().any(|c| c == "tinytune-worker"), "the page must not depend on the worker");
 
     let worker = wasm_graph("tinytune-worker");

@@ -4,7 +4,6 @@
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
 use super::attention::{Attention, RopeTables};
@@ -60,7 +59,7 @@ impl Mlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let y = match (&self.c_fc, &self.c_proj, &self.gate_proj, &self.up_proj, &self.down_proj) {
             (Some(fc), Some(proj), ..) => proj.forward(gelu_new(fc.forward(x))), // via [B, T, 4C]
-            (None, None, Some(gate), Some(up), Some(down)) => down.forward(silu(gate.forward(x.clone())) * up.forward(x)), // via [B, T, F]
+            (None, None, Some(gate), Some(up), Some(down)) => down.forward(crate::kernels::swiglu(gate.forward(x.clone()), up.forward(x))), // via [B, T, F]
             _ => unreachable!("an MLP holds c_fc/c_proj or gate/up/down projections"),
         };
         self.dropout.forward(y)

@@ -35,11 +35,8 @@ impl LayerNorm {
         match &self.bias {
             // One fused kernel on flex; Burn's layer_norm op elsewhere.
             Some(bias) => crate::kernels::layer_norm(x, self.weight.val(), bias.val(), self.eps),
-            None => {
-                // x / sqrt(mean(x²) + ε) · g, as transformers' LlamaRMSNorm (in f32).
-                let ms = (x.clone() * x.clone()).mean_dim(D - 1).add_scalar(self.eps);
-                x * ms.sqrt().recip() * self.weight.val().unsqueeze::<D>()
-            }
+            // x / sqrt(mean(x²) + ε) · g, as transformers' LlamaRMSNorm (in f32); fused on flex.
+            None => crate::kernels::rms_norm(x, self.weight.val(), self.eps),
         }
     }
 }
