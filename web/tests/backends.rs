@@ -1,6 +1,7 @@
 //! The page links no Burn backend; the worker links both of the browser's.
 //!
-//! Cargo resolves features per package, so the page (`tinytune-web`) and the worker
+//! A package's features are the same for all its binaries, and trunk builds each package
+//! with a cargo command of its own, so the page (`tinytune-web`) and the worker
 //! (`tinytune-worker`) are built with different features of Burn and core. When the worker
 //! was a second binary of this package, the page compiled Burn's wgpu backend and its
 //! compiler (cubecl's IR registers itself at start-up, so whole-program optimisation could
