@@ -327,11 +327,6 @@ mod flex {
 
     // ---- flex: the kernels, over contiguous f32 rows ----
 
-    /// A row's 1/√(mean(x²) + ε), RMSNorm's scale.
-    fn inv_rms(row: &[f32], eps: f64) -> f32 {
-        1.0 / (lane_sum(row, |v| v * v) / row.len() as f32 + eps as f32).sqrt()
-    }
-
     /// Runs `f(chunk index, output chunk)` over `out` in chunks of `CHUNK` values, across
     /// threads: for elementwise kernels, whose rows are whatever the caller's shape says.
     fn elementwise(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync + Send) {
@@ -340,12 +335,80 @@ mod flex {
         rows(out, CHUNK.min(n), CHUNK, |c, o| f(c * CHUNK, o));
     }
 
-    /// A row's mean and 1/√(biased variance + ε), as Burn's layer_norm computes them.
-    fn moments(row: &[f32], eps: f64) -> (f32, f32) {
+    /// A row's centre and scale: LayerNorm's mean and 1/√(biased variance + ε), as Burn's
+    /// layer_norm computes them, or (not `centered`) RMSNorm's 0 and 1/√(mean(x²) + ε).
+    fn moments(row: &[f32], eps: f64, centered: bool) -> (f32, f32) {
         let n = row.len() as f32;
-        let mean = sum8(row) / n;
+        let mean = if centered { sum8(row) / n } else { 0.0 };
         let var = lane_sum(row, |v| (v - mean) * (v - mean)) / n;
         (mean, 1.0 / (var + eps as f32).sqrt())
+    }
+
+    /// LayerNorm (`centered`, with its bias) or RMSNorm (no bias) over the last dimension.
+    fn norm(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, eps: f64, centered: bool) -> FlexTensor {
+        let (x, w, b) = (dense(x), dense(weight), bias.map(dense));
+        let dims = shape(&x);
+        let n = dims[dims.num_dims() - 1];
+        let (input, w, b) = (values(&x), values(&w), b.as_ref().map(values));
+        let mut out = vec![0.0f32; input.len()];
+        rows(&mut out, n, n, |r, o| {
+            let row = &input[r * n..(r + 1) * n];
+            let (mean, inv) = moments(row, eps, centered);
+            match b {
+                Some(b) => {
+                    for (((o, &v), &w), &b) in o.iter_mut().zip(row).zip(w).zip(b) {
+                        *o = (v - mean) * inv * w + b;
+                    }
+                }
+                None => {
+                    for ((o, &v), &w) in o.iter_mut().zip(row).zip(w) {
+                        *o = (v - mean) * inv * w;
+                    }
+                }
+            }
+        });
+        build(out, dims)
+    }
+
+    /// [`norm`]'s input gradient. With x̂ = (x − μ)/σ (μ = 0 for RMSNorm) and ĝ = g ⊙ w:
+    /// dx = (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂)) / σ, without the mean(ĝ) term for RMSNorm.
+    fn norm_backward_input(x: FlexTensor, weight: FlexTensor, grad: FlexTensor, eps: f64, centered: bool) -> FlexTensor {
+        let (x, w, g) = (dense(x), dense(weight), dense(grad));
+        let dims = shape(&x);
+        let n = dims[dims.num_dims() - 1];
+        let (input, w, gv) = (values(&x), values(&w), values(&g));
+        let mut out = vec![0.0f32; input.len()];
+        rows(&mut out, n, 2 * n, |r, o| {
+            let (row, g) = (&input[r * n..(r + 1) * n], &gv[r * n..(r + 1) * n]);
+            let (mean, inv) = moments(row, eps, centered);
+            let (mut sum_g, mut sum_gx) = (0.0f32, 0.0f32);
+            for ((&v, &g), &w) in row.iter().zip(g).zip(w) {
+                sum_g += g * w;
+                sum_gx += g * w * (v - mean) * inv;
+            }
+            let mean_g = if centered { sum_g / n as f32 } else { 0.0 };
+            let mean_gx = sum_gx / n as f32;
+            for (((o, &v), &g), &w) in o.iter_mut().zip(row).zip(g).zip(w) {
+                *o = (g * w - mean_g - (v - mean) * inv * mean_gx) * inv;
+            }
+        });
+        build(out, dims)
+    }
+
+    /// [`norm`]'s weight gradient: the column sums of g ⊙ x̂.
+    fn norm_backward_weight(x: FlexTensor, grad: FlexTensor, eps: f64, centered: bool) -> FlexTensor {
+        let (x, g) = (dense(x), dense(grad));
+        let dims = shape(&x);
+        let n = dims[dims.num_dims() - 1];
+        let (input, gv) = (values(&x), values(&g));
+        let sums = column_sums(input.len() / n.max(1), n, |r, acc| {
+            let (row, g) = (&input[r * n..(r + 1) * n], &gv[r * n..(r + 1) * n]);
+            let (mean, inv) = moments(row, eps, centered);
+            for ((a, &v), &g) in acc.iter_mut().zip(row).zip(g) {
+                *a += g * (v - mean) * inv;
+            }
+        });
+        build(sums, vec![n].into())
     }
 
     /// Column sums of `f(row index, row)` over a `[rows, n]` matrix, rows split across
@@ -477,8 +540,8 @@ mod flex {
             let dims = shape(&x);
             let input = values(&x);
             let mut out = vec![0.0f32; input.len()];
-            rows(&mut out, 4096.min(input.len()), 4096, |r, o| {
-                for (o, &x) in o.iter_mut().zip(&input[r * 4096..]) {
+            elementwise(&mut out, |at, o| {
+                for (o, &x) in o.iter_mut().zip(&input[at..]) {
                     *o = x * sigmoid_f32(GELU_2C * (x + GELU_A * x * x * x));
                 }
             });
@@ -490,8 +553,8 @@ mod flex {
             let dims = shape(&x);
             let (xv, gv) = (values(&x), values(&g));
             let mut out = vec![0.0f32; xv.len()];
-            rows(&mut out, 4096.min(xv.len()), 4096, |r, o| {
-                for ((o, &x), &g) in o.iter_mut().zip(&xv[r * 4096..]).zip(&gv[r * 4096..]) {
+            elementwise(&mut out, |at, o| {
+                for ((o, &x), &g) in o.iter_mut().zip(&xv[at..]).zip(&gv[at..]) {
                     let s = sigmoid_f32(GELU_2C * (x + GELU_A * x * x * x));
                     *o = g * (s + x * s * (1.0 - s) * GELU_2C * (1.0 + 3.0 * GELU_A * x * x));
                 }
@@ -542,57 +605,15 @@ mod flex {
         }
 
         fn fused_layer_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
-            let (x, w, b) = (dense(x), dense(weight), dense(bias));
-            let dims = shape(&x);
-            let n = dims[dims.num_dims() - 1];
-            let (input, w, b) = (values(&x), values(&w), values(&b));
-            let mut out = vec![0.0f32; input.len()];
-            rows(&mut out, n, n, |r, o| {
-                let row = &input[r * n..(r + 1) * n];
-                let (mean, inv) = moments(row, eps);
-                for (((o, &v), &w), &b) in o.iter_mut().zip(row).zip(w).zip(b) {
-                    *o = (v - mean) * inv * w + b;
-                }
-            });
-            build(out, dims)
+            norm(x, weight, Some(bias), eps, true)
         }
 
         fn layer_norm_backward_input(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
-            let (x, w, g) = (dense(x), dense(weight), dense(grad));
-            let dims = shape(&x);
-            let n = dims[dims.num_dims() - 1];
-            let (input, w, gv) = (values(&x), values(&w), values(&g));
-            let mut out = vec![0.0f32; input.len()];
-            rows(&mut out, n, 2 * n, |r, o| {
-                let (row, g) = (&input[r * n..(r + 1) * n], &gv[r * n..(r + 1) * n]);
-                let (mean, inv) = moments(row, eps);
-                // With x̂ = (x − μ)/σ and ĝ = g ⊙ w: dx = (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂)) / σ.
-                let (mut sum_g, mut sum_gx) = (0.0f32, 0.0f32);
-                for ((&v, &g), &w) in row.iter().zip(g).zip(w) {
-                    sum_g += g * w;
-                    sum_gx += g * w * (v - mean) * inv;
-                }
-                let (mean_g, mean_gx) = (sum_g / n as f32, sum_gx / n as f32);
-                for (((o, &v), &g), &w) in o.iter_mut().zip(row).zip(g).zip(w) {
-                    *o = (g * w - mean_g - (v - mean) * inv * mean_gx) * inv;
-                }
-            });
-            build(out, dims)
+            norm_backward_input(x, weight, grad, eps, true)
         }
 
         fn layer_norm_backward_weight(x: FloatTensor<Self>, grad: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
-            let (x, g) = (dense(x), dense(grad));
-            let dims = shape(&x);
-            let n = dims[dims.num_dims() - 1];
-            let (input, gv) = (values(&x), values(&g));
-            let sums = column_sums(input.len() / n.max(1), n, |r, acc| {
-                let (row, g) = (&input[r * n..(r + 1) * n], &gv[r * n..(r + 1) * n]);
-                let (mean, inv) = moments(row, eps);
-                for ((a, &v), &g) in acc.iter_mut().zip(row).zip(g) {
-                    *a += g * (v - mean) * inv;
-                }
-            });
-            build(sums, vec![n].into())
+            norm_backward_weight(x, grad, eps, true)
         }
 
         fn layer_norm_backward_bias(grad: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -605,56 +626,15 @@ mod flex {
         }
 
         fn fused_rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
-            let (x, w) = (dense(x), dense(weight));
-            let dims = shape(&x);
-            let n = dims[dims.num_dims() - 1];
-            let (input, w) = (values(&x), values(&w));
-            let mut out = vec![0.0f32; input.len()];
-            rows(&mut out, n, n, |r, o| {
-                let row = &input[r * n..(r + 1) * n];
-                let inv = inv_rms(row, eps);
-                for ((o, &v), &w) in o.iter_mut().zip(row).zip(w) {
-                    *o = v * inv * w;
-                }
-            });
-            build(out, dims)
+            norm(x, weight, None, eps, false)
         }
 
         fn rms_norm_backward_input(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
-            let (x, w, g) = (dense(x), dense(weight), dense(grad));
-            let dims = shape(&x);
-            let n = dims[dims.num_dims() - 1];
-            let (input, w, gv) = (values(&x), values(&w), values(&g));
-            let mut out = vec![0.0f32; input.len()];
-            rows(&mut out, n, 2 * n, |r, o| {
-                let (row, g) = (&input[r * n..(r + 1) * n], &gv[r * n..(r + 1) * n]);
-                let inv = inv_rms(row, eps);
-                // With x̂ = x/σ and ĝ = g ⊙ w: dx = (ĝ − x̂ · mean(ĝ ⊙ x̂)) / σ.
-                let mut sum_gx = 0.0f32;
-                for ((&v, &g), &w) in row.iter().zip(g).zip(w) {
-                    sum_gx += g * w * v * inv;
-                }
-                let mean_gx = sum_gx / n as f32;
-                for (((o, &v), &g), &w) in o.iter_mut().zip(row).zip(g).zip(w) {
-                    *o = (g * w - v * inv * mean_gx) * inv;
-                }
-            });
-            build(out, dims)
+            norm_backward_input(x, weight, grad, eps, false)
         }
 
         fn rms_norm_backward_weight(x: FloatTensor<Self>, grad: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
-            let (x, g) = (dense(x), dense(grad));
-            let dims = shape(&x);
-            let n = dims[dims.num_dims() - 1];
-            let (input, gv) = (values(&x), values(&g));
-            let sums = column_sums(input.len() / n.max(1), n, |r, acc| {
-                let (row, g) = (&input[r * n..(r + 1) * n], &gv[r * n..(r + 1) * n]);
-                let inv = inv_rms(row, eps);
-                for ((a, &v), &g) in acc.iter_mut().zip(row).zip(g) {
-                    *a += g * v * inv;
-                }
-            });
-            build(sums, vec![n].into())
+            norm_backward_weight(x, grad, eps, false)
         }
 
         fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
