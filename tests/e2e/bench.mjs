@@ -1,5 +1,7 @@
 // Benchmarks of the built playground (figures, not pass/fail):
-//   - bytes of wasm + JS, raw and gzipped (what a first visit downloads before the lesson),
+//   - bytes of wasm + JS, raw and gzipped: the page, and the page with each build of the
+//     worker (the summary's figure is the page with the CPU-only worker, what a first visit
+//     without a hardware GPU downloads),
 //   - time from navigation to the first lesson's title being rendered, on localhost,
 //   - CPU training throughput of lesson 1's train widget in headless Chromium, read from
 //     the widget's status line (micro on sentiment, then nano on stories; batch 8 × 64
@@ -72,7 +74,15 @@ for (const f of readdirSync(dist)) {
   sizes[f] = z;
 }
 if (wasm === 0) fail(`no .wasm in ${dist}: build it first (trunk build)`);
-console.log(`${"wasm + JS total".padEnd(28)} ${(raw / 1e6).toFixed(2).padStart(7)} MB  gzip ${(gz / 1e6).toFixed(2).padStart(6)} MB`);
+console.log(`${"wasm + JS, every file".padEnd(28)} ${(raw / 1e6).toFixed(2).padStart(7)} MB  gzip ${(gz / 1e6).toFixed(2).padStart(6)} MB`);
+// What a reader downloads: the page, then one build of the worker (trunk names a worker's
+// files after its binary: worker-cpu*, or worker* for the build with WebGPU).
+const build = (f) => (f.startsWith("worker-cpu") ? "cpu" : f.startsWith("worker") ? "webgpu" : "page");
+const part = (b) => Object.entries(sizes).filter(([f]) => build(f) === b).reduce((a, [, z]) => a + z, 0);
+if (!part("cpu") || !part("webgpu")) fail(`${dist} lacks a worker build (worker-cpu_bg.wasm and worker_bg.wasm): build it with trunk build`);
+const mb = (z) => `${(z / 1e6).toFixed(2)} MB`;
+console.log(`gzip: page ${mb(part("page"))}; with the CPU-only worker (no hardware GPU) ${mb(part("page") + part("cpu"))}; with the WebGPU worker ${mb(part("page") + part("webgpu"))}`);
+gz = part("page") + part("cpu");
 
 // ---------------------------------------------------------------- the page
 const TYPES = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/css", ".json": "application/json" };
@@ -114,7 +124,7 @@ try {
   times.sort((a, b) => a - b);
   const median = times[Math.floor(times.length / 2)];
   console.log(`first lesson rendered: median ${median.toFixed(0)} ms (min ${times[0].toFixed(0)}, max ${times[times.length - 1].toFixed(0)}) over ${LOADS} load${LOADS > 1 ? "s" : ""}`);
-  summary.push(`gzip ${(gz / 1e6).toFixed(2)} MB`, `first lesson ${median.toFixed(0)} ms`);
+  summary.push(`gzip page + CPU worker ${(gz / 1e6).toFixed(2)} MB`, `first lesson ${median.toFixed(0)} ms`);
 
   for (const backend of BACKENDS) for (const [model, task, steps] of RUNS) {
     const w = `w${lesson.n}`;

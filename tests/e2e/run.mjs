@@ -1255,14 +1255,27 @@ await check.long(`WebGPU (software adapter) runs the ${verifyGroup} reference ch
   }
 });
 
-await check("WebGPU (software adapter) runs a training step", async () => {
+await check("WebGPU (software adapter): automatic loads the CPU-only worker; choosing WebGPU loads the WebGPU worker, which trains", async () => {
   const gpu = await browser(["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-angle=swiftshader"]);
   try {
-    const page = await openPage(gpu, base + `?lesson=${lessons[0].slug}&backend=webgpu`);
-    await page.waitForFunction(() => !document.querySelector("[data-testid=backend]")?.textContent.startsWith("starting"), null, { timeout: 120_000 });
-    const backend = await page.textContent("[data-testid=backend]");
+    const page = await openPage(gpu, base + `?lesson=${lessons[0].slug}&backend=auto`);
+    const workers = [];
+    page.on("worker", (w) => workers.push(w.url()));
+    const started = () => page.waitForFunction(() => !document.querySelector("[data-testid=backend]")?.textContent.startsWith("starting"), null, { timeout: 120_000 });
+    await started();
+    // SwiftShader is a software adapter: automatic keeps to the CPU, so the page loads the
+    // build of the worker without WebGPU.
+    let backend = await page.textContent("[data-testid=backend]");
+    assert(backend.startsWith("CPU"), `automatic with a software adapter chose ${backend}`);
+    const first = page.workers().map((w) => w.url());
+    assert(first.length === 1 && first[0].endsWith("/worker-cpu_loader.js"), `workers: ${first}`);
+    await page.selectOption("[data-testid=backend-choice]", "webgpu");
+    await started();
+    backend = await page.textContent("[data-testid=backend]");
     const reason = await page.textContent("[data-testid=backend-reason]");
     assert(backend.startsWith("WebGPU"), `backend is ${backend}: ${reason}`);
+    const now = page.workers().map((w) => w.url());
+    assert(now.length === 1 && now[0].endsWith("/worker_loader.js"), `after choosing WebGPU, workers: ${now} (started: ${workers})`);
     const w = page.locator("[data-widget=train]").first();
     await setParam(w, "model", "nano");
     await setParam(w, "task", "stories");

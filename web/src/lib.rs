@@ -3,6 +3,7 @@
 //! every computation, linking this library for the protocol and the widgets' settings.
 //! Everything here that is not DOM code is plain Rust and is tested natively.
 
+pub mod adapter;
 pub mod decide;
 pub mod distill;
 pub mod federated;

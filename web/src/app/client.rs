@@ -6,6 +6,12 @@
 //! The worker starts after the page's first frame: its wasm (Burn and the models) is
 //! fetched and compiled while the reader already sees the lesson, and messages sent before
 //! it is ready wait in a queue.
+//!
+//! The worker comes in two builds of the same code (`web/worker`): `worker-cpu`, without
+//! WebGPU, about half the size, and `worker`, with it. The page asks the browser for its
+//! WebGPU adapter first and loads the WebGPU build only where the reader's backend choice
+//! would use WebGPU ([`adapter::choose`], the rule the worker itself follows). Choosing
+//! WebGPU later, in the backend bar, replaces a CPU-only worker with the WebGPU one.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -14,13 +20,18 @@ use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 use web_sys::{ErrorEvent, MessageEvent, Worker};
 
-use crate::protocol::{Ask, BackendInfo, FromWorker, RunState, ToWorker};
+use crate::adapter::{self, Adapter};
+use crate::protocol::{Ask, BackendInfo, BackendPref, FromWorker, RunState, ToWorker};
 
 type Handler = Rc<dyn Fn(FromWorker)>;
 
 struct Client {
-    /// None until the first frame has been drawn (`start`).
+    /// None until the first frame has been drawn and the adapter probed (`start`).
     worker: Option<Worker>,
+    /// Whether `worker` is the build with WebGPU.
+    webgpu_build: bool,
+    /// The browser's WebGPU adapter: None until probed, then what the probe found.
+    adapter: Option<Option<Adapter>>,
     next_id: u32,
     handlers: HashMap<u32, Handler>,
     /// Receives `Backend` replies and errors that belong to no widget.
@@ -35,9 +46,11 @@ thread_local! {
     static CLIENT: RefCell<Option<Client>> = const { RefCell::new(None) };
 }
 
-fn spawn() -> Result<Worker, String> {
-    // trunk builds the worker next to the page and writes a loader for it (`data-loader-shim`).
-    let worker = Worker::new("./worker_loader.js").map_err(|e| format!("could not start the compute worker: {e:?}"))?;
+fn spawn(webgpu_build: bool) -> Result<Worker, String> {
+    // trunk builds each worker next to the page and writes a loader for it
+    // (`data-loader-shim`), named after the binary.
+    let loader = if webgpu_build { "./worker_loader.js" } else { "./worker-cpu_loader.js" };
+    let worker = Worker::new(loader).map_err(|e| format!("could not start the compute worker: {e:?}"))?;
     let onmessage = Closure::<dyn FnMut(MessageEvent)>::new(|ev: MessageEvent| {
         let Some(text) = ev.data().as_string() else { return };
         match serde_json::from_str::<FromWorker>(&text) {
@@ -76,20 +89,29 @@ fn dispatch(msg: FromWorker) {
 /// The worker died: fail what it was doing, say so, and start a new one.
 fn crashed(message: String) {
     let why = format!("the compute worker crashed ({message}); it has been restarted, so run the widget again");
+    let build = CLIENT.with_borrow(|c| c.as_ref().is_some_and(|c| c.webgpu_build));
+    restart(build, &why);
+    dispatch(FromWorker::Error { id: 0, message: why });
+}
+
+/// Fails every pending request with `why`, ends the current worker and starts the given
+/// build, which is sent the last `Init`.
+fn restart(webgpu_build: bool, why: &str) {
     let pending: Vec<(u32, Handler)> = CLIENT.with_borrow_mut(|c| c.as_mut().map(|c| c.handlers.drain().collect()).unwrap_or_default());
     for (id, h) in pending {
-        h(FromWorker::Status { run: id, state: RunState::Failed, message: why.clone() });
-        h(FromWorker::Error { id, message: why.clone() });
+        h(FromWorker::Status { run: id, state: RunState::Failed, message: why.to_string() });
+        h(FromWorker::Error { id, message: why.to_string() });
     }
     let old = CLIENT.with_borrow(|c| c.as_ref().and_then(|c| c.worker.clone()));
     if let Some(old) = old {
         old.terminate();
     }
-    match spawn() {
+    match spawn(webgpu_build) {
         Ok(worker) => {
             let init = CLIENT.with_borrow_mut(|c| {
                 let c = c.as_mut()?;
                 c.worker = Some(worker);
+                c.webgpu_build = webgpu_build;
                 c.queue = Some(Vec::new());
                 c.init.clone()
             });
@@ -99,26 +121,52 @@ fn crashed(message: String) {
         }
         Err(e) => web_sys::console::error_1(&e.into()),
     }
-    dispatch(FromWorker::Error { id: 0, message: why });
+}
+
+/// The backend the last `Init` asked for (Auto before any).
+fn preference(c: &Client) -> BackendPref {
+    match c.init {
+        Some(ToWorker::Init { prefer }) => prefer,
+        _ => BackendPref::Auto,
+    }
 }
 
 pub fn start(on_backend: impl Fn(FromWorker) + 'static) -> Result<(), String> {
     CLIENT.with_borrow_mut(|c| {
-        *c = Some(Client { worker: None, next_id: 1, handlers: HashMap::new(), on_backend: Rc::new(on_backend), init: None, queue: Some(Vec::new()) })
+        *c = Some(Client {
+            worker: None,
+            webgpu_build: false,
+            adapter: None,
+            next_id: 1,
+            handlers: HashMap::new(),
+            on_backend: Rc::new(on_backend),
+            init: None,
+            queue: Some(Vec::new()),
+        })
     });
     // After the first frame: the next animation frame comes before the paint, so a timer
-    // set from it fires once the page has been drawn.
+    // set from it fires once the page has been drawn. Then ask for the adapter (a few
+    // milliseconds) and load the build the reader's choice needs.
     let window = web_sys::window().ok_or("no window to start the compute worker from")?;
     let later = Closure::once_into_js(move || {
-        let spawned = spawn();
-        match spawned {
-            Ok(worker) => CLIENT.with_borrow_mut(|c| {
-                if let Some(c) = c {
-                    c.worker = Some(worker);
-                }
-            }),
-            Err(e) => dispatch(FromWorker::Error { id: 0, message: e }),
-        }
+        wasm_bindgen_futures::spawn_local(async {
+            let found = adapter::probe().await;
+            let webgpu_build = CLIENT.with_borrow_mut(|c| {
+                let c = c.as_mut()?;
+                let (webgpu, _) = adapter::choose(preference(c), found.as_ref());
+                c.adapter = Some(found);
+                Some(webgpu)
+            });
+            match spawn(webgpu_build.unwrap_or(false)) {
+                Ok(worker) => CLIENT.with_borrow_mut(|c| {
+                    if let Some(c) = c {
+                        c.worker = Some(worker);
+                        c.webgpu_build = webgpu_build.unwrap_or(false);
+                    }
+                }),
+                Err(e) => dispatch(FromWorker::Error { id: 0, message: e }),
+            }
+        });
     });
     let after_paint = Closure::once_into_js(move || {
         if let Some(w) = web_sys::window() {
@@ -134,13 +182,20 @@ pub fn start(on_backend: impl Fn(FromWorker) + 'static) -> Result<(), String> {
 }
 
 pub fn send(msg: &ToWorker) {
-    CLIENT.with_borrow_mut(|c| {
-        if let Some(c) = c
-            && matches!(msg, ToWorker::Init { .. })
-        {
+    if let ToWorker::Init { prefer } = msg {
+        // A CPU-only worker cannot serve a choice that needs WebGPU: load the other build,
+        // which is sent this `Init` as its first message.
+        let swap = CLIENT.with_borrow_mut(|c| {
+            let c = c.as_mut()?;
             c.init = Some(msg.clone());
+            let found = c.adapter.as_ref()?;
+            Some(c.worker.is_some() && !c.webgpu_build && adapter::choose(*prefer, found.as_ref()).0)
+        });
+        if swap == Some(true) {
+            restart(true, "the page is loading the WebGPU build of the compute worker; run the widget again once the backend bar says WebGPU");
+            return;
         }
-    });
+    }
     post(JsValue::from_str(&msg.to_json()));
 }
 

@@ -1,7 +1,7 @@
-//! The few browser APIs the worker uses: messaging, timers, fetch, and asking for a WebGPU
-//! adapter (read through `Reflect`, since `web-sys`'s WebGPU bindings are unstable).
+//! The few browser APIs the worker uses: messaging, timers and fetch (the WebGPU adapter
+//! probe is `tinytune_web::adapter::probe`, shared with the page).
 
-use js_sys::{Function, Promise, Reflect, Uint8Array};
+use js_sys::{Promise, Reflect, Uint8Array};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
@@ -66,42 +66,6 @@ pub fn posted_file(data: &JsValue) -> Option<web_sys::File> {
     get(data, "gguf").dyn_into::<web_sys::File>().ok()
 }
 
-/// What `navigator.gpu.requestAdapter()` gave.
-pub struct Adapter {
-    pub vendor: String,
-    pub architecture: String,
-    pub description: String,
-    /// A software adapter (e.g. SwiftShader) that the browser offers when it has no GPU.
-    pub fallback: bool,
-}
-
-impl Adapter {
-    pub fn describe(&self) -> String {
-        let parts: Vec<&str> = [self.vendor.as_str(), self.architecture.as_str(), self.description.as_str()].into_iter().filter(|s| !s.is_empty()).collect();
-        let name = if parts.is_empty() { "unnamed adapter".to_string() } else { parts.join(" ") };
-        if self.fallback { format!("{name} (software fallback)") } else { name }
-    }
-}
-
 fn get(obj: &JsValue, key: &str) -> JsValue {
     Reflect::get(obj, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED)
-}
-
-/// The default WebGPU adapter, or None when the browser has no WebGPU or no adapter.
-pub async fn probe_adapter() -> Option<Adapter> {
-    let gpu = get(&get(&js_sys::global(), "navigator"), "gpu");
-    if gpu.is_undefined() || gpu.is_null() {
-        return None;
-    }
-    let request: Function = get(&gpu, "requestAdapter").dyn_into().ok()?;
-    let promise: Promise = request.call0(&gpu).ok()?.dyn_into().ok()?;
-    let adapter = JsFuture::from(promise).await.ok()?;
-    if adapter.is_null() || adapter.is_undefined() {
-        return None;
-    }
-    let info = get(&adapter, "info");
-    let text = |k: &str| get(&info, k).as_string().unwrap_or_default();
-    // Newer browsers report the flag on `adapter.info`, older ones on the adapter itself.
-    let fallback = get(&info, "isFallbackAdapter").as_bool().or_else(|| get(&adapter, "isFallbackAdapter").as_bool()).unwrap_or(false);
-    Some(Adapter { vendor: text("vendor"), architecture: text("architecture"), description: text("description"), fallback })
 }

@@ -3,10 +3,9 @@
 //! step the loop yields to the worker's event loop, which is when pause, resume and cancel
 //! messages arrive.
 //!
-//! Backend choice: WebGPU when the browser offers a hardware adapter, else Burn's flex CPU
-//! backend. A software ("fallback") adapter such as SwiftShader is correct but several
-//! times slower than flex, so `Auto` treats it like no adapter; the reader can still
-//! force WebGPU.
+//! Backend choice: `tinytune_web::adapter::choose`, WebGPU when the browser offers a
+//! hardware adapter, else Burn's flex CPU backend. The page applies the same rule to load
+//! this code's WebGPU build (`worker`) or its CPU-only build (`worker-cpu`).
 
 use crate::js;
 
@@ -294,27 +293,21 @@ fn measure_memory(params: &tinytune_web::memory::TimelineParams) -> Result<tinyt
 
 /// Picks the backend for `prefer` and makes it current.
 async fn init(prefer: BackendPref) -> BackendInfo {
-    let adapter = js::probe_adapter().await;
+    let adapter = tinytune_web::adapter::probe().await;
     let describe = adapter.as_ref().map(|a| a.describe());
     let cpu = |reason: String| {
         STATE.with_borrow_mut(|s| s.device = Some(Device::flex()));
         BackendInfo { name: "CPU".into(), reason, adapter: describe.clone() }
     };
-    let want_gpu = match (prefer, &adapter) {
-        (BackendPref::Cpu, _) => return cpu("you chose the CPU (Burn's flex backend, compiled to WebAssembly)".into()),
-        (_, None) => return cpu("this browser offers no WebGPU adapter, so training runs on the CPU (Burn's flex backend)".into()),
-        (BackendPref::Auto, Some(a)) if a.fallback => {
-            return cpu("the only WebGPU adapter is a software (fallback) one, which is slower than the CPU; choose WebGPU to use it anyway".into());
-        }
-        (BackendPref::Auto, Some(_)) => "a hardware WebGPU adapter is available",
-        (BackendPref::WebGpu, Some(a)) if a.fallback => "you chose WebGPU; this adapter is a software (fallback) one, so expect it to be slow",
-        (BackendPref::WebGpu, Some(_)) => "you chose WebGPU",
-    };
+    let (webgpu, want_gpu) = tinytune_web::adapter::choose(prefer, adapter.as_ref());
+    if !webgpu {
+        return cpu(want_gpu.into());
+    }
     let cached = STATE.with_borrow(|s| s.gpu.clone());
     let gpu = match cached {
         Some(r) => r,
         None => {
-            let r = Device::wgpu_options().init_async().await.map_err(|e| format!("{e:?}"));
+            let r = start_webgpu().await;
             STATE.with_borrow_mut(|s| s.gpu = Some(r.clone()));
             r
         }
@@ -326,6 +319,19 @@ async fn init(prefer: BackendPref) -> BackendInfo {
         }
         Err(e) => cpu(format!("WebGPU failed to start ({e}), so training runs on the CPU")),
     }
+}
+
+#[cfg(feature = "webgpu")]
+async fn start_webgpu() -> Result<Device, String> {
+    Device::wgpu_options().init_async().await.map_err(|e| format!("{e:?}"))
+}
+
+/// The CPU-only build (`worker-cpu`) has no WebGPU backend. The page loads the other build
+/// whenever this one would need it, so this is only reached if the page's adapter probe
+/// and the worker's disagree.
+#[cfg(not(feature = "webgpu"))]
+async fn start_webgpu() -> Result<Device, String> {
+    Err("this is the CPU-only build of the worker; reload the page to load the WebGPU one".into())
 }
 
 /// The current device, waiting for the page's first `Init` if it has not finished.

@@ -1,0 +1,99 @@
+//! The browser's WebGPU adapter and the backend rule built on it. The page asks for the
+//! adapter to choose which build of the worker to load (`worker` with WebGPU, or the
+//! smaller `worker-cpu`), and the worker asks again to choose its backend; both apply
+//! [`choose`], so the page loads the WebGPU build exactly when the worker would use it.
+
+use crate::protocol::BackendPref;
+
+/// What `navigator.gpu.requestAdapter()` gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Adapter {
+    pub vendor: String,
+    pub architecture: String,
+    pub description: String,
+    /// A software adapter (e.g. SwiftShader) that the browser offers when it has no GPU.
+    pub fallback: bool,
+}
+
+impl Adapter {
+    pub fn describe(&self) -> String {
+        let parts: Vec<&str> = [self.vendor.as_str(), self.architecture.as_str(), self.description.as_str()].into_iter().filter(|s| !s.is_empty()).collect();
+        let name = if parts.is_empty() { "unnamed adapter".to_string() } else { parts.join(" ") };
+        if self.fallback { format!("{name} (software fallback)") } else { name }
+    }
+}
+
+/// The backend for `prefer` given the browser's adapter: `true` for WebGPU, with the
+/// reason the backend bar shows. A software ("fallback") adapter such as SwiftShader is
+/// correct but several times slower than the CPU backend, so `Auto` treats it like no
+/// adapter; the reader can still choose WebGPU.
+pub fn choose(prefer: BackendPref, adapter: Option<&Adapter>) -> (bool, &'static str) {
+    match (prefer, adapter) {
+        (BackendPref::Cpu, _) => (false, "you chose the CPU (Burn's flex backend, compiled to WebAssembly)"),
+        (_, None) => (false, "this browser offers no WebGPU adapter, so training runs on the CPU (Burn's flex backend)"),
+        (BackendPref::Auto, Some(a)) if a.fallback => {
+            (false, "the only WebGPU adapter is a software (fallback) one, which is slower than the CPU; choose WebGPU to use it anyway")
+        }
+        (BackendPref::Auto, Some(_)) => (true, "a hardware WebGPU adapter is available"),
+        (BackendPref::WebGpu, Some(a)) if a.fallback => (true, "you chose WebGPU; this adapter is a software (fallback) one, so expect it to be slow"),
+        (BackendPref::WebGpu, Some(_)) => (true, "you chose WebGPU"),
+    }
+}
+
+/// The default WebGPU adapter, or None when the browser has no WebGPU or no adapter. Read
+/// through `Reflect`, since `web-sys`'s WebGPU bindings are unstable; `navigator.gpu` is
+/// the same in a page and in a worker.
+#[cfg(all(target_arch = "wasm32", feature = "adapter"))]
+pub async fn probe() -> Option<Adapter> {
+    use js_sys::{Function, Promise, Reflect};
+    use wasm_bindgen::{JsCast, JsValue};
+    let get = |obj: &JsValue, key: &str| Reflect::get(obj, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED);
+    let gpu = get(&get(&js_sys::global(), "navigator"), "gpu");
+    if gpu.is_undefined() || gpu.is_null() {
+        return None;
+    }
+    let request: Function = get(&gpu, "requestAdapter").dyn_into().ok()?;
+    let promise: Promise = request.call0(&gpu).ok()?.dyn_into().ok()?;
+    let adapter = wasm_bindgen_futures::JsFuture::from(promise).await.ok()?;
+    if adapter.is_null() || adapter.is_undefined() {
+        return None;
+    }
+    let info = get(&adapter, "info");
+    let text = |k: &str| get(&info, k).as_string().unwrap_or_default();
+    // Newer browsers report the flag on `adapter.info`, older ones on the adapter itself.
+    let fallback = get(&info, "isFallbackAdapter").as_bool().or_else(|| get(&adapter, "isFallbackAdapter").as_bool()).unwrap_or(false);
+    Some(Adapter { vendor: text("vendor"), architecture: text("architecture"), description: text("description"), fallback })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn adapter(fallback: bool) -> Adapter {
+        Adapter { vendor: "v".into(), architecture: String::new(), description: "d".into(), fallback }
+    }
+
+    #[test]
+    fn webgpu_only_where_an_adapter_is_wanted() {
+        let (hw, sw) = (adapter(false), adapter(true));
+        let cases = [
+            (BackendPref::Auto, None, false),
+            (BackendPref::Auto, Some(&sw), false),
+            (BackendPref::Auto, Some(&hw), true),
+            (BackendPref::Cpu, Some(&hw), false),
+            (BackendPref::WebGpu, None, false),
+            (BackendPref::WebGpu, Some(&sw), true),
+            (BackendPref::WebGpu, Some(&hw), true),
+        ];
+        for (prefer, a, want) in cases {
+            assert_eq!(choose(prefer, a).0, want, "{prefer:?} with {a:?}");
+        }
+    }
+
+    #[test]
+    fn describe_names_the_adapter_and_says_software() {
+        assert_eq!(adapter(false).describe(), "v d");
+        assert_eq!(adapter(true).describe(), "v d (software fallback)");
+        assert_eq!(Adapter { vendor: String::new(), architecture: String::new(), description: String::new(), fallback: false }.describe(), "unnamed adapter");
+    }
+}
