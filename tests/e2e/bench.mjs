@@ -8,7 +8,7 @@
 //     tokens, the configuration `tinytune finetune --model assets/micro --data sentiment`
 //     repeats natively).
 //
-//   node tests/e2e/bench.mjs [dist-folder] [--quick] [--backends cpu,webgpu] [--gpu]
+//   node tests/e2e/bench.mjs [dist-folder] [--quick] [--backends cpu,webgpu] [--steps N] [--gpu]
 //   (build first: trunk build --release)
 //
 // --backends: which of the page's backends train (default cpu). webgpu without --gpu runs on
@@ -34,13 +34,17 @@ const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, "../..");
 const args = process.argv.slice(2);
 const quick = args.includes("--quick") || process.env.BENCH_QUICK === "1";
-const dist = resolve(root, args.find((a, i) => !a.startsWith("--") && args[i - 1] !== "--backends") ?? "dist");
+const dist = resolve(root, args.find((a, i) => !a.startsWith("--") && !["--backends", "--steps"].includes(args[i - 1])) ?? "dist");
 const LOADS = quick ? 1 : 5;
 const RUNS = quick ? [["micro", "sentiment", 4]] : [["micro", "sentiment", 30], ["nano", "stories", 30]];
 const option = (name) => {
   const at = args.indexOf(name);
   return at >= 0 ? args[at + 1] : undefined;
 };
+// --steps N: every run trains N steps instead (SwiftShader needs seconds per micro step, so
+// `--backends cpu,webgpu --steps 5` gives the regression figure in a few minutes).
+if (option("--steps") !== undefined && !(Number(option("--steps")) >= 1)) throw new Error(`bench: --steps takes a number of steps, not ${JSON.stringify(option("--steps"))}`);
+for (const r of RUNS) r[2] = Number(option("--steps") ?? r[2]);
 const BACKENDS = (option("--backends") ?? "cpu").split(",");
 for (const b of BACKENDS) if (!["cpu", "webgpu"].includes(b)) throw new Error(`bench: --backends takes cpu and/or webgpu, not ${JSON.stringify(b)}`);
 const realGpu = args.includes("--gpu");
