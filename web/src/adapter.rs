@@ -40,7 +40,11 @@ pub fn choose(prefer: BackendPref, adapter: Option<&Adapter>) -> (bool, &'static
     }
 }
 
-/// The default WebGPU adapter, or None when the browser has no WebGPU or no adapter. Read
+/// How long [`probe`] waits for the browser's answer.
+pub const PROBE_TIMEOUT_MS: f64 = 5_000.0;
+
+/// The default WebGPU adapter, or None when the browser has no WebGPU, no adapter, or no
+/// answer within [`PROBE_TIMEOUT_MS`]. Read
 /// through `Reflect`, since `web-sys`'s WebGPU bindings are unstable; `navigator.gpu` is
 /// the same in a page and in a worker.
 #[cfg(all(target_arch = "wasm32", feature = "adapter"))]
@@ -54,7 +58,14 @@ pub async fn probe() -> Option<Adapter> {
     }
     let request: Function = get(&gpu, "requestAdapter").dyn_into().ok()?;
     let promise: Promise = request.call0(&gpu).ok()?.dyn_into().ok()?;
-    let adapter = wasm_bindgen_futures::JsFuture::from(promise).await.ok()?;
+    // A browser whose WebGPU never answers must not keep the worker from starting: after
+    // PROBE_TIMEOUT_MS the answer counts as "no adapter".
+    let set_timeout: Function = get(&js_sys::global(), "setTimeout").dyn_into().ok()?;
+    let timeout = Promise::new(&mut |resolve, _| {
+        let _ = set_timeout.call2(&JsValue::NULL, &resolve, &JsValue::from_f64(PROBE_TIMEOUT_MS));
+    });
+    let first = Promise::race(&js_sys::Array::of2(&promise, &timeout));
+    let adapter = wasm_bindgen_futures::JsFuture::from(first).await.ok()?;
     if adapter.is_null() || adapter.is_undefined() {
         return None;
     }
