@@ -86,7 +86,7 @@ const part = (b) => Object.entries(sizes).filter(([f]) => build(f) === b).reduce
 if (!part("cpu") || !part("webgpu")) fail(`${dist} lacks a worker build (worker-cpu_bg.wasm and worker_bg.wasm): build it with trunk build`);
 const mb = (z) => `${(z / 1e6).toFixed(2)} MB`;
 console.log(`gzip: page ${mb(part("page"))}; with the CPU-only worker (no hardware GPU) ${mb(part("page") + part("cpu"))}; with the WebGPU worker ${mb(part("page") + part("webgpu"))}`);
-gz = part("page") + part("cpu");
+const firstVisit = part("page") + part("cpu");
 
 // ---------------------------------------------------------------- the page
 const TYPES = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/css", ".json": "application/json" };
@@ -128,7 +128,7 @@ try {
   times.sort((a, b) => a - b);
   const median = times[Math.floor(times.length / 2)];
   console.log(`first lesson rendered: median ${median.toFixed(0)} ms (min ${times[0].toFixed(0)}, max ${times[times.length - 1].toFixed(0)}) over ${LOADS} load${LOADS > 1 ? "s" : ""}`);
-  summary.push(`gzip page + CPU worker ${(gz / 1e6).toFixed(2)} MB`, `first lesson ${median.toFixed(0)} ms`);
+  summary.push(`gzip page + CPU worker ${(firstVisit / 1e6).toFixed(2)} MB`, `first lesson ${median.toFixed(0)} ms`);
 
   for (const backend of BACKENDS) for (const [model, task, steps] of RUNS) {
     const w = `w${lesson.n}`;

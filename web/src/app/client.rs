@@ -157,11 +157,12 @@ pub fn start(on_backend: impl Fn(FromWorker) + 'static) -> Result<(), String> {
                 c.adapter = Some(found);
                 Some(webgpu)
             });
-            match spawn(webgpu_build.unwrap_or(false)) {
+            let webgpu_build = webgpu_build.unwrap_or(false);
+            match spawn(webgpu_build) {
                 Ok(worker) => CLIENT.with_borrow_mut(|c| {
                     if let Some(c) = c {
                         c.worker = Some(worker);
-                        c.webgpu_build = webgpu_build.unwrap_or(false);
+                        c.webgpu_build = webgpu_build;
                     }
                 }),
                 Err(e) => dispatch(FromWorker::Error { id: 0, message: e }),

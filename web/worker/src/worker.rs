@@ -299,9 +299,9 @@ async fn init(prefer: BackendPref) -> BackendInfo {
         STATE.with_borrow_mut(|s| s.device = Some(Device::flex()));
         BackendInfo { name: "CPU".into(), reason, adapter: describe.clone() }
     };
-    let (webgpu, want_gpu) = tinytune_web::adapter::choose(prefer, adapter.as_ref());
+    let (webgpu, reason) = tinytune_web::adapter::choose(prefer, adapter.as_ref());
     if !webgpu {
-        return cpu(want_gpu.into());
+        return cpu(reason.into());
     }
     let cached = STATE.with_borrow(|s| s.gpu.clone());
     let gpu = match cached {
@@ -315,7 +315,7 @@ async fn init(prefer: BackendPref) -> BackendInfo {
     match gpu {
         Ok(device) => {
             STATE.with_borrow_mut(|s| s.device = Some(device));
-            BackendInfo { name: "WebGPU".into(), reason: want_gpu.into(), adapter: describe }
+            BackendInfo { name: "WebGPU".into(), reason: reason.into(), adapter: describe }
         }
         Err(e) => cpu(format!("WebGPU failed to start ({e}), so training runs on the CPU")),
     }
