@@ -8,15 +8,10 @@
 //     tokens, the configuration `tinytune finetune --model assets/micro --data sentiment`
 //     repeats natively).
 //
-//   node tests/e2e/bench.mjs [dist-folder] [--quick] [--backends cpu,cpu1,webgpu] [--steps N] [--gpu]
+//   node tests/e2e/bench.mjs [dist-folder] [--quick] [--backends cpu,webgpu] [--steps N] [--gpu]
 //   (build first: trunk build --release)
 //
-// The page is served cross-origin isolated (COOP/COEP), as `trunk serve` serves it, so the
-// CPU worker trains on a thread per core.
-//
-// --backends: which of the page's backends train (default cpu,cpu1; cpu with --quick). cpu1
-// is the CPU worker on a page served without the COOP/COEP headers, so on one thread: the
-// side-by-side figure for the threads. webgpu without --gpu runs on
+// --backends: which of the page's backends train (default cpu). webgpu without --gpu runs on
 // SwiftShader, Chromium's software Vulkan (what CI has): a regression figure, not a GPU's
 // speed. --gpu launches Chromium with its GPU (no --disable-gpu, no SwiftShader): run it on a
 // machine with a graphics card and a display or a headless-capable driver to get WebGPU's
@@ -50,10 +45,8 @@ const option = (name) => {
 // `--backends cpu,webgpu --steps 5` gives the regression figure in a few minutes).
 if (option("--steps") !== undefined && !(Number(option("--steps")) >= 1)) throw new Error(`bench: --steps takes a number of steps, not ${JSON.stringify(option("--steps"))}`);
 for (const r of RUNS) r[2] = Number(option("--steps") ?? r[2]);
-// cpu: the CPU worker on a cross-origin isolated page (a thread per core); cpu1: the same
-// build on a page without the COOP/COEP headers, so on one thread; webgpu: the WebGPU worker.
-const BACKENDS = (option("--backends") ?? (quick ? "cpu" : "cpu,cpu1")).split(",");
-for (const b of BACKENDS) if (!["cpu", "cpu1", "webgpu"].includes(b)) throw new Error(`bench: --backends takes cpu, cpu1 and/or webgpu, not ${JSON.stringify(b)}`);
+const BACKENDS = (option("--backends") ?? "cpu").split(",");
+for (const b of BACKENDS) if (!["cpu", "webgpu"].includes(b)) throw new Error(`bench: --backends takes cpu and/or webgpu, not ${JSON.stringify(b)}`);
 const realGpu = args.includes("--gpu");
 
 function fail(why) {
@@ -88,8 +81,7 @@ if (wasm === 0) fail(`no .wasm in ${dist}: build it first (trunk build)`);
 console.log(`${"wasm + JS, every file".padEnd(28)} ${(raw / 1e6).toFixed(2).padStart(7)} MB  gzip ${(gz / 1e6).toFixed(2).padStart(6)} MB`);
 // What a reader downloads: the page, then one build of the worker (trunk names a worker's
 // files after its binary: worker-cpu*, or worker* for the build with WebGPU).
-// worker-thread.js starts the CPU worker's extra threads.
-const build = (f) => (f.startsWith("worker-cpu") || f === "worker-thread.js" ? "cpu" : f.startsWith("worker") ? "webgpu" : "page");
+const build = (f) => (f.startsWith("worker-cpu") ? "cpu" : f.startsWith("worker") ? "webgpu" : "page");
 const part = (b) => Object.entries(sizes).filter(([f]) => build(f) === b).reduce((a, [, z]) => a + z, 0);
 if (!part("cpu") || !part("webgpu")) fail(`${dist} lacks a worker build (worker-cpu_bg.wasm and worker_bg.wasm): build it with trunk build`);
 const mb = (z) => `${(z / 1e6).toFixed(2)} MB`;
@@ -98,24 +90,17 @@ const firstVisit = part("page") + part("cpu");
 
 // ---------------------------------------------------------------- the page
 const TYPES = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/css", ".json": "application/json" };
-// Cross-origin isolated (as `trunk serve` serves it), and a plain static host.
-const ISOLATION = { "cross-origin-opener-policy": "same-origin", "cross-origin-embedder-policy": "require-corp" };
-async function serve(isolated) {
-  const server = createServer((req, res) => {
-    const path = new URL(req.url, "http://x").pathname;
-    const file = join(dist, path === "/" ? "index.html" : path);
-    try {
-      const body = readFileSync(file);
-      res.writeHead(200, { "content-type": TYPES[extname(file)] ?? "application/octet-stream", ...(isolated ? ISOLATION : {}) });
-      res.end(body);
-    } catch { res.writeHead(404); res.end(); }
-  });
-  await new Promise((ok) => server.listen(0, "127.0.0.1", ok));
-  return server;
-}
-const server = await serve(true), plain = await serve(false);
+const server = createServer((req, res) => {
+  const path = new URL(req.url, "http://x").pathname;
+  const file = join(dist, path === "/" ? "index.html" : path);
+  try {
+    const body = readFileSync(file);
+    res.writeHead(200, { "content-type": TYPES[extname(file)] ?? "application/octet-stream" });
+    res.end(body);
+  } catch { res.writeHead(404); res.end(); }
+});
+await new Promise((ok) => server.listen(0, "127.0.0.1", ok));
 const base = `http://127.0.0.1:${server.address().port}/`;
-const plainBase = `http://127.0.0.1:${plain.address().port}/`;
 
 const quiet = ["--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"];
 const gpuArgs = !BACKENDS.includes("webgpu")
@@ -148,7 +133,7 @@ try {
   for (const backend of BACKENDS) for (const [model, task, steps] of RUNS) {
     const w = `w${lesson.n}`;
     const page = await ctx.newPage();
-    await page.goto((backend === "cpu1" ? plainBase : base) + `?lesson=${lesson.slug}&backend=${backend === "cpu1" ? "cpu" : backend}&${w}.model=${model}&${w}.task=${task}&${w}.steps=${steps}&${w}.batch=8&${w}.seq=64&${w}.compare=false`);
+    await page.goto(base + `?lesson=${lesson.slug}&backend=${backend}&${w}.model=${model}&${w}.task=${task}&${w}.steps=${steps}&${w}.batch=8&${w}.seq=64&${w}.compare=false`);
     const widget = page.locator("[data-widget=train]").first();
     await widget.locator("[data-testid=train]").click();
     const state = widget.locator("[data-testid=run-state]");
@@ -161,8 +146,7 @@ try {
     const [done, of, loss, tokensPerS, secs] = [Number(m[1]), Number(m[2]), Number(m[3]), Number(m[4]), Number(m[5])];
     if (done !== steps || of !== steps || !(secs > 0) || !(tokensPerS > 0) || !Number.isFinite(loss)) fail(`implausible figures for ${steps} steps in ${JSON.stringify(status)}`);
     const rate = (done / secs).toFixed(2);
-    const bar = (await page.textContent("[data-testid=backend]")).trim();
-    const label = backend.startsWith("cpu") ? bar : realGpu ? "WebGPU" : "WebGPU (SwiftShader)";
+    const label = backend === "cpu" ? "CPU" : realGpu ? "WebGPU" : "WebGPU (SwiftShader)";
     console.log(`train widget, ${label}, ${model}/${task}, ${done} steps of 8×64: ${rate} steps/s, ${tokensPerS} tokens/s, ${secs} s, loss ${loss}`);
     summary.push(`${backend} ${model}/${task} ${done} steps ${rate} steps/s (${tokensPerS} tokens/s)`);
     table.push(`| ${label} | ${model}/${task}, ${done} steps of 8×64 | ${rate} | ${tokensPerS} | ${secs} | ${loss} |`);
@@ -178,5 +162,4 @@ try {
 } finally {
   await ctx.close();
   server.close();
-  plain.close();
 }
