@@ -22,11 +22,16 @@
 //! - [`swiglu`]: the Llama family's `silu(gate) ⊙ up`, both gradients from the saved inputs.
 //!
 //! The kernels exist for the flex backend (with the `fused` feature; the `rayon` feature splits
-//! their rows across threads), in f32, without gradient checkpointing (which recomputes the
-//! plain compositions' cheap steps instead of keeping them). Any other backend or precision,
-//! and any run with
+//! their rows across threads), in f32. Any other backend or precision, and any run with
 //! [`set_enabled`]`(false)` (`TINYTUNE_FUSED=0` for the binary), takes the plain composition,
 //! so a result never depends on which path ran beyond rounding.
+//!
+//! Under gradient checkpointing, GELU, the two norms and SwiGLU are memory-bound operations
+//! with a retro-forward, as Burn's own elementwise operations are: their backward pass reads
+//! its inputs through the checkpointer, which recomputes them when checkpointing dropped
+//! them, and their outputs are recomputed rather than kept. The softmax (whose backward pass
+//! needs its output) and the token log-probabilities (whose output is one value a token) are
+//! compute-bound and keep their state.
 
 use burn::tensor::activation::{log_softmax, sigmoid, softmax};
 use burn::tensor::{Bool, Int, Tensor};
@@ -42,16 +47,13 @@ pub fn set_enabled(on: bool) {
 }
 
 /// Whether an operation on `t` takes a fused kernel: the kernels are compiled in and enabled,
-/// `t` is an f32 tensor on flex (with or without autodiff), and not under gradient
-/// checkpointing. (A kernel keeps what its backward pass needs; checkpointing's point is to
-/// recompute the cheap operations instead, which it does for the plain compositions.)
+/// and `t` is an f32 tensor on flex (with or without autodiff, with or without gradient
+/// checkpointing).
 pub fn fused_for<const D: usize>(t: &Tensor<D>) -> bool {
     #[cfg(feature = "fused")]
     {
-        use burn::tensor::GradientCheckpointingStrategy::Balanced;
         ENABLED.load(Ordering::Relaxed)
             && t.dtype() == burn::tensor::DType::F32
-            && t.gradient_checkpointing_strategy() != Some(Balanced)
             && matches!(t.device().inner().as_dispatch(), burn::backend::DispatchDevice::Flex(_))
     }
     #[cfg(not(feature = "fused"))]
@@ -272,7 +274,10 @@ fn max8(x: &[f32]) -> f32 {
 #[cfg(feature = "fused")]
 mod flex {
     use super::{GELU_2C, GELU_A, exp, lane_sum, max8, sigmoid_f32, sum_exp8, sum8};
+    use burn::backend::autodiff::NodeId;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::retro_forward::RetroForward;
+    use burn::backend::autodiff::checkpoint::state::BackwardStates;
     use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
@@ -280,6 +285,7 @@ mod flex {
     use burn::backend::tensor::{FloatTensor, IntTensor};
     use burn::backend::{Autodiff, AutodiffBackend, Backend, Dispatch, Flex, backend_extension};
     use burn::tensor::{DType, Int, Shape, Tensor, TensorData};
+    use std::marker::PhantomData;
 
     #[backend_extension(Flex, Autodiff)]
     pub trait Fused: Backend {
@@ -705,20 +711,27 @@ mod flex {
         fn gelu_new(x: FloatTensor<Self>) -> FloatTensor<Self> {
             #[derive(Debug)]
             struct GeluNew;
+            #[derive(Debug)]
+            struct Retro<B>(NodeId, PhantomData<B>);
+            impl<B: Fused> RetroForward for Retro<B> {
+                fn forward(&self, states: &mut BackwardStates, out: NodeId) {
+                    let x = states.get_state::<B::FloatTensorPrimitive>(&self.0);
+                    states.save(out, B::gelu_new(x));
+                }
+            }
             impl<B: Fused> Backward<B, 1> for GeluNew {
-                type State = B::FloatTensorPrimitive;
-                fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-                    let x = ops.state;
+                type State = NodeId;
+                fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+                    let x = checkpointer.retrieve_node_output(ops.state);
                     unary::<B, _>(ops.parents, ops.node, grads, |g| B::gelu_new_backward(x, g));
                 }
             }
-            let (x, node) = x.into_parts();
-            match GeluNew.prepare::<C>([node]).compute_bound().stateful() {
-                OpsKind::Tracked(prep) => {
-                    let y = B::gelu_new(x.clone());
-                    prep.finish(x, y)
+            match GeluNew.prepare::<C>([x.node()]).memory_bound().retro_forward(Retro::<B>(x.id(), PhantomData)).parents([&x]).stateful() {
+                OpsKind::Tracked(mut prep) => {
+                    let state = prep.checkpoint(&x);
+                    prep.finish(state, B::gelu_new(x.into_primitive()))
                 }
-                OpsKind::UnTracked(prep) => prep.finish(B::gelu_new(x)),
+                OpsKind::UnTracked(prep) => prep.finish(B::gelu_new(x.into_primitive())),
             }
         }
 
@@ -745,10 +758,20 @@ mod flex {
         fn fused_layer_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
             #[derive(Debug)]
             struct LayerNorm;
+            #[derive(Debug)]
+            struct Retro<B>([NodeId; 3], f64, PhantomData<B>);
+            impl<B: Fused> RetroForward for Retro<B> {
+                fn forward(&self, states: &mut BackwardStates, out: NodeId) {
+                    let [x, w, b] = self.0.map(|id| states.get_state::<B::FloatTensorPrimitive>(&id));
+                    states.save(out, B::fused_layer_norm(x, w, b, self.1));
+                }
+            }
             impl<B: Fused> Backward<B, 3> for LayerNorm {
-                type State = (B::FloatTensorPrimitive, B::FloatTensorPrimitive, f64);
-                fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-                    let (x, w, eps) = ops.state;
+                type State = (NodeId, NodeId, f64);
+                fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+                    let (ix, iw, eps) = ops.state;
+                    let x: B::FloatTensorPrimitive = checkpointer.retrieve_node_output(ix);
+                    let w = checkpointer.retrieve_node_output(iw);
                     let g = grads.consume::<B>(&ops.node);
                     let [px, pw, pb] = ops.parents;
                     if let Some(p) = pb {
@@ -762,25 +785,35 @@ mod flex {
                     }
                 }
             }
-            let (x, nx) = x.into_parts();
-            let (w, nw) = weight.into_parts();
-            let (b, nb) = bias.into_parts();
-            match LayerNorm.prepare::<C>([nx, nw, nb]).compute_bound().stateful() {
-                OpsKind::Tracked(prep) => {
-                    let y = B::fused_layer_norm(x.clone(), w.clone(), b, eps);
-                    prep.finish((x, w, eps), y)
+            let retro = Retro::<B>([x.id(), weight.id(), bias.id()], eps, PhantomData);
+            let prepared =
+                LayerNorm.prepare::<C>([x.node(), weight.node(), bias.node()]).memory_bound().retro_forward(retro).parents([&x, &weight, &bias]).stateful();
+            match prepared {
+                OpsKind::Tracked(mut prep) => {
+                    let state = (prep.checkpoint(&x), prep.checkpoint(&weight), eps);
+                    prep.finish(state, B::fused_layer_norm(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), eps))
                 }
-                OpsKind::UnTracked(prep) => prep.finish(B::fused_layer_norm(x, w, b, eps)),
+                OpsKind::UnTracked(prep) => prep.finish(B::fused_layer_norm(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), eps)),
             }
         }
 
         fn fused_rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
             #[derive(Debug)]
             struct RmsNorm;
+            #[derive(Debug)]
+            struct Retro<B>([NodeId; 2], f64, PhantomData<B>);
+            impl<B: Fused> RetroForward for Retro<B> {
+                fn forward(&self, states: &mut BackwardStates, out: NodeId) {
+                    let [x, w] = self.0.map(|id| states.get_state::<B::FloatTensorPrimitive>(&id));
+                    states.save(out, B::fused_rms_norm(x, w, self.1));
+                }
+            }
             impl<B: Fused> Backward<B, 2> for RmsNorm {
-                type State = (B::FloatTensorPrimitive, B::FloatTensorPrimitive, f64);
-                fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-                    let (x, w, eps) = ops.state;
+                type State = (NodeId, NodeId, f64);
+                fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+                    let (ix, iw, eps) = ops.state;
+                    let x: B::FloatTensorPrimitive = checkpointer.retrieve_node_output(ix);
+                    let w = checkpointer.retrieve_node_output(iw);
                     let g = grads.consume::<B>(&ops.node);
                     let [px, pw] = ops.parents;
                     if let Some(p) = pw {
@@ -791,24 +824,33 @@ mod flex {
                     }
                 }
             }
-            let (x, nx) = x.into_parts();
-            let (w, nw) = weight.into_parts();
-            match RmsNorm.prepare::<C>([nx, nw]).compute_bound().stateful() {
-                OpsKind::Tracked(prep) => {
-                    let y = B::fused_rms_norm(x.clone(), w.clone(), eps);
-                    prep.finish((x, w, eps), y)
+            let retro = Retro::<B>([x.id(), weight.id()], eps, PhantomData);
+            match RmsNorm.prepare::<C>([x.node(), weight.node()]).memory_bound().retro_forward(retro).parents([&x, &weight]).stateful() {
+                OpsKind::Tracked(mut prep) => {
+                    let state = (prep.checkpoint(&x), prep.checkpoint(&weight), eps);
+                    prep.finish(state, B::fused_rms_norm(x.into_primitive(), weight.into_primitive(), eps))
                 }
-                OpsKind::UnTracked(prep) => prep.finish(B::fused_rms_norm(x, w, eps)),
+                OpsKind::UnTracked(prep) => prep.finish(B::fused_rms_norm(x.into_primitive(), weight.into_primitive(), eps)),
             }
         }
 
         fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
             #[derive(Debug)]
             struct SwiGlu;
+            #[derive(Debug)]
+            struct Retro<B>([NodeId; 2], PhantomData<B>);
+            impl<B: Fused> RetroForward for Retro<B> {
+                fn forward(&self, states: &mut BackwardStates, out: NodeId) {
+                    let [a, b] = self.0.map(|id| states.get_state::<B::FloatTensorPrimitive>(&id));
+                    states.save(out, B::fused_swiglu(a, b));
+                }
+            }
             impl<B: Fused> Backward<B, 2> for SwiGlu {
-                type State = (B::FloatTensorPrimitive, B::FloatTensorPrimitive);
-                fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-                    let (a, b) = ops.state;
+                type State = (NodeId, NodeId);
+                fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+                    let (ia, ib) = ops.state;
+                    let a: B::FloatTensorPrimitive = checkpointer.retrieve_node_output(ia);
+                    let b = checkpointer.retrieve_node_output(ib);
                     let g = grads.consume::<B>(&ops.node);
                     let [pa, pb] = ops.parents;
                     if let Some(p) = pb {
@@ -819,14 +861,13 @@ mod flex {
                     }
                 }
             }
-            let (a, na) = gate.into_parts();
-            let (b, nb) = up.into_parts();
-            match SwiGlu.prepare::<C>([na, nb]).compute_bound().stateful() {
-                OpsKind::Tracked(prep) => {
-                    let y = B::fused_swiglu(a.clone(), b.clone());
-                    prep.finish((a, b), y)
+            let retro = Retro::<B>([gate.id(), up.id()], PhantomData);
+            match SwiGlu.prepare::<C>([gate.node(), up.node()]).memory_bound().retro_forward(retro).parents([&gate, &up]).stateful() {
+                OpsKind::Tracked(mut prep) => {
+                    let state = (prep.checkpoint(&gate), prep.checkpoint(&up));
+                    prep.finish(state, B::fused_swiglu(gate.into_primitive(), up.into_primitive()))
                 }
-                OpsKind::UnTracked(prep) => prep.finish(B::fused_swiglu(a, b)),
+                OpsKind::UnTracked(prep) => prep.finish(B::fused_swiglu(gate.into_primitive(), up.into_primitive())),
             }
         }
 

@@ -1140,6 +1140,11 @@ pub struct BenchArgs {
     /// dynamic loss scaling). Where the device lacks the type the error says so.
     #[arg(long, default_value = "fp32")]
     pub precision: String,
+    /// Gradient checkpointing: time the step that recomputes the forward pass's cheap
+    /// operations in the backward pass instead of keeping them (TFLOP/s still counts the
+    /// step without the recomputation).
+    #[arg(long)]
+    pub checkpointing: bool,
     /// Take the shape of a named model instead (nano, micro, mini, nano-llama, micro-llama, gpt2, …);
     /// --batch and --ctx still apply.
     #[arg(long)]

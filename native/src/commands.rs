@@ -438,6 +438,7 @@ pub fn bench_cmd(args: BenchArgs, device: &Device) -> Result<(), String> {
         precision,
         // GradScaler's growth interval, the --scale-growth-interval default of training runs.
         loss_scale: crate::train::loss_scale(precision, None, 2000)?,
+        checkpointing: args.checkpointing,
         ..TrainConfig::default()
     };
     // The peak covers the whole run: weights, optimizer state and every step's work.
@@ -470,7 +471,7 @@ pub fn bench_cmd(args: BenchArgs, device: &Device) -> Result<(), String> {
     if args.json {
         println!(
             "{}",
-            json!({"tokens_per_s": tps, "tflops": flops / 1e12, "steps_per_s": args.steps as f64 / secs, "seconds_per_step": secs / args.steps as f64, "params": config.num_params(), "trainable": trainable, "method": method.name(), "precision": precision.name(), "d_model": config.n_embd, "layers": config.n_layer, "heads": config.n_head, "ctx": args.ctx, "batch": args.batch, "vocab": config.vocab_size, "steps": args.steps, "seconds": secs, "final_loss": last, "peak_bytes": memory.map(|m| m.peak_bytes), "resting_bytes": memory.map(|m| m.resting_bytes), "peak_source": memory.map(|m| m.source)})
+            json!({"tokens_per_s": tps, "tflops": flops / 1e12, "steps_per_s": args.steps as f64 / secs, "seconds_per_step": secs / args.steps as f64, "params": config.num_params(), "trainable": trainable, "method": method.name(), "precision": precision.name(), "checkpointing": args.checkpointing, "d_model": config.n_embd, "layers": config.n_layer, "heads": config.n_head, "ctx": args.ctx, "batch": args.batch, "vocab": config.vocab_size, "steps": args.steps, "seconds": secs, "final_loss": last, "peak_bytes": memory.map(|m| m.peak_bytes), "resting_bytes": memory.map(|m| m.resting_bytes), "peak_source": memory.map(|m| m.source)})
         );
     } else {
         let peak = memory.map_or_else(
@@ -478,11 +479,12 @@ pub fn bench_cmd(args: BenchArgs, device: &Device) -> Result<(), String> {
             |m| format!("{}, between steps {} ({})", tinytune::memory::human(m.peak_bytes), tinytune::memory::human(m.resting_bytes), m.source),
         );
         println!(
-            "{:.2} M params ({} trains {}, {}), batch {}×{}: {:.0} tokens/s, {:.3} TFLOP/s ({:.2} steps/s over {} timed steps, {:.1} s), peak memory {peak}",
+            "{:.2} M params ({} trains {}, {}{}), batch {}×{}: {:.0} tokens/s, {:.3} TFLOP/s ({:.2} steps/s over {} timed steps, {:.1} s), peak memory {peak}",
             config.num_params() as f64 / 1e6,
             method.name(),
             trainable,
             precision.name(),
+            if args.checkpointing { ", gradient checkpointing" } else { "" },
             args.batch,
             args.ctx,
             tps,

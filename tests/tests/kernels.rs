@@ -110,8 +110,80 @@ fn other_backends_take_the_composition() {
     assert!(kernels::fused_for(&Tensor::<2>::zeros([2, 3], &Device::flex())));
     assert!(!kernels::fused_for(&Tensor::<2>::zeros([2, 3], &Device::ndarray())));
     assert!(!kernels::fused_for(&Tensor::<2>::zeros([2, 3], &Device::flex()).cast(burn::tensor::DType::BF16)));
-    // Gradient checkpointing recomputes the compositions' cheap steps rather than keep them.
-    assert!(!kernels::fused_for(&Tensor::<2>::zeros([2, 3], &device().gradient_checkpointing())));
+    // Under gradient checkpointing too (fused_kernels_under_gradient_checkpointing_...).
+    assert!(kernels::fused_for(&Tensor::<2>::zeros([2, 3], &device().gradient_checkpointing())));
+}
+
+/// Under gradient checkpointing every kernel gives its composition's values and gradients,
+/// with its input made by a cheap (memory-bound) operation and its output squared, so that
+/// the checkpointer recomputes both: the retro-forwards of GELU, the norms and SwiGLU
+/// run in the backward pass. The same gradients also come out without checkpointing.
+#[test]
+fn fused_kernels_under_gradient_checkpointing_match_their_compositions() {
+    let ckpt = device().gradient_checkpointing();
+    let cheap = |x: Tensor<3>| x * 1.5 + 0.25;
+    // Its backward pass needs its input, the kernel's output, which is then recomputed.
+    let square = |y: Tensor<3>| y.clone() * y;
+    let c = 24;
+    let x = Tensor::<3>::random([3, 20, c], Distribution::Normal(0.5, 2.0), &ckpt);
+    let w = Tensor::<1>::random([c], Distribution::Normal(1.0, 0.5), &ckpt).into_data();
+    let b = Tensor::<1>::random([c], Distribution::Normal(0.0, 0.5), &ckpt).into_data();
+    let up = Tensor::<3>::random([3, 20, c], Distribution::Normal(0.0, 2.0), &ckpt).into_data();
+    type Op = Box<dyn Fn(Tensor<3>) -> Tensor<3>>;
+    // Each kernel and its composition, with its other inputs on `device`.
+    let ops = |device: &Device| -> Vec<(&'static str, Op, Op)> {
+        // Tracked, as a model's weights are: an operation with an untracked input is
+        // compute-bound under checkpointing (Burn's rule), and its retro-forward never runs.
+        let w = Tensor::<1>::from_data(w.clone(), device).require_grad();
+        let b = Tensor::<1>::from_data(b.clone(), device).require_grad();
+        let up = Tensor::<3>::from_data(up.clone(), device).require_grad();
+        let (w2, b2, w3, w4, up2, up3, up4) = (w.clone(), b.clone(), w.clone(), w.clone(), up.clone(), up.clone(), up.clone());
+        vec![
+            ("gelu_new", Box::new(move |x| kernels::gelu_new(cheap(x))), Box::new(move |x| kernels::gelu_new_plain(cheap(x)))),
+            (
+                "layer_norm",
+                Box::new(move |x| kernels::layer_norm(cheap(x), w.clone(), b.clone(), 1e-5)),
+                Box::new(move |x| kernels::layer_norm_plain(cheap(x), w2.clone(), b2.clone(), 1e-5)),
+            ),
+            (
+                "rms_norm",
+                Box::new(move |x| kernels::rms_norm(cheap(x), w3.clone(), 1e-6)),
+                Box::new(move |x| kernels::rms_norm_plain(cheap(x), w4.clone(), 1e-6)),
+            ),
+            ("swiglu (gate)", Box::new(move |x| kernels::swiglu(cheap(x), up.clone())), Box::new(move |x| kernels::swiglu_plain(cheap(x), up2.clone()))),
+            ("swiglu (up)", Box::new(move |x| kernels::swiglu(up3.clone(), cheap(x))), Box::new(move |x| kernels::swiglu_plain(up4.clone(), cheap(x)))),
+        ]
+    };
+    let grad = |f: &Op, x: Tensor<3>| {
+        let x = x.detach().require_grad();
+        let grads = square(f(x.clone())).sum().backward();
+        let n = x.dims().iter().product::<usize>();
+        x.grad(&grads).expect("a gradient").reshape([n])
+    };
+    let plain_x = Tensor::<3>::from_data(x.to_data(), &device());
+    for ((what, f, plain), (_, f_plain_device, _)) in ops(&ckpt).iter().zip(ops(&device()).iter()) {
+        check(&format!("{what}, checkpointed"), x.clone(), |x| square(f(x)), |x| square(plain(x)));
+        // The checkpointed kernel's gradient equals the kernel's without checkpointing.
+        let d = max_diff(&grad(f, x.clone()), &grad(f_plain_device, plain_x.clone()));
+        assert!(d <= TOL, "{what}: checkpointed and plain runs' gradients differ by {d}");
+    }
+    // The softmax and the token log-probabilities keep their state and run checkpointed too.
+    let scores = Tensor::<4>::random([2, 3, 5, 5], Distribution::Normal(0.0, 3.0), &ckpt);
+    check(
+        "causal_softmax, checkpointed",
+        scores,
+        |s| kernels::causal_softmax(s * 1.5, 0.35, 0) * 2.0,
+        |s| kernels::causal_softmax_plain(s * 1.5, 0.35, 0) * 2.0,
+    );
+    let logits = Tensor::<3>::random([3, 5, 37], Distribution::Normal(0.0, 4.0), &ckpt);
+    let ids: Vec<i64> = (0..15).map(|i| (i * 11 + 3) % 37).collect();
+    let targets = Tensor::<2, Int>::from_data(TensorData::new(ids, [3, 5]), &ckpt);
+    check(
+        "token_log_probs, checkpointed",
+        logits,
+        |l| kernels::token_log_probs(l * 1.5, targets.clone()) * 2.0,
+        |l| kernels::token_log_probs_plain(l * 1.5, targets.clone()) * 2.0,
+    );
 }
 
 #[test]

@@ -37,27 +37,32 @@ fn step_peak(train: TrainConfig) -> usize {
 fn checkpointing_accumulation_and_mezo_lower_the_measured_peak() {
     let base = TrainConfig { steps: 10, batch_size: 16, seq_len: 128, warmup_steps: 0, ..TrainConfig::default() };
     let plain = step_peak(base.clone());
-    // Checkpointing runs the plain compositions (the fused kernels keep what their backward
-    // passes need; tinytune::kernels), so it is held to the same step without the kernels.
-    // This test binary runs one test, so switching them off process-wide is safe.
+    // The same step without the fused kernels, with and without checkpointing. This test
+    // binary runs one test, so switching them off process-wide is safe.
     tinytune::kernels::set_enabled(false);
     let unfused = step_peak(base.clone());
+    let unfused_ckpt = step_peak(TrainConfig { checkpointing: true, ..base.clone() });
     tinytune::kernels::set_enabled(true);
     let ckpt = step_peak(TrainConfig { checkpointing: true, ..base.clone() });
     let accum = step_peak(TrainConfig { accumulate: 4, ..base.clone() });
     let mezo = step_peak(TrainConfig { optimizer: OptimConfig::for_kind(OptimKind::Mezo), ..base.clone() });
     let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
     eprintln!(
-        "micro, batch 16 × 128, one step's peak above rest: backprop {:.1} MiB (without the fused kernels {:.1} MiB) · checkpointing {:.1} MiB · accumulate 4 {:.1} MiB · MeZO {:.1} MiB",
+        "micro, batch 16 × 128, one step's peak above rest: backprop {:.1} MiB (without the fused kernels {:.1} MiB) · checkpointing {:.1} MiB ({:.1} MiB) · accumulate 4 {:.1} MiB · MeZO {:.1} MiB",
         mib(plain),
         mib(unfused),
         mib(ckpt),
+        mib(unfused_ckpt),
         mib(accum),
         mib(mezo)
     );
     // Stated margins (measured on flex: see docs/optimizers.md): each technique saves at
-    // least a quarter of the step's peak.
-    assert!((ckpt as f64) < 0.75 * unfused as f64, "checkpointing {ckpt} vs {unfused} without the fused kernels");
+    // least a quarter of the step's peak, checkpointing measured against the same step
+    // without the kernels, whose many small operations it recomputes; with the kernels,
+    // which leave it less to recompute, it still saves a tenth.
+    assert!((unfused_ckpt as f64) < 0.75 * unfused as f64, "checkpointing {unfused_ckpt} vs {unfused} without the fused kernels");
+    assert!((ckpt as f64) < 0.9 * plain as f64, "checkpointing {ckpt} vs {plain} with the fused kernels");
+    assert!(ckpt < unfused_ckpt, "the fused kernels keep less under checkpointing too: {ckpt} vs {unfused_ckpt}");
     assert!(plain < unfused, "the fused kernels keep less: {plain} vs {unfused}");
     assert!((accum as f64) < 0.75 * plain as f64, "accumulation {accum} vs {plain}");
     assert!((mezo as f64) < 0.75 * plain as f64, "MeZO {mezo} vs {plain}");
