@@ -285,7 +285,6 @@ mod flex {
     use burn::backend::tensor::{FloatTensor, IntTensor};
     use burn::backend::{Autodiff, AutodiffBackend, Backend, Dispatch, Flex, backend_extension};
     use burn::tensor::{DType, Int, Shape, Tensor, TensorData};
-    use std::marker::PhantomData;
 
     #[backend_extension(Flex, Autodiff)]
     pub trait Fused: Backend {
@@ -687,6 +686,33 @@ mod flex {
 
     // ---- autodiff: each forward kernel records its backward kernel ----
 
+    /// A memory-bound kernel's retro-forward: under gradient checkpointing, recomputes the
+    /// kernel's output from its `N` inputs (themselves recomputed first where checkpointing
+    /// dropped them) when a backward pass asks for it.
+    struct Recompute<B: Backend, const N: usize> {
+        inputs: [NodeId; N],
+        forward: Box<dyn Fn([B::FloatTensorPrimitive; N]) -> B::FloatTensorPrimitive + Send + Sync>,
+    }
+
+    impl<B: Backend, const N: usize> Recompute<B, N> {
+        fn new(inputs: [NodeId; N], forward: impl Fn([B::FloatTensorPrimitive; N]) -> B::FloatTensorPrimitive + Send + Sync + 'static) -> Self {
+            Self { inputs, forward: Box::new(forward) }
+        }
+    }
+
+    impl<B: Backend, const N: usize> std::fmt::Debug for Recompute<B, N> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Recompute").field("inputs", &self.inputs).finish_non_exhaustive()
+        }
+    }
+
+    impl<B: Backend, const N: usize> RetroForward for Recompute<B, N> {
+        fn forward(&self, states: &mut BackwardStates, out: NodeId) {
+            let inputs = self.inputs.map(|id| states.get_state::<B::FloatTensorPrimitive>(&id));
+            states.save(out, (self.forward)(inputs));
+        }
+    }
+
     impl<B: Fused, C: CheckpointStrategy> Fused for Autodiff<B, C> {
         fn causal_softmax(x: FloatTensor<Self>, scale: f32, offset: usize) -> FloatTensor<Self> {
             #[derive(Debug)]
@@ -711,14 +737,6 @@ mod flex {
         fn gelu_new(x: FloatTensor<Self>) -> FloatTensor<Self> {
             #[derive(Debug)]
             struct GeluNew;
-            #[derive(Debug)]
-            struct Retro<B>(NodeId, PhantomData<B>);
-            impl<B: Fused> RetroForward for Retro<B> {
-                fn forward(&self, states: &mut BackwardStates, out: NodeId) {
-                    let x = states.get_state::<B::FloatTensorPrimitive>(&self.0);
-                    states.save(out, B::gelu_new(x));
-                }
-            }
             impl<B: Fused> Backward<B, 1> for GeluNew {
                 type State = NodeId;
                 fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
@@ -726,7 +744,8 @@ mod flex {
                     unary::<B, _>(ops.parents, ops.node, grads, |g| B::gelu_new_backward(x, g));
                 }
             }
-            match GeluNew.prepare::<C>([x.node()]).memory_bound().retro_forward(Retro::<B>(x.id(), PhantomData)).parents([&x]).stateful() {
+            match GeluNew.prepare::<C>([x.node()]).memory_bound().retro_forward(Recompute::<B, 1>::new([x.id()], |[x]| B::gelu_new(x))).parents([&x]).stateful()
+            {
                 OpsKind::Tracked(mut prep) => {
                     let state = prep.checkpoint(&x);
                     prep.finish(state, B::gelu_new(x.into_primitive()))
@@ -758,14 +777,6 @@ mod flex {
         fn fused_layer_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
             #[derive(Debug)]
             struct LayerNorm;
-            #[derive(Debug)]
-            struct Retro<B>([NodeId; 3], f64, PhantomData<B>);
-            impl<B: Fused> RetroForward for Retro<B> {
-                fn forward(&self, states: &mut BackwardStates, out: NodeId) {
-                    let [x, w, b] = self.0.map(|id| states.get_state::<B::FloatTensorPrimitive>(&id));
-                    states.save(out, B::fused_layer_norm(x, w, b, self.1));
-                }
-            }
             impl<B: Fused> Backward<B, 3> for LayerNorm {
                 type State = (NodeId, NodeId, f64);
                 fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
@@ -785,7 +796,7 @@ mod flex {
                     }
                 }
             }
-            let retro = Retro::<B>([x.id(), weight.id(), bias.id()], eps, PhantomData);
+            let retro = Recompute::<B, 3>::new([x.id(), weight.id(), bias.id()], move |[x, w, b]| B::fused_layer_norm(x, w, b, eps));
             let prepared =
                 LayerNorm.prepare::<C>([x.node(), weight.node(), bias.node()]).memory_bound().retro_forward(retro).parents([&x, &weight, &bias]).stateful();
             match prepared {
@@ -800,14 +811,6 @@ mod flex {
         fn fused_rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
             #[derive(Debug)]
             struct RmsNorm;
-            #[derive(Debug)]
-            struct Retro<B>([NodeId; 2], f64, PhantomData<B>);
-            impl<B: Fused> RetroForward for Retro<B> {
-                fn forward(&self, states: &mut BackwardStates, out: NodeId) {
-                    let [x, w] = self.0.map(|id| states.get_state::<B::FloatTensorPrimitive>(&id));
-                    states.save(out, B::fused_rms_norm(x, w, self.1));
-                }
-            }
             impl<B: Fused> Backward<B, 2> for RmsNorm {
                 type State = (NodeId, NodeId, f64);
                 fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
@@ -824,7 +827,7 @@ mod flex {
                     }
                 }
             }
-            let retro = Retro::<B>([x.id(), weight.id()], eps, PhantomData);
+            let retro = Recompute::<B, 2>::new([x.id(), weight.id()], move |[x, w]| B::fused_rms_norm(x, w, eps));
             match RmsNorm.prepare::<C>([x.node(), weight.node()]).memory_bound().retro_forward(retro).parents([&x, &weight]).stateful() {
                 OpsKind::Tracked(mut prep) => {
                     let state = (prep.checkpoint(&x), prep.checkpoint(&weight), eps);
@@ -837,14 +840,6 @@ mod flex {
         fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
             #[derive(Debug)]
             struct SwiGlu;
-            #[derive(Debug)]
-            struct Retro<B>([NodeId; 2], PhantomData<B>);
-            impl<B: Fused> RetroForward for Retro<B> {
-                fn forward(&self, states: &mut BackwardStates, out: NodeId) {
-                    let [a, b] = self.0.map(|id| states.get_state::<B::FloatTensorPrimitive>(&id));
-                    states.save(out, B::fused_swiglu(a, b));
-                }
-            }
             impl<B: Fused> Backward<B, 2> for SwiGlu {
                 type State = (NodeId, NodeId);
                 fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
@@ -861,7 +856,7 @@ mod flex {
                     }
                 }
             }
-            let retro = Retro::<B>([gate.id(), up.id()], PhantomData);
+            let retro = Recompute::<B, 2>::new([gate.id(), up.id()], |[a, b]| B::fused_swiglu(a, b));
             match SwiGlu.prepare::<C>([gate.node(), up.node()]).memory_bound().retro_forward(retro).parents([&gate, &up]).stateful() {
                 OpsKind::Tracked(mut prep) => {
                     let state = (prep.checkpoint(&gate), prep.checkpoint(&up));
