@@ -337,11 +337,18 @@ mod flex {
     fn elementwise(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync + Send) {
         const CHUNK: usize = 4096;
         let n = out.len();
-        rows(out, CHUNK.min(n), CHUNK, |c, o| f(c * CHUNK, o));
+        rows(
+            out,
+            CHUNK.min(n),
+            CHUNK,
+            #[inline(always)]
+            |c, o| f(c * CHUNK, o),
+        );
     }
 
     /// A row's centre and scale: LayerNorm's mean and 1/√(biased variance + ε), as Burn's
     /// layer_norm computes them, or (not `centered`) RMSNorm's 0 and 1/√(mean(x²) + ε).
+    #[inline(always)]
     fn moments(row: &[f32], eps: f64, centered: bool) -> (f32, f32) {
         let n = row.len() as f32;
         let mean = if centered { sum8(row) / n } else { 0.0 };
@@ -356,22 +363,28 @@ mod flex {
         let n = dims[dims.num_dims() - 1];
         let (input, w, b) = (values(&x), values(&w), b.as_ref().map(values));
         let mut out = vec![0.0f32; input.len()];
-        rows(&mut out, n, n, |r, o| {
-            let row = &input[r * n..(r + 1) * n];
-            let (mean, inv) = moments(row, eps, centered);
-            match b {
-                Some(b) => {
-                    for (((o, &v), &w), &b) in o.iter_mut().zip(row).zip(w).zip(b) {
-                        *o = (v - mean) * inv * w + b;
+        rows(
+            &mut out,
+            n,
+            n,
+            #[inline(always)]
+            |r, o| {
+                let row = &input[r * n..(r + 1) * n];
+                let (mean, inv) = moments(row, eps, centered);
+                match b {
+                    Some(b) => {
+                        for (((o, &v), &w), &b) in o.iter_mut().zip(row).zip(w).zip(b) {
+                            *o = (v - mean) * inv * w + b;
+                        }
+                    }
+                    None => {
+                        for ((o, &v), &w) in o.iter_mut().zip(row).zip(w) {
+                            *o = (v - mean) * inv * w;
+                        }
                     }
                 }
-                None => {
-                    for ((o, &v), &w) in o.iter_mut().zip(row).zip(w) {
-                        *o = (v - mean) * inv * w;
-                    }
-                }
-            }
-        });
+            },
+        );
         build(out, dims)
     }
 
@@ -383,20 +396,26 @@ mod flex {
         let n = dims[dims.num_dims() - 1];
         let (input, w, gv) = (values(&x), values(&w), values(&g));
         let mut out = vec![0.0f32; input.len()];
-        rows(&mut out, n, 2 * n, |r, o| {
-            let (row, g) = (&input[r * n..(r + 1) * n], &gv[r * n..(r + 1) * n]);
-            let (mean, inv) = moments(row, eps, centered);
-            let (mut sum_g, mut sum_gx) = (0.0f32, 0.0f32);
-            for ((&v, &g), &w) in row.iter().zip(g).zip(w) {
-                sum_g += g * w;
-                sum_gx += g * w * (v - mean) * inv;
-            }
-            let mean_g = if centered { sum_g / n as f32 } else { 0.0 };
-            let mean_gx = sum_gx / n as f32;
-            for (((o, &v), &g), &w) in o.iter_mut().zip(row).zip(g).zip(w) {
-                *o = (g * w - mean_g - (v - mean) * inv * mean_gx) * inv;
-            }
-        });
+        rows(
+            &mut out,
+            n,
+            2 * n,
+            #[inline(always)]
+            |r, o| {
+                let (row, g) = (&input[r * n..(r + 1) * n], &gv[r * n..(r + 1) * n]);
+                let (mean, inv) = moments(row, eps, centered);
+                let (mut sum_g, mut sum_gx) = (0.0f32, 0.0f32);
+                for ((&v, &g), &w) in row.iter().zip(g).zip(w) {
+                    sum_g += g * w;
+                    sum_gx += g * w * (v - mean) * inv;
+                }
+                let mean_g = if centered { sum_g / n as f32 } else { 0.0 };
+                let mean_gx = sum_gx / n as f32;
+                for (((o, &v), &g), &w) in o.iter_mut().zip(row).zip(g).zip(w) {
+                    *o = (g * w - mean_g - (v - mean) * inv * mean_gx) * inv;
+                }
+            },
+        );
         build(out, dims)
     }
 
@@ -406,13 +425,18 @@ mod flex {
         let dims = shape(&x);
         let n = dims[dims.num_dims() - 1];
         let (input, gv) = (values(&x), values(&g));
-        let sums = column_sums(input.len() / n.max(1), n, |r, acc| {
-            let (row, g) = (&input[r * n..(r + 1) * n], &gv[r * n..(r + 1) * n]);
-            let (mean, inv) = moments(row, eps, centered);
-            for ((a, &v), &g) in acc.iter_mut().zip(row).zip(g) {
-                *a += g * (v - mean) * inv;
-            }
-        });
+        let sums = column_sums(
+            input.len() / n.max(1),
+            n,
+            #[inline(always)]
+            |r, acc| {
+                let (row, g) = (&input[r * n..(r + 1) * n], &gv[r * n..(r + 1) * n]);
+                let (mean, inv) = moments(row, eps, centered);
+                for ((a, &v), &g) in acc.iter_mut().zip(row).zip(g) {
+                    *a += g * (v - mean) * inv;
+                }
+            },
+        );
         build(sums, vec![n].into())
     }
 
@@ -423,9 +447,14 @@ mod flex {
         let tasks = rows_n.div_ceil(per_task);
         let task = |k: usize| {
             let mut acc = vec![0.0f32; n];
-            for r in k * per_task..((k + 1) * per_task).min(rows_n) {
-                f(r, &mut acc);
-            }
+            widest_simd(
+                #[inline(always)]
+                || {
+                    for r in k * per_task..((k + 1) * per_task).min(rows_n) {
+                        f(r, &mut acc);
+                    }
+                },
+            );
             acc
         };
         #[cfg(feature = "rayon")]
@@ -474,6 +503,44 @@ mod flex {
         }
     }
 
+    /// Runs `f` compiled for the widest vector instructions this CPU has: AVX-512 or AVX2
+    /// with FMA on x86-64, found at run time (the binary itself targets baseline x86-64, whose
+    /// SSE2 has 4 lanes). `f` and the kernel loops it calls are inlined into a copy built
+    /// with those features, so the loops vectorise 16 or 8 lanes wide. Results are the same
+    /// bit for bit: Rust never fuses a multiply and an add on its own, and the kernels' sums
+    /// fix their order in eight explicit lanes.
+    #[inline(always)]
+    pub(super) fn widest_simd(f: impl FnOnce()) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has just been found to support every feature `x86::v4`
+                // enables.
+                return unsafe { x86::v4(f) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                // SAFETY: as above, for `x86::v3`.
+                return unsafe { x86::v3(f) };
+            }
+        }
+        f()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod x86 {
+        /// `f` built for x86-64-v4's AVX-512 (foundation).
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        pub unsafe fn v4(f: impl FnOnce()) {
+            f()
+        }
+
+        /// `f` built for x86-64-v3's AVX2 and FMA.
+        #[target_feature(enable = "avx2,fma")]
+        pub unsafe fn v3(f: impl FnOnce()) {
+            f()
+        }
+    }
+
     /// Runs `f(row index, output row)` over `out`'s rows of `n`, across threads with `rayon`;
     /// `cost` is a row's work in elements, so that each task gets enough of it.
     fn rows(out: &mut [f32], n: usize, cost: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
@@ -486,9 +553,14 @@ mod flex {
             // Enough work per task that scheduling stays small beside it.
             let per_task = (16_384 / cost.max(1)).max(1);
             out.par_chunks_mut(n * per_task).enumerate().for_each(|(c, chunk)| {
-                for (k, row) in chunk.chunks_mut(n).enumerate() {
-                    f(c * per_task + k, row)
-                }
+                widest_simd(
+                    #[inline(always)]
+                    || {
+                        for (k, row) in chunk.chunks_mut(n).enumerate() {
+                            f(c * per_task + k, row)
+                        }
+                    },
+                )
             });
         }
         #[cfg(not(feature = "rayon"))]
@@ -506,18 +578,24 @@ mod flex {
             let (t, n) = (dims[dims.num_dims() - 2], dims[dims.num_dims() - 1]);
             let input = values(&x);
             let mut out = vec![0.0f32; input.len()];
-            rows(&mut out, n, n, |r, o| {
-                let visible = (r % t + offset + 1).min(n);
-                let row = &input[r * n..r * n + visible];
-                let o = &mut o[..visible];
-                for (o, &v) in o.iter_mut().zip(row) {
-                    *o = v * scale;
-                }
-                let max = max8(o);
-                o.iter_mut().for_each(|o| *o = exp(*o - max));
-                let inv = 1.0 / sum8(o);
-                o.iter_mut().for_each(|o| *o *= inv);
-            });
+            rows(
+                &mut out,
+                n,
+                n,
+                #[inline(always)]
+                |r, o| {
+                    let visible = (r % t + offset + 1).min(n);
+                    let row = &input[r * n..r * n + visible];
+                    let o = &mut o[..visible];
+                    for (o, &v) in o.iter_mut().zip(row) {
+                        *o = v * scale;
+                    }
+                    let max = max8(o);
+                    o.iter_mut().for_each(|o| *o = exp(*o - max));
+                    let inv = 1.0 / sum8(o);
+                    o.iter_mut().for_each(|o| *o *= inv);
+                },
+            );
             build(out, dims)
         }
 
@@ -527,16 +605,22 @@ mod flex {
             let n = dims[dims.num_dims() - 1];
             let (pv, gv) = (values(&p), values(&g));
             let mut out = vec![0.0f32; pv.len()];
-            rows(&mut out, n, n, |r, o| {
-                let (p, g) = (&pv[r * n..(r + 1) * n], &gv[r * n..(r + 1) * n]);
-                for ((o, &p), &g) in o.iter_mut().zip(p).zip(g) {
-                    *o = p * g;
-                }
-                let dot = sum8(o);
-                for ((o, &p), &g) in o.iter_mut().zip(p).zip(g) {
-                    *o = scale * p * (g - dot);
-                }
-            });
+            rows(
+                &mut out,
+                n,
+                n,
+                #[inline(always)]
+                |r, o| {
+                    let (p, g) = (&pv[r * n..(r + 1) * n], &gv[r * n..(r + 1) * n]);
+                    for ((o, &p), &g) in o.iter_mut().zip(p).zip(g) {
+                        *o = p * g;
+                    }
+                    let dot = sum8(o);
+                    for ((o, &p), &g) in o.iter_mut().zip(p).zip(g) {
+                        *o = scale * p * (g - dot);
+                    }
+                },
+            );
             build(out, dims)
         }
 
@@ -545,11 +629,15 @@ mod flex {
             let dims = shape(&x);
             let input = values(&x);
             let mut out = vec![0.0f32; input.len()];
-            elementwise(&mut out, |at, o| {
-                for (o, &x) in o.iter_mut().zip(&input[at..]) {
-                    *o = x * sigmoid_f32(GELU_2C * (x + GELU_A * x * x * x));
-                }
-            });
+            elementwise(
+                &mut out,
+                #[inline(always)]
+                |at, o| {
+                    for (o, &x) in o.iter_mut().zip(&input[at..]) {
+                        *o = x * sigmoid_f32(GELU_2C * (x + GELU_A * x * x * x));
+                    }
+                },
+            );
             build(out, dims)
         }
 
@@ -558,12 +646,16 @@ mod flex {
             let dims = shape(&x);
             let (xv, gv) = (values(&x), values(&g));
             let mut out = vec![0.0f32; xv.len()];
-            elementwise(&mut out, |at, o| {
-                for ((o, &x), &g) in o.iter_mut().zip(&xv[at..]).zip(&gv[at..]) {
-                    let s = sigmoid_f32(GELU_2C * (x + GELU_A * x * x * x));
-                    *o = g * (s + x * s * (1.0 - s) * GELU_2C * (1.0 + 3.0 * GELU_A * x * x));
-                }
-            });
+            elementwise(
+                &mut out,
+                #[inline(always)]
+                |at, o| {
+                    for ((o, &x), &g) in o.iter_mut().zip(&xv[at..]).zip(&gv[at..]) {
+                        let s = sigmoid_f32(GELU_2C * (x + GELU_A * x * x * x));
+                        *o = g * (s + x * s * (1.0 - s) * GELU_2C * (1.0 + 3.0 * GELU_A * x * x));
+                    }
+                },
+            );
             build(out, dims)
         }
 
@@ -575,15 +667,21 @@ mod flex {
             let input = values(&x);
             let mut out = vec![0.0f32; picked.len()];
             // One output per row: rows of one.
-            rows(&mut out, 1, n, |r, o| {
-                let row = &input[r * n..(r + 1) * n];
-                let max = max8(row);
-                let lse = sum_exp8(row, max).ln();
-                o[0] = match row.get(picked[r]) {
-                    Some(&v) => (v - max) - lse,
-                    None => f32::NAN,
-                };
-            });
+            rows(
+                &mut out,
+                1,
+                n,
+                #[inline(always)]
+                |r, o| {
+                    let row = &input[r * n..(r + 1) * n];
+                    let max = max8(row);
+                    let lse = sum_exp8(row, max).ln();
+                    o[0] = match row.get(picked[r]) {
+                        Some(&v) => (v - max) - lse,
+                        None => f32::NAN,
+                    };
+                },
+            );
             build(out, (0..dims.num_dims() - 1).map(|i| dims[i]).collect::<Vec<_>>().into())
         }
 
@@ -594,18 +692,24 @@ mod flex {
             let picked = indices(targets, n);
             let (input, gv) = (values(&x), values(&g));
             let mut out = vec![0.0f32; input.len()];
-            rows(&mut out, n, n, |r, o| {
-                let row = &input[r * n..(r + 1) * n];
-                let max = max8(row);
-                let shift = max + sum_exp8(row, max).ln();
-                let g = gv[r];
-                for (o, &v) in o.iter_mut().zip(row) {
-                    *o = -g * exp(v - shift);
-                }
-                if let Some(o) = o.get_mut(picked[r]) {
-                    *o += g;
-                }
-            });
+            rows(
+                &mut out,
+                n,
+                n,
+                #[inline(always)]
+                |r, o| {
+                    let row = &input[r * n..(r + 1) * n];
+                    let max = max8(row);
+                    let shift = max + sum_exp8(row, max).ln();
+                    let g = gv[r];
+                    for (o, &v) in o.iter_mut().zip(row) {
+                        *o = -g * exp(v - shift);
+                    }
+                    if let Some(o) = o.get_mut(picked[r]) {
+                        *o += g;
+                    }
+                },
+            );
             build(out, dims)
         }
 
@@ -626,7 +730,12 @@ mod flex {
             let dims = shape(&g);
             let n = dims[dims.num_dims() - 1];
             let gv = values(&g);
-            let sums = column_sums(gv.len() / n.max(1), n, |r, acc| acc.iter_mut().zip(&gv[r * n..(r + 1) * n]).for_each(|(a, &g)| *a += g));
+            let sums = column_sums(
+                gv.len() / n.max(1),
+                n,
+                #[inline(always)]
+                |r, acc| acc.iter_mut().zip(&gv[r * n..(r + 1) * n]).for_each(|(a, &g)| *a += g),
+            );
             build(sums, vec![n].into())
         }
 
@@ -647,11 +756,15 @@ mod flex {
             let dims = shape(&a);
             let (av, bv) = (values(&a), values(&b));
             let mut out = vec![0.0f32; av.len()];
-            elementwise(&mut out, |at, o| {
-                for ((o, &a), &b) in o.iter_mut().zip(&av[at..]).zip(&bv[at..]) {
-                    *o = a * sigmoid_f32(a) * b;
-                }
-            });
+            elementwise(
+                &mut out,
+                #[inline(always)]
+                |at, o| {
+                    for ((o, &a), &b) in o.iter_mut().zip(&av[at..]).zip(&bv[at..]) {
+                        *o = a * sigmoid_f32(a) * b;
+                    }
+                },
+            );
             build(out, dims)
         }
 
@@ -660,13 +773,17 @@ mod flex {
             let dims = shape(&a);
             let (av, bv, gv) = (values(&a), values(&b), values(&g));
             let mut out = vec![0.0f32; av.len()];
-            elementwise(&mut out, |at, o| {
-                for (((o, &a), &b), &g) in o.iter_mut().zip(&av[at..]).zip(&bv[at..]).zip(&gv[at..]) {
-                    // d silu(a)/da = σ(a) · (1 + a · (1 − σ(a))).
-                    let s = sigmoid_f32(a);
-                    *o = g * b * s * (1.0 + a * (1.0 - s));
-                }
-            });
+            elementwise(
+                &mut out,
+                #[inline(always)]
+                |at, o| {
+                    for (((o, &a), &b), &g) in o.iter_mut().zip(&av[at..]).zip(&bv[at..]).zip(&gv[at..]) {
+                        // d silu(a)/da = σ(a) · (1 + a · (1 − σ(a))).
+                        let s = sigmoid_f32(a);
+                        *o = g * b * s * (1.0 + a * (1.0 - s));
+                    }
+                },
+            );
             build(out, dims)
         }
 
@@ -675,11 +792,15 @@ mod flex {
             let dims = shape(&a);
             let (av, gv) = (values(&a), values(&g));
             let mut out = vec![0.0f32; av.len()];
-            elementwise(&mut out, |at, o| {
-                for ((o, &a), &g) in o.iter_mut().zip(&av[at..]).zip(&gv[at..]) {
-                    *o = g * a * sigmoid_f32(a);
-                }
-            });
+            elementwise(
+                &mut out,
+                #[inline(always)]
+                |at, o| {
+                    for ((o, &a), &g) in o.iter_mut().zip(&av[at..]).zip(&gv[at..]) {
+                        *o = g * a * sigmoid_f32(a);
+                    }
+                },
+            );
             build(out, dims)
         }
     }
@@ -928,6 +1049,34 @@ mod tests {
         assert_eq!(super::exp(89.0), f32::INFINITY);
         assert!(super::exp(88.7).is_finite());
         assert!(super::exp(f32::NAN).is_nan());
+    }
+
+    /// The kernels' loops give the same bits in the AVX-512 or AVX2 copy that
+    /// `widest_simd` runs as in the baseline build (no fused multiply-adds, fixed summation
+    /// order), so a run's losses do not depend on the CPU it ran on.
+    #[cfg(feature = "fused")]
+    #[test]
+    fn the_widest_simd_copy_gives_the_same_bits_as_the_baseline_build() {
+        let mut x: Vec<f32> = (0..4099).map(|i| (i as f32 * 0.37).sin() * 12.0 - 1.0).collect();
+        x.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30, 0.0, -0.0, 88.7, -86.4]);
+        #[inline(always)]
+        fn kernel(x: &[f32], out: &mut Vec<f32>) {
+            for (o, &v) in out.iter_mut().zip(x) {
+                let s = super::sigmoid_f32(super::GELU_2C * (v + super::GELU_A * v * v * v));
+                *o = v * s + super::exp(v - 2.0) * (1.0 - s);
+            }
+            let finite = &x[..4099];
+            out.extend([super::sum_exp8(finite, 3.0), super::max8(finite), super::sum8(finite)]);
+        }
+        let mut plain = vec![0.0f32; x.len()];
+        kernel(&x, &mut plain);
+        let mut wide = vec![0.0f32; x.len()];
+        super::flex::widest_simd(
+            #[inline(always)]
+            || kernel(&x, &mut wide),
+        );
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&plain), bits(&wide));
     }
 
     #[test]
