@@ -92,7 +92,11 @@ impl Lora {
     /// `[..., d_in] -> [..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let xa = burn::tensor::module::linear(self.dropout.forward(x), self.lora_a.val(), None); // [..., r]
-        burn::tensor::module::linear(xa, self.lora_b.val(), None).mul_scalar(self.scale)
+        // PEFT's s·((x·A)·B) as (x·A)·(s·B): the scale passes over B's r × d_out values, not
+        // over every output (and not at all when s = 1), at most an ulp from PEFT's order.
+        let b = self.lora_b.val();
+        let b = if self.scale == 1.0 { b } else { b.mul_scalar(self.scale) };
+        burn::tensor::module::linear(xa, b, None)
     }
 
     /// The dense update `s·A·B`, `[d_in, d_out]`, for merging.
