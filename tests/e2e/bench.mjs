@@ -145,22 +145,23 @@ try {
     if (!m) fail(`cannot read steps, tokens/s and seconds from the train widget's status line: ${JSON.stringify(status)}`);
     const [done, of, loss, tokensPerS, secs] = [Number(m[1]), Number(m[2]), Number(m[3]), Number(m[4]), Number(m[5])];
     if (done !== steps || of !== steps || !(secs > 0) || !(tokensPerS > 0) || !Number.isFinite(loss)) fail(`implausible figures for ${steps} steps in ${JSON.stringify(status)}`);
-    // The status line's tokens/s is every step's tokens over the run's seconds (since
-    // 2026-12-07; before, it was the last step's alone, which moves by a third between
-    // steps and read 25-78% higher). Recomputed here from the steps and the seconds (one
-    // decimal) as a check on the widget's arithmetic.
+    // The status line's tokens/s is every step's tokens over the seconds the steps took
+    // (since 2026-12-07; before, it was the last step's alone, which moves by a third
+    // between steps and read 25-78% higher). The run's figure here is every step's tokens
+    // over the run's seconds (one decimal), which also count evaluations and the time
+    // between steps, so the status line's figure cannot be below it.
     const rate = (done / secs).toFixed(2);
     const tokens = Math.round((done * 8 * 64) / secs);
-    if (Math.abs(tokensPerS - tokens) > 0.05 * tokens) fail(`the status line's ${tokensPerS} tokens/s is not ${done} steps of 8×64 over ${secs} s (${tokens}): ${JSON.stringify(status)}`);
+    if (tokensPerS < 0.95 * tokens) fail(`the status line's ${tokensPerS} tokens/s is below ${done} steps of 8×64 over the run's ${secs} s (${tokens}): ${JSON.stringify(status)}`);
     const label = backend === "cpu" ? "CPU" : realGpu ? "WebGPU" : "WebGPU (SwiftShader)";
-    console.log(`train widget, ${label}, ${model}/${task}, ${done} steps of 8×64: ${rate} steps/s, ${tokens} tokens/s over the run (status line ${tokensPerS}), ${secs} s, loss ${loss}`);
+    console.log(`train widget, ${label}, ${model}/${task}, ${done} steps of 8×64: ${rate} steps/s, ${tokens} tokens/s over the run, ${tokensPerS} over its steps (status line), ${secs} s, loss ${loss}`);
     summary.push(`${backend} ${model}/${task} ${done} steps ${rate} steps/s (${tokens} tokens/s)`);
-    table.push(`| ${label} | ${model}/${task}, ${done} steps of 8×64 | ${rate} | ${tokens} | ${secs} | ${loss} |`);
+    table.push(`| ${label} | ${model}/${task}, ${done} steps of 8×64 | ${rate} | ${tokens} | ${tokensPerS} | ${secs} | ${loss} |`);
     await page.close();
   }
   if (quick) console.log(`bench --quick: ${summary.join(", ")}`);
   else {
-    console.log(`\n| backend | run | steps/s | tokens/s (run) | seconds | final loss |\n|---|---|---|---|---|---|\n${table.join("\n")}`);
+    console.log(`\n| backend | run | steps/s | tokens/s (run) | tokens/s (steps, status line) | seconds | final loss |\n|---|---|---|---|---|---|---|\n${table.join("\n")}`);
   }
 } catch (e) {
   console.error(e.message ?? e);

@@ -90,9 +90,11 @@ struct RunView {
     last: Option<StepEvent>,
     /// Updates skipped by the loss scaler (an FP16 gradient overflowed).
     skipped: usize,
-    /// Tokens of every step so far (the status line's tokens/s is these over the run's
-    /// seconds: one step's rate moves by a third from step to step).
+    /// Tokens of every step so far, and the seconds those steps took: the status line's
+    /// tokens/s is one over the other (one step's rate moves by a third from step to step,
+    /// and the run's elapsed time counts pauses and evaluations).
     tokens: usize,
+    step_secs: f64,
     /// What the method did (trainable share, NF4 base size), kept after the run ends.
     info: String,
     /// Optimizer state, peak memory and time per step, as the worker measured them.
@@ -152,6 +154,7 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
                             r.train_t.push((event.elapsed_s, event.loss as f64));
                             r.skipped += event.skipped as usize;
                             r.tokens += event.tokens;
+                            r.step_secs += event.tokens as f64 / event.tokens_per_s.max(1e-9);
                             r.last = Some(event);
                         }
                         TrainEvent::Eval(e) => {
@@ -180,6 +183,7 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
                 last: None,
                 skipped: 0,
                 tokens: 0,
+                step_secs: 0.0,
                 info: String::new(),
                 stats: None,
                 compare: None,
@@ -445,7 +449,7 @@ fn run_status(r: RunView) -> impl IntoView {
             {last.map(|e| view! {
                 " · step " <span data-testid="step">{e.step}</span> {format!(" of {}", r.steps)}
                 " · loss " <span data-testid="loss">{format!("{:.4}", e.loss)}</span>
-                {format!(" · {:.0} tokens/s · {:.1} s", r.tokens as f64 / e.elapsed_s.max(1e-9), e.elapsed_s)}
+                {format!(" · {:.0} tokens/s · {:.1} s", r.tokens as f64 / r.step_secs.max(1e-9), e.elapsed_s)}
                 {(e.loss_scale != 1.0 || r.skipped > 0).then(|| view! { " · loss scale " <span data-testid="loss-scale">{e.loss_scale.to_string()}</span> " · skipped " <span data-testid="skipped">{r.skipped}</span> })}
             })}
             {eval.map(|l| view! { " · held-out loss " <span data-testid="eval-loss">{l}</span> })}
