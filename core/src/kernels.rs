@@ -506,19 +506,21 @@ mod flex {
     /// Runs `f` compiled for the widest vector instructions this CPU has: AVX-512 or AVX2
     /// with FMA on x86-64, found at run time (the binary itself targets baseline x86-64, whose
     /// SSE2 has 4 lanes). `f` and the kernel loops it calls are inlined into a copy built
-    /// with those features, so the loops vectorise 16 or 8 lanes wide. Results are the same
-    /// bit for bit: Rust never fuses a multiply and an add on its own, and the kernels' sums
-    /// fix their order in eight explicit lanes.
+    /// with those features, so the loops vectorise 16 or 8 lanes wide. On one CPU the
+    /// results are those of the baseline copy bit for bit: Rust never fuses a multiply and an
+    /// add on its own, and the kernels' sums fix their order in eight explicit lanes. (Matrix
+    /// products are another matter: gemm picks its kernels and blocks by CPU.)
     #[inline(always)]
     pub(super) fn widest_simd(f: impl FnOnce()) {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has just been found to support every feature `x86::v4`
-                // enables.
-                return unsafe { x86::v4(f) };
-            }
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                if has!("avx512f") {
+                    // SAFETY: the CPU has just been found to have each feature `x86::v4`
+                    // enables (std reports avx512f only with the f16c it implies).
+                    return unsafe { x86::v4(f) };
+                }
                 // SAFETY: as above, for `x86::v3`.
                 return unsafe { x86::v3(f) };
             }
@@ -527,7 +529,7 @@ mod flex {
     }
 
     #[cfg(target_arch = "x86_64")]
-    mod x86 {
+    pub(super) mod x86 {
         /// `f` built for x86-64-v4's AVX-512 (foundation).
         #[target_feature(enable = "avx512f,avx2,fma")]
         pub unsafe fn v4(f: impl FnOnce()) {
@@ -566,9 +568,14 @@ mod flex {
         #[cfg(not(feature = "rayon"))]
         let _ = cost;
         #[cfg(not(feature = "rayon"))]
-        for (r, row) in out.chunks_mut(n).enumerate() {
-            f(r, row)
-        }
+        widest_simd(
+            #[inline(always)]
+            || {
+                for (r, row) in out.chunks_mut(n).enumerate() {
+                    f(r, row)
+                }
+            },
+        )
     }
 
     impl Fused for Flex {
@@ -1052,8 +1059,8 @@ mod tests {
     }
 
     /// The kernels' loops give the same bits in the AVX-512 or AVX2 copy that
-    /// `widest_simd` runs as in the baseline build (no fused multiply-adds, fixed summation
-    /// order), so a run's losses do not depend on the CPU it ran on.
+    /// `widest_simd` runs as in the baseline copy on the same CPU (no fused multiply-adds,
+    /// fixed summation order).
     #[cfg(feature = "fused")]
     #[test]
     fn the_widest_simd_copy_gives_the_same_bits_as_the_baseline_build() {
@@ -1077,6 +1084,19 @@ mod tests {
         );
         let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&plain), bits(&wide));
+        // The AVX2 copy too, which `widest_simd` passes over on an AVX-512 machine.
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            let mut v3 = vec![0.0f32; x.len()];
+            // SAFETY: the CPU has both features `v3` enables.
+            unsafe {
+                super::flex::x86::v3(
+                    #[inline(always)]
+                    || kernel(&x, &mut v3),
+                )
+            };
+            assert_eq!(bits(&plain), bits(&v3));
+        }
     }
 
     #[test]

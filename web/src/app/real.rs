@@ -40,6 +40,7 @@ struct RealRun {
     train: Vec<(f64, f64)>,
     eval: Vec<(f64, f64)>,
     last: Option<StepEvent>,
+    throughput: super::widgets::Throughput,
     stats: Option<RunStats>,
 }
 
@@ -125,7 +126,7 @@ fn run_view(r: RealRun) -> impl IntoView {
     view! {
         <p class="status">
             <span data-testid="run-state" data-state=format!("{:?}", r.state.unwrap_or(RunState::Preparing))>{state}</span>
-            {r.last.map(|e| format!(" · step {} of {} · loss {:.4} · {:.0} tokens/s", e.step, r.steps, e.loss, e.tokens_per_s))}
+            {r.last.map(|e| format!(" · step {} of {} · loss {:.4} · {:.0} tokens/s", e.step, r.steps, e.loss, r.throughput.tokens_per_s()))}
             {eval}
             {stats}
         </p>
@@ -214,6 +215,7 @@ pub fn RealModelWidget(state: RwSignal<Widget>) -> impl IntoView {
                     }
                     FromWorker::Run { event: TrainEvent::Step(e), .. } => {
                         r.train.push((e.step as f64, e.loss as f64));
+                        r.throughput.add(&e);
                         r.last = Some(e);
                     }
                     FromWorker::Run { event: TrainEvent::Eval(e), .. } => r.eval.push((e.step as f64, e.eval_loss as f64)),

@@ -74,6 +74,26 @@ fn task_options() -> Vec<(&'static str, &'static str)> {
     v
 }
 
+/// A run's training speed for its status line: every step's tokens over the seconds those
+/// steps took. One step's rate moves by a third from step to step, and the run's elapsed
+/// time also counts pauses and evaluations.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(super) struct Throughput {
+    tokens: usize,
+    secs: f64,
+}
+
+impl Throughput {
+    pub(super) fn add(&mut self, step: &StepEvent) {
+        self.tokens += step.tokens;
+        self.secs += step.tokens as f64 / step.tokens_per_s.max(1e-9);
+    }
+
+    pub(super) fn tokens_per_s(&self) -> f64 {
+        self.tokens as f64 / self.secs.max(1e-9)
+    }
+}
+
 /// One run of the train widget, as the page knows it.
 #[derive(Clone, Debug, PartialEq)]
 struct RunView {
@@ -90,11 +110,8 @@ struct RunView {
     last: Option<StepEvent>,
     /// Updates skipped by the loss scaler (an FP16 gradient overflowed).
     skipped: usize,
-    /// Tokens of every step so far, and the seconds those steps took: the status line's
-    /// tokens/s is one over the other (one step's rate moves by a third from step to step,
-    /// and the run's elapsed time counts pauses and evaluations).
-    tokens: usize,
-    step_secs: f64,
+    /// The status line's tokens/s.
+    throughput: Throughput,
     /// What the method did (trainable share, NF4 base size), kept after the run ends.
     info: String,
     /// Optimizer state, peak memory and time per step, as the worker measured them.
@@ -153,8 +170,7 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
                             r.train.push((event.step as f64, event.loss as f64));
                             r.train_t.push((event.elapsed_s, event.loss as f64));
                             r.skipped += event.skipped as usize;
-                            r.tokens += event.tokens;
-                            r.step_secs += event.tokens as f64 / event.tokens_per_s.max(1e-9);
+                            r.throughput.add(&event);
                             r.last = Some(event);
                         }
                         TrainEvent::Eval(e) => {
@@ -182,8 +198,7 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
                 eval_t: vec![],
                 last: None,
                 skipped: 0,
-                tokens: 0,
-                step_secs: 0.0,
+                throughput: Throughput::default(),
                 info: String::new(),
                 stats: None,
                 compare: None,
@@ -449,7 +464,7 @@ fn run_status(r: RunView) -> impl IntoView {
             {last.map(|e| view! {
                 " · step " <span data-testid="step">{e.step}</span> {format!(" of {}", r.steps)}
                 " · loss " <span data-testid="loss">{format!("{:.4}", e.loss)}</span>
-                {format!(" · {:.0} tokens/s · {:.1} s", r.tokens as f64 / r.step_secs.max(1e-9), e.elapsed_s)}
+                {format!(" · {:.0} tokens/s · {:.1} s", r.throughput.tokens_per_s(), e.elapsed_s)}
                 {(e.loss_scale != 1.0 || r.skipped > 0).then(|| view! { " · loss scale " <span data-testid="loss-scale">{e.loss_scale.to_string()}</span> " · skipped " <span data-testid="skipped">{r.skipped}</span> })}
             })}
             {eval.map(|l| view! { " · held-out loss " <span data-testid="eval-loss">{l}</span> })}

@@ -93,7 +93,8 @@ impl Lora {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let xa = burn::tensor::module::linear(self.dropout.forward(x), self.lora_a.val(), None); // [..., r]
         // PEFT's s·((x·A)·B) as (x·A)·(s·B): the scale passes over B's r × d_out values, not
-        // over every output (and not at all when s = 1), at most an ulp from PEFT's order.
+        // over every output (and not at all when s = 1). The same within rounding, and the
+        // same bits when s is a power of two (α = r, α = 2r).
         let b = self.lora_b.val();
         let b = if self.scale == 1.0 { b } else { b.mul_scalar(self.scale) };
         burn::tensor::module::linear(xa, b, None)
