@@ -256,6 +256,15 @@ fn sum_exp8(x: &[f32], shift: f32) -> f32 {
     lane_sum(x, |v| exp(v - shift))
 }
 
+/// A row's largest value and log Σ e^(x − max): the log-softmax of `v` is
+/// `(v − max) − lse`.
+#[cfg(any(feature = "fused", test))]
+#[inline(always)]
+fn max_and_log_sum_exp(x: &[f32]) -> (f32, f32) {
+    let max = max8(x);
+    (max, sum_exp8(x, max).ln())
+}
+
 /// The largest value of `x` (−∞ for none), eight lanes at a time.
 #[cfg(any(feature = "fused", test))]
 #[inline(always)]
@@ -273,7 +282,7 @@ fn max8(x: &[f32]) -> f32 {
 /// The flex kernels behind a Burn backend extension, and their autodiff.
 #[cfg(feature = "fused")]
 mod flex {
-    use super::{GELU_2C, GELU_A, exp, lane_sum, max8, sigmoid_f32, sum_exp8, sum8};
+    use super::{GELU_2C, GELU_A, exp, lane_sum, max_and_log_sum_exp, max8, sigmoid_f32, sum8};
     use burn::backend::autodiff::NodeId;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::retro_forward::RetroForward;
@@ -681,8 +690,7 @@ mod flex {
                 #[inline(always)]
                 |r, o| {
                     let row = &input[r * n..(r + 1) * n];
-                    let max = max8(row);
-                    let lse = sum_exp8(row, max).ln();
+                    let (max, lse) = max_and_log_sum_exp(row);
                     o[0] = match row.get(picked[r]) {
                         Some(&v) => (v - max) - lse,
                         None => f32::NAN,
@@ -706,8 +714,8 @@ mod flex {
                 #[inline(always)]
                 |r, o| {
                     let row = &input[r * n..(r + 1) * n];
-                    let max = max8(row);
-                    let shift = max + sum_exp8(row, max).ln();
+                    let (max, lse) = max_and_log_sum_exp(row);
+                    let shift = max + lse;
                     let g = gv[r];
                     for (o, &v) in o.iter_mut().zip(row) {
                         *o = -g * exp(v - shift);
