@@ -222,7 +222,7 @@ fn exp(x: f32) -> f32 {
     }
 }
 
-#[cfg(any(feature = "fused", test))]
+#[cfg(feature = "fused")]
 #[inline(always)]
 fn sigmoid_f32(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
@@ -258,7 +258,7 @@ fn sum_exp8(x: &[f32], shift: f32) -> f32 {
 
 /// A row's largest value and log Σ e^(x − max): the log-softmax of `v` is
 /// `(v − max) − lse`.
-#[cfg(any(feature = "fused", test))]
+#[cfg(feature = "fused")]
 #[inline(always)]
 fn max_and_log_sum_exp(x: &[f32]) -> (f32, f32) {
     let max = max8(x);

@@ -695,6 +695,12 @@ pub struct TrainArgs {
     /// replicas share the one CPU device.
     #[arg(long, default_value_t = 1)]
     pub data_parallel: usize,
+    /// ZeRO stage across the --data-parallel replicas: 0 (the first device keeps all the
+    /// optimizer state) or 1 (each replica keeps the state of its share of the parameters,
+    /// on its device, and makes their update). `tinytune memory --zero` estimates stages 2
+    /// and 3, which this run does not do.
+    #[arg(long, default_value_t = 0)]
+    pub zero: u8,
     /// Gradient checkpointing: recompute the forward pass's cheap operations during the
     /// backward pass instead of keeping their outputs (same gradients, lower peak memory).
     #[arg(long)]

@@ -80,6 +80,7 @@ pub fn resolve(args: &TrainArgs, method: Method, default_data: DataSource, defau
         optimizer: optimizer(args)?,
         accumulate: args.accumulate,
         data_parallel: args.data_parallel,
+        zero: args.zero,
         checkpointing: args.checkpointing,
         eval_every: args.eval_every,
         eval_batches: args.eval_batches,
@@ -315,6 +316,23 @@ pub fn distill(args: DistillArgs, device: &Device) -> Result<(), String> {
     run(trainer, &tokenizer, &companions, &args.train, "distill")
 }
 
+/// Where a data-parallel run's optimizer state lives, measured, beside the memory
+/// estimator's per-GPU figure for the same run.
+fn replica_state_line(trainer: &Trainer) -> String {
+    let human = tinytune::memory::human;
+    let shares = trainer.optim.state_bytes_by_replica();
+    let estimate = human(trainer.estimated_state_per_replica());
+    if shares.len() > 1 {
+        let list: Vec<String> = shares.iter().map(|&b| human(b as u64)).collect();
+        format!("optimizer state by replica (ZeRO-1): {}; the memory estimator's per-GPU figure: {estimate}", list.join(", "))
+    } else {
+        format!(
+            "optimizer state: {} on the first device (without --zero 1 it is not shared out); the memory estimator's per-GPU figure: {estimate}",
+            human(trainer.optim.state_bytes() as u64)
+        )
+    }
+}
+
 /// Opens a distillation run's teacher cache (`path` None: none), or starts an empty one
 /// when the file does not exist yet; `flag` names where the path came from in errors.
 fn open_teacher_cache(path: Option<&str>, teacher: &Gpt, flag: &str) -> Result<Option<TeacherCache>, String> {
@@ -501,6 +519,9 @@ fn run(trainer: Trainer, tokenizer: &TextTokenizer, companions: &Companions, arg
             write_plot(out)?;
             let held_out = run.last_eval().map(|l| format!(", held-out loss {l:.4}")).unwrap_or_default();
             eprintln!("finished {} steps in {:.1} s: last train loss {:.4}{held_out}", trainer.step, trainer.elapsed(), host.last_loss);
+            if trainer.config.data_parallel > 1 {
+                eprintln!("{}", replica_state_line(trainer));
+            }
             if let (Some(cache), Some(path)) = (&trainer.teacher_cache, &trainer.config.teacher_cache) {
                 eprintln!(
                     "teacher cache {path}: {} rows ({:.1} MB of logits); this run read {} rows from it and added {}",

@@ -82,20 +82,36 @@ fn a_run_writes_checkpoint_metrics_and_plot_then_generates_evals_and_reports() {
 }
 
 /// `--data-parallel 2` (two replicas; on the CPU they share its one device) trains to the
-/// one-replica run's losses; a batch the replicas cannot share equally is refused by flag.
+/// one-replica run's losses, with and without `--zero 1`, which reports each replica's share
+/// of the optimizer state; a batch the replicas cannot share equally, and a ZeRO stage
+/// tinytune does not run, are refused by flag.
 #[test]
 fn data_parallel_runs_match_one_device() {
-    let (a, b) = (tmp("dp1"), tmp("dp2"));
+    let (a, b, z) = (tmp("dp1"), tmp("dp2"), tmp("dp2-zero1"));
     ok(&pretrain(&a, &["--steps", "4"]));
-    ok(&pretrain(&b, &["--steps", "4", "--data-parallel", "2"]));
-    let (one, two) = (step_losses(&a), step_losses(&b));
+    let whole = pretrain(&b, &["--steps", "4", "--data-parallel", "2"]);
+    let sharded = pretrain(&z, &["--steps", "4", "--data-parallel", "2", "--zero", "1"]);
+    ok(&whole);
+    ok(&sharded);
+    let one = step_losses(&a);
     assert_eq!(one.len(), 4);
-    for ((_, x), (_, y)) in one.iter().zip(&two) {
-        assert!((x - y).abs() <= 1e-4, "{one:?} vs {two:?}");
+    for run in [&b, &z] {
+        let other = step_losses(run);
+        for ((_, x), (_, y)) in one.iter().zip(&other) {
+            assert!((x - y).abs() <= 1e-4, "{}: {one:?} vs {other:?}", run.display());
+        }
     }
+    let line = |out: &Output, start: &str| String::from_utf8_lossy(&out.stderr).lines().find(|l| l.starts_with(start)).map(str::to_string);
+    let all = line(&whole, "optimizer state: ").expect("an unsharded run says where its optimizer state is");
+    assert!(all.contains("on the first device"), "{all}");
+    let shares = line(&sharded, "optimizer state by replica (ZeRO-1): ").expect("a ZeRO-1 run reports each replica's share");
+    let list = shares.split(": ").nth(1).unwrap().split(';').next().unwrap();
+    assert_eq!(list.split(", ").count(), 2, "{shares}");
     fails_with(&pretrain(&tmp("dp3"), &["--data-parallel", "3"]), &["--data-parallel", "3 replicas", "--batch"]);
-    std::fs::remove_dir_all(&a).unwrap();
-    std::fs::remove_dir_all(&b).unwrap();
+    fails_with(&pretrain(&tmp("zero2"), &["--data-parallel", "2", "--zero", "2"]), &["--zero", "stage 2", "use 0 or 1"]);
+    for dir in [a, b, z] {
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 #[test]

@@ -7,17 +7,38 @@
 //! device, as they would from a second GPU.
 
 use burn::tensor::Device;
+use tinytune::checkpoint::{load_model, load_optimizer, save_model, save_optimizer};
 use tinytune::data::{CHARSET, Task};
+use tinytune::memory::Plan;
+use tinytune::optim::Slot;
 use tinytune::train::{DataSource, TrainConfig, Trainer};
 use tinytune::{Gpt, ModelConfig, TextTokenizer};
 
 /// Step losses of a short fine-tuning run on a task: only answers count, and " happy" and
 /// " sad" differ in length, so the replicas' shares hold different numbers of counted tokens.
 fn losses(data_parallel: usize, accumulate: usize, second: Option<Device>) -> Vec<f32> {
+    let mut trainer = trainer(data_parallel, accumulate, 0, second);
+    (0..6).map(|_| trainer.step().unwrap().loss).collect()
+}
+
+/// A fine-tuning run of the nano model on a task, with `data_parallel` replicas (the second
+/// on `second`, if given), `accumulate` micro-batches each, and ZeRO stage `zero`.
+fn trainer(data_parallel: usize, accumulate: usize, zero: u8, second: Option<Device>) -> Trainer {
     let tok = TextTokenizer::char_level(CHARSET);
-    let config = ModelConfig { vocab_size: tok.vocab_size(), ..ModelConfig::nano() };
     let device = Device::flex().autodiff();
-    let tc = TrainConfig {
+    let mut trainer = Trainer::new(Gpt::init(&nano(&tok), 0, &device), &tok, config(data_parallel, accumulate, zero), &device).unwrap();
+    if let Some(d) = second {
+        trainer.set_replica_devices(vec![d]);
+    }
+    trainer
+}
+
+fn nano(tok: &TextTokenizer) -> ModelConfig {
+    ModelConfig { vocab_size: tok.vocab_size(), ..ModelConfig::nano() }
+}
+
+fn config(data_parallel: usize, accumulate: usize, zero: u8) -> TrainConfig {
+    TrainConfig {
         steps: 6,
         batch_size: 8,
         seq_len: 64,
@@ -27,13 +48,9 @@ fn losses(data_parallel: usize, accumulate: usize, second: Option<Device>) -> Ve
         data: DataSource::Task(Task::Sentiment),
         data_parallel,
         accumulate,
+        zero,
         ..TrainConfig::default()
-    };
-    let mut trainer = Trainer::new(Gpt::init(&config, 0, &device), &tok, tc, &device).unwrap();
-    if let Some(d) = second {
-        trainer.set_replica_devices(vec![d]);
     }
-    (0..6).map(|_| trainer.step().unwrap().loss).collect()
 }
 
 #[test]
@@ -59,4 +76,69 @@ fn a_batch_the_replicas_cannot_share_equally_is_refused_by_field() {
     let tc = TrainConfig { batch_size: 6, data_parallel: 4, ..TrainConfig::default() };
     let e = tc.validate("training config", 1024).unwrap_err().to_string();
     assert!(e.contains("data_parallel") && e.contains("4 replicas"), "{e}");
+}
+
+/// ZeRO stage 1: each replica keeps the optimizer state of its share of the parameters, on
+/// its own device, and makes their update. The run must train as the unsharded run does, the
+/// shares must hold all the state between them and no more, each near the memory estimator's
+/// per-GPU figure, and a run resumed from the saved (whole) state must continue exactly.
+#[test]
+#[allow(deprecated)] // Device::ndarray, as above.
+fn zero_1_shards_the_optimizer_state_across_replicas_and_trains_as_one_device() {
+    let ndarray = Device::ndarray().autodiff();
+    let mut whole = trainer(2, 1, 0, Some(ndarray.clone()));
+    let mut sharded = trainer(2, 1, 1, Some(ndarray.clone()));
+    for step in 1..=4 {
+        let (a, b) = (whole.step().unwrap().loss, sharded.step().unwrap().loss);
+        assert!((a - b).abs() <= 1e-5, "step {step}: ZeRO-1 loss {b}, unsharded {a}");
+    }
+    let total = whole.optim.state_bytes();
+    assert_eq!(whole.optim.state_bytes_by_replica(), vec![total], "without ZeRO the first device keeps it all");
+    let shares = sharded.optim.state_bytes_by_replica();
+    assert_eq!(shares.len(), 2);
+    assert_eq!(shares.iter().sum::<usize>(), total, "the shares {shares:?} must hold exactly the unsharded state");
+
+    // The memory estimator's per-GPU optimizer state at ZeRO-1 on 2 GPUs: AdamW's 8 bytes per
+    // trainable parameter, halved. Shares are whole parameters, so each may exceed it by at
+    // most the largest parameter's state.
+    let tok = TextTokenizer::char_level(CHARSET);
+    let c = config(2, 1, 1);
+    let plan = Plan { zero: 1, gpus: 2, ..Plan::for_tinytune(&nano(&tok), &c.method, c.batch_size as u64, c.seq_len as u64) };
+    let estimate = plan.estimate().gpu.optimizer as usize;
+    assert_eq!(estimate, total.div_ceil(2), "estimator's per-GPU state vs the measured total {total}");
+    let largest = tinytune::model::named_params(&sharded.model).iter().map(|p| p.numel).max().unwrap();
+    for (r, &share) in shares.iter().enumerate() {
+        assert!(share > 0 && share <= estimate + 8 * largest, "replica {r}: {share} bytes, estimate {estimate}, largest parameter {largest}");
+    }
+
+    // Each share lives on its replica's device.
+    let shards = sharded.optim.shards.clone().expect("ZeRO-1 placed the shares");
+    let mut on_second = 0;
+    for (name, slot) in &sharded.optim.state {
+        let Slot::Dense(t) = slot else { panic!("AdamW keeps dense state") };
+        let owner = shards.owner_of(name.rsplit_once('.').unwrap().0);
+        assert_eq!(t.device(), shards.devices[owner], "{name} is not on replica {owner}'s device");
+        on_second += usize::from(owner == 1);
+    }
+    assert!(on_second > 0, "no state on the second device");
+
+    // Resume from the saved state: it is saved whole and shared out again at the next update.
+    let device = Device::flex().autodiff();
+    let (weights, state, t) = (save_model(&sharded.model), save_optimizer(&sharded.optim), sharded.optim.t);
+    let mut resumed = trainer(2, 1, 1, Some(ndarray));
+    resumed.model = load_model(&nano(&tok), &weights, &device, "model.safetensors").unwrap();
+    load_optimizer(&mut resumed.optim, t, &state, &device, "optimizer.safetensors").unwrap();
+    resumed.step = 4;
+    for step in 5..=6 {
+        let (a, b) = (sharded.step().unwrap().loss, resumed.step().unwrap().loss);
+        assert_eq!(a, b, "step {step}: resumed ZeRO-1 run");
+    }
+    assert_eq!(resumed.optim.state_bytes_by_replica(), sharded.optim.state_bytes_by_replica());
+}
+
+#[test]
+fn zero_stages_beyond_1_are_refused_by_field() {
+    let tc = TrainConfig { zero: 2, data_parallel: 2, ..TrainConfig::default() };
+    let e = tc.validate("training config", 1024).unwrap_err().to_string();
+    assert!(e.contains("zero") && e.contains("use 0 or 1"), "{e}");
 }

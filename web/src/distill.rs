@@ -129,6 +129,7 @@ impl DistillParams {
             optimizer: OptimConfig::for_kind(OptimKind::AdamW),
             accumulate: 1,
             data_parallel: 1,
+            zero: 0,
             checkpointing: false,
             eval_every: 0,
             // Every held-out example, once.

@@ -133,6 +133,7 @@ impl GrpoParams {
             optimizer: OptimConfig::for_kind(OptimKind::AdamW),
             accumulate: 1,
             data_parallel: 1,
+            zero: 0,
             checkpointing: false,
             eval_every: self.eval_every(),
             // The held-out loss on the reference answers: one batch holds every held-out row.

@@ -157,6 +157,7 @@ impl PreferenceParams {
             optimizer: OptimConfig::for_kind(OptimKind::AdamW),
             accumulate: 1,
             data_parallel: 1,
+            zero: 0,
             checkpointing: false,
             eval_every: self.eval_every(),
             eval_batches: self.eval_batches(),

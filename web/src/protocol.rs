@@ -130,6 +130,9 @@ pub struct RunStats {
     pub optimizer: String,
     /// Bytes of optimizer state, measured from the optimizer.
     pub state_bytes: u64,
+    /// The same by data-parallel replica: several entries under ZeRO-1, one otherwise.
+    #[serde(default)]
+    pub state_bytes_by_replica: Vec<u64>,
     pub trainable: u64,
     /// Peak bytes allocated in the worker above the level when training began; None when
     /// the run is on WebGPU, whose memory the worker cannot count.

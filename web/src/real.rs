@@ -81,6 +81,7 @@ impl RealModelParams {
             optimizer: OptimConfig::for_kind(OptimKind::AdamW),
             accumulate: 1,
             data_parallel: 1,
+            zero: 0,
             checkpointing: false,
             eval_every: self.eval_every(),
             eval_batches: EVAL_BATCHES,

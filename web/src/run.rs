@@ -49,6 +49,7 @@ impl TrainParams {
             optimizer: self.optimizer_config(),
             accumulate: self.accumulate,
             data_parallel: self.data_parallel,
+            zero: self.zero,
             checkpointing: self.checkpointing,
             eval_every: self.eval_every(),
             eval_batches: EVAL_BATCHES,
@@ -118,6 +119,9 @@ impl TrainParams {
         }
         if p.data_parallel > 1 {
             label += &format!(" · {} replicas", p.data_parallel);
+        }
+        if p.zero > 0 {
+            label += &format!(" · ZeRO-{}", p.zero);
         }
         if p.checkpointing {
             label += " · checkpointing";
@@ -232,6 +236,9 @@ impl TrainParams {
         }
         if self.data_parallel != 1 {
             args.extend(["--data-parallel".into(), self.data_parallel.to_string()]);
+        }
+        if self.zero != 0 {
+            args.extend(["--zero".into(), self.zero.to_string()]);
         }
         if self.checkpointing {
             args.push("--checkpointing".into());

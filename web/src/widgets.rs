@@ -130,6 +130,9 @@ pub struct TrainParams {
     /// Data-parallel replicas (`--data-parallel`); in the page they share its one device.
     #[serde(default = "one")]
     pub data_parallel: usize,
+    /// ZeRO stage across the replicas (`--zero`): 0, or 1 to shard the optimizer state.
+    #[serde(default)]
+    pub zero: u8,
     /// Gradient checkpointing.
     #[serde(default)]
     pub checkpointing: bool,
@@ -247,6 +250,7 @@ impl Default for TrainParams {
             warmup: ten_percent(),
             accumulate: 1,
             data_parallel: 1,
+            zero: 0,
             checkpointing: false,
             sweep: String::new(),
         }
@@ -574,6 +578,7 @@ impl Settings for TrainParams {
             Field { key: "warmup", get: |p| p.warmup.clone(), set: |p, v| assign(&mut p.warmup, warmup(v)) },
             Field { key: "accumulate", get: |p| p.accumulate.to_string(), set: |p, v| assign(&mut p.accumulate, int(v, 1, 64)) },
             Field { key: "data_parallel", get: |p| p.data_parallel.to_string(), set: |p, v| assign(&mut p.data_parallel, int(v, 1, 8)) },
+            Field { key: "zero", get: |p| p.zero.to_string(), set: |p, v| assign(&mut p.zero, int(v, 0, 1).map(|z| z as u8)) },
             Field { key: "checkpointing", get: |p| p.checkpointing.to_string(), set: |p, v| assign(&mut p.checkpointing, boolean(v)) },
             Field {
                 key: "sweep",
@@ -740,7 +745,7 @@ rank: 0",
         check("name: train\nsteps: 0", "train: steps: \"0\": must be from 1 to 2000");
         check(
             "name: train\ndepth: 4",
-            "use model, task, steps, lr, batch, seq, seed, compare, precision, loss_scale, method, adapter, bottleneck, tokens, prompt_init, encoder, last_n, rank, alpha, targets, optimizer, schedule, warmup, accumulate, data_parallel, checkpointing, sweep",
+            "use model, task, steps, lr, batch, seq, seed, compare, precision, loss_scale, method, adapter, bottleneck, tokens, prompt_init, encoder, last_n, rank, alpha, targets, optimizer, schedule, warmup, accumulate, data_parallel, zero, checkpointing, sweep",
         );
         check("name: train\ntargets: q_proj,w_proj", "unknown projection \"w_proj\"; use c_attn");
         check("name: rope\nfactor: 16", "rope: factor: \"16\": must be from 2 to 8");

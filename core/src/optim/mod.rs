@@ -8,5 +8,5 @@ pub mod report;
 pub mod schedule;
 
 pub use grads::NamedGrads;
-pub use optimizer::{OptimConfig, OptimKind, Optimizer, Quant8, Slot};
+pub use optimizer::{OptimConfig, OptimKind, Optimizer, Quant8, Shards, Slot};
 pub use schedule::{Decay, Schedule, Warmup};

@@ -365,11 +365,59 @@ pub struct Optimizer {
     pub state: BTreeMap<String, Slot>,
     /// Keep dense state in host memory between steps (set for paged kinds on GPU backends).
     pub page: bool,
+    /// ZeRO stage 1 across data-parallel replicas: which replica keeps each parameter's state
+    /// and makes its update (None: the training device keeps all of it).
+    pub shards: Option<Shards>,
+}
+
+/// ZeRO stage 1 (Rajbhandari et al., 2020, "P_os"): the optimizer state partitioned across
+/// the data-parallel replicas. Each parameter's state lives on one replica's device, which
+/// makes that parameter's update from the (already summed) gradient and sends the new value
+/// back to the training device; no replica holds another's state.
+///
+/// Parameters are the unit, as in PyTorch's `ZeroRedundancyOptimizer`: largest first, each
+/// to the replica holding the fewest elements so far (ties to the lower index). DeepSpeed
+/// cuts one flat buffer into equal pieces instead, so its shares are equal to the element;
+/// here a share can exceed 1/N of the state by at most the largest parameter's state.
+#[derive(Clone, Debug)]
+pub struct Shards {
+    /// Parameter path → index of the replica that owns its state.
+    pub owner: BTreeMap<String, usize>,
+    /// Each replica's device; index 0 is the training device.
+    pub devices: Vec<Device>,
+}
+
+impl Shards {
+    /// Partitions `params` (path, number of elements) across the replicas on `devices`.
+    pub fn partition(params: &[(String, usize)], devices: Vec<Device>) -> Self {
+        let n = devices.len().max(1);
+        let mut order: Vec<&(String, usize)> = params.iter().collect();
+        // Stable sort: equal sizes keep the model's order, so the partition is deterministic.
+        order.sort_by_key(|(_, numel)| std::cmp::Reverse(*numel));
+        let mut load = vec![0usize; n];
+        let mut owner = BTreeMap::new();
+        for (path, numel) in order {
+            let r = (0..n).min_by_key(|&r| (load[r], r)).expect("at least one replica");
+            load[r] += numel;
+            owner.insert(path.clone(), r);
+        }
+        Self { owner, devices }
+    }
+
+    /// The replica that owns the state of parameter `path` (0 for one it does not list).
+    pub fn owner_of(&self, path: &str) -> usize {
+        self.owner.get(path).copied().unwrap_or(0)
+    }
+
+    /// The replica owning the state slot `name` (`{parameter path}.{slot}`).
+    fn owner_of_slot(&self, name: &str) -> usize {
+        name.rsplit_once('.').map_or(0, |(path, _)| self.owner_of(path))
+    }
 }
 
 impl Optimizer {
     pub fn new(config: OptimConfig) -> Self {
-        Self { config, t: 0, state: BTreeMap::new(), page: false }
+        Self { config, t: 0, state: BTreeMap::new(), page: false, shards: None }
     }
 
     /// An optimizer for training on `device`: paged kinds page only where the device has
@@ -400,6 +448,18 @@ impl Optimizer {
     /// Bytes of optimizer state held now, measured from the state itself.
     pub fn state_bytes(&self) -> usize {
         self.state.values().map(Slot::bytes).sum()
+    }
+
+    /// [`Optimizer::state_bytes`] by data-parallel replica: one entry per replica under ZeRO
+    /// stage 1 (what each replica's share holds), one entry otherwise.
+    pub fn state_bytes_by_replica(&self) -> Vec<usize> {
+        let Some(shards) = &self.shards else { return vec![self.state_bytes()] };
+        let last = shards.devices.len().max(1) - 1;
+        let mut out = vec![0; last + 1];
+        for (name, slot) in &self.state {
+            out[shards.owner_of_slot(name).min(last)] += slot.bytes();
+        }
+        out
     }
 
     /// The state as `(name, data)` pairs for saving: dense slots as `{path}.{slot}` (F32),
@@ -448,6 +508,8 @@ impl Optimizer {
     /// Takes slot `name` as a dense tensor on `device` (zeros of `n` when absent).
     fn take_dense(&mut self, name: &str, n: usize, device: &Device) -> Tensor<1> {
         match self.state.remove(name) {
+            // State restored on the training device moves to its owner's on first use (ZeRO-1).
+            Some(Slot::Dense(t)) if t.device() != *device => t.to_device(device),
             Some(Slot::Dense(t)) => t,
             Some(Slot::Paged(d)) => Tensor::from_data(d, device),
             Some(Slot::Quant(q)) => Tensor::from_data(TensorData::new(q.dequantize(), [n]), device),
@@ -494,7 +556,14 @@ impl MapNamed for Update<'_> {
             Some(ratio) if path.ends_with("lora_b") => self.lr * ratio,
             _ => self.lr,
         };
-        let p = update(self.optim, lr, path, p, g.inner(), &dims);
+        // Under ZeRO-1 the owner's device makes the update, with the state it keeps, and the
+        // new value comes back to the training device.
+        let home = p.device();
+        let owner = self.optim.shards.as_ref().map(|s| s.devices[s.owner_of(path).min(s.devices.len() - 1)].clone()).filter(|d| *d != home);
+        let p = match &owner {
+            Some(d) => update(self.optim, lr, path, p.to_device(d), g.inner().to_device(d), &dims).to_device(&home),
+            None => update(self.optim, lr, path, p, g.inner(), &dims),
+        };
         let mut updated = Tensor::<D>::from_inner(p.reshape(shape)).require_grad();
         if let Some(s) = strategy {
             updated = updated.with_gradient_checkpointing_strategy(s);

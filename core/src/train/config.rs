@@ -140,6 +140,12 @@ pub struct TrainConfig {
     /// applies the one update. The same update as one device with the whole batch.
     #[serde(default = "one")]
     pub data_parallel: usize,
+    /// ZeRO stage across the data-parallel replicas: 0 (the first device keeps all the
+    /// optimizer state) or 1 (each replica keeps the state of its share of the parameters
+    /// and makes their update: `optim::Shards`). Stages 2 and 3, which also shard gradients
+    /// and weights, are estimated (`memory::Plan::zero`) but not run.
+    #[serde(default)]
+    pub zero: u8,
     /// Gradient checkpointing: Burn recomputes the cheap (memory-bound) operations of the
     /// forward pass during the backward pass instead of keeping their outputs.
     #[serde(default)]
@@ -205,6 +211,7 @@ impl Default for TrainConfig {
             optimizer: OptimConfig::default(),
             accumulate: 1,
             data_parallel: 1,
+            zero: 0,
             checkpointing: false,
             eval_every: 50,
             eval_batches: 8,
@@ -292,6 +299,16 @@ impl TrainConfig {
                     self.accumulate,
                     if self.accumulate == 1 { "" } else { "es" },
                     self.batch_size
+                ),
+            ));
+        }
+        if self.zero > 1 {
+            return Err(Error::config(
+                origin,
+                "zero",
+                format!(
+                    "stage {} is not run by tinytune: its replicas gather gradients on the first device, so only the optimizer state can be sharded; use 0 or 1 (the memory calculator estimates stages 2 and 3)",
+                    self.zero
                 ),
             ));
         }

@@ -16,7 +16,7 @@ use crate::data::Split;
 use crate::data::rng::Rng;
 use crate::error::{Error, Result};
 use crate::model::{Gpt, named_params};
-use crate::optim::{NamedGrads, OptimKind, Optimizer, Schedule, mezo};
+use crate::optim::{NamedGrads, OptimKind, Optimizer, Schedule, Shards, mezo};
 use crate::tokenizer::TextTokenizer;
 
 use super::batch::{Batch, Dataset};
@@ -324,6 +324,16 @@ impl Trainer {
     /// device's backend); replica 1 is always `device`. Those not given share `device`.
     pub fn set_replica_devices(&mut self, devices: Vec<Device>) {
         self.replica_devices = devices;
+        // ZeRO-1's shares are placed again at the next update; state follows on first use.
+        self.optim.shards = None;
+    }
+
+    /// The device of data-parallel replica `r` (0 is `device`).
+    fn replica_device(&self, r: usize) -> Device {
+        match r.checked_sub(1).and_then(|i| self.replica_devices.get(i)) {
+            Some(d) => d.clone(),
+            None => self.device.clone(),
+        }
     }
 
     /// [`Trainer::accumulated_gradients`] with each micro-batch's row scores (preference
@@ -344,9 +354,9 @@ impl Trainer {
             return (loss, grads, scores.into_iter().collect());
         }
         let replicas: Vec<(Gpt, Device)> = (0..n)
-            .map(|r| match self.replica_devices.get(r.wrapping_sub(1)).filter(|d| r > 0 && **d != self.device) {
-                Some(d) => (self.model.clone().fork(d), d.clone()),
-                None => (self.model.clone(), self.device.clone()),
+            .map(|r| match self.replica_device(r) {
+                d if d != self.device => (self.model.clone().fork(&d), d),
+                d => (self.model.clone(), d),
             })
             .collect();
         let objective = &self.config.objective;
@@ -399,8 +409,28 @@ impl Trainer {
         (loss, NamedGrads::collect(&compute, &grads), scores)
     }
 
+    /// The memory estimator's optimizer state per GPU for this run: its optimizer, its
+    /// trainable parameters, `data_parallel` GPUs and its ZeRO stage (what
+    /// [`Optimizer::state_bytes_by_replica`] measures, up to ZeRO-1's whole-parameter shares).
+    pub fn estimated_state_per_replica(&self) -> u64 {
+        let c = &self.config;
+        let plan = crate::memory::Plan {
+            zero: c.zero,
+            gpus: c.data_parallel.max(1) as u64,
+            optimizer: c.optimizer.kind.plan_kind(c.optimizer.momentum),
+            ..crate::memory::Plan::for_tinytune(self.model.config(), &c.method, c.batch_size as u64, c.seq_len as u64)
+        };
+        plan.estimate().gpu.optimizer
+    }
+
     /// Applies the update for the current step and advances the step counter.
     pub fn apply(&mut self, grads: NamedGrads) {
+        let replicas = self.config.data_parallel.max(1);
+        if self.config.zero >= 1 && replicas > 1 && self.optim.shards.is_none() {
+            // ZeRO-1: the trainable parameters (those with gradients) shared out once.
+            let params: Vec<(String, usize)> = grads.0.iter().map(|(path, g)| (path.clone(), g.shape().num_elements())).collect();
+            self.optim.shards = Some(Shards::partition(&params, (0..replicas).map(|r| self.replica_device(r)).collect()));
+        }
         let lr = self.schedule.lr(self.step);
         // Cloning a module clones tensor handles, not data.
         self.model = self.optim.step(lr, self.model.clone(), grads);

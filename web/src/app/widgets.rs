@@ -299,6 +299,7 @@ pub fn TrainWidget(state: RwSignal<Widget>) -> impl IntoView {
         ("warmup", field("warmup (steps or %)", "warmup", num(|p| p.warmup.clone()), set).into_any()),
         ("accumulate", field("micro-batches (accumulate)", "accumulate", num(|p| p.accumulate.to_string()), set).into_any()),
         ("data_parallel", field("data-parallel replicas", "data_parallel", num(|p| p.data_parallel.to_string()), set).into_any()),
+        ("zero", field("ZeRO stage (0 or 1)", "zero", num(|p| p.zero.to_string()), set).into_any()),
         ("checkpointing", checkbox("gradient checkpointing", "checkpointing", move || p.get().checkpointing, set).into_any()),
         ("sweep", field("sweep (key=v1,v2)", "sweep", num(|p| p.sweep.clone()), set).into_any()),
         ("compare", checkbox("compare before / after", "compare", move || p.get().compare, set).into_any()),
@@ -417,7 +418,12 @@ fn runs_table(rs: &[RunView]) -> impl IntoView + use<> {
             let loss = r.last.as_ref().map(|e| format!("{:.4}", e.loss)).unwrap_or_default();
             let eval = r.eval.last().map(|(_, l)| format!("{l:.4}")).unwrap_or_default();
             let time = r.last.as_ref().map(|e| format!("{:.1}", e.elapsed_s)).unwrap_or_default();
-            let per_param = if s.trainable > 0 { format!("{:.2}", s.state_bytes as f64 / s.trainable as f64) } else { String::new() };
+            // Under ZeRO-1 each replica's share, per trainable parameter of the whole model.
+            let per_param = match (s.trainable, s.state_bytes_by_replica.len()) {
+                (0, _) => String::new(),
+                (n, 2..) => s.state_bytes_by_replica.iter().map(|&b| format!("{:.2}", b as f64 / n as f64)).collect::<Vec<_>>().join(" + "),
+                (n, _) => format!("{:.2}", s.state_bytes as f64 / n as f64),
+            };
             let peak = match (s.peak_bytes, r.stats.is_some()) {
                 (Some(b), _) => tinytune::memory::human(b),
                 (None, true) => "not counted (WebGPU)".into(),
@@ -439,7 +445,7 @@ fn runs_table(rs: &[RunView]) -> impl IntoView + use<> {
         .collect::<Vec<_>>();
     view! {
         <table class="results runs" data-testid="runs">
-            <thead><tr><th>"run"</th><th>"train loss"</th><th>"held-out"</th><th>"time (s)"</th><th>"s / step"</th><th>"state B / param"</th><th>"peak memory"</th><th>"device"</th></tr></thead>
+            <thead><tr><th>"run"</th><th>"train loss"</th><th>"held-out"</th><th>"time (s)"</th><th>"s / step"</th><th title="optimizer state, bytes per trainable parameter; under ZeRO-1, each replica's share">"state B / param"</th><th>"peak memory"</th><th>"device"</th></tr></thead>
             <tbody>{rows}</tbody>
         </table>
     }

@@ -506,6 +506,7 @@ impl RunHost for WorkerHost<'_> {
         if let TrainEvent::Step(e) = event {
             self.step_secs += e.tokens as f64 / e.tokens_per_s.max(1e-9);
             self.stats.state_bytes = trainer.optim.state_bytes() as u64;
+            self.stats.state_bytes_by_replica = trainer.optim.state_bytes_by_replica().into_iter().map(|b| b as u64).collect();
             self.stats.peak_bytes = self.on_cpu.then(|| tinytune::memory::measure::peak().saturating_sub(self.base) as u64);
             self.stats.step_seconds = self.step_secs / trainer.step.max(1) as f64;
             post(&FromWorker::RunStats { run: self.run, stats: self.stats.clone() });
