@@ -322,7 +322,7 @@ fn replica_state_line(trainer: &Trainer) -> String {
     let human = tinytune::memory::human;
     let shares = trainer.optim.state_bytes_by_replica();
     let estimate = human(trainer.estimated_state_per_replica());
-    if shares.len() > 1 {
+    if trainer.config.zero >= 1 {
         let list: Vec<String> = shares.iter().map(|&b| human(b as u64)).collect();
         format!("optimizer state by replica (ZeRO-1): {}; the memory estimator's per-GPU figure: {estimate}", list.join(", "))
     } else {

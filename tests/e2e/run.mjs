@@ -507,6 +507,25 @@ await check("lesson 5's data-parallel replicas train as one device", async () =>
   await page.close();
 });
 
+await check("lesson 5's ZeRO-1 run splits the optimizer state between the replicas", async () => {
+  const page = await openPage(cpu, base + "?lesson=sharding-and-offload&backend=cpu");
+  const w = page.locator("[data-widget=train]").nth(1);
+  await setParam(w, "steps", 3);
+  await w.locator("[data-testid=train]").click();
+  const rows = await sweepRows(w, 2, 300_000);
+  console.log(`     ${JSON.stringify(rows)}`);
+  const [whole, sharded] = rows;
+  assert(sharded[0].includes("2 replicas") && sharded[0].includes("ZeRO-1"), `runs: ${whole[0]} | ${sharded[0]}`);
+  assert(Math.abs(parseFloat(whole[1]) - parseFloat(sharded[1])) < 1e-4, `losses should agree: ${whole[1]} vs ${sharded[1]}`);
+  // AdamW keeps 8 bytes per trainable parameter: all on the first device, or in two shares.
+  assert(parseFloat(whole[5]) === 8, `unsharded state per parameter: ${whole[5]}`);
+  const shares = sharded[5].split("+").map(parseFloat);
+  assert(shares.length === 2 && shares.every((x) => x > 3.5 && x < 4.5), `shares per parameter: ${sharded[5]}`);
+  assert(Math.abs(shares[0] + shares[1] - 8) < 0.011, `the shares should add up to the whole: ${sharded[5]}`);
+  assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+  await page.close();
+});
+
 await check("8-bit AdamW and MeZO train in the page with their measured state", async () => {
   const page = await openPage(cpu, base + "?lesson=zeroth-order&backend=cpu");
   const w = page.locator("[data-widget=train]").first();

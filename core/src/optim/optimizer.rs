@@ -375,10 +375,12 @@ pub struct Optimizer {
 /// makes that parameter's update from the (already summed) gradient and sends the new value
 /// back to the training device; no replica holds another's state.
 ///
-/// Parameters are the unit, as in PyTorch's `ZeroRedundancyOptimizer`: largest first, each
-/// to the replica holding the fewest elements so far (ties to the lower index). DeepSpeed
-/// cuts one flat buffer into equal pieces instead, so its shares are equal to the element;
-/// here a share can exceed 1/N of the state by at most the largest parameter's state.
+/// Parameters are the unit, as in PyTorch's `ZeroRedundancyOptimizer`: largest state first,
+/// each to the replica holding the fewest state bytes so far (ties to the lower index).
+/// DeepSpeed cuts one flat buffer into equal pieces instead, so its shares are equal to the
+/// byte; here a share can exceed 1/N of the state by at most the largest parameter's state.
+/// Only state on the device is shared out: `TrainConfig::validate` refuses ZeRO-1 for the
+/// paged and 8-bit optimizers, whose state lives in the host memory all replicas share.
 #[derive(Clone, Debug)]
 pub struct Shards {
     /// Parameter path → index of the replica that owns its state.
@@ -388,17 +390,17 @@ pub struct Shards {
 }
 
 impl Shards {
-    /// Partitions `params` (path, number of elements) across the replicas on `devices`.
-    pub fn partition(params: &[(String, usize)], devices: Vec<Device>) -> Self {
+    /// Partitions `params` (path, bytes of state) across the replicas on `devices`.
+    pub fn partition(params: &[(String, u64)], devices: Vec<Device>) -> Self {
         let n = devices.len().max(1);
-        let mut order: Vec<&(String, usize)> = params.iter().collect();
+        let mut order: Vec<&(String, u64)> = params.iter().collect();
         // Stable sort: equal sizes keep the model's order, so the partition is deterministic.
-        order.sort_by_key(|(_, numel)| std::cmp::Reverse(*numel));
-        let mut load = vec![0usize; n];
+        order.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
+        let mut load = vec![0u64; n];
         let mut owner = BTreeMap::new();
-        for (path, numel) in order {
+        for (path, bytes) in order {
             let r = (0..n).min_by_key(|&r| (load[r], r)).expect("at least one replica");
-            load[r] += numel;
+            load[r] += bytes;
             owner.insert(path.clone(), r);
         }
         Self { owner, devices }
@@ -407,6 +409,11 @@ impl Shards {
     /// The replica that owns the state of parameter `path` (0 for one it does not list).
     pub fn owner_of(&self, path: &str) -> usize {
         self.owner.get(path).copied().unwrap_or(0)
+    }
+
+    /// The device that keeps parameter `path`'s state and makes its update.
+    fn device_of(&self, path: &str) -> Option<&Device> {
+        self.devices.get(self.owner_of(path))
     }
 
     /// The replica owning the state slot `name` (`{parameter path}.{slot}`).
@@ -454,10 +461,9 @@ impl Optimizer {
     /// stage 1 (what each replica's share holds), one entry otherwise.
     pub fn state_bytes_by_replica(&self) -> Vec<usize> {
         let Some(shards) = &self.shards else { return vec![self.state_bytes()] };
-        let last = shards.devices.len().max(1) - 1;
-        let mut out = vec![0; last + 1];
+        let mut out = vec![0; shards.devices.len().max(1)];
         for (name, slot) in &self.state {
-            out[shards.owner_of_slot(name).min(last)] += slot.bytes();
+            out[shards.owner_of_slot(name)] += slot.bytes();
         }
         out
     }
@@ -559,7 +565,7 @@ impl MapNamed for Update<'_> {
         // Under ZeRO-1 the owner's device makes the update, with the state it keeps, and the
         // new value comes back to the training device.
         let home = p.device();
-        let owner = self.optim.shards.as_ref().map(|s| s.devices[s.owner_of(path).min(s.devices.len() - 1)].clone()).filter(|d| *d != home);
+        let owner = self.optim.shards.as_ref().and_then(|s| s.device_of(path)).filter(|d| **d != home).cloned();
         let p = match &owner {
             Some(d) => update(self.optim, lr, path, p.to_device(d), g.inner().to_device(d), &dims).to_device(&home),
             None => update(self.optim, lr, path, p, g.inner(), &dims),

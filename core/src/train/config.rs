@@ -302,6 +302,23 @@ impl TrainConfig {
                 ),
             ));
         }
+        if self.zero == 1 && self.data_parallel < 2 {
+            return Err(Error::config(
+                origin,
+                "zero",
+                "stage 1 shares the optimizer state between data-parallel replicas, and this run has one; set `data_parallel` to 2 or more, or `zero` to 0",
+            ));
+        }
+        if self.zero == 1 && (self.optimizer.kind.paged() || self.optimizer.kind.eight_bit()) {
+            return Err(Error::config(
+                origin,
+                "zero",
+                format!(
+                    "{}'s state lives in host memory, which every replica shares, so stage 1 would not divide it; use adamw (or sgd, lion, adafactor) or `zero` 0",
+                    self.optimizer.kind
+                ),
+            ));
+        }
         if self.zero > 1 {
             return Err(Error::config(
                 origin,

@@ -427,8 +427,19 @@ impl Trainer {
     pub fn apply(&mut self, grads: NamedGrads) {
         let replicas = self.config.data_parallel.max(1);
         if self.config.zero >= 1 && replicas > 1 && self.optim.shards.is_none() {
-            // ZeRO-1: the trainable parameters (those with gradients) shared out once.
-            let params: Vec<(String, usize)> = grads.0.iter().map(|(path, g)| (path.clone(), g.shape().num_elements())).collect();
+            // ZeRO-1: the trainable parameters (those with gradients) shared out once, by the
+            // bytes of state each will hold (the estimator's formula for its shape).
+            let kind = self.optim.config.kind.plan_kind(self.optim.config.momentum);
+            let shapes: std::collections::HashMap<String, Vec<u64>> =
+                crate::model::named_params(&self.model).into_iter().map(|p| (p.name, p.shape.iter().map(|&d| d as u64).collect())).collect();
+            let params: Vec<(String, u64)> = grads
+                .0
+                .iter()
+                .map(|(path, g)| {
+                    let shape = shapes.get(path).cloned().unwrap_or_else(|| vec![g.shape().num_elements() as u64]);
+                    (path.clone(), kind.state_bytes(&shape, 4))
+                })
+                .collect();
             self.optim.shards = Some(Shards::partition(&params, (0..replicas).map(|r| self.replica_device(r)).collect()));
         }
         let lr = self.schedule.lr(self.step);
