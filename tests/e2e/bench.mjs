@@ -8,7 +8,7 @@
 //     tokens, the configuration `tinytune finetune --model assets/micro --data sentiment`
 //     repeats natively).
 //
-//   node tests/e2e/bench.mjs [dist-folder] [--quick] [--backends cpu,webgpu] [--steps N] [--gpu]
+//   node tests/e2e/bench.mjs [dist-folder] [--quick] [--backends cpu,webgpu] [--steps N] [--gpu] [--prof]
 //   (build first: trunk build --release)
 //
 // --backends: which of the page's backends train (default cpu). webgpu without --gpu runs on
@@ -16,6 +16,11 @@
 // speed. --gpu launches Chromium with its GPU (no --disable-gpu, no SwiftShader): run it on a
 // machine with a graphics card and a display or a headless-capable driver to get WebGPU's
 // figures beside the CPU's, in one table at the end.
+//
+// --prof: V8's sampling profiler in every Chromium process (`--js-flags=--prof`); each isolate
+// writes isolate-*.log into the current folder. The worker's is the one with the most `tick`
+// lines; `node --prof-process` on it ranks functions. Use a dev build (`trunk build`): the
+// release wasm carries no function names.
 //
 // --quick (or BENCH_QUICK=1): one page load and one micro run of a few steps, for
 // scripts/test.sh. Either way the script exits non-zero when it cannot find or parse what it
@@ -48,6 +53,7 @@ for (const r of RUNS) r[2] = Number(option("--steps") ?? r[2]);
 const BACKENDS = (option("--backends") ?? "cpu").split(",");
 for (const b of BACKENDS) if (!["cpu", "webgpu"].includes(b)) throw new Error(`bench: --backends takes cpu and/or webgpu, not ${JSON.stringify(b)}`);
 const realGpu = args.includes("--gpu");
+const profArgs = args.includes("--prof") ? ["--js-flags=--prof"] : [];
 
 function fail(why) {
   throw new Error(`bench: ${why}`);
@@ -111,7 +117,7 @@ const gpuArgs = !BACKENDS.includes("webgpu")
 const ctx = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "tinytune-bench-")), {
   executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
   headless: true,
-  args: ["--headless", ...quiet, ...gpuArgs],
+  args: ["--headless", ...quiet, ...gpuArgs, ...profArgs],
 });
 const summary = [];
 const table = [];
