@@ -192,68 +192,64 @@ pub fn swiglu_plain<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D>
 // ---- scalar pieces the kernels' loops are made of ----
 //
 // Written without branches or library calls, so that a loop over a row compiles to SIMD (4
-// lanes on baseline x86-64 and in wasm with simd128): glibc's `expf` is a call per value, and
-// a running `f32` sum or max is a serial chain the compiler may not reorder.
+// lanes on baseline x86-64, 8 or 16 in `widest_simd`'s copies): glibc's `expf` is a call per
+// value, and a running `f32` sum or max is a serial chain the compiler may not reorder. The
+// browser's size-optimised build does not vectorise, so the loops also come in four explicit
+// lanes of wasm SIMD with the same bits (`lanes`).
+
+#[cfg(any(feature = "fused", test))]
+mod lanes;
+
+/// Adding and subtracting 1.5·2²³ rounds an f32 to an integer.
+const EXP_ROUND: f32 = 12_582_912.0;
+/// ln 2 in two parts, so that n·ln 2 is exact to f32 for n in −125..=128.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// Where [`exp`] flushes to 0 and where it gives ∞.
+const EXP_LOW: f32 = -86.5;
+const EXP_HIGH: f32 = 88.72;
+/// e^r ≈ 1 + r + r²·(c₁ + c₂r + … + c₆r⁵), highest coefficient first (Cephes' `expf`).
+const EXP_POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
 
 /// e^x within 2 ulp, from range reduction x = n·ln 2 + r (|r| ≤ ln 2 / 2) and a degree-6
 /// polynomial for e^r (the coefficients of Cephes' `expf`). NaN stays NaN, above 88.72 it is
-/// ∞, and below −86.5 it flushes to 0 (an absolute error under 3e-38).
+/// ∞, and below −86.5 it flushes to 0 (an absolute error under 3e-38). `lanes` has the same
+/// steps four lanes at a time.
 #[cfg(any(feature = "fused", test))]
 #[inline(always)]
 fn exp(x: f32) -> f32 {
-    const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding and subtracting it rounds to an integer
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let xc = x.clamp(-86.5, 88.72);
-    let n = (xc * std::f32::consts::LOG2_E + ROUND) - ROUND; // −125..=128
+    let xc = x.clamp(EXP_LOW, EXP_HIGH);
+    let n = (xc * std::f32::consts::LOG2_E + EXP_ROUND) - EXP_ROUND; // −125..=128
     let r = xc - n * LN2_HI - n * LN2_LO;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 0.5;
+    let [c6, c5, c4, c3, c2, c1] = EXP_POLY;
+    let p = ((((c6 * r + c5) * r + c4) * r + c3) * r + c2) * r + c1;
     let er = p * r * r + r + 1.0;
     // 2ⁿ as 2ⁿ⁻¹ · 2, so n = 128 (e^88.72 is still finite) needs no exponent past f32's.
     let y = er * f32::from_bits(((n as i32).wrapping_add(126) as u32) << 23) * 2.0; // no overflow check: it would stop the loops vectorizing in debug builds
     if x.is_nan() {
         x
-    } else if x < -86.5 {
+    } else if x < EXP_LOW {
         0.0
-    } else if x > 88.72 {
+    } else if x > EXP_HIGH {
         f32::INFINITY
     } else {
         y
     }
 }
 
-#[cfg(feature = "fused")]
-#[inline(always)]
-fn sigmoid_f32(x: f32) -> f32 {
-    1.0 / (1.0 + exp(-x))
-}
-
-/// Σ f(v) over `x` in eight interleaved partial sums (a SIMD register's worth).
-#[cfg(any(feature = "fused", test))]
-#[inline(always)]
-fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let chunks = x.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
-    for c in chunks {
-        let c: &[f32; 8] = c.try_into().expect("chunks of 8");
-        acc.iter_mut().zip(c).for_each(|(a, &v)| *a += f(v));
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// Σ over `x`, eight lanes at a time.
 #[cfg(any(feature = "fused", test))]
 #[inline(always)]
 fn sum8(x: &[f32]) -> f32 {
-    lane_sum(x, |v| v)
+    lanes::lane_sum(x, lanes::both!(|v| v))
 }
 
 /// Σ e^(x − shift) over `x`, eight lanes at a time.
 #[cfg(any(feature = "fused", test))]
 #[inline(always)]
 fn sum_exp8(x: &[f32], shift: f32) -> f32 {
-    lane_sum(x, |v| exp(v - shift))
+    use lanes::Lanes;
+    lanes::lane_sum(x, lanes::both!(|v| (v - L::splat(shift)).cephes_exp()))
 }
 
 /// A row's largest value and log Σ e^(x − max): the log-softmax of `v` is
@@ -261,28 +257,15 @@ fn sum_exp8(x: &[f32], shift: f32) -> f32 {
 #[cfg(feature = "fused")]
 #[inline(always)]
 fn max_and_log_sum_exp(x: &[f32]) -> (f32, f32) {
-    let max = max8(x);
+    let max = lanes::max8(x);
     (max, sum_exp8(x, max).ln())
-}
-
-/// The largest value of `x` (−∞ for none), eight lanes at a time.
-#[cfg(any(feature = "fused", test))]
-#[inline(always)]
-fn max8(x: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; 8];
-    let chunks = x.chunks_exact(8);
-    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    for c in chunks {
-        let c: &[f32; 8] = c.try_into().expect("chunks of 8");
-        acc.iter_mut().zip(c).for_each(|(a, &v)| *a = a.max(v));
-    }
-    acc.iter().fold(tail, |m, &v| m.max(v))
 }
 
 /// The flex kernels behind a Burn backend extension, and their autodiff.
 #[cfg(feature = "fused")]
 mod flex {
-    use super::{GELU_2C, GELU_A, exp, lane_sum, max_and_log_sum_exp, max8, sigmoid_f32, sum8};
+    use super::lanes::{Lanes, both, lane_sum, map, max8, sigmoid, update};
+    use super::{GELU_2C, GELU_A, max_and_log_sum_exp, sum8};
     use burn::backend::autodiff::NodeId;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::retro_forward::RetroForward;
@@ -361,7 +344,7 @@ mod flex {
     fn moments(row: &[f32], eps: f64, centered: bool) -> (f32, f32) {
         let n = row.len() as f32;
         let mean = if centered { sum8(row) / n } else { 0.0 };
-        let var = lane_sum(row, |v| (v - mean) * (v - mean)) / n;
+        let var = lane_sum(row, both!(|v| (v - L::splat(mean)) * (v - L::splat(mean)))) / n;
         (mean, 1.0 / (var + eps as f32).sqrt())
     }
 
@@ -381,16 +364,8 @@ mod flex {
                 let row = &input[r * n..(r + 1) * n];
                 let (mean, inv) = moments(row, eps, centered);
                 match b {
-                    Some(b) => {
-                        for (((o, &v), &w), &b) in o.iter_mut().zip(row).zip(w).zip(b) {
-                            *o = (v - mean) * inv * w + b;
-                        }
-                    }
-                    None => {
-                        for ((o, &v), &w) in o.iter_mut().zip(row).zip(w) {
-                            *o = (v - mean) * inv * w;
-                        }
-                    }
+                    Some(b) => map(o, [row, w, b], both!(|v, w, b| (v - L::splat(mean)) * L::splat(inv) * w + b)),
+                    None => map(o, [row, w], both!(|v, w| (v - L::splat(mean)) * L::splat(inv) * w)),
                 }
             },
         );
@@ -420,9 +395,7 @@ mod flex {
                 }
                 let mean_g = if centered { sum_g / n as f32 } else { 0.0 };
                 let mean_gx = sum_gx / n as f32;
-                for (((o, &v), &g), &w) in o.iter_mut().zip(row).zip(g).zip(w) {
-                    *o = (g * w - mean_g - (v - mean) * inv * mean_gx) * inv;
-                }
+                map(o, [row, g, w], both!(|v, g, w| (g * w - L::splat(mean_g) - (v - L::splat(mean)) * L::splat(inv) * L::splat(mean_gx)) * L::splat(inv)));
             },
         );
         build(out, dims)
@@ -441,9 +414,7 @@ mod flex {
             |r, acc| {
                 let (row, g) = (&input[r * n..(r + 1) * n], &gv[r * n..(r + 1) * n]);
                 let (mean, inv) = moments(row, eps, centered);
-                for ((a, &v), &g) in acc.iter_mut().zip(row).zip(g) {
-                    *a += g * (v - mean) * inv;
-                }
+                update(acc, [row, g], both!(|a; v, g| a + g * (v - L::splat(mean)) * L::splat(inv)));
             },
         );
         build(sums, vec![n].into())
@@ -603,13 +574,11 @@ mod flex {
                     let visible = (r % t + offset + 1).min(n);
                     let row = &input[r * n..r * n + visible];
                     let o = &mut o[..visible];
-                    for (o, &v) in o.iter_mut().zip(row) {
-                        *o = v * scale;
-                    }
+                    map(o, [row], both!(|v| v * L::splat(scale)));
                     let max = max8(o);
-                    o.iter_mut().for_each(|o| *o = exp(*o - max));
+                    update(o, [], both!(|o;| (o - L::splat(max)).cephes_exp()));
                     let inv = 1.0 / sum8(o);
-                    o.iter_mut().for_each(|o| *o *= inv);
+                    update(o, [], both!(|o;| o * L::splat(inv)));
                 },
             );
             build(out, dims)
@@ -628,13 +597,9 @@ mod flex {
                 #[inline(always)]
                 |r, o| {
                     let (p, g) = (&pv[r * n..(r + 1) * n], &gv[r * n..(r + 1) * n]);
-                    for ((o, &p), &g) in o.iter_mut().zip(p).zip(g) {
-                        *o = p * g;
-                    }
+                    map(o, [p, g], both!(|p, g| p * g));
                     let dot = sum8(o);
-                    for ((o, &p), &g) in o.iter_mut().zip(p).zip(g) {
-                        *o = scale * p * (g - dot);
-                    }
+                    map(o, [p, g], both!(|p, g| L::splat(scale) * p * (g - L::splat(dot))));
                 },
             );
             build(out, dims)
@@ -649,9 +614,7 @@ mod flex {
                 &mut out,
                 #[inline(always)]
                 |at, o| {
-                    for (o, &x) in o.iter_mut().zip(&input[at..]) {
-                        *o = x * sigmoid_f32(GELU_2C * (x + GELU_A * x * x * x));
-                    }
+                    map(o, [&input[at..]], both!(|x| x * sigmoid(L::splat(GELU_2C) * (x + L::splat(GELU_A) * x * x * x))));
                 },
             );
             build(out, dims)
@@ -666,10 +629,14 @@ mod flex {
                 &mut out,
                 #[inline(always)]
                 |at, o| {
-                    for ((o, &x), &g) in o.iter_mut().zip(&xv[at..]).zip(&gv[at..]) {
-                        let s = sigmoid_f32(GELU_2C * (x + GELU_A * x * x * x));
-                        *o = g * (s + x * s * (1.0 - s) * GELU_2C * (1.0 + 3.0 * GELU_A * x * x));
-                    }
+                    map(
+                        o,
+                        [&xv[at..], &gv[at..]],
+                        both!(|x, g| {
+                            let s = sigmoid(L::splat(GELU_2C) * (x + L::splat(GELU_A) * x * x * x));
+                            g * (s + x * s * (L::splat(1.0) - s) * L::splat(GELU_2C) * (L::splat(1.0) + L::splat(3.0 * GELU_A) * x * x))
+                        }),
+                    );
                 },
             );
             build(out, dims)
@@ -717,9 +684,7 @@ mod flex {
                     let (max, lse) = max_and_log_sum_exp(row);
                     let shift = max + lse;
                     let g = gv[r];
-                    for (o, &v) in o.iter_mut().zip(row) {
-                        *o = -g * exp(v - shift);
-                    }
+                    map(o, [row], both!(|v| -L::splat(g) * (v - L::splat(shift)).cephes_exp()));
                     if let Some(o) = o.get_mut(picked[r]) {
                         *o += g;
                     }
@@ -749,7 +714,7 @@ mod flex {
                 gv.len() / n.max(1),
                 n,
                 #[inline(always)]
-                |r, acc| acc.iter_mut().zip(&gv[r * n..(r + 1) * n]).for_each(|(a, &g)| *a += g),
+                |r, acc| update(acc, [&gv[r * n..(r + 1) * n]], both!(|a; g| a + g)),
             );
             build(sums, vec![n].into())
         }
@@ -775,9 +740,7 @@ mod flex {
                 &mut out,
                 #[inline(always)]
                 |at, o| {
-                    for ((o, &a), &b) in o.iter_mut().zip(&av[at..]).zip(&bv[at..]) {
-                        *o = a * sigmoid_f32(a) * b;
-                    }
+                    map(o, [&av[at..], &bv[at..]], both!(|a, b| a * sigmoid(a) * b));
                 },
             );
             build(out, dims)
@@ -792,11 +755,15 @@ mod flex {
                 &mut out,
                 #[inline(always)]
                 |at, o| {
-                    for (((o, &a), &b), &g) in o.iter_mut().zip(&av[at..]).zip(&bv[at..]).zip(&gv[at..]) {
-                        // d silu(a)/da = σ(a) · (1 + a · (1 − σ(a))).
-                        let s = sigmoid_f32(a);
-                        *o = g * b * s * (1.0 + a * (1.0 - s));
-                    }
+                    // d silu(a)/da = σ(a) · (1 + a · (1 − σ(a))).
+                    map(
+                        o,
+                        [&av[at..], &bv[at..], &gv[at..]],
+                        both!(|a, b, g| {
+                            let s = sigmoid(a);
+                            g * b * s * (L::splat(1.0) + a * (L::splat(1.0) - s))
+                        }),
+                    );
                 },
             );
             build(out, dims)
@@ -811,9 +778,7 @@ mod flex {
                 &mut out,
                 #[inline(always)]
                 |at, o| {
-                    for ((o, &a), &g) in o.iter_mut().zip(&av[at..]).zip(&gv[at..]) {
-                        *o = g * a * sigmoid_f32(a);
-                    }
+                    map(o, [&av[at..], &gv[at..]], both!(|a, g| g * a * sigmoid(a)));
                 },
             );
             build(out, dims)
@@ -1043,6 +1008,90 @@ mod flex {
             Self::from_inner(B::token_log_probs_backward(Self::inner(logits), targets, Self::inner(grad)))
         }
     }
+
+    /// Every kernel gives the same bits whether its loops take four lanes at a time (as in the
+    /// browser's wasm build) or one value at a time (as natively, before vectorisation), NaN
+    /// for NaN.
+    #[cfg(test)]
+    mod four_lanes {
+        use super::{Flex, FlexTensor, Fused, TensorData, build, values};
+
+        fn tensor(n: usize, shape: &[usize], scale: f32) -> FlexTensor {
+            // Values spanning exp's whole range at `scale` 40, with NaN and infinities.
+            let mut v: Vec<f32> = (0..n).map(|i| ((i as f32 * 0.731).sin() + (i as f32 * 0.057).cos()) * scale).collect();
+            if scale > 10.0 {
+                v[3] = f32::NAN;
+                v[11] = f32::INFINITY;
+                v[17] = f32::NEG_INFINITY;
+                v[23] = 88.71;
+                v[29] = -86.49;
+            }
+            build(v, shape.to_vec().into())
+        }
+
+        fn bits(t: FlexTensor) -> Vec<u32> {
+            values(&t).iter().map(|v| v.to_bits()).collect()
+        }
+
+        /// Each kernel's output bits, with the loops one value or four at a time.
+        fn outputs() -> Vec<(&'static str, Vec<u32>)> {
+            // Rows of 37 (tails after four and eight lanes); 8,195 elementwise values (two
+            // chunks, the second with a tail).
+            let (rows, n) = ([2, 3, 5], 37);
+            let x = || tensor(2 * 3 * 5 * 37, &[2, 3, 5, n], 1.5);
+            let g = || tensor(2 * 3 * 5 * 37, &[2, 3, 5, n], 0.3);
+            let w = || tensor(n, &[n], 1.1);
+            let e = || tensor(8195, &[5, 1639], 4.0);
+            let eg = || tensor(8195, &[5, 1639], 0.7);
+            let wide = || tensor(8195, &[5, 1639], 40.0);
+            let targets = || FlexTensor::from_data(TensorData::new((0..30).map(|i| (i * 7 % n) as i64).collect::<Vec<_>>(), rows.to_vec()));
+            let logits = || tensor(30 * n, &[2, 3, 5, n], 9.0);
+            let lp_grad = || tensor(30, &rows, 0.5);
+            let probs = Flex::causal_softmax(x(), 0.25, 0);
+            vec![
+                ("causal_softmax", bits(Flex::causal_softmax(tensor(30 * n, &[2, 3, 5, n], 40.0), 0.25, 2))),
+                ("causal_softmax_backward", bits(Flex::causal_softmax_backward(probs, g(), 0.25))),
+                ("gelu_new", bits(Flex::gelu_new(wide()))),
+                ("gelu_new_backward", bits(Flex::gelu_new_backward(e(), eg()))),
+                ("token_log_probs", bits(Flex::token_log_probs(logits(), targets()))),
+                ("token_log_probs_backward", bits(Flex::token_log_probs_backward(logits(), targets(), lp_grad()))),
+                ("fused_layer_norm", bits(Flex::fused_layer_norm(x(), w(), w(), 1e-5))),
+                ("layer_norm_backward_input", bits(Flex::layer_norm_backward_input(x(), w(), g(), 1e-5))),
+                ("layer_norm_backward_weight", bits(Flex::layer_norm_backward_weight(x(), g(), 1e-5))),
+                ("layer_norm_backward_bias", bits(Flex::layer_norm_backward_bias(g()))),
+                ("fused_rms_norm", bits(Flex::fused_rms_norm(x(), w(), 1e-6))),
+                ("rms_norm_backward_input", bits(Flex::rms_norm_backward_input(x(), w(), g(), 1e-6))),
+                ("rms_norm_backward_weight", bits(Flex::rms_norm_backward_weight(x(), g(), 1e-6))),
+                ("fused_swiglu", bits(Flex::fused_swiglu(wide(), e()))),
+                ("swiglu_backward_gate", bits(Flex::swiglu_backward_gate(e(), eg(), wide()))),
+                ("swiglu_backward_up", bits(Flex::swiglu_backward_up(wide(), eg()))),
+            ]
+        }
+
+        #[test]
+        fn every_kernel_gives_the_same_bits_four_lanes_at_a_time() {
+            crate::kernels::lanes::set_four(false);
+            let one = outputs();
+            crate::kernels::lanes::set_four(true);
+            let four = outputs();
+            crate::kernels::lanes::set_four(false);
+            for ((name, a), (_, b)) in one.iter().zip(&four) {
+                assert!(!a.is_empty(), "{name} gave nothing");
+                // A NaN is any NaN: IEEE 754 (and WebAssembly) leave a NaN result's sign and
+                // payload open, and compilers may swap a commutative operation's operands.
+                let same = |a: &u32, b: &u32| a == b || (f32::from_bits(*a).is_nan() && f32::from_bits(*b).is_nan());
+                let differ = a.iter().zip(b).filter(|(a, b)| !same(a, b)).count();
+                for (i, (x, y)) in a.iter().zip(b).enumerate().filter(|(_, (a, b))| !same(a, b)).take(5) {
+                    eprintln!("{name}[{i}]: {} one value at a time, {} four", f32::from_bits(*x), f32::from_bits(*y));
+                }
+                assert_eq!(differ, 0, "{name}: {differ} of {} values differ four lanes at a time", a.len());
+            }
+            // The wide inputs reach exp's special cases: NaN, 0 (below −86.5) and 1 (σ of a large input).
+            let gelu = &one.iter().find(|(n, _)| *n == "gelu_new").expect("gelu_new").1;
+            assert!(gelu.iter().any(|&b| f32::from_bits(b).is_nan()));
+            assert!(gelu.iter().any(|&b| f32::from_bits(b) == 0.0));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1077,11 +1126,11 @@ mod tests {
         #[inline(always)]
         fn kernel(x: &[f32], out: &mut Vec<f32>) {
             for (o, &v) in out.iter_mut().zip(x) {
-                let s = super::sigmoid_f32(super::GELU_2C * (v + super::GELU_A * v * v * v));
+                let s = super::lanes::sigmoid(super::GELU_2C * (v + super::GELU_A * v * v * v));
                 *o = v * s + super::exp(v - 2.0) * (1.0 - s);
             }
             let finite = &x[..4099];
-            out.extend([super::sum_exp8(finite, 3.0), super::max8(finite), super::sum8(finite)]);
+            out.extend([super::sum_exp8(finite, 3.0), super::lanes::max8(finite), super::sum8(finite)]);
         }
         let mut plain = vec![0.0f32; x.len()];
         kernel(&x, &mut plain);
@@ -1112,8 +1161,8 @@ mod tests {
         let x: Vec<f32> = (0..19).map(|i| (i as f32 * 0.7).sin()).collect();
         let want: f32 = x.iter().sum();
         assert!((super::sum8(&x) - want).abs() < 1e-6);
-        assert_eq!(super::max8(&x), x.iter().cloned().fold(f32::NEG_INFINITY, f32::max));
-        assert_eq!(super::max8(&[]), f32::NEG_INFINITY);
+        assert_eq!(super::lanes::max8(&x), x.iter().cloned().fold(f32::NEG_INFINITY, f32::max));
+        assert_eq!(super::lanes::max8(&[]), f32::NEG_INFINITY);
         let want: f32 = x.iter().map(|v| (v - 1.0).exp()).sum();
         assert!((super::sum_exp8(&x, 1.0) - want).abs() < 1e-5);
     }
