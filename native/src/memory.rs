@@ -322,8 +322,6 @@ fn measure(plan: &Plan, kind: MethodKind, args: &MemoryArgs, device: &Device) ->
 /// `beside` are other models the run holds (a distillation's teacher), by what they are and
 /// their bytes.
 pub fn check_fits(config: &ModelConfig, run: &tinytune::train::TrainConfig, args: &TrainArgs, beside: &[(&str, u64)]) -> Result<(), String> {
-    // Activations scale with the micro-batch; the optimizer decides the state.
-    let (batch, seq) = (run.batch_size / run.accumulate.max(1), run.seq_len);
     if args.ignore_memory_check {
         return Ok(());
     }
@@ -336,8 +334,9 @@ pub fn check_fits(config: &ModelConfig, run: &tinytune::train::TrainConfig, args
         // A GPU's size is not something wgpu reports; check only when told.
         None => return Ok(()),
     };
-    let mut plan = Plan::for_tinytune(config, &run.method, batch as u64, seq as u64);
-    plan.optimizer = run.optimizer.kind.plan_kind(run.optimizer.momentum);
+    // Activations scale with the micro-batch; the optimizer decides the state.
+    let mut plan = Plan::for_run(config, run);
+    let (batch, seq) = (plan.batch, plan.seq);
     if !crate::backend::on_cpu() {
         plan.overhead = DEFAULT_GPU_OVERHEAD;
     }

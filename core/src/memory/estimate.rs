@@ -317,6 +317,15 @@ impl Plan {
         }
     }
 
+    /// The plan for one training run as `Trainer` runs it: [`Plan::for_tinytune`] at the run's
+    /// micro-batch (`batch_size / accumulate` rows, what a forward pass holds at once), with
+    /// the run's optimizer. One device's view: ZeRO sharding across data-parallel replicas is
+    /// the caller's to add (`zero`, `gpus`).
+    pub fn for_run(config: &crate::model::ModelConfig, run: &crate::train::TrainConfig) -> Self {
+        let micro_batch = (run.batch_size / run.accumulate.max(1)).max(1) as u64;
+        Self { optimizer: run.optimizer.kind.plan_kind(run.optimizer.momentum), ..Self::for_tinytune(config, &run.method, micro_batch, run.seq_len as u64) }
+    }
+
     /// Checks the plan, naming the setting at fault and how to fix it.
     pub fn validate(&self, origin: impl Into<Origin>) -> Result<()> {
         let origin = origin.into();
@@ -932,6 +941,26 @@ mod tests {
 
     fn model_states(b: &Breakdown) -> u64 {
         b.params + b.master + b.gradients + b.optimizer
+    }
+
+    /// A run's plan holds one micro-batch's activations and the run's optimizer state.
+    #[test]
+    fn a_runs_plan_takes_its_micro_batch_and_optimizer() {
+        use crate::optim::{OptimConfig, OptimKind};
+        let config = crate::model::ModelConfig::micro();
+        let run = crate::train::TrainConfig {
+            batch_size: 16,
+            accumulate: 4,
+            seq_len: 32,
+            optimizer: OptimConfig { kind: OptimKind::Sgd, momentum: 0.9, ..Default::default() },
+            ..Default::default()
+        };
+        let plan = Plan::for_run(&config, &run);
+        assert_eq!((plan.batch, plan.seq, plan.optimizer), (4, 32, OptimizerKind::SgdMomentum));
+        let by_hand = Plan { optimizer: OptimizerKind::SgdMomentum, ..Plan::for_tinytune(&config, &run.method, 4, 32) };
+        assert_eq!(plan.estimate().peak, by_hand.estimate().peak);
+        // One row each when accumulation would leave none.
+        assert_eq!(Plan::for_run(&config, &crate::train::TrainConfig { batch_size: 2, accumulate: 4, ..run }).batch, 1);
     }
 
     #[test]

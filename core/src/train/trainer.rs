@@ -414,12 +414,7 @@ impl Trainer {
     /// [`Optimizer::state_bytes_by_replica`] measures, up to ZeRO-1's whole-parameter shares).
     pub fn estimated_state_per_replica(&self) -> u64 {
         let c = &self.config;
-        let plan = crate::memory::Plan {
-            zero: c.zero,
-            gpus: c.data_parallel.max(1) as u64,
-            optimizer: c.optimizer.kind.plan_kind(c.optimizer.momentum),
-            ..crate::memory::Plan::for_tinytune(self.model.config(), &c.method, c.batch_size as u64, c.seq_len as u64)
-        };
+        let plan = crate::memory::Plan { zero: c.zero, gpus: c.data_parallel.max(1) as u64, ..crate::memory::Plan::for_run(self.model.config(), c) };
         plan.estimate().gpu.optimizer
     }
 
@@ -430,14 +425,14 @@ impl Trainer {
             // ZeRO-1: the trainable parameters (those with gradients) shared out once, by the
             // bytes of state each will hold (the estimator's formula for its shape).
             let kind = self.optim.config.kind.plan_kind(self.optim.config.momentum);
-            let shapes: std::collections::HashMap<String, Vec<u64>> =
-                crate::model::named_params(&self.model).into_iter().map(|p| (p.name, p.shape.iter().map(|&d| d as u64).collect())).collect();
-            let params: Vec<(String, u64)> = grads
-                .0
-                .iter()
-                .map(|(path, g)| {
-                    let shape = shapes.get(path).cloned().unwrap_or_else(|| vec![g.shape().num_elements() as u64]);
-                    (path.clone(), kind.state_bytes(&shape, 4))
+            let trained: std::collections::HashSet<&str> = grads.0.iter().map(|(path, _)| path.as_str()).collect();
+            let params: Vec<(String, u64)> = crate::model::named_params(&self.model)
+                .into_iter()
+                .filter(|p| trained.contains(p.name.as_str()))
+                .map(|p| {
+                    let shape: Vec<u64> = p.shape.iter().map(|&d| d as u64).collect();
+                    let bytes = kind.state_bytes(&shape, 4);
+                    (p.name, bytes)
                 })
                 .collect();
             self.optim.shards = Some(Shards::partition(&params, (0..replicas).map(|r| self.replica_device(r)).collect()));
