@@ -21,10 +21,41 @@ pub fn set_onmessage(handler: &Closure<dyn FnMut(MessageEvent)>) {
     scope().set_onmessage(Some(handler.as_ref().unchecked_ref()));
 }
 
-/// Resolves after `ms` milliseconds; `sleep(0)` lets queued messages run.
+/// Resolves after `ms` milliseconds.
 pub async fn sleep(ms: i32) {
     let promise = Promise::new(&mut |resolve, _| {
         let _ = scope().set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
+    });
+    let _ = JsFuture::from(promise).await;
+}
+
+#[wasm_bindgen]
+extern "C" {
+    /// The platform's `MessageChannel` (declared here rather than through web-sys, whose
+    /// features the worker keeps equal to the page's so that trunk compiles it once).
+    type MessageChannel;
+    #[wasm_bindgen(constructor)]
+    fn new() -> MessageChannel;
+    #[wasm_bindgen(method, getter)]
+    fn port1(this: &MessageChannel) -> ChannelPort;
+    #[wasm_bindgen(method, getter)]
+    fn port2(this: &MessageChannel) -> ChannelPort;
+    type ChannelPort;
+    #[wasm_bindgen(method, setter)]
+    fn set_onmessage(this: &ChannelPort, handler: &js_sys::Function);
+    #[wasm_bindgen(method, js_name = postMessage)]
+    fn post_message(this: &ChannelPort, value: &JsValue);
+}
+
+/// Lets the messages already queued for the worker (pause, cancel, the page's other
+/// requests) run, then resumes. A message to itself over a `MessageChannel` rather than
+/// `setTimeout(0)`, which browsers clamp to 4 ms once timers nest five deep: between the
+/// steps of a run, 4 ms a step (2% of a micro step in the release build, 9% of a nano one).
+pub async fn yield_now() {
+    let promise = Promise::new(&mut |resolve, _| {
+        let channel = MessageChannel::new();
+        channel.port1().set_onmessage(&resolve);
+        channel.port2().post_message(&JsValue::UNDEFINED);
     });
     let _ = JsFuture::from(promise).await;
 }

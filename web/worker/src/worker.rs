@@ -394,7 +394,7 @@ async fn train(run: u32, p: &TrainParams, control: &Cell<Control>) -> Result<Run
     let (model, tokenizer) = load(p.model, p.seed, &ad).await?;
     let model = config.method.apply(model, config.seed, &ad).map_err(|e| e.to_string())?;
     status(run, RunState::Preparing, "generating and tokenising the data");
-    js::sleep(0).await;
+    js::yield_now().await;
     let trainer = Trainer::new(model, &tokenizer, config, &ad).map_err(|e| e.to_string())?;
     let before = match p.compare {
         true => {
@@ -520,7 +520,7 @@ impl RunHost for WorkerHost<'_> {
 
     async fn yield_now(&mut self) {
         // Let pause/cancel messages (and the page's other requests) in.
-        js::sleep(0).await;
+        js::yield_now().await;
     }
 }
 
@@ -613,7 +613,7 @@ async fn prune_sweep(p: &tinytune_web::prune::PruneParams) -> Result<tinytune_we
     let (loss, sample) = measure(&model).await?;
     let mut rows = vec![PruneRow { sparsity: 0.0, parameters: before.total, nonzero: before.nonzero, zeros: None, neurons: None, loss, sample, map: None }];
     for sparsity in p.sparsities() {
-        js::sleep(0).await;
+        js::yield_now().await;
         let (pruned, report) = prune(model.clone(), &p.plan(sparsity), &calibration).map_err(err)?;
         let (loss, sample) = measure(&pruned).await?;
         let (zeros, map) = match (&report.unstructured, &report.structured) {
@@ -683,7 +683,7 @@ async fn lora_rank(p: &tinytune_web::rank::RankParams) -> Result<tinytune::metho
         let mut trainer = Trainer::new(model.clone(), &tok, config, &ad).map_err(|e| e.to_string())?;
         for _ in 0..p.steps {
             trainer.step().map_err(|e| e.to_string())?;
-            js::sleep(0).await;
+            js::yield_now().await;
         }
         RANK_RUN.with_borrow_mut(|r| *r = Some((key, model.valid(), trainer.model.valid(), trainer.eval.clone())));
     }
@@ -712,7 +712,7 @@ async fn merge_study(p: &tinytune_web::merge::MergeParams) -> Result<tinytune_we
             let mut trainer = Trainer::new(model.clone(), &tok, finetune_config(task, p.steps, p.lr, 0), &ad).map_err(|e| e.to_string())?;
             for _ in 0..p.steps {
                 trainer.step().map_err(|e| e.to_string())?;
-                js::sleep(0).await;
+                js::yield_now().await;
             }
             tuned.push(trainer.model.valid());
         }
@@ -743,7 +743,7 @@ async fn merge_study(p: &tinytune_web::merge::MergeParams) -> Result<tinytune_we
         let scored = match known {
             Some(s) => s,
             None => {
-                js::sleep(0).await;
+                js::yield_now().await;
                 let s = MERGE_STUDY.with_borrow(|s| {
                     let s = s.as_ref().expect("the study was just stored");
                     s.study.score(&k.method, k.t, &s.study.merge(k, &device)?, &s.tokenizer)
@@ -783,13 +783,13 @@ async fn federated(p: &tinytune_web::federated::FederatedParams) -> Result<tinyt
             let mut t = fed.client(i, &ad).map_err(|e| e.to_string())?;
             for _ in 0..config.local_steps {
                 t.step().map_err(|e| e.to_string())?;
-                js::sleep(0).await;
+                js::yield_now().await;
             }
             models.push(t.model);
         }
         for _ in 0..config.local_steps {
             fed.pooled().step().map_err(|e| e.to_string())?;
-            js::sleep(0).await;
+            js::yield_now().await;
         }
         rounds.push(fed.average(r, &models, &ad).map_err(|e| e.to_string())?);
     }
@@ -809,7 +809,7 @@ async fn rope_losses(p: &tinytune_web::rope::RopeParams) -> Result<tinytune_web:
     let eval = PositionEval::stories(&tok, length, p.windows).map_err(err)?;
     let mut rows = Vec::new();
     for (name, scaling) in scalings(p.factor as f64, context) {
-        js::sleep(0).await;
+        js::yield_now().await;
         rows.push((name.to_string(), eval.losses(&with_scaling(&model, scaling)).map_err(err)?));
     }
     Ok(tinytune_web::rope::RopeResult { context, length, windows: p.windows, rows })
@@ -839,7 +839,7 @@ async fn generate(p: &GenerateParams) -> Result<Samples, String> {
             out.pop();
         }
         samples.push(tok.decode(&out));
-        js::sleep(0).await;
+        js::yield_now().await;
     }
     Ok(Samples { samples, seconds: started.elapsed().as_secs_f64() })
 }
@@ -858,7 +858,7 @@ async fn real_open() -> Result<tinytune_web::real::RealInfo, String> {
     let g = Gguf::parse(&bytes, name.as_str()).map_err(err)?;
     let storage = g.storage().into_iter().map(|(t, n, weights, b)| (format!("{t:?}"), n, weights, b)).collect();
     let ad = device().await.autodiff();
-    js::sleep(0).await;
+    js::yield_now().await;
     let opened = gguf::llama::open(&g, &ad).map_err(err)?;
     drop(g);
     drop(bytes);
@@ -929,7 +929,7 @@ async fn real_train(run: u32, p: &tinytune_web::real::RealModelParams, control: 
     let ad = base.device();
     let model = config.method.apply(base, config.seed, &ad).map_err(err)?;
     status(run, RunState::Preparing, "rendering and tokenising the conversations");
-    js::sleep(0).await;
+    js::yield_now().await;
     let trainer = Trainer::from_jsonl(model, &tok, chat.as_ref(), &text, tinytune_web::real::CHAT_FILE, config, &ad).map_err(err)?;
     let on_cpu = tinytune::optim::optimizer::host_memory_device(&ad);
     let mut host = WorkerHost::new(run, control, "adamw", on_cpu);
@@ -968,7 +968,7 @@ async fn preference(run: u32, sft_run: u32, p: &tinytune_web::preference::Prefer
     let (base, tok) = load(ModelChoice::Micro, 0, &ad).await?;
     let model = config.method.apply(base.clone(), config.seed, &ad).map_err(err)?;
     status(run, RunState::Preparing, "generating and tokenising the pairs");
-    js::sleep(0).await;
+    js::yield_now().await;
     let mut trainer = Trainer::new(model, &tok, config.clone(), &ad).map_err(err)?;
     if config.objective.needs_reference() {
         // What the first step would do: here, so the first step's time is a step's.
@@ -998,7 +998,7 @@ async fn preference(run: u32, sft_run: u32, p: &tinytune_web::preference::Prefer
 
     // The comparison: the same LoRA start (same seed), the same prompts in the same order.
     status(run, RunState::Preparing, "the comparison: SFT on the chosen completions");
-    js::sleep(0).await;
+    js::yield_now().await;
     let sft_config = p.sft_config();
     let model = sft_config.method.apply(base, sft_config.seed, &ad).map_err(err)?;
     let rows = |split, n| Dataset::from_examples(&tok, &sft_examples(p, split, n), sft_config.seq_len, sft_config.prompt_loss_weight).map_err(err);
@@ -1045,7 +1045,7 @@ async fn grpo(run: u32, sft_run: u32, p: &tinytune_web::grpo::GrpoParams, contro
     // Stage 1: SFT on the task's answers.
     let sft_config = p.sft_config();
     status(run, RunState::Preparing, "stage 1: generating and tokenising the task's examples");
-    js::sleep(0).await;
+    js::yield_now().await;
     let model = sft_config.method.apply(base, sft_config.seed, &ad).map_err(err)?;
     let sft = Trainer::new(model, &tok, sft_config, &ad).map_err(err)?;
     let mut sft_host = host(sft_run);
@@ -1059,7 +1059,7 @@ async fn grpo(run: u32, sft_run: u32, p: &tinytune_web::grpo::GrpoParams, contro
     let config = p.train_config();
     let model = config.method.apply(driven.trainer.model, config.seed, &ad).map_err(err)?;
     status(run, RunState::Preparing, "stage 2: tokenising the prompts");
-    js::sleep(0).await;
+    js::yield_now().await;
     let trainer = Trainer::new(model, &tok, config, &ad).map_err(err)?;
     status(run, RunState::Preparing, &format!("the SFT model's held-out reward on {} prompts, before GRPO", tinytune_web::grpo::EVAL_PROMPTS));
     let before = trainer.evaluate_async().await.map_err(err)?;
@@ -1101,7 +1101,7 @@ async fn distill(
     // Stage 1: the teacher.
     let config = p.teacher_config();
     status(run, RunState::Preparing, "the teacher: generating and tokenising the task's examples");
-    js::sleep(0).await;
+    js::yield_now().await;
     let model = config.method.apply(base, config.seed, &ad).map_err(err)?;
     let trainer = Trainer::new(model, &tok, config, &ad).map_err(err)?;
     tinytune::memory::measure::reset_peak();
@@ -1122,7 +1122,7 @@ async fn distill(
     for (s, id) in Student::ALL.into_iter().zip(student_runs) {
         let config = p.student_config(s);
         status(run, RunState::Preparing, &format!("student \"{}\": tokenising its {} examples", p.student_label(s), config.train_examples));
-        js::sleep(0).await;
+        js::yield_now().await;
         let shape = p.student_model_config(&micro);
         let model = config.method.apply(Gpt::init(&shape, config.seed, &ad), config.seed, &ad).map_err(err)?;
         let mut trainer = Trainer::new(model, &tok, config, &ad).map_err(err)?;
@@ -1187,7 +1187,7 @@ async fn greedy(model: &Gpt, tok: &TextTokenizer, pairs: &[tinytune::data::Pair]
             new.pop();
         }
         out.push(tok.decode(&new).trim_end().to_string());
-        js::sleep(0).await;
+        js::yield_now().await;
     }
     Ok(out)
 }
