@@ -1017,14 +1017,15 @@ mod flex {
         use super::{Flex, FlexTensor, Fused, TensorData, build, values};
 
         fn tensor(n: usize, shape: &[usize], scale: f32) -> FlexTensor {
-            // Values spanning exp's whole range at `scale` 40, with NaN and infinities.
+            // Values within ±2·scale; at a scale above 10 (arguments past exp's ends once the
+            // kernels scale them), with NaN, infinities and exp's edges every 41 values, so
+            // in a different row and column each time.
             let mut v: Vec<f32> = (0..n).map(|i| ((i as f32 * 0.731).sin() + (i as f32 * 0.057).cos()) * scale).collect();
             if scale > 10.0 {
-                v[3] = f32::NAN;
-                v[11] = f32::INFINITY;
-                v[17] = f32::NEG_INFINITY;
-                v[23] = 88.71;
-                v[29] = -86.49;
+                let special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 88.71, -86.49];
+                for (k, i) in (3..n).step_by(41).enumerate() {
+                    v[i] = special[k % special.len()];
+                }
             }
             build(v, shape.to_vec().into())
         }
@@ -1035,8 +1036,8 @@ mod flex {
 
         /// Each kernel's output bits, with the loops one value or four at a time.
         fn outputs() -> Vec<(&'static str, Vec<u32>)> {
-            // Rows of 37 (tails after four and eight lanes); 8,195 elementwise values (two
-            // chunks, the second with a tail).
+            // Rows of 37 (tails after four and eight lanes); 8,195 elementwise values (chunks
+            // of 4,096, 4,096 and 3: the last all tail).
             let (rows, n) = ([2, 3, 5], 37);
             let x = || tensor(2 * 3 * 5 * 37, &[2, 3, 5, n], 1.5);
             let g = || tensor(2 * 3 * 5 * 37, &[2, 3, 5, n], 0.3);
@@ -1049,7 +1050,8 @@ mod flex {
             let lp_grad = || tensor(30, &rows, 0.5);
             let probs = Flex::causal_softmax(x(), 0.25, 0);
             vec![
-                ("causal_softmax", bits(Flex::causal_softmax(tensor(30 * n, &[2, 3, 5, n], 40.0), 0.25, 2))),
+                // An offset of 20 shows each query 21 to 25 keys: full chunks of eight and a tail.
+                ("causal_softmax", bits(Flex::causal_softmax(tensor(30 * n, &[2, 3, 5, n], 40.0), 0.25, 20))),
                 ("causal_softmax_backward", bits(Flex::causal_softmax_backward(probs, g(), 0.25))),
                 ("gelu_new", bits(Flex::gelu_new(wide()))),
                 ("gelu_new_backward", bits(Flex::gelu_new_backward(e(), eg()))),
@@ -1086,7 +1088,8 @@ mod flex {
                 }
                 assert_eq!(differ, 0, "{name}: {differ} of {} values differ four lanes at a time", a.len());
             }
-            // The wide inputs reach exp's special cases: NaN, 0 (below −86.5) and 1 (σ of a large input).
+            // The wide inputs reach exp's special cases: NaN in, NaN out; σ = 0 once exp
+            // overflows to ∞ (GELU of a large negative input is then 0).
             let gelu = &one.iter().find(|(n, _)| *n == "gelu_new").expect("gelu_new").1;
             assert!(gelu.iter().any(|&b| f32::from_bits(b).is_nan()));
             assert!(gelu.iter().any(|&b| f32::from_bits(b) == 0.0));

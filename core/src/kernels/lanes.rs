@@ -9,7 +9,9 @@
 //! one value at a time; elsewhere they run the `f32` form alone.
 //!
 //! Both forms give the same bits (a NaN may come out with another sign or payload, which IEEE
-//! 754 leaves open). Every lane operation is the IEEE operation the scalar code
+//! 754 leaves open; and [`max8`] may return −0 where the scalar form returns +0 or the other
+//! way round, as `f32::max` leaves that open too, which no kernel's output shows: they only
+//! subtract it). Every lane operation is the IEEE operation the scalar code
 //! performs, in the same order (WebAssembly's SIMD has no fused multiply-add); `exp`'s range
 //! reduction, clamp and special cases are written out in lane operations whose semantics
 //! match the scalar ones (`pmax`/`pmin` are the comparisons `f32::clamp` makes); and sums keep
