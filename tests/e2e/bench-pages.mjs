@@ -1,0 +1,114 @@
+// Side-by-side training speed of several builds of the page (figures, not pass/fail): lesson
+// 1's run (micro fine-tuned on sentiment, 30 steps of 8 × 64 tokens, CPU backend) in
+// headless Chromium, the builds taking turns in each round, so that a busy machine slows
+// them alike. Prints each run and a table of medians with each build's ratio to the first.
+//
+//   node tests/e2e/bench-pages.mjs [--rounds N] [--steps N] label=dist-folder label=dist-folder ...
+//
+// For the speed issue's before/after figure, build the page of an earlier commit in a
+// worktree (git worktree add /tmp/base <commit>; trunk build --release --dist dist-base
+// there) and name it first. Pages built before the worker had its own package (2026-12-05)
+// number their widgets from the whole page, not from a lesson; the script finds the first
+// train widget either way and reads the seconds from its status line.
+
+import { createServer } from "node:http";
+import { readFileSync, readdirSync, mkdtempSync, existsSync } from "node:fs";
+import { join, extname, resolve, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { tmpdir } from "node:os";
+import { chromium } from "playwright-core";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = resolve(here, "../..");
+const args = process.argv.slice(2);
+const option = (name, fallback) => {
+  const at = args.indexOf(name);
+  return at >= 0 ? Number(args[at + 1]) : fallback;
+};
+const ROUNDS = option("--rounds", 3);
+const STEPS = option("--steps", 30);
+if (!(ROUNDS >= 1) || !(STEPS >= 1)) throw new Error("bench-pages: --rounds and --steps take a positive number");
+const builds = args
+  .filter((a, i) => !a.startsWith("--") && !["--rounds", "--steps"].includes(args[i - 1]))
+  .map((a) => {
+    const m = /^([^=]+)=(.+)$/.exec(a);
+    if (!m) throw new Error(`bench-pages: name each build as label=dist-folder, not ${JSON.stringify(a)}`);
+    const dist = resolve(root, m[2]);
+    if (!existsSync(join(dist, "index.html"))) throw new Error(`bench-pages: ${dist} has no index.html: build it first (trunk build --release)`);
+    return { label: m[1], dist };
+  });
+if (builds.length === 0) throw new Error("bench-pages: name at least one build (label=dist-folder)");
+
+const TYPES = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/css", ".json": "application/json" };
+function serve(dist) {
+  const server = createServer((req, res) => {
+    const path = new URL(req.url, "http://x").pathname;
+    const file = join(dist, path === "/" ? "index.html" : path);
+    try {
+      const body = readFileSync(file);
+      res.writeHead(200, { "content-type": TYPES[extname(file)] ?? "application/octet-stream" });
+      res.end(body);
+    } catch {
+      res.writeHead(404);
+      res.end();
+    }
+  });
+  return new Promise((ok) => server.listen(0, "127.0.0.1", () => ok(server)));
+}
+
+// The page's URL for lesson 1's run. Pages with a worker package of their own (worker-cpu*)
+// open lessons by name and number widgets within the lesson; older ones numbered lesson 1's
+// train widget 2 on the landing page.
+function url(build, port) {
+  const run = `model=micro&{w}.task=sentiment&{w}.steps=${STEPS}&{w}.batch=8&{w}.seq=64`;
+  if (readdirSync(build.dist).some((f) => f.startsWith("worker-cpu"))) {
+    const dir = join(root, "lessons");
+    const file = readdirSync(dir).filter((f) => /^\d+-.*\.md$/.test(f)).sort()[0];
+    const blocks = [...readFileSync(join(dir, file), "utf8").matchAll(/^```widget\s*\n([\s\S]*?)\n```\s*$/gm)].map((m) => m[1]);
+    const w = `w${blocks.findIndex((b) => /^name:\s*train\s*$/m.test(b)) + 1}`;
+    const slug = file.replace(/^\d+-/, "").replace(/\.md$/, "");
+    return `http://127.0.0.1:${port}/?lesson=${slug}&backend=cpu&${w}.${run.replaceAll("{w}", w)}&${w}.compare=false`;
+  }
+  return `http://127.0.0.1:${port}/?backend=cpu&w2.${run.replaceAll("{w}", "w2")}`;
+}
+
+const ctx = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "tinytune-bench-")), {
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  headless: true,
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+const results = new Map(builds.map((b) => [b.label, []]));
+try {
+  for (let round = 1; round <= ROUNDS; round++) {
+    for (const build of builds) {
+      const server = await serve(build.dist);
+      const page = await ctx.newPage();
+      await page.goto(url(build, server.address().port));
+      const w = page.locator("[data-widget=train]").first();
+      await w.locator("[data-testid=train]").click();
+      const state = w.locator("[data-testid=run-state]");
+      await w.locator('[data-testid=run-state][data-state="Done"], [data-testid=run-state][data-state="Failed"]').waitFor({ timeout: 900_000 });
+      const status = (await state.locator("xpath=..").textContent()).trim();
+      if ((await state.getAttribute("data-state")) !== "Done") throw new Error(`bench-pages: ${build.label}'s run failed: ${status}`);
+      const steps = /step (\d+) of (\d+)/.exec(status);
+      const secs = /([\d.]+) s\b/.exec(status.replace(/[\d.]+ tokens\/s/, ""));
+      const loss = /loss ([\d.]+)/.exec(status);
+      if (!steps || !secs || Number(steps[1]) !== STEPS) throw new Error(`bench-pages: cannot read ${STEPS} steps and the seconds from ${build.label}'s status line: ${JSON.stringify(status)}`);
+      const s = Number(secs[1]);
+      const tokens = (STEPS * 8 * 64) / s;
+      results.get(build.label).push(tokens);
+      console.log(`round ${round}, ${build.label}: ${STEPS} steps in ${s} s, ${tokens.toFixed(0)} tokens/s over the run, loss ${loss ? loss[1] : "?"}`);
+      await page.close();
+      server.close();
+    }
+  }
+  const median = (v) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)];
+  const first = median(results.get(builds[0].label));
+  console.log(`\n| build | tokens/s over the run (median of ${ROUNDS}) | range | vs ${builds[0].label} |\n|---|---|---|---|`);
+  for (const b of builds) {
+    const v = results.get(b.label);
+    console.log(`| ${b.label} | ${median(v).toFixed(0)} | ${Math.min(...v).toFixed(0)}-${Math.max(...v).toFixed(0)} | ${(median(v) / first).toFixed(2)}× |`);
+  }
+} finally {
+  await ctx.close();
+}
