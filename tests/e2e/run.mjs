@@ -476,14 +476,20 @@ async function sweepRows(w, n, timeout) {
   return w.locator("[data-testid=runs] tbody tr").evaluateAll((rows) => rows.map((r) => [...r.querySelectorAll("td")].map((td) => td.textContent)));
 }
 
-await check("a sweep over accumulation trains twice: same losses, lower measured peak", async () => {
-  const page = await openPage(cpu, base + "?lesson=checkpointing-and-accumulation&backend=cpu");
-  const w = page.locator("[data-widget=train]").nth(1);
-  await setParam(w, "steps", 3);
-  await setParam(w, "sweep", "accumulate=1,4");
+/** Opens `lesson` on the CPU, sets its `nth` train widget's `settings` (steps, sweep, ...),
+ * trains, and returns the page, the widget and the rows of its `n` finished runs. */
+async function runSweep(lesson, nth, settings, n) {
+  const page = await openPage(cpu, base + `?lesson=${lesson}&backend=cpu`);
+  const w = page.locator("[data-widget=train]").nth(nth);
+  for (const [key, value] of Object.entries(settings)) await setParam(w, key, value);
   await w.locator("[data-testid=train]").click();
-  const rows = await sweepRows(w, 2, 300_000);
+  const rows = await sweepRows(w, n, 300_000);
   console.log(`     ${JSON.stringify(rows)}`);
+  return { page, w, rows };
+}
+
+await check("a sweep over accumulation trains twice: same losses, lower measured peak", async () => {
+  const { page, w, rows } = await runSweep("checkpointing-and-accumulation", 1, { steps: 3, sweep: "accumulate=1,4" }, 2);
   const mib = (t) => parseFloat(t) * (t.includes("GiB") ? 1024 : t.includes("KiB") ? 1 / 1024 : 1);
   const [one, four] = rows;
   assert(Math.abs(parseFloat(one[1]) - parseFloat(four[1])) < 0.01, `losses should agree: ${one[1]} vs ${four[1]}`);
@@ -494,12 +500,7 @@ await check("a sweep over accumulation trains twice: same losses, lower measured
 });
 
 await check("lesson 5's data-parallel replicas train as one device", async () => {
-  const page = await openPage(cpu, base + "?lesson=sharding-and-offload&backend=cpu");
-  const w = page.locator("[data-widget=train]").first();
-  await setParam(w, "steps", 3);
-  await w.locator("[data-testid=train]").click();
-  const rows = await sweepRows(w, 2, 300_000);
-  console.log(`     ${JSON.stringify(rows)}`);
+  const { page, rows } = await runSweep("sharding-and-offload", 0, { steps: 3 }, 2);
   const [one, two] = rows;
   assert(one[0].includes("micro") && two[0].includes("2 replicas"), `runs: ${one[0]} | ${two[0]}`);
   assert(Math.abs(parseFloat(one[1]) - parseFloat(two[1])) < 1e-4, `losses should agree: ${one[1]} vs ${two[1]}`);
@@ -508,12 +509,7 @@ await check("lesson 5's data-parallel replicas train as one device", async () =>
 });
 
 await check("lesson 5's ZeRO-1 run splits the optimizer state between the replicas", async () => {
-  const page = await openPage(cpu, base + "?lesson=sharding-and-offload&backend=cpu");
-  const w = page.locator("[data-widget=train]").nth(1);
-  await setParam(w, "steps", 3);
-  await w.locator("[data-testid=train]").click();
-  const rows = await sweepRows(w, 2, 300_000);
-  console.log(`     ${JSON.stringify(rows)}`);
+  const { page, rows } = await runSweep("sharding-and-offload", 1, { steps: 3 }, 2);
   const [whole, sharded] = rows;
   assert(sharded[0].includes("2 replicas") && sharded[0].includes("ZeRO-1"), `runs: ${whole[0]} | ${sharded[0]}`);
   assert(Math.abs(parseFloat(whole[1]) - parseFloat(sharded[1])) < 1e-4, `losses should agree: ${whole[1]} vs ${sharded[1]}`);
@@ -527,13 +523,7 @@ await check("lesson 5's ZeRO-1 run splits the optimizer state between the replic
 });
 
 await check("8-bit AdamW and MeZO train in the page with their measured state", async () => {
-  const page = await openPage(cpu, base + "?lesson=zeroth-order&backend=cpu");
-  const w = page.locator("[data-widget=train]").first();
-  await setParam(w, "steps", 4);
-  await setParam(w, "sweep", "optimizer=adamw8bit,mezo");
-  await w.locator("[data-testid=train]").click();
-  const rows = await sweepRows(w, 2, 300_000);
-  console.log(`     ${JSON.stringify(rows)}`);
+  const { page, w, rows } = await runSweep("zeroth-order", 0, { steps: 4, sweep: "optimizer=adamw8bit,mezo" }, 2);
   const [eight, mezo] = rows;
   assert(parseFloat(eight[5]) > 2 && parseFloat(eight[5]) < 2.6 && eight[7].startsWith("CPU"), JSON.stringify(eight));
   assert(parseFloat(mezo[5]) === 0 && Number.isFinite(parseFloat(mezo[1])), JSON.stringify(mezo));
