@@ -7,9 +7,13 @@
 //
 // For the speed issue's before/after figure, build the page of an earlier commit in a
 // worktree (git worktree add /tmp/base <commit>; trunk build --release --dist dist-base
-// there) and name it first. Pages built before the worker had its own package (2026-12-05)
-// number their widgets from the whole page, not from a lesson; the script finds the first
-// train widget either way and reads the seconds from its status line.
+// there) and name it first. Every build gets the same URL: lesson 1, the CPU backend, and
+// each setting of the run pinned (model, task, steps, batch, seq, lr, seed, no before/after
+// comparison), with the train widget's number read from this checkout's lesson 1 (pages
+// since 2026-11 number widgets within their lesson). A run's seconds are the status line's:
+// from the first step to the last, with a tenth of a second's resolution (about 2% at 5 s).
+// The script warns when the builds end at different losses (then they did not train the same
+// run) and fails when it cannot read a run.
 
 import { createServer } from "node:http";
 import { readFileSync, readdirSync, mkdtempSync, existsSync } from "node:fs";
@@ -56,20 +60,22 @@ function serve(dist) {
   return new Promise((ok) => server.listen(0, "127.0.0.1", () => ok(server)));
 }
 
-// The page's URL for lesson 1's run. Pages with a worker package of their own (worker-cpu*)
-// open lessons by name and number widgets within the lesson; older ones numbered lesson 1's
-// train widget 2 on the landing page.
-function url(build, port) {
-  const run = `model=micro&{w}.task=sentiment&{w}.steps=${STEPS}&{w}.batch=8&{w}.seq=64`;
-  if (readdirSync(build.dist).some((f) => f.startsWith("worker-cpu"))) {
-    const dir = join(root, "lessons");
-    const file = readdirSync(dir).filter((f) => /^\d+-.*\.md$/.test(f)).sort()[0];
-    const blocks = [...readFileSync(join(dir, file), "utf8").matchAll(/^```widget\s*\n([\s\S]*?)\n```\s*$/gm)].map((m) => m[1]);
-    const w = `w${blocks.findIndex((b) => /^name:\s*train\s*$/m.test(b)) + 1}`;
-    const slug = file.replace(/^\d+-/, "").replace(/\.md$/, "");
-    return `http://127.0.0.1:${port}/?lesson=${slug}&backend=cpu&${w}.${run.replaceAll("{w}", w)}&${w}.compare=false`;
-  }
-  return `http://127.0.0.1:${port}/?backend=cpu&w2.${run.replaceAll("{w}", "w2")}`;
+// Lesson 1's slug and the number of its first train widget, from this checkout.
+function lessonOne() {
+  const dir = join(root, "lessons");
+  const file = readdirSync(dir).filter((f) => /^\d+-.*\.md$/.test(f)).sort()[0];
+  if (!file) throw new Error(`bench-pages: no lessons in ${dir}`);
+  const blocks = [...readFileSync(join(dir, file), "utf8").matchAll(/^```widget\s*\n([\s\S]*?)\n```\s*$/gm)].map((m) => m[1]);
+  const at = blocks.findIndex((b) => /^name:\s*train\s*$/m.test(b));
+  if (at < 0) throw new Error(`bench-pages: ${file} has no train widget`);
+  return { slug: file.replace(/^\d+-/, "").replace(/\.md$/, ""), w: `w${at + 1}` };
+}
+
+function url(port) {
+  const { slug, w } = lessonOne();
+  const run = { model: "micro", task: "sentiment", steps: STEPS, batch: 8, seq: 64, lr: 0.001, seed: 0, compare: false };
+  const settings = Object.entries(run).map(([k, v]) => `${w}.${k}=${v}`).join("&");
+  return `http://127.0.0.1:${port}/?lesson=${slug}&backend=cpu&${settings}`;
 }
 
 const ctx = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "tinytune-bench-")), {
@@ -78,12 +84,13 @@ const ctx = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "t
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
 });
 const results = new Map(builds.map((b) => [b.label, []]));
+const losses = new Set();
 try {
   for (let round = 1; round <= ROUNDS; round++) {
     for (const build of builds) {
       const server = await serve(build.dist);
       const page = await ctx.newPage();
-      await page.goto(url(build, server.address().port));
+      await page.goto(url(server.address().port));
       const w = page.locator("[data-widget=train]").first();
       await w.locator("[data-testid=train]").click();
       const state = w.locator("[data-testid=run-state]");
@@ -97,11 +104,14 @@ try {
       const s = Number(secs[1]);
       const tokens = (STEPS * 8 * 64) / s;
       results.get(build.label).push(tokens);
+      if (loss) losses.add(loss[1]);
       console.log(`round ${round}, ${build.label}: ${STEPS} steps in ${s} s, ${tokens.toFixed(0)} tokens/s over the run, loss ${loss ? loss[1] : "?"}`);
       await page.close();
       server.close();
     }
   }
+  if (losses.size > 1) console.log(`\nWARNING: the runs ended at different losses (${[...losses].join(", ")}): the builds did not train the same run`);
+  // The middle value (the upper of the two middle ones for an even number of rounds).
   const median = (v) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)];
   const first = median(results.get(builds[0].label));
   console.log(`\n| build | tokens/s over the run (median of ${ROUNDS}) | range | vs ${builds[0].label} |\n|---|---|---|---|`);

@@ -256,7 +256,7 @@ impl Lanes for F4 {
 
 pub(super) use imp::F4;
 
-/// WebAssembly's `f32x4`: each method one instruction.
+/// WebAssembly's `f32x4`: each method one instruction (`to_array` four lane extracts).
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod imp {
     use std::arch::wasm32::*;
