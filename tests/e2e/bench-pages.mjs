@@ -15,12 +15,12 @@
 // The script warns when the builds end at different losses (then they did not train the same
 // run) and fails when it cannot read a run.
 
-import { createServer } from "node:http";
-import { readFileSync, readdirSync, mkdtempSync, existsSync } from "node:fs";
-import { join, extname, resolve, dirname } from "node:path";
+import { mkdtempSync, existsSync } from "node:fs";
+import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { tmpdir } from "node:os";
 import { chromium } from "playwright-core";
+import { serve, firstTrainWidget } from "./serve.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, "../..");
@@ -43,36 +43,9 @@ const builds = args
   });
 if (builds.length === 0) throw new Error("bench-pages: name at least one build (label=dist-folder)");
 
-const TYPES = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/css", ".json": "application/json" };
-function serve(dist) {
-  const server = createServer((req, res) => {
-    const path = new URL(req.url, "http://x").pathname;
-    const file = join(dist, path === "/" ? "index.html" : path);
-    try {
-      const body = readFileSync(file);
-      res.writeHead(200, { "content-type": TYPES[extname(file)] ?? "application/octet-stream" });
-      res.end(body);
-    } catch {
-      res.writeHead(404);
-      res.end();
-    }
-  });
-  return new Promise((ok) => server.listen(0, "127.0.0.1", () => ok(server)));
-}
-
-// Lesson 1's slug and the number of its first train widget, from this checkout.
-function lessonOne() {
-  const dir = join(root, "lessons");
-  const file = readdirSync(dir).filter((f) => /^\d+-.*\.md$/.test(f)).sort()[0];
-  if (!file) throw new Error(`bench-pages: no lessons in ${dir}`);
-  const blocks = [...readFileSync(join(dir, file), "utf8").matchAll(/^```widget\s*\n([\s\S]*?)\n```\s*$/gm)].map((m) => m[1]);
-  const at = blocks.findIndex((b) => /^name:\s*train\s*$/m.test(b));
-  if (at < 0) throw new Error(`bench-pages: ${file} has no train widget`);
-  return { slug: file.replace(/^\d+-/, "").replace(/\.md$/, ""), w: `w${at + 1}` };
-}
-
 function url(port) {
-  const { slug, w } = lessonOne();
+  const { slug, n } = firstTrainWidget();
+  const w = `w${n}`;
   const run = { model: "micro", task: "sentiment", steps: STEPS, batch: 8, seq: 64, lr: 0.001, seed: 0, compare: false };
   const settings = Object.entries(run).map(([k, v]) => `${w}.${k}=${v}`).join("&");
   return `http://127.0.0.1:${port}/?lesson=${slug}&backend=cpu&${settings}`;

@@ -27,13 +27,13 @@
 // measures (no wasm in the folder, no lesson title, a run that fails, a status line it cannot
 // read), so a change to the page cannot leave it silently measuring nothing.
 
-import { createServer } from "node:http";
 import { readFileSync, readdirSync, mkdtempSync } from "node:fs";
 import { join, extname, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { tmpdir } from "node:os";
 import { gzipSync } from "node:zlib";
 import { chromium } from "playwright-core";
+import { serve, firstTrainWidget } from "./serve.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, "../..");
@@ -57,18 +57,6 @@ const profArgs = args.includes("--prof") ? ["--js-flags=--prof"] : [];
 
 function fail(why) {
   throw new Error(`bench: ${why}`);
-}
-
-// Lesson 1 and the number of its first train widget (widgets count from 1 in lesson order),
-// read from the lesson files as the page numbers them.
-function firstTrainWidget() {
-  const dir = join(root, "lessons");
-  const file = readdirSync(dir).filter((f) => /^\d+-.*\.md$/.test(f)).sort()[0] ?? fail(`no lessons in ${dir}`);
-  const text = readFileSync(join(dir, file), "utf8");
-  const blocks = [...text.matchAll(/^```widget\s*\n([\s\S]*?)\n```\s*$/gm)].map((m) => m[1]);
-  const at = blocks.findIndex((b) => /^name:\s*train\s*$/m.test(b));
-  if (at < 0) fail(`${file} has no train widget to time`);
-  return { slug: file.replace(/^\d+-/, "").replace(/\.md$/, ""), n: at + 1 };
 }
 
 // ---------------------------------------------------------------- download size
@@ -95,17 +83,7 @@ console.log(`gzip: page ${mb(part("page"))}; with the CPU-only worker (no hardwa
 const firstVisit = part("page") + part("cpu");
 
 // ---------------------------------------------------------------- the page
-const TYPES = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/css", ".json": "application/json" };
-const server = createServer((req, res) => {
-  const path = new URL(req.url, "http://x").pathname;
-  const file = join(dist, path === "/" ? "index.html" : path);
-  try {
-    const body = readFileSync(file);
-    res.writeHead(200, { "content-type": TYPES[extname(file)] ?? "application/octet-stream" });
-    res.end(body);
-  } catch { res.writeHead(404); res.end(); }
-});
-await new Promise((ok) => server.listen(0, "127.0.0.1", ok));
+const server = await serve(dist);
 const base = `http://127.0.0.1:${server.address().port}/`;
 
 const quiet = ["--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"];

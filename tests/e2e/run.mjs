@@ -10,14 +10,14 @@
 // any failed. E2E_JOBS=N runs N checks at a time (default 2; see the harness below) and
 // E2E_ONLY=TEXT only the checks whose name contains TEXT.
 
-import { createServer } from "node:http";
-import { readFileSync, readdirSync, mkdirSync, statSync, existsSync } from "node:fs";
+import { readFileSync, readdirSync, mkdirSync, existsSync } from "node:fs";
 import { execFileSync } from "node:child_process";
-import { join, extname, resolve, dirname } from "node:path";
+import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { chromium } from "playwright-core";
+import { serve } from "./serve.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, "../..");
@@ -30,25 +30,6 @@ const BASE_ARGS = [
   "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
   "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ];
-
-// ---------------------------------------------------------------- static server
-const TYPES = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/css", ".json": "application/json", ".svg": "image/svg+xml" };
-function serve() {
-  const server = createServer((req, res) => {
-    const path = decodeURIComponent(new URL(req.url, "http://x").pathname);
-    let file = join(dist, path === "/" ? "index.html" : path);
-    if (!file.startsWith(dist)) { res.writeHead(403); return res.end(); }
-    try {
-      if (statSync(file).isDirectory()) file = join(file, "index.html");
-      const body = readFileSync(file);
-      res.writeHead(200, { "content-type": TYPES[extname(file)] ?? "application/octet-stream" });
-      res.end(body);
-    } catch {
-      res.writeHead(404); res.end("not found");
-    }
-  });
-  return new Promise((ok) => server.listen(0, "127.0.0.1", () => ok(server)));
-}
 
 // ---------------------------------------------------------------- lessons, read independently of the app
 function lessonsOnDisk() {
@@ -160,7 +141,7 @@ async function losses(widget) {
 }
 
 // ---------------------------------------------------------------- the checks
-const server = await serve();
+const server = await serve(dist);
 const base = `http://127.0.0.1:${server.address().port}/`;
 const lessons = lessonsOnDisk();
 const cpu = await browser();
