@@ -23,6 +23,13 @@ if have rustup && ! rustup target list --installed | grep -qx wasm32-unknown-unk
   rustup target add wasm32-unknown-unknown
 fi
 
+# The CPU-only worker's WebAssembly threads need the standard library compiled with atomics:
+# the nightly toolchain with rust-src (scripts/build-worker-threads.sh, a trunk hook).
+if have rustup && ! { rustup run nightly rustc --version >/dev/null 2>&1 && [ -d "$(rustup run nightly rustc --print sysroot)/lib/rustlib/src/rust/library" ]; }; then
+  say "installing the nightly toolchain with rust-src (the browser worker's threads)"
+  rustup toolchain install nightly --profile minimal --component rust-src
+fi
+
 # Download every crate once, so later steps (and trunk, which runs offline) need no network.
 cargo fetch --locked >/dev/null 2>&1 || cargo fetch
 

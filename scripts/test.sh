@@ -60,8 +60,8 @@ disk
 node tests/e2e/run.mjs dist
 node tests/e2e/bench.mjs dist --quick  # sizes, first render, a few steps/s; fails when it cannot measure them
 if [ "$slim" = 1 ]; then
-  # The wasm build is finished with; stage 4 is native.
-  rm -rf target/wasm32-unknown-unknown
+  # The wasm builds are finished with; stage 4 is native.
+  rm -rf target/wasm32-unknown-unknown target/wasm-threads
 fi
 
 stage "4/4 clippy -D warnings, whole workspace, all targets, with the wgpu and cuda backends (type-check + lint)"

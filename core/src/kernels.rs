@@ -201,14 +201,20 @@ pub fn swiglu_plain<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D>
 mod lanes;
 
 /// Adding and subtracting 1.5·2²³ rounds an f32 to an integer.
+#[cfg(any(feature = "fused", test))]
 const EXP_ROUND: f32 = 12_582_912.0;
 /// ln 2 in two parts, so that n·ln 2 is exact to f32 for n in −125..=128.
+#[cfg(any(feature = "fused", test))]
 const LN2_HI: f32 = 0.693_359_4;
+#[cfg(any(feature = "fused", test))]
 const LN2_LO: f32 = -2.121_944_4e-4;
 /// Where [`exp`] flushes to 0 and where it gives ∞.
+#[cfg(any(feature = "fused", test))]
 const EXP_LOW: f32 = -86.5;
+#[cfg(any(feature = "fused", test))]
 const EXP_HIGH: f32 = 88.72;
 /// e^r ≈ 1 + r + r²·(c₁ + c₂r + … + c₆r⁵), highest coefficient first (Cephes' `expf`).
+#[cfg(any(feature = "fused", test))]
 const EXP_POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
 
 /// e^x within 2 ulp, from range reduction x = n·ln 2 + r (|r| ≤ ln 2 / 2) and a degree-6

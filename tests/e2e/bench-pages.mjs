@@ -5,6 +5,10 @@
 //
 //   node tests/e2e/bench-pages.mjs [--rounds N] [--steps N] label=dist-folder label=dist-folder ...
 //
+// Pages are served cross-origin isolated, as `trunk serve` serves them, so the CPU worker
+// trains on a thread per core; `label=dist-folder@plain` serves a build without the COOP/COEP
+// headers, so on one thread.
+//
 // For the speed issue's before/after figure, build the page of an earlier commit in a
 // worktree (git worktree add /tmp/base <commit>; trunk build --release --dist dist-base
 // there) and name it first. Every build gets the same URL: lesson 1, the CPU backend, and
@@ -37,9 +41,12 @@ const builds = args
   .map((a) => {
     const m = /^([^=]+)=(.+)$/.exec(a);
     if (!m) throw new Error(`bench-pages: name each build as label=dist-folder, not ${JSON.stringify(a)}`);
-    const dist = resolve(root, m[2]);
+    // folder@plain: served without the COOP/COEP headers, as a plain static host serves it
+    // (the CPU worker then trains on one thread).
+    const plain = m[2].endsWith("@plain");
+    const dist = resolve(root, plain ? m[2].slice(0, -"@plain".length) : m[2]);
     if (!existsSync(join(dist, "index.html"))) throw new Error(`bench-pages: ${dist} has no index.html: build it first (trunk build --release)`);
-    return { label: m[1], dist };
+    return { label: m[1], dist, isolated: !plain };
   });
 if (builds.length === 0) throw new Error("bench-pages: name at least one build (label=dist-folder)");
 
@@ -61,7 +68,7 @@ const losses = new Set();
 try {
   for (let round = 1; round <= ROUNDS; round++) {
     for (const build of builds) {
-      const server = await serve(build.dist);
+      const server = await serve(build.dist, { isolated: build.isolated });
       const page = await ctx.newPage();
       await page.goto(url(server.address().port));
       const w = page.locator("[data-widget=train]").first();

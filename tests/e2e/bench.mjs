@@ -8,7 +8,7 @@
 //     tokens, the configuration `tinytune finetune --model assets/micro --data sentiment`
 //     repeats natively).
 //
-//   node tests/e2e/bench.mjs [dist-folder] [--quick] [--backends cpu,webgpu] [--steps N] [--gpu] [--prof]
+//   node tests/e2e/bench.mjs [dist-folder] [--quick] [--backends cpu,cpu1,webgpu] [--steps N] [--gpu] [--prof]
 //   (build first: trunk build --release)
 //
 // --backends: which of the page's backends train (default cpu). webgpu without --gpu runs on
@@ -50,8 +50,11 @@ const option = (name) => {
 // `--backends cpu,webgpu --steps 5` gives the regression figure in a few minutes).
 if (option("--steps") !== undefined && !(Number(option("--steps")) >= 1)) throw new Error(`bench: --steps takes a number of steps, not ${JSON.stringify(option("--steps"))}`);
 for (const r of RUNS) r[2] = Number(option("--steps") ?? r[2]);
-const BACKENDS = (option("--backends") ?? "cpu").split(",");
-for (const b of BACKENDS) if (!["cpu", "webgpu"].includes(b)) throw new Error(`bench: --backends takes cpu and/or webgpu, not ${JSON.stringify(b)}`);
+// cpu: the CPU worker on a cross-origin isolated page, as `trunk serve` serves it (a thread
+// per core); cpu1: the same build on a page without the COOP/COEP headers, so on one thread
+// (the side-by-side figure for the threads); webgpu: the WebGPU worker.
+const BACKENDS = (option("--backends") ?? (quick ? "cpu" : "cpu,cpu1")).split(",");
+for (const b of BACKENDS) if (!["cpu", "cpu1", "webgpu"].includes(b)) throw new Error(`bench: --backends takes cpu, cpu1 and/or webgpu, not ${JSON.stringify(b)}`);
 const realGpu = args.includes("--gpu");
 const profArgs = args.includes("--prof") ? ["--js-flags=--prof"] : [];
 
@@ -75,7 +78,8 @@ if (wasm === 0) fail(`no .wasm in ${dist}: build it first (trunk build)`);
 console.log(`${"wasm + JS, every file".padEnd(28)} ${(raw / 1e6).toFixed(2).padStart(7)} MB  gzip ${(gz / 1e6).toFixed(2).padStart(6)} MB`);
 // What a reader downloads: the page, then one build of the worker (trunk names a worker's
 // files after its binary: worker-cpu*, or worker* for the build with WebGPU).
-const build = (f) => (f.startsWith("worker-cpu") ? "cpu" : f.startsWith("worker") ? "webgpu" : "page");
+// worker-thread.js starts the CPU worker's extra threads.
+const build = (f) => (f.startsWith("worker-cpu") || f === "worker-thread.js" ? "cpu" : f.startsWith("worker") ? "webgpu" : "page");
 const part = (b) => Object.entries(sizes).filter(([f]) => build(f) === b).reduce((a, [, z]) => a + z, 0);
 if (!part("cpu") || !part("webgpu")) fail(`${dist} lacks a worker build (worker-cpu_bg.wasm and worker_bg.wasm): build it with trunk build`);
 const mb = (z) => `${(z / 1e6).toFixed(2)} MB`;
@@ -83,8 +87,9 @@ console.log(`gzip: page ${mb(part("page"))}; with the CPU-only worker (no hardwa
 const firstVisit = part("page") + part("cpu");
 
 // ---------------------------------------------------------------- the page
-const server = await serve(dist);
+const server = await serve(dist), plain = await serve(dist, { isolated: false });
 const base = `http://127.0.0.1:${server.address().port}/`;
+const plainBase = `http://127.0.0.1:${plain.address().port}/`;
 
 const quiet = ["--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"];
 const gpuArgs = !BACKENDS.includes("webgpu")
@@ -117,7 +122,7 @@ try {
   for (const backend of BACKENDS) for (const [model, task, steps] of RUNS) {
     const w = `w${lesson.n}`;
     const page = await ctx.newPage();
-    await page.goto(base + `?lesson=${lesson.slug}&backend=${backend}&${w}.model=${model}&${w}.task=${task}&${w}.steps=${steps}&${w}.batch=8&${w}.seq=64&${w}.compare=false`);
+    await page.goto((backend === "cpu1" ? plainBase : base) + `?lesson=${lesson.slug}&backend=${backend === "cpu1" ? "cpu" : backend}&${w}.model=${model}&${w}.task=${task}&${w}.steps=${steps}&${w}.batch=8&${w}.seq=64&${w}.compare=false`);
     const widget = page.locator("[data-widget=train]").first();
     await widget.locator("[data-testid=train]").click();
     const state = widget.locator("[data-testid=run-state]");
@@ -137,7 +142,9 @@ try {
     const rate = (done / secs).toFixed(2);
     const tokens = Math.round((done * 8 * 64) / secs);
     if (tokensPerS < 0.95 * tokens) fail(`the status line's ${tokensPerS} tokens/s is below ${done} steps of 8×64 over the run's ${secs} s (${tokens}): ${JSON.stringify(status)}`);
-    const label = backend === "cpu" ? "CPU" : realGpu ? "WebGPU" : "WebGPU (SwiftShader)";
+    // The backend bar names the CPU worker's threads ("CPU, 2 threads").
+    const bar = (await page.textContent("[data-testid=backend]")).trim();
+    const label = backend.startsWith("cpu") ? bar : realGpu ? "WebGPU" : "WebGPU (SwiftShader)";
     console.log(`train widget, ${label}, ${model}/${task}, ${done} steps of 8×64: ${rate} steps/s, ${tokens} tokens/s over the run, ${tokensPerS} over its steps (status line), ${secs} s, loss ${loss}`);
     summary.push(`${backend} ${model}/${task} ${done} steps ${rate} steps/s (${tokens} tokens/s)`);
     table.push(`| ${label} | ${model}/${task}, ${done} steps of 8×64 | ${rate} | ${tokens} | ${tokensPerS} | ${secs} | ${loss} |`);
@@ -153,4 +160,5 @@ try {
 } finally {
   await ctx.close();
   server.close();
+  plain.close();
 }

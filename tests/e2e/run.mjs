@@ -48,8 +48,9 @@ let failures = 0;
 // E2E_ONLY=<text> runs only the checks whose name contains it (for debugging one widget).
 const only = process.env.E2E_ONLY;
 // Checks are registered in file order and run E2E_JOBS at a time (default 2): each check
-// opens its own page, and a page's compute worker is one wasm thread, so two checks keep
-// both cores of a 2-core machine busy. Checks marked `check.long` start first, so that no
+// opens its own page, whose compute worker trains on a thread per core (rayon's pool, the
+// page being cross-origin isolated), so two checks share the cores; the workers' threads
+// sleep between operations. Checks marked `check.long` start first, so that no
 // long check is left to run alone at the end. Checks marked `check.first` run one by one
 // before the others start: they open the page without naming a lesson, and the page
 // reopens the lesson last read (remembered in the browser profile all checks share).
@@ -153,6 +154,10 @@ await check.first("the app loads lesson 1 with no console errors", async () => {
   await page.waitForFunction(() => document.querySelector("[data-testid=backend]")?.textContent.startsWith("CPU"), null, { timeout: 60_000 });
   const reason = await page.textContent("[data-testid=backend-reason]");
   assert(reason.length > 10, "the page says why it chose the backend");
+  // Cross-origin isolated: the CPU worker runs a thread per core.
+  const cores = await page.evaluate(() => navigator.hardwareConcurrency);
+  const label = await page.textContent("[data-testid=backend]");
+  assert(cores < 2 || label.startsWith(`CPU, ${Math.min(cores, 8)} threads`), `${cores} cores, backend bar: ${label}`);
   await page.waitForTimeout(500);
   await page.screenshot({ path: join(artifacts, "01-first-lesson.png"), fullPage: true });
   assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
@@ -202,6 +207,41 @@ await check("the train widget trains on the CPU and its loss falls", async () =>
   console.log(`     losses ${head.toFixed(3)} → ${tail.toFixed(3)}; ${tps.trim()}`);
   assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
   await page.close();
+});
+
+await check("without cross-origin isolation the CPU worker runs on one thread, says why, and trains to the threaded run's losses", async () => {
+  const plain = await serve(dist, { isolated: false });
+  const run = async (url) => {
+    const page = await openPage(cpu, url + `?lesson=${lessons[0].slug}&backend=cpu`);
+    await page.waitForFunction(() => document.querySelector("[data-testid=backend]")?.textContent.startsWith("CPU"), null, { timeout: 60_000 });
+    const label = await page.textContent("[data-testid=backend]");
+    const why = (await page.locator("[data-testid=backend-threads]").allTextContents()).join(" ");
+    const w = page.locator("[data-widget=train]").first();
+    await setParam(w, "model", "nano");
+    await setParam(w, "task", "stories");
+    await setParam(w, "steps", 6);
+    await setParam(w, "compare", false);
+    await w.locator("[data-testid=train]").click();
+    await waitForRun(w, 120_000);
+    const l = await losses(w);
+    assert(page.errors.length === 0, `console errors: ${page.errors.join(" | ")}`);
+    await page.close();
+    return { label, why, l };
+  };
+  try {
+    const one = await run(`http://127.0.0.1:${plain.address().port}/`);
+    assert(one.label.startsWith("CPU, 1 thread"), `backend bar: ${one.label}`);
+    assert(one.why.includes("not cross-origin isolated"), `no reason for one thread: ${one.why}`);
+    const many = await run(base);
+    assert(/^CPU, \d+ threads/.test(many.label), `isolated, backend bar: ${many.label}`);
+    assert(one.l.length === 6 && many.l.length === 6, `losses: ${one.l} / ${many.l}`);
+    // Threads change only how the work is split: the same losses within float rounding.
+    const worst = Math.max(...one.l.map((x, i) => Math.abs(x - many.l[i]) / Math.abs(x)));
+    assert(worst < 1e-4, `one thread ${one.l} vs ${many.label}: ${many.l} (relative ${worst})`);
+    console.log(`     ${one.label} vs ${many.label}: losses agree to ${worst.toExponential(1)}`);
+  } finally {
+    plain.close();
+  }
 });
 
 await check("a run can be paused, resumed and stopped", async () => {
@@ -1257,14 +1297,21 @@ await check("WebGPU (software adapter): automatic loads the CPU-only worker; cho
     // build of the worker without WebGPU.
     let backend = await page.textContent("[data-testid=backend]");
     assert(backend.startsWith("CPU"), `automatic with a software adapter chose ${backend}`);
-    const first = page.workers().map((w) => w.url());
+    // The CPU-only worker's extra threads are workers too (worker-thread.js).
+    const first = page.workers().map((w) => w.url()).filter((u) => !u.endsWith("/worker-thread.js"));
     assert(first.length === 1 && first[0].endsWith("/worker-cpu_loader.js"), `workers: ${first}`);
     await page.selectOption("[data-testid=backend-choice]", "webgpu");
     await started();
     backend = await page.textContent("[data-testid=backend]");
     const reason = await page.textContent("[data-testid=backend-reason]");
     assert(backend.startsWith("WebGPU"), `backend is ${backend}: ${reason}`);
-    const now = page.workers().map((w) => w.url());
+    // The CPU-only worker is gone, and its threads with it (the browser reports a closed
+    // worker a moment after the page terminates it).
+    let now = [];
+    for (const until = Date.now() + 15_000; Date.now() < until; await page.waitForTimeout(250)) {
+      now = page.workers().map((w) => w.url());
+      if (now.length === 1) break;
+    }
     assert(now.length === 1 && now[0].endsWith("/worker_loader.js"), `after choosing WebGPU, workers: ${now} (started: ${workers})`);
     const w = page.locator("[data-widget=train]").first();
     await setParam(w, "model", "nano");

@@ -10,8 +10,13 @@ export const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 
 const TYPES = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/css", ".json": "application/json", ".svg": "image/svg+xml" };
 
-/** Serves the folder `dist` on a free localhost port; resolves to the listening server. */
-export function serve(dist) {
+/** Cross-origin isolation, as `trunk serve` sends it (Trunk.toml): without it browsers will not
+ * share the CPU worker's memory with its extra threads, and it trains on one. */
+export const ISOLATION = { "cross-origin-opener-policy": "same-origin", "cross-origin-embedder-policy": "require-corp" };
+
+/** Serves the folder `dist` on a free localhost port, cross-origin isolated unless
+ * `isolated` is false (a plain static host); resolves to the listening server. */
+export function serve(dist, { isolated = true } = {}) {
   const server = createServer((req, res) => {
     const path = decodeURIComponent(new URL(req.url, "http://x").pathname);
     let file = join(dist, path === "/" ? "index.html" : path);
@@ -19,7 +24,7 @@ export function serve(dist) {
     try {
       if (statSync(file).isDirectory()) file = join(file, "index.html");
       const body = readFileSync(file);
-      res.writeHead(200, { "content-type": TYPES[extname(file)] ?? "application/octet-stream" });
+      res.writeHead(200, { "content-type": TYPES[extname(file)] ?? "application/octet-stream", ...(isolated ? ISOLATION : {}) });
       res.end(body);
     } catch {
       res.writeHead(404); res.end("not found");

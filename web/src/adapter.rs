@@ -40,6 +40,35 @@ pub fn choose(prefer: BackendPref, adapter: Option<&Adapter>) -> (bool, &'static
     }
 }
 
+/// How many threads the worker's CPU backend asks rayon for, given whether its build has
+/// WebAssembly atomics, whether the page is cross-origin isolated (browsers only share a
+/// wasm memory with another worker then) and the browser's core count; with the sentence
+/// the backend bar shows when that is fewer than the cores.
+pub fn threads(atomics: bool, isolated: bool, cores: usize) -> (usize, &'static str) {
+    if !atomics {
+        (1, "One thread: this build of the worker has no WebAssembly threads.")
+    } else if !isolated {
+        (1, "One thread: the page is not cross-origin isolated (its server does not send the COOP and COEP headers).")
+    } else if cores <= 1 {
+        (1, "One thread: the browser reports one core.")
+    } else {
+        (cores, "")
+    }
+}
+
+/// Whether this browser can make a shared WebAssembly memory, which the CPU-only build of
+/// the worker (built with WebAssembly atomics) needs even when it runs on one thread.
+/// Where it cannot, the page loads the WebGPU build, whose CPU backend runs on one thread.
+#[cfg(all(target_arch = "wasm32", feature = "adapter"))]
+pub fn shared_memory() -> bool {
+    let descriptor = js_sys::Object::new();
+    for (k, v) in [("initial", 1.0), ("maximum", 1.0)] {
+        let _ = js_sys::Reflect::set(&descriptor, &k.into(), &v.into());
+    }
+    let _ = js_sys::Reflect::set(&descriptor, &"shared".into(), &true.into());
+    js_sys::WebAssembly::Memory::new(&descriptor).is_ok()
+}
+
 /// How long [`probe`] waits for the browser's answer.
 pub const PROBE_TIMEOUT_MS: f64 = 5_000.0;
 
@@ -99,6 +128,18 @@ mod tests {
         for (prefer, a, want) in cases {
             assert_eq!(choose(prefer, a).0, want, "{prefer:?} with {a:?}");
         }
+    }
+
+    #[test]
+    fn threads_only_with_atomics_and_isolation() {
+        assert_eq!(threads(true, true, 2).0, 2);
+        assert_eq!(threads(true, true, 16).0, 16);
+        for (atomics, isolated, cores) in [(false, true, 4), (true, false, 4), (true, true, 1), (true, true, 0)] {
+            let (n, why) = threads(atomics, isolated, cores);
+            assert_eq!(n, 1, "{atomics} {isolated} {cores}");
+            assert!(why.starts_with("One thread: "), "{why}");
+        }
+        assert!(threads(true, false, 4).1.contains("cross-origin isolated"));
     }
 
     #[test]

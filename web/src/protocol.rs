@@ -103,6 +103,17 @@ pub struct BackendInfo {
     pub reason: String,
     /// What `navigator.gpu.requestAdapter()` reported, if anything.
     pub adapter: Option<String>,
+    /// The CPU backend's threads (rayon's pool in the worker; 1 without WebAssembly threads
+    /// or cross-origin isolation).
+    #[serde(default = "one")]
+    pub threads: u32,
+    /// Why the CPU backend has fewer threads than the browser's cores, if it does.
+    #[serde(default)]
+    pub threads_limit: Option<String>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

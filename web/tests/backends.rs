@@ -1,18 +1,15 @@
-//! Which backends each browser build compiles, and that two of them compile Burn once.
+//! Which backends each browser build compiles.
 //!
-//! trunk builds each wasm binary with a cargo command of its own, and a package's features
-//! hold for all its binaries. Three builds come out of it:
-//! - the page (`tinytune-web`), which must hold none of the WebGPU stack: cubecl's IR
-//!   registers itself at start-up, so whole-program optimisation cannot drop it, and when
-//!   the worker was a second binary of the page's package the page shipped 3 MB of it;
-//! - the WebGPU worker (`tinytune-worker`, binary `worker`), with flex and wgpu;
-//! - the CPU-only worker (binary `worker-cpu`, `--no-default-features`), with flex only.
-//!
-//! The page's code calls no backend, but its build of Burn and core has the CPU worker's
-//! features (and the worker pins the features Leptos turns on in crates they share), so
-//! trunk compiles Burn's crates once for both. Cargo compiles a crate again for every
-//! different set of features below it, so one crate drifting apart costs CI a second
-//! compile of all of Burn; the last test catches that.
+//! Three wasm builds come out of the workspace, and a package's features hold for all its
+//! binaries:
+//! - the page (`tinytune-web`), which must hold no backend at all: cubecl's IR registers
+//!   itself at start-up, so whole-program optimisation cannot drop it (when the worker was a
+//!   second binary of the page's package the page shipped 3 MB of it), and a page that
+//!   compiles flex only makes CI compile it once more;
+//! - the WebGPU worker (`tinytune-worker`, binary `worker`, built by trunk), with flex and
+//!   wgpu;
+//! - the CPU-only worker (binary `worker-cpu`, `--no-default-features --features threads`,
+//!   built on nightly with atomics by scripts/build-worker-threads.sh), with flex and rayon.
 //!
 //! Each graph is read with `cargo tree`, offline (about a second each).
 
@@ -47,15 +44,17 @@ fn has(graph: &BTreeMap<String, BTreeSet<String>>, krate: &str) -> bool {
 /// The WebGPU stack: crates that only the WebGPU worker may hold.
 const WEBGPU: &[&str] = &["burn-cubecl", "burn-wgpu", "burn-fusion", "cubecl-wgpu", "cubecl-ir", "cubecl-core", "cubecl-opt", "wgpu", "pliron"];
 
+/// The CPU-only worker as scripts/build-worker-threads.sh builds it.
+const CPU_WORKER: &[&str] = &["--no-default-features", "--features", "threads"];
+
 #[test]
 fn only_the_webgpu_worker_holds_the_webgpu_stack() {
     let page = wasm_graph("tinytune-web", &[]);
-    let cpu = wasm_graph("tinytune-worker", &["--no-default-features"]);
+    let cpu = wasm_graph("tinytune-worker", CPU_WORKER);
     let gpu = wasm_graph("tinytune-worker", &[]);
     for (name, graph) in [("the page", &page), ("the CPU-only worker", &cpu)] {
         let stack: Vec<&&str> = WEBGPU.iter().filter(|c| has(graph, c)).collect();
         assert!(stack.is_empty(), "{name}'s wasm build pulls in {stack:?}; only the worker's `webgpu` feature may turn on Burn's wgpu backend");
-        assert!(has(graph, "burn-flex"), "{name}'s build should compile Burn's flex backend, as the CPU worker runs on it");
         assert!(!has(graph, "burn-ndarray"), "{name}'s build pulls in burn-ndarray, which no browser build uses");
     }
     for needed in ["burn-flex", "cubecl-wgpu", "tinytune-web"] {
@@ -68,29 +67,13 @@ fn only_the_webgpu_worker_holds_the_webgpu_stack() {
 }
 
 #[test]
-fn the_page_and_the_cpu_worker_compile_the_same_burn() {
+fn the_page_compiles_no_backend_and_the_cpu_worker_has_threads() {
     let page = wasm_graph("tinytune-web", &[]);
-    let cpu = wasm_graph("tinytune-worker", &["--no-default-features"]);
-    // The packages themselves differ, and web-sys's features are per API (only the two
-    // packages use web-sys, so no shared crate is built on it).
-    let own = ["tinytune-web", "tinytune-worker", "web-sys"];
-    let mut drifted = Vec::new();
-    for (krate, sets) in &cpu {
-        if own.contains(&krate.split(' ').next().unwrap_or("")) {
-            continue;
-        }
-        // The page's graph also builds some crates for the host (Leptos's macros), with
-        // other features; the CPU worker's build of a crate must be one of the page's.
-        match page.get(krate) {
-            Some(page_sets) if sets.is_subset(page_sets) => {}
-            Some(page_sets) => drifted.push(format!("{krate}: worker-cpu {sets:?}, page {page_sets:?}")),
-            None => drifted.push(format!("{krate}: not in the page's graph")),
-        }
+    let cpu = wasm_graph("tinytune-worker", CPU_WORKER);
+    assert!(!has(&page, "burn-flex"), "the page's build compiles burn-flex: the page runs no model, and CI would compile flex once more for it");
+    for needed in ["burn-flex", "rayon-core"] {
+        assert!(has(&cpu, needed), "the CPU-only worker's graph lacks {needed}, which its threads need");
     }
-    assert!(
-        drifted.is_empty(),
-        "the CPU-only worker builds these crates with features the page does not, so trunk would compile them (and all of Burn above them) twice; \
-         pin the page's features in web/worker/Cargo.toml:\n{}",
-        drifted.join("\n")
-    );
+    let flex = cpu.iter().find(|(k, _)| k.starts_with("burn-flex ")).map(|(_, f)| f.clone()).unwrap_or_default();
+    assert!(flex.iter().any(|f| f.split(',').any(|f| f == "rayon")), "the CPU-only worker's flex is built without rayon: {flex:?}");
 }

@@ -155,7 +155,10 @@ pub fn start(on_backend: impl Fn(FromWorker) + 'static) -> Result<(), String> {
                 let c = c.as_mut()?;
                 let (webgpu, _) = adapter::choose(preference(c), found.as_ref());
                 c.adapter = Some(found);
-                Some(webgpu)
+                // The CPU-only build has WebAssembly threads, so it needs a shared memory;
+                // a browser without one gets the WebGPU build, whose CPU backend is the same
+                // on one thread.
+                Some(webgpu || !adapter::shared_memory())
             });
             let webgpu_build = webgpu_build.unwrap_or(false);
             match spawn(webgpu_build) {
@@ -243,9 +246,14 @@ pub fn unsubscribe(id: u32) {
 }
 
 pub fn backend_label(info: &BackendInfo) -> String {
+    let name = match (info.name.as_str(), info.threads) {
+        ("CPU", 1) => "CPU, 1 thread".to_string(),
+        ("CPU", n) => format!("CPU, {n} threads"),
+        (name, _) => name.to_string(),
+    };
     match &info.adapter {
-        Some(a) => format!("{} ({a})", info.name),
-        None => info.name.clone(),
+        Some(a) => format!("{name} ({a})"),
+        None => name,
     }
 }
 

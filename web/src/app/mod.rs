@@ -247,6 +247,7 @@ fn App() -> impl IntoView {
             </span>
         </header>
         {move || backend.get().map(|b| view! { <p class="backend-reason" data-testid="backend-reason">{b.reason}</p> })}
+        {move || backend.get().filter(|b| b.name == "CPU").and_then(|b| b.threads_limit).map(|l| view! { <p class="backend-reason" data-testid="backend-threads">{l}</p> })}
         {move || worker_error.get().map(|e| view! { <p class="error">{e}</p> })}
         <div class="layout">
             <nav class="toc"><ol>{toc}</ol></nav>

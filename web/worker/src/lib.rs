@@ -6,6 +6,8 @@
 
 #[cfg(target_arch = "wasm32")]
 mod js;
+#[cfg(all(target_arch = "wasm32", feature = "threads"))]
+mod threads;
 #[cfg(target_arch = "wasm32")]
 mod worker;
 

@@ -46,6 +46,8 @@ struct State {
     runs: HashMap<u32, Rc<Cell<Control>>>,
     /// The GGUF file the page posted last, until a `RealOpen` reads it.
     posted_file: Option<web_sys::File>,
+    /// rayon's pool: its threads, and why not more.
+    threads: (u32, Option<String>),
 }
 
 /// The real-model widget's model: the GGUF file's model on the autodiff device, its
@@ -99,6 +101,10 @@ fn status(run: u32, state: RunState, message: &str) {
 /// Entry point of the worker binary.
 pub fn start() {
     console_error_panic_hook::set_once();
+    #[cfg(feature = "threads")]
+    if crate::threads::is_pool_thread() {
+        return;
+    }
     let onmessage = Closure::<dyn FnMut(MessageEvent)>::new(|ev: MessageEvent| {
         let data = ev.data();
         if let Some(file) = js::posted_file(&data) {
@@ -113,7 +119,19 @@ pub fn start() {
     });
     js::set_onmessage(&onmessage);
     onmessage.forget();
-    post(&FromWorker::Ready);
+    // The page sends nothing before `Ready`, so no tensor work starts before rayon's pool,
+    // which flex needs from its first operation.
+    spawn_local(async {
+        #[cfg(feature = "threads")]
+        let (threads, limit) = {
+            let pool = crate::threads::start_pool().await;
+            (pool.threads as u32, pool.limit)
+        };
+        #[cfg(not(feature = "threads"))]
+        let (threads, limit) = (1, tinytune_web::adapter::threads(false, false, 1).1.to_string());
+        STATE.with_borrow_mut(|s| s.threads = (threads, Some(limit).filter(|l| !l.is_empty())));
+        post(&FromWorker::Ready);
+    });
 }
 
 fn handle(msg: ToWorker) {
@@ -297,7 +315,8 @@ async fn init(prefer: BackendPref) -> BackendInfo {
     let describe = adapter.as_ref().map(|a| a.describe());
     let cpu = |reason: String| {
         STATE.with_borrow_mut(|s| s.device = Some(Device::flex()));
-        BackendInfo { name: "CPU".into(), reason, adapter: describe.clone() }
+        let (threads, threads_limit) = STATE.with_borrow(|s| s.threads.clone());
+        BackendInfo { name: "CPU".into(), reason, adapter: describe.clone(), threads, threads_limit }
     };
     let (webgpu, reason) = tinytune_web::adapter::choose(prefer, adapter.as_ref());
     if !webgpu {
@@ -315,7 +334,7 @@ async fn init(prefer: BackendPref) -> BackendInfo {
     match gpu {
         Ok(device) => {
             STATE.with_borrow_mut(|s| s.device = Some(device));
-            BackendInfo { name: "WebGPU".into(), reason: reason.into(), adapter: describe }
+            BackendInfo { name: "WebGPU".into(), reason: reason.into(), adapter: describe, threads: 1, threads_limit: None }
         }
         Err(e) => cpu(format!("WebGPU failed to start ({e}), so training runs on the CPU")),
     }
