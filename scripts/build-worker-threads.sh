@@ -41,19 +41,19 @@ dir=debug
 # that debug assertions add take the accumulators' address, so LLVM can no longer prove that
 # no other thread sees them and stores all twelve to memory on every step of the inner loop
 # (without atomics LLVM treats the whole program as one thread): a dev build with them
-# trained at 0.7x the speed of one without atomics, a release build (no such checks) at 0.93x
-# on one thread (ARCHITECTURE.md, "In the browser").
-std_profile=(--config 'profile.dev.package."*".debug-assertions=false' --config 'profile.dev.package."*".overflow-checks=false')
+# trained at 0.7x the speed of one without atomics, a release build (no such checks) at
+# 0.93-1.06x on one thread (ARCHITECTURE.md, "In the browser").
+dev_profile=(--config 'profile.dev.package."*".debug-assertions=false' --config 'profile.dev.package."*".overflow-checks=false')
 if [ "$profile" = release ]; then
   cargo_profile=web-release
   dir=web-release
-  std_profile=()
+  dev_profile=()
 fi
 
 # The binary's link makes its memory shared (imported, so every thread instantiates the
 # module on the same memory) and exports what wasm-bindgen needs to give each thread its
 # own thread-local storage. `cargo rustc` passes these to the final link only.
-cargo +nightly rustc "${std_profile[@]}" -Z build-std=panic_abort,std --target wasm32-unknown-unknown \
+cargo +nightly rustc "${dev_profile[@]}" -Z build-std=panic_abort,std --target wasm32-unknown-unknown \
   -p tinytune-worker --bin worker-cpu --no-default-features --features threads \
   --profile "$cargo_profile" --target-dir "$target_dir" --locked --offline -- \
   -C link-arg=--shared-memory -C link-arg=--import-memory \

@@ -11,7 +11,7 @@
 //   node tests/e2e/bench.mjs [dist-folder] [--quick] [--backends cpu,cpu1,webgpu] [--steps N] [--gpu] [--prof]
 //   (build first: trunk build --release)
 //
-// --backends: which of the page's backends train (default cpu). webgpu without --gpu runs on
+// --backends: which of the page's backends train (default cpu,cpu1; cpu with --quick; below). webgpu without --gpu runs on
 // SwiftShader, Chromium's software Vulkan (what CI has): a regression figure, not a GPU's
 // speed. --gpu launches Chromium with its GPU (no --disable-gpu, no SwiftShader): run it on a
 // machine with a graphics card and a display or a headless-capable driver to get WebGPU's
